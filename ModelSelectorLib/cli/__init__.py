@@ -1,0 +1,88 @@
+"""The ``modelselector`` command: one subcommand per user task.
+
+Each area of the library registers its subcommands from a module in this package (``register(sub)``);
+this module parses the command line, runs the chosen command, and turns every
+:class:`~ModelSelectorLib.errors.ModelSelectorError` into one line on stderr and a non-zero exit status
+(the full traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import Cancelled, ModelSelectorError
+
+# Modules of this package that add subcommands, in the order they appear in --help.
+COMMAND_MODULES = [
+    "demo_cmd",
+    "select_cmd",
+    "apply_cmd",
+    "train_cmd",
+    "zoo_cmd",
+    "encoder_cmd",
+    "prototypes_cmd",
+    "index_cmd",
+    "evaluate_cmd",
+]
+
+DESCRIPTION = """\
+Find the models in a MONAI model zoo that apply to a medical image, apply them, and maintain the zoo.
+
+Typical use:
+  modelselector demo                          run the demo on the bundled sample image
+  modelselector select IMAGE --zoo ZOO        which models fit this image?
+  modelselector apply --zoo ZOO --model NAME IMAGE --out OUT.seg.nrrd
+  modelselector train --dataset MSD_DIR --name NAME --out ZOO
+  modelselector zoo list --zoo ZOO
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelselector", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue  # an area not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``modelselector`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)  # the Slicer module's Cancel terminates the process
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("modelselector: cancelled; nothing half-written was left behind.", file=sys.stderr)
+        return Cancelled.exit_code
+    except ModelSelectorError as e:
+        if args.debug:
+            raise
+        print(f"modelselector: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Progress reporting and cancellation for long work.
+
+On a terminal, progress is a tqdm bar on stderr. When ``MODELSELECTOR_PROGRESS=lines`` is set (the Slicer
+module sets it when it runs the library as a separate process) progress is printed instead as one line per
+update, ``PROGRESS <fraction 0-1> <description>``, which the module turns into its progress bar.
+
+Cancellation: library functions that run long accept ``cancel`` (a :class:`threading.Event` or anything
+with ``is_set()``); :func:`check_cancel` raises :class:`~ModelSelectorLib.errors.Cancelled` when it is set.
+From the command line, Ctrl-C (SIGINT) and SIGTERM cancel.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator, Optional, TypeVar
+
+from .errors import Cancelled
+
+T = TypeVar("T")
+
+
+def line_mode() -> bool:
+    """True when progress goes out as ``PROGRESS`` lines rather than a tqdm bar."""
+    return os.environ.get("MODELSELECTOR_PROGRESS", "").lower() == "lines"
+
+
+def check_cancel(cancel: Optional[Any]) -> None:
+    """Raise :class:`Cancelled` if ``cancel`` (an Event-like object or None) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled by the user; nothing was written")
+
+
+def report(fraction: float, desc: str = "") -> None:
+    """Report progress of the current job in line mode (a no-op otherwise)."""
+    if line_mode():
+        print(f"PROGRESS {min(max(fraction, 0.0), 1.0):.4f} {desc}", file=sys.stderr, flush=True)
+
+
+class _LineBar:
+    """A minimal tqdm-like object that prints PROGRESS lines at most every 0.2 s."""
+
+    def __init__(self, iterable: Optional[Iterable[Any]], total: Optional[int], desc: str) -> None:
+        self.iterable = iterable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.desc = desc
+        self.n = 0
+        self._last = 0.0
+        self.postfix = ""
+
+    def __iter__(self) -> Iterator[Any]:
+        assert self.iterable is not None
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self._last > 0.2 or (self.total and self.n >= self.total):
+            self._last = now
+            frac = self.n / self.total if self.total else 0.0
+            report(frac, f"{self.desc} {self.postfix}".strip())
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _LineBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress_bar(
+    iterable: Optional[Iterable[T]] = None,
+    total: Optional[int] = None,
+    desc: str = "",
+    disable: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A tqdm bar on stderr, or a PROGRESS-line reporter in line mode. Use like ``tqdm``."""
+    if line_mode():
+        return _LineBar(iterable, total, desc)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True, **kwargs)
