@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,10 +52,10 @@ class Image:
     """
 
     array: np.ndarray
-    spacing: Tuple[float, ...]
-    origin: Tuple[float, ...]
-    direction: Tuple[float, ...]
-    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def ndim(self) -> int:
@@ -66,7 +67,7 @@ class Image:
         return self.array.ndim == self.ndim + 1
 
     @property
-    def size(self) -> Tuple[int, ...]:
+    def size(self) -> tuple[int, ...]:
         """Size in voxels in ITK order ``(x, y[, z])``."""
         shape = self.array.shape[: self.ndim]
         return tuple(int(s) for s in reversed(shape))
@@ -130,7 +131,7 @@ class Image:
 
     # --- SimpleITK conversion -------------------------------------------------------------------------
     @classmethod
-    def from_sitk(cls, img: sitk.Image, meta: Optional[Dict[str, Any]] = None) -> Image:
+    def from_sitk(cls, img: sitk.Image, meta: Optional[dict[str, Any]] = None) -> Image:
         array = sitk.GetArrayFromImage(img)
         return cls(
             array,
@@ -157,7 +158,7 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Tuple[sitk.Image, Dict[str, Any]]:
+def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Image, dict[str, Any]]:
     reader = sitk.ImageSeriesReader()
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for folders without DICOM
@@ -188,7 +189,7 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Tuple[sitk.Im
         img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{folder}: the DICOM series could not be read ({_first_line(e)}).") from e
-    meta: Dict[str, Any] = {"format": "dicom", "n_files": len(files)}
+    meta: dict[str, Any] = {"format": "dicom", "n_files": len(files)}
     for tag, key in _DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
             meta[key] = reader.GetMetaData(0, tag).strip()
@@ -201,8 +202,8 @@ def _first_line(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _file_meta(reader: sitk.ImageFileReader) -> Dict[str, Any]:
-    meta: Dict[str, Any] = {}
+def _file_meta(reader: sitk.ImageFileReader) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
     keys = set(reader.GetMetaDataKeys())
     for tag, key in _DICOM_TAGS.items():
         if tag in keys:
@@ -322,23 +323,27 @@ class Segment:
 
     value: int
     name: str
-    color: Tuple[float, float, float] = (0.5, 0.5, 0.5)
-    terminology: Optional[Dict[str, Any]] = None
+    color: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    terminology: Optional[dict[str, Any]] = None
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> Segment:
-        return cls(int(d["value"]), str(d["name"]), tuple(float(c) for c in d.get("color", (0.5, 0.5, 0.5))),
-                   d.get("terminology"))
+    def from_dict(cls, d: dict[str, Any]) -> Segment:
+        return cls(
+            int(d["value"]),
+            str(d["name"]),
+            tuple(float(c) for c in d.get("color", (0.5, 0.5, 0.5))),
+            d.get("terminology"),
+        )
 
-    def to_dict(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {"value": self.value, "name": self.name, "color": list(self.color)}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"value": self.value, "name": self.name, "color": list(self.color)}
         if self.terminology:
             d["terminology"] = self.terminology
         return d
 
 
 def write_segmentation(
-    labelmap: Image, path: os.PathLike | str, segments: Sequence[Segment | Dict[str, Any]]
+    labelmap: Image, path: os.PathLike | str, segments: Sequence[Segment | dict[str, Any]]
 ) -> Path:
     """Write a label map as a Slicer ``.seg.nrrd`` (one layer, one segment per label value), atomically.
 
@@ -358,9 +363,9 @@ def write_segmentation(
     values = sorted(int(v) for v in np.unique(lm.array) if v != 0)
     known = {s.value for s in segs}
     segs = segs + [Segment(v, f"Label {v}") for v in values if v not in known]
-    seg_dicts: List[Dict[str, Any]] = []
+    seg_dicts: list[dict[str, Any]] = []
     for s in segs:
-        d: Dict[str, Any] = {
+        d: dict[str, Any] = {
             "id": f"Segment_{s.value}",
             "labelValue": int(s.value),
             "layer": 0,
@@ -370,7 +375,9 @@ def write_segmentation(
         if s.terminology:
             d["terminology"] = s.terminology
         seg_dicts.append(d)
-    voxels = np.ascontiguousarray(np.transpose(lm.array, (2, 1, 0)).astype(np.uint8 if lm.array.max() < 256 else np.int16))
+    voxels = np.ascontiguousarray(
+        np.transpose(lm.array, (2, 1, 0)).astype(np.uint8 if lm.array.max() < 256 else np.int16)
+    )
     segmentation = {
         "voxels": voxels,
         "ijkToLPS": lm.ijk_to_lps().tolist(),
@@ -384,7 +391,7 @@ def write_segmentation(
     return path
 
 
-def read_segmentation(path: os.PathLike | str) -> Tuple[Image, List[Segment]]:
+def read_segmentation(path: os.PathLike | str) -> tuple[Image, list[Segment]]:
     """Read a Slicer ``.seg.nrrd`` back into a label map :class:`Image` and its :class:`Segment` list."""
     import slicerio
 
@@ -411,7 +418,11 @@ def read_segmentation(path: os.PathLike | str) -> Tuple[Image, List[Segment]]:
     segments = []
     for s in seg["segments"]:
         segments.append(
-            Segment(int(s.get("labelValue", 0)), s.get("name", ""), tuple(s.get("color", (0.5, 0.5, 0.5))),
-                    s.get("terminology"))
+            Segment(
+                int(s.get("labelValue", 0)),
+                s.get("name", ""),
+                tuple(s.get("color", (0.5, 0.5, 0.5))),
+                s.get("terminology"),
+            )
         )
     return image, segments

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import List, Optional
+from typing import Optional
 
 from .. import __version__
 from ..errors import Cancelled, ModelSelectorError
@@ -64,7 +64,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``modelselector`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

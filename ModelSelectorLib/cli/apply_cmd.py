@@ -1,0 +1,33 @@
+"""``modelselector apply``: segment an image with a zoo model and write a Slicer ``.seg.nrrd``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="segment an image with a zoo model and write a .seg.nrrd",
+        description="Apply model --model of the zoo --zoo to IMAGE; the segmentation is written to --out in "
+        "exactly the image's geometry, with the model's segment names, colours and terminology.",
+    )
+    p.add_argument("image", type=Path, help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM series folder")
+    p.add_argument(
+        "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO or the bundled zoo)"
+    )
+    p.add_argument("--model", required=True, help="model name in the zoo")
+    p.add_argument("--out", type=Path, required=True, help="output segmentation, e.g. OUT.seg.nrrd")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..infer import apply_to_file
+    from ..zoo import default_zoo_path
+
+    zoo = args.zoo if args.zoo is not None else default_zoo_path()
+    out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device)
+    print(out)
+    return 0

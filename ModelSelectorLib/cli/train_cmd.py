@@ -1,0 +1,58 @@
+"""``modelselector train``: train a segmentation model on an MSD folder and add it to a zoo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrainingError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a segmentation model on an MSD dataset folder and add it to a zoo",
+        description="Train a MONAI UNet/SegResNet on an MSD folder (dataset.json, imagesTr, labelsTr) and "
+        "add the resulting bundle, with its model card, to the zoo --out (created if missing).",
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="MSD dataset folder")
+    p.add_argument("--name", required=True, help="model name in the zoo (letters, digits, ._+-)")
+    p.add_argument("--out", type=Path, required=True, help="zoo folder to add the model to")
+    p.add_argument("--config", type=Path, help="YAML file with TrainConfig settings (epochs, roi_size, ...)")
+    p.add_argument("--epochs", type=int, help="number of epochs (overrides --config)")
+    p.add_argument("--arch", choices=("unet", "segresnet"), help="network architecture (overrides --config)")
+    p.add_argument("--seed", type=int, help="random seed (overrides --config)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides --config)")
+    p.add_argument("--modality", help="modality code of the card (default: from dataset.json)")
+    p.add_argument("--body-region", help="body region of the card, e.g. ABDOMEN (default: from dataset.json)")
+    p.set_defaults(func=run)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise TrainingError(f"{path}: no such config file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise TrainingError(f"{path}: not valid YAML ({e}).") from e
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: must hold a mapping of settings such as 'epochs: 50'.")
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train_segmentation
+
+    settings = _read_config(args.config) if args.config else {}
+    for key, value in (("epochs", args.epochs), ("architecture", args.arch), ("seed", args.seed),
+                       ("device", args.device)):  # fmt: skip
+        if value is not None:
+            settings[key] = value
+    config = TrainConfig.from_dict(settings)
+    path = train_segmentation(args.dataset, args.name, args.out, config, modality=args.modality,
+                              body_region=args.body_region)  # fmt: skip
+    print(path)
+    return 0

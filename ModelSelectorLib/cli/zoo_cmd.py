@@ -1,0 +1,147 @@
+"""``modelselector zoo``: create a zoo, list and show its models, add and remove bundles."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..zoo import Zoo, default_zoo_path
+
+
+def _add_zoo_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--zoo",
+        type=Path,
+        default=None,
+        help="zoo folder (default: $MODELSELECTOR_ZOO, else the bundled Resources/zoo)",
+    )
+
+
+def _zoo_path(args: argparse.Namespace) -> Path:
+    return args.zoo if args.zoo is not None else default_zoo_path()
+
+
+def register(sub: Any) -> None:
+    """Add the ``zoo`` command and its subcommands to the top-level subparsers ``sub``."""
+    p = sub.add_parser("zoo", help="create, list, show, add to and remove from a model zoo",
+                       description="Maintain a model zoo (a folder of MONAI bundles with a zoo.json catalog).")  # fmt: skip
+    zsub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    q = zsub.add_parser("init", help="create an empty zoo")
+    _add_zoo_option(q)
+    q.set_defaults(func=cmd_init)
+
+    q = zsub.add_parser("list", help="list the models of the zoo")
+    _add_zoo_option(q)
+    q.set_defaults(func=cmd_list)
+
+    q = zsub.add_parser("show", help="show the model card of a model")
+    q.add_argument("name", metavar="NAME")
+    _add_zoo_option(q)
+    q.set_defaults(func=cmd_show)
+
+    q = zsub.add_parser("add", help="add a MONAI bundle (a new model or a new version)")
+    q.add_argument("bundle", metavar="BUNDLE", type=Path, help="bundle folder")
+    q.add_argument("--name", help="model name in the zoo (default: the bundle's name)")
+    q.add_argument(
+        "--modality", help="DICOM modality code (CT, MR, ...); required for standard MONAI bundles"
+    )
+    q.add_argument("--body-region", dest="body_region",
+                   help="body region (ABDOMEN, CHEST, ...; ';'-joined if several); required for standard MONAI bundles")  # fmt: skip
+    q.add_argument("--trust", action="store_true",
+                   help="allow custom code in the bundle (classes outside monai./torch.); only for bundles you trust")  # fmt: skip
+    _add_zoo_option(q)
+    q.set_defaults(func=cmd_add)
+
+    q = zsub.add_parser("remove", help="remove a model and its files")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--version", dest="model_version", help="remove only this version")
+    _add_zoo_option(q)
+    q.set_defaults(func=cmd_remove)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = _zoo_path(args)
+    existed = (path / "zoo.json").is_file()
+    zoo = Zoo.create(path)
+    if existed:
+        print(f"{path} is already a zoo with {len(zoo)} model(s); nothing changed.")
+    else:
+        print(f"Created an empty zoo at {path}.")
+    return 0
+
+
+def _metrics(m: dict) -> str:
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()) or "-"
+
+
+def format_table(rows: list, headers: list) -> str:
+    """Rows of strings as a plain-text table with aligned columns."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    zoo = Zoo(_zoo_path(args))
+    items = zoo.list()
+    if not items:
+        print(
+            f"The zoo at {zoo.path} holds no models; add one with `modelselector zoo add BUNDLE --zoo {zoo.path}`."
+        )
+        return 0
+    rows = []
+    for it in items:
+        if "error" in it:
+            rows.append([it["name"], it["version"], "?", "?", "?", "ERROR: " + it["error"], "-"])
+            continue
+        labels = ", ".join(it["labels"])
+        if len(labels) > 40:
+            labels = labels[:37] + "..."
+        rows.append([it["name"], it["version"], it["task_type"], it["modality"], it["body_region"], labels,
+                     _metrics(it["metrics"])])  # fmt: skip
+    print(format_table(rows, ["NAME", "VERSION", "TASK", "MODALITY", "BODY REGION", "LABELS", "METRICS"]))
+    print(f"\n{len(items)} model(s) in {zoo.path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    zoo = Zoo(_zoo_path(args))
+    card = zoo.card(args.name)
+    path = zoo.get(args.name)
+    d = card.to_dict()
+    labels = d.pop("labels")
+    print(f"{card.name} {card.version}  ({path})")
+    print(f"versions: {', '.join(zoo.versions(args.name))}")
+    for key, value in d.items():
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, dict):
+            value = _metrics(value)
+        elif isinstance(value, list):
+            value = " x ".join(str(v) for v in value)
+        print(f"{key}: {value}")
+    print("labels:")
+    for lb in labels:
+        color = " ".join(f"{c:.2f}" for c in lb.get("color", []))
+        print(f"  {lb['value']:>3}  {lb['name']}  (color {color})")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    zoo = Zoo(_zoo_path(args))
+    entry = zoo.add(args.bundle, name=args.name, modality=args.modality, body_region=args.body_region,
+                    trust=args.trust)  # fmt: skip
+    print(f"Added {entry['name']} version {entry['version']} to the zoo at {zoo.path}.")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    zoo = Zoo(_zoo_path(args))
+    zoo.remove(args.name, version=args.model_version)
+    what = f"{args.name} version {args.model_version}" if args.model_version else args.name
+    print(f"Removed {what} from the zoo at {zoo.path}.")
+    return 0

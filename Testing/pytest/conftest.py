@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: small synthetic images with oblique, anisotropic geometry."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def rotation_z(deg: float) -> tuple:
+    """Row-major 3x3 rotation about z (exactly orthonormal), as ITK direction cosines."""
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.fixture
+def oblique_image():
+    """A 3D float image with a bright box, oblique direction, anisotropic spacing and a non-zero origin."""
+    from ModelSelectorLib.io import Image
+
+    arr = np.zeros((12, 20, 24), np.float32)
+    arr[4:8, 6:14, 8:18] = 100.0
+    return Image(arr, (0.7, 0.9, 2.5), (12.5, -40.0, 7.25), rotation_z(25.0))

@@ -1,0 +1,449 @@
+"""Tests of ModelSelectorLib.bundle, ModelSelectorLib.zoo and ``modelselector zoo`` with real MONAI bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ModelSelectorLib import atomic
+from ModelSelectorLib.bundle import (
+    ModelCard,
+    import_monai_bundle,
+    load_bundle,
+    save_bundle,
+    validate_bundle,
+)
+from ModelSelectorLib.cli import main
+from ModelSelectorLib.errors import BundleError, ZooError
+from ModelSelectorLib.zoo import Zoo, default_zoo_path
+
+NETWORK_DEF = {
+    "_target_": "monai.networks.nets.UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 0,
+}
+
+
+@pytest.fixture(autouse=True)
+def _light_cpu():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_net(seed: int = 0) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    torch.manual_seed(seed)
+    return ConfigParser({"net": dict(NETWORK_DEF)}).get_parsed_content("net")
+
+
+def make_card(**changes) -> ModelCard:
+    data = {
+        "name": "liver_ct",
+        "version": "0.1.0",
+        "task_type": "segmentation",
+        "modality": "CT",
+        "body_region": "ABDOMEN",
+        "labels": [
+            {
+                "value": 1,
+                "name": "Liver",
+                "color": [0.86, 0.31, 0.24],
+                "terminology": {
+                    "category": ["SCT", "123037004", "Anatomical Structure"],
+                    "type": ["SCT", "10200004", "Liver"],
+                },
+            }
+        ],
+        "input_channels": 1,
+        "spatial_dims": 3,
+        "target_spacing": [1.5, 1.5, 2.0],
+        "intensity": {"mode": "ct", "a_min": -200, "a_max": 250},
+        "roi_size": [16, 16, 16],
+        "training_data": "synthetic phantoms",
+        "n_training_cases": 4,
+        "validation_metrics": {"dice": 0.875},
+        "seed": 7,
+        "code_version": "0.1.0",
+        "license": "Apache-2.0",
+        "synthetic": True,
+        "training_time_s": 1.5,
+    }
+    data.update(changes)
+    return ModelCard.from_dict(data)
+
+
+def make_bundle(root: Path, name: str = "liver_ct", version: str = "0.1.0", seed: int = 0) -> Path:
+    net = make_net(seed)
+    return save_bundle(
+        root / f"{name}-{version}", make_card(name=name, version=version), NETWORK_DEF, net.state_dict()
+    )
+
+
+def edit_json(path: Path, fn) -> None:
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def run_cli(capsys, *argv: str):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# --- model card -----------------------------------------------------------------------------------------
+def test_card_round_trip_and_valid():
+    card = make_card()
+    assert ModelCard.from_dict(card.to_dict()) == card
+    assert card.validate() is card
+    assert make_card(body_region="CHEST;ABDOMEN", modality="MR").validate()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("task_type", "detection"),
+        ("modality", "XX"),
+        ("body_region", "ABDOMEN;BELLY"),
+        ("labels", [{"value": 1, "name": "Liver", "color": [2, 0, 0]}]),
+        ("labels", [{"value": 0, "name": "Liver", "color": [1, 0, 0]}]),
+        ("labels", []),
+        ("name", "my model"),
+        ("roi_size", [16, 16]),
+        ("intensity", {"mode": "log"}),
+        ("spatial_dims", 4),
+    ],
+)
+def test_card_validate_names_bad_field(field, value):
+    with pytest.raises(BundleError, match=f"'{field}"):
+        make_card(**{field: value}).validate()
+
+
+def test_card_from_dict_missing_required():
+    with pytest.raises(BundleError, match="modality"):
+        ModelCard.from_dict({"name": "a", "version": "1", "task_type": "segmentation", "body_region": "HEAD"})
+
+
+# --- save / validate / load -----------------------------------------------------------------------------
+def test_save_validate_load_round_trip(tmp_path):
+    from monai.bundle import ConfigParser
+
+    net = make_net(3).eval()
+    path = save_bundle(tmp_path / "b", make_card(), NETWORK_DEF, net.state_dict())
+    assert path == tmp_path / "b"
+    for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (path / rel).is_file(), rel
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+    meta = json.loads((path / "configs/metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task",
+                "description", "authors", "license", "network_data_format", "modelselector"):  # fmt: skip
+        assert key in meta, key
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "Liver"}
+    readme = (path / "docs/README.md").read_text()
+    assert "| 1 | Liver |" in readme and "Apache-2.0" in readme and "Seed: 7" in readme
+
+    # inference.json is a real MONAI config
+    parser = ConfigParser()
+    parser.read_config(str(path / "configs/inference.json"))
+    parser["device"] = "$torch.device('cpu')"
+    assert isinstance(parser.get_parsed_content("network"), torch.nn.Module)
+    assert list(parser.get_parsed_content("inferer").roi_size) == [16, 16, 16]
+    assert len(parser.get_parsed_content("preprocessing").transforms) >= 5
+
+    assert validate_bundle(path) == make_card()
+    loaded = load_bundle(path)
+    assert loaded.card == make_card() and loaded.path == path and not loaded.network.training
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded.network(x))
+
+
+def test_save_bundle_replaces_bundle_but_not_other_folder(tmp_path):
+    make_bundle(tmp_path)
+    make_bundle(tmp_path, seed=1)  # replacing an existing bundle is fine
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not a bundle"):
+        save_bundle(other, make_card(), NETWORK_DEF, make_net().state_dict())
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_validate_bundle_reports_reason(tmp_path):
+    path = make_bundle(tmp_path)
+    (path / "models/model.pt").unlink()
+    with pytest.raises(BundleError, match="models/model.pt"):
+        validate_bundle(path)
+    path = make_bundle(tmp_path, version="0.2.0")
+    edit_json(path / "configs/metadata.json", lambda d: d["modelselector"].update(modality="CAT"))
+    with pytest.raises(BundleError, match="'modality'"):
+        validate_bundle(path)
+    edit_json(path / "configs/metadata.json", lambda d: d.pop("modelselector"))
+    with pytest.raises(BundleError, match="--modality"):
+        validate_bundle(path)
+    (path / "configs/inference.json").write_text("{not json")
+    with pytest.raises(BundleError):
+        validate_bundle(path)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("network_def", {"_target_": "os.system", "command": "echo pwned"}),
+        ("network_def", {"_target_": "mymodule.TinyNet"}),
+        ("hook", "$__import__('os').system('echo pwned')"),
+        ("imports", ["$import subprocess"]),
+        ("hook", "$torch.hub.load('x/y', 'net')"),
+    ],
+)
+def test_untrusted_code_refused(tmp_path, key, value):
+    path = make_bundle(tmp_path)
+    edit_json(path / "configs/inference.json", lambda d: d.update({key: value}))
+    with pytest.raises(BundleError, match="untrusted"):
+        load_bundle(path)
+
+
+def test_trusted_custom_network_loads(tmp_path):
+    path = make_bundle(tmp_path)
+    (path / "scripts").mkdir()
+    (path / "scripts/__init__.py").write_text("")
+    (path / "scripts/tinynet.py").write_text(
+        "import torch\n"
+        "class TinyNet(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv3d(1, 2, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x)\n"
+    )
+    torch.save(
+        {"conv." + k: v for k, v in torch.nn.Conv3d(1, 2, 1).state_dict().items()}, path / "models/model.pt"
+    )
+    edit_json(
+        path / "configs/inference.json",
+        lambda d: d.update(network_def={"_target_": "scripts.tinynet.TinyNet"}),
+    )
+    with pytest.raises(BundleError, match="untrusted"):
+        load_bundle(path)
+    assert type(load_bundle(path, trust=True).network).__name__ == "TinyNet"
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_weights_only_refuses_pickled_objects(tmp_path):
+    path = make_bundle(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"weight": _Evil(str(marker))}, path / "models/model.pt")
+    with pytest.raises(BundleError, match="weights_only"):
+        load_bundle(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_dict_and_mismatched_weights(tmp_path):
+    path = make_bundle(tmp_path)
+    net = make_net(5).eval()
+    torch.save({"model": net.state_dict(), "epoch": 3}, path / "models/model.pt")
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(load_bundle(path).network(x), net(x))
+    torch.save({"state_dict": {"foo": torch.zeros(1)}}, path / "models/model.pt")
+    with pytest.raises(BundleError, match="do not fit"):
+        load_bundle(path)
+
+
+# --- zoo --------------------------------------------------------------------------------------------
+def test_zoo_open_errors(tmp_path):
+    with pytest.raises(ZooError, match="zoo init"):
+        Zoo(tmp_path / "missing")
+    with pytest.raises(ZooError, match="zoo init"):
+        Zoo(tmp_path)
+    (tmp_path / "zoo.json").write_text("{broken")
+    with pytest.raises(ZooError, match="corrupt"):
+        Zoo(tmp_path)
+    with pytest.raises(ZooError, match="corrupt"):
+        Zoo.create(tmp_path)  # never overwrites a corrupt catalog
+
+
+def test_zoo_api_versions_and_errors(tmp_path):
+    zoo = Zoo.create(tmp_path / "zoo")
+    assert zoo.list() == [] and Zoo.create(tmp_path / "zoo").path == zoo.path
+    entry = zoo.add(make_bundle(tmp_path))
+    assert entry["name"] == "liver_ct" and entry["version"] == "0.1.0"
+    assert entry["path"] == "models/liver_ct/0.1.0" and entry["metrics"] == {"dice": 0.875}
+    with pytest.raises(ZooError, match="already in the zoo"):
+        zoo.add(make_bundle(tmp_path))
+    zoo.add(make_bundle(tmp_path, version="0.2.0", seed=1))
+    zoo = Zoo(zoo.path)
+    assert zoo.get("liver_ct") == zoo.path / "models/liver_ct/0.2.0"
+    assert zoo.versions("liver_ct") == ["0.1.0", "0.2.0"]
+    assert zoo.card("liver_ct").version == "0.2.0"
+    [item] = zoo.list()
+    assert item["version"] == "0.2.0" and item["modality"] == "CT" and item["labels"] == ["Liver"]
+    with pytest.raises(ZooError, match="known models: liver_ct"):
+        zoo.get("spleen")
+    zoo.add(make_bundle(tmp_path), name="liver2")
+    assert zoo.card("liver2").name == "liver2"
+    zoo.remove("liver_ct", version="0.2.0")
+    assert zoo.get("liver_ct").name == "0.1.0"
+    zoo.remove("liver_ct")
+    assert zoo.names() == ["liver2"] and not (zoo.path / "models/liver_ct").exists()
+    assert json.loads((zoo.path / "zoo.json").read_text())["format"] == 1
+
+
+def test_zoo_refuses_invalid_bundle(tmp_path):
+    zoo = Zoo.create(tmp_path / "zoo")
+    path = make_bundle(tmp_path)
+    torch.save({"foo": torch.zeros(1)}, path / "models/model.pt")
+    with pytest.raises(BundleError, match="do not fit"):
+        zoo.add(path)
+    assert zoo.list() == [] and list((zoo.path / "models").iterdir()) == []
+
+
+def test_cli_zoo_commands(tmp_path, capsys):
+    zoo = str(tmp_path / "zoo")
+    rc, out, _ = run_cli(capsys, "zoo", "init", "--zoo", zoo)
+    assert rc == 0 and "Created" in out
+    rc, out, _ = run_cli(capsys, "zoo", "list", "--zoo", zoo)
+    assert rc == 0 and "holds no models" in out
+    rc, out, err = run_cli(capsys, "zoo", "add", str(make_bundle(tmp_path)), "--zoo", zoo)
+    assert rc == 0 and "Added liver_ct version 0.1.0" in out, err
+    rc, out, _ = run_cli(capsys, "zoo", "list", "--zoo", zoo)
+    assert rc == 0
+    header, _, row = out.splitlines()[:3]
+    assert header.split()[:3] == ["NAME", "VERSION", "TASK"]
+    assert row.split()[:6] == ["liver_ct", "0.1.0", "segmentation", "CT", "ABDOMEN", "Liver"]
+    rc, out, _ = run_cli(capsys, "zoo", "show", "liver_ct", "--zoo", zoo)
+    assert rc == 0 and "modality: CT" in out and "Liver" in out and "dice=0.875" in out
+    rc, out, err = run_cli(capsys, "zoo", "show", "spleen", "--zoo", zoo)
+    assert rc == ZooError.exit_code and "liver_ct" in err and len(err.strip().splitlines()) == 1
+    rc, out, _ = run_cli(capsys, "zoo", "remove", "liver_ct", "--zoo", zoo)
+    assert rc == 0 and "Removed liver_ct" in out
+    assert Zoo(zoo).list() == []
+    rc, _, err = run_cli(capsys, "zoo", "list", "--zoo", str(tmp_path / "nowhere"))
+    assert rc == ZooError.exit_code and "zoo init" in err and "Traceback" not in err
+
+
+def test_cli_refuses_untrusted_bundle(tmp_path, capsys):
+    zoo = Zoo.create(tmp_path / "zoo")
+    path = make_bundle(tmp_path)
+    edit_json(path / "configs/inference.json", lambda d: d["network_def"].update(_target_="os.system"))
+    rc, out, err = run_cli(capsys, "zoo", "add", str(path), "--zoo", str(zoo.path))
+    assert rc == BundleError.exit_code and rc != 0
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "untrusted" in err and "--trust" in err
+    assert Zoo(zoo.path).list() == []
+
+
+def test_default_zoo_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELSELECTOR_ZOO", str(tmp_path))
+    assert default_zoo_path() == tmp_path
+    monkeypatch.delenv("MODELSELECTOR_ZOO")
+    assert default_zoo_path() == Path(__file__).resolve().parents[2] / "Resources" / "zoo"
+
+
+# --- crash safety ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fail_on", ["bundle", "catalog"])
+def test_interrupted_add_keeps_previous_zoo(tmp_path, capsys, monkeypatch, fail_on):
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(make_bundle(tmp_path, name="first"))
+    before = (zoo.path / "zoo.json").read_bytes()
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *args, **kwargs):
+        is_catalog = Path(dst).name == "zoo.json"
+        if (fail_on == "catalog") == is_catalog:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C (or the process was killed) right here
+        return real_replace(src, dst, *args, **kwargs)
+
+    second = make_bundle(tmp_path, name="second")
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    rc, _, err = run_cli(capsys, "zoo", "add", str(second), "--zoo", str(zoo.path))
+    monkeypatch.undo()
+    assert rc == 130 and "cancelled" in err
+    assert (zoo.path / "zoo.json").read_bytes() == before
+    reopened = Zoo(zoo.path)
+    assert reopened.names() == ["first"]
+    assert load_bundle(reopened.get("first")).card.name == "first"
+    assert sorted(p.name for p in (zoo.path / "models").iterdir()) == ["first"]  # no partial folder
+    assert [p.name for p in zoo.path.iterdir() if p.name.startswith(".")] == []
+    # and the zoo still works afterwards
+    reopened.add(second)
+    assert Zoo(zoo.path).names() == ["first", "second"]
+
+
+# --- standard MONAI bundles -------------------------------------------------------------------------------
+def make_monai_bundle(root: Path) -> tuple:
+    """A bundle as MONAI's model zoo ships it, written with MONAI's own ``init_bundle``."""
+    from monai.bundle.scripts import DEFAULT_INFERENCE, DEFAULT_METADATA, init_bundle
+
+    meta = json.loads(json.dumps(DEFAULT_METADATA))
+    meta.update(
+        name="Spleen CT segmentation",
+        version="0.5.2",
+        task="Decathlon spleen segmentation",
+        license="Apache-2.0",
+        network_data_format={
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+                                 "spatial_shape": [16, 16, 16], "dtype": "float32"}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "spatial_shape": [16, 16, 16], "dtype": "float32",
+                                 "channel_def": {"0": "background", "1": "spleen"}}},
+        },
+    )  # fmt: skip
+    inference = json.loads(json.dumps(DEFAULT_INFERENCE))
+    inference["imports"] = ["$import glob", "$import os"]
+    inference["network_def"] = {**NETWORK_DEF, "_target_": "UNet"}  # bare MONAI name, as the zoo writes it
+    net = make_net(11).eval()
+    path = root / "spleen_ct_segmentation"
+    init_bundle(path, network=net, metadata_str=meta, inference_str=inference)
+    return path, net
+
+
+def test_standard_monai_bundle_import(tmp_path, capsys):
+    src, net = make_monai_bundle(tmp_path)
+    with pytest.raises(BundleError, match="--modality"):
+        import_monai_bundle(src)
+    card = import_monai_bundle(src, modality="ct", body_region="abdomen")
+    assert (card.name, card.version, card.modality, card.body_region) == (
+        "Spleen_CT_segmentation",
+        "0.5.2",
+        "CT",
+        "ABDOMEN",
+    )
+    assert card.label_names == ["spleen"] and card.roi_size == [16, 16, 16] and card.input_channels == 1
+
+    zoo = str(Zoo.create(tmp_path / "zoo").path)
+    rc, _, err = run_cli(capsys, "zoo", "add", str(src), "--zoo", zoo)
+    assert rc == BundleError.exit_code and "--modality" in err and "--body-region" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    rc, out, err = run_cli(capsys, "zoo", "add", str(src), "--zoo", zoo, "--name", "spleen",
+                           "--modality", "CT", "--body-region", "ABDOMEN")  # fmt: skip
+    assert rc == 0 and "Added spleen version 0.5.2" in out, err
+    rc, out, _ = run_cli(capsys, "zoo", "show", "spleen", "--zoo", zoo)
+    assert rc == 0 and "spleen" in out and "body_region: ABDOMEN" in out
+    loaded = load_bundle(Zoo(zoo).get("spleen"))
+    assert loaded.card.name == "spleen" and loaded.card.modality == "CT"
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.network(x), net(x))
+    assert (
+        json.loads((src / "configs/metadata.json").read_text()).get("modelselector") is None
+    )  # source untouched

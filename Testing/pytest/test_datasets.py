@@ -1,0 +1,109 @@
+"""Tests of ModelSelectorLib.datasets: MSD folders, CSV manifests, synthetic cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ModelSelectorLib.datasets import load_manifest, load_msd, make_synthetic_case, make_synthetic_msd
+from ModelSelectorLib.errors import DatasetError
+
+
+def test_load_msd_reads_synthetic_dataset(tmp_path):
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=2, profile="mr", seed=3)
+    ds = load_msd(root)
+    assert ds.name == "SyntheticMR"
+    assert ds.modality == {"0": "MRI"} and ds.modality_code == "MR"
+    assert ds.labels == {0: "background", 1: "sphere", 2: "box"}
+    assert len(ds.training) == 2
+    assert all(c["image"].is_file() and c["label"].is_file() for c in ds.training)
+
+
+def test_load_msd_names_missing_files(tmp_path):
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=2, profile="ct", seed=0)
+    (root / "labelsTr" / "case_001.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="case_001.nii.gz"):
+        load_msd(root)
+
+
+def test_load_msd_rejects_folder_without_dataset_json(tmp_path):
+    with pytest.raises(DatasetError, match="dataset.json"):
+        load_msd(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {}}))
+    with pytest.raises(DatasetError, match="modality"):
+        load_msd(tmp_path)
+
+
+def test_load_manifest_keeps_columns_and_resolves_paths(tmp_path):
+    csv_path = tmp_path / "sub" / "manifest.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text(
+        "path,modality,body_region,ndim,labels,modality_code,region_code\n"
+        'ct/a.nii.gz,CT,"abdomen, upper",3,none,CT,ABDOMEN;PELVIS\n'
+        "mr/b.nii.gz,MR,brain,3,x,,\n"
+        "/abs/c.png,DX,chest,2,y,DX,CHEST\n"
+    )
+    rows = load_manifest(csv_path)
+    assert len(rows) == 3
+    assert rows[0].path == (csv_path.parent / "ct" / "a.nii.gz").resolve()
+    assert rows[0].body_region == "abdomen, upper" and rows[0].region_code == "ABDOMEN;PELVIS"
+    assert rows[0]["ndim"] == "3" and rows[0].columns["labels"] == "none"
+    assert rows[1].modality_code == "MR" and rows[1].region_code == ""
+    assert str(rows[2].path) == "/abs/c.png"
+    other = load_manifest(csv_path, root=tmp_path)
+    assert other[0].path == (tmp_path / "ct" / "a.nii.gz").resolve()
+
+
+def test_load_manifest_requires_columns(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("file,modality\nx,CT\n")
+    with pytest.raises(DatasetError, match="path"):
+        load_manifest(p)
+
+
+def test_shared_manifest_parses_if_present():
+    from pathlib import Path
+
+    p = Path("/work/shared/data/manifest.csv")
+    if not p.is_file():
+        pytest.skip("shared data not available")
+    rows = load_manifest(p)
+    assert rows and all(r.path.is_absolute() for r in rows)
+    assert {"CT", "MR"} <= {r.modality_code for r in rows}
+
+
+@pytest.mark.parametrize("profile", ["ct", "mr"])
+def test_synthetic_case_geometry_and_labels(profile):
+    img, lab = make_synthetic_case(7, profile=profile, shape=(20, 28, 30), spacing=(1.1, 1.3, 3.0))
+    assert img.array.shape == lab.array.shape == (20, 28, 30)
+    assert img.spacing == lab.spacing == (1.1, 1.3, 3.0)
+    d = np.asarray(img.direction).reshape(3, 3)
+    assert not np.allclose(d, np.eye(3)) and np.allclose(d @ d.T, np.eye(3))
+    assert np.any(np.asarray(img.origin) != 0)
+    assert img.same_geometry(lab)
+    counts = np.bincount(lab.array.ravel(), minlength=3)
+    assert counts[1] > 50 and counts[2] > 50
+    a = img.array
+    m1, m2 = a[lab.array == 1].mean(), a[lab.array == 2].mean()
+    body = a[(lab.array == 0) & (a > (-500 if profile == "ct" else 100))].mean()
+    # each class has its own intensity, distinct from the surrounding tissue
+    assert m1 > body + 100 and m2 < body - 80
+    if profile == "ct":
+        assert a.min() < -900  # air outside the body
+    else:
+        assert a.min() >= 0
+    # same seed -> same case
+    img2, lab2 = make_synthetic_case(7, profile=profile, shape=(20, 28, 30), spacing=(1.1, 1.3, 3.0))
+    assert np.array_equal(img.array, img2.array) and np.array_equal(lab.array, lab2.array)
+
+
+def test_synthetic_msd_round_trips_geometry(tmp_path):
+    from ModelSelectorLib.io import read_image
+
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=1, profile="ct", seed=11)
+    img, lab = make_synthetic_case(11, profile="ct")
+    back = read_image(root / "imagesTr" / "case_000.nii.gz")
+    assert back.same_geometry(img)
+    assert np.allclose(back.array, img.array)

@@ -1,0 +1,163 @@
+"""Image I/O keeps geometry, writes Slicer segmentations, and rejects bad input with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ModelSelectorLib.errors import InputError
+from ModelSelectorLib.io import Image, Segment, read_image, read_segmentation, write_image, write_segmentation
+
+LIVER = Segment(
+    1,
+    "Liver",
+    (0.86, 0.45, 0.39),
+    {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "10200004", "Liver"]},
+)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_volume_round_trip_keeps_geometry(tmp_path, oblique_image, ext):
+    path = write_image(oblique_image, tmp_path / f"img{ext}")
+    back = read_image(path)
+    assert back.ndim == 3
+    np.testing.assert_allclose(back.spacing, oblique_image.spacing, atol=1e-5)
+    np.testing.assert_allclose(back.origin, oblique_image.origin, atol=1e-4)
+    np.testing.assert_allclose(back.direction, oblique_image.direction, atol=1e-5)
+    np.testing.assert_array_equal(back.array, oblique_image.array)
+
+
+def test_ijk_to_lps_maps_voxel_to_world(oblique_image):
+    itk = oblique_image.to_sitk()
+    idx = (3, 5, 7)
+    world = oblique_image.ijk_to_lps() @ np.array([*idx, 1.0])
+    np.testing.assert_allclose(world[:3], itk.TransformIndexToPhysicalPoint(idx), atol=1e-6)
+
+
+def test_png_reads_as_2d_and_colour_converts(tmp_path):
+    rgb = np.zeros((16, 20, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[4:8, 4:8] = 255
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "photo.png"))
+    img = read_image(tmp_path / "photo.png")
+    assert img.ndim == 2 and img.is_multicomponent and img.array.shape == (16, 20, 3)
+    gray = img.to_grayscale()
+    assert gray.array.shape == (16, 20) and gray.meta["was_color"]
+    with pytest.raises(InputError, match="2D image where a 3D volume is needed"):
+        read_image(tmp_path / "photo.png", require_3d=True)
+
+
+def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0)):
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(array.shape[0]):
+        sl = sitk.GetImageFromArray(array[k].astype(np.int16))
+        sl.SetSpacing(spacing[:2])
+        tags = {
+            "0008|0060": "CT",
+            "0018|0015": "ABDOMEN",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": series_uid,
+            "0020|0032": f"0\\0\\{k * spacing[2]}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0018|0050": str(spacing[2]),
+        }
+        for key, value in tags.items():
+            sl.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{series_uid[-3:]}_{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def test_dicom_series_folder(tmp_path):
+    arr = np.random.default_rng(0).integers(-100, 300, (5, 16, 16))
+    _write_dicom_series(tmp_path / "ct", arr, "1.2.826.0.1.3680043.2.1125.101")
+    img = read_image(tmp_path / "ct")
+    assert img.ndim == 3 and img.array.shape == (5, 16, 16)
+    np.testing.assert_allclose(img.spacing, (0.8, 0.8, 2.0), atol=1e-4)
+    assert img.meta["modality"] == "CT" and img.meta["body_part"] == "ABDOMEN"
+
+
+def test_dicom_folder_with_mixed_series_is_refused(tmp_path):
+    arr = np.random.default_rng(0).integers(-100, 300, (3, 8, 8))
+    _write_dicom_series(tmp_path / "mixed", arr, "1.2.826.0.1.3680043.2.1125.101")
+    _write_dicom_series(tmp_path / "mixed", arr, "1.2.826.0.1.3680043.2.1125.202")
+    with pytest.raises(InputError, match="mixes 2 DICOM series"):
+        read_image(tmp_path / "mixed")
+    img = read_image(tmp_path / "mixed", series_uid="1.2.826.0.1.3680043.2.1125.202")
+    assert img.array.shape == (3, 8, 8)
+
+
+def test_bad_inputs_get_specific_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "missing.nii.gz")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="not an image"):
+        read_image(tmp_path / "notes.txt")
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_image(tmp_path / "empty.nii.gz")
+    with pytest.raises(InputError, match="holds no DICOM series"):
+        read_image(tmp_path)
+
+    four_d = sitk.GetImageFromArray(np.random.rand(3, 4, 5, 6).astype(np.float32), isVector=False)
+    sitk.WriteImage(sitk.JoinSeries([four_d[:, :, :, i] for i in range(3)]), str(tmp_path / "t.nii.gz"))
+    with pytest.raises(InputError, match="4D"):
+        read_image(tmp_path / "t.nii.gz")
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(tmp_path / "zero.nii.gz"))
+    with pytest.raises(InputError, match="image is empty"):
+        read_image(tmp_path / "zero.nii.gz")
+
+    nan = np.full((4, 5, 6), np.nan, np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
+    with pytest.raises(InputError, match="every voxel is NaN"):
+        read_image(tmp_path / "nan.mha")
+    nan[0, 0, :3] = 1.0
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "some_nan.nrrd"))
+    with pytest.raises(InputError, match="117 of 120 voxels are NaN"):
+        read_image(tmp_path / "some_nan.nrrd")
+
+
+def test_segmentation_round_trip_through_slicerio(tmp_path, oblique_image):
+    import slicerio
+
+    labels = (oblique_image.array > 0).astype(np.uint8)
+    labels[4:6, 6:9, 8:11] = 2
+    lm = oblique_image.with_array(labels)
+    path = write_segmentation(lm, tmp_path / "out.seg.nrrd", [LIVER, Segment(2, "Spleen", (0.6, 0.4, 0.7))])
+
+    raw = slicerio.read_segmentation(str(path))
+    names = {s["name"]: s for s in raw["segments"]}
+    assert set(names) == {"Liver", "Spleen"}
+    assert names["Liver"]["terminology"]["type"] == ["SCT", "10200004", "Liver"]
+    np.testing.assert_allclose(names["Spleen"]["color"], (0.6, 0.4, 0.7), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(raw["ijkToLPS"]), lm.ijk_to_lps(), atol=1e-5)
+
+    back, segments = read_segmentation(path)
+    assert back.same_geometry(lm)
+    np.testing.assert_array_equal(back.array, labels)
+    assert [s.name for s in segments] == ["Liver", "Spleen"]
+
+
+def test_interrupted_write_keeps_previous_file(tmp_path, oblique_image, monkeypatch):
+    target = write_image(oblique_image, tmp_path / "img.nrrd")
+    before = target.read_bytes()
+
+    def broken_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken_write)
+    with pytest.raises(OSError):
+        write_image(oblique_image.with_array(oblique_image.array * 2), target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nrrd"]
+
+
+def test_with_array_checks_shape(oblique_image):
+    with pytest.raises(ValueError):
+        oblique_image.with_array(np.zeros((2, 2, 2)))
+    assert isinstance(oblique_image.as_3d(), Image)

@@ -1,0 +1,214 @@
+"""Tests of the Slicer module's logic with real MRML classes (``slicer-core``), no Slicer application.
+
+A tiny zoo is trained (two epochs on a synthetic MSD dataset), a synthetic oblique volume is put in a
+``vtkMRMLScalarVolumeNode``, and ``ModelSelectorLogic.applyModels`` runs ``python -m ModelSelectorLib apply``
+as a subprocess and loads the result into a ``vtkMRMLSegmentationNode``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "ModelSelector"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "ModelSelector.ui"
+
+slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install slicer-core) for MRML classes")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the 'slicer' module found has no MRML classes", allow_module_level=True)
+
+sys.path.insert(0, str(MODULE_DIR))
+import ModelSelector as msm  # noqa: E402
+
+MODEL = "TinySeg"
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """A zoo with one segmentation model trained for two epochs on a synthetic MSD dataset."""
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.train import TrainConfig, train_segmentation
+
+    root = tmp_path_factory.mktemp("zoo")
+    dataset = make_synthetic_msd(root / "msd", n_cases=3, shape=(16, 24, 24))
+    config = TrainConfig(channels=(4, 8), epochs=2, batch_size=1, num_samples=1, roi_size=(16, 16, 16),
+                         val_fraction=0.34, augment=False, num_threads=2, seed=0)  # fmt: skip
+    train_segmentation(dataset, MODEL, root / "zoo", config)
+    return root / "zoo"
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def volume(scene):
+    return msm.make_test_volume(scene, np.random.default_rng(1))
+
+
+def _matrix(m):
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _ijk_to_ras(node):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return _matrix(m)
+
+
+def test_list_models(tiny_zoo):
+    models = msm.ModelSelectorLogic().listModels(str(tiny_zoo))
+    assert [m["name"] for m in models] == [MODEL]
+    assert models[0]["task_type"] == "segmentation"
+
+
+def test_apply_models_names_colours_geometry(tiny_zoo, scene, volume):
+    logic = msm.ModelSelectorLogic(scene)
+    card = logic.modelCard(MODEL, str(tiny_zoo))
+    progress = []
+    before = set(os.listdir(tempfile.gettempdir()))
+    nodes = logic.applyModels(volume, [{"name": MODEL, "score": 0.9}], str(tiny_zoo),
+                              progressCallback=lambda f, t: progress.append((f, t)))  # fmt: skip
+    after = set(os.listdir(tempfile.gettempdir()))
+    assert not [d for d in after - before if d.startswith("ModelSelector-")], "temporary files left behind"
+
+    assert len(nodes) == 1
+    node = nodes[0]
+    assert node.GetScene() is scene
+    assert node.GetName() == MODEL
+    assert progress and progress[-1][0] == pytest.approx(1.0)
+    assert all(0.0 <= f <= 1.0 for f, _ in progress)
+
+    segmentation = node.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert [s.GetName() for s in segments] == [lb["name"] for lb in card.labels]
+    for seg, label in zip(segments, card.labels):
+        assert np.allclose(seg.GetColor(), label["color"], atol=1e-3)
+        if label.get("terminology"):
+            terminology = seg.GetTerminology() if hasattr(seg, "GetTerminology") else ""
+            assert label["terminology"]["type"][1] in terminology, terminology
+            assert label["terminology"]["category"][1] in terminology, terminology
+
+    # the labelmap has exactly the input volume's geometry (spacing, origin, directions)
+    reference = _ijk_to_ras(volume)
+    labelmap = slicer.vtkOrientedImageData()
+    assert node.GetBinaryLabelmapRepresentation(segmentation.GetNthSegmentID(0), labelmap)
+    got = _matrix_of_oriented(labelmap)
+    assert np.allclose(got, reference, atol=1e-4), f"{got}\n!=\n{reference}"
+    assert node.GetNodeReference("referenceImageGeometryRef") is volume
+    geometry = segmentation.GetConversionParameter("Reference image geometry")
+    assert geometry, "no reference image geometry"
+    values = [float(v) for v in geometry.split(";")[:16]]
+    assert np.allclose(np.array(values).reshape(4, 4), reference, atol=1e-4)
+
+
+def _matrix_of_oriented(image):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    return _matrix(m)
+
+
+def test_apply_places_beside_input_in_subject_hierarchy(tiny_zoo, scene, volume):
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is None:
+        pytest.skip("no subject hierarchy node in this MRML build")
+    study = sh.CreateFolderItem(sh.GetSceneItemID(), "Study")
+    item = sh.GetItemByDataNode(volume)
+    if item:  # the application's subject hierarchy plugins add items automatically
+        sh.SetItemParent(item, study)
+    else:  # MRML only: add the volume's item by hand
+        sh.CreateItem(study, volume)
+    (node,) = msm.ModelSelectorLogic(scene).applyModels(volume, MODEL, str(tiny_zoo))
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+
+
+def test_apply_error_carries_process_message(tiny_zoo, scene, volume):
+    with pytest.raises(msm.ModelSelectorProcessError) as info:
+        msm.ModelSelectorLogic(scene).applyModels(volume, ["NoSuchModel"], str(tiny_zoo))
+    message = str(info.value)
+    assert "NoSuchModel" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_cancel_terminates_process(tiny_zoo, scene, volume):
+    cancel = threading.Event()
+    cancel.set()
+    n_nodes = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(msm.ModelSelectorCancelled):
+        msm.ModelSelectorLogic(scene).applyModels(volume, [MODEL], str(tiny_zoo), cancelEvent=cancel)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_nodes
+
+
+def test_find_models_or_clear_error(tiny_zoo, scene, volume):
+    logic = msm.ModelSelectorLogic(scene)
+    try:
+        models = logic.findModels(volume, str(tiny_zoo))
+    except msm.ModelSelectorProcessError as e:
+        assert "select" in str(e)  # the select command is not available (yet), or the zoo has no index
+        return
+    assert isinstance(models, list)
+    for m in models:
+        assert {"name", "score", "fits"} <= set(m)
+
+
+def test_mark_fits_and_model_names():
+    models = [{"name": "a", "score": 0.9, "fits": True}, {"name": "b", "score": 0.3, "fits": True}]
+    marked = msm.ModelSelectorLogic.markFits(models, 0.5)
+    assert [m["fits"] for m in marked] == [True, False]
+    assert msm.ModelSelectorLogic.modelNames(["a", {"name": "b"}]) == ["a", "b"]
+    assert msm.ModelSelectorLogic.modelNames("a") == ["a"]
+
+
+def test_ui_file_parses_and_has_every_widget_the_module_uses():
+    tree = ET.parse(UI_FILE)
+    names = {w.get("name") for w in tree.iter("widget")}
+    source = (MODULE_DIR / "ModelSelector.py").read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    assert used, "the module uses no widget of the .ui file?"
+    missing = sorted(used - names)
+    assert not missing, f"widgets used by ModelSelector.py but missing in ModelSelector.ui: {missing}"
+    # parameter node bindings name existing parameters
+    params = {p.text for p in tree.iter("string") if p.text}
+    assert {"inputVolume", "fitThreshold"} <= params
+
+
+def test_module_files_present():
+    assert (MODULE_DIR / "Resources" / "Icons" / "ModelSelector.png").is_file()
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "slicerMacroBuildScriptedModule" in cmake and "WITH_GENERIC_TESTS" in cmake
+    s4ext = (ROOT / "ModelSelector.s4ext").read_text(encoding="utf-8")
+    for key in ("scm", "scmurl", "depends", "category", "iconurl", "screenshoturls", "contributors", "homepage",
+                "description", "enabled"):  # fmt: skip
+        assert re.search(rf"^{key}\s", s4ext, re.M), key
+
+
+def test_module_selftest_without_slicer_app():
+    """The module's own self-test (untrained bundle with terminology codes), run with MRML only."""
+    result = unittest.TextTestRunner(verbosity=0).run(msm.ModelSelectorTest("runTest"))
+    assert result.wasSuccessful(), [str(e) for _, e in result.errors + result.failures]
+
+
+def test_slicer_selftest():
+    exe = os.environ.get("SLICER_EXECUTABLE")
+    if not exe:
+        pytest.skip("set SLICER_EXECUTABLE to a Slicer executable to run the in-Slicer self-test")
+    script = ROOT / "Testing" / "slicer" / "run_selftest.py"
+    run = subprocess.run([exe, "--no-splash", "--no-main-window", "--python-script", str(script)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -1,0 +1,301 @@
+"""Train a tiny model on synthetic data, add it to a zoo, apply it (library and CLI), check geometry."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from ModelSelectorLib.datasets import make_synthetic_case, make_synthetic_msd  # noqa: E402
+from ModelSelectorLib.errors import Cancelled, InputError  # noqa: E402
+from ModelSelectorLib.io import Image, read_segmentation, write_image  # noqa: E402
+
+TARGET_SPACING = (2.0, 2.0, 3.0)
+
+
+def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
+    x, y = a == value, b == value
+    return 2.0 * np.count_nonzero(x & y) / max(np.count_nonzero(x) + np.count_nonzero(y), 1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny UNet trained once on 5 synthetic CT cases; returns (zoo path, bundle path)."""
+    from ModelSelectorLib.train import TrainConfig, train_segmentation
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("train")
+    msd = make_synthetic_msd(root / "msd", n_cases=5, profile="ct", seed=0)
+    config = TrainConfig(channels=(8, 16, 32), epochs=150, lr=3e-3, batch_size=2, num_samples=4,
+                         roi_size=(16, 16, 16), target_spacing=TARGET_SPACING, augment=False,
+                         val_interval=10, seed=0, num_threads=2)  # fmt: skip
+    bundle = train_segmentation(msd, "synth_ct", root / "zoo", config)
+    return root / "zoo", bundle, msd
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    from ModelSelectorLib.bundle import load_bundle
+
+    return load_bundle(trained[1])
+
+
+def test_training_writes_a_complete_card(trained, loaded):
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo_path, bundle, _ = trained
+    assert Zoo(zoo_path).get("synth_ct") == bundle
+    card = loaded.card
+    assert card.modality == "CT" and card.body_region == "ABDOMEN" and card.synthetic is True
+    assert [(lb["value"], lb["name"]) for lb in card.labels] == [(1, "sphere"), (2, "box")]
+    assert all(len(lb["color"]) == 3 for lb in card.labels)
+    assert card.target_spacing == list(TARGET_SPACING) and card.roi_size == [16, 16, 16]
+    assert card.intensity == {"mode": "ct", "a_min": -1000.0, "a_max": 1000.0}
+    assert card.n_training_cases == 4 and card.seed == 0 and card.training_time_s > 0
+    assert card.validation_metrics["dice"] > 0.7
+    assert {"dice_sphere", "dice_box"} <= set(card.validation_metrics)
+    assert card.code_version.startswith("0.")
+
+
+@pytest.mark.parametrize("resample", ["nearest", "linear"])
+def test_apply_segments_a_held_back_case(loaded, resample):
+    from ModelSelectorLib.infer import apply_model
+
+    image, truth = make_synthetic_case(1000, profile="ct")
+    out = apply_model(loaded, image, resample=resample)
+    assert out.same_geometry(image) and out.array.dtype == np.uint8
+    for value in (1, 2):
+        assert dice(out.array, truth.array, value) >= 0.8, f"label {value}"
+
+
+class IntensityOracle(torch.nn.Module):
+    """A "perfect" network for the synthetic CT task: classifies each voxel by its normalised intensity.
+
+    After CT normalisation (clip [-1000, 1000] -> [0, 1]) air is 0, tissue 0.52, the ellipsoid (200 HU) 0.6
+    and the box (-100 HU) 0.45; logits are negative squared distances to those levels. Used to test geometry
+    handling independently of how well a trained model learned.
+    """
+
+    def forward(self, x):
+        levels = torch.tensor([0.0, 0.52, 0.6, 0.45], dtype=x.dtype, device=x.device).view(1, 4, 1, 1, 1)
+        d = -(((x - levels) / 0.02) ** 2)
+        return torch.stack([torch.maximum(d[:, 0], d[:, 1]), d[:, 2], d[:, 3]], dim=1)
+
+
+def oracle_bundle(spacing=(1.0, 1.0, 1.5)):
+    from types import SimpleNamespace
+
+    from ModelSelectorLib.bundle import ModelCard
+
+    card = ModelCard(name="oracle", version="0.1.0", task_type="segmentation", modality="CT", body_region="ABDOMEN",
+                     labels=[{"value": 1, "name": "sphere", "color": [1.0, 0.0, 0.0]},
+                             {"value": 2, "name": "box", "color": [0.0, 0.0, 1.0]}],
+                     target_spacing=list(spacing), intensity={"mode": "ct", "a_min": -1000.0, "a_max": 1000.0},
+                     roi_size=[32, 32, 16])  # fmt: skip
+    return SimpleNamespace(network=IntensityOracle().eval(), card=card, config={}, path=None)
+
+
+GEOMETRIES = [
+    ((0.9, 1.0, 2.5), (22, 40, 38), 35.0, False),
+    ((1.5, 1.4, 2.0), (30, 26, 28), 0.0, True),
+    ((1.2, 1.2, 3.0), (24, 32, 32), 20.0, False),
+]
+
+
+def _case(spacing, shape, angle, flip, seed=2000):
+    image, truth = make_synthetic_case(seed, profile="ct", shape=shape, spacing=spacing, oblique=angle != 0,
+                                       angle_deg=angle)  # fmt: skip
+    if flip:  # axis-aligned but LPS-flipped (as RAS-stored data reads): i -> R, j -> A
+        direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+        image = Image(image.array, image.spacing, (30.0, -12.5, 4.0), direction)
+        truth = Image(truth.array, truth.spacing, (30.0, -12.5, 4.0), direction)
+    return image, truth
+
+
+def _assert_same_grid(out, image):
+    assert out.size == image.size and out.array.shape == image.array.shape
+    assert np.allclose(out.spacing, image.spacing) and np.allclose(out.origin, image.origin)
+    assert np.allclose(out.direction, image.direction)
+
+
+@pytest.mark.parametrize("spacing, shape, angle, flip", GEOMETRIES)
+def test_apply_preserves_geometry_and_label_positions(spacing, shape, angle, flip):
+    """With a perfect network the output must reproduce the truth: any resampling or axis-order error
+    (transposed axes, flipped directions, shifted origin) would move the labels."""
+    from ModelSelectorLib.infer import apply_model
+
+    image, truth = _case(spacing, shape, angle, flip)
+    out = apply_model(oracle_bundle(), image)
+    _assert_same_grid(out, image)
+    assert dice(out.array, truth.array, 1) >= 0.95
+    # box: partial volume at the air/tissue border also looks like -100 HU, so check recall only
+    box = truth.array == 2
+    assert np.count_nonzero(out.array[box] == 2) >= 0.95 * np.count_nonzero(box)
+
+
+@pytest.mark.parametrize("spacing, shape, angle, flip", GEOMETRIES[:2])
+def test_trained_model_on_other_geometries(loaded, spacing, shape, angle, flip):
+    from ModelSelectorLib.infer import apply_model
+
+    image, truth = _case(spacing, shape, angle, flip)
+    out = apply_model(loaded, image)
+    _assert_same_grid(out, image)
+    assert dice(out.array, truth.array, 1) >= 0.6 and dice(out.array, truth.array, 2) >= 0.3
+
+
+def test_apply_can_be_cancelled(loaded):
+    from ModelSelectorLib.infer import apply_model
+
+    image, _ = make_synthetic_case(5, profile="ct")
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        apply_model(loaded, image, cancel=ev)
+
+
+def test_cli_apply_writes_seg_nrrd(trained, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    zoo_path = trained[0]
+    image, truth = make_synthetic_case(3000, profile="ct")
+    src = write_image(image, tmp_path / "ct.nrrd")
+    out = tmp_path / "out.seg.nrrd"
+    rc = main(["apply", "--zoo", str(zoo_path), "--model", "synth_ct", str(src), "--out", str(out)])
+    assert rc == 0 and out.is_file()
+    labelmap, segments = read_segmentation(out)
+    assert labelmap.same_geometry(image, tol=1e-3)
+    names = {s.value: s.name for s in segments}
+    assert names == {1: "sphere", 2: "box"}
+    assert all(len(s.color) == 3 and all(0 <= c <= 1 for c in s.color) for s in segments)
+    assert dice(labelmap.array, truth.array, 1) >= 0.8
+
+
+def _bad_inputs(tmp_path):
+    import SimpleITK as sitk
+
+    vol = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32))
+    four_d = tmp_path / "four_d.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([vol, vol]), str(four_d))
+    arr = np.random.default_rng(1).normal(size=(8, 9, 10)).astype(np.float32)
+    arr[2, 3, 4] = np.nan
+    nan = write_image(Image(arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                      tmp_path / "nan.nrrd")  # fmt: skip
+    return {"4D": four_d, "NaN": nan, "missing": tmp_path / "missing.nii.gz"}
+
+
+@pytest.mark.parametrize("kind", ["4D", "NaN", "missing"])
+def test_cli_apply_bad_input_one_line_error(trained, tmp_path, capsys, kind):
+    from ModelSelectorLib.cli import main
+
+    path = _bad_inputs(tmp_path)[kind]
+    out = tmp_path / "out.seg.nrrd"
+    rc = main(["apply", "--zoo", str(trained[0]), "--model", "synth_ct", str(path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == InputError.exit_code != 0
+    assert err.startswith("modelselector: error:") and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_apply_unknown_model(trained, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    image, _ = make_synthetic_case(1, profile="ct")
+    src = write_image(image, tmp_path / "ct.nii.gz")
+    rc = main(
+        [
+            "apply",
+            "--zoo",
+            str(trained[0]),
+            "--model",
+            "nope",
+            str(src),
+            "--out",
+            str(tmp_path / "o.seg.nrrd"),
+        ]
+    )
+    assert rc != 0 and "nope" in capsys.readouterr().err
+
+
+def test_cli_train_adds_new_version(trained, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo_path, _, msd = trained
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("channels: [4, 8]\nroi_size: [16, 16, 16]\ntarget_spacing: [3.0, 3.0, 3.0]\n"
+                   "batch_size: 1\nnum_samples: 1\naugment: true\nmax_cases: 3\nnum_threads: 2\n")  # fmt: skip
+    rc = main(["train", "--dataset", str(msd), "--name", "synth_ct", "--out", str(zoo_path),
+               "--config", str(cfg), "--epochs", "1", "--arch", "unet", "--seed", "1"])  # fmt: skip
+    assert rc == 0
+    zoo = Zoo(zoo_path)
+    assert set(zoo.versions("synth_ct")) == {"0.1.0", "0.1.1"}
+    assert zoo.card("synth_ct").seed == 1
+
+
+def test_cli_train_bad_config_is_one_line_error(trained, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("epochz: 3\n")
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            str(trained[2]),
+            "--name",
+            "x",
+            "--out",
+            str(tmp_path / "zoo"),
+            "--config",
+            str(cfg),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "epochz" in err and len(err.splitlines()) == 1
+
+
+def test_apply_2d_model_keeps_2d_geometry(tmp_path):
+    from ModelSelectorLib.bundle import ModelCard, load_bundle, save_bundle
+    from ModelSelectorLib.infer import apply_model
+    from ModelSelectorLib.train import TrainConfig, build_network, network_def
+
+    torch.manual_seed(0)
+    net_def = network_def(TrainConfig(channels=(4, 8)), spatial_dims=2, n_classes=2)
+    net = build_network(net_def)
+    card = ModelCard(name="rand2d", version="0.1.0", task_type="segmentation", modality="DX", body_region="CHEST",
+                     labels=[{"value": 1, "name": "thing", "color": [1.0, 0.0, 0.0]}], spatial_dims=2,
+                     target_spacing=[0.5, 0.5], intensity={"mode": "percentile", "a_min": 1.0, "a_max": 99.0},
+                     roi_size=[32, 32])  # fmt: skip
+    bundle = load_bundle(save_bundle(tmp_path / "rand2d", card, net_def, net.state_dict()))
+    c, s = math.cos(math.radians(10)), math.sin(math.radians(10))
+    arr = np.random.default_rng(0).normal(size=(45, 37)).astype(np.float32)
+    image = Image(arr, (0.7, 0.4), (3.0, -2.0), (c, -s, s, c))
+    out = apply_model(bundle, image)
+    assert out.same_geometry(image) and out.array.shape == (45, 37)
+    with pytest.raises(InputError, match="2D"):
+        apply_model(bundle, Image(np.ones((3, 4, 5), np.float32) * np.arange(5), (1, 1, 1), (0, 0, 0),
+                                  (1, 0, 0, 0, 1, 0, 0, 0, 1)))  # fmt: skip
+
+
+def test_intensity_mode_follows_modality():
+    from ModelSelectorLib.infer import normalize_intensity
+    from ModelSelectorLib.train import TrainConfig, intensity_settings
+
+    assert intensity_settings(TrainConfig(), "MR") == {"mode": "mr"}
+    assert intensity_settings(TrainConfig(a_min=-200, a_max=300), "CT") == {
+        "mode": "ct",
+        "a_min": -200.0,
+        "a_max": 300.0,
+    }
+    arr = np.array([0.0, 0.0, 10.0, 20.0, 30.0], np.float32)
+    out = normalize_intensity(arr, {"mode": "mr"})
+    assert out[0] == 0 and abs(out[2:].mean()) < 1e-6 and abs(out[2:].std() - 1) < 1e-5
+    ct = normalize_intensity(
+        np.array([-2000.0, 0.0, 2000.0], np.float32), {"mode": "ct", "a_min": -1000, "a_max": 1000}
+    )
+    assert np.allclose(ct, [0.0, 0.5, 1.0]) and ct.dtype == np.float32
