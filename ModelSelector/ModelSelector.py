@@ -342,6 +342,8 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if col == 0:
                     item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
                     item.setCheckState(qt.Qt.Checked if fits and row == 0 else qt.Qt.Unchecked)
+                if m.get("reasons"):
+                    item.setToolTip("\n".join(str(r) for r in m["reasons"]))
                 else:
                     item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
                 table.setItem(row, col, item)
@@ -615,7 +617,8 @@ class _FindJob(_Job):
         if self._issued:
             return None
         self._issued = True
-        return ["select", self.imagePath, "--zoo", self.zooPath, "--json"]
+        # every model (an expert may apply one that does not fit), with the reasons for the table's tooltips
+        return ["select", self.imagePath, "--zoo", self.zooPath, "--json", "--reasons", "--top", "1000"]
 
     def errorMessage(self) -> str:
         message = super().errorMessage()
@@ -650,14 +653,19 @@ class _ApplyJob(_Job):
         self.device = device
         self._steps = max(len(self.modelNames), 1)
         self.result = []
+        self.taskTypes = logic.taskTypes(zooPath)
         try:
             self.imagePath = logic.writeVolume(volumeNode, os.path.join(self.tempDir, "input.nrrd"))
         except BaseException:
             self.cleanup()
             raise
 
+    def _isLandmarks(self, index: int) -> bool:
+        return self.taskTypes.get(self.modelNames[index]) == "landmarks"
+
     def _outPath(self, index: int) -> str:
-        return os.path.join(self.tempDir, f"output_{index}.seg.nrrd")
+        suffix = ".mrk.json" if self._isLandmarks(index) else ".seg.nrrd"
+        return os.path.join(self.tempDir, f"output_{index}{suffix}")
 
     def _nextCommand(self) -> Optional[list[str]]:
         if self._step >= len(self.modelNames):
@@ -668,7 +676,10 @@ class _ApplyJob(_Job):
 
     def _stepDone(self) -> None:
         name = self.modelNames[self._step]
-        node = self.logic.loadSegmentation(self._outPath(self._step), name, self.volumeNode)
+        if self._isLandmarks(self._step):
+            node = self.logic.loadMarkups(self._outPath(self._step), name, self.volumeNode)
+        else:
+            node = self.logic.loadSegmentation(self._outPath(self._step), name, self.volumeNode)
         self.result.append(node)
 
 
@@ -773,6 +784,10 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
 
         return Zoo(zooPath or self.defaultZooPath()).list()
 
+    def taskTypes(self, zooPath: Optional[str] = None) -> dict[str, str]:
+        """Model name -> task type (``segmentation``, ``landmarks``, ...) of every model in the zoo."""
+        return {m["name"]: m.get("task_type", "segmentation") for m in self.listModels(zooPath)}
+
     def modelCard(self, name: str, zooPath: Optional[str] = None) -> Any:
         self._ensureImportable()
         from ModelSelectorLib.zoo import Zoo
@@ -810,6 +825,24 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
             segmentationNode.SetNodeReferenceID("referenceImageGeometryRef", referenceVolumeNode.GetID())
             self._placeBeside(segmentationNode, referenceVolumeNode)
         return segmentationNode
+
+    def loadMarkups(self, path: str, name: str, referenceVolumeNode: Any = None) -> Any:
+        """Load a ``.mrk.json`` point list into a new markups node named ``name`` beside the input volume."""
+        scene = self.scene(referenceVolumeNode)
+        markupsNode = slicer.vtkMRMLMarkupsFiducialNode()
+        markupsNode.SetName(scene.GenerateUniqueName(name) if scene is not None else name)
+        if scene is not None:
+            scene.AddNode(markupsNode)
+        storageNode = slicer.vtkMRMLMarkupsJsonStorageNode()
+        storageNode.SetFileName(path)
+        if not storageNode.ReadData(markupsNode):
+            if scene is not None:
+                scene.RemoveNode(markupsNode)
+            raise ModelSelectorProcessError(f"could not read the landmarks of model '{name}' ({path})")
+        markupsNode.CreateDefaultDisplayNodes()
+        if referenceVolumeNode is not None:
+            self._placeBeside(markupsNode, referenceVolumeNode)
+        return markupsNode
 
     @staticmethod
     def _placeBeside(node: Any, referenceNode: Any) -> None:
@@ -906,7 +939,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         progressCallback: Optional[Callable[[float, str], None]] = None,
         cancelEvent: Any = None,
     ) -> list[Any]:
-        """Apply zoo models (names, or dicts with ``"name"``) to ``volumeNode``; return segmentation nodes.
+        """Apply zoo models (names, or dicts with ``"name"``) to ``volumeNode``; return the new nodes: a
+        segmentation node per segmentation model, a markups point list per landmark model.
 
         Each model runs in ``python -m ModelSelectorLib apply``; ``progressCallback(fraction, text)`` gets the
         overall progress; setting ``cancelEvent`` terminates the process and raises

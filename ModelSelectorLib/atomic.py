@@ -29,6 +29,7 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + target.name, dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a zoo or report is meant to be readable by others
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -63,6 +64,7 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes an owner-only folder
     try:
         yield tmp
     except BaseException:

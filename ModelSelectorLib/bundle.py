@@ -634,6 +634,17 @@ def build_metadata(
 
 
 def _preprocessing(card: ModelCard) -> dict[str, Any]:
+    if card.task_type == "landmarks" and card.spatial_dims == 2 and card.roi_size:
+        # landmark models see the whole radiograph resized to roi_size (points map back by the scale)
+        return {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Resized", "keys": "image", "spatial_size": list(card.roi_size), "mode": "bilinear",
+             "anti_aliasing": True},
+            {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
+             "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ]}  # fmt: skip
     transforms: list[dict[str, Any]] = [
         {"_target_": "LoadImaged", "keys": "image"},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},

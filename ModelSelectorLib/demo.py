@@ -1,147 +1,206 @@
-"""The end-to-end demo: zoo -> input image -> apply models -> ``.seg.nrrd`` + overlay + HTML summary.
+"""The end-to-end demo: image -> ``select`` -> apply the fitting models -> ``.seg.nrrd`` / ``.mrk.json``,
+overlay images and an HTML summary.
 
-When no starter zoo is bundled under ``Resources/zoo``, the demo trains a tiny model on *synthetic*
-volumes (shapes of known intensity; not medical data) into a cache folder and says so plainly. The same
-code then runs unchanged on a real zoo.
+By default it runs on the bundled sample image (``Resources/samples``) with the bundled starter zoo, encoder
+and index; any image can be passed instead. When no model fits (a photograph, an image of a body part the
+zoo does not cover), the demo says so plainly and applies nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
-import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .errors import ZooError
-from .io import Image, read_image, write_image, write_segmentation
+from .io import Image, read_image, write_segmentation
 
-SYNTHETIC_MODEL = "synthetic-shapes-ct"
+#: Sample image used when none is given (relative to the repository's ``Resources/samples``).
+DEFAULT_SAMPLE = "ct_abdomen.nii.gz"
+#: At most this many fitting models are applied.
+MAX_APPLIED = 3
 
 
 @dataclasses.dataclass
 class DemoResult:
-    """What the demo produced: the input, one entry per applied model, and the summary page."""
+    """What the demo produced.
+
+    Attributes:
+        input_path: the image the demo ran on.
+        zoo_path: the zoo it selected from.
+        selection: the :class:`~ModelSelectorLib.selector.Selection` for the image.
+        outputs: one dict per applied model (``model``, ``task``, ``output`` path, ``png`` path, ...).
+        summary_html: the summary page.
+        seconds: wall time of the whole demo.
+    """
 
     input_path: Path
     zoo_path: Path
-    synthetic_zoo: bool
+    selection: Any
     outputs: list[dict[str, Any]]
     summary_html: Path
     seconds: float
 
 
-def cache_dir() -> Path:
-    """Folder for artefacts the demo builds once (``MODELSELECTOR_CACHE`` or ``~/.cache/modelselector``)."""
-    return Path(os.environ.get("MODELSELECTOR_CACHE", Path.home() / ".cache" / "modelselector"))
-
-
-def _has_models(zoo_path: Path) -> bool:
-    from .zoo import Zoo
-
-    try:
-        return len(Zoo(zoo_path).list()) > 0
-    except ZooError:
-        return False
-
-
-def build_synthetic_zoo(zoo_path: Path, seed: int = 0, say=print) -> Path:
-    """Train the tiny synthetic demo model into ``zoo_path`` (about a minute on 2 CPU cores)."""
-    import tempfile
-
-    from .datasets import make_synthetic_msd
-    from .train import TrainConfig, train_segmentation
-
-    say(
-        "No starter zoo is bundled yet: training a tiny demo model on SYNTHETIC volumes "
-        "(CT-like shapes, not medical data) into " + str(zoo_path)
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = make_synthetic_msd(Path(tmp) / "Task00_SyntheticShapes", n_cases=6, profile="ct", seed=seed)
-        config = TrainConfig(epochs=30, seed=seed)
-        train_segmentation(dataset, SYNTHETIC_MODEL, zoo_path, config, modality="CT", body_region="ABDOMEN")
-    return zoo_path
-
-
-def resolve_zoo(zoo: Optional[Path], say=print) -> tuple:
-    """The zoo to use: the given one, else the bundled starter zoo, else the cached synthetic one."""
+def samples_dir() -> Path:
+    """``Resources/samples`` of this checkout or installation."""
     from .zoo import default_zoo_path
 
-    if zoo is not None:
-        return Path(zoo), False
-    bundled = default_zoo_path()
-    if _has_models(bundled):
-        return bundled, False
-    synthetic = cache_dir() / "synthetic-demo-zoo"
-    if not _has_models(synthetic):
-        build_synthetic_zoo(synthetic, say=say)
-    return synthetic, True
+    return default_zoo_path().parent / "samples"
 
 
-def _overlay_png(image: Image, labels: Image, path: Path, title: str) -> Path:
-    """Save the slice with the most labelled voxels, with label contours over the greyscale image."""
+def default_sample() -> Path:
+    """The bundled sample image the demo uses when none is given."""
+    path = samples_dir() / DEFAULT_SAMPLE
+    if not path.is_file():
+        raise ZooError(f"the bundled sample image {path} is missing; pass an image: modelselector demo IMAGE")
+    return path
+
+
+def _contour_panels(
+    image: Image, labels: Optional[Image]
+) -> list[tuple[np.ndarray, Optional[np.ndarray], float]]:
+    """Up to three orthogonal slices ``(greyscale, labels, aspect)`` through the labelled region's centre.
+
+    ``aspect`` is the physical height/width ratio of one pixel so the slices are not distorted.
+    """
+    img = image.to_grayscale().as_3d()
+    a = img.array.astype(np.float32)
+    lab = labels.as_3d().array if labels is not None else None
+    sx, sy, sz = (float(s) for s in img.spacing)
+    if a.shape[0] == 1:  # 2D image
+        return [(a[0], None if lab is None else lab[0], sy / sx)]
+    if lab is not None and (lab > 0).any():
+        centre = [int(round(c)) for c in np.argwhere(lab > 0).mean(axis=0)]
+    else:
+        centre = [s // 2 for s in a.shape]
+    k, j, i = centre
+    panels = [(a[k], None if lab is None else lab[k], sy / sx)]  # axial (y, x)
+    panels.append((a[:, j, :][::-1], None if lab is None else lab[:, j, :][::-1], sz / sx))  # coronal (z, x)
+    panels.append((a[:, :, i][::-1], None if lab is None else lab[:, :, i][::-1], sz / sy))  # sagittal (z, y)
+    return panels
+
+
+def overlay_png(
+    image: Image,
+    path: Path,
+    title: str,
+    labels: Optional[Image] = None,
+    colors: Optional[dict[int, tuple[float, float, float]]] = None,
+    points_ijk: Optional[np.ndarray] = None,
+) -> Path:
+    """Save the input's slices with label contours (in each segment's colour) or landmark points over them.
+
+    Args:
+        image: the input image.
+        path: output PNG.
+        title: figure title.
+        labels: label map in the input's grid, or None.
+        colors: label value -> RGB in [0, 1] (default: matplotlib's tab10).
+        points_ijk: ``(n, 2)`` landmark positions ``(x, y)`` in pixels of a 2D input, or None.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    img = image.to_grayscale().as_3d().array.astype(np.float32)
-    lab = labels.as_3d().array
-    counts = (lab > 0).reshape(lab.shape[0], -1).sum(axis=1)
-    k = int(np.argmax(counts)) if counts.max() > 0 else lab.shape[0] // 2
-    lo, hi = np.percentile(img[k], [1, 99])
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.imshow(img[k], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-    values = [v for v in np.unique(lab[k]) if v != 0]
-    colors = plt.cm.tab10(np.linspace(0, 1, 10))
-    for i, v in enumerate(values):
-        ax.contour(lab[k] == v, levels=[0.5], colors=[colors[i % 10]], linewidths=1.2)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
+    from .atomic import atomic_path
+
+    panels = _contour_panels(image, labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=90, squeeze=False)
+    palette = plt.cm.tab10(np.linspace(0, 1, 10))
+    for ax, (grey, lab, aspect) in zip(axes[0], panels):
+        lo, hi = np.percentile(grey, [1, 99])
+        ax.imshow(grey, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect)
+        if lab is not None:
+            for n, v in enumerate(v for v in np.unique(lab) if v != 0):
+                color = (colors or {}).get(int(v), tuple(palette[n % 10][:3]))
+                ax.contour(lab == v, levels=[0.5], colors=[color], linewidths=1.0)
+        if points_ijk is not None and len(panels) == 1:
+            ax.plot(points_ijk[:, 0], points_ijk[:, 1], "r.", markersize=3)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.logical_and(a, b).sum()
-    total = a.sum() + b.sum()
-    return float(2 * inter / total) if total else 1.0
-
-
-def _write_summary(
-    out_dir: Path, result_rows: list[dict[str, Any]], input_path: Path, synthetic: bool
-) -> Path:
-    from jinja2 import Template
-
-    template = Template(
-        """<!doctype html><html><head><meta charset="utf-8"><title>ModelSelector demo</title>
-<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>
+SUMMARY_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>ModelSelector demo</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+tr.fits{background:#eef8ee}.no{color:#a00;font-weight:bold}small{color:#555}</style>
 </head><body><h1>ModelSelector demo</h1>
-<p>Input: <code>{{ input }}</code></p>
-{% if synthetic %}<p><b>Synthetic:</b> the zoo and the input are synthetic shapes made for this demo, not medical data.</p>{% endif %}
-<table><tr><th>model</th><th>task</th><th>modality</th><th>region</th><th>segments</th><th>output</th>{% if any_dice %}<th>Dice vs known labels</th>{% endif %}</tr>
-{% for r in rows %}<tr><td>{{ r.model }}</td><td>{{ r.task }}</td><td>{{ r.modality }}</td><td>{{ r.body_region }}</td>
-<td>{{ r.segments }}</td><td><a href="{{ r.seg_name }}">{{ r.seg_name }}</a></td>{% if any_dice %}<td>{{ r.dice }}</td>{% endif %}</tr>{% endfor %}
+<p>Input: <code>{{ input }}</code> &middot; zoo: <code>{{ zoo }}</code> &middot; {{ seconds }} s</p>
+{% if classes %}<p>The encoder sees: {{ classes }}</p>{% endif %}
+{% if not fits %}<p class="no">No model in the zoo fits this image.</p>{% endif %}
+<h2>Ranking</h2>
+<table><tr><th>#</th><th>model</th><th>task</th><th>modality</th><th>region</th><th>score</th><th>fits</th><th>reasons</th></tr>
+{% for m in models %}<tr class="{{ 'fits' if m.fits else '' }}"><td>{{ loop.index }}</td><td>{{ m.name }}</td>
+<td>{{ m.task }}</td><td>{{ m.modality }}</td><td>{{ m.body_region }}</td><td>{{ '%.3f' % m.score }}</td>
+<td>{{ 'yes' if m.fits else 'no' }}</td><td><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
 </table>
-{% for r in rows %}<h2>{{ r.model }}</h2><img src="{{ r.png_name }}" alt="overlay of {{ r.model }}">{% endfor %}
+{% for r in outputs %}<h2>{{ r.model }}</h2>
+<p>{{ r.task }} &middot; output <a href="{{ r.output_name }}">{{ r.output_name }}</a>{% if r.segments %} &middot; {{ r.segments }}{% endif %}</p>
+<img src="{{ r.png_name }}" alt="{{ r.model }} over the input">{% endfor %}
+<h2>Input</h2><img src="{{ input_png }}" alt="input slices">
 </body></html>"""
-    )
-    page = template.render(
-        input=html.escape(str(input_path)),
-        synthetic=synthetic,
-        rows=result_rows,
-        any_dice=any(r.get("dice") is not None for r in result_rows),
-    )
+
+
+def _write_summary(out_dir: Path, selection: Any, outputs: list[dict[str, Any]], **context: Any) -> Path:
+    from jinja2 import Environment
+
     from .atomic import write_text
 
+    env = Environment(autoescape=True)
+    classes = ", ".join(f"{c} ({p:.2f})" for c, p in getattr(selection, "image_classes", [])[:3])
+    page = env.from_string(SUMMARY_TEMPLATE).render(
+        models=selection.models, fits=selection.fits, outputs=outputs, classes=classes, **context
+    )
     path = out_dir / "summary.html"
     write_text(path, page)
     return path
+
+
+def _label_colors(card: Any) -> dict[int, tuple[float, float, float]]:
+    return {int(lb["value"]): tuple(float(c) for c in lb["color"]) for lb in card.labels if "color" in lb}
+
+
+def _apply(loaded: Any, image: Image, out_dir: Path, device: str) -> dict[str, Any]:
+    """Apply one loaded bundle; write its output file and overlay PNG; return the summary row."""
+    from .infer import apply_model, segments_of
+
+    card = loaded.card
+    name = card.name
+    row: dict[str, Any] = {"model": name, "task": card.task_type, "segments": ", ".join(card.label_names)}
+    if card.task_type == "landmarks":
+        from .landmarks import predict_image_points, write_markups
+
+        points = predict_image_points(loaded, image, device=device)
+        output = write_markups(out_dir / f"{name}.mrk.json", points, card.label_names, label=name)
+        ijk = _points_to_pixels(points, image)
+        png = overlay_png(image, out_dir / f"{name}.png", name, points_ijk=ijk)
+    else:
+        labels = apply_model(loaded, image, device=device)
+        output = write_segmentation(labels, out_dir / f"{name}.seg.nrrd", segments_of(card))
+        png = overlay_png(image, out_dir / f"{name}.png", name, labels=labels, colors=_label_colors(card))
+    row.update(output=output, output_name=output.name, png_name=png.name)
+    return row
+
+
+def _points_to_pixels(points: Any, image: Image) -> Optional[np.ndarray]:
+    """Physical LPS points ``(n, 3)`` -> pixel ``(x, y)`` of a 2D image, or None for a volume."""
+    pts = np.asarray(points, dtype=float)
+    if image.as_3d().array.shape[0] != 1 or pts.ndim != 2 or pts.shape[0] == 0:
+        return None
+    sitk_img = image.as_3d().to_sitk()
+    return np.array(
+        [sitk_img.TransformPhysicalPointToContinuousIndex([float(v) for v in p[:3]])[:2] for p in pts]
+    )
 
 
 def run_demo(
@@ -149,57 +208,58 @@ def run_demo(
     out_dir: Path = Path("modelselector-demo"),
     zoo: Optional[Path] = None,
     device: str = "cpu",
-    say=print,
+    max_models: int = MAX_APPLIED,
+    say: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the demo and return what it wrote. ``say`` receives the lines meant for the user."""
-    from .infer import apply_model
-    from .zoo import Zoo
+    """Run the demo and return what it wrote; ``say`` receives the lines meant for the user.
+
+    Raises:
+        ZooError: no zoo with models (the message says how to build one); InputError: unreadable image;
+        IndexMismatchError: the zoo has no (or a stale) index.
+    """
+    from .bundle import load_bundle
+    from .selector import select
+    from .zoo import Zoo, default_zoo_path
 
     start = time.monotonic()
+    zoo_path = Path(zoo) if zoo is not None else default_zoo_path()
+    z = Zoo(zoo_path)
+    if not z.list():
+        raise ZooError(
+            f"the zoo {zoo_path} has no models; build the starter zoo with "
+            "'modelselector build-starter-zoo --data ../shared/data --out Resources/zoo' or pass --zoo."
+        )
+    image_path = Path(image_path) if image_path is not None else default_sample()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    zoo_path, synthetic = resolve_zoo(zoo, say=say)
-    z = Zoo(zoo_path)
-
-    truth: Optional[Image] = None
-    if image_path is None:
-        if not synthetic:
-            raise ZooError("the bundled zoo has no sample image yet; pass an image: modelselector demo IMAGE")
-        from .datasets import make_synthetic_case
-
-        image, truth = make_synthetic_case(seed=1234, profile="ct")
-        image_path = write_image(image, out_dir / "synthetic_input.nii.gz")
-        say(f"Input: a held-back SYNTHETIC volume written to {image_path}")
     image = read_image(image_path)
+    say(f"Input: {image_path} ({'x'.join(str(n) for n in image.to_grayscale().array.shape[::-1])} pixels)")
 
-    entries = [e for e in z.list() if e.get("task_type", "segmentation") == "segmentation"]
-    say("Model selection is not part of this build yet: applying every segmentation model in the zoo.")
-    rows: list[dict[str, Any]] = []
-    for entry in entries:
-        name = entry["name"]
-        card = z.card(name)
-        say(f"Applying {name} ({card.modality} {card.body_region}) ...")
-        labels = apply_model(z.get(name), image, device=device)
-        seg_path = write_segmentation(labels, out_dir / f"{name}.seg.nrrd", card.labels)
-        png_path = _overlay_png(image, labels, out_dir / f"{name}.png", name)
-        row: dict[str, Any] = {
-            "model": name,
-            "task": card.task_type,
-            "modality": card.modality,
-            "body_region": card.body_region,
-            "segments": ", ".join(lab["name"] if isinstance(lab, dict) else lab.name for lab in card.labels),
-            "seg_path": seg_path,
-            "seg_name": seg_path.name,
-            "png_name": png_path.name,
-            "dice": None,
-        }
-        if truth is not None:
-            row["dice"] = round(_dice(labels.array > 0, truth.array > 0), 3)
-            say(f"  Dice against the synthetic case's known labels: {row['dice']:.3f}")
-        rows.append(row)
-    summary = _write_summary(out_dir, rows, Path(image_path), synthetic)
+    selection = select(image, zoo=z, top_k=None)
+    if selection.image_classes:
+        say("The encoder sees: " + ", ".join(f"{c} ({p:.2f})" for c, p in selection.image_classes[:3]))
+    say(f"{'#':>2}  {'model':<24} {'task':<13} {'modality':<8} {'region':<10} {'score':>6}  fits")
+    for rank, m in enumerate(selection.models, 1):
+        say(f"{rank:>2}  {m.name:<24} {m.task:<13} {m.modality:<8} {m.body_region:<10} {m.score:>6.3f}  "
+            f"{'yes' if m.fits else 'no'}")  # fmt: skip
+        if m.fits and m.reasons:
+            say("      " + m.reasons[0])
+    for w in selection.warnings:
+        say(f"Note: {w}")
+
+    outputs: list[dict[str, Any]] = []
+    if not selection.fits:
+        say("No model in the zoo fits this image, so none was applied.")
+    for match in selection.fitting[:max_models]:
+        say(f"Applying {match.name} ...")
+        outputs.append(_apply(load_bundle(z.get(match.name), device=device), image, out_dir, device))
+        say(f"  wrote {outputs[-1]['output']}")
+
+    input_png = overlay_png(image, out_dir / "input.png", image_path.name)
     seconds = time.monotonic() - start
-    for r in rows:
-        say(f"Wrote {r['seg_path']}")
-    say(f"Summary: {summary}  ({seconds:.1f} s)")
-    return DemoResult(Path(image_path), zoo_path, synthetic, rows, summary, seconds)
+    summary = _write_summary(
+        out_dir, selection, outputs, input=str(image_path), zoo=str(zoo_path),
+        seconds=f"{seconds:.1f}", input_png=input_png.name,
+    )  # fmt: skip
+    say(f"Summary: {summary.resolve()}  ({seconds:.1f} s)")
+    return DemoResult(image_path, zoo_path, selection, outputs, summary, seconds)

@@ -361,7 +361,9 @@ def apply_to_file(
     device: str = "cpu",
     cancel: Optional[Any] = None,
 ) -> Path:
-    """Read ``image_path``, segment it with zoo model ``model_name``, write ``out_path`` (``.seg.nrrd``).
+    """Read ``image_path``, apply zoo model ``model_name``, write ``out_path``: a ``.seg.nrrd`` for a
+    segmentation model, a Slicer markups point list ``.mrk.json`` (LPS, point names from the card) for a
+    landmark model.
 
     Raises:
         InputError: unreadable, 4D, empty or NaN image; ZooError: no such zoo or model; BundleError.
@@ -373,5 +375,10 @@ def apply_to_file(
     bundle_dir = Zoo(zoo_path).get(model_name)
     loaded = load_bundle(bundle_dir, device=device)
     image = read_image(image_path)
+    if loaded.card.task_type == "landmarks":
+        from .landmarks import predict_image_points, write_markups
+
+        points = predict_image_points(loaded, image, device=device, cancel=cancel)
+        return write_markups(out_path, points, loaded.card.label_names, label=loaded.card.name)
     labels = apply_model(loaded, image, device=device, cancel=cancel)
     return write_segmentation(labels, out_path, segments_of(loaded.card))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -22,14 +23,18 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import __version__
+from . import __version__, atomic
 from .datasets import MSDDataset, load_msd
 from .errors import TrainingError
 from .infer import CANONICAL_AXCODES, preprocess, resample_label
 from .io import read_image
 from .progress import check_cancel, progress_bar
 
-ARCHITECTURES = ("unet", "segresnet")
+ARCHITECTURES = ("unet", "segresnet", "attentionunet", "dynunet")
+#: bundle file with the per-epoch training curve written by :func:`train_segmentation`
+CURVE_FILE = Path("docs") / "training_curve.json"
+#: bundle file with the :class:`TrainConfig` the model was trained with
+TRAIN_CONFIG_FILE = Path("configs") / "train_config.json"
 LOSSES = ("dice", "dicece", "dicefocal")
 
 
@@ -38,8 +43,9 @@ class TrainConfig:
     """Settings of :func:`train_segmentation`.
 
     Attributes:
-        architecture: ``"unet"`` (MONAI ``UNet``) or ``"segresnet"`` (MONAI ``SegResNet``).
-        channels: feature channels per level (UNet) or ``(init_filters,)`` (SegResNet).
+        architecture: ``"unet"`` (MONAI ``UNet``), ``"segresnet"`` (MONAI ``SegResNet``), ``"attentionunet"``
+            (MONAI ``AttentionUnet``) or ``"dynunet"`` (MONAI ``DynUNet``, nnU-Net style).
+        channels: feature channels per level (UNet, AttentionUnet, DynUNet) or ``(init_filters,)`` (SegResNet).
         epochs: passes over the training cases.
         lr: Adam learning rate.
         batch_size: cases per batch (each gives ``num_samples`` patches).
@@ -48,6 +54,8 @@ class TrainConfig:
         target_spacing: voxel size in mm ``(x, y, z)``; ``None`` uses the median spacing of the dataset.
         intensity: ``"ct"``, ``"mr"`` or ``"percentile"``; ``None`` derives it from the MSD modality.
         a_min, a_max: CT window (HU) or percentiles for ``"percentile"``.
+        norm: normalisation layers, ``"batch"`` or ``"instance"``. Batch norm keeps running statistics, which
+            data-free prototypes (model inversion) and the selector's verification step match against.
         val_fraction: fraction of cases held out for validation (at least one when there are >= 2 cases).
         val_interval: validate every this many epochs (and after the last).
         seed: random seed (split, weights, patches).
@@ -72,6 +80,7 @@ class TrainConfig:
     intensity: Optional[str] = None
     a_min: Optional[float] = None
     a_max: Optional[float] = None
+    norm: str = "batch"
     val_fraction: float = 0.2
     val_interval: int = 1
     seed: int = 0
@@ -107,13 +116,17 @@ class TrainConfig:
             )
         if self.loss not in LOSSES:
             raise TrainingError(f"loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}.")
+        if self.norm not in ("batch", "instance"):
+            raise TrainingError(f"norm {self.norm!r} is unknown; use batch or instance.")
         if self.intensity not in (None, "ct", "mr", "percentile"):
             raise TrainingError(f"intensity {self.intensity!r} is unknown; use ct, mr or percentile.")
         if self.epochs < 1 or self.batch_size < 1 or self.num_samples < 1:
             raise TrainingError("epochs, batch_size and num_samples must be at least 1.")
         if len(self.roi_size) not in (2, 3) or any(int(r) < 4 for r in self.roi_size):
             raise TrainingError(f"roi_size {self.roi_size} must be 2 or 3 sizes of at least 4 voxels.")
-        if self.architecture == "unet":
+        if self.architecture == "dynunet" and len(self.channels) < 3:
+            raise TrainingError(f"dynunet needs at least 3 levels of channels; got {list(self.channels)}.")
+        if self.architecture in ("unet", "attentionunet", "dynunet"):
             need = 2 ** (len(self.channels) - 1)
             if any(int(r) % need for r in self.roi_size):
                 raise TrainingError(
@@ -167,9 +180,20 @@ def intensity_settings(config: TrainConfig, modality: str) -> dict[str, Any]:
 
 def network_def(config: TrainConfig, spatial_dims: int, n_classes: int) -> dict[str, Any]:
     """MONAI config (``_target_`` + arguments) of the network to train."""
+    n_levels = len(config.channels)
+    if config.architecture == "attentionunet":
+        return {"_target_": "monai.networks.nets.AttentionUnet", "spatial_dims": spatial_dims, "in_channels": 1,
+                "out_channels": n_classes, "channels": [int(c) for c in config.channels],
+                "strides": [2] * (n_levels - 1)}  # fmt: skip
+    if config.architecture == "dynunet":
+        return {"_target_": "monai.networks.nets.DynUNet", "spatial_dims": spatial_dims, "in_channels": 1,
+                "out_channels": n_classes, "kernel_size": [3] * n_levels, "strides": [1] + [2] * (n_levels - 1),
+                "upsample_kernel_size": [2] * (n_levels - 1), "filters": [int(c) for c in config.channels],
+                "norm_name": config.norm, "res_block": True}  # fmt: skip
     if config.architecture == "segresnet":
         return {"_target_": "monai.networks.nets.SegResNet", "spatial_dims": spatial_dims,
-                "in_channels": 1, "out_channels": n_classes, "init_filters": int(config.channels[0])}  # fmt: skip
+                "in_channels": 1, "out_channels": n_classes, "init_filters": int(config.channels[0]),
+                "norm": config.norm.upper()}  # fmt: skip
     return {
         "_target_": "monai.networks.nets.UNet",
         "spatial_dims": spatial_dims,
@@ -178,6 +202,7 @@ def network_def(config: TrainConfig, spatial_dims: int, n_classes: int) -> dict[
         "channels": [int(c) for c in config.channels],
         "strides": [2] * (len(config.channels) - 1),
         "num_res_units": 1,
+        "norm": config.norm.upper(),
     }
 
 
@@ -247,12 +272,16 @@ def _loss(name: str) -> Any:
 
 
 def validate(
-    network: Any, items: list[dict[str, np.ndarray]], roi: Sequence[int], n_classes: int, device: str
-) -> dict[str, Any]:
+    network: Any, items: list[dict[str, np.ndarray]], roi: Sequence[int], n_classes: int, device: str,
+    loss_fn: Optional[Any] = None,
+) -> dict[str, Any]:  # fmt: skip
     """Mean foreground Dice over whole cases, and per label value.
 
+    Args:
+        loss_fn: when given, also the mean loss over the whole cases (``"loss"``).
+
     Returns:
-        ``{"dice": mean over labels, "per_label": {value: dice}}``.
+        ``{"dice": mean over labels, "per_label": {value: dice}}`` (+ ``"loss"`` with ``loss_fn``).
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -260,17 +289,24 @@ def validate(
     from monai.networks.utils import one_hot
 
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    losses = []
     network.eval()
     with torch.inference_mode():
         for item in items:
             x = torch.from_numpy(item["image"])[None].to(device)
-            pred = sliding_window_inference(x, list(roi), 2, network, overlap=0.25).argmax(1, keepdim=True)
+            logits = sliding_window_inference(x, list(roi), 2, network, overlap=0.25)
+            pred = logits.argmax(1, keepdim=True)
             y = torch.from_numpy(item["label"].astype(np.int64))[None].to(device)
+            if loss_fn is not None:
+                losses.append(float(loss_fn(logits, y)))
             metric(one_hot(pred, n_classes), one_hot(y, n_classes))
     per = metric.aggregate().cpu().numpy()
     metric.reset()
     per_label = {v + 1: (float(d) if np.isfinite(d) else 0.0) for v, d in enumerate(per)}
-    return {"dice": float(np.mean(list(per_label.values()))), "per_label": per_label}
+    out: dict[str, Any] = {"dice": float(np.mean(list(per_label.values()))), "per_label": per_label}
+    if losses:
+        out["loss"] = float(np.mean(losses))
+    return out
 
 
 def _next_version(zoo: Any, name: str) -> str:
@@ -307,8 +343,11 @@ def _labels(dataset: MSDDataset) -> list[dict[str, Any]]:
 def _fit(
     network: Any, train_items: list[dict[str, np.ndarray]], val_items: list[dict[str, np.ndarray]],
     config: TrainConfig, n_classes: int, spatial_dims: int, cancel: Optional[Any],
+    history: Optional[list[dict[str, Any]]] = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Train ``network``; returns ``(best state_dict, best validation result)``."""
+    """Train ``network``; returns ``(best state_dict, best validation result)``.
+
+    ``history``, when given, receives one ``{"epoch", "train_loss"[, "val_loss", "val_dice"]}`` per epoch."""
     import torch
     from monai.data import DataLoader, Dataset
 
@@ -333,10 +372,18 @@ def _fit(
         post = {"loss": float(np.mean(losses))}
         if (epoch + 1) % config.val_interval == 0 or epoch + 1 == config.epochs:
             items = val_items or train_items
-            res = validate(network, items, roi, n_classes, config.device)
+            res = validate(
+                network, items, roi, n_classes, config.device, loss_fn if history is not None else None
+            )
             if res["dice"] > best["dice"]:
                 best, best_state = res, copy.deepcopy(network.state_dict())
             post.update(dice=res["dice"], best=best["dice"])
+            if "loss" in res:
+                post["val_loss"] = res["loss"]
+        if history is not None:
+            history.append({"epoch": epoch + 1, "train_loss": post["loss"],
+                            **({"val_loss": post["val_loss"]} if "val_loss" in post else {}),
+                            **({"val_dice": post["dice"]} if "dice" in post else {})})  # fmt: skip
         bar.set_postfix(**post)
     bar.close()
     return best_state, best
@@ -408,7 +455,8 @@ def train_segmentation(
     n_classes = max(dataset.labels) + 1
     net_def = network_def(config, spatial_dims, n_classes)
     network = build_network(net_def).to(config.device)
-    best_state, best = _fit(network, train_items, val_items, config, n_classes, spatial_dims, cancel)
+    history: list[dict[str, Any]] = []
+    best_state, best = _fit(network, train_items, val_items, config, n_classes, spatial_dims, cancel, history)
     set_determinism(seed=None)
 
     zoo = Zoo.create(zoo_dir) if not (Path(zoo_dir) / "zoo.json").is_file() else Zoo(zoo_dir)
@@ -445,5 +493,9 @@ def train_segmentation(
     check_cancel(cancel)
     with tempfile.TemporaryDirectory(prefix="modelselector-train-") as tmp:
         bundle_dir = save_bundle(Path(tmp) / name, card, net_def, best_state, description=description)
+        curve = {"epochs": history, "best_val_dice": round(best["dice"], 6),
+                 "validation_cases": [str(it["case"]) for it in val_items]}  # fmt: skip
+        atomic.write_json(bundle_dir / CURVE_FILE, curve)
+        atomic.write_json(bundle_dir / TRAIN_CONFIG_FILE, json.loads(json.dumps(dataclasses.asdict(config))))
         zoo.add(bundle_dir)
     return zoo.reload().get(name)

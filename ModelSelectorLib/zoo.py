@@ -6,6 +6,11 @@ Layout::
       zoo.json                       {"format": 1, "models": {NAME: {"current": VERSION, "versions": {...}}}}
       models/NAME/VERSION/           one MONAI bundle per version (see :mod:`ModelSelectorLib.bundle`)
 
+Each version entry holds ``path``, ``added``, ``metrics`` and, once promoted, ``promoted`` (date) and the
+gate's ``evaluation``; a model entry may hold ``history``: one ``{"date", "action", "version", "from", ...}``
+per promotion, refusal or restore (see :mod:`ModelSelectorLib.promotion`). Versions are never overwritten:
+promoting or restoring only moves ``current``.
+
 Every change is crash-safe: a bundle is copied into a temporary sibling folder, checked, and renamed into
 place; only then is the catalog rewritten atomically. An interrupted ``add`` therefore leaves the previous
 catalog intact and lists no partial model. ``remove`` rewrites the catalog first and deletes files after.
@@ -212,6 +217,10 @@ class Zoo:
         modality: Optional[str] = None,
         body_region: Optional[str] = None,
         trust: bool = False,
+        *,
+        current: bool = True,
+        info: Optional[dict[str, Any]] = None,
+        event: Optional[dict[str, Any]] = None,
     ) -> dict[str, Any]:
         """Copy a bundle into the zoo as a new model or a new (current) version of an existing one.
 
@@ -225,6 +234,9 @@ class Zoo:
             name: model name in the zoo (default: the card's name).
             modality, body_region: override (or, for standard MONAI bundles, supply) the card's values.
             trust: allow custom code (``_target_`` outside ``monai.``/``torch.``) in the bundle.
+            current: make the new version the current one (a new model's only version is always current).
+            info: extra keys for the version's catalog entry (e.g. ``promoted``, ``evaluation``).
+            event: appended to the model's ``history`` in the same catalog write.
 
         Returns:
             the catalog entry of the new version, with ``name`` and ``version`` added.
@@ -246,11 +258,14 @@ class Zoo:
         dest = self.path / MODELS / card.name / card.version
         self._copy_in(src, dest, card, trust)
         info = {"path": dest.relative_to(self.path).as_posix(), "added": _now(),
-                "metrics": dict(card.validation_metrics)}  # fmt: skip
+                "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
         data = json.loads(json.dumps(self._read_catalog()))  # fresh copy: another process may have added
         entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
         entry["versions"][card.version] = info
-        entry["current"] = card.version
+        if current or not entry["versions"].get(entry["current"]):
+            entry["current"] = card.version
+        if event:
+            entry.setdefault("history", []).append({"date": _now(), **json.loads(json.dumps(event))})
         try:
             self._write_catalog(data)
         except BaseException:
@@ -302,6 +317,73 @@ class Zoo:
             with contextlib.suppress(OSError):
                 dest.parent.rmdir()  # only if empty (a new model's folder)
             raise
+
+    def current(self, name: str) -> str:
+        """The current version of model ``name``."""
+        return str(self._entry(name)["current"])
+
+    def version_info(self, name: str, version: Optional[str] = None) -> dict[str, Any]:
+        """The catalog entry of one version (``path``, ``added``, ``metrics``, ``promoted``, ...), a copy."""
+        entry = self._entry(name)
+        version = version or entry["current"]
+        if version not in entry["versions"]:
+            raise ZooError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+            )
+        return json.loads(json.dumps(entry["versions"][version]))
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Promotions, refusals and restores of model ``name``, oldest first (a copy)."""
+        return json.loads(json.dumps(self._entry(name).get("history", [])))
+
+    def previous(self, name: str) -> Optional[str]:
+        """The version that was current before the current one (from the history; else the version added
+        just before it); ``None`` when there is none."""
+        entry = self._entry(name)
+        cur = entry["current"]
+        for ev in reversed(entry.get("history", [])):
+            if ev.get("version") == cur and ev.get("action") in ("promote", "restore") and ev.get("from"):
+                if ev["from"] in entry["versions"]:
+                    return str(ev["from"])
+        order = self.versions(name)
+        i = order.index(cur)
+        return order[i - 1] if i > 0 else None
+
+    def set_current(self, name: str, version: str, event: Optional[dict[str, Any]] = None,
+                    info: Optional[dict[str, Any]] = None) -> None:  # fmt: skip
+        """Make ``version`` current (one atomic catalog write); ``event`` goes to the history with the
+        previous current version as ``from``; ``info`` is merged into the version's entry. Nothing is
+        deleted or overwritten on disk."""
+        data = json.loads(json.dumps(self._read_catalog()))
+        if name not in data["models"]:
+            self._entry(name)  # raises with the known names
+        entry = data["models"][name]
+        if version not in entry["versions"]:
+            raise ZooError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+            )
+        if not (self.path / entry["versions"][version]["path"]).is_dir():
+            raise ZooError(
+                f"the bundle of {name} {version} is missing from {self.path}; it cannot become current."
+            )
+        previous = entry["current"]
+        entry["current"] = version
+        entry["versions"][version].update(json.loads(json.dumps(info or {})))
+        if event is not None:
+            entry.setdefault("history", []).append(
+                {"date": _now(), "version": version, "from": previous, **json.loads(json.dumps(event))}
+            )
+        self._write_catalog(data)
+
+    def record(self, name: str, event: dict[str, Any]) -> None:
+        """Append ``event`` (e.g. a refused promotion) to the history of ``name`` (an existing model)."""
+        data = json.loads(json.dumps(self._read_catalog()))
+        if name not in data["models"]:
+            self._entry(name)
+        data["models"][name].setdefault("history", []).append(
+            {"date": _now(), **json.loads(json.dumps(event))}
+        )
+        self._write_catalog(data)
 
     def remove(self, name: str, version: Optional[str] = None) -> None:
         """Remove model ``name`` (or one ``version`` of it): the catalog entry first, then the files.

@@ -28,6 +28,10 @@ COMMAND_MODULES = [
     "prototypes_cmd",
     "index_cmd",
     "evaluate_cmd",
+    "starter_zoo_cmd",
+    "sweep_cmd",
+    "promote_cmd",
+    "landmarks_cmd",
 ]
 
 DESCRIPTION = """\

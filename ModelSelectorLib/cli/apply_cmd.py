@@ -1,4 +1,5 @@
-"""``modelselector apply``: segment an image with a zoo model and write a Slicer ``.seg.nrrd``."""
+"""``modelselector apply``: apply a zoo model to an image and write a Slicer ``.seg.nrrd`` (segmentation)
+or ``.mrk.json`` (landmarks)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "apply",
-        help="segment an image with a zoo model and write a .seg.nrrd",
+        help="apply a zoo model to an image: a .seg.nrrd (segmentation) or .mrk.json (landmarks)",
         description="Apply model --model of the zoo --zoo to IMAGE; the segmentation is written to --out in "
-        "exactly the image's geometry, with the model's segment names, colours and terminology.",
+        "exactly the image's geometry, with the model's segment names, colours and terminology; a landmark "
+        "model writes a Slicer markups point list (.mrk.json, LPS mm, point names from the model card).",
     )
     p.add_argument("image", type=Path, help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM series folder")
     p.add_argument(
         "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO or the bundled zoo)"
     )
     p.add_argument("--model", required=True, help="model name in the zoo")
-    p.add_argument("--out", type=Path, required=True, help="output segmentation, e.g. OUT.seg.nrrd")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output file: OUT.seg.nrrd (segmentation) or OUT.mrk.json (landmarks)",
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.set_defaults(func=run)
 

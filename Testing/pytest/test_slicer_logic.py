@@ -38,6 +38,8 @@ MODEL = "TinySeg"
 def tiny_zoo(tmp_path_factory):
     """A zoo with one segmentation model trained for two epochs on a synthetic MSD dataset."""
     from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.index import build_index, default_index_dir
+    from ModelSelectorLib.prototypes import generate_for_model
     from ModelSelectorLib.train import TrainConfig, train_segmentation
 
     root = tmp_path_factory.mktemp("zoo")
@@ -45,6 +47,9 @@ def tiny_zoo(tmp_path_factory):
     config = TrainConfig(channels=(4, 8), epochs=2, batch_size=1, num_samples=1, roi_size=(16, 16, 16),
                          val_fraction=0.34, augment=False, num_threads=2, seed=0)  # fmt: skip
     train_segmentation(dataset, MODEL, root / "zoo", config)
+    # what `modelselector prototypes` and `modelselector index build` do, so findModels can rank
+    generate_for_model(root / "zoo", MODEL, exemplars=root / "msd" / "imagesTr", data_free=0)
+    build_index(root / "zoo").save(default_index_dir(root / "zoo"))
     return root / "zoo"
 
 
@@ -76,15 +81,16 @@ def test_list_models(tiny_zoo):
     assert models[0]["task_type"] == "segmentation"
 
 
-def test_apply_models_names_colours_geometry(tiny_zoo, scene, volume):
+def test_apply_models_names_colours_geometry(tiny_zoo, scene, volume, tmp_path, monkeypatch):
     logic = msm.ModelSelectorLogic(scene)
     card = logic.modelCard(MODEL, str(tiny_zoo))
     progress = []
-    before = set(os.listdir(tempfile.gettempdir()))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # only this test's temporary folders land here
     nodes = logic.applyModels(volume, [{"name": MODEL, "score": 0.9}], str(tiny_zoo),
                               progressCallback=lambda f, t: progress.append((f, t)))  # fmt: skip
-    after = set(os.listdir(tempfile.gettempdir()))
-    assert not [d for d in after - before if d.startswith("ModelSelector-")], "temporary files left behind"
+    assert not [d for d in os.listdir(tmp_path) if d.startswith("ModelSelector-")], (
+        "temporary files left behind"
+    )
 
     assert len(nodes) == 1
     node = nodes[0]
@@ -155,16 +161,25 @@ def test_cancel_terminates_process(tiny_zoo, scene, volume):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_nodes
 
 
-def test_find_models_or_clear_error(tiny_zoo, scene, volume):
+def test_find_models_ranks_the_zoo(tiny_zoo, scene, volume):
     logic = msm.ModelSelectorLogic(scene)
-    try:
-        models = logic.findModels(volume, str(tiny_zoo))
-    except msm.ModelSelectorProcessError as e:
-        assert "select" in str(e)  # the select command is not available (yet), or the zoo has no index
-        return
-    assert isinstance(models, list)
-    for m in models:
-        assert {"name", "score", "fits"} <= set(m)
+    progress = []
+    models = logic.findModels(volume, str(tiny_zoo), progressCallback=lambda f, t: progress.append(f))
+    assert [m["name"] for m in models] == [MODEL]
+    assert {"name", "version", "task", "modality", "body_region", "score", "fits"} <= set(models[0])
+    assert 0.0 <= models[0]["score"] <= 1.0
+    assert logic.lastFindResult["fits"] == any(m["fits"] for m in models)
+    assert not logic.findModels(volume, str(tiny_zoo), threshold=1.01)[0]["fits"]  # the panel's fit threshold
+
+
+def test_find_models_without_index_names_the_fix(tmp_path, scene, volume):
+    from ModelSelectorLib.zoo import Zoo
+
+    Zoo.create(tmp_path / "empty-zoo")
+    with pytest.raises(msm.ModelSelectorProcessError) as info:
+        msm.ModelSelectorLogic(scene).findModels(volume, str(tmp_path / "empty-zoo"))
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    assert "modelselector" in str(info.value), str(info.value)
 
 
 def test_mark_fits_and_model_names():

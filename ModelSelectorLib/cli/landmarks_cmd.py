@@ -1,0 +1,106 @@
+"""``modelselector landmarks``: compare teacher–student variants, train a landmark student into a zoo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrainingError
+
+COMPARE_HELP = """\
+Run the comparison grid (variants x label fractions x seeds) on a chest X-ray landmark folder and write
+OUT/report.md, OUT/mre_vs_fraction.png, OUT/overlays/ and OUT/results.json. Finished runs are stored in
+OUT/runs/ and never repeated: run the same command again to continue after a stop (Ctrl-C).
+
+DIR is the shared data root (with cxr_landmarks/, cxr_lungseg_imlab/, cxr_unlabelled/) or a folder of
+<id>.png + <id>_landmarks.json (with an optional unlabelled/ sub-folder).
+
+--config YAML sets any GridConfig field, e.g.
+  fractions: [0.1, 0.25, 0.5, 1.0]
+  seeds: [0, 1, 2]
+  variants: [student_supervised, teacher_supervised, offline_kd, mean_teacher, uncertainty_kd]
+  train: {size: 64, steps: 300, batch_size: 8, kd_weight: 1.0, kd_temperature: 1.0, threads: 1}
+"""
+
+TRAIN_HELP = """\
+Train one landmark model variant on all training images of DIR (the grid's split; --fraction of them
+labelled) and add it to the zoo --zoo as a MONAI bundle with task type "landmarks". Apply it with
+`modelselector apply --zoo ZOO --model NAME IMAGE --out OUT.mrk.json`.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("landmarks", help="chest X-ray landmark models: compare variants, train into a zoo",
+                       description="Landmark detection by heatmap regression with teacher–student variants.")  # fmt: skip
+    lsub = p.add_subparsers(dest="landmarks_command", metavar="COMMAND")
+    c = lsub.add_parser("compare", help="run the variant comparison grid and write a report",
+                        description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    c.add_argument("--data", type=Path, required=True, help="landmark data folder")
+    c.add_argument("--out", type=Path, required=True, help="output folder (runs, report); reuse it to resume")
+    c.add_argument("--quick", action="store_true", help="seconds-long configuration of the same code")
+    c.add_argument("--config", type=Path, help="YAML with GridConfig settings")
+    c.set_defaults(func=run_compare)
+    t = lsub.add_parser("train", help="train a landmark student and add it to a zoo", description=TRAIN_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    t.add_argument("--data", type=Path, required=True, help="landmark data folder")
+    t.add_argument("--zoo", type=Path, required=True, help="zoo folder (created if missing)")
+    t.add_argument("--name", default="cxr_landmarks_student", help="model name in the zoo")
+    t.add_argument("--version", default="1.0.0", help="model version")
+    t.add_argument("--variant", default="offline_kd", help="training variant (default: offline_kd)")
+    t.add_argument("--fraction", type=float, default=1.0, help="labelled fraction of the training images")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--config", type=Path, help="YAML with GridConfig settings (its 'train' block is used)")
+    t.add_argument("--quick", action="store_true", help="seconds-long configuration (for trying it out)")
+    t.add_argument(
+        "--weights", type=Path, help="use these trained weights (a grid run's .pt) instead of training"
+    )
+    t.set_defaults(func=run_train)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _grid_config(args: argparse.Namespace) -> Any:
+    from ..landmarks_compare import GridConfig
+
+    if args.config:
+        import yaml
+
+        if not args.config.is_file():
+            raise TrainingError(f"{args.config}: no such config file.")
+        try:
+            data = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise TrainingError(f"{args.config}: not valid YAML ({e}).") from e
+        if not isinstance(data, dict):
+            raise TrainingError(f"{args.config}: must hold a mapping such as 'seeds: [0, 1, 2]'.")
+        base = GridConfig.quick().to_dict() if args.quick else {}
+        return GridConfig.from_dict({**base, **data})
+    return GridConfig.quick() if args.quick else GridConfig()
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..landmarks_compare import compare, winners
+
+    cfg = _grid_config(args)
+    results = compare(args.data, args.out, cfg)
+    for f, w in winners(results).items():
+        print(
+            f"{100 * float(f):g} % labels: best student {w['variant']} MRE {w['mean']:.2f} ± {w['std']:.2f} mm"
+        )
+    from ..landmarks_compare import best_student
+
+    best = best_student(results)
+    if best:
+        print(f"best student for the zoo (validation MRE): {best['name']} {best['val']['mre_mm']:.2f} mm")
+    print(args.out / "report.md")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..landmarks_compare import train_into_zoo
+
+    cfg = _grid_config(args)
+    entry = train_into_zoo(args.data, args.zoo, cfg, name=args.name, version=args.version, variant=args.variant,
+                           fraction=args.fraction, seed=args.seed, weights=args.weights)  # fmt: skip
+    print(f"{entry['name']} {entry['version']} added to {args.zoo}")
+    return 0

@@ -1,0 +1,137 @@
+"""``modelselector promote | retrain | restore``: change a task's current model only for a better one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _gate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", type=Path,
+                   help="test split file (default: the one the current version was promoted on, else the "
+                        "task's sweep split ZOO/sweeps/TASK/test_split.json)")  # fmt: skip
+    p.add_argument(
+        "--metric", default="dice", help="compared metric: dice (default), hd95, msd, dice_<label>"
+    )
+    p.add_argument("--method", choices=("wilcoxon", "bootstrap"), default="wilcoxon",
+                   help="paired test: Wilcoxon signed-rank (default) or paired bootstrap CI")  # fmt: skip
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the paired test (0.95)")
+    p.add_argument("--min-improvement", type=float, default=0.0,
+                   help="smallest mean improvement accepted, in the metric's units (0)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "promote",
+        help="make a candidate the task's current model only if it is better on the same test cases",
+        description="Evaluate the candidate bundle and the task's current version on the same test cases and "
+        "promote the candidate (a new version; nothing is overwritten) only if its mean is better and a paired "
+        "test is significant. A refusal prints the numbers and exits with status 1.",
+    )
+    p.add_argument("--zoo", type=Path, required=True, help="zoo folder")
+    p.add_argument("--task", required=True, help="model name of the task in the zoo")
+    p.add_argument("--candidate", type=Path, required=True, help="candidate bundle folder")
+    p.add_argument("--dry-run", action="store_true", help="decide and report only")
+    _gate_args(p)
+    p.set_defaults(func=run_promote)
+
+    r = sub.add_parser(
+        "retrain",
+        help="train the task again on new data and promote the result only if the gate accepts it",
+        description="Train the task with its current version's settings on a new MSD dataset (test cases "
+        "removed), then run the same promotion gate as `promote`.",
+    )
+    r.add_argument("--zoo", type=Path, required=True, help="zoo folder")
+    r.add_argument("--task", required=True, help="model name of the task in the zoo")
+    r.add_argument("--dataset", type=Path, required=True, help="MSD dataset folder with the new data")
+    r.add_argument("--epochs", type=int, help="override the number of epochs")
+    r.add_argument("--seed", type=int, help="override the training seed")
+    _gate_args(r)
+    r.set_defaults(func=run_retrain)
+
+    s = sub.add_parser(
+        "restore",
+        help="make an earlier version of a task current again, or list its history",
+        description="Make the version that was current before the present one (or --version) current "
+        "again. Versions are never deleted, so any earlier one can be restored.",
+    )
+    s.add_argument("--zoo", type=Path, required=True, help="zoo folder")
+    s.add_argument("--task", required=True, help="model name of the task in the zoo")
+    s.add_argument("--version", help="version to make current (default: the previous current one)")
+    s.add_argument("--list", action="store_true", help="list versions and history, change nothing")
+    s.set_defaults(func=run_restore)
+
+
+def _report(result: dict) -> int:
+    print(result.get("report") or result.get("reason"))
+    if result["accepted"]:
+        if result.get("version"):
+            print(f"promoted: {result['task']} is now version {result['version']}"
+                  + (f" (was {result['previous']})" if result.get("previous") else ""))  # fmt: skip
+        return 0
+    print(f"refused: {result['task']} stays at version {result['previous']}.")
+    return 1
+
+
+def _check_level(args: argparse.Namespace) -> None:
+    if not 0.0 < args.level < 1.0:
+        raise InputError(f"--level {args.level} must lie between 0 and 1, e.g. 0.95.")
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from ..promotion import promote
+
+    _check_level(args)
+    result = promote(args.zoo, args.task, args.candidate, args.split, args.metric, args.method, args.level,
+                     args.min_improvement, args.device, dry_run=args.dry_run)  # fmt: skip
+    return _report(result)
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from ..promotion import retrain
+
+    _check_level(args)
+    settings = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    result = retrain(args.zoo, args.task, args.dataset, args.split, settings, args.metric, args.method,
+                     args.level, args.min_improvement, args.device)  # fmt: skip
+    return _report(result)
+
+
+def _event_text(ev: dict) -> str:
+    gate = ev.get("gate") or {}
+    numbers = ""
+    if gate:
+        numbers = f" ({gate.get('metric')} mean improvement {gate.get('mean_improvement', 0.0):+.4f}, n={gate.get('n')})"
+    action = ev.get("action")
+    if action == "refuse":
+        return f"refused {ev.get('candidate', '')}{numbers}"
+    if action == "promote":
+        was = f"was {ev['from']}" if ev.get("from") else "first version"
+        return f"promoted {ev.get('version')} ({was}) from {ev.get('candidate', '')}{numbers}"
+    if action == "restore":
+        return f"restored {ev.get('version')} (was {ev.get('from')})"
+    return json.dumps(ev)
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from ..promotion import restore
+    from ..zoo import Zoo
+
+    if args.list:
+        zoo = Zoo(args.zoo)
+        cur = zoo.current(args.task)
+        for v in zoo.versions(args.task):
+            info = zoo.version_info(args.task, v)
+            test = (info.get("evaluation") or {}).get("test_metrics") or {}
+            print(f"{'*' if v == cur else ' '} {v:<10} added {info.get('added', '')}  promoted "
+                  f"{info.get('promoted', '-')}  {json.dumps(test)}")  # fmt: skip
+        for ev in zoo.history(args.task):
+            print(f"  {ev.get('date')} {_event_text(ev)}")
+        return 0
+    out = restore(args.zoo, args.task, args.version)
+    print(f"restored: {out['task']} is now version {out['version']} (was {out['from']}).")
+    return 0

@@ -1,0 +1,60 @@
+"""``modelselector prototypes``: make the exemplar and data-free prototypes of one zoo model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..zoo import Zoo, default_zoo_path
+
+
+def register(sub: Any) -> None:
+    """Add the ``prototypes`` command to the top-level subparsers ``sub``."""
+    p = sub.add_parser(
+        "prototypes",
+        help="make a model's prototypes (exemplar embeddings, data-free synthesised inputs)",
+        description=(
+            "Make the prototypes that represent a model in the selector's index and store them in its bundle "
+            "(prototypes/prototypes.npz + .json). Exemplar prototypes embed example inputs you give; data-free "
+            "prototypes embed inputs synthesised from the model alone (model inversion: batch-norm statistics "
+            "matching, confident foreground, image prior); a few are saved as PNGs in the bundle's "
+            "docs/prototypes/. Afterwards update the index: modelselector index add --zoo ZOO --model NAME."
+        ),
+    )
+    p.add_argument(
+        "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO, else Resources/zoo)"
+    )
+    p.add_argument("--model", required=True, metavar="NAME", help="model name in the zoo")
+    p.add_argument("--version", dest="model_version", default=None, help="model version (default: current)")
+    p.add_argument("--exemplars", nargs="+", type=Path, default=None, metavar="DIR_OR_FILE",
+                   help="example input images, or a folder of them (replaces the stored exemplar prototypes)")  # fmt: skip
+    p.add_argument("--data-free", dest="data_free", type=int, default=4, metavar="N",
+                   help="inputs to synthesise from the model (default 4; 0 keeps the stored data-free prototypes)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=100, help="optimisation steps of the synthesis (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthesis (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_prototypes)
+
+
+def cmd_prototypes(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..prototypes import generate_for_model
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    zoo = Zoo(args.zoo if args.zoo is not None else default_zoo_path())
+    pset = generate_for_model(zoo, args.model, exemplars=args.exemplars, data_free=args.data_free,
+                              version=args.model_version, steps=args.steps, seed=args.seed)  # fmt: skip
+    counts = pset.origins()
+    bundle = zoo.get(args.model, args.model_version)
+    print(f"{pset.model} {pset.version}: {counts.get('exemplar', 0)} exemplar and {counts.get('data-free', 0)} "
+          f"data-free prototype(s) stored in {bundle / 'prototypes'}")  # fmt: skip
+    df = pset.meta.get("data-free")
+    if df:
+        print(f"data-free inputs: {df.get('n_inputs')} synthesised with {df.get('method')} "
+              f"({df.get('bn_layers')} batch-norm layer(s), {df.get('steps')} steps, {df.get('seconds')} s); "
+              f"pictures in {bundle / 'docs' / 'prototypes'}")  # fmt: skip
+    print(f"Update the index: modelselector index add --zoo {zoo.path} --model {pset.model}")
+    return 0

@@ -1,0 +1,80 @@
+"""``modelselector select``: which models of the zoo fit an image?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..zoo import default_zoo_path
+
+
+def register(sub: Any) -> None:
+    """Add the ``select`` command to the top-level subparsers ``sub``."""
+    p = sub.add_parser(
+        "select",
+        help="which models of the zoo fit this image? (ranked, with reasons)",
+        description=(
+            "Embed the image, find the nearest model prototypes in the zoo's index, verify the best candidates "
+            "with the models themselves, and list the models best first with a calibrated score (0-1; a model "
+            "fits when its score reaches the threshold, 0.5 by default). Says plainly when no model fits."
+        ),
+    )
+    p.add_argument("image", metavar="IMAGE", help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM folder")
+    p.add_argument(
+        "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO, else Resources/zoo)"
+    )
+    p.add_argument("--index", type=Path, default=None, help="index folder (default: ZOO/index)")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="number of models to list (default 5)")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="minimum calibrated score for a model to fit (default 0.5)")  # fmt: skip
+    p.add_argument("--origins", default="exemplar,data-free",
+                   help="prototype origins to use: exemplar, data-free or both (default: exemplar,data-free)")  # fmt: skip
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the model-alone verification of the candidates")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--reasons", action="store_true", help="with --json: add each model's reasons")
+    p.set_defaults(func=cmd_select)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from ..selector import select
+
+    origins = tuple(o.strip() for o in args.origins.split(",") if o.strip())
+    sel = select(
+        args.image,
+        zoo=args.zoo if args.zoo is not None else default_zoo_path(),
+        index=args.index,
+        top_k=args.top,
+        threshold=args.threshold,
+        origins=origins,
+        verify=args.verify,
+    )
+    sel.input = str(args.image)
+    for w in sel.warnings:
+        print(f"modelselector: warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(sel.to_json_dict(reasons=args.reasons)))
+        return 0
+    from .zoo_cmd import format_table
+
+    cls = ", ".join(f"{c} {p:.2f}" for c, p in sel.image_classes)
+    print(f"{args.image}: the encoder reads it as {cls}")
+    if not sel.fits:
+        print("No model in the zoo fits this image.")
+    if sel.models:
+        rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
+                 "yes" if m.fits else "no"] for i, m in enumerate(sel.models)]  # fmt: skip
+        print()
+        print(
+            format_table(rows, ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS"])
+        )
+        print()
+        for m in sel.models:
+            print(f"{m.name}:")
+            for r in m.reasons:
+                print(f"  - {r}")
+    print(f"\nA model fits when its score is at least {sel.threshold:.2f} (0.5 = the calibrated threshold).")
+    return 0

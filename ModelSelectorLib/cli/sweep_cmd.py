@@ -1,0 +1,127 @@
+"""``modelselector sweep | leaderboard | dashboard``: train competing configurations and rank them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+SWEEP_EXAMPLE = """\
+example sweep file (YAML):
+  task: lungs                      # candidates become zoo models lungs-<candidate>
+  seed: 0
+  test_fraction: 0.2               # fixed test split, the same for every candidate
+  base: {roi_size: [128, 128], target_spacing: [2.8, 2.8], epochs: 20}
+  grid:                            # every combination
+    architecture: [unet, segresnet, attentionunet, dynunet]
+    loss: [dice, dicece, dicefocal]
+    augment: [true, false]
+  candidates:                      # and/or a list
+    - {name: small-lr, architecture: unet, lr: 0.0003}
+
+outputs: ZOO/sweeps/TASK/report/leaderboard.html and dashboards/<candidate>/index.html (open from disk).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="train every configuration of a grid/list, evaluate all on one test split, write a leaderboard",
+        description="Train competing configurations of one task in parallel worker processes (or on a Ray "
+        "cluster), add each as a bundle to the zoo --out, evaluate every one on the same held-out test cases "
+        "(Dice, HD95, mean surface distance in mm) and write a leaderboard and one dashboard per model.",
+        epilog=SWEEP_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="labelled MSD dataset folder")
+    p.add_argument("--config", type=Path, required=True, help="sweep YAML file (see below)")
+    p.add_argument("--out", type=Path, required=True, help="zoo folder receiving the candidates (created)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local worker processes (default) or a Ray cluster")  # fmt: skip
+    p.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="parallel worker processes of the local executor (default: half the CPUs)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker / CPUs per Ray task (1)")
+    p.add_argument(
+        "--metric", default="dice", help="leaderboard ranking metric: dice, hd95, msd, dice_<label>"
+    )
+    p.add_argument("--device", default="cpu", help="torch device of the evaluation (cpu, cuda)")
+    p.add_argument("--retrain", action="store_true", help="train candidates again even if already in the zoo")
+    p.set_defaults(func=run_sweep)
+
+    lb = sub.add_parser(
+        "leaderboard",
+        help="rank a sweep's candidates by a metric (rewrites the leaderboard and dashboards)",
+        description="Rank the evaluated candidates of a sweep by --metric and rewrite its HTML leaderboard "
+        "and dashboards; prints the ranking.",
+    )
+    lb.add_argument("--zoo", type=Path, required=True, help="zoo folder the sweep wrote to")
+    lb.add_argument("--task", required=True, help="task name of the sweep")
+    lb.add_argument("--metric", default="dice", help="dice (default), hd95, msd, dice_<label>, ...")
+    lb.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    lb.set_defaults(func=run_leaderboard)
+
+    db = sub.add_parser(
+        "dashboard",
+        help="evaluate one bundle on a test split and write its dashboard",
+        description="Evaluate a bundle on the cases of a test split (test_split.json written by `sweep`) and "
+        "write its dashboard folder: loss curves, per-case metrics, overlays (ground truth green, prediction red).",
+    )
+    db.add_argument("--bundle", type=Path, required=True, help="bundle folder")
+    db.add_argument("--split", type=Path, required=True, help="test split file (test_split.json)")
+    db.add_argument("--out", type=Path, required=True, help="dashboard folder to write")
+    db.add_argument("--metric", default="dice", help="metric ordering the case table (worst first)")
+    db.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    db.set_defaults(func=run_dashboard)
+
+
+def _print_ranking(result: dict, metric: str) -> None:
+    print(f"rank  {'candidate':<28} {metric:>10}  median   worst")
+    for r in result["ranking"]:
+        s = r["summary"].get(metric) or {}
+        mean = "-" if s.get("mean") is None else f"{s['mean']:.4f}"
+        med = "-" if s.get("median") is None else f"{s['median']:.4f}"
+        worst = "-" if s.get("worst") is None else f"{s['worst']:.4f}"
+        print(f"{r['rank']:>4}  {r['candidate']:<28} {mean:>10}  {med:>6}  {worst:>6}")
+    print(f"leaderboard: {result['leaderboard']}")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from ..sweep import load_sweep
+    from ..sweep import run_sweep as sweep
+
+    if args.workers < 1 or args.threads < 1:
+        raise InputError("--workers and --threads must be at least 1.")
+    spec = load_sweep(args.config)
+    result = sweep(args.dataset, spec, args.out, executor=args.executor, workers=args.workers,
+                   threads=args.threads, address=args.address, metric=args.metric, device=args.device,
+                   retrain=args.retrain)  # fmt: skip
+    _print_ranking(result, args.metric)
+    return 0
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    from ..ranking import write_reports
+    from ..sweep import sweep_dir
+
+    result = write_reports(sweep_dir(args.zoo, args.task), metric=args.metric)
+    if args.json:
+        rows = [{"rank": r["rank"], "candidate": r["candidate"], "model": r["model"],
+                 "summary": r["summary"]} for r in result["ranking"]]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_ranking(result, args.metric)
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from ..ranking import evaluate_candidate, write_dashboard
+    from ..sweep import read_split
+
+    split = read_split(args.split)
+    ev = evaluate_candidate(args.bundle, split, args.out / "evaluation.json", args.out, device=args.device)
+    print(write_dashboard(ev, args.out, args.metric))
+    return 0

@@ -1,0 +1,85 @@
+"""The demo on the bundled starter zoo, encoder, index and sample image (all under ``Resources/``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ModelSelectorLib.demo import default_sample, run_demo
+from ModelSelectorLib.errors import ZooError
+from ModelSelectorLib.io import read_image, read_segmentation
+from ModelSelectorLib.zoo import Zoo, default_zoo_path
+
+
+@pytest.fixture(scope="module")
+def sample_demo(tmp_path_factory):
+    lines: list[str] = []
+    result = run_demo(out_dir=tmp_path_factory.mktemp("demo"), say=lines.append)
+    return result, lines
+
+
+def test_demo_selects_and_applies_the_ct_model_on_the_bundled_sample(sample_demo):
+    result, lines = sample_demo
+    top = result.selection.models[0]
+    assert result.selection.fits and top.fits
+    assert (top.modality, top.body_region) == ("CT", "ABDOMEN"), [m.name for m in result.selection.models]
+    assert result.outputs and result.outputs[0]["model"] == top.name
+    assert any(top.name in line for line in lines)
+    assert any(line.startswith("Summary: ") for line in lines)
+
+
+def test_demo_outputs_keep_the_input_geometry_and_card_segments(sample_demo):
+    result, _ = sample_demo
+    image = read_image(default_sample())
+    row = result.outputs[0]
+    labels, segments = read_segmentation(row["output"])
+    assert labels.array.shape == image.array.shape
+    assert np.allclose(labels.spacing, image.spacing) and np.allclose(labels.origin, image.origin)
+    assert np.allclose(labels.direction, image.direction)
+    card = Zoo(default_zoo_path()).card(row["model"])
+    assert [s.name for s in segments] == card.label_names
+    assert (labels.array > 0).any(), "the model segmented nothing on its own sample image"
+
+
+def test_demo_summary_page_has_ranking_and_overlays(sample_demo):
+    result, _ = sample_demo
+    page = result.summary_html.read_text()
+    for m in result.selection.models:
+        assert m.name in page
+    out_dir = result.summary_html.parent
+    assert (out_dir / result.outputs[0]["png_name"]).stat().st_size > 1000
+    assert (out_dir / "input.png").is_file()
+
+
+def test_demo_on_a_photograph_says_no_model_fits(tmp_path):
+    import matplotlib.cbook
+
+    photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    lines: list[str] = []
+    result = run_demo(photo, out_dir=tmp_path, say=lines.append)
+    assert not result.selection.fits
+    assert result.outputs == []
+    assert any("No model in the zoo fits this image" in line for line in lines)
+    assert "No model in the zoo fits this image" in result.summary_html.read_text()
+
+
+def test_demo_on_an_empty_zoo_explains_how_to_build_one(tmp_path):
+    Zoo.create(tmp_path / "zoo")
+    with pytest.raises(ZooError, match="build-starter-zoo"):
+        run_demo(out_dir=tmp_path / "out", zoo=tmp_path / "zoo", say=lambda s: None)
+
+
+def test_demo_command_line_on_the_photograph(tmp_path):
+    import matplotlib.cbook
+
+    photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "ModelSelectorLib", "demo", str(photo), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "No model in the zoo fits this image" in run.stdout
+    assert (tmp_path / "summary.html").is_file()

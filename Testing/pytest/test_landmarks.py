@@ -1,0 +1,275 @@
+"""Landmark heatmap regression: encoding/decoding, metrics, the teacher–student grid, and the landmark path
+of ``modelselector apply`` (a Slicer .mrk.json in the input's physical geometry)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from ModelSelectorLib import landmarks as L
+from ModelSelectorLib import landmarks_compare as LC
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    """10 labelled synthetic radiographs (the last one lungs only, no spacing) + 3 unlabelled, 72 x 60 px."""
+    return L.make_synthetic_cxr(tmp_path_factory.mktemp("cxr"), n_labelled=10, n_unlabelled=3, width=72,
+                                height=60, spacing_mm=0.5, seed=3)  # fmt: skip
+
+
+# --- heatmaps --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["centroid", "softargmax"])
+def test_heatmap_round_trip_is_sub_pixel(method):
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(6, 26, (12, 2))
+    heat = L.render_heatmaps(pts, np.ones(12, bool), 32, sigma=1.5)
+    assert heat.shape == (12, 32, 32)
+    np.testing.assert_allclose(heat.sum((1, 2)), 1.0, rtol=1e-5)
+    # layout (x, y): the maximum of a point at x=10, y=20 is at heat[c, 10, 20]
+    one = L.render_heatmaps(np.array([[10.0, 20.0]]), np.ones(1, bool), 32, 1.5)[0]
+    assert np.unravel_index(one.argmax(), one.shape) == (10, 20)
+    decoded = L.decode_heatmaps(heat, method)
+    assert np.abs(decoded - pts).max() < 0.01
+    # logits of a spatial softmax decode to the same points
+    decoded_logits = L.decode_heatmaps(np.log(heat + 1e-12), method, logits=True)
+    assert np.abs(decoded_logits - pts).max() < 0.01
+
+
+def test_missing_landmarks_give_empty_channels():
+    heat = L.render_heatmaps(np.array([[5.0, 5.0], [np.nan, np.nan]]), np.array([True, False]), 16, 1.0)
+    assert heat[0].sum() == pytest.approx(1.0) and heat[1].sum() == 0
+
+
+def test_resize_keeps_coordinates(synth_data):
+    schema = L.LandmarkSchema.default()
+    case = L.load_case(synth_data / "c000.png", 32, schema, synth_data / "c000_landmarks.json")
+    raw = json.loads((synth_data / "c000_landmarks.json").read_text())
+    assert case.image.shape == (32, 32) and case.scale == pytest.approx((72 / 32, 60 / 32))
+    assert case.spacing_mm == (0.5, 0.5)
+    np.testing.assert_allclose(L.to_original(case.points[:1], case.scale)[0], raw["RL"][0], atol=1e-9)
+    # the blob drawn at each landmark is the brightest region near the resized point
+    x, y = np.round(case.points[0]).astype(int)
+    assert case.image[x, y] > np.median(case.image) + 0.2
+    partial = L.load_case(synth_data / "c009.png", 32, schema, synth_data / "c009_landmarks.json")
+    assert partial.spacing_mm is None
+    assert partial.mask[schema.channels("RL")].all() and not partial.mask[schema.channels("H")].any()
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+def test_radial_error_in_mm_with_anisotropic_spacing():
+    true = np.array([[10.0, 10.0], [5.0, 5.0]])
+    pred = np.array([[13.0, 14.0], [5.0, 5.0]])
+    err, unit = L.radial_errors(pred, true, np.array([True, False]), scale=(2.0, 1.0), spacing_mm=(0.5, 2.0))
+    assert unit == "mm"
+    assert err[0] == pytest.approx(math.hypot(3 * 2 * 0.5, 4 * 1 * 2.0))
+    assert np.isnan(err[1])
+    err_px, unit = L.radial_errors(pred, true, np.array([True, True]), scale=(2.0, 1.0))
+    assert unit == "px" and err_px[0] == pytest.approx(math.hypot(6, 4)) and err_px[1] == 0
+
+
+def test_success_detection_rate():
+    sdr = L.success_detection_rate(np.array([1.0, 3.0, 5.0, np.nan]), [2, 4, 10])
+    assert sdr == pytest.approx({"sdr_2": 1 / 3, "sdr_4": 2 / 3, "sdr_10": 1.0})
+
+
+def test_self_intersection_of_known_polygons():
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
+    bowtie = np.array([[0, 0], [1, 1], [1, 0], [0, 1]], float)
+    t = np.linspace(0, 2 * np.pi, 44, endpoint=False)
+    ellipse = np.stack([10 + 3 * np.cos(t), 10 + 8 * np.sin(t)], 1)
+    twisted = ellipse.copy()
+    twisted[[5, 25]] = twisted[[25, 5]]
+    assert not L.polygon_self_intersects(square)
+    assert L.polygon_self_intersects(bowtie)
+    assert not L.polygon_self_intersects(ellipse)
+    assert L.polygon_self_intersects(twisted)
+
+
+def test_evaluate_predictions_per_group_and_plausibility(synth_data):
+    schema = L.LandmarkSchema.default()
+    cases = [
+        L.load_case(synth_data / f"c00{i}.png", 32, schema, synth_data / f"c00{i}_landmarks.json")
+        for i in (0, 9)
+    ]
+    preds = np.stack([np.nan_to_num(c.points, nan=0.0) for c in cases])
+    preds[0, schema.channels("H"), 0] += 1.0  # heart 1 px right in the resized grid of the case with spacing
+    rl = schema.channels("RL")
+    preds[1, rl[[1, 6]]] = preds[1, rl[[6, 1]]]  # a crossed right lung contour
+    m = L.evaluate_predictions(preds, cases, schema, radii=(1.0, 2.0))
+    assert m["mre_mm_H"] == pytest.approx(72 / 32 * 0.5)
+    assert m["mre_mm_RL"] == pytest.approx(0.0) and m["n_cases_mm"] == 1 and m["n_cases"] == 2
+    assert m["mre_px_RL"] > 0  # the lungs-only case counts in pixels
+    assert m["self_intersection"] == pytest.approx(0.5)
+
+
+# --- networks and variants ------------------------------------------------------------------------------
+@pytest.mark.parametrize("pair", [("teacher", "student"), ("teacher-tiny", "student-tiny")])
+def test_student_has_at_most_a_quarter_of_the_teacher_parameters(pair):
+    teacher = L.count_parameters(L.build_network(pair[0], 42))
+    student = L.count_parameters(L.build_network(pair[1], 42))
+    assert student <= teacher / 4
+
+
+def test_split_and_nested_label_fractions():
+    ids = [f"c{i:03d}" for i in range(50)]
+    s = L.split_cases(ids, seed=1)
+    assert sorted(s["train"] + s["val"] + s["test"]) == ids and len(s["test"]) == 10 and len(s["val"]) == 5
+    assert L.split_cases(ids, seed=1) == s
+    small, large = L.labelled_subset(s["train"], 0.1, 0), L.labelled_subset(s["train"], 0.5, 0)
+    assert len(small) == 4 and set(small) <= set(large) and len(L.labelled_subset(s["train"], 1.0, 0)) == 35
+
+
+def test_training_reduces_the_error(synth_data):
+    schema = L.LandmarkSchema.default({"RL": 11, "LL": 10})
+    cases, _ = L.load_dataset(synth_data, 32, schema)
+    cfg = L.LandmarkTrainConfig(size=32, steps=30, batch_size=4, sigma=1.0, lr=1e-2, student="student-tiny")
+    arr = L.stack_cases(cases, cfg.sigma)
+    untrained = L.build_network("student-tiny", schema.n_points).eval()
+    before = L.evaluate_predictions(L.predict_points(untrained, arr.images, cfg), cases, schema)["mre_px"]
+    with L.torch_threads(1):
+        net = L.train_supervised(arr, cfg, 0, "student-tiny")
+    after = L.evaluate_predictions(L.predict_points(net, arr.images, cfg), cases, schema)["mre_px"]
+    assert after < 0.5 * before
+
+
+# --- the grid -------------------------------------------------------------------------------------------
+def test_quick_grid_writes_report_and_resumes(synth_data, tmp_path, monkeypatch):
+    import torch
+
+    out = tmp_path / "grid"
+    cfg = LC.GridConfig.quick()
+    threads = torch.get_num_threads()
+    results = LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    assert torch.get_num_threads() == threads  # the grid's thread setting does not leak
+    names = {r["name"] for r in results["runs"]}
+    assert names == {LC.run_name(v, f, 0) for v in L.VARIANTS for f in (0.5, 1.0)}
+    report = (out / "report.md").read_text()
+    for v in L.VARIANTS:
+        assert L.VARIANT_TITLES[v] in report
+    assert "± " in report and "Student for the zoo" in report and "## Method" in report
+    assert (out / "mre_vs_fraction.png").stat().st_size > 1000
+    assert len(list((out / "overlays").glob("*.png"))) == 5
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits["test"]) == 2 and len(splits["val"]) == 1 and splits["seed"] == cfg.split_seed
+    run = json.loads((out / "runs" / "offline_kd_f050_s0.json").read_text())
+    assert run["n_labelled"] == 4 and run["n_unlabelled"] == 3 + 3 and math.isfinite(run["test"]["mre_mm"])
+    assert "sdr_10" in run["test"] and "self_intersection" in run["test"]
+
+    calls = []
+    real = L.run_variant
+
+    def counting(variant, *a, **k):
+        calls.append(variant)
+        return real(variant, *a, **k)
+
+    monkeypatch.setattr(L, "run_variant", counting)
+    LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    assert calls == []  # nothing repeated
+    (out / "runs" / "mean_teacher_f100_s0.json").unlink()
+    (out / "runs" / "uncertainty_kd_f050_s0.json").unlink()
+    LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    assert sorted(calls) == ["mean_teacher", "uncertainty_kd"]  # the teacher is reused from its stored run
+
+
+def test_grid_cancel_keeps_finished_runs(synth_data, tmp_path):
+    from ModelSelectorLib.errors import Cancelled
+
+    out = tmp_path / "grid"
+    cfg = LC.GridConfig.quick()
+    cfg.variants, cfg.fractions = ["student_supervised"], [1.0]
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        LC.compare(synth_data, out, cfg, cancel=ev, log=lambda *a: None)
+    assert not list((out / "runs").glob("*.json"))
+    LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    cfg2 = LC.GridConfig.quick()
+    cfg2.train = {**cfg2.train, "steps": 5}
+    with pytest.raises(Exception, match="other settings"):
+        LC.compare(synth_data, out, cfg2, log=lambda *a: None)
+
+
+# --- into the zoo and out through apply --------------------------------------------------------------------
+def _rotation2(deg: float) -> tuple:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return (c, -s, s, c)
+
+
+def test_predicted_points_land_at_the_right_physical_positions(synth_data):
+    """A network that outputs the true heatmaps: apply must return the true landmarks in LPS mm for an
+    image with anisotropic spacing, an origin and an oblique direction."""
+    import torch
+    from PIL import Image as PILImage
+
+    from ModelSelectorLib.bundle import LoadedBundle, ModelCard
+    from ModelSelectorLib.io import Image
+
+    schema = L.LandmarkSchema.default()
+    size = 48
+    case = L.load_case(synth_data / "c001.png", size, schema, synth_data / "c001_landmarks.json")
+    target = torch.from_numpy(L.render_heatmaps(case.points, case.mask, size, 1.5))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x):
+            assert tuple(x.shape) == (1, 1, size, size)
+            return torch.log(target[None] + 1e-12)
+
+    card = ModelCard("oracle", "1", "landmarks", "DX", "CHEST", L.landmark_labels(schema), spatial_dims=2,
+                     roi_size=[size, size])  # fmt: skip
+    arr = np.asarray(PILImage.open(synth_data / "c001.png"), np.float32)
+    spacing, origin, direction = (0.7, 1.3), (-100.0, 50.0), _rotation2(30.0)
+    image = Image(arr, spacing, origin, direction)
+    pts = L.predict_image_points(LoadedBundle(Oracle(), card, synth_data, {}), image)
+    true_idx = L.to_original(case.points, case.scale)
+    expected = np.asarray(origin) + true_idx @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T
+    assert pts.shape == (schema.n_points, 3)
+    np.testing.assert_allclose(pts[:, :2], expected, atol=0.02 * max(spacing) * max(case.scale))
+    assert np.all(pts[:, 2] == 0)
+
+
+def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_path, capsys):
+    import SimpleITK as sitk
+    from PIL import Image as PILImage
+
+    from ModelSelectorLib.bundle import validate_bundle
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.io import Image, write_image
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    rc = main(["landmarks", "train", "--data", str(synth_data), "--zoo", str(zoo), "--quick", "--name",
+               "cxr_lm", "--variant", "offline_kd", "--fraction", "0.5"])  # fmt: skip
+    assert rc == 0
+    z = Zoo(zoo)
+    card = validate_bundle(z.get("cxr_lm"))
+    assert card.task_type == "landmarks" and card.spatial_dims == 2 and card.roi_size == [32, 32]
+    assert card.label_names[0] == "RL_00" and len(card.labels) == 12
+    assert "val_mre_mm" in card.validation_metrics
+
+    arr = np.asarray(PILImage.open(synth_data / "c002.png"), np.float32)
+    png_out, nrrd_out = tmp_path / "a.mrk.json", tmp_path / "b.mrk.json"
+    assert main(["apply", "--zoo", str(zoo), "--model", "cxr_lm", str(synth_data / "c002.png"), "--out",
+                 str(png_out)]) == 0  # fmt: skip
+    spacing, origin, direction = (0.7, 1.3), (-100.0, 50.0), _rotation2(30.0)
+    src = tmp_path / "c002.nrrd"
+    write_image(Image(arr, spacing, origin, direction), src)
+    assert sitk.ReadImage(str(src)).GetSpacing() == pytest.approx(spacing)
+    assert main(["apply", "--zoo", str(zoo), "--model", "cxr_lm", str(src), "--out", str(nrrd_out)]) == 0
+    data = json.loads(nrrd_out.read_text())
+    mk = data["markups"][0]
+    assert mk["type"] == "Fiducial" and mk["coordinateSystem"] == "LPS"
+    assert [cp["label"] for cp in mk["controlPoints"]] == card.label_names
+    idx, _ = L.read_markups(png_out)  # identity geometry: positions are pixel indices
+    pts, names = L.read_markups(nrrd_out)
+    expected = np.asarray(origin) + idx[:, :2] @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T
+    np.testing.assert_allclose(pts[:, :2], expected, atol=1e-3)
+    assert (idx[:, 0] >= -0.5).all() and (idx[:, 0] <= 71.5).all() and (idx[:, 1] <= 59.5).all()
+    # a segmentation output name for a landmark model is a clear error
+    rc = main(
+        ["apply", "--zoo", str(zoo), "--model", "cxr_lm", str(src), "--out", str(tmp_path / "x.seg.nrrd")]
+    )
+    assert rc != 0 and ".mrk.json" in capsys.readouterr().err

@@ -1,0 +1,183 @@
+"""The promotion gate: numbers, refusal of a worse candidate, acceptance of a better one, history and
+restore, an interrupted promotion, retraining through the same gate, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("monai")
+
+from ranking_helpers import TINY, make_disk_msd  # noqa: E402
+
+from ModelSelectorLib.cli import main  # noqa: E402
+from ModelSelectorLib.errors import ModelSelectorError, ZooError  # noqa: E402
+from ModelSelectorLib.promotion import gate, promote, restore, retrain  # noqa: E402
+
+
+# --- the gate on numbers --------------------------------------------------------------------------------
+def test_gate_accepts_consistent_improvement():
+    cur = [0.70, 0.75, 0.80, 0.72, 0.78, 0.74]
+    cand = [c + d for c, d in zip(cur, [0.05, 0.04, 0.06, 0.03, 0.05, 0.07])]
+    g = gate(cand, cur, "dice")
+    assert g.accepted and g.n == 6 and g.mean_improvement == pytest.approx(0.05)
+    assert g.p_value == pytest.approx(1 / 64)  # exact one-sided Wilcoxon: all 6 differences positive
+    b = gate(cand, cur, "dice", method="bootstrap", level=0.9)
+    assert b.accepted and b.ci[0] > 0 and b.p_value is None
+    assert "ACCEPTED" in g.text() and "p = 0.01562" in g.text()
+
+
+def test_gate_refuses_worse_equal_noisy_and_too_small():
+    cur = [0.80, 0.82, 0.78, 0.81, 0.79, 0.83]
+    worse = gate([c - 0.05 for c in cur], cur, "dice")
+    assert not worse.accepted and worse.mean_improvement == pytest.approx(-0.05)
+    assert "REFUSED" in worse.text() and "-0.0500" in worse.text()
+    assert not gate(cur, cur, "dice").accepted  # equal: p = 1
+    noisy = gate([c + d for c, d in zip(cur, [0.1, -0.09, 0.08, -0.07, 0.06, -0.05])], cur, "dice")
+    assert not noisy.accepted and "not significant" in noisy.reason
+    small = gate([c + 0.01 for c in cur], cur, "dice", min_improvement=0.02)
+    assert not small.accepted and "not above 0.02" in small.reason
+    few = gate([0.9, 0.9, 0.9], [0.5, 0.5, 0.5], "dice")  # n = 3: Wilcoxon cannot reach p < 0.05
+    assert not few.accepted and few.p_value == pytest.approx(0.125)
+    assert gate([0.9, 0.9, 0.9], [0.5, 0.5, 0.5], "dice", level=0.8).accepted
+
+
+def test_gate_direction_of_distances_and_missing_values():
+    cur = [5.0, 6.0, 7.0, 5.5, 6.5, 8.0]
+    better = [c - 1.0 for c in cur]  # lower HD95 is better
+    assert gate(better, cur, "hd95").accepted and gate(better, cur, "hd95").mean_improvement == pytest.approx(
+        1.0
+    )
+    assert not gate(cur, better, "hd95").accepted
+    g = gate([None, *better[1:]], cur, "hd95", method="bootstrap")
+    assert g.n == 5
+    with pytest.raises(ModelSelectorError, match="cases must match"):
+        gate([1.0], [1.0, 2.0])
+    with pytest.raises(ModelSelectorError, match="method"):
+        gate([1.0], [1.0], method="ttest")
+    with pytest.raises(ModelSelectorError, match="level"):
+        gate([1.0], [1.0], level=95)
+
+
+# --- promotion with real bundles ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A fixed split of 10 disk cases (5 test) and two bundles trained on the rest: a well-trained one and a
+    starved one (1 epoch at a tiny learning rate)."""
+    import torch
+
+    from ModelSelectorLib.sweep import make_split
+    from ModelSelectorLib.train import TrainConfig, train_segmentation
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("promo")
+    msd = make_disk_msd(root / "msd", n_cases=10)
+    train_dir, split = make_split(msd, root / "split", test_fraction=0.5, seed=1)
+    good = train_segmentation(
+        train_dir, "good", root / "cands", TrainConfig.from_dict({**TINY, "epochs": 8, "lr": 0.01})
+    )
+    bad = train_segmentation(
+        train_dir, "bad", root / "cands", TrainConfig.from_dict({**TINY, "epochs": 1, "lr": 1e-5})
+    )
+    return {"root": root, "msd": msd, "split": split, "good": good, "bad": bad}
+
+
+def test_promote_refuse_accept_restore(models, tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    first = promote(zoo, "disks", models["bad"], models["split"])
+    assert first["accepted"] and first["version"] == "0.1.0" and first["gate"] is None
+    better = promote(zoo, "disks", models["good"], models["split"])
+    assert better["accepted"], better["report"]
+    assert better["version"] == "0.1.1" and better["previous"] == "0.1.0"
+    assert better["gate"]["n"] == 5 and better["gate"]["p_value"] < 0.05
+    assert better["candidate"]["dice"] > better["current"]["dice"] + 0.3
+    catalog_before = (zoo / "zoo.json").read_text()
+    worse = promote(zoo, "disks", models["bad"], models["split"])  # the worse model tries to come back
+    assert not worse["accepted"] and worse["gate"]["mean_improvement"] < 0
+    z = Zoo(zoo)
+    assert z.current("disks") == "0.1.1" and z.versions("disks") == ["0.1.0", "0.1.1"]
+    assert (
+        json.loads(catalog_before)["models"]["disks"]["versions"]
+        == json.loads((zoo / "zoo.json").read_text())["models"]["disks"]["versions"]
+    )
+    history = z.history("disks")
+    assert [h["action"] for h in history] == ["promote", "promote", "refuse"]
+    info = z.version_info("disks", "0.1.1")
+    assert info["promoted"] and info["evaluation"]["test_metrics"]["dice"] == pytest.approx(
+        better["candidate"]["dice"]
+    )
+    assert z.card("disks").name == "disks" and z.card("disks").version == "0.1.1"
+    assert (z.get("disks") / "docs" / "training_curve.json").is_file()
+    # restore the previous version; nothing deleted; the split recorded in the catalog is the default
+    assert restore(zoo, "disks") == {"task": "disks", "version": "0.1.0", "from": "0.1.1"}
+    assert Zoo(zoo).current("disks") == "0.1.0" and (zoo / "models" / "disks" / "0.1.1").is_dir()
+    again = promote(zoo, "disks", models["good"], dry_run=True)
+    assert again["accepted"] and Zoo(zoo).current("disks") == "0.1.0"  # dry run changes nothing
+    with pytest.raises(ZooError, match="already current"):
+        restore(zoo, "disks", "0.1.0")
+
+
+def test_interrupted_promotion_keeps_a_consistent_catalog(models, tmp_path, monkeypatch):
+    from ModelSelectorLib import atomic
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+    before = (zoo / "zoo.json").read_bytes()
+    real = atomic.write_json
+
+    def crash(target, data):
+        if str(target).endswith("zoo.json"):
+            raise KeyboardInterrupt  # the process is interrupted while the catalog is written
+        return real(target, data)
+
+    monkeypatch.setattr(atomic, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        promote(zoo, "disks", models["good"], models["split"])
+    monkeypatch.setattr(atomic, "write_json", real)
+    assert (zoo / "zoo.json").read_bytes() == before
+    z = Zoo(zoo)
+    assert z.current("disks") == "0.1.0" and z.versions("disks") == ["0.1.0"]
+    assert sorted(p.name for p in (zoo / "models" / "disks").iterdir()) == ["0.1.0"]  # no half-copied version
+    assert not list(zoo.glob(".tmp-*"))
+    assert promote(zoo, "disks", models["good"], models["split"])["version"] == "0.1.1"  # retry works
+
+
+def test_retrain_runs_the_same_gate(models, tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+    res = retrain(zoo, "disks", models["msd"], models["split"], {"epochs": 8, "lr": 0.01})
+    assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
+    test_ids = {c["id"] for c in json.loads(models["split"].read_text())["cases"]}
+    card = Zoo(zoo).card("disks")
+    assert card.n_training_cases + card.validation_metrics["validation_cases"] == 10 - len(test_ids)
+
+
+def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
+    zoo = str(tmp_path / "zoo")
+    split = str(models["split"])
+    assert (
+        main(
+            ["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["good"]), "--split", split]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    rc = main(["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["bad"]), "--split", split,
+               "--method", "bootstrap"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 1 and "REFUSED" in out and "candidate mean" in out and "current mean" in out
+    assert "bootstrap 95% CI" in out and "stays at version 0.1.0" in out
+    assert main(["restore", "--zoo", zoo, "--task", "disks"]) != 0  # only one version
+    assert "nothing earlier" in capsys.readouterr().err
+    assert main(["restore", "--zoo", zoo, "--task", "disks", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "* 0.1.0" in listing and "refuse" in listing
+    assert main(["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["good"]),
+                 "--level", "95"]) != 0  # fmt: skip
+    assert "between 0 and 1" in capsys.readouterr().err

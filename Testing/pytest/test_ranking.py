@@ -1,0 +1,201 @@
+"""Metrics against hand-worked values, overlay colours, summaries, ranking and the HTML pages."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monai")
+
+from ModelSelectorLib.errors import InputError  # noqa: E402
+from ModelSelectorLib.evaluate import landmark_metrics, segmentation_metrics  # noqa: E402
+from ModelSelectorLib.io import Image  # noqa: E402
+
+
+def cube(shape, lo, size):
+    a = np.zeros(shape, np.uint8)
+    a[tuple(slice(lo_i, lo_i + s) for lo_i, s in zip(lo, size))] = 1
+    return a
+
+
+def brute_force_msd(a, b, spacing):
+    """Symmetric mean surface distance by exhaustive search: border voxels (mask minus its erosion), all
+    pairwise distances in mm, nearest per point, mean over the points of both surfaces."""
+    from scipy.ndimage import binary_erosion
+
+    sp = np.asarray(spacing[::-1], float)  # array axes (z, y, x)
+    pa = np.argwhere(a & ~binary_erosion(a)) * sp
+    pb = np.argwhere(b & ~binary_erosion(b)) * sp
+    d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+    return float(np.concatenate([d.min(1), d.min(0)]).mean())
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+def test_offset_cubes_anisotropic_spacing():
+    """Two 10-voxel cubes, one shifted by 2 voxels along x (0.5 mm) or 2 slices along z (3 mm).
+
+    Dice = 2 * 8/10 * 1000 / 2000 = 0.8. Every surface point of the shifted faces is 2 voxels from the other
+    cube's surface, so HD95 = 2 * spacing of the shifted axis: 1 mm along x, 6 mm along z."""
+    spacing = (0.5, 1.0, 3.0)  # (x, y, z) mm
+    truth = cube((20, 20, 20), (5, 5, 5), (10, 10, 10))
+    along_x = cube((20, 20, 20), (5, 5, 7), (10, 10, 10))
+    along_z = cube((20, 20, 20), (7, 5, 5), (10, 10, 10))
+    mx = segmentation_metrics(along_x, truth, spacing, {1: "cube"})["cube"]
+    mz = segmentation_metrics(along_z, truth, spacing, {1: "cube"})["cube"]
+    assert mx["dice"] == pytest.approx(0.8, abs=1e-6) and mz["dice"] == pytest.approx(0.8, abs=1e-6)
+    assert mx["hd95"] == pytest.approx(1.0, abs=1e-6)
+    assert mz["hd95"] == pytest.approx(6.0, abs=1e-6)
+    # mean surface distance: below the maximum shift, above zero, and equal to a brute-force computation
+    assert 0 < mx["msd"] < 1.0 and 0 < mz["msd"] < 6.0
+    assert mx["msd"] == pytest.approx(brute_force_msd(along_x, truth, spacing), rel=1e-5)
+    assert mz["msd"] == pytest.approx(brute_force_msd(along_z, truth, spacing), rel=1e-5)
+    # symmetric: swapping prediction and truth changes nothing
+    assert segmentation_metrics(truth, along_z, spacing, {1: "cube"})["cube"] == pytest.approx(mz)
+
+
+def test_identical_empty_and_missing_structures():
+    spacing = (1.0, 2.0)
+    truth = cube((10, 12), (2, 2), (4, 4))
+    same = segmentation_metrics(truth, truth, spacing, {1: "a"})["a"]
+    assert same == {"dice": 1.0, "hd95": 0.0, "msd": 0.0}
+    both_empty = segmentation_metrics(np.zeros_like(truth), np.zeros_like(truth), spacing, {1: "a"})["a"]
+    assert both_empty == {"dice": 1.0, "hd95": 0.0, "msd": 0.0}
+    missed = segmentation_metrics(np.zeros_like(truth), truth, spacing, {1: "a"})["a"]
+    diagonal = math.hypot(10 * 2.0, 12 * 1.0)  # (y, x) extents in mm
+    assert (
+        missed["dice"] == 0.0
+        and missed["hd95"] == pytest.approx(diagonal)
+        and missed["msd"] == pytest.approx(diagonal)
+    )
+
+
+def test_metric_input_errors():
+    with pytest.raises(InputError, match="shape"):
+        segmentation_metrics(np.zeros((3, 3)), np.zeros((3, 4)), (1, 1), {1: "a"})
+    with pytest.raises(InputError, match="spacing"):
+        segmentation_metrics(np.zeros((3, 3)), np.zeros((3, 3)), (1, 1, 1), {1: "a"})
+    with pytest.raises(InputError, match="foreground"):
+        segmentation_metrics(np.zeros((3, 3)), np.zeros((3, 3)), (1, 1), {0: "bg"})
+
+
+def test_landmark_radial_error():
+    truth = np.array([[10.0, 10.0], [20.0, 5.0], [0.0, 0.0]])
+    pred = np.array([[13.0, 14.0], [20.0, 5.0], [np.nan, np.nan]])
+    m = landmark_metrics(pred, truth, ["a", "b", "c"], spacing=(1.0, 1.0), radii=(2.0, 6.0))
+    assert m["per_landmark"]["a"] == pytest.approx(5.0) and m["per_landmark"]["b"] == 0.0
+    assert math.isnan(m["per_landmark"]["c"]) and m["mre"] == pytest.approx(2.5)
+    assert m["sdr2"] == pytest.approx(1 / 3) and m["sdr6"] == pytest.approx(2 / 3)
+    # voxel coordinates with anisotropic spacing: (3 voxels * 0.5 mm, 1 voxel * 2 mm) -> 2.5 mm
+    assert landmark_metrics([[3.0, 1.0]], [[0.0, 0.0]], spacing=(0.5, 2.0))["mre"] == pytest.approx(2.5)
+
+
+# --- overlays -------------------------------------------------------------------------------------------
+def _pixels(path):
+    from PIL import Image as PILImage
+
+    return np.asarray(PILImage.open(path).convert("RGB")).astype(int)
+
+
+def _colour_mask(rgb, colour):
+    return np.all(rgb == np.array(colour), axis=-1)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.5, 1.5)])
+def test_overlay_green_truth_red_prediction(tmp_path, spacing):
+    """Truth square at columns 8-19, prediction shifted 10 columns right: the red contour lies right of the
+    green one by 10 columns (in pixels of the PNG, scaled by its physical width)."""
+    from ModelSelectorLib.ranking import OVERLAY_PX, render_overlay
+
+    arr = np.random.default_rng(0).normal(100, 10, (40, 40)).astype(np.float32)
+    truth = cube((40, 40), (14, 8), (12, 12))
+    pred = cube((40, 40), (14, 18), (12, 12))
+    image = Image(arr, spacing, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    path = render_overlay(image, truth, pred, tmp_path / "o.png")
+    rgb = _pixels(path)
+    assert rgb.shape[1] == OVERLAY_PX
+    # height follows the physical aspect ratio
+    assert rgb.shape[0] == pytest.approx(OVERLAY_PX * (40 * spacing[1]) / (40 * spacing[0]), abs=2)
+    green, red = _colour_mask(rgb, (0, 255, 0)), _colour_mask(rgb, (255, 0, 0))
+    assert green.sum() > 50 and red.sum() > 50, "both contours must be drawn in pure green and pure red"
+    px_per_col = OVERLAY_PX / 40
+    gx, rx = np.nonzero(green)[1], np.nonzero(red)[1]
+    assert rx.mean() - gx.mean() == pytest.approx(10 * px_per_col, abs=1.5 * px_per_col)
+    gy, ry = np.nonzero(green)[0], np.nonzero(red)[0]
+    assert abs(gy.mean() - ry.mean()) < 2 * rgb.shape[0] / 40  # same rows
+    # the left edge of the truth square sits at column 8
+    assert gx.min() == pytest.approx(8 * px_per_col, abs=px_per_col)
+
+
+def test_overlay_3d_uses_representative_slice(tmp_path):
+    from ModelSelectorLib.ranking import render_overlay, representative_slice
+
+    arr = np.ones((6, 30, 30), np.float32) * np.arange(30)
+    truth = np.zeros((6, 30, 30), np.uint8)
+    truth[1, 10:12, 10:12] = 1
+    truth[4, 5:25, 5:25] = 1  # largest area on slice 4
+    assert representative_slice(truth) == 4
+    assert representative_slice(np.zeros_like(truth), truth) == 4
+    assert representative_slice(np.zeros_like(truth)) == 3
+    image = Image(arr, (1.0, 1.0, 2.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    rgb = _pixels(render_overlay(image, truth, np.zeros_like(truth), tmp_path / "o3.png"))
+    green = _colour_mask(rgb, (0, 255, 0))
+    assert not _colour_mask(rgb, (255, 0, 0)).any()
+    ys, xs = np.nonzero(green)
+    scale = rgb.shape[1] / 30
+    assert (xs.max() - xs.min()) == pytest.approx(20 * scale, abs=2 * scale)  # the big square of slice 4
+    with pytest.raises(InputError, match="differ"):
+        render_overlay(image, truth[:3], truth, tmp_path / "bad.png")
+
+
+# --- summaries, ranking, pages --------------------------------------------------------------------------
+def _cases(dices, hds):
+    return [{"id": f"c{i}", "dice": d, "hd95": h, "msd": h / 3} for i, (d, h) in enumerate(zip(dices, hds))]
+
+
+def test_summary_and_rank_directions():
+    from ModelSelectorLib.ranking import candidate_row, rank, summarize
+
+    s = summarize(_cases([0.9, 0.5, 0.7], [1, 9, 3]), "dice")
+    assert (
+        s["mean"] == pytest.approx(0.7)
+        and s["median"] == 0.7
+        and s["worst"] == 0.5
+        and s["worst_case"] == "c1"
+    )
+    h = summarize(_cases([0.9, 0.5, 0.7], [1, 9, 3]), "hd95")
+    assert h["worst"] == 9 and h["best"] == 1 and h["worst_case"] == "c1"
+    a = candidate_row({"candidate": "a", "cases": _cases([0.9, 0.9], [5.0, 5.0])})
+    b = candidate_row({"candidate": "b", "cases": _cases([0.8, 0.8], [1.0, 1.0])})
+    assert [r["candidate"] for r in rank([b, a], "dice")] == ["a", "b"]
+    assert [r["candidate"] for r in rank([a, b], "hd95")] == ["b", "a"]  # lower distance is better
+    with pytest.raises(InputError, match="choose one of"):
+        rank([a, b], "nosuch")
+
+
+def test_leaderboard_and_dashboard_html(tmp_path):
+    from ModelSelectorLib.ranking import candidate_row, write_dashboard, write_leaderboard
+
+    rows = [
+        candidate_row(
+            {"candidate": n, "model": f"t-{n}", "version": "0.1.0", "cases": _cases(d, h)},
+            {"settings": {"architecture": n, "loss": "dice"}},
+        )  # fmt: skip
+        for n, d, h in (("unet", [0.9, 0.8], [2.0, 4.0]), ("segresnet", [0.7, 0.95], [1.0, 1.5]))
+    ]
+    out = write_leaderboard(rows, tmp_path / "leaderboard.html", "hd95", "LB <task>",
+                            {"unet": "dashboards/unet/index.html"})  # fmt: skip
+    page = out.read_text()
+    assert "LB &lt;task&gt;" in page  # escaped
+    assert page.index('data-candidate="segresnet"') < page.index('data-candidate="unet"')  # hd95: lower first
+    assert 'href="dashboards/unet/index.html"' in page and "<script>" in page and 'class="best"' in page
+    ev = {"candidate": "unet", "model": "t-unet", "version": "0.1.0", "bundle": str(tmp_path / "nobundle"),
+          "evaluated": "now", "cases": [{**c, "overlay": f"overlays/{c['id']}.png"} for c in _cases([0.9, 0.6], [2, 4])]}  # fmt: skip
+    page = write_dashboard(ev, tmp_path / "dash", "dice").read_text()
+    assert page.index('data-case="c1"') < page.index('data-case="c0"')  # worst Dice first
+    assert "overlays/c1.png" in page and "green" in page and "red" in page
+    with pytest.raises(InputError, match="not among"):
+        write_dashboard(ev, tmp_path / "dash", "nosuch")
+    json.dumps(rows)  # rows are JSON-ready

@@ -1,0 +1,482 @@
+"""Selection evaluation: metrics, baseline rankers, the runner and its report, on synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ModelSelectorLib.baselines import (
+    HeaderRulesRanker,
+    HistogramKNNRanker,
+    ModelInfo,
+    RandomRanker,
+    Reference,
+    header_facts,
+    histogram_features,
+    is_relevant,
+    zoo_models,
+)
+from ModelSelectorLib.bundle import ModelCard, save_bundle
+from ModelSelectorLib.cli import main
+from ModelSelectorLib.errors import Cancelled, DatasetError, ModelSelectorError
+from ModelSelectorLib.io import Image, read_image, write_image
+from ModelSelectorLib.selection_eval import (
+    EvalCase,
+    auroc,
+    average_precision,
+    encoder_split,
+    load_cases,
+    precision_at_k,
+    recall_at_k,
+    run_selection_evaluation,
+    select_cases,
+)
+from ModelSelectorLib.zoo import Zoo
+
+BASELINES = ["random", "header-rules", "histogram-knn-exemplars", "histogram-knn-train"]
+
+
+@pytest.fixture(autouse=True)
+def _light_cpu():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- synthetic images -------------------------------------------------------------------------------------
+def ct_head(seed: int = 0) -> Image:
+    """CT-like head: air -1000 HU around a soft-tissue ball with a bone rim; 200 mm field of view."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:20, :40, :40]
+    r = np.sqrt(((z - 10) * 2.5) ** 2 + (y - 20) ** 2 + (x - 20) ** 2)
+    a = np.where(r < 16, 40.0, -1000.0) + np.where((r > 14) & (r < 16), 900.0, 0.0)
+    a = a + rng.normal(0, 10, a.shape)
+    return Image(a.astype(np.float32), (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def mr_heart(seed: int = 0) -> Image:
+    """MR-like chest slab: non-negative scanner units, 320 mm in-plane field of view."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:8, :40, :40]
+    r = np.sqrt((y - 20) ** 2 + (x - 20) ** 2)
+    a = np.where(r < 15, 300.0, 20.0) + np.where(r < 5, 400.0, 0.0) + rng.normal(0, 15, (8, 40, 40))
+    return Image(
+        np.clip(a, 0, None).astype(np.float32), (8.0, 8.0, 10.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+
+
+def dx_chest(seed: int = 0) -> np.ndarray:
+    """A grey 8-bit radiograph-like picture (two dark lung fields in a bright body)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:64, :64]
+    a = np.full((64, 64), 180.0)
+    a[(np.abs(x - 20) < 9) & (np.abs(y - 32) < 22)] = 60
+    a[(np.abs(x - 44) < 9) & (np.abs(y - 32) < 22)] = 60
+    return np.clip(a + rng.normal(0, 8, a.shape), 0, 255).astype(np.uint8)
+
+
+def photo(seed: int = 0) -> np.ndarray:
+    """A colourful non-medical picture (RGB, channels differ)."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((64, 64, 3), np.uint8)
+    a[..., 0] = 200
+    a[..., 1] = np.linspace(0, 255, 64)[None, :]
+    a[..., 2] = rng.integers(0, 255, (64, 64))
+    return a
+
+
+def png(arr: np.ndarray, path: Path) -> Path:
+    img = Image(arr, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    return write_image(img, path)
+
+
+# --- tiny zoo ---------------------------------------------------------------------------------------------
+NET = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+       "channels": [4, 8], "strides": [2], "num_res_units": 0}  # fmt: skip
+MODELS = [("ct-head-bone", "CT", "HEAD"), ("mr-heart", "MR", "HEART"), ("dx-chest-lungs", "DX", "CHEST")]
+
+
+def make_zoo(root: Path, examples: dict) -> Zoo:
+    """A zoo of three tiny models; ``examples[name]`` = files copied into the bundle as example inputs."""
+    from monai.bundle import ConfigParser
+
+    zoo = Zoo.create(root / "zoo")
+    for name, mod, region in MODELS:
+        dims = 2 if mod == "DX" else 3
+        net_def = dict(NET, spatial_dims=dims)
+        torch.manual_seed(0)
+        net = ConfigParser({"net": net_def}).get_parsed_content("net")
+        files = examples.get(name, [])
+        card = ModelCard.from_dict({
+            "name": name, "version": "0.1.0", "task_type": "segmentation", "modality": mod, "body_region": region,
+            "labels": [{"value": 1, "name": "thing", "color": [1.0, 0.0, 0.0]}], "spatial_dims": dims,
+            "roi_size": [16] * dims, "example_inputs": [f"docs/{Path(f).name}" for f in files],
+        })  # fmt: skip
+        b = save_bundle(root / "bundles" / name, card, net_def, net.state_dict())
+        for f in files:
+            shutil.copy(f, b / "docs" / Path(f).name)
+        zoo.add(b)
+    return zoo.reload()
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+def test_ranking_metrics_hand_worked():
+    ranked = ["a", "b", "c", "d", "e"]
+    rel = {"b", "d"}
+    assert precision_at_k(ranked, rel, 1) == 0.0
+    assert precision_at_k(ranked, rel, 3) == pytest.approx(1 / 3)
+    assert precision_at_k(ranked, rel, 5) == pytest.approx(2 / 5)
+    assert recall_at_k(ranked, rel, 1) == 0.0
+    assert recall_at_k(ranked, rel, 3) == pytest.approx(0.5)
+    assert recall_at_k(ranked, rel, 5) == pytest.approx(1.0)
+    assert average_precision(ranked, rel) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert average_precision(ranked, {"a"}) == 1.0
+    assert average_precision(ranked, {"e", "zz"}) == pytest.approx((1 / 5) / 2)  # missing model counts 0
+    assert np.isnan(average_precision(ranked, set()))
+    assert np.isnan(recall_at_k(ranked, set(), 3))
+
+
+def test_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        y = rng.integers(0, 2, 60).astype(bool)
+        s = np.round(rng.normal(size=60) + y, 1)  # rounding makes ties
+        assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(auroc([0.1, 0.2], [True, True]))
+
+
+def test_relevance_rule():
+    assert is_relevant("CT", ("ABDOMEN", "PELVIS"), "CT", ("PELVIS",))
+    assert not is_relevant("CT", ("ABDOMEN",), "MR", ("ABDOMEN",))
+    assert not is_relevant("CT", ("ABDOMEN",), "CT", ("HEAD",))
+    assert not is_relevant("OT", ("HEAD",), "OT", ("HEAD",))  # non-medical images have no relevant model
+
+
+# --- baselines --------------------------------------------------------------------------------------------
+INFOS = [ModelInfo(n, "0.1.0", m, (r,)) for n, m, r in MODELS] + [
+    ModelInfo("ct-abdomen", "1", "CT", ("ABDOMEN",))
+]
+
+
+def test_random_baseline_is_seeded_and_reproducible():
+    img = Image(
+        np.zeros((4, 4), np.float32), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), {"path": "/x/a.png"}
+    )
+    a, b = RandomRanker(INFOS, seed=1).rank(img), RandomRanker(INFOS, seed=1).rank(img)
+    assert a.names == b.names and a.confidence == b.confidence
+    assert sorted(a.names) == sorted(m.name for m in INFOS)
+    orders = set()
+    for s in range(12):
+        orders.add(tuple(RandomRanker(INFOS, seed=s).rank(img).names))
+    assert len(orders) > 3  # the seed changes the order
+    other = Image(img.array, img.spacing, img.origin, img.direction, {"path": "/x/b.png"})
+    firsts = {RandomRanker(INFOS, seed=0).rank(Image(img.array, img.spacing, img.origin, img.direction,
+                                                         {"path": f"/x/{i}.png"})).names[0] for i in range(30)}  # fmt: skip
+    assert len(firsts) == len(INFOS)  # every model is sometimes first
+    assert RandomRanker(INFOS, seed=0).rank(other).names is not None
+
+
+def test_header_rules_on_nifti_nrrd_png(tmp_path):
+    ct = ct_head()
+    for suffix in ("nii.gz", "nrrd"):
+        p = write_image(ct, tmp_path / f"ct.{suffix}")
+        img = read_image(p)
+        f = header_facts(img)
+        assert f.modality == "CT" and f.regions == ("HEAD",), f.rules
+        r = HeaderRulesRanker(INFOS).rank(img)
+        assert r.names[0] == "ct-head-bone" and r.scores[0] == 3.0 and r.fits
+        assert r.names[1] == "ct-abdomen"  # right modality, wrong region: second
+    mr = read_image(write_image(mr_heart(), tmp_path / "mr.nii.gz"))
+    f = header_facts(mr)
+    assert f.modality == "MR" and f.regions == ()  # 320 mm field of view: region unknown
+    r = HeaderRulesRanker(INFOS).rank(mr)
+    assert r.names[0] == "mr-heart" and not r.fits  # modality only: no fit decision for a region
+    dx = read_image(png(dx_chest(), tmp_path / "dx.png"))
+    assert header_facts(dx).modality == "DX"
+    assert HeaderRulesRanker(INFOS).rank(dx).names[0] == "dx-chest-lungs"
+    ph = read_image(png(photo(), tmp_path / "photo.png"))
+    f = header_facts(ph)
+    assert f.modality == "OT"
+    r = HeaderRulesRanker(INFOS).rank(ph)
+    assert r.confidence == 0.0 and r.fits is False
+    # DICOM header fields win over the value range
+    dcm = Image(
+        ct.array,
+        ct.spacing,
+        ct.origin,
+        ct.direction,
+        {"format": "dicom", "modality": "MR", "body_part": "HEART"},
+    )
+    f = header_facts(dcm)
+    assert (f.modality, f.regions) == ("MR", ("HEART",))
+    assert HeaderRulesRanker(INFOS).rank(dcm).names[0] == "mr-heart"
+
+
+def test_histogram_knn_on_synthetic_profiles():
+    def ref(img, m, r):
+        return Reference(histogram_features(img), m, (r,))
+
+    def dx(s):
+        return Image(dx_chest(s).astype(np.float32), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+    refs = []
+    for s in range(3):
+        refs += [ref(ct_head(s), "CT", "HEAD"), ref(mr_heart(s), "MR", "HEART"), ref(dx(s), "DX", "CHEST")]
+    feats = histogram_features(ct_head(0))
+    assert (
+        feats.shape == (64,)
+        and feats[:32].sum() == pytest.approx(1.0)
+        and feats[32:].sum() == pytest.approx(1.0)
+    )
+    knn = HistogramKNNRanker(INFOS, refs, k=3)
+    assert knn.rank(ct_head(10)).names[0] == "ct-head-bone"
+    assert knn.rank(mr_heart(10)).names[0] == "mr-heart"
+    assert knn.rank(dx(10)).names[0] == "dx-chest-lungs"
+    # an image unlike every reference is less confident than one like them
+    noise = Image(np.random.default_rng(0).uniform(5000, 9000, (30, 30)).astype(np.float32), (1.0, 1.0), (0.0, 0.0),
+                  (1.0, 0.0, 0.0, 1.0))  # fmt: skip
+    assert knn.rank(noise).confidence < knn.rank(ct_head(11)).confidence
+    with pytest.raises(ModelSelectorError, match="no reference"):
+        HistogramKNNRanker(INFOS, []).rank(ct_head())
+
+
+# --- cases and split --------------------------------------------------------------------------------------
+def make_data(root: Path) -> dict:
+    """A small data folder in the layout of the shared data: manifest.csv (3D, codes) + radiology_2d/labels.csv."""
+    (root / "radiology_2d" / "img").mkdir(parents=True)
+    (root / "vol").mkdir()
+    rows2d = []
+    for i in range(6):
+        png(dx_chest(i), root / "radiology_2d" / "img" / f"dx{i}.png")
+        rows2d.append({"path": f"img/dx{i}.png", "modality": "DX", "body_region": "CHEST"})
+        png(photo(i), root / "radiology_2d" / "img" / f"photo{i}.png")
+        rows2d.append({"path": f"img/photo{i}.png", "modality": "OT", "body_region": "OOD:photo"})
+    with open(root / "radiology_2d" / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "modality", "body_region", "label_origin", "source", "license"])
+        w.writeheader()
+        for r in rows2d:
+            w.writerow(r)
+    rows3d = []
+    for i in range(6):
+        write_image(ct_head(i), root / "vol" / f"subj{i}_ct.nii.gz")
+        rows3d.append(
+            {"path": f"vol/subj{i}_ct.nii.gz", "modality": "CT", "modality_code": "CT", "region_code": "HEAD"}
+        )
+        write_image(mr_heart(i), root / "vol" / f"subj{i}_frame01.nii.gz")
+        rows3d.append(
+            {
+                "path": f"vol/subj{i}_frame01.nii.gz",
+                "modality": "MR",
+                "modality_code": "MR",
+                "region_code": "HEART",
+            }
+        )
+    abd = ct_head(7)
+    abd.spacing = (10.0, 10.0, 10.0)  # a 400 mm trunk-sized field of view
+    write_image(abd, root / "vol" / "abd_ct.nii.gz")  # a CT with no model in the zoo (CT:ABDOMEN)
+    rows3d.append(
+        {"path": "vol/abd_ct.nii.gz", "modality": "CT", "modality_code": "CT", "region_code": "ABDOMEN"}
+    )
+    rows3d.append(
+        {
+            "path": "vol/subj0_seg.nii.gz",
+            "modality": "LABEL(CT)",
+            "modality_code": "SEG",
+            "region_code": "HEAD",
+        }
+    )
+    rows3d.append({"path": "vol/unknown.nii.gz", "modality": "US", "modality_code": "US", "region_code": ""})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "modality", "body_region", "ndim", "modality_code", "region_code"])
+        w.writeheader()
+        for r in rows3d:
+            w.writerow({**r, "body_region": r["region_code"].lower(), "ndim": 3})
+    card = {"name": "enc", "version": "t", "seed": 0, "data_root": str(root), "excluded_classes_groups": {"CT:ABDOMEN": 1},
+            "data": "... (<= 24 volumes per class, 9 views each)", "split": "by source: 20% of each class's groups held out"}  # fmt: skip
+    return card
+
+
+def test_load_cases_both_layouts_and_encoder_split(tmp_path):
+    card = make_data(tmp_path / "data")
+    cases, skipped = load_cases(
+        [tmp_path / "data" / "manifest.csv", tmp_path / "data" / "radiology_2d" / "labels.csv"]
+    )
+    labels = sorted({c.label for c in cases})
+    assert labels == ["CT:ABDOMEN", "CT:HEAD", "DX:CHEST", "MR:HEART", "OT:OOD"]
+    assert len(cases) == 25 and skipped["label map"] == 1 and skipped["unknown body region"] == 1
+    split = encoder_split(card)
+    assert split.train and split.val and not (split.train & split.val)
+    assert all(Path(p).is_absolute() for p in split.val)
+    held, dropped = select_cases(cases, "heldout", split)
+    assert held and {str(c.path) for c in held} <= split.val
+    unseen, _ = select_cases(cases, "unseen", split)
+    assert not {str(c.path) for c in unseen} & split.train
+    assert any("abd_ct" in str(c.path) for c in unseen)  # a class the encoder never saw counts as unseen
+    few, _ = select_cases(cases, "unseen", split, limit=4, seed=1)
+    assert len(few) == 4 and len({c.label for c in few}) == 4  # class by class
+    with pytest.raises(DatasetError, match="no such manifest"):
+        load_cases([tmp_path / "nope.csv"])
+    with pytest.raises(ModelSelectorError, match="no evaluation image"):
+        select_cases(cases, "heldout", split, exclude={str(c.path) for c in cases})
+
+
+# --- runner -----------------------------------------------------------------------------------------------
+def test_runner_end_to_end_with_baselines(tmp_path):
+    data = tmp_path / "data"
+    card = make_data(data)
+    ex = {"ct-head-bone": [data / "vol" / "subj0_ct.nii.gz"], "mr-heart": [data / "vol" / "subj0_frame01.nii.gz"],
+          "dx-chest-lungs": [data / "radiology_2d" / "img" / "dx0.png"]}  # fmt: skip
+    zoo = make_zoo(tmp_path, ex)
+    assert [m.name for m in zoo_models(zoo)] == sorted(n for n, _, _ in MODELS)
+    manifests = [data / "manifest.csv", data / "radiology_2d" / "labels.csv"]
+    out = tmp_path / "out"
+    res = run_selection_evaluation(zoo, manifests, out, split="unseen", rankers=BASELINES, encoder_card=card,
+                                   seed=0)  # fmt: skip
+    evaluated = {str(c.path) for c in res.cases}
+    assert not evaluated & {str(p.resolve()) for v in ex.values() for p in v}  # exemplars are never evaluated
+    p = res.protocol
+    assert (
+        p["n_in_distribution"] > 0
+        and p["n_ood"] > 0
+        and p["n_ood"] == sum(1 for c in res.cases if c.label in ("OT:OOD", "CT:ABDOMEN"))
+    )
+    m = res.metrics
+    assert m["header-rules"]["top1"] == 1.0  # the header tells the modality; one model per modality here
+    fits = {Path(r.case.path).name: r.ranking.fits for r in res.results["header-rules"]}
+    for name, fit in fits.items():  # header rules know the region only from the CT head's field of view
+        assert fit == (name.startswith("subj") and name.endswith("_ct.nii.gz")), name
+    assert m["header-rules"]["fit_accuracy"] == pytest.approx(np.mean([f == bool(r.relevant) for f, r in zip(
+        fits.values(), res.results["header-rules"])]))  # fmt: skip
+    for knn in ("histogram-knn-exemplars", "histogram-knn-train"):
+        assert m[knn]["top1"] == 1.0, knn
+        assert m[knn]["mAP"] >= m["random"]["mAP"]
+    assert np.isnan(m["random"]["fit_accuracy"])
+    for name in BASELINES:
+        assert 0.0 <= m[name]["ood_auroc"] <= 1.0
+    for f in ("report.md", "results.csv", "confusion.png", "metrics.json"):
+        assert (out / f).is_file(), f
+    report = (out / "report.md").read_text()
+    assert (
+        "| header-rules |" in report
+        and "OOD AUROC" in report
+        and "held out" in report
+        or "split `unseen`" in report
+    )
+    assert "### Per class" in report and "| OT:OOD |" in report and "rejects 1.000" in report  # header rules
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == len(res.cases) * len(BASELINES)
+    assert {r["ranker"] for r in rows} == set(BASELINES)
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["random"]["fit_accuracy"] is None
+    assert not [q for q in out.iterdir() if q.name.startswith(".tmp")]
+
+
+def test_runner_cancel_leaves_nothing(tmp_path):
+    import threading
+
+    data = tmp_path / "data"
+    card = make_data(data)
+    zoo = make_zoo(tmp_path, {})
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        run_selection_evaluation(zoo, [data / "manifest.csv"], tmp_path / "out", split="all",
+                                 rankers=["random", "header-rules"], encoder_card=card, cancel=ev)  # fmt: skip
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_cli_evaluate_selection(tmp_path, capsys, monkeypatch):
+    import ModelSelectorLib.selection_eval as se
+
+    data = tmp_path / "data"
+    card = make_data(data)
+    zoo = make_zoo(tmp_path, {})
+    monkeypatch.setattr(se, "encoder_split", lambda c=None, d=None: encoder_split(card))
+    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
+               "--manifest", str(data / "radiology_2d" / "labels.csv"), "--out", str(tmp_path / "o"),
+               "--split", "unseen", "--rankers", "random,header-rules,histogram-knn-train",
+               "--limit", "8", "--seed", "3"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "header-rules" in out and "report:" in out
+    assert (tmp_path / "o" / "report.md").is_file()
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "at most" in report  # k-NN fitted on the training split
+    assert "Command: `modelselector evaluate-selection --zoo" in report and "--limit 8" in report
+    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
+               "--out", str(tmp_path / "o3"), "--split", "all", "--rankers", "random",
+               "--docs", str(tmp_path / "docs" / "selection-report.md")])  # fmt: skip
+    assert rc == 0
+    doc = (tmp_path / "docs" / "selection-report.md").read_text()
+    assert "(selection-confusion.png)" in doc and (tmp_path / "docs" / "selection-confusion.png").is_file()
+    capsys.readouterr()
+    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
+               "--out", str(tmp_path / "o2"), "--rankers", "nonsense", "--split", "all"])  # fmt: skip
+    assert rc != 0 and "unknown ranker" in capsys.readouterr().err
+
+
+def test_eval_case_label():
+    c = EvalCase(Path("/a.png"), "OT", ())
+    assert c.label == "OT:OOD" and c.relevant(INFOS) == []
+    c = EvalCase(Path("/b.nii.gz"), "CT", ("HEAD", "NECK"))
+    assert c.label == "CT:HEAD;NECK" and c.relevant(INFOS) == ["ct-head-bone"]
+
+
+def test_runner_with_selector_variants(tmp_path):
+    """The selector with exemplar, data-free and both kinds of prototypes, measured beside the baselines."""
+    pytest.importorskip("ModelSelectorLib.selector")
+    from ModelSelectorLib.encoder import Encoder
+    from ModelSelectorLib.index import build_index, default_index_dir
+    from ModelSelectorLib.prototypes import generate_for_model
+
+    data = tmp_path / "data"
+    card = make_data(data)
+    ex = {"ct-head-bone": [data / "vol" / f"subj{i}_ct.nii.gz" for i in (0, 1)],
+          "mr-heart": [data / "vol" / f"subj{i}_frame01.nii.gz" for i in (0, 1)],
+          "dx-chest-lungs": [data / "radiology_2d" / "img" / f"dx{i}.png" for i in (0, 1)]}  # fmt: skip
+    zoo = make_zoo(tmp_path, {})
+    enc = Encoder.load()
+    for name, files in ex.items():
+        generate_for_model(zoo, name, exemplars=files, data_free=1, steps=3, encoder=enc, pngs=0)
+    build_index(zoo, encoder=enc).save(default_index_dir(zoo))
+    out = tmp_path / "out"
+    res = run_selection_evaluation(zoo, [data / "manifest.csv", data / "radiology_2d" / "labels.csv"], out,
+                                   split="unseen", encoder_card=card, seed=0)  # fmt: skip
+    names = [r["name"] for r in res.rankers]
+    assert names == ["ours-exemplar", "ours-data-free", "ours-both", *BASELINES]
+    evaluated = {str(c.path) for c in res.cases}
+    assert not evaluated & {str(p.resolve()) for v in ex.values() for p in v}  # exemplars never evaluated
+    assert "exemplar images" in next(
+        r["description"] for r in res.rankers if r["name"] == "histogram-knn-exemplars"
+    )
+    m = res.metrics
+    assert m["ours-exemplar"]["top1"] == 1.0  # nearest exemplars of the same synthetic kind
+    assert m["ours-both"]["mAP"] >= m["random"]["mAP"]
+    for name in ("ours-exemplar", "ours-data-free", "ours-both"):
+        assert m[name]["n_errors"] == 0 and not np.isnan(m[name]["fit_accuracy"])
+        assert len(res.results[name]) == len(res.cases)
+        assert all(sorted(r.ranking.names) == sorted(n for n, _, _ in MODELS) for r in res.results[name])
+    report = (out / "report.md").read_text()
+    assert "| ours-both |" in report and "Confusion matrix of `ours-both`" in report
+
+
+def test_resolve_source_recorded_in_another_folder(tmp_path, monkeypatch):
+    from ModelSelectorLib.baselines import resolve_source
+
+    f = tmp_path / "data" / "ct" / "a.nii.gz"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("data/ct/a.nii.gz") == str(f.resolve())  # relative to the working folder
+    assert resolve_source("../shared/data/ct/a.nii.gz", [tmp_path / "data"]) == str(f.resolve())
+    assert resolve_source(str(f)) == str(f.resolve())
+    assert resolve_source("synthesised-0", [tmp_path / "data"]) is None

@@ -1,0 +1,353 @@
+"""Selector core: prototypes (exemplar and data-free), the hnswlib index, ``select`` and its CLI.
+
+One synthetic zoo is built per module: three tiny batch-norm UNets trained for a few seconds on
+distinguishable synthetic data -- a 3D CT-like abdomen, a 3D MR-like abdomen (bias field, positive units)
+and a 2D radiograph-like chest picture -- each with exemplar and data-free prototypes, indexed and
+calibrated against out-of-distribution references that leave out the photo used in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("hnswlib")
+
+from ModelSelectorLib.atomic import write_json  # noqa: E402
+from ModelSelectorLib.datasets import make_synthetic_case, make_synthetic_msd  # noqa: E402
+from ModelSelectorLib.errors import BundleError, IndexMismatchError, InputError  # noqa: E402
+from ModelSelectorLib.io import Image, read_image, write_image  # noqa: E402
+
+ENCODER_WEIGHTS = Path(__file__).resolve().parents[2] / "Resources" / "encoder" / "encoder.pt"
+pytestmark = pytest.mark.skipif(not ENCODER_WEIGHTS.is_file(), reason="the bundled encoder is not built")
+
+EYE2 = (1.0, 0.0, 0.0, 1.0)
+EYE3 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+MODELS = ("ct_abdomen", "mr_abdomen", "dx_chest")
+
+
+def radiograph(seed: int) -> tuple[Image, Image]:
+    """A 2D radiograph-like picture (bright disc on a graded background, 0.5 mm pixels) and its label."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    img = 800.0 + 6.0 * yy + rng.normal(0.0, 40.0, (64, 64))
+    cy, cx = rng.uniform(20, 44, 2)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(7, 11) ** 2
+    img[disc] = 3000.0
+    image = Image(img.astype(np.float32), (0.5, 0.5), (0.0, 0.0), EYE2, {})
+    return image, image.with_array(disc.astype(np.uint8))
+
+
+def make_2d_msd(root: Path, n: int, seed: int) -> Path:
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    training = []
+    for i in range(n):
+        image, label = radiograph(seed + i)
+        write_image(image, root / "imagesTr" / f"c{i}.nii.gz")
+        write_image(label, root / "labelsTr" / f"c{i}.nii.gz")
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    write_json(root / "dataset.json", {"name": "SynthDX", "modality": {"0": "DX"}, "body_region": "CHEST",
+                                       "labels": {"0": "background", "1": "disc"}, "synthetic": True,
+                                       "training": training})  # fmt: skip
+    return root
+
+
+def noise_volume(seed: int) -> Image:
+    return Image(np.random.default_rng(seed).normal(0, 300, (30, 40, 40)).astype(np.float32), (1.0, 1.0, 1.0),
+                 (0.0, 0.0, 0.0), EYE3)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The synthetic zoo with prototypes and a calibrated, saved index; the encoder; query images."""
+    from ModelSelectorLib.encoder import Encoder
+    from ModelSelectorLib.index import build_index, default_index_dir
+    from ModelSelectorLib.prototypes import generate_for_model
+    from ModelSelectorLib.selector import calibrate, ood_references
+    from ModelSelectorLib.train import TrainConfig, train_segmentation
+    from ModelSelectorLib.zoo import Zoo
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("selector")
+    base = dict(channels=(8, 16), epochs=12, batch_size=1, num_samples=2, roi_size=(16, 16, 16),
+                target_spacing=(2.0, 2.0, 2.0), augment=False, num_threads=2, seed=0, val_fraction=0.25, val_interval=12)  # fmt: skip
+    data = {
+        "ct_abdomen": make_synthetic_msd(root / "ct", 4, "ct", seed=0),
+        "mr_abdomen": make_synthetic_msd(root / "mr", 4, "mr", seed=10),
+        "dx_chest": make_2d_msd(root / "dx", 4, 20),
+    }
+    cfgs = {
+        "ct_abdomen": TrainConfig(**base),
+        "mr_abdomen": TrainConfig(**base),
+        "dx_chest": TrainConfig(
+            **{**base, "roi_size": (32, 32), "target_spacing": (0.5, 0.5), "intensity": "percentile"}
+        ),  # fmt: skip
+    }
+    for name in MODELS:
+        train_segmentation(
+            data[name], name, root / "zoo", cfgs[name], body_region=None if name == "dx_chest" else "ABDOMEN"
+        )
+    zoo = Zoo(root / "zoo")
+    enc = Encoder.load()
+    for name in MODELS:
+        exemplars = sorted((data[name] / "imagesTr").glob("*.nii.gz"))[:2]
+        generate_for_model(zoo, name, exemplars=exemplars, data_free=2, encoder=enc, steps=30, seed=0)
+    idx = build_index(zoo, calibrate=False)
+    negatives = [(n, im) for n, im in ood_references(seed=7) if n != "grace_hopper.jpg"]
+    calibrate(idx, zoo, encoder=enc, negatives=negatives)
+    idx.save(default_index_dir(zoo))
+    ct, _ = make_synthetic_case(100, "ct")
+    mr, _ = make_synthetic_case(101, "mr")
+    dx, _ = radiograph(102)
+    queries = {"ct_abdomen": ct, "mr_abdomen": mr, "dx_chest": dx}
+    return {"root": root, "zoo": zoo, "encoder": enc, "index": idx, "queries": queries}
+
+
+# --- prototypes -----------------------------------------------------------------------------------------
+def test_prototypes_stored_in_bundle_with_origins(env):
+    from ModelSelectorLib.prototypes import ORIGINS, load_prototypes
+
+    for name in MODELS:
+        bundle = env["zoo"].get(name)
+        pset = load_prototypes(bundle)
+        assert pset.model == name and pset.version == "0.1.0"
+        assert set(pset.origins()) == set(ORIGINS)
+        assert np.allclose(np.linalg.norm(pset.vectors, axis=1), 1.0, atol=1e-4)
+        meta = json.loads((bundle / "prototypes" / "prototypes.json").read_text())
+        assert {r["origin"] for r in meta["rows"]} == set(ORIGINS)
+        assert "batch-norm statistics" in meta["meta"]["data-free"]["method"]
+        assert meta["meta"]["data-free"]["bn_layers"] > 0
+        assert len(list((bundle / "docs" / "prototypes").glob("data-free-*.png"))) == 2
+
+
+def test_synthesis_geometry_2d_and_3d_and_bn_matching(env):
+    from ModelSelectorLib.bundle import load_bundle
+    from ModelSelectorLib.prototypes import BNStatHooks, synthesize_inputs
+
+    lb = load_bundle(env["zoo"].get("ct_abdomen"))
+    info = {}
+    imgs = synthesize_inputs(lb, n=2, steps=12, seed=3, info=info, progress=False)
+    assert info["bn_layers"] > 0 and info["bn_divergence"] is not None
+    assert imgs[0].ndim == 3 and imgs[0].spacing == (2.0, 2.0, 2.0) and imgs[0].array.shape == (16, 16, 16)
+    assert imgs[0].array.min() >= -1000.0 and imgs[0].array.max() <= 1000.0  # HU of the model's CT window
+    # the batch-norm divergence of the synthesised batch is below that of the initial noise
+    with BNStatHooks(lb.network) as hooks, torch.inference_mode():
+        x = torch.from_numpy((np.stack([im.array.transpose(2, 1, 0) for im in imgs])[:, None] + 1000) / 2000)
+        lb.network(x.float())
+        after = float(hooks.mean())
+    with BNStatHooks(lb.network) as hooks, torch.inference_mode():
+        lb.network(torch.rand(2, 1, 16, 16, 16))
+        noise = float(hooks.mean())
+    assert after < noise
+    d2 = synthesize_inputs(env["zoo"].get("dx_chest"), n=1, steps=3, seed=0, progress=False)
+    assert d2[0].ndim == 2 and d2[0].spacing == (0.5, 0.5) and d2[0].array.shape == (32, 32)
+
+
+def test_synthesis_without_running_stats_falls_back(tmp_path, env):
+    from ModelSelectorLib.bundle import ModelCard, save_bundle
+    from ModelSelectorLib.prototypes import data_free_prototypes
+    from ModelSelectorLib.train import TrainConfig, build_network, network_def
+
+    net_def = network_def(TrainConfig(channels=(4, 8), norm="instance"), spatial_dims=3, n_classes=2)
+    card = ModelCard(name="inorm", version="0.1.0", task_type="segmentation", modality="CT", body_region="ABDOMEN",
+                     labels=[{"value": 1, "name": "x", "color": [1.0, 0.0, 0.0]}], spatial_dims=3,
+                     target_spacing=[2.0, 2.0, 2.0], intensity={"mode": "ct", "a_min": -1000.0, "a_max": 1000.0},
+                     roi_size=[16, 16, 16])  # fmt: skip
+    bundle = save_bundle(tmp_path / "inorm", card, net_def, build_network(net_def).state_dict())
+    pset = data_free_prototypes(env["encoder"], bundle, n=1, steps=3)
+    assert set(pset.origins()) == {"data-free"}
+    assert "no batch-norm running statistics" in pset.meta["data-free"]["method"]
+    assert pset.meta["data-free"]["bn_layers"] == 0
+
+
+def test_missing_prototypes_and_bad_exemplars(tmp_path, env):
+    from ModelSelectorLib.prototypes import exemplar_prototypes, load_prototypes
+
+    with pytest.raises(BundleError, match="modelselector prototypes"):
+        load_prototypes(tmp_path)
+    with pytest.raises(InputError):
+        exemplar_prototypes(env["encoder"], [])
+
+
+# --- selection ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("origins", [("exemplar", "data-free"), ("exemplar",), ("data-free",)])
+def test_right_model_ranks_first(env, origins):
+    from ModelSelectorLib.selector import select
+
+    for name, image in env["queries"].items():
+        sel = select(image, env["zoo"], env["index"], env["encoder"], top_k=3, origins=origins)
+        assert sel.models[0].name == name, (origins, name, [(m.name, m.raw) for m in sel.models])
+        assert all(0.0 <= m.score <= 1.0 for m in sel.models)
+        if "exemplar" in origins:
+            assert sel.fits and sel.models[0].fits, (origins, name, [(m.name, m.score) for m in sel.models])
+
+
+def test_noise_and_photo_are_rejected(env):
+    import matplotlib.cbook as cbook
+
+    from ModelSelectorLib.selector import select
+
+    photo = read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    for image in (noise_volume(123), photo):
+        sel = select(image, env["zoo"], env["index"], env["encoder"])
+        assert not sel.fits, [(m.name, m.score) for m in sel.models]
+        assert not any(m.fits for m in sel.models)
+
+
+def test_selection_order_and_reasons(env):
+    from ModelSelectorLib.selector import select
+
+    sel = select(env["queries"]["mr_abdomen"], env["zoo"], env["index"], env["encoder"], top_k=None)
+    assert [m.name for m in sel.models][0] == "mr_abdomen" and len(sel.models) == 3
+    fits = [m.fits for m in sel.models]
+    assert fits == sorted(fits, reverse=True)  # every fitting model before any non-fitting one
+    top = sel.models[0]
+    assert any("nearest prototypes" in r for r in top.reasons)
+    assert any("verify" in r for r in top.reasons) and top.verify is not None
+    assert sel.models[-1].name == "dx_chest" and any("2D inputs" in r for r in sel.models[-1].reasons)
+    # an overridden threshold above every score: nothing fits
+    strict = select(env["queries"]["mr_abdomen"], env["zoo"], env["index"], env["encoder"], threshold=1.01)
+    assert not strict.fits
+
+
+# --- index ----------------------------------------------------------------------------------------------
+def _copy_zoo(env, tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+
+    shutil.copytree(env["zoo"].path, tmp_path / "zoo")
+    return Zoo(tmp_path / "zoo")
+
+
+def test_index_round_trip_add_remove(env, tmp_path):
+    from ModelSelectorLib.index import ZooIndex, load_index
+
+    zoo = _copy_zoo(env, tmp_path)
+    idx = load_index(zoo)
+    idx.check_against(zoo)
+    assert idx.model_names() == sorted(MODELS) and idx.calibration["thresholds"]
+    emb = env["encoder"].embed(env["queries"]["ct_abdomen"])
+    labels, dist = idx.query(emb, k=5)
+    lab0, dist0 = env["index"].query(emb, k=5)
+    assert np.array_equal(labels, lab0) and np.allclose(dist, dist0, atol=1e-5)
+    assert idx.items[int(labels[0, 0])]["model"] == "ct_abdomen"
+    n_ct = len(idx.labels_of("ct_abdomen"))
+    assert idx.remove_model("ct_abdomen") == n_ct
+    labels, _ = idx.query(emb, k=10)
+    assert all(idx.items[int(lab)]["model"] != "ct_abdomen" for lab in labels.ravel())
+    idx.save()
+    with pytest.raises(IndexMismatchError, match="index add --zoo .* --model ct_abdomen"):
+        ZooIndex.load(idx.path).check_against(zoo)
+    assert idx.add_model(zoo, "ct_abdomen") == n_ct
+    idx.save()
+    again = ZooIndex.load(idx.path)
+    again.check_against(zoo)
+    labels, _ = again.query(emb, k=1)
+    assert again.items[int(labels[0, 0])]["model"] == "ct_abdomen"
+    only_df, _ = again.query(emb, k=5, origins=("data-free",))
+    assert {again.items[int(lab)]["origin"] for lab in only_df.ravel()} == {"data-free"}
+    assert len(list(idx.path.glob("graph-*.bin"))) == 1  # the old graphs are gone
+
+
+def test_index_stale_and_extra_models_are_reported(env, tmp_path):
+    from ModelSelectorLib.index import load_index
+    from ModelSelectorLib.prototypes import load_prototypes, save_prototypes
+
+    zoo = _copy_zoo(env, tmp_path)
+    idx = load_index(zoo)
+    bundle = zoo.get("mr_abdomen")
+    pset = load_prototypes(bundle)
+    save_prototypes(bundle, pset.select(["exemplar"]))
+    with pytest.raises(IndexMismatchError, match="prototypes of 'mr_abdomen' changed"):
+        idx.check_against(zoo)
+    zoo.remove("dx_chest")
+    with pytest.raises(IndexMismatchError, match="index remove --zoo .* --model dx_chest"):
+        idx.check_against(zoo)
+
+
+def test_interrupted_save_leaves_old_index_loadable(env, tmp_path, monkeypatch):
+    import ModelSelectorLib.index as index_mod
+
+    zoo = _copy_zoo(env, tmp_path)
+    idx = index_mod.load_index(zoo)
+    before = sorted(idx.model_names())
+    idx.remove_model("mr_abdomen")
+
+    def failing_write_json(target, data):  # the sidecar write dies half-way
+        Path(str(target) + ".partial").write_text(json.dumps(data)[:50])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_mod, "write_json", failing_write_json)
+    with pytest.raises(OSError, match="disk full"):
+        idx.save()
+    monkeypatch.undo()
+    old = index_mod.load_index(zoo)
+    assert old.model_names() == before
+    old.check_against(zoo)
+    assert len(list(old.path.glob("graph-*.bin"))) == 1  # the new graph of the failed save was removed
+
+
+def test_errors_empty_zoo_missing_and_corrupt_index(env, tmp_path):
+    from ModelSelectorLib.index import build_index
+    from ModelSelectorLib.selector import select
+    from ModelSelectorLib.zoo import Zoo
+
+    image = env["queries"]["ct_abdomen"]
+    empty = Zoo.create(tmp_path / "empty")
+    with pytest.raises(IndexMismatchError, match="holds no models"):
+        select(image, empty, encoder=env["encoder"])
+    with pytest.raises(IndexMismatchError, match="holds no models"):
+        build_index(empty)
+    zoo = _copy_zoo(env, tmp_path)
+    shutil.rmtree(zoo.path / "index")
+    with pytest.raises(IndexMismatchError, match="no prototype index .*index build --zoo"):
+        select(image, zoo, encoder=env["encoder"])
+    zoo2 = _copy_zoo(env, tmp_path / "b")
+    (zoo2.path / "index" / "index.json").write_text("{ not json")
+    with pytest.raises(IndexMismatchError, match="corrupt index sidecar"):
+        select(image, zoo2, encoder=env["encoder"])
+    zoo3 = _copy_zoo(env, tmp_path / "c")
+    graph = next((zoo3.path / "index").glob("graph-*.bin"))
+    graph.write_bytes(graph.read_bytes()[:100])
+    with pytest.raises(IndexMismatchError, match="corrupt index graph|holds"):
+        select(image, zoo3, encoder=env["encoder"])
+
+
+# --- command line ---------------------------------------------------------------------------------------
+def test_select_json_cli(env, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    path = tmp_path / "mr.nii.gz"
+    write_image(env["queries"]["mr_abdomen"], path)
+    assert main(["select", str(path), "--zoo", str(env["zoo"].path), "--json", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    assert set(data) == {"input", "fits", "models"} and data["input"] == str(path)
+    assert data["fits"] is True and data["models"][0]["name"] == "mr_abdomen"
+    for m in data["models"]:
+        assert set(m) == {"name", "version", "task", "modality", "body_region", "score", "fits"}
+    noise = tmp_path / "noise.nii.gz"
+    write_image(noise_volume(9), noise)
+    assert main(["select", str(noise), "--zoo", str(env["zoo"].path)]) == 0
+    assert "No model in the zoo fits this image" in capsys.readouterr().out
+
+
+def test_index_and_prototypes_cli(env, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    zoo = _copy_zoo(env, tmp_path)
+    z = str(zoo.path)
+    assert main(["index", "remove", "--zoo", z, "--model", "dx_chest"]) == 0
+    assert main(["index", "check", "--zoo", z]) == 4  # IndexMismatchError's exit status
+    assert "index add --zoo" in capsys.readouterr().err
+    assert main(["prototypes", "--zoo", z, "--model", "dx_chest", "--data-free", "1", "--steps", "2"]) == 0
+    assert main(["index", "add", "--zoo", z, "--model", "dx_chest"]) == 0
+    assert main(["index", "check", "--zoo", z]) == 0
+    out = capsys.readouterr().out
+    assert "1 data-free prototype(s)" in out or "data-free prototype(s)" in out
+    assert "matches the zoo" in out

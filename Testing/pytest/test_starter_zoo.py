@@ -1,0 +1,286 @@
+"""The starter zoo: the bundled zoo, its index and samples, and the recipe machinery that builds them.
+
+The bundled-zoo tests read only what ships in ``Resources/`` (no ``../shared/data``); the recipe tests build
+a tiny data folder of their own and train a real (very small) MONAI network through the same code path as
+``modelselector build-starter-zoo``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ModelSelectorLib import starter_zoo as sz
+from ModelSelectorLib.bundle import BODY_REGIONS, MODALITIES, read_metadata, validate_bundle
+from ModelSelectorLib.errors import DatasetError, ModelSelectorError
+from ModelSelectorLib.io import Image, read_image, write_image
+from ModelSelectorLib.zoo import Zoo
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "Resources" / "zoo"
+SAMPLES = ROOT / "Resources" / "samples"
+#: bundled sample -> the model family expected to rank first
+SAMPLE_FAMILY = {"ct_abdomen.nii.gz": ("CT", "ABDOMEN"), "cxr_chest.png": ("DX", "CHEST")}
+
+
+def _triplet_ok(value: object) -> bool:
+    return (
+        isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, str) and v for v in value)
+    )
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Zoo:
+    assert (ZOO / "zoo.json").is_file(), "Resources/zoo is missing; run `modelselector build-starter-zoo`"
+    return Zoo(ZOO)
+
+
+# --- the recipe table -----------------------------------------------------------------------------------
+def test_recipe_table_is_consistent():
+    names = [r.name for r in sz.RECIPES]
+    assert len(names) == len(set(names)) >= 6
+    pairs = set()
+    for r in sz.RECIPES:
+        r.check()
+        assert r.modality in MODALITIES
+        assert all(part in BODY_REGIONS for part in r.body_region.split(";"))
+        pairs.add((r.modality, r.body_region))
+        assert r.provenance and r.licence and r.source and r.intended_input
+        assert [lb.value for lb in r.labels] == list(range(1, len(r.labels) + 1))
+        for lb in r.labels:
+            assert _triplet_ok(lb.terminology["category"]) and _triplet_ok(lb.terminology["type"])
+            assert lb.terminology["type"][0] == "SCT" and lb.terminology["type"][1].isdigit()
+            assert len(lb.color) == 3 and all(0 <= c <= 1 for c in lb.color)
+        assert len(r.train["roi_size"]) == len(r.train["target_spacing"]) == r.spatial_dims
+    assert len(pairs) >= 5  # several modality x region pairs
+
+
+def test_recipes_selects_by_name_and_refuses_unknown():
+    assert [r.name for r in sz.recipes(["dx-chest-lungs"])] == ["dx-chest-lungs"]
+    with pytest.raises(ModelSelectorError, match="unknown starter-zoo model"):
+        sz.recipes(["no-such-model"])
+
+
+def test_remap_labels_maps_sources_and_binarises_masks():
+    src = np.array([[0, 5, 1, 52], [6, 6, 2, 99]], np.uint8)
+    labels = (
+        sz.LabelSpec(1, "Liver", (1, 0, 0), {}, (5,)),
+        sz.LabelSpec(2, "Stomach", (0, 1, 0), {}, (6, 2)),
+    )
+    assert sz.remap_labels(src, labels).tolist() == [[0, 1, 0, 0], [2, 2, 2, 0]]
+    mask = np.array([[0, 255], [255, 0]], np.uint8)
+    assert sz.remap_labels(mask, (sz.LabelSpec(1, "Lungs", (0, 0, 1), {}),)).tolist() == [[0, 1], [1, 0]]
+
+
+# --- the recipe machinery on a tiny data folder ---------------------------------------------------------
+def _volume(seed: int, shape: tuple[int, int, int] = (12, 24, 24)) -> tuple[Image, Image]:
+    rng = np.random.default_rng(seed)
+    img = rng.normal(40.0, 10.0, shape).astype(np.float32) - 1000.0 * (rng.random(shape) < 0.0)
+    img[:, :, :3] = -1000.0
+    lab = np.zeros(shape, np.uint8)
+    lab[3:9, 5:14, 6:15] = 5  # "liver" in the source ids
+    lab[4:8, 15:21, 14:20] = 6  # "stomach"
+    lab[0, 0, 0] = 77  # a structure the recipe ignores
+    img[lab == 5] += 150.0
+    img[lab == 6] -= 120.0
+    geo = dict(
+        spacing=(1.5, 1.2, 3.0),
+        origin=(-20.0, 11.0, 4.5),
+        direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0, 0, 1.0),
+    )
+    return Image(img, **geo), Image(lab, **geo)
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    for i in range(3):
+        image, label = _volume(i)
+        write_image(image, root / "vol" / f"case{i}.nii.gz")
+        write_image(label, root / "vol" / f"case{i}_seg.nii.gz")
+    png = np.zeros((32, 32), np.uint8)
+    png[8:24, 6:14] = 255
+    (root / "png").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray((png // 2 + 40).astype(np.uint8)), str(root / "png" / "x.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(png), str(root / "png" / "x_mask.png"))
+    return root
+
+
+def _tiny_recipe(**changes: object) -> sz.Recipe:
+    cases = [sz.Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    recipe = sz.Recipe(
+        name="tiny-organs", version="1.0.0", modality="CT", body_region="ABDOMEN",
+        labels=(sz.LabelSpec(1, "Liver", (0.9, 0.5, 0.4), sz.terminology(sz.ANATOMY, ("SCT", "10200004", "Liver")), (5,)),
+                sz.LabelSpec(2, "Stomach", (0.8, 0.6, 0.2), sz.terminology(sz.ANATOMY, ("SCT", "69695003", "Stomach")),
+                             (6,))),
+        cases=sz._fixed(cases[:2], cases[2:]),
+        train={"channels": (4, 8), "roi_size": (16, 16, 8), "target_spacing": (1.5, 1.5, 3.0), "intensity": "ct",
+               "a_min": -200.0, "a_max": 300.0, "epochs": 2, "batch_size": 1, "num_samples": 2, "augment": False},
+        provenance="threshold of a synthetic phantom", source="synthetic test volumes", licence="CC0-1.0",
+        intended_input="test volumes",
+    )  # fmt: skip
+    return dataclasses.replace(recipe, **changes)
+
+
+def test_prepare_dataset_writes_msd_with_held_out_split(tiny_data: Path, tmp_path: Path):
+    from ModelSelectorLib.datasets import load_msd
+    from ModelSelectorLib.train import split_cases
+
+    recipe = _tiny_recipe()
+    for seed in (0, 3):
+        prep = sz.prepare_dataset(recipe, tiny_data, tmp_path / f"msd{seed}", seed=seed)
+        ds = load_msd(prep["root"])
+        assert ds.labels == {0: "background", 1: "Liver", 2: "Stomach"}
+        assert ds.raw["terminology"]["1"]["type"] == ["SCT", "10200004", "Liver"]
+        _, val_idx = split_cases(len(ds.training), prep["val_fraction"], seed)
+        assert [ds.training[i]["image"].name for i in val_idx] == [
+            "case2.nii.gz"
+        ]  # exactly the recipe's val case
+    label = read_image(prep["root"] / "labelsTr" / "case0.nii.gz", check_content=False)
+    src = read_image(tiny_data / "vol" / "case0.nii.gz")
+    assert sorted(np.unique(label.array).tolist()) == [0, 1, 2]  # 5 -> 1, 6 -> 2, 77 dropped
+    assert label.spacing == pytest.approx(src.spacing) and label.origin == pytest.approx(src.origin)
+    assert label.direction == pytest.approx(src.direction)
+    assert prep["hash"] != sz.prepare_dataset(recipe, tiny_data, tmp_path / "other", seed=1)["hash"]
+
+
+def test_prepare_dataset_binarises_png_masks(tiny_data: Path, tmp_path: Path):
+    recipe = _tiny_recipe(
+        name="tiny-lungs", modality="DX", body_region="CHEST",
+        labels=(sz.LabelSpec(1, "Lungs", (0.7, 0.6, 0.5), sz.terminology(sz.ANATOMY, ("SCT", "39607008", "Lung"))),),
+        cases=sz._fixed([sz.Case("x", "png/x.png", "png/x_mask.png")]),
+        train={"channels": (4, 8), "roi_size": (16, 16), "target_spacing": (1.0, 1.0), "epochs": 1},
+    )  # fmt: skip
+    prep = sz.prepare_dataset(recipe, tiny_data, tmp_path / "msd2d")
+    label = read_image(prep["root"] / "labelsTr" / "x.nii.gz", check_content=False)
+    assert label.ndim == 2 and sorted(np.unique(label.array).tolist()) == [0, 1]
+    assert int(label.array.sum()) == 16 * 8
+
+
+def test_missing_source_files_are_named(tmp_path: Path):
+    with pytest.raises(DatasetError, match=r"missing under .*--data"):
+        sz.prepare_dataset(_tiny_recipe(), tmp_path / "empty", tmp_path / "msd")
+
+
+def test_build_model_completes_card_and_resumes(tiny_data: Path, tmp_path: Path):
+    recipe = _tiny_recipe()
+    zoo_dir, work = tmp_path / "zoo", tmp_path / "work"
+    first = sz.build_model(recipe, tiny_data, zoo_dir, work, seed=0, num_threads=1)
+    assert first["status"] == "built"
+    zoo = Zoo(zoo_dir)
+    card = validate_bundle(zoo.get("tiny-organs"))
+    assert card.license == "CC0-1.0" and card.n_training_cases == 2 and card.seed == 0
+    assert card.validation_metrics["validation_cases"] == "case2"
+    assert isinstance(card.validation_metrics["dice"], float)
+    assert "threshold of a synthetic phantom" in card.training_data
+    assert [lb["terminology"]["type"][1] for lb in card.labels] == ["10200004", "69695003"]
+    block = read_metadata(zoo.get("tiny-organs"))[sz.METADATA_KEY]
+    assert block["label_provenance"] == recipe.provenance and block["validation_cases"][0]["id"] == "case2"
+    # same recipe and seed: skipped; another seed: rebuilt in place (one version only)
+    assert sz.build_model(recipe, tiny_data, zoo_dir, work, seed=0)["status"] == "skipped"
+    assert sz.build_model(recipe, tiny_data, zoo_dir, work, seed=1, num_threads=1)["status"] == "built"
+    zoo.reload()
+    assert zoo.versions("tiny-organs") == ["1.0.0"] and validate_bundle(zoo.get("tiny-organs")).seed == 1
+
+
+def test_single_case_model_reports_no_validation(tiny_data: Path, tmp_path: Path):
+    recipe = _tiny_recipe(cases=sz._fixed([sz.Case("case0", "vol/case0.nii.gz", "vol/case0_seg.nii.gz")]))
+    sz.build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
+    metrics = Zoo(tmp_path / "zoo").card("tiny-organs").validation_metrics
+    assert metrics["validation"] == "none: single case" and "dice" not in metrics
+    assert "training_dice" in metrics
+
+
+# --- the bundled zoo ------------------------------------------------------------------------------------
+def test_bundled_zoo_cards_are_complete(zoo: Zoo):
+    assert sorted(zoo.names()) == sorted(r.name for r in sz.RECIPES)
+    for name in zoo.names():
+        path = zoo.get(name)
+        card = validate_bundle(path)
+        assert not card.synthetic and card.license and card.n_training_cases >= 1
+        assert (path / "docs" / "README.md").is_file()
+        assert (
+            card.validation_metrics.get("validation") == "none: single case"
+            or "dice" in card.validation_metrics
+        )
+        block = read_metadata(path)[sz.METADATA_KEY]
+        assert block["label_provenance"] and block["licence"] == card.license and block["recipe_hash"]
+        assert len(block["training_cases"]) == card.n_training_cases
+        for lb in card.labels:
+            assert lb["name"] and len(lb["color"]) == 3
+            assert _triplet_ok(lb["terminology"]["category"]) and _triplet_ok(lb["terminology"]["type"])
+
+
+def test_bundled_resources_stay_small():
+    total = sum(p.stat().st_size for p in (ROOT / "Resources").rglob("*") if p.is_file())
+    assert total < 80 * 1024 * 1024
+
+
+def _index_module():
+    return pytest.importorskip("ModelSelectorLib.index", reason="the index module is not available")
+
+
+def test_bundled_index_agrees_with_catalog(zoo: Zoo):
+    from ModelSelectorLib.index import load_index
+    from ModelSelectorLib.prototypes import has_prototypes, load_prototypes
+
+    idx = load_index(ZOO)
+    assert idx.problems(zoo) == []  # every model indexed at its current version, prototypes not stale
+    assert set(idx.model_names()) == set(zoo.names())
+    indexed = {(str(e["model"]), str(e["origin"])) for e in idx.items.values()}
+    assert {m for m, _ in indexed} <= set(zoo.names())  # every prototype belongs to a catalogued bundle
+    for name in zoo.names():
+        assert has_prototypes(zoo.get(name))
+        assert set(load_prototypes(zoo.get(name)).origins()) == {"exemplar", "data-free"}
+        assert (name, "exemplar") in indexed and (name, "data-free") in indexed
+    assert idx.calibration.get("thresholds")
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLE_FAMILY))
+def test_select_ranks_expected_family_first(zoo: Zoo, sample: str):
+    from ModelSelectorLib.selector import select
+
+    selection = select(SAMPLES / sample, zoo=ZOO)
+    top = selection.models[0]
+    assert (top.modality, top.body_region) == SAMPLE_FAMILY[sample], selection.to_json_dict()
+    assert selection.fits and top.fits
+
+
+def test_apply_bundled_model_to_sample_keeps_geometry(zoo: Zoo):
+    from ModelSelectorLib.infer import apply_model
+
+    image = read_image(SAMPLES / "cxr_chest.png")
+    labels = apply_model(zoo.get("dx-chest-lungs"), image)
+    assert labels.array.shape == image.array.shape and labels.array.dtype == np.uint8
+    assert labels.spacing == pytest.approx(image.spacing) and labels.origin == pytest.approx(image.origin)
+    assert labels.direction == pytest.approx(image.direction)
+    truth = read_image(SAMPLES / "cxr_chest_lungmask.png", check_content=False).array > 0
+    pred = labels.array == 1
+    dice = 2.0 * float((pred & truth).sum()) / float(pred.sum() + truth.sum())
+    assert dice > 0.8  # a held-out radiograph: the lungs are found
+
+
+def test_samples_are_documented():
+    readme = (SAMPLES / "README.md").read_text(encoding="utf-8")
+    for sample in SAMPLE_FAMILY:
+        assert (SAMPLES / sample).is_file() and sample in readme
+    assert json.loads((ZOO / "zoo.json").read_text())["format"] == 1
+
+
+def test_build_is_deterministic_for_a_seed(tiny_data: Path, tmp_path: Path):
+    import torch
+
+    recipe = _tiny_recipe()
+    weights = []
+    for run in ("a", "b"):
+        res = sz.build_model(
+            recipe, tiny_data, tmp_path / run, tmp_path / f"work-{run}", seed=5, num_threads=1
+        )
+        weights.append(torch.load(res["path"] / "models" / "model.pt", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

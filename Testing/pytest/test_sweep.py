@@ -1,0 +1,160 @@
+"""Sweeps: grid/list expansion, the fixed test split, and a tiny end-to-end sweep through the command line
+(parallel worker processes -> bundles with curves -> evaluation on one split -> leaderboard + dashboards)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("monai")
+
+from ranking_helpers import TINY, make_disk_msd  # noqa: E402
+
+from ModelSelectorLib.cli import main  # noqa: E402
+from ModelSelectorLib.errors import DatasetError, TrainingError  # noqa: E402
+from ModelSelectorLib.sweep import expand_sweep, make_split, read_split  # noqa: E402
+
+
+def test_grid_and_list_expand_with_names():
+    spec = expand_sweep({
+        "task": "t", "base": {"epochs": 3, "roi_size": [32, 32]},
+        "grid": {"architecture": ["unet", "segresnet"], "loss": ["dice", "dicefocal"], "augment": [True]},
+        "candidates": [{"name": "slow", "architecture": "attentionunet", "lr": 0.0001},
+                       {"architecture": "dynunet", "lr": 0.01}],
+    })  # fmt: skip
+    names = [c.name for c in spec.candidates]
+    assert names == ["unet-dice-aug", "unet-dicefocal-aug", "segresnet-dice-aug", "segresnet-dicefocal-aug",
+                     "slow", "dynunet-lr0.01"]  # fmt: skip
+    assert spec.candidates[4].settings == {"epochs": 3, "roi_size": [32, 32], "seed": 0,
+                                           "architecture": "attentionunet", "lr": 0.0001}  # fmt: skip
+    assert spec.model_name(spec.candidates[0]) == "t-unet-dice-aug"
+    assert spec.candidates[0].config_hash() != spec.candidates[1].config_hash()
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"task": "t", "grid": {"architecture": ["vnet"]}}, "architecture 'vnet'"),
+    ({"task": "t", "grid": {"epochz": [1]}}, "epochz"),
+    ({"task": "t"}, "no candidates"),
+    ({"grid": {"lr": [0.1]}}, "task"),
+    ({"task": "t", "grid": {"lr": [0.1]}, "colour": 1}, "unknown sweep key"),
+    ({"task": "t", "candidates": [{"name": "a"}, {"name": "a"}]}, "repeat"),
+    ({"task": "t", "grid": {"lr": [0.1]}, "test_fraction": 1.5}, "test_fraction"),
+])  # fmt: skip
+def test_bad_sweeps_are_refused(data, match):
+    with pytest.raises(TrainingError, match=match):
+        expand_sweep(data)
+
+
+def test_split_is_fixed_and_disjoint(tmp_path):
+    msd = make_disk_msd(tmp_path / "msd", n_cases=8)
+    train_dir, split_file = make_split(msd, tmp_path / "w", test_fraction=0.25, seed=3)
+    split = read_split(split_file)
+    test = {Path(c["image"]).name for c in split["cases"]}
+    train = {Path(c["image"]).name for c in json.loads((train_dir / "dataset.json").read_text())["training"]}
+    assert len(test) == 2 and len(train) == 6 and not test & train
+    assert split["labels"] == {1: "disk"}
+    again = make_split(msd, tmp_path / "w", test_fraction=0.5, seed=99)  # an existing split is kept
+    assert read_split(again[1])["cases"] == split["cases"]
+    with pytest.raises(DatasetError, match="another dataset"):
+        make_split(make_disk_msd(tmp_path / "other", n_cases=4), tmp_path / "w")
+    with pytest.raises(DatasetError, match="at least 3"):
+        make_split(make_disk_msd(tmp_path / "tiny", n_cases=2), tmp_path / "w2")
+
+
+def _write_sweep(path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "task": "disks", "seed": 0, "test_fraction": 0.3,
+        "base": {**TINY, "epochs": 6, "lr": 0.01},
+        "grid": {"architecture": ["unet", "segresnet"]},
+        "candidates": [{"name": "starved", "architecture": "unet", "epochs": 1, "lr": 1e-5}],
+    }))  # fmt: skip
+    return path
+
+
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
+    msd = make_disk_msd(tmp_path / "msd", n_cases=10)
+    zoo = tmp_path / "zoo"
+    rc = main(["sweep", "--dataset", str(msd), "--config", str(_write_sweep(tmp_path / "sweep.yaml")),
+               "--out", str(zoo), "--workers", "2", "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    from ModelSelectorLib.zoo import Zoo
+
+    z = Zoo(zoo)
+    assert z.names() == ["disks-segresnet", "disks-starved", "disks-unet"]
+    for name in z.names():
+        bundle = z.get(name)
+        curve = json.loads((bundle / "docs" / "training_curve.json").read_text())
+        assert (
+            len(curve["epochs"])
+            == json.loads((bundle / "configs" / "train_config.json").read_text())["epochs"]
+        )
+        assert {"train_loss", "val_loss", "val_dice"} <= set(curve["epochs"][-1])
+    work = zoo / "sweeps" / "disks"
+    evals = {p.stem: json.loads(p.read_text()) for p in (work / "evaluation").glob("*.json")}
+    assert set(evals) == {"unet", "segresnet", "starved"}
+    ids = [[c["id"] for c in e["cases"]] for e in evals.values()]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 3  # the same fixed test cases for everyone
+    assert evals["unet"]["cases"][0]["hd95"] >= 0
+    # the starved candidate is last, the leaderboard links every dashboard, every overlay exists
+    lines = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit()]
+    assert lines[-1][1] == "starved" and float(lines[0][2]) > 0.8
+    board = (work / "report" / "leaderboard.html").read_text()
+    for name, ev in evals.items():
+        assert f'href="dashboards/{name}/index.html"' in board
+        dash = work / "report" / "dashboards" / name
+        assert (dash / "index.html").is_file() and (dash / "curve.png").is_file()
+        assert all((dash / c["overlay"]).is_file() for c in ev["cases"])
+    # rank by another metric from the saved evaluations
+    assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--metric", "hd95", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    hd = [r["summary"]["hd95"]["mean"] for r in rows]
+    assert hd == sorted(hd) and rows[-1]["candidate"] == "starved"
+    assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--metric", "nosuch"]) != 0
+    assert "choose one of" in capsys.readouterr().err
+    # a second run trains nothing again (same settings already in the zoo) and keeps the versions
+    rc = main(["sweep", "--dataset", str(msd), "--config", str(tmp_path / "sweep.yaml"), "--out", str(zoo),
+               "--workers", "1"])  # fmt: skip
+    assert rc == 0 and Zoo(zoo).versions("disks-unet") == ["0.1.0"]
+
+
+def test_dashboard_command_for_one_bundle(tmp_path, capsys):
+    from ModelSelectorLib.train import TrainConfig, train_segmentation
+
+    msd = make_disk_msd(tmp_path / "msd", n_cases=6)
+    train_dir, split = make_split(msd, tmp_path / "w", 0.34)
+    bundle = train_segmentation(
+        train_dir, "d", tmp_path / "zoo", TrainConfig.from_dict({**TINY, "epochs": 4, "lr": 0.01})
+    )
+    assert (
+        main(["dashboard", "--bundle", str(bundle), "--split", str(split), "--out", str(tmp_path / "dash")])
+        == 0
+    )
+    page = (tmp_path / "dash" / "index.html").read_text()
+    assert page.count('class="overlay"') == 2 and (tmp_path / "dash" / "curve.png").is_file()
+
+
+def test_ray_executor(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ModelSelectorLib[ray]')")
+    from ModelSelectorLib.sweep import expand_sweep, run_sweep
+
+    msd = make_disk_msd(tmp_path / "msd", n_cases=6)
+    spec = expand_sweep({"task": "r", "test_fraction": 0.34, "base": {**TINY, "epochs": 2},
+                         "grid": {"architecture": ["unet", "segresnet"]}})  # fmt: skip
+    res = run_sweep(msd, spec, tmp_path / "zoo", executor="ray", address="local", threads=1)
+    assert {r["candidate"] for r in res["ranking"]} == {"unet", "segresnet"}
+    assert not ray.is_initialized()
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from ModelSelectorLib.sweep import run_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(TrainingError, match="pip install"):
+        run_ray([{"candidate": "x"}], None, 1)

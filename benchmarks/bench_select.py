@@ -1,0 +1,208 @@
+"""Benchmark: selection speed.
+
+(a) **Embed + query** of a CT-sized volume (default 512 x 512 x 300 voxels, 0.8 x 0.8 x 1.5 mm) on
+    ``--threads`` CPU threads: the encoder's view extraction + forward pass + the index query and the per-model
+    aggregation of :mod:`ModelSelectorLib.selector` (no verification), against plain baselines measured in the
+    same run: the encoder's forward pass alone on the same views, the naive view extraction (resample the whole
+    volume to the 2 mm grid, then slice), and a brute-force numpy query.
+(b) **Query latency** of a ``--n`` (default 1,000,000) prototype hnswlib index of 128-d unit vectors
+    (clustered like real prototypes: a mixture of ``--clusters`` directions): p50 / p95 of single-vector
+    queries (k = 10) in ms, and recall@10 against brute force on ``--recall-queries`` queries. The build of a
+    1M index takes minutes on 2 cores; its time is printed.
+
+Usage::
+
+    python benchmarks/bench_select.py [--threads 2] [--n 1000000] [--size 512 512 300] [--skip-a] [--skip-b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def ct_volume(size: tuple[int, int, int]) -> object:
+    """A CT-like volume (x, y, z voxels): air, an elliptic body of soft tissue, organs, a spine, noise."""
+    import numpy as np
+
+    from ModelSelectorLib.io import Image
+
+    x, y, z = size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:y, 0:x].astype(np.float32)
+    cy, cx = y / 2, x / 2
+    body = ((xx - cx) / (0.42 * x)) ** 2 + ((yy - cy) / (0.32 * y)) ** 2 <= 1
+    organ = ((xx - cx * 0.7) / (0.12 * x)) ** 2 + ((yy - cy) / (0.1 * y)) ** 2 <= 1
+    spine = ((xx - cx) / (0.04 * x)) ** 2 + ((yy - cy * 1.45) / (0.04 * y)) ** 2 <= 1
+    sl = np.full((y, x), -1000.0, np.float32)
+    sl[body] = 40.0
+    sl[organ] = 120.0
+    sl[spine] = 700.0
+    arr = np.repeat(sl[None], z, axis=0)
+    arr += rng.normal(0, 20, (1, y, x)).astype(np.float32)  # one noise field, broadcast (fast to make)
+    return Image(
+        arr,
+        (0.8, 0.8, 1.5),
+        (-200.0, -200.0, -400.0),
+        (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0),
+        {"path": "synthetic"},
+    )
+
+
+def timed(fn: object, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def bench_embed_query(args: argparse.Namespace) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.encoder import Encoder, _resize_pad, view_channels
+    from ModelSelectorLib.index import ZooIndex
+    from ModelSelectorLib.prototypes import PrototypeSet
+    from ModelSelectorLib.selector import _EVIDENCE, _evidence, _similarities
+
+    enc = Encoder.load()
+    image = ct_volume(tuple(args.size))
+    print(f"(a) embed + query, volume {tuple(args.size)} voxels ({image.array.nbytes / 1e6:.0f} MB float32), "
+          f"{args.threads} thread(s)")  # fmt: skip
+    # a zoo-sized index: 20 models x 120 prototypes
+    rng = np.random.default_rng(1)
+    idx = ZooIndex()
+    for m in range(20):
+        v = rng.normal(size=(120, 128)).astype(np.float32) + rng.normal(size=(1, 128)).astype(np.float32) * 3
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        rows = [
+            {"origin": "exemplar" if i < 60 else "data-free", "source": f"s{i // 24}", "view": i}
+            for i in range(120)
+        ]
+        idx.add_prototypes(PrototypeSet(v, rows, f"model{m}", "1"))
+    enc.embed(image)  # warm-up
+    t_views, views = timed(lambda: enc.views(image), args.repeats)
+    t_fwd, emb = timed(lambda: enc.embed_views(views), args.repeats)
+    t_total, ev = timed(lambda: (_EVIDENCE.clear(), _evidence(enc, image))[1], args.repeats)  # no cache
+    t_query, _ = timed(
+        lambda: (idx.query(ev.emb, k=10), _similarities(idx, ev, ("exemplar", "data-free"))), args.repeats
+    )
+    all_v = np.concatenate([idx.model_vectors(n)[0] for n in idx.model_names()])
+    t_brute, _ = timed(lambda: np.argsort(-(ev.emb @ all_v.T), axis=1)[:, :10], args.repeats)
+
+    def naive_views() -> object:  # resample the whole volume to 2 mm, then take 8 slices per plane
+        s = image.to_sitk()
+        f = sitk.ResampleImageFilter()
+        sp = np.asarray(s.GetSpacing())
+        size = [int(round(a * b / 2.0)) for a, b in zip(s.GetSize(), sp)]
+        f.SetOutputSpacing([2.0] * 3)
+        f.SetSize(size)
+        f.SetOutputOrigin(s.GetOrigin())
+        f.SetOutputDirection(s.GetDirection())
+        f.SetInterpolator(sitk.sitkLinear)
+        a = sitk.GetArrayFromImage(f.Execute(s))
+        out = []
+        for axis in range(3):
+            for frac in np.linspace(0.2, 0.8, 8):
+                sl = np.take(a, int(frac * (a.shape[axis] - 1)), axis=axis)
+                out.append(view_channels(_resize_pad(sl, enc.image_size)))
+        return np.stack(out)
+
+    t_naive, _ = timed(naive_views, max(1, args.repeats // 2))
+    ours = t_total + t_query
+    print(f"  views: {len(views)}; ours: view extraction {t_views * 1e3:.0f} ms + encoder {t_fwd * 1e3:.0f} ms; "
+          f"embed (views + encoder + class probabilities) {t_total * 1e3:.0f} ms; query + per-model aggregation "
+          f"{t_query * 1e3:.1f} ms")  # fmt: skip
+    print(f"  EMBED + QUERY TOTAL: {ours * 1e3:.0f} ms (goal <= 1000 ms)")
+    print(f"  baselines: encoder forward alone {t_fwd * 1e3:.0f} ms (ours / forward = {ours / t_fwd:.2f}x); naive "
+          f"full-volume resample + slicing {t_naive * 1e3:.0f} ms (ours' views / naive = {t_views / t_naive:.2f}x); "
+          f"brute-force numpy query over {len(all_v)} prototypes {t_brute * 1e3:.2f} ms")  # fmt: skip
+
+
+def bench_large_index(args: argparse.Namespace) -> None:
+    import hnswlib
+    import numpy as np
+
+    n, dim = int(args.n), 128
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(args.clusters, dim)).astype(np.float32)
+    print(f"(b) hnswlib index of {n:,} prototypes ({dim}-d, {args.clusters} clusters), M={args.M}, "
+          f"ef_construction={args.ef_construction}, {args.threads} thread(s)")  # fmt: skip
+    data = np.empty((n, dim), np.float32)
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        data[i : i + m] = (
+            centres[rng.integers(0, args.clusters, m)] + rng.normal(size=(m, dim)).astype(np.float32) * 0.6
+        )
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index = hnswlib.Index(space="cosine", dim=dim)
+    index.init_index(max_elements=n, ef_construction=args.ef_construction, M=args.M)
+    t = time.perf_counter()
+    index.add_items(data, np.arange(n), num_threads=args.threads)
+    t_build = time.perf_counter() - t
+    print(f"  build: {t_build:.1f} s ({n / t_build:,.0f} vectors/s)")
+    queries = (
+        centres[rng.integers(0, args.clusters, args.queries)]
+        + rng.normal(size=(args.queries, dim)).astype(np.float32) * 0.6
+    )
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for ef in args.ef:
+        index.set_ef(ef)
+        lat = []
+        for q in queries:
+            t = time.perf_counter()
+            index.knn_query(q[None], k=10, num_threads=1)
+            lat.append(time.perf_counter() - t)
+        lat_ms = np.asarray(lat) * 1e3
+        nq = min(args.recall_queries, len(queries))
+        labels, _ = index.knn_query(queries[:nq], k=10, num_threads=args.threads)
+        t = time.perf_counter()
+        hits = 0
+        for i in range(nq):
+            sims = data @ queries[i]
+            truth = np.argpartition(-sims, 10)[:10]
+            hits += len(set(truth.tolist()) & set(labels[i].tolist()))
+        t_brute = (time.perf_counter() - t) / nq
+        p50, p95 = np.percentile(lat_ms, 50), np.percentile(lat_ms, 95)
+        print(f"  ef={ef}: query p50 {p50:.3f} ms, p95 {p95:.3f} ms (goal p50 <= 1 ms); recall@10 "
+              f"{hits / (10 * nq):.4f} on {nq} queries (goal >= 0.95); brute force {t_brute * 1e3:.1f} ms/query "
+              f"-> speed-up {t_brute * 1e3 / p50:.0f}x")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--n", type=int, default=1_000_000, help="prototypes in the large index (default 1,000,000)"
+    )
+    parser.add_argument("--clusters", type=int, default=2000)
+    parser.add_argument("--M", type=int, default=16)
+    parser.add_argument("--ef-construction", dest="ef_construction", type=int, default=100)
+    parser.add_argument("--ef", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--queries", type=int, default=1000, help="single-vector queries timed")
+    parser.add_argument("--recall-queries", dest="recall_queries", type=int, default=200)
+    parser.add_argument("--skip-a", action="store_true", help="skip the embed + query benchmark")
+    parser.add_argument("--skip-b", action="store_true", help="skip the large-index benchmark")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.skip_a:
+        bench_embed_query(args)
+    if not args.skip_b:
+        bench_large_index(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
