@@ -19,7 +19,7 @@ from .errors import ZooError
 from .io import Image, read_image, write_segmentation
 
 #: Sample image used when none is given (relative to the repository's ``Resources/samples``).
-DEFAULT_SAMPLE = "ct_abdomen.nii.gz"
+DEFAULT_SAMPLE = "cxr_chest.png"
 #: At most this many fitting models are applied.
 MAX_APPLIED = 3
 

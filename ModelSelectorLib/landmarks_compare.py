@@ -452,8 +452,8 @@ def write_report(
         v: summary[v][fractions[0]]["parameters"] for v in summary if fractions and fractions[0] in summary[v]
     }
     if "teacher_supervised" in params and "student_supervised" in params:
-        lines += [f"Networks (MONAI UNet): teacher {tc.teacher} {params['teacher_supervised']:,} parameters, "
-                  f"student {tc.student} {params['student_supervised']:,} parameters "
+        lines += [f"Networks (MONAI UNet): teacher `{tc.teacher}` {params['teacher_supervised']:,} parameters, "
+                  f"student `{tc.student}` {params['student_supervised']:,} parameters "
                   f"(ratio {params['student_supervised'] / params['teacher_supervised']:.2f}).", ""]  # fmt: skip
     if splits:
         lines += [f"Split (seed {cfg.split_seed}, by image): {len(splits['train'])} train, {len(splits['val'])} "
@@ -471,9 +471,13 @@ def write_report(
     win = winners(results)
     if win:
         lines += ["## Best student at each label fraction", "", "| labels | best student | MRE (mm) | vs supervised "
-                  "student | vs runner-up |", "|---|---|---|---|---|"]  # fmt: skip
+                  "student | lead over runner-up |", "|---|---|---|---|---|"]  # fmt: skip
         for f, w in win.items():
-            gain = f"{w['gain_over_baseline']:+.2f} mm better" if w["gain_over_baseline"] is not None else "-"
+            gain = "-"
+            if w["variant"] == "student_supervised":
+                gain = "(is the baseline)"
+            elif w["gain_over_baseline"] is not None:
+                gain = f"{w['gain_over_baseline']:.2f} mm lower"
             runner = (f"{w['margin_to_runner_up']:.2f} mm ({L.VARIANT_TITLES[w['runner_up']]})"
                       if w["runner_up"] else "-")  # fmt: skip
             lines.append(f"| {100 * float(f):g} % | {L.VARIANT_TITLES[w['variant']]} | {w['mean']:.2f} ± {w['std']:.2f} "

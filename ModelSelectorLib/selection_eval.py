@@ -924,6 +924,24 @@ def report_markdown(
         "over all images ('–': the ranker makes no fit decision). P@k divides by k, so with at most "
         f"{max_rel} relevant model(s) per image P@3 and P@5 cannot reach 1.",
     ]
+    if any(r["name"] in SELECTOR_VARIANTS for r in res.rankers):
+        lines += [
+            "",
+            "Time per image (s/image) is measured per ranker in run order; the selector keeps the embedding and "
+            "the model-alone verification of the last images in a cache, so the first selector variant carries "
+            "that cost for all three.",
+        ]
+    dims = Counter(
+        (c.label, "3D" if _is_volume(c.path) else "2D") for c in res.cases if c.relevant(res.models)
+    )
+    if dims:
+        lines += [
+            "",
+            "In-distribution images by kind: "
+            + ", ".join(f"{lab} {kind} {n}" for (lab, kind), n in sorted(dims.items()))
+            + ". Relevance follows the card's modality and region only, so 2D slices of CT or MR count as "
+            "relevant to a 3D model of that modality and region.",
+        ]
     if errs:
         lines += ["", f"Images a ranker could not handle (counted as missing, not as wrong): {errs}."]
     lines += ["", "### Per class", "", *per_class_table(res)]
@@ -978,6 +996,13 @@ def report_markdown(
     if res.unreadable:
         lines += ["Unreadable images:", ""] + [f"- {u}" for u in res.unreadable[:20]] + [""]
     return "\n".join(lines)
+
+
+def _is_volume(path: Path) -> bool:
+    """True for volume file formats (NIfTI, NRRD, MHA, DICOM); 2D picture formats give False."""
+    from .io import IMAGE_2D_SUFFIXES
+
+    return not str(path).lower().endswith(IMAGE_2D_SUFFIXES)
 
 
 def per_class_table(res: EvaluationResult) -> list[str]:

@@ -21,7 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="zoo folder to add the model to")
     p.add_argument("--config", type=Path, help="YAML file with TrainConfig settings (epochs, roi_size, ...)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides --config)")
-    p.add_argument("--arch", choices=("unet", "segresnet", "attentionunet", "dynunet"), help="network architecture (overrides --config)")
+    p.add_argument(
+        "--arch",
+        choices=("unet", "segresnet", "attentionunet", "dynunet"),
+        help="network architecture (overrides --config)",
+    )
     p.add_argument("--seed", type=int, help="random seed (overrides --config)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides --config)")
     p.add_argument("--modality", help="modality code of the card (default: from dataset.json)")
