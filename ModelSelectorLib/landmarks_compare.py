@@ -656,7 +656,7 @@ def _train_into_zoo(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: L.Landma
         f"{cfg.split_seed}; lung contours, heart, clavicles ({schema.n_points} points)",
         n_training_cases=len(keep), validation_metrics=metrics, seed=seed,
         code_version=f"ModelSelectorLib {__version__}", license="research use only (training data terms)",
-        training_time_s=round(seconds, 1),
+        training_time_s=None if weights is not None else round(seconds, 1),
     )  # fmt: skip
     description = (
         f"2D landmark detection on frontal chest radiographs ({L.VARIANT_TITLES[variant]}): MONAI UNet "

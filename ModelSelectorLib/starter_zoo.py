@@ -629,7 +629,7 @@ def prepare_dataset(recipe: Recipe, data_root: PathLike, out_dir: PathLike, seed
     _check_paths(root, split, recipe)
     digest = recipe_hash(recipe, split, root, seed)
     stamp = out / ".recipe_hash"
-    if out.is_dir() and stamp.is_file() and stamp.read_text().strip() == digest:
+    if out.is_dir() and stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == digest:
         data = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
         return {"root": out, "split": split, "val_fraction": data["val_fraction"], "hash": digest,
                 "check": data.get("check", [])}  # fmt: skip

@@ -143,19 +143,23 @@ def code_version() -> str:
     git = Path(__file__).resolve().parent.parent / ".git"
     try:
         if git.is_file():  # a worktree: "gitdir: PATH"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        common = (git / (git / "commondir").read_text().strip()) if (git / "commondir").is_file() else git
-        head = (git / "HEAD").read_text().strip()
+            git = Path(git.read_text(encoding="utf-8").split(":", 1)[1].strip())
+        common = (
+            (git / (git / "commondir").read_text(encoding="utf-8").strip())
+            if (git / "commondir").is_file()
+            else git
+        )
+        head = (git / "HEAD").read_text(encoding="utf-8").strip()
         if head.startswith("ref:"):
             ref = head.split(":", 1)[1].strip()
             head = ""
             for base in (git, common):
                 if (base / ref).is_file():
-                    head = (base / ref).read_text().strip()
+                    head = (base / ref).read_text(encoding="utf-8").strip()
                     break
                 packed = base / "packed-refs"
                 if packed.is_file():
-                    for line in packed.read_text().splitlines():
+                    for line in packed.read_text(encoding="utf-8").splitlines():
                         parts = line.split()
                         if len(parts) == 2 and parts[1] == ref:
                             head = parts[0]

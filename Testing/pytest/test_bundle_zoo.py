@@ -91,7 +91,7 @@ def make_bundle(root: Path, name: str = "liver_ct", version: str = "0.1.0", seed
 
 
 def edit_json(path: Path, fn) -> None:
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     fn(data)
     path.write_text(json.dumps(data))
 
@@ -146,12 +146,12 @@ def test_save_validate_load_round_trip(tmp_path):
         assert (path / rel).is_file(), rel
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
-    meta = json.loads((path / "configs/metadata.json").read_text())
+    meta = json.loads((path / "configs/metadata.json").read_text(encoding="utf-8"))
     for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task",
                 "description", "authors", "license", "network_data_format", "modelselector"):  # fmt: skip
         assert key in meta, key
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "Liver"}
-    readme = (path / "docs/README.md").read_text()
+    readme = (path / "docs/README.md").read_text(encoding="utf-8")
     assert "| 1 | Liver |" in readme and "Apache-2.0" in readme and "Seed: 7" in readme
 
     # inference.json is a real MONAI config
@@ -178,7 +178,7 @@ def test_save_bundle_replaces_bundle_but_not_other_folder(tmp_path):
     (other / "keep.txt").write_text("mine")
     with pytest.raises(BundleError, match="not a bundle"):
         save_bundle(other, make_card(), NETWORK_DEF, make_net().state_dict())
-    assert (other / "keep.txt").read_text() == "mine"
+    assert (other / "keep.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_validate_bundle_reports_reason(tmp_path):
@@ -305,7 +305,7 @@ def test_zoo_api_versions_and_errors(tmp_path):
     assert zoo.get("liver_ct").name == "0.1.0"
     zoo.remove("liver_ct")
     assert zoo.names() == ["liver2"] and not (zoo.path / "models/liver_ct").exists()
-    assert json.loads((zoo.path / "zoo.json").read_text())["format"] == 1
+    assert json.loads((zoo.path / "zoo.json").read_text(encoding="utf-8"))["format"] == 1
 
 
 def test_zoo_refuses_invalid_bundle(tmp_path):
@@ -445,5 +445,5 @@ def test_standard_monai_bundle_import(tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(loaded.network(x), net(x))
     assert (
-        json.loads((src / "configs/metadata.json").read_text()).get("modelselector") is None
+        json.loads((src / "configs/metadata.json").read_text(encoding="utf-8")).get("modelselector") is None
     )  # source untouched

@@ -50,7 +50,7 @@ def test_demo_outputs_keep_the_input_geometry_and_card_segments(sample_demo):
 
 def test_demo_summary_page_has_ranking_and_overlays(sample_demo):
     result, _ = sample_demo
-    page = result.summary_html.read_text()
+    page = result.summary_html.read_text(encoding="utf-8")
     for m in result.selection.models:
         assert m.name in page
     out_dir = result.summary_html.parent
@@ -67,7 +67,7 @@ def test_demo_on_a_photograph_says_no_model_fits(tmp_path):
     assert not result.selection.fits
     assert result.outputs == []
     assert any("No model in the zoo fits this image" in line for line in lines)
-    assert "No model in the zoo fits this image" in result.summary_html.read_text()
+    assert "No model in the zoo fits this image" in result.summary_html.read_text(encoding="utf-8")
 
 
 def test_demo_on_an_empty_zoo_explains_how_to_build_one(tmp_path):

@@ -173,7 +173,7 @@ def test_tiny_training_run(tmp_path) -> None:
     )
     for name in ("encoder.pt", "card.json", "README.md", "confusion.png"):
         assert (out / name).exists()
-    saved = json.loads((out / "card.json").read_text())
+    saved = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert saved["classes"] == ["CT:CHEST", "CT:HEAD", "DX:CHEST", "OT:OOD"]
     assert saved["seed"] == 0 and saved["training"]["epochs_run"] == 2
     assert len(saved["validation"]["confusion_matrix"]) == 4

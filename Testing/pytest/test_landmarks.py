@@ -47,7 +47,7 @@ def test_missing_landmarks_give_empty_channels():
 def test_resize_keeps_coordinates(synth_data):
     schema = L.LandmarkSchema.default()
     case = L.load_case(synth_data / "c000.png", 32, schema, synth_data / "c000_landmarks.json")
-    raw = json.loads((synth_data / "c000_landmarks.json").read_text())
+    raw = json.loads((synth_data / "c000_landmarks.json").read_text(encoding="utf-8"))
     assert case.image.shape == (32, 32) and case.scale == pytest.approx((72 / 32, 60 / 32))
     assert case.spacing_mm == (0.5, 0.5)
     np.testing.assert_allclose(L.to_original(case.points[:1], case.scale)[0], raw["RL"][0], atol=1e-9)
@@ -147,15 +147,15 @@ def test_quick_grid_writes_report_and_resumes(synth_data, tmp_path, monkeypatch)
     assert torch.get_num_threads() == threads  # the grid's thread setting does not leak
     names = {r["name"] for r in results["runs"]}
     assert names == {LC.run_name(v, f, 0) for v in L.VARIANTS for f in (0.5, 1.0)}
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     for v in L.VARIANTS:
         assert L.VARIANT_TITLES[v] in report
     assert "± " in report and "Student for the zoo" in report and "## Method" in report
     assert (out / "mre_vs_fraction.png").stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 5
-    splits = json.loads((out / "splits.json").read_text())
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     assert len(splits["test"]) == 2 and len(splits["val"]) == 1 and splits["seed"] == cfg.split_seed
-    run = json.loads((out / "runs" / "offline_kd_f050_s0.json").read_text())
+    run = json.loads((out / "runs" / "offline_kd_f050_s0.json").read_text(encoding="utf-8"))
     assert run["n_labelled"] == 4 and run["n_unlabelled"] == 3 + 3 and math.isfinite(run["test"]["mre_mm"])
     assert "sdr_10" in run["test"] and "self_intersection" in run["test"]
 
@@ -259,7 +259,7 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
     write_image(Image(arr, spacing, origin, direction), src)
     assert sitk.ReadImage(str(src)).GetSpacing() == pytest.approx(spacing)
     assert main(["apply", "--zoo", str(zoo), "--model", "cxr_lm", str(src), "--out", str(nrrd_out)]) == 0
-    data = json.loads(nrrd_out.read_text())
+    data = json.loads(nrrd_out.read_text(encoding="utf-8"))
     mk = data["markups"][0]
     assert mk["type"] == "Fiducial" and mk["coordinateSystem"] == "LPS"
     assert [cp["label"] for cp in mk["controlPoints"]] == card.label_names

@@ -94,14 +94,14 @@ def test_promote_refuse_accept_restore(models, tmp_path):
     assert better["version"] == "0.1.1" and better["previous"] == "0.1.0"
     assert better["gate"]["n"] == 5 and better["gate"]["p_value"] < 0.05
     assert better["candidate"]["dice"] > better["current"]["dice"] + 0.3
-    catalog_before = (zoo / "zoo.json").read_text()
+    catalog_before = (zoo / "zoo.json").read_text(encoding="utf-8")
     worse = promote(zoo, "disks", models["bad"], models["split"])  # the worse model tries to come back
     assert not worse["accepted"] and worse["gate"]["mean_improvement"] < 0
     z = Zoo(zoo)
     assert z.current("disks") == "0.1.1" and z.versions("disks") == ["0.1.0", "0.1.1"]
     assert (
         json.loads(catalog_before)["models"]["disks"]["versions"]
-        == json.loads((zoo / "zoo.json").read_text())["models"]["disks"]["versions"]
+        == json.loads((zoo / "zoo.json").read_text(encoding="utf-8"))["models"]["disks"]["versions"]
     )
     history = z.history("disks")
     assert [h["action"] for h in history] == ["promote", "promote", "refuse"]
@@ -153,7 +153,7 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
     promote(zoo, "disks", models["bad"], models["split"])
     res = retrain(zoo, "disks", models["msd"], models["split"], {"epochs": 8, "lr": 0.01})
     assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
-    test_ids = {c["id"] for c in json.loads(models["split"].read_text())["cases"]}
+    test_ids = {c["id"] for c in json.loads(models["split"].read_text(encoding="utf-8"))["cases"]}
     card = Zoo(zoo).card("disks")
     assert card.n_training_cases + card.validation_metrics["validation_cases"] == 10 - len(test_ids)
 

@@ -187,13 +187,13 @@ def test_leaderboard_and_dashboard_html(tmp_path):
     ]
     out = write_leaderboard(rows, tmp_path / "leaderboard.html", "hd95", "LB <task>",
                             {"unet": "dashboards/unet/index.html"})  # fmt: skip
-    page = out.read_text()
+    page = out.read_text(encoding="utf-8")
     assert "LB &lt;task&gt;" in page  # escaped
     assert page.index('data-candidate="segresnet"') < page.index('data-candidate="unet"')  # hd95: lower first
     assert 'href="dashboards/unet/index.html"' in page and "<script>" in page and 'class="best"' in page
     ev = {"candidate": "unet", "model": "t-unet", "version": "0.1.0", "bundle": str(tmp_path / "nobundle"),
           "evaluated": "now", "cases": [{**c, "overlay": f"overlays/{c['id']}.png"} for c in _cases([0.9, 0.6], [2, 4])]}  # fmt: skip
-    page = write_dashboard(ev, tmp_path / "dash", "dice").read_text()
+    page = write_dashboard(ev, tmp_path / "dash", "dice").read_text(encoding="utf-8")
     assert page.index('data-case="c1"') < page.index('data-case="c0"')  # worst Dice first
     assert "overlays/c1.png" in page and "green" in page and "red" in page
     with pytest.raises(InputError, match="not among"):

@@ -365,7 +365,7 @@ def test_runner_end_to_end_with_baselines(tmp_path):
         assert 0.0 <= m[name]["ood_auroc"] <= 1.0
     for f in ("report.md", "results.csv", "confusion.png", "metrics.json"):
         assert (out / f).is_file(), f
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert (
         "| header-rules |" in report
         and "OOD AUROC" in report
@@ -373,10 +373,13 @@ def test_runner_end_to_end_with_baselines(tmp_path):
         or "split `unseen`" in report
     )
     assert "### Per class" in report and "| OT:OOD |" in report and "rejects 1.000" in report  # header rules
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
     assert len(rows) == len(res.cases) * len(BASELINES)
     assert {r["ranker"] for r in rows} == set(BASELINES)
-    assert json.loads((out / "metrics.json").read_text())["metrics"]["random"]["fit_accuracy"] is None
+    assert (
+        json.loads((out / "metrics.json").read_text(encoding="utf-8"))["metrics"]["random"]["fit_accuracy"]
+        is None
+    )
     assert not [q for q in out.iterdir() if q.name.startswith(".tmp")]
 
 
@@ -409,14 +412,14 @@ def test_cli_evaluate_selection(tmp_path, capsys, monkeypatch):
     assert rc == 0, out
     assert "header-rules" in out and "report:" in out
     assert (tmp_path / "o" / "report.md").is_file()
-    report = (tmp_path / "o" / "report.md").read_text()
+    report = (tmp_path / "o" / "report.md").read_text(encoding="utf-8")
     assert "at most" in report  # k-NN fitted on the training split
     assert "Command: `modelselector evaluate-selection --zoo" in report and "--limit 8" in report
     rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
                "--out", str(tmp_path / "o3"), "--split", "all", "--rankers", "random",
                "--docs", str(tmp_path / "docs" / "selection-report.md")])  # fmt: skip
     assert rc == 0
-    doc = (tmp_path / "docs" / "selection-report.md").read_text()
+    doc = (tmp_path / "docs" / "selection-report.md").read_text(encoding="utf-8")
     assert "(selection-confusion.png)" in doc and (tmp_path / "docs" / "selection-confusion.png").is_file()
     capsys.readouterr()
     rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
@@ -465,7 +468,7 @@ def test_runner_with_selector_variants(tmp_path):
         assert m[name]["n_errors"] == 0 and not np.isnan(m[name]["fit_accuracy"])
         assert len(res.results[name]) == len(res.cases)
         assert all(sorted(r.ranking.names) == sorted(n for n, _, _ in MODELS) for r in res.results[name])
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "| ours-both |" in report and "Confusion matrix of `ours-both`" in report
 
 

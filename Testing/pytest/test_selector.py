@@ -119,7 +119,7 @@ def test_prototypes_stored_in_bundle_with_origins(env):
         assert pset.model == name and pset.version == "0.1.0"
         assert set(pset.origins()) == set(ORIGINS)
         assert np.allclose(np.linalg.norm(pset.vectors, axis=1), 1.0, atol=1e-4)
-        meta = json.loads((bundle / "prototypes" / "prototypes.json").read_text())
+        meta = json.loads((bundle / "prototypes" / "prototypes.json").read_text(encoding="utf-8"))
         assert {r["origin"] for r in meta["rows"]} == set(ORIGINS)
         assert "batch-norm statistics" in meta["meta"]["data-free"]["method"]
         assert meta["meta"]["data-free"]["bn_layers"] > 0

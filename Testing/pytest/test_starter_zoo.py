@@ -269,7 +269,7 @@ def test_samples_are_documented():
     readme = (SAMPLES / "README.md").read_text(encoding="utf-8")
     for sample in SAMPLE_FAMILY:
         assert (SAMPLES / sample).is_file() and sample in readme
-    assert json.loads((ZOO / "zoo.json").read_text())["format"] == 1
+    assert json.loads((ZOO / "zoo.json").read_text(encoding="utf-8"))["format"] == 1
 
 
 def test_build_is_deterministic_for_a_seed(tiny_data: Path, tmp_path: Path):

@@ -52,7 +52,10 @@ def test_split_is_fixed_and_disjoint(tmp_path):
     train_dir, split_file = make_split(msd, tmp_path / "w", test_fraction=0.25, seed=3)
     split = read_split(split_file)
     test = {Path(c["image"]).name for c in split["cases"]}
-    train = {Path(c["image"]).name for c in json.loads((train_dir / "dataset.json").read_text())["training"]}
+    train = {
+        Path(c["image"]).name
+        for c in json.loads((train_dir / "dataset.json").read_text(encoding="utf-8"))["training"]
+    }
     assert len(test) == 2 and len(train) == 6 and not test & train
     assert split["labels"] == {1: "disk"}
     again = make_split(msd, tmp_path / "w", test_fraction=0.5, seed=99)  # an existing split is kept
@@ -88,14 +91,14 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert z.names() == ["disks-segresnet", "disks-starved", "disks-unet"]
     for name in z.names():
         bundle = z.get(name)
-        curve = json.loads((bundle / "docs" / "training_curve.json").read_text())
+        curve = json.loads((bundle / "docs" / "training_curve.json").read_text(encoding="utf-8"))
         assert (
             len(curve["epochs"])
-            == json.loads((bundle / "configs" / "train_config.json").read_text())["epochs"]
+            == json.loads((bundle / "configs" / "train_config.json").read_text(encoding="utf-8"))["epochs"]
         )
         assert {"train_loss", "val_loss", "val_dice"} <= set(curve["epochs"][-1])
     work = zoo / "sweeps" / "disks"
-    evals = {p.stem: json.loads(p.read_text()) for p in (work / "evaluation").glob("*.json")}
+    evals = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (work / "evaluation").glob("*.json")}
     assert set(evals) == {"unet", "segresnet", "starved"}
     ids = [[c["id"] for c in e["cases"]] for e in evals.values()]
     assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 3  # the same fixed test cases for everyone
@@ -103,7 +106,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     # the starved candidate is last, the leaderboard links every dashboard, every overlay exists
     lines = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit()]
     assert lines[-1][1] == "starved" and float(lines[0][2]) > 0.8
-    board = (work / "report" / "leaderboard.html").read_text()
+    board = (work / "report" / "leaderboard.html").read_text(encoding="utf-8")
     for name, ev in evals.items():
         assert f'href="dashboards/{name}/index.html"' in board
         dash = work / "report" / "dashboards" / name
@@ -134,7 +137,7 @@ def test_dashboard_command_for_one_bundle(tmp_path, capsys):
         main(["dashboard", "--bundle", str(bundle), "--split", str(split), "--out", str(tmp_path / "dash")])
         == 0
     )
-    page = (tmp_path / "dash" / "index.html").read_text()
+    page = (tmp_path / "dash" / "index.html").read_text(encoding="utf-8")
     assert page.count('class="overlay"') == 2 and (tmp_path / "dash" / "curve.png").is_file()
 
 
