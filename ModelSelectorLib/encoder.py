@@ -805,7 +805,7 @@ def train_encoder(
         "version": "1." + time.strftime("%Y%m%d", time.gmtime()),
         "code_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data_root": str(data_root),
+        "data_root": portable_data_root(data_root),
         "data": "radiology_2d/labels.csv (all rows; OOD photos -> OT:OOD) + 3D volumes of manifest.csv with "
         f"modality_code/region_code (<= {max_volumes_per_class} volumes per class, {views_per_volume} views each; "
         "multi-region volumes use their first region; classes with few volumes get up to 24 views per volume)",
@@ -925,6 +925,17 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def portable_data_root(data_root: os.PathLike | str) -> str:
+    """``data_root`` as recorded in the card: relative to the checkout (e.g. ``../shared/data``) so the card
+    names no machine-specific folder; resolve it with :func:`card_data_root`."""
+    return os.path.relpath(Path(data_root).resolve(), RESOURCE_DIR.parent.parent)
+
+
+def card_data_root(card: dict[str, Any]) -> Path:
+    """The data folder a card's encoder was trained on, resolved against the checkout."""
+    return (RESOURCE_DIR.parent.parent / str(card.get("data_root", ""))).resolve()
 
 
 def load_card(path: Optional[os.PathLike | str] = None) -> dict[str, Any]:

@@ -215,10 +215,10 @@ def encoder_split(
     Returns:
         the split; empty sets when the data folder is not present (nothing can have been trained on).
     """
-    from .encoder import collect_samples, load_card, split_groups
+    from .encoder import card_data_root, collect_samples, load_card, split_groups
 
     card = card if card is not None else load_card()
-    root = Path(data_root) if data_root is not None else Path(str(card.get("data_root", "")))
+    root = Path(data_root) if data_root is not None else card_data_root(card)
     seed = int(card.get("seed", 0))
     m = re.search(r"(\d+)%", str(card.get("split", "")))
     val_fraction = int(m.group(1)) / 100.0 if m else 0.2

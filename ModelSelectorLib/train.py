@@ -498,7 +498,7 @@ def train_segmentation(
     with tempfile.TemporaryDirectory(prefix="modelselector-train-") as tmp:
         bundle_dir = save_bundle(Path(tmp) / name, card, net_def, best_state, description=description)
         curve = {"epochs": history, "best_val_dice": round(best["dice"], 6),
-                 "validation_cases": [str(it["case"]) for it in val_items]}  # fmt: skip
+                 "validation_cases": [Path(it["case"]).name for it in val_items]}  # fmt: skip
         atomic.write_json(bundle_dir / CURVE_FILE, curve)
         atomic.write_json(bundle_dir / TRAIN_CONFIG_FILE, json.loads(json.dumps(dataclasses.asdict(config))))
         zoo.add(bundle_dir)
