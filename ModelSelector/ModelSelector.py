@@ -806,20 +806,26 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
             raise OSError(f"could not write volume '{volumeNode.GetName()}' to {path}")
         return path
 
+    def _readNewNode(
+        self, node: Any, storageNode: Any, path: str, name: str, what: str, referenceVolumeNode: Any
+    ) -> Any:
+        """Add ``node`` (named ``name``) to the input's scene and read ``path`` into it with ``storageNode``."""
+        scene = self.scene(referenceVolumeNode)
+        node.SetName(scene.GenerateUniqueName(name) if scene is not None else name)
+        if scene is not None:
+            scene.AddNode(node)
+        storageNode.SetFileName(path)
+        if not storageNode.ReadData(node):
+            if scene is not None:
+                scene.RemoveNode(node)
+            raise ModelSelectorProcessError(f"could not read the {what} of model '{name}' ({path})")
+        node.CreateDefaultDisplayNodes()
+        return node
+
     def loadSegmentation(self, path: str, name: str, referenceVolumeNode: Any = None) -> Any:
         """Load a ``.seg.nrrd`` into a new segmentation node named ``name`` beside ``referenceVolumeNode``."""
-        scene = self.scene(referenceVolumeNode)
-        segmentationNode = slicer.vtkMRMLSegmentationNode()
-        segmentationNode.SetName(scene.GenerateUniqueName(name) if scene is not None else name)
-        if scene is not None:
-            scene.AddNode(segmentationNode)
-        storageNode = slicer.vtkMRMLSegmentationStorageNode()
-        storageNode.SetFileName(path)
-        if not storageNode.ReadData(segmentationNode):
-            if scene is not None:
-                scene.RemoveNode(segmentationNode)
-            raise ModelSelectorProcessError(f"could not read the result of model '{name}' ({path})")
-        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode = self._readNewNode(slicer.vtkMRMLSegmentationNode(), slicer.vtkMRMLSegmentationStorageNode(),
+                                             path, name, "result", referenceVolumeNode)  # fmt: skip
         if referenceVolumeNode is not None:
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
             segmentationNode.SetNodeReferenceID("referenceImageGeometryRef", referenceVolumeNode.GetID())
@@ -828,18 +834,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
 
     def loadMarkups(self, path: str, name: str, referenceVolumeNode: Any = None) -> Any:
         """Load a ``.mrk.json`` point list into a new markups node named ``name`` beside the input volume."""
-        scene = self.scene(referenceVolumeNode)
-        markupsNode = slicer.vtkMRMLMarkupsFiducialNode()
-        markupsNode.SetName(scene.GenerateUniqueName(name) if scene is not None else name)
-        if scene is not None:
-            scene.AddNode(markupsNode)
-        storageNode = slicer.vtkMRMLMarkupsJsonStorageNode()
-        storageNode.SetFileName(path)
-        if not storageNode.ReadData(markupsNode):
-            if scene is not None:
-                scene.RemoveNode(markupsNode)
-            raise ModelSelectorProcessError(f"could not read the landmarks of model '{name}' ({path})")
-        markupsNode.CreateDefaultDisplayNodes()
+        markupsNode = self._readNewNode(slicer.vtkMRMLMarkupsFiducialNode(), slicer.vtkMRMLMarkupsJsonStorageNode(),
+                                        path, name, "landmarks", referenceVolumeNode)  # fmt: skip
         if referenceVolumeNode is not None:
             self._placeBeside(markupsNode, referenceVolumeNode)
         return markupsNode

@@ -166,10 +166,6 @@ def _write_summary(out_dir: Path, selection: Any, outputs: list[dict[str, Any]],
     return path
 
 
-def _label_colors(card: Any) -> dict[int, tuple[float, float, float]]:
-    return {int(lb["value"]): tuple(float(c) for c in lb["color"]) for lb in card.labels if "color" in lb}
-
-
 def _apply(loaded: Any, image: Image, out_dir: Path, device: str) -> dict[str, Any]:
     """Apply one loaded bundle; write its output file and overlay PNG; return the summary row."""
     from .infer import apply_model, segments_of
@@ -186,8 +182,10 @@ def _apply(loaded: Any, image: Image, out_dir: Path, device: str) -> dict[str, A
         png = overlay_png(image, out_dir / f"{name}.png", name, points_ijk=ijk)
     else:
         labels = apply_model(loaded, image, device=device)
-        output = write_segmentation(labels, out_dir / f"{name}.seg.nrrd", segments_of(card))
-        png = overlay_png(image, out_dir / f"{name}.png", name, labels=labels, colors=_label_colors(card))
+        segments = segments_of(card)
+        output = write_segmentation(labels, out_dir / f"{name}.seg.nrrd", segments)
+        colors = {s.value: tuple(s.color) for s in segments}
+        png = overlay_png(image, out_dir / f"{name}.png", name, labels=labels, colors=colors)
     row.update(output=output, output_name=output.name, png_name=png.name)
     return row
 

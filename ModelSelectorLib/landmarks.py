@@ -793,14 +793,19 @@ def train_supervised(
         x, (dx, dy) = augment(labelled.images[idx], gen, cfg.augment_shift)
         t = _shift_targets(labelled.targets[idx], dx, dy)
         loss = heatmap_ce(net(x.to(cfg.device)), t.to(cfg.device), labelled.mask[idx].to(cfg.device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimiser_step(opt, sched, loss)
         bar.update(1)
         bar.set_postfix(loss=loss.item())
     bar.close()
     return net.eval()
+
+
+def _optimiser_step(opt: Any, sched: Any, loss: Any) -> None:
+    """One gradient step of ``opt`` on ``loss``, then one step of the learning-rate schedule."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
 
 
 def predict_logits(
@@ -900,10 +905,7 @@ def train_distilled(
             ones = torch.ones(su.shape[:2], device=cfg.device)
             kd = heatmap_ce(logits_u, su.to(cfg.device), ones, None if wu is None else wu.to(cfg.device))
             loss = loss + cfg.kd_weight * t * t * kd
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimiser_step(opt, sched, loss)
         bar.update(1)
         bar.set_postfix(loss=loss.item())
     bar.close()
@@ -952,10 +954,7 @@ def train_mean_teacher(
         ramp = math.exp(-5 * (1 - min(step / max(0.3 * cfg.steps, 1), 1.0)) ** 2)
         cons = heatmap_ce(net(xs.to(cfg.device)), target, torch.ones(target.shape[:2], device=cfg.device))
         loss = loss + cfg.kd_weight * ramp * cons
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimiser_step(opt, sched, loss)
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             for pe, ps in zip(ema.parameters(), net.parameters()):
