@@ -120,6 +120,15 @@ METHOD_TEXT = """\
   shared)."""
 
 
+#: terms of the images and annotations a landmark model learns from (``../shared/data/MANIFEST.md``)
+TRAINING_DATA_LICENCE = (
+    "JSRT database terms (research use; cite Shiraishi et al., AJR 2000; redistribution terms not verified); "
+    "landmarks from ngaggion/Chest-xray-landmark-dataset (cite Gaggion et al.); Shenzhen chest X-ray set "
+    "(NLM/NIH, research use; cite Jaeger et al. 2014); unlabelled paediatric images: Kermany et al. 2018, "
+    "CC BY 4.0"
+)
+
+
 def run_name(variant: str, fraction: float, seed: int) -> str:
     return f"{variant}_f{int(round(fraction * 100)):03d}_s{seed}"
 
@@ -333,15 +342,27 @@ def winners(results: dict[str, Any], metric: str = "mre_mm") -> dict[str, dict[s
 
 
 def best_student(results: dict[str, Any], metric: str = "mre_mm") -> Optional[dict[str, Any]]:
-    """The student run (any variant but the teacher) with the lowest *validation* ``metric``: the one to
-    put into the zoo (chosen on validation images so that the test figures stay unbiased)."""
-    runs = [
-        r
-        for r in results["runs"]
-        if r["variant"] != "teacher_supervised" and r["val"].get(metric) is not None
-    ]
-    runs = [r for r in runs if np.isfinite(r["val"][metric])]
-    return min(runs, key=lambda r: r["val"][metric]) if runs else None
+    """The student configuration to put into the zoo: the (variant, label fraction), teacher excluded, with
+    the lowest mean *validation* ``metric`` over seeds (chosen on validation images so that the test
+    figures stay unbiased; a mean over seeds so that one lucky seed does not decide).
+
+    Returns:
+        ``{"variant", "fraction", "val_mean", "val_std", "test_mean", "test_std", "name"}`` (``name``: the run
+        of the lowest seed), or None when no student run has the metric.
+    """
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results["runs"]:
+        if r["variant"] == "teacher_supervised" or not np.isfinite(r["val"].get(metric, float("nan"))):
+            continue
+        groups.setdefault((r["variant"], float(r["fraction"])), []).append(r)
+    if not groups:
+        return None
+    (variant, fraction), runs = min(groups.items(), key=lambda kv: np.mean([r["val"][metric] for r in kv[1]]))
+    val = [r["val"][metric] for r in runs]
+    test = [r["test"][metric] for r in runs]
+    return {"variant": variant, "fraction": fraction, "val_mean": float(np.mean(val)), "val_std": float(np.std(val)),
+            "test_mean": float(np.mean(test)), "test_std": float(np.std(test)), "n_seeds": len(runs),
+            "name": min(runs, key=lambda r: r["seed"])["name"], "seed": min(r["seed"] for r in runs)}  # fmt: skip
 
 
 def plot_error_vs_fraction(results: dict[str, Any], path: PathLike, metric: str = "mre_mm") -> Path:
@@ -514,9 +535,10 @@ def write_report(
     best = best_student(results)
     if best:
         lines += ["", "## Student for the zoo", "",
-                  f"Lowest validation MRE among students: run `{best['name']}` ({L.VARIANT_TITLES[best['variant']]}, "
-                  f"{100 * best['fraction']:g} % labels, seed {best['seed']}): validation {best['val']['mre_mm']:.2f} mm, "
-                  f"test {best['test']['mre_mm']:.2f} mm. Put it into a zoo with",
+                  f"Lowest mean validation MRE among the students ({best['n_seeds']} seeds): "
+                  f"{L.VARIANT_TITLES[best['variant']]} with {100 * best['fraction']:g} % labels: validation "
+                  f"{best['val_mean']:.2f} ± {best['val_std']:.2f} mm, test {best['test_mean']:.2f} ± {best['test_std']:.2f} mm. "
+                  f"Put its seed-{best['seed']} run into a zoo with",
                   "", "```",
                   f"modelselector landmarks train --data DATA --zoo ZOO --config grid.yaml --variant {best['variant']} "
                   f"--fraction {best['fraction']:g} --seed {best['seed']} --weights OUT/runs/{best['name']}.pt",
@@ -582,7 +604,7 @@ def train_into_zoo(
     data: PathLike,
     zoo: PathLike,
     cfg: GridConfig,
-    name: str = "cxr_landmarks_student",
+    name: str = "dx-chest-landmarks",
     version: str = "1.0.0",
     variant: str = "offline_kd",
     fraction: float = 1.0,
@@ -640,10 +662,18 @@ def _train_into_zoo(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: L.Landma
             teacher = L.run_variant("teacher_supervised", lab_arr, unl, tc, seed, cancel=cancel).network
         net = L.run_variant(variant, lab_arr, unl, tc, seed, teacher=teacher, cancel=cancel).network
     seconds = time.perf_counter() - t0
+    folders = [
+        ", ".join(sorted({f"{q.parent.name}/" for q in paths})) or "-"
+        for paths in L.find_landmark_folders(data)
+    ]
     metrics = {}
     for part in ("val", "test"):
         cases = [by_id[i] for i in splits[part]]
-        pred = L.predict_points(net, L.stack_cases(cases, tc.sigma).images, tc)
+        images = L.stack_cases(cases, tc.sigma).images
+        pred = L.predict_points(net, images, tc)
+        if part == "val":  # the reference of the selector's model-alone check (selector.verify_fit)
+            entropy = L.heatmap_entropy(L.predict_logits(net, images, device=tc.device))
+            metrics["val_heatmap_entropy"] = round(float(entropy.mean()), 4)
         m = L.evaluate_predictions(pred, cases, schema, cfg.radii)
         metrics.update({f"{part}_{k}": round(float(v), 4) for k, v in m.items()
                         if k in ("mre_mm", "mre_px", "sdr_2", "sdr_4", "sdr_10", "self_intersection")})  # fmt: skip
@@ -651,11 +681,12 @@ def _train_into_zoo(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: L.Landma
         name=name, version=version, task_type="landmarks", modality="DX", body_region="CHEST",
         labels=L.landmark_labels(schema), input_channels=1, spatial_dims=2, target_spacing=None,
         intensity={"mode": "percentile", "a_min": 0.5, "a_max": 99.5}, roi_size=[tc.size, tc.size],
-        training_data=f"chest X-ray landmarks in {Path(data).name}: {len(splits['train'])} training images "
-        f"({len(keep)} labelled, variant {variant}), {len(unlabelled)} extra unlabelled images; split seed "
-        f"{cfg.split_seed}; lung contours, heart, clavicles ({schema.n_points} points)",
+        training_data=f"chest X-ray landmark images of {folders[0]}: {len(splits['train'])} training images "
+        f"({len(keep)} labelled, variant {variant}), {len(unlabelled)} extra unlabelled images of {folders[1]}; "
+        f"{len(splits['val'])} validation and {len(splits['test'])} test images (split by image, seed "
+        f"{cfg.split_seed}); lung contours, heart, clavicles ({schema.n_points} points)",
         n_training_cases=len(keep), validation_metrics=metrics, seed=seed,
-        code_version=f"ModelSelectorLib {__version__}", license="research use only (training data terms)",
+        code_version=f"ModelSelectorLib {__version__}", license=TRAINING_DATA_LICENCE,
         training_time_s=None if weights is not None else round(seconds, 1),
     )  # fmt: skip
     description = (

@@ -8,9 +8,10 @@ Two kinds, each row recording its ``origin``:
   alone by model inversion (:func:`synthesize_inputs`): starting from smooth noise, an input batch is
   optimised so that the batch statistics entering every batch-norm layer match that layer's
   ``running_mean`` / ``running_var`` (DeepInversion), the model's output is confident and contains
-  foreground, under an image prior (total variation, L2, periodic blur, random jitter). The result is
-  mapped back from the network's normalised intensities to image units (HU for CT models) and given the
-  bundle's ``target_spacing``, so the encoder sees it at the physical scale the model expects.
+  foreground (for a landmark model: one sharp heatmap peak per landmark), under an image prior (total
+  variation, L2, periodic blur, random jitter). The result is mapped back from the network's normalised
+  intensities to image units (HU for CT models) and given the bundle's ``target_spacing``, so the encoder
+  sees it at the physical scale the model expects.
 
 Prototypes are stored inside the bundle folder::
 
@@ -369,6 +370,8 @@ def synthesize_inputs(
 
         bn * mean_layers KL(batch stats || running stats)          (skipped without running statistics)
       + confidence * (mean voxel entropy + 10 * relu(min_foreground - foreground fraction))
+                                                               (landmark models: normalised spatial
+                                                                entropy of each landmark's heatmap)
       + tv * total variation + l2 * mean (x - centre)^2
 
     with a random circular shift of up to ``jitter`` voxels per axis at each step, periodic blur, and ``x``
@@ -438,10 +441,17 @@ def synthesize_inputs(
                 out = network(xin)
                 if isinstance(out, (list, tuple)):
                     out = out[0]
-                p = torch.softmax(out, dim=1)
-                entropy = -(p * torch.log(p.clamp_min(1e-8))).sum(1).mean()
-                fg = (1.0 - p[:, 0]).mean() if p.shape[1] > 1 else p.mean()
-                conf = entropy + 10.0 * torch.relu(st.min_foreground - fg)
+                if card.task_type == "landmarks":
+                    # each channel is a spatial softmax: confident = one sharp peak per landmark
+                    q = torch.softmax(out.flatten(2), dim=2)
+                    entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(2).mean() / math.log(q.shape[2])
+                    fg = q.amax(2).mean()  # reported as "foreground": the mean peak probability
+                    conf = entropy
+                else:
+                    p = torch.softmax(out, dim=1)
+                    entropy = -(p * torch.log(p.clamp_min(1e-8))).sum(1).mean()
+                    fg = (1.0 - p[:, 0]).mean() if p.shape[1] > 1 else p.mean()
+                    conf = entropy + 10.0 * torch.relu(st.min_foreground - fg)
                 bn = hooks.mean() if use_bn else torch.zeros((), device=device)
                 loss = st.bn * bn + st.confidence * conf + st.tv * _tv(x) / (hi - lo)
                 loss = loss + st.l2 * ((x - centre) / (hi - lo)).pow(2).mean()

@@ -61,6 +61,7 @@ from .baselines import (
     zoo_models,
 )
 from .datasets import normalize_modality
+from .encoder import portable_data_root
 from .errors import DatasetError, IndexMismatchError, InputError, ModelSelectorError
 from .io import Image, read_image
 from .progress import check_cancel, progress_bar
@@ -754,7 +755,7 @@ def run_selection_evaluation(
     readable = [c for c in cases if str(c.path) not in bad]
     n_ind = sum(1 for c in readable if c.relevant(models))
     protocol = {
-        "manifests": [str(Path(m).resolve()) for m in manifests],
+        "manifests": [portable_data_root(m) for m in manifests],  # relative to the checkout
         "split": split,
         "encoder_split": enc_split.description,
         "rows_skipped": dict(skipped_rows),

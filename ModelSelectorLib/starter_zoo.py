@@ -500,19 +500,121 @@ RECIPES: tuple[Recipe, ...] = (
 )
 
 
-def recipes(only: Optional[Sequence[str]] = None) -> list[Recipe]:
-    """The recipes, all or those named in ``only`` (in table order).
+@dataclasses.dataclass(frozen=True)
+class LandmarkRecipe:
+    """How the starter zoo's chest X-ray landmark model is made: the student variant and label fraction that
+    won the comparison of ``docs/landmarks`` (:mod:`ModelSelectorLib.landmarks_compare`), trained with that
+    comparison's settings on its split of the landmark images, with the build's seed.
+
+    Attributes:
+        name, version: model name and version in the zoo.
+        variant: one of :data:`~ModelSelectorLib.landmarks.VARIANTS`.
+        fraction: labelled share of the training images (the rest and ``cxr_unlabelled/`` are unlabelled).
+        grid: :class:`~ModelSelectorLib.landmarks_compare.GridConfig` settings: split seed, landmark schema and
+            the ``train`` block (the same as ``docs/landmarks/grid.yaml``).
+        n_exemplars: training images used as exemplar prototypes.
+    """
+
+    name: str
+    version: str
+    variant: str
+    fraction: float
+    grid: dict[str, Any]
+    n_exemplars: int = 3
+    modality: str = "DX"
+    body_region: str = "CHEST"
+    provenance: str = ("JSRT: manual SCR contours (lungs, heart, clavicles) as landmark points "
+                       "(ngaggion/Chest-xray-landmark-dataset); Shenzhen: lung points derived from expert masks")  # fmt: skip
+    source: str = ("chest X-ray landmark images of cxr_landmarks/ and cxr_lungseg_imlab/ (adult PA, 512 px), split "
+                   "by image into train / validation / test; cxr_unlabelled/ as unlabelled images")  # fmt: skip
+    intended_input: str = "adult PA chest radiograph (2D); resized to the model's grid, points mapped back"
+
+    @property
+    def licence(self) -> str:
+        from .landmarks_compare import TRAINING_DATA_LICENCE
+
+        return TRAINING_DATA_LICENCE
+
+    def grid_config(self) -> Any:
+        from .landmarks_compare import GridConfig
+
+        return GridConfig.from_dict(self.grid)
+
+    def split(self, data_root: PathLike, seed: int = 0) -> dict[str, list[str]]:
+        """``{"train", "val", "test", "labelled", "unlabelled"}`` image ids: the comparison's split, the training
+        images that keep their labels with ``seed``, and the extra unlabelled pool."""
+        from . import landmarks as L
+
+        cfg = self.grid_config()
+        labelled, unlabelled = L.find_landmark_folders(data_root)
+        split = L.split_cases([p.stem for p in labelled], cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+        return {**split, "labelled": L.labelled_subset(split["train"], self.fraction, seed),
+                "unlabelled": [p.stem for p in unlabelled]}  # fmt: skip
+
+    def cases(self, data_root: PathLike, ids: Sequence[str]) -> list[dict[str, str]]:
+        """``{"id", "image", "label"}`` of labelled images ``ids``, paths relative to ``data_root``."""
+        from .landmarks import find_landmark_folders
+
+        root = Path(data_root)
+        by_id = {p.stem: p for p in find_landmark_folders(root)[0]}
+        return [{"id": i, "image": str(by_id[i].relative_to(root)),
+                 "label": str(by_id[i].with_name(i + "_landmarks.json").relative_to(root))} for i in ids]  # fmt: skip
+
+    def files(self, data_root: PathLike) -> list[Path]:
+        """Every image and landmark file the model learns from or is scored on."""
+        from . import landmarks as L
+
+        labelled, unlabelled = L.find_landmark_folders(data_root)
+        return [f for p in labelled for f in (p, p.with_name(p.stem + "_landmarks.json"))] + list(unlabelled)
+
+
+#: the chest X-ray landmark model: the student with the lowest mean validation error in ``docs/landmarks``
+LANDMARK_RECIPES: tuple[LandmarkRecipe, ...] = (
+    LandmarkRecipe(
+        name="dx-chest-landmarks",
+        version="1.0.0",
+        variant="uncertainty_kd",
+        fraction=1.0,
+        grid={
+            "split_seed": 20261124,
+            "train": {
+                "size": 64,
+                "sigma": 1.5,
+                "steps": 400,
+                "batch_size": 8,
+                "lr": 0.01,
+                "augment_shift": 4,
+                "teacher": "teacher",
+                "student": "student",
+                "kd_weight": 1.0,
+                "kd_temperature": 1.0,
+                "ema_decay": 0.99,
+                "mc_samples": 4,
+                "decode": "centroid",
+                "decode_radius": 5,
+                "threads": 1,
+            },
+        },  # fmt: skip
+    ),
+)
+
+AnyRecipe = Union[Recipe, LandmarkRecipe]
+
+
+def recipes(only: Optional[Sequence[str]] = None) -> list[AnyRecipe]:
+    """The recipes (segmentation, then landmarks), all or those named in ``only`` (in table order).
 
     Raises:
         ModelSelectorError: an unknown name (the message lists the known ones).
     """
+    every: list[AnyRecipe] = [*RECIPES, *LANDMARK_RECIPES]
     if not only:
-        return list(RECIPES)
-    known = {r.name: r for r in RECIPES}
+        return every
+    known = [r.name for r in every]
     bad = [n for n in only if n not in known]
     if bad:
         raise ModelSelectorError(f"unknown starter-zoo model(s) {', '.join(bad)}; known: {', '.join(known)}.")
-    return [r for r in RECIPES if r.name in set(only)]
+    return [r for r in every if r.name in set(only)]
 
 
 # --- hashing --------------------------------------------------------------------------------------------
@@ -533,6 +635,16 @@ def recipe_hash(recipe: Recipe, split: CaseSplit, data_root: Path, seed: int) ->
         "body_region": recipe.body_region, "labels": [dataclasses.asdict(lb) for lb in recipe.labels],
         "train": recipe.train, "provenance": recipe.provenance, "licence": recipe.licence, "cases": files,
         "seed": int(seed),
+    }  # fmt: skip
+    text = json.dumps(blob, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def landmark_recipe_hash(recipe: LandmarkRecipe, data_root: Path, seed: int) -> str:
+    """SHA-256 (16 hex digits) of a landmark recipe, its source files (names and sizes) and the seed."""
+    blob = {
+        "format": RECIPE_FORMAT, "recipe": dataclasses.asdict(recipe), "licence": recipe.licence,
+        "files": [_file_fingerprint(f) for f in recipe.files(data_root)], "seed": int(seed),
     }  # fmt: skip
     text = json.dumps(blob, sort_keys=True, default=list)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -753,6 +865,19 @@ def built_hash(zoo: Any, name: str) -> Optional[str]:
     return block.get("recipe_hash")
 
 
+def _install(zoo: Any, name: str, bundle: Path, block: dict[str, Any], cancel: Optional[Any]) -> None:
+    """Record ``block`` under ``"starter_zoo"`` in the bundle's ``metadata.json``, then put the bundle in
+    ``zoo`` in place of model ``name``'s current one."""
+    meta = read_metadata(bundle)
+    meta[METADATA_KEY] = block
+    atomic.write_json(bundle / "configs" / "metadata.json", meta)
+    check_cancel(cancel)
+    if name in zoo:
+        zoo.remove(name)
+    zoo.add(bundle)
+    zoo.reload()
+
+
 def build_model(
     recipe: Recipe,
     data_root: PathLike,
@@ -788,27 +913,70 @@ def build_model(
         bundle = Path(tmp) / "bundle"
         shutil.copytree(scratch, bundle)
         write_card(bundle, card)
-        meta = read_metadata(bundle)
-        meta[METADATA_KEY] = _recipe_block(recipe, prep, seed, time.monotonic() - t0)
-        atomic.write_json(bundle / "configs" / "metadata.json", meta)
-        check_cancel(cancel)
-        if recipe.name in zoo:
-            zoo.remove(recipe.name)
-        zoo.add(bundle)
-    zoo.reload()
+        _install(zoo, recipe.name, bundle, _recipe_block(recipe, prep, seed, time.monotonic() - t0), cancel)
     return {"name": recipe.name, "status": "built", "path": zoo.get(recipe.name), "metrics": card.validation_metrics,
             "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
 
 
+def build_landmark_model(
+    recipe: LandmarkRecipe,
+    data_root: PathLike,
+    zoo_dir: PathLike,
+    seed: int = 0,
+    force: bool = False,
+    cancel: Optional[Any] = None,
+) -> dict[str, Any]:
+    """Train the landmark recipe's variant (:func:`ModelSelectorLib.landmarks_compare.train_into_zoo`), score
+    it on the comparison's validation and test images, and add it to the zoo ``zoo_dir``.
+
+    Returns:
+        ``{"name", "status": "built"|"skipped", "path", "metrics", "seconds"}``.
+    """
+    from .landmarks_compare import train_into_zoo
+    from .zoo import Zoo
+
+    t0 = time.monotonic()
+    root = Path(data_root)
+    zoo = Zoo.create(zoo_dir)
+    digest = landmark_recipe_hash(recipe, root, seed)
+    if not force and built_hash(zoo, recipe.name) == digest:
+        return {"name": recipe.name, "status": "skipped", "path": zoo.get(recipe.name),
+                "metrics": zoo.card(recipe.name).validation_metrics, "seconds": 0.0}  # fmt: skip
+    split = recipe.split(root, seed)
+    with tempfile.TemporaryDirectory(prefix="modelselector-starter-") as tmp:
+        train_into_zoo(root, Path(tmp) / "zoo", recipe.grid_config(), name=recipe.name, version=recipe.version,
+                       variant=recipe.variant, fraction=recipe.fraction, seed=seed, cancel=cancel)  # fmt: skip
+        bundle = Path(tmp) / "bundle"
+        shutil.copytree(Zoo(Path(tmp) / "zoo").get(recipe.name), bundle)
+        block = {
+            "recipe": recipe.name, "recipe_hash": digest, "seed": int(seed), "variant": recipe.variant,
+            "label_fraction": recipe.fraction, "label_provenance": recipe.provenance, "licence": recipe.licence,
+            "source": recipe.source, "intended_input": recipe.intended_input,
+            "training_cases": recipe.cases(root, split["labelled"]),
+            "unlabelled_cases": len(split["train"]) - len(split["labelled"]) + len(split["unlabelled"]),
+            "validation_cases": recipe.cases(root, split["val"]), "check_cases": recipe.cases(root, split["test"]),
+            "build_time_s": round(time.monotonic() - t0, 1),
+        }  # fmt: skip
+        _install(zoo, recipe.name, bundle, block, cancel)
+    return {"name": recipe.name, "status": "built", "path": zoo.get(recipe.name),
+            "metrics": zoo.card(recipe.name).validation_metrics, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+
+
 # --- prototypes and index -------------------------------------------------------------------------------
-def exemplar_images(recipe: Recipe, data_root: PathLike, seed: int = 0) -> list[Path]:
-    """Paths of the recipe's exemplar inputs: the first ``n_exemplars`` training images."""
+def exemplar_images(recipe: AnyRecipe, data_root: PathLike, seed: int = 0) -> list[Path]:
+    """Paths of the recipe's exemplar inputs: ``n_exemplars`` (labelled) training images."""
+    if isinstance(recipe, LandmarkRecipe):
+        from .landmarks import find_landmark_folders
+
+        keep = recipe.split(data_root, seed)["labelled"]
+        chosen = set(keep[:: max(1, len(keep) // recipe.n_exemplars)][: recipe.n_exemplars])  # across sources
+        return [p for p in find_landmark_folders(data_root)[0] if p.stem in chosen]
     split = recipe.cases(Path(data_root), seed)
     return [Path(data_root) / c.image for c in split.train[: recipe.n_exemplars]]
 
 
 def build_prototypes(
-    recipe: Recipe, data_root: PathLike, zoo_dir: PathLike, seed: int = 0, data_free: int = 4
+    recipe: AnyRecipe, data_root: PathLike, zoo_dir: PathLike, seed: int = 0, data_free: int = 4
 ) -> Any:
     """Exemplar (training inputs) and data-free prototypes of one model, via :mod:`ModelSelectorLib.prototypes`."""
     from . import prototypes
@@ -880,7 +1048,12 @@ def build_starter_zoo(
             for recipe in bar:
                 check_cancel(cancel)
                 bar.set_description(f"starter zoo: {recipe.name}")
-                res = build_model(recipe, root, zoo_dir, work, seed, num_threads, epochs_scale, force, cancel)
+                if isinstance(recipe, LandmarkRecipe):
+                    res = build_landmark_model(recipe, root, zoo_dir, seed, force, cancel)
+                else:
+                    res = build_model(
+                        recipe, root, zoo_dir, work, seed, num_threads, epochs_scale, force, cancel
+                    )
                 results.append(res)
                 log(
                     f"{res['status']:>7} {recipe.name} ({res['seconds']:.0f} s) {_metric_text(res['metrics'])}"
@@ -919,14 +1092,19 @@ def summary_table(zoo_dir: PathLike) -> str:
         card = validate_bundle(path)
         block = read_metadata(path).get(METADATA_KEY) or {}
         m = card.validation_metrics
-        if "dice" in m:
+        labels = ", ".join(card.label_names)
+        if card.task_type == "landmarks":
+            labels = f"{len(card.labels)} landmarks"
+            val = (f"MRE {m.get('val_mre_mm', float('nan')):.2f} mm on {len(block.get('validation_cases', []))} "
+                   f"images (test: {m.get('test_mre_mm', float('nan')):.2f} mm on {len(block.get('check_cases', []))})")  # fmt: skip
+        elif "dice" in m:
             per = ", ".join(f"{k[5:]} {v:.2f}" for k, v in m.items() if k.startswith("dice_"))
             val = f"{m['dice']:.3f} on {m.get('validation_cases', '?')}" + (f" ({per})" if per else "")
         else:
             val = f"none: single case (training Dice {m.get('training_dice', float('nan')):.3f})"
         ext = f"{m['external_dice']:.3f} on {m.get('external_cases', '?')}" if "external_dice" in m else "-"
         lines.append(
-            f"| {name} | {card.modality} | {card.body_region} | {card.spatial_dims}D | {', '.join(card.label_names)} "
+            f"| {name} | {card.modality} | {card.body_region} | {card.spatial_dims}D | {labels} "
             f"| {card.n_training_cases} | {val} | {ext} | {block.get('label_provenance', '-')} | {card.license} "
             f"| {block.get('build_time_s', '-')} |"
         )
@@ -934,12 +1112,12 @@ def summary_table(zoo_dir: PathLike) -> str:
 
 
 def _metric_text(metrics: dict[str, Any]) -> str:
-    keys = ("dice", "training_dice", "external_dice")
+    keys = ("dice", "training_dice", "external_dice", "val_mre_mm", "test_mre_mm")
     return " ".join(f"{k}={metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
 __all__ = [
-    "RECIPES", "STAGES", "Case", "CaseSplit", "LabelSpec", "Recipe", "build_index", "build_model",
-    "build_prototypes", "build_starter_zoo", "prepare_dataset", "recipe_hash", "recipes", "remap_labels",
+    "LANDMARK_RECIPES", "RECIPES", "STAGES", "Case", "CaseSplit", "LabelSpec", "LandmarkRecipe", "Recipe",
+    "build_index", "build_landmark_model", "build_model", "build_prototypes", "build_starter_zoo", "prepare_dataset", "recipe_hash", "recipes", "remap_labels",
     "terminology",
 ]  # fmt: skip

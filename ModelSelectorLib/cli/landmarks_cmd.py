@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     t.add_argument("--data", type=Path, required=True, help="landmark data folder")
     t.add_argument("--zoo", type=Path, required=True, help="zoo folder (created if missing)")
-    t.add_argument("--name", default="cxr_landmarks_student", help="model name in the zoo")
+    t.add_argument("--name", default="dx-chest-landmarks", help="model name in the zoo")
     t.add_argument("--version", default="1.0.0", help="model version")
     t.add_argument("--variant", default="offline_kd", help="training variant (default: offline_kd)")
     t.add_argument("--fraction", type=float, default=1.0, help="labelled fraction of the training images")
@@ -91,7 +91,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
     best = best_student(results)
     if best:
-        print(f"best student for the zoo (validation MRE): {best['name']} {best['val']['mre_mm']:.2f} mm")
+        print(
+            f"best student for the zoo (mean validation MRE): {best['variant']} with {100 * best['fraction']:g} % "
+            f"labels, {best['val_mean']:.2f} mm (run {best['name']})"
+        )
     print(args.out / "report.md")
     return 0
 

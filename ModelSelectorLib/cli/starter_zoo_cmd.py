@@ -59,11 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list() -> int:
-    from ..starter_zoo import RECIPES
+    from ..starter_zoo import LandmarkRecipe, recipes
 
-    for r in RECIPES:
-        labels = ", ".join(lb.name for lb in r.labels)
-        print(f"{r.name:20s} {r.modality:3s} {r.body_region:8s} {r.spatial_dims}D  {labels}")
+    for r in recipes():
+        if isinstance(r, LandmarkRecipe):
+            what = f"2D  landmarks: {r.variant}, {100 * r.fraction:g} % labels"
+        else:
+            what = f"{r.spatial_dims}D  " + ", ".join(lb.name for lb in r.labels)
+        print(f"{r.name:20s} {r.modality:3s} {r.body_region:8s} {what}")
     return 0
 
 

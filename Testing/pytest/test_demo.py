@@ -29,12 +29,20 @@ def test_demo_selects_and_applies_the_chest_xray_model_on_the_bundled_sample(sam
     assert result.outputs and result.outputs[0]["model"] == top.name
     assert any(top.name in line for line in lines)
     assert any(line.startswith("Summary: ") for line in lines)
+    # both chest X-ray models fit: the lung segmentation and the landmark model, each with its own output
+    applied = {row["model"]: row["output_name"] for row in result.outputs}
+    assert applied.get("dx-chest-lungs") == "dx-chest-lungs.seg.nrrd", applied
+    assert applied.get("dx-chest-landmarks") == "dx-chest-landmarks.mrk.json", applied
+
+
+def _segmentation_row(result):
+    return next(row for row in result.outputs if row["task"] == "segmentation")
 
 
 def test_demo_outputs_keep_the_input_geometry_and_card_segments(sample_demo):
     result, _ = sample_demo
     image = read_image(default_sample()).as_3d()  # a .seg.nrrd is 3D: a 2D input is one slice
-    row = result.outputs[0]
+    row = _segmentation_row(result)
     labels, segments = read_segmentation(row["output"])
     assert labels.array.shape == image.array.shape
     assert np.allclose(labels.spacing, image.spacing) and np.allclose(labels.origin, image.origin)
@@ -54,7 +62,8 @@ def test_demo_summary_page_has_ranking_and_overlays(sample_demo):
     for m in result.selection.models:
         assert m.name in page
     out_dir = result.summary_html.parent
-    assert (out_dir / result.outputs[0]["png_name"]).stat().st_size > 1000
+    for row in result.outputs:
+        assert row["png_name"] in page and (out_dir / row["png_name"]).stat().st_size > 1000
     assert (out_dir / "input.png").is_file()
 
 

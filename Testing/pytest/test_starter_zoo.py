@@ -198,19 +198,33 @@ def test_single_case_model_reports_no_validation(tiny_data: Path, tmp_path: Path
 
 # --- the bundled zoo ------------------------------------------------------------------------------------
 def test_bundled_zoo_cards_are_complete(zoo: Zoo):
-    assert sorted(zoo.names()) == sorted(r.name for r in sz.RECIPES)
+    assert sorted(zoo.names()) == sorted(r.name for r in sz.recipes())
     for name in zoo.names():
         path = zoo.get(name)
         card = validate_bundle(path)
         assert not card.synthetic and card.license and card.n_training_cases >= 1
         assert (path / "docs" / "README.md").is_file()
+        block = read_metadata(path)[sz.METADATA_KEY]
+        assert block["label_provenance"] and block["licence"] == card.license and block["recipe_hash"]
+        assert len(block["training_cases"]) == card.n_training_cases
+        if card.task_type == "landmarks":
+            # scored on the comparison's validation and test images, none of them trained on
+            assert {"val_mre_mm", "test_mre_mm", "test_sdr_4"} <= set(card.validation_metrics)
+            ids = {
+                part: {c["id"] for c in block[part]}
+                for part in ("training_cases", "validation_cases", "check_cases")
+            }
+            assert not ids["training_cases"] & (ids["validation_cases"] | ids["check_cases"])
+            assert all(
+                c["image"].endswith(".png") and c["label"].endswith("_landmarks.json")
+                for c in block["check_cases"]
+            )
+            assert len(card.labels) == len({lb["name"] for lb in card.labels}) >= 10
+            continue
         assert (
             card.validation_metrics.get("validation") == "none: single case"
             or "dice" in card.validation_metrics
         )
-        block = read_metadata(path)[sz.METADATA_KEY]
-        assert block["label_provenance"] and block["licence"] == card.license and block["recipe_hash"]
-        assert len(block["training_cases"]) == card.n_training_cases
         for lb in card.labels:
             assert lb["name"] and len(lb["color"]) == 3
             assert _triplet_ok(lb["terminology"]["category"]) and _triplet_ok(lb["terminology"]["type"])
@@ -263,6 +277,90 @@ def test_apply_bundled_model_to_sample_keeps_geometry(zoo: Zoo):
     pred = labels.array == 1
     dice = 2.0 * float((pred & truth).sum()) / float(pred.sum() + truth.sum())
     assert dice > 0.8  # a held-out radiograph: the lungs are found
+
+
+def test_bundled_landmark_model_finds_the_lung_borders_on_the_sample(zoo: Zoo, tmp_path: Path):
+    from scipy import ndimage
+
+    from ModelSelectorLib.infer import apply_to_file
+    from ModelSelectorLib.landmarks import read_markups
+
+    out = apply_to_file(ZOO, "dx-chest-landmarks", SAMPLES / "cxr_chest.png", tmp_path / "cxr.mrk.json")
+    points_lps, names = read_markups(out)
+    assert names == zoo.card("dx-chest-landmarks").label_names
+    image = read_image(SAMPLES / "cxr_chest.png")
+    # LPS millimetres back to pixels (x, y) of the PNG, whose geometry the markups keep
+    m = image.ijk_to_lps()
+    xy = np.linalg.solve(m[:2, :2], (points_lps[:, :2] - m[:2, 2]).T).T
+    mask = read_image(SAMPLES / "cxr_chest_lungmask.png", check_content=False).array > 0
+    border = mask ^ ndimage.binary_erosion(mask)
+    dist = ndimage.distance_transform_edt(~border)
+    lung = np.array([n.startswith(("RL_", "LL_")) for n in names])
+    ix = np.clip(np.round(xy[lung]).astype(int), 0, np.array(mask.shape[::-1]) - 1)
+    on_border = dist[ix[:, 1], ix[:, 0]]
+    assert np.median(on_border) < 12, on_border  # pixels (0.7 mm) from the lung mask's border
+    # the patient's right lung is on the image's left in a PA radiograph
+    right = np.array([n.startswith("RL_") for n in names])
+    left = np.array([n.startswith("LL_") for n in names])
+    assert xy[right, 0].mean() < mask.shape[1] / 2 < xy[left, 0].mean()
+
+
+def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(zoo: Zoo):
+    import matplotlib.cbook
+
+    from ModelSelectorLib.bundle import load_bundle
+    from ModelSelectorLib.selector import verify_fit
+
+    model = load_bundle(zoo.get("dx-chest-landmarks"))
+    chest = verify_fit(model, read_image(SAMPLES / "cxr_chest.png"))
+    ct = read_image(SAMPLES / "ct_abdomen.nii.gz")
+    ct_slice = Image(ct.array[56], tuple(ct.spacing[:2]), tuple(ct.origin[:2]), (1.0, 0.0, 0.0, 1.0), {})
+    photo = read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    others = [verify_fit(model, ct_slice), verify_fit(model, photo)]
+    # sharp heatmaps on a chest radiograph, diffuse ones elsewhere (the selector's model-alone check)
+    assert chest["fit"] > 0.7 and chest["heatmap_entropy"] < min(v["heatmap_entropy"] for v in others)
+    assert all(v["fit"] < 0.4 for v in others), others
+    assert verify_fit(model, ct) is None  # a volume does not suit a 2D model
+
+
+def test_landmark_recipe_uses_the_committed_comparison_settings():
+    import yaml
+
+    from ModelSelectorLib.landmarks import VARIANTS
+
+    grid = yaml.safe_load((ROOT / "docs" / "landmarks" / "grid.yaml").read_text(encoding="utf-8"))
+    for recipe in sz.LANDMARK_RECIPES:
+        assert recipe.variant in VARIANTS and 0 < recipe.fraction <= 1
+        assert recipe.grid["train"] == grid["train"] and recipe.grid["split_seed"] == grid["split_seed"]
+        assert recipe.modality in MODALITIES and recipe.body_region in BODY_REGIONS
+
+
+def test_landmark_recipe_builds_resumes_and_indexes(tmp_path: Path):
+    from ModelSelectorLib.index import load_index
+    from ModelSelectorLib.landmarks import make_synthetic_cxr
+    from ModelSelectorLib.landmarks_compare import GridConfig
+    from ModelSelectorLib.prototypes import load_prototypes
+
+    data = make_synthetic_cxr(tmp_path / "cxr", n_labelled=10, n_unlabelled=3, width=72, height=60, seed=3)
+    recipe = dataclasses.replace(
+        sz.LANDMARK_RECIPES[0], name="tiny-landmarks", variant="uncertainty_kd", fraction=0.5,
+        grid=GridConfig.quick().to_dict(), n_exemplars=2,
+    )  # fmt: skip
+    zoo_dir = tmp_path / "zoo"
+    first = sz.build_landmark_model(recipe, data, zoo_dir)
+    assert first["status"] == "built" and "test_mre_px" in first["metrics"]
+    assert sz.build_landmark_model(recipe, data, zoo_dir)["status"] == "skipped"  # resumable
+    card = validate_bundle(first["path"])
+    block = read_metadata(first["path"])[sz.METADATA_KEY]
+    assert card.task_type == "landmarks" and card.license == recipe.licence
+    assert block["variant"] == "uncertainty_kd" and len(block["training_cases"]) == card.n_training_cases == 4
+    exemplars = sz.exemplar_images(recipe, data)
+    assert len(exemplars) == 2 and {p.stem for p in exemplars} <= {c["id"] for c in block["training_cases"]}
+    assert all((data / c["image"]).is_file() for c in block["training_cases"])
+    sz.build_prototypes(recipe, data, zoo_dir, data_free=2)
+    assert set(load_prototypes(first["path"]).origins()) == {"exemplar", "data-free"}
+    idx = load_index(sz.build_index(zoo_dir))
+    assert idx.model_names() == ["tiny-landmarks"]
 
 
 def test_samples_are_documented():
