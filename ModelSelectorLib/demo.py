@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -91,6 +92,7 @@ def overlay_png(
     labels: Optional[Image] = None,
     colors: Optional[dict[int, tuple[float, float, float]]] = None,
     points_ijk: Optional[np.ndarray] = None,
+    point_colors: Optional[Sequence[tuple[float, float, float]]] = None,
 ) -> Path:
     """Save the input's slices with label contours (in each segment's colour) or landmark points over them.
 
@@ -101,6 +103,7 @@ def overlay_png(
         labels: label map in the input's grid, or None.
         colors: label value -> RGB in [0, 1] (default: matplotlib's tab10).
         points_ijk: ``(n, 2)`` landmark positions ``(x, y)`` in pixels of a 2D input, or None.
+        point_colors: ``n`` RGB colours in [0, 1] of the points (default: red).
     """
     import matplotlib
 
@@ -120,7 +123,7 @@ def overlay_png(
                 color = (colors or {}).get(int(v), tuple(palette[n % 10][:3]))
                 ax.contour(lab == v, levels=[0.5], colors=[color], linewidths=1.0)
         if points_ijk is not None and len(panels) == 1:
-            ax.plot(points_ijk[:, 0], points_ijk[:, 1], "r.", markersize=3)
+            ax.scatter(points_ijk[:, 0], points_ijk[:, 1], s=6, c=list(point_colors) if point_colors else "r")
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -176,10 +179,13 @@ def _apply(loaded: Any, image: Image, out_dir: Path, device: str) -> dict[str, A
     if card.task_type == "landmarks":
         from .landmarks import predict_image_points, write_markups
 
+        groups = dict.fromkeys(n.split("_")[0] for n in card.label_names)  # point names are GROUP_NN
+        row["segments"] = f"{len(card.label_names)} points ({', '.join(groups)})"
         points = predict_image_points(loaded, image, device=device)
         output = write_markups(out_dir / f"{name}.mrk.json", points, card.label_names, label=name)
         ijk = _points_to_pixels(points, image)
-        png = overlay_png(image, out_dir / f"{name}.png", name, points_ijk=ijk)
+        colors = [tuple(lb.get("color", (1.0, 0.0, 0.0))) for lb in card.labels]
+        png = overlay_png(image, out_dir / f"{name}.png", name, points_ijk=ijk, point_colors=colors)
     else:
         labels = apply_model(loaded, image, device=device)
         segments = segments_of(card)

@@ -61,7 +61,8 @@ class TrainConfig:
         seed: random seed (split, weights, patches).
         num_workers: DataLoader workers.
         loss: ``"dice"``, ``"dicece"`` or ``"dicefocal"``.
-        augment: random flips, 90-degree in-plane rotations and intensity jitter.
+        augment: random flips, 90-degree in-plane rotations (square in-plane ``roi_size`` only) and
+            intensity jitter.
         max_cases: use at most this many cases (``None``: all).
         device: torch device.
         version: model version in the zoo (``None``: ``0.1.0``, or the next patch version of an existing model).
@@ -259,8 +260,9 @@ def _train_transforms(config: TrainConfig, roi: Sequence[int], spatial_dims: int
     ]
     if config.augment:
         ts += [T.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(spatial_dims)]
+        if roi[0] == roi[1]:  # a quarter turn of a non-square patch would change its shape within a batch
+            ts.append(T.RandRotate90d(keys, prob=0.3, spatial_axes=(0, 1)))
         ts += [
-            T.RandRotate90d(keys, prob=0.3, spatial_axes=(0, 1)),
             T.RandScaleIntensityd("image", factors=0.1, prob=0.3),
             T.RandShiftIntensityd("image", offsets=0.05, prob=0.3),
         ]

@@ -299,3 +299,21 @@ def test_intensity_mode_follows_modality():
         np.array([-2000.0, 0.0, 2000.0], np.float32), {"mode": "ct", "a_min": -1000, "a_max": 1000}
     )
     assert np.allclose(ct, [0.0, 0.5, 1.0]) and ct.dtype == np.float32
+
+
+@pytest.mark.parametrize("roi", [(24, 16, 8), (16, 16, 8)])
+def test_augmented_patches_keep_the_roi_shape(roi):
+    """Every augmented training patch has the configured shape, also for a non-square in-plane roi
+    (a quarter turn would otherwise make patches of two shapes that cannot be batched)."""
+    from monai.utils import set_determinism
+
+    from ModelSelectorLib.train import TrainConfig, _train_transforms
+
+    set_determinism(seed=0)
+    transform = _train_transforms(TrainConfig(roi_size=roi, augment=True, num_samples=4), roi, 3)
+    label = np.zeros((1, 40, 40, 20), np.uint8)
+    label[0, 10:30, 12:28, 5:15] = 1
+    item = {"image": np.random.default_rng(0).random((1, 40, 40, 20)).astype(np.float32), "label": label}
+    shapes = {tuple(p["image"].shape[1:]) for _ in range(10) for p in transform(item)}
+    assert shapes == {roi}
+    set_determinism(seed=None)
