@@ -606,7 +606,7 @@ def train_into_zoo(
     cfg: GridConfig,
     name: str = "dx-chest-landmarks",
     version: str = "1.0.0",
-    variant: str = "offline_kd",
+    variant: str = "uncertainty_kd",
     fraction: float = 1.0,
     seed: int = 0,
     weights: Optional[PathLike] = None,

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--zoo", type=Path, required=True, help="zoo folder (created if missing)")
     t.add_argument("--name", default="dx-chest-landmarks", help="model name in the zoo")
     t.add_argument("--version", default="1.0.0", help="model version")
-    t.add_argument("--variant", default="offline_kd", help="training variant (default: offline_kd)")
+    t.add_argument("--variant", default="uncertainty_kd", help="training variant (default: uncertainty_kd)")
     t.add_argument("--fraction", type=float, default=1.0, help="labelled fraction of the training images")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--config", type=Path, help="YAML with GridConfig settings (its 'train' block is used)")
