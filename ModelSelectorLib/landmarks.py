@@ -1041,15 +1041,16 @@ def landmark_labels(schema: LandmarkSchema) -> list[dict[str, Any]]:
             for i, name in enumerate(schema.names)]  # fmt: skip
 
 
-def heatmap_entropy(logits: Any) -> np.ndarray:
-    """Normalised spatial entropy of heatmap logits ``(N, P, X, Y)``, mean over the landmarks: ``(N,)`` in
-    [0, 1] (0: every landmark a one-pixel peak; 1: uniform maps). A model-alone sign of how familiar an
-    input is: a landmark network's maps are sharp on the images it learnt from and diffuse elsewhere."""
+def heatmap_entropy(logits: Any) -> Any:
+    """Normalised spatial entropy of heatmap logits ``(N, P, X, Y)``, mean over the landmarks: a ``(N,)``
+    torch tensor in [0, 1] (0: every landmark a one-pixel peak; 1: uniform maps), differentiable. A
+    model-alone sign of how familiar an input is: a landmark network's maps are sharp on the images it
+    learnt from and diffuse elsewhere (used by model inversion and the selector's verification)."""
     import torch
 
     q = torch.softmax(torch.as_tensor(logits).float().flatten(2), dim=2)
     h = -(q * torch.log(q.clamp_min(1e-12))).sum(2) / math.log(q.shape[2])
-    return h.mean(1).numpy()
+    return h.mean(1)
 
 
 def image_logits(loaded: Any, image: Any, device: str = "cpu") -> tuple[Any, tuple[float, float], Any]:

@@ -672,7 +672,7 @@ def _train_into_zoo(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: L.Landma
         images = L.stack_cases(cases, tc.sigma).images
         pred = L.predict_points(net, images, tc)
         if part == "val":  # the reference of the selector's model-alone check (selector.verify_fit)
-            entropy = L.heatmap_entropy(L.predict_logits(net, images, device=tc.device))
+            entropy = L.heatmap_entropy(L.predict_logits(net, images, device=tc.device)).numpy()
             metrics["val_heatmap_entropy"] = round(float(entropy.mean()), 4)
         m = L.evaluate_predictions(pred, cases, schema, cfg.radii)
         metrics.update({f"{part}_{k}": round(float(v), 4) for k, v in m.items()

@@ -401,6 +401,7 @@ def synthesize_inputs(
     import torch
 
     from .infer import CANONICAL_AXCODES, axcodes_direction
+    from .landmarks import heatmap_entropy
 
     if n < 1 or steps < 0:
         raise InputError(f"n must be >= 1 and steps >= 0 (got n={n}, steps={steps}).")
@@ -443,10 +444,10 @@ def synthesize_inputs(
                     out = out[0]
                 if card.task_type == "landmarks":
                     # each channel is a spatial softmax: confident = one sharp peak per landmark
-                    q = torch.softmax(out.flatten(2), dim=2)
-                    entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(2).mean() / math.log(q.shape[2])
-                    fg = q.amax(2).mean()  # reported as "foreground": the mean peak probability
-                    conf = entropy
+                    conf = entropy = heatmap_entropy(out).mean()
+                    fg = (
+                        torch.softmax(out.flatten(2), dim=2).amax(2).mean()
+                    )  # reported: mean peak probability
                 else:
                     p = torch.softmax(out, dim=1)
                     entropy = -(p * torch.log(p.clamp_min(1e-8))).sum(1).mean()

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -61,8 +62,11 @@ class TrainConfig:
         seed: random seed (split, weights, patches).
         num_workers: DataLoader workers.
         loss: ``"dice"``, ``"dicece"`` or ``"dicefocal"``.
-        augment: random flips, 90-degree in-plane rotations (square in-plane ``roi_size`` only) and
-            intensity jitter.
+        augment: random flips, 90-degree in-plane rotations (square in-plane ``roi_size``, and only when the
+            left-right axis may be flipped) and intensity jitter.
+        flip_axes: axes of the random flips (``None``: every axis but the left-right one, axis 0 of the
+            canonical RAS grid, when a label is lateral -- its name says left or right -- since a mirrored
+            image would teach the model the wrong side; every axis otherwise).
         max_cases: use at most this many cases (``None``: all).
         device: torch device.
         version: model version in the zoo (``None``: ``0.1.0``, or the next patch version of an existing model).
@@ -88,6 +92,7 @@ class TrainConfig:
     num_workers: int = 0
     loss: str = "dicece"
     augment: bool = True
+    flip_axes: Optional[tuple[int, ...]] = None
     max_cases: Optional[int] = None
     device: str = "cpu"
     version: Optional[str] = None
@@ -104,7 +109,7 @@ class TrainConfig:
                 f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}."
             )
         kw = dict(data)
-        for key in ("channels", "roi_size", "target_spacing"):
+        for key in ("channels", "roi_size", "target_spacing", "flip_axes"):
             if kw.get(key) is not None:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
@@ -248,7 +253,24 @@ def load_cases(
     return items
 
 
-def _train_transforms(config: TrainConfig, roi: Sequence[int], spatial_dims: int) -> Any:
+def flip_axes(config: TrainConfig, label_names: Sequence[str], spatial_dims: int) -> tuple[int, ...]:
+    """The axes :func:`_train_transforms` flips: ``config.flip_axes``, or every axis except the left-right
+    one (0 in the canonical RAS grid and in a 2D image's x) when a label name is lateral."""
+    if config.flip_axes is not None:
+        bad = [a for a in config.flip_axes if not 0 <= int(a) < spatial_dims]
+        if bad:
+            raise TrainingError(f"flip_axes {list(config.flip_axes)}: axes must be in 0..{spatial_dims - 1}.")
+        return tuple(int(a) for a in config.flip_axes)
+    lateral = any(re.search(r"\b(left|right)\b", n, re.IGNORECASE) for n in label_names)
+    return tuple(range(1 if lateral else 0, spatial_dims))
+
+
+def _train_transforms(
+    config: TrainConfig, roi: Sequence[int], spatial_dims: int, flips: Optional[Sequence[int]] = None
+) -> Any:
+    """MONAI training transforms: pad, label-balanced crops and (``config.augment``) flips along ``flips``
+    (default: every axis), in-plane quarter turns (when axis 0 is among the flips and the in-plane roi is
+    square) and intensity jitter."""
     from monai import transforms as T
 
     keys = ["image", "label"]
@@ -259,8 +281,11 @@ def _train_transforms(config: TrainConfig, roi: Sequence[int], spatial_dims: int
         ),  # fmt: skip
     ]
     if config.augment:
-        ts += [T.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(spatial_dims)]
-        if roi[0] == roi[1]:  # a quarter turn of a non-square patch would change its shape within a batch
+        axes = tuple(range(spatial_dims)) if flips is None else tuple(flips)
+        ts += [T.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in axes]
+        # quarter turns also move the left-right axis (so only where it may be mirrored anyway), and would
+        # give a non-square patch two shapes within a batch
+        if 0 in axes and roi[0] == roi[1]:
             ts.append(T.RandRotate90d(keys, prob=0.3, spatial_axes=(0, 1)))
         ts += [
             T.RandScaleIntensityd("image", factors=0.1, prob=0.3),
@@ -349,7 +374,7 @@ def _labels(dataset: MSDDataset) -> list[dict[str, Any]]:
 def _fit(
     network: Any, train_items: list[dict[str, np.ndarray]], val_items: list[dict[str, np.ndarray]],
     config: TrainConfig, n_classes: int, spatial_dims: int, cancel: Optional[Any],
-    history: Optional[list[dict[str, Any]]] = None,
+    history: Optional[list[dict[str, Any]]] = None, flips: Optional[Sequence[int]] = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Train ``network``; returns ``(best state_dict, best validation result)``.
 
@@ -358,7 +383,7 @@ def _fit(
     from monai.data import DataLoader, Dataset
 
     roi = [int(r) for r in config.roi_size]
-    loader = DataLoader(Dataset(train_items, _train_transforms(config, roi, spatial_dims)),
+    loader = DataLoader(Dataset(train_items, _train_transforms(config, roi, spatial_dims, flips)),
                         batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers)  # fmt: skip
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     loss_fn = _loss(config.loss)
@@ -462,11 +487,13 @@ def train_segmentation(
     net_def = network_def(config, spatial_dims, n_classes)
     network = build_network(net_def).to(config.device)
     history: list[dict[str, Any]] = []
-    best_state, best = _fit(network, train_items, val_items, config, n_classes, spatial_dims, cancel, history)
+    labels = _labels(dataset)
+    flips = flip_axes(config, [lb["name"] for lb in labels], spatial_dims)
+    best_state, best = _fit(network, train_items, val_items, config, n_classes, spatial_dims, cancel, history,
+                            flips)  # fmt: skip
     set_determinism(seed=None)
 
     zoo = Zoo.create(zoo_dir) if not (Path(zoo_dir) / "zoo.json").is_file() else Zoo(zoo_dir)
-    labels = _labels(dataset)
     names = {lb["value"]: lb["name"] for lb in labels}
     metrics: dict[str, Any] = {"dice": round(best["dice"], 4)}
     metrics.update({f"dice_{names.get(v, v)}": round(d, 4) for v, d in best["per_label"].items()})
@@ -500,7 +527,8 @@ def train_segmentation(
     with tempfile.TemporaryDirectory(prefix="modelselector-train-") as tmp:
         bundle_dir = save_bundle(Path(tmp) / name, card, net_def, best_state, description=description)
         curve = {"epochs": history, "best_val_dice": round(best["dice"], 6),
-                 "validation_cases": [Path(it["case"]).name for it in val_items]}  # fmt: skip
+                 "validation_cases": [Path(it["case"]).name for it in val_items],
+                 "flip_axes": list(flips) if config.augment else []}  # fmt: skip
         atomic.write_json(bundle_dir / CURVE_FILE, curve)
         atomic.write_json(bundle_dir / TRAIN_CONFIG_FILE, json.loads(json.dumps(dataclasses.asdict(config))))
         zoo.add(bundle_dir)

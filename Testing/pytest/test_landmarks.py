@@ -309,12 +309,9 @@ def test_data_free_inputs_of_a_landmark_model_sharpen_its_heatmaps(synth_data, t
     loaded = load_bundle(Zoo(tmp_path / "zoo").get("lm"))
 
     def spatial_entropy(images):
-        x = torch.from_numpy(np.stack([L.normalize_image(im.array).T for im in images]).astype(np.float32))[
-            :, None
-        ]
+        arrays = np.stack([L.normalize_image(im.array).T for im in images]).astype(np.float32)
         with torch.no_grad():
-            q = torch.softmax(loaded.network(x).flatten(2), 2)
-        return float(-(q * q.clamp_min(1e-12).log()).sum(2).mean() / np.log(q.shape[2]))
+            return float(L.heatmap_entropy(loaded.network(torch.from_numpy(arrays)[:, None])).mean())
 
     info: dict = {}
     start = synthesize_inputs(loaded, n=3, steps=0, seed=1, progress=False)

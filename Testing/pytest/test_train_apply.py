@@ -317,3 +317,39 @@ def test_augmented_patches_keep_the_roi_shape(roi):
     shapes = {tuple(p["image"].shape[1:]) for _ in range(10) for p in transform(item)}
     assert shapes == {roi}
     set_determinism(seed=None)
+
+
+def test_flips_spare_the_left_right_axis_for_lateral_labels():
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.train import TrainConfig, flip_axes
+
+    cfg = TrainConfig()
+    assert flip_axes(cfg, ["Liver", "Right kidney", "Left kidney"], 3) == (1, 2)
+    assert flip_axes(cfg, ["Left ventricle myocardium"], 3) == (1, 2)
+    assert flip_axes(cfg, ["Liver", "Spleen"], 3) == (0, 1, 2)
+    assert flip_axes(cfg, ["Lungs"], 2) == (0, 1)
+    assert flip_axes(cfg, ["Brightness"], 2) == (0, 1)  # "right" only as a whole word
+    assert flip_axes(TrainConfig(flip_axes=(0,)), ["Right kidney"], 3) == (0,)
+    with pytest.raises(TrainingError, match="flip_axes"):
+        flip_axes(TrainConfig(flip_axes=(3,)), ["Liver"], 3)
+
+
+def test_lateral_labels_stay_on_their_side_through_augmentation():
+    from monai.utils import set_determinism
+
+    from ModelSelectorLib.train import TrainConfig, _train_transforms, flip_axes
+
+    roi = (16, 16, 8)
+    cfg = TrainConfig(roi_size=roi, augment=True, num_samples=4)
+    flips = flip_axes(cfg, ["Right kidney", "Left kidney"], 3)
+    set_determinism(seed=0)
+    transform = _train_transforms(cfg, roi, 3, flips)
+    label = np.zeros((1, 16, 16, 8), np.uint8)
+    label[0, :8] = 1  # low x (the patient's right in RAS) holds label 1
+    label[0, 8:] = 2
+    item = {"image": np.random.default_rng(0).random((1, 16, 16, 8)).astype(np.float32), "label": label}
+    for _ in range(10):
+        for patch in transform(item):
+            lab = np.asarray(patch["label"])[0]
+            assert (lab[:8] == 1).all() and (lab[8:] == 2).all()
+    set_determinism(seed=None)
