@@ -54,6 +54,17 @@ def write_json(target: PathLike, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def save_figure(fig: Any, target: PathLike, dpi: Any = None) -> Path:
+    """Save the matplotlib figure ``fig`` to ``target`` as PNG atomically, then close it. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(target)
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format="png", **({} if dpi is None else {"dpi": dpi}))
+    plt.close(fig)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(target: PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` as a whole.

@@ -110,7 +110,7 @@ def overlay_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_path
+    from .atomic import save_figure
 
     panels = _contour_panels(image, labels)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=90, squeeze=False)
@@ -127,10 +127,7 @@ def overlay_png(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 SUMMARY_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>ModelSelector demo</title>

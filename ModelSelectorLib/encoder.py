@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .atomic import atomic_path, write_json, write_text
+from .atomic import atomic_path, save_figure, write_json, write_text
 from .errors import DatasetError, InputError, ModelSelectorError, TrainingError
 from .io import Image, read_image
 from .progress import check_cancel, progress_bar
@@ -625,9 +625,7 @@ def _plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: s
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(str(tmp), dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def train_encoder(

@@ -47,6 +47,7 @@ import numpy as np
 
 from .errors import DatasetError, InputError, TrainingError
 from .progress import check_cancel, progress_bar
+from .settings import check_settings
 
 PathLike = Union[str, Path]
 
@@ -636,12 +637,7 @@ class LandmarkTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LandmarkTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TrainingError(
-                f"unknown landmark training setting(s) {unknown}; known: {', '.join(sorted(names))}."
-            )
+        check_settings(cls, data, "landmark training")
         cfg = cls(**data)
         if cfg.size < 16 or cfg.steps < 1 or cfg.batch_size < 1 or cfg.sigma <= 0 or cfg.kd_temperature <= 0:
             raise TrainingError(

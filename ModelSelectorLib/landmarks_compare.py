@@ -31,6 +31,7 @@ from . import atomic
 from . import landmarks as L
 from .errors import TrainingError
 from .progress import check_cancel, progress_bar
+from .settings import check_settings
 
 PathLike = Union[str, Path]
 
@@ -74,10 +75,7 @@ class GridConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TrainingError(f"unknown grid setting(s) {unknown}; known: {', '.join(sorted(names))}.")
+        check_settings(cls, data, "grid")
         cfg = cls(**data)
         bad = [v for v in cfg.variants if v not in L.VARIANTS]
         if bad:
@@ -390,11 +388,7 @@ def plot_error_vs_fraction(results: dict[str, Any], path: PathLike, metric: str 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path)
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -434,11 +428,7 @@ def plot_overlays(
     fig.suptitle(f"{L.VARIANT_TITLES[run['variant']]}, {run['fraction'] * 100:g} % labels, seed {run['seed']}",
                  fontsize=8)  # fmt: skip
     fig.tight_layout()
-    path = Path(path)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path)
 
 
 def write_report(

@@ -102,11 +102,7 @@ def render_overlay(
             ax.contour(xs, ys, m, levels=[0.5], colors=[color], linewidths=2.0, antialiased=False)
     ax.set_xlim(0, w_mm)
     ax.set_ylim(h_mm, 0)
-    path = Path(path)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(str(tmp), format="png", dpi=dpi)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=dpi)
 
 
 def render_curve(curve: Mapping[str, Any], path: PathLike) -> Optional[Path]:
@@ -146,11 +142,7 @@ def render_curve(curve: Mapping[str, Any], path: PathLike) -> Optional[Path]:
         lines, names = lines + l2, names + n2
     ax.legend(lines, names, fontsize=7, loc="center right")
     fig.tight_layout()
-    path = Path(path)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(str(tmp), format="png")
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path)
 
 
 # --- evaluation of one candidate ------------------------------------------------------------------------

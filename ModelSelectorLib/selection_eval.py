@@ -44,7 +44,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .atomic import atomic_path, write_json, write_text
+from .atomic import atomic_path, save_figure, write_json, write_text
 from .baselines import (
     REGION_CODES,
     HeaderRulesRanker,
@@ -879,9 +879,7 @@ def plot_confusion(
     ax.set_ylabel("image's modality:region (true)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(str(tmp), dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 METRIC_COLUMNS = ["top1", "P@1", "P@3", "P@5", "R@1", "R@3", "R@5", "mAP", "ood_auroc", "fit_accuracy",

@@ -185,15 +185,10 @@ def load_sweep(path: PathLike) -> SweepSpec:
     Raises:
         TrainingError: missing file, invalid YAML, or an invalid sweep (see :func:`expand_sweep`).
     """
-    import yaml
+    from .settings import read_settings_file
 
     p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"{p}: no such sweep file.")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise TrainingError(f"{p}: not valid YAML ({e}).") from e
+    data = read_settings_file(p, "sweep")
     try:
         return expand_sweep(data)
     except TrainingError as e:

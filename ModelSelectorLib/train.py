@@ -30,6 +30,7 @@ from .errors import TrainingError
 from .infer import CANONICAL_AXCODES, preprocess, resample_label
 from .io import read_image
 from .progress import check_cancel, progress_bar
+from .settings import check_settings
 
 ARCHITECTURES = ("unet", "segresnet", "attentionunet", "dynunet")
 #: bundle file with the per-epoch training curve written by :func:`train_segmentation`
@@ -102,12 +103,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """A config from a dict (e.g. parsed YAML); unknown keys raise :class:`TrainingError`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TrainingError(
-                f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}."
-            )
+        check_settings(cls, data, "training")
         kw = dict(data)
         for key in ("channels", "roi_size", "target_spacing", "flip_axes"):
             if kw.get(key) is not None:

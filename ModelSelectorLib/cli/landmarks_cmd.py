@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError
-
 COMPARE_HELP = """\
 Run the comparison grid (variants x label fractions x seeds) on a chest X-ray landmark folder and write
 OUT/report.md, OUT/mre_vs_fraction.png, OUT/overlays/ and OUT/results.json. Finished runs are stored in
@@ -63,16 +61,9 @@ def _grid_config(args: argparse.Namespace) -> Any:
     from ..landmarks_compare import GridConfig
 
     if args.config:
-        import yaml
+        from ..settings import read_settings_file
 
-        if not args.config.is_file():
-            raise TrainingError(f"{args.config}: no such config file.")
-        try:
-            data = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise TrainingError(f"{args.config}: not valid YAML ({e}).") from e
-        if not isinstance(data, dict):
-            raise TrainingError(f"{args.config}: must hold a mapping such as 'seeds: [0, 1, 2]'.")
+        data = read_settings_file(args.config, example="seeds: [0, 1, 2]")
         base = GridConfig.quick().to_dict() if args.quick else {}
         return GridConfig.from_dict({**base, **data})
     return GridConfig.quick() if args.quick else GridConfig()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-from ..errors import TrainingError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,24 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.is_file():
-        raise TrainingError(f"{path}: no such config file.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise TrainingError(f"{path}: not valid YAML ({e}).") from e
-    if not isinstance(data, dict):
-        raise TrainingError(f"{path}: must hold a mapping of settings such as 'epochs: 50'.")
-    return data
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..settings import read_settings_file
     from ..train import TrainConfig, train_segmentation
 
-    settings = _read_config(args.config) if args.config else {}
+    settings = read_settings_file(args.config, example="epochs: 50") if args.config else {}
     for key, value in (("epochs", args.epochs), ("architecture", args.arch), ("seed", args.seed),
                        ("device", args.device)):  # fmt: skip
         if value is not None:
