@@ -826,13 +826,18 @@ def predict_logits(
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
-def predict_points(net: Any, images: Any, cfg: LandmarkTrainConfig) -> np.ndarray:
-    """Decoded landmarks ``(N, P, 2)`` ``(x, y)`` of the resized grid."""
+def decode_logits(logits: Any, method: str = "centroid", radius: int = 5) -> np.ndarray:
+    """Landmarks ``(N, P, 2)`` ``(x, y)`` of heatmap logits ``(N, P, X, Y)``: spatial softmax, then
+    :func:`decode_heatmaps`."""
     import torch
 
-    logits = predict_logits(net, images, device=cfg.device)
     prob = torch.softmax(logits.flatten(2), 2).reshape(logits.shape)
-    return decode_heatmaps(prob, cfg.decode, cfg.decode_radius)
+    return decode_heatmaps(prob, method, radius)
+
+
+def predict_points(net: Any, images: Any, cfg: LandmarkTrainConfig) -> np.ndarray:
+    """Decoded landmarks ``(N, P, 2)`` ``(x, y)`` of the resized grid."""
+    return decode_logits(predict_logits(net, images, device=cfg.device), cfg.decode, cfg.decode_radius)
 
 
 def teacher_targets(
@@ -1090,12 +1095,9 @@ def predict_image_points(
     Returns:
         ``(P, 3)`` LPS positions (z = the slice's position; 0 for a 2D image).
     """
-    import torch
-
     check_cancel(cancel)
     logits, scale, img = image_logits(loaded, image, device)
-    prob = torch.softmax(logits.flatten(2), 2).reshape(logits.shape)[0]
-    pts = to_original(decode_heatmaps(prob, "centroid", 5), scale)  # (P, 2) continuous index (i, j)
+    pts = to_original(decode_logits(logits)[0], scale)  # (P, 2) continuous index (i, j)
     idx = np.zeros((len(pts), img.ndim))
     idx[:, :2] = pts
     m = img.ijk_to_lps()

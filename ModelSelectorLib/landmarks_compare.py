@@ -659,11 +659,10 @@ def _train_into_zoo(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: L.Landma
     metrics = {}
     for part in ("val", "test"):
         cases = [by_id[i] for i in splits[part]]
-        images = L.stack_cases(cases, tc.sigma).images
-        pred = L.predict_points(net, images, tc)
+        logits = L.predict_logits(net, L.stack_cases(cases, tc.sigma).images, device=tc.device)
+        pred = L.decode_logits(logits, tc.decode, tc.decode_radius)
         if part == "val":  # the reference of the selector's model-alone check (selector.verify_fit)
-            entropy = L.heatmap_entropy(L.predict_logits(net, images, device=tc.device)).numpy()
-            metrics["val_heatmap_entropy"] = round(float(entropy.mean()), 4)
+            metrics["val_heatmap_entropy"] = round(float(L.heatmap_entropy(logits).mean()), 4)
         m = L.evaluate_predictions(pred, cases, schema, cfg.radii)
         metrics.update({f"{part}_{k}": round(float(v), 4) for k, v in m.items()
                         if k in ("mre_mm", "mre_px", "sdr_2", "sdr_4", "sdr_10", "self_intersection")})  # fmt: skip
