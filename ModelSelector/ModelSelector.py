@@ -8,88 +8,40 @@ The logic only needs MRML (``slicer-core`` is enough), so it can be imported and
 application or Qt; the GUI pieces are imported only when available.
 """
 
-import importlib.util
-import json
-import logging
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import unittest
 from typing import Any, Callable, Optional
 
 import slicer
 
-try:  # the Slicer application (GUI or --no-main-window)
-    import ctk
-    import qt
-    import vtk
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    from slicer.util import VTKObservationMixin
-
-    HAVE_SLICER_APP = True
-except ImportError:  # only MRML (e.g. ``pip install slicer-core``): the logic still works
-    HAVE_SLICER_APP = False
-    ctk = qt = vtk = None  # type: ignore[assignment]
-    parameterNodeWrapper = None  # type: ignore[assignment]
-
-    class ScriptedLoadableModule:  # type: ignore[no-redef]
-        def __init__(self, parent: Any = None) -> None:
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
-        def __init__(self, parent: Any = None) -> None:
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
-        def __init__(self, parent: Any = None) -> None:
-            self.parent = parent
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
-        def delayDisplay(self, message: str, msec: int = 0) -> None:
-            logging.info(message)
-
-    class VTKObservationMixin:  # type: ignore[no-redef]
-        pass
-
-
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+if MODULE_DIR not in sys.path:  # the support package beside this file
+    sys.path.insert(0, MODULE_DIR)
 
-#: Python packages the library needs at run time: (import name, pip requirement)
-DEPENDENCIES = [
-    ("torch", "torch"),
-    ("monai", "monai>=1.3"),
-    ("SimpleITK", "SimpleITK"),
-    ("slicerio", "slicerio"),
-    ("hnswlib", "hnswlib"),
-]
+from ModelSelectorSupport.dependencies import installDependencies, missingDependencies  # noqa: E402
+from ModelSelectorSupport.headless import (  # noqa: E402
+    HAVE_SLICER_APP,
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+    VTKObservationMixin,
+    parameterNodeWrapper,
+    qt,
+    vtk,
+)
+from ModelSelectorSupport.jobs import (  # noqa: E402
+    ApplyJob,
+    FindJob,
+    Job,
+    ModelSelectorCancelled,
+    ModelSelectorProcessError,
+)
+from ModelSelectorSupport.selftest import make_test_volume, make_tiny_zoo, vtk_matrix_to_list  # noqa: E402
 
 NO_FIT_MESSAGE = "No model in the zoo fits this image"
-ERROR_PREFIX = "modelselector: error: "
-
-
-class ModelSelectorProcessError(RuntimeError):
-    """The ``ModelSelectorLib`` process failed; the message is its one-line error."""
-
-    def __init__(self, message: str, returncode: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.returncode = returncode
-
-
-class ModelSelectorCancelled(ModelSelectorProcessError):
-    """The user cancelled the run; nothing was added to the scene."""
-
-
 #
 # ModelSelector
 #
@@ -156,7 +108,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[ModelSelectorLogic] = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job: Optional[_Job] = None
+        self._job: Optional[Job] = None
         self._models: list[dict[str, Any]] = []
         self._dependenciesChecked = False
         self._onDone: Callable[[Any], None] = lambda result: None
@@ -384,12 +336,13 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         names = ", ".join(node.GetName() for node in segmentationNodes)
         self._setStatus(f"Done: {names}")
         for node in segmentationNodes:
-            node.CreateClosedSurfaceRepresentation()
+            if hasattr(node, "CreateClosedSurfaceRepresentation"):  # segmentations get a 3D surface
+                node.CreateClosedSurfaceRepresentation()
         if segmentationNodes:
             slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
 
     # --- job polling --------------------------------------------------------------------------------------
-    def _startJob(self, job: "_Job", text: str, onDone: Callable[[Any], None]) -> None:
+    def _startJob(self, job: "Job", text: str, onDone: Callable[[Any], None]) -> None:
         self._job = job
         self._onDone = onDone
         self.ui.progressBar.setVisible(True)
@@ -433,254 +386,6 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             self._job.cancel()
             self._setStatus("Cancelling...")
-
-
-#
-# Subprocess jobs (shared by the blocking logic calls and the widget's QTimer polling)
-#
-
-
-def _pump_lines(stream: Any, lines: queue.Queue) -> None:
-    for line in iter(stream.readline, ""):
-        lines.put(line.rstrip("\r\n"))
-    stream.close()
-
-
-class _Job:
-    """One or more ``python -m ModelSelectorLib`` processes run one after the other.
-
-    Call :meth:`poll` repeatedly (from a QTimer, or a loop): it forwards progress, returns True when all the
-    work is done (``result`` then holds the answer) and raises :class:`ModelSelectorProcessError` on failure.
-    Temporary files are removed when the job ends in any way.
-    """
-
-    def __init__(
-        self, logic: "ModelSelectorLogic", progressCallback: Optional[Callable[[float, str], None]] = None
-    ):
-        self.logic = logic
-        self.progressCallback = progressCallback
-        self.tempDir = tempfile.mkdtemp(prefix="ModelSelector-")
-        self.process: Optional[subprocess.Popen] = None
-        self.stdout = ""
-        self.log = ""
-        self.result: Any = None
-        self._errors: list[str] = []
-        self._lines: queue.Queue = queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self._stdoutParts: list[str] = []
-        self._cancelled = False
-        self._finished = False
-        self._step = 0
-        self._steps = 1
-
-    # to be provided by subclasses
-    def _nextCommand(self) -> Optional[list[str]]:
-        raise NotImplementedError
-
-    def _stepDone(self) -> None:
-        raise NotImplementedError
-
-    def _start(self, args: list[str]) -> None:
-        command = [self.logic.pythonExecutable(), "-m", "ModelSelectorLib", *args]
-        logging.info("ModelSelector: running %s", " ".join(command))
-        self.log += "$ " + " ".join(command) + "\n"
-        self._errors = []
-        self._stdoutParts = []
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=self.logic.processEnvironment(),
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        err = threading.Thread(target=_pump_lines, args=(self.process.stderr, self._lines), daemon=True)
-        out = threading.Thread(target=self._readStdout, args=(self.process.stdout,), daemon=True)
-        self._threads = [err, out]
-        for t in self._threads:
-            t.start()
-
-    def _readStdout(self, stream: Any) -> None:
-        self._stdoutParts.append(stream.read())
-        stream.close()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            if line.startswith("PROGRESS "):
-                parts = line.split(" ", 2)
-                try:
-                    fraction = float(parts[1])
-                except (IndexError, ValueError):
-                    continue
-                text = parts[2] if len(parts) > 2 else ""
-                if self.progressCallback is not None:
-                    self.progressCallback((self._step + min(max(fraction, 0.0), 1.0)) / self._steps, text)
-            elif line.strip():
-                self.log += line + "\n"
-                self._errors.append(line)
-
-    def errorMessage(self) -> str:
-        """The process's one-line error (``modelselector: error: ...`` without the prefix)."""
-        for line in reversed(self._errors):
-            if line.startswith(ERROR_PREFIX):
-                return line[len(ERROR_PREFIX) :].strip()
-        for line in reversed(self._errors):  # e.g. a Python traceback: its last line names the exception
-            if line.strip():
-                return line.strip()
-        return "the ModelSelectorLib process failed without a message"
-
-    def poll(self) -> bool:
-        if self._finished:
-            return True
-        try:
-            if self._cancelled:
-                raise ModelSelectorCancelled("cancelled by the user")
-            if self.process is None:
-                command = self._nextCommand()
-                if command is None:
-                    self._finished = True
-                    self.cleanup()
-                    return True
-                self._start(command)
-                return False
-            returncode = self.process.poll()
-            if returncode is None:
-                self._drain()
-                return False
-            for t in self._threads:
-                t.join(timeout=5)
-            self._drain()
-            self.stdout = "".join(self._stdoutParts)
-            self.process = None
-            if self._cancelled:
-                raise ModelSelectorCancelled("cancelled by the user")
-            if returncode != 0:
-                raise ModelSelectorProcessError(self.errorMessage(), returncode)
-            self._stepDone()
-            self._step += 1
-            if self.progressCallback is not None:
-                self.progressCallback(self._step / self._steps, "")
-            return False
-        except BaseException:
-            self._finished = True
-            self._kill()
-            self.cleanup()
-            raise
-
-    def wait(self, cancelEvent: Any = None, interval: float = 0.05) -> Any:
-        """Run to the end in this thread (cancel when ``cancelEvent.is_set()``); return the result."""
-        try:
-            while not self.poll():
-                if cancelEvent is not None and cancelEvent.is_set():
-                    self.cancel()
-                time.sleep(interval)
-        finally:
-            self.cleanup()
-        return self.result
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._kill()
-
-    def _kill(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()  # SIGTERM: the command cancels cleanly and leaves nothing half-written
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.tempDir, ignore_errors=True)
-
-
-class _FindJob(_Job):
-    def __init__(self, logic: "ModelSelectorLogic", volumeNode: Any, zooPath: str, **kw: Any) -> None:
-        super().__init__(logic, **kw)
-        try:
-            self.imagePath = logic.writeVolume(volumeNode, os.path.join(self.tempDir, "input.nrrd"))
-        except BaseException:
-            self.cleanup()
-            raise
-        self.zooPath = zooPath
-        self._issued = False
-
-    def _nextCommand(self) -> Optional[list[str]]:
-        if self._issued:
-            return None
-        self._issued = True
-        # every model (an expert may apply one that does not fit), with the reasons for the table's tooltips
-        return ["select", self.imagePath, "--zoo", self.zooPath, "--json", "--reasons", "--top", "1000"]
-
-    def errorMessage(self) -> str:
-        message = super().errorMessage()
-        if "invalid choice: 'select'" in message or "invalid choice: 'select'" in self.log:
-            return (
-                "this version of ModelSelectorLib has no 'select' command yet, so models cannot be ranked; "
-                "list the zoo and apply a model by name instead"
-            )
-        return message
-
-    def _stepDone(self) -> None:
-        try:
-            self.result = json.loads(self.stdout)
-        except ValueError as e:
-            raise ModelSelectorProcessError(f"could not read the answer of 'select --json': {e}") from e
-
-
-class _ApplyJob(_Job):
-    def __init__(
-        self,
-        logic: "ModelSelectorLogic",
-        volumeNode: Any,
-        modelNames: list[str],
-        zooPath: str,
-        device: str = "cpu",
-        **kw: Any,
-    ) -> None:
-        super().__init__(logic, **kw)
-        self.volumeNode = volumeNode
-        self.modelNames = list(modelNames)
-        self.zooPath = zooPath
-        self.device = device
-        self._steps = max(len(self.modelNames), 1)
-        self.result = []
-        self.taskTypes = logic.taskTypes(zooPath)
-        try:
-            self.imagePath = logic.writeVolume(volumeNode, os.path.join(self.tempDir, "input.nrrd"))
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def _isLandmarks(self, index: int) -> bool:
-        return self.taskTypes.get(self.modelNames[index]) == "landmarks"
-
-    def _outPath(self, index: int) -> str:
-        suffix = ".mrk.json" if self._isLandmarks(index) else ".seg.nrrd"
-        return os.path.join(self.tempDir, f"output_{index}{suffix}")
-
-    def _nextCommand(self) -> Optional[list[str]]:
-        if self._step >= len(self.modelNames):
-            return None
-        name = self.modelNames[self._step]
-        return ["apply", "--zoo", self.zooPath, "--model", name, "--device", self.device,
-                self.imagePath, "--out", self._outPath(self._step)]  # fmt: skip
-
-    def _stepDone(self) -> None:
-        name = self.modelNames[self._step]
-        if self._isLandmarks(self._step):
-            node = self.logic.loadMarkups(self._outPath(self._step), name, self.volumeNode)
-        else:
-            node = self.logic.loadSegmentation(self._outPath(self._step), name, self.volumeNode)
-        self.result.append(node)
 
 
 #
@@ -742,39 +447,16 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         return env
 
     def defaultZooPath(self) -> str:
+        """The library's default zoo (``ModelSelectorLib.resources``: the bundled starter zoo, wherever this
+        installation keeps it, or ``$MODELSELECTOR_ZOO``)."""
         self._ensureImportable()
-        try:
-            from ModelSelectorLib import zoo
-        except ImportError:  # dependencies not installed yet: same rule as zoo.default_zoo_path()
-            if os.environ.get("MODELSELECTOR_ZOO"):
-                return os.path.expanduser(os.environ["MODELSELECTOR_ZOO"])
-            folders = self.libraryPaths() or [MODULE_DIR]
-            return os.path.join(
-                os.path.dirname(os.path.join(folders[0], "ModelSelectorLib")), "Resources", "zoo"
-            )
-        return str(zoo.default_zoo_path())
+        from ModelSelectorLib.resources import default_zoo_path
+
+        return str(default_zoo_path())
 
     # --- dependencies -----------------------------------------------------------------------------------
-    @staticmethod
-    def missingDependencies() -> list[tuple]:
-        """The (import name, pip requirement) pairs of :data:`DEPENDENCIES` that cannot be imported."""
-        return [(name, req) for name, req in DEPENDENCIES if importlib.util.find_spec(name) is None]
-
-    def installDependencies(self, missing: Optional[list[tuple]] = None) -> None:
-        """Install missing packages with ``slicer.util.pip_install`` (torch through PyTorchUtils when present)."""
-        missing = self.missingDependencies() if missing is None else missing
-        for name, requirement in missing:
-            if name == "torch":
-                try:
-                    import PyTorchUtils  # the PyTorch extension picks the right CUDA build
-
-                    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                    if not torchLogic.torchInstalled():
-                        torchLogic.installTorch(askConfirmation=False)
-                    continue
-                except ImportError:
-                    pass
-            slicer.util.pip_install(requirement)
+    missingDependencies = staticmethod(missingDependencies)
+    installDependencies = staticmethod(installDependencies)
 
     # --- zoo ----------------------------------------------------------------------------------------------
     def listModels(self, zooPath: Optional[str] = None) -> list[dict[str, Any]]:
@@ -785,8 +467,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         return Zoo(zooPath or self.defaultZooPath()).list()
 
     def taskTypes(self, zooPath: Optional[str] = None) -> dict[str, str]:
-        """Model name -> task type (``segmentation``, ``landmarks``, ...) of every model in the zoo."""
-        return {m["name"]: m.get("task_type", "segmentation") for m in self.listModels(zooPath)}
+        """Model name -> task type of every model in the zoo."""
+        return {m["name"]: m.get("task_type", "") for m in self.listModels(zooPath)}
 
     def modelCard(self, name: str, zooPath: Optional[str] = None) -> Any:
         self._ensureImportable()
@@ -822,23 +504,26 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         node.CreateDefaultDisplayNodes()
         return node
 
-    def loadSegmentation(self, path: str, name: str, referenceVolumeNode: Any = None) -> Any:
-        """Load a ``.seg.nrrd`` into a new segmentation node named ``name`` beside ``referenceVolumeNode``."""
-        segmentationNode = self._readNewNode(slicer.vtkMRMLSegmentationNode(), slicer.vtkMRMLSegmentationStorageNode(),
-                                             path, name, "result", referenceVolumeNode)  # fmt: skip
-        if referenceVolumeNode is not None:
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-            segmentationNode.SetNodeReferenceID("referenceImageGeometryRef", referenceVolumeNode.GetID())
-            self._placeBeside(segmentationNode, referenceVolumeNode)
-        return segmentationNode
+    def outputSpec(self, taskType: str) -> dict[str, str]:
+        """File suffix and MRML node / storage node classes of a ``taskType`` model's result (the task's
+        runtime in ``ModelSelectorLib.models`` says)."""
+        self._ensureImportable()
+        from ModelSelectorLib.models import output_spec
 
-    def loadMarkups(self, path: str, name: str, referenceVolumeNode: Any = None) -> Any:
-        """Load a ``.mrk.json`` point list into a new markups node named ``name`` beside the input volume."""
-        markupsNode = self._readNewNode(slicer.vtkMRMLMarkupsFiducialNode(), slicer.vtkMRMLMarkupsJsonStorageNode(),
-                                        path, name, "landmarks", referenceVolumeNode)  # fmt: skip
+        return output_spec(taskType)
+
+    def loadResult(self, path: str, name: str, taskType: str, referenceVolumeNode: Any = None) -> Any:
+        """Load a model's result file into a new node named ``name`` beside ``referenceVolumeNode``: a
+        segmentation node for a ``.seg.nrrd``, a markups node for a ``.mrk.json``, as the task's runtime says."""
+        spec = self.outputSpec(taskType)
+        node = self._readNewNode(getattr(slicer, spec["node_class"])(), getattr(slicer, spec["storage_class"])(),
+                                 path, name, "result", referenceVolumeNode)  # fmt: skip
         if referenceVolumeNode is not None:
-            self._placeBeside(markupsNode, referenceVolumeNode)
-        return markupsNode
+            if hasattr(node, "SetReferenceImageGeometryParameterFromVolumeNode"):  # keep the input's grid
+                node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+                node.SetNodeReferenceID("referenceImageGeometryRef", referenceVolumeNode.GetID())
+            self._placeBeside(node, referenceVolumeNode)
+        return node
 
     @staticmethod
     def _placeBeside(node: Any, referenceNode: Any) -> None:
@@ -877,8 +562,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
 
     def startFindModels(
         self, volumeNode: Any, zooPath: Optional[str] = None, progressCallback: Any = None
-    ) -> "_Job":
-        return _FindJob(
+    ) -> "Job":
+        return FindJob(
             self, volumeNode, str(zooPath or self.defaultZooPath()), progressCallback=progressCallback
         )
 
@@ -921,9 +606,9 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         zooPath: Optional[str] = None,
         device: str = "cpu",
         progressCallback: Optional[Callable[[float, str], None]] = None,
-    ) -> "_Job":
+    ) -> "Job":
         names = self.modelNames(models)
-        return _ApplyJob(self, volumeNode, names, str(zooPath or self.defaultZooPath()), device,
+        return ApplyJob(self, volumeNode, names, str(zooPath or self.defaultZooPath()), device,
                          progressCallback=progressCallback)  # fmt: skip
 
     def applyModels(
@@ -1002,92 +687,3 @@ class ModelSelectorTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Test passed")
         finally:
             shutil.rmtree(tempDir, ignore_errors=True)
-
-
-def vtk_matrix_to_list(volumeNode: Any) -> list[float]:
-    """The IJK-to-RAS matrix of ``volumeNode``, row by row."""
-    import vtk as _vtk
-
-    matrix = _vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return [matrix.GetElement(r, c) for r in range(4) for c in range(4)]
-
-
-def make_test_volume(scene: Any, rng: Any, name: str = "TestVolume") -> Any:
-    """A small scalar volume with anisotropic spacing, a non-zero origin and an oblique direction."""
-    import math
-
-    import numpy as np
-    import vtk as _vtk
-
-    array = rng.normal(0.0, 20.0, (10, 16, 20)).astype(np.float32)  # (k, j, i)
-    array[3:7, 4:12, 5:15] += 200.0
-    image = _vtk.vtkImageData()
-    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    image.AllocateScalars(_vtk.VTK_FLOAT, 1)
-    from vtk.util import numpy_support
-
-    image.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
-    node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetName(name)
-    node.SetSpacing(0.8, 1.1, 2.5)
-    node.SetOrigin(-30.5, 12.25, 40.0)
-    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
-    directions = _vtk.vtkMatrix4x4()
-    for r, row in enumerate(((c, -s, 0.0), (s, c, 0.0), (0.0, 0.0, 1.0))):
-        for col, value in enumerate(row):
-            directions.SetElement(r, col, value)
-    node.SetIJKToRASDirectionMatrix(directions)
-    node.SetAndObserveImageData(image)
-    scene.AddNode(node)
-    node.CreateDefaultDisplayNodes()
-    return node
-
-
-def make_tiny_zoo(folder: str, name: str = "TinyTest") -> str:
-    """A zoo with one untrained, tiny 3D UNet segmentation bundle (2 labels); returns the zoo path."""
-    import torch
-
-    from ModelSelectorLib.bundle import ModelCard, save_bundle
-    from ModelSelectorLib.zoo import Zoo
-
-    torch.manual_seed(0)
-    network_def = {
-        "_target_": "monai.networks.nets.UNet",
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "out_channels": 3,
-        "channels": [4, 8],
-        "strides": [2],
-        "num_res_units": 0,
-    }
-    from monai.networks.nets import UNet
-
-    network = UNet(**{k: v for k, v in network_def.items() if k != "_target_"})
-    card = ModelCard(
-        name=name,
-        version="0.1.0",
-        task_type="segmentation",
-        modality="CT",
-        body_region="ABDOMEN",
-        labels=[
-            {"value": 1, "name": "Liver", "color": [0.86, 0.31, 0.24],
-             "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"],
-                             "type": ["SCT", "10200004", "Liver"]}},
-            {"value": 2, "name": "Spleen", "color": [0.27, 0.56, 0.84],
-             "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"],
-                             "type": ["SCT", "78961009", "Spleen"]}},
-        ],
-        target_spacing=[2.0, 2.0, 2.5],
-        intensity={"mode": "ct", "a_min": -200.0, "a_max": 300.0},
-        roi_size=[16, 16, 16],
-        training_data="none (untrained test network)",
-        synthetic=True,
-        seed=0,
-    )  # fmt: skip
-    bundleDir = os.path.join(folder, "bundle_" + name)
-    save_bundle(bundleDir, card, network_def, network.state_dict())
-    zooPath = os.path.join(folder, "zoo")
-    zoo = Zoo.create(zooPath)
-    zoo.add(bundleDir)
-    return zooPath

@@ -1,7 +1,7 @@
 """The end-to-end demo: image -> ``select`` -> apply the fitting models -> ``.seg.nrrd`` / ``.mrk.json``,
 overlay images and an HTML summary.
 
-By default it runs on the bundled sample image (``Resources/samples``) with the bundled starter zoo, encoder
+By default it runs on the bundled sample image (:func:`~ModelSelectorLib.resources.samples_dir`) with the bundled starter zoo, encoder
 and index; any image can be passed instead. When no model fits (a photograph, an image of a body part the
 zoo does not cover), the demo says so plainly and applies nothing.
 """
@@ -16,10 +16,15 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .apply import open_runtime
+from .atomic import save_figure, write_text
 from .errors import ZooError
-from .io import Image, read_image, write_segmentation
+from .io.image import Image, read_image
+from .resources import default_zoo_path, samples_dir
+from .selection.selector import select
+from .zoo.catalog import Zoo
 
-#: Sample image used when none is given (relative to the repository's ``Resources/samples``).
+#: Sample image used when none is given (in the bundled samples folder).
 DEFAULT_SAMPLE = "cxr_chest.png"
 #: At most this many fitting models are applied.
 MAX_APPLIED = 3
@@ -32,7 +37,7 @@ class DemoResult:
     Attributes:
         input_path: the image the demo ran on.
         zoo_path: the zoo it selected from.
-        selection: the :class:`~ModelSelectorLib.selector.Selection` for the image.
+        selection: the :class:`~ModelSelectorLib.selection.Selection` for the image.
         outputs: one dict per applied model (``model``, ``task``, ``output`` path, ``png`` path, ...).
         summary_html: the summary page.
         seconds: wall time of the whole demo.
@@ -44,13 +49,6 @@ class DemoResult:
     outputs: list[dict[str, Any]]
     summary_html: Path
     seconds: float
-
-
-def samples_dir() -> Path:
-    """``Resources/samples`` of this checkout or installation."""
-    from .zoo import default_zoo_path
-
-    return default_zoo_path().parent / "samples"
 
 
 def default_sample() -> Path:
@@ -110,8 +108,6 @@ def overlay_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import save_figure
-
     panels = _contour_panels(image, labels)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=90, squeeze=False)
     palette = plt.cm.tab10(np.linspace(0, 1, 10))
@@ -154,8 +150,6 @@ tr.fits{background:#eef8ee}.no{color:#a00;font-weight:bold}small{color:#555}</st
 def _write_summary(out_dir: Path, selection: Any, outputs: list[dict[str, Any]], **context: Any) -> Path:
     from jinja2 import Environment
 
-    from .atomic import write_text
-
     env = Environment(autoescape=True)
     classes = ", ".join(f"{c} ({p:.2f})" for c, p in getattr(selection, "image_classes", [])[:3])
     page = env.from_string(SUMMARY_TEMPLATE).render(
@@ -166,35 +160,23 @@ def _write_summary(out_dir: Path, selection: Any, outputs: list[dict[str, Any]],
     return path
 
 
-def _apply(loaded: Any, image: Image, out_dir: Path, device: str) -> dict[str, Any]:
-    """Apply one loaded bundle; write its output file and overlay PNG; return the summary row."""
-    from .infer import apply_model, segments_of
-
-    card = loaded.card
-    name = card.name
-    row: dict[str, Any] = {"model": name, "task": card.task_type, "segments": ", ".join(card.label_names)}
-    if card.task_type == "landmarks":
-        from .landmarks import predict_image_points, write_markups
-
-        groups = dict.fromkeys(n.split("_")[0] for n in card.label_names)  # point names are GROUP_NN
-        row["segments"] = f"{len(card.label_names)} points ({', '.join(groups)})"
-        points = predict_image_points(loaded, image, device=device)
-        output = write_markups(out_dir / f"{name}.mrk.json", points, card.label_names, label=name)
-        ijk = _points_to_pixels(points, image)
-        colors = [tuple(lb.get("color", (1.0, 0.0, 0.0))) for lb in card.labels]
-        png = overlay_png(image, out_dir / f"{name}.png", name, points_ijk=ijk, point_colors=colors)
-    else:
-        labels = apply_model(loaded, image, device=device)
-        segments = segments_of(card)
-        output = write_segmentation(labels, out_dir / f"{name}.seg.nrrd", segments)
-        colors = {s.value: tuple(s.color) for s in segments}
-        png = overlay_png(image, out_dir / f"{name}.png", name, labels=labels, colors=colors)
-    row.update(output=output, output_name=output.name, png_name=png.name)
-    return row
+def _apply(runtime: Any, image: Image, out_dir: Path) -> dict[str, Any]:
+    """Apply one model's runtime; write its output file and overlay PNG; return the summary row."""
+    card = runtime.card
+    prediction = runtime.predict(image)
+    output = runtime.write(prediction, out_dir / f"{card.name}{runtime.output_suffix}")
+    drawn = runtime.overlay(prediction)
+    png = overlay_png(image, out_dir / f"{card.name}.png", card.name, labels=drawn.get("labels"),
+                      colors=drawn.get("colors"), points_ijk=_points_to_pixels(drawn.get("points_lps"), image),
+                      point_colors=drawn.get("point_colors"))  # fmt: skip
+    return {"model": card.name, "task": card.task_type, "segments": runtime.describe_outputs(card),
+            "output": output, "output_name": output.name, "png_name": png.name}  # fmt: skip
 
 
 def _points_to_pixels(points: Any, image: Image) -> Optional[np.ndarray]:
-    """Physical LPS points ``(n, 3)`` -> pixel ``(x, y)`` of a 2D image, or None for a volume."""
+    """Physical LPS points ``(n, 3)`` -> pixel ``(x, y)`` of a 2D image, or None (no points, or a volume)."""
+    if points is None:
+        return None
     pts = np.asarray(points, dtype=float)
     if image.as_3d().array.shape[0] != 1 or pts.ndim != 2 or pts.shape[0] == 0:
         return None
@@ -218,10 +200,6 @@ def run_demo(
         ZooError: no zoo with models (the message says how to build one); InputError: unreadable image;
         IndexMismatchError: the zoo has no (or a stale) index.
     """
-    from .bundle import load_bundle
-    from .selector import select
-    from .zoo import Zoo, default_zoo_path
-
     start = time.monotonic()
     zoo_path = Path(zoo) if zoo is not None else default_zoo_path()
     z = Zoo(zoo_path)
@@ -237,14 +215,8 @@ def run_demo(
     say(f"Input: {image_path} ({'x'.join(str(n) for n in image.to_grayscale().array.shape[::-1])} pixels)")
 
     selection = select(image, zoo=z, top_k=None)
-    if selection.image_classes:
-        say("The encoder sees: " + ", ".join(f"{c} ({p:.2f})" for c, p in selection.image_classes[:3]))
-    say(f"{'#':>2}  {'model':<24} {'task':<13} {'modality':<8} {'region':<10} {'score':>6}  fits")
-    for rank, m in enumerate(selection.models, 1):
-        say(f"{rank:>2}  {m.name:<24} {m.task:<13} {m.modality:<8} {m.body_region:<10} {m.score:>6.3f}  "
-            f"{'yes' if m.fits else 'no'}")  # fmt: skip
-        if m.fits and m.reasons:
-            say("      " + m.reasons[0])
+    selection.input = str(image_path)
+    say(selection.to_text(reasons="fitting"))
     for w in selection.warnings:
         say(f"Note: {w}")
 
@@ -253,7 +225,7 @@ def run_demo(
         say("No model in the zoo fits this image, so none was applied.")
     for match in selection.fitting[:max_models]:
         say(f"Applying {match.name} ...")
-        outputs.append(_apply(load_bundle(z.get(match.name), device=device), image, out_dir, device))
+        outputs.append(_apply(open_runtime(z, match.name, device), image, out_dir))
         say(f"  wrote {outputs[-1]['output']}")
 
     input_png = overlay_png(image, out_dir / "input.png", image_path.name)

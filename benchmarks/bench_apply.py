@@ -35,10 +35,11 @@ def main() -> int:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from ModelSelectorLib.bundle import ModelCard, load_bundle, save_bundle
     from ModelSelectorLib.datasets import make_synthetic_case
-    from ModelSelectorLib.infer import apply_model, preprocess
-    from ModelSelectorLib.train import TrainConfig, build_network, network_def
+    from ModelSelectorLib.models.preprocessing import preprocess
+    from ModelSelectorLib.models.segmentation import apply_model
+    from ModelSelectorLib.training.segmentation import TrainConfig, build_network, network_def
+    from ModelSelectorLib.zoo import ModelCard, load_bundle, save_bundle
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 (a) **Embed + query** of a CT-sized volume (default 512 x 512 x 300 voxels, 0.8 x 0.8 x 1.5 mm) on
     ``--threads`` CPU threads: the encoder's view extraction + forward pass + the index query and the per-model
-    aggregation of :mod:`ModelSelectorLib.selector` (no verification), against plain baselines measured in the
+    aggregation of :mod:`ModelSelectorLib.selection.selector` (no verification), against plain baselines measured in the
     same run: the encoder's forward pass alone on the same views, the naive view extraction (resample the whole
     volume to the 2 mm grid, then slice), and a brute-force numpy query.
 (b) **Query latency** of a ``--n`` (default 1,000,000) prototype hnswlib index of 128-d unit vectors
@@ -67,10 +67,11 @@ def bench_embed_query(args: argparse.Namespace) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from ModelSelectorLib.encoder import Encoder, _resize_pad, view_channels
-    from ModelSelectorLib.index import ZooIndex
-    from ModelSelectorLib.prototypes import PrototypeSet
-    from ModelSelectorLib.selector import _EVIDENCE, _evidence, _similarities
+    from ModelSelectorLib.selection.encoder import Encoder
+    from ModelSelectorLib.selection.index import ZooIndex
+    from ModelSelectorLib.selection.prototypes import PrototypeSet
+    from ModelSelectorLib.selection.scoring import clear_cache, evidence, similarities
+    from ModelSelectorLib.selection.views import resize_pad, view_channels
 
     enc = Encoder.load()
     image = ct_volume(tuple(args.size))
@@ -90,9 +91,9 @@ def bench_embed_query(args: argparse.Namespace) -> None:
     enc.embed(image)  # warm-up
     t_views, views = timed(lambda: enc.views(image), args.repeats)
     t_fwd, emb = timed(lambda: enc.embed_views(views), args.repeats)
-    t_total, ev = timed(lambda: (_EVIDENCE.clear(), _evidence(enc, image))[1], args.repeats)  # no cache
+    t_total, ev = timed(lambda: (clear_cache(), evidence(enc, image))[1], args.repeats)  # no cache
     t_query, _ = timed(
-        lambda: (idx.query(ev.emb, k=10), _similarities(idx, ev, ("exemplar", "data-free"))), args.repeats
+        lambda: (idx.query(ev.emb, k=10), similarities(idx, ev, ("exemplar", "data-free"))), args.repeats
     )
     all_v = np.concatenate([idx.model_vectors(n)[0] for n in idx.model_names()])
     t_brute, _ = timed(lambda: np.argsort(-(ev.emb @ all_v.T), axis=1)[:, :10], args.repeats)
@@ -112,7 +113,7 @@ def bench_embed_query(args: argparse.Namespace) -> None:
         for axis in range(3):
             for frac in np.linspace(0.2, 0.8, 8):
                 sl = np.take(a, int(frac * (a.shape[axis] - 1)), axis=axis)
-                out.append(view_channels(_resize_pad(sl, enc.image_size)))
+                out.append(view_channels(resize_pad(sl, enc.image_size)))
         return np.stack(out)
 
     t_naive, _ = timed(naive_views, max(1, args.repeats // 2))

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..infer import apply_to_file
-    from ..zoo import default_zoo_path
+    from ..apply import apply_to_file
+    from ..resources import default_zoo_path
 
     zoo = args.zoo if args.zoo is not None else default_zoo_path()
     out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device)

@@ -48,9 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..encoder import RESOURCE_DIR, train_encoder
+    from ..resources import encoder_dir
+    from ..training.encoder import train_encoder
 
-    out = args.out if args.out is not None else RESOURCE_DIR
+    out = args.out if args.out is not None else encoder_dir()
     card = train_encoder(
         args.data,
         out,
@@ -72,8 +73,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from ..encoder import Encoder
-    from ..io import read_image
+    from ..io.image import read_image
+    from ..selection.encoder import Encoder
 
     enc = Encoder.load(args.weights)
     image = read_image(args.image)

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-EPILOG = """\
+_EPILOG = """\
 Output in --out: report.md (protocol, counts, table of rankers x metrics), confusion.png (true
 modality:region vs the top-1 model of ours-both), results.csv (one row per image and ranker) and
 metrics.json. Nothing is written before the run has finished (Ctrl-C leaves no half-written report).
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(random, image-header rules, intensity-histogram k-NN) on every manifest image whose modality and "
         "body region are known; a model is relevant when its card's modality equals the image's and their "
         "regions intersect; images with no relevant model are the out-of-distribution set.",
-        epilog=EPILOG,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -76,8 +76,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..selection_eval import run_selection_evaluation
-    from ..zoo import default_zoo_path
+    from ..evaluation.selection_report import run_selection_evaluation
+    from ..resources import default_zoo_path
 
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1.")

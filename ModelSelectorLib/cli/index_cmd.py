@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..zoo import Zoo, default_zoo_path
+from ..resources import default_zoo_path
+from ..zoo.catalog import Zoo
 
 
 def _common(q: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def register(sub: Any) -> None:
 
 
 def _paths(args: argparse.Namespace) -> tuple[Zoo, Path]:
-    from ..index import default_index_dir
+    from ..selection.index import default_index_dir
 
     zoo = Zoo(args.zoo if args.zoo is not None else default_zoo_path())
     return zoo, (args.index if args.index is not None else default_index_dir(zoo))
@@ -85,7 +86,7 @@ def _print_calibration(cal: dict) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..index import build_index
+    from ..selection.calibration import build_index
 
     zoo, out = _paths(args)
     idx = build_index(zoo, calibrate=args.calibrate, far=args.far)
@@ -98,13 +99,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from ..index import ZooIndex
+    from ..selection.index import ZooIndex
 
     zoo, out = _paths(args)
     idx = ZooIndex.load(out)
     n = idx.add_model(zoo, args.model, args.model_version)
     if args.calibrate:
-        from ..selector import calibrate
+        from ..selection.calibration import calibrate
 
         calibrate(idx, zoo)
     idx.save(out)
@@ -117,7 +118,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from ..index import ZooIndex
+    from ..selection.index import ZooIndex
 
     zoo, out = _paths(args)
     idx = ZooIndex.load(out)
@@ -128,8 +129,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..index import ZooIndex
-    from ..selector import calibrate
+    from ..selection.calibration import calibrate
+    from ..selection.index import ZooIndex
 
     zoo, out = _paths(args)
     idx = ZooIndex.load(out)
@@ -141,7 +142,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..index import ZooIndex
+    from ..selection.index import ZooIndex
 
     zoo, out = _paths(args)
     idx = ZooIndex.load(out)

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _grid_config(args: argparse.Namespace) -> Any:
-    from ..landmarks_compare import GridConfig
+    from ..training.landmark_study import GridConfig
 
     if args.config:
         from ..settings import read_settings_file
@@ -70,7 +70,7 @@ def _grid_config(args: argparse.Namespace) -> Any:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..landmarks_compare import compare, winners
+    from ..training.landmark_study import compare, winners
 
     cfg = _grid_config(args)
     results = compare(args.data, args.out, cfg)
@@ -78,7 +78,7 @@ def run_compare(args: argparse.Namespace) -> int:
         print(
             f"{100 * float(f):g} % labels: best student {w['variant']} MRE {w['mean']:.2f} ± {w['std']:.2f} mm"
         )
-    from ..landmarks_compare import best_student
+    from ..training.landmark_study import best_student
 
     best = best_student(results)
     if best:
@@ -91,7 +91,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..landmarks_compare import train_into_zoo
+    from ..training.landmark_study import train_into_zoo
 
     cfg = _grid_config(args)
     entry = train_into_zoo(args.data, args.zoo, cfg, name=args.name, version=args.version, variant=args.variant,

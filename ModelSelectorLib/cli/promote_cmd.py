@@ -83,7 +83,7 @@ def _check_level(args: argparse.Namespace) -> None:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from ..promotion import promote
+    from ..ranking.promotion import promote
 
     _check_level(args)
     result = promote(args.zoo, args.task, args.candidate, args.split, args.metric, args.method, args.level,
@@ -92,7 +92,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from ..promotion import retrain
+    from ..ranking.promotion import retrain
 
     _check_level(args)
     settings = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
@@ -118,8 +118,8 @@ def _event_text(ev: dict) -> str:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    from ..promotion import restore
-    from ..zoo import Zoo
+    from ..ranking.promotion import restore
+    from ..zoo.catalog import Zoo
 
     if args.list:
         zoo = Zoo(args.zoo)

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..zoo import Zoo, default_zoo_path
+from ..resources import default_zoo_path
+from ..zoo.catalog import Zoo
 
 
 def register(sub: Any) -> None:
@@ -40,7 +41,7 @@ def register(sub: Any) -> None:
 def cmd_prototypes(args: argparse.Namespace) -> int:
     import torch
 
-    from ..prototypes import generate_for_model
+    from ..selection.prototypes import generate_for_model
 
     if args.threads:
         torch.set_num_threads(int(args.threads))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..zoo import default_zoo_path
+from ..resources import default_zoo_path
 
 
 def register(sub: Any) -> None:
@@ -24,7 +24,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("image", metavar="IMAGE", help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM folder")
     p.add_argument(
-        "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO, else Resources/zoo)"
+        "--zoo",
+        type=Path,
+        default=None,
+        help="zoo folder (default: $MODELSELECTOR_ZOO, else the bundled zoo)",
     )
     p.add_argument("--index", type=Path, default=None, help="index folder (default: ZOO/index)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="number of models to list (default 5)")
@@ -40,7 +43,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from ..selector import select
+    from ..selection.selector import select
 
     origins = tuple(o.strip() for o in args.origins.split(",") if o.strip())
     sel = select(
@@ -58,23 +61,5 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sel.to_json_dict(reasons=args.reasons)))
         return 0
-    from .zoo_cmd import format_table
-
-    cls = ", ".join(f"{c} {p:.2f}" for c, p in sel.image_classes)
-    print(f"{args.image}: the encoder reads it as {cls}")
-    if not sel.fits:
-        print("No model in the zoo fits this image.")
-    if sel.models:
-        rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
-                 "yes" if m.fits else "no"] for i, m in enumerate(sel.models)]  # fmt: skip
-        print()
-        print(
-            format_table(rows, ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS"])
-        )
-        print()
-        for m in sel.models:
-            print(f"{m.name}:")
-            for r in m.reasons:
-                print(f"  - {r}")
-    print(f"\nA model fits when its score is at least {sel.threshold:.2f} (0.5 = the calibrated threshold).")
+    print(sel.to_text(reasons="all"))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ModelSelectorError
 
-EPILOG = """\
+_EPILOG = """\
 Stages (run in this order; pick with --stages):
   train       prepare an MSD folder per model from --data, train it, complete its model card, add it
   prototypes  exemplar (training inputs) and data-free prototypes for every model
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rebuild the starter zoo (models, prototypes, index) from the shared data folder",
         description="Train the starter zoo's task models from the real labelled images of a data folder (see "
         "docs/starter-zoo.md), then build their prototypes and one index.",
-        epilog=EPILOG,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list() -> int:
-    from ..starter_zoo import LandmarkRecipe, recipes
+    from ..starter_zoo.recipes import LandmarkRecipe, recipes
 
     for r in recipes():
         if isinstance(r, LandmarkRecipe):
@@ -71,8 +71,8 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..starter_zoo import build_starter_zoo
-    from ..zoo import default_zoo_path
+    from ..resources import default_zoo_path
+    from ..starter_zoo.build import build_starter_zoo
 
     if args.list:
         return _list()

@@ -90,8 +90,8 @@ def _print_ranking(result: dict, metric: str) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from ..sweep import load_sweep
-    from ..sweep import run_sweep as sweep
+    from ..ranking.sweep import load_sweep
+    from ..ranking.sweep import run_sweep as sweep
 
     if args.workers < 1 or args.threads < 1:
         raise InputError("--workers and --threads must be at least 1.")
@@ -104,8 +104,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_leaderboard(args: argparse.Namespace) -> int:
-    from ..ranking import write_reports
-    from ..sweep import sweep_dir
+    from ..ranking.leaderboard import write_reports
+    from ..ranking.sweep import sweep_dir
 
     result = write_reports(sweep_dir(args.zoo, args.task), metric=args.metric)
     if args.json:
@@ -118,8 +118,8 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from ..ranking import evaluate_candidate, write_dashboard
-    from ..sweep import read_split
+    from ..ranking.leaderboard import evaluate_candidate, write_dashboard
+    from ..ranking.sweep import read_split
 
     split = read_split(args.split)
     ev = evaluate_candidate(args.bundle, split, args.out / "evaluation.json", args.out, device=args.device)

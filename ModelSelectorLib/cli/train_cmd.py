@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..settings import read_settings_file
-    from ..train import TrainConfig, train_segmentation
+    from ..training.segmentation import TrainConfig, train_segmentation
 
     settings = read_settings_file(args.config, example="epochs: 50") if args.config else {}
     for key, value in (("epochs", args.epochs), ("architecture", args.arch), ("seed", args.seed),

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..zoo import Zoo, default_zoo_path
+from ..resources import default_zoo_path
+from ..tables import format_table
+from ..zoo.catalog import Zoo
 
 
 def _add_zoo_option(p: argparse.ArgumentParser) -> None:
@@ -75,14 +77,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _metrics(m: dict) -> str:
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()) or "-"
-
-
-def format_table(rows: list, headers: list) -> str:
-    """Rows of strings as a plain-text table with aligned columns."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

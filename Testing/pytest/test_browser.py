@@ -144,7 +144,12 @@ def browser():
 def pages(tmp_path_factory):
     """A leaderboard of three candidates and their dashboards, with real overlays of a shifted square."""
     from ModelSelectorLib.io import Image
-    from ModelSelectorLib.ranking import candidate_row, render_overlay, write_dashboard, write_leaderboard
+    from ModelSelectorLib.ranking.leaderboard import (
+        candidate_row,
+        render_overlay,
+        write_dashboard,
+        write_leaderboard,
+    )
 
     root = tmp_path_factory.mktemp("pages")
     rng = np.random.default_rng(0)

@@ -10,16 +10,11 @@ import pytest
 import torch
 
 from ModelSelectorLib import atomic
-from ModelSelectorLib.bundle import (
-    ModelCard,
-    import_monai_bundle,
-    load_bundle,
-    save_bundle,
-    validate_bundle,
-)
 from ModelSelectorLib.cli import main
 from ModelSelectorLib.errors import BundleError, ZooError
-from ModelSelectorLib.zoo import Zoo, default_zoo_path
+from ModelSelectorLib.resources import default_zoo_path
+from ModelSelectorLib.zoo import ModelCard, Zoo, load_bundle, save_bundle
+from ModelSelectorLib.zoo.bundle import import_monai_bundle, validate_bundle
 
 NETWORK_DEF = {
     "_target_": "monai.networks.nets.UNet",

@@ -11,7 +11,8 @@ import pytest
 from ModelSelectorLib.demo import default_sample, run_demo
 from ModelSelectorLib.errors import ZooError
 from ModelSelectorLib.io import read_image, read_segmentation
-from ModelSelectorLib.zoo import Zoo, default_zoo_path
+from ModelSelectorLib.resources import default_zoo_path
+from ModelSelectorLib.zoo import Zoo
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ModelSelectorLib.encoder import DEFAULT_WEIGHTS, Encoder, image_views, train_encoder
 from ModelSelectorLib.errors import InputError, ModelSelectorError
 from ModelSelectorLib.io import Image
+from ModelSelectorLib.selection.encoder import Encoder, default_weights
+from ModelSelectorLib.selection.views import image_views
+from ModelSelectorLib.training.encoder import train_encoder
 
 torch = pytest.importorskip("torch")
 
@@ -184,10 +186,10 @@ def test_tiny_training_run(tmp_path) -> None:
     _check_emb(enc.embed(img))
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no bundled encoder weights")
+@pytest.mark.skipif(not default_weights().exists(), reason="no bundled encoder weights")
 def test_bundled_encoder_loads_and_embeds() -> None:
     enc = Encoder.load()
-    assert DEFAULT_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+    assert default_weights().stat().st_size <= 20 * 1024 * 1024
     img = Image(_body_volume(60, 96, 96), (0.9, 0.9, 2.5), (0.0, 0.0, 0.0), _oblique_dir())
     e = enc.embed(img)
     _check_emb(e)

@@ -10,14 +10,55 @@ import threading
 import numpy as np
 import pytest
 
-from ModelSelectorLib import landmarks as L
-from ModelSelectorLib import landmarks_compare as LC
+from ModelSelectorLib.datasets.landmarks import (  # noqa: E402
+    labelled_subset,
+    load_case,
+    load_dataset,
+    make_synthetic_cxr,
+    split_cases,
+)
+from ModelSelectorLib.evaluation.landmarks import (  # noqa: E402
+    case_radial_errors,
+    evaluate_predictions,
+    polygon_self_intersects,
+    success_detection_rate,
+)
+from ModelSelectorLib.io.markups import read_markups  # noqa: E402
+from ModelSelectorLib.models.landmarks import (  # noqa: E402
+    LandmarkRuntime,
+    LandmarkSchema,
+    decode_heatmaps,
+    heatmap_entropy,
+    landmark_labels,
+    normalize_image,
+    to_original,
+)
+from ModelSelectorLib.training.landmark_study import (  # noqa: E402
+    GridConfig,
+    best_student,
+    compare,
+    run_name,
+    train_into_zoo,
+)
+from ModelSelectorLib.training.landmarks import (  # noqa: E402
+    VARIANT_TITLES,
+    VARIANTS,
+    LandmarkTrainConfig,
+    build_network,
+    count_parameters,
+    predict_points,
+    render_heatmaps,
+    run_variant,
+    stack_cases,
+    torch_threads,
+    train_supervised,
+)
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
     """10 labelled synthetic radiographs (the last one lungs only, no spacing) + 3 unlabelled, 72 x 60 px."""
-    return L.make_synthetic_cxr(tmp_path_factory.mktemp("cxr"), n_labelled=10, n_unlabelled=3, width=72,
+    return make_synthetic_cxr(tmp_path_factory.mktemp("cxr"), n_labelled=10, n_unlabelled=3, width=72,
                                 height=60, spacing_mm=0.5, seed=3)  # fmt: skip
 
 
@@ -26,35 +67,35 @@ def synth_data(tmp_path_factory):
 def test_heatmap_round_trip_is_sub_pixel(method):
     rng = np.random.default_rng(0)
     pts = rng.uniform(6, 26, (12, 2))
-    heat = L.render_heatmaps(pts, np.ones(12, bool), 32, sigma=1.5)
+    heat = render_heatmaps(pts, np.ones(12, bool), 32, sigma=1.5)
     assert heat.shape == (12, 32, 32)
     np.testing.assert_allclose(heat.sum((1, 2)), 1.0, rtol=1e-5)
     # layout (x, y): the maximum of a point at x=10, y=20 is at heat[c, 10, 20]
-    one = L.render_heatmaps(np.array([[10.0, 20.0]]), np.ones(1, bool), 32, 1.5)[0]
+    one = render_heatmaps(np.array([[10.0, 20.0]]), np.ones(1, bool), 32, 1.5)[0]
     assert np.unravel_index(one.argmax(), one.shape) == (10, 20)
-    decoded = L.decode_heatmaps(heat, method)
+    decoded = decode_heatmaps(heat, method)
     assert np.abs(decoded - pts).max() < 0.01
     # logits of a spatial softmax decode to the same points
-    decoded_logits = L.decode_heatmaps(np.log(heat + 1e-12), method, logits=True)
+    decoded_logits = decode_heatmaps(np.log(heat + 1e-12), method, logits=True)
     assert np.abs(decoded_logits - pts).max() < 0.01
 
 
 def test_missing_landmarks_give_empty_channels():
-    heat = L.render_heatmaps(np.array([[5.0, 5.0], [np.nan, np.nan]]), np.array([True, False]), 16, 1.0)
+    heat = render_heatmaps(np.array([[5.0, 5.0], [np.nan, np.nan]]), np.array([True, False]), 16, 1.0)
     assert heat[0].sum() == pytest.approx(1.0) and heat[1].sum() == 0
 
 
 def test_resize_keeps_coordinates(synth_data):
-    schema = L.LandmarkSchema.default()
-    case = L.load_case(synth_data / "c000.png", 32, schema, synth_data / "c000_landmarks.json")
+    schema = LandmarkSchema.default()
+    case = load_case(synth_data / "c000.png", 32, schema, synth_data / "c000_landmarks.json")
     raw = json.loads((synth_data / "c000_landmarks.json").read_text(encoding="utf-8"))
     assert case.image.shape == (32, 32) and case.scale == pytest.approx((72 / 32, 60 / 32))
     assert case.spacing_mm == (0.5, 0.5)
-    np.testing.assert_allclose(L.to_original(case.points[:1], case.scale)[0], raw["RL"][0], atol=1e-9)
+    np.testing.assert_allclose(to_original(case.points[:1], case.scale)[0], raw["RL"][0], atol=1e-9)
     # the blob drawn at each landmark is the brightest region near the resized point
     x, y = np.round(case.points[0]).astype(int)
     assert case.image[x, y] > np.median(case.image) + 0.2
-    partial = L.load_case(synth_data / "c009.png", 32, schema, synth_data / "c009_landmarks.json")
+    partial = load_case(synth_data / "c009.png", 32, schema, synth_data / "c009_landmarks.json")
     assert partial.spacing_mm is None
     assert partial.mask[schema.channels("RL")].all() and not partial.mask[schema.channels("H")].any()
 
@@ -63,16 +104,18 @@ def test_resize_keeps_coordinates(synth_data):
 def test_radial_error_in_mm_with_anisotropic_spacing():
     true = np.array([[10.0, 10.0], [5.0, 5.0]])
     pred = np.array([[13.0, 14.0], [5.0, 5.0]])
-    err, unit = L.radial_errors(pred, true, np.array([True, False]), scale=(2.0, 1.0), spacing_mm=(0.5, 2.0))
+    err, unit = case_radial_errors(
+        pred, true, np.array([True, False]), scale=(2.0, 1.0), spacing_mm=(0.5, 2.0)
+    )
     assert unit == "mm"
     assert err[0] == pytest.approx(math.hypot(3 * 2 * 0.5, 4 * 1 * 2.0))
     assert np.isnan(err[1])
-    err_px, unit = L.radial_errors(pred, true, np.array([True, True]), scale=(2.0, 1.0))
+    err_px, unit = case_radial_errors(pred, true, np.array([True, True]), scale=(2.0, 1.0))
     assert unit == "px" and err_px[0] == pytest.approx(math.hypot(6, 4)) and err_px[1] == 0
 
 
 def test_success_detection_rate():
-    sdr = L.success_detection_rate(np.array([1.0, 3.0, 5.0, np.nan]), [2, 4, 10])
+    sdr = success_detection_rate(np.array([1.0, 3.0, 5.0, np.nan]), [2, 4, 10])
     assert sdr == pytest.approx({"sdr_2": 1 / 3, "sdr_4": 2 / 3, "sdr_10": 1.0})
 
 
@@ -83,23 +126,23 @@ def test_self_intersection_of_known_polygons():
     ellipse = np.stack([10 + 3 * np.cos(t), 10 + 8 * np.sin(t)], 1)
     twisted = ellipse.copy()
     twisted[[5, 25]] = twisted[[25, 5]]
-    assert not L.polygon_self_intersects(square)
-    assert L.polygon_self_intersects(bowtie)
-    assert not L.polygon_self_intersects(ellipse)
-    assert L.polygon_self_intersects(twisted)
+    assert not polygon_self_intersects(square)
+    assert polygon_self_intersects(bowtie)
+    assert not polygon_self_intersects(ellipse)
+    assert polygon_self_intersects(twisted)
 
 
 def test_evaluate_predictions_per_group_and_plausibility(synth_data):
-    schema = L.LandmarkSchema.default()
+    schema = LandmarkSchema.default()
     cases = [
-        L.load_case(synth_data / f"c00{i}.png", 32, schema, synth_data / f"c00{i}_landmarks.json")
+        load_case(synth_data / f"c00{i}.png", 32, schema, synth_data / f"c00{i}_landmarks.json")
         for i in (0, 9)
     ]
     preds = np.stack([np.nan_to_num(c.points, nan=0.0) for c in cases])
     preds[0, schema.channels("H"), 0] += 1.0  # heart 1 px right in the resized grid of the case with spacing
     rl = schema.channels("RL")
     preds[1, rl[[1, 6]]] = preds[1, rl[[6, 1]]]  # a crossed right lung contour
-    m = L.evaluate_predictions(preds, cases, schema, radii=(1.0, 2.0))
+    m = evaluate_predictions(preds, cases, schema, radii=(1.0, 2.0))
     assert m["mre_mm_H"] == pytest.approx(72 / 32 * 0.5)
     assert m["mre_mm_RL"] == pytest.approx(0.0) and m["n_cases_mm"] == 1 and m["n_cases"] == 2
     assert m["mre_px_RL"] > 0  # the lungs-only case counts in pixels
@@ -109,30 +152,30 @@ def test_evaluate_predictions_per_group_and_plausibility(synth_data):
 # --- networks and variants ------------------------------------------------------------------------------
 @pytest.mark.parametrize("pair", [("teacher", "student"), ("teacher-tiny", "student-tiny")])
 def test_student_has_at_most_a_quarter_of_the_teacher_parameters(pair):
-    teacher = L.count_parameters(L.build_network(pair[0], 42))
-    student = L.count_parameters(L.build_network(pair[1], 42))
+    teacher = count_parameters(build_network(pair[0], 42))
+    student = count_parameters(build_network(pair[1], 42))
     assert student <= teacher / 4
 
 
 def test_split_and_nested_label_fractions():
     ids = [f"c{i:03d}" for i in range(50)]
-    s = L.split_cases(ids, seed=1)
+    s = split_cases(ids, seed=1)
     assert sorted(s["train"] + s["val"] + s["test"]) == ids and len(s["test"]) == 10 and len(s["val"]) == 5
-    assert L.split_cases(ids, seed=1) == s
-    small, large = L.labelled_subset(s["train"], 0.1, 0), L.labelled_subset(s["train"], 0.5, 0)
-    assert len(small) == 4 and set(small) <= set(large) and len(L.labelled_subset(s["train"], 1.0, 0)) == 35
+    assert split_cases(ids, seed=1) == s
+    small, large = labelled_subset(s["train"], 0.1, 0), labelled_subset(s["train"], 0.5, 0)
+    assert len(small) == 4 and set(small) <= set(large) and len(labelled_subset(s["train"], 1.0, 0)) == 35
 
 
 def test_training_reduces_the_error(synth_data):
-    schema = L.LandmarkSchema.default({"RL": 11, "LL": 10})
-    cases, _ = L.load_dataset(synth_data, 32, schema)
-    cfg = L.LandmarkTrainConfig(size=32, steps=30, batch_size=4, sigma=1.0, lr=1e-2, student="student-tiny")
-    arr = L.stack_cases(cases, cfg.sigma)
-    untrained = L.build_network("student-tiny", schema.n_points).eval()
-    before = L.evaluate_predictions(L.predict_points(untrained, arr.images, cfg), cases, schema)["mre_px"]
-    with L.torch_threads(1):
-        net = L.train_supervised(arr, cfg, 0, "student-tiny")
-    after = L.evaluate_predictions(L.predict_points(net, arr.images, cfg), cases, schema)["mre_px"]
+    schema = LandmarkSchema.default({"RL": 11, "LL": 10})
+    cases, _ = load_dataset(synth_data, 32, schema)
+    cfg = LandmarkTrainConfig(size=32, steps=30, batch_size=4, sigma=1.0, lr=1e-2, student="student-tiny")
+    arr = stack_cases(cases, cfg.sigma)
+    untrained = build_network("student-tiny", schema.n_points).eval()
+    before = evaluate_predictions(predict_points(untrained, arr.images, cfg), cases, schema)["mre_px"]
+    with torch_threads(1):
+        net = train_supervised(arr, cfg, 0, "student-tiny")
+    after = evaluate_predictions(predict_points(net, arr.images, cfg), cases, schema)["mre_px"]
     assert after < 0.5 * before
 
 
@@ -141,15 +184,15 @@ def test_quick_grid_writes_report_and_resumes(synth_data, tmp_path, monkeypatch)
     import torch
 
     out = tmp_path / "grid"
-    cfg = LC.GridConfig.quick()
+    cfg = GridConfig.quick()
     threads = torch.get_num_threads()
-    results = LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    results = compare(synth_data, out, cfg, log=lambda *a: None)
     assert torch.get_num_threads() == threads  # the grid's thread setting does not leak
     names = {r["name"] for r in results["runs"]}
-    assert names == {LC.run_name(v, f, 0) for v in L.VARIANTS for f in (0.5, 1.0)}
+    assert names == {run_name(v, f, 0) for v in VARIANTS for f in (0.5, 1.0)}
     report = (out / "report.md").read_text(encoding="utf-8")
-    for v in L.VARIANTS:
-        assert L.VARIANT_TITLES[v] in report
+    for v in VARIANTS:
+        assert VARIANT_TITLES[v] in report
     assert "± " in report and "Student for the zoo" in report and "## Method" in report
     assert (out / "mre_vs_fraction.png").stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 5
@@ -160,18 +203,18 @@ def test_quick_grid_writes_report_and_resumes(synth_data, tmp_path, monkeypatch)
     assert "sdr_10" in run["test"] and "self_intersection" in run["test"]
 
     calls = []
-    real = L.run_variant
+    real = run_variant
 
     def counting(variant, *a, **k):
         calls.append(variant)
         return real(variant, *a, **k)
 
-    monkeypatch.setattr(L, "run_variant", counting)
-    LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    monkeypatch.setattr("ModelSelectorLib.training.landmark_study.run_variant", counting)
+    compare(synth_data, out, cfg, log=lambda *a: None)
     assert calls == []  # nothing repeated
     (out / "runs" / "mean_teacher_f100_s0.json").unlink()
     (out / "runs" / "uncertainty_kd_f050_s0.json").unlink()
-    LC.compare(synth_data, out, cfg, log=lambda *a: None)
+    compare(synth_data, out, cfg, log=lambda *a: None)
     assert sorted(calls) == ["mean_teacher", "uncertainty_kd"]  # the teacher is reused from its stored run
 
 
@@ -179,18 +222,18 @@ def test_grid_cancel_keeps_finished_runs(synth_data, tmp_path):
     from ModelSelectorLib.errors import Cancelled
 
     out = tmp_path / "grid"
-    cfg = LC.GridConfig.quick()
+    cfg = GridConfig.quick()
     cfg.variants, cfg.fractions = ["student_supervised"], [1.0]
     ev = threading.Event()
     ev.set()
     with pytest.raises(Cancelled):
-        LC.compare(synth_data, out, cfg, cancel=ev, log=lambda *a: None)
+        compare(synth_data, out, cfg, cancel=ev, log=lambda *a: None)
     assert not list((out / "runs").glob("*.json"))
-    LC.compare(synth_data, out, cfg, log=lambda *a: None)
-    cfg2 = LC.GridConfig.quick()
+    compare(synth_data, out, cfg, log=lambda *a: None)
+    cfg2 = GridConfig.quick()
     cfg2.train = {**cfg2.train, "steps": 5}
     with pytest.raises(Exception, match="other settings"):
-        LC.compare(synth_data, out, cfg2, log=lambda *a: None)
+        compare(synth_data, out, cfg2, log=lambda *a: None)
 
 
 # --- into the zoo and out through apply --------------------------------------------------------------------
@@ -205,26 +248,27 @@ def test_predicted_points_land_at_the_right_physical_positions(synth_data):
     import torch
     from PIL import Image as PILImage
 
-    from ModelSelectorLib.bundle import LoadedBundle, ModelCard
     from ModelSelectorLib.io import Image
+    from ModelSelectorLib.zoo import ModelCard
+    from ModelSelectorLib.zoo.bundle import LoadedBundle
 
-    schema = L.LandmarkSchema.default()
+    schema = LandmarkSchema.default()
     size = 48
-    case = L.load_case(synth_data / "c001.png", size, schema, synth_data / "c001_landmarks.json")
-    target = torch.from_numpy(L.render_heatmaps(case.points, case.mask, size, 1.5))
+    case = load_case(synth_data / "c001.png", size, schema, synth_data / "c001_landmarks.json")
+    target = torch.from_numpy(render_heatmaps(case.points, case.mask, size, 1.5))
 
     class Oracle(torch.nn.Module):
         def forward(self, x):
             assert tuple(x.shape) == (1, 1, size, size)
             return torch.log(target[None] + 1e-12)
 
-    card = ModelCard("oracle", "1", "landmarks", "DX", "CHEST", L.landmark_labels(schema), spatial_dims=2,
+    card = ModelCard("oracle", "1", "landmarks", "DX", "CHEST", landmark_labels(schema), spatial_dims=2,
                      roi_size=[size, size])  # fmt: skip
     arr = np.asarray(PILImage.open(synth_data / "c001.png"), np.float32)
     spacing, origin, direction = (0.7, 1.3), (-100.0, 50.0), _rotation2(30.0)
     image = Image(arr, spacing, origin, direction)
-    pts = L.predict_image_points(LoadedBundle(Oracle(), card, synth_data, {}), image)
-    true_idx = L.to_original(case.points, case.scale)
+    pts = LandmarkRuntime(LoadedBundle(Oracle(), card, synth_data, {})).predict(image).value
+    true_idx = to_original(case.points, case.scale)
     expected = np.asarray(origin) + true_idx @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T
     assert pts.shape == (schema.n_points, 3)
     np.testing.assert_allclose(pts[:, :2], expected, atol=0.02 * max(spacing) * max(case.scale))
@@ -235,10 +279,10 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
     import SimpleITK as sitk
     from PIL import Image as PILImage
 
-    from ModelSelectorLib.bundle import validate_bundle
     from ModelSelectorLib.cli import main
     from ModelSelectorLib.io import Image, write_image
     from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.bundle import validate_bundle
 
     zoo = tmp_path / "zoo"
     rc = main(["landmarks", "train", "--data", str(synth_data), "--zoo", str(zoo), "--quick", "--name",
@@ -263,8 +307,8 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
     mk = data["markups"][0]
     assert mk["type"] == "Fiducial" and mk["coordinateSystem"] == "LPS"
     assert [cp["label"] for cp in mk["controlPoints"]] == card.label_names
-    idx, _ = L.read_markups(png_out)  # identity geometry: positions are pixel indices
-    pts, names = L.read_markups(nrrd_out)
+    idx, _ = read_markups(png_out)  # identity geometry: positions are pixel indices
+    pts, names = read_markups(nrrd_out)
     expected = np.asarray(origin) + idx[:, :2] @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T
     np.testing.assert_allclose(pts[:, :2], expected, atol=1e-3)
     assert (idx[:, 0] >= -0.5).all() and (idx[:, 0] <= 71.5).all() and (idx[:, 1] <= 59.5).all()
@@ -277,7 +321,7 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
 
 def test_zoo_student_is_chosen_on_mean_validation_error_over_seeds():
     def run(variant, fraction, seed, val, test):
-        return {"name": LC.run_name(variant, fraction, seed), "variant": variant, "fraction": fraction,
+        return {"name": run_name(variant, fraction, seed), "variant": variant, "fraction": fraction,
                 "seed": seed, "val": {"mre_mm": val}, "test": {"mre_mm": test}}  # fmt: skip
 
     runs = [
@@ -288,30 +332,29 @@ def test_zoo_student_is_chosen_on_mean_validation_error_over_seeds():
         run("uncertainty_kd", 1.0, 0, 6.7, 6.8),
         run("student_supervised", 0.5, 0, float("nan"), 6.0),  # no validation figure: not a candidate
     ]
-    best = LC.best_student({"runs": runs})
+    best = best_student({"runs": runs})
     assert (best["variant"], best["fraction"], best["n_seeds"]) == ("uncertainty_kd", 1.0, 2)
     assert best["val_mean"] == pytest.approx(6.6) and best["test_mean"] == pytest.approx(6.85)
     assert best["name"] == "uncertainty_kd_f100_s0" and best["seed"] == 0
-    assert LC.best_student({"runs": runs[:1]}) is None
+    assert best_student({"runs": runs[:1]}) is None
 
 
 def test_data_free_inputs_of_a_landmark_model_sharpen_its_heatmaps(synth_data, tmp_path):
     """Model inversion of a landmark model optimises the spatial entropy of each landmark's heatmap."""
     import torch
 
-    from ModelSelectorLib.bundle import load_bundle
-    from ModelSelectorLib.prototypes import synthesize_inputs
-    from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.selection.inversion import synthesize_inputs
+    from ModelSelectorLib.zoo import Zoo, load_bundle
 
-    cfg = LC.GridConfig.quick()
+    cfg = GridConfig.quick()
     cfg.train["steps"] = 30
-    LC.train_into_zoo(synth_data, tmp_path / "zoo", cfg, name="lm", variant="student_supervised")
+    train_into_zoo(synth_data, tmp_path / "zoo", cfg, name="lm", variant="student_supervised")
     loaded = load_bundle(Zoo(tmp_path / "zoo").get("lm"))
 
     def spatial_entropy(images):
-        arrays = np.stack([L.normalize_image(im.array).T for im in images]).astype(np.float32)
+        arrays = np.stack([normalize_image(im.array).T for im in images]).astype(np.float32)
         with torch.no_grad():
-            return float(L.heatmap_entropy(loaded.network(torch.from_numpy(arrays)[:, None])).mean())
+            return float(heatmap_entropy(loaded.network(torch.from_numpy(arrays)[:, None])).mean())
 
     info: dict = {}
     start = synthesize_inputs(loaded, n=3, steps=0, seed=1, progress=False)

@@ -13,7 +13,7 @@ from ranking_helpers import TINY, make_disk_msd  # noqa: E402
 
 from ModelSelectorLib.cli import main  # noqa: E402
 from ModelSelectorLib.errors import ModelSelectorError, ZooError  # noqa: E402
-from ModelSelectorLib.promotion import gate, promote, restore, retrain  # noqa: E402
+from ModelSelectorLib.ranking.promotion import gate, promote, restore, retrain  # noqa: E402
 
 
 # --- the gate on numbers --------------------------------------------------------------------------------
@@ -67,8 +67,8 @@ def models(tmp_path_factory):
     starved one (1 epoch at a tiny learning rate)."""
     import torch
 
-    from ModelSelectorLib.sweep import make_split
-    from ModelSelectorLib.train import TrainConfig, train_segmentation
+    from ModelSelectorLib.ranking.sweep import make_split
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("promo")

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("monai")
 
 from ModelSelectorLib.errors import InputError  # noqa: E402
-from ModelSelectorLib.evaluate import landmark_metrics, segmentation_metrics  # noqa: E402
+from ModelSelectorLib.evaluation.landmarks import landmark_metrics  # noqa: E402
+from ModelSelectorLib.evaluation.segmentation import segmentation_metrics  # noqa: E402
 from ModelSelectorLib.io import Image  # noqa: E402
 
 
@@ -107,7 +108,7 @@ def _colour_mask(rgb, colour):
 def test_overlay_green_truth_red_prediction(tmp_path, spacing):
     """Truth square at columns 8-19, prediction shifted 10 columns right: the red contour lies right of the
     green one by 10 columns (in pixels of the PNG, scaled by its physical width)."""
-    from ModelSelectorLib.ranking import OVERLAY_PX, render_overlay
+    from ModelSelectorLib.ranking.leaderboard import OVERLAY_PX, render_overlay
 
     arr = np.random.default_rng(0).normal(100, 10, (40, 40)).astype(np.float32)
     truth = cube((40, 40), (14, 8), (12, 12))
@@ -130,7 +131,7 @@ def test_overlay_green_truth_red_prediction(tmp_path, spacing):
 
 
 def test_overlay_3d_uses_representative_slice(tmp_path):
-    from ModelSelectorLib.ranking import render_overlay, representative_slice
+    from ModelSelectorLib.ranking.leaderboard import render_overlay, representative_slice
 
     arr = np.ones((6, 30, 30), np.float32) * np.arange(30)
     truth = np.zeros((6, 30, 30), np.uint8)
@@ -156,7 +157,7 @@ def _cases(dices, hds):
 
 
 def test_summary_and_rank_directions():
-    from ModelSelectorLib.ranking import candidate_row, rank, summarize
+    from ModelSelectorLib.ranking.leaderboard import candidate_row, rank, summarize
 
     s = summarize(_cases([0.9, 0.5, 0.7], [1, 9, 3]), "dice")
     assert (
@@ -176,7 +177,7 @@ def test_summary_and_rank_directions():
 
 
 def test_leaderboard_and_dashboard_html(tmp_path):
-    from ModelSelectorLib.ranking import candidate_row, write_dashboard, write_leaderboard
+    from ModelSelectorLib.ranking.leaderboard import candidate_row, write_dashboard, write_leaderboard
 
     rows = [
         candidate_row(

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ModelSelectorLib.baselines import (
+from ModelSelectorLib.cli import main
+from ModelSelectorLib.errors import Cancelled, DatasetError, ModelSelectorError
+from ModelSelectorLib.evaluation.baselines import (
     HeaderRulesRanker,
     HistogramKNNRanker,
     ModelInfo,
@@ -22,22 +24,11 @@ from ModelSelectorLib.baselines import (
     is_relevant,
     zoo_models,
 )
-from ModelSelectorLib.bundle import ModelCard, save_bundle
-from ModelSelectorLib.cli import main
-from ModelSelectorLib.errors import Cancelled, DatasetError, ModelSelectorError
+from ModelSelectorLib.evaluation.selection import auroc, average_precision, precision_at_k, recall_at_k
+from ModelSelectorLib.evaluation.selection_cases import EvalCase, encoder_split, load_cases, select_cases
+from ModelSelectorLib.evaluation.selection_report import run_selection_evaluation
 from ModelSelectorLib.io import Image, read_image, write_image
-from ModelSelectorLib.selection_eval import (
-    EvalCase,
-    auroc,
-    average_precision,
-    encoder_split,
-    load_cases,
-    precision_at_k,
-    recall_at_k,
-    run_selection_evaluation,
-    select_cases,
-)
-from ModelSelectorLib.zoo import Zoo
+from ModelSelectorLib.zoo import ModelCard, Zoo, save_bundle
 
 BASELINES = ["random", "header-rules", "histogram-knn-exemplars", "histogram-knn-train"]
 
@@ -398,7 +389,7 @@ def test_runner_cancel_leaves_nothing(tmp_path):
 
 
 def test_cli_evaluate_selection(tmp_path, capsys, monkeypatch):
-    import ModelSelectorLib.selection_eval as se
+    import ModelSelectorLib.evaluation.selection as se
 
     data = tmp_path / "data"
     card = make_data(data)
@@ -436,10 +427,11 @@ def test_eval_case_label():
 
 def test_runner_with_selector_variants(tmp_path):
     """The selector with exemplar, data-free and both kinds of prototypes, measured beside the baselines."""
-    pytest.importorskip("ModelSelectorLib.selector")
-    from ModelSelectorLib.encoder import Encoder
-    from ModelSelectorLib.index import build_index, default_index_dir
-    from ModelSelectorLib.prototypes import generate_for_model
+    pytest.importorskip("ModelSelectorLib.selection.selector")
+    from ModelSelectorLib.selection.calibration import build_index
+    from ModelSelectorLib.selection.encoder import Encoder
+    from ModelSelectorLib.selection.index import default_index_dir
+    from ModelSelectorLib.selection.prototypes import generate_for_model
 
     data = tmp_path / "data"
     card = make_data(data)
@@ -473,7 +465,7 @@ def test_runner_with_selector_variants(tmp_path):
 
 
 def test_resolve_source_recorded_in_another_folder(tmp_path, monkeypatch):
-    from ModelSelectorLib.baselines import resolve_source
+    from ModelSelectorLib.evaluation.baselines import resolve_source
 
     f = tmp_path / "data" / "ct" / "a.nii.gz"
     f.parent.mkdir(parents=True)

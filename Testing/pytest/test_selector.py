@@ -66,11 +66,11 @@ def noise_volume(seed: int) -> Image:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """The synthetic zoo with prototypes and a calibrated, saved index; the encoder; query images."""
-    from ModelSelectorLib.encoder import Encoder
-    from ModelSelectorLib.index import build_index, default_index_dir
-    from ModelSelectorLib.prototypes import generate_for_model
-    from ModelSelectorLib.selector import calibrate, ood_references
-    from ModelSelectorLib.train import TrainConfig, train_segmentation
+    from ModelSelectorLib.selection.calibration import build_index, calibrate, ood_references
+    from ModelSelectorLib.selection.encoder import Encoder
+    from ModelSelectorLib.selection.index import default_index_dir
+    from ModelSelectorLib.selection.prototypes import generate_for_model
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
     from ModelSelectorLib.zoo import Zoo
 
     torch.set_num_threads(2)
@@ -111,7 +111,7 @@ def env(tmp_path_factory):
 
 # --- prototypes -----------------------------------------------------------------------------------------
 def test_prototypes_stored_in_bundle_with_origins(env):
-    from ModelSelectorLib.prototypes import ORIGINS, load_prototypes
+    from ModelSelectorLib.selection.prototypes import ORIGINS, load_prototypes
 
     for name in MODELS:
         bundle = env["zoo"].get(name)
@@ -127,8 +127,9 @@ def test_prototypes_stored_in_bundle_with_origins(env):
 
 
 def test_synthesis_geometry_2d_and_3d_and_bn_matching(env):
-    from ModelSelectorLib.bundle import load_bundle
-    from ModelSelectorLib.prototypes import BNStatHooks, synthesize_inputs
+    from ModelSelectorLib.models.bnstats import BNStatHooks
+    from ModelSelectorLib.selection.inversion import synthesize_inputs
+    from ModelSelectorLib.zoo import load_bundle
 
     lb = load_bundle(env["zoo"].get("ct_abdomen"))
     info = {}
@@ -150,9 +151,9 @@ def test_synthesis_geometry_2d_and_3d_and_bn_matching(env):
 
 
 def test_synthesis_without_running_stats_falls_back(tmp_path, env):
-    from ModelSelectorLib.bundle import ModelCard, save_bundle
-    from ModelSelectorLib.prototypes import data_free_prototypes
-    from ModelSelectorLib.train import TrainConfig, build_network, network_def
+    from ModelSelectorLib.selection.prototypes import data_free_prototypes
+    from ModelSelectorLib.training.segmentation import TrainConfig, build_network, network_def
+    from ModelSelectorLib.zoo import ModelCard, save_bundle
 
     net_def = network_def(TrainConfig(channels=(4, 8), norm="instance"), spatial_dims=3, n_classes=2)
     card = ModelCard(name="inorm", version="0.1.0", task_type="segmentation", modality="CT", body_region="ABDOMEN",
@@ -167,7 +168,7 @@ def test_synthesis_without_running_stats_falls_back(tmp_path, env):
 
 
 def test_missing_prototypes_and_bad_exemplars(tmp_path, env):
-    from ModelSelectorLib.prototypes import exemplar_prototypes, load_prototypes
+    from ModelSelectorLib.selection.prototypes import exemplar_prototypes, load_prototypes
 
     with pytest.raises(BundleError, match="modelselector prototypes"):
         load_prototypes(tmp_path)
@@ -178,7 +179,7 @@ def test_missing_prototypes_and_bad_exemplars(tmp_path, env):
 # --- selection ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("origins", [("exemplar", "data-free"), ("exemplar",), ("data-free",)])
 def test_right_model_ranks_first(env, origins):
-    from ModelSelectorLib.selector import select
+    from ModelSelectorLib.selection.selector import select
 
     for name, image in env["queries"].items():
         sel = select(image, env["zoo"], env["index"], env["encoder"], top_k=3, origins=origins)
@@ -191,7 +192,7 @@ def test_right_model_ranks_first(env, origins):
 def test_noise_and_photo_are_rejected(env):
     import matplotlib.cbook as cbook
 
-    from ModelSelectorLib.selector import select
+    from ModelSelectorLib.selection.selector import select
 
     photo = read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     for image in (noise_volume(123), photo):
@@ -201,7 +202,7 @@ def test_noise_and_photo_are_rejected(env):
 
 
 def test_selection_order_and_reasons(env):
-    from ModelSelectorLib.selector import select
+    from ModelSelectorLib.selection.selector import select
 
     sel = select(env["queries"]["mr_abdomen"], env["zoo"], env["index"], env["encoder"], top_k=None)
     assert [m.name for m in sel.models][0] == "mr_abdomen" and len(sel.models) == 3
@@ -225,7 +226,7 @@ def _copy_zoo(env, tmp_path):
 
 
 def test_index_round_trip_add_remove(env, tmp_path):
-    from ModelSelectorLib.index import ZooIndex, load_index
+    from ModelSelectorLib.selection.index import ZooIndex, load_index
 
     zoo = _copy_zoo(env, tmp_path)
     idx = load_index(zoo)
@@ -255,8 +256,8 @@ def test_index_round_trip_add_remove(env, tmp_path):
 
 
 def test_index_stale_and_extra_models_are_reported(env, tmp_path):
-    from ModelSelectorLib.index import load_index
-    from ModelSelectorLib.prototypes import load_prototypes, save_prototypes
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.selection.prototypes import load_prototypes, save_prototypes
 
     zoo = _copy_zoo(env, tmp_path)
     idx = load_index(zoo)
@@ -271,7 +272,7 @@ def test_index_stale_and_extra_models_are_reported(env, tmp_path):
 
 
 def test_interrupted_save_leaves_old_index_loadable(env, tmp_path, monkeypatch):
-    import ModelSelectorLib.index as index_mod
+    import ModelSelectorLib.selection.index as index_mod
 
     zoo = _copy_zoo(env, tmp_path)
     idx = index_mod.load_index(zoo)
@@ -293,8 +294,8 @@ def test_interrupted_save_leaves_old_index_loadable(env, tmp_path, monkeypatch):
 
 
 def test_errors_empty_zoo_missing_and_corrupt_index(env, tmp_path):
-    from ModelSelectorLib.index import build_index
-    from ModelSelectorLib.selector import select
+    from ModelSelectorLib.selection.calibration import build_index
+    from ModelSelectorLib.selection.selector import select
     from ModelSelectorLib.zoo import Zoo
 
     image = env["queries"]["ct_abdomen"]

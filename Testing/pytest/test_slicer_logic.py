@@ -38,9 +38,10 @@ MODEL = "TinySeg"
 def tiny_zoo(tmp_path_factory):
     """A zoo with one segmentation model trained for two epochs on a synthetic MSD dataset."""
     from ModelSelectorLib.datasets import make_synthetic_msd
-    from ModelSelectorLib.index import build_index, default_index_dir
-    from ModelSelectorLib.prototypes import generate_for_model
-    from ModelSelectorLib.train import TrainConfig, train_segmentation
+    from ModelSelectorLib.selection.calibration import build_index
+    from ModelSelectorLib.selection.index import default_index_dir
+    from ModelSelectorLib.selection.prototypes import generate_for_model
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
 
     root = tmp_path_factory.mktemp("zoo")
     dataset = make_synthetic_msd(root / "msd", n_cases=3, shape=(16, 24, 24))

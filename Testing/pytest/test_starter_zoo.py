@@ -15,11 +15,32 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ModelSelectorLib import starter_zoo as sz
-from ModelSelectorLib.bundle import BODY_REGIONS, MODALITIES, read_metadata, validate_bundle
 from ModelSelectorLib.errors import DatasetError, ModelSelectorError
 from ModelSelectorLib.io import Image, read_image, write_image
+from ModelSelectorLib.starter_zoo.build import (  # noqa: E402
+    build_index,
+    build_landmark_model,
+    build_model,
+    build_prototypes,
+    exemplar_images,
+    prepare_dataset,
+    remap_labels,
+)
+from ModelSelectorLib.starter_zoo.recipes import (  # noqa: E402
+    ANATOMY,
+    LANDMARK_RECIPES,
+    METADATA_KEY,
+    RECIPES,
+    Case,
+    LabelSpec,
+    Recipe,
+    fixed_split,
+    recipes,
+    terminology,
+)
 from ModelSelectorLib.zoo import Zoo
+from ModelSelectorLib.zoo.bundle import load_bundle, read_metadata, validate_bundle
+from ModelSelectorLib.zoo.card import BODY_REGIONS, MODALITIES
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "Resources" / "zoo"
@@ -42,10 +63,10 @@ def zoo() -> Zoo:
 
 # --- the recipe table -----------------------------------------------------------------------------------
 def test_recipe_table_is_consistent():
-    names = [r.name for r in sz.RECIPES]
+    names = [r.name for r in RECIPES]
     assert len(names) == len(set(names)) >= 6
     pairs = set()
-    for r in sz.RECIPES:
+    for r in RECIPES:
         r.check()
         assert r.modality in MODALITIES
         assert all(part in BODY_REGIONS for part in r.body_region.split(";"))
@@ -61,20 +82,20 @@ def test_recipe_table_is_consistent():
 
 
 def test_recipes_selects_by_name_and_refuses_unknown():
-    assert [r.name for r in sz.recipes(["dx-chest-lungs"])] == ["dx-chest-lungs"]
+    assert [r.name for r in recipes(["dx-chest-lungs"])] == ["dx-chest-lungs"]
     with pytest.raises(ModelSelectorError, match="unknown starter-zoo model"):
-        sz.recipes(["no-such-model"])
+        recipes(["no-such-model"])
 
 
 def test_remap_labels_maps_sources_and_binarises_masks():
     src = np.array([[0, 5, 1, 52], [6, 6, 2, 99]], np.uint8)
     labels = (
-        sz.LabelSpec(1, "Liver", (1, 0, 0), {}, (5,)),
-        sz.LabelSpec(2, "Stomach", (0, 1, 0), {}, (6, 2)),
+        LabelSpec(1, "Liver", (1, 0, 0), {}, (5,)),
+        LabelSpec(2, "Stomach", (0, 1, 0), {}, (6, 2)),
     )
-    assert sz.remap_labels(src, labels).tolist() == [[0, 1, 0, 0], [2, 2, 2, 0]]
+    assert remap_labels(src, labels).tolist() == [[0, 1, 0, 0], [2, 2, 2, 0]]
     mask = np.array([[0, 255], [255, 0]], np.uint8)
-    assert sz.remap_labels(mask, (sz.LabelSpec(1, "Lungs", (0, 0, 1), {}),)).tolist() == [[0, 1], [1, 0]]
+    assert remap_labels(mask, (LabelSpec(1, "Lungs", (0, 0, 1), {}),)).tolist() == [[0, 1], [1, 0]]
 
 
 # --- the recipe machinery on a tiny data folder ---------------------------------------------------------
@@ -111,14 +132,14 @@ def tiny_data(tmp_path: Path) -> Path:
     return root
 
 
-def _tiny_recipe(**changes: object) -> sz.Recipe:
-    cases = [sz.Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
-    recipe = sz.Recipe(
+def _tiny_recipe(**changes: object) -> Recipe:
+    cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    recipe = Recipe(
         name="tiny-organs", version="1.0.0", modality="CT", body_region="ABDOMEN",
-        labels=(sz.LabelSpec(1, "Liver", (0.9, 0.5, 0.4), sz.terminology(sz.ANATOMY, ("SCT", "10200004", "Liver")), (5,)),
-                sz.LabelSpec(2, "Stomach", (0.8, 0.6, 0.2), sz.terminology(sz.ANATOMY, ("SCT", "69695003", "Stomach")),
+        labels=(LabelSpec(1, "Liver", (0.9, 0.5, 0.4), terminology(ANATOMY, ("SCT", "10200004", "Liver")), (5,)),
+                LabelSpec(2, "Stomach", (0.8, 0.6, 0.2), terminology(ANATOMY, ("SCT", "69695003", "Stomach")),
                              (6,))),
-        cases=sz._fixed(cases[:2], cases[2:]),
+        cases=fixed_split(cases[:2], cases[2:]),
         train={"channels": (4, 8), "roi_size": (16, 16, 8), "target_spacing": (1.5, 1.5, 3.0), "intensity": "ct",
                "a_min": -200.0, "a_max": 300.0, "epochs": 2, "batch_size": 1, "num_samples": 2, "augment": False},
         provenance="threshold of a synthetic phantom", source="synthetic test volumes", licence="CC0-1.0",
@@ -129,11 +150,11 @@ def _tiny_recipe(**changes: object) -> sz.Recipe:
 
 def test_prepare_dataset_writes_msd_with_held_out_split(tiny_data: Path, tmp_path: Path):
     from ModelSelectorLib.datasets import load_msd
-    from ModelSelectorLib.train import split_cases
+    from ModelSelectorLib.training.segmentation import split_cases
 
     recipe = _tiny_recipe()
     for seed in (0, 3):
-        prep = sz.prepare_dataset(recipe, tiny_data, tmp_path / f"msd{seed}", seed=seed)
+        prep = prepare_dataset(recipe, tiny_data, tmp_path / f"msd{seed}", seed=seed)
         ds = load_msd(prep["root"])
         assert ds.labels == {0: "background", 1: "Liver", 2: "Stomach"}
         assert ds.raw["terminology"]["1"]["type"] == ["SCT", "10200004", "Liver"]
@@ -146,17 +167,17 @@ def test_prepare_dataset_writes_msd_with_held_out_split(tiny_data: Path, tmp_pat
     assert sorted(np.unique(label.array).tolist()) == [0, 1, 2]  # 5 -> 1, 6 -> 2, 77 dropped
     assert label.spacing == pytest.approx(src.spacing) and label.origin == pytest.approx(src.origin)
     assert label.direction == pytest.approx(src.direction)
-    assert prep["hash"] != sz.prepare_dataset(recipe, tiny_data, tmp_path / "other", seed=1)["hash"]
+    assert prep["hash"] != prepare_dataset(recipe, tiny_data, tmp_path / "other", seed=1)["hash"]
 
 
 def test_prepare_dataset_binarises_png_masks(tiny_data: Path, tmp_path: Path):
     recipe = _tiny_recipe(
         name="tiny-lungs", modality="DX", body_region="CHEST",
-        labels=(sz.LabelSpec(1, "Lungs", (0.7, 0.6, 0.5), sz.terminology(sz.ANATOMY, ("SCT", "39607008", "Lung"))),),
-        cases=sz._fixed([sz.Case("x", "png/x.png", "png/x_mask.png")]),
+        labels=(LabelSpec(1, "Lungs", (0.7, 0.6, 0.5), terminology(ANATOMY, ("SCT", "39607008", "Lung"))),),
+        cases=fixed_split([Case("x", "png/x.png", "png/x_mask.png")]),
         train={"channels": (4, 8), "roi_size": (16, 16), "target_spacing": (1.0, 1.0), "epochs": 1},
     )  # fmt: skip
-    prep = sz.prepare_dataset(recipe, tiny_data, tmp_path / "msd2d")
+    prep = prepare_dataset(recipe, tiny_data, tmp_path / "msd2d")
     label = read_image(prep["root"] / "labelsTr" / "x.nii.gz", check_content=False)
     assert label.ndim == 2 and sorted(np.unique(label.array).tolist()) == [0, 1]
     assert int(label.array.sum()) == 16 * 8
@@ -164,13 +185,13 @@ def test_prepare_dataset_binarises_png_masks(tiny_data: Path, tmp_path: Path):
 
 def test_missing_source_files_are_named(tmp_path: Path):
     with pytest.raises(DatasetError, match=r"missing under .*--data"):
-        sz.prepare_dataset(_tiny_recipe(), tmp_path / "empty", tmp_path / "msd")
+        prepare_dataset(_tiny_recipe(), tmp_path / "empty", tmp_path / "msd")
 
 
 def test_build_model_completes_card_and_resumes(tiny_data: Path, tmp_path: Path):
     recipe = _tiny_recipe()
     zoo_dir, work = tmp_path / "zoo", tmp_path / "work"
-    first = sz.build_model(recipe, tiny_data, zoo_dir, work, seed=0, num_threads=1)
+    first = build_model(recipe, tiny_data, zoo_dir, work, seed=0, num_threads=1)
     assert first["status"] == "built"
     zoo = Zoo(zoo_dir)
     card = validate_bundle(zoo.get("tiny-organs"))
@@ -179,18 +200,18 @@ def test_build_model_completes_card_and_resumes(tiny_data: Path, tmp_path: Path)
     assert isinstance(card.validation_metrics["dice"], float)
     assert "threshold of a synthetic phantom" in card.training_data
     assert [lb["terminology"]["type"][1] for lb in card.labels] == ["10200004", "69695003"]
-    block = read_metadata(zoo.get("tiny-organs"))[sz.METADATA_KEY]
+    block = read_metadata(zoo.get("tiny-organs"))[METADATA_KEY]
     assert block["label_provenance"] == recipe.provenance and block["validation_cases"][0]["id"] == "case2"
     # same recipe and seed: skipped; another seed: rebuilt in place (one version only)
-    assert sz.build_model(recipe, tiny_data, zoo_dir, work, seed=0)["status"] == "skipped"
-    assert sz.build_model(recipe, tiny_data, zoo_dir, work, seed=1, num_threads=1)["status"] == "built"
+    assert build_model(recipe, tiny_data, zoo_dir, work, seed=0)["status"] == "skipped"
+    assert build_model(recipe, tiny_data, zoo_dir, work, seed=1, num_threads=1)["status"] == "built"
     zoo.reload()
     assert zoo.versions("tiny-organs") == ["1.0.0"] and validate_bundle(zoo.get("tiny-organs")).seed == 1
 
 
 def test_single_case_model_reports_no_validation(tiny_data: Path, tmp_path: Path):
-    recipe = _tiny_recipe(cases=sz._fixed([sz.Case("case0", "vol/case0.nii.gz", "vol/case0_seg.nii.gz")]))
-    sz.build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
+    recipe = _tiny_recipe(cases=fixed_split([Case("case0", "vol/case0.nii.gz", "vol/case0_seg.nii.gz")]))
+    build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
     metrics = Zoo(tmp_path / "zoo").card("tiny-organs").validation_metrics
     assert metrics["validation"] == "none: single case" and "dice" not in metrics
     assert "training_dice" in metrics
@@ -198,13 +219,13 @@ def test_single_case_model_reports_no_validation(tiny_data: Path, tmp_path: Path
 
 # --- the bundled zoo ------------------------------------------------------------------------------------
 def test_bundled_zoo_cards_are_complete(zoo: Zoo):
-    assert sorted(zoo.names()) == sorted(r.name for r in sz.recipes())
+    assert sorted(zoo.names()) == sorted(r.name for r in recipes())
     for name in zoo.names():
         path = zoo.get(name)
         card = validate_bundle(path)
         assert not card.synthetic and card.license and card.n_training_cases >= 1
         assert (path / "docs" / "README.md").is_file()
-        block = read_metadata(path)[sz.METADATA_KEY]
+        block = read_metadata(path)[METADATA_KEY]
         assert block["label_provenance"] and block["licence"] == card.license and block["recipe_hash"]
         assert len(block["training_cases"]) == card.n_training_cases
         if card.task_type == "landmarks":
@@ -236,12 +257,12 @@ def test_bundled_resources_stay_small():
 
 
 def _index_module():
-    return pytest.importorskip("ModelSelectorLib.index", reason="the index module is not available")
+    return pytest.importorskip("ModelSelectorLib.selection.index", reason="the index module is not available")
 
 
 def test_bundled_index_agrees_with_catalog(zoo: Zoo):
-    from ModelSelectorLib.index import load_index
-    from ModelSelectorLib.prototypes import has_prototypes, load_prototypes
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.selection.prototypes import has_prototypes, load_prototypes
 
     idx = load_index(ZOO)
     assert idx.problems(zoo) == []  # every model indexed at its current version, prototypes not stale
@@ -257,7 +278,7 @@ def test_bundled_index_agrees_with_catalog(zoo: Zoo):
 
 @pytest.mark.parametrize("sample", sorted(SAMPLE_FAMILY))
 def test_select_ranks_expected_family_first(zoo: Zoo, sample: str):
-    from ModelSelectorLib.selector import select
+    from ModelSelectorLib.selection.selector import select
 
     selection = select(SAMPLES / sample, zoo=ZOO)
     top = selection.models[0]
@@ -266,10 +287,10 @@ def test_select_ranks_expected_family_first(zoo: Zoo, sample: str):
 
 
 def test_apply_bundled_model_to_sample_keeps_geometry(zoo: Zoo):
-    from ModelSelectorLib.infer import apply_model
+    from ModelSelectorLib.models.segmentation import apply_model
 
     image = read_image(SAMPLES / "cxr_chest.png")
-    labels = apply_model(zoo.get("dx-chest-lungs"), image)
+    labels = apply_model(load_bundle(zoo.get("dx-chest-lungs")), image)
     assert labels.array.shape == image.array.shape and labels.array.dtype == np.uint8
     assert labels.spacing == pytest.approx(image.spacing) and labels.origin == pytest.approx(image.origin)
     assert labels.direction == pytest.approx(image.direction)
@@ -282,8 +303,8 @@ def test_apply_bundled_model_to_sample_keeps_geometry(zoo: Zoo):
 def test_bundled_landmark_model_finds_the_lung_borders_on_the_sample(zoo: Zoo, tmp_path: Path):
     from scipy import ndimage
 
-    from ModelSelectorLib.infer import apply_to_file
-    from ModelSelectorLib.landmarks import read_markups
+    from ModelSelectorLib.apply import apply_to_file
+    from ModelSelectorLib.io.markups import read_markups
 
     out = apply_to_file(ZOO, "dx-chest-landmarks", SAMPLES / "cxr_chest.png", tmp_path / "cxr.mrk.json")
     points_lps, names = read_markups(out)
@@ -308,8 +329,8 @@ def test_bundled_landmark_model_finds_the_lung_borders_on_the_sample(zoo: Zoo, t
 def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(zoo: Zoo):
     import matplotlib.cbook
 
-    from ModelSelectorLib.bundle import load_bundle
-    from ModelSelectorLib.selector import verify_fit
+    from ModelSelectorLib.selection.selector import verify_fit
+    from ModelSelectorLib.zoo import load_bundle
 
     model = load_bundle(zoo.get("dx-chest-landmarks"))
     chest = verify_fit(model, read_image(SAMPLES / "cxr_chest.png"))
@@ -326,40 +347,40 @@ def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(
 def test_landmark_recipe_uses_the_committed_comparison_settings():
     import yaml
 
-    from ModelSelectorLib.landmarks import VARIANTS
+    from ModelSelectorLib.training.landmarks import VARIANTS
 
     grid = yaml.safe_load((ROOT / "docs" / "landmarks" / "grid.yaml").read_text(encoding="utf-8"))
-    for recipe in sz.LANDMARK_RECIPES:
+    for recipe in LANDMARK_RECIPES:
         assert recipe.variant in VARIANTS and 0 < recipe.fraction <= 1
         assert recipe.grid["train"] == grid["train"] and recipe.grid["split_seed"] == grid["split_seed"]
         assert recipe.modality in MODALITIES and recipe.body_region in BODY_REGIONS
 
 
 def test_landmark_recipe_builds_resumes_and_indexes(tmp_path: Path):
-    from ModelSelectorLib.index import load_index
-    from ModelSelectorLib.landmarks import make_synthetic_cxr
-    from ModelSelectorLib.landmarks_compare import GridConfig
-    from ModelSelectorLib.prototypes import load_prototypes
+    from ModelSelectorLib.datasets.landmarks import make_synthetic_cxr
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.selection.prototypes import load_prototypes
+    from ModelSelectorLib.training.landmark_study import GridConfig
 
     data = make_synthetic_cxr(tmp_path / "cxr", n_labelled=10, n_unlabelled=3, width=72, height=60, seed=3)
     recipe = dataclasses.replace(
-        sz.LANDMARK_RECIPES[0], name="tiny-landmarks", variant="uncertainty_kd", fraction=0.5,
+        LANDMARK_RECIPES[0], name="tiny-landmarks", variant="uncertainty_kd", fraction=0.5,
         grid=GridConfig.quick().to_dict(), n_exemplars=2,
     )  # fmt: skip
     zoo_dir = tmp_path / "zoo"
-    first = sz.build_landmark_model(recipe, data, zoo_dir)
+    first = build_landmark_model(recipe, data, zoo_dir)
     assert first["status"] == "built" and "test_mre_px" in first["metrics"]
-    assert sz.build_landmark_model(recipe, data, zoo_dir)["status"] == "skipped"  # resumable
+    assert build_landmark_model(recipe, data, zoo_dir)["status"] == "skipped"  # resumable
     card = validate_bundle(first["path"])
-    block = read_metadata(first["path"])[sz.METADATA_KEY]
+    block = read_metadata(first["path"])[METADATA_KEY]
     assert card.task_type == "landmarks" and card.license == recipe.licence
     assert block["variant"] == "uncertainty_kd" and len(block["training_cases"]) == card.n_training_cases == 4
-    exemplars = sz.exemplar_images(recipe, data)
+    exemplars = exemplar_images(recipe, data)
     assert len(exemplars) == 2 and {p.stem for p in exemplars} <= {c["id"] for c in block["training_cases"]}
     assert all((data / c["image"]).is_file() for c in block["training_cases"])
-    sz.build_prototypes(recipe, data, zoo_dir, data_free=2)
+    build_prototypes(recipe, data, zoo_dir, data_free=2)
     assert set(load_prototypes(first["path"]).origins()) == {"exemplar", "data-free"}
-    idx = load_index(sz.build_index(zoo_dir))
+    idx = load_index(build_index(zoo_dir))
     assert idx.model_names() == ["tiny-landmarks"]
 
 
@@ -376,9 +397,7 @@ def test_build_is_deterministic_for_a_seed(tiny_data: Path, tmp_path: Path):
     recipe = _tiny_recipe()
     weights = []
     for run in ("a", "b"):
-        res = sz.build_model(
-            recipe, tiny_data, tmp_path / run, tmp_path / f"work-{run}", seed=5, num_threads=1
-        )
+        res = build_model(recipe, tiny_data, tmp_path / run, tmp_path / f"work-{run}", seed=5, num_threads=1)
         weights.append(torch.load(res["path"] / "models" / "model.pt", weights_only=True))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

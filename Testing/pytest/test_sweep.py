@@ -14,7 +14,7 @@ from ranking_helpers import TINY, make_disk_msd  # noqa: E402
 
 from ModelSelectorLib.cli import main  # noqa: E402
 from ModelSelectorLib.errors import DatasetError, TrainingError  # noqa: E402
-from ModelSelectorLib.sweep import expand_sweep, make_split, read_split  # noqa: E402
+from ModelSelectorLib.ranking.sweep import expand_sweep, make_split, read_split  # noqa: E402
 
 
 def test_grid_and_list_expand_with_names():
@@ -126,7 +126,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
 
 
 def test_dashboard_command_for_one_bundle(tmp_path, capsys):
-    from ModelSelectorLib.train import TrainConfig, train_segmentation
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
 
     msd = make_disk_msd(tmp_path / "msd", n_cases=6)
     train_dir, split = make_split(msd, tmp_path / "w", 0.34)
@@ -143,7 +143,7 @@ def test_dashboard_command_for_one_bundle(tmp_path, capsys):
 
 def test_ray_executor(tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ModelSelectorLib[ray]')")
-    from ModelSelectorLib.sweep import expand_sweep, run_sweep
+    from ModelSelectorLib.ranking.sweep import expand_sweep, run_sweep
 
     msd = make_disk_msd(tmp_path / "msd", n_cases=6)
     spec = expand_sweep({"task": "r", "test_fraction": 0.34, "base": {**TINY, "epochs": 2},
@@ -156,7 +156,7 @@ def test_ray_executor(tmp_path):
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     import sys
 
-    from ModelSelectorLib.sweep import run_ray
+    from ModelSelectorLib.ranking.sweep import run_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(TrainingError, match="pip install"):

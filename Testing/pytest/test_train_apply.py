@@ -26,7 +26,7 @@ def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny UNet trained once on 5 synthetic CT cases; returns (zoo path, bundle path)."""
-    from ModelSelectorLib.train import TrainConfig, train_segmentation
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("train")
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(trained):
-    from ModelSelectorLib.bundle import load_bundle
+    from ModelSelectorLib.zoo import load_bundle
 
     return load_bundle(trained[1])
 
@@ -64,7 +64,7 @@ def test_training_writes_a_complete_card(trained, loaded):
 
 @pytest.mark.parametrize("resample", ["nearest", "linear"])
 def test_apply_segments_a_held_back_case(loaded, resample):
-    from ModelSelectorLib.infer import apply_model
+    from ModelSelectorLib.models.segmentation import apply_model
 
     image, truth = make_synthetic_case(1000, profile="ct")
     out = apply_model(loaded, image, resample=resample)
@@ -90,7 +90,7 @@ class IntensityOracle(torch.nn.Module):
 def oracle_bundle(spacing=(1.0, 1.0, 1.5)):
     from types import SimpleNamespace
 
-    from ModelSelectorLib.bundle import ModelCard
+    from ModelSelectorLib.zoo import ModelCard
 
     card = ModelCard(name="oracle", version="0.1.0", task_type="segmentation", modality="CT", body_region="ABDOMEN",
                      labels=[{"value": 1, "name": "sphere", "color": [1.0, 0.0, 0.0]},
@@ -127,7 +127,7 @@ def _assert_same_grid(out, image):
 def test_apply_preserves_geometry_and_label_positions(spacing, shape, angle, flip):
     """With a perfect network the output must reproduce the truth: any resampling or axis-order error
     (transposed axes, flipped directions, shifted origin) would move the labels."""
-    from ModelSelectorLib.infer import apply_model
+    from ModelSelectorLib.models.segmentation import apply_model
 
     image, truth = _case(spacing, shape, angle, flip)
     out = apply_model(oracle_bundle(), image)
@@ -140,7 +140,7 @@ def test_apply_preserves_geometry_and_label_positions(spacing, shape, angle, fli
 
 @pytest.mark.parametrize("spacing, shape, angle, flip", GEOMETRIES[:2])
 def test_trained_model_on_other_geometries(loaded, spacing, shape, angle, flip):
-    from ModelSelectorLib.infer import apply_model
+    from ModelSelectorLib.models.segmentation import apply_model
 
     image, truth = _case(spacing, shape, angle, flip)
     out = apply_model(loaded, image)
@@ -149,7 +149,7 @@ def test_trained_model_on_other_geometries(loaded, spacing, shape, angle, flip):
 
 
 def test_apply_can_be_cancelled(loaded):
-    from ModelSelectorLib.infer import apply_model
+    from ModelSelectorLib.models.segmentation import apply_model
 
     image, _ = make_synthetic_case(5, profile="ct")
     ev = threading.Event()
@@ -260,9 +260,9 @@ def test_cli_train_bad_config_is_one_line_error(trained, tmp_path, capsys):
 
 
 def test_apply_2d_model_keeps_2d_geometry(tmp_path):
-    from ModelSelectorLib.bundle import ModelCard, load_bundle, save_bundle
-    from ModelSelectorLib.infer import apply_model
-    from ModelSelectorLib.train import TrainConfig, build_network, network_def
+    from ModelSelectorLib.models.segmentation import apply_model
+    from ModelSelectorLib.training.segmentation import TrainConfig, build_network, network_def
+    from ModelSelectorLib.zoo import ModelCard, load_bundle, save_bundle
 
     torch.manual_seed(0)
     net_def = network_def(TrainConfig(channels=(4, 8)), spatial_dims=2, n_classes=2)
@@ -283,8 +283,8 @@ def test_apply_2d_model_keeps_2d_geometry(tmp_path):
 
 
 def test_intensity_mode_follows_modality():
-    from ModelSelectorLib.infer import normalize_intensity
-    from ModelSelectorLib.train import TrainConfig, intensity_settings
+    from ModelSelectorLib.models.preprocessing import normalize_intensity
+    from ModelSelectorLib.training.segmentation import TrainConfig, intensity_settings
 
     assert intensity_settings(TrainConfig(), "MR") == {"mode": "mr"}
     assert intensity_settings(TrainConfig(a_min=-200, a_max=300), "CT") == {
@@ -307,7 +307,7 @@ def test_augmented_patches_keep_the_roi_shape(roi):
     (a quarter turn would otherwise make patches of two shapes that cannot be batched)."""
     from monai.utils import set_determinism
 
-    from ModelSelectorLib.train import TrainConfig, _train_transforms
+    from ModelSelectorLib.training.segmentation import TrainConfig, _train_transforms
 
     set_determinism(seed=0)
     transform = _train_transforms(TrainConfig(roi_size=roi, augment=True, num_samples=4), roi, 3)
@@ -321,7 +321,7 @@ def test_augmented_patches_keep_the_roi_shape(roi):
 
 def test_flips_spare_the_left_right_axis_for_lateral_labels():
     from ModelSelectorLib.errors import TrainingError
-    from ModelSelectorLib.train import TrainConfig, flip_axes
+    from ModelSelectorLib.training.segmentation import TrainConfig, flip_axes
 
     cfg = TrainConfig()
     assert flip_axes(cfg, ["Liver", "Right kidney", "Left kidney"], 3) == (1, 2)
@@ -337,7 +337,7 @@ def test_flips_spare_the_left_right_axis_for_lateral_labels():
 def test_lateral_labels_stay_on_their_side_through_augmentation():
     from monai.utils import set_determinism
 
-    from ModelSelectorLib.train import TrainConfig, _train_transforms, flip_axes
+    from ModelSelectorLib.training.segmentation import TrainConfig, _train_transforms, flip_axes
 
     roi = (16, 16, 8)
     cfg = TrainConfig(roi_size=roi, augment=True, num_samples=4)

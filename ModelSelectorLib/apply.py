@@ -1,0 +1,55 @@
+"""Applying a zoo model to an image file: the runtime of the model's task predicts, and writes its output.
+
+``modelselector apply``, the demo and the Slicer module's worker process all come here, so every task type
+is applied the same way: a ``.seg.nrrd`` for a segmentation model, a ``.mrk.json`` for a landmark model,
+whatever the task's runtime writes for others.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .io.image import read_image
+from .models.base import TaskRuntime
+from .models.preprocessing import check_device
+from .models.registry import runtime_for
+from .zoo.bundle import load_bundle
+from .zoo.catalog import Zoo
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def open_runtime(zoo: Union[Zoo, PathLike], model_name: str, device: str = "cpu") -> TaskRuntime:
+    """The runtime of zoo model ``model_name`` (current version), its network on ``device``.
+
+    Raises:
+        ZooError: no such zoo or model. BundleError: an invalid bundle. InputError: an unusable device.
+    """
+    check_device(device)
+    z = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    return runtime_for(load_bundle(z.get(model_name), device=device), device=device)
+
+
+def apply_to_file(
+    zoo_path: Union[Zoo, PathLike],
+    model_name: str,
+    image_path: PathLike,
+    out_path: PathLike,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+) -> Path:
+    """Read ``image_path``, apply zoo model ``model_name``, write ``out_path`` in the task's format (a
+    ``.seg.nrrd`` with segment names, colours and terminology for a segmentation model; a Slicer markups
+    ``.mrk.json`` in LPS with the card's point names for a landmark model), in the image's geometry.
+
+    Raises:
+        InputError: unreadable, 4D, empty or NaN image; ZooError: no such zoo or model; BundleError.
+    """
+    runtime = open_runtime(zoo_path, model_name, device)
+    image = read_image(image_path)
+    return runtime.write(runtime.predict(image, cancel=cancel), Path(out_path))
+
+
+__all__ = ["apply_to_file", "open_runtime"]

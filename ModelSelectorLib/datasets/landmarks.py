@@ -1,0 +1,325 @@
+"""Chest X-ray landmark data: images with ``<id>_landmarks.json`` contours, loaded at a network's size.
+
+A landmark case is a 2D image with a ``<id>_landmarks.json`` beside it: groups of ``[x, y]`` pixel
+coordinates (x right, y down; keys ``RL``/``LL`` lung contours, ``H`` heart, ``RCLA``/``LCLA``
+clavicles) and a ``_meta`` block with ``pixel_spacing_mm``. Groups an image lacks (Shenzhen cases have
+lungs only) are masked out of losses and metrics. Every image is resized to ``size x size`` pixels; point
+coordinates follow (pixel-centre convention, ``x' = (x + 0.5) * size / W - 0.5``) and the per-axis scale
+back to the original pixels is kept so that errors are measured in original pixels, and in millimetres
+when the spacing is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import DatasetError, TrainingError
+from ..models.landmarks import GROUPS, LUNG_GROUPS, LandmarkSchema, resize_image, to_resized
+from ..progress import check_cancel, progress_bar
+
+PathLike = Union[str, Path]
+
+#: JSRT raw pixel size (mm at 2048 px), used when a JSRT case's JSON does not state its spacing
+JSRT_RAW_SPACING_MM = 0.175
+JSRT_RAW_SIZE = 2048
+
+
+# --- cases ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LandmarkCase:
+    """One image resized to ``size x size`` with its landmarks.
+
+    Attributes:
+        case_id: file stem of the image.
+        image: ``(size, size)`` float32 in [0, 1] (percentile-normalised), network layout ``(x, y)``.
+        points: ``(P, 2)`` float ``(x, y)`` in the resized grid; NaN where the landmark is missing.
+        mask: ``(P,)`` bool, True where the landmark is annotated.
+        scale: ``(sx, sy)`` original pixels per resized pixel along x and y.
+        spacing_mm: ``(sx, sy)`` original pixel spacing in mm, or None when unknown.
+        source: dataset the image comes from.
+    """
+
+    case_id: str
+    image: np.ndarray
+    points: np.ndarray
+    mask: np.ndarray
+    scale: tuple[float, float]
+    spacing_mm: Optional[tuple[float, float]] = None
+    source: str = ""
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.mask.any())
+
+
+def read_landmark_json(
+    path: PathLike, schema: LandmarkSchema, image_width: Optional[int] = None
+) -> tuple[np.ndarray, np.ndarray, Optional[float], dict[str, Any]]:
+    """Read a ``<id>_landmarks.json``.
+
+    Returns:
+        ``(points (P, 2) original px with NaN for missing, mask (P,), spacing_mm or None, meta)``.
+        The spacing is ``_meta.pixel_spacing_mm``; for a JSRT case (``_meta.jsrt_id``) that does not
+        state it, ``0.175 mm * 2048 / image_width``.
+
+    Raises:
+        DatasetError: unreadable JSON, or a group with the wrong number of points.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable landmark JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: must hold an object with groups such as 'RL': [[x, y], ...].")
+    pts = np.full((schema.n_points, 2), np.nan)
+    mask = np.zeros(schema.n_points, dtype=bool)
+    k = 0
+    for group, idx in schema.indices.items():
+        values = data.get(group)
+        if values is not None:
+            arr = np.asarray(values, dtype=float)
+            if arr.ndim != 2 or arr.shape != (GROUPS[group], 2):
+                raise DatasetError(
+                    f"{path}: group '{group}' has shape {arr.shape}; expected ({GROUPS[group]}, 2) [x, y] points."
+                )
+            pts[k : k + len(idx)] = arr[idx]
+            mask[k : k + len(idx)] = True
+        k += len(idx)
+    meta = data.get("_meta") if isinstance(data.get("_meta"), dict) else {}
+    spacing = meta.get("pixel_spacing_mm")
+    if spacing is None and meta.get("jsrt_id") and image_width:
+        spacing = JSRT_RAW_SPACING_MM * JSRT_RAW_SIZE / float(image_width)
+    return pts, mask, (float(spacing) if spacing else None), meta
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32)
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable image ({e}).") from e
+
+
+def load_case(
+    image_path: PathLike, size: int, schema: LandmarkSchema, landmark_path: Optional[PathLike] = None
+) -> LandmarkCase:
+    """Load one image (and its landmarks when ``landmark_path`` is given) resized to ``size``."""
+    image_path = Path(image_path)
+    arr = _read_png(image_path)
+    img, scale = resize_image(arr, size)
+    if landmark_path is None:
+        pts = np.full((schema.n_points, 2), np.nan)
+        return LandmarkCase(
+            image_path.stem, img, pts, np.zeros(schema.n_points, bool), scale, None, "unlabelled"
+        )
+    pts, mask, spacing, meta = read_landmark_json(landmark_path, schema, image_width=arr.shape[1])
+    source = str(meta.get("source_dataset") or ("JSRT" if meta.get("jsrt_id") else ""))
+    sp = (spacing, spacing) if spacing else None
+    return LandmarkCase(image_path.stem, img, to_resized(pts, scale), mask, scale, sp, source)
+
+
+def find_landmark_folders(data: PathLike) -> tuple[list[Path], list[Path]]:
+    """Labelled and unlabelled image files under ``data``.
+
+    ``data`` is either the shared data root (with ``cxr_landmarks/``, ``cxr_lungseg_imlab/`` and
+    ``cxr_unlabelled/``) or one folder of images with ``<stem>_landmarks.json`` files (an
+    ``unlabelled/`` sub-folder, if present, is the unlabelled pool). Masks (``*_lungmask.png``) are skipped.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such data folder.")
+    labelled_dirs = [root / d for d in ("cxr_landmarks", "cxr_lungseg_imlab") if (root / d).is_dir()] or [
+        root
+    ]
+    unlabelled_dirs = [root / d for d in ("cxr_unlabelled", "unlabelled") if (root / d).is_dir()]
+
+    def images(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.glob("*.png") if not p.stem.endswith(("_lungmask", "_mask")))
+
+    labelled = [
+        p for d in labelled_dirs for p in images(d) if p.with_name(p.stem + "_landmarks.json").is_file()
+    ]
+    unlabelled = [p for d in unlabelled_dirs for p in images(d)]
+    if not labelled:
+        raise DatasetError(
+            f"{root}: no images with landmarks found (expected <id>.png + <id>_landmarks.json, or the "
+            "shared data root with cxr_landmarks/)."
+        )
+    return labelled, unlabelled
+
+
+def load_dataset(
+    data: PathLike,
+    size: int,
+    schema: LandmarkSchema,
+    cache: Optional[PathLike] = None,
+    cancel: Optional[Any] = None,
+) -> tuple[list[LandmarkCase], list[LandmarkCase]]:
+    """All labelled and unlabelled cases under ``data`` at ``size x size`` (see :func:`find_landmark_folders`).
+
+    With ``cache`` (an ``.npz`` path), the resized arrays are stored there and reused when the file
+    list, size and schema are unchanged.
+    """
+    labelled_paths, unlabelled_paths = find_landmark_folders(data)
+    key = json.dumps({"size": size, "schema": schema.to_dict(),
+                      "files": [str(p) for p in labelled_paths + unlabelled_paths]})  # fmt: skip
+    if cache is not None and Path(cache).is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return _cases_from_npz(z)
+    cases_l, cases_u = [], []
+    bar = progress_bar(total=len(labelled_paths) + len(unlabelled_paths), desc="load images")
+    for p in labelled_paths:
+        check_cancel(cancel)
+        cases_l.append(load_case(p, size, schema, p.with_name(p.stem + "_landmarks.json")))
+        bar.update(1)
+    for p in unlabelled_paths:
+        check_cancel(cancel)
+        cases_u.append(load_case(p, size, schema))
+        bar.update(1)
+    bar.close()
+    if cache is not None:
+        _cases_to_npz(cache, key, cases_l, cases_u)
+    return cases_l, cases_u
+
+
+def _cases_to_npz(path: PathLike, key: str, labelled: list, unlabelled: list) -> None:
+
+    allc = labelled + unlabelled
+    sp = np.array([c.spacing_mm if c.spacing_mm else (np.nan, np.nan) for c in allc], dtype=float)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), ids=np.array([c.case_id for c in allc]),
+                     images=np.stack([c.image for c in allc]), points=np.stack([c.points for c in allc]),
+                     masks=np.stack([c.mask for c in allc]), scales=np.array([c.scale for c in allc]),
+                     spacings=sp, sources=np.array([c.source for c in allc]),
+                     n_labelled=np.array(len(labelled)))  # fmt: skip
+
+
+def _cases_from_npz(z: Any) -> tuple[list[LandmarkCase], list[LandmarkCase]]:
+    cases = []
+    for i in range(len(z["ids"])):
+        sp = z["spacings"][i]
+        cases.append(LandmarkCase(str(z["ids"][i]), z["images"][i], z["points"][i], z["masks"][i],
+                                  tuple(float(v) for v in z["scales"][i]),
+                                  None if np.isnan(sp).any() else (float(sp[0]), float(sp[1])),
+                                  str(z["sources"][i])))  # fmt: skip
+    n = int(z["n_labelled"])
+    return cases[:n], cases[n:]
+
+
+# --- splits -------------------------------------------------------------------------------------------
+def split_cases(
+    case_ids: Sequence[str], seed: int = 20261124, val_fraction: float = 0.1, test_fraction: float = 0.2
+) -> dict[str, list[str]]:
+    """Split case ids by image into ``{"train", "val", "test"}`` (a seeded permutation; sorted lists)."""
+    ids = sorted(set(case_ids))
+    if len(ids) < 3:
+        raise DatasetError(f"need at least 3 labelled images to split into train/val/test, got {len(ids)}.")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_test = max(1, int(round(test_fraction * len(ids))))
+    n_val = max(1, int(round(val_fraction * len(ids))))
+    test = sorted(ids[i] for i in order[:n_test])
+    val = sorted(ids[i] for i in order[n_test : n_test + n_val])
+    train = sorted(ids[i] for i in order[n_test + n_val :])
+    return {"train": train, "val": val, "test": test}
+
+
+def labelled_subset(train_ids: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """The training images whose labels are kept: the first ``ceil(fraction * n)`` (at least 1) of a
+    permutation seeded by ``seed``, so that the subsets of one seed are nested across fractions."""
+    if not 0 < fraction <= 1:
+        raise TrainingError(f"label fraction {fraction} must be in (0, 1].")
+    ids = sorted(train_ids)
+    order = np.random.default_rng(10_000 + seed).permutation(len(ids))
+    n = max(1, int(math.ceil(fraction * len(ids) - 1e-9)))
+    return sorted(ids[i] for i in order[:n])
+
+
+# --- synthetic data -----------------------------------------------------------------------------------
+def synthetic_shapes(rng: np.random.Generator, width: int, height: int) -> dict[str, np.ndarray]:
+    """Chest-like landmark contours ``{group: (n, 2) (x, y)}`` in a ``width x height`` image: two lung
+    ellipses, a heart ellipse and two clavicle lines, randomly shifted and scaled."""
+    cx = width * (0.5 + rng.uniform(-0.05, 0.05))
+    cy = height * (0.5 + rng.uniform(-0.05, 0.05))
+    s = rng.uniform(0.9, 1.1)
+    w, h = width * s, height * s
+
+    def ellipse(n: int, x0: float, y0: float, rx: float, ry: float, start: float) -> np.ndarray:
+        t = start + np.linspace(0, 2 * np.pi, n, endpoint=False)
+        return np.stack([x0 + rx * np.cos(t), y0 + ry * np.sin(t)], 1)
+
+    def line(n: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        t = np.linspace(0, 1, n)[:, None]
+        return np.array([x0, y0]) * (1 - t) + np.array([x1, y1]) * t
+
+    return {
+        "RL": ellipse(44, cx - 0.2 * w, cy, 0.13 * w, 0.28 * h, -np.pi / 2),
+        "LL": ellipse(50, cx + 0.2 * w, cy, 0.13 * w, 0.28 * h, -np.pi / 2),
+        "H": ellipse(26, cx + 0.04 * w, cy + 0.15 * h, 0.12 * w, 0.09 * h, 0.0),
+        "RCLA": line(23, cx - 0.35 * w, cy - 0.33 * h, cx - 0.05 * w, cy - 0.38 * h),
+        "LCLA": line(23, cx + 0.35 * w, cy - 0.33 * h, cx + 0.05 * w, cy - 0.38 * h),
+    }
+
+
+def render_synthetic(
+    shapes: dict[str, np.ndarray], width: int, height: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A synthetic radiograph ``(height, width)`` uint8: bright body, dark lungs, a bright blob at every
+    landmark of ``shapes`` (so that each landmark is visible), noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.full((height, width), 150.0, np.float32)
+    for g in ("RL", "LL"):
+        c = shapes[g].mean(0)
+        r = np.ptp(shapes[g], axis=0) / 2
+        img[((xx - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 <= 1] = 60.0
+    rad = max(width, height) / 80.0
+    for pts in shapes.values():
+        for x, y in pts:
+            img += 90.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * rad**2))
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_synthetic_cxr(
+    folder: PathLike,
+    n_labelled: int = 12,
+    n_unlabelled: int = 4,
+    width: int = 96,
+    height: int = 80,
+    spacing_mm: Optional[float] = 0.5,
+    seed: int = 0,
+    lungs_only: int = 1,
+) -> Path:
+    """Write a synthetic landmark dataset: ``<id>.png`` + ``<id>_landmarks.json`` (the shared data's
+    layout), the last ``lungs_only`` labelled cases without heart and clavicles and without spacing, and
+    ``unlabelled/`` images. Returns ``folder``."""
+    from PIL import Image as PILImage
+
+    root = Path(folder)
+    (root / "unlabelled").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_labelled + n_unlabelled):
+        shapes = synthetic_shapes(rng, width, height)
+        img = render_synthetic(shapes, width, height, rng)
+        if i >= n_labelled:
+            PILImage.fromarray(img).save(root / "unlabelled" / f"u{i:03d}.png")
+            continue
+        partial = i >= n_labelled - lungs_only
+        data: dict[str, Any] = {g: np.round(p, 3).tolist() for g, p in shapes.items()
+                                if not partial or g in LUNG_GROUPS}  # fmt: skip
+        data["_meta"] = {"pixel_spacing_mm": None if partial else spacing_mm, "source_dataset": "synthetic"}
+        PILImage.fromarray(img).save(root / f"c{i:03d}.png")
+        (root / f"c{i:03d}_landmarks.json").write_text(json.dumps(data), encoding="utf-8")
+    return root

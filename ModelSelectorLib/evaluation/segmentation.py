@@ -1,0 +1,178 @@
+"""Segmentation metrics of labelled test cases, with MONAI (``monai.metrics``) in physical units.
+
+* ``dice``: Dice overlap, 0-1 (higher is better). Both masks empty -> 1.0.
+* ``hd95``: 95th-percentile symmetric Hausdorff distance in mm (lower is better), using the voxel spacing.
+* ``msd``: mean symmetric surface distance in mm (lower is better), using the voxel spacing.
+
+A label present in the ground truth but missing from the prediction (or the reverse) has no surface distance;
+it gets the image diagonal in mm, the largest distance possible inside the image, so that summary statistics
+and paired tests stay defined and such failures rank last. Both absent -> 0 mm.
+
+Array layout follows :mod:`ModelSelectorLib.io`: ``(z, y, x)`` / ``(y, x)`` arrays with spacing in ITK order
+``(x, y[, z])``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.image import Image, read_image
+from ..models.segmentation import apply_model
+from ..progress import check_cancel, progress_bar
+from ..zoo.bundle import load_bundle
+from .metrics import SEGMENTATION_METRICS, higher_is_better  # noqa: F401  (re-exported for ranking)
+
+
+def _diagonal_mm(shape: Sequence[int], spacing_zyx: Sequence[float]) -> float:
+    return float(math.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape, spacing_zyx))))
+
+
+def segmentation_metrics(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float],
+    labels: Mapping[int, str],
+) -> dict[str, dict[str, float]]:
+    """Dice, HD95 and mean surface distance of each label of one case.
+
+    Args:
+        pred: predicted label map, ``(z, y, x)`` or ``(y, x)`` integers.
+        truth: ground-truth label map of the same shape.
+        spacing: voxel size in mm in ITK order ``(x, y[, z])``.
+        labels: ``{label value: name}`` of the foreground labels to score (0 = background is never scored).
+
+    Returns:
+        ``{name: {"dice": 0-1, "hd95": mm, "msd": mm}}``.
+
+    Raises:
+        InputError: shapes or dimensions disagree, or no label to score.
+    """
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise InputError(
+            f"prediction shape {pred.shape} differs from the ground truth's {truth.shape}; "
+            "resample the prediction onto the label's grid first."
+        )
+    if len(spacing) != pred.ndim:
+        raise InputError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {pred.ndim}D label map.")
+    fg = {int(v): str(n) for v, n in labels.items() if int(v) != 0}
+    if not fg:
+        raise InputError("no foreground label to evaluate; pass labels such as {1: 'liver'}.")
+    spacing_zyx = [float(s) for s in reversed(list(spacing))]
+    diagonal = _diagonal_mm(pred.shape, spacing_zyx)
+    out: dict[str, dict[str, float]] = {}
+    for value, name in sorted(fg.items()):
+        p = torch.from_numpy((pred == value)[None, None].astype(np.float32))
+        t = torch.from_numpy((truth == value)[None, None].astype(np.float32))
+        p_any, t_any = bool(p.any()), bool(t.any())
+        if not p_any and not t_any:
+            out[name] = {"dice": 1.0, "hd95": 0.0, "msd": 0.0}
+            continue
+        dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
+        if p_any and t_any:
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            hd = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing_zyx)[0, 0])  # fmt: skip
+            msd = float(compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=spacing_zyx)[0, 0])  # fmt: skip
+        else:
+            hd = msd = diagonal
+        out[name] = {"dice": dice, "hd95": hd, "msd": msd}
+    return out
+
+
+def case_summary(per_label: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Flatten per-label metrics of one case: the mean over labels (``dice``, ``hd95``, ``msd``) and
+    ``<metric>_<label>`` for each label."""
+    out: dict[str, float] = {}
+    names = list(per_label)
+    for metric in SEGMENTATION_METRICS:
+        vals = [float(per_label[n][metric]) for n in names]
+        out[metric] = float(np.mean(vals)) if vals else float("nan")
+    if len(names) > 1:
+        for n in names:
+            for metric in SEGMENTATION_METRICS:
+                out[f"{metric}_{n}"] = float(per_label[n][metric])
+    return out
+
+
+def evaluate_segmentation(prediction: Image, truth: Image, labels: Mapping[int, str]) -> dict[str, Any]:
+    """Metrics of one predicted :class:`~ModelSelectorLib.io.Image` against its ground truth.
+
+    The two images must share size and spacing (a prediction from :func:`~ModelSelectorLib.infer.apply_model`
+    does: it has exactly its input's geometry).
+
+    Returns:
+        ``{"per_label": {name: {dice, hd95, msd}}, **case_summary}``.
+
+    Raises:
+        InputError: the grids differ.
+    """
+    if prediction.size != truth.size or not np.allclose(prediction.spacing, truth.spacing, rtol=1e-4):
+        raise InputError(
+            f"prediction grid (size {prediction.size}, spacing {prediction.spacing}) differs from the ground "
+            f"truth's (size {truth.size}, spacing {truth.spacing}); apply the model to the label's own image."
+        )
+    per = segmentation_metrics(prediction.array, truth.array, truth.spacing, labels)
+    return {"per_label": per, **case_summary(per)}
+
+
+def evaluate_bundle(
+    bundle: Any,
+    cases: Sequence[Mapping[str, Any]],
+    labels: Optional[Mapping[int, str]] = None,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+    on_case: Optional[Callable[[str, Image, Image, Image], Optional[dict[str, Any]]]] = None,
+    desc: str = "evaluate",
+) -> list[dict[str, Any]]:
+    """Apply a segmentation bundle to labelled cases and score every case.
+
+    Args:
+        bundle: bundle folder or :class:`~ModelSelectorLib.zoo.bundle.LoadedBundle`.
+        cases: ``[{"id", "image", "label"}]`` (file paths); the same list for every model compared.
+        labels: ``{value: name}`` to score (default: the card's labels).
+        device: torch device.
+        cancel: Event-like; raises :class:`~ModelSelectorLib.errors.Cancelled` between cases.
+        on_case: called as ``on_case(id, image, truth, prediction)``; a returned dict is merged into the
+            case's result (e.g. the path of an overlay image).
+        desc: progress bar text.
+
+    Returns:
+        one dict per case: ``{"id", "per_label": {...}, "dice", "hd95", "msd", ...}``.
+    """
+    loaded = load_bundle(bundle, device=device) if not hasattr(bundle, "card") else bundle
+    if labels is None:
+        labels = {int(lb["value"]): str(lb["name"]) for lb in loaded.card.labels}
+    results = []
+    for case in progress_bar(list(cases), desc=desc):
+        check_cancel(cancel)
+        image = read_image(case["image"])
+        truth = read_image(case["label"], check_content=False)
+        if truth.is_multicomponent:
+            truth = truth.to_grayscale()
+        truth = truth.with_array(np.asarray(truth.array).astype(np.int32))
+        pred = apply_model(loaded, image, device=device, cancel=cancel)
+        res: dict[str, Any] = {"id": str(case.get("id", Path(str(case["image"])).name))}
+        res.update(evaluate_segmentation(pred, truth, labels))
+        if on_case is not None:
+            res.update(on_case(res["id"], image, truth, pred) or {})
+        results.append(res)
+    return results
+
+
+__all__ = [
+    "case_summary",
+    "evaluate_bundle",
+    "evaluate_segmentation",
+    "higher_is_better",
+    "segmentation_metrics",
+]

@@ -1,0 +1,342 @@
+"""Image and segmentation I/O that never loses geometry.
+
+One image type, :class:`Image`, holds the voxel array together with its spacing, origin and direction in
+the LPS world frame that ITK, DICOM and 3D Slicer use. Readers accept NIfTI, NRRD, MHA/MHD, a DICOM
+series folder and 2D PNG/JPEG/BMP/TIFF; segmentations are written as Slicer ``.seg.nrrd`` files through
+``slicerio`` (segment names, colours, terminology, geometry).
+
+Array layout follows SimpleITK: a 3D array is ``(z, y, x)`` = ``(k, j, i)``, a 2D array ``(y, x)``; a
+colour image keeps its components last, ``(y, x, c)``. Spacing, origin and direction are in ITK order
+``(x, y, z)``; direction is the row-major flattened ``ndim x ndim`` matrix whose columns are the world
+directions of the ``i, j, k`` axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..atomic import atomic_path
+from ..errors import InputError
+
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+# DICOM tags copied into Image.meta when present (used by header-based rules and model cards).
+_DICOM_TAGS = {
+    "0008|0060": "modality",
+    "0018|0015": "body_part",
+    "0008|103e": "series_description",
+    "0008|1030": "study_description",
+    "0020|000e": "series_uid",
+    "0010|0020": "patient_id",
+}
+
+
+@dataclasses.dataclass
+class Image:
+    """A medical image: voxels plus physical geometry (LPS).
+
+    Attributes:
+        array: voxels, ``(z, y, x)`` for 3D, ``(y, x)`` for 2D, ``(..., c)`` for multi-component pixels.
+        spacing: voxel size in mm along ``(x, y[, z])``.
+        origin: world position (mm, LPS) of the centre of voxel ``(0, 0[, 0])``.
+        direction: row-major ``ndim x ndim`` direction cosines (LPS), flattened.
+        meta: header facts (``modality``, ``body_part``, ``format``, ``path``, ...); never geometry.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return len(self.spacing)
+
+    @property
+    def is_multicomponent(self) -> bool:
+        return self.array.ndim == self.ndim + 1
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """Size in voxels in ITK order ``(x, y[, z])``."""
+        shape = self.array.shape[: self.ndim]
+        return tuple(int(s) for s in reversed(shape))
+
+    def direction_matrix(self) -> np.ndarray:
+        """Direction cosines as an ``ndim x ndim`` array (columns: world direction of i, j[, k])."""
+        return np.asarray(self.direction, dtype=float).reshape(self.ndim, self.ndim)
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """Homogeneous ``(ndim+1) x (ndim+1)`` matrix mapping voxel index ``(i, j[, k])`` to LPS mm."""
+        n = self.ndim
+        m = np.eye(n + 1)
+        m[:n, :n] = self.direction_matrix() @ np.diag(self.spacing)
+        m[:n, n] = self.origin
+        return m
+
+    def with_array(self, array: np.ndarray, **meta: Any) -> Image:
+        """A new image with the same geometry and ``array`` (which must have the same spatial shape)."""
+        if tuple(array.shape[: self.ndim]) != tuple(self.array.shape[: self.ndim]):
+            raise ValueError(
+                f"array shape {array.shape} does not match the image's spatial shape {self.array.shape[: self.ndim]}"
+            )
+        return Image(array, self.spacing, self.origin, self.direction, {**self.meta, **meta})
+
+    def same_geometry(self, other: Image, tol: float = 1e-4) -> bool:
+        """True when ``other`` has the same size, spacing, origin and direction (within ``tol``)."""
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def as_3d(self) -> Image:
+        """This image as a volume: a 2D image becomes one slice of 1 mm thickness, geometry kept in-plane."""
+        if self.ndim == 3:
+            return self
+        d2 = self.direction_matrix()
+        d3 = np.eye(3)
+        d3[:2, :2] = d2
+        array = self.array[np.newaxis, ...]
+        return Image(
+            array,
+            (*self.spacing, 1.0),
+            (*self.origin, 0.0),
+            tuple(d3.ravel().tolist()),
+            dict(self.meta),
+        )
+
+    @property
+    def is_single_slice(self) -> bool:
+        """True for a 2D image and for a volume of one slice (a radiograph stored as NIfTI/NRRD)."""
+        return self.ndim == 2 or (self.ndim == 3 and self.array.shape[0] == 1)
+
+    def as_2d(self) -> Image:
+        """This image as a 2D image: a one-slice volume loses its third axis; a 2D image is returned as is.
+
+        The slice's in-plane spacing and origin are kept. Its direction is kept too when the slice's
+        ``i, j`` axes lie in the world x-y plane (the 2x2 block is then a rotation or reflection), so that a
+        model sees the slice in the same world orientation as its 3D neighbours; for a slice in another
+        plane (a coronal radiograph stored with its DICOM orientation) a 2D direction cannot express it
+        and the identity is used: the pixels are taken as stored, as PNG images are.
+
+        Raises:
+            InputError: a volume with more than one slice.
+        """
+        if self.ndim == 2:
+            return self
+        if self.array.shape[0] != 1:
+            raise InputError(
+                f"the image is a volume of {self.array.shape[0]} slices, not a 2D image; choose a model that "
+                "takes volumes, or extract one slice."
+            )
+        d = self.direction_matrix()[:2, :2]
+        if not np.allclose(d.T @ d, np.eye(2), atol=1e-4):
+            d = np.eye(2)
+        return Image(self.array[0], tuple(self.spacing[:2]), tuple(self.origin[:2]), tuple(d.ravel().tolist()),
+                     dict(self.meta))  # fmt: skip
+
+    def to_grayscale(self) -> Image:
+        """Single-component float image; colour pixels are mixed with ITU-R BT.601 luma weights."""
+        if not self.is_multicomponent:
+            return self
+        arr = self.array.astype(np.float32)
+        c = arr.shape[-1]
+        if c >= 3:
+            gray = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+        else:
+            gray = arr[..., 0]
+        return Image(gray, self.spacing, self.origin, self.direction, {**self.meta, "was_color": c >= 3})
+
+    # --- SimpleITK conversion -------------------------------------------------------------------------
+    @classmethod
+    def from_sitk(cls, img: sitk.Image, meta: Optional[dict[str, Any]] = None) -> Image:
+        array = sitk.GetArrayFromImage(img)
+        return cls(
+            array,
+            tuple(float(s) for s in img.GetSpacing()),
+            tuple(float(o) for o in img.GetOrigin()),
+            tuple(float(d) for d in img.GetDirection()),
+            dict(meta or {}),
+        )
+
+    def to_sitk(self) -> sitk.Image:
+        img = sitk.GetImageFromArray(self.array, isVector=self.is_multicomponent)
+        img.SetSpacing([float(s) for s in self.spacing])
+        img.SetOrigin([float(o) for o in self.origin])
+        img.SetDirection([float(d) for d in self.direction])
+        return img
+
+
+# --- reading ------------------------------------------------------------------------------------------
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in (".nii.gz", ".seg.nrrd"):
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Image, dict[str, Any]]:
+    reader = sitk.ImageSeriesReader()
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for folders without DICOM
+    try:
+        series = list(reader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as e:  # pragma: no cover - GDCM reports unreadable folders this way
+        raise InputError(f"{folder}: cannot scan the folder for DICOM files ({e}).") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+    if not series:
+        raise InputError(
+            f"{folder}: is a folder but holds no DICOM series; pass a DICOM series folder or an image file."
+        )
+    if series_uid is None:
+        if len(series) > 1:
+            raise InputError(
+                f"{folder}: the folder mixes {len(series)} DICOM series ({', '.join(s[-12:] for s in series)});"
+                " put each series in its own folder or choose one with --series UID."
+            )
+        series_uid = series[0]
+    elif series_uid not in series:
+        raise InputError(f"{folder}: no DICOM series with UID {series_uid}; found {', '.join(series)}.")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"{folder}: the DICOM series could not be read ({_first_line(e)}).") from e
+    meta: dict[str, Any] = {"format": "dicom", "n_files": len(files)}
+    for tag, key in _DICOM_TAGS.items():
+        if reader.HasMetaDataKey(0, tag):
+            meta[key] = reader.GetMetaData(0, tag).strip()
+    return img, meta
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # ITK messages are long; the last meaningful line names the cause.
+    return lines[-1] if lines else type(e).__name__
+
+
+def _file_meta(reader: sitk.ImageFileReader) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    keys = set(reader.GetMetaDataKeys())
+    for tag, key in _DICOM_TAGS.items():
+        if tag in keys:
+            meta[key] = reader.GetMetaData(tag).strip()
+    if "descrip" in keys:  # NIfTI header description
+        meta["description"] = reader.GetMetaData("descrip").strip()
+    return meta
+
+
+def read_image(
+    path: os.PathLike | str,
+    *,
+    require_3d: bool = False,
+    series_uid: Optional[str] = None,
+    check_content: bool = True,
+) -> Image:
+    """Read an image file or DICOM series folder into an :class:`Image` with its geometry.
+
+    Args:
+        path: NIfTI, NRRD, MHA/MHD, PNG/JPEG/BMP/TIFF file, or a folder holding one DICOM series.
+        require_3d: refuse 2D images (raise :class:`InputError`) instead of returning them.
+        series_uid: which series to read from a folder that holds several.
+        check_content: refuse empty, constant, or NaN-containing images.
+
+    Raises:
+        InputError: missing path, unreadable or non-image file, 4D image, mixed DICOM series, empty or
+            NaN-filled image. The message names the problem and what to do.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder; check the path.")
+    if p.is_dir():
+        img, meta = _read_dicom_series(p, series_uid)
+    else:
+        if p.stat().st_size == 0:
+            raise InputError(f"{p}: the file is empty (0 bytes); it is not an image.")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise InputError(
+                f"{p}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); "
+                f"{_first_line(e)}"
+            ) from e
+        meta = _file_meta(reader)
+        try:
+            img = reader.Execute()
+        except RuntimeError as e:
+            raise InputError(f"{p}: the image data could not be read ({_first_line(e)}).") from e
+        meta["format"] = _suffix(p).lstrip(".")
+    meta["path"] = str(p)
+
+    dim = img.GetDimension()
+    if dim == 4:
+        n = img.GetSize()[3]
+        if n != 1:
+            raise InputError(
+                f"{p}: is 4D ({n} volumes, e.g. time points or channels) where a 3D volume is needed; "
+                "extract one volume first (e.g. in Slicer, or with SimpleITK's Extract)."
+            )
+        size = list(img.GetSize())
+        size[3] = 0
+        img = sitk.Extract(img, size, [0, 0, 0, 0])
+        dim = 3
+    if dim not in (2, 3):
+        raise InputError(f"{p}: has {dim} dimensions; only 2D images and 3D volumes are supported.")
+    if dim == 3 and img.GetSize()[2] == 1 and _suffix(p) in IMAGE_2D_SUFFIXES:
+        img = img[:, :, 0]
+    image = Image.from_sitk(img, meta)
+    if require_3d and image.ndim != 3:
+        raise InputError(f"{p}: is a 2D image where a 3D volume is needed.")
+    if check_content:
+        check_image_content(image, str(p))
+    return image
+
+
+def check_image_content(image: Image, name: str = "image") -> None:
+    """Raise :class:`InputError` when an image has no voxels, non-finite voxels, or one constant value."""
+    arr = image.array
+    if arr.size == 0:
+        raise InputError(f"{name}: the image has no voxels (size {image.size}).")
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        n_bad = int(arr.size - np.count_nonzero(finite))
+        if n_bad == arr.size:
+            raise InputError(f"{name}: every voxel is NaN or infinite; the image holds no data.")
+        if n_bad:
+            raise InputError(
+                f"{name}: {n_bad} of {arr.size} voxels are NaN or infinite; "
+                "replace them (e.g. with the background value) before use."
+            )
+    lo, hi = arr.min(), arr.max()
+    if lo == hi:
+        raise InputError(f"{name}: the image is empty (every voxel equals {lo.item()}).")
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def write_image(image: Image, path: os.PathLike | str, compress: bool = True) -> Path:
+    """Write ``image`` with its geometry to ``path`` (format from the extension), atomically."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix == ".seg.nrrd":
+        raise ValueError("use write_segmentation() for .seg.nrrd files")
+    with atomic_path(path, suffix=suffix) as tmp:
+        sitk.WriteImage(image.to_sitk(), str(tmp), compress)
+    return path

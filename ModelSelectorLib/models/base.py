@@ -1,0 +1,168 @@
+"""The task runtime: what every runnable zoo model offers, whatever its task.
+
+A runtime wraps one loaded bundle (network + card) and owns the task-specific steps of the
+select-and-apply path::
+
+    image --input_image--> the model's dimensions (2D/3D), one component, checked
+          --predict------> Prediction (a label map in the image's geometry, LPS points, ...)
+          --write--------> .seg.nrrd / .mrk.json / ...
+    image --fit_signals--> model-alone evidence that the image suits the model (used by the selector)
+    network output --inversion_objective--> the confidence term of model inversion (data-free prototypes)
+
+and, as class methods that need no network, what the bundle format and user interfaces need to know
+about the task: its ``inference.json`` sections, its MONAI output format, how to describe its outputs and
+its fit signals, and the file suffix and Slicer node class of its result.
+
+Subclasses register with :func:`~.registry.register_runtime`; nothing outside the registry branches on
+``task_type``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from ..errors import InputError
+from ..io.image import Image, check_image_content
+
+
+@dataclasses.dataclass
+class Prediction:
+    """What a runtime predicted for one image.
+
+    Attributes:
+        model, version: the model card's name and version.
+        image: the image the prediction belongs to (its geometry is the output's geometry).
+        value: the task's result: a label map :class:`~ModelSelectorLib.io.Image` (segmentation), an
+            ``(P, 3)`` array of LPS points in mm (landmarks), ...
+        names: names of the result's parts (segment or point names), in order.
+        meta: extra facts (timings, decoding, ...).
+    """
+
+    model: str
+    version: str
+    image: Image
+    value: Any
+    names: list[str] = dataclasses.field(default_factory=list)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class TaskRuntime(abc.ABC):
+    """A zoo model that can be run: one subclass per task type.
+
+    Args:
+        bundle: a loaded bundle (``network`` in eval mode, ``card``, ``config``, ``path``).
+        device: torch device of the network.
+    """
+
+    #: the card's ``task_type`` this runtime runs
+    task_type: ClassVar[str] = ""
+    #: words in a standard MONAI bundle's metadata that name this task
+    keywords: ClassVar[tuple[str, ...]] = ()
+    #: the lowest label value a card may use (1 when 0 is the background)
+    first_label_value: ClassVar[int] = 0
+    #: whether a card must list at least one label
+    labels_required: ClassVar[bool] = False
+    #: file suffix of the written output
+    output_suffix: ClassVar[str] = ""
+    #: the MRML node class the output loads into in 3D Slicer, and the storage node class that reads it
+    slicer_node_class: ClassVar[str] = ""
+    slicer_storage_class: ClassVar[str] = ""
+
+    def __init__(self, bundle: Any, device: str = "cpu") -> None:
+        self.bundle = bundle
+        self.card = bundle.card
+        self.network = bundle.network
+        self.device = device
+
+    # --- what the card and the user interfaces need (no network) --------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def inference_sections(cls, card: Any) -> dict[str, Any]:
+        """``preprocessing``, ``inferer`` and ``postprocessing`` of the bundle's MONAI ``inference.json``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def output_format(cls, card: Any) -> dict[str, Any]:
+        """MONAI ``network_data_format.outputs.pred`` of the card's network."""
+
+    @classmethod
+    def describe_outputs(cls, card: Any) -> str:
+        """One line naming what the model outputs (for tables and summaries)."""
+        return ", ".join(card.label_names)
+
+    @classmethod
+    def describe_quality(cls, card: Any) -> str:
+        """One line with the model's held-out figure from its card (what a user should expect of it)."""
+        return ", ".join(f"{k} {v}" for k, v in card.validation_metrics.items()) or "no held-out figure"
+
+    @classmethod
+    def describe_fit(cls, signals: dict[str, float]) -> str:
+        """One line explaining :meth:`fit_signals` to a user."""
+        return f"verify: fit {signals.get('fit', float('nan')):.2f}"
+
+    # --- input -----------------------------------------------------------------------------------------
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.card.spatial_dims)
+
+    def accepts(self, image: Image) -> bool:
+        """Whether ``image`` has dimensions this model can take (a one-slice volume counts as 2D)."""
+        return (2 if image.is_single_slice else 3) == self.spatial_dims
+
+    def input_image(self, image: Image) -> Image:
+        """``image`` as this model takes it: one component, the model's dimensions (a one-slice volume
+        becomes a 2D image for a 2D model, a 2D image a one-slice volume for a 3D model), content checked.
+
+        Raises:
+            InputError: a volume of several slices for a 2D model; empty, constant or NaN image.
+        """
+        img = image.to_grayscale() if image.is_multicomponent else image
+        if self.spatial_dims == 2:
+            if not img.is_single_slice:
+                raise InputError(
+                    f"the model {self.card.name} takes 2D images and the input is a volume of {img.size[2]} "
+                    "slices; give a 2D image (PNG, or NRRD/NIfTI with one slice) or choose a 3D model."
+                )
+            img = img.as_2d()
+        elif img.ndim == 2:
+            img = img.as_3d()
+        check_image_content(img, str(img.meta.get("path", "image")))
+        return img
+
+    # --- the task ----------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def predict(self, image: Image, cancel: Optional[Any] = None) -> Prediction:
+        """Run the model on ``image``; the result is in ``image``'s geometry.
+
+        Raises:
+            InputError: the image does not suit the model (dimensions, content).
+            Cancelled: ``cancel`` was set.
+        """
+
+    @abc.abstractmethod
+    def write(self, prediction: Prediction, path: Path) -> Path:
+        """Write ``prediction`` to ``path`` (atomically) in the task's file format; returns the path."""
+
+    @abc.abstractmethod
+    def fit_signals(self, image: Image) -> Optional[dict[str, float]]:
+        """Model-alone signals of how well ``image`` suits the model, computed from the model itself
+        (no training data): at least ``"fit"`` in [0, 1] and ``"confidence"``; None when the image's
+        dimensions do not suit the model."""
+
+    @abc.abstractmethod
+    def inversion_objective(self, output: Any, min_foreground: float = 0.15) -> tuple[Any, Any]:
+        """``(loss, reported)`` for model inversion: ``loss`` (a scalar tensor) is low when the network's
+        ``output`` for a synthesised batch is confident the way this task's outputs are on real inputs
+        (with at least ``min_foreground`` of it foreground, where the task has a background);
+        ``reported`` is a scalar tensor shown in progress bars (foreground fraction, peak probability)."""
+
+    def overlay(self, prediction: Prediction) -> dict[str, Any]:
+        """What a picture of ``prediction`` shows: ``{"labels": label map, "colors": {value: rgb}}`` or
+        ``{"points_lps": (P, 3), "point_colors": [rgb, ...]}`` (empty when there is nothing to draw)."""
+        return {}
+
+
+__all__ = ["Prediction", "TaskRuntime"]

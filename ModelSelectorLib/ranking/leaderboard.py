@@ -1,0 +1,456 @@
+"""Leaderboards and per-model dashboards: static HTML (Jinja2 templates in ``templates/``) with PNG figures.
+
+* :func:`evaluate_candidate` scores one bundle on a fixed test split (:mod:`ModelSelectorLib.evaluate`) and
+  draws, per case, an overlay of a representative slice: ground-truth contour in GREEN, prediction contour
+  in RED (:data:`GT_COLOR`, :data:`PRED_COLOR`).
+* :func:`summarize` gives mean / median / std / worst of each metric; :func:`rank` orders candidates by any
+  metric in its own direction (Dice: higher is better; HD95, MSD: lower is better).
+* :func:`write_dashboard` writes one model's folder (``index.html``, ``curve.png``, ``overlays/*.png``):
+  loss curves, summary, per-case table worst case first, configuration and card.
+* :func:`write_leaderboard` writes ``leaderboard.html``: every candidate, best first, best value of each
+  column highlighted, links to the dashboards; every column sorts on click (a few lines of inline
+  JavaScript). Pages open from disk: no server, no network.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .. import atomic
+from ..errors import InputError, ModelSelectorError
+from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
+from ..evaluation.segmentation import evaluate_bundle
+from ..io.image import Image
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: contour colours of the overlays (RGB 0-1): ground truth green, prediction red
+GT_COLOR = (0.0, 1.0, 0.0)
+PRED_COLOR = (1.0, 0.0, 0.0)
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: width of overlay images in pixels
+OVERLAY_PX = 200
+
+
+# --- figures --------------------------------------------------------------------------------------------
+def representative_slice(truth: np.ndarray, pred: Optional[np.ndarray] = None) -> int:
+    """Index along the first array axis (``z`` of a ``(z, y, x)`` array) with the most ground-truth voxels;
+    the prediction's when the ground truth is empty; the middle slice when both are."""
+    for mask in (truth, pred):
+        if mask is None:
+            continue
+        area = np.count_nonzero(np.asarray(mask).reshape(mask.shape[0], -1), axis=1)
+        if area.max(initial=0) > 0:
+            return int(np.argmax(area))
+    return int(truth.shape[0] // 2)
+
+
+def _window(slab: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(slab, [1.0, 99.0]) if slab.size else (0.0, 1.0)
+    return np.clip((slab - lo) / max(float(hi - lo), 1e-8), 0.0, 1.0)
+
+
+def render_overlay(
+    image: Image, truth: np.ndarray, pred: np.ndarray, path: PathLike, width_px: int = OVERLAY_PX
+) -> Path:
+    """Write a PNG of a representative slice with the ground-truth contour (green) and prediction (red).
+
+    Args:
+        image: the case's image (2D or 3D; a colour image is shown in grey).
+        truth, pred: label maps on ``image``'s grid, ``(z, y, x)`` or ``(y, x)``; every label is outlined.
+        path: output PNG (written atomically).
+        width_px: image width in pixels; the height follows the physical aspect ratio (spacing).
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if image.is_multicomponent:
+        image = image.to_grayscale()
+    arr, truth, pred = np.asarray(image.array, dtype=np.float32), np.asarray(truth), np.asarray(pred)
+    if truth.shape != arr.shape or pred.shape != arr.shape:
+        raise InputError(
+            f"overlay: image {arr.shape}, truth {truth.shape} and prediction {pred.shape} differ."
+        )
+    if arr.ndim == 3:
+        k = representative_slice(truth, pred)
+        arr, truth, pred = arr[k], truth[k], pred[k]
+    sx, sy = float(image.spacing[0]), float(image.spacing[1])
+    h_mm, w_mm = arr.shape[0] * sy, arr.shape[1] * sx
+    dpi = 100
+    fig = plt.figure(figsize=(width_px / dpi, max(width_px * h_mm / w_mm, 16) / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    extent = (0, w_mm, h_mm, 0)
+    ax.imshow(_window(arr), cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="bilinear")
+    for mask, color in ((truth, GT_COLOR), (pred, PRED_COLOR)):
+        for value in np.unique(mask[mask > 0]):
+            m = (mask == value).astype(np.float32)
+            ys = (np.arange(m.shape[0]) + 0.5) * sy
+            xs = (np.arange(m.shape[1]) + 0.5) * sx
+            ax.contour(xs, ys, m, levels=[0.5], colors=[color], linewidths=2.0, antialiased=False)
+    ax.set_xlim(0, w_mm)
+    ax.set_ylim(h_mm, 0)
+    return atomic.save_figure(fig, path, dpi=dpi)
+
+
+def render_curve(curve: Mapping[str, Any], path: PathLike) -> Optional[Path]:
+    """Write training and validation loss (left axis) and validation Dice (right axis) per epoch as a PNG.
+
+    Args:
+        curve: ``{"epochs": [{"epoch", "train_loss", "val_loss"?, "val_dice"?}]}`` (a bundle's
+            ``docs/training_curve.json``).
+
+    Returns:
+        ``path``, or ``None`` when the curve has no epochs.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = list(curve.get("epochs") or [])
+    if not epochs:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 2.6), dpi=80)
+    x = [e["epoch"] for e in epochs]
+    ax.plot(x, [e["train_loss"] for e in epochs], label="training loss", color="#1f77b4")
+    val = [(e["epoch"], e["val_loss"]) for e in epochs if "val_loss" in e]
+    if val:
+        ax.plot(*zip(*val), "o-", ms=3, label="validation loss", color="#ff7f0e")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    dice = [(e["epoch"], e["val_dice"]) for e in epochs if "val_dice" in e]
+    lines, names = ax.get_legend_handles_labels()
+    if dice:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*dice), "s--", ms=3, color="#2ca02c", label="validation Dice")
+        ax2.set_ylabel("Dice")
+        ax2.set_ylim(0, 1)
+        l2, n2 = ax2.get_legend_handles_labels()
+        lines, names = lines + l2, names + n2
+    ax.legend(lines, names, fontsize=7, loc="center right")
+    fig.tight_layout()
+    return atomic.save_figure(fig, path)
+
+
+# --- evaluation of one candidate ------------------------------------------------------------------------
+def evaluate_candidate(
+    bundle_dir: PathLike,
+    split: Mapping[str, Any],
+    out_json: PathLike,
+    dashboard_dir: Optional[PathLike] = None,
+    candidate: Optional[str] = None,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+) -> dict[str, Any]:
+    """Score a bundle on a test split, draw its overlays, and save the result as JSON.
+
+    Args:
+        bundle_dir: the bundle folder.
+        split: a test split (:func:`ModelSelectorLib.sweep.read_split`): ``{"cases", "labels", ...}``.
+        out_json: where the evaluation is written (atomically).
+        dashboard_dir: the model's dashboard folder; overlays go to ``overlays/<case>.png`` there.
+        candidate: display name (default: the card's name).
+
+    Returns:
+        ``{"candidate", "model", "version", "bundle", "labels", "cases": [...], "evaluated"}``.
+    """
+    from ..zoo.bundle import load_bundle
+
+    loaded = load_bundle(bundle_dir, device=device)
+    card = loaded.card
+    labels = {int(k): str(v) for k, v in split["labels"].items()}
+    on_case = None
+    if dashboard_dir is not None:
+        overlays = Path(dashboard_dir) / "overlays"
+
+        def on_case(case_id: str, image: Image, truth: Image, pred: Image) -> dict[str, Any]:
+            name = f"{_file_id(case_id)}.png"
+            render_overlay(image, truth.array, pred.array, overlays / name)
+            return {"overlay": f"overlays/{name}"}
+
+    cases = evaluate_bundle(loaded, split["cases"], labels, device=device, cancel=cancel, on_case=on_case,
+                            desc=f"evaluate {candidate or card.name}")  # fmt: skip
+    result = {
+        "candidate": candidate or card.name,
+        "model": card.name,
+        "version": card.version,
+        "bundle": str(Path(bundle_dir).resolve()),
+        "labels": {str(k): v for k, v in labels.items()},
+        "cases": cases,
+        "evaluated": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    atomic.write_json(out_json, _finite(result))
+    return result
+
+
+def _file_id(case_id: str) -> str:
+    from ..zoo.card import safe_name
+
+    return safe_name(case_id)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# --- statistics and ranking -----------------------------------------------------------------------------
+def metric_names(cases: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The scalar metrics present in every case, main ones (``dice``, ``hd95``, ``msd``) first."""
+    if not cases:
+        return []
+    common = [k for k, v in cases[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    common = [k for k in common if all(k in c for c in cases)]
+    main = [m for m in SEGMENTATION_METRICS if m in common]
+    return main + sorted(k for k in common if k not in main)
+
+
+def case_values(cases: Sequence[Mapping[str, Any]], metric: str) -> np.ndarray:
+    """Per-case values of ``metric`` (NaN where missing), in case order."""
+    return np.array([np.nan if c.get(metric) is None else float(c[metric]) for c in cases], dtype=float)
+
+
+def summarize(cases: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
+    """``{"mean", "median", "std", "best", "worst", "worst_case", "n"}`` of ``metric`` over the cases
+    ("worst" in the metric's own direction)."""
+    vals = case_values(cases, metric)
+    ok = np.isfinite(vals)
+    if not ok.any():
+        return {"mean": None, "median": None, "std": None, "best": None, "worst": None, "worst_case": None,
+                "n": 0}  # fmt: skip
+    hib = higher_is_better(metric)
+    v = vals[ok]
+    worst_i = int(np.nanargmin(vals) if hib else np.nanargmax(vals))
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "best": float(v.max() if hib else v.min()),
+        "worst": float(v.min() if hib else v.max()),
+        "worst_case": str(cases[worst_i].get("id")),
+        "n": int(v.size),
+    }
+
+
+def rank(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Rows (each with ``"summary": {metric: {"mean", ...}}``) sorted best first by the mean of ``metric``;
+    adds ``"rank"`` (1 = best). Rows without the metric go last.
+
+    Raises:
+        InputError: no row has ``metric``; the message lists the metrics there are.
+    """
+    have = [r for r in rows if (r.get("summary", {}).get(metric) or {}).get("mean") is not None]
+    if rows and not have:
+        known = sorted({m for r in rows for m in r.get("summary", {})})
+        raise InputError(f"no candidate has the metric {metric!r}; choose one of: {', '.join(known)}.")
+    sign = -1.0 if higher_is_better(metric) else 1.0
+    ordered = sorted(have, key=lambda r: (sign * r["summary"][metric]["mean"], str(r.get("candidate"))))
+    ordered += [r for r in rows if r not in have]
+    return [{**r, "rank": i + 1} for i, r in enumerate(ordered)]
+
+
+def _hex(rgb: Sequence[float]) -> str:
+    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb)
+
+
+def _fmt(value: Any, metric: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.3f}" if higher_is_better(metric) or abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+# --- HTML -----------------------------------------------------------------------------------------------
+def _env() -> Any:
+    import jinja2
+
+    if not TEMPLATES.is_dir():
+        raise ModelSelectorError(f"{TEMPLATES}: the HTML templates are missing; reinstall ModelSelectorLib.")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    env.filters["fmt"] = _fmt
+    return env
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def candidate_row(evaluation: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """A leaderboard row: the candidate's summary of every metric, its settings and card facts."""
+    cases = evaluation.get("cases") or []
+    row = {
+        "candidate": evaluation.get("candidate"),
+        "model": evaluation.get("model"),
+        "version": evaluation.get("version"),
+        "bundle": evaluation.get("bundle"),
+        "n_cases": len(cases),
+        "summary": {m: summarize(cases, m) for m in metric_names(cases)},
+    }
+    row.update(extra or {})
+    return row
+
+
+SETTING_COLUMNS = ("architecture", "loss", "augment", "lr", "epochs", "channels")
+
+
+def write_dashboard(
+    evaluation: Mapping[str, Any], out_dir: PathLike, metric: str = "dice", title: Optional[str] = None,
+    settings: Optional[Mapping[str, Any]] = None, leaderboard_href: Optional[str] = None,
+) -> Path:  # fmt: skip
+    """Write a model's dashboard ``out_dir/index.html`` (+ ``curve.png``); overlays must already be there.
+
+    Returns:
+        the ``index.html`` path.
+    """
+    from ..zoo.bundle import read_metadata
+
+    out = Path(out_dir)
+    cases = list(evaluation.get("cases") or [])
+    metrics = metric_names(cases)
+    if metric not in metrics and metrics:
+        raise InputError(f"metric {metric!r} is not among this model's metrics: {', '.join(metrics)}.")
+    bundle = Path(str(evaluation.get("bundle", "")))
+    curve = _read_json(bundle / "docs" / "training_curve.json")
+    settings = dict(settings or _read_json(bundle / "configs" / "train_config.json"))
+    card = (
+        (read_metadata(bundle).get("modelselector") or {})
+        if (bundle / "configs" / "metadata.json").is_file()
+        else {}
+    )
+    curve_png = render_curve(curve, out / "curve.png") if curve else None
+    hib = higher_is_better(metric)
+    worst_first = sorted(
+        cases, key=lambda c: np.inf if c.get(metric) is None else (1 if hib else -1) * float(c[metric])
+    )
+    summary = {m: summarize(cases, m) for m in metrics}
+    page = _env().get_template("dashboard.html.j2").render(
+        title=title or f"{evaluation.get('candidate')} — dashboard",
+        ev=evaluation, cases=worst_first, metrics=metrics, metric=metric, summary=summary,
+        higher={m: higher_is_better(m) for m in metrics}, curve=bool(curve_png), curve_data=curve,
+        settings=settings, card=card, leaderboard_href=leaderboard_href, gt_color=_hex(GT_COLOR), pred_color=_hex(PRED_COLOR),
+    )  # fmt: skip
+    atomic.write_text(out / "index.html", page)
+    return out / "index.html"
+
+
+def write_leaderboard(
+    rows: Sequence[Mapping[str, Any]], out_html: PathLike, metric: str = "dice", title: str = "Leaderboard",
+    dashboards: Optional[Mapping[str, str]] = None, note: str = "",
+) -> Path:  # fmt: skip
+    """Write ``leaderboard.html``: rows ranked by ``metric``, best value of every column highlighted.
+
+    Args:
+        rows: :func:`candidate_row` dicts.
+        dashboards: ``{candidate: relative link}`` to each dashboard.
+    """
+    ranked = rank(rows, metric)
+    metrics = []
+    for r in ranked:
+        metrics += [m for m in r["summary"] if m not in metrics]
+    best: dict[str, Any] = {}
+    for m in metrics:
+        vals = [
+            r["summary"][m]["mean"] for r in ranked if (r["summary"].get(m) or {}).get("mean") is not None
+        ]
+        if vals:
+            best[m] = max(vals) if higher_is_better(m) else min(vals)
+    settings_cols = [c for c in SETTING_COLUMNS if any(c in (r.get("settings") or {}) for r in ranked)]
+    page = _env().get_template("leaderboard.html.j2").render(
+        title=title, rows=ranked, metrics=metrics, metric=metric, best=best, note=note,
+        higher={m: higher_is_better(m) for m in metrics}, dashboards=dict(dashboards or {}),
+        settings_cols=settings_cols, generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )  # fmt: skip
+    atomic.write_text(out_html, page)
+    return Path(out_html)
+
+
+def write_reports(sweep_folder: PathLike, metric: str = "dice") -> dict[str, Any]:
+    """(Re)write the leaderboard and every dashboard of a sweep folder from its saved evaluations.
+
+    Returns:
+        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row}``.
+
+    Raises:
+        ModelSelectorError: no evaluations in the folder.
+    """
+    work = Path(sweep_folder)
+    state = _read_json(work / "sweep.json")
+    evals = sorted((work / "evaluation").glob("*.json"))
+    if not evals:
+        raise ModelSelectorError(f"{work}: no evaluations found; run `modelselector sweep` first.")
+    report = work / "report"
+    rows, links, loaded = [], {}, []
+    for f in evals:
+        ev = _read_json(f)
+        name = str(ev.get("candidate") or f.stem)
+        entry = (state.get("candidates") or {}).get(name, {})
+        bundle = Path(str(ev.get("bundle", "")))
+        settings = entry.get("settings") or _read_json(bundle / "configs" / "train_config.json")
+        card = _read_json(bundle / "configs" / "metadata.json").get("modelselector", {})
+        seconds = entry.get("train_seconds", card.get("training_time_s"))
+        rows.append(candidate_row(ev, {"settings": settings, "train_seconds": seconds}))
+        links[name] = f"dashboards/{name}/index.html"
+        loaded.append((name, ev, settings))
+    rank(rows, metric)  # refuses an unknown metric before anything is written
+    for name, ev, settings in loaded:
+        write_dashboard(ev, report / "dashboards" / name, metric, settings=settings,
+                        leaderboard_href="../../leaderboard.html")  # fmt: skip
+    task = state.get("task", work.name)
+    note = (
+        f"{len(rows)} candidates of task {task}, each evaluated on the same {rows[0]['n_cases']} test cases."
+    )
+    html_path = write_leaderboard(
+        rows, report / "leaderboard.html", metric, f"Leaderboard — {task}", links, note
+    )
+    ranked = rank(rows, metric)
+    atomic.write_json(report / "leaderboard.json", _finite({"task": task, "metric": metric, "ranking": [
+        {"rank": r["rank"], "candidate": r["candidate"], "model": r["model"], "version": r["version"],
+         "settings": r.get("settings"), "summary": r["summary"]} for r in ranked]}))  # fmt: skip
+    return {"sweep": work, "leaderboard": html_path, "ranking": ranked, "best": ranked[0]}
+
+
+def escape(text: Any) -> str:
+    """HTML-escape ``text`` (for callers that build small snippets)."""
+    return html.escape(str(text))
+
+
+__all__ = [
+    "GT_COLOR",
+    "PRED_COLOR",
+    "candidate_row",
+    "evaluate_candidate",
+    "rank",
+    "render_curve",
+    "render_overlay",
+    "representative_slice",
+    "summarize",
+    "write_dashboard",
+    "write_leaderboard",
+    "write_reports",
+]

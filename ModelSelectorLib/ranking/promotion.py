@@ -1,0 +1,376 @@
+"""The promotion gate: a task's model is replaced only by a version that is really better.
+
+:func:`promote` scores a candidate bundle and the task's current version on the same test cases (a test split
+file, :func:`ModelSelectorLib.sweep.make_split`), and :func:`gate` decides:
+
+* the mean per-case improvement (candidate minus current for Dice; current minus candidate for distances,
+  so positive always means "better") must exceed ``min_improvement``, and
+* a paired test must find it significant at ``level``: a one-sided Wilcoxon signed-rank test
+  (``scipy.stats.wilcoxon``, p < 1 - level) or a paired bootstrap confidence interval of the mean
+  improvement (two-sided, ``level``) whose lower bound is above zero.
+
+An accepted candidate is copied into the zoo as a new version of the task (next version number, the card
+renamed to the task) and made current in one atomic catalog write, with its test metrics, the gate's
+numbers and the promotion date; the previous versions stay, so :func:`restore` can go back. A refusal is
+recorded in the task's history and changes nothing else. An interrupted promotion leaves the catalog as it
+was before (the bundle is copied under a temporary name and the catalog is replaced atomically).
+:func:`retrain` trains a new candidate on new data with the current version's settings and runs the same gate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..errors import BundleError, ModelSelectorError, TrainingError, ZooError
+from ..evaluation.metrics import higher_is_better
+from ..evaluation.segmentation import evaluate_bundle
+
+PathLike = Union[str, "os.PathLike[str]"]
+METHODS = ("wilcoxon", "bootstrap")
+
+
+@dataclasses.dataclass
+class GateResult:
+    """The gate's decision and the numbers behind it.
+
+    Attributes:
+        accepted: whether the candidate may replace the current version.
+        metric: the compared metric; ``higher_is_better`` its direction.
+        n: number of paired test cases used.
+        candidate_mean, current_mean: means of the metric over those cases.
+        mean_improvement: mean per-case improvement (positive = candidate better), in the metric's units.
+        method: ``"wilcoxon"`` or ``"bootstrap"``; ``level``: confidence level (e.g. 0.95).
+        p_value: one-sided Wilcoxon p-value (``None`` for the bootstrap).
+        ci: bootstrap confidence interval of the mean improvement (``None`` for Wilcoxon).
+        min_improvement: the smallest mean improvement accepted.
+        reason: one sentence explaining the decision.
+    """
+
+    accepted: bool
+    metric: str
+    higher_is_better: bool
+    n: int
+    candidate_mean: float
+    current_mean: float
+    mean_improvement: float
+    method: str
+    level: float
+    p_value: Optional[float]
+    ci: Optional[tuple[float, float]]
+    min_improvement: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def text(self) -> str:
+        """The numbers, one per line, for the command line."""
+        arrow = "higher" if self.higher_is_better else "lower"
+        lines = [
+            f"metric {self.metric} ({arrow} is better) on {self.n} paired test cases",
+            f"  candidate mean {self.candidate_mean:.4f}   current mean {self.current_mean:.4f}",
+            f"  mean improvement {self.mean_improvement:+.4f} (required > {self.min_improvement:g})",
+        ]
+        if self.method == "wilcoxon":
+            p = "n/a" if self.p_value is None else f"{self.p_value:.4g}"
+            lines.append(f"  Wilcoxon signed-rank one-sided p = {p} (required < {1 - self.level:.3g})")
+        else:
+            lo, hi = self.ci if self.ci else (float("nan"), float("nan"))
+            lines.append(f"  paired bootstrap {self.level:.0%} CI of the improvement [{lo:+.4f}, {hi:+.4f}] "
+                         "(required: lower bound > 0)")  # fmt: skip
+        lines.append(f"  {'ACCEPTED' if self.accepted else 'REFUSED'}: {self.reason}")
+        return "\n".join(lines)
+
+
+def gate(
+    candidate: Sequence[float],
+    current: Sequence[float],
+    metric: str = "dice",
+    method: str = "wilcoxon",
+    level: float = 0.95,
+    min_improvement: float = 0.0,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> GateResult:
+    """Decide whether per-case scores ``candidate`` beat ``current`` (same cases, same order).
+
+    Cases where either score is missing (NaN/None) are left out of the comparison.
+
+    Raises:
+        ModelSelectorError: unequal lengths, unknown method, a level outside (0, 1), or no paired case.
+    """
+    if method not in METHODS:
+        raise ModelSelectorError(f"gate method {method!r} is unknown; use one of {', '.join(METHODS)}.")
+    if not 0.0 < level < 1.0:
+        raise ModelSelectorError(f"level {level} must lie between 0 and 1 (e.g. 0.95).")
+    a = np.array([np.nan if v is None else float(v) for v in candidate], dtype=float)
+    b = np.array([np.nan if v is None else float(v) for v in current], dtype=float)
+    if a.shape != b.shape:
+        raise ModelSelectorError(
+            f"{a.size} candidate scores and {b.size} current scores: the cases must match."
+        )
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.any():
+        raise ModelSelectorError(f"no test case has a {metric} score for both models; nothing to compare.")
+    a, b = a[ok], b[ok]
+    hib = higher_is_better(metric)
+    d = (a - b) if hib else (b - a)
+    mean = float(d.mean())
+    p_value: Optional[float] = None
+    ci: Optional[tuple[float, float]] = None
+    if method == "wilcoxon":
+        from scipy.stats import wilcoxon
+
+        if np.allclose(d, 0.0):
+            p_value = 1.0
+        else:
+            p_value = float(wilcoxon(d, alternative="greater", zero_method="wilcox").pvalue)
+        significant = p_value < 1.0 - level
+        test = f"Wilcoxon p = {p_value:.4g} {'<' if significant else '>='} {1 - level:.3g}"
+    else:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, d.size, size=(int(n_boot), d.size))
+        means = d[idx].mean(axis=1)
+        lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+        ci = (float(lo), float(hi))
+        significant = ci[0] > 0.0
+        test = f"{level:.0%} bootstrap CI lower bound {ci[0]:+.4f} {'>' if significant else '<='} 0"
+    big_enough = mean > min_improvement
+    accepted = bool(big_enough and significant)
+    if accepted:
+        reason = f"mean improvement {mean:+.4f} > {min_improvement:g} and {test}."
+    elif not big_enough:
+        reason = f"mean improvement {mean:+.4f} is not above {min_improvement:g}."
+    else:
+        reason = f"the improvement {mean:+.4f} is not significant: {test}."
+    return GateResult(accepted, metric, hib, int(d.size), float(a.mean()), float(b.mean()), mean, method,
+                      float(level), p_value, ci, float(min_improvement), reason)  # fmt: skip
+
+
+# --- promotion ------------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def default_split(zoo: Any, task: str) -> Optional[Path]:
+    """The test split of a task: the one its current version was promoted on, else the task's sweep split."""
+    from .sweep import sweep_dir
+
+    if task in zoo:
+        split = (zoo.version_info(task).get("evaluation") or {}).get("split")
+        if split and Path(split).is_file():
+            return Path(split)
+    p = sweep_dir(zoo.path, task) / "test_split.json"
+    return p if p.is_file() else None
+
+
+def _scores(cases: Sequence[dict[str, Any]], metric: str) -> list[Optional[float]]:
+    out = []
+    for c in cases:
+        if metric not in c:
+            known = sorted(k for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise ModelSelectorError(f"metric {metric!r} is not computed; choose one of: {', '.join(known)}.")
+        v = c[metric]
+        out.append(None if v is None or not np.isfinite(v) else float(v))
+    return out
+
+
+def _summary(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
+    from .leaderboard import metric_names, summarize
+
+    return {m: round(float(summarize(cases, m)["mean"]), 6) for m in metric_names(cases)
+            if summarize(cases, m)["mean"] is not None}  # fmt: skip
+
+
+def _check_compatible(candidate_card: Any, current_card: Any, task: str) -> None:
+    if candidate_card.task_type != current_card.task_type:
+        raise BundleError(
+            f"the candidate is a {candidate_card.task_type} model and {task} a {current_card.task_type} model."
+        )
+    a = [(lb["value"], lb["name"]) for lb in candidate_card.labels]
+    b = [(lb["value"], lb["name"]) for lb in current_card.labels]
+    if a != b:
+        raise BundleError(f"the candidate's labels {a} differ from {task}'s {b}; it cannot replace it.")
+
+
+def promote(
+    zoo_dir: PathLike,
+    task: str,
+    candidate: PathLike,
+    split: Optional[PathLike] = None,
+    metric: str = "dice",
+    method: str = "wilcoxon",
+    level: float = 0.95,
+    min_improvement: float = 0.0,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Gate a candidate bundle against the task's current version and promote it if it is better.
+
+    Args:
+        zoo_dir: the zoo (created if missing; a task not yet in it gets the candidate as its first version).
+        task: model name of the task in the zoo.
+        candidate: the candidate's bundle folder (e.g. a sweep's best model).
+        split: test split file (default: :func:`default_split`).
+        metric, method, level, min_improvement: the gate (see :func:`gate`).
+        dry_run: decide and report, change nothing.
+
+    Returns:
+        ``{"accepted", "version" (new current, if accepted), "previous", "gate" (dict or None), "candidate":
+        {metric means}, "current": {metric means} or None, "reason"}``.
+
+    Raises:
+        DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
+    """
+    from ..zoo.bundle import load_bundle
+    from ..zoo.catalog import Zoo
+    from .sweep import read_split
+
+    zoo = Zoo.create(zoo_dir)
+    split_path = Path(split) if split else default_split(zoo, task)
+    if split_path is None:
+        raise ZooError(
+            f"no test split for task {task!r}; pass --split FILE (a test_split.json written by "
+            "`modelselector sweep`)."
+        )
+    split_data = read_split(split_path)
+    labels = split_data["labels"]
+    cand = load_bundle(candidate, device=device)
+    cand_cases = evaluate_bundle(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
+    cand_scores = _scores(cand_cases, metric)
+    result: dict[str, Any] = {"task": task, "metric": metric, "split": str(split_path.resolve()),
+                              "candidate": _summary(cand_cases), "candidate_bundle": str(Path(candidate).resolve())}  # fmt: skip
+    if task in zoo:
+        current_version = zoo.current(task)
+        cur = load_bundle(zoo.get(task), device=device)
+        _check_compatible(cand.card, cur.card, task)
+        cur_cases = evaluate_bundle(cur, split_data["cases"], labels, device, cancel, desc="evaluate current")
+        g = gate(cand_scores, _scores(cur_cases, metric), metric, method, level, min_improvement)
+        result.update(current=_summary(cur_cases), previous=current_version, gate=g.to_dict(),
+                      accepted=g.accepted, reason=g.reason, report=g.text())  # fmt: skip
+    else:
+        g = None
+        result.update(current=None, previous=None, gate=None, accepted=True,
+                      reason=f"{task} is not in the zoo yet; the candidate becomes its first version.",
+                      report=f"{task} is not in the zoo yet; the candidate becomes its first version.")  # fmt: skip
+    if dry_run:
+        return result
+    if not result["accepted"]:
+        zoo.record(task, {"action": "refuse", "candidate": result["candidate_bundle"], "metric": metric,
+                          "gate": result["gate"], "split": result["split"]})  # fmt: skip
+        return result
+    version = zoo.next_version(task)
+    info = {"promoted": _now(), "source": result["candidate_bundle"],
+            "evaluation": {"split": result["split"], "metric": metric, "test_metrics": result["candidate"],
+                           "gate": result["gate"]}}  # fmt: skip
+    event = {"action": "promote", "version": version, "from": result["previous"], "metric": metric,
+             "candidate": result["candidate_bundle"], "gate": result["gate"]}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="modelselector-promote-") as tmp:
+        staged = _stage(Path(candidate), Path(tmp) / task, task, version)
+        zoo.add(staged, current=True, info=info, event=event)
+    result["version"] = version
+    return result
+
+
+def _stage(src: Path, dest: Path, task: str, version: str) -> Path:
+    """Copy a bundle to ``dest`` with its card renamed to ``task`` ``version``."""
+    from ..zoo.bundle import validate_bundle, write_card
+    from ..zoo.card import ModelCard
+
+    card = validate_bundle(src)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".*.tmp", "__pycache__"))
+    write_card(dest, ModelCard.from_dict({**card.to_dict(), "name": task, "version": version}))
+    return dest
+
+
+def restore(zoo_dir: PathLike, task: str, version: Optional[str] = None) -> dict[str, Any]:
+    """Make an earlier version of ``task`` current again (default: the one current before the present one).
+
+    Returns:
+        ``{"task", "version" (now current), "from"}``.
+
+    Raises:
+        ZooError: unknown task or version, or no earlier version.
+    """
+    from ..zoo.catalog import Zoo
+
+    zoo = Zoo(zoo_dir)
+    current = zoo.current(task)
+    target = version or zoo.previous(task)
+    if target is None:
+        raise ZooError(f"{task} has only version {current}; there is nothing earlier to restore.")
+    if target == current:
+        raise ZooError(f"{task} version {target} is already current.")
+    zoo.set_current(task, target, event={"action": "restore"})
+    return {"task": task, "version": target, "from": current}
+
+
+def retrain(
+    zoo_dir: PathLike,
+    task: str,
+    dataset_dir: PathLike,
+    split: Optional[PathLike] = None,
+    settings: Optional[dict[str, Any]] = None,
+    metric: str = "dice",
+    method: str = "wilcoxon",
+    level: float = 0.95,
+    min_improvement: float = 0.0,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+) -> dict[str, Any]:
+    """Train ``task`` again on a (new) MSD dataset and promote the result only if the gate accepts it.
+
+    The training settings are those the current version was trained with (its ``configs/train_config.json``),
+    updated with ``settings``. Test cases of the split are removed from the training data.
+
+    Returns:
+        :func:`promote`'s result.
+    """
+    from ..datasets.msd import load_msd
+    from ..training.segmentation import TRAIN_CONFIG_FILE, TrainConfig, train_segmentation
+    from ..zoo.catalog import Zoo
+    from .sweep import read_split
+
+    zoo = Zoo.create(zoo_dir)
+    split_path = Path(split) if split else default_split(zoo, task)
+    if split_path is None:
+        raise ZooError(f"no test split for task {task!r}; pass --split FILE.")
+    test = {str(Path(c["image"]).resolve()) for c in read_split(split_path)["cases"]}
+    base: dict[str, Any] = {}
+    if task in zoo and (zoo.get(task) / TRAIN_CONFIG_FILE).is_file():
+        base = json.loads((zoo.get(task) / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
+        base.pop("version", None)
+    config = TrainConfig.from_dict({**base, **(settings or {})})
+    dataset = load_msd(dataset_dir)
+    keep = [c for c in dataset.training if str(Path(c["image"]).resolve()) not in test]
+    if len(keep) < 2:
+        raise TrainingError(f"{dataset.root}: fewer than 2 cases are left once the test cases are removed.")
+    with tempfile.TemporaryDirectory(prefix="modelselector-retrain-") as tmp:
+        raw = {
+            **dataset.raw,
+            "training": [{"image": str(c["image"]), "label": str(c["label"])} for c in keep],
+        }
+        raw["numTraining"] = len(keep)
+        (Path(tmp) / "data").mkdir()
+        (Path(tmp) / "data" / "dataset.json").write_text(json.dumps(raw), encoding="utf-8")
+        card = zoo.card(task) if task in zoo else None
+        bundle = train_segmentation(Path(tmp) / "data", task, Path(tmp) / "zoo", config,
+                                    modality=card.modality if card else None,
+                                    body_region=card.body_region if card else None, cancel=cancel)  # fmt: skip
+        return promote(
+            zoo_dir, task, bundle, split_path, metric, method, level, min_improvement, device, cancel
+        )
+
+
+__all__ = ["METHODS", "GateResult", "default_split", "gate", "promote", "restore", "retrain"]

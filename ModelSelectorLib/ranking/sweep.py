@@ -1,0 +1,554 @@
+"""Sweeps: train competing configurations of one task, evaluate each on one fixed test split, rank them.
+
+A sweep file (YAML) names the task, the shared settings, and the candidates as a grid or a list::
+
+    task: lungs                    # candidates become zoo models "lungs-<candidate>"
+    seed: 0                        # test split and training seed
+    test_fraction: 0.2             # share of the dataset's cases held out as the fixed test split
+    base:                          # TrainConfig settings shared by every candidate
+      roi_size: [128, 128]
+      target_spacing: [2.8, 2.8]
+      epochs: 20
+    grid:                          # every combination (cartesian product) ...
+      architecture: [unet, segresnet]
+      loss: [dice, dicece]
+    candidates:                    # ... and/or an explicit list (a "name" key is optional)
+      - {name: attn, architecture: attentionunet, lr: 0.0005}
+
+Output (``out`` is a zoo folder; candidate bundles go into it as models ``<task>-<candidate>``)::
+
+    ZOO/zoo.json, ZOO/models/<task>-<candidate>/<version>/   bundles with card, training curve, train config
+    ZOO/sweeps/<task>/sweep.json                              the sweep, its candidates and their status
+    ZOO/sweeps/<task>/test_split.json                         the fixed test cases (ids, image/label paths)
+    ZOO/sweeps/<task>/train/dataset.json                      the training cases (MSD, absolute paths)
+    ZOO/sweeps/<task>/evaluation/<candidate>.json             per-case metrics of each candidate
+    ZOO/sweeps/<task>/report/leaderboard.html, dashboards/    see :mod:`ModelSelectorLib.ranking`
+
+Executors: ``"local"`` runs candidates in parallel worker processes (``concurrent.futures``, spawn start
+method; ``workers`` processes with ``threads`` torch threads each); ``"ray"`` sends them to a Ray cluster
+(``address``; Ray is an optional extra, ``pip install "ModelSelectorLib[ray]"``). Ray workers must see the
+dataset at the same path (shared file system); each returns its bundle as a tar archive.
+A candidate whose bundle is already in the zoo with the same training settings is not trained again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from .. import atomic
+from ..datasets.msd import load_msd
+from ..errors import DatasetError, ModelSelectorError, TrainingError
+from ..progress import check_cancel, progress_bar
+from ..zoo.card import safe_name
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SWEEPS = "sweeps"
+EXECUTORS = ("local", "ray")
+_SPEC_KEYS = {"task", "seed", "test_fraction", "base", "grid", "candidates", "modality", "body_region"}
+
+
+# --- the sweep file -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Candidate:
+    """One configuration of a sweep: ``name`` (unique in the sweep) and its TrainConfig ``settings``."""
+
+    name: str
+    settings: dict[str, Any]
+
+    def config_hash(self) -> str:
+        """Short hash of the settings (identifies a trained candidate)."""
+        text = json.dumps(self.settings, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    """A parsed sweep file (see the module docstring)."""
+
+    task: str
+    candidates: list[Candidate]
+    seed: int = 0
+    test_fraction: float = 0.2
+    modality: Optional[str] = None
+    body_region: Optional[str] = None
+
+    def model_name(self, candidate: Candidate) -> str:
+        """Zoo model name of a candidate: ``<task>-<candidate>``."""
+        return safe_name(f"{self.task}-{candidate.name}")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_short(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _auto_name(varying: dict[str, Any]) -> str:
+    parts = []
+    for key, value in varying.items():
+        if key in ("architecture", "loss"):
+            parts.append(_short(value))
+        elif key == "augment":
+            parts.append("aug" if value else "noaug")
+        else:
+            parts.append(f"{key.replace('_', '')}{_short(value)}")
+    return safe_name("-".join(parts) or "default")
+
+
+def expand_sweep(data: dict[str, Any]) -> SweepSpec:
+    """Build a :class:`SweepSpec` from a parsed sweep file; every candidate's settings are checked.
+
+    Raises:
+        TrainingError: unknown keys, an empty sweep, duplicate names, or settings TrainConfig refuses.
+    """
+    from ..training.segmentation import TrainConfig
+
+    if not isinstance(data, dict):
+        raise TrainingError(
+            "a sweep file must hold a mapping with 'task', 'base' and 'grid' or 'candidates'."
+        )
+    unknown = sorted(set(data) - _SPEC_KEYS)
+    if unknown:
+        raise TrainingError(
+            f"unknown sweep key(s) {', '.join(unknown)}; known: {', '.join(sorted(_SPEC_KEYS))}."
+        )
+    task = data.get("task")
+    if not task or not isinstance(task, str):
+        raise TrainingError(
+            "the sweep file needs 'task: NAME' (candidates become zoo models NAME-<candidate>)."
+        )
+    base = dict(data.get("base") or {})
+    grid = data.get("grid") or {}
+    listed = data.get("candidates") or []
+    if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(listed, list):
+        raise TrainingError("'base' and 'grid' must be mappings and 'candidates' a list of mappings.")
+    seed = int(data.get("seed", base.get("seed", 0)))
+    base.setdefault("seed", seed)
+    raw: list[tuple[Optional[str], dict[str, Any]]] = []
+    if grid:
+        keys = list(grid)
+        values = [v if isinstance(v, list) else [v] for v in grid.values()]
+        for combo in itertools.product(*values):
+            raw.append((None, dict(zip(keys, combo))))
+    for i, item in enumerate(listed):
+        if not isinstance(item, dict):
+            raise TrainingError(f"candidates[{i}] must be a mapping of settings.")
+        item = dict(item)
+        raw.append((item.pop("name", None), item))
+    if not raw:
+        raise TrainingError("the sweep has no candidates; add a 'grid' or a 'candidates' list.")
+    candidates: list[Candidate] = []
+    for name, varying in raw:
+        settings = {**base, **varying}
+        try:
+            TrainConfig.from_dict(settings).check()
+        except TrainingError as e:
+            raise TrainingError(f"sweep candidate {name or varying}: {e}") from e
+        cand = Candidate(safe_name(name) if name else _auto_name(varying), settings)
+        candidates.append(cand)
+    names = [c.name for c in candidates]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise TrainingError(f"sweep candidate names repeat: {', '.join(dupes)}; give each a distinct 'name'.")
+    fraction = float(data.get("test_fraction", 0.2))
+    if not 0.0 < fraction < 1.0:
+        raise TrainingError(f"test_fraction {fraction} must lie between 0 and 1.")
+    return SweepSpec(
+        safe_name(task), candidates, seed, fraction, data.get("modality"), data.get("body_region")
+    )
+
+
+def load_sweep(path: PathLike) -> SweepSpec:
+    """Read and expand a sweep YAML file.
+
+    Raises:
+        TrainingError: missing file, invalid YAML, or an invalid sweep (see :func:`expand_sweep`).
+    """
+    from ..settings import read_settings_file
+
+    p = Path(path)
+    data = read_settings_file(p, "sweep")
+    try:
+        return expand_sweep(data)
+    except TrainingError as e:
+        raise TrainingError(f"{p}: {e}") from e
+
+
+# --- the fixed test split -------------------------------------------------------------------------------
+def make_split(
+    dataset_dir: PathLike, work_dir: PathLike, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[Path, Path]:
+    """Hold out a fixed test split of an MSD dataset.
+
+    Writes ``work_dir/train/dataset.json`` (the dataset minus the test cases, absolute paths) and
+    ``work_dir/test_split.json`` (``{"dataset", "seed", "labels", "cases": [{"id", "image", "label"}]}``).
+    An existing split of the same dataset is kept, so every candidate (and every later sweep or promotion)
+    sees the same test cases.
+
+    Returns:
+        ``(training dataset folder, split file)``.
+
+    Raises:
+        DatasetError: fewer than 3 cases (one test, one validation, one training case are needed).
+    """
+    dataset = load_msd(dataset_dir)
+    work = Path(work_dir)
+    split_file, train_dir = work / "test_split.json", work / "train"
+    if split_file.is_file() and (train_dir / "dataset.json").is_file():
+        split = read_split(split_file)
+        if split.get("dataset") == str(dataset.root):
+            return train_dir, split_file
+        raise DatasetError(
+            f"{split_file}: holds the test split of another dataset ({split.get('dataset')}); "
+            "use another --out zoo or task name."
+        )
+    n = len(dataset.training)
+    if n < 3:
+        raise DatasetError(
+            f"{dataset.root}: {n} case(s); a sweep needs at least 3 (test, validation, training)."
+        )
+    n_test = min(n - 2, max(1, int(round(n * test_fraction))))
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    test_idx = set(order[:n_test])
+    cases = [{"id": _case_id(dataset.training[i]["image"]), "image": str(dataset.training[i]["image"]),
+              "label": str(dataset.training[i]["label"])} for i in sorted(test_idx)]  # fmt: skip
+    raw = dict(dataset.raw)
+    raw["training"] = [{"image": str(c["image"]), "label": str(c["label"])}
+                       for i, c in enumerate(dataset.training) if i not in test_idx]  # fmt: skip
+    raw["numTraining"] = len(raw["training"])
+    raw.pop("val_fraction", None)
+    raw["description"] = f"{dataset.description} (sweep training part; {n_test} test cases held out)".strip()
+    atomic.write_json(train_dir / "dataset.json", raw)
+    labels = {str(v): n for v, n in dataset.foreground_labels.items()}
+    atomic.write_json(split_file, {"dataset": str(dataset.root), "seed": int(seed), "labels": labels,
+                                   "test_fraction": float(test_fraction), "cases": cases})  # fmt: skip
+    return train_dir, split_file
+
+
+def _case_id(path: Path) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".png"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def read_split(path: PathLike) -> dict[str, Any]:
+    """Read a test split file written by :func:`make_split`; checks that its files exist.
+
+    Raises:
+        DatasetError: missing or malformed file, or missing image/label files.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: no such test split file; run `modelselector sweep` first or pass --split.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        cases = data["cases"]
+        labels = {int(k): str(v) for k, v in data["labels"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DatasetError(f"{p}: not a test split file ({e}).") from e
+    missing = [c[k] for c in cases for k in ("image", "label") if not Path(c[k]).is_file()]
+    if missing:
+        raise DatasetError(f"{p}: {len(missing)} test file(s) missing, e.g. {missing[0]}.")
+    if not cases:
+        raise DatasetError(f"{p}: the test split is empty.")
+    return {**data, "labels": labels}
+
+
+# --- workers --------------------------------------------------------------------------------------------
+def _train_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one candidate into a private zoo (a process of its own); returns where the bundle is."""
+    import torch
+
+    from ..training.segmentation import TrainConfig, train_segmentation
+
+    threads = int(job.get("threads") or 1)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    settings = dict(job["settings"])
+    settings.setdefault("num_threads", threads)
+    config = TrainConfig.from_dict(settings)
+    t0 = time.monotonic()
+    bundle = train_segmentation(job["dataset"], job["model"], job["zoo"], config,
+                                modality=job.get("modality"), body_region=job.get("body_region"))  # fmt: skip
+    out = {"candidate": job["candidate"], "bundle": str(bundle), "seconds": round(time.monotonic() - t0, 1)}
+    if job.get("return_archive"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(str(bundle), arcname=job["model"])
+        out["archive"] = buf.getvalue()
+        shutil.rmtree(job["zoo"], ignore_errors=True)
+    return out
+
+
+def _unpack(archive: bytes, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if (
+                member.name.startswith(("/", ".."))
+                or ".." in Path(member.name).parts
+                or member.issym()
+                or member.islnk()
+            ):
+                raise ModelSelectorError(
+                    f"refusing unsafe path {member.name!r} in a worker's bundle archive."
+                )
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # Python < 3.12 without extraction filters: members were checked above
+            tar.extractall(dest)
+    return dest
+
+
+def run_local(
+    jobs: Sequence[dict[str, Any]],
+    workers: int,
+    cancel: Optional[Any] = None,
+    on_done: Optional[Callable] = None,
+) -> list[dict[str, Any]]:
+    """Run training jobs in ``workers`` spawned processes; returns results in completion order."""
+    results: list[dict[str, Any]] = []
+    if not jobs:
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(int(workers), len(jobs))), mp_context=ctx)
+    try:
+        futures = {pool.submit(_train_one, job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            check_cancel(cancel)
+            done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                res = _result(fut, futures[fut])
+                results.append(res)
+                if on_done:
+                    on_done(res)
+    except BaseException:
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # the workers this pool started
+        for proc in procs:
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.join(timeout=10)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _result(fut: Any, job: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return fut.result()
+    except ModelSelectorError as e:
+        raise type(e)(f"sweep candidate {job['candidate']}: {e}") from e
+    except Exception as e:  # a crash in a worker: report which candidate
+        raise TrainingError(f"sweep candidate {job['candidate']} failed: {type(e).__name__}: {e}") from e
+
+
+def run_ray(
+    jobs: Sequence[dict[str, Any]], address: Optional[str], threads: int, cancel: Optional[Any] = None,
+    on_done: Optional[Callable] = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Run training jobs as Ray tasks (``threads`` CPUs each) on the cluster at ``address``.
+
+    ``address=None`` or ``"local"`` starts a local Ray instance. Raises :class:`TrainingError` when Ray is not
+    installed."""
+    try:
+        import ray
+    except ImportError as e:
+        raise TrainingError(
+            "the ray executor needs Ray: pip install 'ModelSelectorLib[ray]' (or 'ray[default]'), "
+            "or use --executor local."
+        ) from e
+    started = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+        if address and address != "local":
+            kw["address"] = address
+        else:
+            kw["num_cpus"] = max(1, os.cpu_count() or 1)
+        ray.init(**kw)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=max(1, int(threads)))(_train_one)
+        refs = {remote.remote({**job, "return_archive": True}): job for job in jobs}
+        pending = list(refs)
+        results = []
+        while pending:
+            check_cancel(cancel)
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in done:
+                try:
+                    res = ray.get(ref)
+                except Exception as e:
+                    raise TrainingError(f"sweep candidate {refs[ref]['candidate']} failed on Ray: {e}") from e
+                results.append(res)
+                if on_done:
+                    on_done(res)
+        return results
+    except BaseException:
+        for ref in locals().get("pending", []):
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --- the sweep ------------------------------------------------------------------------------------------
+def sweep_dir(zoo_dir: PathLike, task: str) -> Path:
+    """Folder of the sweep of ``task`` inside a zoo."""
+    return Path(zoo_dir) / SWEEPS / safe_name(task)
+
+
+def _same_settings(bundle: Path, settings: dict[str, Any]) -> bool:
+    from ..training.segmentation import TRAIN_CONFIG_FILE, TrainConfig
+
+    f = bundle / TRAIN_CONFIG_FILE
+    if not f.is_file():
+        return False
+    try:
+        saved = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    want = json.loads(json.dumps(dataclasses.asdict(TrainConfig.from_dict(settings)), default=list))
+    skip = {"num_threads", "device", "num_workers", "version"}
+    return {k: v for k, v in saved.items() if k not in skip} == {
+        k: v for k, v in want.items() if k not in skip
+    }
+
+
+def run_sweep(
+    dataset_dir: PathLike,
+    spec: SweepSpec,
+    zoo_dir: PathLike,
+    executor: str = "local",
+    workers: int = 2,
+    threads: int = 1,
+    address: Optional[str] = None,
+    metric: str = "dice",
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+    retrain: bool = False,
+) -> dict[str, Any]:
+    """Train every candidate, add it to the zoo, evaluate all on the fixed test split, write the reports.
+
+    Args:
+        dataset_dir: labelled MSD dataset folder.
+        spec: the sweep (see :func:`load_sweep`).
+        zoo_dir: zoo folder (created if missing) that receives the candidates as models ``<task>-<candidate>``.
+        executor: ``"local"`` (worker processes) or ``"ray"``.
+        workers: parallel worker processes (local executor).
+        threads: torch threads per worker (local) / CPUs per task (Ray).
+        address: Ray cluster address (``None``/``"local"``: a local Ray instance).
+        metric: leaderboard ranking metric (``dice``, ``hd95``, ``msd``, ``dice_<label>``, ...).
+        device: torch device of the evaluation.
+        cancel: Event-like; stops between candidates and cases with :class:`~ModelSelectorLib.errors.Cancelled`.
+        retrain: train candidates again even when the zoo already holds them with the same settings.
+
+    Returns:
+        ``{"sweep": folder, "leaderboard": html path, "ranking": [rows best first], "best": row}``.
+    """
+    from ..zoo.catalog import Zoo
+    from .leaderboard import evaluate_candidate, write_reports
+
+    if executor not in EXECUTORS:
+        raise TrainingError(f"executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}.")
+    zoo = Zoo.create(zoo_dir)
+    work = sweep_dir(zoo_dir, spec.task)
+    train_dir, split_file = make_split(dataset_dir, work, spec.test_fraction, spec.seed)
+    state_file = work / "sweep.json"
+    state: dict[str, Any] = {"task": spec.task, "dataset": str(Path(dataset_dir).resolve()),
+                             "split": split_file.name, "seed": spec.seed, "candidates": {}}  # fmt: skip
+    if state_file.is_file():
+        try:
+            old = json.loads(state_file.read_text(encoding="utf-8"))
+            state["candidates"].update(old.get("candidates", {}))
+        except ValueError:
+            pass
+    jobs = []
+    for cand in spec.candidates:
+        model = spec.model_name(cand)
+        entry = {"model": model, "settings": cand.settings, "config_hash": cand.config_hash()}
+        state["candidates"][cand.name] = {**state["candidates"].get(cand.name, {}), **entry}
+        if not retrain and model in zoo and _same_settings(zoo.get(model), cand.settings):
+            state["candidates"][cand.name]["bundle"] = str(zoo.get(model))
+            continue
+        jobs.append({"candidate": cand.name, "model": model, "settings": cand.settings, "dataset": str(train_dir),
+                     "zoo": str(work / "work" / cand.name), "threads": threads, "modality": spec.modality,
+                     "body_region": spec.body_region})  # fmt: skip
+    atomic.write_json(state_file, state)
+
+    bar = progress_bar(total=len(jobs), desc=f"sweep {spec.task}: train")
+
+    def done(res: dict[str, Any]) -> None:
+        name = res["candidate"]
+        model = state["candidates"][name]["model"]
+        with tempfile.TemporaryDirectory(prefix="modelselector-sweep-") as tmp:
+            src = Path(res["bundle"])
+            if "archive" in res:
+                src = _unpack(res["archive"], Path(tmp)) / model
+            zoo.reload()
+            info = zoo.add(src)
+        shutil.rmtree(work / "work" / name, ignore_errors=True)
+        state["candidates"][name].update(
+            bundle=str(zoo.get(model, info["version"])), train_seconds=res["seconds"]
+        )
+        atomic.write_json(state_file, state)
+        bar.update(1)
+        bar.set_postfix(done=name)
+
+    try:
+        if executor == "ray":
+            run_ray(jobs, address, threads, cancel, done)
+        else:
+            run_local(jobs, workers, cancel, done)
+    finally:
+        bar.close()
+        shutil.rmtree(work / "work", ignore_errors=True)
+
+    split = read_split(split_file)
+    for name, entry in progress_bar(list(state["candidates"].items()), desc=f"sweep {spec.task}: evaluate"):
+        if name not in {c.name for c in spec.candidates}:
+            continue
+        check_cancel(cancel)
+        evaluate_candidate(Path(entry["bundle"]), split, work / "evaluation" / f"{name}.json",
+                           work / "report" / "dashboards" / name, candidate=name, device=device,
+                           cancel=cancel)  # fmt: skip
+    return write_reports(work, metric=metric)
+
+
+__all__ = [
+    "Candidate",
+    "SweepSpec",
+    "expand_sweep",
+    "load_sweep",
+    "make_split",
+    "read_split",
+    "run_local",
+    "run_ray",
+    "run_sweep",
+    "sweep_dir",
+]

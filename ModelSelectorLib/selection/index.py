@@ -1,0 +1,455 @@
+"""The zoo's prototype index: hnswlib (cosine) over every model's prototypes, with a JSON sidecar.
+
+Layout of an index folder (default ``ZOO/index/``)::
+
+    index.json          sidecar: format, dim, encoder id, hnswlib settings, the graph file's name,
+                        per model {version, prototypes digest, labels}, per label {model, version,
+                        origin, source, view}, next label, calibration of the selector's threshold
+    graph-<token>.bin   the hnswlib graph (``Index.save_index``)
+
+Saving is atomic: the graph goes to a new file with a fresh token, then the sidecar naming it replaces the
+old sidecar in one rename (the commit point), and only then is the old graph deleted. An interrupted save
+therefore leaves the previous index loadable. Models are added incrementally and removed with hnswlib's
+``mark_deleted`` (the graph keeps the deleted points; :func:`build_index` compacts).
+
+Typical use::
+
+    from ModelSelectorLib.selection.calibration import build_index
+    from ModelSelectorLib.selection.index import load_index
+    idx = build_index(zoo)            # every model's stored prototypes; calibrates; not yet saved
+    idx.save(zoo.path / "index")
+    idx = load_index(zoo)             # ZOO/index
+    idx.check_against(zoo)            # IndexMismatchError when they disagree, naming the fixing command
+    labels, distances = idx.query(vectors, k=10)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..atomic import write_json
+from ..errors import BundleError, IndexMismatchError
+from ..progress import check_cancel, progress_bar
+from ..zoo.catalog import Zoo
+from .prototypes import ORIGINS, PrototypeSet, has_prototypes, load_prototypes, prototypes_digest
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SIDECAR = "index.json"
+INDEX_DIRNAME = "index"
+FORMAT = 1
+
+
+def default_index_dir(zoo: Any) -> Path:
+    """``ZOO/index`` for a zoo (a :class:`~ModelSelectorLib.zoo.Zoo` or its folder)."""
+    return Path(getattr(zoo, "path", zoo)) / INDEX_DIRNAME
+
+
+def _zoo_arg(zoo: Any) -> str:
+    return str(getattr(zoo, "path", zoo))
+
+
+class ZooIndex:
+    """An hnswlib index over prototype vectors with per-label metadata.
+
+    Args:
+        dim: vector dimension (128 for the bundled encoder).
+        M, ef_construction: hnswlib graph settings (more = better recall, slower build).
+        ef: hnswlib query-time candidate list size (raised to ``k`` when smaller).
+        capacity: initial number of elements (grows as needed).
+        encoder: id of the encoder that made the vectors (see :func:`~ModelSelectorLib.prototypes.encoder_id`).
+
+    Attributes:
+        items: label -> ``{"model", "version", "origin", "source", "view"}`` of every live prototype.
+        models: model name -> ``{"version", "digest", "labels"}``.
+        calibration: the selector's calibrated threshold (see :func:`ModelSelectorLib.selection.calibration.calibrate`).
+        path: folder it was loaded from or last saved to.
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        M: int = 16,
+        ef_construction: int = 200,
+        ef: int = 64,
+        capacity: int = 1024,
+        encoder: str = "",
+    ) -> None:
+        import hnswlib
+
+        self.dim = int(dim)
+        self.M = int(M)
+        self.ef_construction = int(ef_construction)
+        self.ef = int(ef)
+        self.encoder = encoder
+        self.items: dict[int, dict[str, Any]] = {}
+        self.models: dict[str, dict[str, Any]] = {}
+        self.calibration: dict[str, Any] = {}
+        self.next_label = 0
+        self.path: Optional[Path] = None
+        self._graph_file: Optional[str] = None
+        self._index = hnswlib.Index(space="cosine", dim=self.dim)
+        self._index.init_index(
+            max_elements=max(16, int(capacity)), ef_construction=self.ef_construction, M=self.M
+        )
+        self._index.set_ef(self.ef)
+        self._vector_cache: dict[str, np.ndarray] = {}
+
+    # --- contents -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of live (not deleted) prototypes."""
+        return len(self.items)
+
+    def model_names(self) -> list[str]:
+        return sorted(self.models)
+
+    def add_vectors(self, vectors: np.ndarray, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Add vectors ``(n, dim)`` with one metadata record each; returns their labels ``(n,)`` int64."""
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise IndexMismatchError(
+                f"prototype vectors have shape {v.shape}; the index holds {self.dim}-d vectors. "
+                "Regenerate the prototypes with the index's encoder or rebuild the index."
+            )
+        if len(v) != len(records):
+            raise ValueError("one record per vector is needed")
+        labels = np.arange(self.next_label, self.next_label + len(v), dtype=np.int64)
+        need = self._index.get_current_count() + len(v)
+        if need > self._index.get_max_elements():
+            self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
+        if len(v):
+            self._index.add_items(v, labels)
+        for lab, rec in zip(labels.tolist(), records):
+            self.items[int(lab)] = dict(rec)
+        self.next_label += len(v)
+        return labels
+
+    def add_prototypes(self, pset: PrototypeSet, digest: str = "") -> int:
+        """Add (or replace) one model's prototypes; returns the number added."""
+        if not pset.model:
+            raise IndexMismatchError("prototypes without a model name cannot be indexed.")
+        enc = str(pset.meta.get("encoder", ""))
+        if self.encoder and enc and enc != self.encoder:
+            raise IndexMismatchError(
+                f"the prototypes of {pset.model} were made with encoder {enc}, the index with {self.encoder}; "
+                f"regenerate them with `modelselector prototypes --model {pset.model}` and rebuild the index."
+            )
+        self.encoder = self.encoder or enc
+        if pset.model in self.models:
+            self.remove_model(pset.model)
+        records = [{"model": pset.model, "version": pset.version, **r} for r in pset.rows]
+        labels = self.add_vectors(pset.vectors, records)
+        self.models[pset.model] = {"version": pset.version, "digest": digest, "labels": labels.tolist(),
+                                   "origins": pset.origins()}  # fmt: skip
+        return len(labels)
+
+    def add_model(self, zoo: Any, name: str, version: Optional[str] = None) -> int:
+        """Add model ``name`` (its current version unless ``version``) from the zoo, replacing an older entry.
+
+        Raises:
+            ZooError: unknown model. IndexMismatchError: the model has no prototypes (the message gives the
+            command that makes them) or they were made with another encoder.
+        """
+        bundle = zoo.get(name, version)
+        if not has_prototypes(bundle):
+            raise IndexMismatchError(
+                f"model {name!r} has no prototypes; make them with `modelselector prototypes --zoo "
+                f"{_zoo_arg(zoo)} --model {name} --exemplars IMAGES --data-free 4`, then run "
+                f"`modelselector index add --zoo {_zoo_arg(zoo)} --model {name}`."
+            )
+        try:
+            pset = load_prototypes(bundle)
+        except BundleError as e:
+            raise IndexMismatchError(str(e)) from e
+        card = zoo.card(name, version)
+        pset.model, pset.version = name, card.version
+        return self.add_prototypes(pset, prototypes_digest(bundle))
+
+    def remove_model(self, name: str) -> int:
+        """Remove a model's prototypes (hnswlib ``mark_deleted``); returns the number removed.
+
+        Raises:
+            IndexMismatchError: the model is not in the index.
+        """
+        if name not in self.models:
+            known = ", ".join(self.model_names()) or "none"
+            raise IndexMismatchError(f"model {name!r} is not in the index; indexed models: {known}.")
+        labels = self.models.pop(name)["labels"]
+        for lab in labels:
+            with contextlib.suppress(RuntimeError):
+                self._index.mark_deleted(int(lab))
+            self.items.pop(int(lab), None)
+        self._vector_cache.pop(name, None)
+        return len(labels)
+
+    def labels_of(
+        self, name: str, origins: Sequence[str] = ORIGINS, exclude_sources: Sequence[str] = ()
+    ) -> list[int]:
+        """Live labels of model ``name`` whose origin is in ``origins`` and whose source is not excluded."""
+        ex = set(exclude_sources)
+        return [
+            lab
+            for lab in self.models.get(name, {}).get("labels", [])
+            if lab in self.items
+            and self.items[lab]["origin"] in origins
+            and self.items[lab].get("source") not in ex
+        ]
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        """The stored vectors of ``labels`` as float32 ``(n, dim)`` (unit rows)."""
+        if not len(labels):
+            return np.zeros((0, self.dim), np.float32)
+        v = np.asarray(self._index.get_items(list(labels)), dtype=np.float32)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    def model_vectors(self, name: str) -> tuple[np.ndarray, list[int]]:
+        """All live vectors of a model and their labels (cached)."""
+        labels = self.labels_of(name)
+        cached = self._vector_cache.get(name)
+        if cached is None or len(cached) != len(labels):
+            cached = self.vectors(labels)
+            self._vector_cache[name] = cached
+        return cached, labels
+
+    # --- search ---------------------------------------------------------------------------------------
+    def query(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        origins: Optional[Sequence[str]] = None,
+        ef: Optional[int] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest live prototypes of each query vector.
+
+        Args:
+            vectors: float32 ``(m, dim)`` (or ``(dim,)``).
+            k: neighbours per query (clipped to the number of eligible prototypes).
+            origins: only prototypes of these origins (default: all).
+            ef: hnswlib search width (default ``max(self.ef, k)``).
+
+        Returns:
+            ``(labels, distances)``, both ``(m, k')``: int64 labels and float32 cosine distances
+            (``1 - cos``), nearest first.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise IndexMismatchError(
+                f"query vectors are {q.shape[1]}-d; the index holds {self.dim}-d vectors."
+            )
+        flt = None
+        n_ok = len(self.items)
+        if origins is not None and set(origins) != set(ORIGINS):
+            allowed = {lab for lab, r in self.items.items() if r["origin"] in set(origins)}
+            n_ok = len(allowed)
+            flt = allowed.__contains__
+        k = min(int(k), n_ok)
+        if k <= 0 or not len(q):
+            return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
+        self._index.set_ef(max(int(ef or self.ef), k))
+        try:
+            labels, dist = self._index.knn_query(q, k=k, filter=flt)
+        except RuntimeError:  # too few reachable points for k with a filter: ask for a wider search
+            self._index.set_ef(max(4 * k, 200))
+            labels, dist = self._index.knn_query(q, k=k, filter=flt)
+        return labels.astype(np.int64), dist.astype(np.float32)
+
+    # --- persistence ----------------------------------------------------------------------------------
+    def _sidecar(self, graph_file: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "space": "cosine",
+            "dim": self.dim,
+            "M": self.M,
+            "ef_construction": self.ef_construction,
+            "ef": self.ef,
+            "encoder": self.encoder,
+            "graph": graph_file,
+            "n_elements": int(self._index.get_current_count()),
+            "next_label": self.next_label,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "calibration": self.calibration,
+            "models": self.models,
+            "items": {str(k): v for k, v in sorted(self.items.items())},
+        }
+
+    def save(self, directory: Optional[PathLike] = None) -> Path:
+        """Save graph + sidecar into ``directory`` (default: where it was loaded from) atomically.
+
+        Returns:
+            the folder.
+        """
+        if directory is None and self.path is None:
+            raise IndexMismatchError("no folder to save the index to; pass one (e.g. ZOO/index).")
+        d = Path(directory) if directory is not None else self.path
+        assert d is not None
+        d.mkdir(parents=True, exist_ok=True)
+        graph = f"graph-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}.bin"
+        try:
+            self._index.save_index(str(d / graph))
+            os.chmod(d / graph, 0o644)
+            write_json(d / SIDECAR, self._sidecar(graph))  # the commit point (atomic rename)
+            os.chmod(d / SIDECAR, 0o644)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (d / graph).unlink()
+            raise
+        for f in d.glob("graph-*.bin"):  # the old graph and leftovers of interrupted saves
+            if f.name != graph:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        self.path, self._graph_file = d, graph
+        return d
+
+    @classmethod
+    def load(cls, directory: PathLike) -> ZooIndex:
+        """Load an index saved by :meth:`save`.
+
+        Raises:
+            IndexMismatchError: no index there, or a corrupt sidecar or graph (the message says how to
+            rebuild it).
+        """
+        import hnswlib
+
+        d = Path(directory)
+        zoo_hint = f"`modelselector index build --zoo {d.parent}`"
+        if not (d / SIDECAR).is_file():
+            raise IndexMismatchError(f"{d}: no prototype index there; build it with {zoo_hint}.")
+        try:
+            side = json.loads((d / SIDECAR).read_text(encoding="utf-8"))
+            if not isinstance(side, dict) or side.get("format") != FORMAT:
+                raise ValueError(f"unknown format {side.get('format') if isinstance(side, dict) else side!r}")
+            graph = d / str(side["graph"])
+            items = {int(k): dict(v) for k, v in side["items"].items()}
+            models = {str(k): dict(v) for k, v in side["models"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise IndexMismatchError(
+                f"{d / SIDECAR}: corrupt index sidecar ({e}); rebuild it with {zoo_hint}."
+            ) from e
+        if not graph.is_file():
+            raise IndexMismatchError(f"{graph}: the index graph is missing; rebuild it with {zoo_hint}.")
+        idx = cls(int(side["dim"]), int(side.get("M", 16)), int(side.get("ef_construction", 200)),
+                  int(side.get("ef", 64)), 16, str(side.get("encoder", "")))  # fmt: skip
+        n = int(side.get("n_elements", len(items)))
+        try:
+            h = hnswlib.Index(space="cosine", dim=idx.dim)
+            h.load_index(str(graph), max_elements=max(n, 16))
+        except (RuntimeError, ValueError, MemoryError) as e:
+            raise IndexMismatchError(
+                f"{graph}: corrupt index graph ({e}); rebuild it with {zoo_hint}."
+            ) from e
+        if h.get_current_count() != n:
+            raise IndexMismatchError(
+                f"{graph}: holds {h.get_current_count()} vectors, the sidecar lists {n}; rebuild it with {zoo_hint}."
+            )
+        h.set_ef(idx.ef)
+        idx._index = h
+        idx.items, idx.models = items, models
+        idx.next_label = int(side.get("next_label", max(items, default=-1) + 1))
+        idx.calibration = dict(side.get("calibration") or {})
+        idx.path, idx._graph_file = d, graph.name
+        return idx
+
+    # --- consistency ----------------------------------------------------------------------------------
+    def problems(self, zoo: Any) -> list[str]:
+        """Every disagreement between the index and ``zoo``, each with the command that fixes it."""
+        z = _zoo_arg(zoo)
+        out = []
+        for name in zoo.names():
+            bundle = zoo.get(name)
+            current = zoo.card(name).version
+            entry = self.models.get(name)
+            fix = f"`modelselector index add --zoo {z} --model {name}`"
+            if entry is None:
+                if not has_prototypes(bundle):
+                    out.append(
+                        f"model {name!r} is in the zoo but has no prototypes and is not in the index; run "
+                        f"`modelselector prototypes --zoo {z} --model {name} --exemplars IMAGES --data-free 4`, then {fix}"
+                    )
+                else:
+                    out.append(
+                        f"model {name!r} (version {current}) is in the zoo but not in the index; run {fix}"
+                    )
+            elif entry.get("version") != current:
+                out.append(
+                    f"the index holds version {entry.get('version')} of {name!r} but the zoo's current version is "
+                    f"{current} (stale); run {fix}"
+                )
+            elif (
+                has_prototypes(bundle)
+                and entry.get("digest")
+                and prototypes_digest(bundle) != entry["digest"]
+            ):
+                out.append(f"the prototypes of {name!r} changed after it was indexed (stale); run {fix}")
+        for name in self.model_names():
+            if name not in zoo:
+                out.append(
+                    f"model {name!r} is in the index but not in the zoo; run "
+                    f"`modelselector index remove --zoo {z} --model {name}`"
+                )
+        return out
+
+    def check_against(self, zoo: Any) -> None:
+        """Raise :class:`IndexMismatchError` when the index and ``zoo`` disagree (missing or stale models).
+
+        The message names each model concerned and the command that fixes it.
+        """
+        probs = self.problems(zoo)
+        if probs:
+            raise IndexMismatchError(
+                f"the index {self.path or ''} does not match the zoo {_zoo_arg(zoo)}: "
+                + "; ".join(probs)
+                + "."
+            )
+
+    def __repr__(self) -> str:
+        return f"ZooIndex(models={self.model_names()}, prototypes={len(self)}, dim={self.dim})"
+
+
+def index_zoo(
+    zoo: Any,
+    models: Optional[Sequence[str]] = None,
+    M: int = 16,
+    ef_construction: int = 200,
+    cancel: Optional[Any] = None,
+) -> ZooIndex:
+    """A new, uncalibrated index over the stored prototypes of every model of ``zoo`` (or of ``models``).
+
+    :func:`ModelSelectorLib.selection.calibration.build_index` builds and calibrates. The index is not saved:
+    call :meth:`ZooIndex.save` (e.g. to :func:`default_index_dir`).
+
+    Raises:
+        IndexMismatchError: the zoo is empty, or a model has no prototypes (the message names it and the
+        command that makes them).
+    """
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    names = list(models) if models is not None else zoo.names()
+    if not names:
+        raise IndexMismatchError(
+            f"the zoo {zoo.path} holds no models; add one with `modelselector zoo add BUNDLE --zoo {zoo.path}` "
+            "or `modelselector train ... --out ZOO` first."
+        )
+    idx = ZooIndex(M=M, ef_construction=ef_construction)
+    for name in progress_bar(names, desc="indexing prototypes"):
+        check_cancel(cancel)
+        idx.add_model(zoo, name)
+    return idx
+
+
+def load_index(zoo_or_dir: Any) -> ZooIndex:
+    """Load ``ZOO/index`` of a zoo (a :class:`~ModelSelectorLib.zoo.Zoo`), or an index folder."""
+    p = Path(getattr(zoo_or_dir, "path", zoo_or_dir))
+    if (p / INDEX_DIRNAME / SIDECAR).is_file() or (p / "zoo.json").is_file():
+        p = p / INDEX_DIRNAME
+    return ZooIndex.load(p)
+
+
+__all__ = ["ZooIndex", "default_index_dir", "index_zoo", "load_index"]

@@ -1,0 +1,455 @@
+"""Prototypes: the embeddings that represent a zoo model in the index, since its training data is not at hand.
+
+Two kinds, each row recording its ``origin``:
+
+- **exemplar** prototypes (:func:`exemplar_prototypes`): the encoder's view embeddings of a few example
+  inputs supplied with the model;
+- **data-free** prototypes (:func:`data_free_prototypes`): embeddings of inputs synthesised from the model
+  alone by model inversion (:func:`~.inversion.synthesize_inputs`), embedded like any image.
+
+Prototypes are stored inside the bundle folder::
+
+    BUNDLE/prototypes/prototypes.npz    vectors: float32 (n, 128), unit rows
+    BUNDLE/prototypes/prototypes.json   per row: origin, source, view; model name/version; encoder id
+    BUNDLE/docs/prototypes/*.png        a few synthesised inputs, for people to look at
+
+Typical use::
+
+    from ModelSelectorLib.selection.prototypes import generate_for_model
+    generate_for_model(zoo, "spleen_ct", exemplars=["a.nii.gz", "b.nii.gz"], data_free=4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..atomic import atomic_dir, atomic_path
+from ..errors import BundleError, InputError, ModelSelectorError
+from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, read_image
+from ..progress import check_cancel, progress_bar
+from ..zoo.catalog import Zoo
+from .encoder import EMBED_DIM, default_encoder
+from .inversion import InversionSettings, loaded_bundle, synthesize_inputs
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+ORIGINS = ("exemplar", "data-free")
+PROTOTYPES_DIR = "prototypes"
+VECTORS_FILE = "prototypes.npz"
+RECORDS_FILE = "prototypes.json"
+PNG_DIR = Path("docs") / "prototypes"
+FORMAT = 1
+
+_IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES
+
+
+# --- the prototype set ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PrototypeSet:
+    """Prototype vectors of one model with one record per row.
+
+    Attributes:
+        vectors: float32 ``(n, d)``, rows of unit L2 norm (encoder embeddings).
+        rows: ``n`` dicts with ``origin`` (``"exemplar"`` or ``"data-free"``), ``source`` (file path or
+            a name such as ``"synthesised-2"``) and ``view`` (index of the view within its source).
+        model: model name.
+        version: model version.
+        meta: facts about how the prototypes were made, per origin (``meta["data-free"]`` holds the
+            inversion settings and whether batch-norm statistics were available); ``meta["encoder"]``
+            identifies the encoder (see :func:`encoder_id`).
+    """
+
+    vectors: np.ndarray
+    rows: list[dict[str, Any]]
+    model: str = ""
+    version: str = ""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        vectors = np.asarray(self.vectors, dtype=np.float32)
+        if not self.rows:  # numpy cannot infer the width of an empty reshape
+            self.vectors = vectors.reshape(0, vectors.shape[-1] if vectors.ndim == 2 else 0)
+        else:
+            self.vectors = vectors.reshape(len(self.rows), -1)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1]) if self.vectors.ndim == 2 and len(self.rows) else 0
+
+    def origins(self) -> dict[str, int]:
+        """Number of rows per origin."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r["origin"]] = out.get(r["origin"], 0) + 1
+        return out
+
+    def select(self, origins: Sequence[str]) -> PrototypeSet:
+        """The rows whose origin is in ``origins``."""
+        keep = [i for i, r in enumerate(self.rows) if r["origin"] in set(origins)]
+        return PrototypeSet(
+            self.vectors[keep] if keep else np.zeros((0, self.vectors.shape[-1]), np.float32),
+            [dict(self.rows[i]) for i in keep],
+            self.model,
+            self.version,
+            dict(self.meta),
+        )
+
+    def merged(self, other: PrototypeSet) -> PrototypeSet:
+        """This set followed by ``other`` (``meta`` of ``other`` wins per key)."""
+        if len(self) and len(other) and self.vectors.shape[1] != other.vectors.shape[1]:
+            raise ModelSelectorError(
+                f"prototype dimensions differ ({self.vectors.shape[1]} vs {other.vectors.shape[1]}); "
+                "regenerate all prototypes with the same encoder."
+            )
+        parts = [v for v in (self.vectors, other.vectors) if len(v)]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, max(self.dim, other.dim, 1)), np.float32)
+        return PrototypeSet(
+            vectors,
+            [dict(r) for r in self.rows + other.rows],
+            self.model or other.model,
+            self.version or other.version,
+            {**self.meta, **other.meta},
+        )
+
+
+def encoder_id(encoder: Any) -> str:
+    """A short fingerprint of an encoder's weights (sha1 of its parameters, 12 hex digits).
+
+    Prototypes and the index record it, so vectors made by different encoders are never mixed.
+    """
+    cached = getattr(encoder, "_modelselector_id", None)
+    if cached:
+        return str(cached)
+    h = hashlib.sha1()
+    for k, v in sorted(encoder.net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    ident = h.hexdigest()[:12]
+    try:
+        encoder._modelselector_id = ident
+    except AttributeError:
+        pass
+    return ident
+
+
+def _as_image(item: Union[Image, PathLike]) -> tuple[Image, str]:
+    if isinstance(item, Image):
+        return item, str(item.meta.get("path", ""))
+    p = Path(item)
+    return read_image(p), str(p)
+
+
+def exemplar_prototypes(
+    encoder: Any,
+    images: Sequence[Union[Image, PathLike]],
+    model: str = "",
+    version: str = "",
+    cancel: Optional[Any] = None,
+) -> PrototypeSet:
+    """Embed example inputs of a model: one prototype per encoder view of each image.
+
+    Args:
+        encoder: a :class:`~.encoder.Encoder`.
+        images: images or image paths (2D or 3D).
+        model, version: the model these exemplars belong to (recorded in the set).
+        cancel: Event-like; :class:`~ModelSelectorLib.errors.Cancelled` when set.
+
+    Returns:
+        a :class:`PrototypeSet` of origin ``"exemplar"``; ``source`` is the image's file path when known,
+        else ``"exemplar-<i>"``.
+
+    Raises:
+        InputError: no images, or an unreadable image.
+    """
+    if not images:
+        raise InputError("no exemplar images given; pass image files or a folder of them.")
+    vecs: list[np.ndarray] = []
+    rows: list[dict[str, Any]] = []
+    for i, item in enumerate(progress_bar(list(images), desc="exemplar prototypes")):
+        check_cancel(cancel)
+        img, src = _as_image(item)
+        emb = encoder.embed(img)
+        vecs.append(emb)
+        rows += [{"origin": "exemplar", "source": src or f"exemplar-{i}", "view": j} for j in range(len(emb))]
+    meta = {"encoder": encoder_id(encoder), "exemplar": {"n_images": len(images), "created": _now()}}
+    return PrototypeSet(np.concatenate(vecs), rows, model, version, meta)
+
+
+def data_free_prototypes(
+    encoder: Any,
+    bundle: Any,
+    n: int = 4,
+    steps: int = 100,
+    seed: int = 0,
+    size: Optional[Sequence[int]] = None,
+    settings: Optional[InversionSettings] = None,
+    cancel: Optional[Any] = None,
+    return_images: bool = False,
+) -> Any:
+    """Data-free prototypes: embeddings of ``n`` inputs synthesised by :func:`synthesize_inputs`.
+
+    Returns:
+        a :class:`PrototypeSet` of origin ``"data-free"`` (``meta["data-free"]`` records the inversion:
+        method, batch-norm layers used, settings, final losses); with ``return_images=True`` the tuple
+        ``(set, images)``.
+    """
+    lb = loaded_bundle(bundle)
+    info: dict[str, Any] = {}
+    images = synthesize_inputs(lb, n, steps, seed, size, settings, info, cancel)
+    vecs, rows = [], []
+    for i, img in enumerate(images):
+        emb = encoder.embed(img)
+        vecs.append(emb)
+        rows += [{"origin": "data-free", "source": f"synthesised-{i}", "view": j} for j in range(len(emb))]
+    info["n_inputs"] = n
+    info["created"] = _now()
+    pset = PrototypeSet(
+        np.concatenate(vecs),
+        rows,
+        lb.card.name,
+        lb.card.version,
+        {"encoder": encoder_id(encoder), "data-free": info},
+    )
+    return (pset, images) if return_images else pset
+
+
+# --- storage --------------------------------------------------------------------------------------------
+def prototypes_dir(bundle_dir: PathLike) -> Path:
+    return Path(bundle_dir) / PROTOTYPES_DIR
+
+
+def has_prototypes(bundle_dir: PathLike) -> bool:
+    d = prototypes_dir(bundle_dir)
+    return (d / VECTORS_FILE).is_file() and (d / RECORDS_FILE).is_file()
+
+
+def save_prototypes(bundle_dir: PathLike, pset: PrototypeSet) -> Path:
+    """Write ``pset`` into ``BUNDLE/prototypes/`` (``prototypes.npz`` + ``prototypes.json``) atomically.
+
+    The folder is written beside the old one and swapped in whole, so readers see the old or the new
+    prototypes, never a mix.
+
+    Returns:
+        the ``prototypes`` folder.
+    """
+    target = prototypes_dir(bundle_dir)
+    if not Path(bundle_dir).is_dir():
+        raise BundleError(f"{bundle_dir}: no bundle folder to store prototypes in.")
+    records = {
+        "format": FORMAT,
+        "model": pset.model,
+        "version": pset.version,
+        "n": len(pset),
+        "dim": pset.dim,
+        "origins": pset.origins(),
+        "meta": pset.meta,
+        "rows": pset.rows,
+    }
+    with atomic_dir(target) as tmp:
+        with open(tmp / VECTORS_FILE, "wb") as f:
+            np.savez_compressed(f, vectors=pset.vectors.astype(np.float32))
+        (tmp / RECORDS_FILE).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+        for name in (VECTORS_FILE, RECORDS_FILE):
+            os.chmod(tmp / name, 0o644)
+        os.chmod(tmp, 0o755)
+    return target
+
+
+def load_prototypes(bundle_dir: PathLike) -> PrototypeSet:
+    """Read the prototypes stored in a bundle.
+
+    Raises:
+        BundleError: there are none (the message gives the command that makes them) or they are corrupt.
+    """
+    d = prototypes_dir(bundle_dir)
+    if not has_prototypes(bundle_dir):
+        raise BundleError(
+            f"{bundle_dir}: the bundle has no prototypes; make them with `modelselector prototypes --zoo ZOO "
+            "--model NAME --exemplars IMAGES --data-free 4`."
+        )
+    try:
+        records = json.loads((d / RECORDS_FILE).read_text(encoding="utf-8"))
+        with np.load(d / VECTORS_FILE, allow_pickle=False) as z:
+            vectors = np.asarray(z["vectors"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise BundleError(
+            f"{d}: corrupt prototypes ({e}); regenerate them with `modelselector prototypes`."
+        ) from e
+    rows = records.get("rows") if isinstance(records, dict) else None
+    if not isinstance(rows, list) or len(rows) != len(vectors):
+        raise BundleError(
+            f"{d}: prototype records and vectors disagree; regenerate them with `modelselector prototypes`."
+        )
+    return PrototypeSet(vectors, rows, str(records.get("model", "")), str(records.get("version", "")),
+                        dict(records.get("meta") or {}))  # fmt: skip
+
+
+def prototypes_digest(bundle_dir: PathLike) -> str:
+    """sha1 (12 hex digits) of the stored prototype vectors and records; changes when they are regenerated."""
+    d = prototypes_dir(bundle_dir)
+    h = hashlib.sha1()
+    for name in (VECTORS_FILE, RECORDS_FILE):
+        h.update((d / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _png_of(image: Image) -> np.ndarray:
+    """A grey uint8 picture of an image: the 2D image, or the three central orthogonal slices side by side."""
+    a = np.asarray(image.array, dtype=np.float32)
+    if a.ndim == 3:
+        z, y, x = a.shape
+        parts = [a[z // 2], a[:, y // 2, :][::-1], a[:, :, x // 2][::-1]]
+        h = max(p.shape[0] for p in parts)
+        parts = [np.pad(p, ((0, h - p.shape[0]), (0, 2)), constant_values=float(a.min())) for p in parts]
+        a = np.concatenate(parts, axis=1)
+    lo, hi = np.percentile(a, (0.5, 99.5))
+    g = np.clip((a - lo) / max(float(hi - lo), 1e-6), 0, 1)
+    scale = max(1, int(math.ceil(256 / max(g.shape))))
+    g = np.kron(g, np.ones((scale, scale)))
+    return (g * 255).astype(np.uint8)
+
+
+def save_pngs(bundle_dir: PathLike, images: Sequence[Image], limit: int = 4) -> list[Path]:
+    """Save up to ``limit`` synthesised inputs as PNGs into ``BUNDLE/docs/prototypes/`` (atomically)."""
+    from PIL import Image as PILImage
+
+    out = []
+    folder = Path(bundle_dir) / PNG_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("data-free-*.png"):
+        old.unlink()
+    for i, img in enumerate(images[:limit]):
+        path = folder / f"data-free-{i}.png"
+        with atomic_path(path) as tmp:
+            PILImage.fromarray(_png_of(img)).save(str(tmp), format="PNG")
+        os.chmod(path, 0o644)
+        out.append(path)
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _expand(exemplars: Union[PathLike, Image, Sequence[Union[PathLike, Image]]]) -> list[Union[Image, Path]]:
+    """Exemplar arguments -> a list of images/paths; a folder gives its image files (sorted)."""
+    items = [exemplars] if isinstance(exemplars, (str, os.PathLike, Image)) else list(exemplars)
+    out: list[Union[Image, Path]] = []
+    for it in items:
+        if isinstance(it, Image):
+            out.append(it)
+            continue
+        p = Path(it)
+        if p.is_dir() and not any(p.glob("*.dcm")):
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(_IMAGE_SUFFIXES))
+            if not files:
+                raise InputError(f"{p}: the folder holds no image files to use as exemplars.")
+            out.extend(files)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError(f"{p}: no such exemplar image or folder.")
+    return out
+
+
+def generate_for_model(
+    zoo: Any,
+    name: str,
+    exemplars: Optional[Union[PathLike, Image, Sequence[Union[PathLike, Image]]]] = None,
+    data_free: int = 4,
+    version: Optional[str] = None,
+    encoder: Any = None,
+    steps: int = 100,
+    seed: int = 0,
+    size: Optional[Sequence[int]] = None,
+    settings: Optional[InversionSettings] = None,
+    pngs: int = 4,
+    cancel: Optional[Any] = None,
+) -> PrototypeSet:
+    """Make (or refresh) the prototypes of one zoo model and store them in its bundle.
+
+    Exemplar prototypes are made from ``exemplars`` when given (replacing older exemplar rows), else from
+    the card's ``example_inputs`` when it lists any, else the stored exemplar rows are kept. Data-free
+    prototypes are made when ``data_free > 0`` (replacing older data-free rows); with ``data_free=0`` the
+    stored ones are kept. Up to ``pngs`` synthesised inputs are written to ``BUNDLE/docs/prototypes/``.
+
+    Args:
+        zoo: a :class:`~ModelSelectorLib.zoo.Zoo` or a zoo folder.
+        name: model name; ``version``: its version (default: current).
+        exemplars: image(s), image path(s) or a folder of images.
+        data_free: number of inputs to synthesise (0: none).
+        encoder: the encoder (default: the bundled one).
+        steps, seed, size, settings: see :func:`synthesize_inputs`.
+
+    Returns:
+        the stored :class:`PrototypeSet`.
+
+    Raises:
+        ZooError: unknown model. InputError: nothing to make prototypes from. BundleError: bad bundle.
+    """
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    bundle_dir = zoo.get(name, version)
+    card = zoo.card(name, version)
+    enc = encoder if encoder is not None else default_encoder()
+    ident = encoder_id(enc)
+    old = load_prototypes(bundle_dir) if has_prototypes(bundle_dir) else None
+    if old is not None and old.meta.get("encoder") != ident:
+        old = None  # made with another encoder: unusable
+    if exemplars is None and card.example_inputs:
+        exemplars = [bundle_dir / p for p in card.example_inputs]
+    if exemplars is not None:
+        ex = exemplar_prototypes(enc, _expand(exemplars), card.name, card.version, cancel)
+    elif old is not None:
+        ex = old.select(["exemplar"])
+    else:
+        ex = PrototypeSet(np.zeros((0, EMBED_DIM), np.float32), [], card.name, card.version)
+    if data_free > 0:
+        lb = loaded_bundle(bundle_dir)
+        df, images = data_free_prototypes(enc, lb, data_free, steps, seed, size, settings, cancel, True)
+        if pngs:
+            save_pngs(bundle_dir, images, pngs)
+    elif old is not None:
+        df = old.select(["data-free"])
+    else:
+        df = PrototypeSet(np.zeros((0, EMBED_DIM), np.float32), [], card.name, card.version)
+    if not len(ex) and not len(df):
+        raise InputError(
+            f"{name}: nothing to make prototypes from; pass exemplar images (--exemplars) and/or --data-free N."
+        )
+    meta = {**(old.meta if old is not None else {}), **ex.meta, **df.meta, "encoder": ident}
+    if not len(df):
+        meta.pop("data-free", None)
+    if not len(ex):
+        meta.pop("exemplar", None)
+    pset = ex.merged(df)
+    pset = PrototypeSet(pset.vectors, pset.rows, card.name, card.version, meta)
+    check_cancel(cancel)
+    save_prototypes(bundle_dir, pset)
+    return pset
+
+
+__all__ = [
+    "ORIGINS",
+    "PrototypeSet",
+    "data_free_prototypes",
+    "encoder_id",
+    "exemplar_prototypes",
+    "generate_for_model",
+    "has_prototypes",
+    "load_prototypes",
+    "prototypes_digest",
+    "save_prototypes",
+]

@@ -1,0 +1,310 @@
+"""``select(image)``: which models of the zoo apply to an image, ranked, or "no model in the zoo fits".
+
+How a selection is made (details and the calibration procedure: ``docs/selector.md``):
+
+1. **Embed**: the encoder turns the image into ``m`` view embeddings ``E`` (``(m, 128)``, unit rows) and
+   class probabilities over modality x region (mean over views).
+2. **Score** every model (:mod:`.scoring`): prototype similarity, agreement of the encoder's class with the
+   card's modality and region, a penalty for a dimension mismatch and for "not a radiology image", and the
+   model-alone fit signals of the best candidates (:meth:`~ModelSelectorLib.models.base.TaskRuntime.fit_signals`).
+3. **Calibrated score**: ``score = sigmoid((raw - t) / T)`` with ``t`` and ``T`` from
+   :func:`~.calibration.calibrate` (stored in the index sidecar, per origin and verify flag). ``score >= 0.5``
+   means the raw score is above the threshold chosen for the stated false-accept rate; a model *fits* when
+   ``score >= threshold`` (default 0.5). When no model fits, the selection says "no model in the zoo fits
+   this image".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..errors import IndexMismatchError, InputError
+from ..io.image import Image, read_image
+from ..models.registry import runtime_class, runtime_for
+from ..tables import format_table
+from ..zoo.catalog import Zoo, open_zoo
+from .encoder import default_encoder
+from .index import ZooIndex, load_index
+from .prototypes import ORIGINS, encoder_id
+from .scoring import (
+    UNCALIBRATED,
+    Evidence,
+    calibrated_logit,
+    calibration_key,
+    evidence,
+    fused_rank,
+    rank_models,
+    sigmoid,
+)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --- results --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ModelMatch:
+    """One model's answer for an image.
+
+    Attributes:
+        name, version, task, modality, body_region: from the model card.
+        score: calibrated score in [0, 1]; 0.5 is the calibrated out-of-distribution threshold.
+        fits: ``score >= threshold`` of the selection.
+        reasons: readable evidence: nearest prototypes (similarity, origin, source), encoder class, verify.
+        raw: the uncalibrated raw score; similarity: prototype similarity; verify: verify signals or None.
+    """
+
+    name: str
+    version: str
+    task: str
+    modality: str
+    body_region: str
+    score: float
+    fits: bool
+    reasons: list[str] = dataclasses.field(default_factory=list)
+    raw: float = 0.0
+    similarity: float = 0.0
+    verify: Optional[dict[str, float]] = None
+
+    def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "modality": self.modality,
+            "body_region": self.body_region,
+            "score": round(float(self.score), 4),
+            "fits": bool(self.fits),
+        }
+        if reasons:
+            d["reasons"] = list(self.reasons)
+        return d
+
+
+@dataclasses.dataclass
+class Selection:
+    """The answer for one image: ``models`` best first, all fitting models before non-fitting ones.
+
+    Attributes:
+        input: the image's path (or ``"<image>"``).
+        fits: True when at least one model fits.
+        models: :class:`ModelMatch` list.
+        image_classes: the encoder's top modality x region classes ``[(class, probability)]``.
+        threshold: the score a model needs to fit.
+        calibrated: False when the index held no calibration for these settings.
+        warnings: notes for the user (e.g. uncalibrated threshold).
+        seconds: time per stage.
+    """
+
+    input: str
+    fits: bool
+    models: list[ModelMatch]
+    image_classes: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    threshold: float = 0.5
+    calibrated: bool = True
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
+        """``{"input", "fits", "models": [{"name", "version", "task", "modality", "body_region", "score",
+        "fits"}]}`` (plus ``"reasons"`` per model when asked)."""
+        return {
+            "input": self.input,
+            "fits": bool(self.fits),
+            "models": [m.to_json_dict(reasons) for m in self.models],
+        }
+
+    @property
+    def fitting(self) -> list[ModelMatch]:
+        return [m for m in self.models if m.fits]
+
+    def to_text(self, reasons: str = "all") -> str:
+        """The selection for a terminal: the encoder's reading, "no model fits" when none does, a ranked
+        table, and each model's reasons (``reasons``: ``"all"`` models, ``"fitting"`` models' first reason,
+        or ``"none"``)."""
+        cls = ", ".join(f"{c} {p:.2f}" for c, p in self.image_classes)
+        lines = [f"{self.input}: the encoder reads it as {cls}" if cls else str(self.input)]
+        if not self.fits:
+            lines.append("No model in the zoo fits this image.")
+        if self.models:
+            rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
+                     "yes" if m.fits else "no"] for i, m in enumerate(self.models)]  # fmt: skip
+            headers = ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS"]
+            lines += ["", format_table(rows, headers), ""]
+        for m in self.models:
+            if reasons == "all":
+                lines += [f"{m.name}:"] + [f"  - {r}" for r in m.reasons]
+            elif reasons == "fitting" and m.fits and m.reasons:
+                lines.append(f"{m.name}: {m.reasons[0]}")
+        lines.append(
+            f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the calibrated threshold)."
+        )
+        return "\n".join(lines)
+
+
+# --- opening the zoo and the image ---------------------------------------------------------------------
+def open_zoo_and_index(zoo: Any, index: Any) -> tuple[Zoo, ZooIndex]:
+    """The zoo (a :class:`~ModelSelectorLib.zoo.Zoo` or folder; default: the bundled one) and its index.
+
+    Raises:
+        IndexMismatchError: the zoo holds no models.
+    """
+    z = zoo if isinstance(zoo, Zoo) else open_zoo(zoo)
+    if not len(z):
+        raise IndexMismatchError(
+            f"the zoo {z.path} holds no models, so nothing can be selected; add models with "
+            f"`modelselector zoo add BUNDLE --zoo {z.path}` and build the index."
+        )
+    idx = (
+        index
+        if isinstance(index, ZooIndex)
+        else (ZooIndex.load(index) if index is not None else load_index(z))
+    )
+    return z, idx
+
+
+def as_image(image: Union[Image, PathLike]) -> tuple[Image, str]:
+    """``(image, name)`` of an :class:`~ModelSelectorLib.io.Image` or an image path."""
+    if isinstance(image, Image):
+        return image, str(image.meta.get("path", "<image>"))
+    return read_image(image), str(image)
+
+
+def verify_fit(bundle: Any, image: Image) -> Optional[dict[str, float]]:
+    """Model-alone signals of how well ``image`` suits a loaded bundle (its runtime's
+    :meth:`~ModelSelectorLib.models.base.TaskRuntime.fit_signals`); None when the dimensions do not suit."""
+    return runtime_for(bundle).fit_signals(image)
+
+
+# --- selecting ------------------------------------------------------------------------------------------
+def _scored_rows(
+    zoo: Zoo, index: ZooIndex, ev: Evidence, origins: Sequence[str], verify: bool, top_k: Optional[int],
+    exclude_sources: Sequence[str],
+) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+    """Rows of :func:`~.scoring.rank_models` with their calibrated logit ``z``, and warnings."""
+    thresholds = (index.calibration or {}).get("thresholds", {})
+    singles = {o: thresholds.get(calibration_key((o,), verify)) for o in origins}
+    if len(origins) > 1 and all(c and "raw_threshold" in c for c in singles.values()):
+        return fused_rank(zoo, index, ev, singles, verify, top_k, exclude_sources), []
+    key = calibration_key(origins, verify)
+    cal = thresholds.get(key)
+    warnings = []
+    if not cal or "raw_threshold" not in cal:
+        cal = dict(UNCALIBRATED)
+        warnings.append(
+            f"the index holds no calibrated threshold for {key}; scores are uncalibrated. Run "
+            f"`modelselector index calibrate --zoo {zoo.path}`."
+        )
+    rows = rank_models(zoo, index, ev, origins, verify, top_k, exclude_sources)
+    for r in rows:
+        r["z"] = calibrated_logit(r["raw"], cal)
+    return rows, warnings
+
+
+def _reasons(
+    row: dict[str, Any], ev: Evidence, index: ZooIndex, classes: list[tuple[str, float]]
+) -> list[str]:
+    """Readable evidence for one scored model: nearest prototypes, similarity, encoder class, verify."""
+    card = row["card"]
+    nearest = ", ".join(
+        f"{s:.3f} {index.items[lab]['origin']} ({Path(str(index.items[lab].get('source', ''))).name})"
+        for s, lab in row["nearest"]
+    )
+    reasons = [
+        f"nearest prototypes: {nearest}",
+        f"prototype similarity {row['sim']:.3f} over {len(ev.emb)} view(s)",
+        f"encoder reads the image as {classes[0][0]} (p={classes[0][1]:.2f}); p(model's {card.modality} "
+        f"{card.body_region}) = {row['agree']:.2f}",
+    ]
+    if row.get("origin"):
+        reasons.append(f"score from its {row['origin']} prototypes (the better of the two origins)")
+    if row["dim_bad"]:
+        reasons.append(f"the model takes {card.spatial_dims}D inputs; the image is {ev.ndim}D")
+    if row["verify"] is not None:
+        reasons.append(runtime_class(card.task_type).describe_fit(row["verify"]))
+    return reasons
+
+
+def select(
+    image: Union[Image, PathLike],
+    zoo: Any = None,
+    index: Any = None,
+    encoder: Any = None,
+    top_k: Optional[int] = 5,
+    threshold: Optional[float] = None,
+    origins: Sequence[str] = ORIGINS,
+    verify: bool = True,
+    check: bool = True,
+    exclude_sources: Sequence[str] = (),
+) -> Selection:
+    """Rank the zoo's models for an image and decide whether any fits.
+
+    Args:
+        image: an :class:`~ModelSelectorLib.io.Image` or an image path (any format :func:`read_image` reads).
+        zoo: a :class:`~ModelSelectorLib.zoo.Zoo` or folder (default: :func:`~ModelSelectorLib.resources.default_zoo_path`).
+        index: a :class:`~.index.ZooIndex` or index folder (default: ``ZOO/index``).
+        encoder: the encoder (default: the bundled one, loaded once per process).
+        top_k: number of models to list (None: every indexed model).
+        threshold: minimum calibrated score for a model to fit (default 0.5, the calibrated operating point).
+        origins: prototype origins to use: ``("exemplar",)``, ``("data-free",)`` or both.
+        verify: re-rank the listed models with model-alone signals (:func:`verify_fit`).
+        check: raise when the index disagrees with the zoo (:meth:`~.index.ZooIndex.check_against`).
+        exclude_sources: prototype sources to ignore (leave-one-out calibration).
+
+    Returns:
+        a :class:`Selection`.
+
+    Raises:
+        InputError: unreadable image. ZooError: no zoo. IndexMismatchError: empty zoo, missing, corrupt or
+        stale index (the message names the command that fixes it).
+    """
+    origins = tuple(o for o in ORIGINS if o in set(origins))
+    if not origins:
+        raise InputError(f"origins must name at least one of {', '.join(ORIGINS)}.")
+    t0 = time.monotonic()
+    zoo, index = open_zoo_and_index(zoo, index)
+    if check:
+        index.check_against(zoo)
+    enc = encoder if encoder is not None else default_encoder()
+    if index.encoder and index.encoder != encoder_id(enc):
+        raise IndexMismatchError(
+            f"the index was built from prototypes of encoder {index.encoder}, not of the encoder in use "
+            f"({encoder_id(enc)}); regenerate the prototypes (`modelselector prototypes`) and rebuild the index "
+            f"(`modelselector index build --zoo {zoo.path}`)."
+        )
+    img, name = as_image(image)
+    t1 = time.monotonic()
+    ev = evidence(enc, img)
+    t2 = time.monotonic()
+    rows, warnings = _scored_rows(zoo, index, ev, origins, verify, top_k, exclude_sources)
+    t3 = time.monotonic()
+    thr = 0.5 if threshold is None else float(threshold)
+    order = np.argsort(-ev.probs)[:3]
+    classes = [(ev.classes[i], float(ev.probs[i])) for i in order]
+    matches = []
+    for r in rows:
+        card = r["card"]
+        score = sigmoid(r["z"])
+        matches.append(ModelMatch(card.name or r["name"], card.version, card.task_type, card.modality,
+                                  card.body_region, score, score >= thr, _reasons(r, ev, index, classes),
+                                  r["raw"], r["sim"], r["verify"]))  # fmt: skip
+    matches.sort(key=lambda m: (not m.fits, -m.score))
+    return Selection(
+        input=name,
+        fits=any(m.fits for m in matches),
+        models=matches,
+        image_classes=classes,
+        threshold=thr,
+        calibrated=not warnings,
+        warnings=warnings,
+        seconds={"load": round(t1 - t0, 3), "embed": round(t2 - t1, 3), "score": round(t3 - t2, 3)},
+    )
+
+
+__all__ = ["ModelMatch", "Selection", "as_image", "open_zoo_and_index", "select", "verify_fit"]

@@ -1,0 +1,225 @@
+"""The encoder's input views of an image: one for a 2D image, slices from three planes for a volume.
+
+A 2D image gives one view; a 3D volume gives slices from the three orthogonal planes, taken from the
+central part of the imaged body after resampling to a canonical (LPS, identity-direction) grid of fixed
+isotropic spacing, so that a partial scan (only the chest of a whole-body CT) still yields views that
+look like those of a full scan. Each view has two channels, which keeps the intensity handling
+modality-agnostic:
+
+- channel 0: Hounsfield-like values, ``clip((v + 1000) / 2000, 0, 1)``: meaningful for CT, saturated or
+  nearly constant for other modalities (which is itself informative);
+- channel 1: the view's own 1-99 % percentiles mapped to ``[0, 1]`` (clipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..io.image import Image
+
+#: side of the square views, in pixels
+DEFAULT_IMAGE_SIZE = 64
+
+
+def resize_pad(
+    arr: np.ndarray, size: int, aspect: float = 1.0, pad_value: Optional[float] = None
+) -> np.ndarray:
+    """Resize a 2D array ``(h, w)`` to fit ``size x size`` keeping its physical aspect, and pad (centred).
+
+    Args:
+        arr: 2D array ``(h, w)``.
+        size: output side in pixels.
+        aspect: physical size of a row step divided by a column step (``spacing_y / spacing_x``).
+        pad_value: value of the padding (default: the array's minimum).
+
+    Returns:
+        float32 array ``(size, size)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = arr.shape
+    ph, pw = h * aspect, float(w)  # physical extents in column-step units
+    scale = size / max(ph, pw)
+    nh, nw = max(1, min(size, int(round(ph * scale)))), max(1, min(size, int(round(pw * scale))))
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    antialias = nh < h or nw < w
+    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
+    fill = float(arr.min()) if pad_value is None else float(pad_value)
+    out = np.full((size, size), fill, np.float32)
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    out[y0 : y0 + nh, x0 : x0 + nw] = t[0, 0].numpy()
+    return out
+
+
+def view_channels(view: np.ndarray) -> np.ndarray:
+    """The two encoder channels of a raw-intensity view.
+
+    Args:
+        view: float array ``(H, W)`` in the image's own units (HU for CT).
+
+    Returns:
+        float32 array ``(2, H, W)``: channel 0 = ``clip((v + 1000) / 2000, 0, 1)``, channel 1 = the view's
+        1st-99th percentiles mapped to ``[0, 1]`` (clipped; zeros for a constant view).
+    """
+    v = view.astype(np.float32)
+    c0 = np.clip((v + 1000.0) / 2000.0, 0.0, 1.0)
+    lo, hi = np.percentile(v, (1.0, 99.0))
+    if hi - lo < 1e-6:
+        lo, hi = float(v.min()), float(v.max())
+    c1 = np.clip((v - lo) / (hi - lo), 0.0, 1.0) if hi - lo > 1e-6 else np.zeros_like(v)
+    return np.stack([c0, c1]).astype(np.float32)
+
+
+def _canonical_grid(img: sitk.Image, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Origin and size ``(x, y, z)`` of an identity-direction grid of ``spacing`` mm covering ``img``."""
+    size = np.asarray(img.GetSize(), dtype=float)
+    corners = []
+    for i in (0, size[0] - 1):
+        for j in (0, size[1] - 1):
+            for k in (0, size[2] - 1):
+                corners.append(img.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k))))
+    c = np.asarray(corners)
+    lo, hi = c.min(axis=0), c.max(axis=0)
+    n = np.maximum(1, np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1)
+    return lo, n
+
+
+def _resample(
+    img: sitk.Image, origin: Sequence[float], size: Sequence[int], spacing: float, fill: float
+) -> np.ndarray:
+    """Resample ``img`` (linear) onto an identity-direction grid; returns the array ``(z, y, x)``."""
+    f = sitk.ResampleImageFilter()
+    f.SetOutputOrigin([float(o) for o in origin])
+    f.SetOutputSpacing([float(spacing)] * 3)
+    f.SetOutputDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    f.SetSize([int(s) for s in size])
+    f.SetInterpolator(sitk.sitkLinear)
+    f.SetDefaultPixelValue(float(fill))
+    f.SetOutputPixelType(sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(f.Execute(img))
+
+
+def _central_positions(profile: np.ndarray, n: int, lo_frac: float = 0.2, hi_frac: float = 0.8) -> np.ndarray:
+    """``n`` fractional positions (0-1 of the axis) spread over the central part of the foreground profile."""
+    idx = np.nonzero(profile > 0)[0]
+    m = len(profile)
+    if len(idx) == 0 or m <= 1:
+        a, b = 0.0, 1.0
+    else:
+        a, b = idx[0] / (m - 1), idx[-1] / (m - 1)
+    a, b = a + (b - a) * lo_frac, a + (b - a) * hi_frac
+    if n == 1:
+        return np.asarray([(a + b) / 2])
+    return np.linspace(a, b, n)
+
+
+def image_views(
+    image: Image,
+    spacing_mm: float = 2.0,
+    n_per_axis: int = 8,
+    size: int = DEFAULT_IMAGE_SIZE,
+    min_foreground: float = 0.05,
+    raw: bool = False,
+) -> np.ndarray:
+    """The encoder's input views of an image.
+
+    A 2D image (grey or colour; colour is mixed to luma) gives one view, resized keeping its physical
+    aspect and padded with its minimum. A 3D volume is resampled (linear, SimpleITK) onto a canonical grid:
+    identity direction (LPS axes), isotropic ``spacing_mm``, covering the whole volume, so oblique and
+    anisotropic volumes look alike. From it, ``n_per_axis`` axial, coronal and sagittal slices are taken at
+    evenly spread positions between 20 % and 80 % of the imaged body's extent along each axis (body =
+    voxels above 10 % of the 1-99 % intensity range), so a partial scan gives views of the part it covers.
+    Views are shown in radiological convention (axial: anterior up, patient left on the right; coronal and
+    sagittal: superior up). Near-empty slices (less than ``min_foreground`` of the view is body) are
+    skipped, and so are planes that are thin strips (a few slices only) unless nothing else remains.
+
+    Args:
+        image: a 2D or 3D :class:`~ModelSelectorLib.io.Image`.
+        spacing_mm: isotropic resampling spacing of 3D volumes, in mm.
+        n_per_axis: slices per orthogonal plane (3D only).
+        size: side of the square views, in pixels.
+        min_foreground: minimum fraction of body pixels for a 3D slice to be kept.
+        raw: return the raw-intensity views ``(n, H, W)`` instead of the 2-channel encoder input.
+
+    Returns:
+        float32 array ``(n_views, 2, size, size)`` (``(n_views, size, size)`` when ``raw``).
+
+    Raises:
+        InputError: the image has no voxels, non-finite voxels, or more than 3 dimensions.
+    """
+    img = image.to_grayscale() if image.is_multicomponent else image
+    arr = np.asarray(img.array)
+    if arr.size == 0:
+        raise InputError("image has no voxels; nothing to embed.")
+    if img.is_single_slice:  # a one-slice volume is a 2D image
+        img = img.as_2d()
+        arr = img.array
+    if not np.all(np.isfinite(arr)):
+        raise InputError("image has NaN or infinite voxels; replace them before embedding.")
+    if img.ndim == 2:
+        sx, sy = float(img.spacing[0]), float(img.spacing[1])
+        raw_views = [resize_pad(arr.astype(np.float32), size, aspect=sy / sx)]
+    elif img.ndim == 3:
+        raw_views = _volume_views(img, spacing_mm, n_per_axis, size, min_foreground)
+    else:
+        raise InputError(f"image has {img.ndim} dimensions; the encoder takes 2D images and 3D volumes.")
+    stack = np.stack(raw_views).astype(np.float32)
+    if raw:
+        return stack
+    return np.stack([view_channels(v) for v in stack])
+
+
+def _volume_views(img: Image, spacing: float, n_per_axis: int, size: int, min_fg: float) -> list[np.ndarray]:
+    s_img = img.to_sitk()
+    if s_img.GetPixelID() != sitk.sitkFloat32:
+        s_img = sitk.Cast(s_img, sitk.sitkFloat32)
+    arr = img.array
+    sub = arr[:: max(1, arr.shape[0] // 32), :: max(1, arr.shape[1] // 64), :: max(1, arr.shape[2] // 64)]
+    p1, p99 = (float(x) for x in np.percentile(sub, (1.0, 99.0)))
+    fill = float(sub.min())
+    thr = p1 + 0.1 * (p99 - p1)
+    origin, n = _canonical_grid(s_img, spacing)
+    # coarse copy (about 48^3 voxels at most) to find the body's extent and skip empty slices cheaply
+    extent = (n - 1) * spacing
+    coarse_sp = max(spacing, float(extent.max()) / 48.0)
+    cn = np.maximum(1, np.floor(extent / coarse_sp + 1e-6).astype(int) + 1)
+    coarse = _resample(s_img, origin, cn, coarse_sp, fill) > thr  # (z, y, x)
+    views: list[np.ndarray] = []
+    thin: list[np.ndarray] = []
+    # axis: 0 = axial (z), 1 = coronal (y), 2 = sagittal (x), in the (z, y, x) array
+    for axis in (0, 1, 2):
+        other = [a for a in (0, 1, 2) if a != axis]
+        profile = coarse.sum(axis=tuple(other))
+        in_plane = [n[2 - a] for a in other]  # voxels of the plane's two axes (array order)
+        is_thin = min(in_plane) < 0.15 * max(in_plane) or min(in_plane) < 4
+        n_take = n_per_axis if not is_thin else min(n_per_axis, 2)
+        for frac in _central_positions(profile, n_take):
+            ci = int(round(frac * (coarse.shape[axis] - 1)))
+            fg = np.take(coarse, ci, axis=axis).mean()
+            if fg < min_fg:
+                continue
+            pos = int(round(frac * (n[2 - axis] - 1)))
+            o = np.array(origin, dtype=float)
+            sz = np.array(n, dtype=int)
+            o[2 - axis] = origin[2 - axis] + pos * spacing
+            sz[2 - axis] = 1
+            sl = np.take(_resample(s_img, o, sz, spacing, fill), 0, axis=axis)  # 2D (rows, cols)
+            if axis != 0:
+                sl = sl[::-1]  # rows were z (inferior first): superior up
+            view = resize_pad(sl, size, pad_value=fill)
+            (thin if is_thin else views).append(view)
+    if not views:
+        views = thin
+    if not views:  # everything looked empty: take the central axial slice anyway
+        o = np.array(origin, dtype=float)
+        sz = np.array(n, dtype=int)
+        o[2] = origin[2] + (n[2] // 2) * spacing
+        sz[2] = 1
+        views = [resize_pad(_resample(s_img, o, sz, spacing, fill)[0], size, pad_value=fill)]
+    return views

@@ -1,0 +1,476 @@
+"""MONAI bundles with a model card: write, validate, load safely, and import standard MONAI zoo bundles.
+
+A model is a MONAI bundle folder::
+
+    NAME/
+      configs/metadata.json    MONAI bundle metadata + the model card ("modelselector" block, :mod:`.card`)
+      configs/inference.json   MONAI config with "network_def" ("_target_" + arguments)
+      models/model.pt          state_dict (torch.save), loaded with torch.load(weights_only=True)
+      docs/README.md           the model card as Markdown
+
+Configs are parsed with :class:`monai.bundle.ConfigParser` after the trust check of :mod:`.trust`. What
+differs between task types (preprocessing of ``inference.json``, the output format, how labels are read
+from a standard bundle) comes from the task's runtime in :mod:`ModelSelectorLib.models`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .. import atomic
+from ..errors import BundleError
+from ..models.registry import guess_task_type, runtime_class
+from .card import ModelCard, default_color, safe_name
+from .trust import check_config_trusted
+
+PathLike = Union[str, Path]
+
+METADATA_FILE = Path("configs") / "metadata.json"
+INFERENCE_FILE = Path("configs") / "inference.json"
+WEIGHTS_FILE = Path("models") / "model.pt"
+README_FILE = Path("docs") / "README.md"
+REQUIRED_FILES = (METADATA_FILE, INFERENCE_FILE, WEIGHTS_FILE)
+
+
+# --- reading --------------------------------------------------------------------------------------------
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise BundleError(
+            f"{path}: missing {what}; a bundle needs {', '.join(map(str, REQUIRED_FILES))}."
+        ) from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: {what} is not valid JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: {what} must hold a JSON object.")
+    return data
+
+
+def _check_files(path: Path) -> None:
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle folder (no such folder).")
+    missing = [str(f) for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise BundleError(f"{path}: not a complete MONAI bundle; missing {', '.join(missing)}.")
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The parsed ``configs/metadata.json`` of bundle ``path``."""
+    return _read_json(Path(path) / METADATA_FILE, "configs/metadata.json")
+
+
+def validate_bundle(path: PathLike) -> ModelCard:
+    """Check that ``path`` is a complete bundle with a valid model card and return the card.
+
+    Raises:
+        BundleError: a file is missing or unreadable, ``inference.json`` has no ``network_def``, or the
+            ``"modelselector"`` block is missing or invalid. The message names the reason.
+    """
+    path = Path(path)
+    _check_files(path)
+    meta = read_metadata(path)
+    for key in ("version", "network_data_format"):
+        if key not in meta:
+            raise BundleError(f"{path / METADATA_FILE}: lacks MONAI metadata key '{key}'.")
+    if "modelselector" not in meta:
+        raise BundleError(
+            f"{path / METADATA_FILE}: has no 'modelselector' model card; for a standard MONAI bundle use "
+            "`modelselector zoo add BUNDLE --modality CODE --body-region REGION`."
+        )
+    config = _read_json(path / INFERENCE_FILE, "configs/inference.json")
+    if not isinstance(config.get("network_def"), dict) or "_target_" not in config["network_def"]:
+        raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' with a '_target_'.")
+    try:
+        card = ModelCard.from_dict(meta["modelselector"])
+    except TypeError as e:
+        raise BundleError(f"{path / METADATA_FILE}: invalid model card ({e}).") from e
+    try:
+        return card.validate()
+    except BundleError as e:
+        raise BundleError(f"{path}: {e}") from e
+
+
+# --- loading --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedBundle:
+    """A bundle ready for inference: ``network`` (eval mode, on the requested device) and its card."""
+
+    network: Any
+    card: ModelCard
+    path: Path
+    config: dict[str, Any]
+
+
+def instantiate_network(
+    path: PathLike, config: dict[str, Any], trust: bool = False, device: str = "cpu"
+) -> Any:
+    """Instantiate ``network_def`` of a MONAI inference config with ``ConfigParser`` after the trust check.
+
+    With ``trust=True`` the bundle folder is put on ``sys.path`` while instantiating, so that bundles whose
+    networks live in their own ``scripts`` package work as in MONAI.
+    """
+    from monai.bundle import ConfigParser
+
+    path = Path(path)
+    key = "network_def" if isinstance(config.get("network_def"), dict) else "network"
+    if not isinstance(config.get(key), dict):
+        raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' with a '_target_'.")
+    if not trust:
+        check_config_trusted(config)
+    parser = ConfigParser(dict(config))
+    parser["bundle_root"] = str(path)
+    added = trust and str(path) not in sys.path
+    if added:
+        sys.path.insert(0, str(path))
+    try:
+        net = parser.get_parsed_content(key, instantiate=True)
+    except Exception as e:  # MONAI wraps every failure of the target in RuntimeError/other types
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise BundleError(f"{path}: the network in inference.json could not be built ({cause}).") from e
+    finally:
+        if added:
+            sys.path.remove(str(path))
+    import torch
+
+    if not isinstance(net, torch.nn.Module):
+        raise BundleError(
+            f"{path}: '{key}' of inference.json is a {type(net).__name__}, not a torch network."
+        )
+    return net.to(device)
+
+
+def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> None:
+    """Load ``models/model.pt`` into ``network`` with ``weights_only=True`` (no arbitrary unpickling).
+
+    Accepts a plain state_dict or a checkpoint dict with a ``"model"`` or ``"state_dict"`` entry.
+    """
+    import torch
+
+    weights_path = Path(weights_path)
+    try:
+        ckpt = torch.load(str(weights_path), map_location=device, weights_only=True)
+    except Exception as e:  # UnpicklingError for non-tensor content, RuntimeError for broken files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(
+            f"{weights_path}: not loadable as plain weights (weights_only=True refused or failed: {first})."
+        ) from e
+    if isinstance(ckpt, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(ckpt.get(key), dict):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, dict):
+        raise BundleError(f"{weights_path}: holds a {type(ckpt).__name__}, not a state_dict.")
+    if ckpt and all(str(k).startswith("module.") for k in ckpt):
+        ckpt = {str(k)[len("module.") :]: v for k, v in ckpt.items()}
+    try:
+        network.load_state_dict(ckpt, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise BundleError(
+            f"{weights_path}: the weights do not fit the network in inference.json ({first})."
+        ) from e
+
+
+def load_bundle(path: PathLike, trust: bool = False, device: str = "cpu") -> LoadedBundle:
+    """Validate, build and load a bundle for inference.
+
+    Args:
+        path: bundle folder.
+        trust: allow ``_target_``/expressions outside ``monai.``/``torch.`` (custom code in the bundle).
+        device: torch device for the network and weights.
+
+    Raises:
+        BundleError: invalid bundle, untrusted code, unbuildable network, or weights that are not a plain
+            state_dict matching the network.
+    """
+    path = Path(path)
+    card = validate_bundle(path)
+    config = _read_json(path / INFERENCE_FILE, "configs/inference.json")
+    network = instantiate_network(path, config, trust=trust, device=device)
+    load_weights(network, path / WEIGHTS_FILE, device=device)
+    network.eval()
+    return LoadedBundle(network=network, card=card, path=path, config=config)
+
+
+# --- writing --------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    import monai
+    import numpy
+    import torch
+
+    return {"monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": numpy.__version__}  # fmt: skip
+
+
+def network_data_format(card: ModelCard) -> dict[str, Any]:
+    """MONAI ``network_data_format`` (inputs/outputs) describing the card's network."""
+    spatial = list(card.roi_size) if card.roi_size else [-1] * card.spatial_dims
+    fmt = "hounsfield" if card.modality == "CT" else "magnitude"
+    inputs = {"image": {
+        "type": "image", "format": fmt, "modality": card.modality, "num_channels": card.input_channels,
+        "spatial_shape": spatial, "dtype": "float32", "value_range": [], "is_patch_data": bool(card.roi_size),
+        "channel_def": {str(i): "image" for i in range(card.input_channels)},
+    }}  # fmt: skip
+    pred = runtime_class(card.task_type).output_format(card)
+    return {"inputs": inputs, "outputs": {"pred": pred}}
+
+
+def build_metadata(
+    card: ModelCard,
+    description: Optional[str] = None,
+    authors: Optional[str] = None,
+    changelog: Optional[dict[str, str]] = None,
+) -> dict[str, Any]:
+    """MONAI bundle ``metadata.json`` content for ``card`` (MONAI keys + the ``"modelselector"`` block)."""
+    labels = ", ".join(card.label_names) or "-"
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": card.version,
+        "changelog": changelog or {card.version: "model trained with ModelSelector"},
+        **_versions(),
+        "required_packages_version": {},
+        "name": card.name,
+        "task": f"{card.task_type} of {labels} ({card.modality}, {card.body_region})",
+        "description": description
+        or f"{card.spatial_dims}D {card.task_type} network for {card.modality} {card.body_region}: {labels}.",
+        "authors": authors or "ModelSelector contributors",
+        "copyright": f"Copyright (c) {authors or 'ModelSelector contributors'}",
+        "license": card.license,
+        "data_source": card.training_data,
+        "network_data_format": network_data_format(card),
+        "modelselector": card.to_dict(),
+    }
+
+
+def build_inference_config(card: ModelCard, network_def: dict[str, Any]) -> dict[str, Any]:
+    """A MONAI ``inference.json`` for ``card`` with ``network_def`` (parseable by ``ConfigParser``); the
+    ``preprocessing``, ``inferer`` and ``postprocessing`` sections describe what the task's runtime does."""
+    config: dict[str, Any] = {
+        "bundle_root": ".",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "network_def": network_def,
+        "network": "$@network_def.to(@device)",
+    }
+    # preprocessing, inferer and postprocessing as MONAI transforms: the task's runtime knows them
+    config.update(runtime_class(card.task_type).inference_sections(card))
+    return config
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return " x ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
+    """The model card as Markdown (``docs/README.md``)."""
+    lines = [f"# {card.name} {card.version}", ""]
+    if description:
+        lines += [description, ""]
+    if card.synthetic:
+        lines += ["> Trained on synthetic data: for demonstration only, not for clinical use.", ""]
+    lines += [
+        "## Intended input", "",
+        f"- Task: {card.task_type}",
+        f"- Modality: {card.modality}",
+        f"- Body region: {card.body_region}",
+        f"- Spatial dimensions: {card.spatial_dims}D, {card.input_channels} input channel(s)",
+        f"- Target spacing (mm): {_fmt(card.target_spacing)}",
+        f"- Intensity normalisation: {_fmt(card.intensity)}",
+        f"- Patch size (roi_size): {_fmt(card.roi_size)}",
+        "", "## Labels", "", "| value | name | colour (RGB) |", "|---|---|---|",
+    ]  # fmt: skip
+    for lb in card.labels:
+        color = ", ".join(f"{c:.2f}" for c in lb.get("color", []))
+        lines.append(f"| {lb.get('value')} | {lb.get('name')} | {color} |")
+    lines += ["", "## Training data", "", f"- Data: {_fmt(card.training_data)}",
+              f"- Training cases: {card.n_training_cases}", f"- Synthetic: {'yes' if card.synthetic else 'no'}",
+              "", "## Validation metrics", ""]  # fmt: skip
+    if card.validation_metrics:
+        lines += [
+            f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
+            for k, v in card.validation_metrics.items()
+        ]
+    else:
+        lines.append("- none recorded")
+    time_s = f"{card.training_time_s:.1f} s" if card.training_time_s is not None else "-"
+    lines += ["", "## Reproducibility", "", f"- Seed: {_fmt(card.seed)}", f"- Code version: {_fmt(card.code_version)}",
+              f"- Training time: {time_s}", "", "## Licence", "", card.license or "not stated", "",
+              "## Use", "", "Load with `ModelSelectorLib.bundle.load_bundle(PATH)` or run `configs/inference.json`",
+              "with `python -m monai.bundle run --config_file configs/inference.json`.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def save_bundle(
+    out_dir: PathLike,
+    card: ModelCard,
+    network_def: dict[str, Any],
+    state_dict: dict[str, Any],
+    *,
+    description: Optional[str] = None,
+    authors: Optional[str] = None,
+    changelog: Optional[dict[str, str]] = None,
+) -> Path:
+    """Write a complete bundle folder ``out_dir`` (the bundle itself, not its parent) atomically.
+
+    Args:
+        out_dir: the bundle folder to create; an existing bundle there is replaced as a whole.
+        card: model card (validated first).
+        network_def: MONAI config of the network, e.g. ``{"_target_": "monai.networks.nets.UNet", ...}``.
+        state_dict: the network's weights (``network.state_dict()``).
+        description, authors, changelog: optional MONAI metadata.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        BundleError: invalid card, ``network_def`` without ``_target_``, or ``out_dir`` is a non-empty
+            folder that is not a bundle (it is never overwritten).
+    """
+    import torch
+
+    out = Path(out_dir)
+    card.validate()
+    if not isinstance(network_def, dict) or "_target_" not in network_def:
+        raise BundleError("network_def must be a MONAI config dict with a '_target_'.")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / METADATA_FILE).is_file())):
+        raise BundleError(f"{out}: exists and is not a bundle; choose another output folder.")
+    with atomic.atomic_dir(out) as tmp:
+        for sub in ("configs", "models", "docs"):
+            (tmp / sub).mkdir()
+        _dump_json(tmp / METADATA_FILE, build_metadata(card, description, authors, changelog))
+        _dump_json(tmp / INFERENCE_FILE, build_inference_config(card, network_def))
+        torch.save({k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in state_dict.items()},
+                   str(tmp / WEIGHTS_FILE))  # fmt: skip
+        (tmp / README_FILE).write_text(render_readme(card, description), encoding="utf-8")
+    return out
+
+
+def _dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
+
+
+def write_card(path: PathLike, card: ModelCard) -> None:
+    """Put ``card`` into bundle ``path``'s ``metadata.json`` (and refresh ``docs/README.md``), atomically."""
+    path = Path(path)
+    card.validate()
+    meta = read_metadata(path)
+    meta["modelselector"] = card.to_dict()
+    meta.setdefault("name", card.name)
+    atomic.write_json(path / METADATA_FILE, meta)
+    readme = path / README_FILE
+    text = render_readme(card, meta.get("description"))
+    if readme.is_file():
+        old = readme.read_text(encoding="utf-8", errors="replace")
+        if "## Intended input" not in old:  # keep the original README of an imported bundle below the card
+            text = text + "\n---\n\n" + old
+    atomic.write_text(readme, text)
+
+
+# --- standard MONAI bundles -----------------------------------------------------------------------------
+def _labels_from_format(ndf: dict[str, Any], task_type: str) -> list[dict[str, Any]]:
+    # channels below the task's first label value (a segmentation's background) are not labels
+    first = runtime_class(task_type).first_label_value
+    outputs = ndf.get("outputs") or {}
+    pred = outputs.get("pred") or (next(iter(outputs.values())) if outputs else {}) or {}
+    channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
+    labels: list[dict[str, Any]] = []
+    if isinstance(channel_def, dict) and channel_def:
+        for key, name in sorted(
+            channel_def.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 1e9
+        ):
+            if not str(key).isdigit():
+                continue
+            value = int(key)
+            if value < first or (first > 0 and str(name).lower() == "background"):
+                continue
+            labels.append({"value": value, "name": str(name), "color": default_color(value)})
+    elif isinstance(pred, dict) and isinstance(pred.get("num_channels"), int) and pred["num_channels"] > 1:
+        labels = [{"value": v, "name": f"Label {v}", "color": default_color(v)}
+                  for v in range(first, pred["num_channels"])]  # fmt: skip
+    return labels
+
+
+def _task_hints(meta: dict[str, Any], ndf: dict[str, Any]) -> str:
+    """The words of a standard bundle's metadata that tell its task (output format, task, name)."""
+    pred = (ndf.get("outputs") or {}).get("pred") or {}
+    fmt = str(pred.get("format", "")).lower() if isinstance(pred, dict) else ""
+    return f"{fmt} {meta.get('task', '')} {meta.get('name', '')}".lower()
+
+
+def import_monai_bundle(
+    src_dir: PathLike,
+    modality: Optional[str] = None,
+    body_region: Optional[str] = None,
+    trust: bool = False,
+    name: Optional[str] = None,
+) -> ModelCard:
+    """Build a model card for a standard MONAI model-zoo bundle (which has no ``"modelselector"`` block).
+
+    The card takes name, version, licence, input channels, spatial dims and label names
+    (``network_data_format.outputs.pred.channel_def``) from ``metadata.json``; ``modality`` and
+    ``body_region`` must be given since MONAI metadata does not state them in a standard form. The
+    network is instantiated from ``inference.json`` (with the same trust check as :func:`load_bundle`)
+    to prove that the bundle can be built.
+
+    Raises:
+        BundleError: missing files, missing modality/body region, invalid values, untrusted code.
+    """
+    src = Path(src_dir)
+    _check_files(src)
+    meta = read_metadata(src)
+    existing = meta.get("modelselector") if isinstance(meta.get("modelselector"), dict) else {}
+    modality = (modality or existing.get("modality") or "").strip().upper() or None
+    body_region = (body_region or existing.get("body_region") or "").strip().upper() or None
+    if not modality or not body_region:
+        missing = [opt for opt, v in (("--modality", modality), ("--body-region", body_region)) if not v]
+        raise BundleError(
+            f"{src}: a standard MONAI bundle does not state its modality and body region; pass "
+            f"{' and '.join(missing)} (e.g. --modality CT --body-region ABDOMEN)."
+        )
+    ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
+    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
+    spatial = image.get("spatial_shape") if isinstance(image, dict) else None
+    task_type = existing.get("task_type") or guess_task_type(_task_hints(meta, ndf))
+    roi = [int(s) for s in spatial] if isinstance(spatial, list) and spatial and all(
+        isinstance(s, int) and s > 0 for s in spatial) else None  # fmt: skip
+    card = ModelCard(
+        name=safe_name(name or existing.get("name") or meta.get("name") or src.name),
+        version=safe_name(str(meta.get("version", "0.0.1"))),
+        task_type=task_type,
+        modality=modality,
+        body_region=body_region,
+        labels=_labels_from_format(ndf, task_type),
+        input_channels=int(image.get("num_channels", 1)) if isinstance(image, dict) else 1,
+        spatial_dims=len(spatial) if isinstance(spatial, list) and len(spatial) in (2, 3) else 3,
+        roi_size=roi,
+        training_data=str(meta.get("data_source", "")),
+        license=str(meta.get("license", meta.get("copyright", ""))),
+        code_version=f"monai {meta.get('monai_version', '?')}",
+    )
+    card.validate()
+    config = _read_json(src / INFERENCE_FILE, "configs/inference.json")
+    instantiate_network(src, config, trust=trust)
+    return card
+
+
+def is_standard_monai_bundle(path: PathLike) -> bool:
+    """True when ``path`` holds a bundle's ``metadata.json`` without a ``"modelselector"`` block."""
+    try:
+        return "modelselector" not in read_metadata(path)
+    except BundleError:
+        return False

@@ -1,0 +1,428 @@
+"""The model zoo: a folder of versioned MONAI bundles and a catalog ``zoo.json``.
+
+Layout::
+
+    ZOO/
+      zoo.json                       {"format": 1, "models": {NAME: {"current": VERSION, "versions": {...}}}}
+      models/NAME/VERSION/           one MONAI bundle per version (see :mod:`.bundle`)
+
+Each version entry holds ``path``, ``added``, ``metrics`` and, once promoted, ``promoted`` (date) and the
+gate's ``evaluation``; a model entry may hold ``history``: one ``{"date", "action", "version", "from", ...}``
+per promotion, refusal or restore (see :mod:`ModelSelectorLib.ranking.promotion`). Versions are never overwritten:
+promoting or restoring only moves ``current``.
+
+Every change is crash-safe: a bundle is copied into a temporary sibling folder, checked, and renamed into
+place; only then is the catalog rewritten atomically. An interrupted ``add`` therefore leaves the previous
+catalog intact and lists no partial model. ``remove`` rewrites the catalog first and deletes files after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .. import atomic
+from ..errors import BundleError, ZooError
+from ..resources import default_zoo_path
+from .bundle import (
+    import_monai_bundle,
+    is_standard_monai_bundle,
+    load_bundle,
+    read_metadata,
+    validate_bundle,
+    write_card,
+)
+from .card import ModelCard
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+CATALOG = "zoo.json"
+MODELS = "models"
+FORMAT = 1
+_CREATE_HINT = "create one with `modelselector zoo init --zoo PATH` or `modelselector train --out PATH`"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+class Zoo:
+    """A model zoo folder with its catalog.
+
+    Args:
+        path: the zoo folder (holding ``zoo.json``).
+
+    Raises:
+        ZooError: the folder or ``zoo.json`` is missing or corrupt; the message says how to create one.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self._catalog = self._read_catalog()
+
+    # --- catalog --------------------------------------------------------------------------------------
+    @property
+    def catalog_path(self) -> Path:
+        return self.path / CATALOG
+
+    def _read_catalog(self) -> dict[str, Any]:
+        if not self.path.is_dir():
+            raise ZooError(f"{self.path}: no zoo folder there; {_CREATE_HINT}.")
+        if not self.catalog_path.is_file():
+            raise ZooError(f"{self.path}: is not a zoo (no {CATALOG}); {_CREATE_HINT}.")
+        try:
+            data = json.loads(self.catalog_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ZooError(
+                f"{self.catalog_path}: corrupt catalog ({e}); restore it from a backup or {_CREATE_HINT}."
+            ) from e
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise ZooError(f"{self.catalog_path}: corrupt catalog (no 'models' object); {_CREATE_HINT}.")
+        if data.get("format") != FORMAT:
+            raise ZooError(
+                f"{self.catalog_path}: catalog format {data.get('format')!r} is not supported (expected {FORMAT})."
+            )
+        for name, entry in data["models"].items():
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("versions"), dict)
+                or entry.get("current") not in entry["versions"]
+            ):
+                raise ZooError(
+                    f"{self.catalog_path}: corrupt entry for model {name!r}; remove it with a text editor."
+                )
+        return data
+
+    def _write_catalog(self, data: dict[str, Any]) -> None:
+        atomic.write_json(self.catalog_path, data)
+        self._catalog = data
+
+    def reload(self) -> Zoo:
+        """Re-read ``zoo.json`` (after another process changed it)."""
+        self._catalog = self._read_catalog()
+        return self
+
+    @classmethod
+    def create(cls, path: PathLike, exist_ok: bool = True) -> Zoo:
+        """Make an empty zoo at ``path`` (folders + ``zoo.json``); an existing valid zoo is returned as is.
+
+        Raises:
+            ZooError: ``path`` is a file, holds a corrupt ``zoo.json``, or is an existing zoo with
+                ``exist_ok=False``.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ZooError(f"{path}: is a file, not a folder; choose another zoo path.")
+        if (path / CATALOG).exists():
+            zoo = cls(path)  # raises on a corrupt catalog instead of overwriting it
+            if not exist_ok:
+                raise ZooError(f"{path}: is already a zoo with {len(zoo.names())} model(s).")
+            return zoo
+        (path / MODELS).mkdir(parents=True, exist_ok=True)
+        atomic.write_json(path / CATALOG, {"format": FORMAT, "models": {}})
+        return cls(path)
+
+    # --- queries --------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Names of the models in the zoo, sorted."""
+        return sorted(self._catalog["models"])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._catalog["models"]
+
+    def __len__(self) -> int:
+        return len(self._catalog["models"])
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        models = self._catalog["models"]
+        if name not in models:
+            known = ", ".join(sorted(models)) or "none (the zoo is empty)"
+            raise ZooError(f"no model named {name!r} in the zoo {self.path}; known models: {known}.")
+        return models[name]
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of model ``name`` in the order they were added."""
+        versions = self._entry(name)["versions"]
+        return sorted(versions, key=lambda v: (versions[v].get("added", ""), v))
+
+    def get(self, name: str, version: Optional[str] = None) -> Path:
+        """The bundle folder of model ``name`` (its current version unless ``version`` is given).
+
+        Raises:
+            ZooError: unknown name (the message lists the known names) or version, or a missing folder.
+        """
+        entry = self._entry(name)
+        version = version or entry["current"]
+        if version not in entry["versions"]:
+            raise ZooError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+            )
+        path = self.path / entry["versions"][version]["path"]
+        if not path.is_dir():
+            raise ZooError(
+                f"{path}: the bundle of {name} {version} listed in {CATALOG} is missing; "
+                f"remove it with `modelselector zoo remove {name}` and add it again."
+            )
+        return path
+
+    def card(self, name: str, version: Optional[str] = None) -> ModelCard:
+        """The model card of model ``name`` (current version unless ``version`` is given)."""
+        return validate_bundle(self.get(name, version))
+
+    def list(self) -> list[dict[str, Any]]:
+        """One dict per model, sorted by name: ``name``, ``version`` (current), ``versions``, ``path``,
+        ``added``, ``metrics`` and, from the card, ``task_type``, ``modality``, ``body_region``, ``labels``
+        (names). A model whose card cannot be read gets ``"error"`` with the reason instead."""
+        out = []
+        for name in self.names():
+            entry = self._catalog["models"][name]
+            current = entry["current"]
+            info = entry["versions"][current]
+            item: dict[str, Any] = {
+                "name": name,
+                "version": current,
+                "current": current,
+                "versions": self.versions(name),
+                "path": str(self.path / info["path"]),
+                "added": info.get("added", ""),
+                "metrics": dict(info.get("metrics") or {}),
+            }
+            try:
+                card = self.card(name)
+                item.update(task_type=card.task_type, modality=card.modality, body_region=card.body_region,
+                            labels=card.label_names)  # fmt: skip
+            except (ZooError, BundleError) as e:
+                item["error"] = str(e)
+            out.append(item)
+        return out
+
+    # --- changes --------------------------------------------------------------------------------------
+    def add(
+        self,
+        bundle_dir: PathLike,
+        name: Optional[str] = None,
+        modality: Optional[str] = None,
+        body_region: Optional[str] = None,
+        trust: bool = False,
+        *,
+        current: bool = True,
+        info: Optional[dict[str, Any]] = None,
+        event: Optional[dict[str, Any]] = None,
+    ) -> dict[str, Any]:
+        """Copy a bundle into the zoo as a new model or a new (current) version of an existing one.
+
+        A bundle without a ``"modelselector"`` card (a standard MONAI model-zoo bundle) is imported with
+        :func:`~ModelSelectorLib.bundle.import_monai_bundle` and needs ``modality`` and ``body_region``;
+        the card is then written into the zoo's copy. Every bundle is validated and loaded (network built,
+        weights read with ``weights_only=True``) before the catalog lists it.
+
+        Args:
+            bundle_dir: the bundle folder to add.
+            name: model name in the zoo (default: the card's name).
+            modality, body_region: override (or, for standard MONAI bundles, supply) the card's values.
+            trust: allow custom code (``_target_`` outside ``monai.``/``torch.``) in the bundle.
+            current: make the new version the current one (a new model's only version is always current).
+            info: extra keys for the version's catalog entry (e.g. ``promoted``, ``evaluation``).
+            event: appended to the model's ``history`` in the same catalog write.
+
+        Returns:
+            the catalog entry of the new version, with ``name`` and ``version`` added.
+
+        Raises:
+            BundleError: the bundle is invalid, incomplete, or asks for untrusted code.
+            ZooError: this name and version are already in the zoo.
+        """
+        src = Path(bundle_dir)
+        if not src.is_dir():
+            raise BundleError(f"{src}: no such bundle folder.")
+        card = self._card_for(src, name, modality, body_region, trust)
+        versions = self._catalog["models"].get(card.name, {}).get("versions", {})
+        if card.version in versions:
+            raise ZooError(
+                f"{card.name} version {card.version} is already in the zoo; raise 'version' in the bundle's "
+                f"metadata.json or remove the model first (`modelselector zoo remove {card.name}`)."
+            )
+        dest = self.path / MODELS / card.name / card.version
+        self._copy_in(src, dest, card, trust)
+        info = {"path": dest.relative_to(self.path).as_posix(), "added": _now(),
+                "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
+        data = json.loads(json.dumps(self._read_catalog()))  # fresh copy: another process may have added
+        entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
+        entry["versions"][card.version] = info
+        if current or not entry["versions"].get(entry["current"]):
+            entry["current"] = card.version
+        if event:
+            entry.setdefault("history", []).append({"date": _now(), **json.loads(json.dumps(event))})
+        try:
+            self._write_catalog(data)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)  # never leave an unlisted copy behind
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()  # only if empty (a new model's folder)
+            raise
+        return {"name": card.name, "version": card.version, **info}
+
+    def _card_for(
+        self, src: Path, name: Optional[str], modality: Optional[str], body_region: Optional[str], trust: bool
+    ) -> ModelCard:
+        if is_standard_monai_bundle(src):
+            return import_monai_bundle(
+                src, modality=modality, body_region=body_region, trust=trust, name=name
+            )
+        card = validate_bundle(src)
+        changes: dict[str, Any] = {}
+        if name:
+            changes["name"] = name
+        if modality:
+            changes["modality"] = modality.strip().upper()
+        if body_region:
+            changes["body_region"] = body_region.strip().upper()
+        if changes:
+            card = ModelCard.from_dict({**card.to_dict(), **changes})
+            try:
+                card.validate()
+            except BundleError as e:
+                raise BundleError(f"{src}: {e}") from e
+        return card
+
+    def _copy_in(self, src: Path, dest: Path, card: ModelCard, trust: bool) -> None:
+        """Copy ``src`` to a temporary sibling of ``dest``, write the card, load it, then rename."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():  # left by an add interrupted after the rename; never listed in the catalog
+            shutil.rmtree(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            shutil.copytree(
+                src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp", "__pycache__")
+            )
+            if read_metadata(tmp).get("modelselector") != card.to_dict():
+                write_card(tmp, card)
+            load_bundle(tmp, trust=trust)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()  # only if empty (a new model's folder)
+            raise
+
+    def next_version(self, name: str) -> str:
+        """The version a new model ``name`` gets: ``0.1.0`` for a new name, else the next patch version after
+        the highest numeric version in the zoo."""
+        if name not in self:
+            return "0.1.0"
+        best = (0, 1, 0)
+        for v in self.versions(name):
+            try:
+                best = max(best, tuple(int(p) for p in v.split(".")[:3]))
+            except ValueError:
+                continue
+        return f"{best[0]}.{best[1]}.{best[2] + 1}"
+
+    def current(self, name: str) -> str:
+        """The current version of model ``name``."""
+        return str(self._entry(name)["current"])
+
+    def version_info(self, name: str, version: Optional[str] = None) -> dict[str, Any]:
+        """The catalog entry of one version (``path``, ``added``, ``metrics``, ``promoted``, ...), a copy."""
+        entry = self._entry(name)
+        version = version or entry["current"]
+        if version not in entry["versions"]:
+            raise ZooError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+            )
+        return json.loads(json.dumps(entry["versions"][version]))
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Promotions, refusals and restores of model ``name``, oldest first (a copy)."""
+        return json.loads(json.dumps(self._entry(name).get("history", [])))
+
+    def previous(self, name: str) -> Optional[str]:
+        """The version that was current before the current one (from the history; else the version added
+        just before it); ``None`` when there is none."""
+        entry = self._entry(name)
+        cur = entry["current"]
+        for ev in reversed(entry.get("history", [])):
+            if ev.get("version") == cur and ev.get("action") in ("promote", "restore") and ev.get("from"):
+                if ev["from"] in entry["versions"]:
+                    return str(ev["from"])
+        order = self.versions(name)
+        i = order.index(cur)
+        return order[i - 1] if i > 0 else None
+
+    def set_current(self, name: str, version: str, event: Optional[dict[str, Any]] = None,
+                    info: Optional[dict[str, Any]] = None) -> None:  # fmt: skip
+        """Make ``version`` current (one atomic catalog write); ``event`` goes to the history with the
+        previous current version as ``from``; ``info`` is merged into the version's entry. Nothing is
+        deleted or overwritten on disk."""
+        data = json.loads(json.dumps(self._read_catalog()))
+        if name not in data["models"]:
+            self._entry(name)  # raises with the known names
+        entry = data["models"][name]
+        if version not in entry["versions"]:
+            raise ZooError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+            )
+        if not (self.path / entry["versions"][version]["path"]).is_dir():
+            raise ZooError(
+                f"the bundle of {name} {version} is missing from {self.path}; it cannot become current."
+            )
+        previous = entry["current"]
+        entry["current"] = version
+        entry["versions"][version].update(json.loads(json.dumps(info or {})))
+        if event is not None:
+            entry.setdefault("history", []).append(
+                {"date": _now(), "version": version, "from": previous, **json.loads(json.dumps(event))}
+            )
+        self._write_catalog(data)
+
+    def record(self, name: str, event: dict[str, Any]) -> None:
+        """Append ``event`` (e.g. a refused promotion) to the history of ``name`` (an existing model)."""
+        data = json.loads(json.dumps(self._read_catalog()))
+        if name not in data["models"]:
+            self._entry(name)
+        data["models"][name].setdefault("history", []).append(
+            {"date": _now(), **json.loads(json.dumps(event))}
+        )
+        self._write_catalog(data)
+
+    def remove(self, name: str, version: Optional[str] = None) -> None:
+        """Remove model ``name`` (or one ``version`` of it): the catalog entry first, then the files.
+
+        Removing the current version makes the most recently added remaining version current.
+        """
+        self._entry(name)
+        data = json.loads(json.dumps(self._read_catalog()))
+        entry = data["models"][name]
+        if version is None or set(entry["versions"]) == {version}:
+            del data["models"][name]
+            self._write_catalog(data)
+            shutil.rmtree(self.path / MODELS / name, ignore_errors=True)
+            return
+        if version not in entry["versions"]:
+            raise ZooError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+            )
+        rel = entry["versions"].pop(version)["path"]
+        if entry["current"] == version:
+            entry["current"] = max(
+                entry["versions"], key=lambda v: (entry["versions"][v].get("added", ""), v)
+            )
+        self._write_catalog(data)
+        shutil.rmtree(self.path / rel, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, models={self.names()})"
+
+
+def open_zoo(path: Optional[PathLike] = None) -> Zoo:
+    """Open the zoo at ``path`` (default: :func:`default_zoo_path`)."""
+    return Zoo(path if path is not None else default_zoo_path())
+
+
+__all__ = ["Zoo", "default_zoo_path", "open_zoo"]
