@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import slicer
 
@@ -48,6 +48,8 @@ from ModelSelectorSupport.jobs import (  # noqa: E402
 from ModelSelectorSupport.selftest import make_test_volume, make_tiny_zoo, vtk_matrix_to_list  # noqa: E402
 
 NO_FIT_MESSAGE = "No model in the zoo fits this image"
+#: node classes offered as input: scalar volumes and RGB images (PNG and JPEG files load as vector volumes)
+INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 #: what the self-test says when it cannot run models (e.g. on an extension build machine without torch)
 NO_MODEL_RUNS_MESSAGE = (
     "Skipping the model runs of the self-test: {names} not installed (see the module's help)"
@@ -86,17 +88,8 @@ From the Python console: <code>logic = ModelSelector.ModelSelectorLogic()</code>
 Built on <a href="https://monai.io">MONAI</a> and follows the conventions of the SlicerMONAIAuto3DSeg
 extension (work in a separate process, dependencies installed on first use).
 """
-        if HAVE_SLICER_APP:
-            slicer.app.connect("startupCompleted()", onStartupCompleted)
-
-
-def onStartupCompleted() -> None:
-    """Load the zoo's segment terminology and show the bundled samples in *Sample Data*."""
-    application.loadTerminology()
-    ModelSelectorLogic._ensureImportable()
-    from ModelSelectorLib.resources import samples_dir
-
-    application.registerSampleData(samples_dir())
+        if HAVE_SLICER_APP:  # terminology and sample data, once the modules they go to are there
+            slicer.app.connect("startupCompleted()", application.onStartupCompleted)
 
 
 #
@@ -110,7 +103,7 @@ if HAVE_SLICER_APP:
         """inputVolume: the image to find models for (scalar or RGB); device: "cpu" or "cuda"; fitThreshold:
         minimum score; surfaces: 3D surfaces of segmentation results ("auto": small results only)."""
 
-        inputVolume: slicer.vtkMRMLScalarVolumeNode
+        inputVolume: Union[tuple(getattr(slicer, c) for c in INPUT_VOLUME_CLASSES) + (None,)]
         zooPath: str = ""
         device: str = "cpu"
         fitThreshold: float = 0.5
@@ -210,14 +203,16 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(ModelSelectorParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
+            volumes = slicer.util.getNodesByClass(
+                "vtkMRMLScalarVolumeNode"
+            )  # subclasses too: keep the offered
+            offered = [v for v in volumes if v.GetClassName() in INPUT_VOLUME_CLASSES]
+            if offered:
+                self._parameterNode.inputVolume = offered[0]
         if self._parameterNode.zooPath:
             self.ui.zooPathLineEdit.currentPath = self._parameterNode.zooPath
-        for combo, value in ((self.ui.deviceComboBox, self._parameterNode.device),
-                             (self.ui.surfacesComboBox, self._parameterNode.surfaces)):  # fmt: skip
-            combo.setCurrentIndex(max(combo.findData(value), 0))
+        self._showChoice(self.ui.deviceComboBox, "device")
+        self._showChoice(self.ui.surfacesComboBox, "surfaces")
 
     def setParameterNode(self, inputParameterNode: Any) -> None:
         if self._parameterNode:
@@ -247,13 +242,19 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.surfacesComboBox.itemData(index) or presentation.SURFACES_AUTO
             )
 
+    def _showChoice(self, combo: Any, name: str) -> None:
+        """Show parameter ``name`` in ``combo``; a value that ``combo`` does not offer becomes its first item."""
+        index = max(combo.findData(self._parameter(name, None)), 0)
+        combo.setCurrentIndex(index)
+        if self._parameterNode:
+            setattr(self._parameterNode, name, combo.itemData(index))
+
     def _refreshDevices(self) -> None:
         """Offer the GPU only when the installed torch can use one."""
         self.ui.deviceComboBox.clear()
         for text, value in self.logic.deviceChoices():
             self.ui.deviceComboBox.addItem(text, value)
-        device = self._parameter("device", "cpu")
-        self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(device), 0))
+        self._showChoice(self.ui.deviceComboBox, "device")
 
     # --- state --------------------------------------------------------------------------------------------
     def _updateButtons(self, caller: Any = None, event: Any = None) -> None:

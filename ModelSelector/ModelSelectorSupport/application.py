@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import slicer
+
+from .environment import ensureImportable
 
 #: the module's resources folder (installed beside the module: ``qt-scripted-modules/Resources``)
 RESOURCES_DIR = Path(__file__).resolve().parent.parent / "Resources"
@@ -57,3 +60,18 @@ def registerSampleData(samplesDir: os.PathLike) -> None:
 def loadTerminology() -> str:
     """Load the zoo's segmentation terminology context into the Terminologies module; returns its name."""
     return slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
+
+
+def onStartupCompleted() -> None:
+    """Load the terminology and register the samples (each failure is logged; Slicer starts anyway)."""
+    try:
+        loadTerminology()
+    except Exception as e:
+        logging.error("Model Selector: could not load its segment terminology: %s", e)
+    try:
+        ensureImportable()
+        from ModelSelectorLib.resources import samples_dir
+
+        registerSampleData(samples_dir())
+    except Exception as e:
+        logging.error("Model Selector: could not register its sample data: %s", e)
