@@ -180,7 +180,7 @@ class ChildProcess:
     def kill(self, timeout: float = 10.0) -> list[int]:
         """End the process and every process it started (see :func:`killProcessTree`)."""
         ended = killProcessTree(self.process, timeout) if self.process.poll() is None else []
-        self._reader.join(timeout=2.0)
-        if self.process.stdout is not None:
+        self._reader.join(timeout=2.0)  # the pipe ends with the tree
+        if self.process.stdout is not None and not self._reader.is_alive():  # never under a blocked read
             self.process.stdout.close()
         return ended

@@ -136,6 +136,11 @@ def test_terminology_file_holds_every_label_of_the_bundled_zoo():
 
     context = json.loads(application.TERMINOLOGY_FILE.read_text(encoding="utf-8"))
     assert context["SegmentationCategoryTypeContextName"] == TERMINOLOGY_CONTEXT
+    # the schema that Slicer's Terminologies module accepts for a category/type context
+    assert (
+        context["@schema"]
+        == "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#"
+    )
     known = set()
     for category in context["SegmentationCodes"]["Category"]:
         for type_ in category["Type"]:
