@@ -73,7 +73,6 @@ class Job:
         self.result: Any = None
         self.added: list[Any] = []
         self.cancelReason: Optional[str] = None
-        self._errors: list[str] = []
         self._observations: list[int] = []
         self._finished = False
         self._step = 0
@@ -116,7 +115,6 @@ class Job:
         command = [self.logic.pythonExecutable(), "-m", "ModelSelectorLib", *args]
         logging.info("ModelSelector: running %s", " ".join(command))
         self.log += "$ " + " ".join(command) + "\n"
-        self._errors = []
         self.output = []
         self.child = ChildProcess(command, self.logic.processEnvironment(), self.launcher)
 
