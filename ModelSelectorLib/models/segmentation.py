@@ -13,6 +13,13 @@ uses too)::
 ``resample="linear"`` instead resamples the softmax probabilities linearly and takes the argmax on the
 input grid: smoother borders when the model's spacing is much coarser than the input's, ~0.1 s more per
 million voxels.
+
+A card with an ``inference`` block (written by :mod:`ModelSelectorLib.training.segmentation`) says how its
+model is applied: ``{"sw_mode": "gaussian", "overlap": 0.5, "mirror_axes": [1, 2], "keep_largest_component":
+[1]}``: Gaussian weighting of the sliding windows, softmax averaged over mirrored copies of the input along
+``mirror_axes`` (network-grid axes; never the left-right axis of a model with lateral labels), and only the
+largest connected component kept of the listed label values. Cards without it use constant weighting,
+overlap 0.25, no mirroring and no post-processing.
 """
 
 from __future__ import annotations
@@ -44,6 +51,17 @@ def axcodes_of(bundle: Any) -> str:
     return CANONICAL_AXCODES
 
 
+#: how a card without an ``inference`` block is applied
+DEFAULT_INFERENCE: dict[str, Any] = {"sw_mode": "constant", "overlap": 0.25, "mirror_axes": [],
+                                     "keep_largest_component": []}  # fmt: skip
+
+
+def inference_settings(card: Any) -> dict[str, Any]:
+    """The card's ``inference`` block completed with :data:`DEFAULT_INFERENCE`."""
+    block = getattr(card, "inference", None) or {}
+    return {**DEFAULT_INFERENCE, **block}
+
+
 def predict_logits(
     network: Any,
     array: np.ndarray,
@@ -51,6 +69,7 @@ def predict_logits(
     device: str = "cpu",
     sw_batch_size: int = 1,
     overlap: float = 0.25,
+    mode: str = "constant",
 ) -> np.ndarray:
     """Raw network output ``(n_classes, x, y[, z])`` (a torch tensor on ``device``) on a preprocessed array.
 
@@ -58,6 +77,7 @@ def predict_logits(
         network: torch module in eval mode, input ``(B, 1, *spatial)``.
         array: preprocessed ``(x, y[, z])`` float32 array.
         roi_size: sliding-window size in voxels ``(x, y[, z])``; ``None`` runs the whole array at once.
+        mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (centre voxels weigh more).
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -65,26 +85,72 @@ def predict_logits(
     with torch.inference_mode():
         x = torch.from_numpy(array)[None, None].to(device)
         if roi_size:
-            logits = sliding_window_inference(x, list(roi_size), sw_batch_size, network, overlap=overlap)
+            logits = sliding_window_inference(x, list(roi_size), sw_batch_size, network, overlap=overlap,
+                                              mode=mode)  # fmt: skip
         else:
             logits = network(x)
         return logits[0]
 
 
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes`` (the identity ``()`` first): the flips of test-time mirroring (2^len(axes))."""
+    combos: list[tuple[int, ...]] = [()]
+    for a in axes:
+        combos += [c + (int(a),) for c in combos]
+    return combos
+
+
 def predict_probabilities(
     network: Any,
     array: np.ndarray,
-    roi_size: Sequence[int] | None,
+    roi_size: Optional[Sequence[int]],
     device: str = "cpu",
     sw_batch_size: int = 1,
     overlap: float = 0.25,
+    mode: str = "constant",
+    mirror_axes: Sequence[int] = (),
 ) -> np.ndarray:
-    """Softmax probabilities ``(n_classes, x, y[, z])`` (float32 numpy) on a preprocessed array."""
+    """Softmax probabilities ``(n_classes, x, y[, z])`` (float32 numpy) on a preprocessed array.
+
+    Args:
+        mode: sliding-window blending, ``"constant"`` or ``"gaussian"``.
+        mirror_axes: spatial axes (0 = x of ``array``) of test-time mirroring: the softmax is averaged over
+            the input flipped along every subset of these axes (each result flipped back); ``()``: one pass.
+    """
     import torch
 
-    logits = predict_logits(network, array, roi_size, device, sw_batch_size, overlap)
+    total = None
+    combos = mirror_combinations(mirror_axes)
+    for combo in combos:
+        flipped = np.ascontiguousarray(np.flip(array, combo)) if combo else array
+        logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode)
+        with torch.inference_mode():
+            probs = torch.softmax(logits.float(), dim=0)
+            if combo:
+                probs = torch.flip(probs, [a + 1 for a in combo])
+            total = probs if total is None else total + probs
     with torch.inference_mode():
-        return torch.softmax(logits.float(), dim=0).cpu().numpy()
+        return (total / len(combos)).cpu().numpy()
+
+
+def keep_largest_component(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Label map ``(x, y[, z])`` where each label value in ``values`` keeps only its largest connected
+    component (full connectivity, as MONAI ``KeepLargestConnectedComponent(independent=True)``, computed with
+    ``scipy.ndimage`` so that scikit-image is not needed); removed voxels become 0."""
+    if not len(values):
+        return labels
+    from scipy import ndimage
+
+    out = labels.copy()
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    for v in values:
+        mask = labels == int(v)
+        comp, n = ndimage.label(mask, structure)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[mask & (comp != int(sizes.argmax()))] = 0
+    return out
 
 
 def argmax_channels(logits: Any) -> Any:
@@ -174,15 +240,23 @@ class SegmentationRuntime(TaskRuntime):
             transforms.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
         transforms.append({"_target_": "EnsureTyped", "keys": "image"})
         sections: dict[str, Any] = {"preprocessing": {"_target_": "Compose", "transforms": transforms}}
+        inference = inference_settings(card)
         if card.roi_size:
             sections["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": list(card.roi_size),
-                                   "sw_batch_size": 1, "overlap": 0.25}  # fmt: skip
+                                   "sw_batch_size": 1, "overlap": inference["overlap"],
+                                   "mode": inference["sw_mode"]}  # fmt: skip
         else:
             sections["inferer"] = {"_target_": "SimpleInferer"}
         sections["postprocessing"] = {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
         ]}  # fmt: skip
+        if inference[
+            "keep_largest_component"
+        ]:  # test-time mirroring has no MONAI transform; the card says it
+            sections["postprocessing"]["transforms"].append(
+                {"_target_": "KeepLargestConnectedComponentd", "keys": "pred",
+                 "applied_labels": list(inference["keep_largest_component"]), "independent": True})  # fmt: skip
         return sections
 
     @classmethod
@@ -215,7 +289,7 @@ class SegmentationRuntime(TaskRuntime):
         image: Image,
         cancel: Optional[Any] = None,
         sw_batch_size: int = 1,
-        overlap: float = 0.25,
+        overlap: Optional[float] = None,
         resample: str = "nearest",
     ) -> Prediction:
         """Segment ``image``; the label map has exactly ``image``'s size, spacing, origin and direction.
@@ -223,7 +297,9 @@ class SegmentationRuntime(TaskRuntime):
         Args:
             image: 2D or 3D image (any orientation and spacing, LPS geometry).
             cancel: Event-like; checked between stages.
-            sw_batch_size, overlap: sliding-window settings.
+            sw_batch_size, overlap: sliding-window settings (``overlap=None``: the card's, see
+                :func:`inference_settings`). Blending, test-time mirroring and largest-component
+                post-processing follow the card's ``inference`` block.
             resample: how the result returns to the input grid: ``"nearest"`` (argmax on the network grid,
                 then nearest-neighbour resampling of the label map; fastest) or ``"linear"`` (softmax
                 probabilities resampled linearly, then argmax; smoother borders when the model's spacing is
@@ -238,15 +314,22 @@ class SegmentationRuntime(TaskRuntime):
         check_cancel(cancel)
         array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle))
         check_cancel(cancel)
-        if resample == "linear":
-            probs = predict_probabilities(
-                self.network, array, card.roi_size, self.device, sw_batch_size, overlap
-            )
+        inf = inference_settings(card)
+        overlap = float(inf["overlap"]) if overlap is None else overlap
+        keep = [int(v) for v in inf["keep_largest_component"]]
+        if resample == "linear" or inf["mirror_axes"]:
+            probs = predict_probabilities(self.network, array, card.roi_size, self.device, sw_batch_size, overlap,
+                                          inf["sw_mode"], inf["mirror_axes"])  # fmt: skip
             check_cancel(cancel)
-            labels = probabilities_to_input_grid(probs, grid, image_in)
+            if resample == "linear":  # connectivity does not depend on the grid's layout
+                labels = keep_largest_component(probabilities_to_input_grid(probs, grid, image_in), keep)
+            else:
+                net_labels = keep_largest_component(np.argmax(probs, axis=0).astype(np.uint8), keep)
+                labels = labels_to_input_grid(net_labels, grid, image_in)
         else:
-            logits = predict_logits(self.network, array, card.roi_size, self.device, sw_batch_size, overlap)
-            net_labels = argmax_channels(logits).cpu().numpy()
+            logits = predict_logits(self.network, array, card.roi_size, self.device, sw_batch_size, overlap,
+                                    inf["sw_mode"])  # fmt: skip
+            net_labels = keep_largest_component(argmax_channels(logits).cpu().numpy(), keep)
             check_cancel(cancel)
             labels = labels_to_input_grid(net_labels, grid, image_in)
         out = image.with_array(labels.reshape(image.array.shape[: image.ndim]))
@@ -333,7 +416,7 @@ def apply_model(
     device: str = "cpu",
     cancel: Optional[Any] = None,
     sw_batch_size: int = 1,
-    overlap: float = 0.25,
+    overlap: Optional[float] = None,
     resample: str = "nearest",
 ) -> Image:
     """Segment ``image`` with a loaded segmentation bundle (:func:`ModelSelectorLib.zoo.load_bundle`); returns

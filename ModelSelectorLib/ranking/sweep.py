@@ -434,6 +434,10 @@ def _same_settings(bundle: Path, settings: dict[str, Any]) -> bool:
     except ValueError:
         return False
     want = json.loads(json.dumps(dataclasses.asdict(TrainConfig.from_dict(settings)), default=list))
+    try:  # settings added to TrainConfig since the bundle was trained take their defaults
+        saved = json.loads(json.dumps(dataclasses.asdict(TrainConfig.from_dict(saved)), default=list))
+    except ModelSelectorError:
+        return False
     skip = {"num_threads", "device", "num_workers", "version"}
     return {k: v for k, v in saved.items() if k not in skip} == {
         k: v for k, v in want.items() if k not in skip

@@ -292,6 +292,8 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
         f"- Target spacing (mm): {_fmt(card.target_spacing)}",
         f"- Intensity normalisation: {_fmt(card.intensity)}",
         f"- Patch size (roi_size): {_fmt(card.roi_size)}",
+        *([f"- Inference: {_fmt(card.inference)}"] if card.inference else []),
+        *([f"- Planning: {_fmt(card.plan)}"] if card.plan else []),
         "", "## Labels", "", "| value | name | colour (RGB) |", "|---|---|---|",
     ]  # fmt: skip
     for lb in card.labels:
@@ -309,8 +311,10 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
         lines.append("- none recorded")
     time_s = f"{card.training_time_s:.1f} s" if card.training_time_s is not None else "-"
     lines += ["", "## Reproducibility", "", f"- Seed: {_fmt(card.seed)}", f"- Code version: {_fmt(card.code_version)}",
-              f"- Training time: {time_s}", "", "## Licence", "", card.license or "not stated", "",
-              "## Use", "", "Load with `ModelSelectorLib.bundle.load_bundle(PATH)` or run `configs/inference.json`",
+              f"- Training time: {time_s}",
+              *([f"- Peak memory: {card.peak_memory_mb:.0f} MiB"] if card.peak_memory_mb is not None else []),
+              "", "## Licence", "", card.license or "not stated", "",
+              "## Use", "", "Load with `ModelSelectorLib.zoo.load_bundle(PATH)` or run `configs/inference.json`",
               "with `python -m monai.bundle run --config_file configs/inference.json`.", ""]  # fmt: skip
     return "\n".join(lines)
 
