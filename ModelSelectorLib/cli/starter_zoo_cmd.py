@@ -21,6 +21,7 @@ skipped; --force retrains it. Deterministic for a given --seed.
 Examples:
   modelselector build-starter-zoo --data ../shared/data --out Resources/zoo
   modelselector build-starter-zoo --data ../shared/data --out /tmp/zoo --only dx-chest-lungs --stages train
+  modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 0,1
   modelselector build-starter-zoo --list
 """
 
@@ -54,6 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="retrain models even when their recipe hash is unchanged"
     )
+    p.add_argument(
+        "--folds",
+        help="cross-validation folds to run now, e.g. 0,1 (default all; processes sharing --work "
+        "can split them)",
+    )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.set_defaults(func=run)
 
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, out, only=args.only, seed=args.seed, stages=stages, work_dir=args.work,
         num_threads=args.threads, epochs_scale=args.epochs_scale, data_free=args.data_free, force=args.force,
         log=lambda line: print(line, flush=True),
+        folds=[int(f) for f in args.folds.split(",")] if args.folds else None,
     )  # fmt: skip
     print(f"starter zoo in {out} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0

@@ -50,7 +50,7 @@ def kfold_split(
 def train_fold(
     dataset_dir: os.PathLike[str] | str, k: int, fold: int, config: TrainConfig,
     work_dir: os.PathLike[str] | str, groups: Optional[Sequence[str]] = None, modality: Optional[str] = None,
-    cancel: Optional[Any] = None,
+    cancel: Optional[Any] = None, nsd_tolerance: Optional[float] = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train fold ``fold`` of a ``k``-fold cross-validation by case (or by ``groups``, e.g. patient ids, one
     per case of the dataset) and evaluate it on its held-out cases as the model would be applied.
@@ -83,7 +83,7 @@ def train_fold(
     inference = {"sw_mode": config.sw_mode, "overlap": config.sw_overlap,
                  "mirror_axes": mirror_axes(config, run.flips, run.plan.roi_size)}  # fmt: skip
     per_case = evaluate_cases(network, run.val_items, run.plan.roi_size, run.n_classes, inference, run.plan.spacing,
-                              run.label_names, config.device, cancel)  # fmt: skip
+                              run.label_names, config.device, cancel, nsd_tolerance=nsd_tolerance)  # fmt: skip
     lcc, figures = choose_postprocessing(per_case, config.postprocess)
     values = {n: v for v, n in run.label_names.items()}
     result = {

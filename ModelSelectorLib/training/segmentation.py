@@ -45,9 +45,10 @@ from .validation import choose_postprocessing, evaluate_cases, summarize_cases
 
 
 def split_cases(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Case indices ``(train, val)`` shuffled with ``seed``; at least one validation case when ``n >= 2``."""
+    """Case indices ``(train, val)`` shuffled with ``seed``; at least one validation case when ``n >= 2`` and
+    ``val_fraction > 0`` (0: every case trains, e.g. the final model after cross-validation)."""
     order = np.random.default_rng(seed).permutation(n).tolist()
-    n_val = 0 if n < 2 else min(n - 1, max(1, int(round(n * val_fraction))))
+    n_val = 0 if n < 2 or val_fraction <= 0 else min(n - 1, max(1, int(round(n * val_fraction))))
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 

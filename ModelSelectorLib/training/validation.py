@@ -23,7 +23,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray, value: int) -> float:
 def evaluate_cases(
     network: Any, items: list[dict[str, Any]], roi: Sequence[int], n_classes: int,
     inference: dict[str, Any], spacing: Sequence[float], label_names: dict[int, str],
-    device: str = "cpu", cancel: Optional[Any] = None, surface: bool = True,
+    device: str = "cpu", cancel: Optional[Any] = None, surface: bool = True, nsd_tolerance: Optional[float] = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Per-case metrics of ``network`` applied as a bundle would be (:func:`~ModelSelectorLib.models.segmentation.
     predict_probabilities` with ``inference``'s blending, overlap and mirror axes), on the network grid.
@@ -33,6 +33,7 @@ def evaluate_cases(
         inference: ``{"sw_mode", "overlap", "mirror_axes"}``.
         spacing: network grid spacing (mm), for the surface distances.
         label_names: ``{value: name}`` of the foreground labels.
+        nsd_tolerance: with ``surface``, also the normalised surface Dice at this tolerance (mm).
         surface: also HD95 and mean surface distance (MONAI, :func:`~ModelSelectorLib.evaluation.
             segmentation.segmentation_metrics`) of the prediction without and with largest-component post-processing.
 
@@ -56,9 +57,10 @@ def evaluate_cases(
         if surface:
             # segmentation_metrics takes (z, y, x) arrays and (x, y, z) spacing
             for key, p in (("", pred), ("_lcc", pred_lcc)):
-                m = segmentation_metrics(p.T, truth.T, spacing, label_names)
-                row["hd95" + key] = {n: m[n]["hd95"] for n in m}
-                row["msd" + key] = {n: m[n]["msd"] for n in m}
+                m = segmentation_metrics(p.T, truth.T, spacing, label_names, nsd_tolerance)
+                for metric in ("hd95", "msd", "nsd"):
+                    if metric in next(iter(m.values())):
+                        row[metric + key] = {n: m[n][metric] for n in m}
         out.append(row)
     return out
 
@@ -94,7 +96,7 @@ def summarize_cases(per_case: list[dict[str, Any]], lcc_labels: Sequence[str] = 
         return {"cases": 0}
     out: dict[str, Any] = {}
     names = list(per_case[0]["dice"])
-    for metric in ("dice", "hd95", "msd"):
+    for metric in ("dice", "hd95", "msd", "nsd"):
         if metric not in per_case[0]:
             continue
         means = []
