@@ -36,8 +36,11 @@ class ModelRow:
 def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
     """Table rows for ``models`` (ranked answers of *Find models*, or the zoo's list without scores).
 
-    Only the best-ranked model starts ticked, and only when it fits.
+    Only the best-ranked model starts ticked, and only when it fits. The last column is the model's held-out
+    figure from its card, marked when it is a demonstration model.
     """
+    from ModelSelectorLib.models.base import quality_text
+
     rows = []
     for index, m in enumerate(models):
         score, fits = m.get("score"), m.get("fits")
@@ -48,6 +51,7 @@ def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
             str(m.get("body_region", "")),
             "" if score is None else f"{float(score):.3f}",
             "" if fits is None else ("yes" if fits else "no"),
+            quality_text(m.get("held_out"), bool(m.get("demonstration"))),
         )
         reasons = m.get("reasons") or []
         rows.append(ModelRow(cells[0], cells, bool(fits) and index == 0, "\n".join(str(r) for r in reasons)))

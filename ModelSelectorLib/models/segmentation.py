@@ -269,12 +269,16 @@ class SegmentationRuntime(TaskRuntime):
                 "channel_def": channel_def}  # fmt: skip
 
     @classmethod
-    def describe_quality(cls, card: Any) -> str:
+    def held_out(cls, card: Any) -> Optional[dict[str, Any]]:
+        """Mean Dice over the labels and held-out cases (``validation_metrics["dice"]``), with the number of
+        cases (``validation_cases``: a count, or the case ids) and the protocol (``held_out``)."""
         m = card.validation_metrics
-        if "dice" not in m:
-            return f"none: single case (training Dice {m.get('training_dice', float('nan')):.3f})"
-        per = ", ".join(f"{k[5:]} {v:.2f}" for k, v in m.items() if k.startswith("dice_"))
-        return f"{m['dice']:.3f} on {m.get('validation_cases', '?')}" + (f" ({per})" if per else "")
+        if not isinstance(m.get("dice"), (int, float)):
+            return None
+        cases = m.get("validation_cases")
+        n = cases if isinstance(cases, int) else len([c for c in str(cases or "").split(",") if c.strip()])
+        return {"metric": "Dice", "value": float(m["dice"]), "cases": n,
+                "protocol": str(m.get("held_out", "held-out validation cases"))}  # fmt: skip
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import IndexMismatchError, InputError
 from ..io.image import Image, read_image
+from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
 from ..zoo.catalog import Zoo, open_zoo
@@ -58,6 +59,9 @@ class ModelMatch:
         fits: ``score >= threshold`` of the selection.
         reasons: readable evidence: nearest prototypes (similarity, origin, source), encoder class, verify.
         raw: the uncalibrated raw score; similarity: prototype similarity; verify: verify signals or None.
+        held_out: the card's headline held-out figure (``{"metric", "value", "cases", "protocol"}``) or None.
+        demonstration: the model shows what the tool does rather than one to rely on (fewer than 20 training
+            cases, or no held-out figure).
     """
 
     name: str
@@ -71,6 +75,13 @@ class ModelMatch:
     raw: float = 0.0
     similarity: float = 0.0
     verify: Optional[dict[str, float]] = None
+    held_out: Optional[dict[str, Any]] = None
+    demonstration: bool = False
+
+    @property
+    def quality(self) -> str:
+        """The held-out figure in a few words, e.g. ``"Dice 0.88 (208)"``, ``"demonstration"``."""
+        return quality_text(self.held_out, self.demonstration)
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -81,6 +92,8 @@ class ModelMatch:
             "body_region": self.body_region,
             "score": round(float(self.score), 4),
             "fits": bool(self.fits),
+            "held_out": self.held_out,
+            "demonstration": bool(self.demonstration),
         }
         if reasons:
             d["reasons"] = list(self.reasons)
@@ -134,8 +147,9 @@ class Selection:
             lines.append("No model in the zoo fits this image.")
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
-                     "yes" if m.fits else "no"] for i, m in enumerate(self.models)]  # fmt: skip
-            headers = ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS"]
+                     "yes" if m.fits else "no", m.quality] for i, m in enumerate(self.models)]  # fmt: skip
+            headers = ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS",
+                       "HELD-OUT (CASES)"]  # fmt: skip
             lines += ["", format_table(rows, headers), ""]
         for m in self.models:
             if reasons == "all":
@@ -291,9 +305,11 @@ def select(
     for r in rows:
         card = r["card"]
         score = sigmoid(r["z"])
+        task = runtime_class(card.task_type)
         matches.append(ModelMatch(card.name or r["name"], card.version, card.task_type, card.modality,
                                   card.body_region, score, score >= thr, _reasons(r, ev, index, classes),
-                                  r["raw"], r["sim"], r["verify"]))  # fmt: skip
+                                  r["raw"], r["sim"], r["verify"], task.held_out(card),
+                                  task.is_demonstration(card)))  # fmt: skip
     matches.sort(key=lambda m: (not m.fits, -m.score))
     return Selection(
         input=name,

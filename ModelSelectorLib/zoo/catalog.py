@@ -29,6 +29,7 @@ from typing import Any, Optional, Union
 
 from .. import atomic
 from ..errors import BundleError, ZooError
+from ..models.registry import runtime_class
 from ..resources import default_zoo_path
 from .bundle import (
     import_monai_bundle,
@@ -178,7 +179,7 @@ class Zoo:
     def list(self) -> list[dict[str, Any]]:
         """One dict per model, sorted by name: ``name``, ``version`` (current), ``versions``, ``path``,
         ``added``, ``metrics`` and, from the card, ``task_type``, ``modality``, ``body_region``, ``labels``
-        (names). A model whose card cannot be read gets ``"error"`` with the reason instead."""
+        (names), ``held_out`` (the headline held-out figure or None) and ``demonstration``. A model whose card cannot be read gets ``"error"`` with the reason instead."""
         out = []
         for name in self.names():
             entry = self._catalog["models"][name]
@@ -195,8 +196,10 @@ class Zoo:
             }
             try:
                 card = self.card(name)
+                task = runtime_class(card.task_type)
                 item.update(task_type=card.task_type, modality=card.modality, body_region=card.body_region,
-                            labels=card.label_names)  # fmt: skip
+                            labels=card.label_names, held_out=task.held_out(card),
+                            demonstration=task.is_demonstration(card))  # fmt: skip
             except (ZooError, BundleError) as e:
                 item["error"] = str(e)
             out.append(item)

@@ -331,7 +331,17 @@ def test_select_json_cli(env, tmp_path, capsys):
     assert set(data) == {"input", "fits", "models"} and data["input"] == str(path)
     assert data["fits"] is True and data["models"][0]["name"] == "mr_abdomen"
     for m in data["models"]:
-        assert set(m) == {"name", "version", "task", "modality", "body_region", "score", "fits"}
+        assert set(m) == {
+            "name",
+            "version",
+            "task",
+            "modality",
+            "body_region",
+            "score",
+            "fits",
+            "held_out",
+            "demonstration",
+        }
     noise = tmp_path / "noise.nii.gz"
     write_image(noise_volume(9), noise)
     assert main(["select", str(noise), "--zoo", str(env["zoo"].path)]) == 0

@@ -176,12 +176,14 @@ def test_3d_surfaces_default_to_small_results_only():
 def test_model_rows_tick_only_the_best_fitting_model_and_carry_reasons():
     models = [
         {"name": "a", "task": "t", "modality": "CT", "body_region": "CHEST", "score": 0.91, "fits": True,
-         "reasons": ["modality CT matches", "region CHEST matches"]},
-        {"name": "b", "task": "t", "modality": "MR", "body_region": "HEAD", "score": 0.2, "fits": False},
+         "reasons": ["modality CT matches", "region CHEST matches"],
+         "held_out": {"metric": "Dice", "value": 0.884, "cases": 19, "protocol": "test split"}},
+        {"name": "b", "task": "t", "modality": "MR", "body_region": "HEAD", "score": 0.2, "fits": False,
+         "demonstration": True},
     ]  # fmt: skip
     a, b = presentation.modelRows(models)
-    assert a.cells == ("a", "t", "CT", "CHEST", "0.910", "yes") and a.checked
+    assert a.cells == ("a", "t", "CT", "CHEST", "0.910", "yes", "Dice 0.88 (19)") and a.checked
     assert a.tooltip == "modality CT matches\nregion CHEST matches"
-    assert b.cells[-2:] == ("0.200", "no") and not b.checked and b.tooltip == ""
+    assert b.cells[-3:] == ("0.200", "no", "-, demonstration") and not b.checked and b.tooltip == ""
     (unfit,) = presentation.modelRows([dict(models[0], fits=False)])
     assert not unfit.checked
