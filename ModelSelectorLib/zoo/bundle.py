@@ -25,7 +25,7 @@ from .. import atomic
 from ..errors import BundleError
 from ..models.registry import guess_task_type, runtime_class
 from .card import ModelCard, default_color, safe_name
-from .trust import check_config_trusted
+from .trust import buildable_config
 
 PathLike = Union[str, Path]
 
@@ -110,10 +110,12 @@ class LoadedBundle:
 def instantiate_network(
     path: PathLike, config: dict[str, Any], trust: bool = False, device: str = "cpu"
 ) -> Any:
-    """Instantiate ``network_def`` of a MONAI inference config with ``ConfigParser`` after the trust check.
+    """Instantiate ``network_def`` (else ``network``) of a MONAI inference config with ``ConfigParser``.
 
-    With ``trust=True`` the bundle folder is put on ``sys.path`` while instantiating, so that bundles whose
-    networks live in their own ``scripts`` package work as in MONAI.
+    Without ``trust`` the parser sees only what :func:`~.trust.buildable_config` let through: the network's
+    items, built from allow-listed classes and plain values, so no code of the bundle runs. With ``trust=True``
+    the whole config is parsed and the bundle folder is put on ``sys.path`` while instantiating, so that
+    bundles whose networks live in their own ``scripts`` package work as in MONAI.
     """
     from monai.bundle import ConfigParser
 
@@ -121,9 +123,10 @@ def instantiate_network(
     key = "network_def" if isinstance(config.get("network_def"), dict) else "network"
     if not isinstance(config.get(key), dict):
         raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' with a '_target_'.")
-    if not trust:
-        check_config_trusted(config)
-    parser = ConfigParser(dict(config))
+    try:
+        parser = ConfigParser(dict(config) if trust else buildable_config(config, key))
+    except BundleError as e:
+        raise BundleError(f"{path / INFERENCE_FILE}: {e}") from e
     parser["bundle_root"] = str(path)
     added = trust and str(path) not in sys.path
     if added:
@@ -185,7 +188,8 @@ def load_bundle(path: PathLike, trust: bool = False, device: str = "cpu") -> Loa
 
     Args:
         path: bundle folder.
-        trust: allow ``_target_``/expressions outside ``monai.``/``torch.`` (custom code in the bundle).
+        trust: build the whole config as MONAI would (custom code in the bundle) instead of only
+            allow-listed classes and plain values (see :mod:`.trust`).
         device: torch device for the network and weights.
 
     Raises:
