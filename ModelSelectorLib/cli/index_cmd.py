@@ -99,16 +99,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    n = idx.add_model(zoo, args.model, args.model_version)
-    if args.calibrate:
-        from ..selection.calibration import calibrate
+    with updating_index(out) as idx:
+        n = idx.add_model(zoo, args.model, args.model_version)
+        if args.calibrate:
+            from ..selection.calibration import calibrate
 
-        calibrate(idx, zoo)
-    idx.save(out)
+            calibrate(idx, zoo)
+        idx.save(out)
     print(f"Added {n} prototype(s) of {args.model} to {out}; now {_summary(idx)}")
     if not args.calibrate:
         print(
@@ -118,24 +118,24 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    n = idx.remove_model(args.model)
-    idx.save(out)
+    with updating_index(out) as idx:
+        n = idx.remove_model(args.model)
+        idx.save(out)
     print(f"Removed {n} prototype(s) of {args.model} from {out}; now {_summary(idx)}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..selection.calibration import calibrate
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    cal = calibrate(idx, zoo, far=args.far)
-    idx.save(out)
+    with updating_index(out) as idx:
+        cal = calibrate(idx, zoo, far=args.far)
+        idx.save(out)
     print(f"Calibrated thresholds saved to {out} (target false-accept rate {args.far}):")
     _print_calibration(cal)
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -94,6 +95,50 @@ def validate_bundle(path: PathLike) -> ModelCard:
         return card.validate()
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from e
+
+
+def _check_links(root: Path) -> None:
+    """Refuse symbolic links in bundle ``root`` that lead out of it, nowhere, or round in a loop."""
+    real_root = root.resolve()
+
+    def visit(folder: Path, stack: tuple[Path, ...]) -> None:
+        for p in sorted(folder.iterdir()):
+            if p.is_symlink():
+                try:
+                    real = p.resolve(strict=True)
+                except (OSError, RuntimeError) as e:  # RuntimeError: a loop, before Python 3.13
+                    why = "is part of a loop of symbolic links" if "loop" in str(e).lower() or getattr(
+                        e, "errno", None) == 40 else "is a symbolic link to nothing"  # fmt: skip
+                    raise BundleError(f"{p}: {why}; replace it by the file it should be.") from None
+                if real != real_root and real_root not in real.parents:
+                    raise BundleError(
+                        f"{p}: is a symbolic link to {real}, outside the bundle; a bundle is copied without "
+                        "following links out of it: put the file itself into the bundle."
+                    )
+            if p.is_dir():
+                real = p.resolve()
+                if real in stack:
+                    raise BundleError(f"{p}: is part of a loop of symbolic links (it leads back to {real}).")
+                visit(p, (*stack, real))
+
+    visit(root, (real_root,))
+
+
+def copy_bundle(src: PathLike, dest: PathLike) -> Path:
+    """Copy bundle folder ``src`` to ``dest`` (created, or merged into when it is an empty folder).
+
+    Symbolic links inside the bundle that point into it are copied as what they point to; links that point
+    out of the bundle, to nothing, or round in a loop are refused before anything is copied. Leftovers of
+    interrupted writes (``.*.tmp``) and ``__pycache__`` are not copied.
+
+    Raises:
+        BundleError: a symbolic link out of the bundle, dangling, or in a loop (the message names it).
+    """
+    src = Path(src)
+    _check_links(src)
+    ignore = shutil.ignore_patterns(".*.tmp", ".tmp-*", "__pycache__")
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore)
+    return Path(dest)
 
 
 # --- loading --------------------------------------------------------------------------------------------
