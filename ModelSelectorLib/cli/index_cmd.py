@@ -8,6 +8,7 @@ from typing import Any
 
 from ..resources import default_zoo_path
 from ..zoo.catalog import Zoo
+from .args import open_fraction
 
 
 def _common(q: argparse.ArgumentParser) -> None:
@@ -33,7 +34,10 @@ def register(sub: Any) -> None:
     q = isub.add_parser("build", help="index every model's prototypes and calibrate the threshold")
     _common(q)
     q.add_argument(
-        "--far", type=float, default=0.05, help="false-accept rate of the calibrated threshold (default 0.05)"
+        "--far",
+        type=open_fraction,
+        default=0.05,
+        help="false-accept rate of the calibrated threshold (default 0.05)",
     )
     q.add_argument(
         "--no-calibrate", dest="calibrate", action="store_false", help="skip the threshold calibration"
@@ -54,7 +58,7 @@ def register(sub: Any) -> None:
 
     q = isub.add_parser("calibrate", help="recalibrate the 'nothing fits' threshold")
     _common(q)
-    q.add_argument("--far", type=float, default=0.05, help="false-accept rate (default 0.05)")
+    q.add_argument("--far", type=open_fraction, default=0.05, help="false-accept rate (default 0.05)")
     q.set_defaults(func=cmd_calibrate)
 
     q = isub.add_parser("check", help="check that the index matches the zoo")
