@@ -218,7 +218,7 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"{folder}: the DICOM series could not be read ({_itk_reason(e)}).") from e
+        raise InputError(f"{folder}: the DICOM series could not be read ({_itk_reason(e)[:300]}).") from e
     meta: dict[str, Any] = {"format": "dicom", "n_files": len(files)}
     for tag, key in _DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
@@ -237,7 +237,7 @@ def _itk_reason(e: BaseException) -> str:
                 if reason.split("(", 1)[0].isidentifier() and "): " in reason
                 else reason
             )
-            return " ".join([reason, *lines[i + 1 :]])[:300]
+            return " ".join([reason, *lines[i + 1 :]])
     return lines[-1] if lines else type(e).__name__
 
 
@@ -253,7 +253,7 @@ def _read_error(path: Path, e: BaseException) -> InputError:
         reason = reason.rsplit("[nrrd]", 1)[1].split(": ", 1)[-1].strip()
         if "expected" in reason or "got only" in reason:
             return InputError(f"{path}: the file is truncated ({reason}); get an intact copy.")
-    return InputError(f"{path}: the image data could not be read ({reason}).")
+    return InputError(f"{path}: the image data could not be read ({reason[:300]}).")
 
 
 def _check_orthogonal(image: Image, path: Path) -> None:
@@ -331,7 +331,7 @@ def read_image(
         except RuntimeError as e:
             raise InputError(
                 f"{p}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); "
-                f"{_itk_reason(e)}"
+                f"{_itk_reason(e)[:300]}"
             ) from e
         meta = _file_meta(reader)
         try:
