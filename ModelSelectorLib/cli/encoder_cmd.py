@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("image", type=Path, help="image file or DICOM series folder")
     c.add_argument("--weights", type=Path, default=None, help="encoder.pt (default: the bundled encoder)")
     c.add_argument("--top", type=positive_int, default=3, help="how many classes to print (default 3)")
+    c.add_argument(
+        "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
+    )
     c.set_defaults(func=run_classify)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -80,7 +83,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..selection.encoder import Encoder
 
     enc = Encoder.load(args.weights)
-    image = read_image(args.image)
+    image = read_image(args.image, series_uid=args.series)
     for name, prob in enc.classify(image, top_k=args.top):
         print(f"{name}\t{prob:.3f}")
     return 0

@@ -241,7 +241,15 @@ def _itk_reason(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _read_error(path: Path, e: BaseException) -> InputError:
+def _sheared(path: Path, detail: str = "") -> InputError:
+    return InputError(
+        f"{path}: the image's axes are not perpendicular (a sheared grid{detail}), which this program cannot "
+        "represent; resample it onto an orthogonal grid first (e.g. with 3D Slicer's Resample Scalar Volume)."
+    )
+
+
+def _read_error(path: Path, e: BaseException, header: bool = False) -> InputError:
+    """A one-line error for an ITK failure to read ``path`` (its header when ``header``)."""
     reason = _itk_reason(e)
     if "Bad direction" in reason:
         return InputError(
@@ -249,21 +257,23 @@ def _read_error(path: Path, e: BaseException) -> InputError:
             "direction), so its geometry is undefined; fix the direction in the header (TransformMatrix, space "
             "directions, qform/sform)."
         )
+    if "orthonormal" in reason:
+        return _sheared(path)
     if "[nrrd]" in reason:  # teem chains its callers' complaints; the last one is the cause
         reason = reason.rsplit("[nrrd]", 1)[1].split(": ", 1)[-1].strip()
         if "expected" in reason or "got only" in reason:
             return InputError(f"{path}: the file is truncated ({reason}); get an intact copy.")
+    if header:
+        return InputError(
+            f"{path}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); {reason[:300]}"
+        )
     return InputError(f"{path}: the image data could not be read ({reason[:300]}).")
 
 
 def _check_orthogonal(image: Image, path: Path) -> None:
     d = image.direction_matrix()
     if not np.allclose(d.T @ d, np.eye(image.ndim), atol=1e-3):
-        raise InputError(
-            f"{path}: the image's axes are not perpendicular (a sheared grid, direction "
-            f"{' '.join(f'{v:g}' for v in image.direction)}), which this program cannot represent; resample it "
-            "onto an orthogonal grid first (e.g. with 3D Slicer's Resample Scalar Volume)."
-        )
+        raise _sheared(path, f", direction {' '.join(f'{v:g}' for v in image.direction)}")
 
 
 def _unitless_to_8bit(image: Image) -> Image:
@@ -329,10 +339,7 @@ def read_image(
         try:
             reader.ReadImageInformation()
         except RuntimeError as e:
-            raise InputError(
-                f"{p}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); "
-                f"{_itk_reason(e)[:300]}"
-            ) from e
+            raise _read_error(p, e, header=True) from e
         meta = _file_meta(reader)
         try:
             img = reader.Execute()

@@ -111,6 +111,18 @@ def metaimage_matrix(matrix: str) -> Maker:
     return make
 
 
+def sheared_nifti(folder: Path) -> Path:
+    """A NIfTI whose sform shears its grid (no qform): its axes are not perpendicular."""
+    import nibabel as nib
+
+    affine = np.array([[1.0, 0.5, 0, 0], [0, 1.0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+    image = nib.Nifti1Image(np.random.default_rng(0).random((5, 6, 7)).astype(np.float32), affine)
+    image.set_qform(None, code=0)
+    image.set_sform(affine, code=1)
+    nib.save(image, folder / "sheared.nii.gz")
+    return folder / "sheared.nii.gz"
+
+
 def radiograph(bits: int, suffix: str = ".png") -> Maker:
     """The bundled chest radiograph saved with ``bits`` bits per pixel (8; 12 = values x16; 16 = x257)."""
 

@@ -61,6 +61,7 @@ IMAGES = [
     ("int16 NIfTI, slope 1e38 overflows",   bad.nifti_int16_scaled(1e38, 0.0),                         "NaN or infinite"),
     ("int16 NIfTI, slope 2 inter 1",        bad.nifti_int16_scaled(2.0, 1.0),                          None),
     ("sheared .mhd",                        bad.metaimage_matrix("1 0 0 0.5 1 0 0 0 1"),               "not perpendicular"),
+    ("sheared NIfTI (sform only)",          bad.sheared_nifti,                                         "not perpendicular"),
     ("degenerate .mhd (two equal axes)",    bad.metaimage_matrix("1 0 0 1 0 0 0 0 1"),                 "degenerate"),
     ("4D NIfTI",                            bad.image_4d,                                              "is 4D"),
     ("empty file",                          bad.empty_file,                                            "empty (0 bytes)"),
