@@ -92,7 +92,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ModelSelectorError as e:
         if args.debug:
             raise
-        print(f"modelselector: error: {e}", file=sys.stderr)
+        # one line whatever a library put into the message
+        one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"modelselector: error: {one_line}", file=sys.stderr)
         return e.exit_code
 
 

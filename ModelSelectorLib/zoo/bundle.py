@@ -179,10 +179,11 @@ def instantiate_network(
     try:
         net = parser.get_parsed_content(key, instantiate=True)
     except Exception as e:  # MONAI wraps every failure of the target in RuntimeError/other types
-        cause = e
+        cause: BaseException = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise BundleError(f"{path}: the network in inference.json could not be built ({cause}).") from e
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
+        raise BundleError(f"{path}: the network in inference.json could not be built ({first}).") from e
     finally:
         if added:
             sys.path.remove(str(path))
