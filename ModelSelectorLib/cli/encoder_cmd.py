@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .args import positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,13 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--out", type=Path, default=None, help="output folder (default: the bundled Resources/encoder)"
     )
-    t.add_argument("--epochs", type=int, default=18, help="training epochs (default 18)")
-    t.add_argument("--image-size", type=int, default=64, help="view side in pixels (default 64)")
+    t.add_argument("--epochs", type=positive_int, default=18, help="training epochs (default 18)")
+    t.add_argument("--image-size", type=positive_int, default=64, help="view side in pixels (default 64)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument(
-        "--max-minutes", type=float, default=11.0, help="stop after this many minutes (default 11)"
+        "--max-minutes", type=positive_float, default=11.0, help="stop after this many minutes (default 11)"
     )
-    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    t.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     t.set_defaults(func=run_train)
 
     c = esub.add_parser(
@@ -42,16 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("image", type=Path, help="image file or DICOM series folder")
     c.add_argument("--weights", type=Path, default=None, help="encoder.pt (default: the bundled encoder)")
-    c.add_argument("--top", type=int, default=3, help="how many classes to print (default 3)")
+    c.add_argument("--top", type=positive_int, default=3, help="how many classes to print (default 3)")
+    c.add_argument(
+        "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
+    )
     c.set_defaults(func=run_classify)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..resources import encoder_dir
     from ..training.encoder import train_encoder
 
-    out = args.out if args.out is not None else encoder_dir()
+    out = check_output_folder(args.out if args.out is not None else encoder_dir())
     card = train_encoder(
         args.data,
         out,
@@ -77,7 +83,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..selection.encoder import Encoder
 
     enc = Encoder.load(args.weights)
-    image = read_image(args.image)
+    image = read_image(args.image, series_uid=args.series)
     for name, prob in enc.classify(image, top_k=args.top):
         print(f"{name}\t{prob:.3f}")
     return 0

@@ -6,6 +6,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from .args import positive_int
+
 _EPILOG = """\
 Output in --out: report.md (protocol, counts, table of rankers x metrics), confusion.png (true
 modality:region vs the top-1 model of ours-both), results.csv (one row per image and ranker) and
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CSV with path + modality_code/region_code (manifest.csv) or path + modality/body_region "
                    "codes (radiology_2d/labels.csv); repeat for several")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="evaluate at most N images (taken class by class in a seeded order)")  # fmt: skip
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the random baseline, tie-breaks and --limit (default 0)"
@@ -75,12 +77,11 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
     from ..evaluation.selection_report import run_selection_evaluation
+    from ..io.outputs import check_output_folder
     from ..resources import default_zoo_path
 
-    if args.limit is not None and args.limit < 1:
-        raise InputError("--limit must be at least 1.")
+    check_output_folder(args.out)
     rankers = [r.strip() for r in args.rankers.split(",") if r.strip()] if args.rankers else None
     res = run_selection_evaluation(
         args.zoo if args.zoo is not None else default_zoo_path(),

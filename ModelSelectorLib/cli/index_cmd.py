@@ -8,6 +8,7 @@ from typing import Any
 
 from ..resources import default_zoo_path
 from ..zoo.catalog import Zoo
+from .args import open_fraction
 
 
 def _common(q: argparse.ArgumentParser) -> None:
@@ -33,7 +34,10 @@ def register(sub: Any) -> None:
     q = isub.add_parser("build", help="index every model's prototypes and calibrate the threshold")
     _common(q)
     q.add_argument(
-        "--far", type=float, default=0.05, help="false-accept rate of the calibrated threshold (default 0.05)"
+        "--far",
+        type=open_fraction,
+        default=0.05,
+        help="false-accept rate of the calibrated threshold (default 0.05)",
     )
     q.add_argument(
         "--no-calibrate", dest="calibrate", action="store_false", help="skip the threshold calibration"
@@ -54,7 +58,7 @@ def register(sub: Any) -> None:
 
     q = isub.add_parser("calibrate", help="recalibrate the 'nothing fits' threshold")
     _common(q)
-    q.add_argument("--far", type=float, default=0.05, help="false-accept rate (default 0.05)")
+    q.add_argument("--far", type=open_fraction, default=0.05, help="false-accept rate (default 0.05)")
     q.set_defaults(func=cmd_calibrate)
 
     q = isub.add_parser("check", help="check that the index matches the zoo")
@@ -99,16 +103,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    n = idx.add_model(zoo, args.model, args.model_version)
-    if args.calibrate:
-        from ..selection.calibration import calibrate
+    with updating_index(out) as idx:
+        n = idx.add_model(zoo, args.model, args.model_version)
+        if args.calibrate:
+            from ..selection.calibration import calibrate
 
-        calibrate(idx, zoo)
-    idx.save(out)
+            calibrate(idx, zoo)
+        idx.save(out)
     print(f"Added {n} prototype(s) of {args.model} to {out}; now {_summary(idx)}")
     if not args.calibrate:
         print(
@@ -118,24 +122,24 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    n = idx.remove_model(args.model)
-    idx.save(out)
+    with updating_index(out) as idx:
+        n = idx.remove_model(args.model)
+        idx.save(out)
     print(f"Removed {n} prototype(s) of {args.model} from {out}; now {_summary(idx)}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..selection.calibration import calibrate
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    cal = calibrate(idx, zoo, far=args.far)
-    idx.save(out)
+    with updating_index(out) as idx:
+        cal = calibrate(idx, zoo, far=args.far)
+        idx.save(out)
     print(f"Calibrated thresholds saved to {out} (target false-accept rate {args.far}):")
     _print_calibration(cal)
     return 0

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .args import fraction
+
 COMPARE_HELP = """\
 Run the comparison grid (variants x label fractions x seeds) on a chest X-ray landmark folder and write
 OUT/report.md, OUT/mre_vs_fraction.png, OUT/overlays/ and OUT/results.json. Finished runs are stored in
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--name", default="dx-chest-landmarks", help="model name in the zoo")
     t.add_argument("--version", default="1.0.0", help="model version")
     t.add_argument("--variant", default="uncertainty_kd", help="training variant (default: uncertainty_kd)")
-    t.add_argument("--fraction", type=float, default=1.0, help="labelled fraction of the training images")
+    t.add_argument("--fraction", type=fraction, default=1.0, help="labelled fraction of the training images")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--config", type=Path, help="YAML with GridConfig settings (its 'train' block is used)")
     t.add_argument("--quick", action="store_true", help="seconds-long configuration (for trying it out)")
@@ -70,8 +72,10 @@ def _grid_config(args: argparse.Namespace) -> Any:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..training.landmark_study import compare, winners
 
+    check_output_folder(args.out)
     cfg = _grid_config(args)
     results = compare(args.data, args.out, cfg)
     for f, w in winners(results).items():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from .args import positive_int
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--zoo", type=Path, required=True, help="zoo folder")
     r.add_argument("--task", required=True, help="model name of the task in the zoo")
     r.add_argument("--dataset", type=Path, required=True, help="MSD dataset folder with the new data")
-    r.add_argument("--epochs", type=int, help="override the number of epochs")
+    r.add_argument("--epochs", type=positive_int, help="override the number of epochs")
     r.add_argument("--seed", type=int, help="override the training seed")
     _gate_args(r)
     r.set_defaults(func=run_retrain)

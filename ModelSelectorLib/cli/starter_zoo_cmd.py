@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ModelSelectorError
+from .args import non_negative_int, positive_float, positive_int
 
 _EPILOG = """\
 Stages (run in this order; pick with --stages):
@@ -47,10 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--work", type=Path, help="keep the prepared MSD folders here (default: a temporary folder)"
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads during training (default: torch's choice)")
-    p.add_argument("--data-free", type=int, default=4, help="data-free prototypes per model (default 4)")
     p.add_argument(
-        "--epochs-scale", type=float, default=1.0, help="multiply every recipe's epochs (trial builds)"
+        "--threads", type=positive_int, help="torch CPU threads during training (default: torch's choice)"
+    )
+    p.add_argument(
+        "--data-free", type=non_negative_int, default=4, help="data-free prototypes per model (default 4)"
+    )
+    p.add_argument(
+        "--epochs-scale",
+        type=positive_float,
+        default=1.0,
+        help="multiply every recipe's epochs (trial builds)",
     )
     p.add_argument(
         "--force", action="store_true", help="retrain models even when their recipe hash is unchanged"
@@ -77,6 +85,7 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..resources import default_zoo_path
     from ..starter_zoo.build import build_starter_zoo
 
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ModelSelectorError("pass the shared data folder with --data (e.g. --data ../shared/data).")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    out = args.out or default_zoo_path()
+    out = check_output_folder(args.out or default_zoo_path())
     t0 = time.monotonic()
     build_starter_zoo(
         args.data, out, only=args.only, seed=args.seed, stages=stages, work_dir=args.work,
