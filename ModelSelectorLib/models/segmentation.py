@@ -207,10 +207,16 @@ class SegmentationRuntime(TaskRuntime):
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
-        return (
+        text = (
             f"verify: feature statistics fit {signals['fit']:.2f} (batch-norm KL {signals['kl']:.2f}), output "
             f"confidence {signals['confidence']:.2f}, foreground {signals['foreground']:.1%}"
         )
+        if "feature_distance" in signals:
+            text += (
+                f", bottleneck features {signals['feature_distance']:.2f} from the exemplars' (Mahalanobis; "
+                f"fit {signals['feature_fit']:.2f})"
+            )
+        return text
 
     # --- the task ----------------------------------------------------------------------------------------
     def predict(

@@ -135,8 +135,10 @@ class Selection:
         if not self.fits:
             lines.append("No model in the zoo fits this image.")
         if self.needs_volume:
-            lines.append(f"{', '.join(self.needs_volume)} match(es) this kind of image but take(s) 3D volumes and "
-                         "this is a single 2D slice: load the whole series or volume and select again.")  # fmt: skip
+            one = len(self.needs_volume) == 1
+            lines.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
+                         f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
+                         "series or volume and select again.")  # fmt: skip
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
                      "yes" if m.fits else ("needs the volume" if m.needs_volume else "no")]

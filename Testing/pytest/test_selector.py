@@ -237,6 +237,23 @@ def test_selection_order_and_reasons(env):
     assert not strict.fits
 
 
+def test_a_lone_2d_slice_names_the_3d_models_that_need_the_volume(env):
+    from ModelSelectorLib.selection.selector import select
+
+    ct = env["queries"]["ct_abdomen"]
+    mid = ct.array.shape[0] // 2
+    slice_2d = Image(ct.array[mid], tuple(ct.spacing[:2]), tuple(ct.origin[:2]), EYE2, {})
+    sel = select(slice_2d, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
+    # every score passes a threshold of 0: the 3D models need the volume, the 2D model fits
+    assert sorted(sel.needs_volume) == ["ct_abdomen", "mr_abdomen"] and sel.fits
+    assert [m.name for m in sel.models if m.fits] == ["dx_chest"]
+    assert all(not m.fits for m in sel.models if m.needs_volume)
+    assert "load the whole series or volume" in sel.to_text()
+    assert sel.to_json_dict()["needs_volume"] == sel.needs_volume
+    volume = select(ct, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
+    assert volume.needs_volume == []  # a volume never needs the volume
+
+
 # --- index ----------------------------------------------------------------------------------------------
 def _copy_zoo(env, tmp_path):
     from ModelSelectorLib.zoo import Zoo
