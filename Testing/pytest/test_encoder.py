@@ -267,6 +267,26 @@ def test_bundled_encoder_loads_and_embeds() -> None:
     assert top[0][0] in enc.classes and 0.0 <= top[0][1] <= 1.0
 
 
+@pytest.mark.skipif(not default_weights().exists(), reason="no bundled encoder weights")
+def test_bundled_encoder_reads_the_sample_radiograph_alike_in_8_12_and_16_bits(tmp_path) -> None:
+    from ModelSelectorLib.resources import samples_dir
+
+    enc = Encoder.load()
+    img8 = read_image(samples_dir() / "cxr_chest.png")
+    assert img8.array.dtype == np.uint8
+    answers = []
+    for bits in (8, 12, 16):
+        arr = (img8.array.astype(np.uint32) * (2**bits - 1) // 255).astype(
+            np.uint8 if bits == 8 else np.uint16
+        )
+        img = read_image(write_image(img8.with_array(arr), tmp_path / f"cxr{bits}.png"))
+        answers.append((enc.classify(img, top_k=1)[0], enc.embed(img)[0]))
+    assert answers[0][0][0] == "DX:CHEST" and {a[0][0] for a in answers} == {"DX:CHEST"}
+    for (_, p), e in [(a[0], a[1]) for a in answers[1:]]:
+        assert abs(p - answers[0][0][1]) < 0.01
+        assert float(e @ answers[0][1]) > 0.999
+
+
 def test_cli_parser_has_encoder() -> None:
     from ModelSelectorLib.cli import build_parser
 
