@@ -225,6 +225,36 @@ def class_accuracy_table(res: EvaluationResult, rankers: Sequence[str]) -> list[
     return lines + [""]
 
 
+def held_out_sources_table(
+    res: EvaluationResult, ranker: str = "ours-both", baseline: str = "histogram-knn-train"
+) -> list[str]:
+    """Per held-out source (leave-one-source-out): images by answer, what ``ranker`` did with them, and its
+    class accuracy beside ``baseline``'s."""
+    if ranker not in res.results:
+        return []
+    rows = [r for r in res.results[ranker] if r.case.held_out_source and r.ranking is not None]
+    base = {str(r.case.path): r for r in res.results.get(baseline, []) if r.ranking is not None}
+    lines = ["| source | images | in-zoo: 1st fits | needs-volume: named | OOD: rejected | class acc. | "
+             f"{baseline} class acc. |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for src in sorted({r.case.source for r in rows}):
+        mine = [r for r in rows if r.case.source == src]
+        by = {c: [r for r in mine if r.category == c] for c in ("in-zoo", "needs-volume", "ood")}
+        first = [float(r.top1 in r.applicable and r.top1 in r.ranking.fitting) for r in by["in-zoo"]]  # type: ignore[union-attr]
+        named = [float(r.top1 in r.relevant and r.top1 in r.ranking.needs_volume) for r in by["needs-volume"]]  # type: ignore[union-attr]
+        rejected = [float(not r.ranking.fits) for r in by["ood"]]  # type: ignore[union-attr]
+        acc = [float(class_correct(r.ranking.predicted, r.case)) for r in mine]  # type: ignore[union-attr]
+        other = [float(class_correct(base[str(r.case.path)].ranking.predicted, r.case)) for r in mine  # type: ignore[union-attr]
+                 if str(r.case.path) in base]  # fmt: skip
+
+        def cell(xs: list[float]) -> str:
+            return f"{np.mean(xs):.3f} ({len(xs)})" if xs else "–"
+
+        lines.append(f"| {src} | {len(mine)} | {cell(first)} | {cell(named)} | {cell(rejected)} | {cell(acc)} | "
+                     f"{cell(other)} |")  # fmt: skip
+    return lines + ["", "Counts in brackets. Each source here is absent from the encoder's training and development "
+                    "images and from the calibration.", ""]  # fmt: skip
+
+
 def calibration_section(res: EvaluationResult, key: str = "data-free+exemplar:verify") -> list[str]:
     """Each model's operating point, false-accept and false-reject rates on the development images, from the
     index sidecar, and the signals kept per task type."""
@@ -300,6 +330,7 @@ def report_markdown(res: EvaluationResult, confusion_name: str = "confusion.png"
     lines += ["top-1, 1st fits, P@k, R@k and mAP are over in-zoo images; OOD AUROC in-zoo against out-of-distribution; "
               "fit balanced accuracy = mean of acceptance of in-zoo images and rejection of all others; class accuracy "
               "over every image ('–': the ranker makes no such decision or prediction).", "",
+              "### Per held-out source (source-disjoint images)", "", *held_out_sources_table(res),
               "### Per class (whole part)", "", *per_class_table(res), "",
               "### Modality and region of every image: encoder against the histogram k-NN", "",
               *class_accuracy_table(res, ["ours-both", "histogram-knn-train", "header-rules"])]  # fmt: skip

@@ -450,6 +450,7 @@ def test_runner_with_selector_variants(tmp_path):
     assert (
         "| ours-both |" in report and "Confusion matrix of `ours-both`" in report and "## Targets" in report
     )
+    assert "### Per held-out source" in report and "| slices | 3 |" in report
 
 
 def test_resolve_source_recorded_in_another_folder(tmp_path, monkeypatch):
