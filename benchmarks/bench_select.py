@@ -148,7 +148,7 @@ def bench_large_index(args: argparse.Namespace) -> None:
     n, dim = int(args.n), int(args.dim)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(args.clusters, dim)).astype(np.float32)
-    spread = 0.6 * np.sqrt(128.0 / dim)  # the same angular spread whatever the dimension
+    spread = 0.6  # noise / centre norm ratio 0.6 in any dimension: the same angular spread
     print(f"(b) hnswlib index of {n:,} prototypes ({dim}-d, {args.clusters} clusters), M={args.M}, "
           f"ef_construction={args.ef_construction}, build on {args.threads} thread(s), queries on 1 thread")  # fmt: skip
     data = np.empty((n, dim), np.float32)
@@ -211,7 +211,7 @@ def main() -> int:
         "--dim", type=int, default=64, help="vector dimension (default 64, the bundled encoder's)"
     )
     parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", dest="ef_construction", type=int, default=100)
+    parser.add_argument("--ef-construction", dest="ef_construction", type=int, default=200)
     parser.add_argument("--ef", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     parser.add_argument("--queries", type=int, default=10000, help="queries of the throughput batch")
     parser.add_argument("--latency-queries", type=int, default=1000, help="single-vector queries timed")
