@@ -51,7 +51,9 @@ class Prediction:
 
 def quality_text(held_out: Optional[dict[str, Any]], demonstration: bool) -> str:
     """A model's held-out figure in a few words for tables: ``"Dice 0.88 (208)"``, ``"-, demonstration"``."""
-    text = "-" if not held_out else f"{held_out['metric']} {float(held_out['value']):.2f} ({held_out['cases']})"
+    text = (
+        "-" if not held_out else f"{held_out['metric']} {float(held_out['value']):.2f} ({held_out['cases']})"
+    )
     return f"{text}, demonstration" if demonstration else text
 
 

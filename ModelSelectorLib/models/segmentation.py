@@ -41,6 +41,9 @@ from .bnstats import BNStatHooks
 from .preprocessing import background_value, normalize_intensity, preprocess
 from .registry import register_runtime
 
+#: the bottleneck-feature statistics of a bundle's example inputs, stored beside its prototypes
+FEATURE_STATS_FILE = "feature_stats.npz"
+
 
 def axcodes_of(bundle: Any) -> str:
     """Orientation codes from the bundle's preprocessing (``Orientationd``), default ``RAS``."""
@@ -282,10 +285,16 @@ class SegmentationRuntime(TaskRuntime):
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
-        return (
+        text = (
             f"verify: feature statistics fit {signals['fit']:.2f} (batch-norm KL {signals['kl']:.2f}), output "
             f"confidence {signals['confidence']:.2f}, foreground {signals['foreground']:.1%}"
         )
+        if "feature_distance" in signals:
+            text += (
+                f", bottleneck features {signals['feature_distance']:.2f} from the exemplars' (Mahalanobis; "
+                f"fit {signals['feature_fit']:.2f})"
+            )
+        return text
 
     # --- the task ----------------------------------------------------------------------------------------
     def predict(
@@ -351,39 +360,114 @@ class SegmentationRuntime(TaskRuntime):
 
     def fit_signals(self, image: Image) -> Optional[dict[str, float]]:
         """The image's central patch of the model's ``roi_size`` at its ``target_spacing`` (canonical
-        orientation), normalised like the model's training data, is run through the network with hooks
+        orientation), normalised like the model's training data, is run through the network once with hooks
         measuring, per batch-norm layer, the Gaussian KL divergence of the patch's feature statistics from
-        the layer's running statistics.
+        the layer's running statistics, and taking the network's bottleneck features (the deepest feature
+        map, averaged over space). When the bundle stores the statistics of those features on its example
+        inputs (:meth:`fit_feature_statistics`), their Mahalanobis distance in PCA space is measured too
+        (after Woodland et al. 2023).
 
         Returns:
             ``{"kl": mean divergence, "fit": 1 / (1 + kl), "confidence": mean max softmax, "foreground":
-            mean 1 - p(background)}`` (without batch-norm running statistics ``kl`` is NaN and ``fit`` 1), or
-            None when the image's dimensions do not suit the model.
+            mean 1 - p(background)}`` (without batch-norm running statistics ``kl`` is NaN and ``fit`` 1), plus
+            ``"feature_distance"`` (Mahalanobis distance over the square root of the PCA dimensions) and
+            ``"feature_fit"`` (``1 / (1 + (d / d_ref)^2)``, ``d_ref`` the example patches' 95th percentile)
+            when statistics are stored; None when the image's dimensions do not suit the model.
         """
         import torch
 
         if not self.accepts(image):
             return None
-        nd = self.spatial_dims
         img = image.to_grayscale() if image.is_multicomponent else image
-        img = img.as_2d() if nd == 2 else img
-        x = torch.from_numpy(self._central_patch(img))[None, None]
-        hooks = BNStatHooks(self.network)
-        with hooks, torch.inference_mode():
-            out = self.network(x.to(next(self.network.parameters()).device))
-            if isinstance(out, (list, tuple)):
-                out = out[0]
-            p = torch.softmax(out.float(), dim=1)
-            kl = float(hooks.mean()) if hooks.layers else float("nan")
-        return {
+        img = img.as_2d() if self.spatial_dims == 2 else img
+        out, kl, feat = self._hooked_forward(self._central_patch(img))
+        p = torch.softmax(out.float(), dim=1)
+        signals = {
             "kl": kl,
             "fit": 1.0 / (1.0 + kl) if math.isfinite(kl) else 1.0,
             "confidence": float(p.max(dim=1).values.mean()),
             "foreground": float((1.0 - p[:, 0]).mean()) if p.shape[1] > 1 else float(p.mean()),
         }
+        stats = self.feature_statistics()
+        if stats is not None and feat.shape[-1] == stats["mean"].shape[-1]:
+            d = float(mahalanobis(feat[None], stats)[0])
+            signals["feature_distance"] = d
+            signals["feature_fit"] = 1.0 / (1.0 + (d / max(float(stats["d_ref"]), 1e-6)) ** 2)
+        return signals
 
-    def _central_patch(self, img: Image) -> np.ndarray:
-        """The ``roi_size`` patch at ``target_spacing`` around ``img``'s centre, normalised, network layout."""
+    def _hooked_forward(self, patch: np.ndarray) -> tuple[Any, float, np.ndarray]:
+        """One forward pass of a preprocessed patch: the output, the mean batch-norm divergence (NaN without
+        running statistics) and the bottleneck features ``(C,)``."""
+        import torch
+
+        x = torch.from_numpy(patch)[None, None]
+        maps: list[Any] = []
+        convs = [m for m in self.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+        handles = [m.register_forward_hook(lambda _m, _i, o: maps.append(o)) for m in convs]
+        hooks = BNStatHooks(self.network)
+        try:
+            with hooks, torch.inference_mode():
+                out = self.network(x.to(next(self.network.parameters()).device))
+                if isinstance(out, (list, tuple)):
+                    out = out[0]
+                kl = float(hooks.mean()) if hooks.layers else float("nan")
+        finally:
+            for h in handles:
+                h.remove()
+        feat = np.zeros(0, np.float32)
+        if maps:  # the deepest map: fewest voxels, the last such in execution order (before upsampling)
+            smallest = min(int(np.prod(m.shape[2:])) for m in maps)
+            deep = [m for m in maps if int(np.prod(m.shape[2:])) == smallest][-1]
+            feat = deep.float().mean(dim=tuple(range(2, deep.dim())))[0].cpu().numpy()
+        return out, kl, feat
+
+    def feature_statistics(self) -> Optional[dict[str, np.ndarray]]:
+        """The bottleneck-feature statistics stored in the bundle (``prototypes/feature_stats.npz``), or None."""
+        if not hasattr(self, "_feature_stats"):
+            path = Path(getattr(self.bundle, "path", "")) / "prototypes" / FEATURE_STATS_FILE
+            self._feature_stats = None
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    self._feature_stats = {k: np.asarray(z[k]) for k in z.files}
+        return self._feature_stats
+
+    def fit_feature_statistics(
+        self, images: Sequence[Image], patches_per_image: int = 12, components: int = 8, seed: int = 0
+    ) -> Optional[dict[str, np.ndarray]]:
+        """Statistics of the bottleneck features of patches of the model's example inputs, for the
+        Mahalanobis signal of :meth:`fit_signals`: the central patch and ``patches_per_image - 1`` patches
+        around it (centres shifted by up to a quarter of the image's extent per axis, seeded).
+
+        Returns:
+            ``{"mean": (C,), "components": (k, C), "variances": (k,), "d_ref": 95th percentile of the patches'
+            distances, "n_patches"}`` with ``k = min(components, patches - 1)``; None for fewer than 3
+            usable patches. Stored with the prototypes (``prototypes/feature_stats.npz``).
+        """
+        rng = np.random.default_rng(seed)
+        feats = []
+        for image in images:
+            if not self.accepts(image):
+                continue
+            img = image.to_grayscale() if image.is_multicomponent else image
+            img = img.as_2d() if self.spatial_dims == 2 else img
+            for i in range(patches_per_image):
+                shift = np.zeros(img.ndim) if i == 0 else rng.uniform(-0.25, 0.25, img.ndim)
+                feats.append(self._hooked_forward(self._central_patch(img, shift))[2])
+        feats = [f for f in feats if f.size]
+        if len(feats) < 3:
+            return None
+        x = np.stack(feats).astype(np.float64)
+        mean = x.mean(axis=0)
+        _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+        k = max(1, min(components, len(x) - 1, vt.shape[0]))
+        variances = np.maximum(sv[:k] ** 2 / (len(x) - 1), 1e-8 * max(float(sv[0] ** 2), 1e-12))
+        stats = {"mean": mean, "components": vt[:k], "variances": variances, "n_patches": np.asarray(len(x))}
+        stats["d_ref"] = np.asarray(np.percentile(mahalanobis(x, stats), 95))
+        return {name: np.asarray(v, dtype=np.float32) for name, v in stats.items()}
+
+    def _central_patch(self, img: Image, shift: Optional[np.ndarray] = None) -> np.ndarray:
+        """The ``roi_size`` patch at ``target_spacing`` around ``img``'s centre (moved by ``shift``, fractions of
+        the image's extent per axis), normalised, network layout."""
         card = self.card
         nd = self.spatial_dims
         src = img.to_sitk()
@@ -392,9 +476,9 @@ class SegmentationRuntime(TaskRuntime):
         roi = np.asarray(card.roi_size or [64] * nd, dtype=float)
         spacing = np.asarray(card.target_spacing or src.GetSpacing(), dtype=float)
         direction = axcodes_direction(axcodes_of(self.bundle), nd)
-        centre = np.asarray(
-            src.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in src.GetSize()])
-        )
+        size = np.asarray(src.GetSize(), dtype=float)
+        index = (size - 1) / 2.0 + (0.0 if shift is None else np.asarray(shift) * size)
+        centre = np.asarray(src.TransformContinuousIndexToPhysicalPoint([float(i) for i in index]))
         ref = sitk.Image([int(r) for r in roi], sitk.sitkUInt8)
         ref.SetSpacing([float(s) for s in spacing])
         ref.SetDirection([float(d) for d in direction.ravel()])
@@ -412,6 +496,13 @@ class SegmentationRuntime(TaskRuntime):
         entropy = -(p * torch.log(p.clamp_min(1e-8))).sum(1).mean()
         fg = (1.0 - p[:, 0]).mean() if p.shape[1] > 1 else p.mean()
         return entropy + 10.0 * torch.relu(min_foreground - fg), fg
+
+
+def mahalanobis(features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """Mahalanobis distances of feature rows ``(n, C)`` in the PCA space of ``stats`` (see
+    :meth:`SegmentationRuntime.fit_feature_statistics`), divided by the square root of its dimension."""
+    proj = (np.asarray(features, np.float64) - stats["mean"]) @ np.asarray(stats["components"], np.float64).T
+    return np.sqrt((proj**2 / np.asarray(stats["variances"], np.float64)).sum(axis=1) / proj.shape[1])
 
 
 def apply_model(

@@ -40,6 +40,7 @@ from ..atomic import remove_leftovers, write_json, writer_lock
 from ..errors import BundleError, IndexMismatchError
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
+from .encoder import EMBED_DIM
 from .hnsw_file import check_graph_file, file_digest
 from .prototypes import ORIGINS, PrototypeSet, has_prototypes, load_prototypes, prototypes_digest
 
@@ -63,7 +64,7 @@ class ZooIndex:
     """An hnswlib index over prototype vectors with per-label metadata.
 
     Args:
-        dim: vector dimension (128 for the bundled encoder).
+        dim: vector dimension (the encoder's embedding size).
         M, ef_construction: hnswlib graph settings (more = better recall, slower build).
         ef: hnswlib query-time candidate list size (raised to ``k`` when smaller).
         capacity: initial number of elements (grows as needed).
@@ -78,7 +79,7 @@ class ZooIndex:
 
     def __init__(
         self,
-        dim: int = 128,
+        dim: int = EMBED_DIM,
         M: int = 16,
         ef_construction: int = 200,
         ef: int = 64,
@@ -475,7 +476,8 @@ def index_zoo(
             f"the zoo {zoo.path} holds no models; add one with `modelselector zoo add BUNDLE --zoo {zoo.path}` "
             "or `modelselector train ... --out ZOO` first."
         )
-    idx = ZooIndex(M=M, ef_construction=ef_construction)
+    dims = {load_prototypes(zoo.get(n)).dim for n in names if has_prototypes(zoo.get(n))}
+    idx = ZooIndex(dim=max(dims) if dims else EMBED_DIM, M=M, ef_construction=ef_construction)
     for name in progress_bar(names, desc="indexing prototypes"):
         check_cancel(cancel)
         idx.add_model(zoo, name)

@@ -273,7 +273,7 @@ def test_bundled_index_agrees_with_catalog(zoo: Zoo):
         assert has_prototypes(zoo.get(name))
         assert set(load_prototypes(zoo.get(name)).origins()) == {"exemplar", "data-free"}
         assert (name, "exemplar") in indexed and (name, "data-free") in indexed
-    assert idx.calibration.get("thresholds")
+    assert idx.calibration.get("settings")
 
 
 @pytest.mark.parametrize("sample", sorted(SAMPLE_FAMILY))
