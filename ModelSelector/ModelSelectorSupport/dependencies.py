@@ -21,6 +21,7 @@ DEPENDENCIES = [
     ("SimpleITK", "SimpleITK"),
     ("slicerio", "slicerio"),
     ("hnswlib", "hnswlib"),
+    ("filelock", "filelock>=3.0"),
 ]
 #: the packages that model runs need (the rest of the module works without them)
 MODEL_RUN_PACKAGES = ("torch", "monai")

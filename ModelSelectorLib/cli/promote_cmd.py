@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from .args import positive_int
+from .args import open_fraction, positive_int
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,9 @@ def _gate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method", choices=("wilcoxon", "bootstrap"), default="wilcoxon",
                    help="paired test: Wilcoxon signed-rank (default) or paired bootstrap CI")  # fmt: skip
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the paired test (0.95)")
+    p.add_argument(
+        "--level", type=open_fraction, default=0.95, help="confidence level of the paired test (0.95)"
+    )
     p.add_argument("--min-improvement", type=float, default=0.0,
                    help="smallest mean improvement accepted, in the metric's units (0)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")

@@ -43,10 +43,9 @@ from .recipes import (
     recipe_hash,
     recipes,
 )
+from .report import HELD_OUT_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: the held-out record of a test or cross-validated model inside its bundle
-HELD_OUT_FILE = Path("docs") / "held_out.json"
 
 
 # --- data preparation -----------------------------------------------------------------------------------

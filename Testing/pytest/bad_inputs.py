@@ -307,10 +307,11 @@ def spleen_bundle(folder: Path) -> Path:
 
 # --- indexes ----------------------------------------------------------------------------------------------
 def add_prototypes(bundle: Path, name: str, seed: int, n: int = 3) -> None:
-    """Give a bundle ``n`` random unit prototype vectors (128-d), as ``modelselector prototypes`` would."""
+    """Give a bundle ``n`` random unit prototype vectors (the encoder's size), as ``modelselector prototypes`` would."""
+    from ModelSelectorLib.selection.index import EMBED_DIM
     from ModelSelectorLib.selection.prototypes import PrototypeSet, save_prototypes
 
-    v = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
+    v = np.random.default_rng(seed).normal(size=(n, EMBED_DIM)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     rows = [{"origin": "exemplar", "source": f"case{i}", "view": 0} for i in range(n)]
     save_prototypes(bundle, PrototypeSet(v, rows, name, "0.1.0", {"encoder": "test"}))

@@ -225,7 +225,7 @@ CLI = [
     ("select --threshold nan",               ["select", "{image}", "--threshold", "nan"],                            2, "not a finite number"),
     ("select --threshold 1.5",               ["select", "{image}", "--threshold", "1.5"],                            2, "between 0 and 1"),
     ("select --origins exemplars",           ["select", "{image}", "--origins", "exemplars"],                        2, "choose from exemplar"),
-    ("index build --far 0",                  ["index", "build", "--zoo", "{zoo}", "--far", "0"],                     2, "above 0 and below 1"),
+    ("promote --level 1",                    ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--level", "1"], 2, "above 0 and below 1"),
     ("demo --max-models -1",                 ["demo", "{image}", "--zoo", "{zoo}", "--max-models", "-1"],            2, "0 or more"),
     ("select a truncated .nii.gz",           ["select", "{truncated}"],                                               2, "truncated"),
     ("select a folder of two DICOM series",  ["select", "{dicom}"],                                                  2, "--series UID"),

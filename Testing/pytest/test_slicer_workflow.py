@@ -81,7 +81,7 @@ def _assert_same_grid(segmentation_node, volume) -> None:
 
 
 def test_default_workflow_on_the_bundled_chest_xray(tmp_path):
-    """Find models -> the landmark model ranks first -> apply the fitting models -> markups + segmentation,
+    """Find models -> the best fitting one starts ticked -> apply the two fitting models -> markups + segmentation,
     prepared for display without error (landmarks get no surface call; a one-slice result gets none)."""
     # the conversion rule that the application's Segmentations module registers at startup
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
@@ -95,15 +95,16 @@ def test_default_workflow_on_the_bundled_chest_xray(tmp_path):
     assert len(fitting) >= 2, models
     rows = presentation.modelRows(models)
     assert rows[0].checked and not any(r.checked for r in rows[1:])  # the best fitting model starts ticked
-    first_spec = logic.outputSpec(models[0]["task"])
-    assert first_spec["node_class"].startswith("vtkMRMLMarkups"), models[0]  # landmark-first, as reported
+    assert {m["task"] for m in fitting[:2]} == {"landmarks", "segmentation"}, fitting[:2]
 
     nodes = logic.applyModels(volume, fitting[:2])
     assert [n.GetScene() for n in nodes] == [scene, scene]
     for model, node in zip(fitting, nodes):
         assert node.IsA(logic.outputSpec(model["task"])["node_class"]), (model["name"], node.GetClassName())
-    markups, segmentation = nodes
-    card = logic.modelCard(fitting[0]["name"])
+    by_kind = dict(zip((m["task"] for m in fitting[:2]), zip(fitting[:2], nodes)))
+    landmark_model, markups = by_kind["landmarks"]
+    segmentation = by_kind["segmentation"][1]
+    card = logic.modelCard(landmark_model["name"])
     assert markups.GetNumberOfControlPoints() == len(card.labels) > 0
     assert [markups.GetNthControlPointLabel(i) for i in range(len(card.labels))] == [
         lb["name"] for lb in card.labels
