@@ -80,7 +80,10 @@ def _list() -> int:
             what = f"2D  landmarks: {r.variant}, {100 * r.fraction:g} % labels"
         else:
             what = f"{r.spatial_dims}D  " + ", ".join(lb.name for lb in r.labels)
-        print(f"{r.name:20s} {r.modality:3s} {r.body_region:8s} {what}")
+        print(
+            f"{r.name:20s} {r.modality:3s} {r.body_region:8s} {what}"
+            + ("" if r.bundled else "  (not bundled yet)")
+        )
     return 0
 
 

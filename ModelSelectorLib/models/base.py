@@ -123,7 +123,7 @@ class TaskRuntime(abc.ABC):
         text = (
             "no held-out figure"
             if h is None
-            else f"{h['metric']} {h['value']:.3f} on {h['cases']} {h['protocol']}"
+            else f"{h['metric']} {h['value']:.3f} on {h['cases']} cases ({h['protocol']})"
         )
         return text + (" (demonstration)" if cls.is_demonstration(card) else "")
 

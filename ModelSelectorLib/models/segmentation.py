@@ -281,7 +281,7 @@ class SegmentationRuntime(TaskRuntime):
         cases = m.get("validation_cases")
         n = cases if isinstance(cases, int) else len([c for c in str(cases or "").split(",") if c.strip()])
         return {"metric": "Dice", "value": float(m["dice"]), "cases": n,
-                "protocol": str(m.get("held_out", "held-out validation cases"))}  # fmt: skip
+                "protocol": str(m.get("held_out", "held-out validation"))}  # fmt: skip
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:

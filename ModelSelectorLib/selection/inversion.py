@@ -73,11 +73,12 @@ def _blur(x: Any) -> Any:
 
 
 def _tv(x: Any) -> Any:
+    """Mean absolute difference of neighbouring voxels of ``x`` ``(B, C, *spatial)``, averaged over the axes
+    longer than one voxel (a slice-wise model's one-voxel axis has no neighbours: its term would be NaN)."""
     import torch
 
-    nd = x.dim() - 2
-    terms = [torch.diff(x, dim=2 + a).abs().mean() for a in range(nd)]
-    return torch.stack(terms).mean()
+    terms = [torch.diff(x, dim=d).abs().mean() for d in range(2, x.dim()) if x.shape[d] > 1]
+    return torch.stack(terms).mean() if terms else x.new_zeros(())
 
 
 def _intensity_range(intensity: Optional[dict[str, Any]]) -> tuple[float, float, float]:

@@ -533,7 +533,7 @@ def summary_table(zoo_dir: PathLike) -> str:
 
     zoo = Zoo(zoo_dir)
     lines = [
-        "| model | modality | region | dims | labels | training cases | held-out validation (Dice) | external check "
+        "| model | modality | region | dims | labels | training cases | held-out figure | external check "
         "(Dice) | label provenance | licence | build time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

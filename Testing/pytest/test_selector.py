@@ -167,6 +167,25 @@ def test_synthesis_without_running_stats_falls_back(tmp_path, env):
     assert pset.meta["data-free"]["bn_layers"] == 0
 
 
+def test_synthesis_for_a_slice_wise_model_stays_finite(tmp_path):
+    """A slice-wise 3D model (one-voxel patches along z) has no neighbours along z: the smoothness term must
+    not turn the synthesised input into NaN."""
+    from ModelSelectorLib.selection.inversion import synthesize_inputs
+    from ModelSelectorLib.training.segmentation import TrainConfig, build_network, network_def
+    from ModelSelectorLib.zoo import ModelCard, save_bundle
+
+    config = TrainConfig(architecture="dynunet", channels=(4, 8, 16), roi_size=(16, 16, 1))
+    net_def = network_def(config, spatial_dims=3, n_classes=2, spacing=(1.5, 1.5, 10.0))
+    card = ModelCard(name="slices", version="0.1.0", task_type="segmentation", modality="MR", body_region="HEART",
+                     labels=[{"value": 1, "name": "x", "color": [1.0, 0.0, 0.0]}], spatial_dims=3,
+                     target_spacing=[1.5, 1.5, 10.0], intensity={"mode": "mr"}, roi_size=[16, 16, 1])  # fmt: skip
+    bundle = save_bundle(tmp_path / "slices", card, net_def, build_network(net_def).state_dict())
+    info: dict = {}
+    imgs = synthesize_inputs(bundle, n=1, steps=3, seed=0, info=info, progress=False)
+    assert imgs[0].array.shape[0] == 1 and np.isfinite(imgs[0].array).all()
+    assert np.isfinite(info["final_loss"])
+
+
 def test_missing_prototypes_and_bad_exemplars(tmp_path, env):
     from ModelSelectorLib.selection.prototypes import exemplar_prototypes, load_prototypes
 
