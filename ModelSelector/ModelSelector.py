@@ -39,6 +39,7 @@ from ModelSelectorSupport.jobs import (  # noqa: E402
     ModelSelectorCancelled,
     ModelSelectorProcessError,
 )
+from ModelSelectorSupport.markups import readOtherMarkups  # noqa: E402
 from ModelSelectorSupport.selftest import make_test_volume, make_tiny_zoo, vtk_matrix_to_list  # noqa: E402
 
 NO_FIT_MESSAGE = "No model in the zoo fits this image"
@@ -518,11 +519,13 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         spec = self.outputSpec(taskType)
         node = self._readNewNode(getattr(slicer, spec["node_class"])(), getattr(slicer, spec["storage_class"])(),
                                  path, name, "result", referenceVolumeNode)  # fmt: skip
+        others = readOtherMarkups(path, node)  # a set of curves: one markups node per curve of the file
         if referenceVolumeNode is not None:
             if hasattr(node, "SetReferenceImageGeometryParameterFromVolumeNode"):  # keep the input's grid
                 node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
                 node.SetNodeReferenceID("referenceImageGeometryRef", referenceVolumeNode.GetID())
-            self._placeBeside(node, referenceVolumeNode)
+            for n in [node, *others]:
+                self._placeBeside(n, referenceVolumeNode)
         return node
 
     @staticmethod

@@ -53,7 +53,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--weights", type=Path, help="use these trained weights (a grid run's .pt) instead of training"
     )
+    t.add_argument(
+        "--refiner", type=Path, help="use this refinement stage (a grid's refiner_*.pt) instead of training"
+    )
     t.set_defaults(func=run_train)
+    a = lsub.add_parser("apply", help="apply a landmark model: contours as Slicer curves, or a point list",
+                        description="Apply landmark model --model to IMAGE and write --out (.mrk.json, LPS mm): one "
+                        "closed curve per structure (lungs, heart, clavicles), or with --points one point list.")  # fmt: skip
+    a.add_argument("image", type=Path, help="image file (PNG, NRRD, NIfTI, DICOM, ...)")
+    a.add_argument("--zoo", type=Path, help="zoo folder (default: $MODELSELECTOR_ZOO or the bundled zoo)")
+    a.add_argument("--model", default="dx-chest-landmarks", help="landmark model in the zoo")
+    a.add_argument("--out", type=Path, required=True, help="output OUT.mrk.json")
+    a.add_argument("--points", action="store_true", help="write a point list instead of curves")
+    a.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    a.set_defaults(func=run_apply)
+    sp = lsub.add_parser("split", help="write the landmark grid's test split as a split file for `promote`",
+                        description="Write the test images of the landmark grid's split of DIR (with their "
+                        "_landmarks.json) as a test split file, the --split of `modelselector promote`.")  # fmt: skip
+    sp.add_argument("--data", type=Path, required=True, help="landmark data folder")
+    sp.add_argument("--out", type=Path, required=True, help="split file to write (e.g. test_split.json)")
+    sp.add_argument("--config", type=Path, help="YAML with GridConfig settings (split seed and fractions)")
+    sp.add_argument("--relative", action="store_true", help="paths relative to the file (a split to commit)")
+    sp.set_defaults(func=run_split)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -64,13 +85,14 @@ def _grid_config(args: argparse.Namespace) -> Any:
         from ..settings import read_settings_file
 
         data = read_settings_file(args.config, example="seeds: [0, 1, 2]")
-        base = GridConfig.quick().to_dict() if args.quick else {}
+        base = GridConfig.quick().to_dict() if getattr(args, "quick", False) else {}
         return GridConfig.from_dict({**base, **data})
-    return GridConfig.quick() if args.quick else GridConfig()
+    return GridConfig.quick() if getattr(args, "quick", False) else GridConfig()
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..training.landmark_study import compare, winners
+    from ..training.landmark_report import best_student, winners
+    from ..training.landmark_study import compare
 
     cfg = _grid_config(args)
     results = compare(args.data, args.out, cfg)
@@ -78,8 +100,6 @@ def run_compare(args: argparse.Namespace) -> int:
         print(
             f"{100 * float(f):g} % labels: best student {w['variant']} MRE {w['mean']:.2f} ± {w['std']:.2f} mm"
         )
-    from ..training.landmark_study import best_student
-
     best = best_student(results)
     if best:
         print(
@@ -95,6 +115,36 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = _grid_config(args)
     entry = train_into_zoo(args.data, args.zoo, cfg, name=args.name, version=args.version, variant=args.variant,
-                           fraction=args.fraction, seed=args.seed, weights=args.weights)  # fmt: skip
+                           fraction=args.fraction, seed=args.seed, weights=args.weights,
+                           refiner=args.refiner)  # fmt: skip
     print(f"{entry['name']} {entry['version']} added to {args.zoo}")
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from ..apply import open_runtime
+    from ..errors import InputError
+    from ..io.image import read_image
+    from ..resources import default_zoo_path
+
+    runtime = open_runtime(args.zoo if args.zoo is not None else default_zoo_path(), args.model, args.device)
+    if not hasattr(runtime, "write_points"):
+        raise InputError(
+            f"{args.model} is a {runtime.card.task_type} model; `landmarks apply` runs landmark models."
+        )
+    prediction = runtime.predict(read_image(args.image))
+    out = runtime.write_points(prediction, args.out) if args.points else runtime.write(prediction, args.out)
+    print(out)
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from ..training.landmark_grid import write_landmark_split
+
+    cfg = _grid_config(args)
+    print(
+        write_landmark_split(
+            args.data, args.out, cfg.split_seed, cfg.val_fraction, cfg.test_fraction, args.relative
+        )
+    )
     return 0

@@ -70,6 +70,9 @@ class TaskRuntime(abc.ABC):
     #: the MRML node class the output loads into in 3D Slicer, and the storage node class that reads it
     slicer_node_class: ClassVar[str] = ""
     slicer_storage_class: ClassVar[str] = ""
+    #: whether :meth:`score` scores a prediction against a reference file, and the metric that ranks models
+    scores_references: ClassVar[bool] = False
+    primary_metric: ClassVar[str] = ""
 
     def __init__(self, bundle: Any, device: str = "cpu") -> None:
         self.bundle = bundle
@@ -158,6 +161,12 @@ class TaskRuntime(abc.ABC):
         ``output`` for a synthesised batch is confident the way this task's outputs are on real inputs
         (with at least ``min_foreground`` of it foreground, where the task has a background);
         ``reported`` is a scalar tensor shown in progress bars (foreground fraction, peak probability)."""
+
+    def score(self, prediction: Prediction, reference: Path) -> dict[str, float]:
+        """Per-case metrics of ``prediction`` against ``reference``, a file with the true result of its image
+        (runtimes with ``scores_references``); metric names follow :func:`~ModelSelectorLib.evaluation.metrics.
+        higher_is_better`."""
+        raise NotImplementedError(f"{type(self).__name__} does not score predictions against reference files")
 
     def overlay(self, prediction: Prediction) -> dict[str, Any]:
         """What a picture of ``prediction`` shows: ``{"labels": label map, "colors": {value: rgb}}`` or
