@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -102,6 +103,14 @@ class TaskRuntime(abc.ABC):
         return ", ".join(f"{k} {v}" for k, v in card.validation_metrics.items()) or "no held-out figure"
 
     @classmethod
+    def replacement_problem(cls, candidate: Any, current: Any) -> Optional[str]:
+        """Why a model with card ``candidate`` cannot replace one with card ``current`` of this task (None when
+        it can): by default it must have the same outputs (label values and names)."""
+        a = [(lb["value"], lb["name"]) for lb in candidate.labels]
+        b = [(lb["value"], lb["name"]) for lb in current.labels]
+        return None if a == b else f"the candidate's labels {a} differ from the current model's {b}"
+
+    @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
         """One line explaining :meth:`fit_signals` to a user."""
         return f"verify: fit {signals.get('fit', float('nan')):.2f}"
@@ -162,10 +171,12 @@ class TaskRuntime(abc.ABC):
         (with at least ``min_foreground`` of it foreground, where the task has a background);
         ``reported`` is a scalar tensor shown in progress bars (foreground fraction, peak probability)."""
 
-    def score(self, prediction: Prediction, reference: Path) -> dict[str, float]:
+    def score(
+        self, prediction: Prediction, reference: Path, names: Optional[Sequence[str]] = None
+    ) -> dict[str, float]:
         """Per-case metrics of ``prediction`` against ``reference``, a file with the true result of its image
-        (runtimes with ``scores_references``); metric names follow :func:`~ModelSelectorLib.evaluation.metrics.
-        higher_is_better`."""
+        (runtimes with ``scores_references``), over the outputs ``names`` (default: all); metric names follow
+        :func:`~ModelSelectorLib.evaluation.metrics.higher_is_better`."""
         raise NotImplementedError(f"{type(self).__name__} does not score predictions against reference files")
 
     def overlay(self, prediction: Prediction) -> dict[str, Any]:

@@ -234,17 +234,25 @@ class LandmarkRuntime(TaskRuntime):
         return {"points_lps": prediction.value,
                 "point_colors": [tuple(lb.get("color", (1.0, 0.0, 0.0))) for lb in self.card.labels]}  # fmt: skip
 
-    def score(self, prediction: Prediction, reference: Path) -> dict[str, float]:
-        """Scores of ``prediction`` against a ``<id>_landmarks.json`` of its image (pixel coordinates): radial
-        errors in original pixels and, with the file's pixel spacing, in mm (:func:`score_points`), and the
-        Dice of the filled lung contours against ``<id>_lungmask.png`` beside the file (``dice_lungs``; NaN
-        without one).
+    def score(
+        self, prediction: Prediction, reference: Path, names: Optional[Sequence[str]] = None
+    ) -> dict[str, float]:
+        """Scores of ``prediction`` against a ``<id>_landmarks.json`` of its image (pixel coordinates) over the
+        points ``names`` (default: all the prediction's): radial errors in original pixels and, with the file's
+        pixel spacing, in mm (:func:`score_points`), and the Dice of the filled lung contours against
+        ``<id>_lungmask.png`` beside the file (``dice_lungs``; NaN without one).
 
         Raises:
             DatasetError: an unreadable reference, or one whose groups do not fit the model's points.
+            InputError: ``names`` the prediction does not have.
         """
-        schema = LandmarkSchema.from_names(prediction.names)
-        pts = np.asarray(prediction.meta["points_px"], float)
+        chosen = list(prediction.names if names is None else names)
+        where = {n: i for i, n in enumerate(prediction.names)}
+        missing = [n for n in chosen if n not in where]
+        if missing:
+            raise InputError(f"the prediction has no landmark(s) {missing[:5]}; it cannot be scored on them.")
+        schema = LandmarkSchema.from_names(chosen)
+        pts = np.asarray(prediction.meta["points_px"], float)[[where[n] for n in schema.names]]
         width = int(prediction.image.as_2d().array.shape[-1]) if prediction.image.is_single_slice else None
         truth, mask, spacing, _ = read_landmark_json(reference, schema, image_width=width)
         out = score_points(pts, truth, mask, spacing)
@@ -257,6 +265,13 @@ class LandmarkRuntime(TaskRuntime):
             with PILImage.open(mask_path) as im:
                 out["dice_lungs"] = lung_dice(pts, schema, np.asarray(im.convert("L")) > 127)
         return out
+
+    @classmethod
+    def replacement_problem(cls, candidate: Any, current: Any) -> Optional[str]:
+        """A landmark model may replace another when it predicts at least the same points (whole contours may
+        replace a subsample of them); the two are compared on the current model's points."""
+        missing = sorted(set(current.label_names) - set(candidate.label_names))
+        return f"the candidate lacks the current model's landmarks {missing[:5]}" if missing else None
 
     def fit_signals(self, image: Image) -> Optional[dict[str, float]]:
         """How much more diffuse the model's coarse heatmaps are on ``image`` than on its validation images (card

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import BundleError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
+from ..models.registry import runtime_class
 from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -197,10 +198,15 @@ def _check_compatible(candidate_card: Any, current_card: Any, task: str) -> None
         raise BundleError(
             f"the candidate is a {candidate_card.task_type} model and {task} a {current_card.task_type} model."
         )
-    a = [(lb["value"], lb["name"]) for lb in candidate_card.labels]
-    b = [(lb["value"], lb["name"]) for lb in current_card.labels]
-    if a != b:
-        raise BundleError(f"the candidate's labels {a} differ from {task}'s {b}; it cannot replace it.")
+    problem = runtime_class(current_card.task_type).replacement_problem(candidate_card, current_card)
+    if problem:
+        raise BundleError(f"{problem}; it cannot replace {task}.")
+
+
+def _gate_labels(labels: dict[int, str], current_card: Any) -> dict[int, str]:
+    """What both models are scored on for the gate: the split's labels, or (a split that names none, e.g.
+    landmarks) the current model's outputs, so that a candidate with more outputs is compared on the same ones."""
+    return labels or {int(lb["value"]): str(lb["name"]) for lb in current_card.labels}
 
 
 def promote(
@@ -258,7 +264,11 @@ def promote(
         current_version = zoo.current(task)
         cur = load_bundle(zoo.get(task), device=device)
         _check_compatible(cand.card, cur.card, task)
-        cur_cases = evaluate_cases(cur, split_data["cases"], labels, device, cancel, desc="evaluate current")
+        shared = _gate_labels(labels, cur.card)
+        if shared != labels:  # the candidate again, on the current model's outputs
+            cand_scores = _scores(evaluate_cases(cand, split_data["cases"], shared, device, cancel,
+                                                 desc="evaluate candidate on the current outputs"), metric)  # fmt: skip
+        cur_cases = evaluate_cases(cur, split_data["cases"], shared, device, cancel, desc="evaluate current")
         g = gate(cand_scores, _scores(cur_cases, metric), metric, method, level, min_improvement)
         result.update(current=_summary(cur_cases), previous=current_version, gate=g.to_dict(),
                       accepted=g.accepted, reason=g.reason, report=g.text())  # fmt: skip

@@ -38,6 +38,8 @@ def evaluate_cases(
     """Score a loaded bundle on ``cases`` (``[{"id", "image", "label"}]``, ``label``: the reference file).
 
     Args:
+        labels: ``{value: name}`` of the outputs to score (segmentation: the labels; landmarks: the points;
+            default: all the model's).
         on_case: called per case as ``on_case(id, image, reference, prediction)``; a returned dict is merged
             into the case's result. For a segmentation bundle ``reference`` and ``prediction`` are label-map
             images; otherwise ``reference`` is the reference file and ``prediction`` the runtime's
@@ -55,7 +57,9 @@ def evaluate_cases(
         image = read_image(case["image"])
         prediction = runtime.predict(image, cancel)
         res: dict[str, Any] = {"id": str(case.get("id", Path(str(case["image"])).name))}
-        res.update(runtime.score(prediction, Path(case["label"])))
+        res.update(
+            runtime.score(prediction, Path(case["label"]), names=list(labels.values()) if labels else None)
+        )
         if on_case is not None:
             res.update(on_case(res["id"], image, Path(case["label"]), prediction) or {})
         results.append(res)

@@ -39,7 +39,9 @@ WHOLE = {g: 1 for g in GROUPS}  # every contour point: 166 landmarks
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """24 labelled synthetic radiographs (the last one lungs only) + 2 unlabelled, 64 x 56 px, 0.5 mm/px."""
-    return make_synthetic_cxr(tmp_path_factory.mktemp("cxr"), n_labelled=24, n_unlabelled=2, width=64, height=56)
+    return make_synthetic_cxr(
+        tmp_path_factory.mktemp("cxr"), n_labelled=24, n_unlabelled=2, width=64, height=56
+    )
 
 
 def _quick(**train) -> GridConfig:
@@ -55,7 +57,9 @@ def test_patches_copy_the_image_around_each_centre_and_pad_with_zeros():
     patches, origin = crop_patches(img, centres, 8)
     assert patches.shape == (3, 1, 8, 8) and origin.tolist() == [[[6, 4], [-4, -4], [15, 12]]]
     np.testing.assert_array_equal(patches[0, 0].numpy(), img[0, 6:14, 4:12].numpy())
-    assert (patches[1, 0, :4].numpy() == 0).all() and (patches[1, 0, 4:, 4:].numpy() == img[0, :4, :4].numpy()).all()
+    assert (patches[1, 0, :4].numpy() == 0).all() and (
+        patches[1, 0, 4:, 4:].numpy() == img[0, :4, :4].numpy()
+    ).all()
     assert (patches[2, 0, 5:].numpy() == 0).all() and (patches[2, 0, :, 4:].numpy() == 0).all()
 
 
@@ -95,7 +99,9 @@ def test_refinement_moves_displaced_points_onto_the_landmarks():
     images = np.zeros((n_img, size, size), np.float32)
     for k in range(n_img):
         for x, y in points[k]:
-            images[k] += np.exp(-((grid[:, None] - x) ** 2 + (grid[None, :] - y) ** 2) / (2 * 1.5**2)).astype(np.float32)
+            images[k] += np.exp(-((grid[:, None] - x) ** 2 + (grid[None, :] - y) ** 2) / (2 * 1.5**2)).astype(
+                np.float32
+            )
     images += rng.normal(0, 0.05, images.shape).astype(np.float32)
     cond = landmark_conditioning(names, GROUPS)
     cfg = LandmarkTrainConfig(size=16, batch_size=8, refine_steps=150, refine_network="refine-tiny", refine_points=4,
@@ -208,8 +214,12 @@ def test_slicer_loads_the_curves_with_their_point_counts_and_lps_positions(tmp_p
     assert first is nodes[0] and first.GetClassName() == LandmarkRuntime.slicer_node_class
     assert [n.GetNumberOfControlPoints() for n in nodes] == [44, 50, 26, 23, 23]
     assert [n.GetName() for n in nodes][2] == "dx-lm heart"
-    ras = np.array([[n.GetNthControlPointPosition(i) for i in range(n.GetNumberOfControlPoints())] for n in nodes[:1]][0])
-    np.testing.assert_allclose(ras * [-1, -1, 1], pred.value[:44], atol=1e-4)  # RAS in the scene, LPS in the file
+    ras = np.array(
+        [[n.GetNthControlPointPosition(i) for i in range(n.GetNumberOfControlPoints())] for n in nodes[:1]][0]
+    )
+    np.testing.assert_allclose(
+        ras * [-1, -1, 1], pred.value[:44], atol=1e-4
+    )  # RAS in the scene, LPS in the file
     heart = np.array([nodes[2].GetNthControlPointPosition(i) for i in range(26)])
     np.testing.assert_allclose(heart * [-1, -1, 1], pred.value[94:120], atol=1e-4)
 
@@ -222,14 +232,18 @@ def test_runtime_scores_a_prediction_against_its_reference_file(tmp_path):
     ref = {g: px[schema.channels(g)].tolist() for g in GROUPS}
     ref["_meta"] = {"pixel_spacing_mm": 0.7}
     (tmp_path / "c_landmarks.json").write_text(json.dumps(ref), encoding="utf-8")
-    mask = contour_mask(px[schema.channels("RL")], (100, 120)) | contour_mask(px[schema.channels("LL")], (100, 120))
+    mask = contour_mask(px[schema.channels("RL")], (100, 120)) | contour_mask(
+        px[schema.channels("LL")], (100, 120)
+    )
     from PIL import Image as PILImage
 
     PILImage.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "c_lungmask.png")
     runtime = LandmarkRuntime.__new__(LandmarkRuntime)
     perfect = runtime.score(pred, tmp_path / "c_landmarks.json")
     assert perfect["mre_mm"] == 0 and perfect["sdr_px_5"] == 1 and perfect["dice_lungs"] == pytest.approx(1.0)
-    moved = Prediction(pred.model, pred.version, pred.image, pred.value, pred.names, {"points_px": px + [2.4, 3.2]})
+    moved = Prediction(
+        pred.model, pred.version, pred.image, pred.value, pred.names, {"points_px": px + [2.4, 3.2]}
+    )
     off = runtime.score(moved, tmp_path / "c_landmarks.json")
     assert off["mre_px"] == pytest.approx(4.0) and off["mre_mm"] == pytest.approx(2.8)
     assert off["sdr_px_5"] == 1 and off["sdr_2"] == 0 and 0.8 < off["dice_lungs"] < 1.0
@@ -241,7 +255,9 @@ def test_paired_comparison_over_images_and_seeds():
     base = rng.uniform(4, 8, (5, 40))
     better = base - 0.5 + rng.normal(0, 0.2, base.shape)
     res = paired_comparison(better, base)
-    assert res["mean_diff"] == pytest.approx(-0.5, abs=0.05) and res["ci_high"] < 0 and res["p_wilcoxon"] < 1e-6
+    assert (
+        res["mean_diff"] == pytest.approx(-0.5, abs=0.05) and res["ci_high"] < 0 and res["p_wilcoxon"] < 1e-6
+    )
     same = paired_comparison(base + rng.normal(0, 0.2, base.shape), base)
     assert same["ci_low"] < 0 < same["ci_high"] and same["p_wilcoxon"] > 0.01
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
@@ -275,3 +291,33 @@ def test_landmark_sweep_ranks_candidates_and_the_gate_promotes_only_a_better_mod
     history = [e["action"] for e in Zoo(zoo).history("chest-lm")]
     assert history == ["promote", "promote", "refuse"]
     assert not Path(Zoo(zoo).version_info("chest-lm")["evaluation"]["split"]).is_absolute()  # no machine path
+
+
+def test_whole_contours_replace_a_subsample_and_are_gated_on_its_points(synth, tmp_path):
+    from ModelSelectorLib.errors import BundleError
+    from ModelSelectorLib.ranking.promotion import promote
+    from ModelSelectorLib.training.landmark_grid import write_landmark_split
+    from ModelSelectorLib.zoo import Zoo
+
+    few, whole = _quick(), _quick(steps=20, refine_steps=10)
+    few.steps_per_group = {"RL": 11, "LL": 10}
+    whole.steps_per_group = {"RL": 1, "LL": 1}
+    train_into_zoo(synth, tmp_path / "cand", few, name="few")
+    train_into_zoo(synth, tmp_path / "cand", whole, name="whole")
+    split = write_landmark_split(synth, tmp_path / "docs" / "split.json", relative=True)
+    assert not Path(json.loads(split.read_text(encoding="utf-8"))["dataset"]).is_absolute()
+    cand = Zoo(tmp_path / "cand")
+    zoo = tmp_path / "zoo"
+    assert promote(zoo, "lm", cand.get("few"), split)["accepted"]
+    res = promote(zoo, "lm", cand.get("whole"), split, method="bootstrap", dry_run=True)
+    cases = json.loads(split.read_text(encoding="utf-8"))["cases"]
+    with_mm = [
+        c
+        for c in cases
+        if json.loads((synth / c["label"]).read_text(encoding="utf-8"))["_meta"]["pixel_spacing_mm"]
+    ]
+    assert res["metric"] == "mre_mm" and res["gate"]["n"] == len(with_mm)  # mm errors need a spacing
+    assert res["candidate"]["mre_px"] > 0 and res["current"]["mre_px"] > 0  # both scored, on the same points
+    promote(zoo, "lm", cand.get("whole"), split, min_improvement=-1e9, method="bootstrap", level=0.01)
+    with pytest.raises(BundleError, match="lacks"):
+        promote(zoo, "lm", cand.get("few"), split)
