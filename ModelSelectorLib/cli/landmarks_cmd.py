@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, required=True, help="output folder (runs, report); reuse it to resume")
     c.add_argument("--quick", action="store_true", help="seconds-long configuration of the same code")
     c.add_argument("--config", type=Path, help="YAML with GridConfig settings")
+    c.add_argument("--report-only", action="store_true", help="report the finished runs, train nothing")
     c.set_defaults(func=run_compare)
     t = lsub.add_parser("train", help="train a landmark student and add it to a zoo", description=TRAIN_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -95,7 +96,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..training.landmark_study import compare
 
     cfg = _grid_config(args)
-    results = compare(args.data, args.out, cfg)
+    results = compare(args.data, args.out, cfg, report_only=args.report_only)
     for f, w in winners(results).items():
         print(
             f"{100 * float(f):g} % labels: best student {w['variant']} MRE {w['mean']:.2f} ± {w['std']:.2f} mm"

@@ -349,6 +349,29 @@ def _report_tables(summary: dict[str, Any], cfg: GridConfig, fractions: list[str
     return lines + [""]
 
 
+def _report_coverage(results: dict[str, Any], cfg: GridConfig) -> list[str]:
+    """Seeds finished per variant and label fraction, and the runs of the configuration that were not run."""
+    done = {(r["variant"], float(r["fraction"]), int(r["seed"])) for r in results["runs"]}
+    lines = ["## Runs", "", "| variant | " + " | ".join(_label(f) for f in cfg.fractions) + " |",
+             "|---|" + "---|" * len(cfg.fractions)]  # fmt: skip
+    missing: dict[tuple[str, ...], list[str]] = {}
+    for f in cfg.fractions:
+        for v in cfg.variants:
+            absent = tuple(str(s) for s in cfg.seeds if (v, float(f), int(s)) not in done)
+            if absent:
+                missing.setdefault((_label(f), *absent), []).append(VARIANT_TITLES[v])
+    for v in cfg.variants:
+        cells = [
+            f"{sum((v, float(f), int(s)) in done for s in cfg.seeds)} of {len(cfg.seeds)} seeds"
+            for f in cfg.fractions
+        ]
+        lines.append(f"| {VARIANT_TITLES[v]} | " + " | ".join(cells) + " |")
+    gaps = [f"{k[0]}, seed(s) {', '.join(k[1:])}: {', '.join(vs) if len(vs) < len(cfg.variants) else 'every variant'}"
+            for k, vs in missing.items()]  # fmt: skip
+    lines += ["", f"Not run: {'; '.join(gaps)}." if gaps else "Every run of the configuration finished.", ""]
+    return lines
+
+
 def _report_reference(results: dict[str, Any]) -> list[str]:
     """The chosen student beside HybridGNet's published figures."""
     best = best_student(results)
@@ -428,6 +451,7 @@ def write_report(
     fractions = sorted({f for v in summary.values() for f in v}, key=float)
     lines = ["# Chest X-ray landmarks: teacher–student variants of a coarse-to-fine model", ""]
     lines += _report_settings(results, cfg, fractions, splits)
+    lines += _report_coverage(results, cfg)
     lines += _report_mre(summary, fractions)
     if summary:
         plot = plot_error_vs_fraction(results, out / "mre_vs_fraction.png")

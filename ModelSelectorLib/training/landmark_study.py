@@ -95,8 +95,10 @@ def run_grid(
     cfg: GridConfig,
     cancel: Optional[Any] = None,
     log: Any = print,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Run every missing run of the grid, then write ``results.json`` and the report.
+    """Run every missing run of the grid (none with ``report_only``), then write ``results.json`` and the report
+    of the grid's finished runs.
 
     Returns:
         the results dict (``{"runs": [...], "summary": {...}, "paired": {...}, ...}``).
@@ -121,7 +123,8 @@ def run_grid(
             raise TrainingError(f"{split_path}: differs from the split of this data; use a new --out folder.")
         atomic.write_json(split_path, {**gd.splits, "seed": cfg.split_seed})
         t_grid = time.perf_counter()
-        _run_all(out, cfg, tc, gd, cancel, log)
+        if not report_only:
+            _run_all(out, cfg, tc, gd, cancel, log)
     results = collect_results(out, cfg)
     results["grid_seconds_this_call"] = time.perf_counter() - t_grid
     atomic.write_json(out / "results.json", results)
@@ -259,12 +262,14 @@ def compare(
     cfg: Optional[GridConfig] = None,
     cancel: Optional[Any] = None,
     log: Any = print,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """``modelselector landmarks compare``: run (or continue) the grid on ``data`` and write the report."""
+    """``modelselector landmarks compare``: run (or continue) the grid on ``data`` and write the report (with
+    ``report_only``: the report of the runs already finished, nothing trained)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "data.txt", str(Path(data).resolve()) + "\n")
-    return run_grid(data, out, cfg or GridConfig(), cancel=cancel, log=log)
+    return run_grid(data, out, cfg or GridConfig(), cancel=cancel, log=log, report_only=report_only)
 
 
 # --- a landmark model into the zoo ----------------------------------------------------------------------
