@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import slicer
 
@@ -20,7 +20,13 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:  # the support package beside this file
     sys.path.insert(0, MODULE_DIR)
 
-from ModelSelectorSupport.dependencies import installDependencies, missingDependencies  # noqa: E402
+from ModelSelectorSupport import application, environment, nodes, presentation  # noqa: E402
+from ModelSelectorSupport.dependencies import (  # noqa: E402
+    MODEL_RUN_PACKAGES,
+    cudaAvailable,
+    installDependencies,
+    missingDependencies,
+)
 from ModelSelectorSupport.headless import (  # noqa: E402
     HAVE_SLICER_APP,
     ScriptedLoadableModule,
@@ -39,10 +45,15 @@ from ModelSelectorSupport.jobs import (  # noqa: E402
     ModelSelectorCancelled,
     ModelSelectorProcessError,
 )
-from ModelSelectorSupport.markups import readOtherMarkups  # noqa: E402
 from ModelSelectorSupport.selftest import make_test_volume, make_tiny_zoo, vtk_matrix_to_list  # noqa: E402
 
 NO_FIT_MESSAGE = "No model in the zoo fits this image"
+#: node classes offered as input: scalar volumes and RGB images (PNG and JPEG files load as vector volumes)
+INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
+#: what the self-test says when it cannot run models (e.g. on an extension build machine without torch)
+NO_MODEL_RUNS_MESSAGE = (
+    "Skipping the model runs of the self-test: {names} not installed (see the module's help)"
+)
 #
 # ModelSelector
 #
@@ -63,18 +74,23 @@ Find the models of a MONAI model zoo that apply to the selected volume and apply
 <li>Select the input volume and click <b>Find models</b>: the zoo's models are ranked by how well they fit the
 image, with their task, modality, body region and score. When none fits, the module says so; you can
 still tick a model and apply it on purpose.</li>
-<li>Tick models and click <b>Apply selected</b>: each model runs in a separate process (CPU or GPU), with a
-progress bar and a Cancel button, and its result appears as a segmentation node with named, coloured
-segments and standard terminology.</li>
+<li>Tick models and click <b>Apply selected</b>: each model runs in a separate process (CPU, or GPU when torch
+can use one), with a progress bar and a Cancel button. A segmentation model's result appears as a segmentation
+node with named, coloured segments and standard terminology; a landmark model's as markups closed curves, one
+per structure (lungs, heart, clavicles).</li>
 </ol>
-From the Python console: <code>logic = slicer.modules.modelselector.widgetRepresentation().self().logic</code>
-or <code>ModelSelector.ModelSelectorLogic()</code>, then <code>logic.findModels(volumeNode)</code> and
-<code>logic.applyModels(volumeNode, ["ModelName"])</code>.
+Results stay with the volume they were computed from: closing the scene or deleting the volume cancels a run.
+Models run with torch and MONAI; torch comes from the PyTorch extension, the other packages are offered for
+installation on first use. <b>List zoo models</b> shows the zoo without ranking; its rows can be ticked too.
+From the Python console: <code>logic = ModelSelector.ModelSelectorLogic()</code>, then
+<code>logic.findModels(volumeNode)</code> and <code>logic.applyModels(volumeNode, ["ModelName"])</code>.
 """
         self.parent.acknowledgementText = """
 Built on <a href="https://monai.io">MONAI</a> and follows the conventions of the SlicerMONAIAuto3DSeg
 extension (work in a separate process, dependencies installed on first use).
 """
+        if HAVE_SLICER_APP:  # terminology and sample data, once the modules they go to are there
+            slicer.app.connect("startupCompleted()", application.onStartupCompleted)
 
 
 #
@@ -85,12 +101,14 @@ if HAVE_SLICER_APP:
 
     @parameterNodeWrapper
     class ModelSelectorParameterNode:
-        """inputVolume: the image to find models for; device: "cpu" or "cuda"; fitThreshold: minimum score."""
+        """inputVolume: the image to find models for (scalar or RGB); device: "cpu" or "cuda"; fitThreshold:
+        minimum score; surfaces: 3D surfaces of segmentation results ("auto": small results only)."""
 
-        inputVolume: slicer.vtkMRMLScalarVolumeNode
+        inputVolume: Union[tuple(getattr(slicer, c) for c in INPUT_VOLUME_CLASSES) + (None,)]
         zooPath: str = ""
         device: str = "cpu"
         fitThreshold: float = 0.5
+        surfaces: str = presentation.SURFACES_AUTO
 
 
 #
@@ -101,8 +119,6 @@ if HAVE_SLICER_APP:
 class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Thin GUI: collects the inputs, starts jobs of the logic and polls them with a QTimer."""
 
-    RESULT_COLUMNS = ["Model", "Task", "Modality", "Region", "Score", "Fits"]
-
     def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -112,7 +128,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job: Optional[Job] = None
         self._models: list[dict[str, Any]] = []
         self._dependenciesChecked = False
-        self._onDone: Callable[[Any], None] = lambda result: None
+        self._onDone: Callable[[Job], None] = lambda job: None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -123,15 +139,16 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = ModelSelectorLogic()
 
-        self.ui.deviceComboBox.clear()
-        self.ui.deviceComboBox.addItem("CPU", "cpu")
-        self.ui.deviceComboBox.addItem("GPU", "cuda")
-        self.ui.resultsTableWidget.setColumnCount(len(self.RESULT_COLUMNS))
-        self.ui.resultsTableWidget.setHorizontalHeaderLabels(self.RESULT_COLUMNS)
+        self.ui.surfacesComboBox.clear()
+        for text, value in presentation.SURFACE_CHOICES:
+            self.ui.surfacesComboBox.addItem(text, value)
+        self.ui.resultsTableWidget.setColumnCount(len(presentation.MODEL_COLUMNS))
+        self.ui.resultsTableWidget.setHorizontalHeaderLabels(list(presentation.MODEL_COLUMNS))
         self.ui.resultsTableWidget.horizontalHeader().setStretchLastSection(True)
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setEnabled(False)
         self.ui.zooPathLineEdit.currentPath = self.logic.defaultZooPath()
+        self._refreshDevices()
 
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
@@ -146,6 +163,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.listZooButton.connect("clicked(bool)", self.onListZoo)
         self.ui.zooPathLineEdit.connect("currentPathChanged(QString)", self.onZooPathChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.surfacesComboBox.connect("currentIndexChanged(int)", self.onSurfacesChanged)
         self.ui.resultsTableWidget.connect(
             "itemChanged(QTableWidgetItem*)", lambda item: self._updateButtons()
         )
@@ -156,7 +174,10 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self._job is not None:
             self._job.cancel()
-            self._job.cleanup()
+            try:
+                self._job.poll()  # ends the job: observers and temporary files go
+            except ModelSelectorProcessError:
+                pass
             self._job = None
         if getattr(self, "_timer", None) is not None:
             self._timer.stop()
@@ -171,7 +192,9 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        # a running job cancels itself (it observes its scene); the listed models belong to the old image
         self.setParameterNode(None)
+        self.showModels([])
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
         if self.parent.isEntered:
@@ -181,13 +204,16 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(ModelSelectorParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
+            volumes = slicer.util.getNodesByClass(
+                "vtkMRMLScalarVolumeNode"
+            )  # subclasses too: keep the offered
+            offered = [v for v in volumes if v.GetClassName() in INPUT_VOLUME_CLASSES]
+            if offered:
+                self._parameterNode.inputVolume = offered[0]
         if self._parameterNode.zooPath:
             self.ui.zooPathLineEdit.currentPath = self._parameterNode.zooPath
-        index = self.ui.deviceComboBox.findData(self._parameterNode.device)
-        self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+        self._showChoice(self.ui.deviceComboBox, "device")
+        self._showChoice(self.ui.surfacesComboBox, "surfaces")
 
     def setParameterNode(self, inputParameterNode: Any) -> None:
         if self._parameterNode:
@@ -199,6 +225,10 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._updateButtons()
 
+    def _parameter(self, name: str, default: Any) -> Any:
+        """A parameter's value, or ``default`` while there is no parameter node (e.g. the scene is closing)."""
+        return getattr(self._parameterNode, name) if self._parameterNode else default
+
     def onZooPathChanged(self, path: str) -> None:
         if self._parameterNode:
             self._parameterNode.zooPath = path
@@ -207,10 +237,30 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "cpu"
 
+    def onSurfacesChanged(self, index: int) -> None:
+        if self._parameterNode:
+            self._parameterNode.surfaces = (
+                self.ui.surfacesComboBox.itemData(index) or presentation.SURFACES_AUTO
+            )
+
+    def _showChoice(self, combo: Any, name: str) -> None:
+        """Show parameter ``name`` in ``combo``; a value that ``combo`` does not offer becomes its first item."""
+        index = max(combo.findData(self._parameter(name, None)), 0)
+        combo.setCurrentIndex(index)
+        if self._parameterNode:
+            setattr(self._parameterNode, name, combo.itemData(index))
+
+    def _refreshDevices(self) -> None:
+        """Offer the GPU only when the installed torch can use one."""
+        self.ui.deviceComboBox.clear()
+        for text, value in self.logic.deviceChoices():
+            self.ui.deviceComboBox.addItem(text, value)
+        self._showChoice(self.ui.deviceComboBox, "device")
+
     # --- state --------------------------------------------------------------------------------------------
     def _updateButtons(self, caller: Any = None, event: Any = None) -> None:
         busy = self._job is not None
-        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        hasInput = bool(self._parameter("inputVolume", None))
         self.ui.findModelsButton.setEnabled(hasInput and not busy)
         self.ui.applyButton.setEnabled(hasInput and not busy and bool(self.checkedModels()))
         self.ui.cancelButton.setEnabled(busy)
@@ -230,30 +280,36 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if missing:
             names = ", ".join(name for name, _ in missing)
             if not slicer.util.confirmOkCancelDisplay(
-                f"Model Selector needs these Python packages: {names}.\nInstall them now? This can take minutes.",
+                f"Model Selector needs these Python packages: {names}.\nInstall them now (torch through the "
+                "PyTorch extension)? This can take minutes.",
                 "Missing Python packages",
             ):
                 self._setStatus(f"Missing Python packages: {names}")
                 return False
-            with slicer.util.WaitCursor():
-                self.logic.installDependencies(missing)
+            try:
+                with slicer.util.WaitCursor():
+                    self.logic.installDependencies(missing)
+            except Exception as e:
+                slicer.util.errorDisplay(f"Could not install the Python packages: {e}")
+                return False
+            self._refreshDevices()
         self._dependenciesChecked = True
         return True
 
     # --- find ---------------------------------------------------------------------------------------------
     def onFindModels(self) -> None:
-        if not self.ensureDependencies():
+        volumeNode = self._parameter("inputVolume", None)
+        if volumeNode is None or not self.ensureDependencies():
             return
-        volumeNode = self._parameterNode.inputVolume
         try:
-            job = self.logic.startFindModels(volumeNode, self._zooPath())
+            job = self.logic.startFindModels(volumeNode, self._zooPath(), progressCallback=self._onProgress)
         except Exception as e:
             slicer.util.errorDisplay(f"Could not find models: {e}")
             return
         self._startJob(job, "Finding models...", self._onFindDone)
 
-    def _onFindDone(self, result: Any) -> None:
-        models = self.logic.markFits(result.get("models", []), self._parameterNode.fitThreshold)
+    def _onFindDone(self, job: "Job") -> None:
+        models = self.logic.markFits(job.result.get("models", []), self._parameter("fitThreshold", None))
         self._models = models
         self.showModels(models)
         if not any(m.get("fits") for m in models):
@@ -264,8 +320,6 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onListZoo(self) -> None:
-        if not self.ensureDependencies():
-            return
         try:
             models = self.logic.listModels(self._zooPath())
         except Exception as e:
@@ -278,28 +332,19 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showModels(self, models: list[dict[str, Any]]) -> None:
         table = self.ui.resultsTableWidget
         table.blockSignals(True)
-        table.setRowCount(len(models))
-        for row, m in enumerate(models):
-            score = m.get("score")
-            fits = m.get("fits")
-            values = [
-                m.get("name", ""),
-                m.get("task", m.get("task_type", "")),
-                m.get("modality", ""),
-                m.get("body_region", ""),
-                "" if score is None else f"{float(score):.3f}",
-                "" if fits is None else ("yes" if fits else "no"),
-            ]
-            for col, value in enumerate(values):
-                item = qt.QTableWidgetItem(str(value))
-                if col == 0:
+        rows = presentation.modelRows(models)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for col, text in enumerate(row.cells):
+                item = qt.QTableWidgetItem(text)
+                if col == 0:  # every row can be ticked, ranked or not
                     item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
-                    item.setCheckState(qt.Qt.Checked if fits and row == 0 else qt.Qt.Unchecked)
-                if m.get("reasons"):
-                    item.setToolTip("\n".join(str(r) for r in m["reasons"]))
+                    item.setCheckState(qt.Qt.Checked if row.checked else qt.Qt.Unchecked)
                 else:
                     item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
-                table.setItem(row, col, item)
+                if row.tooltip:
+                    item.setToolTip(row.tooltip)
+                table.setItem(r, col, item)
         table.resizeColumnsToContents()
         table.blockSignals(False)
         self._updateButtons()
@@ -315,35 +360,32 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- apply --------------------------------------------------------------------------------------------
     def onApply(self) -> None:
-        if not self.ensureDependencies():
-            return
+        volumeNode = self._parameter("inputVolume", None)
         models = self.checkedModels()
-        if not models:
+        if volumeNode is None or not models or not self.ensureDependencies():
             return
         try:
-            job = self.logic.startApplyModels(
-                self._parameterNode.inputVolume,
-                models,
-                self._zooPath(),
-                device=self._parameterNode.device,
-                progressCallback=self._onProgress,
-            )
+            job = self.logic.startApplyModels(volumeNode, models, self._zooPath(),
+                                              device=self._parameter("device", "cpu"),
+                                              progressCallback=self._onProgress)  # fmt: skip
         except Exception as e:
             slicer.util.errorDisplay(f"Could not apply models: {e}")
             return
         self._startJob(job, f"Applying {', '.join(models)}...", self._onApplyDone)
 
-    def _onApplyDone(self, segmentationNodes: Any) -> None:
-        names = ", ".join(node.GetName() for node in segmentationNodes)
-        self._setStatus(f"Done: {names}")
-        for node in segmentationNodes:
-            if hasattr(node, "CreateClosedSurfaceRepresentation"):  # segmentations get a 3D surface
-                node.CreateClosedSurfaceRepresentation()
-        if segmentationNodes:
-            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+    def _onApplyDone(self, job: "Job") -> None:
+        nodes = job.result or []
+        try:
+            self.logic.showResults(
+                nodes, job.volumeNode, self._parameter("surfaces", presentation.SURFACES_AUTO)
+            )
+        finally:
+            self._setStatus(f"Done: {', '.join(node.GetName() for node in nodes)}")
+        if nodes and job.volumeNode.GetScene() is slicer.mrmlScene:
+            slicer.util.setSliceViewerLayers(background=job.volumeNode, fit=True)
 
     # --- job polling --------------------------------------------------------------------------------------
-    def _startJob(self, job: "Job", text: str, onDone: Callable[[Any], None]) -> None:
+    def _startJob(self, job: "Job", text: str, onDone: Callable[["Job"], None]) -> None:
         self._job = job
         self._onDone = onDone
         self.ui.progressBar.setVisible(True)
@@ -364,18 +406,18 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             done = job.poll()
-        except ModelSelectorCancelled:
+        except ModelSelectorCancelled as e:
             self._finishJob()
-            self._setStatus("Cancelled.")
+            self._setStatus(str(e)[:1].upper() + str(e)[1:] + ".")
             return
         except Exception as e:
             self._finishJob()
             self._setStatus(f"Failed: {e}")
-            slicer.util.errorDisplay(str(e), detailedText=getattr(job, "log", ""))
+            slicer.util.errorDisplay(str(e), detailedText=job.log)
             return
         if done:
             self._finishJob()
-            self._onDone(job.result)
+            self._onDone(job)
 
     def _finishJob(self) -> None:
         self._timer.stop()
@@ -398,7 +440,7 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
     """Everything the module does, usable from the Python console and from tests (MRML only).
 
     The heavy work runs in ``python -m ModelSelectorLib`` subprocesses; this class writes the input
-    volume to a temporary NRRD file, runs the command, and loads its result back into the scene.
+    volume to a temporary NRRD file, runs the command, and loads its result back beside that volume.
     """
 
     def __init__(self, scene: Any = None) -> None:
@@ -407,45 +449,17 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         self.lastFindResult: Optional[dict[str, Any]] = None
 
     # --- environment ------------------------------------------------------------------------------------
-    def scene(self, node: Any = None) -> Any:
-        if node is not None and node.GetScene() is not None:
-            return node.GetScene()
-        if self._scene is not None:
-            return self._scene
-        return getattr(slicer, "mrmlScene", None)
+    def scene(self) -> Any:
+        """The scene given to the constructor, else the application's."""
+        return self._scene if self._scene is not None else getattr(slicer, "mrmlScene", None)
 
-    @staticmethod
-    def libraryPaths() -> list[str]:
-        """Folders that hold ``ModelSelectorLib``: beside this file (installed extension) or one up (source)."""
-        paths = []
-        for folder in (MODULE_DIR, os.path.dirname(MODULE_DIR)):
-            if os.path.isdir(os.path.join(folder, "ModelSelectorLib")):
-                paths.append(folder)
-        return paths
-
-    @classmethod
-    def _ensureImportable(cls) -> None:
-        for folder in cls.libraryPaths():
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-
-    @staticmethod
-    def pythonExecutable() -> str:
-        """``PythonSlicer`` inside Slicer (Slicer's Python with its environment), else this interpreter."""
-        if hasattr(slicer, "app"):
-            for folder in (os.path.dirname(sys.executable), None):
-                found = shutil.which("PythonSlicer", path=folder)
-                if found:
-                    return found
-        return sys.executable
+    libraryPaths = staticmethod(environment.libraryPaths)
+    _ensureImportable = staticmethod(environment.ensureImportable)
+    pythonExecutable = staticmethod(environment.pythonExecutable)
 
     def processEnvironment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["MODELSELECTOR_PROGRESS"] = "lines"
-        env["PYTHONUNBUFFERED"] = "1"
-        paths = self.libraryPaths() + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        return env
+        """What the child process's environment adds: PROGRESS lines, unbuffered output, the library's path."""
+        return environment.processEnvironment()
 
     def defaultZooPath(self) -> str:
         """The library's default zoo (``ModelSelectorLib.resources``: the bundled starter zoo, wherever this
@@ -455,9 +469,14 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
 
         return str(default_zoo_path())
 
-    # --- dependencies -----------------------------------------------------------------------------------
+    # --- dependencies and devices -------------------------------------------------------------------------
     missingDependencies = staticmethod(missingDependencies)
     installDependencies = staticmethod(installDependencies)
+    cudaAvailable = staticmethod(cudaAvailable)
+
+    def deviceChoices(self) -> list[tuple[str, str]]:
+        """(label, torch device) pairs to offer: the CPU, and the GPU only when torch can use one."""
+        return [("CPU", "cpu")] + ([("GPU (CUDA)", "cuda")] if self.cudaAvailable() else [])
 
     # --- zoo ----------------------------------------------------------------------------------------------
     def listModels(self, zooPath: Optional[str] = None) -> list[dict[str, Any]]:
@@ -478,32 +497,7 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         return Zoo(zooPath or self.defaultZooPath()).card(name)
 
     # --- files --------------------------------------------------------------------------------------------
-    def writeVolume(self, volumeNode: Any, path: str) -> str:
-        """Write ``volumeNode`` (with its geometry) to ``path`` through a volume archetype storage node."""
-        if volumeNode is None or volumeNode.GetImageData() is None:
-            raise ValueError("select an input volume that holds an image")
-        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storageNode.SetFileName(path)
-        storageNode.SetUseCompression(False)
-        if not storageNode.WriteData(volumeNode):
-            raise OSError(f"could not write volume '{volumeNode.GetName()}' to {path}")
-        return path
-
-    def _readNewNode(
-        self, node: Any, storageNode: Any, path: str, name: str, what: str, referenceVolumeNode: Any
-    ) -> Any:
-        """Add ``node`` (named ``name``) to the input's scene and read ``path`` into it with ``storageNode``."""
-        scene = self.scene(referenceVolumeNode)
-        node.SetName(scene.GenerateUniqueName(name) if scene is not None else name)
-        if scene is not None:
-            scene.AddNode(node)
-        storageNode.SetFileName(path)
-        if not storageNode.ReadData(node):
-            if scene is not None:
-                scene.RemoveNode(node)
-            raise ModelSelectorProcessError(f"could not read the {what} of model '{name}' ({path})")
-        node.CreateDefaultDisplayNodes()
-        return node
+    writeVolume = staticmethod(nodes.writeVolume)
 
     def outputSpec(self, taskType: str) -> dict[str, str]:
         """File suffix and MRML node / storage node classes of a ``taskType`` model's result (the task's
@@ -513,41 +507,19 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
 
         return output_spec(taskType)
 
-    def loadResult(self, path: str, name: str, taskType: str, referenceVolumeNode: Any = None) -> Any:
-        """Load a model's result file into a new node named ``name`` beside ``referenceVolumeNode``: a
-        segmentation node for a ``.seg.nrrd``, a markups node for a ``.mrk.json``, as the task's runtime says."""
-        spec = self.outputSpec(taskType)
-        node = self._readNewNode(getattr(slicer, spec["node_class"])(), getattr(slicer, spec["storage_class"])(),
-                                 path, name, "result", referenceVolumeNode)  # fmt: skip
-        others = readOtherMarkups(path, node)  # a set of curves: one markups node per curve of the file
-        if referenceVolumeNode is not None:
-            if hasattr(node, "SetReferenceImageGeometryParameterFromVolumeNode"):  # keep the input's grid
-                node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-                node.SetNodeReferenceID("referenceImageGeometryRef", referenceVolumeNode.GetID())
-            for n in [node, *others]:
-                self._placeBeside(n, referenceVolumeNode)
-        return node
+    def loadResult(self, path: str, name: str, taskType: str, referenceVolumeNode: Any) -> Any:
+        """Load a model's result file into a new node named ``name`` beside ``referenceVolumeNode``, in that
+        volume's scene: a segmentation node for a ``.seg.nrrd``, a markups node for a ``.mrk.json``, as the
+        task's runtime says."""
+        return nodes.readResult(path, name, self.outputSpec(taskType), referenceVolumeNode)
 
     @staticmethod
-    def _placeBeside(node: Any, referenceNode: Any) -> None:
-        scene = node.GetScene()
-        if scene is None:
-            return
-        try:
-            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-        except Exception:
-            return
-        if shNode is None:
-            return
-        refItem = shNode.GetItemByDataNode(referenceNode)
-        if not refItem:
-            return
-        parent = shNode.GetItemParent(refItem)
-        item = shNode.GetItemByDataNode(node)
-        if not item:  # no subject hierarchy plugins (MRML without the application): add the item ourselves
-            shNode.CreateItem(parent, node)
-        elif parent:
-            shNode.SetItemParent(item, parent)
+    def showResults(
+        resultNodes: list[Any], volumeNode: Any, surfaces: str = presentation.SURFACES_AUTO
+    ) -> list[Any]:
+        """Prepare results for display: 3D surfaces of segmentations (``surfaces``: "auto" for small results
+        only, "always", "never"); returns the nodes that got one."""
+        return presentation.showResults(resultNodes, volumeNode, surfaces)
 
     # --- find -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -566,6 +538,7 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
     def startFindModels(
         self, volumeNode: Any, zooPath: Optional[str] = None, progressCallback: Any = None
     ) -> "Job":
+        """A :class:`FindJob` for ``volumeNode`` (advance it with ``poll()``)."""
         return FindJob(
             self, volumeNode, str(zooPath or self.defaultZooPath()), progressCallback=progressCallback
         )
@@ -610,9 +583,14 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         device: str = "cpu",
         progressCallback: Optional[Callable[[float, str], None]] = None,
     ) -> "Job":
+        """An :class:`ApplyJob` of ``models`` on ``volumeNode`` (advance it with ``poll()``)."""
         names = self.modelNames(models)
+        if device != "cpu" and not self.cudaAvailable():
+            raise ValueError(
+                f"device '{device}' is not available: this torch cannot use a GPU; choose the CPU"
+            )
         return ApplyJob(self, volumeNode, names, str(zooPath or self.defaultZooPath()), device,
-                         progressCallback=progressCallback)  # fmt: skip
+                        progressCallback=progressCallback)  # fmt: skip
 
     def applyModels(
         self,
@@ -624,12 +602,14 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         cancelEvent: Any = None,
     ) -> list[Any]:
         """Apply zoo models (names, or dicts with ``"name"``) to ``volumeNode``; return the new nodes: a
-        segmentation node per segmentation model, a markups point list per landmark model.
+        segmentation node per segmentation model, a markups curve per landmark model (the first of its curves,
+        one per structure; the others are added beside it).
 
         Each model runs in ``python -m ModelSelectorLib apply``; ``progressCallback(fraction, text)`` gets the
-        overall progress; setting ``cancelEvent`` terminates the process and raises
+        overall progress; setting ``cancelEvent`` ends the process tree and raises
         :class:`ModelSelectorCancelled`. Failures raise :class:`ModelSelectorProcessError` with the process's
-        one-line message. Nodes already loaded stay in the scene when a later model fails.
+        one-line message. Nodes already loaded stay beside the volume when a later model fails or the user
+        cancels; none stays when the volume or its scene goes away.
         """
         job = self.startApplyModels(volumeNode, models, zooPath, device, progressCallback)
         return job.wait(cancelEvent)
@@ -641,7 +621,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
 
 
 class ModelSelectorTest(ScriptedLoadableModuleTest):
-    """Self-test: a tiny zoo with an untrained network, applied to a synthetic oblique volume."""
+    """Self-test: the bundled zoo is listed (no torch needed); a tiny zoo with an untrained network is applied
+    to a synthetic oblique volume when torch and MONAI are installed, and skipped with a message otherwise."""
 
     def setUp(self) -> None:
         if HAVE_SLICER_APP:
@@ -649,9 +630,28 @@ class ModelSelectorTest(ScriptedLoadableModuleTest):
 
     def runTest(self) -> None:
         self.setUp()
+        self.test_ListBundledZoo()
+        missing = missingDependencies(MODEL_RUN_PACKAGES)
+        if missing:  # e.g. an extension build machine: model runs are left to machines with torch
+            self.delayDisplay(NO_MODEL_RUNS_MESSAGE.format(names=", ".join(n for n, _ in missing)))
+            return
         self.test_ApplyTinyModel()
 
+    def test_ListBundledZoo(self) -> None:
+        self.delayDisplay("Listing the bundled zoo")
+        logic = ModelSelectorLogic()
+        models = logic.listModels()
+        self.assertTrue(models, "the bundled zoo lists no model")
+        for m in models:
+            spec = logic.outputSpec(m["task_type"])
+            self.assertTrue(spec["suffix"] and hasattr(slicer, spec["node_class"]), spec)
+        rows = presentation.modelRows([dict(m, score=None, fits=None) for m in models])
+        self.assertEqual([r.name for r in rows], [m["name"] for m in models])
+
     def test_ApplyTinyModel(self) -> None:
+        missing = missingDependencies(MODEL_RUN_PACKAGES)
+        if missing:
+            self.skipTest(NO_MODEL_RUNS_MESSAGE.format(names=", ".join(n for n, _ in missing)))
         import numpy as np
 
         self.delayDisplay("Building a tiny zoo")
@@ -666,11 +666,12 @@ class ModelSelectorTest(ScriptedLoadableModuleTest):
             self.assertEqual([m["name"] for m in models], ["TinyTest"])
             self.delayDisplay("Applying the model")
             progress = []
-            nodes = logic.applyModels(
+            resultNodes = logic.applyModels(
                 volumeNode, models, zooPath, progressCallback=lambda f, t: progress.append(f)
             )
-            self.assertEqual(len(nodes), 1)
-            segmentation = nodes[0].GetSegmentation()
+            self.assertEqual(len(resultNodes), 1)
+            self.assertIs(resultNodes[0].GetScene(), scene)
+            segmentation = resultNodes[0].GetSegmentation()
             card = logic.modelCard("TinyTest", zooPath)
             names = [
                 segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .io.image import read_image
+from .io.outputs import check_output_file
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
-from .models.registry import runtime_for
+from .models.registry import output_spec, runtime_for
 from .zoo.bundle import load_bundle
 from .zoo.catalog import Zoo
 
@@ -39,17 +40,28 @@ def apply_to_file(
     out_path: PathLike,
     device: str = "cpu",
     cancel: Optional[Any] = None,
+    series_uid: Optional[str] = None,
 ) -> Path:
     """Read ``image_path``, apply zoo model ``model_name``, write ``out_path`` in the task's format (a
     ``.seg.nrrd`` with segment names, colours and terminology for a segmentation model; a Slicer markups
     ``.mrk.json`` in LPS with the card's point names for a landmark model), in the image's geometry.
 
+    The output path and the image are checked before the model is loaded, so that a wrong ``--out`` or a
+    damaged image is reported at once.
+
+    Args:
+        series_uid: the DICOM series to read when ``image_path`` is a folder holding several.
+
     Raises:
-        InputError: unreadable, 4D, empty or NaN image; ZooError: no such zoo or model; BundleError.
+        OutputError: ``out_path`` is a folder, has another extension than the task's format, or cannot be
+        written; InputError: unreadable, 4D, empty or NaN image; ZooError: no such zoo or model; BundleError.
     """
-    runtime = open_runtime(zoo_path, model_name, device)
-    image = read_image(image_path)
-    return runtime.write(runtime.predict(image, cancel=cancel), Path(out_path))
+    check_device(device)
+    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
+    out = check_output_file(out_path, output_spec(zoo.card(model_name).task_type)["suffix"])
+    image = read_image(image_path, series_uid=series_uid)
+    runtime = open_runtime(zoo, model_name, device)
+    return runtime.write(runtime.predict(image, cancel=cancel), out)
 
 
 __all__ = ["apply_to_file", "open_runtime"]

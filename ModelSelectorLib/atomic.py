@@ -1,7 +1,10 @@
-"""Atomic file and folder writes: write to a temporary sibling, then rename over the target.
+"""Atomic file and folder writes: write to a temporary sibling, then rename over the target; and the write
+lock that lets one process at a time change a zoo or an index.
 
 An interrupted write (crash, Ctrl-C, full disk) therefore leaves the previous version intact and never a
 half-written file. ``os.replace`` is atomic on POSIX and Windows when source and target share a folder.
+What a killed writer leaves behind (``.tmp-*`` files, ``.NAME.*.tmp`` folders) is removed by the next
+writer of that folder, under its lock (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -10,12 +13,23 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Union
 
+from .errors import LockedError
+
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: the lock file a writer holds in the folder it changes (a zoo, an index folder)
+LOCK_NAME = ".lock"
+#: environment variable: seconds a writer waits for another writer of the same folder (default 600)
+LOCK_TIMEOUT_ENV = "MODELSELECTOR_LOCK_TIMEOUT"
+_LOCKS: dict[str, Any] = {}  # one lock object per lock file, so that a process may re-enter its own lock
+_LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -88,3 +102,72 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writer_lock(folder: PathLike) -> Iterator[None]:
+    """Hold the write lock of ``folder`` (the file ``folder/.lock``) while the block runs.
+
+    Writers of the same folder take turns: one that finds the lock held says so on stderr and waits, up to
+    ``$MODELSELECTOR_LOCK_TIMEOUT`` seconds (default 600). The operating system releases the lock of a
+    process that dies, so a killed writer never leaves the folder locked. The lock is re-entrant within a
+    process.
+
+    Raises:
+        LockedError: the lock was not free in time, or ``folder`` cannot be written (read-only).
+    """
+    import filelock
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        key = str(folder.resolve() / LOCK_NAME)
+        with _LOCKS_GUARD:
+            lock = _LOCKS.setdefault(key, filelock.FileLock(key))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "600"))
+            print(f"modelselector: waiting for another process that is changing {folder} ...", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            try:
+                lock.acquire(timeout=timeout)
+            except filelock.Timeout:
+                raise LockedError(
+                    f"{folder}: another process has been changing it for more than {timeout:g} s (it holds "
+                    f"{folder / LOCK_NAME}); wait until it has finished, then try again."
+                ) from None
+    except OSError as e:
+        raise LockedError(f"{folder}: cannot be changed ({e.strerror or e}); check its permissions.") from e
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_leftovers(folder: PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left in ``folder`` (not below it): ``.tmp-*`` files of
+    :func:`atomic_path` and the ``.NAME.*.tmp`` / ``.NAME.old-*`` folders of :func:`atomic_dir`.
+
+    Call it only while holding :func:`writer_lock` of ``folder``: then no live writer owns such a file.
+    Returns the paths removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        name = p.name
+        if p.is_file() and not p.is_symlink() and name.startswith(".tmp-"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+        elif (
+            p.is_dir()
+            and not p.is_symlink()
+            and name.startswith(".")
+            and (name.endswith(".tmp") or ".old-" in name)
+        ):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

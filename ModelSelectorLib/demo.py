@@ -20,6 +20,7 @@ from .apply import open_runtime
 from .atomic import save_figure, write_text
 from .errors import ZooError
 from .io.image import Image, read_image
+from .io.outputs import check_output_folder
 from .resources import default_zoo_path, samples_dir
 from .selection.selector import select
 from .zoo.catalog import Zoo
@@ -135,10 +136,10 @@ tr.fits{background:#eef8ee}.no{color:#a00;font-weight:bold}small{color:#555}</st
 {% if classes %}<p>The encoder sees: {{ classes }}</p>{% endif %}
 {% if not fits %}<p class="no">No model in the zoo fits this image.</p>{% endif %}
 <h2>Ranking</h2>
-<table><tr><th>#</th><th>model</th><th>task</th><th>modality</th><th>region</th><th>score</th><th>fits</th><th>reasons</th></tr>
+<table><tr><th>#</th><th>model</th><th>task</th><th>modality</th><th>region</th><th>score</th><th>fits</th><th>held-out figure (cases)</th><th>reasons</th></tr>
 {% for m in models %}<tr class="{{ 'fits' if m.fits else '' }}"><td>{{ loop.index }}</td><td>{{ m.name }}</td>
 <td>{{ m.task }}</td><td>{{ m.modality }}</td><td>{{ m.body_region }}</td><td>{{ '%.3f' % m.score }}</td>
-<td>{{ 'yes' if m.fits else 'no' }}</td><td><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
+<td>{{ 'yes' if m.fits else 'no' }}</td><td>{{ m.quality }}</td><td><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
 </table>
 {% for r in outputs %}<h2>{{ r.model }}</h2>
 <p>{{ r.task }} &middot; output <a href="{{ r.output_name }}">{{ r.output_name }}</a>{% if r.segments %} &middot; {{ r.segments }}{% endif %}</p>
@@ -193,12 +194,16 @@ def run_demo(
     device: str = "cpu",
     max_models: int = MAX_APPLIED,
     say: Callable[[str], None] = print,
+    series_uid: Optional[str] = None,
 ) -> DemoResult:
     """Run the demo and return what it wrote; ``say`` receives the lines meant for the user.
 
+    ``series_uid`` chooses the DICOM series when ``image_path`` is a folder holding several.
+
     Raises:
         ZooError: no zoo with models (the message says how to build one); InputError: unreadable image;
-        IndexMismatchError: the zoo has no (or a stale) index.
+        IndexMismatchError: the zoo has no (or a stale) index; OutputError: ``out_dir`` is a file or
+        cannot be written.
     """
     start = time.monotonic()
     zoo_path = Path(zoo) if zoo is not None else default_zoo_path()
@@ -209,9 +214,9 @@ def run_demo(
             "'modelselector build-starter-zoo --data ../shared/data --out Resources/zoo' or pass --zoo."
         )
     image_path = Path(image_path) if image_path is not None else default_sample()
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir)
+    image = read_image(image_path, series_uid=series_uid)
     out_dir.mkdir(parents=True, exist_ok=True)
-    image = read_image(image_path)
     say(f"Input: {image_path} ({'x'.join(str(n) for n in image.to_grayscale().array.shape[::-1])} pixels)")
 
     selection = select(image, zoo=z, top_k=None)

@@ -51,6 +51,20 @@ class TrainingError(ModelSelectorError):
     exit_code = 5
 
 
+class OutputError(ModelSelectorError):
+    """An output path cannot be written as asked (a folder where a file is needed, a wrong extension, a
+    read-only file or folder)."""
+
+    exit_code = 6
+
+
+class LockedError(ModelSelectorError):
+    """Another process kept a zoo or an index locked for writing longer than this one would wait."""
+
+    #: ``EX_TEMPFAIL`` of sysexits.h: trying again later may succeed
+    exit_code = 75
+
+
 class Cancelled(ModelSelectorError):
     """Long work was cancelled by the user; nothing half-written was left behind."""
 

@@ -5,10 +5,12 @@
     aggregation of :mod:`ModelSelectorLib.selection.selector` (no verification), against plain baselines measured in the
     same run: the encoder's forward pass alone on the same views, the naive view extraction (resample the whole
     volume to the 2 mm grid, then slice), and a brute-force numpy query.
-(b) **Query latency** of a ``--n`` (default 1,000,000) prototype hnswlib index of 128-d unit vectors
-    (clustered like real prototypes: a mixture of ``--clusters`` directions): p50 / p95 of single-vector
-    queries (k = 10) in ms, and recall@10 against brute force on ``--recall-queries`` queries. The build of a
-    1M index takes minutes on 2 cores; its time is printed.
+(b) **Queries per second** of a ``--n`` (default 1,000,000) prototype hnswlib index of unit vectors of the
+    encoder's dimension (``--dim``, default the bundled encoder's 64; clustered like real prototypes: a
+    mixture of ``--clusters`` directions), on one thread: throughput of a batch of ``--queries`` queries and
+    p50 / p95 latency of single-vector queries (k = 10), with recall@10 against brute force (exact cosine
+    over all vectors, also timed) for each ``--ef``. The build of a 1M index takes minutes; its time is
+    printed.
 
 Usage::
 
@@ -18,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -54,12 +57,18 @@ def ct_volume(size: tuple[int, int, int]) -> object:
     )
 
 
-def timed(fn: object, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def timed(fn: object, repeats: int, stats: dict | None = None) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls and the last result; ``stats`` (when given) also receives the
+    minimum wall time and the median process CPU time (all threads), as this shared machine's other jobs
+    stretch the wall clock."""
+    times, cpu, out = [], [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    if stats is not None:
+        stats.update(min=min(times), cpu=statistics.median(cpu))
     return statistics.median(times), out
 
 
@@ -75,13 +84,16 @@ def bench_embed_query(args: argparse.Namespace) -> None:
 
     enc = Encoder.load()
     image = ct_volume(tuple(args.size))
-    print(f"(a) embed + query, volume {tuple(args.size)} voxels ({image.array.nbytes / 1e6:.0f} MB float32), "
-          f"{args.threads} thread(s)")  # fmt: skip
+    if args.dtype == "int16":  # a CT as stored (DICOM, NIfTI): 16-bit integers
+        image.array = image.array.astype(np.int16)
+    print(f"(a) embed + query, volume {tuple(args.size)} voxels ({image.array.nbytes / 1e6:.0f} MB {args.dtype}), "
+          f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     # a zoo-sized index: 20 models x 120 prototypes
     rng = np.random.default_rng(1)
-    idx = ZooIndex()
+    dim = int(enc.config.get("embed_dim", 64))
+    idx = ZooIndex(dim=dim)
     for m in range(20):
-        v = rng.normal(size=(120, 128)).astype(np.float32) + rng.normal(size=(1, 128)).astype(np.float32) * 3
+        v = rng.normal(size=(120, dim)).astype(np.float32) + rng.normal(size=(1, dim)).astype(np.float32) * 3
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         rows = [
             {"origin": "exemplar" if i < 60 else "data-free", "source": f"s{i // 24}", "view": i}
@@ -91,7 +103,8 @@ def bench_embed_query(args: argparse.Namespace) -> None:
     enc.embed(image)  # warm-up
     t_views, views = timed(lambda: enc.views(image), args.repeats)
     t_fwd, emb = timed(lambda: enc.embed_views(views), args.repeats)
-    t_total, ev = timed(lambda: (clear_cache(), evidence(enc, image))[1], args.repeats)  # no cache
+    st: dict = {}
+    t_total, ev = timed(lambda: (clear_cache(), evidence(enc, image))[1], args.repeats, st)  # no cache
     t_query, _ = timed(
         lambda: (idx.query(ev.emb, k=10), similarities(idx, ev, ("exemplar", "data-free"))), args.repeats
     )
@@ -121,7 +134,8 @@ def bench_embed_query(args: argparse.Namespace) -> None:
     print(f"  views: {len(views)}; ours: view extraction {t_views * 1e3:.0f} ms + encoder {t_fwd * 1e3:.0f} ms; "
           f"embed (views + encoder + class probabilities) {t_total * 1e3:.0f} ms; query + per-model aggregation "
           f"{t_query * 1e3:.1f} ms")  # fmt: skip
-    print(f"  EMBED + QUERY TOTAL: {ours * 1e3:.0f} ms (goal <= 1000 ms)")
+    print(f"  EMBED + QUERY TOTAL: {ours * 1e3:.0f} ms median, {(st['min'] + t_query) * 1e3:.0f} ms best of "
+          f"{args.repeats} (goal <= 500 ms); embedding CPU time {st['cpu'] * 1e3:.0f} ms over all threads")  # fmt: skip
     print(f"  baselines: encoder forward alone {t_fwd * 1e3:.0f} ms (ours / forward = {ours / t_fwd:.2f}x); naive "
           f"full-volume resample + slicing {t_naive * 1e3:.0f} ms (ours' views / naive = {t_views / t_naive:.2f}x); "
           f"brute-force numpy query over {len(all_v)} prototypes {t_brute * 1e3:.2f} ms")  # fmt: skip
@@ -131,16 +145,17 @@ def bench_large_index(args: argparse.Namespace) -> None:
     import hnswlib
     import numpy as np
 
-    n, dim = int(args.n), 128
+    n, dim = int(args.n), int(args.dim)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(args.clusters, dim)).astype(np.float32)
+    spread = 0.6  # noise / centre norm ratio 0.6 in any dimension: the same angular spread
     print(f"(b) hnswlib index of {n:,} prototypes ({dim}-d, {args.clusters} clusters), M={args.M}, "
-          f"ef_construction={args.ef_construction}, {args.threads} thread(s)")  # fmt: skip
+          f"ef_construction={args.ef_construction}, build on {args.threads} thread(s), queries on 1 thread")  # fmt: skip
     data = np.empty((n, dim), np.float32)
     for i in range(0, n, 100_000):
         m = min(100_000, n - i)
         data[i : i + m] = (
-            centres[rng.integers(0, args.clusters, m)] + rng.normal(size=(m, dim)).astype(np.float32) * 0.6
+            centres[rng.integers(0, args.clusters, m)] + rng.normal(size=(m, dim)).astype(np.float32) * spread
         )
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     index = hnswlib.Index(space="cosine", dim=dim)
@@ -151,45 +166,55 @@ def bench_large_index(args: argparse.Namespace) -> None:
     print(f"  build: {t_build:.1f} s ({n / t_build:,.0f} vectors/s)")
     queries = (
         centres[rng.integers(0, args.clusters, args.queries)]
-        + rng.normal(size=(args.queries, dim)).astype(np.float32) * 0.6
+        + rng.normal(size=(args.queries, dim)).astype(np.float32) * spread
     )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    nq = min(args.recall_queries, len(queries))
+    t = time.perf_counter()
+    truth = [np.argpartition(-(data @ queries[i]), 10)[:10] for i in range(nq)]
+    t_brute = (time.perf_counter() - t) / nq
+    print(f"  brute force (exact cosine over {n:,} vectors, numpy): {t_brute * 1e3:.1f} ms/query "
+          f"({1.0 / t_brute:,.0f} queries/s)")  # fmt: skip
     for ef in args.ef:
         index.set_ef(ef)
+        t, c = time.perf_counter(), time.process_time()
+        labels, _ = index.knn_query(queries, k=10, num_threads=1)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
         lat = []
-        for q in queries:
+        for q in queries[: args.latency_queries]:
             t = time.perf_counter()
             index.knn_query(q[None], k=10, num_threads=1)
             lat.append(time.perf_counter() - t)
-        lat_ms = np.asarray(lat) * 1e3
-        nq = min(args.recall_queries, len(queries))
-        labels, _ = index.knn_query(queries[:nq], k=10, num_threads=args.threads)
-        t = time.perf_counter()
-        hits = 0
-        for i in range(nq):
-            sims = data @ queries[i]
-            truth = np.argpartition(-sims, 10)[:10]
-            hits += len(set(truth.tolist()) & set(labels[i].tolist()))
-        t_brute = (time.perf_counter() - t) / nq
-        p50, p95 = np.percentile(lat_ms, 50), np.percentile(lat_ms, 95)
-        print(f"  ef={ef}: query p50 {p50:.3f} ms, p95 {p95:.3f} ms (goal p50 <= 1 ms); recall@10 "
-              f"{hits / (10 * nq):.4f} on {nq} queries (goal >= 0.95); brute force {t_brute * 1e3:.1f} ms/query "
-              f"-> speed-up {t_brute * 1e3 / p50:.0f}x")  # fmt: skip
+        p50, p95 = np.percentile(np.asarray(lat) * 1e3, (50, 95))
+        recall = np.mean([len(set(truth[i].tolist()) & set(labels[i].tolist())) / 10.0 for i in range(nq)])
+        print(
+            f"  ef={ef}: {len(queries) / cpu:,.0f} queries per CPU-second on 1 thread ({len(queries) / wall:,.0f}/s "
+            f"wall clock on this shared machine; batch of {len(queries)}; goal >= 10,000), single query p50 "
+            f"{p50:.3f} ms / p95 {p95:.3f} ms; recall@10 {recall:.4f} on {nq} queries (goal >= 0.95); "
+            f"{t_brute * len(queries) / wall:,.0f}x brute force"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--dtype", choices=("int16", "float32"), default="int16", help="voxel type of the CT volume"
+    )
     parser.add_argument(
         "--n", type=int, default=1_000_000, help="prototypes in the large index (default 1,000,000)"
     )
     parser.add_argument("--clusters", type=int, default=2000)
+    parser.add_argument(
+        "--dim", type=int, default=64, help="vector dimension (default 64, the bundled encoder's)"
+    )
     parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", dest="ef_construction", type=int, default=100)
-    parser.add_argument("--ef", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--queries", type=int, default=1000, help="single-vector queries timed")
+    parser.add_argument("--ef-construction", dest="ef_construction", type=int, default=200)
+    parser.add_argument("--ef", type=int, nargs="+", default=[16, 24, 32, 48, 64])
+    parser.add_argument("--queries", type=int, default=10000, help="queries of the throughput batch")
+    parser.add_argument("--latency-queries", type=int, default=1000, help="single-vector queries timed")
     parser.add_argument("--recall-queries", dest="recall_queries", type=int, default=200)
     parser.add_argument("--skip-a", action="store_true", help="skip the embed + query benchmark")
     parser.add_argument("--skip-b", action="store_true", help="skip the large-index benchmark")

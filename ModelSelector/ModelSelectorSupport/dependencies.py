@@ -1,41 +1,79 @@
-"""The Python packages the library needs inside Slicer, and installing the missing ones.
+"""The Python packages the library needs inside Slicer, installing the missing ones, and the GPU question.
 
-torch is installed through the PyTorch extension (``PyTorchUtils``) when it is present, which picks the
-build that matches the machine's GPU; everything else through ``slicer.util.pip_install``.
+torch comes from the PyTorch extension (``PyTorchUtils``, a dependency of this extension), which picks the
+build that matches the machine's GPU and driver; a plain ``pip install torch`` would give a CPU-only build on
+Windows. The other packages come through ``slicer.util.pip_install``, after torch, so that none of them pulls
+in a torch of its own.
 """
 
+from __future__ import annotations
+
+import importlib
 import importlib.util
 from typing import Optional
 
 import slicer
 
-#: Python packages the library needs at run time: (import name, pip requirement)
+#: Python packages the library needs at run time: (import name, pip requirement); torch first
 DEPENDENCIES = [
-    ("torch", "torch"),
+    ("torch", "torch>=2.0"),
     ("monai", "monai>=1.3"),
     ("SimpleITK", "SimpleITK"),
     ("slicerio", "slicerio"),
     ("hnswlib", "hnswlib"),
+    ("filelock", "filelock>=3.0"),
 ]
+#: the packages that model runs need (the rest of the module works without them)
+MODEL_RUN_PACKAGES = ("torch", "monai")
 
 
-def missingDependencies() -> list[tuple]:
-    """The (import name, pip requirement) pairs of :data:`DEPENDENCIES` that cannot be imported."""
-    return [(name, req) for name, req in DEPENDENCIES if importlib.util.find_spec(name) is None]
+def isImportable(name: str) -> bool:
+    """True when package ``name`` can be imported (a package that refuses to load counts as missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missingDependencies(names: Optional[tuple] = None) -> list[tuple]:
+    """The (import name, pip requirement) pairs of :data:`DEPENDENCIES` (or of those in ``names``) that
+    cannot be imported."""
+    return [(n, r) for n, r in DEPENDENCIES if (names is None or n in names) and not isImportable(n)]
+
+
+def installTorch() -> None:
+    """Install torch through the PyTorch extension (the build for this machine's GPU, or the CPU one)."""
+    try:
+        import PyTorchUtils
+    except ImportError as e:
+        raise RuntimeError(
+            "Model Selector needs the PyTorch extension to install torch; install 'PyTorch' from the "
+            "Extensions Manager, restart Slicer and try again"
+        ) from e
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+        raise RuntimeError(
+            "torch could not be installed; install it in the 'PyTorch Utils' module and try again"
+        )
 
 
 def installDependencies(missing: Optional[list[tuple]] = None) -> None:
-    """Install missing packages with ``slicer.util.pip_install`` (torch through PyTorchUtils when present)."""
+    """Install missing packages: torch through the PyTorch extension, the others with ``pip_install``."""
     missing = missingDependencies() if missing is None else missing
     for name, requirement in missing:
         if name == "torch":
-            try:
-                import PyTorchUtils  # the PyTorch extension picks the right CUDA build
+            installTorch()
+        else:
+            slicer.util.pip_install(requirement)
+    importlib.invalidate_caches()
 
-                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-                if not torchLogic.torchInstalled():
-                    torchLogic.installTorch(askConfirmation=False)
-                continue
-            except ImportError:
-                pass
-        slicer.util.pip_install(requirement)
+
+def cudaAvailable() -> bool:
+    """True when the installed torch can run on a CUDA GPU (asked of torch itself; False without torch)."""
+    if not isImportable("torch"):
+        return False
+    try:
+        torch = importlib.import_module("torch")
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken torch install offers no GPU
+        return False

@@ -1,7 +1,6 @@
 """The Slicer application's classes when it is present, and stand-ins when only MRML is (``slicer-core``), so
 that the module's logic can be imported and tested without the application or Qt."""
 
-import logging
 import unittest
 from typing import Any
 
@@ -38,7 +37,7 @@ except ImportError:  # only MRML (e.g. ``pip install slicer-core``): the logic s
 
     class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
         def delayDisplay(self, message: str, msec: int = 0) -> None:
-            logging.info(message)
+            print(message, flush=True)  # headless runs show what the test does, as Slicer does
 
     class VTKObservationMixin:  # type: ignore[no-redef]
         pass

@@ -1,23 +1,35 @@
 """Running ``python -m ModelSelectorLib`` commands for the Model Selector module, off the main thread.
 
-A :class:`Job` runs one or more commands one after the other in a child process, reads its ``PROGRESS``
-lines (``MODELSELECTOR_PROGRESS=lines``) and its one-line errors, and is advanced by :meth:`Job.poll`
-(from the widget's QTimer, or a loop in :meth:`Job.wait`). Nothing here needs Qt or the Slicer application;
-the jobs ask the module's logic to write the input volume and to load each result into the scene.
+A :class:`Job` runs one or more commands one after the other in a child process (:mod:`.processes`), reads
+its ``PROGRESS`` lines (``MODELSELECTOR_PROGRESS=lines``) and its one-line errors, and is advanced by
+:meth:`Job.poll` (from the widget's QTimer, or the loop of :meth:`Job.wait`).
+
+A job is bound to the input volume node it started from and to that node's scene: closing the scene or
+removing the volume cancels it (the process tree is ended, the temporary files removed) and it adds nothing
+anywhere. Results are attached only to that volume node object, in its scene. Nothing here needs Qt or the
+Slicer application.
 """
+
+from __future__ import annotations
 
 import json
 import logging
 import os
-import queue
 import shutil
-import subprocess
 import tempfile
-import threading
 import time
 from typing import Any, Callable, Optional
 
+import vtk
+
+from .markups import resultParts
+from .processes import ChildProcess, Launcher
+
 ERROR_PREFIX = "modelselector: error: "
+PROGRESS_PREFIX = "PROGRESS "
+USER_CANCELLED = "cancelled by the user"
+SCENE_CLOSED = "cancelled: the scene was closed while the job ran; nothing was added"
+VOLUME_REMOVED = "cancelled: the input volume was removed from the scene while the job ran; nothing was added"
 
 
 class ModelSelectorProcessError(RuntimeError):
@@ -29,127 +41,131 @@ class ModelSelectorProcessError(RuntimeError):
 
 
 class ModelSelectorCancelled(ModelSelectorProcessError):
-    """The user cancelled the run; nothing was added to the scene."""
-
-
-def pump_lines(stream: Any, lines: queue.Queue) -> None:
-    for line in iter(stream.readline, ""):
-        lines.put(line.rstrip("\r\n"))
-    stream.close()
+    """The run was cancelled (by the user, or because its scene or input volume went away)."""
 
 
 class Job:
-    """One or more ``python -m ModelSelectorLib`` processes run one after the other.
+    """One or more ``python -m ModelSelectorLib`` processes, run one after the other for one volume node.
 
     Call :meth:`poll` repeatedly (from a QTimer, or a loop): it forwards progress, returns True when all the
-    work is done (``result`` then holds the answer) and raises :class:`ModelSelectorProcessError` on failure.
+    work is done (``result`` then holds the answer) and raises :class:`ModelSelectorProcessError` on failure,
+    :class:`ModelSelectorCancelled` after :meth:`cancel` or when the volume or its scene went away.
     Temporary files are removed when the job ends in any way.
     """
 
-    def __init__(self, logic: Any, progressCallback: Optional[Callable[[float, str], None]] = None):
+    def __init__(
+        self,
+        logic: Any,
+        volumeNode: Any,
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        launcher: Optional[Launcher] = None,
+    ) -> None:
+        if volumeNode is None or volumeNode.GetScene() is None:
+            raise ValueError("select an input volume that is in the scene")
         self.logic = logic
+        self.volumeNode = volumeNode
+        self.scene = volumeNode.GetScene()
         self.progressCallback = progressCallback
+        self.launcher = launcher
         self.tempDir = tempfile.mkdtemp(prefix="ModelSelector-")
-        self.process: Optional[subprocess.Popen] = None
-        self.stdout = ""
+        self.child: Optional[ChildProcess] = None
+        self.output: list[str] = []
         self.log = ""
         self.result: Any = None
-        self._errors: list[str] = []
-        self._lines: queue.Queue = queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self._stdoutParts: list[str] = []
-        self._cancelled = False
+        self.added: list[Any] = []
+        self.cancelReason: Optional[str] = None
+        self._observations: list[int] = []
         self._finished = False
         self._step = 0
         self._steps = 1
+        self._observeScene()
 
-    # to be provided by subclasses
+    # --- to be provided by subclasses -------------------------------------------------------------------------
     def _nextCommand(self) -> Optional[list[str]]:
         raise NotImplementedError
 
     def _stepDone(self) -> None:
         raise NotImplementedError
 
+    # --- binding to the scene and the volume ----------------------------------------------------------------
+    def _observeScene(self) -> None:
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def onNodeRemoved(caller: Any, event: Any, node: Any) -> None:
+            if node is self.volumeNode:
+                self.cancel(VOLUME_REMOVED)
+
+        def onStartClose(caller: Any, event: Any) -> None:
+            self.cancel(SCENE_CLOSED)
+
+        self._observations = [
+            self.scene.AddObserver(self.scene.StartCloseEvent, onStartClose),
+            self.scene.AddObserver(self.scene.NodeRemovedEvent, onNodeRemoved),
+        ]
+
+    def _forgetScene(self) -> None:
+        for tag in self._observations:
+            self.scene.RemoveObserver(tag)
+        self._observations = []
+
+    def isBound(self) -> bool:
+        """True while the input volume node is still in the scene the job started from."""
+        return self.volumeNode.GetScene() is self.scene and self.scene.IsNodePresent(self.volumeNode) != 0
+
+    # --- the child process ---------------------------------------------------------------------------------
     def _start(self, args: list[str]) -> None:
         command = [self.logic.pythonExecutable(), "-m", "ModelSelectorLib", *args]
         logging.info("ModelSelector: running %s", " ".join(command))
         self.log += "$ " + " ".join(command) + "\n"
-        self._errors = []
-        self._stdoutParts = []
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=self.logic.processEnvironment(),
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        err = threading.Thread(target=pump_lines, args=(self.process.stderr, self._lines), daemon=True)
-        out = threading.Thread(target=self._readStdout, args=(self.process.stdout,), daemon=True)
-        self._threads = [err, out]
-        for t in self._threads:
-            t.start()
-
-    def _readStdout(self, stream: Any) -> None:
-        self._stdoutParts.append(stream.read())
-        stream.close()
+        self.output = []
+        self.child = ChildProcess(command, self.logic.processEnvironment(), self.launcher)
 
     def _drain(self) -> None:
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            if line.startswith("PROGRESS "):
+        for line in self.child.newLines() if self.child is not None else []:
+            if line.startswith(PROGRESS_PREFIX):
                 parts = line.split(" ", 2)
                 try:
-                    fraction = float(parts[1])
+                    fraction = min(max(float(parts[1]), 0.0), 1.0)
                 except (IndexError, ValueError):
                     continue
-                text = parts[2] if len(parts) > 2 else ""
                 if self.progressCallback is not None:
-                    self.progressCallback((self._step + min(max(fraction, 0.0), 1.0)) / self._steps, text)
+                    text = parts[2] if len(parts) > 2 else ""
+                    self.progressCallback((self._step + fraction) / self._steps, text)
             elif line.strip():
+                self.output.append(line)
                 self.log += line + "\n"
-                self._errors.append(line)
 
     def errorMessage(self) -> str:
         """The process's one-line error (``modelselector: error: ...`` without the prefix)."""
-        for line in reversed(self._errors):
+        for line in reversed(self.output):
             if line.startswith(ERROR_PREFIX):
                 return line[len(ERROR_PREFIX) :].strip()
-        for line in reversed(self._errors):  # e.g. a Python traceback: its last line names the exception
+        for line in reversed(self.output):  # e.g. a Python traceback: its last line names the exception
             if line.strip():
                 return line.strip()
         return "the ModelSelectorLib process failed without a message"
 
     def poll(self) -> bool:
+        """Advance the job; True once all its work is done and its results are attached."""
         if self._finished:
             return True
         try:
-            if self._cancelled:
-                raise ModelSelectorCancelled("cancelled by the user")
-            if self.process is None:
+            if self.cancelReason is None and not self.isBound():
+                self.cancelReason = SCENE_CLOSED if self.volumeNode.GetScene() is None else VOLUME_REMOVED
+            if self.cancelReason is not None:
+                raise ModelSelectorCancelled(self.cancelReason)
+            if self.child is None:
                 command = self._nextCommand()
                 if command is None:
-                    self._finished = True
-                    self.cleanup()
+                    self._end()
                     return True
                 self._start(command)
                 return False
-            returncode = self.process.poll()
-            if returncode is None:
-                self._drain()
-                return False
-            for t in self._threads:
-                t.join(timeout=5)
             self._drain()
-            self.stdout = "".join(self._stdoutParts)
-            self.process = None
-            if self._cancelled:
-                raise ModelSelectorCancelled("cancelled by the user")
+            returncode = self.child.poll()
+            if returncode is None:
+                return False
+            self._drain()
+            self.child = None
             if returncode != 0:
                 raise ModelSelectorProcessError(self.errorMessage(), returncode)
             self._stepDone()
@@ -158,9 +174,9 @@ class Job:
                 self.progressCallback(self._step / self._steps, "")
             return False
         except BaseException:
-            self._finished = True
-            self._kill()
-            self.cleanup()
+            if self.cancelReason in (SCENE_CLOSED, VOLUME_REMOVED):
+                self._removeAdded()
+            self._end()
             raise
 
     def wait(self, cancelEvent: Any = None, interval: float = 0.05) -> Any:
@@ -171,37 +187,55 @@ class Job:
                     self.cancel()
                 time.sleep(interval)
         finally:
-            self.cleanup()
+            self._end()
         return self.result
 
-    def cancel(self) -> None:
-        self._cancelled = True
+    def cancel(self, reason: str = USER_CANCELLED) -> None:
+        """Stop the job: end its process tree now; the next :meth:`poll` raises :class:`ModelSelectorCancelled`."""
+        if self._finished:
+            return
+        if self.cancelReason is None:
+            self.cancelReason = reason
         self._kill()
 
     def _kill(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()  # SIGTERM: the command cancels cleanly and leaves nothing half-written
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        child, self.child = self.child, None
+        if child is not None:
+            child.kill()
+
+    def _removeAdded(self) -> None:
+        """Take back the nodes this job added (their input volume went away)."""
+        for node in self.added:
+            for n in [*resultParts(node), node]:  # a set of curves: every node read from the result file
+                scene = n.GetScene()
+                if scene is not None:
+                    scene.RemoveNode(n)
+        if self.added and isinstance(self.result, list):
+            self.result = [n for n in self.result if all(n is not a for a in self.added)]
+        self.added = []
+
+    def _end(self) -> None:
+        self._finished = True
+        self._kill()
+        self._forgetScene()
+        self.cleanup()
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tempDir, ignore_errors=True)
 
 
 class FindJob(Job):
+    """``modelselector select --json`` on the input volume; ``result`` is the answer's dict."""
+
     def __init__(self, logic: Any, volumeNode: Any, zooPath: str, **kw: Any) -> None:
-        super().__init__(logic, **kw)
+        super().__init__(logic, volumeNode, **kw)
+        self.zooPath = zooPath
+        self._issued = False
         try:
             self.imagePath = logic.writeVolume(volumeNode, os.path.join(self.tempDir, "input.nrrd"))
         except BaseException:
-            self.cleanup()
+            self._end()
             raise
-        self.zooPath = zooPath
-        self._issued = False
 
     def _nextCommand(self) -> Optional[list[str]]:
         if self._issued:
@@ -210,51 +244,44 @@ class FindJob(Job):
         # every model (an expert may apply one that does not fit), with the reasons for the table's tooltips
         return ["select", self.imagePath, "--zoo", self.zooPath, "--json", "--reasons", "--top", "1000"]
 
-    def errorMessage(self) -> str:
-        message = super().errorMessage()
-        if "invalid choice: 'select'" in message or "invalid choice: 'select'" in self.log:
-            return (
-                "this version of ModelSelectorLib has no 'select' command yet, so models cannot be ranked; "
-                "list the zoo and apply a model by name instead"
-            )
-        return message
-
     def _stepDone(self) -> None:
-        try:
-            self.result = json.loads(self.stdout)
-        except ValueError as e:
-            raise ModelSelectorProcessError(f"could not read the answer of 'select --json': {e}") from e
+        # stdout and stderr arrive merged: the answer is the last line that is a JSON object
+        for line in reversed(self.output):
+            if line.startswith("{"):
+                try:
+                    self.result = json.loads(line)
+                    return
+                except ValueError:
+                    continue
+        raise ModelSelectorProcessError(
+            "the answer of 'modelselector select --json' was missing or unreadable"
+        )
 
 
 class ApplyJob(Job):
+    """``modelselector apply`` of each model in turn; ``result`` lists the nodes added beside the volume."""
+
     def __init__(
-        self,
-        logic: Any,
-        volumeNode: Any,
-        modelNames: list[str],
-        zooPath: str,
-        device: str = "cpu",
-        **kw: Any,
+        self, logic: Any, volumeNode: Any, modelNames: list[str], zooPath: str, device: str = "cpu", **kw: Any
     ) -> None:
-        super().__init__(logic, **kw)
-        self.volumeNode = volumeNode
+        super().__init__(logic, volumeNode, **kw)
         self.modelNames = list(modelNames)
         self.zooPath = zooPath
         self.device = device
         self._steps = max(len(self.modelNames), 1)
         self.result = []
-        self.taskTypes = logic.taskTypes(zooPath)
-        unknown = [n for n in self.modelNames if n not in self.taskTypes]
-        if unknown:
-            self.cleanup()
-            known = ", ".join(sorted(self.taskTypes)) or "none"
-            raise ModelSelectorProcessError(
-                f"no model named {', '.join(repr(n) for n in unknown)} in the zoo {zooPath}; known models: {known}"
-            )
         try:
+            self.taskTypes = logic.taskTypes(zooPath)
+            unknown = [n for n in self.modelNames if n not in self.taskTypes]
+            if unknown:
+                known = ", ".join(sorted(self.taskTypes)) or "none"
+                raise ModelSelectorProcessError(
+                    f"no model named {', '.join(repr(n) for n in unknown)} in the zoo {zooPath}; "
+                    f"known models: {known}"
+                )
             self.imagePath = logic.writeVolume(volumeNode, os.path.join(self.tempDir, "input.nrrd"))
         except BaseException:
-            self.cleanup()
+            self._end()
             raise
 
     def _taskType(self, index: int) -> str:
@@ -276,4 +303,5 @@ class ApplyJob(Job):
         node = self.logic.loadResult(
             self._outPath(self._step), name, self._taskType(self._step), self.volumeNode
         )
+        self.added.append(node)
         self.result.append(node)

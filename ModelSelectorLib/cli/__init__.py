@@ -12,7 +12,7 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import Optional
+from typing import NoReturn, Optional
 
 from .. import __version__
 from ..errors import Cancelled, ModelSelectorError
@@ -46,8 +46,16 @@ Typical use:
 """
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command (subcommand
+    parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"modelselector: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="modelselector", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -84,7 +92,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ModelSelectorError as e:
         if args.debug:
             raise
-        print(f"modelselector: error: {e}", file=sys.stderr)
+        # one line whatever a library put into the message
+        one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"modelselector: error: {one_line}", file=sys.stderr)
         return e.exit_code
 
 

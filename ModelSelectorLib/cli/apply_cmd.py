@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="output file: OUT.seg.nrrd (segmentation) or OUT.mrk.json (landmarks)",
     )
+    p.add_argument(
+        "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.set_defaults(func=run)
 
@@ -36,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
     from ..resources import default_zoo_path
 
     zoo = args.zoo if args.zoo is not None else default_zoo_path()
-    out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device)
+    out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device, series_uid=args.series)
     print(out)
     return 0

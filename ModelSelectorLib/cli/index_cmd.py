@@ -30,14 +30,10 @@ def register(sub: Any) -> None:
     isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    q = isub.add_parser("build", help="index every model's prototypes and calibrate the threshold")
+    q = isub.add_parser("build", help="index every model's prototypes and calibrate the selector")
     _common(q)
-    q.add_argument(
-        "--far", type=float, default=0.05, help="false-accept rate of the calibrated threshold (default 0.05)"
-    )
-    q.add_argument(
-        "--no-calibrate", dest="calibrate", action="store_false", help="skip the threshold calibration"
-    )
+    _calibration_data(q)
+    q.add_argument("--no-calibrate", dest="calibrate", action="store_false", help="skip the calibration")
     q.set_defaults(func=cmd_build)
 
     q = isub.add_parser("add", help="add (or refresh) one model's prototypes")
@@ -52,14 +48,45 @@ def register(sub: Any) -> None:
     q.add_argument("--model", required=True, metavar="NAME")
     q.set_defaults(func=cmd_remove)
 
-    q = isub.add_parser("calibrate", help="recalibrate the 'nothing fits' threshold")
+    q = isub.add_parser(
+        "calibrate",
+        help="recalibrate the score weights and each model's operating point",
+        description="Score the development images of the protocol split (or, without --data, the models' "
+        "exemplar files and synthetic references) against every model; fit the score's weights, choose the "
+        "model-alone signals and one operating point per model, and store them with their false-accept and "
+        "false-reject rates in the index sidecar.",
+    )
     _common(q)
-    q.add_argument("--far", type=float, default=0.05, help="false-accept rate (default 0.05)")
+    _calibration_data(q)
     q.set_defaults(func=cmd_calibrate)
 
-    q = isub.add_parser("check", help="check that the index matches the zoo")
+    q = isub.add_parser(
+        "check", help="check that the index matches the zoo; print each model's operating point"
+    )
     _common(q)
     q.set_defaults(func=cmd_check)
+
+
+def _calibration_data(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="calibrate on the development part of the protocol split of this data folder")  # fmt: skip
+    q.add_argument("--split-file", type=Path, default=None, metavar="JSON",
+                   help="protocol split (default: the bundled encoder's split.json)")  # fmt: skip
+    q.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="use at most N development images (class by class, seeded)")  # fmt: skip
+
+
+def _cases(args: argparse.Namespace, zoo: Zoo) -> tuple[Any, str]:
+    """Development images of the protocol split when --data or --split-file is given, else (None, "")."""
+    if args.data is None and args.split_file is None:
+        return None, ""
+    from ..errors import InputError
+    from ..evaluation.selection_cases import development_images, load_protocol
+
+    split = load_protocol(args.split_file, args.data)
+    if not split.root.is_dir():
+        raise InputError(f"{split.root}: the split's data folder is not there; pass it with --data.")
+    return development_images(split, zoo, args.limit)
 
 
 def _paths(args: argparse.Namespace) -> tuple[Zoo, Path]:
@@ -74,69 +101,75 @@ def _summary(idx: Any) -> str:
     return f"{len(idx)} prototype(s) of {len(parts)} model(s): {', '.join(parts)}"
 
 
-def _print_calibration(cal: dict) -> None:
-    th = (cal or {}).get("thresholds", {})
-    for key in sorted(th):
-        t = th[key]
-        tpr = "-" if t.get("tpr") is None else f"{t['tpr']:.2f}"
-        far = "-" if t.get("far") is None else f"{t['far']:.2f}"
-        rule = "best of the origins' scores" if t.get("fused") else f"threshold {t['raw_threshold']:.3f}"
-        print(f"  {key:28s} {rule}  (positives {t['n_positive']}, accepted {tpr}; "
-              f"references {t['n_negative']}, falsely accepted {far})")  # fmt: skip
+def _print_calibration(cal: dict, key: str = "data-free+exemplar:verify") -> None:
+    """Each model's operating point with its false-accept and false-reject rates (one setting)."""
+    setting = ((cal or {}).get("settings") or {}).get(key)
+    if not setting:
+        print("  not calibrated for this version of the selector; run `modelselector index calibrate`.")
+        return
+    print(f"  calibrated on {cal.get('images', '?')}; setting {key}")
+    for name, m in sorted((setting.get("models") or {}).items()):
+        far = "-" if m.get("far") is None else f"{m['far']:.3f}"
+        frr = "-" if m.get("frr") is None else f"{m['frr']:.3f}"
+        own = "pooled" if m.get("pooled") else "own"
+        print(f"  {name:28s} operating point {m['threshold']:7.3f} ({own:6s}) false-accept {far} "
+              f"false-reject {frr}  (positives {m['n_positive']}, negatives {m['n_negative']})")  # fmt: skip
+    kept = {t: sorted(v) for t, v in (setting.get("verify") or {}).items()}
+    print(f"  model-alone signals kept: {kept or 'none'}")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from ..selection.calibration import build_index
 
     zoo, out = _paths(args)
-    idx = build_index(zoo, calibrate=args.calibrate, far=args.far)
+    cases, text = _cases(args, zoo) if args.calibrate else (None, "")
+    idx = build_index(zoo, calibrate=args.calibrate, cases=cases, description=text)
     idx.save(out)
     print(f"Index saved to {out}: {_summary(idx)}")
     if args.calibrate:
-        print(f"Calibrated 'nothing fits' thresholds (target false-accept rate {args.far}):")
         _print_calibration(idx.calibration)
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    n = idx.add_model(zoo, args.model, args.model_version)
-    if args.calibrate:
-        from ..selection.calibration import calibrate
+    with updating_index(out) as idx:
+        n = idx.add_model(zoo, args.model, args.model_version)
+        if args.calibrate:
+            from ..selection.calibration import calibrate
 
-        calibrate(idx, zoo)
-    idx.save(out)
+            calibrate(idx, zoo)
+        idx.save(out)
     print(f"Added {n} prototype(s) of {args.model} to {out}; now {_summary(idx)}")
     if not args.calibrate:
-        print(
-            f"The threshold was calibrated without it; recalibrate with `modelselector index calibrate --zoo {zoo.path}`."
-        )
+        print(f"The calibration was made without it; recalibrate with `modelselector index calibrate --zoo {zoo.path} "
+              "--data DATA`.")  # fmt: skip
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    n = idx.remove_model(args.model)
-    idx.save(out)
+    with updating_index(out) as idx:
+        n = idx.remove_model(args.model)
+        idx.save(out)
     print(f"Removed {n} prototype(s) of {args.model} from {out}; now {_summary(idx)}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..selection.calibration import calibrate
-    from ..selection.index import ZooIndex
+    from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    cal = calibrate(idx, zoo, far=args.far)
-    idx.save(out)
-    print(f"Calibrated thresholds saved to {out} (target false-accept rate {args.far}):")
+    with updating_index(out) as idx:
+        cases, text = _cases(args, zoo)
+        cal = calibrate(idx, zoo, cases=cases, description=text)
+        idx.save(out)
+    print(f"Calibration saved to {out}:")
     _print_calibration(cal)
     return 0
 

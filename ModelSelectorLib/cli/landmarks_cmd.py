@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .args import fraction
+
 COMPARE_HELP = """\
 Run the comparison grid (variants x label fractions x seeds) on a chest X-ray landmark folder and write
 OUT/report.md, OUT/mre_vs_fraction.png, OUT/overlays/ and OUT/results.json. Finished runs are stored in
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--name", default="dx-chest-landmarks", help="model name in the zoo")
     t.add_argument("--version", default="1.0.0", help="model version")
     t.add_argument("--variant", default="uncertainty_kd", help="training variant (default: uncertainty_kd)")
-    t.add_argument("--fraction", type=float, default=1.0, help="labelled fraction of the training images")
+    t.add_argument("--fraction", type=fraction, default=1.0, help="labelled fraction of the training images")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--config", type=Path, help="YAML with GridConfig settings (its 'train' block is used)")
     t.add_argument("--quick", action="store_true", help="seconds-long configuration (for trying it out)")
@@ -92,9 +94,11 @@ def _grid_config(args: argparse.Namespace) -> Any:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..training.landmark_report import best_student, winners
     from ..training.landmark_study import compare
 
+    check_output_folder(args.out)
     cfg = _grid_config(args)
     results = compare(args.data, args.out, cfg, report_only=args.report_only)
     for f, w in winners(results).items():
@@ -126,26 +130,32 @@ def run_apply(args: argparse.Namespace) -> int:
     from ..apply import open_runtime
     from ..errors import InputError
     from ..io.image import read_image
+    from ..io.outputs import check_output_file
+    from ..models.preprocessing import check_device
     from ..resources import default_zoo_path
 
+    check_device(args.device)
+    out = check_output_file(args.out, ".mrk.json")
+    image = read_image(args.image)
     runtime = open_runtime(args.zoo if args.zoo is not None else default_zoo_path(), args.model, args.device)
     if not hasattr(runtime, "write_points"):
         raise InputError(
             f"{args.model} is a {runtime.card.task_type} model; `landmarks apply` runs landmark models."
         )
-    prediction = runtime.predict(read_image(args.image))
-    out = runtime.write_points(prediction, args.out) if args.points else runtime.write(prediction, args.out)
-    print(out)
+    prediction = runtime.predict(image)
+    print(runtime.write_points(prediction, out) if args.points else runtime.write(prediction, out))
     return 0
 
 
 def run_split(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_file
     from ..training.landmark_grid import write_landmark_split
 
+    out = check_output_file(args.out, ".json")
     cfg = _grid_config(args)
     print(
         write_landmark_split(
-            args.data, args.out, cfg.split_seed, cfg.val_fraction, cfg.test_fraction, args.relative
+            args.data, out, cfg.split_seed, cfg.val_fraction, cfg.test_fraction, args.relative
         )
     )
     return 0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from .args import open_fraction, positive_int
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,9 @@ def _gate_args(p: argparse.ArgumentParser) -> None:
                    "(default: dice, or mre_mm for landmark models)")  # fmt: skip
     p.add_argument("--method", choices=("wilcoxon", "bootstrap"), default="wilcoxon",
                    help="paired test: Wilcoxon signed-rank (default) or paired bootstrap CI")  # fmt: skip
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the paired test (0.95)")
+    p.add_argument(
+        "--level", type=open_fraction, default=0.95, help="confidence level of the paired test (0.95)"
+    )
     p.add_argument("--min-improvement", type=float, default=0.0,
                    help="smallest mean improvement accepted, in the metric's units (0)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -47,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--zoo", type=Path, required=True, help="zoo folder")
     r.add_argument("--task", required=True, help="model name of the task in the zoo")
     r.add_argument("--dataset", type=Path, required=True, help="MSD dataset folder with the new data")
-    r.add_argument("--epochs", type=int, help="override the number of epochs")
+    r.add_argument("--epochs", type=positive_int, help="override the number of epochs")
     r.add_argument("--seed", type=int, help="override the training seed")
     _gate_args(r)
     r.set_defaults(func=run_retrain)

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..resources import default_zoo_path
 from ..zoo.catalog import Zoo
+from .args import non_negative_int, positive_int
 
 
 def register(sub: Any) -> None:
@@ -30,11 +31,15 @@ def register(sub: Any) -> None:
     p.add_argument("--version", dest="model_version", default=None, help="model version (default: current)")
     p.add_argument("--exemplars", nargs="+", type=Path, default=None, metavar="DIR_OR_FILE",
                    help="example input images, or a folder of them (replaces the stored exemplar prototypes)")  # fmt: skip
-    p.add_argument("--data-free", dest="data_free", type=int, default=4, metavar="N",
+    p.add_argument("--data-free", dest="data_free", type=non_negative_int, default=4, metavar="N",
                    help="inputs to synthesise from the model (default 4; 0 keeps the stored data-free prototypes)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=100, help="optimisation steps of the synthesis (default 100)")
+    p.add_argument(
+        "--steps", type=positive_int, default=100, help="optimisation steps of the synthesis (default 100)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthesis (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(func=cmd_prototypes)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..resources import default_zoo_path
+from .args import fraction, origins, positive_int
 
 
 def register(sub: Any) -> None:
@@ -30,29 +31,34 @@ def register(sub: Any) -> None:
         help="zoo folder (default: $MODELSELECTOR_ZOO, else the bundled zoo)",
     )
     p.add_argument("--index", type=Path, default=None, help="index folder (default: ZOO/index)")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="number of models to list (default 5)")
-    p.add_argument("--threshold", type=float, default=None, metavar="T",
+    p.add_argument(
+        "--top", type=positive_int, default=5, metavar="K", help="number of models to list (default 5)"
+    )
+    p.add_argument("--threshold", type=fraction, default=None, metavar="T",
                    help="minimum calibrated score for a model to fit (default 0.5)")  # fmt: skip
-    p.add_argument("--origins", default="exemplar,data-free",
+    p.add_argument("--origins", type=origins, default="exemplar,data-free",
                    help="prototype origins to use: exemplar, data-free or both (default: exemplar,data-free)")  # fmt: skip
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the model-alone verification of the candidates")  # fmt: skip
+    p.add_argument(
+        "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
+    )
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--reasons", action="store_true", help="with --json: add each model's reasons")
     p.set_defaults(func=cmd_select)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from ..io.image import read_image
     from ..selection.selector import select
 
-    origins = tuple(o.strip() for o in args.origins.split(",") if o.strip())
     sel = select(
-        args.image,
+        read_image(args.image, series_uid=args.series) if args.series else args.image,
         zoo=args.zoo if args.zoo is not None else default_zoo_path(),
         index=args.index,
         top_k=args.top,
         threshold=args.threshold,
-        origins=origins,
+        origins=args.origins,
         verify=args.verify,
     )
     sel.input = str(args.image)

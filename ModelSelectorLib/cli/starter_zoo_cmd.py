@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ModelSelectorError
+from .args import non_negative_int, positive_float, positive_int
 
 _EPILOG = """\
 Stages (run in this order; pick with --stages):
@@ -21,6 +22,7 @@ skipped; --force retrains it. Deterministic for a given --seed.
 Examples:
   modelselector build-starter-zoo --data ../shared/data --out Resources/zoo
   modelselector build-starter-zoo --data ../shared/data --out /tmp/zoo --only dx-chest-lungs --stages train
+  modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 0,1
   modelselector build-starter-zoo --list
 """
 
@@ -46,13 +48,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--work", type=Path, help="keep the prepared MSD folders here (default: a temporary folder)"
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads during training (default: torch's choice)")
-    p.add_argument("--data-free", type=int, default=4, help="data-free prototypes per model (default 4)")
     p.add_argument(
-        "--epochs-scale", type=float, default=1.0, help="multiply every recipe's epochs (trial builds)"
+        "--threads", type=positive_int, help="torch CPU threads during training (default: torch's choice)"
+    )
+    p.add_argument(
+        "--data-free", type=non_negative_int, default=4, help="data-free prototypes per model (default 4)"
+    )
+    p.add_argument(
+        "--epochs-scale",
+        type=positive_float,
+        default=1.0,
+        help="multiply every recipe's epochs (trial builds)",
     )
     p.add_argument(
         "--force", action="store_true", help="retrain models even when their recipe hash is unchanged"
+    )
+    p.add_argument(
+        "--folds",
+        help="cross-validation folds to run now, e.g. 0,1 (default all; processes sharing --work "
+        "can split them)",
     )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.set_defaults(func=run)
@@ -71,6 +85,7 @@ def _list() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..resources import default_zoo_path
     from ..starter_zoo.build import build_starter_zoo
 
@@ -79,12 +94,13 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ModelSelectorError("pass the shared data folder with --data (e.g. --data ../shared/data).")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    out = args.out or default_zoo_path()
+    out = check_output_folder(args.out or default_zoo_path())
     t0 = time.monotonic()
     build_starter_zoo(
         args.data, out, only=args.only, seed=args.seed, stages=stages, work_dir=args.work,
         num_threads=args.threads, epochs_scale=args.epochs_scale, data_free=args.data_free, force=args.force,
         log=lambda line: print(line, flush=True),
+        folds=[int(f) for f in args.folds.split(",")] if args.folds else None,
     )  # fmt: skip
     print(f"starter zoo in {out} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import InputError
+from .args import positive_int
 
 SWEEP_EXAMPLE = """\
 example sweep file (YAML):
@@ -46,12 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes (default) or a Ray cluster")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+    p.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="parallel worker processes of the local executor (default: half the CPUs)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker / CPUs per Ray task (1)")
     p.add_argument(
-        "--metric", help="leaderboard ranking metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
-        "(default: dice, or mre_mm for landmark models)"
+        "--threads", type=positive_int, default=1, help="torch threads per worker / CPUs per Ray task (1)"
+    )
+    p.add_argument(
+        "--metric",
+        help="leaderboard ranking metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
+        "(default: dice, or mre_mm for landmark models)",
     )
     p.add_argument("--device", default="cpu", help="torch device of the evaluation (cpu, cuda)")
     p.add_argument("--retrain", action="store_true", help="train candidates again even if already in the zoo")
@@ -95,11 +98,11 @@ def _print_ranking(result: dict, metric: str) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..ranking.sweep import load_sweep
     from ..ranking.sweep import run_sweep as sweep
 
-    if args.workers < 1 or args.threads < 1:
-        raise InputError("--workers and --threads must be at least 1.")
+    check_output_folder(args.out)
     spec = load_sweep(args.config)
     result = sweep(args.dataset, spec, args.out, executor=args.executor, workers=args.workers,
                    threads=args.threads, address=args.address, metric=args.metric, device=args.device,
@@ -123,9 +126,11 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..ranking.leaderboard import evaluate_candidate, write_dashboard
     from ..ranking.sweep import read_split
 
+    check_output_folder(args.out)
     split = read_split(args.split)
     ev = evaluate_candidate(args.bundle, split, args.out / "evaluation.json", args.out, device=args.device)
     print(write_dashboard(ev, args.out, args.metric))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .args import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="model name in the zoo (letters, digits, ._+-)")
     p.add_argument("--out", type=Path, required=True, help="zoo folder to add the model to")
     p.add_argument("--config", type=Path, help="YAML file with TrainConfig settings (epochs, roi_size, ...)")
-    p.add_argument("--epochs", type=int, help="number of epochs (overrides --config)")
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (overrides --config)")
     p.add_argument(
         "--arch",
         choices=("unet", "segresnet", "attentionunet", "dynunet"),
@@ -31,9 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_folder
     from ..settings import read_settings_file
     from ..training.segmentation import TrainConfig, train_segmentation
 
+    check_output_folder(args.out)
     settings = read_settings_file(args.config, example="epochs: 50") if args.config else {}
     for key, value in (("epochs", args.epochs), ("architecture", args.arch), ("seed", args.seed),
                        ("device", args.device)):  # fmt: skip

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, Image
+from ..selection.scoring import is_relevant
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,6 +61,7 @@ class ModelInfo:
         task_type: ``segmentation``, ``landmarks`` or ``classification``.
         example_inputs: absolute paths of the model's example inputs: the card's ``example_inputs`` and
             the files its exemplar prototypes were made from (may be empty).
+        spatial_dims: 2 or 3, the dimensions of the model's input.
     """
 
     name: str
@@ -67,25 +70,12 @@ class ModelInfo:
     regions: tuple[str, ...]
     task_type: str = ""
     example_inputs: tuple[str, ...] = ()
+    spatial_dims: int = 3
 
     @property
     def label(self) -> str:
         """``"MODALITY:REGION;REGION"``, e.g. ``"CT:ABDOMEN"``."""
         return f"{self.modality}:{';'.join(self.regions)}"
-
-
-def is_relevant(
-    model_modality: str, model_regions: Iterable[str], modality: str, regions: Iterable[str]
-) -> bool:
-    """True when a model (modality, regions) applies to an image (modality, regions).
-
-    The modalities must be equal and the region sets must intersect; ``OT`` (non-medical) images have no
-    relevant model.
-    """
-    m = str(modality).strip().upper()
-    if not m or m == "OT":
-        return False
-    return str(model_modality).strip().upper() == m and bool(set(model_regions) & set(regions))
 
 
 def zoo_models(zoo: Any, roots: Sequence[PathLike] = ()) -> list[ModelInfo]:
@@ -110,6 +100,7 @@ def zoo_models(zoo: Any, roots: Sequence[PathLike] = ()) -> list[ModelInfo]:
                 regions=split_regions(card.body_region),
                 task_type=card.task_type,
                 example_inputs=tuple(examples),
+                spatial_dims=int(card.spatial_dims),
             )
         )
     if not out:
@@ -173,7 +164,10 @@ class Ranking:
         confidence: in-distribution confidence of the image (higher = more likely that some model fits);
             used for the out-of-distribution AUROC.
         fits: the ranker's "some model fits" decision, or None when the ranker has no such decision.
-        predicted: what the ranker believes the image is (e.g. ``"CT:HEAD"``), for the per-image table.
+        predicted: what the ranker believes the image is (e.g. ``"CT:HEAD"``): the encoder's class for the
+            selector, the references' vote for the k-NN, the header's reading for the rules.
+        fitting: the models the ranker says fit (selector only).
+        needs_volume: the models the ranker says match but need the whole volume (selector only).
     """
 
     names: list[str]
@@ -181,6 +175,8 @@ class Ranking:
     confidence: float
     fits: Optional[bool] = None
     predicted: str = ""
+    fitting: list[str] = dataclasses.field(default_factory=list)
+    needs_volume: list[str] = dataclasses.field(default_factory=list)
 
 
 def _tiebreak(seed: int, key: str, n: int) -> np.ndarray:
@@ -484,6 +480,11 @@ class Reference:
     regions: tuple[str, ...]
     source: str = ""
 
+    @property
+    def cls(self) -> str:
+        """``"MODALITY:FIRST_REGION"`` (``"OT:OOD"`` for photographs), as the encoder's classes."""
+        return f"{self.modality}:{self.regions[0]}" if self.modality != "OT" and self.regions else "OT:OOD"
+
 
 class HistogramKNNRanker:
     """k-nearest-neighbour classifier on :func:`histogram_features` (L1 distance).
@@ -558,8 +559,11 @@ class HistogramKNNRanker:
         names, sc = rank_by_scores(self.models, scores, self.seed, image_key(image))
         any_rel = self._rel.any(axis=1)
         conf = -float(d[any_rel].min()) if any_rel.any() else -big
-        r = self.references[int(nn[0])]
-        return Ranking(names, sc, confidence=conf, fits=None, predicted=f"{r.modality}:{';'.join(r.regions)}")
+        labels = [self.references[int(i)].cls for i in nn]
+        votes_by_label = Counter(labels)
+        top = max(votes_by_label.values())
+        predicted = next(lab for lab in labels if votes_by_label[lab] == top)  # ties: the nearest
+        return Ranking(names, sc, confidence=conf, fits=None, predicted=predicted)
 
 
 def references_from_examples(models: Sequence[ModelInfo], reader: Any = None) -> list[Reference]:

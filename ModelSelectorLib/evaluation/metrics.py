@@ -16,4 +16,4 @@ def higher_is_better(metric: str) -> bool:
         return SEGMENTATION_METRICS[base]
     if base in LANDMARK_METRICS:
         return LANDMARK_METRICS[base]
-    return base.startswith(("dice", "sdr", "acc", "auc", "iou", "sens", "spec", "prec", "recall"))
+    return base.startswith(("dice", "nsd", "sdr", "acc", "auc", "iou", "sens", "spec", "prec", "recall"))

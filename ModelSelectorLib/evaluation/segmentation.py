@@ -3,6 +3,8 @@
 * ``dice``: Dice overlap, 0-1 (higher is better). Both masks empty -> 1.0.
 * ``hd95``: 95th-percentile symmetric Hausdorff distance in mm (lower is better), using the voxel spacing.
 * ``msd``: mean symmetric surface distance in mm (lower is better), using the voxel spacing.
+* ``nsd`` (when a tolerance is given): normalised surface Dice at that tolerance in mm, 0-1 (higher is better;
+  the Medical Segmentation Decathlon's second metric).
 
 A label present in the ground truth but missing from the prediction (or the reverse) has no surface distance;
 it gets the image diagonal in mm, the largest distance possible inside the image, so that summary statistics
@@ -39,23 +41,31 @@ def segmentation_metrics(
     truth: np.ndarray,
     spacing: Sequence[float],
     labels: Mapping[int, str],
+    nsd_tolerance: Optional[float] = None,
 ) -> dict[str, dict[str, float]]:
-    """Dice, HD95 and mean surface distance of each label of one case.
+    """Dice, HD95 and mean surface distance (and normalised surface Dice) of each label of one case.
 
     Args:
         pred: predicted label map, ``(z, y, x)`` or ``(y, x)`` integers.
         truth: ground-truth label map of the same shape.
         spacing: voxel size in mm in ITK order ``(x, y[, z])``.
         labels: ``{label value: name}`` of the foreground labels to score (0 = background is never scored).
+        nsd_tolerance: tolerance in mm of the normalised surface Dice (MONAI ``compute_surface_dice``);
+            ``None``: no NSD.
 
     Returns:
-        ``{name: {"dice": 0-1, "hd95": mm, "msd": mm}}``.
+        ``{name: {"dice": 0-1, "hd95": mm, "msd": mm[, "nsd": 0-1]}}``.
 
     Raises:
         InputError: shapes or dimensions disagree, or no label to score.
     """
     import torch
-    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
 
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
@@ -76,7 +86,7 @@ def segmentation_metrics(
         t = torch.from_numpy((truth == value)[None, None].astype(np.float32))
         p_any, t_any = bool(p.any()), bool(t.any())
         if not p_any and not t_any:
-            out[name] = {"dice": 1.0, "hd95": 0.0, "msd": 0.0}
+            out[name] = {"dice": 1.0, "hd95": 0.0, "msd": 0.0, **({"nsd": 1.0} if nsd_tolerance else {})}
             continue
         dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
         if p_any and t_any:
@@ -86,6 +96,11 @@ def segmentation_metrics(
         else:
             hd = msd = diagonal
         out[name] = {"dice": dice, "hd95": hd, "msd": msd}
+        if nsd_tolerance:
+            nsd = compute_surface_dice(
+                p, t, [float(nsd_tolerance)], include_background=True, spacing=spacing_zyx
+            )
+            out[name]["nsd"] = float(nsd[0, 0]) if p_any and t_any else 0.0
     return out
 
 
@@ -94,12 +109,13 @@ def case_summary(per_label: Mapping[str, Mapping[str, float]]) -> dict[str, floa
     ``<metric>_<label>`` for each label."""
     out: dict[str, float] = {}
     names = list(per_label)
-    for metric in SEGMENTATION_METRICS:
+    metrics = [m for m in (*SEGMENTATION_METRICS, "nsd") if names and m in per_label[names[0]]]
+    for metric in metrics:
         vals = [float(per_label[n][metric]) for n in names]
         out[metric] = float(np.mean(vals)) if vals else float("nan")
     if len(names) > 1:
         for n in names:
-            for metric in SEGMENTATION_METRICS:
+            for metric in metrics:
                 out[f"{metric}_{n}"] = float(per_label[n][metric])
     return out
 

@@ -1,14 +1,21 @@
-"""Evaluation images for selection and their split: which images may be scored at all.
+"""Evaluation images for selection: which images may be scored, what the right answer is for each.
 
-Evaluation images must be unseen by the encoder: :func:`encoder_split` recomputes the bundled encoder's
-train/validation split (by source image or subject) from its card, and :func:`select_cases` keeps the
-held-out part. Images that a zoo model was trained on or uses as exemplars are left out as well
-(:func:`zoo_training_paths`).
+Images come from the protocol split (:mod:`.selection_split`; by default the one the bundled encoder was
+trained with, ``Resources/encoder/split.json``): the ``test`` part for the report, the ``dev`` part for
+calibration. Images that a zoo model was trained or validated on, ships as an exemplar or used as
+unlabelled data are left out, together with every image of the same group (the same patient, or a near-
+duplicate): :func:`zoo_training_paths`, :meth:`~.selection_split.ProtocolSplit.linked`.
+
+Each image has one of three kinds of answer for a zoo (:meth:`EvalCase.category`):
+
+- ``in-zoo``: some model is relevant (same modality, intersecting body regions) and can take the image;
+- ``needs-volume``: the relevant models take 3D volumes and the image is a lone 2D slice; the right answer
+  names such a model and says it needs the volume;
+- ``ood``: no model is relevant (other modalities or regions, and non-radiology photographs).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -20,28 +27,20 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..datasets.msd import normalize_modality
-from ..errors import DatasetError, ModelSelectorError
+from ..errors import ModelSelectorError
+from ..io.image import IMAGE_2D_SUFFIXES
+from ..selection.calibration import LabelledImage
 from ..selection.encoder import OOD_CLASS
-from .baselines import (
-    REGION_CODES,
-    ModelInfo,
-    is_relevant,
-    resolve_source,
-    split_regions,
-)
+from ..selection.scoring import is_relevant
+from .baselines import ModelInfo, resolve_source
+from .selection_split import ProtocolSplit
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-SPLITS = ("heldout", "unseen", "all")
-SPLIT_TEXT = {
-    "heldout": "only images of the encoder's held-out validation groups (whole 2D source images and whole 3D "
-    "subjects that the encoder never saw in training), recomputed from its card.",
-    "unseen": "every image the encoder did not train on: its held-out validation groups plus images it never "
-    "used (classes it left out, volumes beyond its per-class cap, catalogues it did not read).",
-    "all": "every image, including the encoder's training images (optimistic; for debugging only).",
-}
-#: every ranker :func:`run_selection_evaluation` knows, in report order
+#: parts of the protocol split an evaluation can run on
+PARTS = ("test", "dev", "train", "all")
+#: the kinds of right answer (see the module docstring)
+CATEGORIES = ("in-zoo", "needs-volume", "ood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +51,18 @@ class EvalCase:
         path: absolute path of the image file.
         modality: DICOM modality code (``OT`` for non-medical images).
         regions: body-region codes (empty for ``OT``).
-        source: the manifest it came from.
+        source: the dataset it comes from; ``patient``: the subject within it.
+        ndim: 2 for a 2D image (or one slice), 3 for a volume.
+        held_out_source: its whole source was held out of training and development (source-disjoint).
     """
 
     path: Path
     modality: str
     regions: tuple[str, ...]
     source: str = ""
+    patient: str = ""
+    ndim: int = 3
+    held_out_source: bool = False
 
     @property
     def label(self) -> str:
@@ -68,156 +72,84 @@ class EvalCase:
         return f"{self.modality}:{';'.join(self.regions)}"
 
     def relevant(self, models: Sequence[ModelInfo]) -> list[str]:
-        """Names of the models relevant to this image."""
+        """Names of the models whose modality and regions match this image (whatever its dimensions)."""
         return [m.name for m in models if is_relevant(m.modality, m.regions, self.modality, self.regions)]
 
+    def applicable(self, models: Sequence[ModelInfo]) -> list[str]:
+        """Names of the relevant models that can take this image (2D image - 2D model, volume - 3D model)."""
+        rel = set(self.relevant(models))
+        return [m.name for m in models if m.name in rel and int(m.spatial_dims) == int(self.ndim)]
 
-def load_cases(
-    csv_paths: Sequence[PathLike], root: Optional[PathLike] = None
-) -> tuple[list[EvalCase], Counter]:
-    """Evaluation cases of CSV manifests, and a count of the rows left out by reason.
+    def needs_volume(self, models: Sequence[ModelInfo]) -> list[str]:
+        """Names of the relevant 3D models when this image is a lone 2D slice."""
+        rel = set(self.relevant(models))
+        return [m.name for m in models if m.name in rel and int(self.ndim) == 2 and int(m.spatial_dims) == 3]
 
-    Two layouts are read: manifests with ``modality_code``/``region_code`` columns (``manifest.csv``), and
-    catalogues whose ``modality``/``body_region`` columns already hold codes (``radiology_2d/labels.csv``).
-    Rows are left out when they are label maps (``SEG``/``LABEL...``), when the modality or the region is
-    unknown (non-``OT`` rows need at least one region code of the vocabulary), or when the file is missing.
-    Paths are relative to the CSV's folder unless ``root`` is given.
+    def category(self, models: Sequence[ModelInfo]) -> str:
+        """``in-zoo``, ``needs-volume`` or ``ood`` (module docstring)."""
+        if self.applicable(models):
+            return "in-zoo"
+        return "needs-volume" if self.needs_volume(models) else "ood"
+
+
+def cases_of(split: ProtocolSplit, part: str = "test") -> list[EvalCase]:
+    """The split's images of one part (``all``: every part) as evaluation cases.
 
     Raises:
-        DatasetError: a CSV is missing or lacks the ``path`` column.
+        ModelSelectorError: unknown part.
     """
-    cases: list[EvalCase] = []
-    skipped: Counter = Counter()
-    seen: set = set()
-    for csv_path in csv_paths:
-        p = Path(csv_path)
-        if not p.is_file():
-            raise DatasetError(
-                f"{p}: no such manifest file; pass a CSV with path, modality and region columns."
-            )
-        base = Path(root) if root is not None else p.parent
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            if "path" not in fields:
-                raise DatasetError(f"{p}: the manifest lacks the column 'path'.")
-            has_codes = "modality_code" in fields
-            if not has_codes and not {"modality", "body_region"} <= set(fields):
-                raise DatasetError(
-                    f"{p}: needs modality_code/region_code columns, or modality/body_region columns holding codes."
-                )
-            for rec in reader:
-                rel = (rec.get("path") or "").strip()
-                if not rel:
-                    continue
-                if has_codes:
-                    mod = (rec.get("modality_code") or "").strip().upper()
-                    reg = rec.get("region_code") or ""
-                else:
-                    mod = normalize_modality(rec.get("modality") or "")
-                    reg = rec.get("body_region") or ""
-                if not mod or mod in ("SEG", "LABEL") or mod.startswith("LABEL"):
-                    skipped["label map"] += 1
-                    continue
-                regions = tuple(r for r in split_regions(reg) if r in REGION_CODES)
-                if mod == "OT":
-                    regions = ()
-                elif not regions:
-                    skipped["unknown body region"] += 1
-                    continue
-                path = (base / rel).resolve()
-                if not path.exists():
-                    skipped["missing file"] += 1
-                    continue
-                if path in seen:
-                    skipped["duplicate"] += 1
-                    continue
-                seen.add(path)
-                cases.append(EvalCase(path, mod, regions, source=p.name))
-    return cases, skipped
+    if part not in PARTS:
+        raise ModelSelectorError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}.")
+    held = split.meta.get("held_out_sources", {})
+    return [
+        EvalCase(
+            split.path(it).resolve(),
+            it.modality,
+            it.regions,
+            it.source,
+            it.patient,
+            it.ndim,
+            it.source in held,
+        )  # fmt: skip
+        for it, s in zip(split.items, split.splits)
+        if part in ("all", s)
+    ]
 
 
-@dataclasses.dataclass
-class EncoderSplit:
-    """The bundled encoder's split of its training data.
+def load_protocol(
+    split_file: Optional[PathLike] = None, data_root: Optional[PathLike] = None
+) -> ProtocolSplit:
+    """The protocol split: ``split_file`` (default: the bundled encoder's ``split.json``) with its data folder
+    (default: the one the file names, relative to the checkout).
 
-    Attributes:
-        train: absolute paths of the images the encoder trained on.
-        val: absolute paths of its held-out validation images (whole source images / subjects).
-        description: how the split was recomputed (for the report).
+    Raises:
+        InputError: no readable split file.
     """
+    from ..resources import checkout_root, encoder_dir
 
-    train: set
-    val: set
-    description: str
-
-
-def encoder_split(
-    card: Optional[dict[str, Any]] = None, data_root: Optional[PathLike] = None
-) -> EncoderSplit:
-    """Recompute the encoder's train/validation split from its card (``Resources/encoder/card.json``).
-
-    The encoder trains on :func:`~ModelSelectorLib.encoder.collect_samples` of its data folder, with
-    classes of too few source groups left out, and splits the groups (a 2D file, or a 3D subject) per
-    class with :func:`~ModelSelectorLib.encoder.split_groups`; the card records the seed, the held-out
-    fraction, the volume cap and the excluded classes, so the split is recomputed exactly. The number of
-    validation groups is checked against the card.
-
-    Args:
-        card: the encoder card (default: the bundled one).
-        data_root: the encoder's data folder (default: the card's ``data_root``).
-
-    Returns:
-        the split; empty sets when the data folder is not present (nothing can have been trained on).
-    """
-    from ..selection.encoder import load_card
-    from ..training.encoder import card_data_root, collect_samples, split_groups
-
-    card = card if card is not None else load_card()
-    root = Path(data_root) if data_root is not None else card_data_root(card)
-    seed = int(card.get("seed", 0))
-    m = re.search(r"(\d+)%", str(card.get("split", "")))
-    val_fraction = int(m.group(1)) / 100.0 if m else 0.2
-    m = re.search(r"<=\s*(\d+)\s*volumes per class", str(card.get("data", "")))
-    max_vol = int(m.group(1)) if m else 24
-    if not root.is_dir():
-        return EncoderSplit(set(), set(), f"encoder data folder {root} not present: no image is excluded")
-    items = collect_samples(root, max_volumes_per_class=max_vol, seed=seed)
-    excluded = set((card.get("excluded_classes_groups") or {}).keys())
-    items = [it for it in items if it["cls"] not in excluded]
-    train_g, val_g = split_groups(items, val_fraction, seed)
-    train = {str(Path(it["path"]).resolve()) for it in items if it["group"] in train_g}
-    val = {str(Path(it["path"]).resolve()) for it in items if it["group"] in val_g}
-    m = re.search(r"(\d+) train groups, (\d+) validation groups", str(card.get("split", "")))
-    check = ""
-    if m and (int(m.group(1)), int(m.group(2))) != (len(train_g), len(val_g)):
-        check = (
-            f" WARNING: recomputed {len(train_g)}/{len(val_g)} train/validation groups, the card says "
-            f"{m.group(1)}/{m.group(2)}; the data folder changed since the encoder was trained."
-        )
-    elif m:
-        check = f" (matches the card: {m.group(1)} train / {m.group(2)} validation groups)"
-    desc = (
-        f"encoder {card.get('name', '')} {card.get('version', '')}: split by source image (2D) / subject (3D), "
-        f"{val_fraction:.0%} of each class's groups held out, seed {seed}, <= {max_vol} volumes per class, "
-        f"excluded classes {sorted(excluded) or 'none'}; {len(train)} training images, {len(val)} held-out "
-        f"images{check}"
-    )
-    return EncoderSplit(train, val, desc)
+    path = Path(split_file) if split_file is not None else encoder_dir() / "split.json"
+    split = ProtocolSplit.load(path, data_root)
+    if data_root is None and not split.root.is_absolute():
+        split.root = ((checkout_root() or Path.cwd()) / split.root).resolve()
+    return split
 
 
-def zoo_training_paths(zoo: Any, roots: Iterable[PathLike]) -> set:
-    """Absolute paths of images that the zoo's models were trained on or ship as exemplars.
+# --- what the zoo was built from --------------------------------------------------------------------------
+def zoo_training_paths(zoo: Any, roots: Iterable[PathLike], validation: bool = True) -> set:
+    """Absolute paths of images that the zoo's models were trained on or ship as exemplars (and, with
+    ``validation``, validated or checked on).
 
-    Reads each current bundle's card ``example_inputs`` and, when present, the ``training_cases``,
-    ``validation_cases`` and ``check_cases`` of the ``starter_zoo`` block of ``configs/metadata.json``
-    (relative paths are tried against each of ``roots``), and the ``source`` fields of prototype records
+    Reads each current bundle's card ``example_inputs``; the ``training_cases`` (and ``validation_cases``,
+    ``check_cases``) of the ``starter_zoo`` block of ``configs/metadata.json`` (relative paths are tried
+    against each of ``roots``); unlabelled training images that the block counts but does not list, when a
+    folder its ``source`` names holds exactly that many images; and the ``source`` of prototype records
     that name files.
     """
     from ..zoo.bundle import read_metadata
 
     roots = [Path(r) for r in roots]
     out: set = set()
+    keys = ("training_cases", "validation_cases", "check_cases") if validation else ("training_cases",)
 
     def add(rel: str, bundle: Path) -> None:
         p = resolve_source(rel, [bundle, *roots])
@@ -230,18 +162,56 @@ def zoo_training_paths(zoo: Any, roots: Iterable[PathLike]) -> set:
             meta = read_metadata(bundle)
         except ModelSelectorError:
             continue
-        card = meta.get("modelselector") or {}
-        for rel in card.get("example_inputs") or []:
+        for rel in (meta.get("modelselector") or {}).get("example_inputs") or []:
             add(str(rel), bundle)
         block = meta.get("starter_zoo") or {}
-        for key in ("training_cases", "validation_cases", "check_cases"):
+        for key in keys:
             for c in block.get(key) or []:
                 if isinstance(c, dict) and c.get("image"):
                     add(str(c["image"]), bundle)
+        out |= unlabelled_images(block, roots)
         for rec in _prototype_records(bundle):
             src = rec.get("source") or rec.get("path")
             if isinstance(src, str) and src:
                 add(src, bundle)
+    return out
+
+
+def unlabelled_images(block: dict[str, Any], roots: Sequence[Path]) -> set:
+    """Images of the folder that a starter-zoo block's ``source`` text names (``"cxr_unlabelled/"``) when
+    the block counts ``unlabelled_cases`` without listing them and the folder holds exactly that many."""
+    n = block.get("unlabelled_cases")
+    if isinstance(n, list):
+        return {str(p) for c in n for p in [resolve_source(str(c.get("image", c)) if isinstance(c, dict) else
+                                                           str(c), list(roots))] if p}  # fmt: skip
+    if not isinstance(n, int) or n <= 0:
+        return set()
+    for folder in re.findall(r"([\w.-]+)/", str(block.get("source", ""))):
+        for root in roots:
+            files = [p for p in (root / folder).glob("*") if p.name.lower().endswith(IMAGE_2D_SUFFIXES)
+                     and "_lungmask" not in p.name] if (root / folder).is_dir() else []  # fmt: skip
+            if len(files) == n:
+                return {str(p.resolve()) for p in files}
+    return set()
+
+
+def copies_in_split(paths: Iterable[str], split: ProtocolSplit) -> set:
+    """Absolute paths of the split's images that are byte-identical copies of ``paths`` (a bundle ships
+    copies of its example inputs)."""
+    import hashlib
+
+    def digest(p: Path) -> str:
+        return hashlib.sha1(p.read_bytes()).hexdigest()
+
+    wanted: dict[int, set] = {}
+    for p in map(Path, paths):
+        if p.is_file():
+            wanted.setdefault(p.stat().st_size, set()).add(digest(p))
+    out = set()
+    for it in split.items:
+        f = split.path(it)
+        if f.is_file() and f.stat().st_size in wanted and digest(f) in wanted[f.stat().st_size]:
+            out.add(str(f.resolve()))
     return out
 
 
@@ -264,44 +234,27 @@ def _prototype_records(bundle: Path) -> list[dict[str, Any]]:
 
 def select_cases(
     cases: Sequence[EvalCase],
-    split: str = "heldout",
-    encoder: Optional[EncoderSplit] = None,
     exclude: Iterable[str] = (),
     limit: Optional[int] = None,
     seed: int = 0,
 ) -> tuple[list[EvalCase], Counter]:
-    """The evaluation images among ``cases``, and the count of those left out by reason.
+    """The evaluation images among ``cases`` without ``exclude`` (absolute paths), and the count left out by
+    reason.
 
     Args:
-        split: ``heldout`` keeps only the encoder's held-out validation images (default); ``unseen`` keeps
-            every image the encoder did not train on (held-out ones plus images it never saw); ``all``
-            keeps everything (optimistic: for debugging only).
-        encoder: the encoder's split (:func:`encoder_split`); required unless ``split == "all"``.
-        exclude: absolute paths to leave out (the zoo's training images and exemplars).
-        limit: keep at most this many images, taken class by class in a seeded random order so that a
-            small run still covers every class.
-        seed: seed of that order.
+        limit: keep at most this many images, taken class by class in a seeded random order so that a small
+            run still covers every class.
 
     Raises:
-        ModelSelectorError: unknown ``split``, or no image is left.
+        ModelSelectorError: no image is left.
     """
-    if split not in SPLITS:
-        raise ModelSelectorError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-    if split != "all" and encoder is None:
-        raise ModelSelectorError(f"split {split!r} needs the encoder's split (encoder_split()).")
     exclude = set(exclude)
-    kept: list[EvalCase] = []
+    kept = [c for c in cases if str(c.path) not in exclude]
     dropped: Counter = Counter()
-    for c in cases:
-        p = str(c.path)
-        if p in exclude:
-            dropped["a zoo model's training image or exemplar"] += 1
-        elif split == "heldout" and p not in encoder.val:  # type: ignore[union-attr]
-            dropped["not in the encoder's held-out groups"] += 1
-        elif split == "unseen" and p in encoder.train:  # type: ignore[union-attr]
-            dropped["in the encoder's training groups"] += 1
-        else:
-            kept.append(c)
+    if len(kept) < len(cases):
+        dropped["a zoo model's training, validation or exemplar image, or of the same patient or a near-duplicate"] = (
+            len(cases) - len(kept)
+        )  # fmt: skip
     if limit is not None and len(kept) > limit:
         rng = np.random.default_rng(seed)
         by_cls: dict[str, list[EvalCase]] = {}
@@ -317,7 +270,25 @@ def select_cases(
         kept = sorted(picked, key=lambda c: str(c.path))
     if not kept:
         raise ModelSelectorError(
-            "no evaluation image is left after the split and exclusions; check the manifests, or use "
-            "--split unseen / all."
+            "no evaluation image is left after the exclusions; check the split and the zoo."
         )
     return kept, dropped
+
+
+def development_images(split: ProtocolSplit, zoo: Any, limit: Optional[int] = None, seed: int = 0
+                       ) -> tuple[list[LabelledImage], str]:  # fmt: skip
+    """The labelled images that calibrate the selector: the split's ``dev`` part without the zoo models'
+    training images (and their patients and near-duplicates; their validation images may stay), and a
+    sentence saying so."""
+    roots = [split.root]
+    trained = zoo_training_paths(zoo, roots, validation=False)
+    excluded = split.linked(sorted(trained | copies_in_split(trained, split)))
+    cases, _ = select_cases(cases_of(split, "dev"), excluded, limit, seed)
+    images = [LabelledImage(c.path, c.modality, c.regions, (), c.path.name) for c in cases]
+    text = (f"{len(images)} images of the development part of the protocol split (digest {split.digest()}), "
+            "without the zoo models' training images, their patients and near-duplicates")  # fmt: skip
+    return images, text
+
+
+__all__ = ["CATEGORIES", "EvalCase", "PARTS", "cases_of", "copies_in_split", "development_images", "load_protocol",
+           "select_cases", "unlabelled_images", "zoo_training_paths"]  # fmt: skip

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path
 from ..errors import InputError
+from .integrity import check_file
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -204,8 +205,8 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
     if series_uid is None:
         if len(series) > 1:
             raise InputError(
-                f"{folder}: the folder mixes {len(series)} DICOM series ({', '.join(s[-12:] for s in series)});"
-                " put each series in its own folder or choose one with --series UID."
+                f"{folder}: the folder mixes {len(series)} DICOM series; choose one with --series UID (on the "
+                f"command line; series_uid= in Python) or put each series in its own folder: {', '.join(series)}."
             )
         series_uid = series[0]
     elif series_uid not in series:
@@ -217,7 +218,7 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"{folder}: the DICOM series could not be read ({_first_line(e)}).") from e
+        raise InputError(f"{folder}: the DICOM series could not be read ({_itk_reason(e)[:300]}).") from e
     meta: dict[str, Any] = {"format": "dicom", "n_files": len(files)}
     for tag, key in _DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
@@ -225,10 +226,67 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
     return img, meta
 
 
-def _first_line(e: BaseException) -> str:
+def _itk_reason(e: BaseException) -> str:
+    """The cause in an ITK exception's message, on one line (without the source file and object address)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # ITK messages are long; the last meaningful line names the cause.
+    for i, ln in enumerate(lines):
+        if "ERROR:" in ln:
+            reason = ln.split("ERROR:", 1)[1].strip()
+            reason = (
+                reason.split("): ", 1)[1]
+                if reason.split("(", 1)[0].isidentifier() and "): " in reason
+                else reason
+            )
+            return " ".join([reason, *lines[i + 1 :]])
     return lines[-1] if lines else type(e).__name__
+
+
+def _sheared(path: Path, detail: str = "") -> InputError:
+    return InputError(
+        f"{path}: the image's axes are not perpendicular (a sheared grid{detail}), which this program cannot "
+        "represent; resample it onto an orthogonal grid first (e.g. with 3D Slicer's Resample Scalar Volume)."
+    )
+
+
+def _read_error(path: Path, e: BaseException, header: bool = False) -> InputError:
+    """A one-line error for an ITK failure to read ``path`` (its header when ``header``)."""
+    reason = _itk_reason(e)
+    if "Bad direction" in reason:
+        return InputError(
+            f"{path}: the image's direction matrix is degenerate (two axes point the same way, or one has no "
+            "direction), so its geometry is undefined; fix the direction in the header (TransformMatrix, space "
+            "directions, qform/sform)."
+        )
+    if "orthonormal" in reason:
+        return _sheared(path)
+    if "[nrrd]" in reason:  # teem chains its callers' complaints; the last one is the cause
+        reason = reason.rsplit("[nrrd]", 1)[1].split(": ", 1)[-1].strip()
+        if "expected" in reason or "got only" in reason:
+            return InputError(f"{path}: the file is truncated ({reason}); get an intact copy.")
+    if header:
+        return InputError(
+            f"{path}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); {reason[:300]}"
+        )
+    return InputError(f"{path}: the image data could not be read ({reason[:300]}).")
+
+
+def _check_orthogonal(image: Image, path: Path) -> None:
+    d = image.direction_matrix()
+    if not np.allclose(d.T @ d, np.eye(image.ndim), atol=1e-3):
+        raise _sheared(path, f", direction {' '.join(f'{v:g}' for v in image.direction)}")
+
+
+def _unitless_to_8bit(image: Image) -> Image:
+    """Pixel values of a PNG/JPEG/BMP/TIFF have no unit: map integers of more than 8 significant bits to the
+    8-bit range (float32, nothing rounded), so that one radiograph stored with 8, 12 or 16 bits reads alike."""
+    arr = image.array
+    if arr.dtype.kind not in "ui" or not arr.size:
+        return image
+    top = int(arr.max())
+    bits = max(8, int(np.ceil(np.log2(top + 1)))) if top > 0 else 8
+    if bits == 8:
+        return image.with_array(arr, bit_depth=8)
+    return image.with_array(arr.astype(np.float32) * np.float32(255.0 / (2**bits - 1)), bit_depth=bits)
 
 
 def _file_meta(reader: sitk.ImageFileReader) -> dict[str, Any]:
@@ -251,6 +309,12 @@ def read_image(
 ) -> Image:
     """Read an image file or DICOM series folder into an :class:`Image` with its geometry.
 
+    The file's integrity is checked first (:mod:`.integrity`): a truncated or damaged file, or a NIfTI
+    with NaN/infinite voxels or scaling, is refused rather than read with zeros in place of the missing or
+    non-finite voxels. Pixel values of PNG/JPEG/BMP/TIFF images, which have no unit, are mapped to the 8-bit
+    range when they use more than 8 bits (``meta["bit_depth"]`` says how many they used), so that intensity
+    handling never depends on the bit depth a radiograph was saved with.
+
     Args:
         path: NIfTI, NRRD, MHA/MHD, PNG/JPEG/BMP/TIFF file, or a folder holding one DICOM series.
         require_3d: refuse 2D images (raise :class:`InputError`) instead of returning them.
@@ -258,8 +322,8 @@ def read_image(
         check_content: refuse empty, constant, or NaN-containing images.
 
     Raises:
-        InputError: missing path, unreadable or non-image file, 4D image, mixed DICOM series, empty or
-            NaN-filled image. The message names the problem and what to do.
+        InputError: missing path, unreadable, truncated or non-image file, sheared or degenerate axes, 4D
+            image, mixed DICOM series, empty or NaN-filled image. The message names the problem and what to do.
     """
     p = Path(path)
     if not p.exists():
@@ -269,20 +333,18 @@ def read_image(
     else:
         if p.stat().st_size == 0:
             raise InputError(f"{p}: the file is empty (0 bytes); it is not an image.")
+        check_file(p, _suffix(p))
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
         try:
             reader.ReadImageInformation()
         except RuntimeError as e:
-            raise InputError(
-                f"{p}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); "
-                f"{_first_line(e)}"
-            ) from e
+            raise _read_error(p, e, header=True) from e
         meta = _file_meta(reader)
         try:
             img = reader.Execute()
         except RuntimeError as e:
-            raise InputError(f"{p}: the image data could not be read ({_first_line(e)}).") from e
+            raise _read_error(p, e) from e
         meta["format"] = _suffix(p).lstrip(".")
     meta["path"] = str(p)
 
@@ -303,6 +365,9 @@ def read_image(
     if dim == 3 and img.GetSize()[2] == 1 and _suffix(p) in IMAGE_2D_SUFFIXES:
         img = img[:, :, 0]
     image = Image.from_sitk(img, meta)
+    _check_orthogonal(image, p)
+    if _suffix(p) in IMAGE_2D_SUFFIXES:
+        image = _unitless_to_8bit(image)
     if require_3d and image.ndim != 3:
         raise InputError(f"{p}: is a 2D image where a 3D volume is needed.")
     if check_content:

@@ -14,6 +14,21 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from .image import Image
 
+#: Slicer terminology context of the segment category/type codes that cards carry without one: the context
+#: that the 3D Slicer module ships for the zoo's labels (``SegmentationCategoryTypeModifier-ModelSelector.term.json``)
+TERMINOLOGY_CONTEXT = "Segmentation category and type - ModelSelector"
+#: Slicer's standard context of anatomic region codes (DICOM CID 4031 and related), for cards without one
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+def with_contexts(terminology: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Slicer terminology entry with its context names filled in where missing, so that Slicer can
+    look its codes up: :data:`TERMINOLOGY_CONTEXT` and, for an anatomic region, :data:`ANATOMIC_CONTEXT`."""
+    term = {"contextName": TERMINOLOGY_CONTEXT, **terminology}
+    if term.get("anatomicRegion"):
+        term.setdefault("anatomicContextName", ANATOMIC_CONTEXT)
+    return term
+
 
 @dataclasses.dataclass
 class Segment:
@@ -75,7 +90,7 @@ def write_segmentation(
             "color": [float(c) for c in s.color],
         }
         if s.terminology:
-            d["terminology"] = s.terminology
+            d["terminology"] = with_contexts(s.terminology)
         seg_dicts.append(d)
     voxels = np.ascontiguousarray(
         np.transpose(lm.array, (2, 1, 0)).astype(np.uint8 if lm.array.max() < 256 else np.int16)

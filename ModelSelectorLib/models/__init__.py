@@ -15,13 +15,14 @@ Adding a task type is one new module with a registered :class:`~.base.TaskRuntim
 from __future__ import annotations
 
 from . import landmarks, segmentation  # noqa: F401  (registers the runtimes)
-from .base import Prediction, TaskRuntime
+from .base import Prediction, TaskRuntime, quality_text
 from .registry import output_spec, register_runtime, runtime_class, runtime_for, task_types
 
 __all__ = [
     "Prediction",
     "TaskRuntime",
     "output_spec",
+    "quality_text",
     "register_runtime",
     "runtime_class",
     "runtime_for",

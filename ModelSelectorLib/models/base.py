@@ -50,6 +50,14 @@ class Prediction:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def quality_text(held_out: Optional[dict[str, Any]], demonstration: bool) -> str:
+    """A model's held-out figure in a few words for tables: ``"Dice 0.88 (208)"``, ``"-, demonstration"``."""
+    text = (
+        "-" if not held_out else f"{held_out['metric']} {float(held_out['value']):.2f} ({held_out['cases']})"
+    )
+    return f"{text}, demonstration" if demonstration else text
+
+
 class TaskRuntime(abc.ABC):
     """A zoo model that can be run: one subclass per task type.
 
@@ -97,10 +105,31 @@ class TaskRuntime(abc.ABC):
         """One line naming what the model outputs (for tables and summaries)."""
         return ", ".join(card.label_names)
 
+    #: a model trained on fewer cases than this is a demonstration, whatever its figures
+    MIN_TRAINING_CASES: ClassVar[int] = 20
+
+    @classmethod
+    def held_out(cls, card: Any) -> Optional[dict[str, Any]]:
+        """The card's headline held-out figure: ``{"metric": "Dice", "value": 0.88, "cases": 16,
+        "protocol": "..."}``, or None when the model was never scored on cases it did not learn from."""
+        return None
+
+    @classmethod
+    def is_demonstration(cls, card: Any) -> bool:
+        """A model that shows what the tool does rather than one to rely on: fewer than
+        :attr:`MIN_TRAINING_CASES` training cases, or no held-out figure."""
+        return int(card.n_training_cases) < cls.MIN_TRAINING_CASES or cls.held_out(card) is None
+
     @classmethod
     def describe_quality(cls, card: Any) -> str:
         """One line with the model's held-out figure from its card (what a user should expect of it)."""
-        return ", ".join(f"{k} {v}" for k, v in card.validation_metrics.items()) or "no held-out figure"
+        h = cls.held_out(card)
+        text = (
+            "no held-out figure"
+            if h is None
+            else f"{h['metric']} {h['value']:.3f} on {h['cases']} {h['protocol']}"
+        )
+        return text + (" (demonstration)" if cls.is_demonstration(card) else "")
 
     @classmethod
     def replacement_problem(cls, candidate: Any, current: Any) -> Optional[str]:
@@ -185,4 +214,4 @@ class TaskRuntime(abc.ABC):
         return {}
 
 
-__all__ = ["Prediction", "TaskRuntime"]
+__all__ = ["Prediction", "TaskRuntime", "quality_text"]

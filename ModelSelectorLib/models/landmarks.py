@@ -158,10 +158,13 @@ class LandmarkRuntime(TaskRuntime):
         return f"{len(card.label_names)} points ({', '.join(groups)})"
 
     @classmethod
-    def describe_quality(cls, card: Any) -> str:
+    def held_out(cls, card: Any) -> Optional[dict[str, Any]]:
+        """Mean radial error (mm) on the test images (``test_mre_mm``; ``test_n_cases`` of them)."""
         m = card.validation_metrics
-        return (f"MRE {m.get('val_mre_mm', float('nan')):.2f} mm on the validation images (test: "
-                f"{m.get('test_mre_mm', float('nan')):.2f} mm)")  # fmt: skip
+        if not isinstance(m.get("test_mre_mm"), (int, float)):
+            return None
+        return {"metric": "MRE (mm)", "value": float(m["test_mre_mm"]), "cases": m.get("test_n_cases", "?"),
+                "protocol": "test images"}  # fmt: skip
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:

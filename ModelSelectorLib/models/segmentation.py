@@ -13,6 +13,13 @@ uses too)::
 ``resample="linear"`` instead resamples the softmax probabilities linearly and takes the argmax on the
 input grid: smoother borders when the model's spacing is much coarser than the input's, ~0.1 s more per
 million voxels.
+
+A card with an ``inference`` block (written by :mod:`ModelSelectorLib.training.segmentation`) says how its
+model is applied: ``{"sw_mode": "gaussian", "overlap": 0.5, "mirror_axes": [1, 2], "keep_largest_component":
+[1]}``: Gaussian weighting of the sliding windows, softmax averaged over mirrored copies of the input along
+``mirror_axes`` (network-grid axes; never the left-right axis of a model with lateral labels), and only the
+largest connected component kept of the listed label values. Cards without it use constant weighting,
+overlap 0.25, no mirroring and no post-processing.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from .bnstats import BNStatHooks
 from .preprocessing import background_value, normalize_intensity, preprocess
 from .registry import register_runtime
 
+#: the bottleneck-feature statistics of a bundle's example inputs, stored beside its prototypes
+FEATURE_STATS_FILE = "feature_stats.npz"
+
 
 def axcodes_of(bundle: Any) -> str:
     """Orientation codes from the bundle's preprocessing (``Orientationd``), default ``RAS``."""
@@ -44,6 +54,17 @@ def axcodes_of(bundle: Any) -> str:
     return CANONICAL_AXCODES
 
 
+#: how a card without an ``inference`` block is applied
+DEFAULT_INFERENCE: dict[str, Any] = {"sw_mode": "constant", "overlap": 0.25, "mirror_axes": [],
+                                     "keep_largest_component": []}  # fmt: skip
+
+
+def inference_settings(card: Any) -> dict[str, Any]:
+    """The card's ``inference`` block completed with :data:`DEFAULT_INFERENCE`."""
+    block = getattr(card, "inference", None) or {}
+    return {**DEFAULT_INFERENCE, **block}
+
+
 def predict_logits(
     network: Any,
     array: np.ndarray,
@@ -51,6 +72,7 @@ def predict_logits(
     device: str = "cpu",
     sw_batch_size: int = 1,
     overlap: float = 0.25,
+    mode: str = "constant",
 ) -> np.ndarray:
     """Raw network output ``(n_classes, x, y[, z])`` (a torch tensor on ``device``) on a preprocessed array.
 
@@ -58,6 +80,7 @@ def predict_logits(
         network: torch module in eval mode, input ``(B, 1, *spatial)``.
         array: preprocessed ``(x, y[, z])`` float32 array.
         roi_size: sliding-window size in voxels ``(x, y[, z])``; ``None`` runs the whole array at once.
+        mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (centre voxels weigh more).
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -65,26 +88,72 @@ def predict_logits(
     with torch.inference_mode():
         x = torch.from_numpy(array)[None, None].to(device)
         if roi_size:
-            logits = sliding_window_inference(x, list(roi_size), sw_batch_size, network, overlap=overlap)
+            logits = sliding_window_inference(x, list(roi_size), sw_batch_size, network, overlap=overlap,
+                                              mode=mode)  # fmt: skip
         else:
             logits = network(x)
         return logits[0]
 
 
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes`` (the identity ``()`` first): the flips of test-time mirroring (2^len(axes))."""
+    combos: list[tuple[int, ...]] = [()]
+    for a in axes:
+        combos += [c + (int(a),) for c in combos]
+    return combos
+
+
 def predict_probabilities(
     network: Any,
     array: np.ndarray,
-    roi_size: Sequence[int] | None,
+    roi_size: Optional[Sequence[int]],
     device: str = "cpu",
     sw_batch_size: int = 1,
     overlap: float = 0.25,
+    mode: str = "constant",
+    mirror_axes: Sequence[int] = (),
 ) -> np.ndarray:
-    """Softmax probabilities ``(n_classes, x, y[, z])`` (float32 numpy) on a preprocessed array."""
+    """Softmax probabilities ``(n_classes, x, y[, z])`` (float32 numpy) on a preprocessed array.
+
+    Args:
+        mode: sliding-window blending, ``"constant"`` or ``"gaussian"``.
+        mirror_axes: spatial axes (0 = x of ``array``) of test-time mirroring: the softmax is averaged over
+            the input flipped along every subset of these axes (each result flipped back); ``()``: one pass.
+    """
     import torch
 
-    logits = predict_logits(network, array, roi_size, device, sw_batch_size, overlap)
+    total = None
+    combos = mirror_combinations(mirror_axes)
+    for combo in combos:
+        flipped = np.ascontiguousarray(np.flip(array, combo)) if combo else array
+        logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode)
+        with torch.inference_mode():
+            probs = torch.softmax(logits.float(), dim=0)
+            if combo:
+                probs = torch.flip(probs, [a + 1 for a in combo])
+            total = probs if total is None else total + probs
     with torch.inference_mode():
-        return torch.softmax(logits.float(), dim=0).cpu().numpy()
+        return (total / len(combos)).cpu().numpy()
+
+
+def keep_largest_component(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Label map ``(x, y[, z])`` where each label value in ``values`` keeps only its largest connected
+    component (full connectivity, as MONAI ``KeepLargestConnectedComponent(independent=True)``, computed with
+    ``scipy.ndimage`` so that scikit-image is not needed); removed voxels become 0."""
+    if not len(values):
+        return labels
+    from scipy import ndimage
+
+    out = labels.copy()
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    for v in values:
+        mask = labels == int(v)
+        comp, n = ndimage.label(mask, structure)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[mask & (comp != int(sizes.argmax()))] = 0
+    return out
 
 
 def argmax_channels(logits: Any) -> Any:
@@ -174,15 +243,23 @@ class SegmentationRuntime(TaskRuntime):
             transforms.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
         transforms.append({"_target_": "EnsureTyped", "keys": "image"})
         sections: dict[str, Any] = {"preprocessing": {"_target_": "Compose", "transforms": transforms}}
+        inference = inference_settings(card)
         if card.roi_size:
             sections["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": list(card.roi_size),
-                                   "sw_batch_size": 1, "overlap": 0.25}  # fmt: skip
+                                   "sw_batch_size": 1, "overlap": inference["overlap"],
+                                   "mode": inference["sw_mode"]}  # fmt: skip
         else:
             sections["inferer"] = {"_target_": "SimpleInferer"}
         sections["postprocessing"] = {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
         ]}  # fmt: skip
+        if inference[
+            "keep_largest_component"
+        ]:  # test-time mirroring has no MONAI transform; the card says it
+            sections["postprocessing"]["transforms"].append(
+                {"_target_": "KeepLargestConnectedComponentd", "keys": "pred",
+                 "applied_labels": list(inference["keep_largest_component"]), "independent": True})  # fmt: skip
         return sections
 
     @classmethod
@@ -195,19 +272,29 @@ class SegmentationRuntime(TaskRuntime):
                 "channel_def": channel_def}  # fmt: skip
 
     @classmethod
-    def describe_quality(cls, card: Any) -> str:
+    def held_out(cls, card: Any) -> Optional[dict[str, Any]]:
+        """Mean Dice over the labels and held-out cases (``validation_metrics["dice"]``), with the number of
+        cases (``validation_cases``: a count, or the case ids) and the protocol (``held_out``)."""
         m = card.validation_metrics
-        if "dice" not in m:
-            return f"none: single case (training Dice {m.get('training_dice', float('nan')):.3f})"
-        per = ", ".join(f"{k[5:]} {v:.2f}" for k, v in m.items() if k.startswith("dice_"))
-        return f"{m['dice']:.3f} on {m.get('validation_cases', '?')}" + (f" ({per})" if per else "")
+        if not isinstance(m.get("dice"), (int, float)):
+            return None
+        cases = m.get("validation_cases")
+        n = cases if isinstance(cases, int) else len([c for c in str(cases or "").split(",") if c.strip()])
+        return {"metric": "Dice", "value": float(m["dice"]), "cases": n,
+                "protocol": str(m.get("held_out", "held-out validation cases"))}  # fmt: skip
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
-        return (
+        text = (
             f"verify: feature statistics fit {signals['fit']:.2f} (batch-norm KL {signals['kl']:.2f}), output "
             f"confidence {signals['confidence']:.2f}, foreground {signals['foreground']:.1%}"
         )
+        if "feature_distance" in signals:
+            text += (
+                f", bottleneck features {signals['feature_distance']:.2f} from the exemplars' (Mahalanobis; "
+                f"fit {signals['feature_fit']:.2f})"
+            )
+        return text
 
     # --- the task ----------------------------------------------------------------------------------------
     def predict(
@@ -215,7 +302,7 @@ class SegmentationRuntime(TaskRuntime):
         image: Image,
         cancel: Optional[Any] = None,
         sw_batch_size: int = 1,
-        overlap: float = 0.25,
+        overlap: Optional[float] = None,
         resample: str = "nearest",
     ) -> Prediction:
         """Segment ``image``; the label map has exactly ``image``'s size, spacing, origin and direction.
@@ -223,7 +310,9 @@ class SegmentationRuntime(TaskRuntime):
         Args:
             image: 2D or 3D image (any orientation and spacing, LPS geometry).
             cancel: Event-like; checked between stages.
-            sw_batch_size, overlap: sliding-window settings.
+            sw_batch_size, overlap: sliding-window settings (``overlap=None``: the card's, see
+                :func:`inference_settings`). Blending, test-time mirroring and largest-component
+                post-processing follow the card's ``inference`` block.
             resample: how the result returns to the input grid: ``"nearest"`` (argmax on the network grid,
                 then nearest-neighbour resampling of the label map; fastest) or ``"linear"`` (softmax
                 probabilities resampled linearly, then argmax; smoother borders when the model's spacing is
@@ -238,15 +327,22 @@ class SegmentationRuntime(TaskRuntime):
         check_cancel(cancel)
         array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle))
         check_cancel(cancel)
-        if resample == "linear":
-            probs = predict_probabilities(
-                self.network, array, card.roi_size, self.device, sw_batch_size, overlap
-            )
+        inf = inference_settings(card)
+        overlap = float(inf["overlap"]) if overlap is None else overlap
+        keep = [int(v) for v in inf["keep_largest_component"]]
+        if resample == "linear" or inf["mirror_axes"]:
+            probs = predict_probabilities(self.network, array, card.roi_size, self.device, sw_batch_size, overlap,
+                                          inf["sw_mode"], inf["mirror_axes"])  # fmt: skip
             check_cancel(cancel)
-            labels = probabilities_to_input_grid(probs, grid, image_in)
+            if resample == "linear":  # connectivity does not depend on the grid's layout
+                labels = keep_largest_component(probabilities_to_input_grid(probs, grid, image_in), keep)
+            else:
+                net_labels = keep_largest_component(np.argmax(probs, axis=0).astype(np.uint8), keep)
+                labels = labels_to_input_grid(net_labels, grid, image_in)
         else:
-            logits = predict_logits(self.network, array, card.roi_size, self.device, sw_batch_size, overlap)
-            net_labels = argmax_channels(logits).cpu().numpy()
+            logits = predict_logits(self.network, array, card.roi_size, self.device, sw_batch_size, overlap,
+                                    inf["sw_mode"])  # fmt: skip
+            net_labels = keep_largest_component(argmax_channels(logits).cpu().numpy(), keep)
             check_cancel(cancel)
             labels = labels_to_input_grid(net_labels, grid, image_in)
         out = image.with_array(labels.reshape(image.array.shape[: image.ndim]))
@@ -264,39 +360,114 @@ class SegmentationRuntime(TaskRuntime):
 
     def fit_signals(self, image: Image) -> Optional[dict[str, float]]:
         """The image's central patch of the model's ``roi_size`` at its ``target_spacing`` (canonical
-        orientation), normalised like the model's training data, is run through the network with hooks
+        orientation), normalised like the model's training data, is run through the network once with hooks
         measuring, per batch-norm layer, the Gaussian KL divergence of the patch's feature statistics from
-        the layer's running statistics.
+        the layer's running statistics, and taking the network's bottleneck features (the deepest feature
+        map, averaged over space). When the bundle stores the statistics of those features on its example
+        inputs (:meth:`fit_feature_statistics`), their Mahalanobis distance in PCA space is measured too
+        (after Woodland et al. 2023).
 
         Returns:
             ``{"kl": mean divergence, "fit": 1 / (1 + kl), "confidence": mean max softmax, "foreground":
-            mean 1 - p(background)}`` (without batch-norm running statistics ``kl`` is NaN and ``fit`` 1), or
-            None when the image's dimensions do not suit the model.
+            mean 1 - p(background)}`` (without batch-norm running statistics ``kl`` is NaN and ``fit`` 1), plus
+            ``"feature_distance"`` (Mahalanobis distance over the square root of the PCA dimensions) and
+            ``"feature_fit"`` (``1 / (1 + (d / d_ref)^2)``, ``d_ref`` the example patches' 95th percentile)
+            when statistics are stored; None when the image's dimensions do not suit the model.
         """
         import torch
 
         if not self.accepts(image):
             return None
-        nd = self.spatial_dims
         img = image.to_grayscale() if image.is_multicomponent else image
-        img = img.as_2d() if nd == 2 else img
-        x = torch.from_numpy(self._central_patch(img))[None, None]
-        hooks = BNStatHooks(self.network)
-        with hooks, torch.inference_mode():
-            out = self.network(x.to(next(self.network.parameters()).device))
-            if isinstance(out, (list, tuple)):
-                out = out[0]
-            p = torch.softmax(out.float(), dim=1)
-            kl = float(hooks.mean()) if hooks.layers else float("nan")
-        return {
+        img = img.as_2d() if self.spatial_dims == 2 else img
+        out, kl, feat = self._hooked_forward(self._central_patch(img))
+        p = torch.softmax(out.float(), dim=1)
+        signals = {
             "kl": kl,
             "fit": 1.0 / (1.0 + kl) if math.isfinite(kl) else 1.0,
             "confidence": float(p.max(dim=1).values.mean()),
             "foreground": float((1.0 - p[:, 0]).mean()) if p.shape[1] > 1 else float(p.mean()),
         }
+        stats = self.feature_statistics()
+        if stats is not None and feat.shape[-1] == stats["mean"].shape[-1]:
+            d = float(mahalanobis(feat[None], stats)[0])
+            signals["feature_distance"] = d
+            signals["feature_fit"] = 1.0 / (1.0 + (d / max(float(stats["d_ref"]), 1e-6)) ** 2)
+        return signals
 
-    def _central_patch(self, img: Image) -> np.ndarray:
-        """The ``roi_size`` patch at ``target_spacing`` around ``img``'s centre, normalised, network layout."""
+    def _hooked_forward(self, patch: np.ndarray) -> tuple[Any, float, np.ndarray]:
+        """One forward pass of a preprocessed patch: the output, the mean batch-norm divergence (NaN without
+        running statistics) and the bottleneck features ``(C,)``."""
+        import torch
+
+        x = torch.from_numpy(patch)[None, None]
+        maps: list[Any] = []
+        convs = [m for m in self.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+        handles = [m.register_forward_hook(lambda _m, _i, o: maps.append(o)) for m in convs]
+        hooks = BNStatHooks(self.network)
+        try:
+            with hooks, torch.inference_mode():
+                out = self.network(x.to(next(self.network.parameters()).device))
+                if isinstance(out, (list, tuple)):
+                    out = out[0]
+                kl = float(hooks.mean()) if hooks.layers else float("nan")
+        finally:
+            for h in handles:
+                h.remove()
+        feat = np.zeros(0, np.float32)
+        if maps:  # the deepest map: fewest voxels, the last such in execution order (before upsampling)
+            smallest = min(int(np.prod(m.shape[2:])) for m in maps)
+            deep = [m for m in maps if int(np.prod(m.shape[2:])) == smallest][-1]
+            feat = deep.float().mean(dim=tuple(range(2, deep.dim())))[0].cpu().numpy()
+        return out, kl, feat
+
+    def feature_statistics(self) -> Optional[dict[str, np.ndarray]]:
+        """The bottleneck-feature statistics stored in the bundle (``prototypes/feature_stats.npz``), or None."""
+        if not hasattr(self, "_feature_stats"):
+            path = Path(getattr(self.bundle, "path", "")) / "prototypes" / FEATURE_STATS_FILE
+            self._feature_stats = None
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    self._feature_stats = {k: np.asarray(z[k]) for k in z.files}
+        return self._feature_stats
+
+    def fit_feature_statistics(
+        self, images: Sequence[Image], patches_per_image: int = 12, components: int = 8, seed: int = 0
+    ) -> Optional[dict[str, np.ndarray]]:
+        """Statistics of the bottleneck features of patches of the model's example inputs, for the
+        Mahalanobis signal of :meth:`fit_signals`: the central patch and ``patches_per_image - 1`` patches
+        around it (centres shifted by up to a quarter of the image's extent per axis, seeded).
+
+        Returns:
+            ``{"mean": (C,), "components": (k, C), "variances": (k,), "d_ref": 95th percentile of the patches'
+            distances, "n_patches"}`` with ``k = min(components, patches - 1)``; None for fewer than 3
+            usable patches. Stored with the prototypes (``prototypes/feature_stats.npz``).
+        """
+        rng = np.random.default_rng(seed)
+        feats = []
+        for image in images:
+            if not self.accepts(image):
+                continue
+            img = image.to_grayscale() if image.is_multicomponent else image
+            img = img.as_2d() if self.spatial_dims == 2 else img
+            for i in range(patches_per_image):
+                shift = np.zeros(img.ndim) if i == 0 else rng.uniform(-0.25, 0.25, img.ndim)
+                feats.append(self._hooked_forward(self._central_patch(img, shift))[2])
+        feats = [f for f in feats if f.size]
+        if len(feats) < 3:
+            return None
+        x = np.stack(feats).astype(np.float64)
+        mean = x.mean(axis=0)
+        _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+        k = max(1, min(components, len(x) - 1, vt.shape[0]))
+        variances = np.maximum(sv[:k] ** 2 / (len(x) - 1), 1e-8 * max(float(sv[0] ** 2), 1e-12))
+        stats = {"mean": mean, "components": vt[:k], "variances": variances, "n_patches": np.asarray(len(x))}
+        stats["d_ref"] = np.asarray(np.percentile(mahalanobis(x, stats), 95))
+        return {name: np.asarray(v, dtype=np.float32) for name, v in stats.items()}
+
+    def _central_patch(self, img: Image, shift: Optional[np.ndarray] = None) -> np.ndarray:
+        """The ``roi_size`` patch at ``target_spacing`` around ``img``'s centre (moved by ``shift``, fractions of
+        the image's extent per axis), normalised, network layout."""
         card = self.card
         nd = self.spatial_dims
         src = img.to_sitk()
@@ -305,9 +476,9 @@ class SegmentationRuntime(TaskRuntime):
         roi = np.asarray(card.roi_size or [64] * nd, dtype=float)
         spacing = np.asarray(card.target_spacing or src.GetSpacing(), dtype=float)
         direction = axcodes_direction(axcodes_of(self.bundle), nd)
-        centre = np.asarray(
-            src.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in src.GetSize()])
-        )
+        size = np.asarray(src.GetSize(), dtype=float)
+        index = (size - 1) / 2.0 + (0.0 if shift is None else np.asarray(shift) * size)
+        centre = np.asarray(src.TransformContinuousIndexToPhysicalPoint([float(i) for i in index]))
         ref = sitk.Image([int(r) for r in roi], sitk.sitkUInt8)
         ref.SetSpacing([float(s) for s in spacing])
         ref.SetDirection([float(d) for d in direction.ravel()])
@@ -327,13 +498,20 @@ class SegmentationRuntime(TaskRuntime):
         return entropy + 10.0 * torch.relu(min_foreground - fg), fg
 
 
+def mahalanobis(features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """Mahalanobis distances of feature rows ``(n, C)`` in the PCA space of ``stats`` (see
+    :meth:`SegmentationRuntime.fit_feature_statistics`), divided by the square root of its dimension."""
+    proj = (np.asarray(features, np.float64) - stats["mean"]) @ np.asarray(stats["components"], np.float64).T
+    return np.sqrt((proj**2 / np.asarray(stats["variances"], np.float64)).sum(axis=1) / proj.shape[1])
+
+
 def apply_model(
     bundle: Any,
     image: Image,
     device: str = "cpu",
     cancel: Optional[Any] = None,
     sw_batch_size: int = 1,
-    overlap: float = 0.25,
+    overlap: Optional[float] = None,
     resample: str = "nearest",
 ) -> Image:
     """Segment ``image`` with a loaded segmentation bundle (:func:`ModelSelectorLib.zoo.load_bundle`); returns

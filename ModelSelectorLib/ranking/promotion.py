@@ -23,7 +23,6 @@ import dataclasses
 import datetime
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -303,11 +302,11 @@ def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:
 
 def _stage(src: Path, dest: Path, task: str, version: str) -> Path:
     """Copy a bundle to ``dest`` with its card renamed to ``task`` ``version``."""
-    from ..zoo.bundle import validate_bundle, write_card
+    from ..zoo.bundle import copy_bundle, validate_bundle, write_card
     from ..zoo.card import ModelCard
 
     card = validate_bundle(src)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".*.tmp", "__pycache__"))
+    copy_bundle(src, dest)  # never follows symbolic links out of the candidate
     write_card(dest, ModelCard.from_dict({**card.to_dict(), "name": task, "version": version}))
     return dest
 

@@ -72,7 +72,17 @@ SWEEPS = "sweeps"
 #: (None: segmentation, this module's own MSD split and trainer)
 SWEEP_TASKS: dict[str, Any] = {DEFAULT_TASK_TYPE: None, LandmarkRuntime.task_type: landmark_sweep}
 EXECUTORS = ("local", "ray")
-_SPEC_KEYS = {"task", "task_type", "seed", "test_fraction", "base", "grid", "candidates", "modality", "body_region"}
+_SPEC_KEYS = {
+    "task",
+    "task_type",
+    "seed",
+    "test_fraction",
+    "base",
+    "grid",
+    "candidates",
+    "modality",
+    "body_region",
+}
 
 
 # --- the sweep file -------------------------------------------------------------------------------------
@@ -170,7 +180,9 @@ def expand_sweep(data: dict[str, Any]) -> SweepSpec:
         raise TrainingError("the sweep has no candidates; add a 'grid' or a 'candidates' list.")
     task_type = str(data.get("task_type") or DEFAULT_TASK_TYPE)
     if task_type not in SWEEP_TASKS:
-        raise TrainingError(f"task_type {task_type!r}: a sweep trains one of {', '.join(sorted(SWEEP_TASKS))}.")
+        raise TrainingError(
+            f"task_type {task_type!r}: a sweep trains one of {', '.join(sorted(SWEEP_TASKS))}."
+        )
     candidates: list[Candidate] = []
     for name, varying in raw:
         settings = {**base, **varying}
@@ -291,7 +303,9 @@ def read_split(path: PathLike) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
         root = p.parent / str(data.get("dataset", ""))
-        cases = [{**c, "image": str(root / c["image"]), "label": str(root / c["label"])} for c in data["cases"]]
+        cases = [
+            {**c, "image": str(root / c["image"]), "label": str(root / c["label"])} for c in data["cases"]
+        ]
         labels = {int(k): str(v) for k, v in data["labels"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DatasetError(f"{p}: not a test split file ({e}).") from e
@@ -482,6 +496,10 @@ def _same_settings(bundle: Path, settings: dict[str, Any], task_type: str = DEFA
     except ValueError:
         return False
     want = json.loads(json.dumps(dataclasses.asdict(TrainConfig.from_dict(settings)), default=list))
+    try:  # settings added to TrainConfig since the bundle was trained take their defaults
+        saved = json.loads(json.dumps(dataclasses.asdict(TrainConfig.from_dict(saved)), default=list))
+    except ModelSelectorError:
+        return False
     skip = {"num_threads", "device", "num_workers", "version"}
     return {k: v for k, v in saved.items() if k not in skip} == {
         k: v for k, v in want.items() if k not in skip

@@ -1,9 +1,24 @@
-"""Calibration of the "nothing fits" decision, and the calibrated index of a zoo.
+"""Calibration of the selector on labelled images: score weights, model-alone signals, one operating point per
+model; and the calibrated index of a zoo.
 
-For each origin set (exemplar, data-free, both) and with and without verification, the selector's raw
-scores of in-distribution images for their own model (positives) and the best raw scores of
-out-of-distribution images (negatives) set a threshold at a stated false-accept rate and a temperature
-that maps the median positive to a score of 0.9. The result is stored in the index sidecar.
+Every labelled image (:class:`LabelledImage`: an image with its modality and body regions) is scored against
+every model of the index. A pair is **positive** when the model is relevant to the image (same modality,
+intersecting regions; the image's dimensions do not matter here, see :mod:`.scoring`) and negative
+otherwise, so a model's positives are images of its own domain and its negatives every other class and
+the out-of-distribution pictures. For each setting (prototype origins x verify) :func:`calibrate` fits:
+
+1. the domain logit's weights (:data:`~.scoring.FEATURES`): logistic regression on all pairs (standardised
+   features, L2 penalty, classes balanced);
+2. with verify, per task type, which model-alone signals to add (none, each, or all; the set with the lowest
+   5-fold cross-validated log-loss on the pairs) and their weights, with the domain logit as a fixed offset;
+3. each model's threshold on the resulting logit: the one maximising its balanced accuracy (Youden's J) on
+   its own pairs, when it has at least ``min_positives`` positive and negative images; otherwise the pooled
+   threshold of all models. Its false-accept rate (negatives above it) and false-reject rate (positives
+   below it) are stored with it.
+
+Development images come from the protocol split (``modelselector index calibrate --data DATA``); without
+them the model's exemplar files (each scored without its own prototypes) and synthetic
+out-of-distribution references stand in. The result is stored in the index sidecar.
 """
 
 from __future__ import annotations
@@ -25,14 +40,50 @@ from ..progress import check_cancel, progress_bar
 from .encoder import default_encoder
 from .index import ZooIndex, index_zoo
 from .prototypes import ORIGINS, encoder_id
-from .scoring import UNCALIBRATED, WEIGHTS, Evidence, calibration_key, evidence, fused_rank, rank_models
-from .selector import as_image, open_zoo_and_index
+from .scoring import (
+    FEATURES,
+    UNCALIBRATED,
+    agreement,
+    calibration_key,
+    evidence,
+    is_relevant,
+    p_ood,
+    plain_features,
+    plain_logit,
+    similarities,
+    verify_of,
+    verify_term,
+)
+from .selector import open_zoo_and_index
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: prototype-origin sets that are calibrated (each with and without verify)
+ORIGIN_SETS = (("exemplar",), ("data-free",), ORIGINS)
+#: model-alone signals the calibration may keep when a runtime reports them, with the sign their weight
+#: must have (a better fit must not lower the score): the runtimes' fit scores, the Mahalanobis feature fit,
+#: and the raw heatmap entropy of landmark models (so its scale is chosen on development images)
+SIGNALS = {"fit": 1.0, "feature_fit": 1.0, "heatmap_entropy": -1.0}
+
+
+@dataclasses.dataclass
+class LabelledImage:
+    """An image with its modality code and body-region codes (``"OT"`` and no region for a photograph).
+
+    ``exclude_sources``: prototype sources ignored when scoring it (an exemplar file scored without its own
+    prototypes); ``name``: for reports.
+    """
+
+    image: Union[Image, PathLike]
+    modality: str
+    regions: tuple[str, ...] = ()
+    exclude_sources: tuple[str, ...] = ()
+    name: str = ""
+
 
 def ood_references(seed: int = 0, photos: bool = True) -> list[tuple[str, Image]]:
-    """Out-of-distribution reference images for calibration: noise, textures and natural photos.
+    """Out-of-distribution reference images for calibration without development images: noise, textures
+    and natural photos.
 
     Returns:
         ``(name, image)`` pairs: 3D Gaussian noise in HU-like and in positive units, 2D uniform noise, a
@@ -76,134 +127,257 @@ def ood_references(seed: int = 0, photos: bool = True) -> list[tuple[str, Image]
     return out
 
 
-def _default_positives(index: Any, per_model: int = 3) -> list[tuple[str, str]]:
-    """``(exemplar file, model)`` pairs for leave-one-source-out calibration (files that still exist)."""
-    out = []
-    for name in index.model_names():
-        seen: list[str] = []
-        for lab in index.models[name]["labels"]:
-            rec = index.items.get(lab)
-            if rec and rec["origin"] == "exemplar":
-                src = str(rec.get("source", ""))
-                if src and src not in seen and Path(src).exists():
+def default_cases(
+    index: Any,
+    zoo: Any,
+    positives: Optional[Sequence[tuple[Union[Image, PathLike], str]]] = None,
+    negatives: Optional[Sequence[Any]] = None,
+    per_model: int = 3,
+) -> list[LabelledImage]:
+    """Labelled images when no development images are given: ``positives`` as ``(image, model)`` pairs
+    (default: up to ``per_model`` exemplar files of each model, each scored without its own prototypes),
+    labelled with their model's modality and regions, and ``negatives`` (default :func:`ood_references`) as
+    photographs (``OT``)."""
+    cases = []
+    if positives is None:
+        for name in index.model_names():
+            seen: list[str] = []
+            for lab in index.models[name]["labels"]:
+                rec = index.items.get(lab)
+                src = str((rec or {}).get("source", ""))
+                if rec and rec["origin"] == "exemplar" and src and src not in seen and Path(src).exists():
                     seen.append(src)
-        out += [(s, name) for s in seen[:per_model]]
-    return out
-
-
-def _threshold(pos: np.ndarray, neg: np.ndarray, far: float, margin: float) -> dict[str, Any]:
-    if len(neg):
-        q = float(np.quantile(neg, 1.0 - far, method="higher"))
+            positives_of = [(s, name) for s in seen[:per_model]]
+            cases += [_labelled(zoo, name, s, (s,)) for s, name in positives_of]
     else:
-        q = float(np.min(pos)) - 0.1 if len(pos) else UNCALIBRATED["raw_threshold"]
-    med = float(np.median(pos)) if len(pos) else q + 0.2
-    t = q + margin * (med - q) if med > q else q + 1e-3
-    temp = max((med - t) / math.log(9.0), 0.01) if med > t else 0.05
-    return {
-        "raw_threshold": round(t, 5),
-        "temperature": round(temp, 5),
-        "n_positive": int(len(pos)),
-        "n_negative": int(len(neg)),
-        "negative_quantile": round(q, 5),
-        "positive_median": round(med, 5),
-        "tpr": float(np.mean(pos >= t)) if len(pos) else None,
-        "far": float(np.mean(neg >= t)) if len(neg) else None,
-    }
+        cases += [_labelled(zoo, name, img, ()) for img, name in positives]
+    for n in ood_references() if negatives is None else negatives:
+        name, img = n if isinstance(n, tuple) else (str(getattr(n, "meta", {}).get("path", n)), n)
+        cases.append(LabelledImage(img, "OT", (), (), str(name)))
+    return cases
+
+
+def _labelled(zoo: Any, model: str, image: Any, exclude: tuple[str, ...]) -> LabelledImage:
+    card = zoo.card(model)
+    regions = tuple(r for r in str(card.body_region).split(";") if r)
+    return LabelledImage(
+        image, card.modality, regions, exclude, model if isinstance(image, Image) else str(image)
+    )
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+def collect_pairs(
+    index: Any, zoo: Any, encoder: Any, cases: Sequence[LabelledImage], verify: bool = True,
+    cancel: Optional[Any] = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One record per (image, model): relevance, dimensions, features per origin set, fit signals.
+
+    Fit signals are computed for every model that can take the image (``verify``); unreadable images are
+    skipped.
+    """
+    records: list[dict[str, Any]] = []
+    cards = {name: zoo.card(name) for name in index.model_names()}
+    for i, case in enumerate(progress_bar(list(cases), desc="scoring labelled images")):
+        check_cancel(cancel)
+        try:
+            img = case.image if isinstance(case.image, Image) else read_image(case.image)
+        except InputError:
+            continue
+        ev = evidence(encoder, img)
+        sims = {
+            calibration_key(o, False): similarities(index, ev, o, case.exclude_sources) for o in ORIGIN_SETS
+        }
+        pood = p_ood(ev)
+        for name, card in cards.items():
+            dims_ok = ev.ndim == int(card.spatial_dims)
+            records.append({
+                "case": i, "model": name, "task_type": card.task_type, "dims_ok": dims_ok,
+                "relevant": is_relevant(card.modality, str(card.body_region).split(";"), case.modality, case.regions),
+                "agree": agreement(ev, card), "p_ood": pood, "colour": ev.colour,
+                "sim": {k: v[name][0] for k, v in sims.items() if name in v},
+                "signals": verify_of(zoo, ev, name) if verify and dims_ok else None,
+            })  # fmt: skip
+        ev.image = None  # keep the embeddings, not the voxels
+    return records
+
+
+# --- fitting ----------------------------------------------------------------------------------------------
+def offset_logistic(offset: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
+    """Weights ``w`` of ``P(y) = sigmoid(offset + x @ w)`` (Newton steps, L2 penalty ``l2``, classes
+    balanced): a logistic regression whose intercept is the fixed ``offset``."""
+    w = np.zeros(x.shape[1])
+    pos = max(int(y.sum()), 1)
+    neg = max(int((~y).sum()), 1)
+    sw = np.where(y, len(y) / (2.0 * pos), len(y) / (2.0 * neg))
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(offset + x @ w, -30, 30)))
+        grad = x.T @ (sw * (p - y)) + l2 * w
+        hess = (x * (sw * p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    """Class-balanced mean log-loss of logits ``z``."""
+    p = np.clip(1.0 / (1.0 + np.exp(-np.clip(z, -30, 30))), 1e-9, 1 - 1e-9)
+    ll = -np.where(y, np.log(p), np.log(1 - p))
+    return float(np.mean([ll[y].mean() if y.any() else 0.0, ll[~y].mean() if (~y).any() else 0.0]))
+
+
+def choose_signals(offset: np.ndarray, signals: dict[str, np.ndarray], y: np.ndarray, folds: int = 5,
+                   seed: int = 0, min_gain: float = 0.02) -> tuple[dict[str, dict[str, float]], dict[str, float]]:  # fmt: skip
+    """Which fit signals to add to the domain logit ``offset``, by 5-fold cross-validated log-loss.
+
+    A set of signals is kept only when every weight has the sign :data:`SIGNALS` gives it (a better fit must
+    not lower the score) and its cross-validated log-loss is at least ``min_gain`` (relative) below that of
+    no signal.
+
+    Returns:
+        ``(kept, cv)``: per kept signal ``{"weight", "centre"}`` (centre = the signal's median over the
+        positives), and the cross-validated log-loss of every candidate set (``"none"``, each, all).
+    """
+    names = sorted(signals)
+    candidates = [()] + [(n,) for n in names] + ([tuple(names)] if len(names) > 1 else [])
+    centres = {n: float(np.median(signals[n][y])) if y.any() else 0.0 for n in names}
+    fold = np.random.default_rng(seed).permutation(len(y)) % folds
+    cv: dict[str, float] = {}
+    for cand in candidates:
+        if not cand:
+            cv["none"] = _log_loss(offset, y)
+            continue
+        x = np.stack([signals[n] - centres[n] for n in cand], axis=1)
+        z = np.empty(len(y))
+        for f in range(folds):
+            tr, te = fold != f, fold == f
+            z[te] = offset[te] + x[te] @ offset_logistic(offset[tr], x[tr], y[tr])
+        cv["+".join(cand)] = _log_loss(z, y)
+    for cand in sorted(candidates[1:], key=lambda c: cv["+".join(c)]):
+        if cv["+".join(cand)] > (1.0 - min_gain) * cv["none"]:
+            break
+        x = np.stack([signals[n] - centres[n] for n in cand], axis=1)
+        w = offset_logistic(offset, x, y)
+        if all(wi * SIGNALS.get(n, 1.0) > 0 for n, wi in zip(cand, w)):
+            return {
+                n: {"weight": round(float(wi), 5), "centre": round(centres[n], 5)} for n, wi in zip(cand, w)
+            }, cv
+    return {}, cv
+
+
+def youden_threshold(z: np.ndarray, y: np.ndarray) -> float:
+    """The threshold on ``z`` maximising true-positive minus false-positive rate; when a range of thresholds
+    does so (classes separated by a gap), the middle of that range, the widest margin on both sides."""
+    if not y.any() or y.all():
+        return 0.0
+    cuts = np.unique(z)
+    cands = np.concatenate([[cuts[0] - 1e-6], (cuts[1:] + cuts[:-1]) / 2.0, [cuts[-1] + 1e-6]])
+    tpr = (z[y][None, :] >= cands[:, None]).mean(axis=1)
+    fpr = (z[~y][None, :] >= cands[:, None]).mean(axis=1)
+    j = tpr - fpr
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    return float((cands[best[0]] + cands[best[-1]]) / 2.0) if len(best) > 1 else float(cands[best[0]])
+
+
+def _rates(z: np.ndarray, y: np.ndarray, t: float) -> dict[str, Any]:
+    return {"far": float(np.mean(z[~y] >= t)) if (~y).any() else None,
+            "frr": float(np.mean(z[y] < t)) if y.any() else None,
+            "n_positive": int(y.sum()), "n_negative": int((~y).sum())}  # fmt: skip
+
+
+def fit_setting(
+    records: Sequence[dict[str, Any]], origins: Sequence[str], verify: bool, min_positives: int = 5
+) -> dict[str, Any]:
+    """The calibration of one setting (module docstring): weights, verify signals, per-model thresholds."""
+    key = calibration_key(origins, False)
+    recs = [r for r in records if key in r["sim"]]
+    y = np.array([r["relevant"] for r in recs], dtype=bool)
+    x = (np.stack([plain_features(r["sim"][key], r["agree"], r["p_ood"], r.get("colour", 0.0)) for r in recs])
+         if recs else np.zeros((0, len(FEATURES))))  # fmt: skip
+    if not y.any() or y.all():
+        weights = dict(UNCALIBRATED["weights"])
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        # standardised features, so the penalty treats a similarity (spread ~0.1) like a logit (spread ~5)
+        mean, std = x[:, 1:].mean(axis=0), np.maximum(x[:, 1:].std(axis=0), 1e-6)
+        lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit((x[:, 1:] - mean) / std, y)
+        coef = lr.coef_[0] / std
+        weights = {
+            "bias": float(lr.intercept_[0] - coef @ mean),
+            **{k: float(c) for k, c in zip(FEATURES[1:], coef)},
+        }
+    setting: dict[str, Any] = {"weights": {k: round(v, 5) for k, v in weights.items()}, "verify": {},
+                               "signal_selection": {}}  # fmt: skip
+    z = np.array([plain_logit(setting, f) for f in x])
+    if verify:
+        for task in sorted({r["task_type"] for r in recs}):
+            idx = [i for i, r in enumerate(recs) if r["task_type"] == task and r["signals"]]
+            names = [n for n in SIGNALS if idx and all(_finite(recs[i]["signals"], n) for i in idx)]
+            if not names or not y[idx].any() or y[idx].all():
+                continue
+            sig = {n: np.array([float(recs[i]["signals"][n]) for i in idx]) for n in names}
+            kept, cv = choose_signals(z[idx], sig, y[idx])
+            setting["signal_selection"][task] = {k: round(v, 5) for k, v in cv.items()}
+            if kept:
+                setting["verify"][task] = kept
+        z = z + np.array([verify_term(setting, r["task_type"], r["signals"]) for r in recs])
+    pooled = youden_threshold(z, y)
+    setting.update(threshold=round(pooled, 5), **_rates(z, y, pooled), models={})
+    for name in sorted({r["model"] for r in recs}):
+        m = np.array([r["model"] == name for r in recs])
+        ym, zm = y[m], z[m]
+        own = int(ym.sum()) >= min_positives and int((~ym).sum()) >= min_positives
+        t = youden_threshold(zm, ym) if own else pooled
+        setting["models"][name] = {"threshold": round(t, 5), "pooled": not own, **_rates(zm, ym, t)}
+    return setting
+
+
+def _finite(signals: dict[str, float], name: str) -> bool:
+    v = signals.get(name)
+    return v is not None and math.isfinite(float(v))
 
 
 def calibrate(
     index: Any,
     zoo: Any,
     encoder: Any = None,
+    cases: Optional[Sequence[LabelledImage]] = None,
     positives: Optional[Sequence[tuple[Union[Image, PathLike], str]]] = None,
-    negatives: Optional[Sequence[Union[Image, PathLike, tuple[str, Image]]]] = None,
-    far: float = 0.05,
-    margin: float = 0.1,
+    negatives: Optional[Sequence[Any]] = None,
+    description: str = "",
+    min_positives: int = 5,
     cancel: Optional[Any] = None,
 ) -> dict[str, Any]:
-    """Calibrate the "nothing fits" threshold and the score scale; store them in ``index.calibration``.
+    """Calibrate every setting on labelled images (module docstring); store it in ``index.calibration``.
 
-    Procedure (for each origin set -- exemplar, data-free, both -- and with and without verify):
-
-    - positive scores: the raw score of the right model for in-distribution images. Default: each model's
-      exemplar files (up to 3 per model), scored leave-one-source-out (that file's own prototypes are
-      excluded); or ``positives`` as ``(image, model name)`` pairs;
-    - negative scores: the best raw score of any model for out-of-distribution images (default
-      :func:`ood_references`: noise, textures, natural photos);
-    - threshold ``t`` = the ``1 - far`` quantile of the negatives, moved ``margin`` of the way towards the
-      median positive; temperature ``T = (median positive - t) / ln 9``, so the median positive scores 0.9.
-
-    The index is changed in memory; save it to keep the calibration.
+    Args:
+        cases: labelled development images; default :func:`default_cases` (``positives``/``negatives``).
+        description: where the images come from (recorded).
+        min_positives: fewest positive (and negative) images for a model to get its own threshold.
 
     Returns:
-        the calibration dict (also in ``index.calibration``).
+        the calibration dict (also in ``index.calibration``; save the index to keep it).
     """
     zoo, index = open_zoo_and_index(zoo, index)
     enc = encoder if encoder is not None else default_encoder()
-    pos_items: list[tuple[Union[Image, PathLike], str, list[str]]] = []
-    if positives is None:
-        pos_items = [(src, name, [src]) for src, name in _default_positives(index)]
-        pos_desc = "exemplar files of each model (up to 3), leave-one-source-out"
-    else:
-        pos_items = [(img, name, []) for img, name in positives]
-        pos_desc = f"{len(pos_items)} given validation images"
-    neg_items = ood_references() if negatives is None else [
-        n if isinstance(n, tuple) else (str(getattr(n, "meta", {}).get("path", n)) if not isinstance(n, Image)
-                                        else "image", n)
-        for n in negatives
-    ]  # fmt: skip
-    singles = [("exemplar",), ("data-free",)]
-    scores: dict[str, dict[str, list[float]]] = {}
-    cards: dict[str, Any] = {}
-    seen: list[tuple[Evidence, bool, Optional[str], list[str]]] = []
-    work = [(True, it) for it in pos_items] + [(False, it) for it in neg_items]
-    for is_pos, item in progress_bar(work, desc="calibrating threshold"):
-        check_cancel(cancel)
-        if is_pos:
-            src, model, exclude = item
-        else:
-            src, model, exclude = item[1], None, []
-        img, _ = as_image(src)
-        ev = evidence(enc, img)
-        for origins in singles:
-            for verify in (False, True):
-                rows = rank_models(zoo, index, ev, origins, verify, None, exclude, cards)
-                d = scores.setdefault(calibration_key(origins, verify), {"pos": [], "neg": []})
-                if is_pos:
-                    d["pos"] += [r["raw"] for r in rows if r["name"] == model][:1]
-                elif rows:
-                    d["neg"].append(rows[0]["raw"])
-        # keep the embeddings and verify results, not the image
-        seen.append((dataclasses.replace(ev, image=None), is_pos, model, list(exclude)))
-    thresholds: dict[str, dict[str, Any]] = {
-        key: _threshold(np.asarray(d["pos"]), np.asarray(d["neg"]), far, margin) for key, d in scores.items()
-    }
-    # both origins: the best calibrated logit over the origins (see fused_rank); report its rates
-    for verify in (False, True):
-        cals = {o[0]: thresholds[calibration_key(o, verify)] for o in singles}
-        pos_z, neg_z = [], []
-        for ev, is_pos, model, exclude in seen:
-            rows = fused_rank(zoo, index, ev, cals, verify, None, exclude, cards)
-            if is_pos:
-                pos_z += [r["z"] for r in rows if r["name"] == model][:1]
-            elif rows:
-                neg_z.append(rows[0]["z"])
-        thresholds[calibration_key(ORIGINS, verify)] = {
-            "fused": list(ORIGINS),
-            "n_positive": len(pos_z),
-            "n_negative": len(neg_z),
-            "tpr": float(np.mean(np.asarray(pos_z) >= 0)) if pos_z else None,
-            "far": float(np.mean(np.asarray(neg_z) >= 0)) if neg_z else None,
-        }
+    if cases is None:
+        cases = default_cases(index, zoo, positives, negatives)
+        description = description or "exemplar files of each model (without their own prototypes) and synthetic "\
+            "out-of-distribution references"  # fmt: skip
+    records = collect_pairs(index, zoo, enc, cases, True, cancel)
+    settings = {}
+    for origins in ORIGIN_SETS:
+        for verify in (False, True):
+            settings[calibration_key(origins, verify)] = fit_setting(records, origins, verify, min_positives)
     cal = {
-        "far": far,
-        "margin": margin,
-        "weights": dict(WEIGHTS),
-        "positives": pos_desc,
-        "negatives": [n for n, _ in neg_items],
+        "format": 2,
+        "images": description or f"{len(cases)} labelled images",
+        "n_images": len({r["case"] for r in records}),
         "encoder": encoder_id(enc),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "thresholds": thresholds,
+        "settings": settings,
     }
     index.calibration = cal
     return cal
@@ -217,15 +391,16 @@ def build_index(
     models: Optional[Sequence[str]] = None,
     calibrate: bool = True,
     encoder: Any = None,
-    far: float = 0.05,
+    cases: Optional[Sequence[LabelledImage]] = None,
+    description: str = "",
     M: int = 16,
     ef_construction: int = 200,
     cancel: Optional[Any] = None,
 ) -> ZooIndex:
     """A new index over the stored prototypes of every model of ``zoo`` (or of ``models``)
-    (:func:`~.index.index_zoo`), calibrated at false-accept rate ``far`` (:func:`calibrate`; needs the
-    encoder, default: the bundled one) unless ``calibrate`` is False. The index is not saved:
-    call :meth:`~.index.ZooIndex.save` (e.g. to :func:`~.index.default_index_dir`).
+    (:func:`~.index.index_zoo`), calibrated on ``cases`` (:func:`calibrate`; needs the encoder, default:
+    the bundled one) unless ``calibrate`` is False. The index is not saved: call
+    :meth:`~.index.ZooIndex.save` (e.g. to :func:`~.index.default_index_dir`).
 
     Raises:
         IndexMismatchError: the zoo is empty, or a model has no prototypes (the message names it and the
@@ -233,8 +408,9 @@ def build_index(
     """
     idx = index_zoo(zoo, models, M=M, ef_construction=ef_construction, cancel=cancel)
     if calibrate:
-        _calibrate(idx, zoo, encoder=encoder, far=far, cancel=cancel)
+        _calibrate(idx, zoo, encoder=encoder, cases=cases, description=description, cancel=cancel)
     return idx
 
 
-__all__ = ["build_index", "calibrate", "ood_references"]
+__all__ = ["LabelledImage", "build_index", "calibrate", "collect_pairs", "default_cases", "fit_setting",
+           "ood_references", "youden_threshold"]  # fmt: skip

@@ -1,8 +1,9 @@
 """The bundled image encoder: medical image -> a set of L2-normalised embeddings, one per 2D view.
 
 Views come from :mod:`.views` (one for a 2D image; slices from three planes for a volume, two intensity
-channels each). The network (:class:`EncoderNet`) is a small plain-torch CNN (about 1.7 M parameters)
-that maps a view ``(2, S, S)`` to a 128-d embedding on the unit sphere; a cosine classification head over
+channels each that do not depend on the image's units). The network (:class:`EncoderNet`) is a small
+plain-torch CNN (about 1.2 M parameters, a stride-2 stem so a 64 px view costs about 50 M multiply-adds)
+that maps a view ``(2, S, S)`` to a 64-d embedding on the unit sphere; a cosine classification head over
 modality x body region classes (``"CT:CHEST"``, ``"MR:HEAD"``, ..., ``"OT:OOD"`` for non-radiology photos)
 is used for training (:mod:`ModelSelectorLib.training.encoder`) and for :meth:`Encoder.classify`.
 
@@ -12,7 +13,7 @@ Typical use::
     from ModelSelectorLib.io import read_image
 
     enc = Encoder.load()                      # the bundled encoder (resources/encoder/encoder.pt)
-    emb = enc.embed(read_image("ct.nii.gz"))  # (n_views, 128), rows of unit norm
+    emb = enc.embed(read_image("ct.nii.gz"))  # (n_views, 64), rows of unit norm
     enc.classify(read_image("ct.nii.gz"))     # [("CT:ABDOMEN", 0.83), ...]
 """
 
@@ -35,11 +36,11 @@ from .views import DEFAULT_IMAGE_SIZE, image_views
 #: file names of the encoder folder
 WEIGHTS_NAME = "encoder.pt"
 CARD_NAME = "card.json"
-EMBED_DIM = 128
-DEFAULT_CHANNELS = (24, 48, 96, 192, 256)
+EMBED_DIM = 64
+DEFAULT_CHANNELS = (32, 64, 128, 256)
 #: the class of non-radiology images (photographs of skin, tissue, fundus, ...)
 OOD_CLASS = "OT:OOD"
-WEIGHTS_FORMAT = 1
+WEIGHTS_FORMAT = 2
 
 
 def default_weights() -> Path:
@@ -55,25 +56,23 @@ def _build_net(n_classes: int, channels: Sequence[int] = DEFAULT_CHANNELS, embed
     class EncoderNet(nn.Module):
         """Plain CNN: ``(B, 2, S, S)`` -> L2-normalised ``(B, embed_dim)``; ``logits()`` for training.
 
-        Stages of two 3x3 conv + BatchNorm + ReLU, stride 2 between stages, global average pooling, a
-        linear projection to ``embed_dim`` and L2 normalisation. The head is a cosine classifier
-        (normalised weights, fixed scale 16) so classes live as directions on the embedding sphere.
+        A 3x3 stem of stride 2 to ``channels[0]``, then per stage a 3x3 conv (stride 2 from the second stage
+        on) and a second 3x3 conv, each with BatchNorm and ReLU; global average pooling, a linear projection
+        to ``embed_dim`` and L2 normalisation. The head is a cosine classifier (normalised weights, fixed
+        scale 16) so classes live as directions on the embedding sphere.
         """
 
         def __init__(self) -> None:
             super().__init__()
-            layers: list[nn.Module] = []
-            c_in = 2
+
+            def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+                return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                        nn.ReLU(inplace=True)]  # fmt: skip
+
+            layers: list[nn.Module] = block(2, channels[0], 2)
+            c_in = channels[0]
             for i, c in enumerate(channels):
-                stride = 1 if i == 0 else 2
-                layers += [
-                    nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False),
-                    nn.BatchNorm2d(c),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(c, c, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(c),
-                    nn.ReLU(inplace=True),
-                ]
+                layers += block(c_in, c, 1 if i == 0 else 2) + block(c, c, 1)
                 c_in = c
             self.features = nn.Sequential(*layers)
             self.proj = nn.Linear(c_in, embed_dim)
@@ -175,7 +174,7 @@ class Encoder:
         config = dict(d["config"])
         classes = list(d["classes"])
         net = _build_net(
-            len(classes), config.get("channels", DEFAULT_CHANNELS), int(config.get("embed_dim", 128))
+            len(classes), config.get("channels", DEFAULT_CHANNELS), int(config.get("embed_dim", EMBED_DIM))
         )
         try:
             net.load_state_dict(d["state_dict"])
@@ -215,11 +214,11 @@ class Encoder:
         return np.concatenate(embs), np.concatenate(probs)
 
     def embed_views(self, views: np.ndarray) -> np.ndarray:
-        """Embeddings of views ``(n, 2, H, W)`` -> float32 ``(n, 128)``, each row of unit L2 norm."""
+        """Embeddings of views ``(n, 2, H, W)`` -> float32 ``(n, embed_dim)``, each row of unit L2 norm."""
         return self._forward(views)[0].astype(np.float32)
 
     def embed(self, image: Image, n_per_axis: Optional[int] = None) -> np.ndarray:
-        """Embeddings of an image's views (see :func:`image_views`): float32 ``(n_views, 128)``, unit rows."""
+        """Embeddings of an image's views (see :func:`image_views`): float32 ``(n_views, embed_dim)``, unit rows."""
         return self.embed_views(self.views(image, n_per_axis))
 
     def predict_proba(self, image: Image) -> np.ndarray:

@@ -30,16 +30,18 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..atomic import write_json
+from ..atomic import remove_leftovers, write_json, writer_lock
 from ..errors import BundleError, IndexMismatchError
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
+from .encoder import EMBED_DIM
+from .hnsw_file import check_graph_file, file_digest
 from .prototypes import ORIGINS, PrototypeSet, has_prototypes, load_prototypes, prototypes_digest
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -62,7 +64,7 @@ class ZooIndex:
     """An hnswlib index over prototype vectors with per-label metadata.
 
     Args:
-        dim: vector dimension (128 for the bundled encoder).
+        dim: vector dimension (the encoder's embedding size).
         M, ef_construction: hnswlib graph settings (more = better recall, slower build).
         ef: hnswlib query-time candidate list size (raised to ``k`` when smaller).
         capacity: initial number of elements (grows as needed).
@@ -77,7 +79,7 @@ class ZooIndex:
 
     def __init__(
         self,
-        dim: int = 128,
+        dim: int = EMBED_DIM,
         M: int = 16,
         ef_construction: int = 200,
         ef: int = 64,
@@ -263,7 +265,7 @@ class ZooIndex:
         return labels.astype(np.int64), dist.astype(np.float32)
 
     # --- persistence ----------------------------------------------------------------------------------
-    def _sidecar(self, graph_file: str) -> dict[str, Any]:
+    def _sidecar(self, graph_file: str, digest: dict[str, Any]) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "space": "cosine",
@@ -273,6 +275,7 @@ class ZooIndex:
             "ef": self.ef,
             "encoder": self.encoder,
             "graph": graph_file,
+            "graph_digest": digest,
             "n_elements": int(self._index.get_current_count()),
             "next_label": self.next_label,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -282,74 +285,110 @@ class ZooIndex:
         }
 
     def save(self, directory: Optional[PathLike] = None) -> Path:
-        """Save graph + sidecar into ``directory`` (default: where it was loaded from) atomically.
+        """Save graph + sidecar into ``directory`` (default: where it was loaded from) atomically, holding the
+        folder's write lock; the sidecar records the graph's size and SHA-256.
 
         Returns:
             the folder.
+
+        Raises:
+            IndexMismatchError: another process saved the index in ``directory`` after this one was loaded
+                from there (saving would lose its changes). LockedError: the folder stayed locked too long.
         """
         if directory is None and self.path is None:
             raise IndexMismatchError("no folder to save the index to; pass one (e.g. ZOO/index).")
         d = Path(directory) if directory is not None else self.path
         assert d is not None
-        d.mkdir(parents=True, exist_ok=True)
-        graph = f"graph-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}.bin"
-        try:
-            self._index.save_index(str(d / graph))
-            os.chmod(d / graph, 0o644)
-            write_json(d / SIDECAR, self._sidecar(graph))  # the commit point (atomic rename)
-            os.chmod(d / SIDECAR, 0o644)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                (d / graph).unlink()
-            raise
-        for f in d.glob("graph-*.bin"):  # the old graph and leftovers of interrupted saves
-            if f.name != graph:
+        with writer_lock(d):
+            self._check_unchanged(d)
+            remove_leftovers(d)
+            graph = f"graph-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}.bin"
+            try:
+                self._index.save_index(str(d / graph))
+                os.chmod(d / graph, 0o644)
+                write_json(d / SIDECAR, self._sidecar(graph, file_digest(d / graph)))  # the commit point
+                os.chmod(d / SIDECAR, 0o644)
+            except BaseException:
                 with contextlib.suppress(OSError):
-                    f.unlink()
+                    (d / graph).unlink()
+                raise
+            for f in d.glob("graph-*.bin"):  # the old graph and leftovers of interrupted saves
+                if f.name != graph:
+                    with contextlib.suppress(OSError):
+                        f.unlink()
         self.path, self._graph_file = d, graph
         return d
 
+    def _check_unchanged(self, d: Path) -> None:
+        """Refuse to overwrite an index that another process saved after this one was loaded from ``d``."""
+        if self.path is None or self._graph_file is None or self.path.resolve() != d.resolve():
+            return
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            now = json.loads((d / SIDECAR).read_text(encoding="utf-8")).get("graph")
+            if now != self._graph_file:
+                raise IndexMismatchError(
+                    f"{d}: another process saved this index after it was loaded here; saving now would lose "
+                    "its changes. Load the index again and repeat the change."
+                )
+
     @classmethod
     def load(cls, directory: PathLike) -> ZooIndex:
-        """Load an index saved by :meth:`save`.
+        """Load an index saved by :meth:`save`, after checking its graph file (size and SHA-256 recorded in
+        the sidecar, and the file's structure) so that a damaged file cannot crash hnswlib.
 
         Raises:
             IndexMismatchError: no index there, or a corrupt sidecar or graph (the message says how to
             rebuild it).
         """
-        import hnswlib
-
         d = Path(directory)
         zoo_hint = f"`modelselector index build --zoo {d.parent}`"
         if not (d / SIDECAR).is_file():
             raise IndexMismatchError(f"{d}: no prototype index there; build it with {zoo_hint}.")
+        missing: Optional[FileNotFoundError] = None
+        for attempt in range(5):  # a writer may replace the graph between reading the sidecar and the graph
+            try:
+                return cls._load_once(d, zoo_hint)
+            except FileNotFoundError as e:
+                missing = e
+                time.sleep(0.1 * (attempt + 1))
+        name = getattr(missing, "filename", None) or d / SIDECAR
+        raise IndexMismatchError(f"{name}: the index graph is missing; rebuild it with {zoo_hint}.")
+
+    @classmethod
+    def _load_once(cls, d: Path, zoo_hint: str) -> ZooIndex:
+        import hnswlib
+
         try:
             side = json.loads((d / SIDECAR).read_text(encoding="utf-8"))
             if not isinstance(side, dict) or side.get("format") != FORMAT:
                 raise ValueError(f"unknown format {side.get('format') if isinstance(side, dict) else side!r}")
-            graph = d / str(side["graph"])
+            graph = d / Path(str(side["graph"])).name
             items = {int(k): dict(v) for k, v in side["items"].items()}
             models = {str(k): dict(v) for k, v in side["models"].items()}
+            idx = cls(int(side["dim"]), int(side.get("M", 16)), int(side.get("ef_construction", 200)),
+                      int(side.get("ef", 64)), 16, str(side.get("encoder", "")))  # fmt: skip
+            n = int(side.get("n_elements", len(items)))
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise IndexMismatchError(
                 f"{d / SIDECAR}: corrupt index sidecar ({e}); rebuild it with {zoo_hint}."
             ) from e
         if not graph.is_file():
-            raise IndexMismatchError(f"{graph}: the index graph is missing; rebuild it with {zoo_hint}.")
-        idx = cls(int(side["dim"]), int(side.get("M", 16)), int(side.get("ef_construction", 200)),
-                  int(side.get("ef", 64)), 16, str(side.get("encoder", "")))  # fmt: skip
-        n = int(side.get("n_elements", len(items)))
+            raise FileNotFoundError(2, "no such file", str(graph))
+        recorded = side.get("graph_digest")
         try:
+            if isinstance(recorded, dict) and recorded != file_digest(graph):
+                raise ValueError("its size or SHA-256 differs from the one recorded in index.json")
+            check_graph_file(graph, idx.dim, n, idx.M)
             h = hnswlib.Index(space="cosine", dim=idx.dim)
             h.load_index(str(graph), max_elements=max(n, 16))
-        except (RuntimeError, ValueError, MemoryError) as e:
+        except FileNotFoundError:
+            raise
+        except (OSError, RuntimeError, ValueError, MemoryError) as e:
             raise IndexMismatchError(
                 f"{graph}: corrupt index graph ({e}); rebuild it with {zoo_hint}."
             ) from e
-        if h.get_current_count() != n:
-            raise IndexMismatchError(
-                f"{graph}: holds {h.get_current_count()} vectors, the sidecar lists {n}; rebuild it with {zoo_hint}."
-            )
         h.set_ef(idx.ef)
         idx._index = h
         idx.items, idx.models = items, models
@@ -437,11 +476,28 @@ def index_zoo(
             f"the zoo {zoo.path} holds no models; add one with `modelselector zoo add BUNDLE --zoo {zoo.path}` "
             "or `modelselector train ... --out ZOO` first."
         )
-    idx = ZooIndex(M=M, ef_construction=ef_construction)
+    dims = {load_prototypes(zoo.get(n)).dim for n in names if has_prototypes(zoo.get(n))}
+    idx = ZooIndex(dim=max(dims) if dims else EMBED_DIM, M=M, ef_construction=ef_construction)
     for name in progress_bar(names, desc="indexing prototypes"):
         check_cancel(cancel)
         idx.add_model(zoo, name)
     return idx
+
+
+@contextlib.contextmanager
+def updating_index(directory: PathLike) -> Iterator[ZooIndex]:
+    """Load the index in ``directory`` while holding its write lock; change and :meth:`~ZooIndex.save` it in
+    the block. Concurrent updates (``modelselector index add`` in several processes) then take turns and each
+    starts from the index the previous one saved, so none is lost.
+
+    Raises:
+        IndexMismatchError: no index there, or a corrupt one. LockedError: the folder stayed locked too long.
+    """
+    d = Path(directory)
+    if not (d / SIDECAR).is_file():
+        ZooIndex.load(d)  # raises with the command that builds one
+    with writer_lock(d):
+        yield ZooIndex.load(d)
 
 
 def load_index(zoo_or_dir: Any) -> ZooIndex:
@@ -452,4 +508,4 @@ def load_index(zoo_or_dir: Any) -> ZooIndex:
     return ZooIndex.load(p)
 
 
-__all__ = ["ZooIndex", "default_index_dir", "index_zoo", "load_index"]
+__all__ = ["ZooIndex", "default_index_dir", "index_zoo", "load_index", "updating_index"]

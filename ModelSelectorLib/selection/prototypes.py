@@ -236,11 +236,14 @@ def has_prototypes(bundle_dir: PathLike) -> bool:
     return (d / VECTORS_FILE).is_file() and (d / RECORDS_FILE).is_file()
 
 
-def save_prototypes(bundle_dir: PathLike, pset: PrototypeSet) -> Path:
+def save_prototypes(
+    bundle_dir: PathLike, pset: PrototypeSet, extra: Optional[dict[str, dict[str, np.ndarray]]] = None
+) -> Path:
     """Write ``pset`` into ``BUNDLE/prototypes/`` (``prototypes.npz`` + ``prototypes.json``) atomically.
 
     The folder is written beside the old one and swapped in whole, so readers see the old or the new
-    prototypes, never a mix.
+    prototypes, never a mix. ``extra`` maps further ``.npz`` file names to their arrays (the model's
+    feature statistics, :func:`feature_statistics_of`).
 
     Returns:
         the ``prototypes`` folder.
@@ -262,7 +265,10 @@ def save_prototypes(bundle_dir: PathLike, pset: PrototypeSet) -> Path:
         with open(tmp / VECTORS_FILE, "wb") as f:
             np.savez_compressed(f, vectors=pset.vectors.astype(np.float32))
         (tmp / RECORDS_FILE).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-        for name in (VECTORS_FILE, RECORDS_FILE):
+        for fname, arrays in (extra or {}).items():
+            with open(tmp / fname, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        for name in (VECTORS_FILE, RECORDS_FILE, *(extra or {})):
             os.chmod(tmp / name, 0o644)
         os.chmod(tmp, 0o755)
     return target
@@ -410,8 +416,11 @@ def generate_for_model(
         old = None  # made with another encoder: unusable
     if exemplars is None and card.example_inputs:
         exemplars = [bundle_dir / p for p in card.example_inputs]
+    extra = stored_extras(bundle_dir)
     if exemplars is not None:
-        ex = exemplar_prototypes(enc, _expand(exemplars), card.name, card.version, cancel)
+        files = _expand(exemplars)
+        ex = exemplar_prototypes(enc, files, card.name, card.version, cancel)
+        extra = feature_statistics_of(bundle_dir, files, seed)
     elif old is not None:
         ex = old.select(["exemplar"])
     else:
@@ -437,8 +446,37 @@ def generate_for_model(
     pset = ex.merged(df)
     pset = PrototypeSet(pset.vectors, pset.rows, card.name, card.version, meta)
     check_cancel(cancel)
-    save_prototypes(bundle_dir, pset)
+    save_prototypes(bundle_dir, pset, extra)
     return pset
+
+
+def stored_extras(bundle_dir: PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """The ``.npz`` files stored beside a bundle's prototypes other than the vectors (kept on a refresh that
+    does not remake them)."""
+    out = {}
+    for f in sorted(prototypes_dir(bundle_dir).glob("*.npz")):
+        if f.name != VECTORS_FILE:
+            with np.load(f, allow_pickle=False) as z:
+                out[f.name] = {k: np.asarray(z[k]) for k in z.files}
+    return out
+
+
+def feature_statistics_of(
+    bundle_dir: PathLike, images: Sequence[Union[Image, PathLike]], seed: int = 0
+) -> dict[str, dict[str, np.ndarray]]:
+    """The model's own feature statistics on its example inputs, when its runtime makes them
+    (``fit_feature_statistics``, e.g. the segmentation runtime's bottleneck features for a Mahalanobis
+    fit signal): ``{file name: arrays}``, empty otherwise."""
+    from ..models.registry import runtime_for
+
+    runtime = runtime_for(loaded_bundle(bundle_dir))
+    fit = getattr(runtime, "fit_feature_statistics", None)
+    if fit is None:
+        return {}
+    stats = fit([_as_image(i)[0] for i in images], seed=seed)
+    from ..models.segmentation import FEATURE_STATS_FILE
+
+    return {FEATURE_STATS_FILE: stats} if stats is not None else {}
 
 
 __all__ = [
@@ -452,4 +490,6 @@ __all__ = [
     "load_prototypes",
     "prototypes_digest",
     "save_prototypes",
+    "feature_statistics_of",
+    "stored_extras",
 ]

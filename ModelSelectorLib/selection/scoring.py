@@ -1,19 +1,23 @@
-"""Scoring the zoo's models for one image: prototype similarity, encoder agreement, model-alone verification.
+"""Scoring the zoo's models for one image: prototype similarity, encoder agreement, model-alone verification,
+and the per-model operating point.
 
 For each model (details and the calibration procedure: ``docs/selector.md``):
 
-1. **Prototype similarity**: for each view of the image, the best cosine similarity to the model's
-   prototypes (of the requested ``origins``), averaged over the best 75 % of views (``sim`` in [-1, 1]).
-   Small indices are scored exactly; large ones (> 50,000 prototypes) first take candidate models from the
-   hnswlib nearest neighbours.
-2. **Raw score** ``raw = sim + 0.1 * agree - 0.2 * p_ood - 0.5 * [dimension mismatch]`` where ``agree`` is
-   the encoder's probability of the model card's modality and region(s) and ``p_ood`` its probability of
-   "not a radiology image".
+1. **Prototype similarity** ``sim``: for each view of the image, the best cosine similarity to the model's
+   prototypes (of the requested ``origins``), averaged over the best 75 % of views. Small indices are
+   scored exactly; large ones (> 50,000 prototypes) first take candidate models from the hnswlib neighbours.
+2. **Domain logit** ``z = b + w_sim * sim + w_agree * logit(agree) + w_ood * p_ood + w_colour * colour``,
+   where ``agree`` is the encoder's probability of the card's modality and region(s), ``p_ood`` its
+   probability of "not a radiology image" and ``colour`` whether the picture has colour (the encoder sees
+   grey values only; radiology images are grey). The weights are fitted on labelled development images
+   (:mod:`.calibration`).
 3. **Verify** (optional, model-alone): the model's runtime computes its fit signals on the image
-   (:meth:`~ModelSelectorLib.models.base.TaskRuntime.fit_signals`), and ``raw += 0.3 * (fit - 1)``.
-4. **Calibrated logit** ``z = (raw - t) / T`` with ``t`` and ``T`` from calibration (stored in the index
-   sidecar, per origin and verify flag). With both origins, each origin is scored and calibrated on its own
-   and a model takes the better of the two (:func:`fused_rank`).
+   (:meth:`~ModelSelectorLib.models.base.TaskRuntime.fit_signals`); per task type, each signal kept on the
+   development split adds ``w * (signal - centre)`` to ``z``.
+4. **Operating point**: the model's own threshold ``t`` (chosen on the development split, with its false-
+   accept and false-reject rates stored in the index sidecar); the calibrated score is ``sigmoid(z - t)``,
+   so 0.5 is the model's operating point. The domain match ignores the image's dimensions; whether the
+   model can take the image (a 3D model and a lone 2D slice cannot) is decided separately (``dims_ok``).
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
 from .prototypes import encoder_id
 
-#: weights of the raw score (see the module docstring); stored with every calibration
-WEIGHTS = {"class": 0.1, "ood": 0.2, "verify": 0.3, "dimension": 0.5}
+#: the domain logit's features, in the order of :func:`plain_features`
+FEATURES = ("bias", "sim", "agree", "ood", "colour")
 #: used when the index holds no calibration for the requested origins/verify (with a warning)
-UNCALIBRATED = {"raw_threshold": 0.6, "temperature": 0.1}
+UNCALIBRATED = {"weights": {"bias": -2.5, "sim": 4.0, "agree": 1.0, "ood": -2.0, "colour": -2.0}, "verify": {},
+                "threshold": 0.0, "models": {}}  # fmt: skip
 #: above this many prototypes, candidate models come from the hnswlib neighbours instead of exact scoring
 EXACT_LIMIT = 50_000
+#: probabilities are clipped to [EPS, 1 - EPS] before the logit
+EPS = 1e-4
 
 _RUNTIME_CACHE: dict[tuple[str, float], Any] = {}
 
@@ -53,7 +60,7 @@ def runtime_of(path: Path) -> Any:
     return _RUNTIME_CACHE[key]
 
 
-# --- scoring --------------------------------------------------------------------------------------------
+# --- evidence about the image ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class Evidence:
     """Everything about one image that scoring needs: embeddings, class probabilities, verify cache."""
@@ -64,9 +71,23 @@ class Evidence:
     ndim: int
     image: Optional[Image]
     verify: dict[str, Optional[dict[str, float]]] = dataclasses.field(default_factory=dict)
+    colour: float = 0.0
+
+
+def colourfulness(image: Image, threshold: float = 0.02) -> float:
+    """1.0 when ``image`` is a colour picture (its channels differ by more than ``threshold`` of the value
+    range on average), else 0.0; grey images stored as RGB count as grey."""
+    if not image.is_multicomponent or image.array.shape[-1] < 3:
+        return 0.0
+    a = np.asarray(image.array[..., :3], dtype=np.float32)
+    sub = a.reshape(-1, 3)[:: max(1, a.size // 3 // 200_000)]
+    span = max(float(sub.max() - sub.min()), 1e-6)
+    diff = np.mean(np.abs(sub[:, 0] - sub[:, 1]) + np.abs(sub[:, 1] - sub[:, 2])) / 2.0
+    return float(diff / span > threshold)
 
 
 def class_probs(encoder: Any, emb: np.ndarray) -> np.ndarray:
+    """The encoder head's class probabilities, averaged over the views ``emb`` ``(m, d)``: ``(n_classes,)``."""
     import torch
 
     with torch.inference_mode():
@@ -97,16 +118,28 @@ def evidence(encoder: Any, image: Image) -> Evidence:
     ev = _EVIDENCE.get(key)
     if ev is None:
         emb = encoder.embed(image)
-        ev = Evidence(
-            emb, class_probs(encoder, emb), list(encoder.classes), (2 if image.is_single_slice else 3), image
-        )
+        ev = Evidence(emb, class_probs(encoder, emb), list(encoder.classes), (2 if image.is_single_slice else 3), image,
+                      colour=colourfulness(image))  # fmt: skip
         if len(_EVIDENCE) >= 8:
             _EVIDENCE.pop(next(iter(_EVIDENCE)))
         _EVIDENCE[key] = ev
     return ev
 
 
+def is_relevant(
+    model_modality: str, model_regions: Sequence[str], modality: str, regions: Sequence[str]
+) -> bool:
+    """True when a model (modality, regions) applies to an image (modality, regions): the modalities are
+    equal and the region sets intersect; ``OT`` (non-radiology) images have no relevant model. The
+    dimensions are not compared (see ``dims_ok`` in :func:`rank_models`)."""
+    m = str(modality).strip().upper()
+    if not m or m == "OT":
+        return False
+    return str(model_modality).strip().upper() == m and bool(set(model_regions) & set(regions))
+
+
 def agreement(ev: Evidence, card: Any) -> float:
+    """The encoder's probability that the image is of the card's modality and one of its regions."""
     regions = set(str(card.body_region).split(";"))
     total = 0.0
     for c, p in zip(ev.classes, ev.probs):
@@ -117,6 +150,7 @@ def agreement(ev: Evidence, card: Any) -> float:
 
 
 def p_ood(ev: Evidence) -> float:
+    """The encoder's probability that the image is not a radiology image."""
     return float(ev.probs[ev.classes.index(OOD_CLASS)]) if OOD_CLASS in ev.classes else 0.0
 
 
@@ -142,20 +176,52 @@ def similarities(
         )
         if not mask.any():
             continue
-        v = vecs[mask]
-        lab_arr = np.asarray(labs)[mask]
-        sims = ev.emb @ v.T  # (m, n_model)
+        sims = ev.emb @ vecs[mask].T  # (m, n_model)
         best = sims.max(axis=1)
         n_keep = max(1, int(math.ceil(0.75 * len(best))))
         agg = float(np.sort(best)[::-1][:n_keep].mean())
         flat = sims.max(axis=0)
+        lab_arr = np.asarray(labs)[mask]
         top = np.argsort(-flat)[:3]
         out[name] = (agg, [(float(flat[i]), int(lab_arr[i])) for i in top])
     return out
 
 
+# --- the score ------------------------------------------------------------------------------------------
 def calibration_key(origins: Sequence[str], verify: bool) -> str:
+    """The calibration setting of a prototype-origin set and verify flag, e.g. ``"exemplar:verify"``."""
     return "+".join(sorted(set(origins))) + (":verify" if verify else ":plain")
+
+
+def plain_features(sim: float, agree: float, pood: float, colour: float = 0.0) -> np.ndarray:
+    """The domain logit's features ``[1, sim, logit(agree), p_ood, colour]`` (see :data:`FEATURES`)."""
+    a = min(max(float(agree), EPS), 1.0 - EPS)
+    return np.array([1.0, float(sim), math.log(a / (1.0 - a)), float(pood), float(colour)])
+
+
+def plain_logit(setting: dict[str, Any], feats: np.ndarray) -> float:
+    """``w . features`` with the setting's weights."""
+    w = setting.get("weights") or UNCALIBRATED["weights"]
+    return float(sum(float(w.get(k, 0.0)) * f for k, f in zip(FEATURES, feats)))
+
+
+def verify_term(setting: dict[str, Any], task_type: str, signals: Optional[dict[str, float]]) -> float:
+    """The verify adjustment of the domain logit: ``sum w * (signal - centre)`` over the signals kept for the
+    task type (0 when the image gives no signals or none was kept)."""
+    if not signals:
+        return 0.0
+    total = 0.0
+    for name, rule in ((setting.get("verify") or {}).get(task_type) or {}).items():
+        v = signals.get(name)
+        if v is not None and math.isfinite(float(v)):
+            total += float(rule["weight"]) * (float(v) - float(rule["centre"]))
+    return total
+
+
+def model_threshold(setting: dict[str, Any], name: str) -> float:
+    """The model's operating point on the domain logit (its own, or the pooled one)."""
+    per = (setting.get("models") or {}).get(name) or {}
+    return float(per.get("threshold", setting.get("threshold", 0.0)))
 
 
 def verify_of(zoo: Any, ev: Evidence, name: str) -> Optional[dict[str, float]]:
@@ -167,57 +233,6 @@ def verify_of(zoo: Any, ev: Evidence, name: str) -> Optional[dict[str, float]]:
     return ev.verify[vkey]
 
 
-def calibrated_logit(raw: float, cal: dict[str, Any]) -> float:
-    """Calibrated logit ``(raw - t) / T``."""
-    t = float(cal.get("raw_threshold", UNCALIBRATED["raw_threshold"]))
-    temp = max(float(cal.get("temperature", UNCALIBRATED["temperature"])), 1e-6)
-    return (raw - t) / temp
-
-
-def fused_rank(
-    zoo: Any,
-    index: Any,
-    ev: Evidence,
-    cals: dict[str, dict[str, Any]],
-    verify: bool,
-    top_k: Optional[int],
-    exclude_sources: Sequence[str] = (),
-    cards: Optional[dict[str, Any]] = None,
-) -> list[dict[str, Any]]:
-    """Rank with several prototype origins: per model, the best calibrated logit over the origins.
-
-    Each origin is scored on its own (``rank_models`` with that origin alone) and put on a common scale with its
-    own calibration ``cals[origin]``; a model's logit ``z`` is the best of its origins' logits. The verify
-    term, which does not depend on the origin, is added to each origin's raw score before calibration.
-    Rows carry ``z`` and ``origin`` (the origin that gave the best logit).
-    """
-    cards = cards if cards is not None else {}
-    per = {
-        o: {r["name"]: r for r in rank_models(zoo, index, ev, (o,), False, None, exclude_sources, cards)}
-        for o in cals
-    }
-    names = sorted(set().union(*[set(d) for d in per.values()]))
-
-    def best(name: str, delta: float) -> tuple[float, str]:
-        return max((calibrated_logit(per[o][name]["raw"] + delta, cals[o]), o) for o in per if name in per[o])
-
-    prelim = sorted(names, key=lambda n: -best(n, 0.0)[0])
-    window = prelim if (top_k is None or not verify) else prelim[: max(int(top_k) + 2, 3)]
-    rows = []
-    for name in prelim:
-        v = verify_of(zoo, ev, name) if verify and name in window else None
-        delta = WEIGHTS["verify"] * (v["fit"] - 1.0) if v is not None else 0.0
-        z, origin = best(name, delta)
-        row = dict(per[origin][name])
-        nearest = [x for o in per if name in per[o] for x in per[o][name]["nearest"]]
-        row.update(raw=row["raw"] + delta, z=z, origin=origin, verify=v,
-                   nearest=sorted(nearest, key=lambda x: -x[0])[:3])  # fmt: skip
-        rows.append(row)
-    n_w = len(window)
-    rows = sorted(rows[:n_w], key=lambda r: -r["z"]) + rows[n_w:]
-    return rows if top_k is None else rows[: int(top_k)]
-
-
 def rank_models(
     zoo: Any,
     index: Any,
@@ -225,33 +240,45 @@ def rank_models(
     origins: Sequence[str],
     verify: bool,
     top_k: Optional[int],
+    setting: dict[str, Any],
     exclude_sources: Sequence[str] = (),
     cards: Optional[dict[str, Any]] = None,
 ) -> list[dict[str, Any]]:
-    """Score models; returns dicts (name, card, sim, nearest, raw, verify) best first, cut to ``top_k``."""
+    """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
+
+    Each row: ``name, card, sim, nearest, agree, dims_ok, z, threshold, margin, verify`` (the fit signals, or
+    None). With ``verify``, the models that can take the image among the first ``top_k + 2`` are verified
+    and re-ranked.
+    """
     cards = cards if cards is not None else {}
-    sims = similarities(index, ev, origins, exclude_sources)
+    pood = p_ood(ev)
     rows = []
-    for name, (sim, nearest) in sims.items():
+    for name, (sim, nearest) in similarities(index, ev, origins, exclude_sources).items():
         if name not in cards:
             cards[name] = zoo.card(name)
         card = cards[name]
         agree = agreement(ev, card)
-        dim_bad = ev.ndim != int(card.spatial_dims)
-        raw = sim + WEIGHTS["class"] * agree - WEIGHTS["ood"] * p_ood(ev) - WEIGHTS["dimension"] * dim_bad
+        z = plain_logit(setting, plain_features(sim, agree, pood, ev.colour))
+        t = model_threshold(setting, name)
         rows.append({"name": name, "card": card, "sim": sim, "nearest": nearest, "agree": agree,
-                     "dim_bad": dim_bad, "raw": raw, "verify": None})  # fmt: skip
-    rows.sort(key=lambda r: -r["raw"])
+                     "dims_ok": ev.ndim == int(card.spatial_dims), "z": z, "threshold": t, "margin": z - t,
+                     "verify": None})  # fmt: skip
+    rows.sort(key=lambda r: -r["margin"])
     if verify:
-        window = rows if top_k is None else rows[: max(int(top_k) + 2, 3)]
+        ok = [r for r in rows if r["dims_ok"]]
+        window = ok if top_k is None else ok[: max(int(top_k) + 2, 3)]
         for r in window:
-            v = verify_of(zoo, ev, r["name"])
-            r["verify"] = v
-            if v is not None:
-                r["raw"] += WEIGHTS["verify"] * (v["fit"] - 1.0)
-        rows = sorted(window, key=lambda r: -r["raw"]) + rows[len(window) :]
+            r["verify"] = verify_of(zoo, ev, r["name"])
+            r["z"] += verify_term(setting, r["card"].task_type, r["verify"])
+            r["margin"] = r["z"] - r["threshold"]
+        rows.sort(key=lambda r: -r["margin"])
     return rows if top_k is None else rows[: int(top_k)]
 
 
 def sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0))))
+
+
+__all__ = ["EXACT_LIMIT", "Evidence", "FEATURES", "UNCALIBRATED", "agreement", "calibration_key", "class_probs",
+           "clear_cache", "colourfulness", "evidence", "is_relevant", "model_threshold", "p_ood", "plain_features", "plain_logit", "rank_models",
+           "runtime_of", "sigmoid", "similarities", "verify_of", "verify_term"]  # fmt: skip

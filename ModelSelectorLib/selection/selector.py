@@ -4,14 +4,16 @@ How a selection is made (details and the calibration procedure: ``docs/selector.
 
 1. **Embed**: the encoder turns the image into ``m`` view embeddings ``E`` (``(m, 128)``, unit rows) and
    class probabilities over modality x region (mean over views).
-2. **Score** every model (:mod:`.scoring`): prototype similarity, agreement of the encoder's class with the
-   card's modality and region, a penalty for a dimension mismatch and for "not a radiology image", and the
-   model-alone fit signals of the best candidates (:meth:`~ModelSelectorLib.models.base.TaskRuntime.fit_signals`).
-3. **Calibrated score**: ``score = sigmoid((raw - t) / T)`` with ``t`` and ``T`` from
-   :func:`~.calibration.calibrate` (stored in the index sidecar, per origin and verify flag). ``score >= 0.5``
-   means the raw score is above the threshold chosen for the stated false-accept rate; a model *fits* when
-   ``score >= threshold`` (default 0.5). When no model fits, the selection says "no model in the zoo fits
-   this image".
+2. **Score** every model (:mod:`.scoring`): a domain logit from prototype similarity, agreement of the
+   encoder's class with the card's modality and region, and "not a radiology image", with the model-alone
+   fit signals of the best candidates (:meth:`~ModelSelectorLib.models.base.TaskRuntime.fit_signals`); the
+   weights are fitted on labelled development images (:func:`~.calibration.calibrate`).
+3. **Calibrated score**: ``score = sigmoid(z - t)`` with the model's own operating point ``t`` (stored in the
+   index sidecar with its false-accept and false-reject rates on the development images); a model *fits*
+   when ``score >= threshold`` (default 0.5, its operating point) **and** it can take the image. A model
+   whose domain matches but which takes 3D volumes while the image is a lone 2D slice is named with
+   ``needs_volume``: load the whole series or volume and select again. When no model fits, the selection
+   says "no model in the zoo fits this image".
 """
 
 from __future__ import annotations
@@ -27,22 +29,14 @@ import numpy as np
 
 from ..errors import IndexMismatchError, InputError
 from ..io.image import Image, read_image
+from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
 from ..zoo.catalog import Zoo, open_zoo
 from .encoder import default_encoder
 from .index import ZooIndex, load_index
 from .prototypes import ORIGINS, encoder_id
-from .scoring import (
-    UNCALIBRATED,
-    Evidence,
-    calibrated_logit,
-    calibration_key,
-    evidence,
-    fused_rank,
-    rank_models,
-    sigmoid,
-)
+from .scoring import UNCALIBRATED, Evidence, calibration_key, evidence, rank_models, sigmoid
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -54,10 +48,15 @@ class ModelMatch:
 
     Attributes:
         name, version, task, modality, body_region: from the model card.
-        score: calibrated score in [0, 1]; 0.5 is the calibrated out-of-distribution threshold.
-        fits: ``score >= threshold`` of the selection.
+        score: calibrated score in [0, 1]; 0.5 is the model's calibrated operating point.
+        fits: ``score >= threshold`` of the selection and the model can take the image.
         reasons: readable evidence: nearest prototypes (similarity, origin, source), encoder class, verify.
-        raw: the uncalibrated raw score; similarity: prototype similarity; verify: verify signals or None.
+        raw: the domain logit ``z``; similarity: prototype similarity; verify: verify signals or None.
+        needs_volume: the image matches the model's domain but is a lone 2D slice and the model takes 3D
+            volumes (give it the whole volume).
+        held_out: the card's headline held-out figure (``{"metric", "value", "cases", "protocol"}``) or None.
+        demonstration: the model shows what the tool does rather than one to rely on (fewer than 20 training
+            cases, or no held-out figure).
     """
 
     name: str
@@ -71,6 +70,14 @@ class ModelMatch:
     raw: float = 0.0
     similarity: float = 0.0
     verify: Optional[dict[str, float]] = None
+    needs_volume: bool = False
+    held_out: Optional[dict[str, Any]] = None
+    demonstration: bool = False
+
+    @property
+    def quality(self) -> str:
+        """The held-out figure in a few words, e.g. ``"Dice 0.88 (208)"``, ``"demonstration"``."""
+        return quality_text(self.held_out, self.demonstration)
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -81,6 +88,9 @@ class ModelMatch:
             "body_region": self.body_region,
             "score": round(float(self.score), 4),
             "fits": bool(self.fits),
+            "needs_volume": bool(self.needs_volume),
+            "held_out": self.held_out,
+            "demonstration": bool(self.demonstration),
         }
         if reasons:
             d["reasons"] = list(self.reasons)
@@ -89,12 +99,15 @@ class ModelMatch:
 
 @dataclasses.dataclass
 class Selection:
-    """The answer for one image: ``models`` best first, all fitting models before non-fitting ones.
+    """The answer for one image: ``models`` best first: fitting models, then those that need the whole
+    volume, then the others.
 
     Attributes:
         input: the image's path (or ``"<image>"``).
         fits: True when at least one model fits.
         models: :class:`ModelMatch` list.
+        needs_volume: names of the models whose domain the image matches but which take 3D volumes while
+            the image is a lone 2D slice.
         image_classes: the encoder's top modality x region classes ``[(class, probability)]``.
         threshold: the score a model needs to fit.
         calibrated: False when the index held no calibration for these settings.
@@ -105,6 +118,7 @@ class Selection:
     input: str
     fits: bool
     models: list[ModelMatch]
+    needs_volume: list[str] = dataclasses.field(default_factory=list)
     image_classes: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     threshold: float = 0.5
     calibrated: bool = True
@@ -112,11 +126,12 @@ class Selection:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
-        """``{"input", "fits", "models": [{"name", "version", "task", "modality", "body_region", "score",
-        "fits"}]}`` (plus ``"reasons"`` per model when asked)."""
+        """``{"input", "fits", "needs_volume", "models": [{"name", "version", "task", "modality",
+        "body_region", "score", "fits", "needs_volume"}]}`` (plus ``"reasons"`` per model when asked)."""
         return {
             "input": self.input,
             "fits": bool(self.fits),
+            "needs_volume": list(self.needs_volume),
             "models": [m.to_json_dict(reasons) for m in self.models],
         }
 
@@ -132,19 +147,25 @@ class Selection:
         lines = [f"{self.input}: the encoder reads it as {cls}" if cls else str(self.input)]
         if not self.fits:
             lines.append("No model in the zoo fits this image.")
+        if self.needs_volume:
+            one = len(self.needs_volume) == 1
+            lines.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
+                         f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
+                         "series or volume and select again.")  # fmt: skip
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
-                     "yes" if m.fits else "no"] for i, m in enumerate(self.models)]  # fmt: skip
-            headers = ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS"]
+                     "yes" if m.fits else ("needs the volume" if m.needs_volume else "no"), m.quality]
+                    for i, m in enumerate(self.models)]  # fmt: skip
+            headers = ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS",
+                       "HELD-OUT (CASES)"]  # fmt: skip
             lines += ["", format_table(rows, headers), ""]
         for m in self.models:
             if reasons == "all":
                 lines += [f"{m.name}:"] + [f"  - {r}" for r in m.reasons]
             elif reasons == "fitting" and m.fits and m.reasons:
                 lines.append(f"{m.name}: {m.reasons[0]}")
-        lines.append(
-            f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the calibrated threshold)."
-        )
+        lines.append(f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the model's calibrated "
+                     "operating point) and it can take the image.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -187,24 +208,17 @@ def _scored_rows(
     zoo: Zoo, index: ZooIndex, ev: Evidence, origins: Sequence[str], verify: bool, top_k: Optional[int],
     exclude_sources: Sequence[str],
 ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
-    """Rows of :func:`~.scoring.rank_models` with their calibrated logit ``z``, and warnings."""
-    thresholds = (index.calibration or {}).get("thresholds", {})
-    singles = {o: thresholds.get(calibration_key((o,), verify)) for o in origins}
-    if len(origins) > 1 and all(c and "raw_threshold" in c for c in singles.values()):
-        return fused_rank(zoo, index, ev, singles, verify, top_k, exclude_sources), []
+    """Rows of :func:`~.scoring.rank_models` under the index's calibration for these settings, and warnings."""
     key = calibration_key(origins, verify)
-    cal = thresholds.get(key)
+    setting = ((index.calibration or {}).get("settings") or {}).get(key)
     warnings = []
-    if not cal or "raw_threshold" not in cal:
-        cal = dict(UNCALIBRATED)
+    if not setting:
+        setting = dict(UNCALIBRATED)
         warnings.append(
-            f"the index holds no calibrated threshold for {key}; scores are uncalibrated. Run "
-            f"`modelselector index calibrate --zoo {zoo.path}`."
+            f"the index holds no calibration for {key}; scores are uncalibrated. Run "
+            f"`modelselector index calibrate --zoo {zoo.path} --data DATA`."
         )
-    rows = rank_models(zoo, index, ev, origins, verify, top_k, exclude_sources)
-    for r in rows:
-        r["z"] = calibrated_logit(r["raw"], cal)
-    return rows, warnings
+    return rank_models(zoo, index, ev, origins, verify, top_k, setting, exclude_sources), warnings
 
 
 def _reasons(
@@ -222,10 +236,12 @@ def _reasons(
         f"encoder reads the image as {classes[0][0]} (p={classes[0][1]:.2f}); p(model's {card.modality} "
         f"{card.body_region}) = {row['agree']:.2f}",
     ]
-    if row.get("origin"):
-        reasons.append(f"score from its {row['origin']} prototypes (the better of the two origins)")
-    if row["dim_bad"]:
-        reasons.append(f"the model takes {card.spatial_dims}D inputs; the image is {ev.ndim}D")
+    reasons.append(f"domain logit {row['z']:.2f}, the model's operating point {row['threshold']:.2f}")
+    if not row["dims_ok"]:
+        what = "the whole 3D volume" if int(card.spatial_dims) == 3 else "a 2D image"
+        reasons.append(
+            f"the model takes {card.spatial_dims}D inputs and the image is {ev.ndim}D: give it {what}"
+        )
     if row["verify"] is not None:
         reasons.append(runtime_class(card.task_type).describe_fit(row["verify"]))
     return reasons
@@ -290,15 +306,19 @@ def select(
     matches = []
     for r in rows:
         card = r["card"]
-        score = sigmoid(r["z"])
+        score = sigmoid(r["margin"])
+        task = runtime_class(card.task_type)
         matches.append(ModelMatch(card.name or r["name"], card.version, card.task_type, card.modality,
-                                  card.body_region, score, score >= thr, _reasons(r, ev, index, classes),
-                                  r["raw"], r["sim"], r["verify"]))  # fmt: skip
-    matches.sort(key=lambda m: (not m.fits, -m.score))
+                                  card.body_region, score, score >= thr and r["dims_ok"],
+                                  _reasons(r, ev, index, classes), r["z"], r["sim"], r["verify"],
+                                  score >= thr and not r["dims_ok"] and ev.ndim < int(card.spatial_dims),
+                                  task.held_out(card), task.is_demonstration(card)))  # fmt: skip
+    matches.sort(key=lambda m: (not m.fits, not m.needs_volume, -m.score))
     return Selection(
         input=name,
         fits=any(m.fits for m in matches),
         models=matches,
+        needs_volume=[m.name for m in matches if m.needs_volume],
         image_classes=classes,
         threshold=thr,
         calibrated=not warnings,

@@ -3,12 +3,15 @@
 A 2D image gives one view; a 3D volume gives slices from the three orthogonal planes, taken from the
 central part of the imaged body after resampling to a canonical (LPS, identity-direction) grid of fixed
 isotropic spacing, so that a partial scan (only the chest of a whole-body CT) still yields views that
-look like those of a full scan. Each view has two channels, which keeps the intensity handling
-modality-agnostic:
+look like those of a full scan. Each view has two channels that depend only on the *order* and relative
+spacing of its grey values, never on their units, so the same picture stored with 8, 12 or 16 bits, a
+DICOM with any rescale slope and intercept, or an MR in arbitrary scanner units gives the same input
+(:func:`encoder_channels`):
 
-- channel 0: Hounsfield-like values, ``clip((v + 1000) / 2000, 0, 1)``: meaningful for CT, saturated or
-  nearly constant for other modalities (which is itself informative);
-- channel 1: the view's own 1-99 % percentiles mapped to ``[0, 1]`` (clipped).
+- channel 0: the view's own 1-99 % percentiles mapped to ``[0, 1]`` (clipped): invariant to any linear
+  change of units (bit depth, rescale slope/intercept, MR scaling);
+- channel 1: each pixel's rank among the view's pixels, in ``[0, 1]`` (ties share their mean rank): invariant
+  to any increasing intensity map as well (windowing, gamma and contrast curves).
 """
 
 from __future__ import annotations
@@ -57,23 +60,47 @@ def resize_pad(
     return out
 
 
-def view_channels(view: np.ndarray) -> np.ndarray:
-    """The two encoder channels of a raw-intensity view.
+def encoder_channels(views: np.ndarray) -> np.ndarray:
+    """The two encoder channels of raw-intensity views (batched; see the module docstring).
 
     Args:
-        view: float array ``(H, W)`` in the image's own units (HU for CT).
+        views: float array ``(B, H, W)`` in any units.
 
     Returns:
-        float32 array ``(2, H, W)``: channel 0 = ``clip((v + 1000) / 2000, 0, 1)``, channel 1 = the view's
-        1st-99th percentiles mapped to ``[0, 1]`` (clipped; zeros for a constant view).
+        float32 array ``(B, 2, H, W)``: channel 0 = the 1st-99th percentiles of each view mapped to ``[0, 1]``
+        (clipped; the full range when those percentiles coincide; zeros for a constant view), channel 1 =
+        each pixel's mid-rank among the view's pixels, ``(first + last position of its value + 1) / (2 n)``,
+        in ``[0, 1]`` (0.5 everywhere for a constant view).
     """
-    v = view.astype(np.float32)
-    c0 = np.clip((v + 1000.0) / 2000.0, 0.0, 1.0)
-    lo, hi = np.percentile(v, (1.0, 99.0))
-    if hi - lo < 1e-6:
-        lo, hi = float(v.min()), float(v.max())
-    c1 = np.clip((v - lo) / (hi - lo), 0.0, 1.0) if hi - lo > 1e-6 else np.zeros_like(v)
-    return np.stack([c0, c1]).astype(np.float32)
+    v = np.asarray(views, dtype=np.float32)
+    b, h, w = v.shape
+    n = h * w
+    flat = v.reshape(b, n)
+    order = np.argsort(flat, axis=1, kind="stable")
+    srt = np.take_along_axis(flat, order, axis=1)
+    lo = srt[:, int(round(0.01 * (n - 1)))][:, None]
+    hi = srt[:, int(round(0.99 * (n - 1)))][:, None]
+    narrow = (hi - lo) < 1e-6  # nearly constant between the percentiles: use the full range
+    lo = np.where(narrow, srt[:, :1], lo)
+    hi = np.where(narrow, srt[:, -1:], hi)
+    span = hi - lo
+    c0 = np.clip((flat - lo) / np.maximum(span, 1e-6), 0.0, 1.0) * (span > 1e-6)
+    # mid-ranks from the sorted order: every run of equal values shares (first + last + 1) / 2
+    pos = np.broadcast_to(np.arange(n), (b, n))
+    starts = np.ones((b, n), bool)
+    starts[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    ends = np.ones((b, n), bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, pos, n)[:, ::-1], axis=1)[:, ::-1]
+    c1 = np.empty((b, n), np.float32)
+    np.put_along_axis(c1, order, (first + last + 1) / (2.0 * n), axis=1)
+    return np.stack([c0, c1], axis=1).astype(np.float32).reshape(b, 2, h, w)
+
+
+def view_channels(view: np.ndarray) -> np.ndarray:
+    """:func:`encoder_channels` of one raw view ``(H, W)``: float32 ``(2, H, W)``."""
+    return encoder_channels(np.asarray(view)[None])[0]
 
 
 def _canonical_grid(img: sitk.Image, spacing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +186,9 @@ def image_views(
         raise InputError("image has no voxels; nothing to embed.")
     if img.is_single_slice:  # a one-slice volume is a 2D image
         img = img.as_2d()
-        arr = img.array
+    elif img.ndim == 3:
+        img = decimated(img, spacing_mm)
+    arr = img.array
     if not np.all(np.isfinite(arr)):
         raise InputError("image has NaN or infinite voxels; replace them before embedding.")
     if img.ndim == 2:
@@ -172,13 +201,26 @@ def image_views(
     stack = np.stack(raw_views).astype(np.float32)
     if raw:
         return stack
-    return np.stack([view_channels(v) for v in stack])
+    return encoder_channels(stack)
+
+
+def decimated(image: Image, spacing_mm: float) -> Image:
+    """A volume with every ``s``-th voxel along each axis, ``s = floor(spacing_mm / spacing)`` (at least 1), so
+    its voxels are still no coarser than ``spacing_mm``; same origin and direction, spacing times ``s``.
+
+    The views are resampled to ``spacing_mm`` and shrunk further to the view size, so the voxels skipped here
+    would not show; skipping them first saves copying and resampling the whole volume.
+    """
+    steps = [max(1, int(np.floor(spacing_mm / float(sp) + 1e-6))) for sp in image.spacing]  # (x, y, z)
+    if all(st == 1 for st in steps):
+        return image
+    arr = np.ascontiguousarray(image.array[:: steps[2], :: steps[1], :: steps[0]])
+    spacing = tuple(float(sp) * st for sp, st in zip(image.spacing, steps))
+    return Image(arr, spacing, image.origin, image.direction, dict(image.meta))
 
 
 def _volume_views(img: Image, spacing: float, n_per_axis: int, size: int, min_fg: float) -> list[np.ndarray]:
-    s_img = img.to_sitk()
-    if s_img.GetPixelID() != sitk.sitkFloat32:
-        s_img = sitk.Cast(s_img, sitk.sitkFloat32)
+    s_img = img.to_sitk()  # resampled to float32 slices by _resample; no cast of the whole volume
     arr = img.array
     sub = arr[:: max(1, arr.shape[0] // 32), :: max(1, arr.shape[1] // 64), :: max(1, arr.shape[2] // 64)]
     p1, p99 = (float(x) for x in np.percentile(sub, (1.0, 99.0)))

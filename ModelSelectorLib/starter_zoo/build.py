@@ -28,6 +28,7 @@ from ..training.segmentation import TrainConfig, split_cases, train_segmentation
 from ..zoo.bundle import load_bundle, read_metadata, validate_bundle, write_card
 from ..zoo.card import ModelCard
 from ..zoo.catalog import Zoo
+from .heldout import card_metrics, cross_validate, describe_cases, score_bundle
 from .recipes import (
     INDEX_DIR,
     METADATA_KEY,
@@ -42,6 +43,7 @@ from .recipes import (
     recipe_hash,
     recipes,
 )
+from .report import HELD_OUT_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -206,14 +208,24 @@ def external_check(bundle_dir: Path, msd_root: Path, check: Sequence[dict[str, s
 
 
 def _complete_card(
-    card: ModelCard, recipe: Recipe, split: CaseSplit, ext: Optional[dict[str, float]]
-) -> ModelCard:
-    """The card with provenance, held-out cases and an honest metric block."""
+    card: ModelCard, recipe: Recipe, split: CaseSplit, ext: Optional[dict[str, float]],
+    record: Optional[dict[str, Any]] = None, cv: Optional[dict[str, Any]] = None,
+) -> ModelCard:  # fmt: skip
+    """The card with provenance, held-out cases and an honest metric block (the challenge-style held-out
+    figures of ``record`` for ``test`` and ``cv`` recipes)."""
     metrics = dict(card.validation_metrics)
     names = {str(lb.value): lb.name for lb in recipe.labels}
-    if split.val:
+    changes: dict[str, Any] = {}
+    if record is not None:
+        metrics = card_metrics(record["summary"], record["protocol"])
+        if cv is not None:  # the final model keeps the components the folds chose
+            values = {lb.name: lb.value for lb in recipe.labels}
+            inference = dict(card.inference or {})
+            inference["keep_largest_component"] = sorted(values[n] for n in cv["lcc"])
+            changes["inference"] = inference
+    elif split.val:
         metrics["validation_cases"] = ", ".join(c.id for c in split.val)
-    else:  # train.py validated on the training case: report it as such
+    else:  # training validated on the training case: report it as such
         metrics = {"validation": "none: single case",
                    **{f"training_{k}": v for k, v in metrics.items() if k.startswith("dice")}}  # fmt: skip
     if ext:
@@ -222,13 +234,13 @@ def _complete_card(
             if len(ext) > 1:
                 metrics[f"external_dice_{names.get(v, v)}"] = round(d, 4)
         metrics["external_cases"] = recipe.check_name or ", ".join(c.id for c in split.check)
-    val_text = (
-        ", ".join(c.id for c in split.val) or "none (single case; the Dice reported is on the training case)"
-    )
-    training_data = (f"{recipe.source}. Labels: {recipe.provenance}. Training cases ({len(split.train)}): "
-                     f"{', '.join(c.id for c in split.train)}. Held-out validation: {val_text}.")  # fmt: skip
+    held = record["protocol"] if record is not None else ", ".join(c.id for c in split.val)
+    val_text = held or "none (single case; the Dice reported is on the training case)"
+    n_cases = len(split.train) + (len(split.val) if cv is not None else 0)
+    training_data = (f"{recipe.source}. Labels: {recipe.provenance}. Training cases ({n_cases}): "
+                     f"{', '.join(c.id for c in split.train)}. Held out: {val_text}.")  # fmt: skip
     return ModelCard.from_dict({**card.to_dict(), "validation_metrics": metrics, "training_data": training_data,
-                                "license": recipe.licence})  # fmt: skip
+                                "license": recipe.licence, "n_training_cases": n_cases, **changes})  # fmt: skip
 
 
 def _recipe_block(recipe: Recipe, prep: dict[str, Any], seed: int, seconds: float) -> dict[str, Any]:
@@ -268,6 +280,36 @@ def _install(zoo: Any, name: str, bundle: Path, block: dict[str, Any], cancel: O
     zoo.reload()
 
 
+def _held_out(
+    recipe: Recipe, prep: dict[str, Any], scratch: Path, cv: Optional[dict[str, Any]], cancel: Optional[Any]
+) -> Optional[dict[str, Any]]:
+    """The challenge-style held-out record of a ``test`` or ``cv`` recipe (``None`` for ``validation``):
+    ``{"protocol", "summary", "per_case", "reference"[, "cross_validation"]}``."""
+    split: CaseSplit = prep["split"]
+    if cv is not None:
+        n = len(split.train) + len(split.val)
+        protocol = f"{recipe.folds}-fold cross-validation over {n} cases (post-processing chosen on the pooled folds)"
+        record = {"summary": cv["summary"], "per_case": cv["per_case"], "cross_validation": {
+            k: cv[k] for k in ("folds", "lcc", "postprocessing", "training_time_s", "peak_memory_mb")}}  # fmt: skip
+    elif recipe.held_out == "test":
+        per_case = score_bundle(scratch, prep["root"], prep["check"], recipe.nsd_tolerance_mm, cancel)
+        protocol = (f"test split of {len(split.check)} cases that no choice was made on (post-processing chosen "
+                    f"on {len(split.val)} validation cases)")  # fmt: skip
+        record = {"summary": describe_cases(per_case), "per_case": per_case}
+    else:
+        return None
+    return {"protocol": protocol, **record, "reference": recipe.reference or {},
+            "nsd_tolerance_mm": recipe.nsd_tolerance_mm}  # fmt: skip
+
+
+def _final_config(recipe: Recipe, config: Any, cv: Optional[dict[str, Any]]) -> Any:
+    """The settings of the model that goes into the zoo: after cross-validation, every case trains it and
+    nothing is left to choose on (post-processing comes from the folds)."""
+    if cv is None:
+        return config
+    return dataclasses.replace(config, val_fraction=0.0, postprocess="none", keep="last")
+
+
 def build_model(
     recipe: Recipe,
     data_root: PathLike,
@@ -278,11 +320,17 @@ def build_model(
     epochs_scale: float = 1.0,
     force: bool = False,
     cancel: Optional[Any] = None,
+    folds: Optional[Sequence[int]] = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Prepare, train and add one recipe's model to the zoo ``zoo_dir`` (created if missing).
 
+    A ``cv`` recipe first runs its cross-validation folds (all, or ``folds``; resumable in
+    ``WORK/NAME-runs/cv``); the final model is trained once every fold is done. Training checkpoints live in
+    ``WORK/NAME-runs`` so that an interrupted build resumes.
+
     Returns:
-        ``{"name", "status": "built"|"skipped", "path", "metrics", "seconds"}``.
+        ``{"name", "status": "built"|"skipped"|"cross-validating", "path", "metrics", "seconds"}``.
     """
 
     t0 = time.monotonic()
@@ -291,16 +339,30 @@ def build_model(
     if not force and built_hash(zoo, recipe.name) == prep["hash"]:
         return {"name": recipe.name, "status": "skipped", "path": zoo.get(recipe.name),
                 "metrics": zoo.card(recipe.name).validation_metrics, "seconds": 0.0}  # fmt: skip
+    runs = Path(work_dir) / f"{recipe.name}-runs" / prep["hash"]
     config = train_config(recipe, seed, prep["val_fraction"], num_threads, epochs_scale)
+    cv = None
+    if recipe.held_out == "cv":
+        cv = cross_validate(prep["root"], recipe.folds, config, runs / "cv", folds, recipe.modality,
+                            recipe.nsd_tolerance_mm, cancel, log)  # fmt: skip
+        if cv is None:
+            return {"name": recipe.name, "status": "cross-validating", "path": None, "metrics": {},
+                    "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelselector-starter-") as tmp:
-        scratch = train_segmentation(prep["root"], recipe.name, Path(tmp) / "zoo", config, modality=recipe.modality,
-                                     body_region=recipe.body_region, cancel=cancel)  # fmt: skip
+        scratch = train_segmentation(prep["root"], recipe.name, Path(tmp) / "zoo", _final_config(recipe, config, cv),
+                                     modality=recipe.modality, body_region=recipe.body_region, cancel=cancel,
+                                     work_dir=runs / "final")  # fmt: skip
         check_cancel(cancel)
-        ext = external_check(scratch, prep["root"], prep["check"]) if prep["check"] else None
-        card = _complete_card(validate_bundle(scratch), recipe, prep["split"], ext)
+        record = _held_out(recipe, prep, scratch, cv, cancel)
+        ext = (
+            external_check(scratch, prep["root"], prep["check"]) if prep["check"] and record is None else None
+        )
+        card = _complete_card(validate_bundle(scratch), recipe, prep["split"], ext, record, cv)
         bundle = Path(tmp) / "bundle"
         shutil.copytree(scratch, bundle)
         write_card(bundle, card)
+        if record is not None:
+            atomic.write_json(bundle / HELD_OUT_FILE, record)
         _install(zoo, recipe.name, bundle, _recipe_block(recipe, prep, seed, time.monotonic() - t0), cancel)
     return {"name": recipe.name, "status": "built", "path": zoo.get(recipe.name), "metrics": card.validation_metrics,
             "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
@@ -388,6 +450,7 @@ def build_starter_zoo(
     force: bool = False,
     cancel: Optional[Any] = None,
     log: Callable[[str], None] = print,
+    folds: Optional[Sequence[int]] = None,
 ) -> list[dict[str, Any]]:
     """Build (or resume building) the starter zoo from the data folder.
 
@@ -402,6 +465,8 @@ def build_starter_zoo(
         epochs_scale: multiply every recipe's epochs (quick trial builds).
         data_free: data-free prototypes per model.
         force: retrain models whose recipe hash is unchanged.
+        folds: cross-validation folds to run for ``cv`` recipes (default all; several processes can share
+            them with the same ``work_dir``).
         cancel: Event-like; stops between and inside models.
         log: receives one line per finished step.
 
@@ -428,7 +493,17 @@ def build_starter_zoo(
                     res = build_landmark_model(recipe, root, zoo_dir, seed, force, cancel)
                 else:
                     res = build_model(
-                        recipe, root, zoo_dir, work, seed, num_threads, epochs_scale, force, cancel
+                        recipe,
+                        root,
+                        zoo_dir,
+                        work,
+                        seed,
+                        num_threads,
+                        epochs_scale,
+                        force,
+                        cancel,
+                        folds,
+                        log,
                     )
                 results.append(res)
                 log(

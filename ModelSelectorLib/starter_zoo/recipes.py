@@ -55,6 +55,8 @@ INDEX_DIR = "index"
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 TISSUE = ("SCT", "85756007", "Tissue")
 ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
+ANTERIOR = ("SCT", "255549009", "Anterior")
+POSTERIOR = ("SCT", "255551008", "Posterior")
 RIGHT = ("SCT", "24028007", "Right")
 LEFT = ("SCT", "7771000", "Left")
 
@@ -133,6 +135,13 @@ class Recipe:
         intended_input: a sentence on the images the model is for.
         n_exemplars: training inputs used as exemplar prototypes.
         check_name: what the ``check`` cases are (for the card).
+        held_out: where the card's held-out figures come from: ``"validation"`` (the ``val`` cases; ``check``
+            cases are an external check), ``"test"`` (the ``check`` cases are a test split that no choice
+            was made on; ``val`` cases choose the post-processing) or ``"cv"`` (``folds``-fold
+            cross-validation over every case, then a final model on all of them).
+        folds: number of cross-validation folds (``held_out="cv"``).
+        nsd_tolerance_mm: tolerance of the normalised surface Dice in the held-out tables (``None``: no NSD).
+        reference: the published figures of the task, ``{"source": text, "dice": {label name: value}, ...}``.
     """
 
     name: str
@@ -148,10 +157,14 @@ class Recipe:
     intended_input: str
     n_exemplars: int = 3
     check_name: str = ""
+    held_out: str = "validation"
+    folds: int = 0
+    nsd_tolerance_mm: Optional[float] = None
+    reference: Optional[dict[str, Any]] = None
 
     @property
     def spatial_dims(self) -> int:
-        return len(self.train["roi_size"])
+        return len(self.train.get("roi_size") or self.train.get("target_spacing") or (0, 0, 0))
 
     def check(self) -> Recipe:
         """Raise :class:`ModelSelectorError` when a field is outside the project's vocabulary."""
@@ -163,6 +176,11 @@ class Recipe:
         values = [lb.value for lb in self.labels]
         if sorted(values) != list(range(1, len(values) + 1)):
             raise ModelSelectorError(f"recipe {self.name}: label values {values} must be 1..K.")
+        if self.held_out not in ("validation", "test", "cv") or (self.held_out == "cv") != (self.folds >= 2):
+            raise ModelSelectorError(
+                f"recipe {self.name}: held_out {self.held_out!r} with {self.folds} folds; use validation, test, "
+                "or cv with at least 2 folds."
+            )
         return self
 
 
@@ -221,6 +239,56 @@ def _cxr_cases(n_train: int, n_val: int) -> Callable[[Path, int], CaseSplit]:
     return cases
 
 
+def _table(root: Path, folder: str) -> list[dict[str, str]]:
+    """The rows of ``folder/cases.csv`` (one per case or patient)."""
+    table = root / folder / "cases.csv"
+    if not table.is_file():
+        raise DatasetError(f"{table}: missing; the recipe needs the case table of {folder}/.")
+    with open(table, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _hippocampus_cases() -> Callable[[Path, int], CaseSplit]:
+    """Every case of ``msd_hippocampus`` (MSD Task04) for cross-validation, sorted by id."""
+
+    def cases(root: Path, seed: int) -> CaseSplit:
+        rows = sorted(_table(root, "msd_hippocampus"), key=lambda r: r["case"])
+        return CaseSplit(tuple(Case(r["case"], f"msd_hippocampus/{r['image']}", f"msd_hippocampus/{r['label']}")
+                               for r in rows))  # fmt: skip
+
+    return cases
+
+
+def _acdc_test_split() -> Callable[[Path, int], CaseSplit]:
+    """All ACDC patients of ``acdc_cardiac_mr`` by the source repository's split (``cases.csv``): its
+    training patients train, its validation patients choose (post-processing), its test patients are the
+    test split; one frame (ED) per patient, so every split is by patient."""
+
+    def cases(root: Path, seed: int) -> CaseSplit:
+        parts: dict[str, list[Case]] = {"train": [], "val": [], "test": []}
+        for r in sorted(_table(root, "acdc_cardiac_mr"), key=lambda r: r["case"]):
+            case = Case(r["case"], f"acdc_cardiac_mr/{r['image']}", f"acdc_cardiac_mr/{r['label']}")
+            parts.setdefault(r.get("source_repo_split", ""), []).append(case)
+        return CaseSplit(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]))
+
+    return cases
+
+
+def _lgg_test_split(n_val: int, n_test: int) -> Callable[[Path, int], CaseSplit]:
+    """The patients of ``lgg_brain_mr`` (one FLAIR volume each) shuffled with the seed: ``n_test`` test
+    patients, ``n_val`` validation patients, the rest train."""
+
+    def cases(root: Path, seed: int) -> CaseSplit:
+        rows = sorted(_table(root, "lgg_brain_mr"), key=lambda r: r["patient"])
+        order = np.random.default_rng(seed).permutation(len(rows))
+        mk = [Case(rows[i]["patient"], f"lgg_brain_mr/{rows[i]['image']}", f"lgg_brain_mr/{rows[i]['label']}")
+              for i in order]  # fmt: skip
+        test, val, train = mk[:n_test], mk[n_test : n_test + n_val], mk[n_test + n_val :]
+        return CaseSplit(*(tuple(sorted(part, key=lambda c: c.id)) for part in (train, val, test)))
+
+    return cases
+
+
 # --- the recipes ----------------------------------------------------------------------------------------
 _TS = "totalsegmentator"
 _TS_LICENCE = ("CC-BY-4.0 (TotalSegmentator dataset images and label maps; cite Wasserthal et al., Radiology: AI "
@@ -230,6 +298,17 @@ _TS_PROVENANCE = ("TotalSegmentator v2 model output (the repository's reference 
 _PYRAD_LICENCE = ("BSD-3-Clause (pyradiomics repository, Harvard Medical School); images are public sample "
                   "cases whose upstream data terms are not verified")  # fmt: skip
 _UNET_S = (8, 16, 32, 64)
+#: nnU-Net-style settings shared by the real models (SGD + poly schedule, nnU-Net augmentation, Gaussian
+#: windows, test-time mirroring, largest-component post-processing chosen on held-out cases)
+_NNUNET = {"architecture": "dynunet", "augment_preset": "nnunet", "optimizer": "sgd", "lr": 0.01,
+           "weight_decay": 3e-5, "lr_schedule": "poly", "grad_clip": 12.0, "keep": "last", "sw_mode": "gaussian",
+           "sw_overlap": 0.5, "tta_mirror": True, "postprocess": "auto"}  # fmt: skip
+_HIPPOCAMPUS = {**_NNUNET, "channels": (16, 32, 64, 128), "roi_size": None, "max_patch_voxels": 100_000,
+                "batch_size": 2, "num_samples": 2, "epochs": 30, "steps_per_epoch": 60}  # fmt: skip
+#: slice-wise: a 3D DynUNet with 1-voxel kernels and no pooling along z trains on (128, 128, 1) patches
+_SLICEWISE = {**_NNUNET, "channels": (16, 32, 64, 128, 256), "roi_size": (128, 128, 1), "batch_size": 2,
+              "num_samples": 6, "epochs": 20, "steps_per_epoch": 60}  # fmt: skip
+_SLICEWISE_LGG = dict(_SLICEWISE)
 _UNET_M = (16, 32, 64, 128)
 
 
@@ -637,6 +716,8 @@ def recipe_hash(recipe: Recipe, split: CaseSplit, data_root: Path, seed: int) ->
         "train": recipe.train, "provenance": recipe.provenance, "licence": recipe.licence, "cases": files,
         "seed": int(seed),
     }  # fmt: skip
+    if recipe.held_out != "validation":  # (older recipes keep their hashes)
+        blob.update(held_out=recipe.held_out, folds=recipe.folds, nsd=recipe.nsd_tolerance_mm)
     text = json.dumps(blob, sort_keys=True, default=list)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -356,6 +356,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
             metrics["val_heatmap_entropy"] = round(float(heatmap_entropy(logits).mean()), 4)
         metrics.update({f"{part}_{k}": round(float(v), 4) for k, v in m.items()
                         if k in CARD_METRICS and np.isfinite(v)})  # fmt: skip
+        metrics[f"{part}_n_cases"] = len(gd.splits[part])  # the held-out figure's case count
     folders = [
         ", ".join(sorted({f"{q.parent.name}/" for q in paths})) or "-"
         for paths in find_landmark_folders(data)

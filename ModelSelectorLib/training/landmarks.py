@@ -274,7 +274,9 @@ def _shift_targets(targets: Any, dx: int, dy: int) -> Any:
     return t / s.clamp_min(1e-12)
 
 
-def make_optimizer(net: Any, cfg: LandmarkTrainConfig, steps: int, lr: Optional[float] = None) -> tuple[Any, Any]:
+def make_optimizer(
+    net: Any, cfg: LandmarkTrainConfig, steps: int, lr: Optional[float] = None
+) -> tuple[Any, Any]:
     import torch
 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=1e-4)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -25,7 +26,7 @@ from .. import atomic
 from ..errors import BundleError
 from ..models.registry import guess_task_type, runtime_class
 from .card import ModelCard, default_color, safe_name
-from .trust import check_config_trusted
+from .trust import buildable_config
 
 PathLike = Union[str, Path]
 
@@ -96,6 +97,50 @@ def validate_bundle(path: PathLike) -> ModelCard:
         raise BundleError(f"{path}: {e}") from e
 
 
+def _check_links(root: Path) -> None:
+    """Refuse symbolic links in bundle ``root`` that lead out of it, nowhere, or round in a loop."""
+    real_root = root.resolve()
+
+    def visit(folder: Path, stack: tuple[Path, ...]) -> None:
+        for p in sorted(folder.iterdir()):
+            if p.is_symlink():
+                try:
+                    real = p.resolve(strict=True)
+                except (OSError, RuntimeError) as e:  # RuntimeError: a loop, before Python 3.13
+                    why = "is part of a loop of symbolic links" if "loop" in str(e).lower() or getattr(
+                        e, "errno", None) == 40 else "is a symbolic link to nothing"  # fmt: skip
+                    raise BundleError(f"{p}: {why}; replace it by the file it should be.") from None
+                if real != real_root and real_root not in real.parents:
+                    raise BundleError(
+                        f"{p}: is a symbolic link to {real}, outside the bundle; a bundle is copied without "
+                        "following links out of it: put the file itself into the bundle."
+                    )
+            if p.is_dir():
+                real = p.resolve()
+                if real in stack:
+                    raise BundleError(f"{p}: is part of a loop of symbolic links (it leads back to {real}).")
+                visit(p, (*stack, real))
+
+    visit(root, (real_root,))
+
+
+def copy_bundle(src: PathLike, dest: PathLike) -> Path:
+    """Copy bundle folder ``src`` to ``dest`` (created, or merged into when it is an empty folder).
+
+    Symbolic links inside the bundle that point into it are copied as what they point to; links that point
+    out of the bundle, to nothing, or round in a loop are refused before anything is copied. Leftovers of
+    interrupted writes (``.*.tmp``) and ``__pycache__`` are not copied.
+
+    Raises:
+        BundleError: a symbolic link out of the bundle, dangling, or in a loop (the message names it).
+    """
+    src = Path(src)
+    _check_links(src)
+    ignore = shutil.ignore_patterns(".*.tmp", ".tmp-*", "__pycache__")
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore)
+    return Path(dest)
+
+
 # --- loading --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class LoadedBundle:
@@ -110,10 +155,12 @@ class LoadedBundle:
 def instantiate_network(
     path: PathLike, config: dict[str, Any], trust: bool = False, device: str = "cpu"
 ) -> Any:
-    """Instantiate ``network_def`` of a MONAI inference config with ``ConfigParser`` after the trust check.
+    """Instantiate ``network_def`` (else ``network``) of a MONAI inference config with ``ConfigParser``.
 
-    With ``trust=True`` the bundle folder is put on ``sys.path`` while instantiating, so that bundles whose
-    networks live in their own ``scripts`` package work as in MONAI.
+    Without ``trust`` the parser sees only what :func:`~.trust.buildable_config` let through: the network's
+    items, built from allow-listed classes and plain values, so no code of the bundle runs. With ``trust=True``
+    the whole config is parsed and the bundle folder is put on ``sys.path`` while instantiating, so that
+    bundles whose networks live in their own ``scripts`` package work as in MONAI.
     """
     from monai.bundle import ConfigParser
 
@@ -121,9 +168,10 @@ def instantiate_network(
     key = "network_def" if isinstance(config.get("network_def"), dict) else "network"
     if not isinstance(config.get(key), dict):
         raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' with a '_target_'.")
-    if not trust:
-        check_config_trusted(config)
-    parser = ConfigParser(dict(config))
+    try:
+        parser = ConfigParser(dict(config) if trust else buildable_config(config, key))
+    except BundleError as e:
+        raise BundleError(f"{path / INFERENCE_FILE}: {e}") from e
     parser["bundle_root"] = str(path)
     added = trust and str(path) not in sys.path
     if added:
@@ -131,10 +179,11 @@ def instantiate_network(
     try:
         net = parser.get_parsed_content(key, instantiate=True)
     except Exception as e:  # MONAI wraps every failure of the target in RuntimeError/other types
-        cause = e
+        cause: BaseException = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise BundleError(f"{path}: the network in inference.json could not be built ({cause}).") from e
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
+        raise BundleError(f"{path}: the network in inference.json could not be built ({first}).") from e
     finally:
         if added:
             sys.path.remove(str(path))
@@ -185,7 +234,8 @@ def load_bundle(path: PathLike, trust: bool = False, device: str = "cpu") -> Loa
 
     Args:
         path: bundle folder.
-        trust: allow ``_target_``/expressions outside ``monai.``/``torch.`` (custom code in the bundle).
+        trust: build the whole config as MONAI would (custom code in the bundle) instead of only
+            allow-listed classes and plain values (see :mod:`.trust`).
         device: torch device for the network and weights.
 
     Raises:
@@ -292,6 +342,8 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
         f"- Target spacing (mm): {_fmt(card.target_spacing)}",
         f"- Intensity normalisation: {_fmt(card.intensity)}",
         f"- Patch size (roi_size): {_fmt(card.roi_size)}",
+        *([f"- Inference: {_fmt(card.inference)}"] if card.inference else []),
+        *([f"- Planning: {_fmt(card.plan)}"] if card.plan else []),
         "", "## Labels", "", "| value | name | colour (RGB) |", "|---|---|---|",
     ]  # fmt: skip
     for lb in card.labels:
@@ -309,8 +361,10 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
         lines.append("- none recorded")
     time_s = f"{card.training_time_s:.1f} s" if card.training_time_s is not None else "-"
     lines += ["", "## Reproducibility", "", f"- Seed: {_fmt(card.seed)}", f"- Code version: {_fmt(card.code_version)}",
-              f"- Training time: {time_s}", "", "## Licence", "", card.license or "not stated", "",
-              "## Use", "", "Load with `ModelSelectorLib.bundle.load_bundle(PATH)` or run `configs/inference.json`",
+              f"- Training time: {time_s}",
+              *([f"- Peak memory: {card.peak_memory_mb:.0f} MiB"] if card.peak_memory_mb is not None else []),
+              "", "## Licence", "", card.license or "not stated", "",
+              "## Use", "", "Load with `ModelSelectorLib.zoo.load_bundle(PATH)` or run `configs/inference.json`",
               "with `python -m monai.bundle run --config_file configs/inference.json`.", ""]  # fmt: skip
     return "\n".join(lines)
 

@@ -71,6 +71,11 @@ class ModelCard:
         synthetic: True when trained on synthetic data (demo models).
         training_time_s: wall time of training in seconds.
         example_inputs: optional bundle-relative paths of example inputs.
+        inference: how the model is applied (segmentation): ``{"sw_mode": "constant"|"gaussian", "overlap",
+            "mirror_axes": [network-grid axes of test-time mirroring], "keep_largest_component": [label
+            values]}``; ``None``: constant weighting, overlap 0.25, no mirroring, no post-processing.
+        plan: how input size and spacing were chosen, e.g. ``{"median_shape": [x, y, z], "max_patch_voxels"}``.
+        peak_memory_mb: peak resident memory of the training process in MiB (``ru_maxrss``).
     """
 
     name: str
@@ -93,6 +98,9 @@ class ModelCard:
     synthetic: bool = False
     training_time_s: Optional[float] = None
     example_inputs: list[str] = dataclasses.field(default_factory=list)
+    inference: Optional[dict[str, Any]] = None
+    plan: Optional[dict[str, Any]] = None
+    peak_memory_mb: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The card as a JSON-ready dict (the ``"modelselector"`` block of ``metadata.json``)."""
@@ -165,7 +173,33 @@ class ModelCard:
             isinstance(p, str) for p in self.example_inputs
         ):
             raise BundleError("model card field 'example_inputs' must be a list of relative paths.")
+        self._validate_inference()
+        if self.plan is not None and not isinstance(self.plan, dict):
+            raise BundleError("model card field 'plan' must be an object.")
+        if self.peak_memory_mb is not None and not isinstance(self.peak_memory_mb, (int, float)):
+            raise BundleError(f"model card field 'peak_memory_mb' is {self.peak_memory_mb!r}; expected MiB.")
         return self
+
+    def _validate_inference(self) -> None:
+        inf = self.inference
+        if inf is None:
+            return
+        if not isinstance(inf, dict) or inf.get("sw_mode", "constant") not in ("constant", "gaussian"):
+            raise BundleError(
+                f"model card field 'inference' is {inf!r}; expected {{'sw_mode': 'constant' or 'gaussian', ...}}."
+            )
+        axes, keep = inf.get("mirror_axes", []), inf.get("keep_largest_component", [])
+        if not isinstance(axes, list) or any(
+            not isinstance(a, int) or not 0 <= a < self.spatial_dims for a in axes
+        ):
+            raise BundleError(
+                f"model card field 'inference.mirror_axes' is {axes!r}; expected axes 0..{self.spatial_dims - 1}."
+            )
+        values = {lb.get("value") for lb in self.labels if isinstance(lb, dict)}
+        if not isinstance(keep, list) or any(v not in values for v in keep):
+            raise BundleError(
+                f"model card field 'inference.keep_largest_component' is {keep!r}; expected label values."
+            )
 
     def _validate_body_region(self) -> None:
         parts = self.body_region.split(";") if isinstance(self.body_region, str) else [None]

@@ -14,6 +14,11 @@ promoting or restoring only moves ``current``.
 Every change is crash-safe: a bundle is copied into a temporary sibling folder, checked, and renamed into
 place; only then is the catalog rewritten atomically. An interrupted ``add`` therefore leaves the previous
 catalog intact and lists no partial model. ``remove`` rewrites the catalog first and deletes files after.
+
+Every change holds the zoo's write lock (``ZOO/.lock``, :func:`~ModelSelectorLib.atomic.writer_lock`), so
+concurrent writers take turns and each sees the catalog the previous one wrote. The writer that holds the lock
+first removes what killed writers left: temporary files and folders, and model folders that ``zoo.json`` does
+not list (a copy renamed into place just before its ``add`` was killed, or the files of a killed ``remove``).
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .. import atomic
 from ..errors import BundleError, ZooError
+from ..models.registry import runtime_class
 from ..resources import default_zoo_path
 from .bundle import (
+    METADATA_FILE,
+    copy_bundle,
     import_monai_bundle,
     is_standard_monai_bundle,
     load_bundle,
@@ -103,6 +112,35 @@ class Zoo:
         atomic.write_json(self.catalog_path, data)
         self._catalog = data
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[dict[str, Any]]:
+        """Hold the zoo's write lock; yield a fresh copy of the catalog after removing what killed writers
+        left (see the module's docstring). Re-entrant, so a caller may group several changes.
+
+        Raises:
+            LockedError: another writer held the lock too long, or the zoo folder is read-only.
+        """
+        with atomic.writer_lock(self.path):
+            data = self._read_catalog()
+            self._remove_leftovers(data)
+            yield json.loads(json.dumps(data))
+
+    def _remove_leftovers(self, data: dict[str, Any]) -> None:
+        atomic.remove_leftovers(self.path)
+        models = self.path / MODELS
+        atomic.remove_leftovers(models)
+        listed = {Path(v["path"]).as_posix() for e in data["models"].values() for v in e["versions"].values()}
+        for model_dir in sorted(models.iterdir()) if models.is_dir() else []:
+            if not model_dir.is_dir() or model_dir.is_symlink() or model_dir.name.startswith("."):
+                continue
+            atomic.remove_leftovers(model_dir)
+            for version_dir in sorted(model_dir.iterdir()):
+                rel = version_dir.relative_to(self.path).as_posix()
+                if rel not in listed and (version_dir / METADATA_FILE).is_file():  # a bundle nobody lists
+                    shutil.rmtree(version_dir, ignore_errors=True)
+            if model_dir.name not in data["models"] and not any(model_dir.iterdir()):
+                model_dir.rmdir()
+
     def reload(self) -> Zoo:
         """Re-read ``zoo.json`` (after another process changed it)."""
         self._catalog = self._read_catalog()
@@ -125,7 +163,9 @@ class Zoo:
                 raise ZooError(f"{path}: is already a zoo with {len(zoo.names())} model(s).")
             return zoo
         (path / MODELS).mkdir(parents=True, exist_ok=True)
-        atomic.write_json(path / CATALOG, {"format": FORMAT, "models": {}})
+        with atomic.writer_lock(path):
+            if not (path / CATALOG).exists():  # another process may have created it meanwhile
+                atomic.write_json(path / CATALOG, {"format": FORMAT, "models": {}})
         return cls(path)
 
     # --- queries --------------------------------------------------------------------------------------
@@ -178,7 +218,7 @@ class Zoo:
     def list(self) -> list[dict[str, Any]]:
         """One dict per model, sorted by name: ``name``, ``version`` (current), ``versions``, ``path``,
         ``added``, ``metrics`` and, from the card, ``task_type``, ``modality``, ``body_region``, ``labels``
-        (names). A model whose card cannot be read gets ``"error"`` with the reason instead."""
+        (names), ``held_out`` (the headline held-out figure or None) and ``demonstration``. A model whose card cannot be read gets ``"error"`` with the reason instead."""
         out = []
         for name in self.names():
             entry = self._catalog["models"][name]
@@ -195,8 +235,10 @@ class Zoo:
             }
             try:
                 card = self.card(name)
+                task = runtime_class(card.task_type)
                 item.update(task_type=card.task_type, modality=card.modality, body_region=card.body_region,
-                            labels=card.label_names)  # fmt: skip
+                            labels=card.label_names, held_out=task.held_out(card),
+                            demonstration=task.is_demonstration(card))  # fmt: skip
             except (ZooError, BundleError) as e:
                 item["error"] = str(e)
             out.append(item)
@@ -242,30 +284,29 @@ class Zoo:
         if not src.is_dir():
             raise BundleError(f"{src}: no such bundle folder.")
         card = self._card_for(src, name, modality, body_region, trust)
-        versions = self._catalog["models"].get(card.name, {}).get("versions", {})
-        if card.version in versions:
-            raise ZooError(
-                f"{card.name} version {card.version} is already in the zoo; raise 'version' in the bundle's "
-                f"metadata.json or remove the model first (`modelselector zoo remove {card.name}`)."
-            )
-        dest = self.path / MODELS / card.name / card.version
-        self._copy_in(src, dest, card, trust)
-        info = {"path": dest.relative_to(self.path).as_posix(), "added": _now(),
-                "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
-        data = json.loads(json.dumps(self._read_catalog()))  # fresh copy: another process may have added
-        entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
-        entry["versions"][card.version] = info
-        if current or not entry["versions"].get(entry["current"]):
-            entry["current"] = card.version
-        if event:
-            entry.setdefault("history", []).append({"date": _now(), **json.loads(json.dumps(event))})
-        try:
-            self._write_catalog(data)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)  # never leave an unlisted copy behind
-            with contextlib.suppress(OSError):
-                dest.parent.rmdir()  # only if empty (a new model's folder)
-            raise
+        with self.writing() as data:
+            if card.version in data["models"].get(card.name, {}).get("versions", {}):
+                raise ZooError(
+                    f"{card.name} version {card.version} is already in the zoo; raise 'version' in the bundle's "
+                    f"metadata.json or remove the model first (`modelselector zoo remove {card.name}`)."
+                )
+            dest = self.path / MODELS / card.name / card.version
+            self._copy_in(src, dest, card, trust)
+            info = {"path": dest.relative_to(self.path).as_posix(), "added": _now(),
+                    "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
+            entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
+            entry["versions"][card.version] = info
+            if current or not entry["versions"].get(entry["current"]):
+                entry["current"] = card.version
+            if event:
+                entry.setdefault("history", []).append({"date": _now(), **json.loads(json.dumps(event))})
+            try:
+                self._write_catalog(data)
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)  # never leave an unlisted copy behind
+                with contextlib.suppress(OSError):
+                    dest.parent.rmdir()  # only if empty (a new model's folder)
+                raise
         return {"name": card.name, "version": card.version, **info}
 
     def _card_for(
@@ -294,22 +335,20 @@ class Zoo:
     def _copy_in(self, src: Path, dest: Path, card: ModelCard, trust: bool) -> None:
         """Copy ``src`` to a temporary sibling of ``dest``, write the card, load it, then rename."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists():  # left by an add interrupted after the rename; never listed in the catalog
-            shutil.rmtree(dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
-            shutil.copytree(
-                src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp", "__pycache__")
-            )
+            copy_bundle(src, tmp)
             if read_metadata(tmp).get("modelselector") != card.to_dict():
                 write_card(tmp, card)
             load_bundle(tmp, trust=trust)
             os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                dest.parent.rmdir()  # only if empty (a new model's folder)
-            raise
+        except BundleError as e:  # name the user's bundle, not the copy that is deleted below
+            raise BundleError(str(e).replace(str(tmp), str(src))) from e
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    dest.parent.rmdir()  # only if empty (a new model's folder)
 
     def next_version(self, name: str) -> str:
         """The version a new model ``name`` gets: ``0.1.0`` for a new name, else the next patch version after
@@ -360,64 +399,78 @@ class Zoo:
         """Make ``version`` current (one atomic catalog write); ``event`` goes to the history with the
         previous current version as ``from``; ``info`` is merged into the version's entry. Nothing is
         deleted or overwritten on disk."""
-        data = json.loads(json.dumps(self._read_catalog()))
-        if name not in data["models"]:
-            self._entry(name)  # raises with the known names
-        entry = data["models"][name]
-        if version not in entry["versions"]:
-            raise ZooError(
-                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
-            )
-        if not (self.path / entry["versions"][version]["path"]).is_dir():
-            raise ZooError(
-                f"the bundle of {name} {version} is missing from {self.path}; it cannot become current."
-            )
-        previous = entry["current"]
-        entry["current"] = version
-        entry["versions"][version].update(json.loads(json.dumps(info or {})))
-        if event is not None:
-            entry.setdefault("history", []).append(
-                {"date": _now(), "version": version, "from": previous, **json.loads(json.dumps(event))}
-            )
-        self._write_catalog(data)
+        with self.writing() as data:
+            if name not in data["models"]:
+                self._entry(name)  # raises with the known names
+            entry = data["models"][name]
+            if version not in entry["versions"]:
+                raise ZooError(
+                    f"model {name!r} has no version {version!r}; versions: {', '.join(entry['versions'])}."
+                )
+            if not (self.path / entry["versions"][version]["path"]).is_dir():
+                raise ZooError(
+                    f"the bundle of {name} {version} is missing from {self.path}; it cannot become current."
+                )
+            previous = entry["current"]
+            entry["current"] = version
+            entry["versions"][version].update(json.loads(json.dumps(info or {})))
+            if event is not None:
+                entry.setdefault("history", []).append(
+                    {"date": _now(), "version": version, "from": previous, **json.loads(json.dumps(event))}
+                )
+            self._write_catalog(data)
 
     def record(self, name: str, event: dict[str, Any]) -> None:
         """Append ``event`` (e.g. a refused promotion) to the history of ``name`` (an existing model)."""
-        data = json.loads(json.dumps(self._read_catalog()))
-        if name not in data["models"]:
-            self._entry(name)
-        data["models"][name].setdefault("history", []).append(
-            {"date": _now(), **json.loads(json.dumps(event))}
-        )
-        self._write_catalog(data)
+        with self.writing() as data:
+            if name not in data["models"]:
+                self._entry(name)
+            data["models"][name].setdefault("history", []).append(
+                {"date": _now(), **json.loads(json.dumps(event))}
+            )
+            self._write_catalog(data)
 
     def remove(self, name: str, version: Optional[str] = None) -> None:
         """Remove model ``name`` (or one ``version`` of it): the catalog entry first, then the files.
 
-        Removing the current version makes the most recently added remaining version current.
+        Removing the current version makes the most recently added remaining version current. The files are
+        renamed out of the way before they are deleted; if the process is killed meanwhile, the next change to
+        the zoo deletes what is left.
         """
-        self._entry(name)
-        data = json.loads(json.dumps(self._read_catalog()))
-        entry = data["models"][name]
-        if version is None or set(entry["versions"]) == {version}:
-            del data["models"][name]
+        with self.writing() as data:
+            self._catalog = data
+            entry = self._entry(name)
+            if version is None or set(entry["versions"]) == {version}:
+                del data["models"][name]
+                self._write_catalog(data)
+                _delete(self.path / MODELS / name)
+                return
+            if version not in entry["versions"]:
+                raise ZooError(
+                    f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
+                )
+            rel = entry["versions"].pop(version)["path"]
+            if entry["current"] == version:
+                entry["current"] = max(
+                    entry["versions"], key=lambda v: (entry["versions"][v].get("added", ""), v)
+                )
             self._write_catalog(data)
-            shutil.rmtree(self.path / MODELS / name, ignore_errors=True)
-            return
-        if version not in entry["versions"]:
-            raise ZooError(
-                f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
-            )
-        rel = entry["versions"].pop(version)["path"]
-        if entry["current"] == version:
-            entry["current"] = max(
-                entry["versions"], key=lambda v: (entry["versions"][v].get("added", ""), v)
-            )
-        self._write_catalog(data)
-        shutil.rmtree(self.path / rel, ignore_errors=True)
+            _delete(self.path / rel)
 
     def __repr__(self) -> str:
         return f"Zoo({str(self.path)!r}, models={self.names()})"
+
+
+def _delete(folder: Path) -> None:
+    """Rename ``folder`` to a hidden ``.tmp`` sibling (one atomic step), then delete that."""
+    if not folder.exists():
+        return
+    doomed = folder.with_name(f".{folder.name}.removed-{os.getpid()}.tmp")
+    try:
+        os.replace(folder, doomed)
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def open_zoo(path: Optional[PathLike] = None) -> Zoo:

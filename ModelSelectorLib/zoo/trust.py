@@ -1,177 +1,212 @@
-"""The trust check of bundle configs: what a MONAI config may construct or evaluate without ``--trust``.
+"""What a bundle config may build without ``--trust``: allow-listed classes and plain values, nothing else.
 
-Configs are parsed with :class:`monai.bundle.ConfigParser`. Before anything is instantiated, every
-``_target_`` and every ``$``-expression is checked: code outside ``monai.`` and ``torch.`` is refused with
-:class:`~ModelSelectorLib.errors.BundleError` unless the caller passes ``trust=True``. The check is a static
-guard against surprises in downloaded bundles, not a sandbox.
+ModelSelector builds one thing from a bundle's ``configs/inference.json``: its network (``network_def``,
+else ``network``). Its own task runtimes do the pre- and post-processing, so the config's other sections
+(transforms, inferers, handlers, evaluators) are never evaluated. Without ``trust=True``, :func:`buildable_config`
+returns only the items the network needs (``network_def`` and the items it refers to with ``@``, followed
+transitively), after checking every one of them:
+
+- every ``_target_`` names an allow-listed class (:data:`ALLOWED_NETWORKS`, :data:`ALLOWED_LAYERS`); bare
+  names are resolved as MONAI resolves them and replaced by the full name, so MONAI builds exactly the
+  class that was checked;
+- no value is a ``$`` expression: no Python runs while the network is built;
+- ``%`` macros may copy items of the same file only (anywhere in the config, since MONAI expands them all);
+- ``_mode_`` is ``"default"`` and there is no ``_debug_`` (which would start a debugger);
+- no argument asks for weights from elsewhere (``pretrained=True``, a URL or checkpoint, including by its
+  default value): a bundle's weights come from its ``models/model.pt``.
+
+Everything else is refused with :class:`~ModelSelectorLib.errors.BundleError` naming the offending key.
+The check is static: it evaluates nothing and imports only the modules of allow-listed classes.
 """
 
 from __future__ import annotations
 
-import ast
-import re
+import copy
+import importlib
+import inspect
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import BundleError
 
-# --- trust check of configs ----------------------------------------------------------------------------
-TRUSTED_PREFIXES = ("monai.", "torch.")
-#: dotted names inside monai/torch that load or run code from files or the network
-DENIED_PREFIXES = (
-    "torch.hub", "torch.load", "torch.jit.load", "torch.package", "torch.ops.load_library",
-    "torch.utils.cpp_extension", "torch.classes.load_library", "monai.bundle.scripts", "monai.bundle.load",
-    "monai.bundle.run", "monai.bundle.download", "monai.apps.utils", "monai.utils.module.optional_import",
-)  # fmt: skip
-#: modules an expression may import, with the attributes it may use (None: any public attribute);
-#: ``"$import glob"`` and ``"$import os"`` (for ``os.path``) are common in MONAI model-zoo configs
-_MODULE_ATTRS: dict[str, Optional[tuple[str, ...]]] = {
-    "monai": None, "torch": None, "numpy": None, "np": None, "math": None,
-    "glob": ("glob", "iglob"), "os": ("path", "sep"),
-}  # fmt: skip
-#: attribute names that reach the interpreter, the shell or the file system from any object
-_DENIED_ATTRS = frozenset(
-    "sys os subprocess builtins system popen spawn hub load_library import_module optional_import locate "
-    "exec eval remove unlink rmtree rmdir rename kill fork".split()
+#: network architectures of ``monai.networks.nets`` a bundle may build without ``--trust``
+ALLOWED_NETWORKS = tuple(
+    f"monai.networks.nets.{name}"
+    for name in (
+        "AHNet AttentionUnet AutoEncoder AutoencoderKL BasicUNet BasicUNetPlusPlus Classifier Critic DAF3D "
+        "DenseNet DenseNet121 DenseNet169 DenseNet201 DenseNet264 DiffusionModelUNet DiNTS Discriminator "
+        "DynUNet EfficientNetBN FlexibleUNet FullyConnectedNet Generator GlobalNet HighResNet HoVerNet "
+        "LocalNet MedNeXt MultiScalePatchDiscriminator PatchDiscriminator RegUNet Regressor ResNet SegResNet "
+        "SegResNetDS SegResNetDS2 SegResNetVAE SENet SENet154 SEResNet50 SEResNet101 SEResNet152 "
+        "SEResNext50 SEResNext101 SwinUNETR TopologyInstance UNETR UNet VarAutoEncoder VarFullyConnectedNet "
+        "ViT ViTAutoEnc VNet VQVAE"
+    ).split()
 )
-#: names an expression may use besides references, local variables and the modules above
-_SAFE_NAMES = frozenset(
-    "True False None len list dict tuple set sorted int float str bool range min max sum abs round zip "
-    "enumerate any all map filter reversed isinstance print".split()
+#: ``torch.nn`` layers a network config may compose, and ``ModuleDict``, the container that holds the stages
+#: of a multi-stage model (a coarse-to-fine landmark model: each stage is itself checked)
+ALLOWED_LAYERS = tuple(
+    f"torch.nn.{name}"
+    for name in (
+        "AdaptiveAvgPool2d AdaptiveAvgPool3d AvgPool2d AvgPool3d BatchNorm1d BatchNorm2d BatchNorm3d Conv1d "
+        "Conv2d Conv3d ConvTranspose2d ConvTranspose3d Dropout Dropout2d Dropout3d ELU Flatten GELU GroupNorm "
+        "Identity InstanceNorm2d InstanceNorm3d LayerNorm LeakyReLU Linear MaxPool2d MaxPool3d ModuleDict "
+        "PReLU ReLU Sigmoid SiLU Softmax Tanh Upsample"
+    ).split()
 )
-_REF_NAME = "__ref__"
-_TRUST_HINT = "inspect the bundle and pass --trust (trust=True) only if you trust its author"
+#: constructor arguments that fetch weights from the network or another file when set (or by default)
+FETCH_ARGUMENTS = ("pretrained", "pretrained_url", "weights", "checkpoint", "path_or_repo_id")
+
+_HINT = (
+    "without --trust a network is built only from allow-listed MONAI/torch classes and plain values; "
+    "pass --trust (trust=True) only for a bundle whose author you trust"
+)
+_COMPONENT_KEYS = ("_target_", "_mode_", "_disabled_", "_requires_", "_desc_")
 
 
-def _walk(config: Any, where: str = "") -> Iterator[tuple[str, Any, Any]]:
-    """Yield ``(id, key, value)`` for every dict entry and list element of ``config``, depth first."""
-    if isinstance(config, dict):
-        for k, v in config.items():
-            sub = f"{where}::{k}" if where else str(k)
-            yield sub, k, v
-            yield from _walk(v, sub)
-    elif isinstance(config, list):
-        for i, v in enumerate(config):
-            sub = f"{where}::{i}" if where else str(i)
-            yield sub, i, v
-            yield from _walk(v, sub)
+def _walk(config: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(id, value)`` of ``config`` and of every dict entry and list element in it, depth first."""
+    yield where, config
+    items = (
+        config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    )
+    for k, v in items:
+        yield from _walk(v, f"{where}::{k}" if where else str(k))
 
 
-def _dotted_allowed(name: str) -> bool:
-    if any(name == d or name.startswith(d + ".") for d in DENIED_PREFIXES):
-        return False
-    if any(part in _DENIED_ATTRS or part.startswith("_") for part in name.split(".")):
-        return False
-    return name.startswith(TRUSTED_PREFIXES) or name in ("monai", "torch")
+def _refuse(what: str, where: str) -> BundleError:
+    return BundleError(f"untrusted config at '{where}': {what}; {_HINT}.")
 
 
-def check_target(target: Any, where: str) -> None:
-    """Refuse a ``_target_`` outside ``monai.``/``torch.`` (bare names are looked up inside MONAI)."""
-    if not isinstance(target, str):
-        raise BundleError(f"'_target_' at '{where}' is {target!r}, not a class name; {_TRUST_HINT}.")
-    if target.startswith("$"):
-        check_expression(target, where)
-        return
-    if "." not in target and re.fullmatch(r"[A-Za-z]\w*", target):
-        return  # MONAI's ComponentLocator resolves bare names among monai.* modules only
-    if not _dotted_allowed(target):
-        raise BundleError(
-            f"untrusted code: '_target_' {target!r} at '{where}' is outside monai./torch.; {_TRUST_HINT}."
-        )
+def _short(value: str, n: int = 80) -> str:
+    return repr(value if len(value) <= n else value[: n - 3] + "...")
 
 
-def _attribute_chain(node: ast.AST) -> Optional[str]:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
+def _expand_macros(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with ``%`` macros and relative ``@`` ids expanded, as MONAI's parser does."""
+    from monai.bundle import ConfigParser
 
-
-def _check_import(node: ast.AST, refuse: Any) -> list[str]:
-    """Check an import statement; return the names it binds."""
-    if isinstance(node, ast.ImportFrom):
-        if node.level:
-            refuse("imports a module relative to the bundle")
-        mods = [f"{node.module}.{a.name}" for a in node.names]
-    else:
-        mods = [a.name for a in node.names]  # type: ignore[attr-defined]
-    for mod in mods:
-        root, _, rest = mod.partition(".")
-        allowed = _MODULE_ATTRS.get(root, ())
-        if root not in _MODULE_ATTRS or (rest and allowed is not None and rest.split(".")[0] not in allowed):
-            refuse(f"imports module {mod!r}")
-        if root in ("monai", "torch") and not _dotted_allowed(mod):
-            refuse(f"imports {mod!r}")
-    return [(a.asname or a.name).split(".")[0] for a in node.names]  # type: ignore[attr-defined]
-
-
-def check_expression(expr: str, where: str, imported: Optional[set] = None) -> None:
-    """Refuse a ``$``-expression that imports or uses modules outside monai/torch (and a few harmless ones),
-    calls builtins such as ``eval``/``open``/``__import__``, or touches private/dunder attributes.
-
-    This is a static, best-effort guard against surprises in downloaded bundles, not a sandbox.
-    """
-    code = re.sub(r"@(?:\w*)(?:(?:::|#)\w*)*", _REF_NAME, expr[1:])
+    for where, value in _walk(config, ""):
+        if isinstance(value, str) and value.startswith("%"):
+            path, _ = ConfigParser.split_path_id(value[1:])
+            if path:
+                raise _refuse(f"the macro {_short(value)} reads another file ({path})", where)
+    parser = ConfigParser(copy.deepcopy(config), globals=False)
     try:
-        tree = ast.parse(code.strip(), mode="exec")
-    except SyntaxError as e:
-        raise BundleError(f"expression at '{where}' is not valid Python ({e.msg}): {expr!r}.") from e
+        parser.resolve_macro_and_relative_ids()
+    except (KeyError, ValueError, IndexError) as e:
+        raise BundleError(f"a '%' macro or relative '@' reference cannot be resolved ({e}).") from e
+    return parser.get()
 
-    def refuse(why: str) -> None:
-        raise BundleError(f"untrusted code: expression {expr!r} at '{where}' {why}; {_TRUST_HINT}.")
 
-    parents: dict[ast.AST, ast.AST] = {}
-    for node in ast.walk(tree):
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
-    local = {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
-    local |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    # MONAI's ConfigParser provides these as globals; "$import x" anywhere in a config adds x for all items
-    modules = {"monai", "torch", "np", "numpy"} | set(imported or ())
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules.update(_check_import(node, refuse))
-        elif isinstance(node, ast.Attribute) and (node.attr.startswith("_") or node.attr in _DENIED_ATTRS):
-            refuse(f"uses attribute {node.attr!r}")
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)):
+def _allowed() -> dict[int, str]:
+    """``id(class) -> full name`` of every allow-listed class."""
+    out = {}
+    for name in ALLOWED_NETWORKS + ALLOWED_LAYERS:
+        module, _, attr = name.rpartition(".")
+        obj = getattr(importlib.import_module(module), attr)
+        out[id(obj)] = f"{obj.__module__}.{obj.__qualname__}"
+    return out
+
+
+def _resolve_target(target: Any, where: str, allowed: dict[int, str]) -> Any:
+    """The allow-listed class ``target`` names (a bare MONAI name or a dotted path), or a refusal."""
+    if not isinstance(target, str) or not target or target[0] in "$@%":
+        raise _refuse(f"{target!r} is not a class name", where)
+    module_names = {name.rpartition(".")[0] for name in allowed.values()} | {
+        "monai.networks.nets",
+        "torch.nn",
+    }
+    module, _, attr = target.rpartition(".")
+    if not module:  # a bare name: found among the loaded monai modules, as MONAI's ComponentLocator does
+        from monai.bundle import ComponentLocator
+
+        found = ComponentLocator().get_component_module_name(target)
+        module = (found[0] if isinstance(found, list) else found) or ""
+    obj = getattr(importlib.import_module(module), attr or target, None) if module in module_names else None
+    if obj is None or id(obj) not in allowed:
+        raise _refuse(f"{target!r} is not an allow-listed class", where)
+    return obj
+
+
+def _lookup(config: dict[str, Any], ref: str) -> Any:
+    """The raw value at reference id ``ref`` (``a::b::0``) of ``config``."""
+    value: Any = config
+    for part in ref.replace("#", "::").split("::"):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def _check_component(
+    item: dict[str, Any], where: str, config: dict[str, Any], allowed: dict[int, str]
+) -> None:
+    """Check one ``{"_target_": ...}`` item and replace its target by the full name of the checked class."""
+    cls = _resolve_target(item["_target_"], f"{where}::_target_" if where else "_target_", allowed)
+    if item.get("_mode_", "default") != "default":
+        raise _refuse(f"{item['_mode_']!r} (only 'default' builds an object)", f"{where}::_mode_")
+    if "_debug_" in item:
+        raise _refuse("'_debug_' (it starts a debugger)", f"{where}::_debug_")
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for arg in FETCH_ARGUMENTS:
+        if arg not in params and arg not in item:
             continue
-        if node.id in modules and node.id not in local:
-            parent = parents.get(node)
-            allowed = _MODULE_ATTRS.get(node.id)
-            if not isinstance(parent, ast.Attribute):
-                refuse(f"uses module {node.id!r} other than through its attributes")
-            elif allowed is not None and parent.attr not in allowed:
-                refuse(f"uses {node.id}.{parent.attr}")
-            top = parent
-            while isinstance(parents.get(top), ast.Attribute):
-                top = parents[top]
-            chain = _attribute_chain(top) or ""
-            if node.id in ("monai", "torch") and not _dotted_allowed(chain):
-                refuse(f"uses {chain!r}")
-        elif node.id not in _SAFE_NAMES and node.id not in local and node.id != _REF_NAME:
-            refuse(f"uses name {node.id!r}")
+        value = item.get(arg, params[arg].default if arg in params else None)
+        if isinstance(value, str) and value.startswith("@"):
+            try:
+                value = _lookup(config, value[1:])
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise BundleError(f"'{value[1:]}' is referred to (with '{value}') but not defined.") from None
+        if value not in (None, False, "", 0, inspect.Parameter.empty):
+            raise _refuse(
+                f"{value!r} asks {item['_target_']} for weights from elsewhere (a bundle's weights are its "
+                f"models/model.pt; set '{arg}' to false)",
+                f"{where}::{arg}",
+            )
+    item["_target_"] = allowed[id(cls)]
 
 
-def check_config_trusted(config: dict[str, Any]) -> None:
-    """Walk a whole MONAI config and raise :class:`BundleError` at the first item that would run code from
-    outside ``monai.``/``torch.``: ``_target_`` values, ``$``-expressions, ``_mode_: debug`` and ``%``-macros
-    that read other files."""
-    imported = set()
-    for where, _, value in _walk(config):
-        if isinstance(value, str) and value.startswith("$") and re.match(r"\$\s*(import|from)\s", value):
-            check_expression(value, where)
-            imported.update(_check_import(ast.parse(value[1:].strip()).body[0], lambda why: None))
-    for where, key, value in _walk(config):
-        if key == "_target_":
-            check_target(value, where)
-        elif key == "_mode_" and value == "debug":
-            raise BundleError(f"'_mode_': 'debug' at '{where}' starts a debugger; {_TRUST_HINT}.")
-        elif isinstance(value, str) and value.startswith("$"):
-            check_expression(value, where, imported)
-        elif isinstance(value, str) and value.startswith("%") and value[1:].split("#")[0].split("::")[0]:
-            raise BundleError(f"macro {value!r} at '{where}' reads another config file; {_TRUST_HINT}.")
+def buildable_config(config: dict[str, Any], key: str) -> dict[str, Any]:
+    """The items of a MONAI config that building item ``key`` needs, checked for untrusted code.
+
+    Args:
+        config: a parsed ``inference.json`` (not modified).
+        key: the top-level item to build, e.g. ``"network_def"``.
+
+    Returns:
+        a new config holding ``key`` and every top-level item it refers to (transitively), with macros and
+        relative ids expanded and each ``_target_`` replaced by the full name of its allow-listed class; MONAI's
+        ``ConfigParser`` can build ``key`` from it without running any code from the bundle.
+
+    Raises:
+        BundleError: an item that would run code, read another file or fetch weights; the message names its key.
+    """
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    expanded = _expand_macros(config)
+    allowed = _allowed()
+    out: dict[str, Any] = {}
+    todo = [key]
+    while todo:
+        top = todo.pop()
+        if top in out:
+            continue
+        if top not in expanded:
+            raise BundleError(f"'{top}' is referred to (with '@{top}') but not defined.")
+        out[top] = expanded[top]
+        for where, value in _walk(out[top], top):
+            if isinstance(value, str) and value.startswith("$"):
+                raise _refuse(f"the Python expression {_short(value)}", where)
+            if isinstance(value, str) and value.startswith("%"):
+                raise _refuse(f"the macro {_short(value)}", where)
+            if isinstance(value, str):
+                todo += [
+                    ReferenceResolver.split_id(ref)[0] for ref in ReferenceResolver.match_refs_pattern(value)
+                ]
+            elif isinstance(value, dict) and "_target_" in value:
+                _check_component(value, where, expanded, allowed)
+    return out
+
+
+__all__ = ["ALLOWED_LAYERS", "ALLOWED_NETWORKS", "FETCH_ARGUMENTS", "buildable_config"]

@@ -199,13 +199,19 @@ def test_validate_bundle_reports_reason(tmp_path):
         ("network_def", {"_target_": "os.system", "command": "echo pwned"}),
         ("network_def", {"_target_": "mymodule.TinyNet"}),
         ("hook", "$__import__('os').system('echo pwned')"),
-        ("imports", ["$import subprocess"]),
+        ("hook", ["$import subprocess"]),
         ("hook", "$torch.hub.load('x/y', 'net')"),
     ],
 )
 def test_untrusted_code_refused(tmp_path, key, value):
     path = make_bundle(tmp_path)
-    edit_json(path / "configs/inference.json", lambda d: d.update({key: value}))
+
+    def put(d):  # a top-level item counts when the network refers to it
+        d.update({key: value})
+        if key != "network_def":
+            d["network_def"]["spatial_dims"] = f"@{key}"
+
+    edit_json(path / "configs/inference.json", put)
     with pytest.raises(BundleError, match="untrusted"):
         load_bundle(path)
 
@@ -378,7 +384,7 @@ def test_interrupted_add_keeps_previous_zoo(tmp_path, capsys, monkeypatch, fail_
     assert reopened.names() == ["first"]
     assert load_bundle(reopened.get("first")).card.name == "first"
     assert sorted(p.name for p in (zoo.path / "models").iterdir()) == ["first"]  # no partial folder
-    assert [p.name for p in zoo.path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in zoo.path.iterdir() if p.name.startswith(".") and p.name != atomic.LOCK_NAME] == []
     # and the zoo still works afterwards
     reopened.add(second)
     assert Zoo(zoo.path).names() == ["first", "second"]

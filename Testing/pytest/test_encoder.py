@@ -11,10 +11,11 @@ import pytest
 import SimpleITK as sitk
 
 from ModelSelectorLib.errors import InputError, ModelSelectorError
-from ModelSelectorLib.io import Image
-from ModelSelectorLib.selection.encoder import Encoder, default_weights
-from ModelSelectorLib.selection.views import image_views
+from ModelSelectorLib.io import Image, read_image, write_image
+from ModelSelectorLib.selection.encoder import EMBED_DIM, Encoder, default_weights
+from ModelSelectorLib.selection.views import decimated, encoder_channels, image_views
 from ModelSelectorLib.training.encoder import train_encoder
+from ModelSelectorLib.training.view_augment import augment_views
 
 torch = pytest.importorskip("torch")
 
@@ -41,7 +42,7 @@ def encoder() -> Encoder:
 
 
 def _check_emb(e: np.ndarray, n: int = -1) -> None:
-    assert e.ndim == 2 and e.shape[1] == 128
+    assert e.ndim == 2 and e.shape[1] == EMBED_DIM
     if n >= 0:
         assert e.shape[0] == n
     assert e.dtype == np.float32
@@ -69,8 +70,8 @@ def test_embed_oblique_anisotropic_volume(encoder: Encoder) -> None:
     img = Image(_body_volume(), (0.8, 0.8, 3.0), (12.5, -40.0, 7.25), _oblique_dir())
     v = encoder.views(img, n_per_axis=4)
     assert v.shape[1:] == (2, 32, 32) and 3 <= len(v) <= 12
-    # HU channel: air saturates at 0, soft tissue near 0.52
-    assert v[:, 0].min() == pytest.approx(0.0, abs=0.02)
+    # percentile channel: air at the bottom of the range; rank channel: every value in [0, 1]
+    assert v[:, 0].min() == pytest.approx(0.0, abs=0.02) and 0.0 < v[:, 1].min() and v[:, 1].max() <= 1.0
     _check_emb(encoder.embed(img, n_per_axis=4), len(v))
 
 
@@ -100,6 +101,84 @@ def test_weights_round_trip(encoder: Encoder, tmp_path) -> None:
     img = Image(_body_volume(), (0.8, 0.8, 3.0), (0.0, 0.0, 0.0), _oblique_dir(10.0))
     np.testing.assert_allclose(enc2.embed(img), encoder.embed(img), atol=1e-5)
     assert enc2.classify(img, top_k=2)[0][0] in encoder.classes
+
+
+def _radiograph(seed: int = 0) -> np.ndarray:
+    """A smooth 16-bit-range radiograph-like picture (two dark fields in a bright body, graded)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:96, :80].astype(np.float32)
+    a = 40000.0 - 150.0 * y
+    a[(np.abs(x - 24) < 12) & (np.abs(y - 48) < 34)] = 9000.0
+    a[(np.abs(x - 56) < 12) & (np.abs(y - 46) < 32)] = 11000.0
+    return np.round(np.clip(a + rng.normal(0, 300, a.shape), 0, 65535))  # integer grey values, as stored
+
+
+def test_channels_do_not_depend_on_units_or_windowing() -> None:
+    v = _radiograph()[None]
+    base = encoder_channels(v)
+    assert base.shape == (1, 2, 96, 80) and base.dtype == np.float32 and 0 <= base.min() and base.max() <= 1
+    np.testing.assert_allclose(encoder_channels(v * 0.37 - 1024.0), base, atol=1e-5)  # DICOM-style rescale
+    gamma = encoder_channels((v / 65535.0) ** 2.2)  # a contrast curve keeps every rank
+    np.testing.assert_allclose(gamma[:, 1], base[:, 1], atol=1e-6)
+    ranks = encoder_channels(np.array([[[3.0, 1.0], [3.0, 7.0]]]))[0, 1]  # ties share the mid-rank
+    np.testing.assert_allclose(ranks, [[0.5, 0.125], [0.5, 0.875]])  # (mid-rank - 0.5) / n
+    flat = encoder_channels(np.full((1, 4, 4), 5.0))
+    assert (flat[0, 0] == 0).all() and (flat[0, 1] == 0.5).all()
+
+
+def test_same_radiograph_in_8_12_and_16_bits_gets_the_same_answer(tmp_path) -> None:
+    """One picture written as 8-, 12- and 16-bit PNG files: same views (up to quantisation), same class.
+
+    The reader brings deeper PNGs to the 8-bit range; the encoder's rank channels must not depend on that.
+    """
+    enc = Encoder.create(["DX:CHEST", "MR:HEAD", "OT:OOD"], image_size=32, channels=(8, 16, 32))
+    torch.manual_seed(0)
+    base = _radiograph() / 65535.0
+    embs, classes = [], []
+    for bits, dtype in ((8, np.uint8), (12, np.uint16), (16, np.uint16)):
+        arr = np.round(base * (2**bits - 1)).astype(dtype)
+        p = write_image(Image(arr, (0.2, 0.2), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)), tmp_path / f"cxr{bits}.png")
+        img = read_image(p)
+        assert img.meta["bit_depth"] == bits
+        embs.append(enc.embed(img)[0])
+        classes.append(enc.classify(img, top_k=1)[0][0])
+    assert classes[0] == classes[1] == classes[2]
+    for e in embs[1:]:
+        assert float(e @ embs[0]) > 0.995  # cosine similarity of the embeddings
+
+
+def test_volume_in_hounsfield_units_or_raw_stored_values_embeds_alike(encoder: Encoder) -> None:
+    """A CT volume in Hounsfield units and the same volume as stored integers (slope 1, intercept -1100)."""
+    hu = np.round(_body_volume())  # integer Hounsfield units, as stored
+    img_hu = Image(hu, (0.8, 0.8, 3.0), (0.0, 0.0, 0.0), _oblique_dir())
+    img_raw = Image((hu + 1100.0).astype(np.uint16), img_hu.spacing, img_hu.origin, img_hu.direction)
+    a, b = encoder.embed(img_hu), encoder.embed(img_raw)
+    assert a.shape == b.shape
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.99
+
+
+def test_decimation_keeps_geometry_and_voxels_no_coarser_than_the_views() -> None:
+    img = Image(_body_volume(40, 48, 56), (0.7, 0.9, 2.5), (3.0, -2.0, 7.0), _oblique_dir())
+    d = decimated(img, 2.0)
+    assert (
+        d.spacing == pytest.approx((1.4, 1.8, 2.5))
+        and d.origin == img.origin
+        and d.direction == img.direction
+    )
+    assert d.array.shape == (40, 24, 28)
+    np.testing.assert_array_equal(d.array, img.array[:, ::2, ::2])
+    # a voxel of the decimated volume lies where the same voxel of the original does
+    np.testing.assert_allclose(d.ijk_to_lps() @ [1, 1, 1, 1], img.ijk_to_lps() @ [2, 2, 1, 1], atol=1e-9)
+    assert decimated(img, 0.5) is img
+
+
+def test_augmentation_keeps_shape_and_is_reproducible() -> None:
+    x = torch.rand(6, 32, 32)
+    a = augment_views(x.clone(), torch.Generator().manual_seed(3))
+    b = augment_views(x.clone(), torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, x)
 
 
 def test_load_missing_or_bad(tmp_path) -> None:
@@ -161,25 +240,19 @@ def test_tiny_training_run(tmp_path) -> None:
     data = tmp_path / "data"
     _write_synthetic_dataset(data)
     out = tmp_path / "enc"
-    card = train_encoder(
-        data,
-        out,
-        epochs=2,
-        image_size=32,
-        seed=0,
-        max_minutes=1.0,
-        batch_size=8,
-        min_groups=2,
-        views_per_volume=3,
-        channels=(8, 16, 32),
-    )
-    for name in ("encoder.pt", "card.json", "README.md", "confusion.png"):
+    train_encoder(data, out, epochs=2, image_size=32, seed=0, max_minutes=1.0, batch_size=8, min_groups=2,
+                  views_per_volume=3, channels=(8, 16, 32))  # fmt: skip
+    for name in ("encoder.pt", "card.json", "README.md", "confusion.png", "split.json"):
         assert (out / name).exists()
     saved = json.loads((out / "card.json").read_text(encoding="utf-8"))
-    assert saved["classes"] == ["CT:CHEST", "CT:HEAD", "DX:CHEST", "OT:OOD"]
+    assert saved["classes"] == ["DX:CHEST", "OT:OOD"]  # the other classes have too few training patients
+    assert set(saved["excluded_classes_groups"]) == {"CT:CHEST", "CT:HEAD"}
     assert saved["seed"] == 0 and saved["training"]["epochs_run"] == 2
-    assert len(saved["validation"]["confusion_matrix"]) == 4
-    assert card["n_val_views"]["CT:CHEST"] > 0  # one of the two volumes is held out
+    assert len(saved["validation"]["confusion_matrix"]) == 2 and saved["validation"]["split"] == "dev"
+    split = json.loads((out / "split.json").read_text(encoding="utf-8"))
+    assert split["digest"] == saved["split_digest"]
+    assert {r["split"] for r in split["items"]} == {"train", "dev", "test"}
+    assert "bias field" in saved["augmentation"] and "README" not in saved["augmentation"]
     enc = Encoder.load(out / "encoder.pt")
     assert enc.image_size == 32
     img = Image(_body_volume(), (0.8, 0.8, 3.0), (0.0, 0.0, 0.0), _oblique_dir())
@@ -195,6 +268,26 @@ def test_bundled_encoder_loads_and_embeds() -> None:
     _check_emb(e)
     top = enc.classify(img)
     assert top[0][0] in enc.classes and 0.0 <= top[0][1] <= 1.0
+
+
+@pytest.mark.skipif(not default_weights().exists(), reason="no bundled encoder weights")
+def test_bundled_encoder_reads_the_sample_radiograph_alike_in_8_12_and_16_bits(tmp_path) -> None:
+    from ModelSelectorLib.resources import samples_dir
+
+    enc = Encoder.load()
+    img8 = read_image(samples_dir() / "cxr_chest.png")
+    assert img8.array.dtype == np.uint8
+    answers = []
+    for bits in (8, 12, 16):
+        arr = (img8.array.astype(np.uint32) * (2**bits - 1) // 255).astype(
+            np.uint8 if bits == 8 else np.uint16
+        )
+        img = read_image(write_image(img8.with_array(arr), tmp_path / f"cxr{bits}.png"))
+        answers.append((enc.classify(img, top_k=1)[0], enc.embed(img)[0]))
+    assert answers[0][0][0] == "DX:CHEST" and {a[0][0] for a in answers} == {"DX:CHEST"}
+    for (_, p), e in [(a[0], a[1]) for a in answers[1:]]:
+        assert abs(p - answers[0][0][1]) < 0.01
+        assert float(e @ answers[0][1]) > 0.999
 
 
 def test_cli_parser_has_encoder() -> None:

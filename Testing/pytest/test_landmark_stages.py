@@ -214,6 +214,9 @@ def test_slicer_loads_the_curves_with_their_point_counts_and_lps_positions(tmp_p
     assert first is nodes[0] and first.GetClassName() == LandmarkRuntime.slicer_node_class
     assert [n.GetNumberOfControlPoints() for n in nodes] == [44, 50, 26, 23, 23]
     assert [n.GetName() for n in nodes][2] == "dx-lm heart"
+    from ModelSelectorSupport.markups import resultParts  # what a job removes with its result
+
+    assert [n.GetID() for n in resultParts(first)] == [n.GetID() for n in nodes[1:]]
     ras = np.array(
         [[n.GetNthControlPointPosition(i) for i in range(n.GetNumberOfControlPoints())] for n in nodes[:1]][0]
     )

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ModelSelectorLib.cli import main
-from ModelSelectorLib.errors import Cancelled, DatasetError, ModelSelectorError
+from ModelSelectorLib.errors import Cancelled, ModelSelectorError
 from ModelSelectorLib.evaluation.baselines import (
     HeaderRulesRanker,
     HistogramKNNRanker,
@@ -25,8 +25,9 @@ from ModelSelectorLib.evaluation.baselines import (
     zoo_models,
 )
 from ModelSelectorLib.evaluation.selection import auroc, average_precision, precision_at_k, recall_at_k
-from ModelSelectorLib.evaluation.selection_cases import EvalCase, encoder_split, load_cases, select_cases
+from ModelSelectorLib.evaluation.selection_cases import EvalCase, cases_of, select_cases
 from ModelSelectorLib.evaluation.selection_report import run_selection_evaluation
+from ModelSelectorLib.evaluation.selection_split import ProtocolSplit, make_split
 from ModelSelectorLib.io import Image, read_image, write_image
 from ModelSelectorLib.zoo import ModelCard, Zoo, save_bundle
 
@@ -46,8 +47,10 @@ def ct_head(seed: int = 0) -> Image:
     """CT-like head: air -1000 HU around a soft-tissue ball with a bone rim; 200 mm field of view."""
     rng = np.random.default_rng(seed)
     z, y, x = np.mgrid[:20, :40, :40]
-    r = np.sqrt(((z - 10) * 2.5) ** 2 + (y - 20) ** 2 + (x - 20) ** 2)
-    a = np.where(r < 16, 40.0, -1000.0) + np.where((r > 14) & (r < 16), 900.0, 0.0)
+    cy, cx, rad = 20 + 4 * (seed % 3 - 1), 20 + 3 * ((seed // 3) % 3 - 1), 16 - 2 * (seed % 3)  # no two alike
+    r = np.sqrt(((z - 10) * 2.5) ** 2 + ((y - cy) * 1.2) ** 2 + (x - cx) ** 2)
+    a = np.where(r < rad, 40.0, -1000.0) + np.where((r > rad - 2) & (r < rad), 900.0, 0.0)
+    a[:, cy - 3 : cy + 3, cx - 6 + seed : cx - 2 + seed] = 300.0
     a = a + rng.normal(0, 10, a.shape)
     return Image(a.astype(np.float32), (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
@@ -57,7 +60,8 @@ def mr_heart(seed: int = 0) -> Image:
     rng = np.random.default_rng(seed)
     z, y, x = np.mgrid[:8, :40, :40]
     r = np.sqrt((y - 20) ** 2 + (x - 20) ** 2)
-    a = np.where(r < 15, 300.0, 20.0) + np.where(r < 5, 400.0, 0.0) + rng.normal(0, 15, (8, 40, 40))
+    heart = np.sqrt((y - 16 - 2 * (seed % 4)) ** 2 + (x - 14 - 3 * (seed % 3)) ** 2) < 5 + seed % 3
+    a = np.where(r < 15, 300.0, 20.0) + np.where(heart, 400.0, 0.0) + rng.normal(0, 15, (8, 40, 40))
     return Image(
         np.clip(a, 0, None).astype(np.float32), (8.0, 8.0, 10.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
     )
@@ -68,8 +72,9 @@ def dx_chest(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:64, :64]
     a = np.full((64, 64), 180.0)
-    a[(np.abs(x - 20) < 9) & (np.abs(y - 32) < 22)] = 60
-    a[(np.abs(x - 44) < 9) & (np.abs(y - 32) < 22)] = 60
+    dy, dx = 3 * (seed % 3) - 3, 2 * (seed % 4) - 3  # no two alike
+    a[(np.abs(x - 20 - dx) < 9 - seed % 3) & (np.abs(y - 32 - dy) < 22)] = 60
+    a[(np.abs(x - 44 - dx) < 9) & (np.abs(y - 30 + dy) < 20 + seed % 3)] = 60
     return np.clip(a + rng.normal(0, 8, a.shape), 0, 255).astype(np.uint8)
 
 
@@ -154,7 +159,7 @@ def test_relevance_rule():
 
 
 # --- baselines --------------------------------------------------------------------------------------------
-INFOS = [ModelInfo(n, "0.1.0", m, (r,)) for n, m, r in MODELS] + [
+INFOS = [ModelInfo(n, "0.1.0", m, (r,), spatial_dims=2 if m == "DX" else 3) for n, m, r in MODELS] + [
     ModelInfo("ct-abdomen", "1", "CT", ("ABDOMEN",))
 ]
 
@@ -242,135 +247,113 @@ def test_histogram_knn_on_synthetic_profiles():
 
 
 # --- cases and split --------------------------------------------------------------------------------------
-def make_data(root: Path) -> dict:
-    """A small data folder in the layout of the shared data: manifest.csv (3D, codes) + radiology_2d/labels.csv."""
-    (root / "radiology_2d" / "img").mkdir(parents=True)
-    (root / "vol").mkdir()
+def make_data(root: Path) -> None:
+    """A small data folder in the layout of the shared data: manifest.csv (3D, codes) + radiology_2d/labels.csv;
+    two 2D sources (``img``: radiographs and photos, ``slices``: 2D CT head slices) and one of volumes."""
+    for sub in ("radiology_2d/img", "radiology_2d/slices", "vol"):
+        (root / sub).mkdir(parents=True)
     rows2d = []
     for i in range(6):
         png(dx_chest(i), root / "radiology_2d" / "img" / f"dx{i}.png")
         rows2d.append({"path": f"img/dx{i}.png", "modality": "DX", "body_region": "CHEST"})
         png(photo(i), root / "radiology_2d" / "img" / f"photo{i}.png")
         rows2d.append({"path": f"img/photo{i}.png", "modality": "OT", "body_region": "OOD:photo"})
+    for i in range(3):  # lone 2D slices of CT heads: the CT head model needs the volume
+        sl = (np.clip(ct_head(20 + i).array[10], -1000, 1000) + 1000) / 8
+        png(sl.astype(np.uint8), root / "radiology_2d" / "slices" / f"head{i}.png")
+        rows2d.append({"path": f"slices/head{i}.png", "modality": "CT", "body_region": "HEAD"})
     with open(root / "radiology_2d" / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["path", "modality", "body_region", "label_origin", "source", "license"])
         w.writeheader()
-        for r in rows2d:
-            w.writerow(r)
+        w.writerows(rows2d)
     rows3d = []
     for i in range(6):
         write_image(ct_head(i), root / "vol" / f"subj{i}_ct.nii.gz")
-        rows3d.append(
-            {"path": f"vol/subj{i}_ct.nii.gz", "modality": "CT", "modality_code": "CT", "region_code": "HEAD"}
-        )
+        rows3d.append({"path": f"vol/subj{i}_ct.nii.gz", "modality_code": "CT", "region_code": "HEAD"})
         write_image(mr_heart(i), root / "vol" / f"subj{i}_frame01.nii.gz")
-        rows3d.append(
-            {
-                "path": f"vol/subj{i}_frame01.nii.gz",
-                "modality": "MR",
-                "modality_code": "MR",
-                "region_code": "HEART",
-            }
-        )
+        rows3d.append({"path": f"vol/subj{i}_frame01.nii.gz", "modality_code": "MR", "region_code": "HEART"})
     abd = ct_head(7)
     abd.spacing = (10.0, 10.0, 10.0)  # a 400 mm trunk-sized field of view
     write_image(abd, root / "vol" / "abd_ct.nii.gz")  # a CT with no model in the zoo (CT:ABDOMEN)
-    rows3d.append(
-        {"path": "vol/abd_ct.nii.gz", "modality": "CT", "modality_code": "CT", "region_code": "ABDOMEN"}
-    )
-    rows3d.append(
-        {
-            "path": "vol/subj0_seg.nii.gz",
-            "modality": "LABEL(CT)",
-            "modality_code": "SEG",
-            "region_code": "HEAD",
-        }
-    )
-    rows3d.append({"path": "vol/unknown.nii.gz", "modality": "US", "modality_code": "US", "region_code": ""})
+    rows3d.append({"path": "vol/abd_ct.nii.gz", "modality_code": "CT", "region_code": "ABDOMEN"})
+    rows3d.append({"path": "vol/subj0_seg.nii.gz", "modality_code": "SEG", "region_code": "HEAD"})
+    rows3d.append({"path": "vol/unknown.nii.gz", "modality_code": "US", "region_code": ""})
     with open(root / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["path", "modality", "body_region", "ndim", "modality_code", "region_code"])
         w.writeheader()
         for r in rows3d:
-            w.writerow({**r, "body_region": r["region_code"].lower(), "ndim": 3})
-    card = {"name": "enc", "version": "t", "seed": 0, "data_root": str(root), "excluded_classes_groups": {"CT:ABDOMEN": 1},
-            "data": "... (<= 24 volumes per class, 9 views each)", "split": "by source: 20% of each class's groups held out"}  # fmt: skip
-    return card
+            w.writerow(
+                {**r, "modality": r["modality_code"], "body_region": r["region_code"].lower(), "ndim": 3}
+            )
 
 
-def test_load_cases_both_layouts_and_encoder_split(tmp_path):
-    card = make_data(tmp_path / "data")
-    cases, skipped = load_cases(
-        [tmp_path / "data" / "manifest.csv", tmp_path / "data" / "radiology_2d" / "labels.csv"]
+HELD_OUT = {"slices": "test"}
+
+
+def test_cases_categories_and_exclusions(tmp_path):
+    make_data(tmp_path / "data")
+    split = make_split(tmp_path / "data", held_out=HELD_OUT)
+    cases = cases_of(split, "all")
+    assert sorted({c.label for c in cases}) == ["CT:ABDOMEN", "CT:HEAD", "DX:CHEST", "MR:HEART", "OT:OOD"]
+    assert len(cases) == 28  # label maps and rows without a region are left out
+    cats = {c.path.name: c.category(INFOS) for c in cases}
+    assert cats["subj0_ct.nii.gz"] == "in-zoo" and cats["dx0.png"] == "in-zoo"
+    assert cats["head0.png"] == "needs-volume" and cats["photo0.png"] == "ood"
+    head = next(c for c in cases if c.path.name == "head0.png")
+    assert (
+        head.held_out_source and head.needs_volume(INFOS) == ["ct-head-bone"] and head.applicable(INFOS) == []
     )
-    labels = sorted({c.label for c in cases})
-    assert labels == ["CT:ABDOMEN", "CT:HEAD", "DX:CHEST", "MR:HEART", "OT:OOD"]
-    assert len(cases) == 25 and skipped["label map"] == 1 and skipped["unknown body region"] == 1
-    split = encoder_split(card)
-    assert split.train and split.val and not (split.train & split.val)
-    assert all(Path(p).is_absolute() for p in split.val)
-    held, dropped = select_cases(cases, "heldout", split)
-    assert held and {str(c.path) for c in held} <= split.val
-    unseen, _ = select_cases(cases, "unseen", split)
-    assert not {str(c.path) for c in unseen} & split.train
-    assert any("abd_ct" in str(c.path) for c in unseen)  # a class the encoder never saw counts as unseen
-    few, _ = select_cases(cases, "unseen", split, limit=4, seed=1)
-    assert len(few) == 4 and len({c.label for c in few}) == 4  # class by class
-    with pytest.raises(DatasetError, match="no such manifest"):
-        load_cases([tmp_path / "nope.csv"])
+    assert {c.path.name for c in cases_of(split, "test")} >= {"head0.png", "head1.png", "head2.png"}
+    few, _ = select_cases(cases, limit=5, seed=1)
+    assert len(few) == 5 and len({c.label for c in few}) == 5  # class by class
     with pytest.raises(ModelSelectorError, match="no evaluation image"):
-        select_cases(cases, "heldout", split, exclude={str(c.path) for c in cases})
+        select_cases(cases, exclude={str(c.path) for c in cases})
+    with pytest.raises(ModelSelectorError, match="unknown part"):
+        cases_of(split, "validation")
 
 
 # --- runner -----------------------------------------------------------------------------------------------
 def test_runner_end_to_end_with_baselines(tmp_path):
     data = tmp_path / "data"
-    card = make_data(data)
+    make_data(data)
+    split = make_split(data, held_out=HELD_OUT)
     ex = {"ct-head-bone": [data / "vol" / "subj0_ct.nii.gz"], "mr-heart": [data / "vol" / "subj0_frame01.nii.gz"],
           "dx-chest-lungs": [data / "radiology_2d" / "img" / "dx0.png"]}  # fmt: skip
     zoo = make_zoo(tmp_path, ex)
     assert [m.name for m in zoo_models(zoo)] == sorted(n for n, _, _ in MODELS)
-    manifests = [data / "manifest.csv", data / "radiology_2d" / "labels.csv"]
     out = tmp_path / "out"
-    res = run_selection_evaluation(zoo, manifests, out, split="unseen", rankers=BASELINES, encoder_card=card,
-                                   seed=0)  # fmt: skip
+    res = run_selection_evaluation(zoo, split, out, part="all", rankers=BASELINES, seed=0)
     evaluated = {str(c.path) for c in res.cases}
     assert not evaluated & {str(p.resolve()) for v in ex.values() for p in v}  # exemplars are never evaluated
     p = res.protocol
-    assert (
-        p["n_in_distribution"] > 0
-        and p["n_ood"] > 0
-        and p["n_ood"] == sum(1 for c in res.cases if c.label in ("OT:OOD", "CT:ABDOMEN"))
-    )
-    m = res.metrics
+    assert p["categories"]["needs-volume"] == 3 and p["n_source_disjoint"] == 3
+    assert p["categories"]["ood"] == sum(1 for c in res.cases if c.label in ("OT:OOD", "CT:ABDOMEN"))
+    m = res.metrics["all"]
     assert m["header-rules"]["top1"] == 1.0  # the header tells the modality; one model per modality here
     fits = {Path(r.case.path).name: r.ranking.fits for r in res.results["header-rules"]}
     for name, fit in fits.items():  # header rules know the region only from the CT head's field of view
         assert fit == (name.startswith("subj") and name.endswith("_ct.nii.gz")), name
-    assert m["header-rules"]["fit_accuracy"] == pytest.approx(np.mean([f == bool(r.relevant) for f, r in zip(
-        fits.values(), res.results["header-rules"])]))  # fmt: skip
     for knn in ("histogram-knn-exemplars", "histogram-knn-train"):
         assert m[knn]["top1"] == 1.0, knn
         assert m[knn]["mAP"] >= m["random"]["mAP"]
-    assert np.isnan(m["random"]["fit_accuracy"])
+    assert m["histogram-knn-train"]["class_accuracy"] > 0.5  # the references' vote names the class
+    assert np.isnan(m["random"]["fit_balanced_accuracy"]) and np.isnan(m["random"]["first_fitting"])
     for name in BASELINES:
         assert 0.0 <= m[name]["ood_auroc"] <= 1.0
-    for f in ("report.md", "results.csv", "confusion.png", "metrics.json"):
+    assert res.metrics["source-disjoint"]["random"]["n_needs_volume"] == 3
+    assert res.leakage["near_duplicate_pairs_across_splits"] == 0
+    assert res.leakage["patients_in_several_splits"] == 0
+    for f in ("report.md", "results.csv", "metrics.json"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert (
-        "| header-rules |" in report
-        and "OOD AUROC" in report
-        and "held out" in report
-        or "split `unseen`" in report
-    )
+    assert "| header-rules |" in report and "OOD AUROC" in report and "### Leakage checks" in report
+    assert "## Results: source-disjoint images" in report and "needs the volume: ct-head-bone" in report
     assert "### Per class" in report and "| OT:OOD |" in report and "rejects 1.000" in report  # header rules
     rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
     assert len(rows) == len(res.cases) * len(BASELINES)
     assert {r["ranker"] for r in rows} == set(BASELINES)
-    assert (
-        json.loads((out / "metrics.json").read_text(encoding="utf-8"))["metrics"]["random"]["fit_accuracy"]
-        is None
-    )
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["metrics"]["all"]["random"]["fit_balanced_accuracy"] is None
     assert not [q for q in out.iterdir() if q.name.startswith(".tmp")]
 
 
@@ -378,43 +361,39 @@ def test_runner_cancel_leaves_nothing(tmp_path):
     import threading
 
     data = tmp_path / "data"
-    card = make_data(data)
+    make_data(data)
     zoo = make_zoo(tmp_path, {})
     ev = threading.Event()
     ev.set()
     with pytest.raises(Cancelled):
-        run_selection_evaluation(zoo, [data / "manifest.csv"], tmp_path / "out", split="all",
-                                 rankers=["random", "header-rules"], encoder_card=card, cancel=ev)  # fmt: skip
+        run_selection_evaluation(zoo, make_split(data), tmp_path / "out", part="all",
+                                 rankers=["random", "header-rules"], cancel=ev)  # fmt: skip
     assert not (tmp_path / "out" / "report.md").exists()
 
 
-def test_cli_evaluate_selection(tmp_path, capsys, monkeypatch):
-    import ModelSelectorLib.evaluation.selection as se
-
+def test_cli_evaluate_selection(tmp_path, capsys):
     data = tmp_path / "data"
-    card = make_data(data)
+    make_data(data)
+    split_file = make_split(data, held_out=HELD_OUT).save(tmp_path / "split.json")
+    assert ProtocolSplit.load(split_file).digest() == make_split(data, held_out=HELD_OUT).digest()
     zoo = make_zoo(tmp_path, {})
-    monkeypatch.setattr(se, "encoder_split", lambda c=None, d=None: encoder_split(card))
-    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
-               "--manifest", str(data / "radiology_2d" / "labels.csv"), "--out", str(tmp_path / "o"),
-               "--split", "unseen", "--rankers", "random,header-rules,histogram-knn-train",
+    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--split-file", str(split_file), "--data", str(data),
+               "--out", str(tmp_path / "o"), "--part", "all", "--rankers", "random,header-rules,histogram-knn-train",
                "--limit", "8", "--seed", "3"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "header-rules" in out and "report:" in out
-    assert (tmp_path / "o" / "report.md").is_file()
+    assert "header-rules" in out and "report:" in out and "source-disjoint" in out
     report = (tmp_path / "o" / "report.md").read_text(encoding="utf-8")
     assert "at most" in report  # k-NN fitted on the training split
     assert "Command: `modelselector evaluate-selection --zoo" in report and "--limit 8" in report
-    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
-               "--out", str(tmp_path / "o3"), "--split", "all", "--rankers", "random",
+    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--split-file", str(split_file), "--data", str(data),
+               "--out", str(tmp_path / "o3"), "--part", "all", "--rankers", "random",
                "--docs", str(tmp_path / "docs" / "selection-report.md")])  # fmt: skip
     assert rc == 0
-    doc = (tmp_path / "docs" / "selection-report.md").read_text(encoding="utf-8")
-    assert "(selection-confusion.png)" in doc and (tmp_path / "docs" / "selection-confusion.png").is_file()
+    assert (tmp_path / "docs" / "selection-report.md").is_file()
     capsys.readouterr()
-    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--manifest", str(data / "manifest.csv"),
-               "--out", str(tmp_path / "o2"), "--rankers", "nonsense", "--split", "all"])  # fmt: skip
+    rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--split-file", str(split_file), "--data", str(data),
+               "--out", str(tmp_path / "o2"), "--rankers", "nonsense", "--part", "all"])  # fmt: skip
     assert rc != 0 and "unknown ranker" in capsys.readouterr().err
 
 
@@ -423,6 +402,9 @@ def test_eval_case_label():
     assert c.label == "OT:OOD" and c.relevant(INFOS) == []
     c = EvalCase(Path("/b.nii.gz"), "CT", ("HEAD", "NECK"))
     assert c.label == "CT:HEAD;NECK" and c.relevant(INFOS) == ["ct-head-bone"]
+    assert c.category(INFOS) == "in-zoo"
+    flat = EvalCase(Path("/c.png"), "CT", ("HEAD",), ndim=2)
+    assert flat.category(INFOS) == "needs-volume" and flat.relevant(INFOS) == ["ct-head-bone"]
 
 
 def test_runner_with_selector_variants(tmp_path):
@@ -434,7 +416,8 @@ def test_runner_with_selector_variants(tmp_path):
     from ModelSelectorLib.selection.prototypes import generate_for_model
 
     data = tmp_path / "data"
-    card = make_data(data)
+    make_data(data)
+    split = make_split(data, held_out=HELD_OUT)
     ex = {"ct-head-bone": [data / "vol" / f"subj{i}_ct.nii.gz" for i in (0, 1)],
           "mr-heart": [data / "vol" / f"subj{i}_frame01.nii.gz" for i in (0, 1)],
           "dx-chest-lungs": [data / "radiology_2d" / "img" / f"dx{i}.png" for i in (0, 1)]}  # fmt: skip
@@ -444,24 +427,30 @@ def test_runner_with_selector_variants(tmp_path):
         generate_for_model(zoo, name, exemplars=files, data_free=1, steps=3, encoder=enc, pngs=0)
     build_index(zoo, encoder=enc).save(default_index_dir(zoo))
     out = tmp_path / "out"
-    res = run_selection_evaluation(zoo, [data / "manifest.csv", data / "radiology_2d" / "labels.csv"], out,
-                                   split="unseen", encoder_card=card, seed=0)  # fmt: skip
+    res = run_selection_evaluation(zoo, split, out, part="all", seed=0)
     names = [r["name"] for r in res.rankers]
-    assert names == ["ours-exemplar", "ours-data-free", "ours-both", *BASELINES]
+    assert names == ["ours-exemplar", "ours-data-free", "ours-both", "prototypes-exemplar", "prototypes-data-free",
+                     *BASELINES]  # fmt: skip
     evaluated = {str(c.path) for c in res.cases}
     assert not evaluated & {str(p.resolve()) for v in ex.values() for p in v}  # exemplars never evaluated
     assert "exemplar images" in next(
         r["description"] for r in res.rankers if r["name"] == "histogram-knn-exemplars"
     )
-    m = res.metrics
-    assert m["ours-exemplar"]["top1"] == 1.0  # nearest exemplars of the same synthetic kind
+    m = res.metrics["all"]
     assert m["ours-both"]["mAP"] >= m["random"]["mAP"]
     for name in ("ours-exemplar", "ours-data-free", "ours-both"):
-        assert m[name]["n_errors"] == 0 and not np.isnan(m[name]["fit_accuracy"])
+        assert m[name]["n_errors"] == 0 and not np.isnan(m[name]["fit_balanced_accuracy"])
         assert len(res.results[name]) == len(res.cases)
         assert all(sorted(r.ranking.names) == sorted(n for n, _, _ in MODELS) for r in res.results[name])
+        # a lone 2D CT slice is never said to fit the 3D CT model
+        assert not any(
+            "ct-head-bone" in r.ranking.fitting for r in res.results[name] if r.category == "needs-volume"
+        )
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "| ours-both |" in report and "Confusion matrix of `ours-both`" in report
+    assert (
+        "| ours-both |" in report and "Confusion matrix of `ours-both`" in report and "## Targets" in report
+    )
+    assert "### Per held-out source" in report and "| slices | 3 |" in report
 
 
 def test_resolve_source_recorded_in_another_folder(tmp_path, monkeypatch):

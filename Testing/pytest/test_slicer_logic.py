@@ -228,3 +228,15 @@ def test_slicer_selftest():
     run = subprocess.run([exe, "--no-splash", "--no-main-window", "--python-script", str(script)],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_gpu_is_offered_only_when_torch_can_use_cuda(scene, volume):
+    import torch
+
+    logic = msm.ModelSelectorLogic(scene)
+    if torch.cuda.is_available():
+        assert ("GPU (CUDA)", "cuda") in logic.deviceChoices()
+        return
+    assert logic.deviceChoices() == [("CPU", "cpu")]  # a CPU-only torch: no GPU choice
+    with pytest.raises(ValueError, match="cannot use a GPU; choose the CPU"):
+        logic.startApplyModels(volume, MODEL, device="cuda")

@@ -273,7 +273,7 @@ def test_bundled_index_agrees_with_catalog(zoo: Zoo):
         assert has_prototypes(zoo.get(name))
         assert set(load_prototypes(zoo.get(name)).origins()) == {"exemplar", "data-free"}
         assert (name, "exemplar") in indexed and (name, "data-free") in indexed
-    assert idx.calibration.get("thresholds")
+    assert idx.calibration.get("settings")
 
 
 @pytest.mark.parametrize("sample", sorted(SAMPLE_FAMILY))
@@ -401,3 +401,50 @@ def test_build_is_deterministic_for_a_seed(tiny_data: Path, tmp_path: Path):
         weights.append(torch.load(res["path"] / "models" / "model.pt", weights_only=True))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _nnunet_tiny(**changes: object) -> dict:
+    return {"architecture": "dynunet", "channels": (4, 8, 16), "roi_size": (16, 16, 8), "target_spacing": (1.5, 1.5, 3.0),
+            "intensity": "ct", "a_min": -200.0, "a_max": 300.0, "epochs": 2, "steps_per_epoch": 2, "batch_size": 1,
+            "num_samples": 1, "augment_preset": "nnunet", "keep": "last", "sw_mode": "gaussian", "tta_mirror": True,
+            "postprocess": "auto", **changes}  # fmt: skip
+
+
+def test_cross_validated_model_has_challenge_figures_and_resumes(tiny_data: Path, tmp_path: Path):
+    cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    recipe = _tiny_recipe(cases=fixed_split(cases), held_out="cv", folds=3, nsd_tolerance_mm=2.0,
+                          train=_nnunet_tiny(),
+                          reference={"source": "a published method", "dice": {"Liver": 0.9, "Stomach": 0.8}})  # fmt: skip
+    zoo_dir, work = tmp_path / "zoo", tmp_path / "work"
+    # two folds now (as a second process would take the third): nothing goes into the zoo yet
+    part = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=[0, 1], log=lambda s: None)
+    assert part["status"] == "cross-validating" and "tiny-organs" not in Zoo(zoo_dir)
+    done = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=[2], log=lambda s: None)
+    assert done["status"] == "built"
+    path = Zoo(zoo_dir).get("tiny-organs")
+    card = validate_bundle(path)
+    m = card.validation_metrics
+    assert m["validation_cases"] == 3 and m["held_out"].startswith("3-fold cross-validation over 3 cases")
+    assert {"dice_Liver", "hd95_Liver", "nsd_Liver", "dice_Stomach"} <= set(m)
+    assert card.n_training_cases == 3  # the final model learnt from every case
+    record = json.loads((path / "docs" / "held_out.json").read_text(encoding="utf-8"))
+    assert len(record["per_case"]) == 3 and len(record["cross_validation"]["folds"]) == 3
+    lo, hi = record["summary"]["dice"]["Liver"]["ci95"]
+    assert lo <= record["summary"]["dice"]["Liver"]["mean"] <= hi
+    assert record["reference"]["dice"]["Liver"] == 0.9
+    assert card.inference["keep_largest_component"] == sorted(
+        {"Liver": 1, "Stomach": 2}[n] for n in record["cross_validation"]["lcc"]
+    )
+
+
+def test_test_split_model_is_scored_on_its_test_cases_only(tiny_data: Path, tmp_path: Path):
+    cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    recipe = _tiny_recipe(cases=fixed_split(cases[:1], cases[1:2], cases[2:]), held_out="test",
+                          nsd_tolerance_mm=2.0, train=_nnunet_tiny())  # fmt: skip
+    build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
+    path = Zoo(tmp_path / "zoo").get("tiny-organs")
+    card = validate_bundle(path)
+    record = json.loads((path / "docs" / "held_out.json").read_text(encoding="utf-8"))
+    assert [r["case"] for r in record["per_case"]] == ["case2"]  # the test case, in its own geometry
+    assert card.validation_metrics["validation_cases"] == 1 and "external_dice" not in card.validation_metrics
+    assert card.validation_metrics["held_out"].startswith("test split of 1 cases")

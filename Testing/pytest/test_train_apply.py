@@ -307,10 +307,11 @@ def test_augmented_patches_keep_the_roi_shape(roi):
     (a quarter turn would otherwise make patches of two shapes that cannot be batched)."""
     from monai.utils import set_determinism
 
-    from ModelSelectorLib.training.segmentation import TrainConfig, _train_transforms
+    from ModelSelectorLib.training.augmentation import train_transforms
+    from ModelSelectorLib.training.segmentation import TrainConfig
 
     set_determinism(seed=0)
-    transform = _train_transforms(TrainConfig(roi_size=roi, augment=True, num_samples=4), roi, 3)
+    transform = train_transforms(TrainConfig(roi_size=roi, augment=True, num_samples=4), roi, 3)
     label = np.zeros((1, 40, 40, 20), np.uint8)
     label[0, 10:30, 12:28, 5:15] = 1
     item = {"image": np.random.default_rng(0).random((1, 40, 40, 20)).astype(np.float32), "label": label}
@@ -337,13 +338,14 @@ def test_flips_spare_the_left_right_axis_for_lateral_labels():
 def test_lateral_labels_stay_on_their_side_through_augmentation():
     from monai.utils import set_determinism
 
-    from ModelSelectorLib.training.segmentation import TrainConfig, _train_transforms, flip_axes
+    from ModelSelectorLib.training.augmentation import flip_axes, train_transforms
+    from ModelSelectorLib.training.segmentation import TrainConfig
 
     roi = (16, 16, 8)
     cfg = TrainConfig(roi_size=roi, augment=True, num_samples=4)
     flips = flip_axes(cfg, ["Right kidney", "Left kidney"], 3)
     set_determinism(seed=0)
-    transform = _train_transforms(cfg, roi, 3, flips)
+    transform = train_transforms(cfg, roi, 3, flips)
     label = np.zeros((1, 16, 16, 8), np.uint8)
     label[0, :8] = 1  # low x (the patient's right in RAS) holds label 1
     label[0, 8:] = 2

@@ -1,0 +1,73 @@
+"""Argument types of the command line that refuse values which would give a wrong answer without an error
+(``--top 0``, ``--threshold nan``, a negative count); argparse turns the refusal into a one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer of 1 or more (a count of things to list, epochs, threads)."""
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer of 0 or more."""
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (minutes, a scale)."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value:g}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A finite number from 0 to 1 (a score threshold, a fraction)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value:g}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A finite number strictly between 0 and 1 (a rate or a confidence level)."""
+    value = _number(text, float)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and below 1, not {value:g}")
+    return value
+
+
+def origins(text: str) -> tuple[str, ...]:
+    """Comma-separated prototype origins, each one of :data:`~ModelSelectorLib.selection.prototypes.ORIGINS`."""
+    from ..selection.prototypes import ORIGINS
+
+    chosen = tuple(o.strip() for o in text.split(",") if o.strip())
+    unknown = [o for o in chosen if o not in ORIGINS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(ORIGINS)} (comma-separated)")
+    return chosen
+
+
+__all__ = ["fraction", "non_negative_int", "open_fraction", "origins", "positive_float", "positive_int"]

@@ -1,0 +1,102 @@
+"""Checks of output paths before any work starts, each answered in one line.
+
+Every command that writes a file or a folder checks where it will write first, so that a long run never
+ends in a traceback or, worse, in a silently wrong output:
+
+- :func:`check_output_file`: a file path (not a folder, not under a file), named with the extension of the
+  format that will be written (``.seg.nrrd``, ``.mrk.json``, ...), in a folder that can be written, and not
+  an existing write-protected file (which would otherwise be replaced, losing its protection);
+- :func:`check_output_folder`: a folder (not a file) that exists and can be written, or can be created.
+
+Write protection is judged by the permission bits, so that a protected file or folder is respected even by
+a user (root) whom the system would let write anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Union
+
+from ..errors import OutputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _write_protected(path: Path) -> bool:
+    mode = path.stat().st_mode
+    return not (mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
+
+
+def _check_folder_writable(folder: Path, what: str) -> None:
+    """The nearest existing ancestor of ``folder`` (itself included) must be a folder that can be written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"{existing}: is a file, so {folder} cannot be created there; choose another {what}."
+        )
+    if _write_protected(existing) or not os.access(existing, os.X_OK):
+        raise OutputError(f"{existing}: the folder is write-protected (read-only); choose another {what}.")
+
+
+def _with_suffix(name: str, suffix: str) -> str:
+    """``name`` with its (possibly double) extension replaced by ``suffix``."""
+    stem = name
+    for ext in (".seg.nrrd", ".mrk.json", ".nii.gz", ".tar.gz"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    else:
+        stem = Path(name).stem if "." in name.lstrip(".") else name
+    return stem + suffix
+
+
+def check_output_file(path: PathLike, suffix: str = "", what: str = "--out") -> Path:
+    """Check that a file of format ``suffix`` can be written at ``path``; returns it as a :class:`Path`.
+
+    Args:
+        path: the output file.
+        suffix: the extension the written format has (e.g. ``".seg.nrrd"``; ask
+            :func:`ModelSelectorLib.models.output_spec`); empty to accept any.
+        what: how the user named the path (an option such as ``--out``), for the message.
+
+    Raises:
+        OutputError: ``path`` is a folder (or ends with a separator), has another extension, lies under a
+            file or in a write-protected folder, or is an existing write-protected file.
+    """
+    text = os.fspath(path)
+    p = Path(text)
+    if text.endswith(("/", os.sep)) or p.is_dir():
+        example = p / _with_suffix("OUTPUT", suffix or ".ext")
+        raise OutputError(f"{p}: is a folder; {what} needs a file name, e.g. {example}.")
+    if suffix and not p.name.lower().endswith(suffix.lower()):
+        raise OutputError(
+            f"{p}: the output is written as {suffix}, so a file named {p.name} would hold the wrong format; "
+            f"name it {_with_suffix(p.name, suffix)}."
+        )
+    _check_folder_writable(p.parent, what)
+    if p.exists() and _write_protected(p):
+        raise OutputError(
+            f"{p}: exists and is write-protected; remove the protection or choose another {what}."
+        )
+    return p
+
+
+def check_output_folder(path: PathLike, what: str = "--out") -> Path:
+    """Check that ``path`` is a folder that can be written, or can be created; returns it as a :class:`Path`.
+
+    Raises:
+        OutputError: ``path`` is a file, lies under a file, or is (or would be created in) a write-protected
+            folder.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p}: is a file; {what} needs a folder (an existing one, or a new name).")
+    _check_folder_writable(p, what)
+    return p
+
+
+__all__ = ["check_output_file", "check_output_folder"]

@@ -1,0 +1,288 @@
+"""Fitting a segmentation network: optimiser, schedule, resumable checkpoints, validation."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import atomic
+from ..progress import check_cancel, progress_bar
+from .augmentation import train_transforms
+from .config import CHECKPOINT_FILE, TrainConfig
+
+
+def _loss(name: str) -> Any:
+    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+
+    kw = {"to_onehot_y": True, "softmax": True}
+    return {"dice": DiceLoss, "dicece": DiceCELoss, "dicefocal": DiceFocalLoss}[name](**kw)
+
+
+def validate(
+    network: Any, items: list[dict[str, np.ndarray]], roi: Sequence[int], n_classes: int, device: str,
+    loss_fn: Optional[Any] = None, mode: str = "constant", overlap: float = 0.25,
+) -> dict[str, Any]:  # fmt: skip
+    """Mean foreground Dice over whole cases, and per label value (one sliding-window pass, no mirroring).
+
+    Args:
+        loss_fn: when given, also the mean loss over the whole cases (``"loss"``).
+        mode, overlap: sliding-window blending and overlap.
+
+    Returns:
+        ``{"dice": mean over labels, "per_label": {value: dice}}`` (+ ``"loss"`` with ``loss_fn``).
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    losses = []
+    network.eval()
+    with torch.inference_mode():
+        for item in items:
+            x = torch.from_numpy(item["image"])[None].to(device)
+            logits = sliding_window_inference(x, list(roi), 4, network, overlap=overlap, mode=mode)
+            pred = logits.argmax(1, keepdim=True)
+            y = torch.from_numpy(item["label"].astype(np.int64))[None].to(device)
+            if loss_fn is not None:
+                losses.append(float(loss_fn(logits, y)))
+            metric(one_hot(pred, n_classes), one_hot(y, n_classes))
+    per = metric.aggregate().cpu().numpy()
+    metric.reset()
+    per_label = {v + 1: (float(d) if np.isfinite(d) else 0.0) for v, d in enumerate(per)}
+    out: dict[str, Any] = {"dice": float(np.mean(list(per_label.values()))), "per_label": per_label}
+    if losses:
+        out["loss"] = float(np.mean(losses))
+    return out
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``resource.getrusage`` ``ru_maxrss``)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(rss) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def _optimizer(network: Any, config: TrainConfig) -> Any:
+    import torch
+
+    params = network.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=0.99, nesterov=True, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` of ``total``: ``constant`` 1, ``poly``
+    ``(1 - step / total) ** 0.9`` (nnU-Net), ``cosine`` ``0.5 * (1 + cos(pi * step / total))``."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+def _rng_state() -> dict[str, Any]:
+    """torch, numpy and Python random states in a form ``torch.load(weights_only=True)`` reads."""
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos), int(has_gauss), float(cached)], "python": random.getstate()}  # fmt: skip
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def save_checkpoint(path: os.PathLike[str] | str, state: dict[str, Any]) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically (temporary file, then rename)."""
+    import torch
+
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, str(tmp))
+
+
+def load_checkpoint(path: os.PathLike[str] | str, fingerprint: str) -> Optional[dict[str, Any]]:
+    """The checkpoint at ``path`` if it was written for ``fingerprint`` (else ``None``); tensors only
+    (``torch.load(weights_only=True)``)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # a foreign or damaged file: start again  # noqa: BLE001
+        return None
+    return state if isinstance(state, dict) and state.get("fingerprint") == fingerprint else None
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        state: the kept weights (``config.keep``: best validation Dice or last epoch).
+        best: validation result of the kept weights (``{"dice", "per_label"}``), ``{}`` if never validated.
+        history: one ``{"epoch", "train_loss", "lr", "seconds"[, "val_loss", "val_dice"]}`` per epoch.
+        seconds: training wall time, summed over resumed runs.
+        resumed_from: epochs already done when this run started (0: a fresh start).
+        peak_memory_mb: highest peak resident memory of the runs (MiB).
+    """
+
+    state: dict[str, Any]
+    best: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+    resumed_from: int = 0
+    peak_memory_mb: float = 0.0
+
+
+def _train_epoch(
+    network: Any, loader: Any, steps: int, optimizer: Any, scheduler: Any, loss_fn: Any, config: TrainConfig,
+    cancel: Optional[Any],
+) -> list[float]:  # fmt: skip
+    """``steps`` optimiser steps on batches of ``loader`` (cycled when it runs out); the losses."""
+    import torch
+
+    losses: list[float] = []
+    batches = iter(loader)
+    for _ in range(steps):
+        check_cancel(cancel)
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        x, y = batch["image"].to(config.device), batch["label"].to(config.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(x), y)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), float(config.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def fit(
+    network: Any, train_items: list[dict[str, np.ndarray]], val_items: list[dict[str, np.ndarray]],
+    config: TrainConfig, n_classes: int, roi: Sequence[int], cancel: Optional[Any] = None,
+    flips: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
+    work_dir: Optional[os.PathLike[str] | str] = None, fingerprint: Optional[str] = None,
+) -> FitResult:  # fmt: skip
+    """Train ``network`` on patches of ``train_items`` for ``config.epochs`` epochs.
+
+    An epoch is ``config.steps_per_epoch`` optimiser steps (default one pass over the cases), each on
+    ``batch_size * num_samples`` patches of size ``roi``. The patch transforms and the case order are seeded
+    per epoch, so a resumed run continues exactly. Validation (``val_items``, else the training cases) every
+    ``val_interval`` epochs and after the last.
+
+    Args:
+        roi: patch size in voxels.
+        flips: mirroring axes of augmentation (default every axis).
+        spacing: network grid spacing (mm); used by the ``nnunet`` augmentation (in-plane rotation for
+            anisotropic grids).
+        work_dir: folder of the checkpoint (:data:`CHECKPOINT_FILE`), written atomically after every epoch;
+            a checkpoint with the same ``fingerprint`` there is resumed. ``None``: no checkpoint.
+        fingerprint: identifies the run (default ``config.fingerprint()``); include the case lists.
+
+    Raises:
+        Cancelled: ``cancel`` was set (the last epoch's checkpoint stays).
+    """
+    import torch
+    from monai.data import DataLoader, Dataset
+
+    t_start = time.monotonic()
+    roi = [int(r) for r in roi]
+    spatial_dims = len(roi)
+    transforms = train_transforms(config, roi, spatial_dims, flips, spacing)
+    generator = torch.Generator()
+    loader = DataLoader(Dataset(train_items, transforms), batch_size=config.batch_size, shuffle=True,
+                        num_workers=config.num_workers, generator=generator)  # fmt: skip
+    steps = int(config.steps_per_epoch or len(loader))
+    total_steps = steps * config.epochs
+    optimizer = _optimizer(network, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config.lr_schedule, step, total_steps)
+    )
+    loss_fn = _loss(config.loss)
+    fingerprint = fingerprint or config.fingerprint()
+    ckpt_path = Path(work_dir) / CHECKPOINT_FILE if work_dir is not None else None
+    history: list[dict[str, Any]] = []
+    best_state, best = copy.deepcopy(network.state_dict()), {"dice": -1.0, "per_label": {}}
+    start, elapsed, peak = 0, 0.0, 0.0
+    ckpt = load_checkpoint(ckpt_path, fingerprint) if ckpt_path is not None else None
+    if ckpt is not None:
+        network.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        best_state, best = ckpt["best_state"], ckpt["best"]
+        history, start = list(ckpt["history"]), int(ckpt["epoch"])
+        elapsed, peak = float(ckpt["seconds"]), float(ckpt.get("peak_memory_mb", 0.0))
+        _set_rng_state(ckpt["rng"])
+    resumed_from = start
+    bar = progress_bar(total=config.epochs, initial=start, desc="train")
+    for epoch in range(start, config.epochs):
+        t_epoch = time.monotonic()
+        network.train()
+        transforms.set_random_state(seed=(int(config.seed) * 100003 + epoch) % (2**32))
+        generator.manual_seed(int(config.seed) * 100003 + epoch)
+        losses = _train_epoch(network, loader, steps, optimizer, scheduler, loss_fn, config, cancel)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                 "lr": float(optimizer.param_groups[0]["lr"])}  # fmt: skip
+        post: dict[str, Any] = {"loss": entry["train_loss"]}
+        last = epoch + 1 == config.epochs
+        if (epoch + 1) % config.val_interval == 0 or last:
+            res = validate(network, val_items or train_items, roi, n_classes, config.device, loss_fn,
+                           config.sw_mode, config.sw_overlap)  # fmt: skip
+            keep_now = res["dice"] > best["dice"] if config.keep == "best" else last
+            if keep_now:
+                best, best_state = (
+                    {k: res[k] for k in ("dice", "per_label")},
+                    copy.deepcopy(network.state_dict()),
+                )
+            entry.update(val_loss=res.get("loss"), val_dice=res["dice"])
+            post.update(dice=res["dice"], **({"best": best["dice"]} if config.keep == "best" else {}))
+        entry["seconds"] = round(time.monotonic() - t_epoch, 2)
+        history.append({k: v for k, v in entry.items() if v is not None})
+        peak = max(peak, peak_memory_mb())
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, {
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": network.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "best_state": best_state, "best": best, "history": history,
+                "seconds": elapsed + time.monotonic() - t_start, "peak_memory_mb": peak, "rng": _rng_state(),
+            })  # fmt: skip
+        bar.update(1)
+        bar.set_postfix(**post)
+    bar.close()
+    if best["dice"] < 0:
+        best = {}
+    peak = max(peak, peak_memory_mb())
+    return FitResult(best_state, best, history, round(elapsed + time.monotonic() - t_start, 2), resumed_from,
+                     round(peak, 1))  # fmt: skip

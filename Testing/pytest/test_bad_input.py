@@ -1,0 +1,590 @@
+"""The bad-input corpus: what a careless user or an attacker may hand the program, and the outcome it must have.
+
+Each table row is one case: a fixture made by :mod:`bad_inputs` and the expected answer, either a one-line
+error (exit status and a phrase of the message) or the right result. No case may end in a traceback, a hang,
+a crash, a silent wrong output or a changed zoo; command-line cases run ``modelselector`` as a separate
+process, and the zoo's files are compared before and after every failing command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import bad_inputs as bad
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ModelSelectorLib.errors import BundleError, InputError
+from ModelSelectorLib.io import read_image
+
+TINY = "tiny-ct"
+
+
+def _set(index: Any, value: float):
+    def change(arr: np.ndarray) -> None:
+        arr[index] = value
+
+    return change
+
+
+# --- image files (read_image) ----------------------------------------------------------------------------
+IMAGES = [
+    # case                                  fixture                                                    error (None: reads)
+    ("nii.gz cut at 500 bytes",             bad.cut(bad.written("c.nii.gz"), 500),                     "truncated"),
+    ("nii.gz cut at 70 %",                  bad.cut(bad.written("c.nii.gz"), 0.7),                     "truncated"),
+    ("nii.gz with a wrong CRC",             bad.bad_gzip_crc,                                          "damaged"),
+    ("nii cut at 70 %",                     bad.cut(bad.written("c.nii", compress=False), 0.7),       "truncated"),
+    ("nrrd (gzip) cut at 70 %",             bad.cut(bad.written("c.nrrd"), 0.7),                       "truncated"),
+    ("nrrd (raw) cut at 70 %",              bad.cut(bad.written("c.nrrd", compress=False), 0.7),      "truncated"),
+    ("mha (zlib) cut at 70 %",              bad.cut(bad.written("c.mha"), 0.7),                        "truncated"),
+    ("mha (raw) cut at 70 %",               bad.cut(bad.written("c.mha", compress=False), 0.7),       "truncated"),
+    ("jpeg cut in half",                    bad.cut(bad.radiograph(8, ".jpg"), 0.5),                   "JPEG data is incomplete"),
+    ("png cut in half",                     bad.cut(bad.radiograph(8), 0.5),                           "could not be read"),
+    ("NIfTI with one NaN voxel",            bad.nifti_array("n.nii.gz", _set((1, 2, 3), np.nan)),      "1 of 5760 voxels are NaN"),
+    ("NIfTI with NaN only",                 bad.nifti_array("n.nii", _set(..., np.nan)),               "every voxel is NaN"),
+    ("NIfTI with +Inf",                     bad.nifti_array("i.nii.gz", _set((0, 0, 0), np.inf)),      "NaN or infinite"),
+    ("NRRD with NaN",                       bad.nifti_array("n.nrrd", _set((5, 5, 5), np.nan)),        "NaN or infinite"),
+    ("MHA with -Inf",                       bad.nifti_array("i.mha", _set((5, 5, 5), -np.inf)),        "NaN or infinite"),
+    ("int16 NIfTI, scl_slope inf",          bad.nifti_int16_scaled(math.inf, 0.0),                     "scaling is not a finite number"),
+    ("int16 NIfTI, scl_slope nan",          bad.nifti_int16_scaled(math.nan, 0.0),                     "scaling is not a finite number"),
+    ("int16 NIfTI, scl_inter nan",          bad.nifti_int16_scaled(1.0, math.nan),                     "scaling is not a finite number"),
+    ("int16 NIfTI, slope 1e38 overflows",   bad.nifti_int16_scaled(1e38, 0.0),                         "NaN or infinite"),
+    ("int16 NIfTI, slope 2 inter 1",        bad.nifti_int16_scaled(2.0, 1.0),                          None),
+    ("sheared .mhd",                        bad.metaimage_matrix("1 0 0 0.5 1 0 0 0 1"),               "not perpendicular"),
+    ("sheared NIfTI (sform only)",          bad.sheared_nifti,                                         "not perpendicular"),
+    ("degenerate .mhd (two equal axes)",    bad.metaimage_matrix("1 0 0 1 0 0 0 0 1"),                 "degenerate"),
+    ("4D NIfTI",                            bad.image_4d,                                              "is 4D"),
+    ("empty file",                          bad.empty_file,                                            "empty (0 bytes)"),
+    ("constant volume",                     bad.constant,                                              "every voxel equals 5"),
+    ("text file named .nii",                bad.text_as_nifti,                                         "not a valid NIfTI header"),
+    ("oblique float NIfTI",                 bad.written("ok.nii.gz"),                                  None),
+    ("oblique MHA",                         bad.written("ok.mha"),                                     None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, make, error", IMAGES, ids=[row[0] for row in IMAGES])
+def test_image_file(tmp_path, case, make, error):
+    path = make(tmp_path)
+    if error is None:
+        image = read_image(path)
+        reference = sitk.ReadImage(str(path))
+        assert np.isfinite(image.array).all()
+        assert np.allclose(image.spacing, reference.GetSpacing()) and np.allclose(
+            image.origin, reference.GetOrigin()
+        )
+        assert np.allclose(image.direction, reference.GetDirection())
+        return
+    with pytest.raises(InputError) as raised:
+        read_image(path)
+    message = str(raised.value)
+    assert error in message and str(path) in message and "\n" not in message
+
+
+def test_int16_scaling_is_applied(tmp_path):
+    image = read_image(bad.nifti_int16_scaled(2.0, 1.0)(tmp_path))
+    assert image.array.ravel()[:3].tolist() == [1.0, 3.0, 5.0]
+
+
+def test_mixed_dicom_series_name_the_option_that_chooses_one(tmp_path):
+    folder = bad.dicom_series(tmp_path / "dicom")
+    with pytest.raises(InputError) as raised:
+        read_image(folder)
+    uids = ("1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2")
+    assert "--series UID" in str(raised.value) and all(uid in str(raised.value) for uid in uids)
+    image = read_image(folder, series_uid=uids[1])
+    assert image.array.shape == (4, 16, 16) and np.allclose(image.spacing, (0.7, 0.7, 2.5))
+
+
+# --- bit depth (item 9): one radiograph saved with 8, 12 and 16 bits ------------------------------------------
+@pytest.fixture(scope="module")
+def radiographs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bits")
+    return {bits: read_image(bad.radiograph(bits)(folder)) for bits in (8, 12, 16)}
+
+
+def test_bit_depth_does_not_change_intensities(radiographs):
+    ref = radiographs[8].array.astype(np.float32)
+    for bits in (12, 16):
+        image = radiographs[bits]
+        assert image.meta["bit_depth"] == bits and image.array.dtype == np.float32
+        assert (
+            np.abs(image.array - ref).max() <= 255 * 0.005
+        )  # 12 bits: x16 of 8 bits is 4080/4095 of full scale
+        assert image.same_geometry(radiographs[8])
+
+
+def test_bit_depth_does_not_change_selection(radiographs):
+    import torch
+
+    from ModelSelectorLib.selection.selector import select
+
+    torch.set_num_threads(1)
+    answers = {bits: select(image) for bits, image in radiographs.items()}
+    fitting = {bits: [m.name for m in sel.fitting] for bits, sel in answers.items()}
+    assert fitting[8] and fitting[12] == fitting[8] and fitting[16] == fitting[8]
+    for bits in (12, 16):
+        for a, b in zip(answers[bits].models, answers[8].models):
+            assert a.name == b.name and abs(a.score - b.score) < 0.02
+
+
+# --- the command line: arguments, output paths, bundles ------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A zoo with one tiny segmentation model, an image, and the files the command-line cases need."""
+    from ModelSelectorLib.zoo import Zoo
+
+    root = tmp_path_factory.mktemp("world")
+    zoo = Zoo.create(root / "zoo")
+    zoo.add(bad.tiny_bundle(root / "src"))
+    w = {"root": root, "zoo": zoo.path, "image": bad.written("ct.nii.gz")(root)}
+    w["truncated"] = bad.cut(bad.written("cut.nii.gz"), 0.7)(root)
+    w["dicom"] = bad.dicom_series(root / "dicom")
+    (root / "afile").write_text("a file, not a folder\n")
+    w["afile"] = root / "afile"
+    w["readonly_dir"] = root / "readonly"
+    w["readonly_dir"].mkdir()
+    w["readonly_file"] = root / "protected.seg.nrrd"
+    w["readonly_file"].write_bytes(b"keep me")
+    os.chmod(w["readonly_file"], 0o444)
+    os.chmod(w["readonly_dir"], 0o555)
+    yield w
+    os.chmod(w["readonly_dir"], 0o755)
+
+
+def _bundle(world: dict, name: str, change=None, version: str = "0.2.0") -> Path:
+    """A variant of the tiny bundle (a new version, so that only ``change`` can make it fail)."""
+    src = bad.tiny_bundle(world["root"] / name, TINY, version)
+    if change is not None:
+        change(src)
+    return src
+
+
+def _link_out(src: Path) -> None:
+    secret = src.parent / "secret.txt"
+    secret.write_text("outside the bundle\n")
+    os.symlink(secret, src / "docs" / "notes.txt")
+
+
+def _link_loop(src: Path) -> None:
+    os.symlink("b", src / "docs" / "a")
+    os.symlink("a", src / "docs" / "b")
+
+
+def _dir_loop(src: Path) -> None:
+    os.symlink("..", src / "docs" / "up")
+
+
+def _weights_mismatch(src: Path) -> None:
+    import torch
+
+    torch.save({"model.0.conv.weight": torch.zeros(1)}, src / "models" / "model.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/modelselector-pickle-ran",))
+
+
+def _pickled_object(src: Path) -> None:
+    import torch
+
+    torch.save({"weight": _Evil()}, src / "models" / "model.pt")
+
+
+def _truncated_weights(src: Path) -> None:
+    data = (src / "models" / "model.pt").read_bytes()
+    (src / "models" / "model.pt").write_bytes(data[: len(data) // 2])
+
+
+def _pretrained(src: Path) -> None:
+    bad.edit_inference(src, lambda c: c.update(network_def={"_target_": "DenseNet121", "spatial_dims": 3,
+                                                            "in_channels": 1, "out_channels": 2, "pretrained": True}))  # fmt: skip
+
+
+def _macro_of_another_file(src: Path) -> None:
+    (src.parent / "other.json").write_text(json.dumps({"channels": [4, 8]}))
+    bad.edit_inference(
+        src, lambda c: c["network_def"].update(channels=f"%{src.parent / 'other.json'}::channels")
+    )
+
+
+CLI = [
+    # case                                   argv ({key}: a path of the world fixture)                                exit  message
+    ("select --top 0",                       ["select", "{image}", "--top", "0"],                                    2, "must be 1 or more"),
+    ("select --top -3",                      ["select", "{image}", "--top", "-3"],                                   2, "must be 1 or more"),
+    ("select --threshold nan",               ["select", "{image}", "--threshold", "nan"],                            2, "not a finite number"),
+    ("select --threshold 1.5",               ["select", "{image}", "--threshold", "1.5"],                            2, "between 0 and 1"),
+    ("select --origins exemplars",           ["select", "{image}", "--origins", "exemplars"],                        2, "choose from exemplar"),
+    ("promote --level 1",                    ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--level", "1"], 2, "above 0 and below 1"),
+    ("demo --max-models -1",                 ["demo", "{image}", "--zoo", "{zoo}", "--max-models", "-1"],            2, "0 or more"),
+    ("select a truncated .nii.gz",           ["select", "{truncated}"],                                               2, "truncated"),
+    ("select a folder of two DICOM series",  ["select", "{dicom}"],                                                  2, "--series UID"),
+    ("apply --out DIR/",                     ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/"], 6, "is a folder"),
+    ("apply --out an existing folder",       ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}"],  6, "is a folder"),
+    ("apply --out under a file",             ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{afile}/x.seg.nrrd"], 6, "is a file"),
+    ("apply --out in a read-only folder",    ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{readonly_dir}/x.seg.nrrd"], 6, "write-protected"),
+    ("apply --out a read-only file",         ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{readonly_file}"], 6, "write-protected"),
+    ("apply --out x.nii.gz (NRRD inside)",   ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/x.nii.gz"], 6, "name it x.seg.nrrd"),
+    ("apply a truncated .nii.gz",            ["apply", "--zoo", "{zoo}", "--model", TINY, "{truncated}", "--out", "{root}/t.seg.nrrd"], 2, "truncated"),
+    ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
+    ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "corrupt catalog"),
+]  # fmt: skip
+
+# `modelselector zoo add BUNDLE --zoo ZOO` of bundles that must be refused (exit status 3), run through the
+# command's `main()` in this process: what they test is the bundle loader, and a process each would cost seconds
+ZOO_ADD = [
+    # case                                   bundle (a key of BUNDLES)  extra arguments             message
+    ("a link out of the bundle",             "link_out",                [],                         "outside the bundle"),
+    ("a loop of file links",                 "link_loop",               [],                         "loop of symbolic links"),
+    ("a folder link to its parent",          "dir_loop",                [],                         "loop of symbolic links"),
+    ("weights of another network",           "weights_mismatch",        [],                         "weights_mismatch/"),
+    ("a pickled object as weights",          "pickled",                 [],                         "weights_only"),
+    ("truncated weights",                    "truncated_weights",       [],                         "not loadable"),
+    ("pretrained weights asked for",         "pretrained",              [],                         "weights from elsewhere"),
+    ("a macro reading another file",         "macro",                   [],                         "reads another file"),
+    ("os.system as the network",             "os_system",               [],                         "not an allow-listed class"),
+    ("subprocess.Popen as the network",      "popen",                   [],                         "not an allow-listed class"),
+    ("builtins.eval as the network",         "eval",                    [],                         "not an allow-listed class"),
+    ("$__import__ in the network",           "import_expr",             [],                         "the Python expression"),
+    ("a version already in the zoo",         "same_version",            [],                         "already in the zoo"),
+    ("a name leaving the zoo",               "name_source",             ["--name", "../../evil"],   "field 'name' is '../../evil'"),
+]  # fmt: skip
+
+BUNDLES = {
+    "link_out": _link_out, "link_loop": _link_loop, "dir_loop": _dir_loop, "weights_mismatch": _weights_mismatch,
+    "pickled": _pickled_object, "truncated_weights": _truncated_weights, "pretrained": _pretrained,
+    "macro": _macro_of_another_file,
+    "os_system": lambda s: bad.edit_inference(s, lambda c: c["network_def"].update(_target_="os.system")),
+    "popen": lambda s: bad.edit_inference(s, lambda c: c.update(network_def={"_target_": "subprocess.Popen",
+                                                                             "args": ["touch", "/tmp/x"]})),
+    "eval": lambda s: bad.edit_inference(s, lambda c: c.update(network_def={"_target_": "builtins.eval",
+                                                                            "source": "print(1)"})),
+    "import_expr": lambda s: bad.edit_inference(s, lambda c: c["network_def"].update(
+        in_channels="$__import__('os').system('touch /tmp/x') or 1")),
+}  # fmt: skip
+
+
+def _path_of(world: dict, key: str) -> Path:
+    if key not in world:
+        if key in BUNDLES:
+            world[key] = _bundle(world, key, BUNDLES[key])
+        elif key == "same_version":
+            world[key] = _bundle(world, key, version="0.1.0")
+        elif key == "name_source":
+            world[key] = _bundle(world, key, version="0.3.0")
+        elif key == "cut_zoo":
+            zoo = bad.copy_tree(world["zoo"], world["root"] / "cut_zoo")
+            data = (zoo / "zoo.json").read_bytes()
+            (zoo / "zoo.json").write_bytes(data[: len(data) // 2])
+            world[key] = zoo
+    return world[key]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, phrase: str) -> str:
+    """The process failed with ``code`` and one line on stderr holding ``phrase``; returns the line."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith("modelselector") and phrase in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, argv, code, phrase", CLI, ids=[row[0] for row in CLI])
+def test_command_line(world, case, argv, code, phrase):
+    argv = [a.format(**{k: _path_of(world, k) for k in _keys(a)}) for a in argv]
+    before = bad.fingerprint(world["zoo"])
+    protected = world["readonly_file"].stat()
+    line = assert_one_line_error(bad.run_cli(*argv), code, phrase)
+    assert bad.fingerprint(world["zoo"]) == before  # a failed command leaves the zoo as it was
+    assert ".tmp" not in line  # no temporary path that is gone by now
+    assert (
+        world["readonly_file"].stat().st_mode == protected.st_mode
+        and world["readonly_file"].read_bytes() == b"keep me"
+    )
+    assert not Path("/tmp/modelselector-pickle-ran").exists()
+
+
+@pytest.mark.parametrize("case, key, extra, phrase", ZOO_ADD, ids=[row[0] for row in ZOO_ADD])
+def test_zoo_add_refuses(world, capsys, case, key, extra, phrase):
+    from ModelSelectorLib.cli import main
+
+    bundle = _path_of(world, key)
+    before = bad.fingerprint(world["zoo"])
+    capsys.readouterr()
+    code = main(["zoo", "add", str(bundle), "--zoo", str(world["zoo"]), *extra])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == BundleError.exit_code and len(lines) == 1 and phrase in lines[0], err
+    assert ".tmp" not in lines[0] and bad.fingerprint(world["zoo"]) == before
+    assert not Path("/tmp/modelselector-pickle-ran").exists()
+
+
+def _keys(text: str) -> list[str]:
+    import string
+
+    return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+
+
+def test_apply_writes_the_format_and_geometry_asked_for(world, tmp_path):
+    from ModelSelectorLib.io import read_segmentation
+
+    out = tmp_path / "new" / "ct.seg.nrrd"
+    proc = bad.run_cli("apply", "--zoo", world["zoo"], "--model", TINY, world["image"], "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    seg, segments = read_segmentation(out)
+    assert seg.same_geometry(read_image(world["image"])) and [s.name for s in segments] == ["box"]
+
+
+def test_apply_reads_the_series_it_is_told_to(world, tmp_path):
+    from ModelSelectorLib.io import read_segmentation
+
+    uid = "1.2.826.0.1.3680043.2.1125.2"
+    out = tmp_path / "dicom.seg.nrrd"
+    proc = bad.run_cli(
+        "apply", "--zoo", world["zoo"], "--model", TINY, world["dicom"], "--series", uid, "--out", out
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_segmentation(out)[0].same_geometry(read_image(world["dicom"], series_uid=uid))
+
+
+# --- hostile configs: the four bypasses never run, on `zoo add` and on `apply` --------------------------------
+@pytest.mark.parametrize("bypass", ["monai.utils.run_cmd", "torch.utils.collect_env.run", "pickle.loads-expression",
+                                    "nested-ConfigParser"])  # fmt: skip
+def test_bypass_never_runs(tmp_path, capsys, bypass):
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.zoo import Zoo
+
+    marker = tmp_path / "MARKER"
+    change = bad.bypasses(marker)[bypass]
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(bad.tiny_bundle(tmp_path / "src"))
+    hostile = bad.edit_inference(bad.tiny_bundle(tmp_path / "hostile", TINY, "0.2.0"), change)
+    before = bad.fingerprint(zoo.path)
+    assert_one_line_error(bad.run_cli("zoo", "add", hostile, "--zoo", zoo.path), 3, "untrusted config")
+    assert not marker.exists() and bad.fingerprint(zoo.path) == before
+
+    bad.edit_inference(zoo.get(TINY), change)  # planted straight into the zoo: `apply` must refuse it too
+    image = bad.written("ct.nii.gz")(tmp_path)
+    before = bad.fingerprint(zoo.path)
+    capsys.readouterr()
+    code = main(
+        ["apply", "--zoo", str(zoo.path), "--model", TINY, str(image), "--out", str(tmp_path / "o.seg.nrrd")]
+    )
+    err = capsys.readouterr().err
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "untrusted config" in err, err
+    assert (
+        not marker.exists() and not (tmp_path / "o.seg.nrrd").exists() and bad.fingerprint(zoo.path) == before
+    )
+
+
+def test_expressions_the_network_does_not_use_are_never_run(tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+
+    marker = tmp_path / "MARKER"
+    hook = f"$__import__('os').system('touch {marker}')"
+    bundle = bad.edit_inference(bad.tiny_bundle(tmp_path / "src"), lambda c: c.update(hook=hook, run=[hook]))
+    Zoo.create(tmp_path / "zoo").add(bundle)
+    assert not marker.exists()
+
+
+def test_a_real_model_zoo_config_still_loads(tmp_path):
+    """``spleen_ct_segmentation`` of MONAI's model zoo: only its network is built, from plain values."""
+    from ModelSelectorLib.zoo import Zoo, load_bundle
+    from ModelSelectorLib.zoo.trust import buildable_config
+
+    assert list(buildable_config(bad.spleen_inference(), "network_def")) == ["network_def"]
+    zoo = Zoo.create(tmp_path / "zoo")
+    entry = zoo.add(bad.spleen_bundle(tmp_path), name="spleen", modality="CT", body_region="ABDOMEN")
+    loaded = load_bundle(zoo.get("spleen"))
+    assert entry["version"] == "0.5.9" and loaded.card.label_names == ["spleen"]
+    assert type(loaded.network).__name__ == "UNet"
+
+
+def test_trust_still_builds_custom_code(tmp_path):
+    from ModelSelectorLib.zoo import load_bundle
+
+    bundle = bad.edit_inference(bad.tiny_bundle(tmp_path / "src"), lambda c: c["network_def"].update(
+        spatial_dims="$1 + 2"))  # fmt: skip
+    with pytest.raises(BundleError, match="untrusted config at 'network_def::spatial_dims'"):
+        load_bundle(bundle)
+    assert load_bundle(bundle, trust=True).network is not None
+
+
+# --- the index: damaged files are refused before hnswlib reads them -----------------------------------------
+def _graph(index_dir: Path) -> Path:
+    return index_dir / json.loads((index_dir / "index.json").read_text())["graph"]
+
+
+def _drop_digest(index_dir: Path) -> None:
+    side = json.loads((index_dir / "index.json").read_text())
+    side.pop("graph_digest")
+    (index_dir / "index.json").write_text(json.dumps(side))
+
+
+def _header_1e12(index_dir: Path) -> None:
+    graph = _graph(index_dir)
+    graph.write_bytes(struct.pack("<Q", 10**12) + graph.read_bytes()[8:])
+
+
+def _neighbour_out_of_range(index_dir: Path) -> None:
+    graph = _graph(index_dir)
+    data = bytearray(graph.read_bytes())
+    struct.pack_into("<I", data, 96 + 4, 4_000_000)  # first neighbour of element 0
+    graph.write_bytes(bytes(data))
+
+
+def _both(*changes):
+    def change(index_dir: Path) -> None:
+        for c in changes:
+            c(index_dir)
+
+    return change
+
+
+def _cut(name: str):
+    def change(index_dir: Path) -> None:
+        path = _graph(index_dir) if name == "graph" else index_dir / name
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+    return change
+
+
+def _missing_graph(index_dir: Path) -> None:
+    _graph(index_dir).unlink()
+
+
+INDEXES = [
+    # case                                                     damage                                          message
+    ("graph header: first 8 bytes = 10^12",                    _header_1e12,                                   "corrupt index graph"),
+    ("graph header 10^12, index.json without digest (older)",  _both(_header_1e12, _drop_digest),              "header field offsetLevel0"),
+    ("graph cut in half, no digest",                           _both(_cut("graph"), _drop_digest),             "corrupt index graph"),
+    ("graph neighbour id out of range, no digest",             _both(_neighbour_out_of_range, _drop_digest),   "neighbour list is damaged"),
+    ("index.json cut in half",                                 _cut("index.json"),                             "corrupt index sidecar"),
+    ("index.json naming a missing graph",                      _missing_graph,                                 "graph is missing"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def indexed_zoo(tmp_path_factory):
+    return bad.zoo_with_index(tmp_path_factory.mktemp("indexed"), ("m0", "m1", "m2", "m3"), ("m0", "m1"))
+
+
+@pytest.mark.parametrize("case, damage, phrase", INDEXES, ids=[row[0] for row in INDEXES])
+def test_damaged_index(indexed_zoo, tmp_path, case, damage, phrase):
+    zoo = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    damage(zoo / "index")
+    proc = bad.run_cli("index", "check", "--zoo", zoo)
+    assert proc.returncode != -signal.SIGSEGV
+    assert_one_line_error(proc, 4, phrase)
+
+
+# --- concurrent writers and killed ones --------------------------------------------------------------------
+def _finish(procs: list) -> list:
+    return [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+
+
+def test_four_concurrent_index_adds_keep_every_model(indexed_zoo, tmp_path):
+    from ModelSelectorLib.selection.index import load_index
+
+    zoo = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    names = ("m0", "m1", "m2", "m3")
+    results = _finish([bad.start_cli("index", "add", "--zoo", zoo, "--model", n) for n in names])
+    assert all(code == 0 for code, _, _ in results), results
+    idx = load_index(zoo)
+    assert idx.model_names() == list(names) and all(len(idx.labels_of(n)) == 3 for n in names)
+    assert sorted(p.name for p in (zoo / "index").glob("graph-*.bin")) == [_graph(zoo / "index").name]
+    assert bad.run_cli("index", "check", "--zoo", zoo).returncode == 0
+
+
+def test_three_concurrent_adds_of_one_bundle_give_one_success(tmp_path):
+    from ModelSelectorLib.zoo import Zoo, load_bundle
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    bundle = bad.tiny_bundle(tmp_path / "src")
+    results = _finish([bad.start_cli("zoo", "add", bundle, "--zoo", zoo.path) for _ in range(3)])
+    assert sorted(code for code, _, _ in results) == [0, 3, 3], results
+    for code, _, err in results:
+        lines = [ln for ln in err.strip().splitlines() if "waiting for another process" not in ln]
+        assert code == 0 or (
+            len(lines) == 1 and "already in the zoo" in lines[0] and "Traceback" not in err
+        ), err
+    assert Zoo(zoo.path).names() == [TINY] and load_bundle(Zoo(zoo.path).get(TINY)).card.name == TINY
+    assert sorted(p.name for p in (zoo.path / "models" / TINY).iterdir()) == ["0.1.0"]
+
+
+def test_the_next_writer_removes_what_killed_writers_left(indexed_zoo, tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    models = zoo_dir / "models"
+    litter = [
+        models / "m0" / ".0.2.0.k9x2.tmp",  # a bundle copy of a killed `zoo add`
+        zoo_dir / ".tmp-k9x2-zoo.json",  # a catalog write of a killed writer
+        models / "m1" / "0.0.9",  # a copy renamed into place just before its `zoo add` was killed
+        models / "m3",  # the files of a killed `zoo remove` (the catalog no longer lists m3)
+        zoo_dir / "index" / ".tmp-k9x2-index.json",
+        zoo_dir / "index" / "graph-20000101000000-dead.bin",
+    ]
+    bad.copy_tree(models / "m0" / "0.1.0", litter[0])
+    bad.copy_tree(models / "m0" / "0.1.0", litter[2])
+    for f in (litter[1], litter[4], litter[5]):
+        f.write_text("left behind\n")
+    catalog = json.loads((zoo_dir / "zoo.json").read_text())
+    del catalog["models"]["m3"]
+    (zoo_dir / "zoo.json").write_text(json.dumps(catalog))
+
+    assert (
+        bad.run_cli("zoo", "add", bad.tiny_bundle(tmp_path / "src", "m4"), "--zoo", zoo_dir).returncode == 0
+    )
+    assert bad.run_cli("index", "remove", "--zoo", zoo_dir, "--model", "m1").returncode == 0
+    assert [p for p in litter if p.exists()] == []
+    assert Zoo(zoo_dir).names() == ["m0", "m1", "m2", "m4"] and (models / "m1" / "0.1.0").is_dir()
+
+
+@pytest.mark.parametrize("delay_s", [1.0, 2.5])
+def test_killing_index_build_leaves_a_loadable_index(indexed_zoo, tmp_path, delay_s):
+    zoo = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    proc = bad.start_cli("index", "build", "--zoo", zoo, "--no-calibrate")
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    check = bad.run_cli("index", "check", "--zoo", zoo)  # the old index or the new one, whole either way
+    assert check.returncode in (0, 4) and "Traceback" not in check.stderr and "corrupt" not in check.stderr
+    assert bad.run_cli("index", "build", "--zoo", zoo, "--no-calibrate").returncode == 0
+    assert bad.run_cli("index", "check", "--zoo", zoo).returncode == 0
+    assert [p.name for p in (zoo / "index").iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_a_killed_writer_does_not_leave_the_zoo_locked(tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ModelSelectorLib.atomic import writer_lock\n"
+                               f"with writer_lock({str(zoo.path)!r}):\n    print('locked', flush=True); time.sleep(600)"],
+                              cwd=bad.ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        bundle = bad.tiny_bundle(tmp_path / "src")
+        proc = bad.run_cli("zoo", "add", bundle, "--zoo", zoo.path, env={"MODELSELECTOR_LOCK_TIMEOUT": "1"})
+        assert (
+            proc.returncode == 75
+            and "another process has been changing it" in proc.stderr.strip().splitlines()[-1]
+        )
+        assert Zoo(zoo.path).names() == []
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        start = time.monotonic()
+        assert bad.run_cli("zoo", "add", bundle, "--zoo", zoo.path).returncode == 0
+        assert time.monotonic() - start < 120 and Zoo(zoo.path).names() == [TINY]
+    finally:
+        holder.kill()

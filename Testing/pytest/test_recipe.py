@@ -1,0 +1,238 @@
+"""The nnU-Net-style training recipe: planning, augmentation, test-time mirroring, post-processing, resumable
+training and cross-validation, on small synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+
+# --- planning -------------------------------------------------------------------------------------------
+def test_patch_is_planned_from_the_median_shape():
+    from ModelSelectorLib.training.planning import dynunet_kernels_strides, plan_patch
+
+    # MSD Task04-like crops at 1 mm: nnU-Net's own patch for this median shape is 40 x 56 x 40
+    roi = plan_patch((36.0, 49.5, 36.0), (1.0, 1.0, 1.0), 100_000, 4)
+    assert roi == (40, 56, 40)
+    kernels, strides = dynunet_kernels_strides(roi, (1.0, 1.0, 1.0), 4)
+    assert strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]] and kernels == [[3, 3, 3]] * 4
+    # the cap shrinks the physically longest axis first and keeps sizes divisible by the pooling
+    capped = plan_patch((36.0, 49.5, 36.0), (1.0, 1.0, 1.0), 50_000, 4)
+    assert np.prod(capped) <= 50_000 and all(r % 8 == 0 for r in capped) and capped[1] <= 56
+
+
+def test_thick_slices_are_not_pooled_or_convolved_across():
+    from ModelSelectorLib.training.planning import dynunet_kernels_strides, plan_patch
+
+    spacing = (1.5, 1.5, 10.0)
+    kernels, strides = dynunet_kernels_strides((224, 256, 8), spacing, 6)
+    assert kernels[0] == [3, 3, 1] and strides[1] == [2, 2, 1]
+    # once the in-plane spacing has grown to within a factor 2 of the slice spacing, z is pooled too
+    assert any(s[2] == 2 for s in strides) and kernels[-1] == [3, 3, 3]
+    # slice-wise patches (one slice thick): no z kernel, no z pooling, in-plane planned
+    roi = plan_patch((220.0, 250.0, 9.0), spacing, 70_000, 6, fixed=(0, 0, 1))
+    assert roi[2] == 1 and roi[0] * roi[1] <= 70_000 and roi[0] % 32 == 0
+    kernels, strides = dynunet_kernels_strides(roi, spacing, 6)
+    assert all(k[2] == 1 for k in kernels) and all(s[2] == 1 for s in strides)
+    # a 1-voxel axis does not limit the others, even when its (nominal) spacing is the finest
+    kernels, strides = dynunet_kernels_strides((128, 128, 1), (2.0, 2.0, 1.0), 6)
+    assert len(strides) == 6 and strides[-1] == [2, 2, 1] and kernels[-1] == [3, 3, 1]
+
+
+def test_plan_training_uses_median_spacing_and_records_it(tmp_path):
+    from ModelSelectorLib.datasets import load_msd, make_synthetic_msd
+    from ModelSelectorLib.training.networks import network_def
+    from ModelSelectorLib.training.planning import plan_training
+    from ModelSelectorLib.training.segmentation import TrainConfig
+
+    msd = load_msd(make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0))
+    cfg = TrainConfig(architecture="dynunet", channels=(8, 16, 32), roi_size=(0, 0, 8), max_patch_voxels=4096)
+    plan = plan_training(msd, [0, 1, 2], cfg.check())
+    assert plan.roi_size[2] == 8 and np.prod(plan.roi_size) <= 4096 and plan.planned == (0, 1)
+    assert plan.to_card()["max_patch_voxels"] == 4096 and len(plan.to_card()["median_shape"]) == 3
+    net = network_def(cfg, 3, 3, plan.roi_size, plan.spacing)
+    assert len(net["strides"]) == len(net["filters"]) <= 3
+
+
+# --- cross-validation -----------------------------------------------------------------------------------
+def test_kfold_split_keeps_patients_together():
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.training.crossval import kfold_split
+
+    groups = [f"p{i // 2}" for i in range(20)]  # two cases per patient
+    seen = []
+    for fold in range(5):
+        train, val = kfold_split(20, 5, fold, seed=3, groups=groups)
+        assert sorted(train + val) == list(range(20))
+        assert not {groups[i] for i in train} & {groups[i] for i in val}
+        seen += val
+    assert sorted(seen) == list(range(20))  # every case is held out exactly once
+    assert kfold_split(20, 5, 0, seed=3, groups=groups) == kfold_split(20, 5, 0, seed=3, groups=groups)
+    with pytest.raises(TrainingError):
+        kfold_split(4, 5, 0)
+
+
+# --- inference ------------------------------------------------------------------------------------------
+def test_mirroring_maps_each_prediction_back():
+    """With a network that commutes with flips (1x1 convolution), mirrored passes average to the plain one;
+    a wrongly un-flipped pass would not."""
+    from ModelSelectorLib.models.segmentation import mirror_combinations, predict_probabilities
+
+    assert mirror_combinations([1, 2]) == [(), (1,), (2,), (1, 2)]
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 1).eval()
+    arr = np.random.default_rng(0).normal(size=(12, 10, 6)).astype(np.float32)
+    plain = predict_probabilities(net, arr, (8, 8, 4), mode="gaussian", overlap=0.5)
+    mirrored = predict_probabilities(net, arr, (8, 8, 4), mode="gaussian", overlap=0.5, mirror_axes=(0, 1, 2))
+    assert plain.shape == (3, 12, 10, 6) and np.allclose(plain, mirrored, atol=1e-5)
+
+
+def test_keep_largest_component_per_label():
+    from ModelSelectorLib.models.segmentation import keep_largest_component
+
+    lab = np.zeros((10, 10, 4), np.uint8)
+    lab[0:4, 0:4] = 1
+    lab[8:10, 8:10] = 1  # a small stray island of label 1
+    lab[6, 0] = 2
+    lab[0, 8] = 2  # two single-voxel pieces of label 2
+    out = keep_largest_component(lab, [1])
+    assert (out[8:10, 8:10] == 0).all() and (out[0:4, 0:4] == 1).all() and (out == 2).sum() == 8
+    assert keep_largest_component(lab, []) is lab
+
+
+def test_postprocessing_is_kept_only_where_it_helps():
+    from ModelSelectorLib.training.validation import choose_postprocessing, summarize_cases
+
+    rows = [{"dice": {"a": 0.8, "b": 0.9}, "dice_lcc": {"a": 0.85, "b": 0.88}},
+            {"dice": {"a": 0.7, "b": 0.9}, "dice_lcc": {"a": 0.70, "b": 0.90}}]  # fmt: skip
+    labels, figures = choose_postprocessing(rows, "auto")
+    assert labels == ["a"] and figures["a"]["dice_lcc"] > figures["a"]["dice"]
+    assert choose_postprocessing(rows, "none")[0] == [] and choose_postprocessing(rows, "lcc")[0] == [
+        "a",
+        "b",
+    ]
+    summary = summarize_cases(rows, labels)
+    assert summary["dice_a"] == pytest.approx(0.775) and summary["dice_b"] == pytest.approx(0.9)
+    assert summary["cases"] == 2 and summary["dice_a_std"] == pytest.approx(0.075)
+
+
+def test_card_inference_block_is_checked_and_exported(tmp_path):
+    from ModelSelectorLib.errors import BundleError
+    from ModelSelectorLib.zoo.bundle import build_inference_config
+    from ModelSelectorLib.zoo.card import ModelCard
+
+    card = ModelCard(name="m", version="0.1.0", task_type="segmentation", modality="MR", body_region="HEAD",
+                     labels=[{"value": 1, "name": "a", "color": [1.0, 0.0, 0.0]}], roi_size=[8, 8, 8],
+                     inference={"sw_mode": "gaussian", "overlap": 0.5, "mirror_axes": [1, 2],
+                                "keep_largest_component": [1]}, peak_memory_mb=512.0)  # fmt: skip
+    config = build_inference_config(card.validate(), {"_target_": "x"})
+    assert config["inferer"]["mode"] == "gaussian" and config["inferer"]["overlap"] == 0.5
+    assert config["postprocessing"]["transforms"][-1]["_target_"] == "KeepLargestConnectedComponentd"
+    with pytest.raises(BundleError, match="mirror_axes"):
+        ModelCard.from_dict({**card.to_dict(), "inference": {"mirror_axes": [3]}}).validate()
+    with pytest.raises(BundleError, match="keep_largest_component"):
+        ModelCard.from_dict({**card.to_dict(), "inference": {"keep_largest_component": [2]}}).validate()
+
+
+# --- augmentation ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("roi", [(16, 16, 8), (16, 16, 1)])
+def test_nnunet_augmentation_keeps_shape_and_sides(roi):
+    from monai.utils import set_determinism
+
+    from ModelSelectorLib.training.augmentation import flip_axes, train_transforms
+    from ModelSelectorLib.training.segmentation import TrainConfig
+
+    cfg = TrainConfig(roi_size=roi, augment=True, augment_preset="nnunet", num_samples=4)
+    flips = flip_axes(cfg, ["Right kidney", "Left kidney"], 3)
+    set_determinism(seed=0)
+    transform = train_transforms(cfg, roi, 3, flips, (1.0, 1.0, 1.0))
+    label = np.zeros((1, 24, 24, 10), np.uint8)
+    label[0, 2:10, 4:20, 2:8] = 1  # low x (the patient's right in RAS) holds label 1
+    label[0, 14:22, 4:20, 2:8] = 2
+    item = {"image": np.random.default_rng(0).random((1, 24, 24, 10)).astype(np.float32), "label": label}
+    for _ in range(8):
+        for patch in transform(item):
+            assert tuple(patch["image"].shape[1:]) == roi
+            lab = np.asarray(patch["label"])[0]
+            x1, x2 = np.nonzero(lab == 1)[0], np.nonzero(lab == 2)[0]
+            if len(x1) and len(x2):
+                assert x1.mean() < x2.mean()
+    set_determinism(seed=None)
+
+
+# --- resumable training and a fold ----------------------------------------------------------------------
+class _CancelAfter:
+    """Event-like: set after ``n`` checks."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def _tiny(**kw):
+    from ModelSelectorLib.training.segmentation import TrainConfig
+
+    base = dict(architecture="dynunet", channels=(4, 8, 16), roi_size=(16, 16, 16), target_spacing=(2.0, 2.0, 3.0),
+                epochs=2, steps_per_epoch=2, batch_size=1, num_samples=2, augment_preset="nnunet",
+                optimizer="sgd", lr=0.01, lr_schedule="poly", keep="last", sw_mode="gaussian", sw_overlap=0.5,
+                tta_mirror=True, postprocess="auto", seed=0)  # fmt: skip
+    return TrainConfig(**{**base, **kw}).check()
+
+
+def _fit_once(msd, work, cancel=None):
+    from monai.utils import set_determinism
+
+    from ModelSelectorLib.datasets import load_msd
+    from ModelSelectorLib.training.fitting import fit
+    from ModelSelectorLib.training.segmentation import build_network, prepare_run
+
+    cfg = _tiny()
+    run = prepare_run(load_msd(msd), [0, 1], [2], cfg)
+    set_determinism(seed=0)
+    net = build_network(run.net_def)
+    return fit(net, run.train_items, run.val_items, cfg, run.n_classes, run.plan.roi_size, cancel, run.flips,
+               run.plan.spacing, work)  # fmt: skip
+
+
+def test_interrupted_training_resumes_exactly(tmp_path):
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.errors import Cancelled
+    from ModelSelectorLib.training.config import CHECKPOINT_FILE
+
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0)
+    whole = _fit_once(msd, tmp_path / "a")
+    with pytest.raises(Cancelled):
+        _fit_once(msd, tmp_path / "b", _CancelAfter(3))  # stops in the second epoch
+    assert (tmp_path / "b" / CHECKPOINT_FILE).is_file()
+    resumed = _fit_once(msd, tmp_path / "b")
+    assert resumed.resumed_from == 1 and len(resumed.history) == 2
+    for key, value in whole.state.items():
+        assert torch.equal(value, resumed.state[key]), key
+    again = _fit_once(msd, tmp_path / "b")  # finished: nothing left to train
+    assert again.resumed_from == 2 and again.seconds >= resumed.seconds
+
+
+def test_train_fold_reports_per_case_figures(tmp_path):
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.training.crossval import train_fold
+
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=4, profile="mr", seed=0)
+    result = train_fold(msd, 2, 1, _tiny(roi_size=None, max_patch_voxels=16**3), tmp_path / "fold1",
+                        groups=["p0", "p0", "p1", "p1"])  # fmt: skip
+    assert len(result["val_cases"]) == 2 and len(result["per_case"]) == 2
+    assert set(result["train_cases"]).isdisjoint(result["val_cases"])
+    assert result["inference"]["sw_mode"] == "gaussian" and result["inference"]["mirror_axes"] == [0, 1, 2]
+    assert {"dice", "dice_sphere", "dice_sphere_std", "hd95", "cases"} <= set(result["summary"])
+    assert result["peak_memory_mb"] > 0 and result["training_time_s"] > 0
+    saved = json.loads((tmp_path / "fold1" / "result.json").read_text())
+    assert saved["summary"] == result["summary"]
