@@ -178,6 +178,8 @@ def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
     assert main(["restore", "--zoo", zoo, "--task", "disks", "--list"]) == 0
     listing = capsys.readouterr().out
     assert "* 0.1.0" in listing and "refuse" in listing
-    assert main(["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["good"]),
-                 "--level", "95"]) != 0  # fmt: skip
-    assert "between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused while parsing, before any model runs
+        main(
+            ["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["good"]), "--level", "95"]
+        )
+    assert refused.value.code == 2 and "above 0 and below 1" in capsys.readouterr().err
