@@ -143,7 +143,8 @@ def winners(results: dict[str, Any], metric: str = "mre_mm") -> dict[str, dict[s
 def best_student(results: dict[str, Any], metric: str = "mre_mm") -> Optional[dict[str, Any]]:
     """The student configuration to put into the zoo: the (variant, label fraction), teacher excluded, with
     the lowest mean *validation* ``metric`` over seeds (chosen on validation images so that the test
-    figures stay unbiased; a mean over seeds so that one lucky seed does not decide).
+    figures stay unbiased; a mean over seeds so that one lucky seed does not decide). Only configurations with
+    the most finished seeds compete, so that a partly run grid does not pick a cell of one or two seeds.
 
     Returns:
         ``{"variant", "fraction", "val_mean", "val_std", "test_mean", "test_std", "name"}`` (``name``: the run
@@ -156,7 +157,11 @@ def best_student(results: dict[str, Any], metric: str = "mre_mm") -> Optional[di
         groups.setdefault((r["variant"], float(r["fraction"])), []).append(r)
     if not groups:
         return None
-    (variant, fraction), runs = min(groups.items(), key=lambda kv: np.mean([r["val"][metric] for r in kv[1]]))
+    most = max(len(rs) for rs in groups.values())
+    complete = {k: rs for k, rs in groups.items() if len(rs) == most}
+    (variant, fraction), runs = min(
+        complete.items(), key=lambda kv: np.mean([r["val"][metric] for r in kv[1]])
+    )
     val = [r["val"][metric] for r in runs]
     test = [r["test"][metric] for r in runs]
     return {"variant": variant, "fraction": fraction, "val_mean": float(np.mean(val)), "val_std": float(np.std(val)),
@@ -317,7 +322,7 @@ def _report_paired(results: dict[str, Any]) -> list[str]:
         against = VARIANT_TITLES.get(r["against"], r["against"])
         lines.append(f"| {_label(r['fraction'])} | {VARIANT_TITLES[r['variant']]} | {against} | {r['mean_diff']:+.2f} | "
                      f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['p_wilcoxon']:.3g} | {r['p_holm']:.3g} | "
-                     f"{verdict} ({r['n_seeds']} seeds x {r['n_images']} images) |")  # fmt: skip
+                     f"{verdict} ({r['n_seeds']} seed(s) x {r['n_images']} images) |")  # fmt: skip
     return lines + [""]
 
 
@@ -399,7 +404,7 @@ def _report_zoo_student(results: dict[str, Any]) -> list[str]:
         return []
     f = f"f{int(round(best['fraction'] * 100)):03d}_s{best['seed']}"
     return ["## Student for the zoo", "",
-            f"Lowest mean validation MRE among the students ({best['n_seeds']} seeds): "
+            f"Lowest mean validation MRE among the students with {best['n_seeds']} finished seed(s): "
             f"{VARIANT_TITLES[best['variant']]} with {_label(best['fraction'])} labels: validation "
             f"{best['val_mean']:.2f} ± {best['val_std']:.2f} mm, test {best['test_mean']:.2f} ± {best['test_std']:.2f} mm. "
             f"Put its seed-{best['seed']} run into a zoo with", "", "```",

@@ -343,6 +343,10 @@ def test_zoo_student_is_chosen_on_mean_validation_error_over_seeds():
     assert best["val_mean"] == pytest.approx(6.6) and best["test_mean"] == pytest.approx(6.85)
     assert best["name"] == "uncertainty_kd_f100_s0" and best["seed"] == 0
     assert best_student({"runs": runs[:1]}) is None
+    # a configuration with fewer finished seeds does not compete, however low its validation error
+    assert (
+        best_student({"runs": [*runs, run("offline_kd", 0.25, 0, 5.5, 6.0)]})["variant"] == "uncertainty_kd"
+    )
 
 
 def test_data_free_inputs_of_a_landmark_model_sharpen_its_heatmaps(synth_data, tmp_path):
