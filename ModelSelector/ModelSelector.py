@@ -76,7 +76,8 @@ image, with their task, modality, body region and score. When none fits, the mod
 still tick a model and apply it on purpose.</li>
 <li>Tick models and click <b>Apply selected</b>: each model runs in a separate process (CPU, or GPU when torch
 can use one), with a progress bar and a Cancel button. A segmentation model's result appears as a segmentation
-node with named, coloured segments and standard terminology; a landmark model's as a markups point list.</li>
+node with named, coloured segments and standard terminology; a landmark model's as markups closed curves, one
+per structure (lungs, heart, clavicles).</li>
 </ol>
 Results stay with the volume they were computed from: closing the scene or deleting the volume cancels a run.
 Models run with torch and MONAI; torch comes from the PyTorch extension, the other packages are offered for
@@ -601,7 +602,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         cancelEvent: Any = None,
     ) -> list[Any]:
         """Apply zoo models (names, or dicts with ``"name"``) to ``volumeNode``; return the new nodes: a
-        segmentation node per segmentation model, a markups point list per landmark model.
+        segmentation node per segmentation model, a markups curve per landmark model (the first of its curves,
+        one per structure; the others are added beside it).
 
         Each model runs in ``python -m ModelSelectorLib apply``; ``progressCallback(fraction, text)`` gets the
         overall progress; setting ``cancelEvent`` ends the process tree and raises

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 import vtk
 
+from .markups import resultParts
 from .processes import ChildProcess, Launcher
 
 ERROR_PREFIX = "modelselector: error: "
@@ -205,9 +206,10 @@ class Job:
     def _removeAdded(self) -> None:
         """Take back the nodes this job added (their input volume went away)."""
         for node in self.added:
-            scene = node.GetScene()
-            if scene is not None:
-                scene.RemoveNode(node)
+            for n in [*resultParts(node), node]:  # a set of curves: every node read from the result file
+                scene = n.GetScene()
+                if scene is not None:
+                    scene.RemoveNode(n)
         if self.added and isinstance(self.result, list):
             self.result = [n for n in self.result if all(n is not a for a in self.added)]
         self.added = []

@@ -8,6 +8,7 @@ from typing import Any
 import slicer
 
 from .jobs import ModelSelectorProcessError
+from .markups import readOtherMarkups
 
 
 def writeVolume(volumeNode: Any, path: str) -> str:
@@ -43,7 +44,8 @@ def readResult(path: str, name: str, spec: dict[str, str], volumeNode: Any) -> A
     """Read result file ``path`` into a new node named ``name`` in ``volumeNode``'s scene, beside it.
 
     ``spec`` names the MRML node and storage node classes (the task runtime's ``output_spec``). A
-    segmentation takes ``volumeNode`` as its reference geometry. Nothing is added when reading fails.
+    segmentation takes ``volumeNode`` as its reference geometry. A markups file that holds several markups
+    (a set of curves) gives one node per markup; the first is returned. Nothing is added when reading fails.
     """
     scene = volumeNode.GetScene() if volumeNode is not None else None
     if scene is None:
@@ -60,5 +62,6 @@ def readResult(path: str, name: str, spec: dict[str, str], volumeNode: Any) -> A
     if hasattr(node, "SetReferenceImageGeometryParameterFromVolumeNode"):  # keep the input's grid
         node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         node.SetNodeReferenceID("referenceImageGeometryRef", volumeNode.GetID())
-    placeBeside(node, volumeNode)
+    for n in [node, *readOtherMarkups(path, node)]:
+        placeBeside(n, volumeNode)
     return node

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="apply a zoo model to an image: a .seg.nrrd (segmentation) or .mrk.json (landmarks)",
         description="Apply model --model of the zoo --zoo to IMAGE; the segmentation is written to --out in "
         "exactly the image's geometry, with the model's segment names, colours and terminology; a landmark "
-        "model writes a Slicer markups point list (.mrk.json, LPS mm, point names from the model card).",
+        "model writes its contours as Slicer markups curves (.mrk.json, LPS mm, one closed curve per structure, "
+        "point names from the model card; `modelselector landmarks apply --points` writes a point list).",
     )
     p.add_argument("image", type=Path, help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM series folder")
     p.add_argument(

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, required=True, help="output folder (runs, report); reuse it to resume")
     c.add_argument("--quick", action="store_true", help="seconds-long configuration of the same code")
     c.add_argument("--config", type=Path, help="YAML with GridConfig settings")
+    c.add_argument("--report-only", action="store_true", help="report the finished runs, train nothing")
     c.set_defaults(func=run_compare)
     t = lsub.add_parser("train", help="train a landmark student and add it to a zoo", description=TRAIN_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -55,7 +56,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--weights", type=Path, help="use these trained weights (a grid run's .pt) instead of training"
     )
+    t.add_argument(
+        "--refiner", type=Path, help="use this refinement stage (a grid's refiner_*.pt) instead of training"
+    )
     t.set_defaults(func=run_train)
+    a = lsub.add_parser("apply", help="apply a landmark model: contours as Slicer curves, or a point list",
+                        description="Apply landmark model --model to IMAGE and write --out (.mrk.json, LPS mm): one "
+                        "closed curve per structure (lungs, heart, clavicles), or with --points one point list.")  # fmt: skip
+    a.add_argument("image", type=Path, help="image file (PNG, NRRD, NIfTI, DICOM, ...)")
+    a.add_argument("--zoo", type=Path, help="zoo folder (default: $MODELSELECTOR_ZOO or the bundled zoo)")
+    a.add_argument("--model", default="dx-chest-landmarks", help="landmark model in the zoo")
+    a.add_argument("--out", type=Path, required=True, help="output OUT.mrk.json")
+    a.add_argument("--points", action="store_true", help="write a point list instead of curves")
+    a.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    a.set_defaults(func=run_apply)
+    sp = lsub.add_parser("split", help="write the landmark grid's test split as a split file for `promote`",
+                        description="Write the test images of the landmark grid's split of DIR (with their "
+                        "_landmarks.json) as a test split file, the --split of `modelselector promote`.")  # fmt: skip
+    sp.add_argument("--data", type=Path, required=True, help="landmark data folder")
+    sp.add_argument("--out", type=Path, required=True, help="split file to write (e.g. test_split.json)")
+    sp.add_argument("--config", type=Path, help="YAML with GridConfig settings (split seed and fractions)")
+    sp.add_argument("--relative", action="store_true", help="paths relative to the file (a split to commit)")
+    sp.set_defaults(func=run_split)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -66,24 +88,23 @@ def _grid_config(args: argparse.Namespace) -> Any:
         from ..settings import read_settings_file
 
         data = read_settings_file(args.config, example="seeds: [0, 1, 2]")
-        base = GridConfig.quick().to_dict() if args.quick else {}
+        base = GridConfig.quick().to_dict() if getattr(args, "quick", False) else {}
         return GridConfig.from_dict({**base, **data})
-    return GridConfig.quick() if args.quick else GridConfig()
+    return GridConfig.quick() if getattr(args, "quick", False) else GridConfig()
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_folder
-    from ..training.landmark_study import compare, winners
+    from ..training.landmark_report import best_student, winners
+    from ..training.landmark_study import compare
 
     check_output_folder(args.out)
     cfg = _grid_config(args)
-    results = compare(args.data, args.out, cfg)
+    results = compare(args.data, args.out, cfg, report_only=args.report_only)
     for f, w in winners(results).items():
         print(
             f"{100 * float(f):g} % labels: best student {w['variant']} MRE {w['mean']:.2f} ± {w['std']:.2f} mm"
         )
-    from ..training.landmark_study import best_student
-
     best = best_student(results)
     if best:
         print(
@@ -99,6 +120,42 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = _grid_config(args)
     entry = train_into_zoo(args.data, args.zoo, cfg, name=args.name, version=args.version, variant=args.variant,
-                           fraction=args.fraction, seed=args.seed, weights=args.weights)  # fmt: skip
+                           fraction=args.fraction, seed=args.seed, weights=args.weights,
+                           refiner=args.refiner)  # fmt: skip
     print(f"{entry['name']} {entry['version']} added to {args.zoo}")
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from ..apply import open_runtime
+    from ..errors import InputError
+    from ..io.image import read_image
+    from ..io.outputs import check_output_file
+    from ..models.preprocessing import check_device
+    from ..resources import default_zoo_path
+
+    check_device(args.device)
+    out = check_output_file(args.out, ".mrk.json")
+    image = read_image(args.image)
+    runtime = open_runtime(args.zoo if args.zoo is not None else default_zoo_path(), args.model, args.device)
+    if not hasattr(runtime, "write_points"):
+        raise InputError(
+            f"{args.model} is a {runtime.card.task_type} model; `landmarks apply` runs landmark models."
+        )
+    prediction = runtime.predict(image)
+    print(runtime.write_points(prediction, out) if args.points else runtime.write(prediction, out))
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_file
+    from ..training.landmark_grid import write_landmark_split
+
+    out = check_output_file(args.out, ".json")
+    cfg = _grid_config(args)
+    print(
+        write_landmark_split(
+            args.data, out, cfg.split_seed, cfg.val_fraction, cfg.test_fraction, args.relative
+        )
+    )
     return 0

@@ -14,9 +14,8 @@ def _gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=Path,
                    help="test split file (default: the one the current version was promoted on, else the "
                         "task's sweep split ZOO/sweeps/TASK/test_split.json)")  # fmt: skip
-    p.add_argument(
-        "--metric", default="dice", help="compared metric: dice (default), hd95, msd, dice_<label>"
-    )
+    p.add_argument("--metric", help="compared metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
+                   "(default: dice, or mre_mm for landmark models)")  # fmt: skip
     p.add_argument("--method", choices=("wilcoxon", "bootstrap"), default="wilcoxon",
                    help="paired test: Wilcoxon signed-rank (default) or paired bootstrap CI")  # fmt: skip
     p.add_argument(

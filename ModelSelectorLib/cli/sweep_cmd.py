@@ -22,6 +22,10 @@ example sweep file (YAML):
   candidates:                      # and/or a list
     - {name: small-lr, architecture: unet, lr: 0.0003}
 
+landmark models: "task_type: landmarks", --dataset a landmark folder, landmark training settings, e.g.
+  base: {size: 64, steps: 400, sigma: 1.0, shape_modes: 20, refine_steps: 600, threads: 1}
+  grid: {variant: [student_supervised, uncertainty_kd]}
+
 outputs: ZOO/sweeps/TASK/report/leaderboard.html and dashboards/<candidate>/index.html (open from disk).
 """
 
@@ -48,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads", type=positive_int, default=1, help="torch threads per worker / CPUs per Ray task (1)"
     )
     p.add_argument(
-        "--metric", default="dice", help="leaderboard ranking metric: dice, hd95, msd, dice_<label>"
+        "--metric",
+        help="leaderboard ranking metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
+        "(default: dice, or mre_mm for landmark models)",
     )
     p.add_argument("--device", default="cpu", help="torch device of the evaluation (cpu, cuda)")
     p.add_argument("--retrain", action="store_true", help="train candidates again even if already in the zoo")
@@ -62,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     lb.add_argument("--zoo", type=Path, required=True, help="zoo folder the sweep wrote to")
     lb.add_argument("--task", required=True, help="task name of the sweep")
-    lb.add_argument("--metric", default="dice", help="dice (default), hd95, msd, dice_<label>, ...")
+    lb.add_argument("--metric", help="dice, hd95, msd, dice_<label>, mre_mm, ... (default: the task's)")
     lb.add_argument("--json", action="store_true", help="print the ranking as JSON")
     lb.set_defaults(func=run_leaderboard)
 
@@ -101,7 +107,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     result = sweep(args.dataset, spec, args.out, executor=args.executor, workers=args.workers,
                    threads=args.threads, address=args.address, metric=args.metric, device=args.device,
                    retrain=args.retrain)  # fmt: skip
-    _print_ranking(result, args.metric)
+    _print_ranking(result, result["metric"])
     return 0
 
 
@@ -115,7 +121,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
                  "summary": r["summary"]} for r in result["ranking"]]  # fmt: skip
         print(json.dumps(rows, indent=2))
     else:
-        _print_ranking(result, args.metric)
+        _print_ranking(result, result["metric"])
     return 0
 
 

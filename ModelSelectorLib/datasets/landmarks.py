@@ -22,14 +22,11 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import DatasetError, TrainingError
-from ..models.landmarks import GROUPS, LUNG_GROUPS, LandmarkSchema, resize_image, to_resized
+from ..models.landmark_scoring import contour_mask, read_landmark_json
+from ..models.landmarks import LUNG_GROUPS, LandmarkSchema, resize_image, to_resized
 from ..progress import check_cancel, progress_bar
 
 PathLike = Union[str, Path]
-
-#: JSRT raw pixel size (mm at 2048 px), used when a JSRT case's JSON does not state its spacing
-JSRT_RAW_SPACING_MM = 0.175
-JSRT_RAW_SIZE = 2048
 
 
 # --- cases ----------------------------------------------------------------------------------------------
@@ -58,47 +55,6 @@ class LandmarkCase:
     @property
     def labelled(self) -> bool:
         return bool(self.mask.any())
-
-
-def read_landmark_json(
-    path: PathLike, schema: LandmarkSchema, image_width: Optional[int] = None
-) -> tuple[np.ndarray, np.ndarray, Optional[float], dict[str, Any]]:
-    """Read a ``<id>_landmarks.json``.
-
-    Returns:
-        ``(points (P, 2) original px with NaN for missing, mask (P,), spacing_mm or None, meta)``.
-        The spacing is ``_meta.pixel_spacing_mm``; for a JSRT case (``_meta.jsrt_id``) that does not
-        state it, ``0.175 mm * 2048 / image_width``.
-
-    Raises:
-        DatasetError: unreadable JSON, or a group with the wrong number of points.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: not a readable landmark JSON ({e}).") from e
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: must hold an object with groups such as 'RL': [[x, y], ...].")
-    pts = np.full((schema.n_points, 2), np.nan)
-    mask = np.zeros(schema.n_points, dtype=bool)
-    k = 0
-    for group, idx in schema.indices.items():
-        values = data.get(group)
-        if values is not None:
-            arr = np.asarray(values, dtype=float)
-            if arr.ndim != 2 or arr.shape != (GROUPS[group], 2):
-                raise DatasetError(
-                    f"{path}: group '{group}' has shape {arr.shape}; expected ({GROUPS[group]}, 2) [x, y] points."
-                )
-            pts[k : k + len(idx)] = arr[idx]
-            mask[k : k + len(idx)] = True
-        k += len(idx)
-    meta = data.get("_meta") if isinstance(data.get("_meta"), dict) else {}
-    spacing = meta.get("pixel_spacing_mm")
-    if spacing is None and meta.get("jsrt_id") and image_width:
-        spacing = JSRT_RAW_SPACING_MM * JSRT_RAW_SIZE / float(image_width)
-    return pts, mask, (float(spacing) if spacing else None), meta
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -159,19 +115,44 @@ def find_landmark_folders(data: PathLike) -> tuple[list[Path], list[Path]]:
     return labelled, unlabelled
 
 
+def paediatric_ids(data: PathLike) -> set[str]:
+    """File stems of the images that ``data``'s ``manifest.csv`` (the shared data's file list) describes as
+    paediatric radiographs: another domain than the adult PA images the landmarks were drawn on. Empty
+    without a manifest."""
+    import csv
+
+    path = Path(data) / "manifest.csv"
+    if not path.is_file():
+        return set()
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {Path(r.get("path", "")).stem for r in rows if "paediatric" in str(r.get("modality", "")).lower()}
+
+
+def lung_mask_path(image_path: PathLike) -> Optional[Path]:
+    """The lung-field mask ``<id>_lungmask.png`` beside a landmark image, if there is one."""
+    p = Path(image_path)
+    mask = p.with_name(p.stem + "_lungmask.png")
+    return mask if mask.is_file() else None
+
+
 def load_dataset(
     data: PathLike,
     size: int,
     schema: LandmarkSchema,
     cache: Optional[PathLike] = None,
     cancel: Optional[Any] = None,
+    unlabelled: bool = True,
 ) -> tuple[list[LandmarkCase], list[LandmarkCase]]:
-    """All labelled and unlabelled cases under ``data`` at ``size x size`` (see :func:`find_landmark_folders`).
+    """All labelled and (with ``unlabelled``) unlabelled cases under ``data`` at ``size x size`` (see
+    :func:`find_landmark_folders`).
 
     With ``cache`` (an ``.npz`` path), the resized arrays are stored there and reused when the file
     list, size and schema are unchanged.
     """
     labelled_paths, unlabelled_paths = find_landmark_folders(data)
+    if not unlabelled:
+        unlabelled_paths = []
     key = json.dumps({"size": size, "schema": schema.to_dict(),
                       "files": [str(p) for p in labelled_paths + unlabelled_paths]})  # fmt: skip
     if cache is not None and Path(cache).is_file():
@@ -208,13 +189,15 @@ def _cases_to_npz(path: PathLike, key: str, labelled: list, unlabelled: list) ->
 
 
 def _cases_from_npz(z: Any) -> tuple[list[LandmarkCase], list[LandmarkCase]]:
+    # each z[key] reads (and decompresses) the whole array: read every array once
+    a = {k: z[k] for k in ("ids", "images", "points", "masks", "scales", "spacings", "sources")}
     cases = []
-    for i in range(len(z["ids"])):
-        sp = z["spacings"][i]
-        cases.append(LandmarkCase(str(z["ids"][i]), z["images"][i], z["points"][i], z["masks"][i],
-                                  tuple(float(v) for v in z["scales"][i]),
+    for i in range(len(a["ids"])):
+        sp = a["spacings"][i]
+        cases.append(LandmarkCase(str(a["ids"][i]), a["images"][i], a["points"][i], a["masks"][i],
+                                  tuple(float(v) for v in a["scales"][i]),
                                   None if np.isnan(sp).any() else (float(sp[0]), float(sp[1])),
-                                  str(z["sources"][i])))  # fmt: skip
+                                  str(a["sources"][i])))  # fmt: skip
     n = int(z["n_labelled"])
     return cases[:n], cases[n:]
 
@@ -302,9 +285,9 @@ def make_synthetic_cxr(
     seed: int = 0,
     lungs_only: int = 1,
 ) -> Path:
-    """Write a synthetic landmark dataset: ``<id>.png`` + ``<id>_landmarks.json`` (the shared data's
-    layout), the last ``lungs_only`` labelled cases without heart and clavicles and without spacing, and
-    ``unlabelled/`` images. Returns ``folder``."""
+    """Write a synthetic landmark dataset: ``<id>.png`` + ``<id>_landmarks.json`` + ``<id>_lungmask.png`` (the
+    shared data's layout; the mask is the filled lung contours), the last ``lungs_only`` labelled cases without
+    heart and clavicles and without spacing, and ``unlabelled/`` images. Returns ``folder``."""
     from PIL import Image as PILImage
 
     root = Path(folder)
@@ -321,5 +304,7 @@ def make_synthetic_cxr(
                                 if not partial or g in LUNG_GROUPS}  # fmt: skip
         data["_meta"] = {"pixel_spacing_mm": None if partial else spacing_mm, "source_dataset": "synthetic"}
         PILImage.fromarray(img).save(root / f"c{i:03d}.png")
+        lungs = contour_mask(shapes["RL"], (height, width)) | contour_mask(shapes["LL"], (height, width))
+        PILImage.fromarray((lungs * 255).astype(np.uint8)).save(root / f"c{i:03d}_lungmask.png")
         (root / f"c{i:03d}_landmarks.json").write_text(json.dumps(data), encoding="utf-8")
     return root

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..datasets.landmarks import LandmarkCase
 from ..errors import InputError
+from ..models.landmark_scoring import contour_mask, lung_dice  # noqa: F401  (re-exported)
 from ..models.landmarks import LUNG_GROUPS, LandmarkSchema
 
 
@@ -124,25 +125,28 @@ def evaluate_predictions(
     cases: Sequence[LandmarkCase],
     schema: LandmarkSchema,
     radii: Sequence[float] = (2.0, 4.0, 10.0),
+    radii_px: Sequence[float] = (5.0, 10.0),
 ) -> dict[str, Any]:
     """Metrics of predictions ``(N, P, 2)`` (resized grid) against ``cases``.
 
     Returns:
-        ``{"mre_mm", "mre_px", "mre_mm_<group>", "mre_px_<group>", "sdr_<r>" (mm, cases with spacing),
-        "self_intersection" (fraction of cases with a self-intersecting predicted lung contour),
-        "n_cases", "n_cases_mm"}``. ``mre_px`` is in original pixels over all cases, ``mre_mm`` over cases
-        whose spacing is known.
+        ``{"mre_mm", "mre_px", "mre_mm_<group>", "mre_px_<group>", "rmse_px", "sdr_<r>" (within r mm, cases with
+        spacing), "sdr_px_<r>" (within r original pixels, all cases), "self_intersection" (fraction of cases with a
+        self-intersecting predicted lung contour), "n_cases", "n_cases_mm", "per_case_mre_mm", "per_case_mre_px"
+        (lists in case order; NaN where a case has no spacing)}``. ``mre_px`` is in original pixels over all
+        cases, ``mre_mm`` over cases whose spacing is known.
     """
     groups = schema.group_of
-    mm, px, n_mm = [], [], 0
+    mm, px, per_mm = [], [], []
     bad = 0
     for pred, case in zip(preds, cases):
         e_px, _ = case_radial_errors(pred, case.points, case.mask, case.scale, None)
         px.append(e_px)
+        e_mm = np.full(len(e_px), np.nan)
         if case.spacing_mm is not None:
             e_mm, _ = case_radial_errors(pred, case.points, case.mask, case.scale, case.spacing_mm)
             mm.append(e_mm)
-            n_mm += 1
+        per_mm.append(_nanmean(e_mm))
         for g in LUNG_GROUPS:
             ch = schema.channels(g)
             if len(ch) >= 4 and polygon_self_intersects(pred[ch]):
@@ -150,16 +154,77 @@ def evaluate_predictions(
                 break
     px_a = np.array(px) if px else np.zeros((0, schema.n_points))
     mm_a = np.array(mm) if mm else np.zeros((0, schema.n_points))
-    out: dict[str, Any] = {"n_cases": len(px), "n_cases_mm": n_mm}
+    out: dict[str, Any] = {"n_cases": len(px), "n_cases_mm": len(mm)}
     out["mre_mm"] = _nanmean(mm_a)
     out["mre_px"] = _nanmean(px_a)
+    out["rmse_px"] = float(np.sqrt(_nanmean(px_a**2)))
     for g in schema.groups:
         sel = groups == g
         out[f"mre_mm_{g}"] = _nanmean(mm_a[:, sel])
         out[f"mre_px_{g}"] = _nanmean(px_a[:, sel])
     out.update(success_detection_rate(mm_a, radii))
+    out.update({f"sdr_px_{k[4:]}": v for k, v in success_detection_rate(px_a, radii_px).items()})
     out["self_intersection"] = bad / max(len(px), 1)
+    out["per_case_mre_mm"] = [float(v) for v in per_mm]
+    out["per_case_mre_px"] = [_nanmean(e) for e in px]
     return out
+
+
+def paired_comparison(
+    variant: np.ndarray, baseline: np.ndarray, level: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> dict[str, float]:
+    """Whether ``variant`` has lower errors than ``baseline`` on the same images and seeds.
+
+    Args:
+        variant, baseline: ``(S, N)`` per-image errors (seeds x images; the same seeds, splits and images).
+
+    Returns:
+        ``{"mean_diff"`` (variant minus baseline, negative = variant better), ``"ci_low", "ci_high"`` (a paired
+        bootstrap over images and seeds, resampled independently), ``"p_wilcoxon"`` (one-sided Wilcoxon
+        signed-rank test on the per-image differences averaged over seeds: is the variant lower?),
+        ``"n_images", "n_seeds"}``.
+    """
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(variant, float), np.asarray(baseline, float)
+    if a.shape != b.shape or a.ndim != 2:
+        raise InputError(
+            f"paired errors must be (seeds, images) arrays of one shape; got {a.shape}, {b.shape}."
+        )
+    keep = np.isfinite(a).all(0) & np.isfinite(b).all(0)
+    d = (a - b)[:, keep]
+    if d.size == 0:
+        nan = float("nan")
+        return {
+            "mean_diff": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            "p_wilcoxon": nan,
+            "n_images": 0,
+            "n_seeds": 0,
+        }
+    rng = np.random.default_rng(seed)
+    s, n = d.shape
+    si = rng.integers(0, s, size=(n_boot, s))
+    ni = rng.integers(0, n, size=(n_boot, n))
+    boot = np.array([d[si[k]][:, ni[k]].mean() for k in range(n_boot)])
+    lo, hi = np.percentile(boot, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    per_image = d.mean(0)
+    p = 1.0 if np.allclose(per_image, 0.0) else float(wilcoxon(per_image, alternative="less").pvalue)
+    return {"mean_diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "p_wilcoxon": p,
+            "n_images": int(n), "n_seeds": int(s)}  # fmt: skip
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (family-wise error over ``p_values``), in input order."""
+    p = np.asarray(p_values, float)
+    order = np.argsort(p)
+    adj = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adj[i] = running
+    return [float(v) for v in adj]
 
 
 def _nanmean(a: np.ndarray) -> float:
@@ -169,7 +234,11 @@ def _nanmean(a: np.ndarray) -> float:
 
 __all__ = [
     "case_radial_errors",
+    "contour_mask",
     "evaluate_predictions",
+    "holm",
+    "lung_dice",
+    "paired_comparison",
     "landmark_metrics",
     "polygon_self_intersects",
     "radial_errors",

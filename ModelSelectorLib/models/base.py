@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -78,6 +79,9 @@ class TaskRuntime(abc.ABC):
     #: the MRML node class the output loads into in 3D Slicer, and the storage node class that reads it
     slicer_node_class: ClassVar[str] = ""
     slicer_storage_class: ClassVar[str] = ""
+    #: whether :meth:`score` scores a prediction against a reference file, and the metric that ranks models
+    scores_references: ClassVar[bool] = False
+    primary_metric: ClassVar[str] = ""
 
     def __init__(self, bundle: Any, device: str = "cpu") -> None:
         self.bundle = bundle
@@ -126,6 +130,14 @@ class TaskRuntime(abc.ABC):
             else f"{h['metric']} {h['value']:.3f} on {h['cases']} cases ({h['protocol']})"
         )
         return text + (" (demonstration)" if cls.is_demonstration(card) else "")
+
+    @classmethod
+    def replacement_problem(cls, candidate: Any, current: Any) -> Optional[str]:
+        """Why a model with card ``candidate`` cannot replace one with card ``current`` of this task (None when
+        it can): by default it must have the same outputs (label values and names)."""
+        a = [(lb["value"], lb["name"]) for lb in candidate.labels]
+        b = [(lb["value"], lb["name"]) for lb in current.labels]
+        return None if a == b else f"the candidate's labels {a} differ from the current model's {b}"
 
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
@@ -187,6 +199,14 @@ class TaskRuntime(abc.ABC):
         ``output`` for a synthesised batch is confident the way this task's outputs are on real inputs
         (with at least ``min_foreground`` of it foreground, where the task has a background);
         ``reported`` is a scalar tensor shown in progress bars (foreground fraction, peak probability)."""
+
+    def score(
+        self, prediction: Prediction, reference: Path, names: Optional[Sequence[str]] = None
+    ) -> dict[str, float]:
+        """Per-case metrics of ``prediction`` against ``reference``, a file with the true result of its image
+        (runtimes with ``scores_references``), over the outputs ``names`` (default: all); metric names follow
+        :func:`~ModelSelectorLib.evaluation.metrics.higher_is_better`."""
+        raise NotImplementedError(f"{type(self).__name__} does not score predictions against reference files")
 
     def overlay(self, prediction: Prediction) -> dict[str, Any]:
         """What a picture of ``prediction`` shows: ``{"labels": label map, "colors": {value: rgb}}`` or

@@ -1,20 +1,21 @@
-"""The landmark runtime: heatmap regression of chest X-ray contour points, written as Slicer markups.
+"""The landmark runtime: chest X-ray contours by coarse-to-fine heatmap regression, written as Slicer curves.
 
 A landmark model sees the whole 2D radiograph resized to its ``roi_size`` (antialiased bilinear) and
-normalised by percentiles (0.5 / 99.5 -> 0 / 1). It outputs one logit map per landmark, read as a spatial
-softmax; each point is decoded to a sub-pixel position by the local centroid of its map around the
-maximum, mapped back to the original pixels and through the image's geometry to LPS millimetres.
+normalised by percentiles (0.5 / 99.5 -> 0 / 1). Its coarse stage outputs one logit map per landmark, read as
+a spatial softmax; each point is decoded to a sub-pixel position by the local centroid of its map around the
+maximum. A coarse-to-fine bundle then projects the points onto its shape model and refines each one on a patch
+of the image at a finer grid (:mod:`.landmark_stages`); the points are mapped back to the original pixels and
+through the image's geometry to LPS millimetres.
 
 Layout: arrays given to the networks are in MONAI's spatial layout ``(x, y)`` (the transpose of a NumPy
 image ``(y, x)``), as ``LoadImage`` gives them; points are ``(x, y)`` = indices along axes 0 and 1.
 
-The landmark *schema* (:class:`LandmarkSchema`) says which contour points of which structures a model
-predicts; point names are ``GROUP_NN`` (``RL_04`` = point 4 of the right lung contour).
+The landmark *schema* (:class:`LandmarkSchema`, :mod:`.landmark_schema`) says which contour points of which
+structures a model predicts; point names are ``GROUP_NN`` (``RL_04`` = point 4 of the right lung contour).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,69 +25,22 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.image import Image
-from ..io.markups import write_markups
+from ..io.markups import Curve, write_curves, write_markups
 from ..progress import check_cancel
 from .base import Prediction, TaskRuntime
+from .heatmaps import heatmap_entropy
+from .landmark_schema import (  # noqa: F401  (the schema's names, re-exported)
+    DEFAULT_STEPS,
+    GROUP_COLORS,
+    GROUP_NAMES,
+    GROUPS,
+    LUNG_GROUPS,
+    LandmarkSchema,
+    landmark_labels,
+)
+from .landmark_scoring import lung_dice, read_landmark_json, score_points
+from .landmark_stages import REFINE_SCALE, landmark_conditioning, predict_landmarks, stage
 from .registry import register_runtime
-
-#: landmark groups of the chest X-ray landmark set and their number of contour points
-GROUPS: dict[str, int] = {"RL": 44, "LL": 50, "H": 26, "RCLA": 23, "LCLA": 23}
-GROUP_NAMES: dict[str, str] = {
-    "RL": "right lung", "LL": "left lung", "H": "heart", "RCLA": "right clavicle", "LCLA": "left clavicle",
-}  # fmt: skip
-GROUP_COLORS: dict[str, tuple[float, float, float]] = {
-    "RL": (0.27, 0.56, 0.84), "LL": (0.35, 0.71, 0.35), "H": (0.86, 0.31, 0.24), "RCLA": (0.93, 0.75, 0.26),
-    "LCLA": (0.62, 0.42, 0.78),
-}  # fmt: skip
-#: the lung contours
-LUNG_GROUPS = ("RL", "LL")
-#: default sub-sampling of each contour: every ``step``-th point (42 landmarks in all)
-DEFAULT_STEPS: dict[str, int] = {"RL": 4, "LL": 5, "H": 3, "RCLA": 4, "LCLA": 4}
-
-
-@dataclasses.dataclass
-class LandmarkSchema:
-    """Which landmarks a model predicts: for each group, indices into that group's contour.
-
-    Attributes:
-        indices: ``{group: [index into the group's points, ...]}`` in channel order.
-    """
-
-    indices: dict[str, list[int]]
-
-    @classmethod
-    def default(cls, steps: Optional[dict[str, int]] = None) -> LandmarkSchema:
-        """Every ``steps[group]``-th point of each group of :data:`GROUPS` (default :data:`DEFAULT_STEPS`)."""
-        steps = dict(DEFAULT_STEPS if steps is None else steps)
-        bad = [g for g in steps if g not in GROUPS]
-        if bad:
-            raise InputError(f"unknown landmark group(s) {bad}; expected some of {', '.join(GROUPS)}.")
-        return cls({g: list(range(0, GROUPS[g], max(int(s), 1))) for g, s in steps.items()})
-
-    @property
-    def groups(self) -> list[str]:
-        return list(self.indices)
-
-    @property
-    def n_points(self) -> int:
-        return sum(len(v) for v in self.indices.values())
-
-    @property
-    def names(self) -> list[str]:
-        """Point names ``GROUP_NN`` (NN = index in the full contour), in channel order."""
-        return [f"{g}_{i:02d}" for g, idx in self.indices.items() for i in idx]
-
-    @property
-    def group_of(self) -> np.ndarray:
-        """``(P,)`` group name of each channel."""
-        return np.array([g for g, idx in self.indices.items() for _ in idx])
-
-    def channels(self, group: str) -> np.ndarray:
-        """Channel numbers of ``group``."""
-        return np.flatnonzero(self.group_of == group)
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {g: list(v) for g, v in self.indices.items()}
 
 
 def normalize_image(array: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
@@ -129,82 +83,6 @@ def to_original(points: np.ndarray, scale: Sequence[float]) -> np.ndarray:
     return (np.asarray(points, dtype=float) + 0.5) * s - 0.5
 
 
-def decode_heatmaps(
-    heatmaps: Any, method: str = "centroid", radius: int = 5, logits: bool = False
-) -> np.ndarray:
-    """Sub-pixel landmark positions from heatmaps.
-
-    Args:
-        heatmaps: ``(..., P, X, Y)`` probability maps (or logits of a spatial softmax with
-            ``logits=True``), numpy or torch.
-        method: ``"centroid"``: probability-weighted centroid in a ``(2 radius + 1)^2`` window around the
-            maximum (robust to secondary modes); ``"softargmax"``: expectation over the whole map.
-        radius: window half-width in pixels for ``"centroid"``.
-
-    Returns:
-        ``(..., P, 2)`` float64 ``(x, y)`` in pixels of the heatmap grid.
-    """
-    import torch
-
-    h = heatmaps if isinstance(heatmaps, torch.Tensor) else torch.as_tensor(np.asarray(heatmaps))
-    h = h.detach().float().cpu()
-    lead = h.shape[:-2]
-    nx, ny = h.shape[-2:]
-    flat = h.reshape(-1, nx * ny)
-    prob = torch.softmax(flat, dim=1) if logits else flat.clamp_min(0)
-    if method == "softargmax":
-        prob = prob / prob.sum(1, keepdim=True).clamp_min(1e-12)
-        p = prob.reshape(-1, nx, ny)
-        xs = (p.sum(2) * torch.arange(nx, dtype=torch.float32)).sum(1)
-        ys = (p.sum(1) * torch.arange(ny, dtype=torch.float32)).sum(1)
-        return torch.stack([xs, ys], 1).double().numpy().reshape(*lead, 2)
-    if method != "centroid":
-        raise InputError(f"unknown decoding {method!r}; use 'centroid' or 'softargmax'.")
-    idx = prob.argmax(1)
-    cx, cy = idx // ny, idx % ny
-    offs = torch.arange(-radius, radius + 1)
-    wx = (cx[:, None] + offs[None]).clamp(0, nx - 1)  # (N, W)
-    wy = (cy[:, None] + offs[None]).clamp(0, ny - 1)
-    p = prob.reshape(-1, nx, ny)
-    n = p.shape[0]
-    win = p[torch.arange(n)[:, None, None], wx[:, :, None], wy[:, None, :]]  # (N, W, W)
-    # clamped window indices repeat border pixels: count each pixel once
-    valid_x = (cx[:, None] + offs[None] >= 0) & (cx[:, None] + offs[None] < nx)
-    valid_y = (cy[:, None] + offs[None] >= 0) & (cy[:, None] + offs[None] < ny)
-    win = win * (valid_x[:, :, None] & valid_y[:, None, :])
-    total = win.sum((1, 2)).clamp_min(1e-12)
-    xs = (win.sum(2) * wx.float()).sum(1) / total
-    ys = (win.sum(1) * wy.float()).sum(1) / total
-    return torch.stack([xs, ys], 1).double().numpy().reshape(*lead, 2)
-
-
-def decode_logits(logits: Any, method: str = "centroid", radius: int = 5) -> np.ndarray:
-    """Landmarks ``(N, P, 2)`` ``(x, y)`` of heatmap logits ``(N, P, X, Y)``: spatial softmax, then
-    :func:`decode_heatmaps`."""
-    import torch
-
-    prob = torch.softmax(logits.flatten(2), 2).reshape(logits.shape)
-    return decode_heatmaps(prob, method, radius)
-
-
-def landmark_labels(schema: LandmarkSchema) -> list[dict[str, Any]]:
-    """Model-card labels of a landmark model: one per channel, value = channel, group colour."""
-    return [{"value": i, "name": name, "color": list(GROUP_COLORS.get(name.split("_")[0], (1.0, 0.0, 0.0)))}
-            for i, name in enumerate(schema.names)]  # fmt: skip
-
-
-def heatmap_entropy(logits: Any) -> Any:
-    """Normalised spatial entropy of heatmap logits ``(N, P, X, Y)``, mean over the landmarks: a ``(N,)``
-    torch tensor in [0, 1] (0: every landmark a one-pixel peak; 1: uniform maps), differentiable. A
-    model-alone sign of how familiar an input is: a landmark network's maps are sharp on the images it
-    learnt from and diffuse elsewhere (used by model inversion and the selector's verification)."""
-    import torch
-
-    q = torch.softmax(torch.as_tensor(logits).float().flatten(2), dim=2)
-    h = -(q * torch.log(q.clamp_min(1e-12))).sum(2) / math.log(q.shape[2])
-    return h.mean(1)
-
-
 #: excess of normalised heatmap entropy over the model's validation images that divides a landmark model's
 #: fit by e. Measured on the chest X-ray landmark model: adult chest radiographs within 0.02 of its
 #: validation entropy, paediatric ones 0.07 above, CT/MR slices, mammograms, knee radiographs and photos
@@ -212,17 +90,39 @@ def heatmap_entropy(logits: Any) -> Any:
 LANDMARK_ENTROPY_SCALE = 0.1
 
 
+def contour_curves(points_lps: np.ndarray, names: Sequence[str], model: str) -> list[Curve]:
+    """One closed curve per landmark group of ``names`` (``GROUP_NN``): the lungs, the heart and the
+    clavicles are outlines (the clavicles' contours run around each bone); a group of two points is an open
+    curve. Points keep the channel order, which runs along each contour."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(str(name).rpartition("_")[0] or str(name), []).append(i)
+    return [Curve(name=f"{model} {GROUP_NAMES.get(g, g)}", points_lps=np.asarray(points_lps)[idx],
+                  labels=[str(names[i]) for i in idx], closed=len(idx) >= 3,
+                  color=GROUP_COLORS.get(g, (1.0, 0.0, 0.0))) for g, idx in groups.items()]  # fmt: skip
+
+
 @register_runtime
 class LandmarkRuntime(TaskRuntime):
-    """Runs a 2D landmark (heatmap) bundle: points in LPS millimetres, written as a Slicer point list."""
+    """Runs a 2D landmark bundle (a heatmap network, or the stages of a coarse-to-fine model): points in LPS
+    millimetres, written as Slicer closed curves (one per structure) or a point list."""
 
     task_type = "landmarks"
     keywords = ("landmark",)
     first_label_value = 0  # label value = output channel
     labels_required = True
     output_suffix = ".mrk.json"
-    slicer_node_class = "vtkMRMLMarkupsFiducialNode"
+    # the written file holds one closed curve per structure; Slicer reads its first into this node class and
+    # the others (same class) with vtkMRMLMarkupsJsonStorageNode.AddNewMarkupsNodeFromFile
+    slicer_node_class = "vtkMRMLMarkupsClosedCurveNode"
     slicer_storage_class = "vtkMRMLMarkupsJsonStorageNode"
+    primary_metric = "mre_mm"
+    scores_references = True
+
+    def __init__(self, bundle: Any, device: str = "cpu") -> None:
+        super().__init__(bundle, device)
+        self.stages = bundle.network
+        self.network = stage(bundle.network, "coarse")  # what the fit signals and model inversion look at
 
     # --- card-level --------------------------------------------------------------------------------------
     @classmethod
@@ -240,6 +140,11 @@ class LandmarkRuntime(TaskRuntime):
                 {"_target_": "EnsureTyped", "keys": "image"},
             ]},
             "inferer": {"_target_": "SimpleInferer"},
+            # what ModelSelectorLib's landmark runtime does after the coarse network (no MONAI transform does it)
+            "landmark_stages": {"coarse": "network_def.coarse (or network_def itself): heatmaps at roi_size",
+                                "shape": "network_def.shape: projection onto the shape model's modes",
+                                "refine": f"network_def.refine: one heatmap per landmark on a patch of the image "
+                                          f"at {REFINE_SCALE} x roi_size around its coarse estimate"},
         }  # fmt: skip
 
     @classmethod
@@ -271,7 +176,7 @@ class LandmarkRuntime(TaskRuntime):
 
     # --- the task ----------------------------------------------------------------------------------------
     def logits(self, image: Image) -> tuple[Any, tuple[float, float], Image]:
-        """Network output ``(1, P, X, Y)`` for ``image`` (2D, or a one-slice volume) resized to the card's
+        """Coarse-stage output ``(1, P, X, Y)`` for ``image`` (2D, or a one-slice volume) resized to the card's
         ``roi_size`` and normalised like training. Returns ``(logits, scale, image)``: ``scale`` maps resized
         to original pixels, ``image`` is the 2D greyscale input actually used."""
         import torch
@@ -283,12 +188,31 @@ class LandmarkRuntime(TaskRuntime):
             out = self.network(torch.from_numpy(net_in)[None, None].to(self.device)).float().cpu()
         return out, scale, img
 
+    def points_px(self, image: Image, cancel: Optional[Any] = None) -> tuple[np.ndarray, Image]:
+        """Landmarks ``(P, 2)`` ``(x, y)`` in pixels of ``image`` through every stage of the model, and the 2D
+        greyscale input used."""
+        import torch
+
+        check_cancel(cancel)
+        img = self.input_image(image)
+        size = int((self.card.roi_size or [64, 64])[0])
+        arr = np.asarray(img.array, np.float32)
+        net_in, scale = resize_image(arr, size)
+        fine = cond = None
+        if stage(self.stages, "refine") is not None:
+            fine = torch.from_numpy(resize_image(arr, size * REFINE_SCALE)[0])[None]
+            cond = landmark_conditioning(self.card.label_names, GROUPS)
+        check_cancel(cancel)
+        pts, _ = predict_landmarks(
+            self.stages, torch.from_numpy(net_in)[None, None].to(self.device), fine, cond
+        )
+        return to_original(pts[0], scale), img
+
     def predict(self, image: Image, cancel: Optional[Any] = None) -> Prediction:
         """Landmarks of ``image`` in LPS millimetres: ``value`` is ``(P, 3)`` (z = the slice's position;
-        0 for a 2D image), ``names`` the card's point names."""
-        check_cancel(cancel)
-        logits, scale, img = self.logits(image)
-        pts = to_original(decode_logits(logits)[0], scale)  # (P, 2) continuous index (i, j)
+        0 for a 2D image), ``names`` the card's point names, ``meta["points_px"]`` the ``(P, 2)`` pixel
+        positions ``(x, y)`` in the 2D input."""
+        pts, img = self.points_px(image, cancel)
         ref = image if image.ndim == 3 else img  # a one-slice volume: the points lie in its slice
         n = ref.ndim
         idx = np.zeros((len(pts), n))
@@ -296,17 +220,64 @@ class LandmarkRuntime(TaskRuntime):
         m = ref.ijk_to_lps()
         out = np.zeros((len(pts), 3))
         out[:, :n] = idx @ m[:n, :n].T + m[:n, n]
-        return Prediction(self.card.name, self.card.version, image, out, list(self.card.label_names))
+        stages = [s for s in ("coarse", "shape", "refine") if stage(self.stages, s) is not None]
+        return Prediction(self.card.name, self.card.version, image, out, list(self.card.label_names),
+                          meta={"points_px": pts, "stages": stages})  # fmt: skip
 
     def write(self, prediction: Prediction, path: Path) -> Path:
+        """The contours as a scene-ready set of Slicer curves (one closed curve per structure) in one
+        ``.mrk.json``; :meth:`write_points` writes a point list instead."""
+        return write_curves(path, contour_curves(prediction.value, prediction.names, prediction.model))
+
+    def write_points(self, prediction: Prediction, path: Path) -> Path:
+        """The landmarks as one Slicer point list (``vtkMRMLMarkupsFiducialNode``) in a ``.mrk.json``."""
         return write_markups(path, prediction.value, prediction.names, label=prediction.model)
 
     def overlay(self, prediction: Prediction) -> dict[str, Any]:
         return {"points_lps": prediction.value,
                 "point_colors": [tuple(lb.get("color", (1.0, 0.0, 0.0))) for lb in self.card.labels]}  # fmt: skip
 
+    def score(
+        self, prediction: Prediction, reference: Path, names: Optional[Sequence[str]] = None
+    ) -> dict[str, float]:
+        """Scores of ``prediction`` against a ``<id>_landmarks.json`` of its image (pixel coordinates) over the
+        points ``names`` (default: all the prediction's): radial errors in original pixels and, with the file's
+        pixel spacing, in mm (:func:`score_points`), and the Dice of the filled lung contours against
+        ``<id>_lungmask.png`` beside the file (``dice_lungs``; NaN without one).
+
+        Raises:
+            DatasetError: an unreadable reference, or one whose groups do not fit the model's points.
+            InputError: ``names`` the prediction does not have.
+        """
+        chosen = list(prediction.names if names is None else names)
+        where = {n: i for i, n in enumerate(prediction.names)}
+        missing = [n for n in chosen if n not in where]
+        if missing:
+            raise InputError(f"the prediction has no landmark(s) {missing[:5]}; it cannot be scored on them.")
+        schema = LandmarkSchema.from_names(chosen)
+        pts = np.asarray(prediction.meta["points_px"], float)[[where[n] for n in schema.names]]
+        width = int(prediction.image.as_2d().array.shape[-1]) if prediction.image.is_single_slice else None
+        truth, mask, spacing, _ = read_landmark_json(reference, schema, image_width=width)
+        out = score_points(pts, truth, mask, spacing)
+        ref = Path(reference)
+        mask_path = ref.with_name(ref.name.replace("_landmarks.json", "_lungmask.png"))
+        out["dice_lungs"] = float("nan")
+        if mask_path.is_file() and mask_path != ref:
+            from PIL import Image as PILImage
+
+            with PILImage.open(mask_path) as im:
+                out["dice_lungs"] = lung_dice(pts, schema, np.asarray(im.convert("L")) > 127)
+        return out
+
+    @classmethod
+    def replacement_problem(cls, candidate: Any, current: Any) -> Optional[str]:
+        """A landmark model may replace another when it predicts at least the same points (whole contours may
+        replace a subsample of them); the two are compared on the current model's points."""
+        missing = sorted(set(current.label_names) - set(candidate.label_names))
+        return f"the candidate lacks the current model's landmarks {missing[:5]}" if missing else None
+
     def fit_signals(self, image: Image) -> Optional[dict[str, float]]:
-        """How much more diffuse the model's heatmaps are on ``image`` than on its validation images (card
+        """How much more diffuse the model's coarse heatmaps are on ``image`` than on its validation images (card
         metric ``val_heatmap_entropy``): ``fit = exp(-max(0, entropy - reference) / LANDMARK_ENTROPY_SCALE)``
         (1 without a reference). A landmark model has no batch-norm statistics to compare."""
         if not self.accepts(image):

@@ -27,8 +27,9 @@ import numpy as np
 from .. import atomic
 from ..errors import InputError, ModelSelectorError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
-from ..evaluation.segmentation import evaluate_bundle
 from ..io.image import Image
+from ..models.registry import DEFAULT_TASK_TYPE, runtime_for
+from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -106,6 +107,37 @@ def render_overlay(
     return atomic.save_figure(fig, path, dpi=dpi)
 
 
+def render_points_overlay(
+    image: Image, drawn: Mapping[str, Any], path: PathLike, width_px: int = OVERLAY_PX
+) -> Path:
+    """Write a PNG of a 2D image with a runtime's predicted points (``overlay()``: ``points_lps`` ``(n, 3)`` and
+    ``point_colors``) over it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    img = image.to_grayscale() if image.is_multicomponent else image
+    flat = img.as_2d() if img.is_single_slice else img
+    arr = np.asarray(flat.array, dtype=np.float32)
+    if arr.ndim != 2:
+        raise InputError(f"overlay: points are drawn on 2D images; got an image of shape {arr.shape}.")
+    m = flat.ijk_to_lps()
+    pts = np.asarray(drawn.get("points_lps", np.zeros((0, 3))), float)[:, :2]
+    xy = np.linalg.solve(m[:2, :2], (pts - m[:2, 2]).T).T if len(pts) else np.zeros((0, 2))
+    h, w = arr.shape
+    dpi = 100
+    fig = plt.figure(figsize=(width_px / dpi, max(width_px * h / w, 16) / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(_window(arr), cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
+    colors = drawn.get("point_colors") or [PRED_COLOR] * len(xy)
+    ax.scatter(xy[:, 0], xy[:, 1], s=3, c=[tuple(c) for c in colors][: len(xy)])
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    return atomic.save_figure(fig, path, dpi=dpi)
+
+
 def render_curve(curve: Mapping[str, Any], path: PathLike) -> Optional[Path]:
     """Write training and validation loss (left axis) and validation Dice (right axis) per epoch as a PNG.
 
@@ -172,18 +204,22 @@ def evaluate_candidate(
 
     loaded = load_bundle(bundle_dir, device=device)
     card = loaded.card
+    runtime = runtime_for(loaded, device=device)
     labels = {int(k): str(v) for k, v in split["labels"].items()}
     on_case = None
     if dashboard_dir is not None:
         overlays = Path(dashboard_dir) / "overlays"
 
-        def on_case(case_id: str, image: Image, truth: Image, pred: Image) -> dict[str, Any]:
+        def on_case(case_id: str, image: Image, truth: Any, pred: Any) -> dict[str, Any]:
             name = f"{_file_id(case_id)}.png"
-            render_overlay(image, truth.array, pred.array, overlays / name)
+            if isinstance(pred, Image):  # a label map: contours of truth and prediction
+                render_overlay(image, truth.array, pred.array, overlays / name)
+            else:
+                render_points_overlay(image, runtime.overlay(pred), overlays / name)
             return {"overlay": f"overlays/{name}"}
 
-    cases = evaluate_bundle(loaded, split["cases"], labels, device=device, cancel=cancel, on_case=on_case,
-                            desc=f"evaluate {candidate or card.name}")  # fmt: skip
+    cases = evaluate_cases(loaded, split["cases"], labels, device=device, cancel=cancel, on_case=on_case,
+                           desc=f"evaluate {candidate or card.name}")  # fmt: skip
     result = {
         "candidate": candidate or card.name,
         "model": card.name,
@@ -390,17 +426,19 @@ def write_leaderboard(
     return Path(out_html)
 
 
-def write_reports(sweep_folder: PathLike, metric: str = "dice") -> dict[str, Any]:
-    """(Re)write the leaderboard and every dashboard of a sweep folder from its saved evaluations.
+def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[str, Any]:
+    """(Re)write the leaderboard and every dashboard of a sweep folder from its saved evaluations, ranked by
+    ``metric`` (default: the ranking metric of the sweep's task, ``dice`` or ``mre_mm``).
 
     Returns:
-        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row}``.
+        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row, "metric"}``.
 
     Raises:
         ModelSelectorError: no evaluations in the folder.
     """
     work = Path(sweep_folder)
     state = _read_json(work / "sweep.json")
+    metric = metric or primary_metric(state.get("task_type") or DEFAULT_TASK_TYPE)
     evals = sorted((work / "evaluation").glob("*.json"))
     if not evals:
         raise ModelSelectorError(f"{work}: no evaluations found; run `modelselector sweep` first.")
@@ -432,7 +470,7 @@ def write_reports(sweep_folder: PathLike, metric: str = "dice") -> dict[str, Any
     atomic.write_json(report / "leaderboard.json", _finite({"task": task, "metric": metric, "ranking": [
         {"rank": r["rank"], "candidate": r["candidate"], "model": r["model"], "version": r["version"],
          "settings": r.get("settings"), "summary": r["summary"]} for r in ranked]}))  # fmt: skip
-    return {"sweep": work, "leaderboard": html_path, "ranking": ranked, "best": ranked[0]}
+    return {"sweep": work, "leaderboard": html_path, "ranking": ranked, "best": ranked[0], "metric": metric}
 
 
 def escape(text: Any) -> str:
@@ -448,6 +486,7 @@ __all__ = [
     "rank",
     "render_curve",
     "render_overlay",
+    "render_points_overlay",
     "representative_slice",
     "summarize",
     "write_dashboard",

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..errors import BundleError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
-from ..evaluation.segmentation import evaluate_bundle
+from ..models.registry import runtime_class
+from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
 METHODS = ("wilcoxon", "bootstrap")
@@ -167,8 +168,8 @@ def default_split(zoo: Any, task: str) -> Optional[Path]:
 
     if task in zoo:
         split = (zoo.version_info(task).get("evaluation") or {}).get("split")
-        if split and Path(split).is_file():
-            return Path(split)
+        if split and (Path(zoo.path) / split).is_file():  # recorded relative to the zoo (or absolute)
+            return Path(zoo.path) / split
     p = sweep_dir(zoo.path, task) / "test_split.json"
     return p if p.is_file() else None
 
@@ -196,10 +197,15 @@ def _check_compatible(candidate_card: Any, current_card: Any, task: str) -> None
         raise BundleError(
             f"the candidate is a {candidate_card.task_type} model and {task} a {current_card.task_type} model."
         )
-    a = [(lb["value"], lb["name"]) for lb in candidate_card.labels]
-    b = [(lb["value"], lb["name"]) for lb in current_card.labels]
-    if a != b:
-        raise BundleError(f"the candidate's labels {a} differ from {task}'s {b}; it cannot replace it.")
+    problem = runtime_class(current_card.task_type).replacement_problem(candidate_card, current_card)
+    if problem:
+        raise BundleError(f"{problem}; it cannot replace {task}.")
+
+
+def _gate_labels(labels: dict[int, str], current_card: Any) -> dict[int, str]:
+    """What both models are scored on for the gate: the split's labels, or (a split that names none, e.g.
+    landmarks) the current model's outputs, so that a candidate with more outputs is compared on the same ones."""
+    return labels or {int(lb["value"]): str(lb["name"]) for lb in current_card.labels}
 
 
 def promote(
@@ -207,7 +213,7 @@ def promote(
     task: str,
     candidate: PathLike,
     split: Optional[PathLike] = None,
-    metric: str = "dice",
+    metric: Optional[str] = None,
     method: str = "wilcoxon",
     level: float = 0.95,
     min_improvement: float = 0.0,
@@ -222,7 +228,8 @@ def promote(
         task: model name of the task in the zoo.
         candidate: the candidate's bundle folder (e.g. a sweep's best model).
         split: test split file (default: :func:`default_split`).
-        metric, method, level, min_improvement: the gate (see :func:`gate`).
+        metric, method, level, min_improvement: the gate (see :func:`gate`); ``metric`` defaults to the task's
+            ranking metric (``dice`` for segmentation, ``mre_mm`` for landmarks).
         dry_run: decide and report, change nothing.
 
     Returns:
@@ -246,15 +253,21 @@ def promote(
     split_data = read_split(split_path)
     labels = split_data["labels"]
     cand = load_bundle(candidate, device=device)
-    cand_cases = evaluate_bundle(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
+    metric = metric or primary_metric(cand.card.task_type)
+    cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
     cand_scores = _scores(cand_cases, metric)
-    result: dict[str, Any] = {"task": task, "metric": metric, "split": str(split_path.resolve()),
-                              "candidate": _summary(cand_cases), "candidate_bundle": str(Path(candidate).resolve())}  # fmt: skip
+    result: dict[str, Any] = {"task": task, "metric": metric, "split": _zoo_relative(split_path, zoo.path),
+                              "candidate": _summary(cand_cases),
+                              "candidate_bundle": _zoo_relative(Path(candidate), zoo.path)}  # fmt: skip
     if task in zoo:
         current_version = zoo.current(task)
         cur = load_bundle(zoo.get(task), device=device)
         _check_compatible(cand.card, cur.card, task)
-        cur_cases = evaluate_bundle(cur, split_data["cases"], labels, device, cancel, desc="evaluate current")
+        shared = _gate_labels(labels, cur.card)
+        if shared != labels:  # the candidate again, on the current model's outputs
+            cand_scores = _scores(evaluate_cases(cand, split_data["cases"], shared, device, cancel,
+                                                 desc="evaluate candidate on the current outputs"), metric)  # fmt: skip
+        cur_cases = evaluate_cases(cur, split_data["cases"], shared, device, cancel, desc="evaluate current")
         g = gate(cand_scores, _scores(cur_cases, metric), metric, method, level, min_improvement)
         result.update(current=_summary(cur_cases), previous=current_version, gate=g.to_dict(),
                       accepted=g.accepted, reason=g.reason, report=g.text())  # fmt: skip
@@ -280,6 +293,11 @@ def promote(
         zoo.add(staged, current=True, info=info, event=event)
     result["version"] = version
     return result
+
+
+def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:
+    """``path`` as the catalog records it: relative to the zoo folder, so that a zoo names no machine path."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(zoo_dir).resolve())).as_posix()
 
 
 def _stage(src: Path, dest: Path, task: str, version: str) -> Path:

@@ -29,6 +29,10 @@ method; ``workers`` processes with ``threads`` torch threads each); ``"ray"`` se
 (``address``; Ray is an optional extra, ``pip install "ModelSelectorLib[ray]"``). Ray workers must see the
 dataset at the same path (shared file system); each returns its bundle as a tar archive.
 A candidate whose bundle is already in the zoo with the same training settings is not trained again.
+
+``task_type: landmarks`` makes a sweep of landmark models (:mod:`.landmark_sweep`): the dataset is a landmark
+folder and the settings are those of the landmark trainer (``variant``, ``fraction``, ``refine_steps``, ...);
+candidates are scored through their task runtime (MRE, SDR, lung Dice).
 """
 
 from __future__ import annotations
@@ -54,14 +58,31 @@ import numpy as np
 from .. import atomic
 from ..datasets.msd import load_msd
 from ..errors import DatasetError, ModelSelectorError, TrainingError
+from ..models.landmarks import LandmarkRuntime
+from ..models.registry import DEFAULT_TASK_TYPE
 from ..progress import check_cancel, progress_bar
 from ..zoo.card import safe_name
+from . import landmark_sweep
+from .scoring import primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 SWEEPS = "sweeps"
+#: the task types a sweep can train, and the module that checks, splits and trains the candidates of each
+#: (None: segmentation, this module's own MSD split and trainer)
+SWEEP_TASKS: dict[str, Any] = {DEFAULT_TASK_TYPE: None, LandmarkRuntime.task_type: landmark_sweep}
 EXECUTORS = ("local", "ray")
-_SPEC_KEYS = {"task", "seed", "test_fraction", "base", "grid", "candidates", "modality", "body_region"}
+_SPEC_KEYS = {
+    "task",
+    "task_type",
+    "seed",
+    "test_fraction",
+    "base",
+    "grid",
+    "candidates",
+    "modality",
+    "body_region",
+}
 
 
 # --- the sweep file -------------------------------------------------------------------------------------
@@ -88,6 +109,7 @@ class SweepSpec:
     test_fraction: float = 0.2
     modality: Optional[str] = None
     body_region: Optional[str] = None
+    task_type: str = DEFAULT_TASK_TYPE
 
     def model_name(self, candidate: Candidate) -> str:
         """Zoo model name of a candidate: ``<task>-<candidate>``."""
@@ -122,8 +144,6 @@ def expand_sweep(data: dict[str, Any]) -> SweepSpec:
     Raises:
         TrainingError: unknown keys, an empty sweep, duplicate names, or settings TrainConfig refuses.
     """
-    from ..training.segmentation import TrainConfig
-
     if not isinstance(data, dict):
         raise TrainingError(
             "a sweep file must hold a mapping with 'task', 'base' and 'grid' or 'candidates'."
@@ -158,11 +178,16 @@ def expand_sweep(data: dict[str, Any]) -> SweepSpec:
         raw.append((item.pop("name", None), item))
     if not raw:
         raise TrainingError("the sweep has no candidates; add a 'grid' or a 'candidates' list.")
+    task_type = str(data.get("task_type") or DEFAULT_TASK_TYPE)
+    if task_type not in SWEEP_TASKS:
+        raise TrainingError(
+            f"task_type {task_type!r}: a sweep trains one of {', '.join(sorted(SWEEP_TASKS))}."
+        )
     candidates: list[Candidate] = []
     for name, varying in raw:
         settings = {**base, **varying}
         try:
-            TrainConfig.from_dict(settings).check()
+            _check_candidate(task_type, settings)
         except TrainingError as e:
             raise TrainingError(f"sweep candidate {name or varying}: {e}") from e
         cand = Candidate(safe_name(name) if name else _auto_name(varying), settings)
@@ -175,8 +200,17 @@ def expand_sweep(data: dict[str, Any]) -> SweepSpec:
     if not 0.0 < fraction < 1.0:
         raise TrainingError(f"test_fraction {fraction} must lie between 0 and 1.")
     return SweepSpec(
-        safe_name(task), candidates, seed, fraction, data.get("modality"), data.get("body_region")
+        safe_name(task), candidates, seed, fraction, data.get("modality"), data.get("body_region"), task_type
     )
+
+
+def _check_candidate(task_type: str, settings: dict[str, Any]) -> None:
+    if SWEEP_TASKS.get(task_type) is not None:
+        SWEEP_TASKS[task_type].check_settings(settings)
+        return
+    from ..training.segmentation import TrainConfig
+
+    TrainConfig.from_dict(settings).check()
 
 
 def load_sweep(path: PathLike) -> SweepSpec:
@@ -257,6 +291,9 @@ def _case_id(path: Path) -> str:
 def read_split(path: PathLike) -> dict[str, Any]:
     """Read a test split file written by :func:`make_split`; checks that its files exist.
 
+    A relative ``dataset`` is taken relative to the split file's folder, and relative image and label paths
+    relative to ``dataset`` (a split committed beside the code names no machine path).
+
     Raises:
         DatasetError: missing or malformed file, or missing image/label files.
     """
@@ -265,7 +302,10 @@ def read_split(path: PathLike) -> dict[str, Any]:
         raise DatasetError(f"{p}: no such test split file; run `modelselector sweep` first or pass --split.")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-        cases = data["cases"]
+        root = p.parent / str(data.get("dataset", ""))
+        cases = [
+            {**c, "image": str(root / c["image"]), "label": str(root / c["label"])} for c in data["cases"]
+        ]
         labels = {int(k): str(v) for k, v in data["labels"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DatasetError(f"{p}: not a test split file ({e}).") from e
@@ -274,7 +314,7 @@ def read_split(path: PathLike) -> dict[str, Any]:
         raise DatasetError(f"{p}: {len(missing)} test file(s) missing, e.g. {missing[0]}.")
     if not cases:
         raise DatasetError(f"{p}: the test split is empty.")
-    return {**data, "labels": labels}
+    return {**data, "cases": cases, "labels": labels}
 
 
 # --- workers --------------------------------------------------------------------------------------------
@@ -287,12 +327,16 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     threads = int(job.get("threads") or 1)
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    settings = dict(job["settings"])
-    settings.setdefault("num_threads", threads)
-    config = TrainConfig.from_dict(settings)
     t0 = time.monotonic()
-    bundle = train_segmentation(job["dataset"], job["model"], job["zoo"], config,
-                                modality=job.get("modality"), body_region=job.get("body_region"))  # fmt: skip
+    backend = SWEEP_TASKS.get(job.get("task_type", DEFAULT_TASK_TYPE))
+    if backend is not None:
+        bundle = backend.train(job)
+    else:
+        settings = dict(job["settings"])
+        settings.setdefault("num_threads", threads)
+        config = TrainConfig.from_dict(settings)
+        bundle = train_segmentation(job["dataset"], job["model"], job["zoo"], config,
+                                    modality=job.get("modality"), body_region=job.get("body_region"))  # fmt: skip
     out = {"candidate": job["candidate"], "bundle": str(bundle), "seconds": round(time.monotonic() - t0, 1)}
     if job.get("return_archive"):
         buf = io.BytesIO()
@@ -423,9 +467,27 @@ def sweep_dir(zoo_dir: PathLike, task: str) -> Path:
     return Path(zoo_dir) / SWEEPS / safe_name(task)
 
 
-def _same_settings(bundle: Path, settings: dict[str, Any]) -> bool:
+def _read_state(state_file: Path) -> dict[str, Any]:
+    """The saved state of a sweep (``{}`` when there is none or it is unreadable)."""
+    try:
+        return json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _task_split(spec: SweepSpec, dataset_dir: PathLike, work: Path) -> tuple[Path, Path]:
+    """The fixed test split of the sweep's task: ``(training data folder, split file)``."""
+    backend = SWEEP_TASKS[spec.task_type]
+    if backend is not None:
+        return backend.make_split(dataset_dir, work, spec.test_fraction, spec.seed)
+    return make_split(dataset_dir, work, spec.test_fraction, spec.seed)
+
+
+def _same_settings(bundle: Path, settings: dict[str, Any], task_type: str = DEFAULT_TASK_TYPE) -> bool:
     from ..training.segmentation import TRAIN_CONFIG_FILE, TrainConfig
 
+    if SWEEP_TASKS.get(task_type) is not None:
+        return bool(SWEEP_TASKS[task_type].same_settings(bundle, settings))
     f = bundle / TRAIN_CONFIG_FILE
     if not f.is_file():
         return False
@@ -452,7 +514,7 @@ def run_sweep(
     workers: int = 2,
     threads: int = 1,
     address: Optional[str] = None,
-    metric: str = "dice",
+    metric: Optional[str] = None,
     device: str = "cpu",
     cancel: Optional[Any] = None,
     retrain: bool = False,
@@ -467,7 +529,8 @@ def run_sweep(
         workers: parallel worker processes (local executor).
         threads: torch threads per worker (local) / CPUs per task (Ray).
         address: Ray cluster address (``None``/``"local"``: a local Ray instance).
-        metric: leaderboard ranking metric (``dice``, ``hd95``, ``msd``, ``dice_<label>``, ...).
+        metric: leaderboard ranking metric (``dice``, ``hd95``, ``msd``, ``dice_<label>``, ``mre_mm``, ``sdr_4``,
+            ...; default: the task's ranking metric, ``dice`` or ``mre_mm``).
         device: torch device of the evaluation.
         cancel: Event-like; stops between candidates and cases with :class:`~ModelSelectorLib.errors.Cancelled`.
         retrain: train candidates again even when the zoo already holds them with the same settings.
@@ -482,27 +545,23 @@ def run_sweep(
         raise TrainingError(f"executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}.")
     zoo = Zoo.create(zoo_dir)
     work = sweep_dir(zoo_dir, spec.task)
-    train_dir, split_file = make_split(dataset_dir, work, spec.test_fraction, spec.seed)
+    train_dir, split_file = _task_split(spec, dataset_dir, work)
     state_file = work / "sweep.json"
-    state: dict[str, Any] = {"task": spec.task, "dataset": str(Path(dataset_dir).resolve()),
+    state: dict[str, Any] = {"task": spec.task, "task_type": spec.task_type, "dataset": str(Path(dataset_dir).resolve()),
                              "split": split_file.name, "seed": spec.seed, "candidates": {}}  # fmt: skip
-    if state_file.is_file():
-        try:
-            old = json.loads(state_file.read_text(encoding="utf-8"))
-            state["candidates"].update(old.get("candidates", {}))
-        except ValueError:
-            pass
+    state["candidates"].update(_read_state(state_file).get("candidates", {}))
     jobs = []
     for cand in spec.candidates:
         model = spec.model_name(cand)
         entry = {"model": model, "settings": cand.settings, "config_hash": cand.config_hash()}
         state["candidates"][cand.name] = {**state["candidates"].get(cand.name, {}), **entry}
-        if not retrain and model in zoo and _same_settings(zoo.get(model), cand.settings):
+        if not retrain and model in zoo and _same_settings(zoo.get(model), cand.settings, spec.task_type):
             state["candidates"][cand.name]["bundle"] = str(zoo.get(model))
             continue
         jobs.append({"candidate": cand.name, "model": model, "settings": cand.settings, "dataset": str(train_dir),
                      "zoo": str(work / "work" / cand.name), "threads": threads, "modality": spec.modality,
-                     "body_region": spec.body_region})  # fmt: skip
+                     "body_region": spec.body_region, "task_type": spec.task_type,
+                     "test_fraction": spec.test_fraction})  # fmt: skip
     atomic.write_json(state_file, state)
 
     bar = progress_bar(total=len(jobs), desc=f"sweep {spec.task}: train")
@@ -541,7 +600,7 @@ def run_sweep(
         evaluate_candidate(Path(entry["bundle"]), split, work / "evaluation" / f"{name}.json",
                            work / "report" / "dashboards" / name, candidate=name, device=device,
                            cancel=cancel)  # fmt: skip
-    return write_reports(work, metric=metric)
+    return write_reports(work, metric=metric or primary_metric(spec.task_type))
 
 
 __all__ = [

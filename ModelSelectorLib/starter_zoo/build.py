@@ -376,7 +376,7 @@ def build_landmark_model(
     force: bool = False,
     cancel: Optional[Any] = None,
 ) -> dict[str, Any]:
-    """Train the landmark recipe's variant (:func:`ModelSelectorLib.landmarks_compare.train_into_zoo`), score
+    """Train the landmark recipe's variant (:func:`ModelSelectorLib.training.landmark_study.train_into_zoo`), score
     it on the comparison's validation and test images, and add it to the zoo ``zoo_dir``.
 
     Returns:

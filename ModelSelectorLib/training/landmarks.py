@@ -29,7 +29,7 @@ import numpy as np
 
 from ..datasets.landmarks import LandmarkCase
 from ..errors import TrainingError
-from ..models.landmarks import decode_logits
+from ..models.heatmaps import decode_logits
 from ..progress import check_cancel, progress_bar
 from ..settings import check_settings
 
@@ -68,28 +68,32 @@ def render_heatmaps(points: np.ndarray, mask: np.ndarray, size: int, sigma: floa
 NETWORK_SIZES: dict[str, dict[str, Any]] = {
     "teacher": {"channels": [32, 64, 128, 256, 512], "num_res_units": 0, "dropout": 0.1},
     "student": {"channels": [16, 32, 64, 128], "num_res_units": 0, "dropout": 0.1},
+    # the refinement stage: one heatmap on a 32 px patch (a 4 x 4 bottleneck) from the patch + 7 conditioning channels
+    "refine": {"channels": [16, 32, 64, 128], "num_res_units": 0, "dropout": 0.1},
     # small sizes for tests and quick runs
     "teacher-tiny": {"channels": [16, 32, 64], "num_res_units": 1, "dropout": 0.1},
     "student-tiny": {"channels": [8, 16, 32], "num_res_units": 0, "dropout": 0.1},
+    "refine-tiny": {"channels": [8, 16], "num_res_units": 0, "dropout": 0.1},
 }
 
 
-def network_def(size_name: str, n_points: int) -> dict[str, Any]:
-    """MONAI config (``_target_`` + arguments) of a 2D UNet heatmap network ``size_name``."""
+def network_def(size_name: str, n_points: int, in_channels: int = 1) -> dict[str, Any]:
+    """MONAI config (``_target_`` + arguments) of a 2D UNet heatmap network ``size_name`` with ``n_points``
+    output channels."""
     if size_name not in NETWORK_SIZES:
         raise TrainingError(f"unknown network size {size_name!r}; choose one of {', '.join(NETWORK_SIZES)}.")
     cfg = NETWORK_SIZES[size_name]
-    return {"_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1,
+    return {"_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": int(in_channels),
             "out_channels": int(n_points), "channels": list(cfg["channels"]),
             "strides": [2] * (len(cfg["channels"]) - 1), "num_res_units": int(cfg["num_res_units"]),
             "dropout": float(cfg["dropout"])}  # fmt: skip
 
 
-def build_network(size_name: str, n_points: int) -> Any:
+def build_network(size_name: str, n_points: int, in_channels: int = 1) -> Any:
     """The 2D MONAI UNet of :func:`network_def`; output ``(B, P, X, Y)`` spatial-softmax logits."""
     from monai.networks.nets import UNet
 
-    kwargs = {k: v for k, v in network_def(size_name, n_points).items() if k != "_target_"}
+    kwargs = {k: v for k, v in network_def(size_name, n_points, in_channels).items() if k != "_target_"}
     return UNet(**kwargs)
 
 
@@ -116,6 +120,13 @@ class LandmarkTrainConfig:
         mc_samples: Monte-Carlo dropout samples of the uncertainty-guided variant.
         augment_shift: largest random shift (pixels) of the augmentations.
         decode: ``"centroid"`` or ``"softargmax"``; decode_radius: centroid window half-width (px).
+        shape_modes: modes of the point-distribution model that projects the coarse points (0: none).
+        refine_steps: optimisation steps of the refinement stage (0: a single-stage model).
+        refine_network: its size (a key of :data:`NETWORK_SIZES`); refine_points: landmarks per image and
+            step (patches per step = ``batch_size * refine_points``).
+        refine_jitter: standard deviation (fine-grid px) of the offset of a training patch's centre from the
+            true landmark, the coarse stage's error it learns to correct (a fifth of the patches: twice as far).
+        refine_sigma: target Gaussian (fine-grid px) of the refinement heatmaps; refine_lr: its learning rate.
         threads: torch CPU threads (0 = leave as is).
         device: torch device.
     """
@@ -135,6 +146,13 @@ class LandmarkTrainConfig:
     augment_shift: int = 4
     decode: str = "centroid"
     decode_radius: int = 5
+    shape_modes: int = 0
+    refine_steps: int = 0
+    refine_network: str = "refine"
+    refine_points: int = 16
+    refine_jitter: float = 4.0
+    refine_sigma: float = 1.5
+    refine_lr: float = 3e-3
     threads: int = 0
     device: str = "cpu"
 
@@ -145,6 +163,10 @@ class LandmarkTrainConfig:
         if cfg.size < 16 or cfg.steps < 1 or cfg.batch_size < 1 or cfg.sigma <= 0 or cfg.kd_temperature <= 0:
             raise TrainingError(
                 "landmark settings need size >= 16, steps >= 1, batch_size >= 1, sigma > 0, kd_temperature > 0."
+            )
+        if cfg.refine_steps < 0 or cfg.shape_modes < 0 or cfg.refine_points < 1 or cfg.refine_sigma <= 0:
+            raise TrainingError(
+                "landmark settings need refine_steps >= 0, shape_modes >= 0, refine_points >= 1, refine_sigma > 0."
             )
         return cfg
 
@@ -173,7 +195,7 @@ def stack_cases(cases: Sequence[LandmarkCase], sigma: float) -> Arrays:
     return Arrays(images, targets, mask)
 
 
-def _seed_all(seed: int) -> Any:
+def seed_all(seed: int) -> Any:
     import random
 
     import torch
@@ -252,10 +274,12 @@ def _shift_targets(targets: Any, dx: int, dy: int) -> Any:
     return t / s.clamp_min(1e-12)
 
 
-def _optimizer(net: Any, cfg: LandmarkTrainConfig, steps: int) -> tuple[Any, Any]:
+def make_optimizer(
+    net: Any, cfg: LandmarkTrainConfig, steps: int, lr: Optional[float] = None
+) -> tuple[Any, Any]:
     import torch
 
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0)))
     )
@@ -282,10 +306,10 @@ def train_supervised(
 ) -> Any:
     """Train a network of ``size_name`` on labelled heatmaps only (cross-entropy, shift + intensity
     augmentation). Returns the network in eval mode."""
-    gen = _seed_all(seed)
+    gen = seed_all(seed)
     net = build_network(size_name, labelled.targets.shape[1]).to(cfg.device)
     steps = int(steps or cfg.steps)
-    opt, sched = _optimizer(net, cfg, steps)
+    opt, sched = make_optimizer(net, cfg, steps)
     net.train()
     bar = progress_bar(total=steps, desc=desc, leave=False)
     for _ in range(steps):
@@ -294,14 +318,14 @@ def train_supervised(
         x, (dx, dy) = augment(labelled.images[idx], gen, cfg.augment_shift)
         t = _shift_targets(labelled.targets[idx], dx, dy)
         loss = heatmap_ce(net(x.to(cfg.device)), t.to(cfg.device), labelled.mask[idx].to(cfg.device))
-        _optimiser_step(opt, sched, loss)
+        optimiser_step(opt, sched, loss)
         bar.update(1)
         bar.set_postfix(loss=loss.item())
     bar.close()
     return net.eval()
 
 
-def _optimiser_step(opt: Any, sched: Any, loss: Any) -> None:
+def optimiser_step(opt: Any, sched: Any, loss: Any) -> None:
     """One gradient step of ``opt`` on ``loss``, then one step of the learning-rate schedule."""
     opt.zero_grad()
     loss.backward()
@@ -343,23 +367,35 @@ def teacher_targets(
     import torch
 
     t = float(cfg.kd_temperature)
-    logits = predict_logits(teacher, images, device=cfg.device)
-    soft = torch.softmax(logits.flatten(2) / t, 2).reshape(logits.shape)
-    if not uncertainty:
-        return soft.half(), None
+    n = len(images)
+    soft: Any = None
+    weight: Any = None
     torch.manual_seed(seed)
-    mean = torch.zeros_like(soft)
-    sq = torch.zeros_like(soft)
     k = max(int(cfg.mc_samples), 2)
-    for _ in range(k):
-        lg = predict_logits(teacher, images, device=cfg.device, dropout=True)
-        p = torch.softmax(lg.flatten(2) / t, 2).reshape(lg.shape)
-        mean += p
-        sq += p * p
-    mean /= k
-    std = (sq / k - mean * mean).clamp_min(0).sqrt()
-    weight = torch.exp(-std / mean.clamp_min(1e-8))
-    return soft.half(), weight.half()
+    for i in range(0, n, TEACHER_CHUNK):  # chunks keep the float32 intermediates small
+        x = images[i : i + TEACHER_CHUNK]
+        lg = predict_logits(teacher, x, device=cfg.device)
+        s = torch.softmax(lg.flatten(2) / t, 2).reshape(lg.shape)
+        if soft is None:
+            soft = torch.zeros((n, *s.shape[1:]), dtype=torch.float16)
+            weight = torch.zeros_like(soft) if uncertainty else None
+        soft[i : i + len(x)] = s.half()
+        if not uncertainty:
+            continue
+        mean, sq = torch.zeros_like(s), torch.zeros_like(s)
+        for _ in range(k):
+            lg = predict_logits(teacher, x, device=cfg.device, dropout=True)
+            p = torch.softmax(lg.flatten(2) / t, 2).reshape(lg.shape)
+            mean += p
+            sq += p * p
+        mean /= k
+        std = (sq / k - mean * mean).clamp_min(0).sqrt()
+        weight[i : i + len(x)] = torch.exp(-std / mean.clamp_min(1e-8)).half()
+    return soft, weight
+
+
+#: images per chunk when the teacher's soft targets are computed
+TEACHER_CHUNK = 32
 
 
 def train_distilled(
@@ -380,9 +416,9 @@ def train_distilled(
     """
     import torch
 
-    gen = _seed_all(seed)
+    gen = seed_all(seed)
     net = build_network(cfg.student, labelled.targets.shape[1]).to(cfg.device)
-    opt, sched = _optimizer(net, cfg, cfg.steps)
+    opt, sched = make_optimizer(net, cfg, cfg.steps)
     t = float(cfg.kd_temperature)
     n_u = len(unlabelled_images)
     net.train()
@@ -402,7 +438,7 @@ def train_distilled(
             ones = torch.ones(su.shape[:2], device=cfg.device)
             kd = heatmap_ce(logits_u, su.to(cfg.device), ones, None if wu is None else wu.to(cfg.device))
             loss = loss + cfg.kd_weight * t * t * kd
-        _optimiser_step(opt, sched, loss)
+        optimiser_step(opt, sched, loss)
         bar.update(1)
         bar.set_postfix(loss=loss.item())
     bar.close()
@@ -425,12 +461,12 @@ def train_mean_teacher(
 
     import torch
 
-    gen = _seed_all(seed)
+    gen = seed_all(seed)
     net = build_network(cfg.student, labelled.targets.shape[1]).to(cfg.device)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt, sched = _optimizer(net, cfg, cfg.steps)
+    opt, sched = make_optimizer(net, cfg, cfg.steps)
     n_u = len(unlabelled_images)
     pool = torch.cat([unlabelled_images, labelled.images]) if n_u else labelled.images
     net.train()
@@ -451,7 +487,7 @@ def train_mean_teacher(
         ramp = math.exp(-5 * (1 - min(step / max(0.3 * cfg.steps, 1), 1.0)) ** 2)
         cons = heatmap_ce(net(xs.to(cfg.device)), target, torch.ones(target.shape[:2], device=cfg.device))
         loss = loss + cfg.kd_weight * ramp * cons
-        _optimiser_step(opt, sched, loss)
+        optimiser_step(opt, sched, loss)
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             for pe, ps in zip(ema.parameters(), net.parameters()):

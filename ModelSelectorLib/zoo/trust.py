@@ -42,14 +42,15 @@ ALLOWED_NETWORKS = tuple(
         "ViT ViTAutoEnc VNet VQVAE"
     ).split()
 )
-#: ``torch.nn`` layers a network config may compose
+#: ``torch.nn`` layers a network config may compose, and ``ModuleDict``, the container that holds the stages
+#: of a multi-stage model (a coarse-to-fine landmark model: each stage is itself checked)
 ALLOWED_LAYERS = tuple(
     f"torch.nn.{name}"
     for name in (
         "AdaptiveAvgPool2d AdaptiveAvgPool3d AvgPool2d AvgPool3d BatchNorm1d BatchNorm2d BatchNorm3d Conv1d "
         "Conv2d Conv3d ConvTranspose2d ConvTranspose3d Dropout Dropout2d Dropout3d ELU Flatten GELU GroupNorm "
-        "Identity InstanceNorm2d InstanceNorm3d LayerNorm LeakyReLU Linear MaxPool2d MaxPool3d PReLU ReLU "
-        "Sigmoid SiLU Softmax Tanh Upsample"
+        "Identity InstanceNorm2d InstanceNorm3d LayerNorm LeakyReLU Linear MaxPool2d MaxPool3d ModuleDict "
+        "PReLU ReLU Sigmoid SiLU Softmax Tanh Upsample"
     ).split()
 )
 #: constructor arguments that fetch weights from the network or another file when set (or by default)

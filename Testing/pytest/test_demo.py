@@ -35,7 +35,7 @@ def test_demo_selects_and_applies_the_chest_xray_model_on_the_bundled_sample(sam
     assert applied.get("dx-chest-lungs") == "dx-chest-lungs.seg.nrrd", applied
     assert applied.get("dx-chest-landmarks") == "dx-chest-landmarks.mrk.json", applied
     landmarks = next(row for row in result.outputs if row["task"] == "landmarks")
-    assert landmarks["segments"] == "42 points (RL, LL, H, RCLA, LCLA)"
+    assert landmarks["segments"] == "166 points (RL, LL, H, RCLA, LCLA)"  # every contour point
 
 
 def _segmentation_row(result):

@@ -24,18 +24,17 @@ from ModelSelectorLib.evaluation.landmarks import (  # noqa: E402
     success_detection_rate,
 )
 from ModelSelectorLib.io.markups import read_markups  # noqa: E402
+from ModelSelectorLib.models.heatmaps import decode_heatmaps, heatmap_entropy  # noqa: E402
 from ModelSelectorLib.models.landmarks import (  # noqa: E402
     LandmarkRuntime,
     LandmarkSchema,
-    decode_heatmaps,
-    heatmap_entropy,
     landmark_labels,
     normalize_image,
     to_original,
 )
+from ModelSelectorLib.training.landmark_report import best_student  # noqa: E402
 from ModelSelectorLib.training.landmark_study import (  # noqa: E402
     GridConfig,
-    best_student,
     compare,
     run_name,
     train_into_zoo,
@@ -304,9 +303,9 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
     assert sitk.ReadImage(str(src)).GetSpacing() == pytest.approx(spacing)
     assert main(["apply", "--zoo", str(zoo), "--model", "cxr_lm", str(src), "--out", str(nrrd_out)]) == 0
     data = json.loads(nrrd_out.read_text(encoding="utf-8"))
-    mk = data["markups"][0]
-    assert mk["type"] == "Fiducial" and mk["coordinateSystem"] == "LPS"
-    assert [cp["label"] for cp in mk["controlPoints"]] == card.label_names
+    assert [mk["type"] for mk in data["markups"]] == ["ClosedCurve"] * 3  # right lung, left lung, heart
+    assert all(mk["coordinateSystem"] == "LPS" for mk in data["markups"])
+    assert [cp["label"] for mk in data["markups"] for cp in mk["controlPoints"]] == card.label_names
     idx, _ = read_markups(png_out)  # identity geometry: positions are pixel indices
     pts, names = read_markups(nrrd_out)
     expected = np.asarray(origin) + idx[:, :2] @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T
@@ -317,6 +316,13 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
         ["apply", "--zoo", str(zoo), "--model", "cxr_lm", str(src), "--out", str(tmp_path / "x.seg.nrrd")]
     )
     assert rc != 0 and ".mrk.json" in capsys.readouterr().err
+    # the point-list option writes the same points as one Slicer point list
+    pts_out = tmp_path / "c.mrk.json"
+    assert main(["landmarks", "apply", "--zoo", str(zoo), "--model", "cxr_lm", str(src), "--out", str(pts_out),
+                 "--points"]) == 0  # fmt: skip
+    points = json.loads(pts_out.read_text(encoding="utf-8"))["markups"]
+    assert [mk["type"] for mk in points] == ["Fiducial"]
+    np.testing.assert_allclose(read_markups(pts_out)[0], pts, atol=1e-6)
 
 
 def test_zoo_student_is_chosen_on_mean_validation_error_over_seeds():
@@ -337,6 +343,10 @@ def test_zoo_student_is_chosen_on_mean_validation_error_over_seeds():
     assert best["val_mean"] == pytest.approx(6.6) and best["test_mean"] == pytest.approx(6.85)
     assert best["name"] == "uncertainty_kd_f100_s0" and best["seed"] == 0
     assert best_student({"runs": runs[:1]}) is None
+    # a configuration with fewer finished seeds does not compete, however low its validation error
+    assert (
+        best_student({"runs": [*runs, run("offline_kd", 0.25, 0, 5.5, 6.0)]})["variant"] == "uncertainty_kd"
+    )
 
 
 def test_data_free_inputs_of_a_landmark_model_sharpen_its_heatmaps(synth_data, tmp_path):
@@ -350,11 +360,12 @@ def test_data_free_inputs_of_a_landmark_model_sharpen_its_heatmaps(synth_data, t
     cfg.train["steps"] = 30
     train_into_zoo(synth_data, tmp_path / "zoo", cfg, name="lm", variant="student_supervised")
     loaded = load_bundle(Zoo(tmp_path / "zoo").get("lm"))
+    coarse = LandmarkRuntime(loaded).network  # the stage whose heatmaps the inversion sharpens
 
     def spatial_entropy(images):
         arrays = np.stack([normalize_image(im.array).T for im in images]).astype(np.float32)
         with torch.no_grad():
-            return float(heatmap_entropy(loaded.network(torch.from_numpy(arrays)[:, None])).mean())
+            return float(heatmap_entropy(coarse(torch.from_numpy(arrays)[:, None])).mean())
 
     info: dict = {}
     start = synthesize_inputs(loaded, n=3, steps=0, seed=1, progress=False)

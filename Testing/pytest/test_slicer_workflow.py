@@ -81,7 +81,7 @@ def _assert_same_grid(segmentation_node, volume) -> None:
 
 
 def test_default_workflow_on_the_bundled_chest_xray(tmp_path):
-    """Find models -> the best fitting one starts ticked -> apply the two fitting models -> markups + segmentation,
+    """Find models -> the best fitting one starts ticked -> apply the two fitting models -> curves + segmentation,
     prepared for display without error (landmarks get no surface call; a one-slice result gets none)."""
     # the conversion rule that the application's Segmentations module registers at startup
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
@@ -105,13 +105,16 @@ def test_default_workflow_on_the_bundled_chest_xray(tmp_path):
     landmark_model, markups = by_kind["landmarks"]
     segmentation = by_kind["segmentation"][1]
     card = logic.modelCard(landmark_model["name"])
-    assert markups.GetNumberOfControlPoints() == len(card.labels) > 0
-    assert [markups.GetNthControlPointLabel(i) for i in range(len(card.labels))] == [
+    # one markups node per contour (curves), the returned node first, together every point of the card
+    curves = [scene.GetNthNodeByClass(i, "vtkMRMLMarkupsNode")
+              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsNode"))]  # fmt: skip
+    assert curves[0] is markups and sum(c.GetNumberOfControlPoints() for c in curves) == len(card.labels) > 0
+    assert [c.GetNthControlPointLabel(i) for c in curves for i in range(c.GetNumberOfControlPoints())] == [
         lb["name"] for lb in card.labels
     ]
     low, high = _ras_bounds(volume)
     points = np.array(
-        [markups.GetNthControlPointPosition(i) for i in range(markups.GetNumberOfControlPoints())]
+        [c.GetNthControlPointPosition(i) for c in curves for i in range(c.GetNumberOfControlPoints())]
     )
     assert np.all(points >= low - 1e-3) and np.all(points <= high + 1e-3), "landmarks outside the image"
     _assert_same_grid(segmentation, volume)

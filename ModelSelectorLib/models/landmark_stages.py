@@ -1,0 +1,266 @@
+"""The stages of a coarse-to-fine landmark model, shared by training and inference.
+
+A landmark bundle's network is either one MONAI ``UNet`` (a single-stage model: heatmaps on the whole image
+resized to ``roi_size``) or a ``torch.nn.ModuleDict`` of stages, all built from MONAI/torch classes so that the
+bundle stays a plain MONAI bundle with every weight in ``models/model.pt``::
+
+    "coarse"  UNet, 1 -> P channels: heatmaps of every landmark on the whole image at roi_size (e.g. 64 px)
+    "shape"   ModuleDict {"encode": Linear(2P, k), "decode": Linear(k, 2P)}: a point-distribution model
+              (PCA of the training shapes) that projects the coarse points onto the k main modes of shape
+    "refine"  UNet, 1 + C -> 1 channel: one heatmap on a REFINE_PATCH x REFINE_PATCH patch of the image
+              resized to REFINE_SCALE x roi_size (e.g. 256 px, 1.4 mm per pixel on a 512 px JSRT radiograph),
+              centred on the coarse estimate of one landmark; the C conditioning channels say which landmark
+              (:func:`landmark_conditioning`)
+
+The refinement sees local detail the coarse grid cannot resolve (a 64 px grid is 5.6 mm per pixel on JSRT);
+the shape model keeps the coarse points a plausible set of outlines before they are refined.
+
+Layout: images are ``(x, y)`` (network layout), points ``(x, y)`` in pixels of the grid they belong to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from .heatmaps import decode_logits
+
+#: the refinement works on the image resized to this multiple of the coarse grid (64 px -> 256 px)
+REFINE_SCALE = 4
+#: side of the refinement patches in pixels of the fine grid (32 px = 45 mm on a 512 px JSRT radiograph)
+REFINE_PATCH = 32
+#: half-width in pixels of the window in which a refined heatmap is decoded (local centroid)
+REFINE_DECODE_RADIUS = 4
+#: conditioning channels of the refinement input: one-hot landmark group (5) + cos, sin of the point's phase
+CONDITIONING_CHANNELS = 7
+#: the stage names of a coarse-to-fine network
+LANDMARK_STAGES = ("coarse", "shape", "refine")
+
+
+def landmark_conditioning(names: Sequence[str], groups: dict[str, int]) -> np.ndarray:
+    """Which landmark a refinement patch is about, as ``(P, CONDITIONING_CHANNELS)`` float32 values.
+
+    Args:
+        names: point names ``GROUP_NN`` (``NN`` = index in the group's whole contour).
+        groups: ``{group: number of contour points}`` in a fixed order (the one-hot's order).
+
+    Returns:
+        per point: a one-hot of its group (``len(groups)`` columns, padded to 5) and ``cos``, ``sin`` of
+        ``2 pi NN / n_group`` (its position around the contour).
+    """
+    order = list(groups)
+    n_hot = CONDITIONING_CHANNELS - 2
+    out = np.zeros((len(names), CONDITIONING_CHANNELS), np.float32)
+    for i, name in enumerate(names):
+        group, _, idx = str(name).rpartition("_")
+        k = order.index(group) if group in order else -1
+        if 0 <= k < n_hot:
+            out[i, k] = 1.0
+        phase = 2.0 * math.pi * float(idx or 0) / float(groups.get(group, 1))
+        out[i, n_hot], out[i, n_hot + 1] = math.cos(phase), math.sin(phase)
+    return out
+
+
+def crop_patches(images: Any, centres: Any, size: int) -> tuple[Any, Any]:
+    """Square patches of ``images`` around ``centres`` (zero outside the image).
+
+    Args:
+        images: ``(N, X, Y)`` float tensor.
+        centres: ``(N, K, 2)`` float ``(x, y)`` in pixels of ``images``.
+        size: patch side in pixels.
+
+    Returns:
+        ``(patches (N * K, 1, size, size), origins (N, K, 2) long)``: a patch's pixel ``(u, v)`` is the image's
+        pixel ``origin + (u, v)``; the origin is the rounded centre minus ``size // 2``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    half = size // 2
+    n, k = centres.shape[:2]
+    nx, ny = images.shape[-2:]
+    origin = torch.round(centres.float()).long() - half
+    origin[..., 0] = origin[..., 0].clamp(-half, nx - half)  # keep at least half a patch inside the image
+    origin[..., 1] = origin[..., 1].clamp(-half, ny - half)
+    padded = F.pad(images[:, None].float(), (size, size, size, size))[:, 0]
+    ar = torch.arange(size)
+    xi = (origin[..., 0, None] + size + ar)[..., :, None].expand(n, k, size, size)
+    yi = (origin[..., 1, None] + size + ar)[..., None, :].expand(n, k, size, size)
+    bi = torch.arange(n)[:, None, None, None].expand(n, k, size, size)
+    return padded[bi, xi, yi].reshape(n * k, 1, size, size), origin
+
+
+def refine_input(patches: Any, conditioning: Any) -> Any:
+    """The refinement network's input: ``patches`` ``(B, 1, S, S)`` and per-patch ``conditioning`` ``(B, C)``
+    broadcast to constant channels: ``(B, 1 + C, S, S)``."""
+    import torch
+
+    b, _, sx, sy = patches.shape
+    cond = torch.as_tensor(conditioning, dtype=patches.dtype).reshape(b, -1, 1, 1).expand(b, -1, sx, sy)
+    return torch.cat([patches, cond], 1)
+
+
+def refine_points(
+    network: Any,
+    images: Any,
+    points: Any,
+    conditioning: Any,
+    patch: int = REFINE_PATCH,
+    radius: int = REFINE_DECODE_RADIUS,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Refined landmarks: one patch per landmark around its current estimate, decoded to sub-pixel positions.
+
+    Args:
+        network: the refinement network (``1 + C`` -> 1 channel).
+        images: ``(N, X, Y)`` images on the fine grid (tensor or array).
+        points: ``(N, P, 2)`` current estimates ``(x, y)`` on the fine grid.
+        conditioning: ``(P, C)`` from :func:`landmark_conditioning`.
+
+    Returns:
+        ``(N, P, 2)`` float64 refined ``(x, y)`` on the fine grid.
+    """
+    import torch
+
+    imgs = torch.as_tensor(np.asarray(images, np.float32)) if not isinstance(images, torch.Tensor) else images
+    pts = torch.as_tensor(np.asarray(points, np.float64)).float()
+    n, p = pts.shape[:2]
+    patches, origin = crop_patches(imgs, pts, patch)
+    cond = torch.as_tensor(np.asarray(conditioning, np.float32)).repeat(n, 1)
+    first = next(network.parameters(), None)
+    device = first.device if first is not None else "cpu"
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(patches), batch_size):
+            x = refine_input(patches[i : i + batch_size], cond[i : i + batch_size]).to(device)
+            outs.append(network(x).float().cpu())
+    local = decode_logits(torch.cat(outs), "centroid", radius)[:, 0].reshape(n, p, 2)
+    return local + origin.double().numpy()
+
+
+# --- the shape model ----------------------------------------------------------------------------------------
+def shape_model_def(n_points: int, n_modes: int) -> dict[str, Any]:
+    """MONAI/torch config of the point-distribution model: ``encode`` then ``decode`` (two ``Linear`` layers)."""
+    return {"_target_": "torch.nn.ModuleDict", "modules": {
+        "encode": {"_target_": "torch.nn.Linear", "in_features": 2 * n_points, "out_features": n_modes},
+        "decode": {"_target_": "torch.nn.Linear", "in_features": n_modes, "out_features": 2 * n_points},
+    }}  # fmt: skip
+
+
+def fit_shape_model(shapes: np.ndarray, n_modes: int) -> Any:
+    """The point-distribution model of training ``shapes`` ``(N, P, 2)`` (complete shapes, coarse grid): the
+    mean shape and the ``n_modes`` principal modes as a ``Linear`` encoder / decoder pair, so that
+    ``decode(encode(x))`` is the orthogonal projection of ``x`` onto the mean plus the modes."""
+    import torch
+
+    x = np.asarray(shapes, np.float64).reshape(len(shapes), -1)
+    k = int(max(1, min(n_modes, len(x) - 1, x.shape[1])))
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    modes = vt[:k]
+    module = torch.nn.ModuleDict(
+        {"encode": torch.nn.Linear(x.shape[1], k), "decode": torch.nn.Linear(k, x.shape[1])}
+    )
+    with torch.no_grad():
+        module["encode"].weight.copy_(torch.from_numpy(modes))
+        module["encode"].bias.copy_(torch.from_numpy(-(modes @ mean)))
+        module["decode"].weight.copy_(torch.from_numpy(modes.T.copy()))
+        module["decode"].bias.copy_(torch.from_numpy(mean))
+    for prm in module.parameters():
+        prm.requires_grad_(False)
+    return module
+
+
+def project_shape(module: Any, points: np.ndarray) -> np.ndarray:
+    """``points`` ``(N, P, 2)`` projected by a shape model (:func:`fit_shape_model`); float64."""
+    import torch
+
+    pts = np.asarray(points, np.float64)
+    with torch.no_grad():
+        flat = torch.from_numpy(pts.reshape(len(pts), -1)).to(module["encode"].weight.dtype)
+        out = module["decode"](module["encode"](flat))
+    return out.double().numpy().reshape(pts.shape)
+
+
+def coarse_to_fine(points: np.ndarray) -> np.ndarray:
+    """Coarse-grid ``(x, y)`` points -> the fine grid (``REFINE_SCALE`` x as many pixels; pixel centres)."""
+    return (np.asarray(points, np.float64) + 0.5) * REFINE_SCALE - 0.5
+
+
+def fine_to_coarse(points: np.ndarray) -> np.ndarray:
+    """Fine-grid ``(x, y)`` points -> the coarse grid (inverse of :func:`coarse_to_fine`)."""
+    return (np.asarray(points, np.float64) + 0.5) / REFINE_SCALE - 0.5
+
+
+def predict_landmarks(
+    network: Any,
+    images: Any,
+    fine_images: Optional[Any] = None,
+    conditioning: Optional[np.ndarray] = None,
+    decode: str = "centroid",
+    radius: int = 5,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, Any]:
+    """Landmarks of a batch through every stage of ``network``.
+
+    Args:
+        network: a plain coarse network or the stages (:func:`stage`).
+        images: ``(N, 1, S, S)`` images on the coarse grid (tensor).
+        fine_images: ``(N, REFINE_SCALE S, REFINE_SCALE S)`` the same images on the fine grid (needed by a
+            refinement stage; without them the refinement is skipped).
+        conditioning: ``(P, C)`` of :func:`landmark_conditioning` (needed by a refinement stage).
+        decode, radius: decoding of the coarse heatmaps.
+
+    Returns:
+        ``(points (N, P, 2) float64 (x, y) on the coarse grid, coarse logits (N, P, S, S))``.
+    """
+    import torch
+
+    coarse = stage(network, "coarse")
+    first = next(coarse.parameters(), None)
+    device = first.device if first is not None else "cpu"
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            outs.append(coarse(images[i : i + batch_size].to(device)).float().cpu())
+    logits = torch.cat(outs) if outs else torch.zeros(0)
+    points = decode_logits(logits, decode, radius)
+    shape = stage(network, "shape")
+    if shape is not None:
+        points = project_shape(shape, points)
+    refine = stage(network, "refine")
+    if refine is not None and fine_images is not None and conditioning is not None:
+        points = fine_to_coarse(refine_points(refine, fine_images, coarse_to_fine(points), conditioning))
+    return points, logits
+
+
+def stage(network: Any, name: str) -> Optional[Any]:
+    """Stage ``name`` of a landmark network (None when absent); a plain network is its own ``"coarse"``."""
+    import torch
+
+    if isinstance(network, torch.nn.ModuleDict):
+        return network[name] if name in network else None
+    return network if name == "coarse" else None
+
+
+__all__ = [
+    "CONDITIONING_CHANNELS",
+    "REFINE_DECODE_RADIUS",
+    "REFINE_PATCH",
+    "REFINE_SCALE",
+    "LANDMARK_STAGES",
+    "coarse_to_fine",
+    "crop_patches",
+    "fine_to_coarse",
+    "fit_shape_model",
+    "landmark_conditioning",
+    "predict_landmarks",
+    "project_shape",
+    "refine_input",
+    "refine_points",
+    "shape_model_def",
+    "stage",
+]
