@@ -13,7 +13,9 @@ SWEEP_EXAMPLE = """\
 example sweep file (YAML):
   task: lungs                      # candidates become zoo models lungs-<candidate>
   seed: 0
-  test_fraction: 0.2               # fixed test split, the same for every candidate
+  test_fraction: 0.2               # test split for `promote`: no candidate trains or is ranked on it
+  selection_fraction: 0.2          # selection split: the leaderboard ranks every candidate on it
+  not_in_test: current_cases.txt   # optional: case ids that may not become test cases
   base: {roi_size: [128, 128], target_spacing: [2.8, 2.8], epochs: 20}
   grid:                            # every combination
     architecture: [unet, segresnet, attentionunet, dynunet]
@@ -33,10 +35,11 @@ outputs: ZOO/sweeps/TASK/report/leaderboard.html and dashboards/<candidate>/inde
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
-        help="train every configuration of a grid/list, evaluate all on one test split, write a leaderboard",
+        help="train every configuration of a grid/list, rank all on one selection split, write a leaderboard",
         description="Train competing configurations of one task in parallel worker processes (or on a Ray "
-        "cluster), add each as a bundle to the zoo --out, evaluate every one on the same held-out test cases "
-        "(Dice, HD95, mean surface distance in mm) and write a leaderboard and one dashboard per model.",
+        "cluster), add each as a bundle to the zoo --out, evaluate every one on the same held-out selection cases "
+        "(Dice, HD95, mean surface distance in mm) and write a leaderboard and one dashboard per model. A "
+        "separate test split is kept for `modelselector promote`.",
         epilog=SWEEP_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -115,6 +115,12 @@ class TaskRuntime(abc.ABC):
         return None
 
     @classmethod
+    def test_metrics(cls, means: dict[str, float], n_cases: int, protocol: str) -> dict[str, Any]:
+        """Card ``validation_metrics`` entries that make a test result (``means`` of the task's metrics over
+        ``n_cases`` cases that no choice was made on) the card's held-out figure (:meth:`held_out`)."""
+        return {**means, "validation_cases": int(n_cases), "held_out": protocol}
+
+    @classmethod
     def is_demonstration(cls, card: Any) -> bool:
         """A model that shows what the tool does rather than one to rely on: fewer than
         :attr:`MIN_TRAINING_CASES` training cases, or no held-out figure."""

@@ -167,6 +167,10 @@ class LandmarkRuntime(TaskRuntime):
                 "protocol": "test images"}  # fmt: skip
 
     @classmethod
+    def test_metrics(cls, means: dict[str, float], n_cases: int, protocol: str) -> dict[str, Any]:
+        return {**{f"test_{k}": v for k, v in means.items()}, "test_n_cases": int(n_cases)}
+
+    @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
         return (
             f"verify: heatmap sharpness fit {signals['fit']:.2f} (entropy {signals['heatmap_entropy']:.2f}; "

@@ -1,6 +1,6 @@
 """Leaderboards and per-model dashboards: static HTML (Jinja2 templates in ``templates/``) with PNG figures.
 
-* :func:`evaluate_candidate` scores one bundle on a fixed test split (:mod:`ModelSelectorLib.evaluate`) and
+* :func:`evaluate_candidate` scores one bundle on a fixed split of held-out cases (:mod:`ModelSelectorLib.evaluate`) and
   draws, per case, an overlay of a representative slice: ground-truth contour in GREEN, prediction contour
   in RED (:data:`GT_COLOR`, :data:`PRED_COLOR`).
 * :func:`summarize` gives mean / median / std / worst of each metric; :func:`rank` orders candidates by any
@@ -188,11 +188,13 @@ def evaluate_candidate(
     device: str = "cpu",
     cancel: Optional[Any] = None,
 ) -> dict[str, Any]:
-    """Score a bundle on a test split, draw its overlays, and save the result as JSON.
+    """Score a bundle on a split of held-out cases (a sweep's selection split, a test split), draw its
+    overlays, and save the result as JSON.
 
     Args:
         bundle_dir: the bundle folder.
-        split: a test split (:func:`ModelSelectorLib.sweep.read_split`): ``{"cases", "labels", ...}``.
+        split: a split file's content (:func:`ModelSelectorLib.ranking.sweep.read_split`):
+            ``{"cases", "labels", ...}``.
         out_json: where the evaluation is written (atomically).
         dashboard_dir: the model's dashboard folder; overlays go to ``overlays/<case>.png`` there.
         candidate: display name (default: the card's name).
@@ -461,7 +463,8 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
                         leaderboard_href="../../leaderboard.html")  # fmt: skip
     task = state.get("task", work.name)
     note = (
-        f"{len(rows)} candidates of task {task}, each evaluated on the same {rows[0]['n_cases']} test cases."
+        f"{len(rows)} candidates of task {task}, each evaluated on the same {rows[0]['n_cases']} held-out cases "
+        f"({state.get('split', 'the sweep split')})."
     )
     html_path = write_leaderboard(
         rows, report / "leaderboard.html", metric, f"Leaderboard — {task}", links, note

@@ -1,7 +1,9 @@
 """The promotion gate: a task's model is replaced only by a version that is really better.
 
 :func:`promote` scores a candidate bundle and the task's current version on the same test cases (a test split
-file, :func:`ModelSelectorLib.sweep.make_split`), and :func:`gate` decides:
+file, :func:`ModelSelectorLib.ranking.sweep.make_split`: cases no candidate was trained or ranked on; a split
+holding cases that either model's metadata lists as its training or validation cases is refused), and
+:func:`gate` decides:
 
 * the mean per-case improvement (candidate minus current for Dice; current minus candidate for distances,
   so positive always means "better") must exceed ``min_improvement``, and
@@ -30,7 +32,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import BundleError, ModelSelectorError, TrainingError, ZooError
+from .. import atomic
+from ..errors import BundleError, DatasetError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
 from ..models.registry import runtime_class
 from .scoring import evaluate_cases, primary_metric
@@ -164,13 +167,13 @@ def _now() -> str:
 
 def default_split(zoo: Any, task: str) -> Optional[Path]:
     """The test split of a task: the one its current version was promoted on, else the task's sweep split."""
-    from .sweep import sweep_dir
+    from .sweep import TEST_SPLIT, sweep_dir
 
     if task in zoo:
         split = (zoo.version_info(task).get("evaluation") or {}).get("split")
         if split and (Path(zoo.path) / split).is_file():  # recorded relative to the zoo (or absolute)
             return Path(zoo.path) / split
-    p = sweep_dir(zoo.path, task) / "test_split.json"
+    p = sweep_dir(zoo.path, task) / TEST_SPLIT
     return p if p.is_file() else None
 
 
@@ -252,6 +255,7 @@ def promote(
         )
     split_data = read_split(split_path)
     labels = split_data["labels"]
+    _check_unseen(split_data, split_path, [Path(candidate), *([zoo.get(task)] if task in zoo else [])])
     cand = load_bundle(candidate, device=device)
     metric = metric or primary_metric(cand.card.task_type)
     cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
@@ -289,10 +293,69 @@ def promote(
     event = {"action": "promote", "version": version, "from": result["previous"], "metric": metric,
              "candidate": result["candidate_bundle"], "gate": result["gate"]}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelselector-promote-") as tmp:
-        staged = _stage(Path(candidate), Path(tmp) / task, task, version)
+        n = len(split_data["cases"])
+        tested = {"means": result["candidate"], "n_cases": n, "protocol": f"test split of {n} cases that no choice "
+                  f"was made on ({Path(result['split']).name}; promotion gate)"}  # fmt: skip
+        staged = _stage(Path(candidate), Path(tmp) / task, task, version, tested)
+        if result["previous"] is not None:
+            _carry_provenance(zoo.get(task), staged, {"over": result["previous"], **info})
         zoo.add(staged, current=True, info=info, event=event)
     result["version"] = version
     return result
+
+
+def seen_case_ids(bundle: PathLike) -> set[str]:
+    """The case ids a bundle trained or chose on, as far as it records them: the training and validation cases of
+    a starter-zoo build (``metadata.json``) and of :func:`~ModelSelectorLib.training.segmentation.train_segmentation`
+    (``docs/training_curve.json``); empty when it records none."""
+    from ..starter_zoo.recipes import METADATA_KEY
+    from ..training.segmentation import CURVE_FILE
+    from ..zoo.bundle import read_metadata
+    from .sweep import case_id
+
+    seen: set[str] = set()
+    try:
+        block = read_metadata(Path(bundle)).get(METADATA_KEY) or {}
+    except ModelSelectorError:
+        block = {}
+    for part in ("training_cases", "validation_cases"):
+        seen |= {str(c.get("id")) for c in block.get(part) or []}
+    try:
+        curve = json.loads((Path(bundle) / CURVE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        curve = {}
+    for part in ("training_cases", "validation_cases"):
+        seen |= {case_id(c) for c in curve.get(part) or [] if isinstance(c, str)}
+    return seen
+
+
+def _carry_provenance(current: Path, staged: Path, record: dict[str, Any]) -> None:
+    """Give a promoted bundle the data provenance of the version it replaces (same task, same data terms), with
+    ``record`` saying how it got there; the replaced version's case lists are not carried (see its training
+    curve for the new model's cases)."""
+    from ..starter_zoo.recipes import METADATA_KEY
+    from ..zoo.bundle import read_metadata
+
+    block = read_metadata(current).get(METADATA_KEY)
+    if not block:
+        return
+    meta = read_metadata(staged)
+    drop = ("training_cases", "validation_cases", "check_cases", "build_time_s")
+    meta[METADATA_KEY] = {**{k: v for k, v in block.items() if k not in drop}, "promoted": record}
+    atomic.write_json(staged / "configs" / "metadata.json", meta)
+
+
+def _check_unseen(split: dict[str, Any], split_path: Path, bundles: Sequence[Path]) -> None:
+    """Refuse a test split holding cases that a compared model trained or chose on: the comparison would favour it."""
+    test = {str(c.get("id")) for c in split["cases"]}
+    for bundle in bundles:
+        seen = sorted(test & seen_case_ids(bundle))
+        if seen:
+            raise DatasetError(
+                f"{split_path}: {len(seen)} test case(s) were training or validation cases of {bundle} "
+                f"(e.g. {', '.join(seen[:3])}); use a test split without them (a sweep's not_in_test keeps "
+                "them out)."
+            )
 
 
 def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:
@@ -300,14 +363,21 @@ def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(zoo_dir).resolve())).as_posix()
 
 
-def _stage(src: Path, dest: Path, task: str, version: str) -> Path:
-    """Copy a bundle to ``dest`` with its card renamed to ``task`` ``version``."""
+def _stage(src: Path, dest: Path, task: str, version: str, tested: Optional[dict[str, Any]] = None) -> Path:
+    """Copy a bundle to ``dest`` with its card renamed to ``task`` ``version``; ``tested`` (``{"means",
+    "n_cases", "protocol"}``) makes the gate's test result the card's held-out figure."""
     from ..zoo.bundle import copy_bundle, validate_bundle, write_card
     from ..zoo.card import ModelCard
 
     card = validate_bundle(src)
     copy_bundle(src, dest)  # never follows symbolic links out of the candidate
-    write_card(dest, ModelCard.from_dict({**card.to_dict(), "name": task, "version": version}))
+    fields = {**card.to_dict(), "name": task, "version": version}
+    if tested:
+        metrics = runtime_class(card.task_type).test_metrics(
+            tested["means"], tested["n_cases"], tested["protocol"]
+        )
+        fields["validation_metrics"] = {**card.validation_metrics, **metrics}
+    write_card(dest, ModelCard.from_dict(fields))
     return dest
 
 
@@ -390,4 +460,4 @@ def retrain(
         )
 
 
-__all__ = ["METHODS", "GateResult", "default_split", "gate", "promote", "restore", "retrain"]
+__all__ = ["METHODS", "GateResult", "default_split", "gate", "promote", "restore", "retrain", "seen_case_ids"]

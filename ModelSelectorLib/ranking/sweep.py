@@ -1,10 +1,14 @@
-"""Sweeps: train competing configurations of one task, evaluate each on one fixed test split, rank them.
+"""Sweeps: train competing configurations of one task, rank them on a selection split, keep a test split.
 
 A sweep file (YAML) names the task, the shared settings, and the candidates as a grid or a list::
 
     task: lungs                    # candidates become zoo models "lungs-<candidate>"
-    seed: 0                        # test split and training seed
-    test_fraction: 0.2             # share of the dataset's cases held out as the fixed test split
+    seed: 0                        # split and training seed
+    test_fraction: 0.2             # share of the cases held out as the test split (for `promote`; never ranked on)
+    selection_fraction: 0.2        # share held out as the selection split (the leaderboard ranks on it)
+    not_in_test: shipped.txt       # optional: case ids (a list, or a file of one id per line, relative to the
+                                   # sweep file) that may not become test cases, e.g. the current model's
+                                   # training cases
     base:                          # TrainConfig settings shared by every candidate
       roi_size: [128, 128]
       target_spacing: [2.8, 2.8]
@@ -19,7 +23,9 @@ Output (``out`` is a zoo folder; candidate bundles go into it as models ``<task>
 
     ZOO/zoo.json, ZOO/models/<task>-<candidate>/<version>/   bundles with card, training curve, train config
     ZOO/sweeps/<task>/sweep.json                              the sweep, its candidates and their status
-    ZOO/sweeps/<task>/test_split.json                         the fixed test cases (ids, image/label paths)
+    ZOO/sweeps/<task>/selection_split.json                    the cases the candidates are ranked on
+    ZOO/sweeps/<task>/test_split.json                         the test cases: no candidate trains or is ranked
+                                                              on them; `promote` compares on them
     ZOO/sweeps/<task>/train/dataset.json                      the training cases (MSD, absolute paths)
     ZOO/sweeps/<task>/evaluation/<candidate>.json             per-case metrics of each candidate
     ZOO/sweeps/<task>/report/leaderboard.html, dashboards/    see :mod:`ModelSelectorLib.ranking`
@@ -30,9 +36,14 @@ method; ``workers`` processes with ``threads`` torch threads each); ``"ray"`` se
 dataset at the same path (shared file system); each returns its bundle as a tar archive.
 A candidate whose bundle is already in the zoo with the same training settings is not trained again.
 
+Choosing the winner and testing it are separate: the leaderboard ranks on the selection split, and the
+promotion gate (:mod:`.promotion`) compares the winner with the task's current model on the test split, which
+no choice has seen.
+
 ``task_type: landmarks`` makes a sweep of landmark models (:mod:`.landmark_sweep`): the dataset is a landmark
 folder and the settings are those of the landmark trainer (``variant``, ``fraction``, ``refine_steps``, ...);
-candidates are scored through their task runtime (MRE, SDR, lung Dice).
+candidates are scored through their task runtime (MRE, SDR, lung Dice) on the landmark split's test images,
+which then serve for ranking and promotion alike.
 """
 
 from __future__ import annotations
@@ -77,6 +88,8 @@ _SPEC_KEYS = {
     "task_type",
     "seed",
     "test_fraction",
+    "selection_fraction",
+    "not_in_test",
     "base",
     "grid",
     "candidates",
@@ -110,6 +123,8 @@ class SweepSpec:
     modality: Optional[str] = None
     body_region: Optional[str] = None
     task_type: str = DEFAULT_TASK_TYPE
+    selection_fraction: float = 0.2
+    not_in_test: tuple[str, ...] = ()
 
     def model_name(self, candidate: Candidate) -> str:
         """Zoo model name of a candidate: ``<task>-<candidate>``."""
@@ -197,11 +212,21 @@ def expand_sweep(data: dict[str, Any]) -> SweepSpec:
     if dupes:
         raise TrainingError(f"sweep candidate names repeat: {', '.join(dupes)}; give each a distinct 'name'.")
     fraction = float(data.get("test_fraction", 0.2))
-    if not 0.0 < fraction < 1.0:
-        raise TrainingError(f"test_fraction {fraction} must lie between 0 and 1.")
+    selection = float(data.get("selection_fraction", 0.2))
+    for key, value in (("test_fraction", fraction), ("selection_fraction", selection)):
+        if not 0.0 < value < 1.0:
+            raise TrainingError(f"{key} {value} must lie between 0 and 1.")
+    if fraction + selection >= 1.0:
+        raise TrainingError(
+            f"test_fraction + selection_fraction = {fraction + selection:g} leaves no training cases."
+        )
+    not_in_test = data.get("not_in_test") or []
+    if isinstance(not_in_test, str) or not all(isinstance(c, str) for c in not_in_test):
+        raise TrainingError("not_in_test must be a list of case ids (or, in a sweep file, a file of them).")
     return SweepSpec(
-        safe_name(task), candidates, seed, fraction, data.get("modality"), data.get("body_region"), task_type
-    )
+        safe_name(task), candidates, seed, fraction, data.get("modality"), data.get("body_region"), task_type,
+        selection, tuple(not_in_test),
+    )  # fmt: skip
 
 
 def _check_candidate(task_type: str, settings: dict[str, Any]) -> None:
@@ -223,64 +248,106 @@ def load_sweep(path: PathLike) -> SweepSpec:
 
     p = Path(path)
     data = read_settings_file(p, "sweep")
+    if isinstance(data, dict) and isinstance(data.get("not_in_test"), str):  # a file of ids beside the sweep
+        ids_file = p.parent / data["not_in_test"]
+        if not ids_file.is_file():
+            raise TrainingError(f"{p}: not_in_test names {ids_file}, which does not exist.")
+        data = {**data, "not_in_test": ids_file.read_text(encoding="utf-8").split()}
     try:
         return expand_sweep(data)
     except TrainingError as e:
         raise TrainingError(f"{p}: {e}") from e
 
 
-# --- the fixed test split -------------------------------------------------------------------------------
-def make_split(
-    dataset_dir: PathLike, work_dir: PathLike, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[Path, Path]:
-    """Hold out a fixed test split of an MSD dataset.
+# --- the fixed splits -----------------------------------------------------------------------------------
+#: split file names in ``ZOO/sweeps/<task>/``
+SELECTION_SPLIT, TEST_SPLIT = "selection_split.json", "test_split.json"
 
-    Writes ``work_dir/train/dataset.json`` (the dataset minus the test cases, absolute paths) and
-    ``work_dir/test_split.json`` (``{"dataset", "seed", "labels", "cases": [{"id", "image", "label"}]}``).
-    An existing split of the same dataset is kept, so every candidate (and every later sweep or promotion)
-    sees the same test cases.
+
+def make_split(
+    dataset_dir: PathLike,
+    work_dir: PathLike,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    selection_fraction: float = 0.2,
+    not_in_test: Sequence[str] = (),
+) -> tuple[Path, Path, Path]:
+    """Hold out a fixed test split and a fixed selection split of an MSD dataset.
+
+    Writes ``work_dir/train/dataset.json`` (the remaining cases, absolute paths), ``work_dir/selection_split.json``
+    (the cases candidates are ranked on) and ``work_dir/test_split.json`` (the cases the promotion gate compares
+    on; no candidate trains or is ranked on them), each ``{"dataset", "seed", "labels", "purpose", "cases":
+    [{"id", "image", "label"}]}``. Case ids in ``not_in_test`` (e.g. the current model's training cases) are
+    never drawn into the test split. An existing split of the same dataset is kept, so every candidate (and every
+    later sweep or promotion) sees the same cases.
 
     Returns:
-        ``(training dataset folder, split file)``.
+        ``(training dataset folder, selection split file, test split file)``.
 
     Raises:
-        DatasetError: fewer than 3 cases (one test, one validation, one training case are needed).
+        DatasetError: fewer than 4 cases, too few cases outside ``not_in_test``, a split of another dataset, or
+            a folder from a sweep that ranked on its test split.
     """
     dataset = load_msd(dataset_dir)
     work = Path(work_dir)
-    split_file, train_dir = work / "test_split.json", work / "train"
-    if split_file.is_file() and (train_dir / "dataset.json").is_file():
-        split = read_split(split_file)
-        if split.get("dataset") == str(dataset.root):
-            return train_dir, split_file
-        raise DatasetError(
-            f"{split_file}: holds the test split of another dataset ({split.get('dataset')}); "
-            "use another --out zoo or task name."
-        )
+    test_file, selection_file, train_dir = work / TEST_SPLIT, work / SELECTION_SPLIT, work / "train"
+    if test_file.is_file() and (train_dir / "dataset.json").is_file():
+        split = read_split(test_file)
+        if split.get("dataset") != str(dataset.root):
+            raise DatasetError(f"{test_file}: holds the test split of another dataset ({split.get('dataset')}); "
+                               "use another --out zoo or task name.")  # fmt: skip
+        if not selection_file.is_file():
+            raise DatasetError(f"{work}: made by a sweep that ranked its candidates on the test split itself; "
+                               "start a new sweep (another --out zoo or task name) to get a separate selection "
+                               "split.")  # fmt: skip
+        return train_dir, selection_file, test_file
     n = len(dataset.training)
-    if n < 3:
-        raise DatasetError(
-            f"{dataset.root}: {n} case(s); a sweep needs at least 3 (test, validation, training)."
-        )
-    n_test = min(n - 2, max(1, int(round(n * test_fraction))))
+    if n < 4:
+        raise DatasetError(f"{dataset.root}: {n} case(s); a sweep needs at least 4 (test, selection, training, "
+                           "validation).")  # fmt: skip
+    ids = [case_id(c["image"]) for c in dataset.training]
     order = np.random.default_rng(seed).permutation(n).tolist()
-    test_idx = set(order[:n_test])
-    cases = [{"id": _case_id(dataset.training[i]["image"]), "image": str(dataset.training[i]["image"]),
-              "label": str(dataset.training[i]["label"])} for i in sorted(test_idx)]  # fmt: skip
+    barred = set(not_in_test)
+    n_test = min(n - 3, max(1, int(round(n * test_fraction))))
+    test_idx = [i for i in order if ids[i] not in barred][:n_test]
+    if len(test_idx) < n_test:
+        raise DatasetError(f"{dataset.root}: only {len(test_idx)} case(s) outside not_in_test; the test split "
+                           f"needs {n_test}.")  # fmt: skip
+    n_sel = min(n - n_test - 2, max(1, int(round(n * selection_fraction))))
+    sel_idx = [i for i in order if i not in set(test_idx)][:n_sel]
+    held = set(test_idx) | set(sel_idx)
     raw = dict(dataset.raw)
     raw["training"] = [{"image": str(c["image"]), "label": str(c["label"])}
-                       for i, c in enumerate(dataset.training) if i not in test_idx]  # fmt: skip
+                       for i, c in enumerate(dataset.training) if i not in held]  # fmt: skip
     raw["numTraining"] = len(raw["training"])
     raw.pop("val_fraction", None)
-    raw["description"] = f"{dataset.description} (sweep training part; {n_test} test cases held out)".strip()
+    raw["description"] = (f"{dataset.description} (sweep training part; {n_test} test and {n_sel} selection "
+                          "cases held out)").strip()  # fmt: skip
     atomic.write_json(train_dir / "dataset.json", raw)
-    labels = {str(v): n for v, n in dataset.foreground_labels.items()}
-    atomic.write_json(split_file, {"dataset": str(dataset.root), "seed": int(seed), "labels": labels,
-                                   "test_fraction": float(test_fraction), "cases": cases})  # fmt: skip
-    return train_dir, split_file
+    labels = {str(v): name for v, name in dataset.foreground_labels.items()}
+    for path, idx, fraction, purpose in (
+        (
+            selection_file,
+            sel_idx,
+            selection_fraction,
+            "selection: the leaderboard ranks the candidates on it",
+        ),
+        (
+            test_file,
+            test_idx,
+            test_fraction,
+            "test: the promotion gate compares on it; nothing is chosen on it",
+        ),
+    ):
+        cases = [{"id": ids[i], "image": str(dataset.training[i]["image"]), "label": str(dataset.training[i]["label"])}
+                 for i in sorted(idx)]  # fmt: skip
+        atomic.write_json(path, {"dataset": str(dataset.root), "seed": int(seed), "labels": labels, "purpose": purpose,
+                                 "fraction": float(fraction), "cases": cases})  # fmt: skip
+    return train_dir, selection_file, test_file
 
 
-def _case_id(path: Path) -> str:
+def case_id(path: PathLike) -> str:
+    """A case's id: its image file name without the image extension (``imagesTr/JPCLN001.nii.gz`` -> ``JPCLN001``)."""
     name = Path(path).name
     for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".png"):
         if name.endswith(ext):
@@ -475,12 +542,15 @@ def _read_state(state_file: Path) -> dict[str, Any]:
         return {}
 
 
-def _task_split(spec: SweepSpec, dataset_dir: PathLike, work: Path) -> tuple[Path, Path]:
-    """The fixed test split of the sweep's task: ``(training data folder, split file)``."""
+def _task_split(spec: SweepSpec, dataset_dir: PathLike, work: Path) -> tuple[Path, Path, Path]:
+    """The fixed splits of the sweep's task: ``(training data folder, selection split file, test split file)``."""
     backend = SWEEP_TASKS[spec.task_type]
     if backend is not None:
-        return backend.make_split(dataset_dir, work, spec.test_fraction, spec.seed)
-    return make_split(dataset_dir, work, spec.test_fraction, spec.seed)
+        root, split_file = backend.make_split(dataset_dir, work, spec.test_fraction, spec.seed)
+        return root, split_file, split_file
+    return make_split(
+        dataset_dir, work, spec.test_fraction, spec.seed, spec.selection_fraction, spec.not_in_test
+    )
 
 
 def _same_settings(bundle: Path, settings: dict[str, Any], task_type: str = DEFAULT_TASK_TYPE) -> bool:
@@ -519,7 +589,8 @@ def run_sweep(
     cancel: Optional[Any] = None,
     retrain: bool = False,
 ) -> dict[str, Any]:
-    """Train every candidate, add it to the zoo, evaluate all on the fixed test split, write the reports.
+    """Train every candidate, add it to the zoo, rank all on the selection split, write the reports (the test
+    split is left for :func:`~.promotion.promote`).
 
     Args:
         dataset_dir: labelled MSD dataset folder.
@@ -545,10 +616,11 @@ def run_sweep(
         raise TrainingError(f"executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}.")
     zoo = Zoo.create(zoo_dir)
     work = sweep_dir(zoo_dir, spec.task)
-    train_dir, split_file = _task_split(spec, dataset_dir, work)
+    train_dir, split_file, test_file = _task_split(spec, dataset_dir, work)
     state_file = work / "sweep.json"
     state: dict[str, Any] = {"task": spec.task, "task_type": spec.task_type, "dataset": str(Path(dataset_dir).resolve()),
-                             "split": split_file.name, "seed": spec.seed, "candidates": {}}  # fmt: skip
+                             "split": split_file.name, "test_split": test_file.name, "seed": spec.seed,
+                             "candidates": {}}  # fmt: skip
     state["candidates"].update(_read_state(state_file).get("candidates", {}))
     jobs = []
     for cand in spec.candidates:
@@ -608,7 +680,10 @@ __all__ = [
     "SweepSpec",
     "expand_sweep",
     "load_sweep",
+    "case_id",
     "make_split",
+    "SELECTION_SPLIT",
+    "TEST_SPLIT",
     "read_split",
     "run_local",
     "run_ray",

@@ -172,6 +172,7 @@ def _add_to_zoo(
     with tempfile.TemporaryDirectory(prefix="modelselector-train-") as tmp:
         bundle_dir = save_bundle(Path(tmp) / card.name, card, run.net_def, res.state, description=description)
         curve = {"epochs": res.history, "best_val_dice": round((res.best or {"dice": 0.0})["dice"], 6),
+                 "training_cases": [Path(it["case"]).name for it in run.train_items],
                  "validation_cases": [Path(it["case"]).name for it in run.val_items],
                  "flip_axes": list(run.flips) if config.augment else [],
                  "training_time_s": res.seconds, "resumed_from_epoch": res.resumed_from,

@@ -4,6 +4,7 @@ restore, an interrupted promotion, retraining through the same gate, and the com
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -12,7 +13,7 @@ pytest.importorskip("monai")
 from ranking_helpers import TINY, make_disk_msd  # noqa: E402
 
 from ModelSelectorLib.cli import main  # noqa: E402
-from ModelSelectorLib.errors import ModelSelectorError, ZooError  # noqa: E402
+from ModelSelectorLib.errors import DatasetError, ModelSelectorError, ZooError  # noqa: E402
 from ModelSelectorLib.ranking.promotion import gate, promote, restore, retrain  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def models(tmp_path_factory):
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("promo")
     msd = make_disk_msd(root / "msd", n_cases=10)
-    train_dir, split = make_split(msd, root / "split", test_fraction=0.5, seed=1)
+    train_dir, _, split = make_split(msd, root / "split", test_fraction=0.5, seed=1, selection_fraction=0.1)
     good = train_segmentation(
         train_dir, "good", root / "cands", TrainConfig.from_dict({**TINY, "epochs": 8, "lr": 0.01})
     )
@@ -154,8 +155,10 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
     res = retrain(zoo, "disks", models["msd"], models["split"], {"epochs": 8, "lr": 0.01})
     assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
     test_ids = {c["id"] for c in json.loads(models["split"].read_text(encoding="utf-8"))["cases"]}
-    card = Zoo(zoo).card("disks")
-    assert card.n_training_cases + card.validation_metrics["validation_cases"] == 10 - len(test_ids)
+    curve = json.loads((Zoo(zoo).get("disks") / "docs" / "training_curve.json").read_text(encoding="utf-8"))
+    seen = {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]}
+    assert len(seen) == 10 - len(test_ids) and not seen & test_ids  # every case but the test cases
+    assert Zoo(zoo).card("disks").validation_metrics["validation_cases"] == len(test_ids)
 
 
 def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
@@ -183,3 +186,32 @@ def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
             ["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["good"]), "--level", "95"]
         )
     assert refused.value.code == 2 and "above 0 and below 1" in capsys.readouterr().err
+
+
+def test_a_test_split_with_a_models_training_cases_is_refused(models, tmp_path):
+    """Comparing on cases a model trained on would favour it: the gate refuses such a split, whether the
+    candidate or the current version saw them."""
+    from ModelSelectorLib.ranking.sweep import read_split
+    from ModelSelectorLib.starter_zoo.recipes import METADATA_KEY
+    from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.bundle import read_metadata
+
+    def trained_on_a_test_case(bundle):
+        meta = read_metadata(bundle)
+        meta[METADATA_KEY] = {"training_cases": [{"id": test_ids[0]}], "validation_cases": []}
+        (bundle / "configs" / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    test_ids = [c["id"] for c in read_split(models["split"])["cases"]]
+    candidate = tmp_path / "candidate"
+    shutil.copytree(models["good"], candidate)
+    trained_on_a_test_case(candidate)
+    zoo = tmp_path / "zoo"
+    with pytest.raises(DatasetError, match="training or validation cases"):
+        promote(zoo, "disks", candidate, split=models["split"])
+    result = promote(zoo, "disks", models["good"], split=models["split"])
+    held_out = Zoo(zoo).card("disks").validation_metrics  # the gate's test result is the card's figure
+    assert held_out["validation_cases"] == len(test_ids) and "promotion gate" in held_out["held_out"]
+    assert held_out["dice"] == pytest.approx(result["candidate"]["dice"])
+    trained_on_a_test_case(Zoo(zoo).get("disks"))
+    with pytest.raises(DatasetError, match="training or validation cases"):
+        promote(zoo, "disks", models["bad"], split=models["split"])

@@ -228,7 +228,13 @@ def test_bundled_zoo_cards_are_complete(zoo: Zoo):
         assert (path / "docs" / "README.md").is_file()
         block = read_metadata(path)[METADATA_KEY]
         assert block["label_provenance"] and block["licence"] == card.license and block["recipe_hash"]
-        assert len(block["training_cases"]) == card.n_training_cases
+        if "promoted" in block:  # upgraded through the gate: its cases are in its training curve
+            assert block["promoted"]["over"] in zoo.versions(name) and block["promoted"]["evaluation"]["gate"]
+            assert zoo.version_info(name)["promoted"] == block["promoted"]["promoted"]
+            curve = json.loads((path / "docs" / "training_curve.json").read_text(encoding="utf-8"))
+            assert len(curve["training_cases"]) == card.n_training_cases
+        else:
+            assert len(block["training_cases"]) == card.n_training_cases
         if card.task_type == "landmarks":
             # scored on the comparison's validation and test images, none of them trained on
             assert {"val_mre_mm", "test_mre_mm", "test_sdr_4"} <= set(card.validation_metrics)

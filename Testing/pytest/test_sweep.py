@@ -47,23 +47,33 @@ def test_bad_sweeps_are_refused(data, match):
         expand_sweep(data)
 
 
-def test_split_is_fixed_and_disjoint(tmp_path):
+def test_splits_are_fixed_and_disjoint(tmp_path):
     msd = make_disk_msd(tmp_path / "msd", n_cases=8)
-    train_dir, split_file = make_split(msd, tmp_path / "w", test_fraction=0.25, seed=3)
-    split = read_split(split_file)
-    test = {Path(c["image"]).name for c in split["cases"]}
+    barred = [f"disk_{i:02d}" for i in range(4)]  # e.g. the current model's training cases
+    train_dir, sel_file, test_file = make_split(msd, tmp_path / "w", test_fraction=0.25, seed=3,
+                                                selection_fraction=0.25, not_in_test=barred)  # fmt: skip
+    test, sel = ({c["id"] for c in read_split(f)["cases"]} for f in (test_file, sel_file))
     train = {
-        Path(c["image"]).name
+        Path(c["image"]).name.split(".")[0]
         for c in json.loads((train_dir / "dataset.json").read_text(encoding="utf-8"))["training"]
     }
-    assert len(test) == 2 and len(train) == 6 and not test & train
-    assert split["labels"] == {1: "disk"}
+    assert len(test) == 2 and len(sel) == 2 and len(train) == 4
+    assert not (test & sel or test & train or sel & train) and not test & set(barred)
+    assert (
+        read_split(test_file)["labels"] == {1: "disk"}
+        and "promotion gate" in read_split(test_file)["purpose"]
+    )
     again = make_split(msd, tmp_path / "w", test_fraction=0.5, seed=99)  # an existing split is kept
-    assert read_split(again[1])["cases"] == split["cases"]
+    assert {c["id"] for c in read_split(again[2])["cases"]} == test
     with pytest.raises(DatasetError, match="another dataset"):
         make_split(make_disk_msd(tmp_path / "other", n_cases=4), tmp_path / "w")
-    with pytest.raises(DatasetError, match="at least 3"):
-        make_split(make_disk_msd(tmp_path / "tiny", n_cases=2), tmp_path / "w2")
+    with pytest.raises(DatasetError, match="at least 4"):
+        make_split(make_disk_msd(tmp_path / "tiny", n_cases=3), tmp_path / "w2")
+    with pytest.raises(DatasetError, match="outside not_in_test"):
+        make_split(msd, tmp_path / "w3", test_fraction=0.5, not_in_test=[f"disk_{i:02d}" for i in range(6)])
+    (tmp_path / "w" / "selection_split.json").unlink()  # a folder of a sweep that ranked on its test split
+    with pytest.raises(DatasetError, match="ranked its candidates on the test split"):
+        make_split(msd, tmp_path / "w")
 
 
 def _write_sweep(path: Path) -> Path:
@@ -101,7 +111,10 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     evals = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (work / "evaluation").glob("*.json")}
     assert set(evals) == {"unet", "segresnet", "starved"}
     ids = [[c["id"] for c in e["cases"]] for e in evals.values()]
-    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 3  # the same fixed test cases for everyone
+    selection = [c["id"] for c in read_split(work / "selection_split.json")["cases"]]
+    test = {c["id"] for c in read_split(work / "test_split.json")["cases"]}
+    assert ids[0] == ids[1] == ids[2] == selection and len(selection) == 2  # ranked on the selection split
+    assert len(test) == 3 and not test & set(selection)  # the test split is left for the promotion gate
     assert evals["unet"]["cases"][0]["hd95"] >= 0
     # the starved candidate is last, the leaderboard links every dashboard, every overlay exists
     lines = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit()]
@@ -129,7 +142,7 @@ def test_dashboard_command_for_one_bundle(tmp_path, capsys):
     from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
 
     msd = make_disk_msd(tmp_path / "msd", n_cases=6)
-    train_dir, split = make_split(msd, tmp_path / "w", 0.34)
+    train_dir, _, split = make_split(msd, tmp_path / "w", 0.34, selection_fraction=0.17)
     bundle = train_segmentation(
         train_dir, "d", tmp_path / "zoo", TrainConfig.from_dict({**TINY, "epochs": 4, "lr": 0.01})
     )
