@@ -197,29 +197,6 @@ def fixed_split(train: Sequence[Case], val: Sequence[Case] = (), check: Sequence
     return cases
 
 
-def _acdc_cases(n_train: int, n_val: int) -> Callable[[Path, int], CaseSplit]:
-    """ACDC patients by the source repository's split (``cases.csv``): first ``n_train`` of its training
-    patients, first ``n_val`` of its validation patients; one frame (ED) per patient, so the split is by
-    patient."""
-
-    def cases(root: Path, seed: int) -> CaseSplit:
-        table = root / "acdc_cardiac_mr" / "cases.csv"
-        if not table.is_file():
-            raise DatasetError(f"{table}: missing; the cardiac recipe needs the ACDC case table.")
-        with open(table, newline="", encoding="utf-8") as f:
-            rows = sorted(csv.DictReader(f), key=lambda r: r["case"])
-        pick: dict[str, list[Case]] = {"train": [], "val": []}
-        for r in rows:
-            split = r.get("source_repo_split", "")
-            if split in pick:
-                pick[split].append(
-                    Case(r["case"], f"acdc_cardiac_mr/{r['image']}", f"acdc_cardiac_mr/{r['label']}")
-                )
-        return CaseSplit(tuple(pick["train"][:n_train]), tuple(pick["val"][:n_val]))
-
-    return cases
-
-
 def _cxr_cases(n_train: int, n_val: int) -> Callable[[Path, int], CaseSplit]:
     """JSRT chest radiographs of ``cxr_landmarks`` (one image per subject), shuffled with the seed and
     split by image; the four JSRT images of ``cxr_lungseg_imlab`` (absent from ``cxr_landmarks``) are the
@@ -313,7 +290,6 @@ _SLICEWISE = {**_NNUNET, "channels": (16, 32, 64, 128, 256), "roi_size": (128, 1
               "num_samples": 6, "epochs": 20, "steps_per_epoch": 60}  # fmt: skip
 #: chosen on the 10 validation patients: Adam 0.621 against SGD 0.612 one-pass validation Dice after 20 x 60 steps
 _SLICEWISE_LGG = {**_SLICEWISE, "optimizer": "adam", "lr": 2e-3, "weight_decay": 1e-5}
-_UNET_M = (16, 32, 64, 128)
 
 
 def _organ(value: int, name: str, code: str, meaning: str, color: Sequence[float], src: Sequence[int],
