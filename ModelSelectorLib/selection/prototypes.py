@@ -152,12 +152,24 @@ def _as_image(item: Union[Image, PathLike]) -> tuple[Image, str]:
     return read_image(p), str(p)
 
 
+def recorded_source(src: str, source_root: Optional[PathLike] = None) -> str:
+    """How a prototype records the image it came from: relative to ``source_root`` (e.g. the data folder) when
+    the file lies inside it, so that a shipped bundle names no machine path; else as given."""
+    if not src or source_root is None:
+        return src
+    try:
+        return Path(src).resolve().relative_to(Path(source_root).resolve()).as_posix()
+    except ValueError:
+        return src
+
+
 def exemplar_prototypes(
     encoder: Any,
     images: Sequence[Union[Image, PathLike]],
     model: str = "",
     version: str = "",
     cancel: Optional[Any] = None,
+    source_root: Optional[PathLike] = None,
 ) -> PrototypeSet:
     """Embed example inputs of a model: one prototype per encoder view of each image.
 
@@ -166,10 +178,11 @@ def exemplar_prototypes(
         images: images or image paths (2D or 3D).
         model, version: the model these exemplars belong to (recorded in the set).
         cancel: Event-like; :class:`~ModelSelectorLib.errors.Cancelled` when set.
+        source_root: folder the recorded sources are made relative to (:func:`recorded_source`).
 
     Returns:
-        a :class:`PrototypeSet` of origin ``"exemplar"``; ``source`` is the image's file path when known,
-        else ``"exemplar-<i>"``.
+        a :class:`PrototypeSet` of origin ``"exemplar"``; ``source`` is the image's file path when known
+        (relative to ``source_root`` when inside it), else ``"exemplar-<i>"``.
 
     Raises:
         InputError: no images, or an unreadable image.
@@ -183,7 +196,8 @@ def exemplar_prototypes(
         img, src = _as_image(item)
         emb = encoder.embed(img)
         vecs.append(emb)
-        rows += [{"origin": "exemplar", "source": src or f"exemplar-{i}", "view": j} for j in range(len(emb))]
+        src = recorded_source(src, source_root) or f"exemplar-{i}"
+        rows += [{"origin": "exemplar", "source": src, "view": j} for j in range(len(emb))]
     meta = {"encoder": encoder_id(encoder), "exemplar": {"n_images": len(images), "created": _now()}}
     return PrototypeSet(np.concatenate(vecs), rows, model, version, meta)
 
@@ -384,6 +398,7 @@ def generate_for_model(
     settings: Optional[InversionSettings] = None,
     pngs: int = 4,
     cancel: Optional[Any] = None,
+    source_root: Optional[PathLike] = None,
 ) -> PrototypeSet:
     """Make (or refresh) the prototypes of one zoo model and store them in its bundle.
 
@@ -399,6 +414,7 @@ def generate_for_model(
         data_free: number of inputs to synthesise (0: none).
         encoder: the encoder (default: the bundled one).
         steps, seed, size, settings: see :func:`synthesize_inputs`.
+        source_root: exemplar sources are recorded relative to it (see :func:`exemplar_prototypes`).
 
     Returns:
         the stored :class:`PrototypeSet`.
@@ -419,7 +435,7 @@ def generate_for_model(
     extra = stored_extras(bundle_dir)
     if exemplars is not None:
         files = _expand(exemplars)
-        ex = exemplar_prototypes(enc, files, card.name, card.version, cancel)
+        ex = exemplar_prototypes(enc, files, card.name, card.version, cancel, source_root)
         extra = feature_statistics_of(bundle_dir, files, seed)
     elif old is not None:
         ex = old.select(["exemplar"])
@@ -489,6 +505,7 @@ __all__ = [
     "has_prototypes",
     "load_prototypes",
     "prototypes_digest",
+    "recorded_source",
     "save_prototypes",
     "feature_statistics_of",
     "stored_extras",

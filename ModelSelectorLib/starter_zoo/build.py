@@ -427,7 +427,9 @@ def build_prototypes(
     """Exemplar (training inputs) and data-free prototypes of one model, via :mod:`ModelSelectorLib.prototypes`."""
     zoo = Zoo(zoo_dir)
     exemplars = exemplar_images(recipe, data_root, seed)
-    return generate_for_model(zoo, recipe.name, exemplars=exemplars, data_free=data_free, seed=seed)
+    return generate_for_model(
+        zoo, recipe.name, exemplars=exemplars, data_free=data_free, seed=seed, source_root=data_root
+    )
 
 
 def build_index(zoo_dir: PathLike) -> Path:

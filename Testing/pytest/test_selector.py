@@ -186,6 +186,17 @@ def test_synthesis_for_a_slice_wise_model_stays_finite(tmp_path):
     assert np.isfinite(info["final_loss"])
 
 
+def test_exemplar_sources_are_recorded_relative_to_the_data_folder(env):
+    """A shipped bundle names no machine path: sources inside ``source_root`` are stored relative to it."""
+    from ModelSelectorLib.selection.prototypes import exemplar_prototypes
+
+    image = sorted((env["root"] / "dx" / "imagesTr").glob("*.nii.gz"))[0]
+    inside = exemplar_prototypes(env["encoder"], [image], source_root=env["root"])
+    assert {r["source"] for r in inside.rows} == {f"dx/imagesTr/{image.name}"}
+    outside = exemplar_prototypes(env["encoder"], [image], source_root=env["root"] / "ct")
+    assert {r["source"] for r in outside.rows} == {str(image)}
+
+
 def test_missing_prototypes_and_bad_exemplars(tmp_path, env):
     from ModelSelectorLib.selection.prototypes import exemplar_prototypes, load_prototypes
 
