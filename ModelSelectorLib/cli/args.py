@@ -59,6 +59,19 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def fold_list(text: str) -> list[int | str]:
+    """Comma-separated cross-validation folds (integers of 0 or more) and ``final`` (the model trained on every
+    case; :data:`~ModelSelectorLib.starter_zoo.build.FINAL_RUN`)."""
+    from ..starter_zoo.build import FINAL_RUN
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name folds (0, 1, ...) and/or {FINAL_RUN}, comma-separated"
+        )
+    return [t if t == FINAL_RUN else non_negative_int(t) for t in items]
+
+
 def origins(text: str) -> tuple[str, ...]:
     """Comma-separated prototype origins, each one of :data:`~ModelSelectorLib.selection.prototypes.ORIGINS`."""
     from ..selection.prototypes import ORIGINS
@@ -70,4 +83,12 @@ def origins(text: str) -> tuple[str, ...]:
     return chosen
 
 
-__all__ = ["fraction", "non_negative_int", "open_fraction", "origins", "positive_float", "positive_int"]
+__all__ = [
+    "fold_list",
+    "fraction",
+    "non_negative_int",
+    "open_fraction",
+    "origins",
+    "positive_float",
+    "positive_int",
+]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ModelSelectorError
-from .args import non_negative_int, positive_float, positive_int
+from .args import fold_list, non_negative_int, positive_float, positive_int
 
 _EPILOG = """\
 Stages (run in this order; pick with --stages):
@@ -23,6 +23,7 @@ Examples:
   modelselector build-starter-zoo --data ../shared/data --out Resources/zoo
   modelselector build-starter-zoo --data ../shared/data --out /tmp/zoo --only dx-chest-lungs --stages train
   modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 0,1
+  modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 2,final
   modelselector build-starter-zoo --list
 """
 
@@ -65,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--folds",
-        help="cross-validation folds to run now, e.g. 0,1 (default all; processes sharing --work "
-        "can split them)",
+        type=fold_list,
+        help="cross-validation folds to run now, e.g. 0,1, and 'final' for the final model (default all; "
+        "processes sharing --work can split them, e.g. --folds 0,1 / --folds 2,final)",
     )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.set_defaults(func=run)
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, out, only=args.only, seed=args.seed, stages=stages, work_dir=args.work,
         num_threads=args.threads, epochs_scale=args.epochs_scale, data_free=args.data_free, force=args.force,
         log=lambda line: print(line, flush=True),
-        folds=[int(f) for f in args.folds.split(",")] if args.folds else None,
+        folds=args.folds,
     )  # fmt: skip
     print(f"starter zoo in {out} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0

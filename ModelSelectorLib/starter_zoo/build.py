@@ -46,6 +46,8 @@ from .recipes import (
 from .report import HELD_OUT_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
+#: the name ``folds`` gives the final model of a ``cv`` recipe (trained on every case) beside fold numbers
+FINAL_RUN = "final"
 
 
 # --- data preparation -----------------------------------------------------------------------------------
@@ -302,12 +304,21 @@ def _held_out(
             "nsd_tolerance_mm": recipe.nsd_tolerance_mm}  # fmt: skip
 
 
-def _final_config(recipe: Recipe, config: Any, cv: Optional[dict[str, Any]]) -> Any:
-    """The settings of the model that goes into the zoo: after cross-validation, every case trains it and
-    nothing is left to choose on (post-processing comes from the folds)."""
-    if cv is None:
+def _final_config(recipe: Recipe, config: Any) -> Any:
+    """The settings of the model that goes into the zoo: for a ``cv`` recipe every case trains it and nothing
+    is left to choose on (post-processing comes from the folds)."""
+    if recipe.held_out != "cv":
         return config
     return dataclasses.replace(config, val_fraction=0.0, postprocess="none", keep="last")
+
+
+def _train_final(recipe: Recipe, prep: dict[str, Any], config: Any, runs: Path, zoo_dir: Path,
+                 cancel: Optional[Any]) -> Path:  # fmt: skip
+    """Train (or resume) the network that goes into the zoo, checkpointed in ``runs/final``; its bundle in
+    ``zoo_dir``."""
+    return train_segmentation(prep["root"], recipe.name, zoo_dir, _final_config(recipe, config),
+                              modality=recipe.modality, body_region=recipe.body_region, cancel=cancel,
+                              work_dir=runs / "final")  # fmt: skip
 
 
 def build_model(
@@ -320,14 +331,15 @@ def build_model(
     epochs_scale: float = 1.0,
     force: bool = False,
     cancel: Optional[Any] = None,
-    folds: Optional[Sequence[int]] = None,
+    folds: Optional[Sequence[Union[int, str]]] = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Prepare, train and add one recipe's model to the zoo ``zoo_dir`` (created if missing).
 
-    A ``cv`` recipe first runs its cross-validation folds (all, or ``folds``; resumable in
-    ``WORK/NAME-runs/cv``); the final model is trained once every fold is done. Training checkpoints live in
-    ``WORK/NAME-runs`` so that an interrupted build resumes.
+    A ``cv`` recipe first runs its cross-validation folds (all, or those in ``folds``; resumable in
+    ``WORK/NAME-runs/cv``); the final model goes into the zoo once every fold is done. Its network depends on no
+    fold, so ``folds`` may name :data:`FINAL_RUN` to train it in a process of its own alongside them. Training
+    checkpoints live in ``WORK/NAME-runs`` so that an interrupted build resumes.
 
     Returns:
         ``{"name", "status": "built"|"skipped"|"cross-validating", "path", "metrics", "seconds"}``.
@@ -343,15 +355,19 @@ def build_model(
     config = train_config(recipe, seed, prep["val_fraction"], num_threads, epochs_scale)
     cv = None
     if recipe.held_out == "cv":
-        cv = cross_validate(prep["root"], recipe.folds, config, runs / "cv", folds, recipe.modality,
+        if folds is not None and FINAL_RUN in folds:  # the final network needs nothing from the folds
+            log("final model (all cases), alongside the folds")
+            with tempfile.TemporaryDirectory(prefix="modelselector-starter-") as tmp:
+                _train_final(recipe, prep, config, runs, Path(tmp) / "zoo", cancel)
+        fold_ids = None if folds is None else [f for f in folds if f != FINAL_RUN]
+        cv = cross_validate(prep["root"], recipe.folds, config, runs / "cv", fold_ids, recipe.modality,
                             recipe.nsd_tolerance_mm, cancel, log)  # fmt: skip
         if cv is None:
             return {"name": recipe.name, "status": "cross-validating", "path": None, "metrics": {},
                     "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelselector-starter-") as tmp:
-        scratch = train_segmentation(prep["root"], recipe.name, Path(tmp) / "zoo", _final_config(recipe, config, cv),
-                                     modality=recipe.modality, body_region=recipe.body_region, cancel=cancel,
-                                     work_dir=runs / "final")  # fmt: skip
+        # a run finished alongside the folds resumes at its end
+        scratch = _train_final(recipe, prep, config, runs, Path(tmp) / "zoo", cancel)
         check_cancel(cancel)
         record = _held_out(recipe, prep, scratch, cv, cancel)
         ext = (
@@ -452,7 +468,7 @@ def build_starter_zoo(
     force: bool = False,
     cancel: Optional[Any] = None,
     log: Callable[[str], None] = print,
-    folds: Optional[Sequence[int]] = None,
+    folds: Optional[Sequence[Union[int, str]]] = None,
 ) -> list[dict[str, Any]]:
     """Build (or resume building) the starter zoo from the data folder.
 
@@ -468,7 +484,7 @@ def build_starter_zoo(
         data_free: data-free prototypes per model.
         force: retrain models whose recipe hash is unchanged.
         folds: cross-validation folds to run for ``cv`` recipes (default all; several processes can share
-            them with the same ``work_dir``).
+            them with the same ``work_dir``), and :data:`FINAL_RUN` to train the final model alongside them.
         cancel: Event-like; stops between and inside models.
         log: receives one line per finished step.
 

@@ -423,12 +423,16 @@ def test_cross_validated_model_has_challenge_figures_and_resumes(tiny_data: Path
                           train=_nnunet_tiny(),
                           reference={"source": "a published method", "dice": {"Liver": 0.9, "Stomach": 0.8}})  # fmt: skip
     zoo_dir, work = tmp_path / "zoo", tmp_path / "work"
-    # two folds now (as a second process would take the third): nothing goes into the zoo yet
+    # two folds now (as a second process would take the third and the final model): nothing goes into the zoo yet
     part = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=[0, 1], log=lambda s: None)
+    assert part["status"] == "cross-validating" and "tiny-organs" not in Zoo(zoo_dir)
+    part = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=["final"], log=lambda s: None)
     assert part["status"] == "cross-validating" and "tiny-organs" not in Zoo(zoo_dir)
     done = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=[2], log=lambda s: None)
     assert done["status"] == "built"
     path = Zoo(zoo_dir).get("tiny-organs")
+    curve = json.loads((path / "docs" / "training_curve.json").read_text(encoding="utf-8"))
+    assert curve["resumed_from_epoch"] == 2  # the final network trained alongside the folds was not trained again
     card = validate_bundle(path)
     m = card.validation_metrics
     assert m["validation_cases"] == 3 and m["held_out"].startswith("3-fold cross-validation over 3 cases")
