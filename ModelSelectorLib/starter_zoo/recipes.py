@@ -563,7 +563,6 @@ RECIPES: tuple[Recipe, ...] = (
         held_out="cv",
         folds=5,
         nsd_tolerance_mm=1.0,
-        bundled=False,  # its 5-fold cross-validation and final model are still being trained
         reference={
             "source": "nnU-Net (Isensee et al., Nat Methods 2021), MSD Task04 5-fold cross-validation",
             "dice": {"Anterior hippocampus": 0.90, "Posterior hippocampus": 0.89},
