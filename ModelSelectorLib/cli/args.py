@@ -69,7 +69,12 @@ def fold_list(text: str) -> list[int | str]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: name folds (0, 1, ...) and/or {FINAL_RUN}, comma-separated"
         )
-    return [t if t == FINAL_RUN else non_negative_int(t) for t in items]
+    out: list[int | str] = []
+    for t in items:
+        if t != FINAL_RUN and not (t.isdigit() and t.isascii()):
+            raise argparse.ArgumentTypeError(f"{t!r} is neither a fold number (0, 1, ...) nor {FINAL_RUN}")
+        out.append(t if t == FINAL_RUN else int(t))
+    return out
 
 
 def origins(text: str) -> tuple[str, ...]:

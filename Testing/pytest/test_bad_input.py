@@ -227,7 +227,7 @@ CLI = [
     ("select --origins exemplars",           ["select", "{image}", "--origins", "exemplars"],                        2, "choose from exemplar"),
     ("promote --level 1",                    ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--level", "1"], 2, "above 0 and below 1"),
     ("demo --max-models -1",                 ["demo", "{image}", "--zoo", "{zoo}", "--max-models", "-1"],            2, "0 or more"),
-    ("build-starter-zoo --folds 0,last",     ["build-starter-zoo", "--data", "{root}", "--folds", "0,last"],        2, "is not an integer"),
+    ("build-starter-zoo --folds 0,last",     ["build-starter-zoo", "--data", "{root}", "--folds", "0,last"],        2, "nor final"),
     ("select a truncated .nii.gz",           ["select", "{truncated}"],                                               2, "truncated"),
     ("select a folder of two DICOM series",  ["select", "{dicom}"],                                                  2, "--series UID"),
     ("apply --out DIR/",                     ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/"], 6, "is a folder"),

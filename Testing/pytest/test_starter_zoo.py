@@ -432,7 +432,8 @@ def test_cross_validated_model_has_challenge_figures_and_resumes(tiny_data: Path
     assert done["status"] == "built"
     path = Zoo(zoo_dir).get("tiny-organs")
     curve = json.loads((path / "docs" / "training_curve.json").read_text(encoding="utf-8"))
-    assert curve["resumed_from_epoch"] == 2  # the final network trained alongside the folds was not trained again
+    # the final network trained alongside the folds was not trained again
+    assert curve["resumed_from_epoch"] == 2
     card = validate_bundle(path)
     m = card.validation_metrics
     assert m["validation_cases"] == 3 and m["held_out"].startswith("3-fold cross-validation over 3 cases")
