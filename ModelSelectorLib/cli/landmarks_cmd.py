@@ -11,7 +11,9 @@ from .args import fraction
 COMPARE_HELP = """\
 Run the comparison grid (variants x label fractions x seeds) on a chest X-ray landmark folder and write
 OUT/report.md, OUT/mre_vs_fraction.png, OUT/overlays/ and OUT/results.json. Finished runs are stored in
-OUT/runs/ and never repeated: run the same command again to continue after a stop (Ctrl-C).
+OUT/runs/ and never repeated: run the same command again to continue after a stop (Ctrl-C). On another
+machine, --runs-from OLD/results.json continues from the runs an earlier grid recorded (whole blocks of a
+label fraction and seed; the networks are not in results.json, so an unfinished block is trained again).
 
 DIR is the shared data root (with cxr_landmarks/, cxr_lungseg_imlab/, cxr_unlabelled/) or a folder of
 <id>.png + <id>_landmarks.json (with an optional unlabelled/ sub-folder).
@@ -41,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--quick", action="store_true", help="seconds-long configuration of the same code")
     c.add_argument("--config", type=Path, help="YAML with GridConfig settings")
     c.add_argument("--report-only", action="store_true", help="report the finished runs, train nothing")
+    c.add_argument("--runs-from", type=Path, metavar="RESULTS_JSON",
+                   help="continue an earlier grid: take the whole blocks (fraction and seed) of finished runs "
+                   "recorded in its results.json (e.g. docs/landmarks/results.json) as done")  # fmt: skip
     c.set_defaults(func=run_compare)
     t = lsub.add_parser("train", help="train a landmark student and add it to a zoo", description=TRAIN_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -100,7 +105,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out)
     cfg = _grid_config(args)
-    results = compare(args.data, args.out, cfg, report_only=args.report_only)
+    results = compare(args.data, args.out, cfg, report_only=args.report_only, runs_from=args.runs_from)
     for f, w in winners(results).items():
         print(
             f"{100 * float(f):g} % labels: best student {w['variant']} MRE {w['mean']:.2f} ± {w['std']:.2f} mm"

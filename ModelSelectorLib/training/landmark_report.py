@@ -115,7 +115,10 @@ def collect_results(out: PathLike, cfg: GridConfig) -> dict[str, Any]:
         json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob("refiner_*.json"))
     ]
     total = float(sum(r["train_seconds"] for r in runs) + sum(r["train_seconds"] for r in refiners))
-    slim = [{k: v for k, v in r.items() if k != "test_predictions_px"} for r in runs]
+    # the first test images' predictions stay (the overlays), so the record alone can redraw the report
+    slim = [
+        {k: (v[: cfg.n_overlays] if k == "test_predictions_px" else v) for k, v in r.items()} for r in runs
+    ]
     return {"config": cfg.to_dict(), "runs": slim, "summary": _aggregate(runs), "paired": paired_tests(runs, cfg, reference),
             "refiners": refiners, "train_seconds_total": total}  # fmt: skip
 

@@ -19,6 +19,7 @@ A run is named ``<variant>_f<percent>_s<seed>``; a run whose JSON exists is not 
 crashed grid continues where it stopped, and any subset of fractions and seeds can be run into one folder.
 With ``reuse_from`` (another grid folder with the same settings), teachers and refiners already trained there
 are used instead of training them again (ablations of the unlabelled pool share them with the main grid).
+An earlier grid's ``results.json`` (without networks) continues in a fresh folder with :func:`import_runs`.
 """
 
 from __future__ import annotations
@@ -67,17 +68,67 @@ from .landmarks import (
 PathLike = Union[str, Path]
 
 
+#: the settings a run's result depends on: runs made with other values cannot join a grid
+RUN_SETTINGS = ("train", "split_seed", "steps_per_group", "unlabelled_pool", "max_unlabelled")
+
+
 def _check_config(out: Path, cfg: GridConfig) -> None:
     path = out / "config.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        keys = ("train", "split_seed", "steps_per_group", "unlabelled_pool", "max_unlabelled")
-        if any(old.get(k) != cfg.to_dict()[k] for k in keys):
+        if any(old.get(k) != cfg.to_dict()[k] for k in RUN_SETTINGS):
             raise TrainingError(
                 f"{out}: holds runs made with other settings (config.json differs); use a new --out folder "
                 "or the same --config."
             )
     atomic.write_json(path, cfg.to_dict())
+
+
+def import_runs(out: PathLike, results: PathLike, cfg: GridConfig) -> list[str]:
+    """Record in ``OUT/runs/`` the finished runs of an earlier grid's ``results.json`` (e.g. the committed
+    ``docs/landmarks/results.json``), so the grid continues where that one stopped on another machine.
+
+    ``results.json`` keeps every run's metrics but not its network, so only whole blocks are taken: a label
+    fraction and seed of which every variant of ``cfg`` is recorded (with its refiner's record). A block with a
+    missing run is trained again in full, so its distilled students and their teacher stay one set. Runs
+    already in ``OUT/runs/`` are kept.
+
+    Returns:
+        the names of the runs recorded.
+
+    Raises:
+        TrainingError: the file is not a grid's results, or its runs were made with other settings.
+    """
+    out, results = Path(out), Path(results)
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+        runs, earlier = list(data["runs"]), dict(data["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TrainingError(f"{results}: not the results.json of a landmark grid ({e}).") from e
+    differ = [k for k in RUN_SETTINGS if earlier.get(k) != cfg.to_dict()[k]]
+    if differ:
+        raise TrainingError(
+            f"{results}: its runs were made with other settings ({', '.join(differ)}); continue with the --config "
+            "that made them, or leave --runs-from out."
+        )
+    by_name = {r["name"]: r for r in runs if "name" in r}
+    refiners = {r["name"]: r for r in data.get("refiners", []) if "name" in r}
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    recorded = []
+    for f in cfg.fractions:
+        for s in cfg.seeds:
+            block = [run_name(v, f, s) for v in cfg.variants]
+            if not all(n in by_name for n in block):
+                continue
+            records = [by_name[n] for n in block]
+            if run_name("refiner", f, s) in refiners:
+                records.append(refiners[run_name("refiner", f, s)])
+            for rec in records:
+                target = out / "runs" / f"{rec['name']}.json"
+                if not target.is_file():
+                    atomic.write_json(target, rec)
+                    recorded.append(str(rec["name"]))
+    return recorded
 
 
 def _images(cases: Sequence[LandmarkCase]) -> Any:
@@ -263,13 +314,20 @@ def compare(
     cancel: Optional[Any] = None,
     log: Any = print,
     report_only: bool = False,
+    runs_from: Optional[PathLike] = None,
 ) -> dict[str, Any]:
     """``modelselector landmarks compare``: run (or continue) the grid on ``data`` and write the report (with
-    ``report_only``: the report of the runs already finished, nothing trained)."""
+    ``report_only``: the report of the runs already finished, nothing trained; with ``runs_from``: an earlier
+    grid's ``results.json`` whose whole blocks are taken as finished, see :func:`import_runs`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or GridConfig()
+    if runs_from is not None:
+        _check_config(out, cfg)
+        names = import_runs(out, runs_from, cfg)
+        log(f"{len(names)} finished runs recorded from {runs_from}")
     atomic.write_text(out / "data.txt", str(Path(data).resolve()) + "\n")
-    return run_grid(data, out, cfg or GridConfig(), cancel=cancel, log=log, report_only=report_only)
+    return run_grid(data, out, cfg, cancel=cancel, log=log, report_only=report_only)
 
 
 # --- a landmark model into the zoo ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import threading
 
 import numpy as np
@@ -215,6 +216,39 @@ def test_quick_grid_writes_report_and_resumes(synth_data, tmp_path, monkeypatch)
     (out / "runs" / "uncertainty_kd_f050_s0.json").unlink()
     compare(synth_data, out, cfg, log=lambda *a: None)
     assert sorted(calls) == ["mean_teacher", "uncertainty_kd"]  # the teacher is reused from its stored run
+
+
+def test_grid_continues_from_the_recorded_results_of_another_machine(synth_data, tmp_path, monkeypatch):
+    from ModelSelectorLib.errors import TrainingError
+
+    cfg = GridConfig.quick()
+    first = compare(synth_data, tmp_path / "first", cfg, log=lambda *a: None)
+    recorded = tmp_path / "results.json"  # what a checkout keeps: the results, not the networks
+    shutil.copyfile(tmp_path / "first" / "results.json", recorded)
+    calls = []
+    real = run_variant
+    monkeypatch.setattr("ModelSelectorLib.training.landmark_study.run_variant",
+                        lambda v, *a, **k: calls.append(v) or real(v, *a, **k))  # fmt: skip
+    again = compare(synth_data, tmp_path / "second", cfg, log=lambda *a: None, runs_from=recorded)
+    assert calls == []  # every block was recorded whole: nothing trained
+    assert again["summary"] == first["summary"] and again["paired"] == first["paired"]
+    assert len(list((tmp_path / "second" / "overlays").glob("*.png"))) == 5  # redrawn from the records
+
+    # a block with a missing run is trained again whole (teacher included), the other block is kept
+    data = json.loads(recorded.read_text(encoding="utf-8"))
+    data["runs"] = [r for r in data["runs"] if r["name"] != "offline_kd_f050_s0"]
+    recorded.write_text(json.dumps(data), encoding="utf-8")
+    compare(synth_data, tmp_path / "third", cfg, log=lambda *a: None, runs_from=recorded)
+    assert sorted(calls) == sorted(VARIANTS)
+    kept = json.loads((tmp_path / "third" / "runs" / "offline_kd_f100_s0.json").read_text(encoding="utf-8"))
+    assert kept == next(r for r in data["runs"] if r["name"] == "offline_kd_f100_s0")
+
+    other = GridConfig.quick()
+    other.train = {**other.train, "steps": 5}
+    with pytest.raises(TrainingError, match="other settings"):
+        compare(synth_data, tmp_path / "fourth", other, log=lambda *a: None, runs_from=recorded)
+    with pytest.raises(TrainingError, match="not the results.json"):
+        compare(synth_data, tmp_path / "fifth", cfg, log=lambda *a: None, runs_from=tmp_path / "missing.json")
 
 
 def test_grid_cancel_keeps_finished_runs(synth_data, tmp_path):
