@@ -330,18 +330,23 @@ def seen_case_ids(bundle: PathLike) -> set[str]:
 
 
 def _carry_provenance(current: Path, staged: Path, record: dict[str, Any]) -> None:
-    """Give a promoted bundle the data provenance of the version it replaces (same task, same data terms), with
-    ``record`` saying how it got there; the replaced version's case lists are not carried (see its training
-    curve for the new model's cases)."""
+    """Record in a promoted bundle how it got there (``record``). A candidate built by ``build-starter-zoo``
+    keeps its own provenance (recipe, case lists, build time); any other candidate (a sweep's) gets the data
+    provenance of the version it replaces (same task, same data terms), without that version's case lists (see
+    its training curve for the new model's cases)."""
     from ..starter_zoo.recipes import METADATA_KEY
     from ..zoo.bundle import read_metadata
 
-    block = read_metadata(current).get(METADATA_KEY)
-    if not block:
-        return
     meta = read_metadata(staged)
-    drop = ("training_cases", "validation_cases", "check_cases", "build_time_s")
-    meta[METADATA_KEY] = {**{k: v for k, v in block.items() if k not in drop}, "promoted": record}
+    own = meta.get(METADATA_KEY)
+    if own:
+        meta[METADATA_KEY] = {**own, "promoted": record}
+    else:
+        block = read_metadata(current).get(METADATA_KEY)
+        if not block:
+            return
+        drop = ("training_cases", "validation_cases", "check_cases", "build_time_s")
+        meta[METADATA_KEY] = {**{k: v for k, v in block.items() if k not in drop}, "promoted": record}
     atomic.write_json(staged / "configs" / "metadata.json", meta)
 
 

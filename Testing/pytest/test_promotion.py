@@ -215,3 +215,36 @@ def test_a_test_split_with_a_models_training_cases_is_refused(models, tmp_path):
     trained_on_a_test_case(Zoo(zoo).get("disks"))
     with pytest.raises(DatasetError, match="training or validation cases"):
         promote(zoo, "disks", models["bad"], split=models["split"])
+
+
+def test_a_promoted_build_keeps_its_own_provenance(models, tmp_path):
+    """A candidate built by build-starter-zoo keeps its recipe, case lists and build time through the gate (they
+    guard later promotions against its training cases); a sweep's candidate takes the data provenance of the
+    version it replaces, without that version's case lists."""
+    from ModelSelectorLib.starter_zoo.recipes import METADATA_KEY
+    from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.bundle import read_metadata
+
+    def built(bundle, folder, recipe_hash):
+        copy = tmp_path / folder
+        shutil.copytree(bundle, copy)
+        meta = read_metadata(copy)
+        meta[METADATA_KEY] = {"recipe": "disks", "recipe_hash": recipe_hash, "licence": "CC-BY-4.0",
+                              "training_cases": [{"id": f"trained-{recipe_hash}"}], "validation_cases": [],
+                              "build_time_s": 12.5}  # fmt: skip
+        (copy / "configs" / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+        return copy
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", built(models["bad"], "old", "aaa"), split=models["split"])
+    assert promote(zoo, "disks", built(models["good"], "new", "bbb"), split=models["split"])["accepted"]
+    block = read_metadata(Zoo(zoo).get("disks"))[METADATA_KEY]
+    assert block["recipe_hash"] == "bbb" and block["training_cases"] == [{"id": "trained-bbb"}]
+    assert block["build_time_s"] == 12.5 and block["promoted"]["over"] == "0.1.0"
+
+    sweep_zoo = tmp_path / "sweep_zoo"
+    promote(sweep_zoo, "disks", built(models["bad"], "old2", "aaa"), split=models["split"])
+    assert promote(sweep_zoo, "disks", models["good"], split=models["split"])["accepted"]
+    block = read_metadata(Zoo(sweep_zoo).get("disks"))[METADATA_KEY]
+    assert block["recipe_hash"] == "aaa" and block["licence"] == "CC-BY-4.0" and "promoted" in block
+    assert "training_cases" not in block and "build_time_s" not in block
