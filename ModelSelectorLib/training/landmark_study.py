@@ -72,11 +72,16 @@ PathLike = Union[str, Path]
 RUN_SETTINGS = ("train", "split_seed", "steps_per_group", "unlabelled_pool", "max_unlabelled")
 
 
+def _differing_settings(earlier: dict[str, Any], cfg: GridConfig) -> list[str]:
+    """The :data:`RUN_SETTINGS` in which a grid's recorded configuration ``earlier`` differs from ``cfg``."""
+    now = cfg.to_dict()
+    return [k for k in RUN_SETTINGS if earlier.get(k) != now[k]]
+
+
 def _check_config(out: Path, cfg: GridConfig) -> None:
     path = out / "config.json"
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if any(old.get(k) != cfg.to_dict()[k] for k in RUN_SETTINGS):
+        if _differing_settings(json.loads(path.read_text(encoding="utf-8")), cfg):
             raise TrainingError(
                 f"{out}: holds runs made with other settings (config.json differs); use a new --out folder "
                 "or the same --config."
@@ -105,7 +110,7 @@ def import_runs(out: PathLike, results: PathLike, cfg: GridConfig) -> list[str]:
         runs, earlier = list(data["runs"]), dict(data["config"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise TrainingError(f"{results}: not the results.json of a landmark grid ({e}).") from e
-    differ = [k for k in RUN_SETTINGS if earlier.get(k) != cfg.to_dict()[k]]
+    differ = _differing_settings(earlier, cfg)
     if differ:
         raise TrainingError(
             f"{results}: its runs were made with other settings ({', '.join(differ)}); continue with the --config "
@@ -147,9 +152,11 @@ def run_grid(
     cancel: Optional[Any] = None,
     log: Any = print,
     report_only: bool = False,
+    runs_from: Optional[PathLike] = None,
 ) -> dict[str, Any]:
     """Run every missing run of the grid (none with ``report_only``), then write ``results.json`` and the report
-    of the grid's finished runs.
+    of the grid's finished runs. ``runs_from``: an earlier grid's ``results.json`` whose whole blocks are taken as
+    finished first (:func:`import_runs`).
 
     Returns:
         the results dict (``{"runs": [...], "summary": {...}, "paired": {...}, ...}``).
@@ -163,6 +170,8 @@ def run_grid(
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
+    if runs_from is not None:
+        log(f"{len(import_runs(out, runs_from, cfg))} finished runs recorded from {runs_from}")
     tc = cfg.train_config
     with torch_threads(tc.threads):
         gd = load_grid_data(data, cfg, out, cancel)
@@ -321,13 +330,9 @@ def compare(
     grid's ``results.json`` whose whole blocks are taken as finished, see :func:`import_runs`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = cfg or GridConfig()
-    if runs_from is not None:
-        _check_config(out, cfg)
-        names = import_runs(out, runs_from, cfg)
-        log(f"{len(names)} finished runs recorded from {runs_from}")
     atomic.write_text(out / "data.txt", str(Path(data).resolve()) + "\n")
-    return run_grid(data, out, cfg, cancel=cancel, log=log, report_only=report_only)
+    return run_grid(data, out, cfg or GridConfig(), cancel=cancel, log=log, report_only=report_only,
+                    runs_from=runs_from)  # fmt: skip
 
 
 # --- a landmark model into the zoo ----------------------------------------------------------------------
