@@ -24,7 +24,11 @@ Examples:
   modelselector build-starter-zoo --data ../shared/data --out /tmp/zoo --only dx-chest-lungs --stages train
   modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 0,1
   modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 2,final
+  modelselector build-starter-zoo --data ../shared/data --only mr-brain-flair-lesion --test-split split.json
   modelselector build-starter-zoo --list
+
+--test-split writes the test patients of one held-out-test recipe as the --split of `modelselector
+promote`, so that a model built from a changed recipe is compared with the zoo's version on them.
 """
 
 
@@ -70,6 +74,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cross-validation folds to run now, e.g. 0,1, and 'final' for the final model (default all; "
         "processes sharing --work can split them, e.g. --folds 0,1 / --folds 2,final)",
     )
+    p.add_argument(
+        "--test-split",
+        type=Path,
+        metavar="FILE",
+        help="write the test split of the one --only recipe as a split file for `promote` and exit",
+    )
+    p.add_argument(
+        "--relative", action="store_true", help="with --test-split: paths relative to the file (to commit)"
+    )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.set_defaults(func=run)
 
@@ -89,6 +102,19 @@ def _list() -> int:
     return 0
 
 
+def _test_split(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_file
+    from ..starter_zoo.build import write_test_split
+    from ..starter_zoo.recipes import Recipe, recipes
+
+    chosen = [r for r in recipes() if r.name in (args.only or [])]
+    if len(chosen) != 1 or len(args.only) != 1 or not isinstance(chosen[0], Recipe):
+        raise ModelSelectorError("--test-split needs one segmentation recipe in --only (see --list).")
+    out = check_output_file(args.test_split, ".json")
+    print(write_test_split(chosen[0], args.data, out, args.seed, args.relative))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_folder
     from ..resources import default_zoo_path
@@ -98,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if args.data is None:
         raise ModelSelectorError("pass the shared data folder with --data (e.g. --data ../shared/data).")
+    if args.test_split is not None:
+        return _test_split(args)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     out = check_output_folder(args.out or default_zoo_path())
     t0 = time.monotonic()

@@ -171,6 +171,43 @@ def prepare_dataset(recipe: Recipe, data_root: PathLike, out_dir: PathLike, seed
     return {"root": out, "split": split, "val_fraction": fraction, "hash": digest, "check": check}
 
 
+def write_test_split(recipe: Recipe, data_root: PathLike, path: PathLike, seed: int = 0,
+                     relative: bool = False) -> Path:  # fmt: skip
+    """Write the test patients of a ``held_out="test"`` recipe as a test split file for the promotion gate
+    (:func:`ModelSelectorLib.ranking.promotion.promote`): ``{"dataset", "seed", "labels", "purpose", "cases":
+    [{"id", "image", "label"}]}``, naming the source files under ``data_root``. A candidate built from a new
+    recipe with the same split is then compared with the zoo's version on patients neither trained or chose
+    on. With ``relative``, ``dataset`` is relative to the file's folder (a split to commit beside the code).
+
+    Raises:
+        DatasetError: the recipe holds out no test split, a source file is missing, or a source label map
+            holds values other than the model's (the gate scores the source files as they are).
+    """
+    if recipe.held_out != "test":
+        raise DatasetError(f"{recipe.name} holds out no test split (held_out={recipe.held_out!r}); the gate "
+                           "needs a recipe with held_out='test'.")  # fmt: skip
+    root, target = Path(data_root).resolve(), Path(path)
+    split = recipe.cases(root, seed)
+    _check_paths(root, split, recipe)
+    values = {0, *(lb.value for lb in recipe.labels)}
+    for case in progress_bar(list(split.check), desc="checking the test labels"):
+        found = set(np.unique(read_image(root / case.label, check_content=False).array).astype(int).tolist())
+        if not found <= values:
+            raise DatasetError(
+                f"{case.label}: label values {sorted(found - values)} are not the model's {sorted(values)}; "
+                "the gate scores the source files as they are, so compare on the prepared MSD folder "
+                "(build-starter-zoo --work) with a split of your own."
+            )
+    dataset = Path(os.path.relpath(root, target.resolve().parent)).as_posix() if relative else str(root)
+    atomic.write_json(target, {
+        "dataset": dataset, "seed": int(seed), "labels": {str(lb.value): lb.name for lb in recipe.labels},
+        "purpose": f"test: the {len(split.check)} test patients of the {recipe.name} recipe; the promotion gate "
+                   "compares on them, nothing is chosen on them",
+        "cases": [{"id": c.id, "image": c.image, "label": c.label} for c in split.check],
+    })  # fmt: skip
+    return target
+
+
 # --- training -------------------------------------------------------------------------------------------
 def train_config(recipe: Recipe, seed: int, val_fraction: float, num_threads: Optional[int] = None,
                  epochs_scale: float = 1.0) -> Any:  # fmt: skip
@@ -578,5 +615,5 @@ def _metric_text(metrics: dict[str, Any]) -> str:
 
 __all__ = [
     "build_index", "build_landmark_model", "build_model", "build_prototypes", "build_starter_zoo", "prepare_dataset",
-    "remap_labels", "summary_table",
+    "remap_labels", "summary_table", "write_test_split",
 ]  # fmt: skip

@@ -33,7 +33,7 @@ ARCHITECTURES = ("unet", "segresnet", "attentionunet", "dynunet")
 CURVE_FILE = Path("docs") / "training_curve.json"
 #: bundle file with the :class:`TrainConfig` the model was trained with
 TRAIN_CONFIG_FILE = Path("configs") / "train_config.json"
-LOSSES = ("dice", "dicece", "dicefocal")
+LOSSES = ("dice", "dicece", "dicece_batch", "dicefocal")
 AUGMENT_PRESETS = ("light", "nnunet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "poly", "cosine")
@@ -69,7 +69,9 @@ class TrainConfig:
         val_interval: validate every this many epochs (and after the last).
         seed: random seed (split, weights, patches).
         num_workers: DataLoader workers.
-        loss: ``"dice"``, ``"dicece"`` or ``"dicefocal"``.
+        loss: ``"dice"``, ``"dicece"``, ``"dicece_batch"`` or ``"dicefocal"``. ``"dicece_batch"`` computes the
+            Dice term over the whole batch rather than per patch (nnU-Net's "batch Dice" of its 2D
+            configuration): slice-wise patches without foreground then add no noisy per-patch Dice term.
         augment: random flips, 90-degree in-plane rotations (square in-plane ``roi_size``, and only when the
             left-right axis may be flipped) and intensity jitter.
         augment_preset: ``"light"`` (the above) or ``"nnunet"`` (rotation, scaling, noise, blur, brightness,

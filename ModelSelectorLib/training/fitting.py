@@ -26,6 +26,8 @@ def _loss(name: str) -> Any:
     from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
     kw = {"to_onehot_y": True, "softmax": True}
+    if name == "dicece_batch":
+        return DiceCELoss(batch=True, **kw)
     return {"dice": DiceLoss, "dicece": DiceCELoss, "dicefocal": DiceFocalLoss}[name](**kw)
 
 

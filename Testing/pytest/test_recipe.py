@@ -121,6 +121,23 @@ def test_postprocessing_is_kept_only_where_it_helps():
     assert summary["cases"] == 2 and summary["dice_a_std"] == pytest.approx(0.075)
 
 
+def test_batch_dice_pools_the_patches_of_a_batch():
+    from ModelSelectorLib.training.config import TrainConfig
+    from ModelSelectorLib.training.fitting import _loss
+
+    # two slice patches: one with a lesion found exactly, one empty slice with a faint false positive
+    label = torch.zeros(2, 1, 8, 8)
+    label[0, 0, 2:6, 2:6] = 1
+    foreground = (label[:, 0] * 2 - 1) * 10
+    logits = torch.stack([-foreground, foreground], dim=1)  # channels: background, lesion
+    logits[1, 1, 0, 0], logits[1, 0, 0, 0] = 10.0, -10.0
+    per_patch, pooled = _loss("dicece")(logits, label), _loss("dicece_batch")(logits, label)
+    # per patch, the empty slice's single wrong pixel costs its whole foreground Dice term; pooled, it is
+    # one pixel among the batch's 17 predicted foreground pixels
+    assert float(pooled) < float(per_patch) - 0.2
+    assert TrainConfig(loss="dicece_batch").loss == "dicece_batch"
+
+
 def test_card_inference_block_is_checked_and_exported(tmp_path):
     from ModelSelectorLib.errors import BundleError
     from ModelSelectorLib.zoo.bundle import build_inference_config

@@ -25,6 +25,7 @@ from ModelSelectorLib.starter_zoo.build import (  # noqa: E402
     exemplar_images,
     prepare_dataset,
     remap_labels,
+    write_test_split,
 )
 from ModelSelectorLib.starter_zoo.recipes import (  # noqa: E402
     ANATOMY,
@@ -468,3 +469,29 @@ def test_test_split_model_is_scored_on_its_test_cases_only(tiny_data: Path, tmp_
     assert [r["case"] for r in record["per_case"]] == ["case2"]  # the test case, in its own geometry
     assert card.validation_metrics["validation_cases"] == 1 and "external_dice" not in card.validation_metrics
     assert card.validation_metrics["held_out"].startswith("test split of 1 cases")
+
+
+def test_test_split_file_lets_the_gate_compare_on_the_recipes_test_patients(tiny_data: Path, tmp_path: Path):
+    from ModelSelectorLib.ranking.promotion import seen_case_ids
+    from ModelSelectorLib.ranking.sweep import read_split
+
+    cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    split = fixed_split(cases[:1], cases[1:2], cases[2:])
+    with pytest.raises(DatasetError, match=r"label values \[5, 6, 77\] are not the model's \[0, 1, 2\]"):
+        write_test_split(_tiny_recipe(cases=split, held_out="test"), tiny_data, tmp_path / "s.json")
+    with pytest.raises(DatasetError, match="holds out no test split"):
+        write_test_split(_tiny_recipe(), tiny_data, tmp_path / "s.json")
+    # source label maps that already hold the model's values are scored as they are
+    for i in range(3):
+        lab = read_image(tiny_data / "vol" / f"case{i}_seg.nii.gz", check_content=False)
+        write_image(Image(remap_labels(lab.array, _tiny_recipe().labels), lab.spacing, lab.origin, lab.direction),
+                    tiny_data / "vol" / f"case{i}_seg.nii.gz")  # fmt: skip
+    labels = tuple(dataclasses.replace(lb, source_values=(lb.value,)) for lb in _tiny_recipe().labels)
+    recipe = _tiny_recipe(cases=split, held_out="test", train=_nnunet_tiny(), labels=labels)
+    path = write_test_split(recipe, tiny_data, tmp_path / "gate" / "test_split.json", relative=True)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert not Path(data["dataset"]).is_absolute() and data["labels"] == {"1": "Liver", "2": "Stomach"}
+    read = read_split(path)  # the gate's reader finds the files
+    assert [c["id"] for c in read["cases"]] == ["case2"] and Path(read["cases"][0]["label"]).is_file()
+    build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
+    assert seen_case_ids(Zoo(tmp_path / "zoo").get("tiny-organs")) == {"case0", "case1"}  # none in the split
