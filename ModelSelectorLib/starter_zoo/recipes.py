@@ -291,8 +291,10 @@ _HIPPOCAMPUS = {**_NNUNET, "channels": (16, 32, 64, 128), "roi_size": None, "max
 #: slice-wise: a 3D DynUNet with 1-voxel kernels and no pooling along z trains on (128, 128, 1) patches
 _SLICEWISE = {**_NNUNET, "channels": (16, 32, 64, 128, 256), "roi_size": (128, 128, 1), "batch_size": 2,
               "num_samples": 6, "epochs": 20, "steps_per_epoch": 60}  # fmt: skip
-#: chosen on the 10 validation patients: Adam 0.621 against SGD 0.612 one-pass validation Dice after 20 x 60 steps
-_SLICEWISE_LGG = {**_SLICEWISE, "optimizer": "adam", "lr": 2e-3, "weight_decay": 1e-5}
+#: chosen on the 10 validation patients: Adam 0.621 against SGD 0.612 one-pass validation Dice after 20 x 60 steps;
+#: then (version 1.0.1) 30 epochs: mean per-patient Dice as applied 0.759 against 0.731 for 20 epochs and 0.714
+#: for 30 epochs with batch Dice
+_SLICEWISE_LGG = {**_SLICEWISE, "optimizer": "adam", "lr": 2e-3, "weight_decay": 1e-5, "epochs": 30}
 
 
 def _organ(value: int, name: str, code: str, meaning: str, color: Sequence[float], src: Sequence[int],
@@ -570,7 +572,7 @@ RECIPES: tuple[Recipe, ...] = (
     ),
     Recipe(
         name="mr-brain-flair-lesion",
-        version="1.0.0",
+        version="1.0.1",
         modality="MR",
         body_region="HEAD",
         labels=(
