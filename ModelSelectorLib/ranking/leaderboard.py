@@ -193,7 +193,7 @@ def evaluate_candidate(
 
     Args:
         bundle_dir: the bundle folder.
-        split: a split file's content (:func:`ModelSelectorLib.ranking.sweep.read_split`):
+        split: a split file's content (:func:`ModelSelectorLib.datasets.split_file.read_split`):
             ``{"cases", "labels", ...}``.
         out_json: where the evaluation is written (atomically).
         dashboard_dir: the model's dashboard folder; overlays go to ``overlays/<case>.png`` there.

@@ -68,6 +68,7 @@ import numpy as np
 
 from .. import atomic
 from ..datasets.msd import load_msd
+from ..datasets.split_file import read_split, write_split
 from ..errors import DatasetError, ModelSelectorError, TrainingError
 from ..models.landmarks import LandmarkRuntime
 from ..models.registry import DEFAULT_TASK_TYPE
@@ -341,8 +342,7 @@ def make_split(
     ):
         cases = [{"id": ids[i], "image": str(dataset.training[i]["image"]), "label": str(dataset.training[i]["label"])}
                  for i in sorted(idx)]  # fmt: skip
-        atomic.write_json(path, {"dataset": str(dataset.root), "seed": int(seed), "labels": labels, "purpose": purpose,
-                                 "fraction": float(fraction), "cases": cases})  # fmt: skip
+        write_split(path, dataset.root, cases, labels, seed, purpose=purpose, fraction=float(fraction))
     return train_dir, selection_file, test_file
 
 
@@ -353,35 +353,6 @@ def case_id(path: PathLike) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return Path(name).stem
-
-
-def read_split(path: PathLike) -> dict[str, Any]:
-    """Read a test split file written by :func:`make_split`; checks that its files exist.
-
-    A relative ``dataset`` is taken relative to the split file's folder, and relative image and label paths
-    relative to ``dataset`` (a split committed beside the code names no machine path).
-
-    Raises:
-        DatasetError: missing or malformed file, or missing image/label files.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{p}: no such test split file; run `modelselector sweep` first or pass --split.")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-        root = p.parent / str(data.get("dataset", ""))
-        cases = [
-            {**c, "image": str(root / c["image"]), "label": str(root / c["label"])} for c in data["cases"]
-        ]
-        labels = {int(k): str(v) for k, v in data["labels"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DatasetError(f"{p}: not a test split file ({e}).") from e
-    missing = [c[k] for c in cases for k in ("image", "label") if not Path(c[k]).is_file()]
-    if missing:
-        raise DatasetError(f"{p}: {len(missing)} test file(s) missing, e.g. {missing[0]}.")
-    if not cases:
-        raise DatasetError(f"{p}: the test split is empty.")
-    return {**data, "cases": cases, "labels": labels}
 
 
 # --- workers --------------------------------------------------------------------------------------------
@@ -682,6 +653,7 @@ __all__ = [
     "load_sweep",
     "case_id",
     "make_split",
+    "write_split",
     "SELECTION_SPLIT",
     "TEST_SPLIT",
     "read_split",

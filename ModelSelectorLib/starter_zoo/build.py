@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import atomic
 from ..datasets.landmarks import find_landmark_folders
+from ..datasets.split_file import write_split
 from ..errors import DatasetError, ModelSelectorError
 from ..io.image import read_image, write_image
 from ..models.registry import runtime_class
@@ -186,7 +187,7 @@ def write_test_split(recipe: Recipe, data_root: PathLike, path: PathLike, seed: 
     if recipe.held_out != "test":
         raise DatasetError(f"{recipe.name} holds out no test split (held_out={recipe.held_out!r}); the gate "
                            "needs a recipe with held_out='test'.")  # fmt: skip
-    root, target = Path(data_root).resolve(), Path(path)
+    root = Path(data_root).resolve()
     split = recipe.cases(root, seed)
     _check_paths(root, split, recipe)
     values = {0, *(lb.value for lb in recipe.labels)}
@@ -198,14 +199,12 @@ def write_test_split(recipe: Recipe, data_root: PathLike, path: PathLike, seed: 
                 "the gate scores the source files as they are, so compare on the prepared MSD folder "
                 "(build-starter-zoo --work) with a split of your own."
             )
-    dataset = Path(os.path.relpath(root, target.resolve().parent)).as_posix() if relative else str(root)
-    atomic.write_json(target, {
-        "dataset": dataset, "seed": int(seed), "labels": {str(lb.value): lb.name for lb in recipe.labels},
-        "purpose": f"test: the {len(split.check)} test patients of the {recipe.name} recipe; the promotion gate "
-                   "compares on them, nothing is chosen on them",
-        "cases": [{"id": c.id, "image": c.image, "label": c.label} for c in split.check],
-    })  # fmt: skip
-    return target
+    return write_split(
+        path, root, [{"id": c.id, "image": c.image, "label": c.label} for c in split.check],
+        {str(lb.value): lb.name for lb in recipe.labels}, seed, relative,
+        purpose=f"test: the {len(split.check)} test patients of the {recipe.name} recipe; the promotion gate "
+                "compares on them, nothing is chosen on them",
+    )  # fmt: skip
 
 
 # --- training -------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -26,9 +27,9 @@ def _loss(name: str) -> Any:
     from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
     kw = {"to_onehot_y": True, "softmax": True}
-    if name == "dicece_batch":
-        return DiceCELoss(batch=True, **kw)
-    return {"dice": DiceLoss, "dicece": DiceCELoss, "dicefocal": DiceFocalLoss}[name](**kw)
+    losses = {"dice": DiceLoss, "dicece": DiceCELoss, "dicece_batch": functools.partial(DiceCELoss, batch=True),
+              "dicefocal": DiceFocalLoss}  # fmt: skip
+    return losses[name](**kw)
 
 
 def validate(

@@ -223,10 +223,9 @@ def write_landmark_split(
     be committed beside the code)."""
     import os
 
-    from .. import atomic
+    from ..datasets.split_file import write_split
 
     root = Path(data).resolve()
-    target = Path(path)
     images = {p.stem: p for p in find_landmark_folders(root)[0]}
     test = split_cases(sorted(images), seed, val_fraction, test_fraction)["test"]
 
@@ -235,10 +234,7 @@ def write_landmark_split(
 
     cases = [{"id": i, "image": name(images[i]), "label": name(images[i].with_name(i + "_landmarks.json"))}
              for i in test]  # fmt: skip
-    dataset = Path(os.path.relpath(root, target.resolve().parent)).as_posix() if relative else str(root)
-    atomic.write_json(target, {"dataset": dataset, "seed": int(seed), "labels": {},
-                               "test_fraction": float(test_fraction), "cases": cases})  # fmt: skip
-    return target
+    return write_split(path, root, cases, {}, seed, relative, test_fraction=float(test_fraction))
 
 
 #: held-out figures of a landmark model recorded on its card (with a ``val_`` / ``test_`` prefix)
