@@ -27,7 +27,9 @@ class BuildPyWithResources(build_py):
         for part in SHIPPED:
             if (source / part).is_dir():
                 shutil.rmtree(target / part, ignore_errors=True)
-                shutil.copytree(source / part, target / part, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+                shutil.copytree(
+                    source / part, target / part, ignore=shutil.ignore_patterns(".*", "__pycache__")
+                )
 
 
 setup(cmdclass={"build_py": BuildPyWithResources})

@@ -76,7 +76,7 @@ def train_fold(
     run = prepare_run(dataset, train_idx, val_idx, config, modality)
     network = build_network(run.net_def).to(config.device)
     res = fit(network, run.train_items, run.val_items, config, run.n_classes, run.plan.roi_size, cancel,
-              run.flips, run.plan.spacing, work_dir, run_fingerprint(config, dataset, train_idx))  # fmt: skip
+              run.flips, run.plan.spacing, work_dir, run_fingerprint(config, dataset, train_idx), run.net_def)  # fmt: skip
     set_determinism(seed=None)
     network.load_state_dict(res.state)
     t0 = time.monotonic()

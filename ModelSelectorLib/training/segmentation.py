@@ -241,7 +241,7 @@ def train_segmentation(
     spacing, roi = run.plan.spacing, run.plan.roi_size
     network = build_network(run.net_def).to(config.device)
     res = fit(network, run.train_items, run.val_items, config, run.n_classes, roi, cancel, run.flips, spacing,
-              work_dir, run_fingerprint(config, dataset, train_idx))  # fmt: skip
+              work_dir, run_fingerprint(config, dataset, train_idx), run.net_def)  # fmt: skip
     set_determinism(seed=None)
 
     network.load_state_dict(res.state)

@@ -204,19 +204,19 @@ def _tiny(**kw):
     return TrainConfig(**{**base, **kw}).check()
 
 
-def _fit_once(msd, work, cancel=None):
+def _fit_once(msd, work, cancel=None, net=None, **kw):
     from monai.utils import set_determinism
 
     from ModelSelectorLib.datasets import load_msd
     from ModelSelectorLib.training.fitting import fit
     from ModelSelectorLib.training.segmentation import build_network, prepare_run
 
-    cfg = _tiny()
+    cfg = _tiny(**kw)
     run = prepare_run(load_msd(msd), [0, 1], [2], cfg)
     set_determinism(seed=0)
-    net = build_network(run.net_def)
+    net = build_network(run.net_def) if net is None else net
     return fit(net, run.train_items, run.val_items, cfg, run.n_classes, run.plan.roi_size, cancel, run.flips,
-               run.plan.spacing, work)  # fmt: skip
+               run.plan.spacing, work, net_def=run.net_def)  # fmt: skip
 
 
 def test_interrupted_training_resumes_exactly(tmp_path):
@@ -236,6 +236,64 @@ def test_interrupted_training_resumes_exactly(tmp_path):
         assert torch.equal(value, resumed.state[key]), key
     again = _fit_once(msd, tmp_path / "b")  # finished: nothing left to train
     assert again.resumed_from == 2 and again.seconds >= resumed.seconds
+
+
+def test_slice_twin_computes_what_the_slice_wise_network_computes():
+    from ModelSelectorLib.training.networks import build_network, network_def
+    from ModelSelectorLib.training.slice_twin import slice_twin, slice_twin_def
+
+    torch.manual_seed(0)
+    cfg = _tiny(channels=(4, 8, 16, 32), roi_size=(32, 32, 1))
+    net_def = network_def(cfg, 3, 3, (32, 32, 1), (1.0, 1.0, 5.0))
+    net = build_network(net_def).eval()
+    twin = slice_twin(net, net_def, (32, 32, 1)).eval()
+    assert twin.net.input_block.conv1.conv.weight.ndim == 4  # a 2D network
+    x = torch.randn(3, 1, 32, 32, 1)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), twin(x), atol=1e-5)
+    # no twin where the 3D network looks across slices or the patch is thicker than one slice
+    assert slice_twin_def(net_def, (32, 32, 4)) is None
+    thick = network_def(cfg, 3, 3, (32, 32, 8), (1.0, 1.0, 1.0))
+    assert (
+        slice_twin_def(thick, (32, 32, 1)) is None
+        and slice_twin_def({**net_def, "_target_": "x.UNet"}, (32, 32, 1)) is None
+    )
+
+
+def test_slice_wise_training_runs_on_the_twin_and_resumes_exactly(tmp_path):
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.errors import Cancelled
+    from ModelSelectorLib.training.config import CHECKPOINT_FILE
+    from ModelSelectorLib.training.fitting import load_checkpoint
+
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0)
+    kw = dict(channels=(4, 8, 16), roi_size=(32, 32, 1), num_samples=3)
+    whole = _fit_once(msd, tmp_path / "a", **kw)
+    # the checkpoint holds the twin's 2D weights under a fingerprint of its own
+    ckpt = torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=True)
+    assert (
+        ckpt["fingerprint"].endswith(":slice-twin")
+        and ckpt["model"]["net.input_block.conv1.conv.weight"].ndim == 4
+    )
+    assert load_checkpoint(tmp_path / "a" / CHECKPOINT_FILE, ckpt["fingerprint"].split(":")[0]) is None
+    # the weights come back in the 3D network's shapes, and that network now holds them
+    from ModelSelectorLib.datasets import load_msd
+    from ModelSelectorLib.training.segmentation import build_network, prepare_run
+
+    run = prepare_run(load_msd(msd), [0, 1], [2], _tiny(**kw))
+    net = build_network(run.net_def)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    again = _fit_once(msd, tmp_path / "c", net=net, **kw)
+    assert {k: v.shape for k, v in again.state.items()} == {k: v.shape for k, v in start.items()}
+    assert all(torch.equal(again.state[k], v) for k, v in net.state_dict().items())
+    assert any(not torch.equal(start[k], v) for k, v in net.state_dict().items())  # it trained
+    with pytest.raises(Cancelled):
+        _fit_once(msd, tmp_path / "b", _CancelAfter(3), **kw)
+    resumed = _fit_once(msd, tmp_path / "b", **kw)
+    assert resumed.resumed_from == 1
+    for key, value in whole.state.items():
+        assert torch.equal(value, resumed.state[key]), key
 
 
 def test_train_fold_reports_per_case_figures(tmp_path):
