@@ -228,7 +228,7 @@ def fit(
             a checkpoint with the same ``fingerprint`` there is resumed. ``None``: no checkpoint.
         fingerprint: identifies the run (default ``config.fingerprint()``); include the case lists.
         net_def: ``network``'s MONAI config; when it is a slice-wise 3D ``DynUNet`` on ``roi``, training runs on
-            its 2D twin (:mod:`.slice_twin`: the same function, about twice as fast on CPU) and the weights go
+            its 2D twin (:mod:`.slice_twin`: the same function, an epoch about 1.5x faster on CPU) and the weights go
             back into ``network``'s shapes.
 
     Raises:
