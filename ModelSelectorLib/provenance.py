@@ -1,8 +1,11 @@
-"""Provenance recorded on every trained model and report: the code version that made it."""
+"""Provenance recorded on every trained model and report: the code version that made it, and what a file is."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
+from typing import Union
 
 from . import __version__
 
@@ -41,4 +44,13 @@ def code_version() -> str:
         return __version__
 
 
-__all__ = ["code_version"]
+def file_digest(path: Union[str, os.PathLike[str]]) -> dict[str, object]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+__all__ = ["code_version", "file_digest"]

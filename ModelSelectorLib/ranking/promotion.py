@@ -36,6 +36,7 @@ from .. import atomic
 from ..errors import BundleError, DatasetError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
 from ..models.registry import runtime_class
+from ..provenance import file_digest
 from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -237,7 +238,9 @@ def promote(
 
     Returns:
         ``{"accepted", "version" (new current, if accepted), "previous", "gate" (dict or None), "candidate":
-        {metric means}, "current": {metric means} or None, "reason"}``.
+        {metric means}, "current": {metric means} or None, "reason", "candidate_bundle" (path relative to the
+        zoo), "candidate_card" ({"name", "version", "weights": {"bytes", "sha256"}})}``; the catalog's history
+        and version record keep both.
 
     Raises:
         DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
@@ -262,7 +265,8 @@ def promote(
     cand_scores = _scores(cand_cases, metric)
     result: dict[str, Any] = {"task": task, "metric": metric, "split": _zoo_relative(split_path, zoo.path),
                               "candidate": _summary(cand_cases),
-                              "candidate_bundle": _zoo_relative(Path(candidate), zoo.path)}  # fmt: skip
+                              "candidate_bundle": _zoo_relative(Path(candidate), zoo.path),
+                              "candidate_card": _identity(Path(candidate), cand.card)}  # fmt: skip
     if task in zoo:
         current_version = zoo.current(task)
         cur = load_bundle(zoo.get(task), device=device)
@@ -283,15 +287,17 @@ def promote(
     if dry_run:
         return result
     if not result["accepted"]:
-        zoo.record(task, {"action": "refuse", "candidate": result["candidate_bundle"], "metric": metric,
-                          "gate": result["gate"], "split": result["split"]})  # fmt: skip
+        zoo.record(task, {"action": "refuse", "candidate": result["candidate_bundle"],
+                          "candidate_card": result["candidate_card"], "metric": metric, "gate": result["gate"],
+                          "split": result["split"]})  # fmt: skip
         return result
     version = zoo.next_version(task)
-    info = {"promoted": _now(), "source": result["candidate_bundle"],
+    info = {"promoted": _now(), "source": result["candidate_bundle"], "source_card": result["candidate_card"],
             "evaluation": {"split": result["split"], "metric": metric, "test_metrics": result["candidate"],
                            "gate": result["gate"]}}  # fmt: skip
     event = {"action": "promote", "version": version, "from": result["previous"], "metric": metric,
-             "candidate": result["candidate_bundle"], "gate": result["gate"]}  # fmt: skip
+             "candidate": result["candidate_bundle"], "candidate_card": result["candidate_card"],
+             "gate": result["gate"]}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelselector-promote-") as tmp:
         n = len(split_data["cases"])
         tested = {"means": result["candidate"], "n_cases": n, "protocol": f"test split of {n} cases that no choice "
@@ -361,6 +367,14 @@ def _check_unseen(split: dict[str, Any], split_path: Path, bundles: Sequence[Pat
                 f"(e.g. {', '.join(seen[:3])}); use a test split without them (a sweep's not_in_test keeps "
                 "them out)."
             )
+
+
+def _identity(bundle: Path, card: Any) -> dict[str, Any]:
+    """What the candidate was, recorded beside its path (which may name a folder that is later deleted): its
+    card's name and version and the size and SHA-256 of its weights, which the promoted version keeps."""
+    from ..zoo.bundle import WEIGHTS_FILE
+
+    return {"name": card.name, "version": card.version, "weights": file_digest(bundle / WEIGHTS_FILE)}
 
 
 def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:

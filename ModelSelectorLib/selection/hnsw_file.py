@@ -3,7 +3,7 @@ header or neighbour list makes it allocate absurd amounts of memory or read out 
 
 Two checks, both without hnswlib:
 
-- :func:`file_digest`: size and SHA-256 of the file, recorded in the index sidecar when the graph is saved
+- :func:`~ModelSelectorLib.provenance.file_digest`: size and SHA-256 of the file, recorded in the index sidecar when the graph is saved
   and compared when it is loaded;
 - :func:`check_graph_file`: the file's structure (``HierarchicalNSW::saveIndex`` of hnswlib 0.7-0.8): a
   96-byte header, ``count`` level-0 records of fixed size (neighbour list, vector, label), then each
@@ -13,7 +13,6 @@ Two checks, both without hnswlib:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -21,21 +20,14 @@ from typing import Union
 
 import numpy as np
 
+from ..provenance import file_digest
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: header of a saved HierarchicalNSW: offsetLevel0, max_elements, cur_element_count, size_data_per_element,
 #: label_offset, offsetData (size_t), maxlevel (int), enterpoint_node (uint32), maxM, maxM0, M (size_t),
 #: mult (double), ef_construction (size_t); little-endian 64-bit platforms
 _HEADER = struct.Struct("<6QiI3QdQ")
-
-
-def file_digest(path: PathLike) -> dict[str, object]:
-    """``{"bytes": size, "sha256": hex digest}`` of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
 def _check_upper_levels(data: bytes, pos: int, count: int, max_m: int, max_level: int) -> int:

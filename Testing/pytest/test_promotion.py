@@ -112,6 +112,16 @@ def test_promote_refuse_accept_restore(models, tmp_path):
     )
     assert z.card("disks").name == "disks" and z.card("disks").version == "0.1.1"
     assert (z.get("disks") / "docs" / "training_curve.json").is_file()
+    # the record names what was promoted even after the candidate's folder is gone: the installed weights
+    # are the ones whose digest the history holds
+    from ModelSelectorLib.provenance import file_digest
+    from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE, validate_bundle
+
+    good = validate_bundle(models["good"])
+    assert history[1]["candidate_card"] == {"name": good.name, "version": good.version,
+                                            "weights": file_digest(z.get("disks") / WEIGHTS_FILE)}  # fmt: skip
+    assert info["source_card"] == history[1]["candidate_card"]
+    assert history[2]["candidate_card"]["weights"] == file_digest(models["bad"] / WEIGHTS_FILE)
     # restore the previous version; nothing deleted; the split recorded in the catalog is the default
     assert restore(zoo, "disks") == {"task": "disks", "version": "0.1.0", "from": "0.1.1"}
     assert Zoo(zoo).current("disks") == "0.1.0" and (zoo / "models" / "disks" / "0.1.1").is_dir()
