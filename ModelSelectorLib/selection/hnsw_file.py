@@ -3,8 +3,8 @@ header or neighbour list makes it allocate absurd amounts of memory or read out 
 
 Two checks, both without hnswlib:
 
-- :func:`~ModelSelectorLib.provenance.file_digest`: size and SHA-256 of the file, recorded in the index sidecar when the graph is saved
-  and compared when it is loaded;
+- :func:`~ModelSelectorLib.provenance.file_digest`: size and SHA-256 of the file, recorded in the index
+  sidecar when the graph is saved and compared when it is loaded;
 - :func:`check_graph_file`: the file's structure (``HierarchicalNSW::saveIndex`` of hnswlib 0.7-0.8): a
   96-byte header, ``count`` level-0 records of fixed size (neighbour list, vector, label), then each
   element's upper-level neighbour lists; every count, size and neighbour id must be consistent with the
