@@ -116,6 +116,8 @@ def _event_text(ev: dict) -> str:
         return f"promoted {ev.get('version')} ({was}) from {ev.get('candidate', '')}{numbers}"
     if action == "restore":
         return f"restored {ev.get('version')} (was {ev.get('from')})"
+    if action == "build":
+        return f"built {ev.get('version')} (was {ev.get('from')}) from recipe {ev.get('recipe_hash')}"
     return json.dumps(ev)
 
 

@@ -306,15 +306,28 @@ def built_hash(zoo: Any, name: str) -> Optional[str]:
 
 
 def _install(zoo: Any, name: str, bundle: Path, block: dict[str, Any], cancel: Optional[Any]) -> None:
-    """Record ``block`` under ``"starter_zoo"`` in the bundle's ``metadata.json``, then put the bundle in
-    ``zoo`` in place of model ``name``'s current one."""
+    """Record ``block`` under ``"starter_zoo"`` in the bundle's ``metadata.json``, then make the bundle model
+    ``name``'s current version in ``zoo``.
+
+    A rebuild of a version the zoo holds replaces it and is current only if that version was (a version
+    promoted over it stays current); a new recipe version goes in beside the earlier ones, which stay for
+    ``modelselector restore``, with a ``build`` event in the model's history."""
     meta = read_metadata(bundle)
     meta[METADATA_KEY] = block
     atomic.write_json(bundle / "configs" / "metadata.json", meta)
     check_cancel(cancel)
-    if name in zoo:
-        zoo.remove(name)
-    zoo.add(bundle)
+    version, event, current = str(meta["version"]), None, True
+    if name in zoo and version in zoo.versions(name):
+        current = zoo.current(name) == version
+        zoo.remove(name, version)
+    elif name in zoo:
+        event = {
+            "action": "build",
+            "version": version,
+            "from": zoo.current(name),
+            "recipe_hash": block["recipe_hash"],
+        }
+    zoo.add(bundle, current=current, event=event)
     zoo.reload()
 
 

@@ -38,6 +38,7 @@ AUGMENT_PRESETS = ("light", "nnunet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "poly", "cosine")
 POSTPROCESS = ("none", "auto", "lcc")
+PRECISIONS = ("fp32", "bf16")
 #: checkpoint of :func:`fit` inside its work folder
 CHECKPOINT_FILE = "checkpoint.pt"
 #: TrainConfig fields that do not change what is trained (left out of the checkpoint fingerprint)
@@ -96,6 +97,9 @@ class TrainConfig:
         tta_mirror: test-time mirroring along the flip axes (those with ``roi_size`` > 1).
         postprocess: largest-connected-component post-processing: ``"none"``, ``"auto"`` (per label, kept
             only where it raises the mean validation Dice) or ``"lcc"`` (every label).
+        precision: arithmetic of the training forward pass: ``"fp32"``, or ``"bf16"`` (``torch.autocast`` with
+            bfloat16: convolutions in bfloat16, weights, optimiser state and loss in float32; about 2x faster
+            per step on CPUs with AVX-512 BF16). Validation and inference stay in float32.
     """
 
     architecture: str = "unet"
@@ -134,6 +138,7 @@ class TrainConfig:
     sw_overlap: float = 0.25
     tta_mirror: bool = False
     postprocess: str = "none"
+    precision: str = "fp32"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -161,7 +166,7 @@ class TrainConfig:
             raise TrainingError("epochs, batch_size and num_samples must be at least 1.")
         choices = {"augment_preset": AUGMENT_PRESETS, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
                    "postprocess": POSTPROCESS, "keep": ("best", "last"),
-                   "sw_mode": ("constant", "gaussian")}  # fmt: skip
+                   "sw_mode": ("constant", "gaussian"), "precision": PRECISIONS}  # fmt: skip
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise TrainingError(
@@ -200,6 +205,8 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Short hash of the settings that decide what is trained (not device, threads, version, licence)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_ONLY_FIELDS}
+        if data["precision"] == "fp32":  # runs from before the setting existed keep their fingerprints
+            del data["precision"]
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=list).encode("utf-8")).hexdigest()[:16]
 
 

@@ -177,6 +177,15 @@ class FitResult:
     peak_memory_mb: float = 0.0
 
 
+def _autocast(config: TrainConfig) -> Any:
+    """The autocast context of ``config.precision`` on ``config.device`` (disabled for ``"fp32"``)."""
+    import torch
+
+    return torch.autocast(
+        torch.device(config.device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+    )
+
+
 def _train_epoch(
     network: Any, loader: Any, steps: int, optimizer: Any, scheduler: Any, loss_fn: Any, config: TrainConfig,
     cancel: Optional[Any],
@@ -195,7 +204,9 @@ def _train_epoch(
             batch = next(batches)
         x, y = batch["image"].to(config.device), batch["label"].to(config.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(x), y)
+        with _autocast(config):
+            logits = network(x)
+        loss = loss_fn(logits.float(), y)  # softmax and Dice in float32 whatever the forward pass ran in
         loss.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(network.parameters(), float(config.grad_clip))

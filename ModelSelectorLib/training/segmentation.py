@@ -169,6 +169,8 @@ def _add_to_zoo(
 
     description = (f"{config.architecture} trained with ModelSelectorLib on {dataset_name}; input resampled to "
                    f"{CANONICAL_AXCODES} at {list(run.plan.spacing)} mm.")  # fmt: skip
+    if config.precision != "fp32":  # the card says how the weights were trained; inference stays float32
+        description += f" Forward pass trained in {config.precision} (float32 weights and inference)."
     with tempfile.TemporaryDirectory(prefix="modelselector-train-") as tmp:
         bundle_dir = save_bundle(Path(tmp) / card.name, card, run.net_def, res.state, description=description)
         curve = {"epochs": res.history, "best_val_dice": round((res.best or {"dice": 0.0})["dice"], 6),

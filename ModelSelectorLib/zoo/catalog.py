@@ -8,8 +8,8 @@ Layout::
 
 Each version entry holds ``path``, ``added``, ``metrics`` and, once promoted, ``promoted`` (date) and the
 gate's ``evaluation``; a model entry may hold ``history``: one ``{"date", "action", "version", "from", ...}``
-per promotion, refusal or restore (see :mod:`ModelSelectorLib.ranking.promotion`). Versions are never overwritten:
-promoting or restoring only moves ``current``.
+per promotion, refusal or restore (see :mod:`ModelSelectorLib.ranking.promotion`) and per new recipe version
+built by ``build-starter-zoo``. Versions are never overwritten: promoting or restoring only moves ``current``.
 
 Every change is crash-safe: a bundle is copied into a temporary sibling folder, checked, and renamed into
 place; only then is the catalog rewritten atomically. An interrupted ``add`` therefore leaves the previous
@@ -378,7 +378,7 @@ class Zoo:
         return json.loads(json.dumps(entry["versions"][version]))
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        """Promotions, refusals and restores of model ``name``, oldest first (a copy)."""
+        """Promotions, refusals, restores and builds of model ``name``, oldest first (a copy)."""
         return json.loads(json.dumps(self._entry(name).get("history", [])))
 
     def previous(self, name: str) -> Optional[str]:
@@ -387,7 +387,8 @@ class Zoo:
         entry = self._entry(name)
         cur = entry["current"]
         for ev in reversed(entry.get("history", [])):
-            if ev.get("version") == cur and ev.get("action") in ("promote", "restore") and ev.get("from"):
+            moved = ev.get("action") in ("promote", "restore", "build") and ev.get("from")
+            if moved and ev.get("version") == cur:
                 if ev["from"] in entry["versions"]:
                     return str(ev["from"])
         order = self.versions(name)

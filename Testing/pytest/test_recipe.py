@@ -296,6 +296,35 @@ def test_slice_wise_training_runs_on_the_twin_and_resumes_exactly(tmp_path):
         assert torch.equal(value, resumed.state[key]), key
 
 
+def test_bfloat16_forward_pass_trains_float32_weights(tmp_path):
+    from monai.utils import set_determinism
+
+    from ModelSelectorLib.datasets import load_msd, make_synthetic_msd
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.training.segmentation import build_network, prepare_run
+
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0)
+    run = prepare_run(load_msd(msd), [0, 1], [2], _tiny(precision="bf16"))
+    set_determinism(seed=0)
+    net = build_network(run.net_def)
+    seen = []
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda module, args, out: seen.append((module.training, out.dtype)))
+    bf16 = _fit_once(msd, tmp_path / "bf16", net=net, precision="bf16")
+    # training steps convolve in bfloat16, validation in float32; the weights stay float32
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    assert {v.dtype for v in bf16.state.values() if v.is_floating_point()} == {torch.float32}
+    fp32 = _fit_once(msd, tmp_path / "fp32")
+    assert bf16.state.keys() == fp32.state.keys()
+    assert any(not torch.equal(fp32.state[k], v) for k, v in bf16.state.items())
+    # a bf16 run resumes only bf16 checkpoints; float32 runs keep the fingerprint they had before the setting
+    assert _tiny(precision="bf16").fingerprint() != _tiny().fingerprint() == "ed96fe23656bf8ed"
+    with pytest.raises(TrainingError, match="precision 'fp16' is unknown"):
+        _tiny(precision="fp16")
+
+
 def test_train_fold_reports_per_case_figures(tmp_path):
     from ModelSelectorLib.datasets import make_synthetic_msd
     from ModelSelectorLib.training.crossval import train_fold

@@ -209,6 +209,26 @@ def test_build_model_completes_card_and_resumes(tiny_data: Path, tmp_path: Path)
     assert build_model(recipe, tiny_data, zoo_dir, work, seed=1, num_threads=1)["status"] == "built"
     zoo.reload()
     assert zoo.versions("tiny-organs") == ["1.0.0"] and validate_bundle(zoo.get("tiny-organs")).seed == 1
+    # a new recipe version goes in beside the earlier one, which stays for restore
+    newer = dataclasses.replace(recipe, version="1.0.1", train={**recipe.train, "precision": "bf16"})
+    assert build_model(newer, tiny_data, zoo_dir, work, seed=1, num_threads=1)["status"] == "built"
+    zoo.reload()
+    assert zoo.versions("tiny-organs") == ["1.0.0", "1.0.1"] and zoo.current("tiny-organs") == "1.0.1"
+    # the card says how the weights were trained
+    readme, earlier = ((zoo.get("tiny-organs", v) / "docs" / "README.md").read_text(encoding="utf-8")
+                       for v in ("1.0.1", "1.0.0"))  # fmt: skip
+    assert "Forward pass trained in bf16" in readme and "Forward pass" not in earlier
+    event = zoo.history("tiny-organs")[-1]
+    assert event["action"] == "build" and event["from"] == "1.0.0" and event["version"] == "1.0.1"
+    assert event["recipe_hash"] == read_metadata(zoo.get("tiny-organs"))[METADATA_KEY]["recipe_hash"]
+    assert zoo.previous("tiny-organs") == "1.0.0"
+    # retraining the earlier version refreshes it in place and leaves the newer one current
+    assert (
+        build_model(recipe, tiny_data, zoo_dir, work, seed=1, force=True, num_threads=1)["status"] == "built"
+    )
+    zoo.reload()
+    assert zoo.versions("tiny-organs") == ["1.0.0", "1.0.1"] and zoo.current("tiny-organs") == "1.0.1"
+    assert len(zoo.history("tiny-organs")) == 1
 
 
 def test_single_case_model_reports_no_validation(tiny_data: Path, tmp_path: Path):

@@ -1,0 +1,85 @@
+"""Benchmark: a training step in float32 against one with a bfloat16 forward pass (``precision: bf16``).
+
+Both run the same optimiser steps of a starter-zoo recipe (default ``mr-hippocampus``: DynUNet 16-128,
+4 patches of 40 x 56 x 40, Adam, Dice + cross entropy, gradient clipping) through
+``fitting._train_epoch``, from the same initial weights and batches of random patches. Prints the median
+seconds per step of each and their ratio. Whether the bf16 weights are as good is a question for held-out
+cases, not for this script (``docs/starter-zoo.md``).
+
+Usage::
+
+    python benchmarks/bench_train_step.py [--recipe mr-hippocampus] [--roi 40 56 40] [--steps 8]
+        [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="mr-hippocampus", help="a segmentation recipe of the starter zoo")
+    parser.add_argument("--roi", type=int, nargs="+", default=(40, 56, 40), help="patch size (the card's)")
+    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from ModelSelectorLib.starter_zoo.build import train_config
+    from ModelSelectorLib.starter_zoo.recipes import recipes
+    from ModelSelectorLib.training.fitting import _loss, _optimizer, _train_epoch
+    from ModelSelectorLib.training.networks import build_network, network_def
+
+    torch.set_num_threads(args.threads)
+    recipe = recipes([args.recipe])[0]
+    base = train_config(recipe, seed=0, val_fraction=0.0)
+    n_classes = len(recipe.labels) + 1
+    roi = [int(r) for r in args.roi]
+    torch.manual_seed(0)
+    start = build_network(network_def(base, len(roi), n_classes, roi)).state_dict()
+    patches = base.batch_size * base.num_samples
+    batches = [{"image": torch.randn(patches, 1, *roi),
+                "label": torch.randint(0, n_classes, (patches, 1, *roi))} for _ in range(args.steps)]  # fmt: skip
+
+    def run(precision: str) -> list[float]:
+        config = dataclasses.replace(base, precision=precision)
+        net = build_network(network_def(config, len(roi), n_classes, roi))
+        net.load_state_dict(copy.deepcopy(start))
+        net.train()
+        optimizer = _optimizer(net, config)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loss_fn = _loss(config.loss)
+        _train_epoch(net, batches[:1], 1, optimizer, scheduler, loss_fn, config, None)  # warm-up
+        net.load_state_dict(copy.deepcopy(start))
+        optimizer = _optimizer(net, config)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            _train_epoch(net, batches, args.steps, optimizer, scheduler, loss_fn, config, None)
+            times.append((time.perf_counter() - t0) / args.steps)
+        return times
+
+    fp32_times, bf16_times = run("fp32"), run("bf16")
+    fp32_s, bf16_s = statistics.median(fp32_times), statistics.median(bf16_times)
+    print(f"recipe {recipe.name}: {patches} patches of {' x '.join(map(str, roi))} per step, "
+          f"{args.threads} thread(s), {args.repeats} x {args.steps} steps")  # fmt: skip
+    print(f"float32 step          {fp32_s:.3f} s (median)")
+    print(f"bfloat16 forward step {bf16_s:.3f} s (median)")
+    print(f"speed-up              {fp32_s / bf16_s:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
