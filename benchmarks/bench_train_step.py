@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,16 +55,16 @@ def main() -> int:
 
     def run(precision: str) -> list[float]:
         config = dataclasses.replace(base, precision=precision)
-        net = build_network(network_def(config, len(roi), n_classes, roi))
-        net.load_state_dict(copy.deepcopy(start))
+        net, loss_fn = build_network(network_def(config, len(roi), n_classes, roi)), _loss(config.loss)
         net.train()
-        optimizer = _optimizer(net, config)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        loss_fn = _loss(config.loss)
-        _train_epoch(net, batches[:1], 1, optimizer, scheduler, loss_fn, config, None)  # warm-up
-        net.load_state_dict(copy.deepcopy(start))
-        optimizer = _optimizer(net, config)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+        def fresh() -> tuple[Any, Any]:  # the starting weights and a new optimiser and schedule
+            net.load_state_dict(copy.deepcopy(start))
+            optimizer = _optimizer(net, config)
+            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+        _train_epoch(net, batches[:1], 1, *fresh(), loss_fn, config, None)  # warm-up
+        optimizer, scheduler = fresh()
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
