@@ -3,10 +3,11 @@
 Reads each version's ``docs/held_out.json`` (per-case figures of its cross-validation) and card, and prints per
 label the mean Dice of both, the mean per-case difference (new - old) with its paired bootstrap 95 % interval
 and a two-sided Wilcoxon signed-rank p, then the training time and peak memory of the folds and of the final
-model. Run from the repository root::
+model. ``--without-folds`` leaves out the validation cases of the folds named (those that chose the change),
+so that the comparison is on cases that chose nothing. Run from the repository root::
 
     python docs/examples/hippocampus-bf16/compare.py [--zoo Resources/zoo] [--model mr-hippocampus]
-        [--old 1.0.0] [--new 1.0.1]
+        [--old 1.0.0] [--new 1.0.1] [--without-folds 0]
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> int:
     parser.add_argument("--model", default="mr-hippocampus")
     parser.add_argument("--old", default="1.0.0")
     parser.add_argument("--new", default="1.0.1")
+    parser.add_argument("--without-folds", type=int, nargs="*", default=[], metavar="FOLD",
+                        help="leave out the validation cases of these folds (of the new version's folds)")  # fmt: skip
     args = parser.parse_args()
 
     from scipy.stats import wilcoxon
@@ -44,10 +47,14 @@ def main() -> int:
     (old, old_cv), (new, new_cv) = (_per_case(zoo, args.model, v) for v in (args.old, args.new))
     if sorted(old) != sorted(new):
         raise SystemExit("the two versions were not scored on the same cases; nothing to pair.")
-    cases = sorted(old)
+    left_out = {Path(c).name.split(".")[0] for f in new_cv["folds"] if f["fold"] in args.without_folds
+                for c in f["val_cases"]}  # fmt: skip
+    cases = sorted(set(old) - left_out)
     labels = list(old[cases[0]])
+    scope = f" (without folds {', '.join(map(str, args.without_folds))})" if args.without_folds else ""
     print(
-        f"{args.model}: {args.new} against {args.old}, Dice on the same {len(cases)} cross-validation cases"
+        f"{args.model}: {args.new} against {args.old}, Dice on the same {len(cases)} cross-validation "
+        f"cases{scope}"
     )
     print(f"{'label':<24} {args.old:>8} {args.new:>8} {'new - old':>10}  95 % interval      Wilcoxon p")
     for label in [*labels, "mean"]:
