@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from ModelSelectorLib.evaluation.statistics import bootstrap_interval  # noqa: E402
+from ModelSelectorLib.ranking.sweep import case_id  # noqa: E402
 from ModelSelectorLib.starter_zoo.report import HELD_OUT_FILE  # noqa: E402
 from ModelSelectorLib.zoo.catalog import Zoo  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> int:
     (old, old_cv), (new, new_cv) = (_per_case(zoo, args.model, v) for v in (args.old, args.new))
     if sorted(old) != sorted(new):
         raise SystemExit("the two versions were not scored on the same cases; nothing to pair.")
-    left_out = {Path(c).name.split(".")[0] for f in new_cv["folds"] if f["fold"] in args.without_folds
+    left_out = {case_id(c) for f in new_cv["folds"] if f["fold"] in args.without_folds
                 for c in f["val_cases"]}  # fmt: skip
     cases = sorted(set(old) - left_out)
     labels = list(old[cases[0]])
