@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from pathlib import Path
 from typing import Union
 
 from . import __version__
+
+
+def utc_timestamp() -> str:
+    """Now, in UTC to the second, ISO 8601 (``2026-12-03T08:00:00+00:00``): the dates in catalogs and reports."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def code_version() -> str:

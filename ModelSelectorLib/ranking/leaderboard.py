@@ -29,6 +29,7 @@ from ..errors import InputError, ModelSelectorError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
 from ..io.image import Image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_for
+from ..provenance import utc_timestamp
 from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -229,7 +230,7 @@ def evaluate_candidate(
         "bundle": str(Path(bundle_dir).resolve()),
         "labels": {str(k): v for k, v in labels.items()},
         "cases": cases,
-        "evaluated": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "evaluated": utc_timestamp(),
     }
     atomic.write_json(out_json, _finite(result))
     return result

@@ -22,7 +22,6 @@ was before (the bundle is copied under a temporary name and the catalog is repla
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import tempfile
@@ -36,7 +35,7 @@ from .. import atomic
 from ..errors import BundleError, DatasetError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
 from ..models.registry import runtime_class
-from ..provenance import file_digest
+from ..provenance import file_digest, utc_timestamp
 from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -162,10 +161,6 @@ def gate(
 
 
 # --- promotion ------------------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def default_split(zoo: Any, task: str) -> Optional[Path]:
     """The test split of a task: the one its current version was promoted on, else the task's sweep split."""
     from .sweep import TEST_SPLIT, sweep_dir
@@ -292,7 +287,7 @@ def promote(
                           "split": result["split"]})  # fmt: skip
         return result
     version = zoo.next_version(task)
-    info = {"promoted": _now(), "source": result["candidate_bundle"], "source_card": result["candidate_card"],
+    info = {"promoted": utc_timestamp(), "source": result["candidate_bundle"], "source_card": result["candidate_card"],
             "evaluation": {"split": result["split"], "metric": metric, "test_metrics": result["candidate"],
                            "gate": result["gate"]}}  # fmt: skip
     event = {"action": "promote", "version": version, "from": result["previous"], "metric": metric,

@@ -22,6 +22,7 @@ from ..io.image import read_image, write_image
 from ..models.registry import runtime_class
 from ..models.segmentation import apply_model
 from ..progress import check_cancel, progress_bar
+from ..provenance import utc_timestamp
 from ..selection.calibration import build_index as build_calibrated_index
 from ..selection.prototypes import generate_for_model
 from ..training.landmark_study import train_into_zoo
@@ -316,9 +317,11 @@ def _install(zoo: Any, name: str, bundle: Path, block: dict[str, Any], cancel: O
     meta[METADATA_KEY] = block
     atomic.write_json(bundle / "configs" / "metadata.json", meta)
     check_cancel(cancel)
-    version, event, current = str(meta["version"]), None, True
+    version, event, current, info = str(meta["version"]), None, True, None
     if name in zoo and version in zoo.versions(name):
         current = zoo.current(name) == version
+        # the rebuilt version keeps its place in the order of versions (``Zoo.versions`` sorts by "added")
+        info = {"added": zoo.version_info(name, version).get("added", ""), "rebuilt": utc_timestamp()}
         zoo.remove(name, version)
     elif name in zoo:
         event = {
@@ -327,7 +330,7 @@ def _install(zoo: Any, name: str, bundle: Path, block: dict[str, Any], cancel: O
             "from": zoo.current(name),
             "recipe_hash": block["recipe_hash"],
         }
-    zoo.add(bundle, current=current, event=event)
+    zoo.add(bundle, current=current, info=info, event=event)
     zoo.reload()
 
 

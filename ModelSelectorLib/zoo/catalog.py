@@ -9,7 +9,9 @@ Layout::
 Each version entry holds ``path``, ``added``, ``metrics`` and, once promoted, ``promoted`` (date) and the
 gate's ``evaluation``; a model entry may hold ``history``: one ``{"date", "action", "version", "from", ...}``
 per promotion, refusal or restore (see :mod:`ModelSelectorLib.ranking.promotion`) and per new recipe version
-built by ``build-starter-zoo``. Versions are never overwritten: promoting or restoring only moves ``current``.
+built by ``build-starter-zoo``. Promoting or restoring only moves ``current``; the one version ever replaced is
+one that ``build-starter-zoo --force`` retrains from the same recipe version, which keeps its ``added`` date
+(its place in :meth:`Zoo.versions`) and gains ``rebuilt``.
 
 Every change is crash-safe: a bundle is copied into a temporary sibling folder, checked, and renamed into
 place; only then is the catalog rewritten atomically. An interrupted ``add`` therefore leaves the previous
@@ -24,7 +26,6 @@ not list (a copy renamed into place just before its ``add`` was killed, or the f
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from typing import Any, Optional, Union
 from .. import atomic
 from ..errors import BundleError, ZooError
 from ..models.registry import runtime_class
+from ..provenance import utc_timestamp
 from ..resources import default_zoo_path
 from .bundle import (
     METADATA_FILE,
@@ -55,10 +57,6 @@ CATALOG = "zoo.json"
 MODELS = "models"
 FORMAT = 1
 _CREATE_HINT = "create one with `modelselector zoo init --zoo PATH` or `modelselector train --out PATH`"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 class Zoo:
@@ -292,14 +290,16 @@ class Zoo:
                 )
             dest = self.path / MODELS / card.name / card.version
             self._copy_in(src, dest, card, trust)
-            info = {"path": dest.relative_to(self.path).as_posix(), "added": _now(),
+            info = {"path": dest.relative_to(self.path).as_posix(), "added": utc_timestamp(),
                     "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
             entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
             entry["versions"][card.version] = info
             if current or not entry["versions"].get(entry["current"]):
                 entry["current"] = card.version
             if event:
-                entry.setdefault("history", []).append({"date": _now(), **json.loads(json.dumps(event))})
+                entry.setdefault("history", []).append(
+                    {"date": utc_timestamp(), **json.loads(json.dumps(event))}
+                )
             try:
                 self._write_catalog(data)
             except BaseException:
@@ -417,7 +417,12 @@ class Zoo:
             entry["versions"][version].update(json.loads(json.dumps(info or {})))
             if event is not None:
                 entry.setdefault("history", []).append(
-                    {"date": _now(), "version": version, "from": previous, **json.loads(json.dumps(event))}
+                    {
+                        "date": utc_timestamp(),
+                        "version": version,
+                        "from": previous,
+                        **json.loads(json.dumps(event)),
+                    }
                 )
             self._write_catalog(data)
 
@@ -427,7 +432,7 @@ class Zoo:
             if name not in data["models"]:
                 self._entry(name)
             data["models"][name].setdefault("history", []).append(
-                {"date": _now(), **json.loads(json.dumps(event))}
+                {"date": utc_timestamp(), **json.loads(json.dumps(event))}
             )
             self._write_catalog(data)
 

@@ -222,12 +222,16 @@ def test_build_model_completes_card_and_resumes(tiny_data: Path, tmp_path: Path)
     assert event["action"] == "build" and event["from"] == "1.0.0" and event["version"] == "1.0.1"
     assert event["recipe_hash"] == read_metadata(zoo.get("tiny-organs"))[METADATA_KEY]["recipe_hash"]
     assert zoo.previous("tiny-organs") == "1.0.0"
-    # retraining the earlier version refreshes it in place and leaves the newer one current
+    # retraining the earlier version refreshes it in place, keeps its place in the order of versions (its
+    # "added" date) and leaves the newer one current
+    added = zoo.version_info("tiny-organs", "1.0.0")["added"]
     assert (
         build_model(recipe, tiny_data, zoo_dir, work, seed=1, force=True, num_threads=1)["status"] == "built"
     )
     zoo.reload()
     assert zoo.versions("tiny-organs") == ["1.0.0", "1.0.1"] and zoo.current("tiny-organs") == "1.0.1"
+    refreshed = zoo.version_info("tiny-organs", "1.0.0")
+    assert refreshed["added"] == added and refreshed["rebuilt"] >= added
     assert len(zoo.history("tiny-organs")) == 1
 
 
