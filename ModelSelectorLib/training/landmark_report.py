@@ -322,7 +322,11 @@ def _report_paired(results: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         verdict = "lower error" if r["better"] else ("higher error" if r["worse"] else "no difference shown")
-        against = VARIANT_TITLES.get(r["against"], r["against"])
+        against = (
+            "the same variant in the reference grid (`reuse_from`)"
+            if r["against"] == "reference grid"
+            else VARIANT_TITLES.get(r["against"], r["against"])
+        )
         lines.append(f"| {_label(r['fraction'])} | {VARIANT_TITLES[r['variant']]} | {against} | {r['mean_diff']:+.2f} | "
                      f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['p_wilcoxon']:.3g} | {r['p_holm']:.3g} | "
                      f"{verdict} ({r['n_seeds']} seed(s) x {r['n_images']} images) |")  # fmt: skip

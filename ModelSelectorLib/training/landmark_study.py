@@ -70,12 +70,16 @@ PathLike = Union[str, Path]
 
 #: the settings a run's result depends on: runs made with other values cannot join a grid
 RUN_SETTINGS = ("train", "split_seed", "steps_per_group", "unlabelled_pool", "max_unlabelled")
+#: the settings a grid must share with its ``reuse_from`` grid (an ablation changes only the unlabelled pool)
+SHARED_SETTINGS = ("train", "split_seed", "steps_per_group")
 
 
-def _differing_settings(earlier: dict[str, Any], cfg: GridConfig) -> list[str]:
-    """The :data:`RUN_SETTINGS` in which a grid's recorded configuration ``earlier`` differs from ``cfg``."""
+def _differing_settings(
+    earlier: dict[str, Any], cfg: GridConfig, keys: Sequence[str] = RUN_SETTINGS
+) -> list[str]:
+    """The settings ``keys`` in which a grid's recorded configuration ``earlier`` differs from ``cfg``."""
     now = cfg.to_dict()
-    return [k for k in RUN_SETTINGS if earlier.get(k) != now[k]]
+    return [k for k in keys if earlier.get(k) != now[k]]
 
 
 def _check_config(out: Path, cfg: GridConfig) -> None:
@@ -85,6 +89,19 @@ def _check_config(out: Path, cfg: GridConfig) -> None:
             raise TrainingError(
                 f"{out}: holds runs made with other settings (config.json differs); use a new --out folder "
                 "or the same --config."
+            )
+    if cfg.reuse_from:
+        ref = Path(cfg.reuse_from) / "config.json"
+        if not ref.is_file():
+            raise TrainingError(
+                f"reuse_from {cfg.reuse_from}: no config.json there; point it at the output folder of a landmark "
+                "grid (`modelselector landmarks compare --out`)."
+            )
+        differ = _differing_settings(json.loads(ref.read_text(encoding="utf-8")), cfg, SHARED_SETTINGS)
+        if differ:
+            raise TrainingError(
+                f"reuse_from {cfg.reuse_from}: its networks were trained with other settings ({', '.join(differ)}); "
+                "a grid that reuses them must have the same train, split_seed and steps_per_group."
             )
     atomic.write_json(path, cfg.to_dict())
 

@@ -251,6 +251,63 @@ def test_grid_continues_from_the_recorded_results_of_another_machine(synth_data,
         compare(synth_data, tmp_path / "fifth", cfg, log=lambda *a: None, runs_from=tmp_path / "missing.json")
 
 
+def test_in_domain_ablation_reuses_the_reference_grid_and_is_compared_with_it(
+    synth_data, tmp_path, monkeypatch
+):
+    from ModelSelectorLib.errors import TrainingError
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    # the shared data's manifest marks paediatric radiographs in the modality column; two of the three here
+    (data / "manifest.csv").write_text(
+        "path,modality\nunlabelled/u010.png,X-ray (CXR paediatric)\nunlabelled/u011.png,X-ray (CXR paediatric)\n"
+        "unlabelled/u012.png,X-ray (CXR adult PA)\n",
+        encoding="utf-8",
+    )
+    ref = tmp_path / "ref"
+    compare(data, ref, GridConfig.quick(), log=lambda *a: None)
+    cfg = GridConfig.quick()
+    cfg.variants, cfg.fractions = ["student_supervised", "offline_kd", "uncertainty_kd"], [0.5]
+    cfg.unlabelled_pool, cfg.reuse_from = "in_domain", str(ref)
+    calls = []
+    real = run_variant
+    monkeypatch.setattr("ModelSelectorLib.training.landmark_study.run_variant",
+                        lambda v, *a, **k: calls.append(v) or real(v, *a, **k))  # fmt: skip
+    results = compare(data, tmp_path / "ablation", cfg, log=lambda *a: None)
+    # the teacher, the refiner and the supervised student come from the reference grid: only the two
+    # variants that see unlabelled images train, on the pool without the paediatric images
+    assert sorted(calls) == ["offline_kd", "uncertainty_kd"]
+    runs = tmp_path / "ablation" / "runs"
+    assert (
+        not (runs / "refiner_f050_s0.json").exists()
+        and not (runs / "teacher_supervised_f050_s0.json").exists()
+    )
+    copied = json.loads((runs / "student_supervised_f050_s0.json").read_text(encoding="utf-8"))
+    assert copied == json.loads(
+        (ref / "runs" / "student_supervised_f050_s0.json").read_text(encoding="utf-8")
+    )
+    for v in ("offline_kd", "uncertainty_kd"):
+        here = json.loads((runs / f"{v}_f050_s0.json").read_text(encoding="utf-8"))
+        there = json.loads((ref / "runs" / f"{v}_f050_s0.json").read_text(encoding="utf-8"))
+        assert here["n_unlabelled"] == there["n_unlabelled"] - 2
+    against = {(r["variant"], r["against"]) for r in results["paired"]}
+    assert against == {
+        (v, a) for v in ("offline_kd", "uncertainty_kd") for a in ("student_supervised", "reference grid")
+    }
+    report = (tmp_path / "ablation" / "report.md").read_text(encoding="utf-8")
+    assert "adult PA only (in-domain)" in report and "the same variant in the reference grid" in report
+
+    # a reference grid made with other settings, or no grid at all, is refused before anything trains
+    other = GridConfig.quick()
+    other.train = {**other.train, "steps": 5}
+    other.reuse_from = str(ref)
+    with pytest.raises(TrainingError, match=r"other settings \(train\)"):
+        compare(data, tmp_path / "other", other, log=lambda *a: None)
+    other.reuse_from = str(tmp_path / "nowhere")
+    with pytest.raises(TrainingError, match="no config.json"):
+        compare(data, tmp_path / "other", other, log=lambda *a: None)
+
+
 def test_grid_cancel_keeps_finished_runs(synth_data, tmp_path):
     from ModelSelectorLib.errors import Cancelled
 
