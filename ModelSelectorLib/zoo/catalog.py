@@ -9,9 +9,9 @@ Layout::
 Each version entry holds ``path``, ``added``, ``metrics`` and, once promoted, ``promoted`` (date) and the
 gate's ``evaluation``; a model entry may hold ``history``: one ``{"date", "action", "version", "from", ...}``
 per promotion, refusal or restore (see :mod:`ModelSelectorLib.ranking.promotion`) and per new recipe version
-built by ``build-starter-zoo``. Promoting or restoring only moves ``current``; the one version ever replaced is
-one that ``build-starter-zoo --force`` retrains from the same recipe version, which keeps its ``added`` date
-(its place in :meth:`Zoo.versions`) and gains ``rebuilt``.
+built by ``build-starter-zoo``. Promoting or restoring only moves ``current``; a version is replaced only when
+``build-starter-zoo`` retrains the same recipe version (another seed, or ``--force``), and then keeps its
+``added`` date (its place in :meth:`Zoo.versions`) and gains ``rebuilt``.
 
 Every change is crash-safe: a bundle is copied into a temporary sibling folder, checked, and renamed into
 place; only then is the catalog rewritten atomically. An interrupted ``add`` therefore leaves the previous
