@@ -30,6 +30,8 @@ PathLike = Union[str, Path]
 HYBRIDGNET_REFERENCE = {"lung_dice": 0.966, "mse_px2_1024": 165.0}
 #: the baseline every student variant is compared with
 BASELINE = "student_supervised"
+#: the ``against`` of a paired comparison with the same variant in the ``reuse_from`` grid
+REFERENCE_GRID = "reference grid"
 #: the semi-supervised student variants (their unlabelled pool is what an ablation changes)
 STUDENT_VARIANTS = ("offline_kd", "mean_teacher", "uncertainty_kd")
 
@@ -97,7 +99,7 @@ def paired_tests(runs: Sequence[dict[str, Any]], cfg: GridConfig,
             if reference is not None and v in STUDENT_VARIANTS:
                 res = _compare(_per_image(runs, v, f), _per_image(reference, v, f))
                 if res:
-                    rows.append({"fraction": f, "variant": v, "against": "reference grid", **res})
+                    rows.append({"fraction": f, "variant": v, "against": REFERENCE_GRID, **res})
     adjusted = holm([r["p_wilcoxon"] for r in rows]) if rows else []
     for r, p in zip(rows, adjusted):
         r["p_holm"] = p
@@ -324,7 +326,7 @@ def _report_paired(results: dict[str, Any]) -> list[str]:
         verdict = "lower error" if r["better"] else ("higher error" if r["worse"] else "no difference shown")
         against = (
             "the same variant in the reference grid (`reuse_from`)"
-            if r["against"] == "reference grid"
+            if r["against"] == REFERENCE_GRID
             else VARIANT_TITLES.get(r["against"], r["against"])
         )
         lines.append(f"| {_label(r['fraction'])} | {VARIANT_TITLES[r['variant']]} | {against} | {r['mean_diff']:+.2f} | "

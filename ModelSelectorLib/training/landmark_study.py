@@ -101,7 +101,7 @@ def _check_config(out: Path, cfg: GridConfig) -> None:
         if differ:
             raise TrainingError(
                 f"reuse_from {cfg.reuse_from}: its networks were trained with other settings ({', '.join(differ)}); "
-                "a grid that reuses them must have the same train, split_seed and steps_per_group."
+                f"a grid that reuses them must have the same {', '.join(SHARED_SETTINGS)}."
             )
     atomic.write_json(path, cfg.to_dict())
 
