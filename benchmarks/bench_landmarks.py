@@ -1,7 +1,8 @@
 """Benchmark: inference time of the coarse-to-fine chest X-ray landmark model against a plain single-stage model.
 
 Times, per image and in the same run, (1) the whole landmark model of the zoo (coarse heatmaps, shape model,
-refinement of every landmark on a patch of the image at 4 x the coarse grid) as ``LandmarkRuntime.points_px``
+refinement of every landmark on a patch of the image at 4 x the coarse grid, and with a contour stage the fits
+to its shape model and a second refinement) as ``LandmarkRuntime.points_px``
 runs it, from the image array to pixel positions, and (2) the plain single-stage model: the same bundle's coarse
 network alone, decoded by local centroid (what a single-stage heatmap model at the coarse grid does). When the
 zoo still holds an earlier single-stage version of the model, it is timed as well. Prints the median over
@@ -51,7 +52,7 @@ def main() -> int:
 
     from ModelSelectorLib.io import read_image
     from ModelSelectorLib.models.heatmaps import decode_logits
-    from ModelSelectorLib.models.landmark_stages import stage
+    from ModelSelectorLib.models.landmark_stages import LANDMARK_STAGES, stage
     from ModelSelectorLib.models.landmarks import LandmarkRuntime, resize_image
     from ModelSelectorLib.zoo import Zoo, load_bundle
 
@@ -60,7 +61,7 @@ def main() -> int:
     images = [read_image(p) for p in (args.images or [ROOT / "Resources" / "samples" / "cxr_chest.png"])]
     runtime = LandmarkRuntime(load_bundle(zoo.get(args.model)))
     size = int(runtime.card.roi_size[0])
-    stages = [s for s in ("coarse", "shape", "refine") if stage(runtime.stages, s) is not None]
+    stages = [s for s in LANDMARK_STAGES if stage(runtime.stages, s) is not None]
 
     def whole() -> None:
         for image in images:

@@ -39,7 +39,14 @@ from .landmark_schema import (  # noqa: F401  (the schema's names, re-exported)
     landmark_labels,
 )
 from .landmark_scoring import lung_dice, read_landmark_json, score_points
-from .landmark_stages import REFINE_SCALE, landmark_conditioning, predict_landmarks, stage
+from .landmark_stages import (
+    LANDMARK_STAGES,
+    REFINE_SCALE,
+    contour_indices,
+    landmark_conditioning,
+    predict_landmarks,
+    stage,
+)
 from .registry import register_runtime
 
 
@@ -144,7 +151,10 @@ class LandmarkRuntime(TaskRuntime):
             "landmark_stages": {"coarse": "network_def.coarse (or network_def itself): heatmaps at roi_size",
                                 "shape": "network_def.shape: projection onto the shape model's modes",
                                 "refine": f"network_def.refine: one heatmap per landmark on a patch of the image "
-                                          f"at {REFINE_SCALE} x roi_size around its coarse estimate"},
+                                          f"at {REFINE_SCALE} x roi_size around its coarse estimate",
+                                "contour": "network_def.contour (when present): the refined points fitted to a "
+                                           "shape model, trusted across their contour more than along it, refined "
+                                           "again, fitted again and moved onto the refined outline"},
         }  # fmt: skip
 
     @classmethod
@@ -208,8 +218,9 @@ class LandmarkRuntime(TaskRuntime):
             cond = landmark_conditioning(self.card.label_names, GROUPS)
         check_cancel(cancel)
         pts, _ = predict_landmarks(
-            self.stages, torch.from_numpy(net_in)[None, None].to(self.device), fine, cond
-        )
+            self.stages, torch.from_numpy(net_in)[None, None].to(self.device), fine, cond,
+            contours=contour_indices(self.card.label_names),
+        )  # fmt: skip
         return to_original(pts[0], scale), img
 
     def predict(self, image: Image, cancel: Optional[Any] = None) -> Prediction:
@@ -224,7 +235,7 @@ class LandmarkRuntime(TaskRuntime):
         m = ref.ijk_to_lps()
         out = np.zeros((len(pts), 3))
         out[:, :n] = idx @ m[:n, :n].T + m[:n, n]
-        stages = [s for s in ("coarse", "shape", "refine") if stage(self.stages, s) is not None]
+        stages = [s for s in LANDMARK_STAGES if stage(self.stages, s) is not None]
         return Prediction(self.card.name, self.card.version, image, out, list(self.card.label_names),
                           meta={"points_px": pts, "stages": stages})  # fmt: skip
 

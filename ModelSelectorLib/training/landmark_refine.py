@@ -1,4 +1,4 @@
-"""Training the later stages of a coarse-to-fine landmark model: the shape model and the refinement network.
+"""Training the later stages of a coarse-to-fine landmark model: the shape models and the refinement network.
 
 The refinement network (:mod:`ModelSelectorLib.models.landmark_stages`) learns from patches of the labelled
 images on the fine grid (``REFINE_SCALE`` x the coarse size). A training patch is centred on a true landmark
@@ -24,7 +24,9 @@ from ..errors import TrainingError
 from ..models.landmark_stages import (
     CONDITIONING_CHANNELS,
     REFINE_PATCH,
+    contour_model_def,
     crop_patches,
+    fit_contour_model,
     fit_shape_model,
     refine_input,
     shape_model_def,
@@ -148,14 +150,27 @@ def complete_shapes(cases: Sequence[LandmarkCase]) -> np.ndarray:
 def fit_shape(cases: Sequence[LandmarkCase], n_modes: int) -> Optional[Any]:
     """The shape model of the complete labelled ``cases`` (None when ``n_modes`` is 0 or fewer than 3 cases
     are complete: too few shapes to learn modes from)."""
+    return _fit_complete(cases, n_modes, fit_shape_model)
+
+
+def fit_contour_stage(cases: Sequence[LandmarkCase], n_modes: int) -> Optional[Any]:
+    """The contour stage's shape model of the complete labelled ``cases`` (:func:`fit_contour_model`; None as
+    for :func:`fit_shape`)."""
+    return _fit_complete(cases, n_modes, fit_contour_model)
+
+
+def _fit_complete(cases: Sequence[LandmarkCase], n_modes: int, fit: Any) -> Optional[Any]:
     shapes = complete_shapes(cases)
     if n_modes <= 0 or len(shapes) < 3:
         return None
-    return fit_shape_model(shapes, n_modes)
+    return fit(shapes, n_modes)
 
 
-def pipeline_network(coarse: Any, shape: Optional[Any] = None, refine: Optional[Any] = None) -> Any:
-    """The stages as one ``torch.nn.ModuleDict`` (``coarse`` alone when there is no later stage)."""
+def pipeline_network(
+    coarse: Any, shape: Optional[Any] = None, refine: Optional[Any] = None, contour: Optional[Any] = None
+) -> Any:
+    """The stages as one ``torch.nn.ModuleDict`` (``coarse`` alone when there is no later stage; the contour
+    stage only with a refinement stage, whose points it fits)."""
     import torch
 
     if shape is None and refine is None:
@@ -165,6 +180,8 @@ def pipeline_network(coarse: Any, shape: Optional[Any] = None, refine: Optional[
         stages["shape"] = shape
     if refine is not None:
         stages["refine"] = refine
+        if contour is not None:
+            stages["contour"] = contour
     return torch.nn.ModuleDict(stages)
 
 
@@ -180,6 +197,8 @@ def pipeline_def(size_name: str, n_points: int, network: Any, cfg: LandmarkTrain
         modules["shape"] = shape_model_def(n_points, int(network["shape"]["encode"].out_features))
     if "refine" in network:
         modules["refine"] = network_def(cfg.refine_network, 1, in_channels=1 + CONDITIONING_CHANNELS)
+    if "contour" in network:
+        modules["contour"] = contour_model_def(n_points, int(network["contour"].in_features))
     return {"_target_": "torch.nn.ModuleDict", "modules": modules}
 
 
@@ -187,6 +206,7 @@ __all__ = [
     "FineArrays",
     "complete_shapes",
     "fine_arrays",
+    "fit_contour_stage",
     "fit_shape",
     "gaussian_targets",
     "pipeline_def",

@@ -52,7 +52,14 @@ from .landmark_grid import (
     needs_teacher,
     run_name,
 )
-from .landmark_refine import fine_arrays, fit_shape, pipeline_def, pipeline_network, train_refiner
+from .landmark_refine import (
+    fine_arrays,
+    fit_contour_stage,
+    fit_shape,
+    pipeline_def,
+    pipeline_network,
+    train_refiner,
+)
 from .landmarks import (
     VARIANT_TITLES,
     VARIANTS,
@@ -77,9 +84,14 @@ SHARED_SETTINGS = ("train", "split_seed", "steps_per_group")
 def _differing_settings(
     earlier: dict[str, Any], cfg: GridConfig, keys: Sequence[str] = RUN_SETTINGS
 ) -> list[str]:
-    """The settings ``keys`` in which a grid's recorded configuration ``earlier`` differs from ``cfg``."""
-    now = cfg.to_dict()
-    return [k for k in keys if earlier.get(k) != now[k]]
+    """The settings ``keys`` in which a grid's recorded configuration ``earlier`` differs from ``cfg`` (training
+    settings it does not record have their defaults)."""
+    now, then = cfg.to_dict(), dict(earlier)
+    defaults = LandmarkTrainConfig().to_dict()
+    for settings in (now, then):
+        if isinstance(settings.get("train"), dict):
+            settings["train"] = {**defaults, **settings["train"]}
+    return [k for k in keys if then.get(k) != now[k]]
 
 
 def _check_config(out: Path, cfg: GridConfig) -> None:
@@ -263,20 +275,20 @@ def _reuse_dirs(out: Path, cfg: GridConfig) -> list[Path]:
 
 def _later_stages(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, lab_ids: list[str],
                   fraction: float, seed: int, cancel: Any) -> dict[str, Any]:  # fmt: skip
-    """The shape model and refiner of ``(fraction, seed)``: ``{"shape", "refine", "refine_seconds"}``; the
-    refiner is loaded from a finished run of this grid (or ``reuse_from``), else trained and stored."""
+    """The shape models and refiner of ``(fraction, seed)``: ``{"shape", "contour", "refine", "refine_seconds"}``;
+    the refiner is loaded from a finished run of this grid (or ``reuse_from``), else trained and stored."""
     import torch
 
-    shape = fit_shape([gd.by_id[i] for i in lab_ids], tc.shape_modes)
+    shapes = _shape_stages(gd, tc, lab_ids)
     if tc.refine_steps <= 0 or gd.fine is None:
-        return {"shape": shape, "refine": None, "refine_seconds": 0.0}
+        return {**shapes, "refine": None, "refine_seconds": 0.0}
     name = run_name("refiner", fraction, seed)
     for d in _reuse_dirs(out, cfg):
         if (d / f"{name}.json").is_file() and (d / f"{name}.pt").is_file():
             net = build_network(tc.refine_network, 1, in_channels=1 + gd.conditioning.shape[1])
             net.load_state_dict(torch.load(str(d / f"{name}.pt"), map_location="cpu", weights_only=True))
             seconds = float(json.loads((d / f"{name}.json").read_text(encoding="utf-8"))["train_seconds"])
-            return {"shape": shape, "refine": net.eval(), "refine_seconds": seconds}
+            return {**shapes, "refine": net.eval(), "refine_seconds": seconds}
     t0 = time.perf_counter()
     net = train_refiner(
         fine_arrays([gd.fine[i] for i in lab_ids]), gd.conditioning, tc, seed, cancel, desc=name
@@ -286,7 +298,13 @@ def _later_stages(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridD
         torch.save(net.state_dict(), str(tmp))
     atomic.write_json(out / "runs" / f"{name}.json", {"name": name, "fraction": fraction, "seed": seed,
                       "parameters": count_parameters(net), "train_seconds": round(seconds, 2)})  # fmt: skip
-    return {"shape": shape, "refine": net, "refine_seconds": seconds}
+    return {**shapes, "refine": net, "refine_seconds": seconds}
+
+
+def _shape_stages(gd: GridData, tc: LandmarkTrainConfig, lab_ids: Sequence[str]) -> dict[str, Any]:
+    """``{"shape", "contour"}``: the shape models of the labelled training images (None where not asked for)."""
+    cases = [gd.by_id[i] for i in lab_ids]
+    return {"shape": fit_shape(cases, tc.shape_modes), "contour": fit_contour_stage(cases, tc.contour_modes)}
 
 
 def _teacher(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, lab_arr: Arrays, unl_images: Any,
@@ -312,7 +330,7 @@ def _save_run(out: Path, name: str, variant: str, fraction: float, seed: int, re
               later: dict[str, Any], tc: LandmarkTrainConfig, gd: GridData, cfg: GridConfig) -> None:  # fmt: skip
     import torch
 
-    whole = pipeline_network(res.network, later["shape"], later["refine"])
+    whole = pipeline_network(res.network, later["shape"], later["refine"], later["contour"])
     record: dict[str, Any] = {
         "name": name, "variant": variant, "fraction": fraction, "seed": seed, "network": res.size_name,
         "parameters": count_parameters(whole), "parameters_coarse": count_parameters(res.network),
@@ -410,7 +428,6 @@ def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: 
         if needs_teacher(variant):
             teacher = run_variant("teacher_supervised", lab_arr, unl, tc, seed, cancel=cancel).network
         net = run_variant(variant, lab_arr, unl, tc, seed, teacher=teacher, cancel=cancel).network
-    shape = fit_shape([gd.by_id[i] for i in lab_ids], tc.shape_modes)
     refine = None
     if tc.refine_steps > 0 and gd.fine is not None:
         if refiner is not None:
@@ -420,7 +437,7 @@ def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: 
             refine = train_refiner(
                 fine_arrays([gd.fine[i] for i in lab_ids]), gd.conditioning, tc, seed, cancel
             )
-    return net, {"shape": shape, "refine": refine}, keep
+    return net, {**_shape_stages(gd, tc, lab_ids), "refine": refine}, keep
 
 
 def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, net: Any,
@@ -428,7 +445,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
                 seconds: Optional[float]) -> dict[str, Any]:  # fmt: skip
     import tempfile
 
-    whole = pipeline_network(net, later["shape"], later["refine"])
+    whole = pipeline_network(net, later["shape"], later["refine"], later["contour"])
     metrics: dict[str, Any] = {}
     for part in ("val", "test"):
         m, _, logits = evaluate_model(whole, gd, part, tc, cfg.radii, cfg.radii_px, with_dice=True)
@@ -454,18 +471,27 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         code_version=f"ModelSelectorLib {__version__}", license=TRAINING_DATA_LICENCE,
         training_time_s=None if seconds is None else round(seconds, 1),
     )  # fmt: skip
+    fits_contours = later["refine"] is not None and later["contour"] is not None
     stages = (
         "coarse heatmaps"
         + (", shape model" if later["shape"] is not None else "")
         + (f", refinement on {tc.size * REFINE_SCALE} px patches" if later["refine"] is not None else "")
+        + (f", contour fit ({tc.contour_modes} modes)" if fits_contours else "")
     )
     description = (
         f"2D landmark detection on frontal chest radiographs ({VARIANT_TITLES[variant]}): a coarse-to-fine MONAI "
         f"model ({stages}; all stages in models/model.pt as a torch ModuleDict). The coarse UNet sees the input "
         f"resized to {tc.size} x {tc.size} pixels (layout x, y), intensities to percentiles 0.5-99.5; points are "
         "decoded by local centroid, projected onto the shape model's modes, refined on patches of the image at "
-        f"{REFINE_SCALE} x that size and mapped back to the input's geometry. `modelselector apply` writes the "
-        "contours as Slicer closed curves (.mrk.json)."
+        f"{REFINE_SCALE} x that size"
+        + (
+            ", fitted to the contour stage's shape model (trusted across each contour more than along it), refined "
+            "again, fitted again and moved onto the refined outline"
+            if fits_contours
+            else ""
+        )
+        + ", and mapped back to the input's geometry. `modelselector apply` writes the contours as Slicer closed "
+        "curves (.mrk.json)."
     )
     with tempfile.TemporaryDirectory() as tmp:
         bundle = save_bundle(Path(tmp) / name, card, pipeline_def(size_name, gd.schema.n_points, whole, tc),

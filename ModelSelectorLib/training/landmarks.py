@@ -121,6 +121,8 @@ class LandmarkTrainConfig:
         augment_shift: largest random shift (pixels) of the augmentations.
         decode: ``"centroid"`` or ``"softargmax"``; decode_radius: centroid window half-width (px).
         shape_modes: modes of the point-distribution model that projects the coarse points (0: none).
+        contour_modes: modes of the shape model the refined points are fitted to (the contour stage of
+            :mod:`ModelSelectorLib.models.landmark_stages`; 0: none, the refined points are the answer).
         refine_steps: optimisation steps of the refinement stage (0: a single-stage model).
         refine_network: its size (a key of :data:`NETWORK_SIZES`); refine_points: landmarks per image and
             step (patches per step = ``batch_size * refine_points``).
@@ -147,6 +149,7 @@ class LandmarkTrainConfig:
     decode: str = "centroid"
     decode_radius: int = 5
     shape_modes: int = 0
+    contour_modes: int = 0
     refine_steps: int = 0
     refine_network: str = "refine"
     refine_points: int = 16
@@ -164,9 +167,11 @@ class LandmarkTrainConfig:
             raise TrainingError(
                 "landmark settings need size >= 16, steps >= 1, batch_size >= 1, sigma > 0, kd_temperature > 0."
             )
-        if cfg.refine_steps < 0 or cfg.shape_modes < 0 or cfg.refine_points < 1 or cfg.refine_sigma <= 0:
+        if (cfg.refine_steps < 0 or cfg.shape_modes < 0 or cfg.contour_modes < 0 or cfg.refine_points < 1
+                or cfg.refine_sigma <= 0):  # fmt: skip
             raise TrainingError(
-                "landmark settings need refine_steps >= 0, shape_modes >= 0, refine_points >= 1, refine_sigma > 0."
+                "landmark settings need refine_steps >= 0, shape_modes >= 0, contour_modes >= 0, refine_points >= 1, "
+                "refine_sigma > 0."
             )
         return cfg
 

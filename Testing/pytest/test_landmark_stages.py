@@ -15,17 +15,22 @@ torch = pytest.importorskip("torch")
 
 from ModelSelectorLib.datasets.landmarks import make_synthetic_cxr  # noqa: E402
 from ModelSelectorLib.evaluation.landmarks import holm, paired_comparison  # noqa: E402
-from ModelSelectorLib.io import Image  # noqa: E402
+from ModelSelectorLib.io import Image, read_image  # noqa: E402
 from ModelSelectorLib.io.markups import read_markups, read_markups_set  # noqa: E402
 from ModelSelectorLib.models.base import Prediction  # noqa: E402
 from ModelSelectorLib.models.landmark_scoring import contour_mask, lung_dice  # noqa: E402
 from ModelSelectorLib.models.landmark_stages import (  # noqa: E402
     REFINE_PATCH,
+    contour_frames,
+    contour_indices,
     crop_patches,
+    fit_contour,
+    fit_contour_model,
     fit_shape_model,
     landmark_conditioning,
     project_shape,
     refine_points,
+    snap_to_contours,
 )
 from ModelSelectorLib.models.landmarks import GROUPS, LandmarkRuntime, LandmarkSchema, contour_curves  # noqa: E402
 from ModelSelectorLib.training.landmark_refine import train_refiner  # noqa: E402
@@ -85,6 +90,85 @@ def test_shape_model_is_a_projection_onto_the_main_modes():
     assert all(not p.requires_grad for p in model.parameters())
 
 
+def _ellipses(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` shapes of two closed contours (12 and 10 points at regular angles) whose centres, radii and
+    rotation vary: ``(n, 22, 2)``."""
+    out = []
+    for _ in range(n):
+        shape = []
+        for m, centre in ((12, (20.0, 30.0)), (10, (44.0, 30.0))):
+            a = np.linspace(0, 2 * np.pi, m, endpoint=False) + rng.normal(0, 0.05)
+            rx, ry = rng.normal(9, 1.5), rng.normal(14, 2.0)
+            c = np.asarray(centre) + rng.normal(0, 2.0, 2)
+            shape.append(c + np.stack([rx * np.cos(a), ry * np.sin(a)], 1))
+        out.append(np.concatenate(shape))
+    return np.stack(out)
+
+
+def test_contour_model_generates_shapes_from_standardised_mode_weights():
+    rng = np.random.default_rng(1)
+    shapes = _ellipses(rng, 60)
+    model = fit_contour_model(shapes, 6)
+    assert tuple(model.weight.shape) == (44, 6) and all(not p.requires_grad for p in model.parameters())
+    np.testing.assert_allclose(model.bias.detach().numpy(), shapes.reshape(60, -1).mean(0), atol=1e-4)
+    # columns: orthogonal modes whose lengths are the standard deviations of the shapes along them
+    modes = model.weight.detach().double().numpy()
+    gram = modes.T @ modes
+    np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-3)
+    centred = shapes.reshape(60, -1) - shapes.reshape(60, -1).mean(0)
+    weights = centred @ modes / np.diag(gram)  # the shapes' standardised mode weights
+    np.testing.assert_allclose(weights.std(0, ddof=1), 1.0, atol=1e-3)
+
+
+def test_contour_fit_trusts_points_across_their_contour_and_not_along_it():
+    """Points slid along their contours are put back by the fit that hardly trusts the along direction, and
+    much less by a plain projection; points moved across their contours are pulled back by both."""
+    rng = np.random.default_rng(2)
+    shapes = _ellipses(rng, 80)
+    model = fit_contour_model(shapes[:60], 8)
+    truth = fit_contour(model, shapes[60:], [], prior=0.0)  # the test shapes as the model best draws them
+    contours = contour_indices([f"RL_{i:02d}" for i in range(12)] + [f"LL_{i:02d}" for i in range(10)])
+    assert [c.tolist() for c in contours] == [list(range(12)), list(range(12, 22))]
+    tangent = np.stack([contour_frames(t, contours)[0] for t in truth])
+    slid = truth + tangent * rng.choice([-1.5, 1.5], truth.shape[:2])[..., None]
+
+    def error(points: np.ndarray) -> float:
+        return float(np.linalg.norm(points - truth, axis=-1).mean())
+
+    trusting = fit_contour(model, slid, contours, along_weight=0.01, prior=0.0)
+    plain = fit_contour(model, slid, contours, along_weight=1.0, prior=0.0)
+    assert error(trusting) < 0.3 * error(plain) and error(plain) < error(slid), (
+        error(trusting),
+        error(plain),
+    )
+    normal = np.stack([contour_frames(t, contours)[1] for t in truth])
+    pushed = truth + normal * rng.choice([-1.5, 1.5], truth.shape[:2])[..., None]
+    for along in (0.01, 1.0):
+        assert error(fit_contour(model, pushed, contours, along_weight=along, prior=0.0)) < 0.8 * error(
+            pushed
+        )
+    # with no contours every point counts fully in both directions, whatever the along weight
+    np.testing.assert_allclose(fit_contour(model, slid, [], along_weight=0.01, prior=0.0),
+                               fit_contour(model, slid, [], along_weight=1.0, prior=0.0), atol=1e-9)  # fmt: skip
+    # a strong prior pulls the fit towards the mean shape
+    mean = model.bias.detach().double().numpy().reshape(22, 2)
+    assert np.abs(fit_contour(model, truth, contours, prior=1e6) - mean).max() < 1e-2
+
+
+def test_points_snap_onto_the_outline_of_their_contour():
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    outline = np.concatenate([square, square + 20, [[5.0, 5.0]]])[None]
+    contours = contour_indices(
+        ["RL_00", "RL_01", "RL_02", "RL_03", "LL_00", "LL_01", "LL_02", "LL_03", "X_00"]
+    )
+    points = np.array(
+        [[[3, -2], [12, 4], [6, 9], [-1, 11], [23, 21], [30, 20], [31, 31], [19, 25], [1, 1]]], float
+    )
+    snapped = snap_to_contours(points, outline, contours)
+    expected = [[3, 0], [10, 4], [6, 10], [0, 10], [23, 20], [30, 20], [30, 30], [20, 25], [1, 1]]
+    np.testing.assert_allclose(snapped[0], expected, atol=1e-9)  # the lone point X_00 stays
+
+
 def test_refinement_moves_displaced_points_onto_the_landmarks():
     """The refiner learns, from patches around displaced true landmarks, to move a point back to its landmark
     (six landmarks, each a blob, far apart)."""
@@ -120,26 +204,31 @@ def test_refinement_moves_displaced_points_onto_the_landmarks():
 def test_coarse_to_fine_model_is_one_monai_bundle_with_every_stage_in_model_pt(synth, tmp_path):
     from ModelSelectorLib.zoo import Zoo, load_bundle
 
-    cfg = _quick()
+    cfg = _quick(contour_modes=4)
     cfg.steps_per_group = WHOLE
     train_into_zoo(synth, tmp_path / "zoo", cfg, name="lm", variant="student_supervised")
     path = Zoo(tmp_path / "zoo").get("lm")
     inference = json.loads((path / "configs" / "inference.json").read_text(encoding="utf-8"))
     assert inference["network_def"]["_target_"] == "torch.nn.ModuleDict"
-    assert set(inference["network_def"]["modules"]) == {"coarse", "shape", "refine"}
+    stages = {"coarse", "shape", "refine", "contour"}
+    assert set(inference["network_def"]["modules"]) == stages
     weights = torch.load(str(path / "models" / "model.pt"), weights_only=True)
-    assert {k.split(".")[0] for k in weights} == {"coarse", "shape", "refine"}
-    loaded = load_bundle(path)
+    assert {k.split(".")[0] for k in weights} == stages
+    loaded = load_bundle(path)  # every stage from allow-listed classes: no --trust needed
     runtime = LandmarkRuntime(loaded)
     assert runtime.network is loaded.network["coarse"]  # what fit signals and model inversion use
+    prediction = runtime.predict(read_image(synth / "c003.png"))
+    assert prediction.meta["stages"] == ["coarse", "shape", "refine", "contour"]
+    assert "contour fit (4 modes)" in (path / "docs" / "README.md").read_text(encoding="utf-8")
     card = loaded.card
     assert len(card.label_names) == 166 and card.validation_metrics["test_sdr_px_5"] >= 0
     assert {"val_mre_mm", "test_mre_mm", "test_rmse_px", "test_sdr_px_10"} <= set(card.validation_metrics)
 
 
 def test_the_refined_points_keep_the_image_geometry(synth):
-    """Through all stages, a 2D image with spacing, origin and an oblique direction gives the same points in
-    pixel coordinates as the same pixels without geometry, mapped by that geometry."""
+    """Through all stages (refinement and contour fit included), a 2D image with spacing, origin and an oblique
+    direction gives the same points in pixel coordinates as the same pixels without geometry, mapped by that
+    geometry."""
     from PIL import Image as PILImage
 
     from ModelSelectorLib.zoo import ModelCard
@@ -151,8 +240,10 @@ def test_the_refined_points_keep_the_image_geometry(synth):
     from ModelSelectorLib.training.landmarks import build_network
 
     torch.manual_seed(0)
+    shapes = np.random.default_rng(0).uniform(2, 14, (12, schema.n_points, 2))
     net = pipeline_network(build_network("student-tiny", schema.n_points), None,
-                           build_network(cfg.refine_network, 1, in_channels=8)).eval()  # fmt: skip
+                           build_network(cfg.refine_network, 1, in_channels=8),
+                           fit_contour_model(shapes, 4)).eval()  # fmt: skip
     card = ModelCard("lm", "1", "landmarks", "DX", "CHEST", [{"value": i, "name": n} for i, n in enumerate(schema.names)],
                      spatial_dims=2, roi_size=[16, 16])  # fmt: skip
     runtime = LandmarkRuntime(LoadedBundle(net, card, synth, {}))

@@ -251,6 +251,23 @@ def test_grid_continues_from_the_recorded_results_of_another_machine(synth_data,
         compare(synth_data, tmp_path / "fifth", cfg, log=lambda *a: None, runs_from=tmp_path / "missing.json")
 
 
+def test_a_recorded_grid_is_compared_with_the_defaults_of_the_settings_it_does_not_name(tmp_path):
+    """A grid recorded before a training setting existed (or that left it out) ran with its default."""
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.training.landmark_study import _check_config
+
+    cfg = GridConfig.quick()
+    assert "contour_modes" not in cfg.train
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+    _check_config(
+        tmp_path, GridConfig.from_dict({**cfg.to_dict(), "train": {**cfg.train, "contour_modes": 0}})
+    )
+    with pytest.raises(TrainingError, match="other settings"):
+        _check_config(
+            tmp_path, GridConfig.from_dict({**cfg.to_dict(), "train": {**cfg.train, "contour_modes": 4}})
+        )
+
+
 def test_in_domain_ablation_reuses_the_reference_grid_and_is_compared_with_it(
     synth_data, tmp_path, monkeypatch
 ):
