@@ -137,16 +137,13 @@ def test_contour_fit_trusts_points_across_their_contour_and_not_along_it():
 
     trusting = fit_contour(model, slid, contours, along_weight=0.01, prior=0.0)
     plain = fit_contour(model, slid, contours, along_weight=1.0, prior=0.0)
-    assert error(trusting) < 0.3 * error(plain) and error(plain) < error(slid), (
-        error(trusting),
-        error(plain),
-    )
+    e_trusting, e_plain = error(trusting), error(plain)
+    assert e_trusting < 0.3 * e_plain and e_plain < error(slid), (e_trusting, e_plain)
     normal = np.stack([contour_frames(t, contours)[1] for t in truth])
     pushed = truth + normal * rng.choice([-1.5, 1.5], truth.shape[:2])[..., None]
     for along in (0.01, 1.0):
-        assert error(fit_contour(model, pushed, contours, along_weight=along, prior=0.0)) < 0.8 * error(
-            pushed
-        )
+        refit = fit_contour(model, pushed, contours, along_weight=along, prior=0.0)
+        assert error(refit) < 0.8 * error(pushed)
     # with no contours every point counts fully in both directions, whatever the along weight
     np.testing.assert_allclose(fit_contour(model, slid, [], along_weight=0.01, prior=0.0),
                                fit_contour(model, slid, [], along_weight=1.0, prior=0.0), atol=1e-9)  # fmt: skip
@@ -250,7 +247,9 @@ def test_the_refined_points_keep_the_image_geometry(synth):
     arr = np.asarray(PILImage.open(synth / "c003.png"), np.float32)
     c, s = math.cos(math.radians(25)), math.sin(math.radians(25))
     spacing, origin, direction = (0.6, 1.1), (-40.0, 12.0), (c, -s, s, c)
-    plain = runtime.predict(Image(arr, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))).value
+    plain_prediction = runtime.predict(Image(arr, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+    assert plain_prediction.meta["stages"] == ["coarse", "refine", "contour"]
+    plain = plain_prediction.value
     oblique = runtime.predict(Image(arr, spacing, origin, direction)).value
     expected = np.asarray(origin) + plain[:, :2] @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T
     np.testing.assert_allclose(oblique[:, :2], expected, atol=1e-4)
