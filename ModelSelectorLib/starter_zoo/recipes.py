@@ -672,11 +672,13 @@ class LandmarkRecipe:
 #: 0, mean radial error: 400 coarse / 600 refinement steps (the grid's) 5.64 mm, 1,200 / 600 5.43 mm, 3,000 /
 #: 1,500 5.20 mm; a 128 px coarse stage (400 / 600 steps, refinement on the 512 px grid) 6.11 mm. Then, on the same
 #: images and networks, the contour stage (``contour_modes``): none 5.20 mm, 20 / 40 / 60 / 80 modes 4.89 / 4.72
-#: / 4.71 / 4.71 mm (with the along-contour weight, prior and rounds of ``models.landmark_stages``)
+#: / 4.71 / 4.71 mm (with the along-contour weight, prior and rounds of ``models.landmark_stages``). Then, with 60
+#: modes: refinement 1,500 / 3,000 / 6,000 steps 4.71 / 4.64 / 4.63 mm; coarse 6,000 steps 4.74 mm; a wider
+#: (20-40-80-160) or deeper (16-24-48-96-128) coarse UNet 4.76 / 4.82 mm
 LANDMARK_RECIPES: tuple[LandmarkRecipe, ...] = (
     LandmarkRecipe(
         name="dx-chest-landmarks",
-        version="1.0.3",
+        version="1.0.4",
         variant="student_supervised",
         fraction=1.0,
         grid={
@@ -699,7 +701,7 @@ LANDMARK_RECIPES: tuple[LandmarkRecipe, ...] = (
                 "decode_radius": 5,
                 "shape_modes": 20,
                 "contour_modes": 60,
-                "refine_steps": 1500,
+                "refine_steps": 3000,
                 "refine_network": "refine",
                 "refine_points": 16,
                 "refine_jitter": 4.0,
