@@ -87,6 +87,11 @@ class LandmarkSchema:
         """Channel numbers of ``group``."""
         return np.flatnonzero(self.group_of == group)
 
+    @property
+    def contours(self) -> list[np.ndarray]:
+        """The channel numbers of each group in order: the point indices of each contour."""
+        return [self.channels(g) for g in self.groups]
+
     def to_dict(self) -> dict[str, list[int]]:
         return {g: list(v) for g, v in self.indices.items()}
 

@@ -226,15 +226,6 @@ def fit_contour_model(shapes: np.ndarray, n_modes: int) -> Any:
     return module
 
 
-def contour_indices(names: Sequence[str]) -> list[np.ndarray]:
-    """The point indices of each contour (points ``GROUP_NN`` with one ``GROUP``), ordered by ``NN``."""
-    groups: dict[str, list[tuple[int, int]]] = {}
-    for i, name in enumerate(names):
-        group, _, idx = str(name).rpartition("_")
-        groups.setdefault(group, []).append((int(idx) if idx.isdigit() else i, i))
-    return [np.array([i for _, i in sorted(v)]) for v in groups.values()]
-
-
 def contour_frames(points: np.ndarray, contours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Unit tangents and normals ``(P, 2)`` of ``points`` ``(P, 2)`` on their closed ``contours`` (central
     differences; a point on no contour of at least 3 points gets zero vectors)."""
@@ -328,7 +319,7 @@ def predict_landmarks(
             refinement stage; without them the refinement is skipped).
         conditioning: ``(P, C)`` of :func:`landmark_conditioning` (needed by a refinement stage).
         decode, radius: decoding of the coarse heatmaps.
-        contours: point indices of each closed contour (:func:`contour_indices`; needed by a contour stage).
+        contours: point indices of each closed contour (``LandmarkSchema.contours``; needed by a contour stage).
 
     Returns:
         ``(points (N, P, 2) float64 (x, y) on the coarse grid, coarse logits (N, P, S, S))``.
@@ -383,7 +374,6 @@ __all__ = [
     "LANDMARK_STAGES",
     "coarse_to_fine",
     "contour_frames",
-    "contour_indices",
     "contour_model_def",
     "crop_patches",
     "fine_to_coarse",

@@ -39,14 +39,7 @@ from .landmark_schema import (  # noqa: F401  (the schema's names, re-exported)
     landmark_labels,
 )
 from .landmark_scoring import lung_dice, read_landmark_json, score_points
-from .landmark_stages import (
-    LANDMARK_STAGES,
-    REFINE_SCALE,
-    contour_indices,
-    landmark_conditioning,
-    predict_landmarks,
-    stage,
-)
+from .landmark_stages import LANDMARK_STAGES, REFINE_SCALE, landmark_conditioning, predict_landmarks, stage
 from .registry import register_runtime
 
 
@@ -130,6 +123,9 @@ class LandmarkRuntime(TaskRuntime):
         super().__init__(bundle, device)
         self.stages = bundle.network
         self.network = stage(bundle.network, "coarse")  # what the fit signals and model inversion look at
+        # a contour stage is trained on whole-contour point names (GROUP_NN), so its card always has a schema
+        has_contour = stage(bundle.network, "contour") is not None
+        self.contours = LandmarkSchema.from_names(self.card.label_names).contours if has_contour else None
 
     # --- card-level --------------------------------------------------------------------------------------
     @classmethod
@@ -217,10 +213,8 @@ class LandmarkRuntime(TaskRuntime):
             fine = torch.from_numpy(resize_image(arr, size * REFINE_SCALE)[0])[None]
             cond = landmark_conditioning(self.card.label_names, GROUPS)
         check_cancel(cancel)
-        pts, _ = predict_landmarks(
-            self.stages, torch.from_numpy(net_in)[None, None].to(self.device), fine, cond,
-            contours=contour_indices(self.card.label_names),
-        )  # fmt: skip
+        coarse_in = torch.from_numpy(net_in)[None, None].to(self.device)
+        pts, _ = predict_landmarks(self.stages, coarse_in, fine, cond, contours=self.contours)
         return to_original(pts[0], scale), img
 
     def predict(self, image: Image, cancel: Optional[Any] = None) -> Prediction:

@@ -24,7 +24,7 @@ from ..datasets.landmarks import (
 )
 from ..errors import TrainingError
 from ..evaluation.landmarks import evaluate_predictions, lung_dice
-from ..models.landmark_stages import REFINE_SCALE, contour_indices, landmark_conditioning, predict_landmarks
+from ..models.landmark_stages import REFINE_SCALE, landmark_conditioning, predict_landmarks
 from ..models.landmarks import DEFAULT_STEPS, GROUPS, LandmarkSchema, to_original
 from ..settings import check_settings
 from .landmarks import VARIANTS, LandmarkTrainConfig, stack_cases
@@ -189,7 +189,7 @@ def evaluate_model(network: Any, gd: GridData, part: str, tc: LandmarkTrainConfi
     cases = gd.cases(part)
     images = stack_cases(cases, tc.sigma).images
     pts, logits = predict_landmarks(network, images, gd.fine_images(ids), gd.conditioning, tc.decode,
-                                    tc.decode_radius, contours=contour_indices(gd.schema.names))  # fmt: skip
+                                    tc.decode_radius, contours=gd.schema.contours)  # fmt: skip
     metrics = evaluate_predictions(pts, cases, gd.schema, radii, radii_px)
     if with_dice:
         dice = [lung_dice(to_original(p, c.scale), gd.schema, _read_mask(gd.masks[i])) if i in gd.masks

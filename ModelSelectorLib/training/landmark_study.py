@@ -36,7 +36,7 @@ from .. import __version__, atomic
 from ..datasets.landmarks import LandmarkCase, find_landmark_folders, labelled_subset
 from ..errors import TrainingError
 from ..models.heatmaps import heatmap_entropy
-from ..models.landmark_stages import REFINE_SCALE
+from ..models.landmark_stages import REFINE_SCALE, stage
 from ..models.landmarks import landmark_labels, to_original
 from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import save_bundle
@@ -471,7 +471,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         code_version=f"ModelSelectorLib {__version__}", license=TRAINING_DATA_LICENCE,
         training_time_s=None if seconds is None else round(seconds, 1),
     )  # fmt: skip
-    fits_contours = later["refine"] is not None and later["contour"] is not None
+    fits_contours = stage(whole, "contour") is not None
     stages = (
         "coarse heatmaps"
         + (", shape model" if later["shape"] is not None else "")

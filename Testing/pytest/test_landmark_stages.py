@@ -22,7 +22,6 @@ from ModelSelectorLib.models.landmark_scoring import contour_mask, lung_dice  # 
 from ModelSelectorLib.models.landmark_stages import (  # noqa: E402
     REFINE_PATCH,
     contour_frames,
-    contour_indices,
     crop_patches,
     fit_contour,
     fit_contour_model,
@@ -127,7 +126,10 @@ def test_contour_fit_trusts_points_across_their_contour_and_not_along_it():
     shapes = _ellipses(rng, 80)
     model = fit_contour_model(shapes[:60], 8)
     truth = fit_contour(model, shapes[60:], [], prior=0.0)  # the test shapes as the model best draws them
-    contours = contour_indices([f"RL_{i:02d}" for i in range(12)] + [f"LL_{i:02d}" for i in range(10)])
+    schema = LandmarkSchema.from_names(
+        [f"RL_{i:02d}" for i in range(12)] + [f"LL_{i:02d}" for i in range(10)]
+    )
+    contours = schema.contours
     assert [c.tolist() for c in contours] == [list(range(12)), list(range(12, 22))]
     tangent = np.stack([contour_frames(t, contours)[0] for t in truth])
     slid = truth + tangent * rng.choice([-1.5, 1.5], truth.shape[:2])[..., None]
@@ -155,15 +157,13 @@ def test_contour_fit_trusts_points_across_their_contour_and_not_along_it():
 def test_points_snap_onto_the_outline_of_their_contour():
     square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
     outline = np.concatenate([square, square + 20, [[5.0, 5.0]]])[None]
-    contours = contour_indices(
-        ["RL_00", "RL_01", "RL_02", "RL_03", "LL_00", "LL_01", "LL_02", "LL_03", "X_00"]
-    )
+    contours = [np.arange(4), np.arange(4, 8)]  # point 8 lies on no contour
     points = np.array(
         [[[3, -2], [12, 4], [6, 9], [-1, 11], [23, 21], [30, 20], [31, 31], [19, 25], [1, 1]]], float
     )
     snapped = snap_to_contours(points, outline, contours)
     expected = [[3, 0], [10, 4], [6, 10], [0, 10], [23, 20], [30, 20], [30, 30], [20, 25], [1, 1]]
-    np.testing.assert_allclose(snapped[0], expected, atol=1e-9)  # the lone point X_00 stays
+    np.testing.assert_allclose(snapped[0], expected, atol=1e-9)  # the lone point stays
 
 
 def test_refinement_moves_displaced_points_onto_the_landmarks():
