@@ -295,7 +295,8 @@ _SLICEWISE = {**_NNUNET, "channels": (16, 32, 64, 128, 256), "roi_size": (128, 1
               "num_samples": 6, "epochs": 20, "steps_per_epoch": 60}  # fmt: skip
 #: chosen on the 10 validation patients: Adam 0.621 against SGD 0.612 one-pass validation Dice after 20 x 60 steps;
 #: then (version 1.0.1) 30 epochs: mean per-patient Dice as applied 0.759 against 0.731 for 20 epochs and 0.714
-#: for 30 epochs with batch Dice; 40 epochs (through the 2D twin) 0.703, not adopted
+#: for 30 epochs with batch Dice; 40 epochs (through the 2D twin) 0.703, not adopted; a 2.5D network on 3-slice slabs
+#: (roi_size (128, 128, 3), slab_levels 1, num_samples 2) 0.719, not adopted
 _SLICEWISE_LGG = {**_SLICEWISE, "optimizer": "adam", "lr": 2e-3, "weight_decay": 1e-5, "epochs": 30}
 
 

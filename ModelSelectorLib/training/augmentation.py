@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from ..errors import TrainingError
-from .config import TrainConfig
+from .config import SLAB_MAX, TrainConfig
 
 
 def flip_axes(config: TrainConfig, label_names: Sequence[str], spatial_dims: int) -> tuple[int, ...]:
@@ -35,9 +35,9 @@ def nnunet_transforms(
 ) -> list[Any]:  # fmt: skip
     """nnU-Net's data augmentation in MONAI transforms, with its probabilities.
 
-    A patch 25 % larger than ``roi`` (along axes thicker than one voxel) is cropped around a label-balanced
-    centre, then ``RandAffined`` rotates (+-30 deg; in-plane only, about the last axis, for slice-wise or
-    strongly anisotropic patches) and scales (0.7-1.4) it with probability 0.33 and resamples it to ``roi``
+    A patch 25 % larger than ``roi`` (along the axes it rotates or scales) is cropped around a label-balanced
+    centre, then ``RandAffined`` rotates (+-30 deg; in-plane only, about the last axis, for slice-wise, thin-slab
+    or strongly anisotropic patches) and scales (0.7-1.4) it with probability 0.33 and resamples it to ``roi``
     (labels: nearest). Then Gaussian noise (p 0.1), Gaussian blur (p 0.2, sigma 0.5-1 voxel), brightness
     (x 0.75-1.25, p 0.15), contrast (p 0.15), low-resolution simulation (p 0.25), gamma (0.7-1.5, p 0.3, with
     inverted image p 0.1) and mirroring along ``flips`` (p 0.5 each).
@@ -45,9 +45,11 @@ def nnunet_transforms(
     from monai import transforms as T
 
     keys = ["image", "label"]
-    big = [int(math.ceil(r * 1.25)) if r > 1 else int(r) for r in roi]
     aniso = spacing is not None and max(spacing) / min(spacing) > 3.0
-    inplane = spatial_dims == 3 and (min(roi) == 1 or aniso)
+    slab = spatial_dims == 3 and int(roi[2]) < SLAB_MAX
+    inplane = spatial_dims == 3 and (min(roi) == 1 or slab or aniso)
+    # a slab is not rotated out of its plane or scaled across it: no margin there (and no blend of slices)
+    big = [int(math.ceil(r * 1.25)) if r > 1 and not (slab and a == 2) else int(r) for a, r in enumerate(roi)]
     rot = math.pi / 6
     if spatial_dims == 2:
         rotate, scale = (rot,), (0.3, 0.3)

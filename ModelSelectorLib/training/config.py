@@ -39,6 +39,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "poly", "cosine")
 POSTPROCESS = ("none", "auto", "lcc")
 PRECISIONS = ("fp32", "bf16")
+#: a patch thinner than this along its last axis is a slab (one slice or a few): never pooled along it, and
+#: augmented in-plane only
+SLAB_MAX = 8
 #: checkpoint of :func:`fit` inside its work folder
 CHECKPOINT_FILE = "checkpoint.pt"
 #: TrainConfig fields that do not change what is trained (left out of the checkpoint fingerprint)
@@ -100,6 +103,10 @@ class TrainConfig:
         precision: arithmetic of the training forward pass: ``"fp32"``, or ``"bf16"`` (``torch.autocast`` with
             bfloat16: convolutions in bfloat16, weights, optimiser state and loss in float32; about 2x faster
             per step on CPUs with AVX-512 BF16). Validation and inference stay in float32.
+        slab_levels: for a ``dynunet`` on thin slabs (``roi_size`` ``(x, y, z)`` with ``1 < z <`` :data:`SLAB_MAX`,
+            an axis the network never pools): the number of finest levels whose kernels span 3 neighbouring
+            slices; deeper levels work slice by slice. ``1``: only the input block sees the neighbours, a
+            2.5D network at about the cost of a slice-wise one. ``None``: the planner's kernels.
     """
 
     architecture: str = "unet"
@@ -139,6 +146,7 @@ class TrainConfig:
     tta_mirror: bool = False
     postprocess: str = "none"
     precision: str = "fp32"
+    slab_levels: Optional[int] = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -178,6 +186,17 @@ class TrainConfig:
             raise TrainingError(f"sw_overlap {self.sw_overlap} must be in [0, 1).")
         if self.architecture == "dynunet" and len(self.channels) < 3:
             raise TrainingError(f"dynunet needs at least 3 levels of channels; got {list(self.channels)}.")
+        if self.slab_levels is not None:
+            roi = self.roi_size or ()
+            if self.architecture != "dynunet" or len(roi) != 3 or not 1 < int(roi[2]) < SLAB_MAX:
+                raise TrainingError(
+                    f"slab_levels needs architecture dynunet and a roi_size (x, y, z) with 1 < z < {SLAB_MAX}; "
+                    f"got {self.architecture} with roi_size {list(roi) if roi else None}."
+                )
+            if not 1 <= int(self.slab_levels) <= len(self.channels):
+                raise TrainingError(
+                    f"slab_levels {self.slab_levels} must be in 1..{len(self.channels)} (the levels)."
+                )
         if self.roi_size is None or self.planned_axes:
             if self.architecture not in ("unet", "dynunet"):
                 raise TrainingError(
@@ -207,6 +226,8 @@ class TrainConfig:
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_ONLY_FIELDS}
         if data["precision"] == "fp32":  # runs from before the setting existed keep their fingerprints
             del data["precision"]
+        if data["slab_levels"] is None:
+            del data["slab_levels"]
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=list).encode("utf-8")).hexdigest()[:16]
 
 

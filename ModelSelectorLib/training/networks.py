@@ -17,7 +17,8 @@ def network_def(
 
     ``dynunet`` takes per-axis kernels and strides from :func:`dynunet_kernels_strides` for ``roi_size``
     (default ``config.roi_size``) and ``spacing`` (default isotropic), with at most ``len(config.channels)``
-    levels."""
+    levels; with ``config.slab_levels`` the kernels span 3 slices along the last axis in that many finest
+    levels and 1 slice below them."""
     n_levels = len(config.channels)
     if config.architecture == "attentionunet":
         return {"_target_": "monai.networks.nets.AttentionUnet", "spatial_dims": spatial_dims, "in_channels": 1,
@@ -25,7 +26,12 @@ def network_def(
                 "strides": [2] * (n_levels - 1)}  # fmt: skip
     if config.architecture == "dynunet":
         roi = [int(r) for r in (roi_size or config.roi_size)]
-        kernels, strides = dynunet_kernels_strides(roi, spacing or [1.0] * len(roi), n_levels)
+        # a slab is planned as its slices, then its neighbours reach the finest slab_levels levels
+        slab = config.slab_levels is not None
+        plan_roi = [*roi[:2], 1] if slab else roi
+        kernels, strides = dynunet_kernels_strides(plan_roi, spacing or [1.0] * len(roi), n_levels)
+        if slab:
+            kernels = [[*k[:2], 3 if level < config.slab_levels else 1] for level, k in enumerate(kernels)]
         filters = [int(c) for c in config.channels[: len(strides)]]
         return {"_target_": "monai.networks.nets.DynUNet", "spatial_dims": spatial_dims, "in_channels": 1,
                 "out_channels": n_classes, "kernel_size": kernels, "strides": strides,

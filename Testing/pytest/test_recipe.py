@@ -182,6 +182,60 @@ def test_nnunet_augmentation_keeps_shape_and_sides(roi):
     set_determinism(seed=None)
 
 
+def test_thin_slab_patches_keep_their_slices_whole():
+    from monai.utils import set_determinism
+
+    from ModelSelectorLib.training.augmentation import train_transforms
+    from ModelSelectorLib.training.segmentation import TrainConfig
+
+    roi = (16, 16, 3)
+    cfg = TrainConfig(roi_size=roi, augment=True, augment_preset="nnunet", num_samples=4)
+    set_determinism(seed=0)
+    transform = train_transforms(cfg, roi, 3, (0, 1, 2), (2.0, 2.0, 1.0))
+    label = np.broadcast_to(np.arange(1, 11, dtype=np.uint8), (1, 24, 24, 10)).copy()  # slice k holds k + 1
+    item = {"image": np.random.default_rng(0).random((1, 24, 24, 10)).astype(np.float32), "label": label}
+    rotated = 0
+    for _ in range(10):
+        for patch in transform(item):
+            lab = np.asarray(patch["label"])[0]
+            # rotated and scaled in-plane only: each slice stays one source slice, and the slices stay neighbours
+            values = [set(np.unique(lab[..., k]).tolist()) - {0} for k in range(3)]
+            assert all(len(v) == 1 for v in values), values
+            steps = np.diff([v.pop() for v in values])
+            assert set(steps.tolist()) in ({1}, {-1})
+            rotated += int((lab == 0).any())  # zero padding shows where a patch was rotated
+    assert rotated > 0
+    set_determinism(seed=None)
+
+
+def test_slab_network_sees_neighbouring_slices_in_its_finest_level_only():
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.training.networks import build_network, network_def
+
+    torch.manual_seed(0)
+    slab = _tiny(channels=(4, 8, 16), roi_size=(32, 32, 3), slab_levels=1)
+    net_def = network_def(slab, 3, 2, (32, 32, 3), (2.0, 2.0, 1.0))
+    assert net_def["kernel_size"] == [[3, 3, 3], [3, 3, 1], [3, 3, 1]]
+    assert all(s[2] == 1 for s in net_def["strides"])  # planned as its slices: pooled in-plane only
+    flat = network_def(_tiny(channels=(4, 8, 16), roi_size=(32, 32, 1)), 3, 2, (32, 32, 1), (2.0, 2.0, 1.0))
+    assert flat["strides"] == net_def["strides"] and all(k[2] == 1 for k in flat["kernel_size"])
+
+    def reach(nd):  # does changing slice 0 change the output on slice 1?
+        net = build_network(nd).eval()
+        x = torch.randn(1, 1, 32, 32, 3)
+        y = x.clone()
+        y[..., 0] += 1.0
+        with torch.inference_mode():
+            return not torch.allclose(net(x)[..., 1], net(y)[..., 1])
+
+    assert reach(net_def) and not reach(flat)
+    assert slab.fingerprint() != _tiny(channels=(4, 8, 16), roi_size=(32, 32, 3)).fingerprint()
+    for bad in ({"roi_size": (32, 32, 1)}, {"roi_size": (32, 32, 8)}, {"slab_levels": 4},
+                {"architecture": "unet", "roi_size": (32, 32, 4)}):  # fmt: skip
+        with pytest.raises(TrainingError, match="slab_levels"):
+            _tiny(**{"channels": (4, 8, 16), "roi_size": (32, 32, 3), "slab_levels": 1, **bad})
+
+
 # --- resumable training and a fold ----------------------------------------------------------------------
 class _CancelAfter:
     """Event-like: set after ``n`` checks."""
