@@ -282,6 +282,30 @@ def test_apply_2d_model_keeps_2d_geometry(tmp_path):
                                   (1, 0, 0, 0, 1, 0, 0, 0, 1)))  # fmt: skip
 
 
+def test_slab_model_loads_and_keeps_the_geometry(tmp_path):
+    """A 2.5D bundle (3-slice windows, kernels across slices in the input block, mirrored along every axis) loads
+    like any DynUNet bundle and segments a volume in its own geometry."""
+    from ModelSelectorLib.models.segmentation import apply_model
+    from ModelSelectorLib.training.segmentation import TrainConfig, build_network, network_def
+    from ModelSelectorLib.zoo import ModelCard, load_bundle, save_bundle
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        architecture="dynunet", channels=(4, 8, 16), roi_size=(32, 32, 3), slab_levels=1
+    ).check()
+    net_def = network_def(cfg, 3, 2, (32, 32, 3), (2.0, 2.0, 1.0))
+    card = ModelCard(name="slab", version="0.1.0", task_type="segmentation", modality="MR", body_region="HEAD",
+                     labels=[{"value": 1, "name": "thing", "color": [1.0, 0.0, 0.0]}], spatial_dims=3,
+                     target_spacing=[2.0, 2.0, 1.0], intensity={"mode": "mr"}, roi_size=[32, 32, 3],
+                     inference={"sw_mode": "gaussian", "overlap": 0.5, "mirror_axes": [0, 1, 2],
+                                "keep_largest_component": []})  # fmt: skip
+    bundle = load_bundle(save_bundle(tmp_path / "slab", card, net_def, build_network(net_def).state_dict()))
+    assert bundle.network(torch.zeros(1, 1, 32, 32, 3)).shape == (1, 2, 32, 32, 3)
+    image, _ = _case((1.8, 2.1, 1.2), (30, 26, 9), 20.0, False)
+    out = apply_model(bundle, image)
+    _assert_same_grid(out, image)
+
+
 def test_intensity_mode_follows_modality():
     from ModelSelectorLib.models.preprocessing import normalize_intensity
     from ModelSelectorLib.training.segmentation import TrainConfig, intensity_settings
