@@ -275,9 +275,10 @@ def _complete_card(
         metrics["external_cases"] = recipe.check_name or ", ".join(c.id for c in split.check)
     held = record["protocol"] if record is not None else ", ".join(c.id for c in split.val)
     val_text = held or "none (single case; the Dice reported is on the training case)"
-    n_cases = len(split.train) + (len(split.val) if cv is not None else 0)
+    trained = [*split.train, *(split.val if cv is not None or recipe.refit_lcc is not None else ())]
+    n_cases = len(trained)
     training_data = (f"{recipe.source}. Labels: {recipe.provenance}. Training cases ({n_cases}): "
-                     f"{', '.join(c.id for c in split.train)}. Held out: {val_text}.")  # fmt: skip
+                     f"{', '.join(c.id for c in trained)}. Held out: {val_text}.")  # fmt: skip
     return ModelCard.from_dict({**card.to_dict(), "validation_metrics": metrics, "training_data": training_data,
                                 "license": recipe.licence, "n_training_cases": n_cases, **changes})  # fmt: skip
 
@@ -349,6 +350,10 @@ def _held_out(
         per_case = score_bundle(scratch, prep["root"], prep["check"], recipe.nsd_tolerance_mm, cancel)
         protocol = (f"test split of {len(split.check)} cases that no choice was made on (post-processing chosen "
                     f"on {len(split.val)} validation cases)")  # fmt: skip
+        if recipe.refit_lcc is not None:
+            protocol = (f"test split of {len(split.check)} cases that no choice was made on (settings and "
+                        f"post-processing chosen on {len(split.val)} validation cases, which the final model then "
+                        "trained on too)")  # fmt: skip
         record = {"summary": describe_cases(per_case), "per_case": per_case}
     else:
         return None
@@ -357,9 +362,10 @@ def _held_out(
 
 
 def _final_config(recipe: Recipe, config: Any) -> Any:
-    """The settings of the model that goes into the zoo: for a ``cv`` recipe every case trains it and nothing
-    is left to choose on (post-processing comes from the folds)."""
-    if recipe.held_out != "cv":
+    """The settings of the model that goes into the zoo: for a ``cv`` recipe, and a ``test`` recipe with
+    ``refit_lcc``, every case but the test cases trains it and nothing is left to choose on (post-processing comes
+    from the folds, or from the recipe)."""
+    if recipe.held_out != "cv" and recipe.refit_lcc is None:
         return config
     return dataclasses.replace(config, val_fraction=0.0, postprocess="none", keep="last")
 
@@ -367,10 +373,15 @@ def _final_config(recipe: Recipe, config: Any) -> Any:
 def _train_final(recipe: Recipe, prep: dict[str, Any], config: Any, runs: Path, zoo_dir: Path,
                  cancel: Optional[Any]) -> Path:  # fmt: skip
     """Train (or resume) the network that goes into the zoo, checkpointed in ``runs/final``; its bundle in
-    ``zoo_dir``."""
-    return train_segmentation(prep["root"], recipe.name, zoo_dir, _final_config(recipe, config),
-                              modality=recipe.modality, body_region=recipe.body_region, cancel=cancel,
-                              work_dir=runs / "final")  # fmt: skip
+    ``zoo_dir``, whose card already names the components a ``refit_lcc`` recipe keeps."""
+    bundle = train_segmentation(prep["root"], recipe.name, zoo_dir, _final_config(recipe, config),
+                                modality=recipe.modality, body_region=recipe.body_region, cancel=cancel,
+                                work_dir=runs / "final")  # fmt: skip
+    if recipe.refit_lcc is not None:  # no validation case is left to choose on: the recipe's choice
+        card = validate_bundle(bundle)
+        inference = {**(card.inference or {}), "keep_largest_component": sorted(recipe.refit_lcc)}
+        write_card(bundle, ModelCard.from_dict({**card.to_dict(), "inference": inference}))
+    return bundle
 
 
 def build_model(

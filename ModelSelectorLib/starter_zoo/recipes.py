@@ -140,6 +140,10 @@ class Recipe:
             was made on; ``val`` cases choose the post-processing) or ``"cv"`` (``folds``-fold
             cross-validation over every case, then a final model on all of them).
         folds: number of cross-validation folds (``held_out="cv"``).
+        refit_lcc: for ``held_out="test"``: the final model trains on the training and validation cases, and
+            keeps the largest component of these label values. That choice and every setting were made
+            beforehand on the validation cases by this recipe trained without them. ``None``: the model trains
+            on the training cases and chooses its post-processing on the validation cases itself.
         nsd_tolerance_mm: tolerance of the normalised surface Dice in the held-out tables (``None``: no NSD).
         reference: the published figures of the task, ``{"source": text, "dice": {label name: value}, ...}``.
         bundled: whether ``Resources/zoo`` ships the model; ``False`` for a recipe whose build (e.g. a
@@ -162,6 +166,7 @@ class Recipe:
     held_out: str = "validation"
     folds: int = 0
     nsd_tolerance_mm: Optional[float] = None
+    refit_lcc: Optional[tuple[int, ...]] = None
     reference: Optional[dict[str, Any]] = None
     bundled: bool = True
 
@@ -183,6 +188,11 @@ class Recipe:
             raise ModelSelectorError(
                 f"recipe {self.name}: held_out {self.held_out!r} with {self.folds} folds; use validation, test, "
                 "or cv with at least 2 folds."
+            )
+        if self.refit_lcc is not None and (self.held_out != "test" or not set(self.refit_lcc) <= set(values)):
+            raise ModelSelectorError(
+                f"recipe {self.name}: refit_lcc {list(self.refit_lcc)} needs held_out test and label values of "
+                f"the recipe ({values})."
             )
         return self
 
@@ -754,6 +764,8 @@ def recipe_hash(recipe: Recipe, split: CaseSplit, data_root: Path, seed: int) ->
     }  # fmt: skip
     if recipe.held_out != "validation":  # (older recipes keep their hashes)
         blob.update(held_out=recipe.held_out, folds=recipe.folds, nsd=recipe.nsd_tolerance_mm)
+    if recipe.refit_lcc is not None:
+        blob["refit_lcc"] = sorted(recipe.refit_lcc)
     text = json.dumps(blob, sort_keys=True, default=list)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

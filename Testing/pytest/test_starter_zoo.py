@@ -27,6 +27,7 @@ from ModelSelectorLib.starter_zoo.build import (  # noqa: E402
     remap_labels,
     write_test_split,
 )
+from ModelSelectorLib.starter_zoo.heldout import score_bundle  # noqa: E402
 from ModelSelectorLib.starter_zoo.recipes import (  # noqa: E402
     ANATOMY,
     LANDMARK_RECIPES,
@@ -36,6 +37,7 @@ from ModelSelectorLib.starter_zoo.recipes import (  # noqa: E402
     LabelSpec,
     Recipe,
     fixed_split,
+    recipe_hash,
     recipes,
     terminology,
 )
@@ -494,6 +496,43 @@ def test_test_split_model_is_scored_on_its_test_cases_only(tiny_data: Path, tmp_
     assert [r["case"] for r in record["per_case"]] == ["case2"]  # the test case, in its own geometry
     assert card.validation_metrics["validation_cases"] == 1 and "external_dice" not in card.validation_metrics
     assert card.validation_metrics["held_out"].startswith("test split of 1 cases")
+
+
+def test_a_refit_model_trains_on_its_validation_cases_too_and_keeps_the_recipes_components(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from ModelSelectorLib.ranking.promotion import seen_case_ids
+    from ModelSelectorLib.starter_zoo import build
+
+    scored = []
+
+    def score_and_note(bundle, *args, **kw):  # the real scoring, noting how the scored model is applied
+        scored.append(load_bundle(bundle).card.inference["keep_largest_component"])
+        return score_bundle(bundle, *args, **kw)
+
+    monkeypatch.setattr(build, "score_bundle", score_and_note)
+    cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    split = fixed_split(cases[:1], cases[1:2], cases[2:])
+    recipe = _tiny_recipe(cases=split, held_out="test", train=_nnunet_tiny(), refit_lcc=(2,))
+    build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
+    assert scored == [[2]]  # the test cases were scored as the model is applied
+    path = Zoo(tmp_path / "zoo").get("tiny-organs")
+    card = validate_bundle(path)
+    assert seen_case_ids(path) == {"case0", "case1"} and card.n_training_cases == 2
+    assert card.inference["keep_largest_component"] == [2]  # the recipe's choice: no validation case is left
+    record = json.loads((path / "docs" / "held_out.json").read_text(encoding="utf-8"))
+    assert [r["case"] for r in record["per_case"]] == ["case2"] and "trained on too" in record["protocol"]
+    curve = json.loads((path / "docs" / "training_curve.json").read_text(encoding="utf-8"))
+    assert (
+        sorted(curve["training_cases"]) == ["case0.nii.gz", "case1.nii.gz"]
+        and curve["validation_cases"] == []
+    )
+    assert recipe_hash(recipe, split(tiny_data, 0), tiny_data, 0) != recipe_hash(
+        dataclasses.replace(recipe, refit_lcc=None), split(tiny_data, 0), tiny_data, 0
+    )
+    for bad in ({"refit_lcc": (3,)}, {"refit_lcc": (1,), "held_out": "validation"}):
+        with pytest.raises(ModelSelectorError, match="refit_lcc"):
+            dataclasses.replace(recipe, **bad).check()
 
 
 def test_test_split_file_lets_the_gate_compare_on_the_recipes_test_patients(tiny_data: Path, tmp_path: Path):
