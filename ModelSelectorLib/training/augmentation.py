@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from ..errors import TrainingError
-from .config import SLAB_MAX, TrainConfig
+from .config import MIN_POOLED_SIZE, TrainConfig
 
 
 def flip_axes(config: TrainConfig, label_names: Sequence[str], spatial_dims: int) -> tuple[int, ...]:
@@ -46,7 +46,7 @@ def nnunet_transforms(
 
     keys = ["image", "label"]
     aniso = spacing is not None and max(spacing) / min(spacing) > 3.0
-    slab = spatial_dims == 3 and int(roi[2]) < SLAB_MAX
+    slab = spatial_dims == 3 and int(roi[2]) < MIN_POOLED_SIZE
     inplane = spatial_dims == 3 and (min(roi) == 1 or slab or aniso)
     # a slab is not rotated out of its plane or scaled across it: no margin there (and no blend of slices)
     big = [int(math.ceil(r * 1.25)) if r > 1 and not (slab and a == 2) else int(r) for a, r in enumerate(roi)]

@@ -39,9 +39,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "poly", "cosine")
 POSTPROCESS = ("none", "auto", "lcc")
 PRECISIONS = ("fp32", "bf16")
-#: a patch thinner than this along its last axis is a slab (one slice or a few): never pooled along it, and
-#: augmented in-plane only
-SLAB_MAX = 8
+#: the planner pools an axis only while it has at least this many voxels; a patch thinner than this along its last
+#: axis is a slab (one slice or a few), never pooled along it and augmented in-plane only
+MIN_POOLED_SIZE = 8
 #: checkpoint of :func:`fit` inside its work folder
 CHECKPOINT_FILE = "checkpoint.pt"
 #: TrainConfig fields that do not change what is trained (left out of the checkpoint fingerprint)
@@ -103,10 +103,11 @@ class TrainConfig:
         precision: arithmetic of the training forward pass: ``"fp32"``, or ``"bf16"`` (``torch.autocast`` with
             bfloat16: convolutions in bfloat16, weights, optimiser state and loss in float32; about 2x faster
             per step on CPUs with AVX-512 BF16). Validation and inference stay in float32.
-        slab_levels: for a ``dynunet`` on thin slabs (``roi_size`` ``(x, y, z)`` with ``1 < z <`` :data:`SLAB_MAX`,
-            an axis the network never pools): the number of finest levels whose kernels span 3 neighbouring
-            slices; deeper levels work slice by slice. ``1``: only the input block sees the neighbours, a
-            2.5D network at about the cost of a slice-wise one. ``None``: the planner's kernels.
+        slab_levels: for a ``dynunet`` on thin slabs (``roi_size`` ``(x, y, z)`` with
+            ``1 < z <`` :data:`MIN_POOLED_SIZE`, an axis the network never pools): the number of finest levels
+            whose kernels span 3 neighbouring slices; deeper levels work slice by slice. ``1``: only the input
+            block sees the neighbours, a 2.5D network at about the cost of a slice-wise one. ``None``: the
+            planner's kernels.
     """
 
     architecture: str = "unet"
@@ -188,9 +189,9 @@ class TrainConfig:
             raise TrainingError(f"dynunet needs at least 3 levels of channels; got {list(self.channels)}.")
         if self.slab_levels is not None:
             roi = self.roi_size or ()
-            if self.architecture != "dynunet" or len(roi) != 3 or not 1 < int(roi[2]) < SLAB_MAX:
+            if self.architecture != "dynunet" or len(roi) != 3 or not 1 < int(roi[2]) < MIN_POOLED_SIZE:
                 raise TrainingError(
-                    f"slab_levels needs architecture dynunet and a roi_size (x, y, z) with 1 < z < {SLAB_MAX}; "
+                    f"slab_levels needs architecture dynunet and a roi_size (x, y, z) with 1 < z < {MIN_POOLED_SIZE}; "
                     f"got {self.architecture} with roi_size {list(roi) if roi else None}."
                 )
             if not 1 <= int(self.slab_levels) <= len(self.channels):

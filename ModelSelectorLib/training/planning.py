@@ -12,7 +12,7 @@ import numpy as np
 
 from ..datasets.msd import MSDDataset
 from ..errors import TrainingError
-from .config import TrainConfig
+from .config import MIN_POOLED_SIZE, TrainConfig
 
 
 def dynunet_kernels_strides(
@@ -20,10 +20,10 @@ def dynunet_kernels_strides(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Per-level convolution kernels and strides of an nnU-Net-style ``DynUNet`` (MONAI DynUNet tutorial rule).
 
-    An axis is pooled (stride 2) while its size is at least 8 voxels (and even, with ``even_only``) and its
-    current spacing is at most twice the finest; its kernel is 1 until its spacing first comes within twice
-    the finest (3 from then on, as in nnU-Net). An axis along which the patch is 1 voxel thick (slice-wise
-    models) has kernel 1, is never pooled and does not count as the finest.
+    An axis is pooled (stride 2) while its size is at least ``MIN_POOLED_SIZE`` (8) voxels (and even, with
+    ``even_only``) and its current spacing is at most twice the finest; its kernel is 1 until its spacing first
+    comes within twice the finest (3 from then on, as in nnU-Net). An axis along which the patch is 1 voxel
+    thick (slice-wise models) has kernel 1, is never pooled and does not count as the finest.
 
     Args:
         roi_size: patch size in voxels ``(x, y[, z])``.
@@ -48,7 +48,7 @@ def dynunet_kernels_strides(
 
     kernels, strides = [kernel()], [[1] * len(sizes)]
     while len(strides) < max_levels:
-        stride = [2 if v / finest() <= 2.0 and n >= 8 and (not even_only or n % 2 == 0) else 1
+        stride = [2 if v / finest() <= 2.0 and n >= MIN_POOLED_SIZE and (not even_only or n % 2 == 0) else 1
                   for v, n in zip(sp, sizes)]  # fmt: skip
         if all(st == 1 for st in stride):
             break
