@@ -275,7 +275,7 @@ def _complete_card(
         metrics["external_cases"] = recipe.check_name or ", ".join(c.id for c in split.check)
     held = record["protocol"] if record is not None else ", ".join(c.id for c in split.val)
     val_text = held or "none (single case; the Dice reported is on the training case)"
-    trained = [*split.train, *(split.val if cv is not None or recipe.refit_lcc is not None else ())]
+    trained = [*split.train, *(split.val if recipe.final_trains_on_validation else ())]
     n_cases = len(trained)
     training_data = (f"{recipe.source}. Labels: {recipe.provenance}. Training cases ({n_cases}): "
                      f"{', '.join(c.id for c in trained)}. Held out: {val_text}.")  # fmt: skip
@@ -348,12 +348,10 @@ def _held_out(
             k: cv[k] for k in ("folds", "lcc", "postprocessing", "training_time_s", "peak_memory_mb")}}  # fmt: skip
     elif recipe.held_out == "test":
         per_case = score_bundle(scratch, prep["root"], prep["check"], recipe.nsd_tolerance_mm, cancel)
-        protocol = (f"test split of {len(split.check)} cases that no choice was made on (post-processing chosen "
-                    f"on {len(split.val)} validation cases)")  # fmt: skip
+        chosen = f"post-processing chosen on {len(split.val)} validation cases"
         if recipe.refit_lcc is not None:
-            protocol = (f"test split of {len(split.check)} cases that no choice was made on (settings and "
-                        f"post-processing chosen on {len(split.val)} validation cases, which the final model then "
-                        "trained on too)")  # fmt: skip
+            chosen = f"settings and {chosen}, which the final model then trained on too"
+        protocol = f"test split of {len(split.check)} cases that no choice was made on ({chosen})"
         record = {"summary": describe_cases(per_case), "per_case": per_case}
     else:
         return None
@@ -365,7 +363,7 @@ def _final_config(recipe: Recipe, config: Any) -> Any:
     """The settings of the model that goes into the zoo: for a ``cv`` recipe, and a ``test`` recipe with
     ``refit_lcc``, every case but the test cases trains it and nothing is left to choose on (post-processing comes
     from the folds, or from the recipe)."""
-    if recipe.held_out != "cv" and recipe.refit_lcc is None:
+    if not recipe.final_trains_on_validation:
         return config
     return dataclasses.replace(config, val_fraction=0.0, postprocess="none", keep="last")
 

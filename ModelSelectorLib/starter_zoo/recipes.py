@@ -174,6 +174,12 @@ class Recipe:
     def spatial_dims(self) -> int:
         return len(self.train.get("roi_size") or self.train.get("target_spacing") or (0, 0, 0))
 
+    @property
+    def final_trains_on_validation(self) -> bool:
+        """Whether the final model also trains on the validation cases (cross-validation, or ``refit_lcc``),
+        so that nothing is left to choose on when it is built."""
+        return self.held_out == "cv" or self.refit_lcc is not None
+
     def check(self) -> Recipe:
         """Raise :class:`ModelSelectorError` when a field is outside the project's vocabulary."""
         if self.modality not in MODALITIES:
