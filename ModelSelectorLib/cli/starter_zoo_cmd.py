@@ -25,10 +25,16 @@ Examples:
   modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 0,1
   modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-hippocampus --folds 2,final
   modelselector build-starter-zoo --data ../shared/data --only mr-brain-flair-lesion --test-split split.json
+  modelselector build-starter-zoo --data ../shared/data --work /tmp/szw --only mr-brain-flair-lesion --dev-cv 5 --folds 0,1
   modelselector build-starter-zoo --list
 
 --test-split writes the test patients of one held-out-test recipe as the --split of `modelselector
 promote`, so that a model built from a changed recipe is compared with the zoo's version on them.
+
+--dev-cv K cross-validates one held-out-validation or -test recipe over its development cases (training and
+validation; never its test cases) in K folds, resumable in --work (processes can split them with --folds),
+and prints the pooled figures once every fold is done: a choice about the recipe can then rest on every
+development case. Nothing goes into a zoo.
 """
 
 
@@ -83,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--relative", action="store_true", help="with --test-split: paths relative to the file (to commit)"
     )
+    p.add_argument(
+        "--dev-cv",
+        type=positive_int,
+        metavar="K",
+        help="cross-validate the one --only recipe over its development cases in K folds and exit (needs --work)",
+    )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.set_defaults(func=run)
 
@@ -115,6 +127,36 @@ def _test_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_cv(args: argparse.Namespace) -> int:
+    from ..starter_zoo.build import FINAL_RUN, cross_validate_development
+    from ..starter_zoo.recipes import Recipe, recipes
+
+    chosen = [r for r in recipes() if r.name in (args.only or [])]
+    if len(chosen) != 1 or len(args.only) != 1 or not isinstance(chosen[0], Recipe):
+        raise ModelSelectorError("--dev-cv needs one segmentation recipe in --only (see --list).")
+    if args.work is None:
+        raise ModelSelectorError("--dev-cv needs --work, the folder where its folds train and resume.")
+    if args.folds is not None and FINAL_RUN in args.folds:
+        raise ModelSelectorError(f"--dev-cv trains no final model: name folds only, not {FINAL_RUN!r}.")
+    record = cross_validate_development(
+        chosen[0], args.data, args.work, args.dev_cv, args.folds, args.seed, args.threads, args.epochs_scale,
+        log=lambda line: print(line, flush=True),
+    )  # fmt: skip
+    if record is None:
+        print(f"{chosen[0].name}: folds still missing in {args.work}; run the others (--folds) to pool them")
+        return 0
+    dice = record["summary"]["dice"]
+    print(f"{record['recipe']} {record['version']}: {record['k']}-fold cross-validation over "
+          f"{record['development_cases']} development cases (figures as applied)")  # fmt: skip
+    for name, fig in record["postprocessing"].items():
+        d = dice[name]
+        print(f"  {name}: Dice {fig['dice']:.3f} without, {fig['dice_lcc']:.3f} with the largest component; "
+              f"kept: {d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]")  # fmt: skip
+    print(f"  largest component kept for: {', '.join(record['lcc']) or 'none'}; training "
+          f"{record['training_time_s'] / 60:.1f} min over the folds")  # fmt: skip
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_folder
     from ..resources import default_zoo_path
@@ -126,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         raise ModelSelectorError("pass the shared data folder with --data (e.g. --data ../shared/data).")
     if args.test_split is not None:
         return _test_split(args)
+    if args.dev_cv is not None:
+        return _dev_cv(args)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     out = check_output_folder(args.out or default_zoo_path())
     t0 = time.monotonic()

@@ -50,6 +50,8 @@ from .report import HELD_OUT_FILE
 PathLike = Union[str, "os.PathLike[str]"]
 #: the name ``folds`` gives the final model of a ``cv`` recipe (trained on every case) beside fold numbers
 FINAL_RUN = "final"
+#: folder of a development cross-validation (:func:`cross_validate_development`) in a recipe's runs
+DEV_CV_DIR = "dev-cv"
 
 
 # --- data preparation -----------------------------------------------------------------------------------
@@ -445,6 +447,54 @@ def build_model(
             "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
 
 
+def cross_validate_development(
+    recipe: Recipe,
+    data_root: PathLike,
+    work_dir: PathLike,
+    k: int = 5,
+    folds: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    num_threads: Optional[int] = None,
+    epochs_scale: float = 1.0,
+    cancel: Optional[Any] = None,
+    log: Callable[[str], None] = print,
+) -> Optional[dict[str, Any]]:
+    """``k``-fold cross-validation of a ``validation`` or ``test`` recipe over its development cases (training
+    and validation; never its test or check cases), so that a choice about the recipe rests on every
+    development case instead of the few validation ones. Nothing goes into a zoo.
+
+    The folds train with the recipe's settings in ``WORK/NAME-runs/HASH/dev-cv/fold<i>`` (resumable; several
+    processes can share them, each with its own ``folds``); the last one to finish pools them into
+    ``dev-cv/summary.json`` (:func:`~ModelSelectorLib.starter_zoo.heldout.cross_validate`: per-case figures as
+    applied, with and without the largest component, mean and 95 % interval).
+
+    Returns:
+        the pooled record, or ``None`` while folds are missing.
+
+    Raises:
+        ModelSelectorError: a ``cv`` recipe (its cross-validation is its held-out figure: build it) or fewer
+            development cases than folds.
+    """
+    if recipe.held_out == "cv":
+        raise ModelSelectorError(
+            f"{recipe.name} is cross-validated over all its cases when it is built; run build-starter-zoo "
+            "with --folds instead of --dev-cv."
+        )
+    prep = prepare_dataset(recipe.check(), data_root, Path(work_dir) / recipe.name, seed)
+    n_dev = len(prep["split"].train) + len(prep["split"].val)
+    if not 2 <= k <= n_dev:
+        raise ModelSelectorError(f"{recipe.name} has {n_dev} development cases: choose 2 to {n_dev} folds.")
+    runs = Path(work_dir) / f"{recipe.name}-runs" / prep["hash"] / DEV_CV_DIR
+    config = train_config(recipe, seed, 0.0, num_threads, epochs_scale)  # the folds are the only split
+    record = cross_validate(prep["root"], k, config, runs, folds, recipe.modality, recipe.nsd_tolerance_mm,
+                            cancel, log)  # fmt: skip
+    if record is not None:
+        record = {"recipe": recipe.name, "version": recipe.version, "recipe_hash": prep["hash"], "k": k,
+                  "development_cases": n_dev, **record}  # fmt: skip
+        atomic.write_json(runs / "summary.json", record)
+    return record
+
+
 def build_landmark_model(
     recipe: LandmarkRecipe,
     data_root: PathLike,
@@ -638,6 +688,6 @@ def _metric_text(metrics: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "build_index", "build_landmark_model", "build_model", "build_prototypes", "build_starter_zoo", "prepare_dataset",
-    "remap_labels", "summary_table", "write_test_split",
+    "build_index", "build_landmark_model", "build_model", "build_prototypes", "build_starter_zoo",
+    "cross_validate_development", "prepare_dataset", "remap_labels", "summary_table", "write_test_split",
 ]  # fmt: skip

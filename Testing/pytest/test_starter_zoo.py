@@ -22,6 +22,7 @@ from ModelSelectorLib.starter_zoo.build import (  # noqa: E402
     build_landmark_model,
     build_model,
     build_prototypes,
+    cross_validate_development,
     exemplar_images,
     prepare_dataset,
     remap_labels,
@@ -533,6 +534,40 @@ def test_a_refit_model_trains_on_its_validation_cases_too_and_keeps_the_recipes_
     for bad in ({"refit_lcc": (3,)}, {"refit_lcc": (1,), "held_out": "validation"}):
         with pytest.raises(ModelSelectorError, match="refit_lcc"):
             dataclasses.replace(recipe, **bad).check()
+
+
+def test_development_cross_validation_pools_the_development_cases_and_never_the_test_ones(
+    tiny_data: Path, tmp_path: Path
+):
+    cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
+    recipe = _tiny_recipe(cases=fixed_split(cases[:1], cases[1:2], cases[2:]), held_out="test",
+                          nsd_tolerance_mm=2.0, train=_nnunet_tiny())  # fmt: skip
+    work = tmp_path / "work"
+    quiet = {"num_threads": 1, "log": lambda s: None}
+    # one fold now (as a second process would take the other): nothing to pool yet
+    assert cross_validate_development(recipe, tiny_data, work, k=2, folds=[0], **quiet) is None
+    record = cross_validate_development(recipe, tiny_data, work, k=2, folds=[1], **quiet)
+    assert record is not None and record["k"] == 2 and record["development_cases"] == 2
+    assert sorted(r["case"] for r in record["per_case"]) == ["case0", "case1"]  # each held out once
+    folds = sorted(work.glob("tiny-organs-runs/*/dev-cv/fold*/result.json"))
+    assert len(folds) == 2
+    for path in folds:
+        fold = json.loads(path.read_text(encoding="utf-8"))
+        assert not any("case2" in c for c in fold["train_cases"] + fold["val_cases"])  # the test case
+    summary = folds[0].parent.parent / "summary.json"
+    assert json.loads(summary.read_text(encoding="utf-8"))["per_case"] == record["per_case"]
+    stamp = folds[0].stat().st_mtime_ns
+    again = cross_validate_development(recipe, tiny_data, work, k=2, **quiet)  # resumes: trains nothing
+    assert again["per_case"] == record["per_case"] and folds[0].stat().st_mtime_ns == stamp
+    assert {"Liver", "Stomach"} == set(record["postprocessing"])
+    lo, hi = record["summary"]["dice"]["Liver"]["ci95"]
+    assert lo <= record["summary"]["dice"]["Liver"]["mean"] <= hi
+    with pytest.raises(ModelSelectorError, match="2 development cases"):
+        cross_validate_development(recipe, tiny_data, work, k=3, **quiet)
+    with pytest.raises(ModelSelectorError, match="--folds"):
+        cross_validate_development(
+            dataclasses.replace(recipe, held_out="cv", folds=2), tiny_data, work, **quiet
+        )
 
 
 def test_test_split_file_lets_the_gate_compare_on_the_recipes_test_patients(tiny_data: Path, tmp_path: Path):
