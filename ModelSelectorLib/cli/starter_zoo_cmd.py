@@ -151,7 +151,7 @@ def _dev_cv(args: argparse.Namespace) -> int:
     for name, fig in record["postprocessing"].items():
         d = dice[name]
         print(f"  {name}: Dice {fig['dice']:.3f} without, {fig['dice_lcc']:.3f} with the largest component; "
-              f"kept: {d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]")  # fmt: skip
+              f"as chosen on the pooled folds {d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]")  # fmt: skip
     print(f"  largest component kept for: {', '.join(record['lcc']) or 'none'}; training "
           f"{record['training_time_s'] / 60:.1f} min over the folds")  # fmt: skip
     return 0
