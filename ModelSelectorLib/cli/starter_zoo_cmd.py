@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelSelectorError
 from .args import fold_list, non_negative_int, positive_float, positive_int
@@ -114,36 +115,40 @@ def _list() -> int:
     return 0
 
 
-def _test_split(args: argparse.Namespace) -> int:
-    from ..io.outputs import check_output_file
-    from ..starter_zoo.build import write_test_split
+def _one_segmentation_recipe(args: argparse.Namespace, option: str) -> Any:
+    """The one segmentation recipe that ``--only`` names, which ``option`` needs."""
     from ..starter_zoo.recipes import Recipe, recipes
 
     chosen = [r for r in recipes() if r.name in (args.only or [])]
     if len(chosen) != 1 or len(args.only) != 1 or not isinstance(chosen[0], Recipe):
-        raise ModelSelectorError("--test-split needs one segmentation recipe in --only (see --list).")
+        raise ModelSelectorError(f"{option} needs one segmentation recipe in --only (see --list).")
+    return chosen[0]
+
+
+def _test_split(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_file
+    from ..starter_zoo.build import write_test_split
+
+    recipe = _one_segmentation_recipe(args, "--test-split")
     out = check_output_file(args.test_split, ".json")
-    print(write_test_split(chosen[0], args.data, out, args.seed, args.relative))
+    print(write_test_split(recipe, args.data, out, args.seed, args.relative))
     return 0
 
 
 def _dev_cv(args: argparse.Namespace) -> int:
     from ..starter_zoo.build import FINAL_RUN, cross_validate_development
-    from ..starter_zoo.recipes import Recipe, recipes
 
-    chosen = [r for r in recipes() if r.name in (args.only or [])]
-    if len(chosen) != 1 or len(args.only) != 1 or not isinstance(chosen[0], Recipe):
-        raise ModelSelectorError("--dev-cv needs one segmentation recipe in --only (see --list).")
+    recipe = _one_segmentation_recipe(args, "--dev-cv")
     if args.work is None:
         raise ModelSelectorError("--dev-cv needs --work, the folder where its folds train and resume.")
     if args.folds is not None and FINAL_RUN in args.folds:
         raise ModelSelectorError(f"--dev-cv trains no final model: name folds only, not {FINAL_RUN!r}.")
     record = cross_validate_development(
-        chosen[0], args.data, args.work, args.dev_cv, args.folds, args.seed, args.threads, args.epochs_scale,
+        recipe, args.data, args.work, args.dev_cv, args.folds, args.seed, args.threads, args.epochs_scale,
         log=lambda line: print(line, flush=True),
     )  # fmt: skip
     if record is None:
-        print(f"{chosen[0].name}: folds still missing in {args.work}; run the others (--folds) to pool them")
+        print(f"{recipe.name}: folds still missing in {args.work}; run the others (--folds) to pool them")
         return 0
     dice = record["summary"]["dice"]
     print(f"{record['recipe']} {record['version']}: {record['k']}-fold cross-validation over "
