@@ -292,6 +292,31 @@ def test_interrupted_training_resumes_exactly(tmp_path):
     assert again.resumed_from == 2 and again.seconds >= resumed.seconds
 
 
+def test_3d_networks_train_channels_last_and_hand_back_contiguous_weights(tmp_path):
+    from ModelSelectorLib.datasets import load_msd, make_synthetic_msd
+    from ModelSelectorLib.training.fitting import training_memory_format
+    from ModelSelectorLib.training.segmentation import build_network, prepare_run
+
+    assert training_memory_format(3, "cpu") == torch.channels_last_3d
+    assert training_memory_format(2, "cpu") == training_memory_format(3, "cuda") == torch.contiguous_format
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0)
+    net = build_network(prepare_run(load_msd(msd), [0, 1], [2], _tiny()).net_def)
+    layouts = []  # whether the training batches reach the convolutions channels-last (one channel: either)
+
+    def record(module, args):
+        if module.training and args[0].shape[1] > 1:
+            layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            m.register_forward_pre_hook(record)
+    res = _fit_once(msd, tmp_path / "a", net=net)
+    assert layouts and all(layouts)
+    assert all(v.is_contiguous() for v in res.state.values())
+    assert all(p.is_contiguous() for p in net.parameters())  # the network is handed back as it came
+
+
 def test_slice_twin_computes_what_the_slice_wise_network_computes():
     from ModelSelectorLib.training.networks import build_network, network_def
     from ModelSelectorLib.training.slice_twin import slice_twin, slice_twin_def
