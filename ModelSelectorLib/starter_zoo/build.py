@@ -639,15 +639,21 @@ def build_starter_zoo(
                     f"{res['status']:>7} {recipe.name} ({res['seconds']:.0f} s) {_metric_text(res['metrics'])}"
                 )
             bar.close()
+        # a model whose folds are not all done is not in the zoo yet: its prototypes and the index wait for it
+        pending = [r["name"] for r in results if r["status"] == "cross-validating"]
         if "prototypes" in stages:
-            bar = progress_bar(chosen, total=len(chosen), desc="starter zoo: prototypes")
+            ready = [r for r in chosen if r.name not in pending]
+            bar = progress_bar(ready, total=len(ready), desc="starter zoo: prototypes")
             for recipe in bar:
                 check_cancel(cancel)
                 t0 = time.monotonic()
                 build_prototypes(recipe, root, zoo_dir, seed, data_free)
                 log(f"prototypes {recipe.name} ({time.monotonic() - t0:.0f} s)")
             bar.close()
-        if "index" in stages:
+        if pending and ("prototypes" in stages or "index" in stages):
+            log(f"{', '.join(pending)}: not in the zoo until every fold is done, so no prototypes or index yet; "
+                "the run that finishes the last fold installs it and builds them")  # fmt: skip
+        elif "index" in stages:
             check_cancel(cancel)
             log(f"index {build_index(zoo_dir)}")
     finally:

@@ -17,11 +17,13 @@ import SimpleITK as sitk
 
 from ModelSelectorLib.errors import DatasetError, ModelSelectorError
 from ModelSelectorLib.io import Image, read_image, write_image
+from ModelSelectorLib.starter_zoo import build as build_module  # noqa: E402
 from ModelSelectorLib.starter_zoo.build import (  # noqa: E402
     build_index,
     build_landmark_model,
     build_model,
     build_prototypes,
+    build_starter_zoo,
     cross_validate_development,
     exemplar_images,
     prepare_dataset,
@@ -454,15 +456,23 @@ def _nnunet_tiny(**changes: object) -> dict:
             "postprocess": "auto", **changes}  # fmt: skip
 
 
-def test_cross_validated_model_has_challenge_figures_and_resumes(tiny_data: Path, tmp_path: Path):
+def test_cross_validated_model_has_challenge_figures_and_resumes(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+):
     cases = [Case(f"case{i}", f"vol/case{i}.nii.gz", f"vol/case{i}_seg.nii.gz") for i in range(3)]
     recipe = _tiny_recipe(cases=fixed_split(cases), held_out="cv", folds=3, nsd_tolerance_mm=2.0,
                           train=_nnunet_tiny(),
                           reference={"source": "a published method", "dice": {"Liver": 0.9, "Stomach": 0.8}})  # fmt: skip
     zoo_dir, work = tmp_path / "zoo", tmp_path / "work"
-    # two folds now (as a second process would take the third and the final model): nothing goes into the zoo yet
-    part = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=[0, 1], log=lambda s: None)
+    # two folds now (as a second process would take the third and the final model): nothing goes into the zoo
+    # yet, and the whole build's later stages wait for the model instead of failing on its absence
+    monkeypatch.setattr(build_module, "recipes", lambda only=None: [recipe])
+    lines: list[str] = []
+    (part,) = build_starter_zoo(
+        tiny_data, zoo_dir, work_dir=work, num_threads=1, folds=[0, 1], log=lines.append
+    )
     assert part["status"] == "cross-validating" and "tiny-organs" not in Zoo(zoo_dir)
+    assert "no prototypes or index yet" in lines[-1] and not (zoo_dir / "index").exists()
     part = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=["final"], log=lambda s: None)
     assert part["status"] == "cross-validating" and "tiny-organs" not in Zoo(zoo_dir)
     done = build_model(recipe, tiny_data, zoo_dir, work, num_threads=1, folds=[2], log=lambda s: None)
