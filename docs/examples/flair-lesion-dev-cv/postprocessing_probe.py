@@ -68,24 +68,22 @@ def held_out_probabilities(work: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def clean(mask: np.ndarray, variant: str, fraction: float) -> np.ndarray:
-    """``mask`` with its connected components (full connectivity) kept as ``variant`` says."""
+    """``mask`` with its connected components (full connectivity) kept as ``variant`` says; ``"lcc"`` is the
+    zoo's own post-processing."""
     from scipy import ndimage
+
+    from ModelSelectorLib.models.segmentation import keep_largest_component
 
     if variant == "none":
         return mask
+    if variant == "lcc":
+        return keep_largest_component(mask.astype(np.uint8), [1]) > 0
     comp, n = ndimage.label(mask, np.ones((3,) * mask.ndim, dtype=bool))
     if n <= 1:
         return mask
     sizes = np.bincount(comp.ravel())
     sizes[0] = 0
-    if variant == "lcc":
-        return comp == sizes.argmax()
     return np.isin(comp, np.flatnonzero(sizes >= fraction * sizes.max())) & mask
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    denom = int(pred.sum()) + int(truth.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(pred, truth).sum()) / denom
 
 
 def main() -> int:
@@ -96,9 +94,11 @@ def main() -> int:
 
     import torch
 
+    from ModelSelectorLib.starter_zoo.build import dice_per_label
+
     torch.set_num_threads(args.threads)
     cases = held_out_probabilities(args.work)
-    scores = {(t, v, f): [dice(clean(p > t, v, f), y) for p, y in cases]
+    scores = {(t, v, f): [dice_per_label(clean(p > t, v, f), y, [1])[1] for p, y in cases]
               for t in THRESHOLDS for v, f in VARIANTS}  # fmt: skip
     chosen = np.asarray(scores[(0.5, "lcc", 0.0)])
     print(f"{len(cases)} patients; the recipe's choice (argmax, largest component): {chosen.mean():.4f}")
