@@ -17,7 +17,7 @@ from ..datasets.msd import load_msd
 from ..errors import TrainingError
 from .augmentation import mirror_axes
 from .config import TrainConfig
-from .fitting import fit, peak_memory_mb
+from .fitting import fit, run_peak_memory_mb
 from .networks import build_network
 from .segmentation import prepare_run, run_fingerprint
 from .validation import choose_postprocessing, evaluate_cases, summarize_cases
@@ -95,7 +95,7 @@ def train_fold(
         "inference": {**inference, "keep_largest_component": [values[n] for n in lcc]}, "postprocessing": figures,
         "summary": summarize_cases(per_case, lcc), "per_case": per_case, "history": res.history,
         "training_time_s": res.seconds, "evaluation_time_s": round(time.monotonic() - t0, 1),
-        "peak_memory_mb": max(res.peak_memory_mb, round(peak_memory_mb(), 1)),
+        "peak_memory_mb": run_peak_memory_mb(res),
         "threads": torch.get_num_threads(), "resumed_from": res.resumed_from,
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
     }  # fmt: skip

@@ -72,9 +72,41 @@ def validate(
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (``resource.getrusage`` ``ru_maxrss``)."""
+    """Peak resident memory of this process since it started or since :func:`reset_peak_memory`, in MiB
+    (``resource.getrusage`` ``ru_maxrss``)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(rss) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def reset_peak_memory() -> bool:
+    """Start :func:`peak_memory_mb` again from the current resident memory, so that a run measures its own peak
+    and not that of an earlier run in the same process (several folds, or a build that trains its final model
+    after them). Linux only (``/proc/self/clear_refs``); returns whether the reset took place."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _contiguous_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every tensor in the contiguous layout, keeping tensors that share storage shared: DynUNet
+    registers its blocks twice (``skip_layers``), and saving each alias as its own copy doubles the weights file."""
+    copies: dict[tuple, Any] = {}
+    out = {}
+    for key, value in state.items():
+        alias = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
+        out[key] = copies.setdefault(alias, value.contiguous())
+    return out
+
+
+def run_peak_memory_mb(res: FitResult) -> float:
+    """Peak memory of the run ``res`` including what happened after :func:`fit` returned (evaluation, export),
+    in MiB: the process's peak counts only if this call trained, since a run resumed at its end did its work in
+    another process, or earlier in this one."""
+    trained_now = res.resumed_from < len(res.history)
+    return round(max(res.peak_memory_mb, peak_memory_mb()) if trained_now else res.peak_memory_mb, 1)
 
 
 def _optimizer(network: Any, config: TrainConfig) -> Any:
@@ -316,6 +348,8 @@ def fit(
         history, start = list(ckpt["history"]), int(ckpt["epoch"])
         elapsed, peak = float(ckpt["seconds"]), float(ckpt.get("peak_memory_mb", 0.0))
     resumed_from = start
+    if start < config.epochs:
+        reset_peak_memory()
     bar = progress_bar(total=config.epochs, initial=start, desc="train")
     for epoch in range(start, config.epochs):
         t_epoch, epoch_seed = time.monotonic(), int(config.seed) * 100003 + epoch
@@ -350,11 +384,12 @@ def fit(
         bar.set_postfix(**post)
     bar.close()
     model.to(memory_format=torch.contiguous_format)
-    best_state = {k: v.contiguous() for k, v in best_state.items()}
+    best_state = _contiguous_state(best_state)
     if best["dice"] < 0:
         best = {}
     if twin is not None:  # the weights go back into the 3D network's shapes
         best_state = twin.export_to(network, best_state)
-    peak = max(peak, peak_memory_mb())
+    if start < config.epochs:
+        peak = max(peak, peak_memory_mb())
     return FitResult(best_state, best, history, round(elapsed + time.monotonic() - t_start, 2), resumed_from,
                      round(peak, 1))  # fmt: skip

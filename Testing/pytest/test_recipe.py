@@ -292,6 +292,30 @@ def test_interrupted_training_resumes_exactly(tmp_path):
     assert again.resumed_from == 2 and again.seconds >= resumed.seconds
 
 
+def test_a_run_measures_its_own_peak_memory_not_an_earlier_runs(tmp_path):
+    """Folds and the final model train in one process: each run's peak must exclude what ran before it, and a
+    run resumed at its end keeps the peak it measured when it trained."""
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.training.fitting import peak_memory_mb, reset_peak_memory, run_peak_memory_mb
+
+    if not reset_peak_memory():
+        pytest.skip("this platform cannot reset a process's peak memory")
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0)
+    first = _fit_once(msd, tmp_path / "run")
+    ballast = np.ones(600 * 2**20 // 8)  # an earlier run's 600 MiB, freed before the next run
+    del ballast
+    assert peak_memory_mb() > first.peak_memory_mb + 500
+    second = _fit_once(msd, tmp_path / "other")
+    assert 0 < second.peak_memory_mb < first.peak_memory_mb + 300
+    ballast = np.ones(600 * 2**20 // 8)
+    del ballast
+    again = _fit_once(msd, tmp_path / "run")  # finished: nothing trains, nothing is measured
+    assert again.resumed_from == len(again.history)
+    assert again.peak_memory_mb == first.peak_memory_mb == run_peak_memory_mb(again)
+    assert run_peak_memory_mb(second) >= second.peak_memory_mb
+
+
 def test_3d_networks_train_channels_last_and_hand_back_contiguous_weights(tmp_path):
     from ModelSelectorLib.datasets import load_msd, make_synthetic_msd
     from ModelSelectorLib.training.fitting import training_memory_format
@@ -315,6 +339,11 @@ def test_3d_networks_train_channels_last_and_hand_back_contiguous_weights(tmp_pa
     assert layouts and all(layouts)
     assert all(v.is_contiguous() for v in res.state.values())
     assert all(p.is_contiguous() for p in net.parameters())  # the network is handed back as it came
+
+    def storages(state):  # DynUNet lists its blocks twice: the saved weights must keep one copy of each
+        return {v.untyped_storage().data_ptr() for v in state.values()}
+
+    assert len(storages(res.state)) == len(storages(net.state_dict())) < len(res.state)
 
 
 def test_slice_twin_computes_what_the_slice_wise_network_computes():
