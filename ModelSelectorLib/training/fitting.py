@@ -90,17 +90,6 @@ def reset_peak_memory() -> bool:
     return True
 
 
-def _contiguous_state(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with every tensor in the contiguous layout, keeping tensors that share storage shared: DynUNet
-    registers its blocks twice (``skip_layers``), and saving each alias as its own copy doubles the weights file."""
-    copies: dict[tuple, Any] = {}
-    out = {}
-    for key, value in state.items():
-        alias = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
-        out[key] = copies.setdefault(alias, value.contiguous())
-    return out
-
-
 def run_peak_memory_mb(res: FitResult) -> float:
     """Peak memory of the run ``res`` including what happened after :func:`fit` returned (evaluation, export),
     in MiB: the process's peak counts only if this call trained, since a run resumed at its end did its work in
@@ -231,6 +220,22 @@ def training_memory_format(spatial_dims: int, device: Any) -> Any:
     return torch.contiguous_format
 
 
+def _contiguous_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every tensor in the contiguous layout, keeping tensors that share storage shared: DynUNet
+    registers its blocks twice (``skip_layers``), and saving each alias as its own copy doubles the weights file."""
+    copies: dict[tuple, Any] = {}
+    out = {}
+    for key, value in state.items():
+        alias = (
+            value.untyped_storage().data_ptr(),
+            value.storage_offset(),
+            tuple(value.shape),
+            value.stride(),
+        )
+        out[key] = copies.setdefault(alias, value.contiguous())
+    return out
+
+
 def _train_epoch(
     network: Any, loader: Any, steps: int, optimizer: Any, scheduler: Any, loss_fn: Any, config: TrainConfig,
     cancel: Optional[Any], memory_format: Any = None,
@@ -347,8 +352,8 @@ def fit(
         best_state, best = ckpt["best_state"], ckpt["best"]
         history, start = list(ckpt["history"]), int(ckpt["epoch"])
         elapsed, peak = float(ckpt["seconds"]), float(ckpt.get("peak_memory_mb", 0.0))
-    resumed_from = start
-    if start < config.epochs:
+    resumed_from, trains = start, start < config.epochs
+    if trains:  # the peak of this run, not of an earlier one in the process
         reset_peak_memory()
     bar = progress_bar(total=config.epochs, initial=start, desc="train")
     for epoch in range(start, config.epochs):
@@ -389,7 +394,7 @@ def fit(
         best = {}
     if twin is not None:  # the weights go back into the 3D network's shapes
         best_state = twin.export_to(network, best_state)
-    if start < config.epochs:
+    if trains:
         peak = max(peak, peak_memory_mb())
     return FitResult(best_state, best, history, round(elapsed + time.monotonic() - t_start, 2), resumed_from,
                      round(peak, 1))  # fmt: skip

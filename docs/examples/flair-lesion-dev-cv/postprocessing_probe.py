@@ -53,9 +53,8 @@ def held_out_probabilities(work: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         state = torch.load(result_file.parent / CHECKPOINT_FILE, map_location="cpu", weights_only=True)[
             "best_state"
         ]
-        twin = slice_twin(
-            network, res["network"], run.plan.roi_size
-        )  # the checkpoint holds the 2D twin's weights
+        # the checkpoint holds the 2D twin's weights
+        twin = slice_twin(network, res["network"], run.plan.roi_size)
         network.load_state_dict(twin.export_to(network, state) if twin is not None else state)
         network.eval()
         inf = res["inference"]
