@@ -356,39 +356,41 @@ def fit(
     if trains:  # the peak of this run, not of an earlier one in the process
         reset_peak_memory()
     bar = progress_bar(total=config.epochs, initial=start, desc="train")
-    for epoch in range(start, config.epochs):
-        t_epoch, epoch_seed = time.monotonic(), int(config.seed) * 100003 + epoch
-        model.train()
-        transforms.set_random_state(seed=epoch_seed % (2**32))
-        generator.manual_seed(epoch_seed)
-        losses = _train_epoch(
-            model, loader, steps, optimizer, scheduler, loss_fn, config, cancel, memory_format
-        )
-        entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                 "lr": float(optimizer.param_groups[0]["lr"])}  # fmt: skip
-        post: dict[str, Any] = {"loss": entry["train_loss"]}
-        last = epoch + 1 == config.epochs
-        if (epoch + 1) % config.val_interval == 0 or last:
-            res = validate(model, val_items or train_items, roi, n_classes, config.device, loss_fn,
-                           config.sw_mode, config.sw_overlap)  # fmt: skip
-            if res["dice"] > best["dice"] if config.keep == "best" else last:  # keep these weights
-                best, best_state = {k: res[k] for k in ("dice", "per_label")}, copy.deepcopy(model.state_dict())  # fmt: skip
-            entry.update(val_loss=res.get("loss"), val_dice=res["dice"])
-            post.update(dice=res["dice"], **({"best": best["dice"]} if config.keep == "best" else {}))
-        entry["seconds"] = round(time.monotonic() - t_epoch, 2)
-        history.append({k: v for k, v in entry.items() if v is not None})
-        peak = max(peak, peak_memory_mb())
-        if ckpt_path is not None:
-            save_checkpoint(ckpt_path, {
-                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "best_state": best_state, "best": best, "history": history,
-                "seconds": elapsed + time.monotonic() - t_start, "peak_memory_mb": peak, "rng": _rng_state(),
-            })  # fmt: skip
-        bar.update(1)
-        bar.set_postfix(**post)
-    bar.close()
-    model.to(memory_format=torch.contiguous_format)
+    try:
+        for epoch in range(start, config.epochs):
+            t_epoch, epoch_seed = time.monotonic(), int(config.seed) * 100003 + epoch
+            model.train()
+            transforms.set_random_state(seed=epoch_seed % (2**32))
+            generator.manual_seed(epoch_seed)
+            losses = _train_epoch(
+                model, loader, steps, optimizer, scheduler, loss_fn, config, cancel, memory_format
+            )
+            entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                     "lr": float(optimizer.param_groups[0]["lr"])}  # fmt: skip
+            post: dict[str, Any] = {"loss": entry["train_loss"]}
+            last = epoch + 1 == config.epochs
+            if (epoch + 1) % config.val_interval == 0 or last:
+                res = validate(model, val_items or train_items, roi, n_classes, config.device, loss_fn,
+                               config.sw_mode, config.sw_overlap)  # fmt: skip
+                if res["dice"] > best["dice"] if config.keep == "best" else last:  # keep these weights
+                    best, best_state = {k: res[k] for k in ("dice", "per_label")}, copy.deepcopy(model.state_dict())  # fmt: skip
+                entry.update(val_loss=res.get("loss"), val_dice=res["dice"])
+                post.update(dice=res["dice"], **({"best": best["dice"]} if config.keep == "best" else {}))
+            entry["seconds"] = round(time.monotonic() - t_epoch, 2)
+            history.append({k: v for k, v in entry.items() if v is not None})
+            peak = max(peak, peak_memory_mb())
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "best_state": best_state, "best": best, "history": history,
+                    "seconds": elapsed + time.monotonic() - t_start, "peak_memory_mb": peak, "rng": _rng_state(),
+                })  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(**post)
+    finally:  # a cancelled or failed run, too, hands the network back in the contiguous layout
+        bar.close()
+        model.to(memory_format=torch.contiguous_format)
     best_state = _contiguous_state(best_state)
     if best["dice"] < 0:
         best = {}

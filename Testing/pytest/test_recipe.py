@@ -345,6 +345,14 @@ def test_3d_networks_train_channels_last_and_hand_back_contiguous_weights(tmp_pa
 
     assert len(storages(res.state)) == len(storages(net.state_dict())) < len(res.state)
 
+    from ModelSelectorLib.errors import Cancelled
+
+    layouts.clear()
+    with pytest.raises(Cancelled):  # a cancelled run, too, hands the network back as it came
+        _fit_once(msd, tmp_path / "b", _CancelAfter(1), net=net)
+    assert layouts and all(layouts)  # it was channels-last when the cancel came
+    assert all(p.is_contiguous() for p in net.parameters())
+
 
 def test_slice_twin_computes_what_the_slice_wise_network_computes():
     from ModelSelectorLib.training.networks import build_network, network_def
