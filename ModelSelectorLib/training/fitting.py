@@ -298,6 +298,17 @@ def _optimizer_and_schedule(model: Any, config: TrainConfig, total_steps: int) -
     return optimizer, schedule
 
 
+def _handed_back(
+    network: Any, twin: Any, state: dict[str, Any], best: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The kept weights as :func:`fit` returns them: contiguous, in ``network``'s shapes when a 2D ``twin``
+    trained them, and their validation summary (empty when nothing was validated)."""
+    state = _contiguous_state(state)
+    if twin is not None:
+        state = twin.export_to(network, state)
+    return state, (best if best["dice"] >= 0 else {})
+
+
 def fit(
     network: Any, train_items: list[dict[str, np.ndarray]], val_items: list[dict[str, np.ndarray]],
     config: TrainConfig, n_classes: int, roi: Sequence[int], cancel: Optional[Any] = None,
@@ -391,11 +402,7 @@ def fit(
     finally:  # a cancelled or failed run, too, hands the network back in the contiguous layout
         bar.close()
         model.to(memory_format=torch.contiguous_format)
-    best_state = _contiguous_state(best_state)
-    if best["dice"] < 0:
-        best = {}
-    if twin is not None:  # the weights go back into the 3D network's shapes
-        best_state = twin.export_to(network, best_state)
+    best_state, best = _handed_back(network, twin, best_state, best)
     if trains:
         peak = max(peak, peak_memory_mb())
     return FitResult(best_state, best, history, round(elapsed + time.monotonic() - t_start, 2), resumed_from,
