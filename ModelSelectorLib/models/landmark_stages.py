@@ -338,20 +338,43 @@ def predict_landmarks(
     shape = stage(network, "shape")
     if shape is not None:
         points = project_shape(shape, points)
-    refine = stage(network, "refine")
-    if refine is None or fine_images is None or conditioning is None:
+    if stage(network, "refine") is None or fine_images is None or conditioning is None:
         return points, logits
-    points = fine_to_coarse(refine_points(refine, fine_images, coarse_to_fine(points), conditioning))
+    return refine_and_fit(network, fine_images, points, conditioning, contours), logits
+
+
+def refine_and_fit(
+    network: Any,
+    fine_images: Any,
+    points: np.ndarray,
+    conditioning: np.ndarray,
+    contours: Optional[Sequence[np.ndarray]] = None,
+) -> np.ndarray:
+    """The refinement and (with ``contours`` and a contour stage) contour stages of ``network`` from the
+    coarse-grid ``points`` ``(N, P, 2)``: refine, then ``CONTOUR_ROUNDS`` fits of the contour model, each but the
+    last followed by another refinement, and the fitted points moved onto the refined outline.
+
+    Args:
+        fine_images: ``(N, REFINE_SCALE S, REFINE_SCALE S)`` the images on the fine grid.
+        conditioning: ``(P, C)`` of :func:`landmark_conditioning`.
+
+    Returns:
+        ``(N, P, 2)`` float64 ``(x, y)`` on the coarse grid.
+    """
+    refine = stage(network, "refine")
+
+    def refined(start: np.ndarray) -> np.ndarray:
+        return fine_to_coarse(refine_points(refine, fine_images, coarse_to_fine(start), conditioning))
+
+    points = refined(points)
     contour = stage(network, "contour")
-    if contour is not None and contours:
-        for round_ in range(CONTOUR_ROUNDS):
-            fitted = fit_contour(contour, points, contours)
-            if round_ + 1 < CONTOUR_ROUNDS:
-                points = fine_to_coarse(
-                    refine_points(refine, fine_images, coarse_to_fine(fitted), conditioning)
-                )
-        points = snap_to_contours(fitted, points, contours)
-    return points, logits
+    if contour is None or not contours:
+        return points
+    for round_ in range(CONTOUR_ROUNDS):
+        fitted = fit_contour(contour, points, contours)
+        if round_ + 1 < CONTOUR_ROUNDS:
+            points = refined(fitted)
+    return snap_to_contours(fitted, points, contours)
 
 
 def stage(network: Any, name: str) -> Optional[Any]:
@@ -383,6 +406,7 @@ __all__ = [
     "landmark_conditioning",
     "predict_landmarks",
     "project_shape",
+    "refine_and_fit",
     "refine_input",
     "refine_points",
     "shape_model_def",

@@ -71,42 +71,13 @@ def errors(points: np.ndarray, part: Part, contours: Sequence[np.ndarray]) -> di
     }
 
 
-def later_stages(network: Any, part: Part, conditioning: np.ndarray, contours: Sequence[np.ndarray],
-                 points: np.ndarray) -> np.ndarray:  # fmt: skip
-    """The shipped refinement and contour stages from coarse-grid ``points`` (as ``predict_landmarks``)."""
-    from ModelSelectorLib.models.landmark_stages import (
-        CONTOUR_ROUNDS,
-        coarse_to_fine,
-        fine_to_coarse,
-        fit_contour,
-        refine_points,
-        snap_to_contours,
-        stage,
-    )
+def model_points(network: Any, part: Part, conditioning: np.ndarray, contours: Sequence[np.ndarray], decode: str,
+              radius: int, later: bool = True) -> np.ndarray:  # fmt: skip
+    """The model's points on ``part`` (coarse grid); ``later=False``: its coarse stage and shape model alone."""
+    from ModelSelectorLib.models.landmark_stages import predict_landmarks
 
-    refine, contour = stage(network, "refine"), stage(network, "contour")
-
-    def refined(p: np.ndarray) -> np.ndarray:
-        return fine_to_coarse(refine_points(refine, part.fine, coarse_to_fine(p), conditioning))
-
-    points = refined(points)
-    for round_ in range(CONTOUR_ROUNDS):
-        fitted = fit_contour(contour, points, contours)
-        if round_ + 1 < CONTOUR_ROUNDS:
-            points = refined(fitted)
-    return snap_to_contours(fitted, points, contours)
-
-
-def coarse_points(network: Any, part: Part, decode: str, radius: int) -> np.ndarray:
-    """The coarse stage's points projected onto the shape model."""
-    import torch
-
-    from ModelSelectorLib.models.heatmaps import decode_logits
-    from ModelSelectorLib.models.landmark_stages import project_shape, stage
-
-    with torch.no_grad():
-        logits = stage(network, "coarse")(part.coarse).float()
-    return project_shape(stage(network, "shape"), decode_logits(logits, decode, radius))
+    fine = part.fine if later else None
+    return predict_landmarks(network, part.coarse, fine, conditioning, decode, radius, contours=contours)[0]
 
 
 # --- placing points between anchors ------------------------------------------------------------------------
@@ -212,6 +183,7 @@ def probe(args: argparse.Namespace, cache: Path) -> int:
         contour_frames,
         fit_contour,
         project_shape,
+        refine_and_fit,
         refine_points,
         stage,
     )
@@ -244,8 +216,11 @@ def probe(args: argparse.Namespace, cache: Path) -> int:
         rows.append((label, errors(make(train), train, contours), errors(make(val), val, contours)))
         print(f"{label}: train {rows[-1][1]['mre']:.2f}, validation {rows[-1][2]['mre']:.2f} mm", flush=True)
 
-    coarse = {p.name: coarse_points(network, p, tc.decode, tc.decode_radius) for p in (train, val)}
-    shipped = {p.name: later_stages(network, p, cond, contours, coarse[p.name]) for p in (train, val)}
+    coarse = {p.name: model_points(network, p, cond, contours, tc.decode, tc.decode_radius, later=False)
+              for p in (train, val)}  # fmt: skip
+    shipped = {
+        p.name: model_points(network, p, cond, contours, tc.decode, tc.decode_radius) for p in (train, val)
+    }
     row(f"dx-chest-landmarks {version}", lambda p: shipped[p.name])
     row("coarse stage and shape model alone", lambda p: coarse[p.name])
     row("floor: contour shape model fitted to the true points",
@@ -285,9 +260,7 @@ def probe(args: argparse.Namespace, cache: Path) -> int:
             for shift in TTA_SHIFTS:
                 q = Part(p.name, p.ids, p.truth, p.mm, torch.from_numpy(warped(p.coarse.numpy()[:, 0], scale, shift)[:, None]),
                          torch.from_numpy(warped(p.fine.numpy(), scale, np.asarray(shift) * REFINE_SCALE)))  # fmt: skip
-                pts = later_stages(
-                    network, q, cond, contours, coarse_points(network, q, tc.decode, tc.decode_radius)
-                )
+                pts = model_points(network, q, cond, contours, tc.decode, tc.decode_radius)
                 centre = (p.coarse.shape[-1] - 1) / 2
                 outs.append(scale * (pts - centre + np.asarray(shift)) + centre)
         return np.mean(outs, 0)
@@ -318,8 +291,8 @@ def probe(args: argparse.Namespace, cache: Path) -> int:
         def through_mid(p: Part) -> np.ndarray:
             images = torch.from_numpy(np.stack([mid[i].image for i in p.ids]).astype(np.float32))
             moved = refine_points(mid_net, images, (coarse[p.name] + 0.5) * MID_SCALE - 0.5, cond)
-            return later_stages(network, p, cond, contours, project_shape(stage(network, "shape"),
-                                                                          (moved + 0.5) / MID_SCALE - 0.5))  # fmt: skip
+            start = project_shape(stage(network, "shape"), (moved + 0.5) / MID_SCALE - 0.5)
+            return refine_and_fit(network, p.fine, start, cond, contours)
 
         row("a 128 px refinement between the coarse and the fine stage", through_mid)
 
