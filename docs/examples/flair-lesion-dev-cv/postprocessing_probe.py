@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -30,9 +31,12 @@ VARIANTS = [("none", 0.0), ("lcc", 0.0)] + [("fraction", f) for f in (0.02, 0.05
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)
 
 
-def held_out_probabilities(work: Path, transposed: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(foreground probability, label) on the network grid for every held-out patient of every fold; with
-    ``transposed``, averaged with the probability of the image with its x and y axes swapped."""
+def held_out_probabilities(
+    work: Path, transposed: bool = False
+) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    """(foreground probability, label, the same probability averaged with that of the image with its x and y
+    axes swapped, or None without ``transposed``) on the network grid for every held-out patient of every
+    fold."""
     import torch
 
     from ModelSelectorLib.datasets.msd import load_msd
@@ -71,11 +75,11 @@ def held_out_probabilities(work: Path, transposed: bool = False) -> list[tuple[n
                 inf["sw_mode"],
                 inf["mirror_axes"],
             )
-            probs = predict_probabilities(network, item["image"][0], *settings)[1]
+            probs, both = predict_probabilities(network, item["image"][0], *settings)[1], None
             if transposed:
                 swapped = np.ascontiguousarray(np.swapaxes(item["image"][0], 0, 1))
-                probs = (probs + np.swapaxes(predict_probabilities(network, swapped, *settings)[1], 0, 1)) / 2
-            out.append((probs, item["label"][0] > 0))
+                both = (probs + np.swapaxes(predict_probabilities(network, swapped, *settings)[1], 0, 1)) / 2
+            out.append((probs, item["label"][0] > 0, both))
         print(f"fold {res['fold']}: {len(run.val_items)} patients", flush=True)
     return out
 
@@ -105,9 +109,9 @@ def compare_dihedral(work: Path) -> int:
     from ModelSelectorLib.evaluation.statistics import bootstrap_interval
     from ModelSelectorLib.starter_zoo.build import dice_per_label
 
-    scores = [np.asarray([dice_per_label(clean(p > 0.5, "lcc", 0.0), y, [1])[1]
-                          for p, y in held_out_probabilities(work, transposed)])
-              for transposed in (False, True)]  # fmt: skip
+    cases = held_out_probabilities(work, transposed=True)
+    scores = [np.asarray([dice_per_label(clean(p > 0.5, "lcc", 0.0), y, [1])[1] for p, y in pairs])
+              for pairs in ([(p, y) for p, y, _ in cases], [(b, y) for _, y, b in cases])]  # fmt: skip
     diff = scores[1] - scores[0]
     low, high = bootstrap_interval(diff)
     print(f"{len(diff)} patients; recipe {scores[0].mean():.4f}, with the transposed image {scores[1].mean():.4f}: "
@@ -131,7 +135,7 @@ def main() -> int:
     if args.dihedral:
         return compare_dihedral(args.work)
     cases = held_out_probabilities(args.work)
-    scores = {(t, v, f): [dice_per_label(clean(p > t, v, f), y, [1])[1] for p, y in cases]
+    scores = {(t, v, f): [dice_per_label(clean(p > t, v, f), y, [1])[1] for p, y, _ in cases]
               for t in THRESHOLDS for v, f in VARIANTS}  # fmt: skip
     chosen = np.asarray(scores[(0.5, "lcc", 0.0)])
     print(f"{len(cases)} patients; the recipe's choice (argmax, largest component): {chosen.mean():.4f}")
