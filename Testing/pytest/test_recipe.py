@@ -318,6 +318,7 @@ def test_a_run_measures_its_own_peak_memory_not_an_earlier_runs(tmp_path):
 
 def test_3d_networks_train_channels_last_and_hand_back_contiguous_weights(tmp_path):
     from ModelSelectorLib.datasets import load_msd, make_synthetic_msd
+    from ModelSelectorLib.errors import Cancelled
     from ModelSelectorLib.training.fitting import training_memory_format
     from ModelSelectorLib.training.segmentation import build_network, prepare_run
 
@@ -344,8 +345,6 @@ def test_3d_networks_train_channels_last_and_hand_back_contiguous_weights(tmp_pa
         return {v.untyped_storage().data_ptr() for v in state.values()}
 
     assert len(storages(res.state)) == len(storages(net.state_dict())) < len(res.state)
-
-    from ModelSelectorLib.errors import Cancelled
 
     layouts.clear()
     with pytest.raises(Cancelled):  # a cancelled run, too, hands the network back as it came
