@@ -272,21 +272,28 @@ def fit_contour(
     return out
 
 
+def nearest_on_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """The nearest point of the closed ``polygon`` ``(K, 2)`` (its corners joined in order) to each of
+    ``points`` ``(m, 2)``. Returns ``(m, 2)`` float64."""
+    a = np.asarray(polygon, np.float64)
+    seg = np.roll(a, -1, 0) - a
+    q = np.asarray(points, np.float64)
+    rel = q[:, None, :] - a[None]  # (m points, K segments, 2)
+    t = np.clip((rel * seg[None]).sum(-1) / np.maximum((seg**2).sum(-1), 1e-12)[None], 0.0, 1.0)
+    near = a[None] + t[..., None] * seg[None]
+    best = np.argmin(((near - q[:, None]) ** 2).sum(-1), axis=1)
+    return near[np.arange(len(q)), best]
+
+
 def snap_to_contours(points: np.ndarray, outline: np.ndarray, contours: Sequence[np.ndarray]) -> np.ndarray:
     """Each point of ``points`` ``(N, P, 2)`` moved to the nearest point of its closed contour in ``outline``
     ``(N, P, 2)`` (the polygon through the contour's points in order); points on no contour stay."""
-    out = np.array(points, np.float64)
+    out, corners = np.array(points, np.float64), np.asarray(outline, np.float64)
     for idx in contours:
         if len(idx) < 3:
             continue
-        a = np.asarray(outline, np.float64)[:, idx]  # (N, m, 2) polygon corners
-        seg = np.roll(a, -1, 1) - a
-        q = out[:, idx]  # (N, m, 2)
-        rel = q[:, :, None, :] - a[:, None, :, :]  # (N, m points, m segments, 2)
-        t = np.clip((rel * seg[:, None]).sum(-1) / np.maximum((seg**2).sum(-1), 1e-12)[:, None], 0.0, 1.0)
-        near = a[:, None] + t[..., None] * seg[:, None]
-        best = np.argmin(((near - q[:, :, None]) ** 2).sum(-1), axis=2)
-        out[:, idx] = np.take_along_axis(near, best[:, :, None, None], axis=2)[:, :, 0]
+        for i in range(len(out)):
+            out[i, idx] = nearest_on_polygon(out[i, idx], corners[i, idx])
     return out
 
 
@@ -404,6 +411,7 @@ __all__ = [
     "fit_contour_model",
     "fit_shape_model",
     "landmark_conditioning",
+    "nearest_on_polygon",
     "predict_landmarks",
     "project_shape",
     "refine_and_fit",

@@ -27,6 +27,7 @@ from ModelSelectorLib.models.landmark_stages import (  # noqa: E402
     fit_contour_model,
     fit_shape_model,
     landmark_conditioning,
+    nearest_on_polygon,
     project_shape,
     refine_points,
     snap_to_contours,
@@ -164,6 +165,9 @@ def test_points_snap_onto_the_outline_of_their_contour():
     snapped = snap_to_contours(points, outline, contours)
     expected = [[3, 0], [10, 4], [6, 10], [0, 10], [23, 20], [30, 20], [30, 30], [20, 25], [1, 1]]
     np.testing.assert_allclose(snapped[0], expected, atol=1e-9)  # the lone point stays
+    # any closed polygon, whatever its number of corners (a dense outline)
+    near = nearest_on_polygon(np.array([[5.0, 13.0], [-3.0, 4.0], [9.0, 9.5]]), square)
+    np.testing.assert_allclose(near, [[5, 10], [0, 4], [9, 10]], atol=1e-9)
 
 
 def test_refinement_moves_displaced_points_onto_the_landmarks():

@@ -161,12 +161,57 @@ def warped(images: np.ndarray, scale: float, shift: Sequence[float]) -> np.ndarr
                      for im in images]).astype(np.float32)  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments every landmark probe takes: data, zoo, model version, threads."""
     ap.add_argument("--data", required=True, help="the shared data folder (cxr_landmarks/ inside)")
     ap.add_argument("--zoo", default="Resources/zoo")
     ap.add_argument("--version", default=None, help="model version (default: the zoo's current one)")
     ap.add_argument("--threads", type=int, default=2)
+
+
+@dataclasses.dataclass
+class Probed:
+    """The zoo's landmark model (``network``, its ``version``) and the grid's data (``gd``, training settings
+    ``tc``) with its training and validation parts."""
+
+    network: Any
+    version: str
+    gd: Any
+    tc: Any
+    train: Part
+    val: Part
+
+
+def load_probed(args: argparse.Namespace, cache: Path) -> Probed:
+    """Load the model named by ``args`` and the grid's training and validation images (resized into ``cache``)."""
+    import torch
+
+    from ModelSelectorLib.training.landmark_grid import GridConfig, load_grid_data
+    from ModelSelectorLib.training.landmarks import stack_cases
+    from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.bundle import load_bundle
+
+    torch.set_num_threads(args.threads)
+    cfg = GridConfig.from_dict(yaml.safe_load((HERE / "grid.yaml").read_text(encoding="utf-8")))
+    tc = cfg.train_config
+    zoo = Zoo(args.zoo)
+    version = args.version or zoo.current("dx-chest-landmarks")
+    network = load_bundle(zoo.get("dx-chest-landmarks", version)).network
+    gd = load_grid_data(args.data, cfg, cache_dir=cache)
+
+    def part(name: str) -> Part:
+        cases = gd.cases(name)
+        spacing = np.array([c.spacing_mm if c.spacing_mm is not None else (np.nan, np.nan) for c in cases])
+        return Part(name, list(gd.splits[name]), np.stack([c.points for c in cases]),
+                    (np.stack([c.scale for c in cases]) * spacing).mean(1),
+                    stack_cases(cases, tc.sigma).images, gd.fine_images(gd.splits[name]))  # fmt: skip
+
+    return Probed(network, version, gd, tc, part("train"), part("val"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(ap)
     ap.add_argument("--mid-refiner", action="store_true", help="also train and try a 128 px refinement")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="landmark-probe-") as cache:
@@ -187,29 +232,12 @@ def probe(args: argparse.Namespace, cache: Path) -> int:
         refine_points,
         stage,
     )
-    from ModelSelectorLib.training.landmark_grid import GridConfig, load_grid_data
     from ModelSelectorLib.training.landmark_refine import fine_arrays, train_refiner
-    from ModelSelectorLib.training.landmarks import stack_cases
-    from ModelSelectorLib.zoo import Zoo
-    from ModelSelectorLib.zoo.bundle import load_bundle
 
-    torch.set_num_threads(args.threads)
-    cfg = GridConfig.from_dict(yaml.safe_load((HERE / "grid.yaml").read_text(encoding="utf-8")))
-    tc = cfg.train_config
-    zoo = Zoo(args.zoo)
-    version = args.version or zoo.current("dx-chest-landmarks")
-    network = load_bundle(zoo.get("dx-chest-landmarks", version)).network
-    gd = load_grid_data(args.data, cfg, cache_dir=cache)
+    probed = load_probed(args, cache)
+    network, version, gd, tc = probed.network, probed.version, probed.gd, probed.tc
     contours, cond = gd.schema.contours, gd.conditioning
-
-    def part(name: str) -> Part:
-        cases = gd.cases(name)
-        spacing = np.array([c.spacing_mm if c.spacing_mm is not None else (np.nan, np.nan) for c in cases])
-        return Part(name, list(gd.splits[name]), np.stack([c.points for c in cases]),
-                    (np.stack([c.scale for c in cases]) * spacing).mean(1),
-                    stack_cases(cases, tc.sigma).images, gd.fine_images(gd.splits[name]))  # fmt: skip
-
-    train, val = part("train"), part("val")
+    train, val = probed.train, probed.val
     rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
 
     def row(label: str, make: Callable[[Part], np.ndarray]) -> None:
