@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .io.image import read_image
 from .io.outputs import check_output_file
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
 from .models.registry import output_spec, runtime_for
+from .selection.field_of_view import field_of_view
 from .zoo.bundle import load_bundle
 from .zoo.catalog import Zoo
 
@@ -41,6 +42,7 @@ def apply_to_file(
     device: str = "cpu",
     cancel: Optional[Any] = None,
     series_uid: Optional[str] = None,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Read ``image_path``, apply zoo model ``model_name``, write ``out_path`` in the task's format (a
     ``.seg.nrrd`` with segment names, colours and terminology for a segmentation model; a Slicer markups
@@ -51,6 +53,9 @@ def apply_to_file(
 
     Args:
         series_uid: the DICOM series to read when ``image_path`` is a folder holding several.
+        warn: called with a sentence when the volume's field of view is several times smaller or larger than
+            the model's training inputs (:mod:`~ModelSelectorLib.selection.field_of_view`); the model is
+            applied all the same, since an expert may know better.
 
     Raises:
         OutputError: ``out_path`` is a folder, has another extension than the task's format, or cannot be
@@ -58,8 +63,12 @@ def apply_to_file(
     """
     check_device(device)
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
-    out = check_output_file(out_path, output_spec(zoo.card(model_name).task_type)["suffix"])
+    card = zoo.card(model_name)
+    out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
     image = read_image(image_path, series_uid=series_uid)
+    fov = field_of_view(image, card)
+    if warn is not None and fov is not None and not fov.fits:
+        warn(f"{model_name}: {fov.describe()}; its output may be meaningless: {fov.advice()}.")
     runtime = open_runtime(zoo, model_name, device)
     return runtime.write(runtime.predict(image, cancel=cancel), out)
 

@@ -139,7 +139,7 @@ tr.fits{background:#eef8ee}.no{color:#a00;font-weight:bold}small{color:#555}</st
 <table><tr><th>#</th><th>model</th><th>task</th><th>modality</th><th>region</th><th>score</th><th>fits</th><th>held-out figure (cases)</th><th>reasons</th></tr>
 {% for m in models %}<tr class="{{ 'fits' if m.fits else '' }}"><td>{{ loop.index }}</td><td>{{ m.name }}</td>
 <td>{{ m.task }}</td><td>{{ m.modality }}</td><td>{{ m.body_region }}</td><td>{{ '%.3f' % m.score }}</td>
-<td>{{ 'yes' if m.fits else 'no' }}</td><td>{{ m.quality }}</td><td><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
+<td>{{ m.answer }}</td><td>{{ m.quality }}</td><td><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
 </table>
 {% for r in outputs %}<h2>{{ r.model }}</h2>
 <p>{{ r.task }} &middot; output <a href="{{ r.output_name }}">{{ r.output_name }}</a>{% if r.segments %} &middot; {{ r.segments }}{% endif %}</p>

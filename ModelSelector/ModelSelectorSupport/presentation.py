@@ -36,8 +36,9 @@ class ModelRow:
 def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
     """Table rows for ``models`` (ranked answers of *Find models*, or the zoo's list without scores).
 
-    Only the best-ranked model starts ticked, and only when it fits. The last column is the model's held-out
-    figure from its card, marked when it is a demonstration model.
+    Only the best-ranked model starts ticked, and only when it fits. The *Fits* cell is the selection's answer
+    (``yes``, ``no``, ``needs the volume``, ``needs a crop``, ``needs a wider view``). The last column is the
+    model's held-out figure from its card, marked when it is a demonstration model.
     """
     from ModelSelectorLib.models.base import quality_text
 
@@ -50,7 +51,7 @@ def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
             str(m.get("modality", "")),
             str(m.get("body_region", "")),
             "" if score is None else f"{float(score):.3f}",
-            "" if fits is None else ("yes" if fits else "no"),
+            "" if fits is None else str(m.get("answer") or ("yes" if fits else "no")),
             quality_text(m.get("held_out"), bool(m.get("demonstration"))),
         )
         reasons = m.get("reasons") or []

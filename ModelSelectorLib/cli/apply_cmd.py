@@ -4,6 +4,7 @@ or ``.mrk.json`` (landmarks)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..resources import default_zoo_path
 
     zoo = args.zoo if args.zoo is not None else default_zoo_path()
-    out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device, series_uid=args.series)
+    out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device, series_uid=args.series,
+                        warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr))  # fmt: skip
     print(out)
     return 0

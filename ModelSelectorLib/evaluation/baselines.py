@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, Image
+from ..selection.field_of_view import training_extent_mm
 from ..selection.scoring import is_relevant
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -62,6 +63,8 @@ class ModelInfo:
         example_inputs: absolute paths of the model's example inputs: the card's ``example_inputs`` and
             the files its exemplar prototypes were made from (may be empty).
         spatial_dims: 2 or 3, the dimensions of the model's input.
+        extent_mm: field of view of the model's median training case (mm; None when the card does not say,
+            :func:`~ModelSelectorLib.selection.field_of_view.training_extent_mm`).
     """
 
     name: str
@@ -71,6 +74,7 @@ class ModelInfo:
     task_type: str = ""
     example_inputs: tuple[str, ...] = ()
     spatial_dims: int = 3
+    extent_mm: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -101,6 +105,7 @@ def zoo_models(zoo: Any, roots: Sequence[PathLike] = ()) -> list[ModelInfo]:
                 task_type=card.task_type,
                 example_inputs=tuple(examples),
                 spatial_dims=int(card.spatial_dims),
+                extent_mm=training_extent_mm(card),
             )
         )
     if not out:

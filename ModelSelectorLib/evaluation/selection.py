@@ -35,6 +35,7 @@ from ..errors import IndexMismatchError, InputError, ModelSelectorError
 from ..io.image import Image, read_image
 from ..progress import check_cancel, progress_bar
 from ..selection.encoder import default_encoder
+from ..selection.field_of_view import image_extent_mm
 from ..selection.index import load_index
 from ..zoo.catalog import Zoo
 from .baselines import (
@@ -331,6 +332,7 @@ def evaluate_rankers(
         except InputError as e:
             unreadable.append(f"{case.path}: {e}")
             continue
+        case = dataclasses.replace(case, extent_mm=image_extent_mm(image))
         relevant, applicable, category = case.relevant(models), case.applicable(models), case.category(models)
         for r in rankers:
             t0 = time.perf_counter()
@@ -460,8 +462,8 @@ def evaluate_selection(
     names = ranker_names(rankers, models, train_cases)
     ranker_objs = build_rankers(names, zoo, models, train_cases, seed, verify)
     results, unreadable = evaluate_rankers(cases, models, ranker_objs, cancel)
-    bad = {u.split(": ", 1)[0] for u in unreadable}
-    readable = [c for c in cases if str(c.path) not in bad]
+    # the cases as scored: with the field of view their images showed
+    readable = [r.case for r in results[names[0]]] if names else []
     metrics = {sub: {n: summarize([r for r in results[n] if keep(r.case)]) for n in names}
                for sub, keep in SUBSETS.items()}  # fmt: skip
     cats = Counter(c.category(models) for c in readable)

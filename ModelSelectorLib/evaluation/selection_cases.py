@@ -8,7 +8,9 @@ duplicate): :func:`zoo_training_paths`, :meth:`~.selection_split.ProtocolSplit.l
 
 Each image has one of three kinds of answer for a zoo (:meth:`EvalCase.category`):
 
-- ``in-zoo``: some model is relevant (same modality, intersecting body regions) and can take the image;
+- ``in-zoo``: some model is relevant (same modality, intersecting body regions) and can take the image (a
+  2D model a 2D image, a 3D model a volume whose field of view is within a factor of 3 of its training
+  inputs', :mod:`~ModelSelectorLib.selection.field_of_view`);
 - ``needs-volume``: the relevant models take 3D volumes and the image is a lone 2D slice; the right answer
   names such a model and says it needs the volume;
 - ``ood``: no model is relevant (other modalities or regions, and non-radiology photographs).
@@ -31,6 +33,7 @@ from ..errors import ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES
 from ..selection.calibration import LabelledImage
 from ..selection.encoder import OOD_CLASS
+from ..selection.field_of_view import compare_field_of_view, view_fits
 from ..selection.scoring import is_relevant
 from .baselines import ModelInfo, resolve_source
 from .selection_split import ProtocolSplit
@@ -54,6 +57,8 @@ class EvalCase:
         source: the dataset it comes from; ``patient``: the subject within it.
         ndim: 2 for a 2D image (or one slice), 3 for a volume.
         held_out_source: its whole source was held out of training and development (source-disjoint).
+        extent_mm: a volume's field of view (mm, :func:`~ModelSelectorLib.selection.field_of_view.extent_mm`;
+            None until the image is read, and for 2D images).
     """
 
     path: Path
@@ -63,6 +68,7 @@ class EvalCase:
     patient: str = ""
     ndim: int = 3
     held_out_source: bool = False
+    extent_mm: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -76,9 +82,11 @@ class EvalCase:
         return [m.name for m in models if is_relevant(m.modality, m.regions, self.modality, self.regions)]
 
     def applicable(self, models: Sequence[ModelInfo]) -> list[str]:
-        """Names of the relevant models that can take this image (2D image - 2D model, volume - 3D model)."""
+        """Names of the relevant models that can take this image (2D image - 2D model, volume - 3D model whose
+        training inputs' field of view is not several times larger or smaller than the volume's)."""
         rel = set(self.relevant(models))
-        return [m.name for m in models if m.name in rel and int(m.spatial_dims) == int(self.ndim)]
+        return [m.name for m in models if m.name in rel and int(m.spatial_dims) == int(self.ndim)
+                and view_fits(compare_field_of_view(self.extent_mm, m.extent_mm))]  # fmt: skip
 
     def needs_volume(self, models: Sequence[ModelInfo]) -> list[str]:
         """Names of the relevant 3D models when this image is a lone 2D slice."""

@@ -17,7 +17,8 @@ For each model (details and the calibration procedure: ``docs/selector.md``):
 4. **Operating point**: the model's own threshold ``t`` (chosen on the development split, with its false-
    accept and false-reject rates stored in the index sidecar); the calibrated score is ``sigmoid(z - t)``,
    so 0.5 is the model's operating point. The domain match ignores the image's dimensions; whether the
-   model can take the image (a 3D model and a lone 2D slice cannot) is decided separately (``dims_ok``).
+   model can take the image (a 3D model and a lone 2D slice cannot) is decided separately (``dims_ok``), and
+   so is whether a volume shows as much as the model's training inputs (``fov``, :mod:`.field_of_view`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
+from .field_of_view import field_of_view
 from .prototypes import encoder_id
 
 #: the domain logit's features, in the order of :func:`plain_features`
@@ -246,8 +248,8 @@ def rank_models(
 ) -> list[dict[str, Any]]:
     """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
 
-    Each row: ``name, card, sim, nearest, agree, dims_ok, z, threshold, margin, verify`` (the fit signals, or
-    None). With ``verify``, the models that can take the image among the first ``top_k + 2`` are verified
+    Each row: ``name, card, sim, nearest, agree, dims_ok, fov, z, threshold, margin, verify`` (``fov``: the
+    :class:`~.field_of_view.FieldOfView` comparison or None; ``verify``: the fit signals, or None). With ``verify``, the models that can take the image among the first ``top_k + 2`` are verified
     and re-ranked.
     """
     cards = cards if cards is not None else {}
@@ -261,8 +263,8 @@ def rank_models(
         z = plain_logit(setting, plain_features(sim, agree, pood, ev.colour))
         t = model_threshold(setting, name)
         rows.append({"name": name, "card": card, "sim": sim, "nearest": nearest, "agree": agree,
-                     "dims_ok": ev.ndim == int(card.spatial_dims), "z": z, "threshold": t, "margin": z - t,
-                     "verify": None})  # fmt: skip
+                     "dims_ok": ev.ndim == int(card.spatial_dims), "fov": field_of_view(ev.image, card) if ev.image
+                     is not None else None, "z": z, "threshold": t, "margin": z - t, "verify": None})  # fmt: skip
     rows.sort(key=lambda r: -r["margin"])
     if verify:
         ok = [r for r in rows if r["dims_ok"]]

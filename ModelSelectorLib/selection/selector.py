@@ -12,8 +12,10 @@ How a selection is made (details and the calibration procedure: ``docs/selector.
    index sidecar with its false-accept and false-reject rates on the development images); a model *fits*
    when ``score >= threshold`` (default 0.5, its operating point) **and** it can take the image. A model
    whose domain matches but which takes 3D volumes while the image is a lone 2D slice is named with
-   ``needs_volume``: load the whole series or volume and select again. When no model fits, the selection
-   says "no model in the zoo fits this image".
+   ``needs_volume``: load the whole series or volume and select again. A 3D model whose training inputs
+   showed a field of view several times smaller or larger than the volume's (a crop around one structure
+   against a whole scan, :mod:`.field_of_view`) does not fit either; the answer says to crop the image or to
+   give it a wider scan. When no model fits, the selection says "no model in the zoo fits this image".
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
 from ..zoo.catalog import Zoo, open_zoo
 from .encoder import default_encoder
+from .field_of_view import FieldOfView, view_fits
 from .index import ZooIndex, load_index
 from .prototypes import ORIGINS, encoder_id
 from .scoring import UNCALIBRATED, Evidence, calibration_key, evidence, rank_models, sigmoid
@@ -54,6 +57,8 @@ class ModelMatch:
         raw: the domain logit ``z``; similarity: prototype similarity; verify: verify signals or None.
         needs_volume: the image matches the model's domain but is a lone 2D slice and the model takes 3D
             volumes (give it the whole volume).
+        field_of_view: the volume's field of view against the model's training inputs (None when either is
+            unknown: 2D images, cards without a plan); a mismatch keeps the model from fitting.
         held_out: the card's headline held-out figure (``{"metric", "value", "cases", "protocol"}``) or None.
         demonstration: the model shows what the tool does rather than one to rely on (fewer than 20 training
             cases, or no held-out figure).
@@ -73,6 +78,20 @@ class ModelMatch:
     needs_volume: bool = False
     held_out: Optional[dict[str, Any]] = None
     demonstration: bool = False
+    field_of_view: Optional[FieldOfView] = None
+    domain_matches: bool = False
+
+    @property
+    def answer(self) -> str:
+        """The table's FITS cell: ``yes``, ``needs the volume``, ``needs a crop``, ``needs a wider view`` or
+        ``no``."""
+        if self.fits:
+            return "yes"
+        if self.needs_volume:
+            return "needs the volume"
+        if self.domain_matches and not view_fits(self.field_of_view):
+            return self.field_of_view.verdict  # type: ignore[union-attr]
+        return "no"
 
     @property
     def quality(self) -> str:
@@ -89,6 +108,8 @@ class ModelMatch:
             "score": round(float(self.score), 4),
             "fits": bool(self.fits),
             "needs_volume": bool(self.needs_volume),
+            "answer": self.answer,
+            "field_of_view": self.field_of_view.to_json_dict() if self.field_of_view is not None else None,
             "held_out": self.held_out,
             "demonstration": bool(self.demonstration),
         }
@@ -99,8 +120,8 @@ class ModelMatch:
 
 @dataclasses.dataclass
 class Selection:
-    """The answer for one image: ``models`` best first: fitting models, then those that need the whole
-    volume, then the others.
+    """The answer for one image: ``models`` best first: fitting models, then those whose domain matches but
+    which need another input (the whole volume, a crop, a wider view), then the others.
 
     Attributes:
         input: the image's path (or ``"<image>"``).
@@ -127,7 +148,8 @@ class Selection:
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
         """``{"input", "fits", "needs_volume", "models": [{"name", "version", "task", "modality",
-        "body_region", "score", "fits", "needs_volume"}]}`` (plus ``"reasons"`` per model when asked)."""
+        "body_region", "score", "fits", "needs_volume", "answer", "field_of_view", "held_out",
+        "demonstration"}]}`` (plus ``"reasons"`` per model when asked)."""
         return {
             "input": self.input,
             "fits": bool(self.fits),
@@ -152,9 +174,15 @@ class Selection:
             lines.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
                          f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
                          "series or volume and select again.")  # fmt: skip
+        for m in self.models:
+            fov = m.field_of_view
+            if fov is not None and m.domain_matches and not m.fits and not fov.fits:
+                lines.append(
+                    f"{m.name} matches this kind of image, but {fov.describe()}: {fov.advice()}, then select again."
+                )
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
-                     "yes" if m.fits else ("needs the volume" if m.needs_volume else "no"), m.quality]
+                     m.answer, m.quality]
                     for i, m in enumerate(self.models)]  # fmt: skip
             headers = ["#", "MODEL", "VERSION", "TASK", "MODALITY", "BODY REGION", "SCORE", "FITS",
                        "HELD-OUT (CASES)"]  # fmt: skip
@@ -165,7 +193,8 @@ class Selection:
             elif reasons == "fitting" and m.fits and m.reasons:
                 lines.append(f"{m.name}: {m.reasons[0]}")
         lines.append(f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the model's calibrated "
-                     "operating point) and it can take the image.")  # fmt: skip
+                     "operating point) and it can take the image, as a volume of about the field of view it was "
+                     "trained on.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -242,6 +271,8 @@ def _reasons(
         reasons.append(
             f"the model takes {card.spatial_dims}D inputs and the image is {ev.ndim}D: give it {what}"
         )
+    if row["fov"] is not None:
+        reasons.append(row["fov"].reason())
     if row["verify"] is not None:
         reasons.append(runtime_class(card.task_type).describe_fit(row["verify"]))
     return reasons
@@ -309,11 +340,12 @@ def select(
         score = sigmoid(r["margin"])
         task = runtime_class(card.task_type)
         matches.append(ModelMatch(card.name or r["name"], card.version, card.task_type, card.modality,
-                                  card.body_region, score, score >= thr and r["dims_ok"],
+                                  card.body_region, score, score >= thr and r["dims_ok"] and view_fits(r["fov"]),
                                   _reasons(r, ev, index, classes), r["z"], r["sim"], r["verify"],
                                   score >= thr and not r["dims_ok"] and ev.ndim < int(card.spatial_dims),
-                                  task.held_out(card), task.is_demonstration(card)))  # fmt: skip
-    matches.sort(key=lambda m: (not m.fits, not m.needs_volume, -m.score))
+                                  task.held_out(card), task.is_demonstration(card), r["fov"],
+                                  score >= thr))  # fmt: skip
+    matches.sort(key=lambda m: (not m.fits, m.answer == "no", -m.score))
     return Selection(
         input=name,
         fits=any(m.fits for m in matches),

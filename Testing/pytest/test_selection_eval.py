@@ -407,6 +407,24 @@ def test_eval_case_label():
     assert flat.category(INFOS) == "needs-volume" and flat.relevant(INFOS) == ["ct-head-bone"]
 
 
+def test_a_volume_is_applicable_only_to_models_of_its_field_of_view():
+    crop_model = ModelInfo("mr-hippocampus", "1", "MR", ("HEAD",), extent_mm=42.0)
+    scan_model = ModelInfo("mr-brain-flair-lesion", "1", "MR", ("HEAD",), extent_mm=256.0)
+    models = [crop_model, scan_model]
+    head = EvalCase(Path("/head.nii.gz"), "MR", ("HEAD",), extent_mm=180.0)
+    crop = EvalCase(Path("/crop.nii.gz"), "MR", ("HEAD",), extent_mm=45.0)
+    unknown = EvalCase(Path("/u.nii.gz"), "MR", ("HEAD",))  # not read yet: nothing to compare
+    assert head.relevant(models) == ["mr-hippocampus", "mr-brain-flair-lesion"]
+    assert head.applicable(models) == ["mr-brain-flair-lesion"] and crop.applicable(models) == [
+        "mr-hippocampus"
+    ]
+    assert unknown.applicable(models) == ["mr-hippocampus", "mr-brain-flair-lesion"]
+    mid = EvalCase(Path("/m.nii.gz"), "MR", ("HEAD",), extent_mm=130.0)  # 3.1 times the crops, half the scans
+    assert mid.applicable(models) == ["mr-brain-flair-lesion"] and mid.category(models) == "in-zoo"
+    only_crop = EvalCase(Path("/w.nii.gz"), "MR", ("HEAD",), extent_mm=400.0)
+    assert only_crop.applicable([crop_model]) == [] and only_crop.category([crop_model]) == "ood"
+
+
 def test_runner_with_selector_variants(tmp_path):
     """The selector with exemplar, data-free and both kinds of prototypes, measured beside the baselines."""
     pytest.importorskip("ModelSelectorLib.selection.selector")

@@ -284,6 +284,34 @@ def test_a_lone_2d_slice_names_the_3d_models_that_need_the_volume(env):
     assert volume.needs_volume == []  # a volume never needs the volume
 
 
+def test_a_volume_far_smaller_than_the_training_inputs_needs_a_wider_view(env):
+    from ModelSelectorLib.selection.selector import select
+
+    ct = env["queries"]["ct_abdomen"]  # (24, 32, 32) voxels of 1.2 x 1.2 x 3 mm, like the training cases
+    whole = select(ct, env["zoo"], env["index"], env["encoder"], top_k=None)
+    by_name = {m.name: m for m in whole.models}
+    assert by_name["ct_abdomen"].fits and by_name["ct_abdomen"].field_of_view.fits
+    assert by_name["dx_chest"].field_of_view is None  # a 2D model: not compared
+    # a corner of it, 18 x 9.6 x 9.6 mm: a quarter of the training cases' field of view
+    crop = Image(ct.array[:6, :8, :8].copy(), ct.spacing, ct.origin, ct.direction, {})
+    sel = select(crop, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
+    for m in sel.models:
+        if m.name == "dx_chest":
+            assert m.answer == "no" and not m.fits  # the dimensions differ
+            continue
+        assert not m.fits and m.answer == "needs a wider view" and m.field_of_view.ratio < 1 / 3, m
+        assert any(r.startswith("field of view: ") and "whole region" in r for r in m.reasons)
+        assert m.to_json_dict()["field_of_view"]["verdict"] == "needs a wider view"
+        assert m.to_json_dict()["answer"] == "needs a wider view"
+    assert (
+        not sel.fits and "ct_abdomen matches this kind of image, but the image spans about" in sel.to_text()
+    )
+    assert sel.models[-1].answer == "no"  # those that need another input come before the others
+    # the same below the operating point is a plain "no"
+    strict = select(crop, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=1.01)
+    assert {m.answer for m in strict.models} == {"no"}
+
+
 # --- index ----------------------------------------------------------------------------------------------
 def _copy_zoo(env, tmp_path):
     from ModelSelectorLib.zoo import Zoo
@@ -407,9 +435,13 @@ def test_select_json_cli(env, tmp_path, capsys):
             "score",
             "fits",
             "needs_volume",
+            "answer",
+            "field_of_view",
             "held_out",
             "demonstration",
         }
+    top = data["models"][0]
+    assert top["answer"] == "yes" and top["field_of_view"]["verdict"] == "fits"
     noise = tmp_path / "noise.nii.gz"
     write_image(noise_volume(9), noise)
     assert main(["select", str(noise), "--zoo", str(env["zoo"].path)]) == 0

@@ -191,3 +191,6 @@ def test_model_rows_tick_only_the_best_fitting_model_and_carry_reasons():
     assert b.cells[-3:] == ("0.200", "no", "-, demonstration") and not b.checked and b.tooltip == ""
     (unfit,) = presentation.modelRows([dict(models[0], fits=False)])
     assert not unfit.checked
+    # the selection's answer, when it gives one, is the Fits cell
+    (crop,) = presentation.modelRows([dict(models[0], fits=False, answer="needs a crop")])
+    assert crop.cells[5] == "needs a crop" and not crop.checked

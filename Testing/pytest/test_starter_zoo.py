@@ -365,6 +365,27 @@ def test_bundled_landmark_model_finds_the_lung_borders_on_the_sample(zoo: Zoo, t
     assert xy[right, 0].mean() < mask.shape[1] / 2 < xy[left, 0].mean()
 
 
+def test_apply_warns_when_a_volume_shows_far_less_than_the_model_was_trained_on(tmp_path: Path):
+    from ModelSelectorLib.apply import apply_to_file
+    from ModelSelectorLib.io import write_image
+
+    rng = np.random.default_rng(0)
+    eye = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    for shape, expected in (
+        ((36, 50, 35), 0),
+        ((12, 12, 12), 1),
+    ):  # (z, y, x) at 1 mm: a crop; a sliver of one
+        path = tmp_path / f"mr_{shape[0]}.nii.gz"
+        write_image(
+            Image(rng.normal(100, 20, shape).astype(np.float32), (1.0, 1.0, 1.0), (0, 0, 0), eye), path
+        )
+        said: list[str] = []
+        out = apply_to_file(ZOO, "mr-hippocampus", path, tmp_path / f"{path.stem}.seg.nrrd", warn=said.append)
+        assert out.is_file() and len(said) == expected, said  # applied all the same
+    assert said[0].startswith("mr-hippocampus: the image spans about 12 mm across, the model's training inputs "
+                              "42 mm; its output may be meaningless: give it a scan")  # fmt: skip
+
+
 def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(zoo: Zoo):
     import matplotlib.cbook
 
