@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .io.image import read_image
+from .errors import InputError
+from .io.image import label_map_problem, read_image
 from .io.outputs import check_output_file
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
@@ -59,13 +60,16 @@ def apply_to_file(
 
     Raises:
         OutputError: ``out_path`` is a folder, has another extension than the task's format, or cannot be
-        written; InputError: unreadable, 4D, empty or NaN image; ZooError: no such zoo or model; BundleError.
+        written; InputError: unreadable, 4D, empty or NaN image, or a label map; ZooError: no such zoo or model; BundleError.
     """
     check_device(device)
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
     image = read_image(image_path, series_uid=series_uid)
+    problem = label_map_problem(image)
+    if problem:
+        raise InputError(f"{image_path}: {problem}.")
     fov = field_of_view(image, card)
     if warn is not None and fov is not None and not fov.fits:
         warn(f"{model_name}: {fov.describe()}; its output may be meaningless: {fov.advice()}.")

@@ -9,7 +9,15 @@
 
 from __future__ import annotations
 
-from .image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, check_image_content, read_image, write_image
+from .image import (
+    IMAGE_2D_SUFFIXES,
+    VOLUME_SUFFIXES,
+    Image,
+    check_image_content,
+    label_map_problem,
+    read_image,
+    write_image,
+)
 from .markups import markups_json, read_markups, write_markups
 from .segmentation import Segment, read_segmentation, write_segmentation
 
@@ -19,6 +27,7 @@ __all__ = [
     "Image",
     "Segment",
     "check_image_content",
+    "label_map_problem",
     "markups_json",
     "read_image",
     "read_markups",

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import IndexMismatchError, InputError
-from ..io.image import Image, read_image
+from ..io.image import Image, label_map_problem, read_image
 from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
@@ -308,7 +308,8 @@ def select(
         a :class:`Selection`.
 
     Raises:
-        InputError: unreadable image. ZooError: no zoo. IndexMismatchError: empty zoo, missing, corrupt or
+        InputError: unreadable image, or a label map (:func:`~ModelSelectorLib.io.image.label_map_problem`).
+        ZooError: no zoo. IndexMismatchError: empty zoo, missing, corrupt or
         stale index (the message names the command that fixes it).
     """
     origins = tuple(o for o in ORIGINS if o in set(origins))
@@ -326,6 +327,9 @@ def select(
             f"(`modelselector index build --zoo {zoo.path}`)."
         )
     img, name = as_image(image)
+    problem = label_map_problem(img)
+    if problem:
+        raise InputError(f"{name}: {problem}.")
     t1 = time.monotonic()
     ev = evidence(enc, img)
     t2 = time.monotonic()

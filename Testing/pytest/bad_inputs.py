@@ -146,6 +146,15 @@ def constant(folder: Path) -> Path:
     return written("constant.nrrd", sitk.GetImageFromArray(np.full((6, 7, 8), 5, np.int16)))(folder)
 
 
+def label_map(folder: Path) -> Path:
+    """A label map (0 background, 1 and 2 two structures) of :func:`volume`'s geometry, as a user might load it."""
+    arr = np.zeros((12, 20, 24), np.uint8)
+    arr[4:8, 6:14, 8:12], arr[4:8, 6:14, 12:18] = 1, 2
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(volume())
+    return written("labels.nii.gz", img)(folder)
+
+
 def empty_file(folder: Path) -> Path:
     path = folder / "empty.nii.gz"
     path.write_bytes(b"")

@@ -148,6 +148,7 @@ def world(tmp_path_factory):
     zoo.add(bad.tiny_bundle(root / "src"))
     w = {"root": root, "zoo": zoo.path, "image": bad.written("ct.nii.gz")(root)}
     w["truncated"] = bad.cut(bad.written("cut.nii.gz"), 0.7)(root)
+    w["labelmap"] = bad.label_map(root)
     w["dicom"] = bad.dicom_series(root / "dicom")
     (root / "afile").write_text("a file, not a folder\n")
     w["afile"] = root / "afile"
@@ -240,6 +241,8 @@ CLI = [
     ("apply --out a read-only file",         ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{readonly_file}"], 6, "write-protected"),
     ("apply --out x.nii.gz (NRRD inside)",   ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/x.nii.gz"], 6, "name it x.seg.nrrd"),
     ("apply a truncated .nii.gz",            ["apply", "--zoo", "{zoo}", "--model", TINY, "{truncated}", "--out", "{root}/t.seg.nrrd"], 2, "truncated"),
+    ("apply a label map",                    ["apply", "--zoo", "{zoo}", "--model", TINY, "{labelmap}", "--out", "{root}/l.seg.nrrd"], 2, "looks like a label map"),
+    ("select a label map",                   ["select", "{labelmap}"],                                               2, "3 distinct whole-number values (0, 1, 2)"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
     ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "corrupt catalog"),
 ]  # fmt: skip

@@ -7,7 +7,15 @@ import pytest
 import SimpleITK as sitk
 
 from ModelSelectorLib.errors import InputError
-from ModelSelectorLib.io import Image, Segment, read_image, read_segmentation, write_image, write_segmentation
+from ModelSelectorLib.io import (
+    Image,
+    Segment,
+    label_map_problem,
+    read_image,
+    read_segmentation,
+    write_image,
+    write_segmentation,
+)
 
 LIVER = Segment(
     1,
@@ -155,6 +163,29 @@ def test_interrupted_write_keeps_previous_file(tmp_path, oblique_image, monkeypa
         write_image(oblique_image.with_array(oblique_image.array * 2), target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nrrd"]
+
+
+def test_label_maps_are_told_from_pictures(oblique_image):
+    shape = oblique_image.array.shape
+    labels = np.zeros(shape, np.uint8)
+    labels[2:5, 3:8, 4:9], labels[5:8, 3:8, 4:9] = 1, 7
+    problem = label_map_problem(oblique_image.with_array(labels.astype(np.float32)))  # float label maps too
+    assert (
+        problem.startswith("it holds only 3 distinct whole-number values (0, 1, 7)")
+        and "label map" in problem
+    )
+    count = np.arange(np.prod(shape)).reshape(shape)
+    assert "32 distinct" in label_map_problem(oblique_image.with_array((count % 32).astype(np.int16)))
+    assert label_map_problem(oblique_image.with_array((count % 33).astype(np.int16))) is None  # 33: a picture
+    halves = (labels / 2.0).astype(np.float32)  # few values, not whole numbers: a picture
+    assert label_map_problem(oblique_image.with_array(halves)) is None
+    rng = np.random.default_rng(0)
+    picture = np.clip(rng.normal(120, 30, (64, 64)), 0, 255).astype(
+        np.uint8
+    )  # an 8-bit radiograph-like image
+    assert label_map_problem(Image(picture, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))) is None
+    colour = np.zeros((8, 8, 3), np.uint8)
+    assert label_map_problem(Image(colour + 1, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))) is None
 
 
 def test_with_array_checks_shape(oblique_image):

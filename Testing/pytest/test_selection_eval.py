@@ -259,7 +259,9 @@ def make_data(root: Path) -> None:
         png(photo(i), root / "radiology_2d" / "img" / f"photo{i}.png")
         rows2d.append({"path": f"img/photo{i}.png", "modality": "OT", "body_region": "OOD:photo"})
     for i in range(3):  # lone 2D slices of CT heads: the CT head model needs the volume
-        sl = (np.clip(ct_head(20 + i).array[10], -1000, 1000) + 1000) / 8
+        # with a scanner's noise (tens of HU), so that the 8-bit slice is a picture, not a few-valued label map
+        noisy = ct_head(20 + i).array[10] + np.random.default_rng(i).normal(0, 40, (40, 40))
+        sl = (np.clip(noisy, -1000, 1000) + 1000) / 8
         png(sl.astype(np.uint8), root / "radiology_2d" / "slices" / f"head{i}.png")
         rows2d.append({"path": f"slices/head{i}.png", "modality": "CT", "body_region": "HEAD"})
     with open(root / "radiology_2d" / "labels.csv", "w", newline="") as f:

@@ -239,6 +239,19 @@ def test_right_model_ranks_first_with_exemplars(env, origins):
             assert sorted(ranked) == sorted(MODELS) and sel.calibrated
 
 
+def test_a_label_map_is_refused_with_what_to_give_instead(env):
+    from ModelSelectorLib.selection.selector import select
+
+    ct = env["queries"]["ct_abdomen"]
+    labels = ct.with_array(
+        (ct.array > np.median(ct.array)).astype(np.uint8)
+    )  # a mask of the query, as a volume
+    with pytest.raises(
+        InputError, match="2 distinct whole-number values .* label map .* give the image it labels"
+    ):
+        select(labels, env["zoo"], env["index"], env["encoder"])
+
+
 def test_noise_and_photo_are_rejected(env):
     import matplotlib.cbook as cbook
 
