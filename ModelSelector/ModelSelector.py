@@ -381,6 +381,10 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         finally:
             self._setStatus(f"Done: {', '.join(node.GetName() for node in nodes)}")
+        if (
+            job.warnings
+        ):  # e.g. the model was trained on crops and this is a whole scan: say so before it is read
+            slicer.util.warningDisplay("\n\n".join(job.warnings), windowTitle="Model Selector")
         if nodes and job.volumeNode.GetScene() is slicer.mrmlScene:
             slicer.util.setSliceViewerLayers(background=job.volumeNode, fit=True)
 
@@ -609,7 +613,9 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         overall progress; setting ``cancelEvent`` ends the process tree and raises
         :class:`ModelSelectorCancelled`. Failures raise :class:`ModelSelectorProcessError` with the process's
         one-line message. Nodes already loaded stay beside the volume when a later model fails or the user
-        cancels; none stays when the volume or its scene goes away.
+        cancels; none stays when the volume or its scene goes away. Warnings of the processes (e.g. a volume
+        several times wider than a model's training inputs) are logged; :meth:`startApplyModels`'s job keeps
+        them in ``warnings``, which the widget shows when the job ends.
         """
         job = self.startApplyModels(volumeNode, models, zooPath, device, progressCallback)
         return job.wait(cancelEvent)

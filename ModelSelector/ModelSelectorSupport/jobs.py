@@ -26,6 +26,7 @@ from .markups import resultParts
 from .processes import ChildProcess, Launcher
 
 ERROR_PREFIX = "modelselector: error: "
+WARNING_PREFIX = "modelselector: warning: "
 PROGRESS_PREFIX = "PROGRESS "
 USER_CANCELLED = "cancelled by the user"
 SCENE_CLOSED = "cancelled: the scene was closed while the job ran; nothing was added"
@@ -71,6 +72,8 @@ class Job:
         self.child: Optional[ChildProcess] = None
         self.output: list[str] = []
         self.log = ""
+        #: the processes' warnings (e.g. a volume far wider than a model's training inputs), in order
+        self.warnings: list[str] = []
         self.result: Any = None
         self.added: list[Any] = []
         self.cancelReason: Optional[str] = None
@@ -133,6 +136,9 @@ class Job:
             elif line.strip():
                 self.output.append(line)
                 self.log += line + "\n"
+                if line.startswith(WARNING_PREFIX):
+                    self.warnings.append(line[len(WARNING_PREFIX) :].strip())
+                    logging.warning("ModelSelector: %s", self.warnings[-1])
 
     def errorMessage(self) -> str:
         """The process's one-line error (``modelselector: error: ...`` without the prefix)."""

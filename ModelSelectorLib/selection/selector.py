@@ -193,8 +193,8 @@ class Selection:
             elif reasons == "fitting" and m.fits and m.reasons:
                 lines.append(f"{m.name}: {m.reasons[0]}")
         lines.append(f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the model's calibrated "
-                     "operating point) and it can take the image, as a volume of about the field of view it was "
-                     "trained on.")  # fmt: skip
+                     "operating point) and it can take the image: its dimensions and, for a 3D model, about the "
+                     "field of view it was trained on.")  # fmt: skip
         return "\n".join(lines)
 
 

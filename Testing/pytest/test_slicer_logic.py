@@ -7,6 +7,7 @@ as a subprocess and loads the result into a ``vtkMRMLSegmentationNode``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -143,6 +144,21 @@ def test_apply_places_beside_input_in_subject_hierarchy(tiny_zoo, scene, volume)
         sh.CreateItem(study, volume)
     (node,) = msm.ModelSelectorLogic(scene).applyModels(volume, MODEL, str(tiny_zoo))
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+
+
+def test_apply_keeps_the_processes_warnings(tiny_zoo, scene, volume, caplog):
+    # ten times the spacing: a field of view about six times the training cases' (37 mm)
+    volume.SetSpacing(*[10.0 * v for v in volume.GetSpacing()])
+    job = msm.ModelSelectorLogic(scene).startApplyModels(volume, [MODEL], str(tiny_zoo))
+    with caplog.at_level(logging.WARNING):
+        (node,) = job.wait()
+    assert node.GetScene() is scene  # applied all the same: an expert may know better
+    assert len(job.warnings) == 1, job.log
+    assert (
+        job.warnings[0].startswith(f"{MODEL}: the image spans about 210 mm across")
+        and "crop the image" in (job.warnings[0])
+    )
+    assert job.warnings[0] in caplog.text
 
 
 def test_apply_error_carries_process_message(tiny_zoo, scene, volume):
