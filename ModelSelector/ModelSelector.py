@@ -381,9 +381,8 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         finally:
             self._setStatus(f"Done: {', '.join(node.GetName() for node in nodes)}")
-        if (
-            job.warnings
-        ):  # e.g. the model was trained on crops and this is a whole scan: say so before it is read
+        # e.g. the model was trained on crops and this is a whole scan: say so before its result is read
+        if job.warnings:
             slicer.util.warningDisplay("\n\n".join(job.warnings), windowTitle="Model Selector")
         if nodes and job.volumeNode.GetScene() is slicer.mrmlScene:
             slicer.util.setSliceViewerLayers(background=job.volumeNode, fit=True)

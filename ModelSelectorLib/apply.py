@@ -60,7 +60,8 @@ def apply_to_file(
 
     Raises:
         OutputError: ``out_path`` is a folder, has another extension than the task's format, or cannot be
-        written; InputError: unreadable, 4D, empty or NaN image, or a label map; ZooError: no such zoo or model; BundleError.
+        written; InputError: unreadable, 4D, empty or NaN image, or a label map; ZooError: no such zoo or
+        model; BundleError.
     """
     check_device(device)
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)

@@ -6,8 +6,9 @@ too little in such a crop; prototypes and the encoder cannot tell, since a crop 
 The card's plan holds what is needed, with no training data: the median training case size in voxels on the
 network grid (``plan.median_shape``) at ``target_spacing``.
 
-The field of view is compared as one figure, the geometric mean of the two largest physical extents (mm):
-the slice direction of thick-slice stacks is left out, because its nominal spacing is often not the real one.
+The field of view is compared as one figure, the geometric mean of the two largest physical extents (mm);
+the smallest is left out, because in a thick-slice stack it is the slice direction, whose nominal spacing is
+often not the real one.
 A volume suits the model when that figure is within :data:`FACTOR` of the model's: the widest spread of a
 training set around its median in the starter zoo is 2.0 (ACDC: 279-702 mm against 353 mm; the
 hippocampus crops span 39-48 mm, the FLAIR volumes 256 mm), so a factor of 3 leaves room for any training

@@ -36,7 +36,7 @@ from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
-from .field_of_view import field_of_view
+from .field_of_view import compare_field_of_view, image_extent_mm, training_extent_mm
 from .prototypes import encoder_id
 
 #: the domain logit's features, in the order of :func:`plain_features`
@@ -74,6 +74,7 @@ class Evidence:
     image: Optional[Image]
     verify: dict[str, Optional[dict[str, float]]] = dataclasses.field(default_factory=dict)
     colour: float = 0.0
+    extent_mm: Optional[float] = None  # a volume's field of view (kept when the voxels are let go)
 
 
 def colourfulness(image: Image, threshold: float = 0.02) -> float:
@@ -121,7 +122,7 @@ def evidence(encoder: Any, image: Image) -> Evidence:
     if ev is None:
         emb = encoder.embed(image)
         ev = Evidence(emb, class_probs(encoder, emb), list(encoder.classes), (2 if image.is_single_slice else 3), image,
-                      colour=colourfulness(image))  # fmt: skip
+                      colour=colourfulness(image), extent_mm=image_extent_mm(image))  # fmt: skip
         if len(_EVIDENCE) >= 8:
             _EVIDENCE.pop(next(iter(_EVIDENCE)))
         _EVIDENCE[key] = ev
@@ -249,8 +250,8 @@ def rank_models(
     """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
 
     Each row: ``name, card, sim, nearest, agree, dims_ok, fov, z, threshold, margin, verify`` (``fov``: the
-    :class:`~.field_of_view.FieldOfView` comparison or None; ``verify``: the fit signals, or None). With ``verify``, the models that can take the image among the first ``top_k + 2`` are verified
-    and re-ranked.
+    :class:`~.field_of_view.FieldOfView` comparison or None; ``verify``: the fit signals, or None). With
+    ``verify``, the models that can take the image among the first ``top_k + 2`` are verified and re-ranked.
     """
     cards = cards if cards is not None else {}
     pood = p_ood(ev)
@@ -263,8 +264,9 @@ def rank_models(
         z = plain_logit(setting, plain_features(sim, agree, pood, ev.colour))
         t = model_threshold(setting, name)
         rows.append({"name": name, "card": card, "sim": sim, "nearest": nearest, "agree": agree,
-                     "dims_ok": ev.ndim == int(card.spatial_dims), "fov": field_of_view(ev.image, card) if ev.image
-                     is not None else None, "z": z, "threshold": t, "margin": z - t, "verify": None})  # fmt: skip
+                     "dims_ok": ev.ndim == int(card.spatial_dims),
+                     "fov": compare_field_of_view(ev.extent_mm, training_extent_mm(card)),
+                     "z": z, "threshold": t, "margin": z - t, "verify": None})  # fmt: skip
     rows.sort(key=lambda r: -r["margin"])
     if verify:
         ok = [r for r in rows if r["dims_ok"]]

@@ -59,6 +59,8 @@ class ModelMatch:
             volumes (give it the whole volume).
         field_of_view: the volume's field of view against the model's training inputs (None when either is
             unknown: 2D images, cards without a plan); a mismatch keeps the model from fitting.
+        domain_matches: the score reaches the selection's threshold: the image is of the model's kind, whether
+            or not the model can take it as it is.
         held_out: the card's headline held-out figure (``{"metric", "value", "cases", "protocol"}``) or None.
         demonstration: the model shows what the tool does rather than one to rely on (fewer than 20 training
             cases, or no held-out figure).
@@ -176,10 +178,9 @@ class Selection:
                          "series or volume and select again.")  # fmt: skip
         for m in self.models:
             fov = m.field_of_view
-            if fov is not None and m.domain_matches and not m.fits and not fov.fits:
-                lines.append(
-                    f"{m.name} matches this kind of image, but {fov.describe()}: {fov.advice()}, then select again."
-                )
+            if fov is not None and m.answer in ("needs a crop", "needs a wider view"):
+                lines.append(f"{m.name} matches this kind of image, but {fov.describe()}: {fov.advice()}, then "
+                             "select again.")  # fmt: skip
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
                      m.answer, m.quality]
@@ -309,8 +310,8 @@ def select(
 
     Raises:
         InputError: unreadable image, or a label map (:func:`~ModelSelectorLib.io.image.label_map_problem`).
-        ZooError: no zoo. IndexMismatchError: empty zoo, missing, corrupt or
-        stale index (the message names the command that fixes it).
+        ZooError: no zoo. IndexMismatchError: empty zoo, missing, corrupt or stale index (the message names
+        the command that fixes it).
     """
     origins = tuple(o for o in ORIGINS if o in set(origins))
     if not origins:
