@@ -40,22 +40,30 @@ def image_extent_mm(image: Any) -> Optional[float]:
     return extent_mm(image.size, image.spacing)
 
 
-def training_extent_mm(card: Any) -> Optional[float]:
-    """Field of view of a 3D model's median training case, from its card (None when the card does not say:
-    a 2D model, or no ``plan.median_shape`` and ``target_spacing``)."""
+def training_size_mm(card: Any) -> Optional[tuple[float, ...]]:
+    """Physical size ``(x, y, z)`` in mm of a 3D model's median training case, from its card (None when the
+    card does not say: a 2D model, or no ``plan.median_shape`` and ``target_spacing``)."""
     shape = (card.plan or {}).get("median_shape")
     spacing = card.target_spacing
     if int(card.spatial_dims) != 3 or not shape or not spacing or len(shape) != len(spacing):
         return None
-    return extent_mm(shape, spacing)
+    return tuple(float(n) * float(s) for n, s in zip(shape, spacing))
+
+
+def training_extent_mm(card: Any) -> Optional[float]:
+    """Field of view of a 3D model's median training case (:func:`training_size_mm`; None when unknown)."""
+    size = training_size_mm(card)
+    return extent_mm(size, [1.0] * len(size)) if size else None
 
 
 @dataclasses.dataclass(frozen=True)
 class FieldOfView:
-    """A volume's field of view against a model's: ``image_mm`` and ``model_mm`` (see :func:`extent_mm`)."""
+    """A volume's field of view against a model's: ``image_mm`` and ``model_mm`` (see :func:`extent_mm`), and
+    the model's median training case size ``(x, y, z)`` in mm when known (for the advice)."""
 
     image_mm: float
     model_mm: float
+    model_size_mm: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -81,7 +89,10 @@ class FieldOfView:
         if self.fits:
             return ""
         if self.ratio > FACTOR:
-            return "crop the image around the structure, with a margin"
+            size = " x ".join(f"{v:.0f}" for v in self.model_size_mm)
+            return (
+                f"crop the image around the structure{f' to about {size} mm' if size else ''}, with a margin"
+            )
         return "give it a scan that shows the whole region"
 
     def reason(self) -> str:
@@ -93,16 +104,23 @@ class FieldOfView:
                 "fits": self.fits, "verdict": self.verdict}  # fmt: skip
 
 
-def compare_field_of_view(image_mm: Optional[float], model_mm: Optional[float]) -> Optional[FieldOfView]:
+def compare_field_of_view(
+    image_mm: Optional[float], model_mm: Optional[float], model_size_mm: Sequence[float] = ()
+) -> Optional[FieldOfView]:
     """The comparison, or None when either side is unknown."""
     if image_mm is None or model_mm is None or model_mm <= 0:
         return None
-    return FieldOfView(float(image_mm), float(model_mm))
+    return FieldOfView(float(image_mm), float(model_mm), tuple(float(v) for v in model_size_mm))
+
+
+def card_field_of_view(image_mm: Optional[float], card: Any) -> Optional[FieldOfView]:
+    """A volume's field of view ``image_mm`` (:func:`image_extent_mm`) against the model of ``card``."""
+    return compare_field_of_view(image_mm, training_extent_mm(card), training_size_mm(card) or ())
 
 
 def field_of_view(image: Any, card: Any) -> Optional[FieldOfView]:
     """``image``'s field of view against the model of ``card`` (None when it cannot be compared)."""
-    return compare_field_of_view(image_extent_mm(image), training_extent_mm(card))
+    return card_field_of_view(image_extent_mm(image), card)
 
 
 def view_fits(fov: Optional[FieldOfView]) -> bool:
@@ -110,5 +128,5 @@ def view_fits(fov: Optional[FieldOfView]) -> bool:
     return fov is None or fov.fits
 
 
-__all__ = ["FACTOR", "FieldOfView", "compare_field_of_view", "extent_mm", "field_of_view", "image_extent_mm",
-           "training_extent_mm", "view_fits"]  # fmt: skip
+__all__ = ["FACTOR", "FieldOfView", "card_field_of_view", "compare_field_of_view", "extent_mm", "field_of_view",
+           "image_extent_mm", "training_extent_mm", "training_size_mm", "view_fits"]  # fmt: skip

@@ -36,7 +36,7 @@ from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
-from .field_of_view import compare_field_of_view, image_extent_mm, training_extent_mm
+from .field_of_view import card_field_of_view, image_extent_mm
 from .prototypes import encoder_id
 
 #: the domain logit's features, in the order of :func:`plain_features`
@@ -265,7 +265,7 @@ def rank_models(
         t = model_threshold(setting, name)
         rows.append({"name": name, "card": card, "sim": sim, "nearest": nearest, "agree": agree,
                      "dims_ok": ev.ndim == int(card.spatial_dims),
-                     "fov": compare_field_of_view(ev.extent_mm, training_extent_mm(card)),
+                     "fov": card_field_of_view(ev.extent_mm, card),
                      "z": z, "threshold": t, "margin": z - t, "verify": None})  # fmt: skip
     rows.sort(key=lambda r: -r["margin"])
     if verify:

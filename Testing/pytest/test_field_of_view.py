@@ -15,6 +15,7 @@ from ModelSelectorLib.selection.field_of_view import (
     field_of_view,
     image_extent_mm,
     training_extent_mm,
+    training_size_mm,
     view_fits,
 )
 from ModelSelectorLib.zoo import ModelCard
@@ -50,6 +51,12 @@ def test_image_and_card_extents_and_when_they_are_unknown():
     assert image_extent_mm(lone) is None  # a lone slice is a 2D image
     hippo = card(plan={"median_shape": [35.0, 50.0, 36.0]}, spacing=[1.0, 1.0, 1.0])
     assert training_extent_mm(hippo) == pytest.approx(math.sqrt(50 * 36))
+    assert training_size_mm(card(plan={"median_shape": [128.0, 128.0, 35.0]}, spacing=[2.0, 2.0, 1.0])) == (
+        256.0, 256.0, 35.0)  # fmt: skip
+    head = Image(np.zeros((140, 256, 256), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), EYE3)
+    fov = field_of_view(head, hippo)
+    assert fov.verdict == "needs a crop" and fov.model_size_mm == (35.0, 50.0, 36.0)
+    assert fov.advice() == "crop the image around the structure to about 35 x 50 x 36 mm, with a margin"
     assert training_extent_mm(card(plan=None, spacing=[1.0, 1.0, 1.0])) is None
     assert training_extent_mm(card(plan={"median_shape": [35.0, 50.0, 36.0]}, spacing=None)) is None
     assert (
