@@ -527,13 +527,16 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
     # --- find -----------------------------------------------------------------------------------------------
     @staticmethod
     def markFits(models: list[dict[str, Any]], threshold: Optional[float] = None) -> list[dict[str, Any]]:
-        """Copies of ``models`` whose ``fits`` also requires ``score >= threshold`` when one is given."""
+        """Copies of ``models`` whose ``fits`` also requires ``score >= threshold`` when one is given; below
+        it the selection's ``answer`` (e.g. ``needs a crop``, which holds only for the image's kind) is ``no``."""
         out = []
         for m in models:
             m = dict(m)
             fits = bool(m.get("fits"))
-            if threshold is not None and m.get("score") is not None:
-                fits = fits and float(m["score"]) >= float(threshold)
+            if threshold is not None and m.get("score") is not None and float(m["score"]) < float(threshold):
+                fits = False
+                if "answer" in m:
+                    m["answer"] = "no"
             m["fits"] = fits
             out.append(m)
         return out

@@ -203,6 +203,10 @@ def test_mark_fits_and_model_names():
     models = [{"name": "a", "score": 0.9, "fits": True}, {"name": "b", "score": 0.3, "fits": True}]
     marked = msm.ModelSelectorLogic.markFits(models, 0.5)
     assert [m["fits"] for m in marked] == [True, False]
+    # a stricter threshold than the selection's also takes back its answer
+    answered = [dict(models[0], answer="yes"), dict(models[1], fits=False, answer="needs a crop")]
+    assert [m["answer"] for m in msm.ModelSelectorLogic.markFits(answered, 0.95)] == ["no", "no"]
+    assert [m["answer"] for m in msm.ModelSelectorLogic.markFits(answered, 0.2)] == ["yes", "needs a crop"]
     assert msm.ModelSelectorLogic.modelNames(["a", {"name": "b"}]) == ["a", "b"]
     assert msm.ModelSelectorLogic.modelNames("a") == ["a"]
 
