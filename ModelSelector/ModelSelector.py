@@ -381,8 +381,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         finally:
             self._setStatus(f"Done: {', '.join(node.GetName() for node in nodes)}")
-        # e.g. the model was trained on crops and this is a whole scan: say so before its result is read
-        if job.warnings:
+        if job.warnings:  # e.g. a whole scan given to a model trained on crops: say so before it is read
             slicer.util.warningDisplay("\n\n".join(job.warnings), windowTitle="Model Selector")
         if nodes and job.volumeNode.GetScene() is slicer.mrmlScene:
             slicer.util.setSliceViewerLayers(background=job.volumeNode, fit=True)
@@ -531,13 +530,11 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         it the selection's ``answer`` (e.g. ``needs a crop``, which holds only for the image's kind) is ``no``."""
         out = []
         for m in models:
-            m = dict(m)
-            fits = bool(m.get("fits"))
-            if threshold is not None and m.get("score") is not None and float(m["score"]) < float(threshold):
-                fits = False
-                if "answer" in m:
-                    m["answer"] = "no"
-            m["fits"] = fits
+            m, score = dict(m), m.get("score")
+            below = threshold is not None and score is not None and float(score) < float(threshold)
+            m["fits"] = bool(m.get("fits")) and not below
+            if below and "answer" in m:
+                m["answer"] = "no"
             out.append(m)
         return out
 
