@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .errors import InputError
-from .io.image import label_map_problem, read_image
+from .io.image import check_not_label_map, read_image
 from .io.outputs import check_output_file
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
@@ -68,9 +67,7 @@ def apply_to_file(
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
     image = read_image(image_path, series_uid=series_uid)
-    problem = label_map_problem(image)
-    if problem:
-        raise InputError(f"{image_path}: {problem}.")
+    check_not_label_map(image, str(image_path))
     fov = field_of_view(image, card)
     if warn is not None and fov is not None and not fov.fits:
         warn(f"{model_name}: {fov.describe()}; its output may be meaningless: {fov.advice()}.")

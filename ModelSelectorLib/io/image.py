@@ -420,6 +420,13 @@ def label_map_problem(image: Image) -> Optional[str]:
     )
 
 
+def check_not_label_map(image: Image, name: str = "image") -> None:
+    """Raise :class:`InputError` naming :func:`label_map_problem` when ``image`` looks like a label map."""
+    problem = label_map_problem(image)
+    if problem:
+        raise InputError(f"{name}: {problem}.")
+
+
 # --- writing ------------------------------------------------------------------------------------------
 def write_image(image: Image, path: os.PathLike | str, compress: bool = True) -> Path:
     """Write ``image`` with its geometry to ``path`` (format from the extension), atomically."""

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import IndexMismatchError, InputError
-from ..io.image import Image, label_map_problem, read_image
+from ..io.image import Image, check_not_label_map, read_image
 from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
@@ -328,9 +328,7 @@ def select(
             f"(`modelselector index build --zoo {zoo.path}`)."
         )
     img, name = as_image(image)
-    problem = label_map_problem(img)
-    if problem:
-        raise InputError(f"{name}: {problem}.")
+    check_not_label_map(img, name)
     t1 = time.monotonic()
     ev = evidence(enc, img)
     t2 = time.monotonic()
