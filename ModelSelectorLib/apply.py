@@ -17,6 +17,7 @@ from .models.base import TaskRuntime
 from .models.preprocessing import check_device
 from .models.registry import output_spec, runtime_for
 from .selection.field_of_view import field_of_view
+from .selection.intensity_units import air_share, compare_units
 from .zoo.bundle import load_bundle
 from .zoo.catalog import Zoo
 
@@ -53,9 +54,11 @@ def apply_to_file(
 
     Args:
         series_uid: the DICOM series to read when ``image_path`` is a folder holding several.
-        warn: called with a sentence when the volume's field of view is several times smaller or larger than
-            the model's training inputs (:mod:`~ModelSelectorLib.selection.field_of_view`); the model is
-            applied all the same, since an expert may know better.
+        warn: called with a sentence when the image's values are not in the units the model expects (a CT
+            model and no Hounsfield units, an MR model and a CT: :mod:`~ModelSelectorLib.selection.intensity_units`),
+            or when the volume's field of view is several times smaller or larger than the model's training
+            inputs (:mod:`~ModelSelectorLib.selection.field_of_view`); the model is applied all the same, since
+            an expert may know better.
 
     Raises:
         OutputError: ``out_path`` is a folder, has another extension than the task's format, or cannot be
@@ -68,9 +71,10 @@ def apply_to_file(
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
     image = read_image(image_path, series_uid=series_uid)
     check_not_label_map(image, str(image_path))
-    fov = field_of_view(image, card)
-    if warn is not None and fov is not None and not fov.fits:
-        warn(f"{model_name}: {fov.describe()}; its output may be meaningless: {fov.advice()}.")
+    if warn is not None:
+        for what in (compare_units(air_share(image), card), field_of_view(image, card)):
+            if what is not None and not what.fits:
+                warn(f"{model_name}: {what.describe()}; its output may be meaningless: {what.advice()}.")
     runtime = open_runtime(zoo, model_name, device)
     return runtime.write(runtime.predict(image, cancel=cancel), out)
 

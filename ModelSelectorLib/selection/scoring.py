@@ -18,7 +18,8 @@ For each model (details and the calibration procedure: ``docs/selector.md``):
    accept and false-reject rates stored in the index sidecar); the calibrated score is ``sigmoid(z - t)``,
    so 0.5 is the model's operating point. The domain match ignores the image's dimensions; whether the
    model can take the image (a 3D model and a lone 2D slice cannot) is decided separately (``dims_ok``), and
-   so is whether a volume shows as much as the model's training inputs (``fov``, :mod:`.field_of_view`).
+   so is whether a volume shows as much as the model's training inputs (``fov``, :mod:`.field_of_view`) and
+   whether its values are in the units the model expects (``units``, :mod:`.intensity_units`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
 from .field_of_view import card_field_of_view, image_extent_mm
+from .intensity_units import air_share, compare_units
 from .prototypes import encoder_id
 
 #: the domain logit's features, in the order of :func:`plain_features`
@@ -75,6 +77,7 @@ class Evidence:
     verify: dict[str, Optional[dict[str, float]]] = dataclasses.field(default_factory=dict)
     colour: float = 0.0
     extent_mm: Optional[float] = None  # a volume's field of view (kept when the voxels are let go)
+    air_share: Optional[float] = None  # share of voxels below -500, as air in a CT in HU (kept likewise)
 
 
 def colourfulness(image: Image, threshold: float = 0.02) -> float:
@@ -122,7 +125,8 @@ def evidence(encoder: Any, image: Image) -> Evidence:
     if ev is None:
         emb = encoder.embed(image)
         ev = Evidence(emb, class_probs(encoder, emb), list(encoder.classes), (2 if image.is_single_slice else 3), image,
-                      colour=colourfulness(image), extent_mm=image_extent_mm(image))  # fmt: skip
+                      colour=colourfulness(image), extent_mm=image_extent_mm(image),
+                      air_share=air_share(image))  # fmt: skip
         if len(_EVIDENCE) >= 8:
             _EVIDENCE.pop(next(iter(_EVIDENCE)))
         _EVIDENCE[key] = ev
@@ -249,8 +253,9 @@ def rank_models(
 ) -> list[dict[str, Any]]:
     """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
 
-    Each row: ``name, card, sim, nearest, agree, dims_ok, fov, z, threshold, margin, verify`` (``fov``: the
-    :class:`~.field_of_view.FieldOfView` comparison or None; ``verify``: the fit signals, or None). With
+    Each row: ``name, card, sim, nearest, agree, dims_ok, fov, units, z, threshold, margin, verify`` (``fov``:
+    the :class:`~.field_of_view.FieldOfView` comparison or None; ``units``: the
+    :class:`~.intensity_units.Units` comparison or None; ``verify``: the fit signals, or None). With
     ``verify``, the models that can take the image among the first ``top_k + 2`` are verified and re-ranked.
     """
     cards = cards if cards is not None else {}
@@ -265,7 +270,7 @@ def rank_models(
         t = model_threshold(setting, name)
         rows.append({"name": name, "card": card, "sim": sim, "nearest": nearest, "agree": agree,
                      "dims_ok": ev.ndim == int(card.spatial_dims),
-                     "fov": card_field_of_view(ev.extent_mm, card),
+                     "fov": card_field_of_view(ev.extent_mm, card), "units": compare_units(ev.air_share, card),
                      "z": z, "threshold": t, "margin": z - t, "verify": None})  # fmt: skip
     rows.sort(key=lambda r: -r["margin"])
     if verify:

@@ -15,7 +15,9 @@ How a selection is made (details and the calibration procedure: ``docs/selector.
    ``needs_volume``: load the whole series or volume and select again. A 3D model whose training inputs
    showed a field of view several times smaller or larger than the volume's (a crop around one structure
    against a whole scan, :mod:`.field_of_view`) does not fit either; the answer says to crop the image or to
-   give it a wider scan. When no model fits, the selection says "no model in the zoo fits this image".
+   give it a wider scan. Nor does a CT model given values that are not Hounsfield units (an MR, a CT without
+   its DICOM rescale), or an MR model given a CT (:mod:`.intensity_units`). When no model fits, the
+   selection says "no model in the zoo fits this image".
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..zoo.catalog import Zoo, open_zoo
 from .encoder import default_encoder
 from .field_of_view import FieldOfView, view_fits
 from .index import ZooIndex, load_index
+from .intensity_units import Units, units_fit
 from .prototypes import ORIGINS, encoder_id
 from .scoring import UNCALIBRATED, Evidence, calibration_key, evidence, rank_models, sigmoid
 
@@ -59,6 +62,8 @@ class ModelMatch:
             volumes (give it the whole volume).
         field_of_view: the volume's field of view against the model's training inputs (None when either is
             unknown: 2D images, cards without a plan); a mismatch keeps the model from fitting.
+        units: the image's values against the units the model expects (Hounsfield units for a CT model,
+            anything else for an MR model; None for other models); a mismatch keeps the model from fitting.
         domain_matches: the score reaches the selection's threshold: the image is of the model's kind, whether
             or not the model can take it as it is.
         held_out: the card's headline held-out figure (``{"metric", "value", "cases", "protocol"}``) or None.
@@ -82,15 +87,18 @@ class ModelMatch:
     demonstration: bool = False
     field_of_view: Optional[FieldOfView] = None
     domain_matches: bool = False
+    units: Optional[Units] = None
 
     @property
     def answer(self) -> str:
-        """The table's FITS cell: ``yes``, ``needs the volume``, ``needs a crop``, ``needs a wider view`` or
-        ``no``."""
+        """The table's FITS cell: ``yes``, ``needs the volume``, ``needs Hounsfield units``, ``needs a crop``,
+        ``needs a wider view`` or ``no``."""
         if self.fits:
             return "yes"
         if self.needs_volume:
             return "needs the volume"
+        if self.domain_matches and not units_fit(self.units):
+            return self.units.verdict  # type: ignore[union-attr]
         if self.domain_matches and not view_fits(self.field_of_view):
             return self.field_of_view.verdict  # type: ignore[union-attr]
         return "no"
@@ -112,6 +120,7 @@ class ModelMatch:
             "needs_volume": bool(self.needs_volume),
             "answer": self.answer,
             "field_of_view": self.field_of_view.to_json_dict() if self.field_of_view is not None else None,
+            "units": self.units.to_json_dict() if self.units is not None else None,
             "held_out": self.held_out,
             "demonstration": bool(self.demonstration),
         }
@@ -150,7 +159,7 @@ class Selection:
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
         """``{"input", "fits", "needs_volume", "models": [{"name", "version", "task", "modality",
-        "body_region", "score", "fits", "needs_volume", "answer", "field_of_view", "held_out",
+        "body_region", "score", "fits", "needs_volume", "answer", "field_of_view", "units", "held_out",
         "demonstration"}]}`` (plus ``"reasons"`` per model when asked)."""
         return {
             "input": self.input,
@@ -177,10 +186,19 @@ class Selection:
                          f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
                          "series or volume and select again.")  # fmt: skip
         for m in self.models:
-            fov = m.field_of_view
-            if fov is not None and m.answer in ("needs a crop", "needs a wider view"):
-                lines.append(f"{m.name} matches this kind of image, but {fov.describe()}: {fov.advice()}, then "
-                             "select again.")  # fmt: skip
+            for what in (m.units, m.field_of_view):
+                if (
+                    m.domain_matches
+                    and not m.fits
+                    and not m.needs_volume
+                    and what is not None
+                    and not what.fits
+                ):
+                    then = ", then select again" if what is m.field_of_view else ""
+                    lines.append(
+                        f"{m.name} matches this kind of image, but {what.describe()}: {what.advice()}{then}."
+                    )
+                    break
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
                      m.answer, m.quality]
@@ -194,8 +212,8 @@ class Selection:
             elif reasons == "fitting" and m.fits and m.reasons:
                 lines.append(f"{m.name}: {m.reasons[0]}")
         lines.append(f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the model's calibrated "
-                     "operating point) and it can take the image: its dimensions and, for a 3D model, about the "
-                     "field of view it was trained on.")  # fmt: skip
+                     "operating point) and it can take the image: its dimensions, the units of its values (Hounsfield "
+                     "units for a CT model) and, for a 3D model, about the field of view it was trained on.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -272,8 +290,9 @@ def _reasons(
         reasons.append(
             f"the model takes {card.spatial_dims}D inputs and the image is {ev.ndim}D: give it {what}"
         )
-    if row["fov"] is not None:
-        reasons.append(row["fov"].reason())
+    for check in ("units", "fov"):
+        if row[check] is not None:
+            reasons.append(row[check].reason())
     if row["verify"] is not None:
         reasons.append(runtime_class(card.task_type).describe_fit(row["verify"]))
     return reasons
@@ -343,11 +362,12 @@ def select(
         score = sigmoid(r["margin"])
         task = runtime_class(card.task_type)
         matches.append(ModelMatch(card.name or r["name"], card.version, card.task_type, card.modality,
-                                  card.body_region, score, score >= thr and r["dims_ok"] and view_fits(r["fov"]),
+                                  card.body_region, score,
+                                  score >= thr and r["dims_ok"] and units_fit(r["units"]) and view_fits(r["fov"]),
                                   _reasons(r, ev, index, classes), r["z"], r["sim"], r["verify"],
                                   score >= thr and not r["dims_ok"] and ev.ndim < int(card.spatial_dims),
                                   task.held_out(card), task.is_demonstration(card), r["fov"],
-                                  score >= thr))  # fmt: skip
+                                  score >= thr, r["units"]))  # fmt: skip
     matches.sort(key=lambda m: (not m.fits, m.answer == "no", -m.score))
     return Selection(
         input=name,

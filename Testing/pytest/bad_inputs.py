@@ -27,9 +27,11 @@ Maker = Callable[[Path], Path]
 
 # --- images -----------------------------------------------------------------------------------------------
 def volume(seed: int = 0) -> sitk.Image:
-    """A small CT-like float volume ``(x, y, z) = (24, 20, 12)`` with a bright box, oblique geometry."""
+    """A small CT-like float volume ``(x, y, z) = (24, 20, 12)`` in Hounsfield units (air in front of the
+    body, a bright box inside), oblique geometry."""
     rng = np.random.default_rng(seed)
     arr = rng.normal(0.0, 20.0, (12, 20, 24)).astype(np.float32) - 100.0
+    arr[:, :3, :] -= 900.0
     arr[4:8, 6:14, 8:18] += 400.0
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing((0.8, 0.9, 2.5))

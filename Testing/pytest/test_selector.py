@@ -312,6 +312,9 @@ def test_a_volume_far_smaller_than_the_training_inputs_needs_a_wider_view(env):
         if m.name == "dx_chest":
             assert m.answer == "no" and not m.fits  # the dimensions differ
             continue
+        if m.name == "mr_abdomen":  # a CT in Hounsfield units: an MR model does not fit it, whatever its size
+            assert m.answer == "no" and not m.units.fits and m.units.verdict == "no", m
+            continue
         assert not m.fits and m.answer == "needs a wider view" and m.field_of_view.ratio < 1 / 3, m
         assert any(r.startswith("field of view: ") and "whole region" in r for r in m.reasons)
         assert m.to_json_dict()["field_of_view"]["verdict"] == "needs a wider view"
@@ -323,6 +326,33 @@ def test_a_volume_far_smaller_than_the_training_inputs_needs_a_wider_view(env):
     # the same below the operating point is a plain "no"
     strict = select(crop, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=1.01)
     assert {m.answer for m in strict.models} == {"no"}
+
+
+def test_a_ct_model_needs_hounsfield_units_and_an_mr_model_refuses_them(env):
+    from ModelSelectorLib.selection.selector import select
+
+    ct, mr = env["queries"]["ct_abdomen"], env["queries"]["mr_abdomen"]
+    sel = select(ct, env["zoo"], env["index"], env["encoder"], top_k=None)
+    by_name = {m.name: m for m in sel.models}
+    assert by_name["ct_abdomen"].fits and by_name["ct_abdomen"].units.fits
+    assert by_name["ct_abdomen"].units.air_share > 0.2  # the air around the body, at -1000 HU
+    assert not by_name["mr_abdomen"].units.fits and by_name["dx_chest"].units is None  # radiographs: no units
+    # the same CT stored without its rescale intercept (-1024): air reads about 24, nothing is below -500
+    raw = ct.with_array(ct.array + np.float32(1024.0))
+    low = select(raw, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
+    m = {m.name: m for m in low.models}["ct_abdomen"]
+    assert not m.fits and m.answer == "needs Hounsfield units" and m.units.air_share == 0.0, m
+    assert any(r.startswith("intensity units: the model takes CT in Hounsfield units, and none of the image's")
+               and "rescale slope and intercept" in r for r in m.reasons)  # fmt: skip
+    assert m.to_json_dict()["units"] == {"expected": "hounsfield", "air_share": 0.0, "fits": False}
+    assert m.to_json_dict()["answer"] == "needs Hounsfield units"
+    assert (
+        "ct_abdomen matches this kind of image, but the model takes CT in Hounsfield units" in low.to_text()
+    )
+    # an MR volume: the MR model takes it, the CT model does not, and the MR model refuses the CT
+    on_mr = {m.name: m for m in select(mr, env["zoo"], env["index"], env["encoder"], top_k=None).models}
+    assert on_mr["mr_abdomen"].units.fits and not on_mr["ct_abdomen"].units.fits
+    assert on_mr["mr_abdomen"].fits and not on_mr["ct_abdomen"].fits
 
 
 # --- index ----------------------------------------------------------------------------------------------
@@ -450,11 +480,13 @@ def test_select_json_cli(env, tmp_path, capsys):
             "needs_volume",
             "answer",
             "field_of_view",
+            "units",
             "held_out",
             "demonstration",
         }
     top = data["models"][0]
     assert top["answer"] == "yes" and top["field_of_view"]["verdict"] == "fits"
+    assert top["units"] == {"expected": "mr", "air_share": 0.0, "fits": True}
     noise = tmp_path / "noise.nii.gz"
     write_image(noise_volume(9), noise)
     assert main(["select", str(noise), "--zoo", str(env["zoo"].path)]) == 0

@@ -384,6 +384,17 @@ def test_apply_warns_when_a_volume_shows_far_less_than_the_model_was_trained_on(
         assert out.is_file() and len(said) == expected, said  # applied all the same
     assert said[0].startswith("mr-hippocampus: the image spans about 12 mm across, the model's training inputs "
                               "42 mm; its output may be meaningless: give it a scan")  # fmt: skip
+    # a crop of the right size, but a CT: air at -1000 HU around 40 HU tissue
+    ct = (np.where(rng.random((36, 50, 35)) < 0.3, -1000.0, 40.0) + rng.normal(0, 10, (36, 50, 35))).astype(
+        np.float32
+    )
+    write_image(Image(ct, (1.0, 1.0, 1.0), (0, 0, 0), eye), tmp_path / "ct.nii.gz")
+    said = []
+    apply_to_file(ZOO, "mr-hippocampus", tmp_path / "ct.nii.gz", tmp_path / "ct.seg.nrrd", warn=said.append)
+    assert len(said) == 1 and said[0].startswith("mr-hippocampus: the model takes MR, and 30% of the image's "
+                                                 "voxels lie below -500"), said  # fmt: skip
+    assert said[0].endswith("its output may be meaningless: the image looks like a CT in Hounsfield units; "
+                            "choose a CT model.")  # fmt: skip
 
 
 def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(zoo: Zoo):

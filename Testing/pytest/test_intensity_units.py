@@ -1,0 +1,88 @@
+"""Units of an image's values against what a model's intensity normalisation expects
+(``selection/intensity_units.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ModelSelectorLib.io import Image
+from ModelSelectorLib.selection.intensity_units import (
+    AIR_HU,
+    HOUNSFIELD,
+    MIN_AIR_SHARE,
+    MR_VALUES,
+    air_share,
+    compare_units,
+    expected_units,
+    units_fit,
+)
+from ModelSelectorLib.zoo import ModelCard
+
+EYE3 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def card(modality: str = "CT", intensity=None, dims: int = 3) -> ModelCard:
+    return ModelCard(name="m", version="1.0.0", task_type="segmentation", modality=modality, body_region="HEAD",
+                     spatial_dims=dims, labels={"0": "background", "1": "x"}, intensity=intensity)  # fmt: skip
+
+
+def volume(array: np.ndarray) -> Image:
+    return Image(array.astype(np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), EYE3)
+
+
+def head_ct() -> np.ndarray:
+    """A head in air: -1000 HU around a 40 HU sphere with a 1000 HU shell, like a head CT."""
+    z, y, x = np.mgrid[:32, :48, :48]
+    r = np.sqrt((z - 16) ** 2 + (y - 24) ** 2 + (x - 24) ** 2)
+    return np.where(r < 14, 40.0, np.where(r < 17, 1000.0, -1000.0))
+
+
+def test_air_share_counts_voxels_below_air_level_on_a_sample():
+    assert AIR_HU == -500.0 and MIN_AIR_SHARE == 0.01
+    ct = head_ct()
+    assert air_share(volume(ct)) == pytest.approx(np.mean(ct < -500))
+    assert 0.5 < air_share(volume(ct)) < 0.9
+    assert air_share(volume(np.abs(np.random.default_rng(0).normal(300, 80, (16, 32, 32))))) == 0.0  # MR
+    assert air_share(volume(np.zeros((0, 4, 4)))) == 0.0
+    big = np.zeros(5_000_000, np.float32)
+    big[:1_250_000] = -1000.0  # a quarter of the voxels, above the body; the estimate reads a regular sample
+    assert air_share(Image(big.reshape(50, 100, 1000), (1.0,) * 3, (0.0,) * 3, EYE3)) == pytest.approx(
+        0.25, abs=0.01
+    )
+
+
+def test_expected_units_come_from_the_normalisation_else_the_modality():
+    assert expected_units(card("CT", {"mode": "ct", "a_min": -250.0, "a_max": 350.0})) == HOUNSFIELD
+    assert expected_units(card("MR", {"mode": "mr"})) == MR_VALUES
+    assert expected_units(card("DX", {"mode": "percentile", "a_min": 0.5, "a_max": 99.5}, 2)) is None
+    assert expected_units(card("CT", {"mode": "percentile", "a_min": 0.5, "a_max": 99.5})) is None  # windowed
+    assert expected_units(card("CT")) == HOUNSFIELD and expected_units(card("MR")) == MR_VALUES  # no field
+    assert expected_units(card("US")) is None
+
+
+def test_verdicts_reasons_and_json():
+    ct_model, mr_model = card("CT", {"mode": "ct"}), card("MR", {"mode": "mr"})
+    ct_share, mr_share = air_share(volume(head_ct())), 0.0
+    assert compare_units(ct_share, ct_model).fits and compare_units(mr_share, mr_model).fits
+    assert (
+        compare_units(ct_share, ct_model).verdict == "fits"
+        and compare_units(ct_share, ct_model).advice() == ""
+    )
+    mr_for_ct = compare_units(mr_share, ct_model)
+    assert not mr_for_ct.fits and mr_for_ct.verdict == "needs Hounsfield units" and not units_fit(mr_for_ct)
+    assert mr_for_ct.reason().startswith(
+        "intensity units: the model takes CT in Hounsfield units, and none of the image's voxels lie below -500"
+    )
+    assert "DICOM rescale slope and intercept" in mr_for_ct.advice()
+    ct_for_mr = compare_units(ct_share, mr_model)
+    assert not ct_for_mr.fits and ct_for_mr.verdict == "no" and "choose a CT model" in ct_for_mr.advice()
+    assert ct_for_mr.describe().startswith("the model takes MR, and 7")  # per cent of the voxels
+    assert ct_for_mr.to_json_dict() == {"expected": "mr", "air_share": round(ct_share, 4), "fits": False}
+    # just under and at the threshold
+    assert not compare_units(MIN_AIR_SHARE * 0.99, ct_model).fits
+    assert compare_units(MIN_AIR_SHARE, ct_model).fits
+    assert compare_units(0.004, ct_model).describe().split(", and ")[1].startswith("<1% of")
+    # nothing to compare: no share, or a model without units
+    assert compare_units(None, ct_model) is None and units_fit(None)
+    assert compare_units(0.5, card("DX", {"mode": "percentile"}, 2)) is None
