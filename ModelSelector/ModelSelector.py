@@ -47,7 +47,6 @@ from ModelSelectorSupport.jobs import (  # noqa: E402
 )
 from ModelSelectorSupport.selftest import make_test_volume, make_tiny_zoo, vtk_matrix_to_list  # noqa: E402
 
-NO_FIT_MESSAGE = "No model in the zoo fits this image"
 #: node classes offered as input: scalar volumes and RGB images (PNG and JPEG files load as vector volumes)
 INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 #: what the self-test says when it cannot run models (e.g. on an extension build machine without torch)
@@ -312,12 +311,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         models = self.logic.markFits(job.result.get("models", []), self._parameter("fitThreshold", None))
         self._models = models
         self.showModels(models)
-        if not any(m.get("fits") for m in models):
-            self._setStatus(NO_FIT_MESSAGE + " (you can still tick a model and apply it).")
-        else:
-            self._setStatus(
-                f"{sum(1 for m in models if m.get('fits'))} of {len(models)} models fit this image."
-            )
+        self._setStatus(presentation.findStatus(models))
 
     def onListZoo(self) -> None:
         try:

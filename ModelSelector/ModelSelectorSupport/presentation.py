@@ -1,11 +1,12 @@
-"""How the Model Selector module shows things: the rows of its models table, and which results get a 3D
-surface. Plain data and MRML only (no Qt), so that tests check what the widget draws."""
+"""How the Model Selector module shows things: the rows of its models table, the status line of a search, and
+which results get a 3D surface. Plain data and MRML only (no Qt), so that tests check what the widget draws."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Optional
 
+NO_FIT_MESSAGE = "No model in the zoo fits this image"
 #: columns of the models table
 MODEL_COLUMNS = ("Model", "Task", "Modality", "Region", "Score", "Fits")
 #: 3D surface choices: build them for small results only, always, or never
@@ -58,6 +59,22 @@ def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
         reasons = m.get("reasons") or []
         rows.append(ModelRow(cells[0], cells, bool(fits) and index == 0, "\n".join(str(r) for r in reasons)))
     return rows
+
+
+def findStatus(models: list[dict[str, Any]]) -> str:
+    """The status line after *Find models*: how many models fit, or that none does, naming the models whose
+    kind of image this is but which need something first (the whole volume, Hounsfield units, a crop, a
+    wider view: the row's tooltip says what to do)."""
+    n_fit = sum(1 for m in models if m.get("fits"))
+    if n_fit:
+        return f"{n_fit} of {len(models)} models fit this image."
+    needs = [
+        f"{m.get('name')} {m.get('answer')}" for m in models if m.get("answer") not in (None, "yes", "no")
+    ]
+    if not needs:
+        return NO_FIT_MESSAGE + " (you can still tick a model and apply it)."
+    return (f"{NO_FIT_MESSAGE} as it is: {'; '.join(needs)} (the row's tooltip says what to do; you can still "
+            "tick a model and apply it).")  # fmt: skip
 
 
 def gridVoxels(volumeNode: Any) -> int:

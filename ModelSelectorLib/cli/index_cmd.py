@@ -182,4 +182,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     idx.check_against(zoo)
     print(f"The index {out} matches the zoo {zoo.path}: {_summary(idx)}")
     _print_calibration(idx.calibration)
+    _print_unknown_domains(zoo, idx)
     return 0
+
+
+def _print_unknown_domains(zoo: Any, idx: Any) -> None:
+    """Name the models whose modality and region the bundled encoder has no class for."""
+    from ..selection.encoder import default_encoder
+    from ..selection.scoring import encoder_knows
+
+    classes = default_encoder().classes
+    cards = {name: zoo.card(name) for name in idx.model_names()}
+    unknown = [
+        f"{n} ({c.modality}:{c.body_region})" for n, c in cards.items() if not encoder_knows(classes, c)
+    ]
+    if unknown:
+        print(f"  the encoder has no class for the images of {', '.join(unknown)}: its reading counts against "
+              "these models for every image; they can be applied by name")  # fmt: skip

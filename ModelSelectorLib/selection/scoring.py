@@ -145,15 +145,25 @@ def is_relevant(
     return str(model_modality).strip().upper() == m and bool(set(model_regions) & set(regions))
 
 
+def _domain_classes(classes: Sequence[str], card: Any) -> list[int]:
+    """Indices of the encoder classes of the card's modality and one of its regions."""
+    regions = set(str(card.body_region).split(";"))
+    return [
+        i
+        for i, c in enumerate(classes)
+        if c.partition(":")[0] == card.modality and c.partition(":")[2] in regions
+    ]
+
+
 def agreement(ev: Evidence, card: Any) -> float:
     """The encoder's probability that the image is of the card's modality and one of its regions."""
-    regions = set(str(card.body_region).split(";"))
-    total = 0.0
-    for c, p in zip(ev.classes, ev.probs):
-        mod, _, reg = c.partition(":")
-        if mod == card.modality and reg in regions:
-            total += float(p)
-    return total
+    return float(sum(float(ev.probs[i]) for i in _domain_classes(ev.classes, card)))
+
+
+def encoder_knows(classes: Sequence[str], card: Any) -> bool:
+    """True when the encoder has a class of the card's modality and regions. Without one (the encoder was
+    trained on too few such images), :func:`agreement` is 0 for every image and the model cannot fit."""
+    return bool(_domain_classes(classes, card))
 
 
 def p_ood(ev: Evidence) -> float:
@@ -289,5 +299,5 @@ def sigmoid(z: float) -> float:
 
 
 __all__ = ["EXACT_LIMIT", "Evidence", "FEATURES", "UNCALIBRATED", "agreement", "calibration_key", "class_probs",
-           "clear_cache", "colourfulness", "evidence", "is_relevant", "model_threshold", "p_ood", "plain_features", "plain_logit", "rank_models",
+           "clear_cache", "colourfulness", "encoder_knows", "evidence", "is_relevant", "model_threshold", "p_ood", "plain_features", "plain_logit", "rank_models",
            "runtime_of", "sigmoid", "similarities", "verify_of", "verify_term"]  # fmt: skip

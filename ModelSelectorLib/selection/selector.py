@@ -42,7 +42,7 @@ from .field_of_view import FieldOfView, view_fits
 from .index import ZooIndex, load_index
 from .intensity_units import Units, units_fit
 from .prototypes import ORIGINS, encoder_id
-from .scoring import UNCALIBRATED, Evidence, calibration_key, evidence, rank_models, sigmoid
+from .scoring import UNCALIBRATED, Evidence, calibration_key, encoder_knows, evidence, rank_models, sigmoid
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -284,6 +284,12 @@ def _reasons(
         f"encoder reads the image as {classes[0][0]} (p={classes[0][1]:.2f}); p(model's {card.modality} "
         f"{card.body_region}) = {row['agree']:.2f}",
     ]
+    if not encoder_knows(ev.classes, card):
+        reasons.append(
+            f"the encoder has no {card.modality}:{card.body_region} class (it had too few such images to learn "
+            "from), so its reading counts against this model for every image and only the prototypes speak for "
+            "it; apply the model by name if you know it suits the image"
+        )
     reasons.append(f"domain logit {row['z']:.2f}, the model's operating point {row['threshold']:.2f}")
     if not row["dims_ok"]:
         what = "the whole 3D volume" if int(card.spatial_dims) == 3 else "a 2D image"

@@ -274,6 +274,10 @@ def test_selection_order_and_reasons(env):
     top = sel.models[0]
     assert any("nearest prototypes" in r for r in top.reasons)
     assert any("verify" in r for r in top.reasons) and top.verify is not None
+    # the encoder has no MR:ABDOMEN class (too few such images), and the reasons say what that means
+    assert any(r.startswith("the encoder has no MR:ABDOMEN class") and "apply the model by name" in r
+               for r in top.reasons)  # fmt: skip
+    assert not any("the encoder has no" in r for m in sel.models if m.name != "mr_abdomen" for r in m.reasons)
     assert sel.models[-1].name == "dx_chest" and any("2D inputs" in r for r in sel.models[-1].reasons)
     # an overridden threshold above every score: nothing fits
     strict = select(env["queries"]["mr_abdomen"], env["zoo"], env["index"], env["encoder"], threshold=1.01)
@@ -507,3 +511,7 @@ def test_index_and_prototypes_cli(env, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 data-free prototype(s)" in out or "data-free prototype(s)" in out
     assert "matches the zoo" in out
+    (unknown,) = [line for line in out.splitlines() if "the encoder has no class for" in line]
+    assert (
+        "mr_abdomen (MR:ABDOMEN)" in unknown and "ct_abdomen" not in unknown
+    )  # the encoder has no MR:ABDOMEN

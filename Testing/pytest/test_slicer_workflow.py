@@ -194,3 +194,16 @@ def test_model_rows_tick_only_the_best_fitting_model_and_carry_reasons():
     # the selection's answer, when it gives one, is the Fits cell
     (crop,) = presentation.modelRows([dict(models[0], fits=False, answer="needs a crop")])
     assert crop.cells[5] == "needs a crop" and not crop.checked
+
+
+def test_find_status_counts_the_fitting_models_or_names_what_the_others_need():
+    fit = {"name": "a", "fits": True, "answer": "yes"}
+    no = {"name": "b", "fits": False, "answer": "no"}
+    units = {"name": "ct-head-bone", "fits": False, "answer": "needs Hounsfield units"}
+    assert presentation.findStatus([fit, no, units]) == "1 of 3 models fit this image."
+    assert presentation.findStatus([no]) == (
+        "No model in the zoo fits this image (you can still tick a model and apply it).")  # fmt: skip
+    assert presentation.findStatus([units, no, dict(no, name="c", answer="needs the volume")]) == (
+        "No model in the zoo fits this image as it is: ct-head-bone needs Hounsfield units; c needs the volume "
+        "(the row's tooltip says what to do; you can still tick a model and apply it).")  # fmt: skip
+    assert presentation.findStatus([]).startswith("No model in the zoo fits this image")
