@@ -159,12 +159,21 @@ class TaskRuntime(abc.ABC):
         """Whether ``image`` has dimensions this model can take (a one-slice volume counts as 2D)."""
         return (2 if image.is_single_slice else 3) == self.spatial_dims
 
+    def takes_single_slices(self) -> bool:
+        """Whether this 3D model works slice by slice (its patch is one slice deep: ``roi_size`` ``(x, y, 1)``),
+        so that a lone 2D slice is a whole input for it."""
+        roi = self.card.roi_size
+        return bool(roi) and len(roi) == 3 and int(roi[2]) == 1
+
     def input_image(self, image: Image) -> Image:
         """``image`` as this model takes it: one component, the model's dimensions (a one-slice volume
-        becomes a 2D image for a 2D model, a 2D image a one-slice volume for a 3D model), content checked.
+        becomes a 2D image for a 2D model, a 2D image a one-slice volume for a 3D model that works slice by
+        slice), content checked.
 
         Raises:
-            InputError: a volume of several slices for a 2D model; empty, constant or NaN image.
+            InputError: a volume of several slices for a 2D model; a lone 2D slice for a 3D model whose
+            patches span several slices (padded to a patch, the slice would give a meaningless result, and
+            slowly: a 1536 px radiograph takes thousands of patches); empty, constant or NaN image.
         """
         img = image.to_grayscale() if image.is_multicomponent else image
         if self.spatial_dims == 2:
@@ -174,6 +183,12 @@ class TaskRuntime(abc.ABC):
                     "slices; give a 2D image (PNG, or NRRD/NIfTI with one slice) or choose a 3D model."
                 )
             img = img.as_2d()
+        elif img.is_single_slice and not self.takes_single_slices():
+            depth = f" (its patches span {int(self.card.roi_size[2])} slices)" if self.card.roi_size else ""
+            raise InputError(
+                f"the model {self.card.name} takes 3D volumes{depth} and the input is a single 2D slice; give it "
+                "the whole volume (the DICOM series folder, or a NIfTI/NRRD volume) or choose a 2D model."
+            )
         elif img.ndim == 2:
             img = img.as_3d()
         check_image_content(img, str(img.meta.get("path", "image")))

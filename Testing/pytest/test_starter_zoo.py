@@ -397,6 +397,37 @@ def test_apply_warns_when_a_volume_shows_far_less_than_the_model_was_trained_on(
                             "choose a CT model.")  # fmt: skip
 
 
+def test_apply_takes_the_dimensions_each_model_was_made_for(tmp_path: Path):
+    from ModelSelectorLib.apply import apply_to_file
+    from ModelSelectorLib.errors import InputError
+
+    rng = np.random.default_rng(1)
+    slice_path, volume_path = tmp_path / "slice.nii.gz", tmp_path / "volume.nii.gz"
+    lone = Image(
+        rng.normal(100, 20, (64, 80)).astype(np.float32), (1.5, 1.5), (-20.0, 35.0), (1.0, 0.0, 0.0, 1.0)
+    )
+    write_image(lone, slice_path)
+    write_image(Image(rng.normal(100, 20, (6, 64, 80)).astype(np.float32), (1.5, 1.5, 8.0), (0.0,) * 3,
+                      (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)), volume_path)  # fmt: skip
+    # a 3D network on 40-slice patches: a lone slice would be padded into a patch; refused before any output
+    out = tmp_path / "hippocampus.seg.nrrd"
+    with pytest.raises(InputError, match=r"mr-hippocampus takes 3D volumes \(its patches span 40 slices\) and "
+                                         r"the input is a single 2D slice; give it the whole volume"):  # fmt: skip
+        apply_to_file(ZOO, "mr-hippocampus", slice_path, out)
+    assert not out.exists()
+    # the cardiac model works slice by slice: one short-axis slice is a whole input, in the slice's geometry
+    seg = read_image(
+        apply_to_file(ZOO, "mr-cardiac", slice_path, tmp_path / "cardiac.seg.nrrd"), check_content=False
+    )
+    assert seg.size[:2] == (80, 64) and np.allclose(seg.spacing[:2], (1.5, 1.5))
+    assert np.allclose(seg.origin[:2], (-20.0, 35.0))
+    # a 2D model and a volume of several slices
+    with pytest.raises(
+        InputError, match="dx-chest-lungs takes 2D images and the input is a volume of 6 slices"
+    ):
+        apply_to_file(ZOO, "dx-chest-lungs", volume_path, tmp_path / "lungs.seg.nrrd")
+
+
 def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(zoo: Zoo):
     import matplotlib.cbook
 
