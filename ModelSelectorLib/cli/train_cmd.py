@@ -12,10 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a segmentation model on an MSD dataset folder and add it to a zoo",
-        description="Train a MONAI UNet/SegResNet on an MSD folder (dataset.json, imagesTr, labelsTr) and "
-        "add the resulting bundle, with its model card, to the zoo --out (created if missing).",
+        description="Train a MONAI UNet/SegResNet on an MSD folder (dataset.json, imagesTr, labelsTr; or "
+        "nnU-Net v2's form of it, one input channel) and add the resulting bundle, with its model card, to the "
+        "zoo --out (created if missing).",
     )
-    p.add_argument("--dataset", type=Path, required=True, help="MSD dataset folder")
+    p.add_argument("--dataset", type=Path, required=True, help="MSD (or nnU-Net v2) dataset folder")
     p.add_argument("--name", required=True, help="model name in the zoo (letters, digits, ._+-)")
     p.add_argument("--out", type=Path, required=True, help="zoo folder to add the model to")
     p.add_argument("--config", type=Path, help="YAML file with TrainConfig settings (epochs, roi_size, ...)")

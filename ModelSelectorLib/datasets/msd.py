@@ -1,6 +1,9 @@
 """Medical Segmentation Decathlon (MSD) folders: ``dataset.json`` + ``imagesTr``/``labelsTr``.
 
-:func:`load_msd` reads an MSD-style folder and checks that every listed file exists.
+:func:`load_msd` reads an MSD-style folder and checks that every listed file exists. It also reads the
+nnU-Net v2 form of such a folder (``dataset.json`` with ``channel_names``, ``labels`` as name -> value and
+``file_ending``; ``imagesTr/CASE_0000.nii.gz`` beside ``labelsTr/CASE.nii.gz``), which it turns into the MSD
+form, so that every command that writes a dataset back writes an MSD ``dataset.json``.
 """
 
 from __future__ import annotations
@@ -72,25 +75,95 @@ def resolve_path(root: Path, rel: str) -> Path:
     return p if p.is_absolute() else (root / p).resolve()
 
 
+#: how a label file beside its image is commonly named: ``NAME_label.nii.gz`` next to ``NAME.nii.gz``
+_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_gt")
+_MSD_EXAMPLE = ('{"name": "...", "modality": {"0": "MR"}, "labels": {"0": "background", "1": "..."}, "training": '
+                '[{"image": "./NAME.nii.gz", "label": "./NAME_label.nii.gz"}, ...]}')  # fmt: skip
+
+
+def _image_label_pairs(root: Path) -> list[tuple[str, str]]:
+    """``(image, label)`` file names of a folder that keeps each label file beside its image."""
+    names = {p.name for p in root.iterdir() if p.is_file()}
+    pairs = []
+    for name in sorted(names):
+        for ending in (".nii.gz", ".nii", ".nrrd", ".mha"):
+            if name.endswith(ending):
+                stem = name[: -len(ending)]
+                label = next(
+                    (f"{stem}{s}{ending}" for s in _LABEL_SUFFIXES if f"{stem}{s}{ending}" in names), None
+                )
+                if label is not None:
+                    pairs.append((name, label))
+                break
+    return pairs
+
+
+def _no_dataset_json(root: Path) -> DatasetError:
+    """The error for a folder without ``dataset.json``, saying what to write when it holds image/label pairs."""
+    pairs = _image_label_pairs(root)
+    if not pairs:
+        return DatasetError(
+            f"{root}: holds no dataset.json; it is not an MSD dataset folder (dataset.json with imagesTr/ and "
+            "labelsTr/, or nnU-Net v2's form of it)."
+        )
+    image, label = pairs[0]
+    return DatasetError(
+        f"{root}: holds no dataset.json, but {len(pairs)} image/label pair(s) such as {image} with {label}; list "
+        f"them in a dataset.json in MSD form, {_MSD_EXAMPLE}, in this folder (or in a new one, with absolute paths) "
+        "and pass that folder."
+    )
+
+
+def _from_nnunet(root: Path, raw: dict[str, Any], meta_path: Path) -> dict[str, Any]:
+    """nnU-Net v2's ``dataset.json`` (``channel_names``, ``labels`` name -> value, ``file_ending``) in MSD form,
+    its cases found in ``labelsTr`` (or listed under ``dataset``)."""
+    channels = {str(k): str(v) for k, v in (raw.get("channel_names") or {}).items()}
+    if len(channels) != 1:
+        raise DatasetError(f"{meta_path}: lists {len(channels)} input channels ({', '.join(channels.values())}); "
+                           "training here takes one image per case: keep one channel.")  # fmt: skip
+    labels: dict[str, str] = {}
+    for name, value in (raw.get("labels") or {}).items():
+        if isinstance(value, (list, tuple)):
+            raise DatasetError(f"{meta_path}: label '{name}' is a region of several values {list(value)} "
+                               "(nnU-Net region-based training); give each label one value.")  # fmt: skip
+        labels[str(int(value))] = str(name)
+    ending = str(raw.get("file_ending", ".nii.gz"))
+    if isinstance(raw.get("dataset"), dict):
+        cases = [{"image": str(c["images"][0]), "label": str(c["label"])} for c in raw["dataset"].values()]
+    else:
+        found = sorted((root / "labelsTr").glob(f"*{ending}"))
+        cases = [{"image": f"imagesTr/{p.name[: -len(ending)]}_0000{ending}", "label": f"labelsTr/{p.name}"}
+                 for p in found]  # fmt: skip
+    extra = {k: v for k, v in raw.items() if k not in ("channel_names", "labels", "file_ending", "dataset")}
+    return {**extra, "name": raw.get("name", root.name), "modality": channels, "labels": labels, "training": cases,
+            "numTraining": len(cases)}  # fmt: skip
+
+
 def load_msd(folder: os.PathLike[str] | str) -> MSDDataset:
-    """Read an MSD dataset folder and check that every listed image and label file exists.
+    """Read an MSD dataset folder (or nnU-Net v2's form of it) and check that every image and label file
+    exists.
 
     Args:
-        folder: folder holding ``dataset.json`` (keys ``name``, ``modality``, ``labels``, ``training``).
+        folder: folder holding ``dataset.json`` (keys ``name``, ``modality``, ``labels``, ``training``; or
+            nnU-Net v2's ``channel_names``, ``labels``, ``file_ending`` with ``imagesTr``/``labelsTr``).
 
     Raises:
-        DatasetError: missing folder or ``dataset.json``, malformed JSON or keys, or missing files (all named).
+        DatasetError: missing folder or ``dataset.json`` (saying what to write when the folder holds image and
+            label pairs), malformed JSON or keys, several channels or region labels in nnU-Net form, or missing
+            files (all named).
     """
     root = Path(folder)
     meta_path = root / "dataset.json"
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder; pass an MSD folder holding dataset.json.")
     if not meta_path.is_file():
-        raise DatasetError(f"{root}: holds no dataset.json; it is not an MSD dataset folder.")
+        raise _no_dataset_json(root)
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DatasetError(f"{meta_path}: not valid JSON ({e}).") from e
+    if isinstance(raw, dict) and "channel_names" in raw and "training" not in raw:
+        raw = _from_nnunet(root, raw, meta_path)
     missing_keys = [k for k in ("modality", "labels", "training") if k not in raw]
     if missing_keys:
         raise DatasetError(f"{meta_path}: lacks the key(s) {', '.join(missing_keys)} that MSD datasets have.")

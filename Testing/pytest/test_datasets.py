@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +35,80 @@ def test_load_msd_rejects_folder_without_dataset_json(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {}}))
     with pytest.raises(DatasetError, match="modality"):
         load_msd(tmp_path)
+
+
+def test_a_folder_of_image_label_pairs_gets_told_what_dataset_json_to_write(tmp_path):
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=2, profile="mr", seed=3)
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for i, name in enumerate(("case_000.nii.gz", "case_001.nii.gz")):
+        (pairs / f"patient{i}.nii.gz").write_bytes((root / "imagesTr" / name).read_bytes())
+        (pairs / f"patient{i}_label.nii.gz").write_bytes((root / "labelsTr" / name).read_bytes())
+    with pytest.raises(DatasetError, match=r"holds no dataset.json, but 2 image/label pair\(s\) such as "
+                                           r"patient0.nii.gz with patient0_label.nii.gz; list them in a "
+                                           r'dataset.json in MSD form, \{"name"'):  # fmt: skip
+        load_msd(pairs)
+
+
+def _nnunet_folder(tmp_path, meta: dict) -> Path:
+    """A synthetic MSD folder rewritten in nnU-Net v2's form: ``imagesTr/CASE_0000.nii.gz``,
+    ``labelsTr/CASE.nii.gz`` and its ``dataset.json``."""
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=5, shape=(16, 24, 24))
+    root = tmp_path / "Dataset042_Synth"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for p in sorted((msd / "imagesTr").glob("*.nii.gz")):
+        case = p.name[: -len(".nii.gz")]
+        (root / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(p.read_bytes())
+        (root / "labelsTr" / p.name).write_bytes((msd / "labelsTr" / p.name).read_bytes())
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    return root
+
+
+NNUNET_META = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "sphere": 1, "box": 2},
+               "numTraining": 3, "file_ending": ".nii.gz", "body_region": "ABDOMEN"}  # fmt: skip
+
+
+def test_load_msd_reads_nnunet_v2_folders_in_msd_form(tmp_path):
+    ds = load_msd(_nnunet_folder(tmp_path, NNUNET_META))
+    assert ds.labels == {0: "background", 1: "sphere", 2: "box"} and ds.modality_code == "CT"
+    assert [c["image"].name for c in ds.training] == [f"case_00{i}_0000.nii.gz" for i in range(3)]
+    assert [c["label"].name for c in ds.training] == [f"case_00{i}.nii.gz" for i in range(3)]
+    assert ds.name == "Dataset042_Synth" and ds.raw["body_region"] == "ABDOMEN"  # other keys are kept
+    # what a command that writes the dataset back writes is MSD form, and reads back the same
+    assert "channel_names" not in ds.raw and ds.raw["labels"] == {
+        "0": "background",
+        "1": "sphere",
+        "2": "box",
+    }
+    (ds.root / "dataset.json").write_text(json.dumps(ds.raw), encoding="utf-8")
+    again = load_msd(ds.root)
+    assert again.labels == ds.labels and again.training == ds.training
+
+
+def test_nnunet_forms_this_training_cannot_take_are_named(tmp_path):
+    two = _nnunet_folder(tmp_path / "a", dict(NNUNET_META, channel_names={"0": "T2", "1": "ADC"}))
+    with pytest.raises(DatasetError, match=r"lists 2 input channels \(T2, ADC\); training here takes one"):
+        load_msd(two)
+    regions = _nnunet_folder(tmp_path / "b", dict(NNUNET_META, labels={"background": 0, "whole": [1, 2]}))
+    with pytest.raises(DatasetError, match=r"label 'whole' is a region of several values \[1, 2\]"):
+        load_msd(regions)
+    gone = _nnunet_folder(tmp_path / "c", NNUNET_META)
+    (gone / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="case_001_0000.nii.gz"):
+        load_msd(gone)
+
+
+def test_a_model_trains_from_an_nnunet_v2_folder(tmp_path):
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
+    from ModelSelectorLib.zoo import load_bundle
+
+    root = _nnunet_folder(tmp_path, NNUNET_META)
+    config = TrainConfig(channels=(4, 8), epochs=1, batch_size=1, num_samples=1, roi_size=(16, 16, 16),
+                         val_fraction=0.34, augment=False, num_threads=2, seed=0)  # fmt: skip
+    card = load_bundle(train_segmentation(root, "synth-nnunet", tmp_path / "zoo", config)).card
+    assert card.modality == "CT" and card.body_region == "ABDOMEN"
+    assert [lb["name"] for lb in card.labels] == ["sphere", "box"]
 
 
 def test_load_manifest_keeps_columns_and_resolves_paths(tmp_path):
