@@ -79,10 +79,13 @@ class Units:
             return "fits"
         return "needs Hounsfield units" if self.expected == HOUNSFIELD else "no"
 
-    def describe(self) -> str:
-        share = (
+    def _share(self) -> str:
+        return (
             f"{self.air_share:.0%}" if self.air_share >= 0.005 else ("none" if not self.air_share else "<1%")
         )
+
+    def describe(self) -> str:
+        share = self._share()
         what = "CT in Hounsfield units" if self.expected == HOUNSFIELD else "MR"
         return (f"the model takes {what}, and {share} of the image's voxels lie below {AIR_HU:.0f}, where a CT's air, "
                 "lung and gas lie (about -1000 HU)")  # fmt: skip
@@ -98,7 +101,10 @@ class Units:
 
     def reason(self) -> str:
         """The comparison as one of a selection's reasons."""
-        return f"intensity units: {self.describe()}" + (f": {self.advice()}" if not self.fits else "")
+        if self.fits:
+            units = "Hounsfield units" if self.hounsfield else "not Hounsfield units"
+            return f"intensity units: {units} ({self._share()} of the voxels below {AIR_HU:.0f}), as the model takes"
+        return f"intensity units: {self.describe()}: {self.advice()}"
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"expected": self.expected, "air_share": round(self.air_share, 4), "fits": self.fits}

@@ -67,6 +67,10 @@ def test_verdicts_reasons_and_json():
         compare_units(ct_share, ct_model).verdict == "fits"
         and compare_units(ct_share, ct_model).advice() == ""
     )
+    assert compare_units(ct_share, ct_model).reason() == (
+        "intensity units: Hounsfield units (72% of the voxels below -500), as the model takes")  # fmt: skip
+    assert compare_units(mr_share, mr_model).reason() == (
+        "intensity units: not Hounsfield units (none of the voxels below -500), as the model takes")  # fmt: skip
     mr_for_ct = compare_units(mr_share, ct_model)
     assert not mr_for_ct.fits and mr_for_ct.verdict == "needs Hounsfield units" and not units_fit(mr_for_ct)
     assert mr_for_ct.reason().startswith(
