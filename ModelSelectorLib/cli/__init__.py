@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from typing import NoReturn, Optional
@@ -89,6 +90,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("modelselector: cancelled; nothing half-written was left behind.", file=sys.stderr)
         return Cancelled.exit_code
+    except BrokenPipeError:
+        # the reader of the output went away (`modelselector select IMAGE | head`): stop quietly, as `cat` does,
+        # and keep Python from complaining again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ModelSelectorError as e:
         if args.debug:
             raise

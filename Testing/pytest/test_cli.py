@@ -54,3 +54,15 @@ def test_module_entry_point_runs_in_a_separate_process(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("modelselector: error:")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """``modelselector zoo list | head -1``: the pipe closes before the table is written; no traceback."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "ModelSelectorLib", "zoo", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert err == "", err
