@@ -39,8 +39,8 @@ def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
 
     Only the best-ranked model starts ticked, and only when it fits. The *Fits* cell is the selection's answer
     (``yes``, ``no``, ``needs the volume``, ``needs Hounsfield units``, ``needs a crop``, ``needs a wider
-    view``). The last column is the
-    model's held-out figure from its card, marked when it is a demonstration model.
+    view``). The last column is the model's held-out figure from its card, marked when it is a demonstration
+    model.
     """
     from ModelSelectorLib.models.base import quality_text
 

@@ -8,10 +8,10 @@ bits reads alike, and it confuses a T1 head volume with a head CT (``pyradiomics
 p = 0.84). The units themselves tell, with no training data:
 
 - in a CT in Hounsfield units, air, lung, bowel gas and the padding outside the scanner's circular field of
-  view read -1000 HU or less; in the starter zoo's data 36-67 % of every CT volume's voxels lie below
-  :data:`AIR_HU` (5 CT volumes);
+  view read -1000 HU or less; in the shared data 36-67 % of every CT file's voxels lie below
+  :data:`AIR_HU` (4 CT volumes and a CT slice);
 - MR magnitude images are not negative (and z-scored ones stay within a few units of 0): no voxel of the
-  391 MR volumes of the data lies below it.
+  391 MR files of the data (volumes and a few slices) lies below it.
 
 So an image is taken to be in Hounsfield units when at least :data:`MIN_AIR_SHARE` of its voxels lie below
 :data:`AIR_HU`. A CT model fits only such an image; an MR model fits only an image that is not. Models of

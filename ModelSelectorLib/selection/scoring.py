@@ -162,7 +162,8 @@ def agreement(ev: Evidence, card: Any) -> float:
 
 def encoder_knows(classes: Sequence[str], card: Any) -> bool:
     """True when the encoder has a class of the card's modality and regions. Without one (the encoder was
-    trained on too few such images), :func:`agreement` is 0 for every image and the model cannot fit."""
+    trained on too few such images), :func:`agreement` is 0 for every image, which counts against the model
+    whatever the image."""
     return bool(_domain_classes(classes, card))
 
 

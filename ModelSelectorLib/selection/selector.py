@@ -186,19 +186,14 @@ class Selection:
                          f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
                          "series or volume and select again.")  # fmt: skip
         for m in self.models:
-            for what in (m.units, m.field_of_view):
-                if (
-                    m.domain_matches
-                    and not m.fits
-                    and not m.needs_volume
-                    and what is not None
-                    and not what.fits
-                ):
-                    then = ", then select again" if what is m.field_of_view else ""
-                    lines.append(
-                        f"{m.name} matches this kind of image, but {what.describe()}: {what.advice()}{then}."
-                    )
-                    break
+            if not m.domain_matches or m.fits or m.needs_volume:
+                continue
+            what = next((w for w in (m.units, m.field_of_view) if w is not None and not w.fits), None)
+            if what is not None:  # what the model of this kind of image needs first, units before size
+                then = ", then select again" if what is m.field_of_view else ""
+                lines.append(
+                    f"{m.name} matches this kind of image, but {what.describe()}: {what.advice()}{then}."
+                )
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
                      m.answer, m.quality]
