@@ -163,7 +163,12 @@ def load_msd(folder: os.PathLike[str] | str) -> MSDDataset:
     except (OSError, ValueError) as e:
         raise DatasetError(f"{meta_path}: not valid JSON ({e}).") from e
     if isinstance(raw, dict) and "channel_names" in raw and "training" not in raw:
-        raw = _from_nnunet(root, raw, meta_path)
+        try:
+            raw = _from_nnunet(root, raw, meta_path)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{meta_path}: not a readable nnU-Net v2 dataset.json ({type(e).__name__}: {e}); "
+                               "'channel_names' maps '0' to a modality, 'labels' names to whole numbers, and "
+                               "'dataset' (when present) case ids to {'images': [...], 'label': ...}.") from e  # fmt: skip
     missing_keys = [k for k in ("modality", "labels", "training") if k not in raw]
     if missing_keys:
         raise DatasetError(f"{meta_path}: lacks the key(s) {', '.join(missing_keys)} that MSD datasets have.")

@@ -93,6 +93,13 @@ def test_nnunet_forms_this_training_cannot_take_are_named(tmp_path):
     regions = _nnunet_folder(tmp_path / "b", dict(NNUNET_META, labels={"background": 0, "whole": [1, 2]}))
     with pytest.raises(DatasetError, match=r"label 'whole' is a region of several values \[1, 2\]"):
         load_msd(regions)
+    for i, bad in enumerate(({"background": 0, "sphere": "one"}, ["background", "sphere"])):
+        broken = _nnunet_folder(tmp_path / f"d{i}", dict(NNUNET_META, labels=bad))
+        with pytest.raises(DatasetError, match="not a readable nnU-Net v2 dataset.json"):
+            load_msd(broken)
+    listed = _nnunet_folder(tmp_path / "e", dict(NNUNET_META, dataset={"case_000": {"label": "x.nii.gz"}}))
+    with pytest.raises(DatasetError, match=r"not a readable nnU-Net v2 dataset.json \(KeyError: 'images'\)"):
+        load_msd(listed)
     gone = _nnunet_folder(tmp_path / "c", NNUNET_META)
     (gone / "imagesTr" / "case_001_0000.nii.gz").unlink()
     with pytest.raises(DatasetError, match="case_001_0000.nii.gz"):
