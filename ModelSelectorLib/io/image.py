@@ -188,6 +188,24 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _describe_series(reader: sitk.ImageSeriesReader, folder: Path, uid: str) -> str:
+    """A series of a DICOM folder as a user can choose it: ``UID (CT, 'ABDOMEN 3mm', 120 files)``, from the
+    header of its first file."""
+    files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+    facts = []
+    head = sitk.ImageFileReader()
+    head.SetFileName(files[0])
+    try:
+        head.ReadImageInformation()
+        facts = [
+            head.GetMetaData(tag).strip() for tag in ("0008|0060", "0008|103e") if head.HasMetaDataKey(tag)
+        ]
+    except RuntimeError:  # an unreadable header: the UID and file count still tell the series apart
+        pass
+    facts = [f"'{f}'" if " " in f else f for f in facts if f]
+    return f"{uid} ({', '.join([*facts, f'{len(files)} file' + ('s' if len(files) != 1 else '')])})"
+
+
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Image, dict[str, Any]]:
     reader = sitk.ImageSeriesReader()
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -206,11 +224,13 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
         if len(series) > 1:
             raise InputError(
                 f"{folder}: the folder mixes {len(series)} DICOM series; choose one with --series UID (on the "
-                f"command line; series_uid= in Python) or put each series in its own folder: {', '.join(series)}."
+                f"command line; series_uid= in Python) or put each series in its own folder: "
+                f"{'; '.join(_describe_series(reader, folder, uid) for uid in series)}."
             )
         series_uid = series[0]
     elif series_uid not in series:
-        raise InputError(f"{folder}: no DICOM series with UID {series_uid}; found {', '.join(series)}.")
+        raise InputError(f"{folder}: no DICOM series with UID {series_uid}; found "
+                         f"{'; '.join(_describe_series(reader, folder, uid) for uid in series)}.")  # fmt: skip
     files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()

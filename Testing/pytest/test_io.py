@@ -56,7 +56,7 @@ def test_png_reads_as_2d_and_colour_converts(tmp_path):
         read_image(tmp_path / "photo.png", require_3d=True)
 
 
-def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0)):
+def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0), description=""):
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -73,6 +73,7 @@ def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0)):
             "0020|0013": str(k + 1),
             "0008|0018": f"{series_uid}.{k + 1}",
             "0018|0050": str(spacing[2]),
+            **({"0008|103e": description} if description else {}),
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
@@ -92,9 +93,12 @@ def test_dicom_series_folder(tmp_path):
 def test_dicom_folder_with_mixed_series_is_refused(tmp_path):
     arr = np.random.default_rng(0).integers(-100, 300, (3, 8, 8))
     _write_dicom_series(tmp_path / "mixed", arr, "1.2.826.0.1.3680043.2.1125.101")
-    _write_dicom_series(tmp_path / "mixed", arr, "1.2.826.0.1.3680043.2.1125.202")
-    with pytest.raises(InputError, match="mixes 2 DICOM series"):
+    _write_dicom_series(tmp_path / "mixed", arr, "1.2.826.0.1.3680043.2.1125.202", description="ABD 3mm")
+    with pytest.raises(InputError, match=r"mixes 2 DICOM series; .*: 1\.2\.826\.0\.1\.3680043\.2\.1125\.101 \(CT, 3 "
+                                         r"files\); 1\.2\.826\.0\.1\.3680043\.2\.1125\.202 \(CT, 'ABD 3mm', 3 files\)\.$"):  # fmt: skip
         read_image(tmp_path / "mixed")
+    with pytest.raises(InputError, match=r"no DICOM series with UID 9\.9; found .*\.101 \(CT, 3 files\)"):
+        read_image(tmp_path / "mixed", series_uid="9.9")
     img = read_image(tmp_path / "mixed", series_uid="1.2.826.0.1.3680043.2.1125.202")
     assert img.array.shape == (3, 8, 8)
 
