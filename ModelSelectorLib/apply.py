@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .io.image import check_not_label_map, read_image
+from .io.image import check_model_input, read_image
 from .io.outputs import check_output_file
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
@@ -70,7 +70,7 @@ def apply_to_file(
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
     image = read_image(image_path, series_uid=series_uid)
-    check_not_label_map(image, str(image_path))
+    check_model_input(image, str(image_path))
     if warn is not None:
         for what in (compare_units(air_share(image), card), field_of_view(image, card)):
             if what is not None and not what.fits:

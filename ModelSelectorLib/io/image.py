@@ -447,6 +447,23 @@ def check_not_label_map(image: Image, name: str = "image") -> None:
         raise InputError(f"{name}: {problem}.")
 
 
+#: fewest pixels along each of the two largest axes of an image that can show anatomy (an icon or a line of
+#: pixels cannot, and its handful of values reads as a label map)
+MIN_IMAGE_SIDE = 8
+
+
+def check_model_input(image: Image, name: str = "image") -> None:
+    """Raise :class:`InputError` when ``image`` cannot be what a model is asked about: fewer than
+    :data:`MIN_IMAGE_SIDE` pixels along one of its two largest axes, or a label map
+    (:func:`check_not_label_map`)."""
+    sides = sorted((int(n) for n in image.size), reverse=True)[:2]
+    if min(sides) < MIN_IMAGE_SIDE:
+        size = " x ".join(str(int(n)) for n in image.size)
+        raise InputError(f"{name}: the image is {size} pixels, too small to show anatomy (at least "
+                         f"{MIN_IMAGE_SIDE} a side are needed); give the full-size image.")  # fmt: skip
+    check_not_label_map(image, name)
+
+
 # --- writing ------------------------------------------------------------------------------------------
 def write_image(image: Image, path: os.PathLike | str, compress: bool = True) -> Path:
     """Write ``image`` with its geometry to ``path`` (format from the extension), atomically."""

@@ -32,7 +32,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import IndexMismatchError, InputError
-from ..io.image import Image, check_not_label_map, read_image
+from ..io.image import Image, check_model_input, read_image
 from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
@@ -348,7 +348,7 @@ def select(
             f"(`modelselector index build --zoo {zoo.path}`)."
         )
     img, name = as_image(image)
-    check_not_label_map(img, name)
+    check_model_input(img, name)
     t1 = time.monotonic()
     ev = evidence(enc, img)
     t2 = time.monotonic()

@@ -50,7 +50,8 @@ def resize_pad(
     ph, pw = h * aspect, float(w)  # physical extents in column-step units
     scale = size / max(ph, pw)
     nh, nw = max(1, min(size, int(round(ph * scale)))), max(1, min(size, int(round(pw * scale))))
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    # a copy: a flipped view one pixel thick counts as contiguous in numpy and keeps a negative stride
+    t = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))[None, None]
     antialias = nh < h or nw < w
     t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
     fill = float(arr.min()) if pad_value is None else float(pad_value)

@@ -149,6 +149,9 @@ def world(tmp_path_factory):
     w = {"root": root, "zoo": zoo.path, "image": bad.written("ct.nii.gz")(root)}
     w["truncated"] = bad.cut(bad.written("cut.nii.gz"), 0.7)(root)
     w["labelmap"] = bad.label_map(root)
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300)).astype(np.uint8)
+    w["icon"] = bad.written("icon.png", sitk.GetImageFromArray(noise[:4, :4]))(root)
+    w["line"] = bad.written("line.png", sitk.GetImageFromArray(noise[:1]))(root)
     w["dicom"] = bad.dicom_series(root / "dicom")
     (root / "afile").write_text("a file, not a folder\n")
     w["afile"] = root / "afile"
@@ -243,6 +246,8 @@ CLI = [
     ("apply a truncated .nii.gz",            ["apply", "--zoo", "{zoo}", "--model", TINY, "{truncated}", "--out", "{root}/t.seg.nrrd"], 2, "truncated"),
     ("apply a label map",                    ["apply", "--zoo", "{zoo}", "--model", TINY, "{labelmap}", "--out", "{root}/l.seg.nrrd"], 2, "looks like a label map"),
     ("select a label map",                   ["select", "{labelmap}"],                                               2, "3 distinct whole-number values (0, 1, 2)"),
+    ("select a 4 x 4 icon",                  ["select", "{icon}"],                                                   2, "the image is 4 x 4 pixels, too small to show anatomy"),
+    ("apply a line of pixels",               ["apply", "--zoo", "{zoo}", "--model", TINY, "{line}", "--out", "{root}/n.seg.nrrd"], 2, "the image is 300 x 1 pixels"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
     ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "corrupt catalog"),
 ]  # fmt: skip

@@ -82,6 +82,11 @@ def test_partial_volume_still_yields_views(encoder: Encoder) -> None:
     _check_emb(encoder.embed(img), -1)
     one = Image(_body_volume(nz=1), (0.8, 0.8, 5.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     assert image_views(one, size=32).shape == (1, 2, 32, 32)
+    # a two-slice slab: on the 2 mm grid its side views are one pixel thick (and were flipped: a negative
+    # stride that numpy calls contiguous and torch refuses)
+    slab = np.random.default_rng(0).normal(100, 20, (2, 40, 40)).astype(np.float32)
+    v = image_views(Image(slab, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)), size=32)
+    assert v.shape[1:] == (2, 32, 32) and np.isfinite(v).all()
 
 
 def test_bad_input_raises(encoder: Encoder) -> None:
