@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from ..io.geometry import CANONICAL_AXCODES, axcodes_direction, reference_grid, resample_to, to_network_layout
 from ..io.image import Image
 from ..io.segmentation import Segment, write_segmentation
-from ..progress import check_cancel
+from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime
 from .bnstats import BNStatHooks
 from .preprocessing import background_value, normalize_intensity, preprocess
@@ -65,6 +65,32 @@ def inference_settings(card: Any) -> dict[str, Any]:
     return {**DEFAULT_INFERENCE, **block}
 
 
+def window_count(shape: Sequence[int], roi_size: Optional[Sequence[int]], overlap: float) -> int:
+    """How many windows :func:`predict_logits` runs the network on for an array of ``shape`` ``(x, y[, z])``:
+    the patches MONAI's ``sliding_window_inference`` takes (the array padded to at least ``roi_size``, a step
+    of ``roi * (1 - overlap)`` voxels, at least 1); 1 without ``roi_size``."""
+    from monai.data.utils import dense_patch_slices
+
+    if not roi_size:
+        return 1
+    size = [max(int(n), int(r)) for n, r in zip(shape, roi_size)]
+    step = [int(r) if int(r) == n else max(1, int(int(r) * (1.0 - overlap))) for n, r in zip(size, roi_size)]
+    return len(dense_patch_slices(size, [int(r) for r in roi_size], step))
+
+
+def _counted(network: Any, step: Optional[Callable[[int], None]]) -> Any:
+    """``network``, calling ``step(number of windows)`` after each batch (progress, cancellation)."""
+    if step is None:
+        return network
+
+    def run(x: Any) -> Any:
+        out = network(x)
+        step(int(x.shape[0]))
+        return out
+
+    return run
+
+
 def predict_logits(
     network: Any,
     array: np.ndarray,
@@ -73,6 +99,7 @@ def predict_logits(
     sw_batch_size: int = 1,
     overlap: float = 0.25,
     mode: str = "constant",
+    step: Optional[Callable[[int], None]] = None,
 ) -> np.ndarray:
     """Raw network output ``(n_classes, x, y[, z])`` (a torch tensor on ``device``) on a preprocessed array.
 
@@ -81,17 +108,20 @@ def predict_logits(
         array: preprocessed ``(x, y[, z])`` float32 array.
         roi_size: sliding-window size in voxels ``(x, y[, z])``; ``None`` runs the whole array at once.
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (centre voxels weigh more).
+        step: called with the number of windows after each batch of them (:func:`window_count` in all); it
+            may raise to stop, e.g. :class:`~ModelSelectorLib.errors.Cancelled`.
     """
     import torch
     from monai.inferers import sliding_window_inference
 
+    net = _counted(network, step)
     with torch.inference_mode():
         x = torch.from_numpy(array)[None, None].to(device)
         if roi_size:
-            logits = sliding_window_inference(x, list(roi_size), sw_batch_size, network, overlap=overlap,
+            logits = sliding_window_inference(x, list(roi_size), sw_batch_size, net, overlap=overlap,
                                               mode=mode)  # fmt: skip
         else:
-            logits = network(x)
+            logits = net(x)
         return logits[0]
 
 
@@ -112,6 +142,7 @@ def predict_probabilities(
     overlap: float = 0.25,
     mode: str = "constant",
     mirror_axes: Sequence[int] = (),
+    step: Optional[Callable[[int], None]] = None,
 ) -> np.ndarray:
     """Softmax probabilities ``(n_classes, x, y[, z])`` (float32 numpy) on a preprocessed array.
 
@@ -119,6 +150,7 @@ def predict_probabilities(
         mode: sliding-window blending, ``"constant"`` or ``"gaussian"``.
         mirror_axes: spatial axes (0 = x of ``array``) of test-time mirroring: the softmax is averaged over
             the input flipped along every subset of these axes (each result flipped back); ``()``: one pass.
+        step: as in :func:`predict_logits`, over every pass.
     """
     import torch
 
@@ -126,7 +158,7 @@ def predict_probabilities(
     combos = mirror_combinations(mirror_axes)
     for combo in combos:
         flipped = np.ascontiguousarray(np.flip(array, combo)) if combo else array
-        logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode)
+        logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode, step)
         with torch.inference_mode():
             probs = torch.softmax(logits.float(), dim=0)
             if combo:
@@ -309,7 +341,8 @@ class SegmentationRuntime(TaskRuntime):
 
         Args:
             image: 2D or 3D image (any orientation and spacing, LPS geometry).
-            cancel: Event-like; checked between stages.
+            cancel: Event-like; checked between stages and after every batch of sliding windows, whose
+                progress a bar shows (tqdm; ``PROGRESS`` lines for the Slicer module).
             sw_batch_size, overlap: sliding-window settings (``overlap=None``: the card's, see
                 :func:`inference_settings`). Blending, test-time mirroring and largest-component
                 post-processing follow the card's ``inference`` block.
@@ -330,24 +363,37 @@ class SegmentationRuntime(TaskRuntime):
         inf = inference_settings(card)
         overlap = float(inf["overlap"]) if overlap is None else overlap
         keep = [int(v) for v in inf["keep_largest_component"]]
-        if resample == "linear" or inf["mirror_axes"]:
-            probs = predict_probabilities(self.network, array, card.roi_size, self.device, sw_batch_size, overlap,
-                                          inf["sw_mode"], inf["mirror_axes"])  # fmt: skip
+        mirrored = resample == "linear" or bool(inf["mirror_axes"])
+        passes = len(mirror_combinations(inf["mirror_axes"])) if mirrored else 1
+        bar = progress_bar(total=passes * window_count(array.shape, card.roi_size, overlap), desc=card.name,
+                           unit="window", leave=False)  # fmt: skip
+
+        def step(n: int) -> None:
             check_cancel(cancel)
-            if resample == "linear":  # connectivity does not depend on the grid's layout
-                labels = keep_largest_component(probabilities_to_input_grid(probs, grid, image_in), keep)
-            else:
-                net_labels = keep_largest_component(np.argmax(probs, axis=0).astype(np.uint8), keep)
-                labels = labels_to_input_grid(net_labels, grid, image_in)
+            bar.update(n)
+
+        with bar:
+            net_out = self._network_output(array, sw_batch_size, overlap, inf, mirrored, step)
+        check_cancel(cancel)
+        if resample == "linear":  # connectivity does not depend on the grid's layout
+            labels = keep_largest_component(probabilities_to_input_grid(net_out, grid, image_in), keep)
         else:
-            logits = predict_logits(self.network, array, card.roi_size, self.device, sw_batch_size, overlap,
-                                    inf["sw_mode"])  # fmt: skip
-            net_labels = keep_largest_component(argmax_channels(logits).cpu().numpy(), keep)
-            check_cancel(cancel)
-            labels = labels_to_input_grid(net_labels, grid, image_in)
+            net_labels = np.argmax(net_out, axis=0) if mirrored else argmax_channels(net_out).cpu().numpy()
+            labels = labels_to_input_grid(
+                keep_largest_component(net_labels.astype(np.uint8), keep), grid, image_in
+            )
         out = image.with_array(labels.reshape(image.array.shape[: image.ndim]))
         out.meta = {"model": card.name, "model_version": card.version}
         return Prediction(card.name, card.version, image, out, list(card.label_names))
+
+    def _network_output(self, array: np.ndarray, sw_batch_size: int, overlap: float, inf: dict[str, Any],
+                        mirrored: bool, step: Callable[[int], None]) -> Any:  # fmt: skip
+        """Softmax probabilities over the mirrored passes (``mirrored``) or the raw logits of one pass."""
+        if mirrored:
+            return predict_probabilities(self.network, array, self.card.roi_size, self.device, sw_batch_size,
+                                         overlap, inf["sw_mode"], inf["mirror_axes"], step)  # fmt: skip
+        return predict_logits(self.network, array, self.card.roi_size, self.device, sw_batch_size, overlap,
+                              inf["sw_mode"], step)  # fmt: skip
 
     def write(self, prediction: Prediction, path: Path) -> Path:
         return write_segmentation(prediction.value, path, segments_of(self.card))

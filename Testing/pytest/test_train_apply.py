@@ -158,6 +158,39 @@ def test_apply_can_be_cancelled(loaded):
         apply_model(loaded, image, cancel=ev)
 
 
+@pytest.mark.parametrize("shape, roi, overlap", [((40, 33, 7), (16, 16, 16), 0.5), ((64, 64), (32, 32), 0.25),
+                                                 ((10, 70, 21), (12, 24, 8), 0.0), ((5, 5, 5), None, 0.5)])  # fmt: skip
+def test_window_count_is_the_number_of_windows_the_network_sees(shape, roi, overlap):
+    from ModelSelectorLib.models.segmentation import predict_probabilities, window_count
+
+    conv = (torch.nn.Conv3d if len(shape) == 3 else torch.nn.Conv2d)(1, 2, 3, padding=1).eval()
+    seen = []
+    array = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    probs = predict_probabilities(conv, array, roi, sw_batch_size=3, overlap=overlap, mirror_axes=(0, 1),
+                                  step=seen.append)  # fmt: skip
+    assert probs.shape == (2, *shape)
+    assert sum(seen) == 4 * window_count(shape, roi, overlap)  # four mirrored passes
+    assert max(seen) <= 3  # one step per batch of windows
+
+
+def test_a_long_prediction_stops_between_batches_of_windows(loaded):
+    """Cancel is checked after every batch of sliding windows, not only between stages."""
+    from ModelSelectorLib.models.registry import runtime_for
+
+    image, _ = make_synthetic_case(5, profile="ct")
+    big = Image(np.tile(image.array, (3, 3, 3)), image.spacing, image.origin, image.direction)  # many windows
+    calls = []
+
+    class AfterTwoBatches:
+        def is_set(self):
+            calls.append(1)
+            return len(calls) > 4  # two checks before the windows, then two batches
+
+    with pytest.raises(Cancelled):
+        runtime_for(loaded).predict(big, cancel=AfterTwoBatches())
+    assert len(calls) == 5
+
+
 def test_cli_apply_writes_seg_nrrd(trained, tmp_path, capsys):
     from ModelSelectorLib.cli import main
 
