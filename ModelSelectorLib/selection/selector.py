@@ -90,6 +90,12 @@ class ModelMatch:
     units: Optional[Units] = None
 
     @property
+    def obstacle(self) -> Optional[Union[Units, FieldOfView]]:
+        """What keeps the model from taking the image as it is, besides its dimensions: the units of the
+        values, else the field of view (None when both suit it or cannot be compared)."""
+        return next((w for w in (self.units, self.field_of_view) if w is not None and not w.fits), None)
+
+    @property
     def answer(self) -> str:
         """The table's FITS cell: ``yes``, ``needs the volume``, ``needs Hounsfield units``, ``needs a crop``,
         ``needs a wider view`` or ``no``."""
@@ -97,10 +103,8 @@ class ModelMatch:
             return "yes"
         if self.needs_volume:
             return "needs the volume"
-        if self.domain_matches and not units_fit(self.units):
-            return self.units.verdict  # type: ignore[union-attr]
-        if self.domain_matches and not view_fits(self.field_of_view):
-            return self.field_of_view.verdict  # type: ignore[union-attr]
+        if self.domain_matches and self.obstacle is not None:
+            return self.obstacle.verdict
         return "no"
 
     @property
@@ -186,10 +190,8 @@ class Selection:
                          f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
                          "series or volume and select again.")  # fmt: skip
         for m in self.models:
-            if not m.domain_matches or m.fits or m.needs_volume:
-                continue
-            what = next((w for w in (m.units, m.field_of_view) if w is not None and not w.fits), None)
-            if what is not None:  # what the model of this kind of image needs first, units before size
+            what = m.obstacle
+            if m.domain_matches and not m.fits and not m.needs_volume and what is not None:
                 then = ", then select again" if what is m.field_of_view else ""
                 lines.append(
                     f"{m.name} matches this kind of image, but {what.describe()}: {what.advice()}{then}."
