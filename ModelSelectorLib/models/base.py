@@ -160,10 +160,9 @@ class TaskRuntime(abc.ABC):
         return (2 if image.is_single_slice else 3) == self.spatial_dims
 
     def takes_single_slices(self) -> bool:
-        """Whether this 3D model works slice by slice (its patch is one slice deep: ``roi_size`` ``(x, y, 1)``),
-        so that a lone 2D slice is a whole input for it."""
-        roi = self.card.roi_size
-        return bool(roi) and len(roi) == 3 and int(roi[2]) == 1
+        """Whether this 3D model works slice by slice, so that a lone 2D slice is a whole input for it
+        (:attr:`~ModelSelectorLib.zoo.card.ModelCard.takes_single_slices`)."""
+        return self.card.takes_single_slices
 
     def input_image(self, image: Image) -> Image:
         """``image`` as this model takes it: one component, the model's dimensions (a one-slice volume

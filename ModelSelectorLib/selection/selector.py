@@ -60,6 +60,8 @@ class ModelMatch:
         raw: the domain logit ``z``; similarity: prototype similarity; verify: verify signals or None.
         needs_volume: the image matches the model's domain but is a lone 2D slice and the model takes 3D
             volumes (give it the whole volume).
+        slice_wise: a 3D model that works slice by slice: ``apply`` takes a lone slice, though its held-out
+            figures and the fit decision were measured on whole volumes, so the selection still asks for one.
         field_of_view: the volume's field of view against the model's training inputs (None when either is
             unknown: 2D images, cards without a plan); a mismatch keeps the model from fitting.
         units: the image's values against the units the model expects (Hounsfield units for a CT model,
@@ -88,6 +90,7 @@ class ModelMatch:
     field_of_view: Optional[FieldOfView] = None
     domain_matches: bool = False
     units: Optional[Units] = None
+    slice_wise: bool = False
 
     @property
     def obstacle(self) -> Optional[Union[Units, FieldOfView]]:
@@ -122,6 +125,7 @@ class ModelMatch:
             "score": round(float(self.score), 4),
             "fits": bool(self.fits),
             "needs_volume": bool(self.needs_volume),
+            "slice_wise": bool(self.slice_wise),
             "answer": self.answer,
             "field_of_view": self.field_of_view.to_json_dict() if self.field_of_view is not None else None,
             "units": self.units.to_json_dict() if self.units is not None else None,
@@ -163,7 +167,7 @@ class Selection:
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
         """``{"input", "fits", "needs_volume", "models": [{"name", "version", "task", "modality",
-        "body_region", "score", "fits", "needs_volume", "answer", "field_of_view", "units", "held_out",
+        "body_region", "score", "fits", "needs_volume", "slice_wise", "answer", "field_of_view", "units", "held_out",
         "demonstration"}]}`` (plus ``"reasons"`` per model when asked)."""
         return {
             "input": self.input,
@@ -189,6 +193,12 @@ class Selection:
             lines.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
                          f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
                          "series or volume and select again.")  # fmt: skip
+            by_slice = [m.name for m in self.models if m.needs_volume and m.slice_wise]
+            if by_slice:
+                one = len(by_slice) == 1
+                lines.append(f"{' and '.join(by_slice)} {'works' if one else 'work'} slice by slice, so applying "
+                             f"{'it' if one else 'them'} to this slice alone is possible, but {'its' if one else 'their'} "
+                             "held-out figures and this fit decision hold for whole volumes.")  # fmt: skip
         for m in self.models:
             what = m.obstacle
             if m.domain_matches and not m.fits and not m.needs_volume and what is not None:
@@ -293,6 +303,12 @@ def _reasons(
         reasons.append(
             f"the model takes {card.spatial_dims}D inputs and the image is {ev.ndim}D: give it {what}"
         )
+        if card.takes_single_slices and ev.ndim == 2:
+            reasons.append(
+                "the model works slice by slice, so applying it to this slice alone is possible (`modelselector "
+                "apply`, or Apply in Slicer), but its held-out figures and this fit decision were measured on "
+                "whole volumes"
+            )
     for check in ("units", "fov"):
         if row[check] is not None:
             reasons.append(row[check].reason())
@@ -370,7 +386,7 @@ def select(
                                   _reasons(r, ev, index, classes), r["z"], r["sim"], r["verify"],
                                   score >= thr and not r["dims_ok"] and ev.ndim < int(card.spatial_dims),
                                   task.held_out(card), task.is_demonstration(card), r["fov"],
-                                  score >= thr, r["units"]))  # fmt: skip
+                                  score >= thr, r["units"], card.takes_single_slices))  # fmt: skip
     matches.sort(key=lambda m: (not m.fits, m.answer == "no", -m.score))
     return Selection(
         input=name,

@@ -124,6 +124,13 @@ class ModelCard:
     def label_names(self) -> list[str]:
         return [str(lb.get("name", "")) for lb in self.labels]
 
+    @property
+    def takes_single_slices(self) -> bool:
+        """Whether this 3D model works slice by slice (its patch is one slice deep: ``roi_size`` ``(x, y, 1)``),
+        so that a lone 2D slice is a whole input for it."""
+        roi = self.roi_size
+        return int(self.spatial_dims) == 3 and bool(roi) and len(roi) == 3 and int(roi[2]) == 1
+
     def validate(self) -> ModelCard:
         """Check every field; raise :class:`BundleError` naming the first bad field. Returns ``self``."""
         for key in ("name", "version"):

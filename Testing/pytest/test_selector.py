@@ -482,6 +482,7 @@ def test_select_json_cli(env, tmp_path, capsys):
             "score",
             "fits",
             "needs_volume",
+            "slice_wise",
             "answer",
             "field_of_view",
             "units",

@@ -428,6 +428,39 @@ def test_apply_takes_the_dimensions_each_model_was_made_for(tmp_path: Path):
         apply_to_file(ZOO, "dx-chest-lungs", volume_path, tmp_path / "lungs.seg.nrrd")
 
 
+def test_select_says_which_models_that_need_the_volume_apply_can_still_take_a_lone_slice(zoo: Zoo):
+    """A slice-wise 3D model needs the volume for its figures and fit decision, yet ``apply`` takes a lone
+    slice; ``select`` says both, and says it only of the models whose runtime really takes the slice."""
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.models.registry import runtime_for
+    from ModelSelectorLib.selection.selector import select
+    from ModelSelectorLib.zoo import load_bundle
+
+    rng = np.random.default_rng(2)
+    lone = Image(
+        rng.normal(100, 20, (64, 80)).astype(np.float32), (1.5, 1.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)
+    )
+    sel = select(lone, zoo=ZOO, top_k=None, threshold=0.0)  # every score passes: only the input decides
+    by_name = {m.name: m for m in sel.models}
+    assert {"mr-cardiac", "mr-brain-flair-lesion", "mr-hippocampus"} <= set(sel.needs_volume)
+    for name in sel.needs_volume:
+        m = by_name[name]
+        assert m.answer == "needs the volume" and not m.fits
+        runtime = runtime_for(load_bundle(zoo.get(name)))
+        try:
+            runtime.input_image(lone)
+            takes = True
+        except InputError:
+            takes = False
+        assert m.slice_wise == takes, name
+        assert any("works slice by slice" in r for r in m.reasons) == takes, m.reasons
+        assert m.to_json_dict()["slice_wise"] == takes
+    assert by_name["mr-cardiac"].slice_wise and not by_name["mr-hippocampus"].slice_wise
+    assert "mr-cardiac and mr-brain-flair-lesion work slice by slice" in sel.to_text() or (
+        "mr-brain-flair-lesion and mr-cardiac work slice by slice" in sel.to_text()
+    )
+
+
 def test_landmark_model_verification_tells_a_chest_radiograph_from_other_images(zoo: Zoo):
     import matplotlib.cbook
 
