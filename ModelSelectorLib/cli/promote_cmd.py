@@ -103,6 +103,17 @@ def run_retrain(args: argparse.Namespace) -> int:
     return _report(result)
 
 
+def _candidate_text(ev: dict) -> str:
+    """The candidate of a promote or refuse event: its card's name and version and the start of its weights'
+    SHA-256 (what it was, whether or not its folder still exists), then the folder it came from."""
+    card = ev.get("candidate_card") or {}
+    folder = ev.get("candidate", "")
+    if not card:
+        return folder
+    sha = str((card.get("weights") or {}).get("sha256", ""))[:12]
+    return f"{card.get('name')} {card.get('version')} (weights sha256 {sha}; folder {folder})"
+
+
 def _event_text(ev: dict) -> str:
     gate = ev.get("gate") or {}
     numbers = ""
@@ -110,10 +121,10 @@ def _event_text(ev: dict) -> str:
         numbers = f" ({gate.get('metric')} mean improvement {gate.get('mean_improvement', 0.0):+.4f}, n={gate.get('n')})"
     action = ev.get("action")
     if action == "refuse":
-        return f"refused {ev.get('candidate', '')}{numbers}"
+        return f"refused {_candidate_text(ev)}{numbers}"
     if action == "promote":
         was = f"was {ev['from']}" if ev.get("from") else "first version"
-        return f"promoted {ev.get('version')} ({was}) from {ev.get('candidate', '')}{numbers}"
+        return f"promoted {ev.get('version')} ({was}) from {_candidate_text(ev)}{numbers}"
     if action == "restore":
         return f"restored {ev.get('version')} (was {ev.get('from')})"
     if action == "build":

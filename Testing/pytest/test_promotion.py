@@ -172,6 +172,9 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
 
 
 def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
+    from ModelSelectorLib.provenance import file_digest
+    from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE, validate_bundle
+
     zoo = str(tmp_path / "zoo")
     split = str(models["split"])
     assert (
@@ -191,6 +194,11 @@ def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
     assert main(["restore", "--zoo", zoo, "--task", "disks", "--list"]) == 0
     listing = capsys.readouterr().out
     assert "* 0.1.0" in listing and "refuse" in listing
+    bad = validate_bundle(models["bad"])
+    sha = file_digest(models["bad"] / WEIGHTS_FILE)["sha256"][:12]
+    assert (
+        f"refused {bad.name} {bad.version} (weights sha256 {sha}; folder " in listing
+    )  # what, not only where
     with pytest.raises(SystemExit) as refused:  # refused while parsing, before any model runs
         main(
             ["promote", "--zoo", zoo, "--task", "disks", "--candidate", str(models["good"]), "--level", "95"]
