@@ -64,13 +64,17 @@ def modelRows(models: list[dict[str, Any]]) -> list[ModelRow]:
 def findStatus(models: list[dict[str, Any]]) -> str:
     """The status line after *Find models*: how many models fit, or that none does, naming the models whose
     kind of image this is but which need something first (the whole volume, Hounsfield units, a crop, a
-    wider view: the row's tooltip says what to do)."""
+    wider view: the row's tooltip says what to do); a model that works slice by slice is said to take the lone
+    slice all the same."""
     n_fit = sum(1 for m in models if m.get("fits"))
     if n_fit:
         return f"{n_fit} of {len(models)} models fit this image."
     needs = [
-        f"{m.get('name')} {m.get('answer')}" for m in models if m.get("answer") not in (None, "yes", "no")
-    ]
+        f"{m.get('name')} {m.get('answer')}" + (" for its figures but can be applied to this slice"
+                                               if m.get("slice_wise") and m.get("answer") == "needs the volume"
+                                               else "")
+        for m in models if m.get("answer") not in (None, "yes", "no")
+    ]  # fmt: skip
     if not needs:
         return NO_FIT_MESSAGE + " (you can still tick a model and apply it)."
     return (f"{NO_FIT_MESSAGE} as it is: {'; '.join(needs)} (the row's tooltip says what to do; you can still "

@@ -206,4 +206,8 @@ def test_find_status_counts_the_fitting_models_or_names_what_the_others_need():
     assert presentation.findStatus([units, no, dict(no, name="c", answer="needs the volume")]) == (
         "No model in the zoo fits this image as it is: ct-head-bone needs Hounsfield units; c needs the volume "
         "(the row's tooltip says what to do; you can still tick a model and apply it).")  # fmt: skip
+    slices = dict(no, name="mr-cardiac", answer="needs the volume", slice_wise=True)
+    assert presentation.findStatus([slices, no]) == (
+        "No model in the zoo fits this image as it is: mr-cardiac needs the volume for its figures but can be "
+        "applied to this slice (the row's tooltip says what to do; you can still tick a model and apply it).")  # fmt: skip
     assert presentation.findStatus([]).startswith("No model in the zoo fits this image")
