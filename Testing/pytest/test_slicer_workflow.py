@@ -211,3 +211,29 @@ def test_find_status_counts_the_fitting_models_or_names_what_the_others_need():
         "No model in the zoo fits this image as it is: mr-cardiac needs the volume for its figures but can be "
         "applied to this slice (the row's tooltip says what to do; you can still tick a model and apply it).")  # fmt: skip
     assert presentation.findStatus([]).startswith("No model in the zoo fits this image")
+
+
+def test_a_lone_mr_slice_in_slicer_takes_the_slice_wise_model_only(tmp_path):
+    """One short-axis slice loaded as a one-slice volume: the slice-wise cardiac model segments it on the slice's
+    own grid; the hippocampus model, whose patches span 40 slices, is refused with what to give instead."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    image = sitk.GetImageFromArray(rng.normal(300, 60, (1, 72, 88)).astype(np.float32))
+    image.SetSpacing((1.4, 1.4, 8.0))
+    image.SetOrigin((-60.0, 25.0, 12.0))
+    path = tmp_path / "sax_slice.nrrd"
+    sitk.WriteImage(image, str(path))
+    scene = slicer.vtkMRMLScene()
+    volume = slicer.vtkMRMLScalarVolumeNode()
+    volume.SetName("ShortAxisSlice")
+    scene.AddNode(volume)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(volume)
+    logic = msm.ModelSelectorLogic(scene)
+    (node,) = logic.applyModels(volume, ["mr-cardiac"])
+    assert node.IsA("vtkMRMLSegmentationNode")
+    _assert_same_grid(node, volume)
+    with pytest.raises(msm.ModelSelectorProcessError, match="mr-hippocampus takes 3D volumes"):
+        logic.applyModels(volume, ["mr-hippocampus"])
