@@ -178,9 +178,16 @@ def test_label_maps_are_told_from_pictures(oblique_image):
         problem.startswith("it holds only 3 distinct whole-number values (0, 1, 7)")
         and "label map" in problem
     )
-    count = np.arange(np.prod(shape)).reshape(shape)
-    assert "32 distinct" in label_map_problem(oblique_image.with_array((count % 32).astype(np.int16)))
-    assert label_map_problem(oblique_image.with_array((count % 33).astype(np.int16))) is None  # 33: a picture
+    runs = np.arange(np.prod(shape)).reshape(shape) // 40  # regions: runs of 40 voxels in memory order
+    assert "32 distinct" in label_map_problem(oblique_image.with_array((runs % 32).astype(np.int16)))
+    assert label_map_problem(oblique_image.with_array((runs % 33).astype(np.int16))) is None  # 33: a picture
+    # a dark edge slice of an 8-bit MR: a few grey values (0-8), but varying like noise, not forming regions
+    rng = np.random.default_rng(1)
+    dark = np.zeros((64, 64), np.uint8)
+    dark[20:44, 16:48] = np.clip(rng.normal(3, 2, (24, 32)), 0, 8).astype(np.uint8)
+    assert label_map_problem(Image(dark, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))) is None
+    blocky = np.repeat(np.repeat(dark[::8, ::8], 8, axis=0), 8, axis=1)  # the same values as 8 px regions
+    assert "label map" in label_map_problem(Image(blocky, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
     halves = (labels / 2.0).astype(np.float32)  # few values, not whole numbers: a picture
     assert label_map_problem(oblique_image.with_array(halves)) is None
     rng = np.random.default_rng(0)
