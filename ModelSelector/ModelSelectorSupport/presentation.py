@@ -69,16 +69,20 @@ def findStatus(models: list[dict[str, Any]]) -> str:
     n_fit = sum(1 for m in models if m.get("fits"))
     if n_fit:
         return f"{n_fit} of {len(models)} models fit this image."
-    needs = [
-        f"{m.get('name')} {m.get('answer')}" + (" for its figures but can be applied to this slice"
-                                               if m.get("slice_wise") and m.get("answer") == "needs the volume"
-                                               else "")
-        for m in models if m.get("answer") not in (None, "yes", "no")
-    ]  # fmt: skip
+    needs = [_need(m) for m in models if m.get("answer") not in (None, "yes", "no")]
     if not needs:
         return NO_FIT_MESSAGE + " (you can still tick a model and apply it)."
     return (f"{NO_FIT_MESSAGE} as it is: {'; '.join(needs)} (the row's tooltip says what to do; you can still "
             "tick a model and apply it).")  # fmt: skip
+
+
+def _need(m: dict[str, Any]) -> str:
+    """``NAME ANSWER`` of a model that needs something first; a slice-wise model that needs the volume can still
+    be applied to the lone slice."""
+    text = f"{m.get('name')} {m.get('answer')}"
+    if m.get("slice_wise") and m.get("answer") == "needs the volume":
+        text += " for its figures but can be applied to this slice"
+    return text
 
 
 def gridVoxels(volumeNode: Any) -> int:

@@ -159,11 +159,6 @@ class TaskRuntime(abc.ABC):
         """Whether ``image`` has dimensions this model can take (a one-slice volume counts as 2D)."""
         return (2 if image.is_single_slice else 3) == self.spatial_dims
 
-    def takes_single_slices(self) -> bool:
-        """Whether this 3D model works slice by slice, so that a lone 2D slice is a whole input for it
-        (:attr:`~ModelSelectorLib.zoo.card.ModelCard.takes_single_slices`)."""
-        return self.card.takes_single_slices
-
     def input_image(self, image: Image) -> Image:
         """``image`` as this model takes it: one component, the model's dimensions (a one-slice volume
         becomes a 2D image for a 2D model, a 2D image a one-slice volume for a 3D model that works slice by
@@ -182,7 +177,7 @@ class TaskRuntime(abc.ABC):
                     "slices; give a 2D image (PNG, or NRRD/NIfTI with one slice) or choose a 3D model."
                 )
             img = img.as_2d()
-        elif img.is_single_slice and not self.takes_single_slices():
+        elif img.is_single_slice and not self.card.takes_single_slices:
             depth = f" (its patches span {int(self.card.roi_size[2])} slices)" if self.card.roi_size else ""
             raise InputError(
                 f"the model {self.card.name} takes 3D volumes{depth} and the input is a single 2D slice; give it "
