@@ -195,10 +195,11 @@ def project_shape(module: Any, points: np.ndarray) -> np.ndarray:
     import torch
 
     pts = np.asarray(points, np.float64)
+    weight = module["encode"].weight  # the module may sit on a GPU with the networks of its bundle
     with torch.no_grad():
-        flat = torch.from_numpy(pts.reshape(len(pts), -1)).to(module["encode"].weight.dtype)
+        flat = torch.from_numpy(pts.reshape(len(pts), -1)).to(device=weight.device, dtype=weight.dtype)
         out = module["decode"](module["encode"](flat))
-    return out.double().numpy().reshape(pts.shape)
+    return out.double().cpu().numpy().reshape(pts.shape)
 
 
 def contour_model_def(n_points: int, n_modes: int) -> dict[str, Any]:
@@ -252,8 +253,8 @@ def fit_contour(
     import torch
 
     with torch.no_grad():
-        modes = module.weight.double().numpy()  # (2P, k)
-        mean = module.bias.double().numpy()
+        modes = module.weight.double().cpu().numpy()  # (2P, k)
+        mean = module.bias.double().cpu().numpy()
     pts = np.asarray(points, np.float64)
     n, p = pts.shape[:2]
     basis = modes.reshape(p, 2, -1)
