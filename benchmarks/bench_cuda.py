@@ -6,14 +6,14 @@ the median seconds of each device and their ratio, whether the output keeps the 
 the GPU's answer is from the CPU's: the share of voxels with the same label and the Dice of each label between
 the two label maps (segmentation), or the largest distance between the two sets of points in mm (landmarks).
 The model-alone fit signals the selector weighs are compared too (``fit`` and ``confidence`` within
-``--max-signal-diff``). The GPU runs TF32 and cuDNN's own algorithms,
-so tiny differences are expected; a label map that differs by more than ``--min-agreement`` is reported as a
-failure.
+``--max-signal-diff``). The GPU runs TF32 and cuDNN's own algorithms, so tiny differences are expected; a
+label map that differs by more than ``--min-agreement`` is reported as a failure.
 
-Train (``--train``): a 3D segmentation recipe (nnU-Net-style augmentation, bfloat16 forward pass, Gaussian
-sliding window with mirroring at validation), a slice-wise 2D one, and a landmark model with its teacher,
-Monte-Carlo dropout, refinement and shape stages (``uncertainty_kd``) train for a few steps on small synthetic
-data on the GPU; each bundle is then loaded on the CPU and applied there, as a user without a GPU would.
+Train (``--train``), for a few steps on small synthetic data on the GPU: a 3D segmentation recipe (nnU-Net-style
+augmentation, bfloat16 forward pass, Gaussian sliding window with mirroring at validation), a slice-wise 2D
+one, the landmark comparison grid (every variant: teachers, distillation, mean teacher, Monte-Carlo dropout,
+refinement) and a landmark model with refinement and contour stages for a zoo. Each zoo bundle is then loaded
+on the CPU and applied there, as a user without a GPU would.
 
 Usage::
 
@@ -149,18 +149,21 @@ def _train_landmarks(tmp: Path, device: str) -> str:
     from ModelSelectorLib.datasets.landmarks import make_synthetic_cxr
     from ModelSelectorLib.io.image import read_image
     from ModelSelectorLib.training.landmark_grid import GridConfig
-    from ModelSelectorLib.training.landmark_study import train_into_zoo
+    from ModelSelectorLib.training.landmark_study import compare, train_into_zoo
 
     data = make_synthetic_cxr(tmp / "cxr", n_labelled=10, n_unlabelled=3, width=72, height=60, seed=0)
     cfg = GridConfig.quick()
-    cfg.train = {**cfg.train, "device": device}
+    cfg.train = {**cfg.train, "device": device, "contour_modes": 3}
     t0 = time.perf_counter()
+    runs = compare(data, tmp / "lm-grid", cfg, log=lambda *a: None)["runs"]
+    grid_s, t0 = time.perf_counter() - t0, time.perf_counter()
     entry = train_into_zoo(data, tmp / "lm-zoo", cfg, name="synth-landmarks", variant="uncertainty_kd")
     seconds = time.perf_counter() - t0
     image = read_image(sorted(data.glob("*.png"))[0])
     points = np.asarray(open_runtime(tmp / "lm-zoo", "synth-landmarks", "cpu").predict(image).value)
     assert np.isfinite(points).all(), "the CPU's landmarks are not finite"
-    return (f"landmarks uncertainty_kd trained on {device} in {seconds:.1f} s (version {entry.get('version')}); "
+    return (f"landmark grid (every variant, {len(runs)} runs) on {device} in {grid_s:.1f} s; uncertainty_kd with "
+            f"refinement and contour stages trained on {device} in {seconds:.1f} s (version {entry.get('version')}); "
             f"applied on the CPU: {len(points)} finite points")  # fmt: skip
 
 

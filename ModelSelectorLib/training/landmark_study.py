@@ -285,10 +285,10 @@ def _later_stages(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridD
     name = run_name("refiner", fraction, seed)
     for d in _reuse_dirs(out, cfg):
         if (d / f"{name}.json").is_file() and (d / f"{name}.pt").is_file():
-            net = build_network(tc.refine_network, 1, in_channels=1 + gd.conditioning.shape[1])
-            net.load_state_dict(torch.load(str(d / f"{name}.pt"), map_location="cpu", weights_only=True))
+            net = _load_weights(build_network(tc.refine_network, 1, in_channels=1 + gd.conditioning.shape[1]),
+                                d / f"{name}.pt", "refinement network", tc.device)  # fmt: skip
             seconds = float(json.loads((d / f"{name}.json").read_text(encoding="utf-8"))["train_seconds"])
-            return {**shapes, "refine": net.eval(), "refine_seconds": seconds}
+            return {**shapes, "refine": net, "refine_seconds": seconds}
     t0 = time.perf_counter()
     net = train_refiner(
         fine_arrays([gd.fine[i] for i in lab_ids]), gd.conditioning, tc, seed, cancel, desc=name
@@ -311,14 +311,12 @@ def _teacher(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, 
              later: dict[str, Any], fraction: float, seed: int, cancel: Any) -> Any:  # fmt: skip
     """The supervised teacher of ``(fraction, seed)``: loaded from its run (here or in ``reuse_from``), or trained
     and stored as a run of this grid."""
-    import torch
 
     name = run_name("teacher_supervised", fraction, seed)
     for d in _reuse_dirs(out, cfg):
         if (d / f"{name}.json").is_file() and (d / f"{name}.pt").is_file():
-            net = build_network(tc.teacher, gd.schema.n_points)
-            net.load_state_dict(torch.load(str(d / f"{name}.pt"), map_location="cpu", weights_only=True))
-            return net.eval()
+            return _load_weights(build_network(tc.teacher, gd.schema.n_points), d / f"{name}.pt",
+                                 f"{tc.teacher} network for {gd.schema.n_points} landmarks", tc.device)  # fmt: skip
     res = run_variant("teacher_supervised", lab_arr, unl_images, tc, seed, cancel=cancel)
     _save_run(
         out, name, "teacher_supervised", fraction, seed, res, len(lab_arr.images), 0, later, tc, gd, cfg
@@ -403,14 +401,16 @@ def train_into_zoo(
                            None if weights is not None else seconds)  # fmt: skip
 
 
-def _load_weights(net: Any, path: PathLike, what: str) -> Any:
+def _load_weights(net: Any, path: PathLike, what: str, device: str = "cpu") -> Any:
+    """``net`` with the weights of ``path`` (a run's ``.pt``), on ``device``, in eval mode: the device the
+    grid trains and evaluates on, since the networks it trains stay there too."""
     import torch
 
     try:
         net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
     except (RuntimeError, OSError) as e:
         raise TrainingError(f"{path}: not weights of the {what} ({e}).") from e
-    return net.eval()
+    return net.to(device).eval()
 
 
 def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: float, seed: int,
@@ -422,7 +422,7 @@ def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: 
     size_name = tc.teacher if variant == "teacher_supervised" else tc.student
     if weights is not None:
         net = _load_weights(build_network(size_name, gd.schema.n_points), weights,
-                            f"{size_name} network for {gd.schema.n_points} landmarks")  # fmt: skip
+                            f"{size_name} network for {gd.schema.n_points} landmarks", tc.device)  # fmt: skip
     else:
         teacher = None
         if needs_teacher(variant):
@@ -432,7 +432,7 @@ def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: 
     if tc.refine_steps > 0 and gd.fine is not None:
         if refiner is not None:
             refine = _load_weights(build_network(tc.refine_network, 1, in_channels=1 + gd.conditioning.shape[1]),
-                                   refiner, "refinement network")  # fmt: skip
+                                   refiner, "refinement network", tc.device)  # fmt: skip
         else:
             refine = train_refiner(
                 fine_arrays([gd.fine[i] for i in lab_ids]), gd.conditioning, tc, seed, cancel
