@@ -32,6 +32,9 @@ labelled) and add it to the zoo --zoo as a MONAI bundle with task type "landmark
 """
 
 
+DEVICE_HELP = "torch device of training: cpu or cuda (default: the config's train.device, else cpu)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("landmarks", help="chest X-ray landmark models: compare variants, train into a zoo",
                        description="Landmark detection by heatmap regression with teacher–student variants.")  # fmt: skip
@@ -46,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--runs-from", type=Path, metavar="RESULTS_JSON",
                    help="continue an earlier grid: take the whole blocks (fraction and seed) of finished runs "
                    "recorded in its results.json (e.g. docs/landmarks/results.json) as done")  # fmt: skip
+    c.add_argument("--device", help=DEVICE_HELP)
     c.set_defaults(func=run_compare)
     t = lsub.add_parser("train", help="train a landmark student and add it to a zoo", description=TRAIN_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -58,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--config", type=Path, help="YAML with GridConfig settings (its 'train' block is used)")
     t.add_argument("--quick", action="store_true", help="seconds-long configuration (for trying it out)")
+    t.add_argument("--device", help=DEVICE_HELP)
     t.add_argument(
         "--weights", type=Path, help="use these trained weights (a grid run's .pt) instead of training"
     )
@@ -94,8 +99,15 @@ def _grid_config(args: argparse.Namespace) -> Any:
 
         data = read_settings_file(args.config, example="seeds: [0, 1, 2]")
         base = GridConfig.quick().to_dict() if getattr(args, "quick", False) else {}
-        return GridConfig.from_dict({**base, **data})
-    return GridConfig.quick() if getattr(args, "quick", False) else GridConfig()
+        cfg = GridConfig.from_dict({**base, **data})
+    else:
+        cfg = GridConfig.quick() if getattr(args, "quick", False) else GridConfig()
+    if getattr(args, "device", None):
+        from ..models.preprocessing import check_device
+
+        check_device(args.device)
+        cfg.train = {**cfg.train, "device": args.device}
+    return cfg
 
 
 def run_compare(args: argparse.Namespace) -> int:

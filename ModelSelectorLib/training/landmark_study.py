@@ -100,7 +100,7 @@ def _check_config(out: Path, cfg: GridConfig) -> None:
         if _differing_settings(json.loads(path.read_text(encoding="utf-8")), cfg):
             raise TrainingError(
                 f"{out}: holds runs made with other settings (config.json differs); use a new --out folder "
-                "or the same --config."
+                "or the same --config and --device."
             )
     if cfg.reuse_from:
         ref = Path(cfg.reuse_from) / "config.json"

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from ModelSelectorLib.datasets.landmarks import (  # noqa: E402
     labelled_subset,
@@ -393,7 +394,7 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
 
     zoo = tmp_path / "zoo"
     rc = main(["landmarks", "train", "--data", str(synth_data), "--zoo", str(zoo), "--quick", "--name",
-               "cxr_lm", "--variant", "offline_kd", "--fraction", "0.5"])  # fmt: skip
+               "cxr_lm", "--variant", "offline_kd", "--fraction", "0.5", "--device", "cpu"])  # fmt: skip
     assert rc == 0
     z = Zoo(zoo)
     card = validate_bundle(z.get("cxr_lm"))
@@ -431,6 +432,17 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
     points = json.loads(pts_out.read_text(encoding="utf-8"))["markups"]
     assert [mk["type"] for mk in points] == ["Fiducial"]
     np.testing.assert_allclose(read_markups(pts_out)[0], pts, atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_landmark_training_on_a_missing_gpu_is_refused_before_it_starts(synth_data, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    for cmd in (["train", "--zoo", str(tmp_path / "zoo")], ["compare", "--out", str(tmp_path / "grid")]):
+        rc = main(["landmarks", *cmd, "--data", str(synth_data), "--quick", "--device", "cuda"])
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and "no CUDA GPU" in err and "--device cpu" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "zoo").exists() and not (tmp_path / "grid").exists()
 
 
 def test_zoo_student_is_chosen_on_mean_validation_error_over_seeds():
