@@ -137,7 +137,8 @@ def _train_segmentation(tmp: Path, device: str, slice_wise: bool) -> str:
     image = read_image(next((msd / "imagesTr").glob("*.nii.gz")))
     labels = open_runtime(tmp / "zoo", f"synth-{kind}", "cpu").predict(image).value
     assert labels.same_geometry(image), "the CPU's label map lost the image's geometry"
-    return (f"segmentation {kind} ({config.precision}) trained on {device} in {seconds:.1f} s; validation Dice "
+    return (f"segmentation {kind} ({config.precision}) trained on {device} in {seconds:.1f} s (card: "
+            f"{card.training_device}); validation Dice "
             f"{card.validation_metrics.get('dice', float('nan')):.3f}; applied on the CPU: labels "
             f"{sorted(int(v) for v in set(labels.array.ravel().tolist()))}")  # fmt: skip
 
@@ -157,13 +158,15 @@ def _train_landmarks(tmp: Path, device: str) -> str:
     t0 = time.perf_counter()
     runs = compare(data, tmp / "lm-grid", cfg, log=lambda *a: None)["runs"]
     grid_s, t0 = time.perf_counter() - t0, time.perf_counter()
-    entry = train_into_zoo(data, tmp / "lm-zoo", cfg, name="synth-landmarks", variant="uncertainty_kd")
+    train_into_zoo(data, tmp / "lm-zoo", cfg, name="synth-landmarks", variant="uncertainty_kd")
     seconds = time.perf_counter() - t0
     image = read_image(sorted(data.glob("*.png"))[0])
-    points = np.asarray(open_runtime(tmp / "lm-zoo", "synth-landmarks", "cpu").predict(image).value)
+    runtime = open_runtime(tmp / "lm-zoo", "synth-landmarks", "cpu")
+    points = np.asarray(runtime.predict(image).value)
     assert np.isfinite(points).all(), "the CPU's landmarks are not finite"
     return (f"landmark grid (every variant, {len(runs)} runs) on {device} in {grid_s:.1f} s; uncertainty_kd with "
-            f"refinement and contour stages trained on {device} in {seconds:.1f} s (version {entry.get('version')}); "
+            f"refinement and contour stages trained on {device} in {seconds:.1f} s (card: "
+            f"{runtime.card.training_device}); "
             f"applied on the CPU: {len(points)} finite points")  # fmt: skip
 
 

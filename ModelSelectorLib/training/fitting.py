@@ -78,16 +78,33 @@ def peak_memory_mb() -> float:
     return float(rss) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
 
-def reset_peak_memory() -> bool:
+def reset_peak_memory(device: str = "cpu") -> bool:
     """Start :func:`peak_memory_mb` again from the current resident memory, so that a run measures its own peak
     and not that of an earlier run in the same process (several folds, or a build that trains its final model
-    after them). Linux only (``/proc/self/clear_refs``); returns whether the reset took place."""
+    after them); on a CUDA ``device`` also torch's peak of GPU memory (:func:`training_device`). Linux only
+    (``/proc/self/clear_refs``); returns whether the reset of the resident memory took place."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         return False
     return True
+
+
+def training_device(device: str) -> str:
+    """Where a model was trained, for its card: ``"CPU, 2 torch threads"``, or on a GPU its name and torch's peak
+    of allocated GPU memory since :func:`reset_peak_memory` (``"CUDA: NVIDIA H200, peak GPU memory 812 MiB"``),
+    since a training time means little without the hardware it was measured on."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return f"CPU, {torch.get_num_threads()} torch threads"
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    return f"CUDA: {torch.cuda.get_device_name(device)}, peak GPU memory {peak:.0f} MiB"
 
 
 def run_peak_memory_mb(res: FitResult) -> float:
@@ -365,7 +382,7 @@ def fit(
         elapsed, peak = float(ckpt["seconds"]), float(ckpt.get("peak_memory_mb", 0.0))
     resumed_from, trains = start, start < config.epochs
     if trains:  # the peak of this run, not of an earlier one in the process
-        reset_peak_memory()
+        reset_peak_memory(config.device)
     bar = progress_bar(total=config.epochs, initial=start, desc="train")
     try:
         for epoch in range(start, config.epochs):

@@ -42,6 +42,7 @@ from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import save_bundle
 from ..zoo.card import ModelCard
 from ..zoo.catalog import Zoo
+from .fitting import reset_peak_memory, training_device
 from .landmark_grid import (
     CARD_METRICS,
     TRAINING_DATA_LICENCE,
@@ -394,6 +395,7 @@ def train_into_zoo(
     tc = cfg.train_config
     with torch_threads(tc.threads):
         gd = load_grid_data(data, cfg, cancel=cancel)
+        reset_peak_memory(tc.device)
         t0 = time.perf_counter()
         net, later, keep = _zoo_network(gd, tc, variant, fraction, seed, weights, refiner, cancel)
         seconds = time.perf_counter() - t0
@@ -470,6 +472,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         n_training_cases=len(keep), validation_metrics=metrics, seed=seed,
         code_version=f"ModelSelectorLib {__version__}", license=TRAINING_DATA_LICENCE,
         training_time_s=None if seconds is None else round(seconds, 1),
+        training_device=None if seconds is None else training_device(tc.device),
     )  # fmt: skip
     fits_contours = stage(whole, "contour") is not None
     stages = (

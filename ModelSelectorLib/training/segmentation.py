@@ -38,7 +38,7 @@ from ..zoo.card import ModelCard, default_color
 from ..zoo.catalog import Zoo
 from .augmentation import flip_axes, mirror_axes
 from .config import CURVE_FILE, TRAIN_CONFIG_FILE, TrainConfig, intensity_settings
-from .fitting import fit, run_peak_memory_mb
+from .fitting import fit, run_peak_memory_mb, training_device
 from .networks import build_network, network_def
 from .planning import Plan, plan_training
 from .validation import choose_postprocessing, evaluate_cases, summarize_cases
@@ -273,6 +273,7 @@ def train_segmentation(
         inference=inference,
         plan=run.plan.to_card(),
         peak_memory_mb=run_peak_memory_mb(res),
+        training_device=training_device(config.device),
     )
     check_cancel(cancel)
     _add_to_zoo(zoo, card, run, res, config, dataset.name)

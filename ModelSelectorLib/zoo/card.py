@@ -76,6 +76,8 @@ class ModelCard:
             values]}``; ``None``: constant weighting, overlap 0.25, no mirroring, no post-processing.
         plan: how input size and spacing were chosen, e.g. ``{"median_shape": [x, y, z], "max_patch_voxels"}``.
         peak_memory_mb: peak resident memory of the training process in MiB (``ru_maxrss``).
+        training_device: where it was trained, e.g. ``"CPU, 2 torch threads"`` or ``"CUDA: NVIDIA H200, peak GPU
+            memory 812 MiB"`` (``None``: not recorded, as for models trained before this field).
     """
 
     name: str
@@ -101,6 +103,7 @@ class ModelCard:
     inference: Optional[dict[str, Any]] = None
     plan: Optional[dict[str, Any]] = None
     peak_memory_mb: Optional[float] = None
+    training_device: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The card as a JSON-ready dict (the ``"modelselector"`` block of ``metadata.json``)."""
@@ -185,6 +188,8 @@ class ModelCard:
             raise BundleError("model card field 'plan' must be an object.")
         if self.peak_memory_mb is not None and not isinstance(self.peak_memory_mb, (int, float)):
             raise BundleError(f"model card field 'peak_memory_mb' is {self.peak_memory_mb!r}; expected MiB.")
+        if self.training_device is not None and not isinstance(self.training_device, str):
+            raise BundleError("model card field 'training_device' must be text.")
         return self
 
     def _validate_inference(self) -> None:

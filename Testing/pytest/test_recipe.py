@@ -156,6 +156,27 @@ def test_card_inference_block_is_checked_and_exported(tmp_path):
         ModelCard.from_dict({**card.to_dict(), "inference": {"keep_largest_component": [2]}}).validate()
 
 
+def test_the_card_says_where_a_model_was_trained():
+    from ModelSelectorLib.errors import BundleError
+    from ModelSelectorLib.training.fitting import training_device
+    from ModelSelectorLib.zoo.bundle import render_readme
+    from ModelSelectorLib.zoo.card import ModelCard
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert training_device("cpu") == "CPU, 2 torch threads"
+    finally:
+        torch.set_num_threads(threads)
+    card = ModelCard(name="m", version="0.1.0", task_type="segmentation", modality="MR", body_region="HEAD",
+                     labels=[{"value": 1, "name": "a", "color": [1.0, 0.0, 0.0]}], training_time_s=60.0,
+                     training_device="CUDA: NVIDIA H200, peak GPU memory 812 MiB")  # fmt: skip
+    assert "- Trained on: CUDA: NVIDIA H200, peak GPU memory 812 MiB" in render_readme(card.validate())
+    assert "Trained on" not in render_readme(ModelCard.from_dict({**card.to_dict(), "training_device": None}))
+    with pytest.raises(BundleError, match="training_device"):
+        ModelCard.from_dict({**card.to_dict(), "training_device": 2}).validate()
+
+
 # --- augmentation ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("roi", [(16, 16, 8), (16, 16, 1)])
 def test_nnunet_augmentation_keeps_shape_and_sides(roi):

@@ -57,6 +57,7 @@ def test_training_writes_a_complete_card(trained, loaded):
     assert card.target_spacing == list(TARGET_SPACING) and card.roi_size == [16, 16, 16]
     assert card.intensity == {"mode": "ct", "a_min": -1000.0, "a_max": 1000.0}
     assert card.n_training_cases == 4 and card.seed == 0 and card.training_time_s > 0
+    assert card.training_device == "CPU, 2 torch threads"
     assert card.validation_metrics["dice"] > 0.7
     assert {"dice_sphere", "dice_box"} <= set(card.validation_metrics)
     assert card.code_version.startswith("0.")
