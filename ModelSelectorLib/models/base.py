@@ -101,6 +101,14 @@ class TaskRuntime(abc.ABC):
         """MONAI ``network_data_format.outputs.pred`` of the card's network."""
 
     @classmethod
+    def usage(cls, card: Any) -> list[str]:
+        """The card's "Use" section (Markdown lines): how to load and apply the bundle."""
+        return [
+            f"Load with `ModelSelectorLib.zoo.load_bundle(PATH)`; apply with `modelselector apply --model "
+            f"{card.name} --zoo ZOO IMAGE --out OUT{cls.output_suffix}` (or from the Slicer module)."
+        ]
+
+    @classmethod
     def describe_outputs(cls, card: Any) -> str:
         """One line naming what the model outputs (for tables and summaries)."""
         return ", ".join(card.label_names)

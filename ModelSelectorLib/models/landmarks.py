@@ -129,6 +129,12 @@ class LandmarkRuntime(TaskRuntime):
 
     # --- card-level --------------------------------------------------------------------------------------
     @classmethod
+    def usage(cls, card: Any) -> list[str]:
+        return [*super().usage(card), "", "MONAI's own workflow cannot run it: after the coarse network come the "
+                "shape, refinement and contour stages, which no MONAI transform does (`landmark_stages` in "
+                "`configs/inference.json` describes them)."]  # fmt: skip
+
+    @classmethod
     def inference_sections(cls, card: Any) -> dict[str, Any]:
         # the whole radiograph resized to roi_size (points map back by the scale)
         size = list(card.roi_size or [64, 64])

@@ -38,6 +38,7 @@ from ..io.segmentation import Segment, write_segmentation
 from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime
 from .bnstats import BNStatHooks
+from .monai_workflow import MONAI_RUN_USAGE, workflow_sections
 from .preprocessing import background_value, normalize_intensity, preprocess
 from .registry import register_runtime
 
@@ -282,17 +283,16 @@ class SegmentationRuntime(TaskRuntime):
                                    "mode": inference["sw_mode"]}  # fmt: skip
         else:
             sections["inferer"] = {"_target_": "SimpleInferer"}
-        sections["postprocessing"] = {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-        ]}  # fmt: skip
-        if inference[
-            "keep_largest_component"
-        ]:  # test-time mirroring has no MONAI transform; the card says it
-            sections["postprocessing"]["transforms"].append(
-                {"_target_": "KeepLargestConnectedComponentd", "keys": "pred",
-                 "applied_labels": list(inference["keep_largest_component"]), "independent": True})  # fmt: skip
+        # test-time mirroring has no MONAI transform; the card says it
+        lcc = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred",
+                "applied_labels": list(inference["keep_largest_component"]), "independent": True}] if inference[
+            "keep_largest_component"] else []  # fmt: skip
+        sections.update(workflow_sections(int(card.spatial_dims), lcc))
         return sections
+
+    @classmethod
+    def usage(cls, card: Any) -> list[str]:
+        return [*super().usage(card), "", *MONAI_RUN_USAGE]
 
     @classmethod
     def output_format(cls, card: Any) -> dict[str, Any]:

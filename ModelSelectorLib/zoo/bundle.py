@@ -365,8 +365,7 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
               *([f"- Peak memory: {card.peak_memory_mb:.0f} MiB"] if card.peak_memory_mb is not None else []),
               *([f"- Trained on: {card.training_device}"] if card.training_device else []),
               "", "## Licence", "", card.license or "not stated", "",
-              "## Use", "", "Load with `ModelSelectorLib.zoo.load_bundle(PATH)` or run `configs/inference.json`",
-              "with `python -m monai.bundle run --config_file configs/inference.json`.", ""]  # fmt: skip
+              "## Use", "", *runtime_class(card.task_type).usage(card), ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -149,7 +149,8 @@ def test_card_inference_block_is_checked_and_exported(tmp_path):
                                 "keep_largest_component": [1]}, peak_memory_mb=512.0)  # fmt: skip
     config = build_inference_config(card.validate(), {"_target_": "x"})
     assert config["inferer"]["mode"] == "gaussian" and config["inferer"]["overlap"] == 0.5
-    assert config["postprocessing"]["transforms"][-1]["_target_"] == "KeepLargestConnectedComponentd"
+    post = [t["_target_"] for t in config["postprocessing"]["transforms"]]
+    assert post == ["Activationsd", "Invertd", "AsDiscreted", "KeepLargestConnectedComponentd", "SaveImaged"]
     with pytest.raises(BundleError, match="mirror_axes"):
         ModelCard.from_dict({**card.to_dict(), "inference": {"mirror_axes": [3]}}).validate()
     with pytest.raises(BundleError, match="keep_largest_component"):

@@ -1,0 +1,115 @@
+"""The MONAI inference workflow of a segmentation bundle: what ``python -m monai.bundle run`` runs.
+
+Besides the network, a segmentation bundle's ``configs/inference.json`` holds MONAI's standard inference
+workflow, laid out as in the bundles of the MONAI Model Zoo. The workflow runs in this order:
+1. ``dataset_dir`` gives the ``datalist``;
+2. a ``Dataset`` applies the ``preprocessing``;
+3. a ``SupervisedEvaluator`` runs the ``inferer`` with the weights that ``CheckpointLoader`` reads from
+   ``models/model.pt``;
+4. the ``postprocessing`` inverts the preprocessing on the class probabilities (back onto each input's grid),
+   takes the argmax, keeps the largest components where the card says so, and writes one label file per input
+   to ``output_dir``.
+
+ModelSelector itself never evaluates these sections (:mod:`~ModelSelectorLib.zoo.trust`); its task runtime does
+the same work and also mirrors at test time, which has no MONAI transform. So the two answers can differ in a
+few border voxels. The sections are for people who run the bundle with MONAI's own tools::
+
+    pip install "monai[fire,ignite,nibabel,skimage]"
+    python -m monai.bundle run --config_file configs/inference.json --dataset_dir IMAGES --output_dir OUT
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: the input files the workflow picks up in ``dataset_dir``
+DATASET_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.png")
+
+
+def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workflow items of ``inference.json`` (they refer to its ``preprocessing``, ``inferer``, ``network``,
+    ``device``, ``ckpt_path`` and ``bundle_root``), with ``label_transforms`` applied to the label map before it
+    is written (e.g. ``KeepLargestConnectedComponentd``).
+
+    A 2D model writes PNG: a radiograph's pixels in its own order, since a 2D NIfTI written from a PNG, which has no
+    geometry, would carry a flipped one."""
+    save: dict[str, Any] = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
+                            "output_postfix": "seg", "output_dtype": "$numpy.uint8", "resample": False,
+                            "separate_folder": False, "print_log": False}  # fmt: skip
+    if spatial_dims == 2:
+        save["output_ext"] = ".png"
+    patterns = ", ".join(repr(p) for p in DATASET_PATTERNS)
+    return {
+        "imports": ["$import glob", "$import os"],
+        "dataset_dir": "/workspace/data",
+        "datalist": f"$sorted(f for p in ({patterns}) for f in glob.glob(os.path.join(@dataset_dir, p)))",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset": {
+            "_target_": "Dataset",
+            "data": "$[{'image': f} for f in @datalist]",
+            "transform": "@preprocessing",
+        },  # fmt: skip
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },  # fmt: skip
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                # probabilities back onto the input's grid before the argmax, as the task runtime does
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                *label_transforms,
+                save,
+            ],
+        },  # fmt: skip
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@ckpt_path",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],  # fmt: skip
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },  # fmt: skip
+        "run": ["$@evaluator.run()"],
+    }
+
+
+#: how to run a bundle with MONAI's own tools (the card's "Use" section)
+MONAI_RUN_USAGE = [
+    "Run it with MONAI's own tools on a folder of images (NIfTI, NRRD, MHA or PNG); one label file per image is",
+    "written to OUT:",
+    "",
+    "```bash",
+    'pip install "monai[fire,ignite,nibabel,skimage]"',
+    "python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES --output_dir OUT",
+    "```",
+    "",
+    "`modelselector apply` writes the same labels as a Slicer `.seg.nrrd`, and also mirrors at test time where the",
+    "card's inference block says so, which MONAI's workflow does not: the two can differ in a few border voxels.",
+]
+
+
+__all__ = ["DATASET_PATTERNS", "MONAI_RUN_USAGE", "workflow_sections"]
