@@ -15,7 +15,8 @@ the same work and also mirrors at test time, which has no MONAI transform. So th
 few border voxels. The sections are for people who run the bundle with MONAI's own tools::
 
     pip install "monai[fire,ignite,nibabel,skimage]"
-    python -m monai.bundle run --config_file configs/inference.json --dataset_dir IMAGES --output_dir OUT
+    python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES \
+        --output_dir OUT
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
 
     A 2D model writes PNG: a radiograph's pixels in its own order, since a 2D NIfTI written from a PNG, which has no
     geometry, would carry a flipped one."""
-    save: dict[str, Any] = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
-                            "output_postfix": "seg", "output_dtype": "$numpy.uint8", "resample": False,
-                            "separate_folder": False, "print_log": False}  # fmt: skip
+    save: dict[str, Any] = {
+        "_target_": "SaveImaged",
+        "keys": "pred",
+        "output_dir": "@output_dir",
+        "output_postfix": "seg",
+        "output_dtype": "$numpy.uint8",
+        "resample": False,
+        "separate_folder": False,
+        "print_log": False,
+    }
     if spatial_dims == 2:
         save["output_ext"] = ".png"
     patterns = ", ".join(repr(p) for p in DATASET_PATTERNS)
@@ -48,14 +56,14 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
             "_target_": "Dataset",
             "data": "$[{'image': f} for f in @datalist]",
             "transform": "@preprocessing",
-        },  # fmt: skip
+        },
         "dataloader": {
             "_target_": "DataLoader",
             "dataset": "@dataset",
             "batch_size": 1,
             "shuffle": False,
             "num_workers": 0,
-        },  # fmt: skip
+        },
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -73,7 +81,7 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
                 *label_transforms,
                 save,
             ],
-        },  # fmt: skip
+        },
         "handlers": [
             {
                 "_target_": "CheckpointLoader",
@@ -82,7 +90,7 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
                 "map_location": "@device",
             },
             {"_target_": "StatsHandler", "iteration_log": False},
-        ],  # fmt: skip
+        ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
@@ -92,7 +100,7 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
             "postprocessing": "@postprocessing",
             "val_handlers": "@handlers",
             "amp": False,
-        },  # fmt: skip
+        },
         "run": ["$@evaluator.run()"],
     }
 

@@ -284,10 +284,10 @@ class SegmentationRuntime(TaskRuntime):
         else:
             sections["inferer"] = {"_target_": "SimpleInferer"}
         # test-time mirroring has no MONAI transform; the card says it
-        lcc = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred",
-                "applied_labels": list(inference["keep_largest_component"]), "independent": True}] if inference[
-            "keep_largest_component"] else []  # fmt: skip
-        sections.update(workflow_sections(int(card.spatial_dims), lcc))
+        keep = list(inference["keep_largest_component"])
+        lcc = {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": keep,
+               "independent": True}  # fmt: skip
+        sections.update(workflow_sections(int(card.spatial_dims), [lcc] if keep else []))
         return sections
 
     @classmethod

@@ -401,7 +401,7 @@ def test_landmark_bundle_in_zoo_and_cli_apply_writes_mrk_json(synth_data, tmp_pa
     assert card.task_type == "landmarks" and card.spatial_dims == 2 and card.roi_size == [32, 32]
     assert card.label_names[0] == "RL_00" and len(card.labels) == 12
     assert "val_mre_mm" in card.validation_metrics
-    assert card.training_device == "CPU, 1 torch threads"  # the quick configuration trains on one thread
+    assert card.training_device == "CPU, 1 torch thread"  # the quick configuration trains on one thread
 
     arr = np.asarray(PILImage.open(synth_data / "c002.png"), np.float32)
     png_out, nrrd_out = tmp_path / "a.mrk.json", tmp_path / "b.mrk.json"
