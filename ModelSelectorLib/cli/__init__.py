@@ -86,6 +86,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)  # the Slicer module's Cancel terminates the process
     try:
+        if getattr(args, "device", None):  # a GPU that is not there is refused before any work is done
+            from ..models.preprocessing import check_device
+
+            check_device(args.device)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("modelselector: cancelled; nothing half-written was left behind.", file=sys.stderr)

@@ -88,8 +88,18 @@ def resample_label(label: Image, grid: sitk.Image) -> np.ndarray:
 
 # --- applying a model -----------------------------------------------------------------------------------
 def check_device(device: str) -> None:
-    """Raise :class:`InputError` when ``device`` names a GPU that torch cannot use here."""
+    """Raise :class:`InputError` when ``device`` is not a torch device, or names a GPU that torch cannot use
+    here (none, a CPU build of torch, or ``cuda:N`` beyond the GPUs there are)."""
     import torch
 
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N (GPU N).") from e
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
         raise InputError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu.")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise InputError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}.")

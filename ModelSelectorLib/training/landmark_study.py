@@ -38,6 +38,7 @@ from ..errors import TrainingError
 from ..models.heatmaps import heatmap_entropy
 from ..models.landmark_stages import REFINE_SCALE, stage
 from ..models.landmarks import landmark_labels, to_original
+from ..models.preprocessing import check_device
 from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import save_bundle
 from ..zoo.card import ModelCard
@@ -197,6 +198,8 @@ def run_grid(
     """
     from .landmark_report import collect_results, write_report
 
+    if not report_only:
+        check_device(cfg.train_config.device)
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
@@ -393,6 +396,7 @@ def train_into_zoo(
     if variant not in VARIANTS:
         raise TrainingError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
     tc = cfg.train_config
+    check_device(tc.device)
     with torch_threads(tc.threads):
         gd = load_grid_data(data, cfg, cancel=cancel)
         reset_peak_memory(tc.device)

@@ -30,7 +30,7 @@ from ..datasets.msd import MSDDataset, load_msd
 from ..errors import TrainingError
 from ..io.geometry import CANONICAL_AXCODES
 from ..io.image import read_image
-from ..models.preprocessing import preprocess, resample_label
+from ..models.preprocessing import check_device, preprocess, resample_label
 from ..progress import check_cancel
 from ..provenance import code_version
 from ..zoo.bundle import save_bundle
@@ -212,11 +212,13 @@ def train_segmentation(
 
     Raises:
         DatasetError: bad dataset folder. TrainingError: bad settings, no body region. BundleError: bad card.
+        InputError: a device torch cannot use here.
     """
     import torch
     from monai.utils import set_determinism
 
     config = (config or TrainConfig()).check()
+    check_device(config.device)
     t0 = time.monotonic()
     dataset = load_msd(dataset_dir)
     if dataset.n_channels != 1:

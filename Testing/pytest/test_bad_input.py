@@ -250,6 +250,12 @@ CLI = [
     ("apply a line of pixels",               ["apply", "--zoo", "{zoo}", "--model", TINY, "{line}", "--out", "{root}/n.seg.nrrd"], 2, "the image is 300 x 1 pixels"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
     ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "corrupt catalog"),
+    # a device that is not there is refused before any work (the message names it with or without a GPU)
+    ("apply --device gpu",                   ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/d.seg.nrrd", "--device", "gpu"], 2, "not a torch device"),
+    ("train --device cuda:99",               ["train", "--dataset", "{root}", "--name", "x", "--out", "{root}/dz", "--device", "cuda:99"], 2, "device 'cuda:99'"),
+    ("sweep --device cuda:99",               ["sweep", "--dataset", "{root}", "--config", "{afile}", "--out", "{root}/sz", "--device", "cuda:99"], 2, "device 'cuda:99'"),
+    ("promote --device cuda:99",             ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--device", "cuda:99"], 2, "device 'cuda:99'"),
+    ("landmarks compare --device cuda:99",   ["landmarks", "compare", "--data", "{root}", "--out", "{root}/lg", "--device", "cuda:99"], 2, "device 'cuda:99'"),
 ]  # fmt: skip
 
 # `modelselector zoo add BUNDLE --zoo ZOO` of bundles that must be refused (exit status 3), run through the

@@ -271,6 +271,16 @@ def test_cli_train_adds_new_version(trained, tmp_path, capsys):
     assert zoo.card("synth_ct").seed == 1
 
 
+def test_training_on_a_device_that_is_not_there_is_refused_before_any_work(trained, tmp_path):
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
+
+    for device, phrase in (("cuda:99", "device 'cuda:99'"), ("gpu", "not a torch device")):
+        with pytest.raises(InputError, match=phrase):
+            train_segmentation(trained[2], "x", tmp_path / "zoo", TrainConfig(epochs=1, device=device))
+    assert not (tmp_path / "zoo").exists()
+
+
 def test_cli_train_bad_config_is_one_line_error(trained, tmp_path, capsys):
     from ModelSelectorLib.cli import main
 
