@@ -123,3 +123,23 @@ def test_every_segmentation_bundle_of_the_zoo_has_the_workflow_and_says_how_to_r
         for key in ("datalist", "dataset", "dataloader", "handlers", "evaluator", "run"):
             assert key in parser.get(), (name, key)
         assert "python -m monai.bundle run --config_file configs/inference.json" in readme, name
+
+
+def test_monai_verifies_the_networks_of_the_zoo_against_their_metadata(monkeypatch):
+    """MONAI's own bundle check (``verify_net_in_out``): each network takes and returns what its
+    ``network_data_format`` says. A landmark bundle's network is its stages; the coarse one is checked."""
+    from monai.bundle import verify_net_in_out
+
+    from ModelSelectorLib.resources import default_zoo_path
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = Zoo(default_zoo_path())
+    for name in zoo.names():
+        path = zoo.get(name)
+        monkeypatch.chdir(path)  # the configs refer to their bundle as "."
+        net_id = (
+            "network_def" if zoo.card(name).task_type == "segmentation" else "network_def::modules::coarse"
+        )
+        verify_net_in_out(
+            net_id=net_id, meta_file="configs/metadata.json", config_file="configs/inference.json"
+        )
