@@ -10,9 +10,10 @@ workflow, laid out as in the bundles of the MONAI Model Zoo. The workflow runs i
    takes the argmax, keeps the largest components where the card says so, and writes one label file per input
    to ``output_dir``.
 
-ModelSelector itself never evaluates these sections (:mod:`~ModelSelectorLib.zoo.trust`); its task runtime does
-the same work and also mirrors at test time, which has no MONAI transform. So the two answers can differ in a
-few border voxels. The sections are for people who run the bundle with MONAI's own tools::
+Test-time mirroring has no MONAI class; where the card asks for it, the ``inferer`` is a short expression that
+averages the softmax over the mirrored inputs, as the task runtime does. ModelSelector itself never evaluates
+these sections (:mod:`~ModelSelectorLib.zoo.trust`). They are for people who run the bundle with MONAI's own
+tools::
 
     pip install "monai[fire,ignite,nibabel,skimage]"
     python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES \
@@ -21,16 +22,40 @@ few border voxels. The sections are for people who run the bundle with MONAI's o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 #: the input files the workflow picks up in ``dataset_dir``
 DATASET_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.png")
 
 
-def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]]) -> dict[str, Any]:
-    """The workflow items of ``inference.json`` (they refer to its ``preprocessing``, ``inferer``, ``network``,
-    ``device``, ``ckpt_path`` and ``bundle_root``), with ``label_transforms`` applied to the label map before it
-    is written (e.g. ``KeepLargestConnectedComponentd``).
+def mirrored_inferer(window: dict[str, Any], mirror_axes: Sequence[int]) -> dict[str, Any]:
+    """``inference.json`` items for test-time mirroring, which has no MONAI class: ``window`` (the sliding-window
+    inferer), ``mirror_dims`` (every subset of ``mirror_axes``, as dimensions of a batch) and an ``inferer``
+    that averages the softmax of ``window`` over the input flipped along each subset, each result flipped back,
+    as :func:`~ModelSelectorLib.models.segmentation.predict_probabilities` does. It returns probabilities, so
+    the postprocessing takes no softmax of its own."""
+    from .segmentation import mirror_combinations
+
+    dims = [[int(a) + 2 for a in combo] for combo in mirror_combinations(mirror_axes)]
+    return {
+        "window": window,
+        "mirror_dims": dims,
+        "inferer": "$lambda x, net: sum(torch.flip(torch.softmax(@window(torch.flip(x, d), net), 1), d) "
+        "for d in @mirror_dims) / len(@mirror_dims)",
+    }
+
+
+def workflow_sections(
+    spatial_dims: int,
+    inferer: dict[str, Any],
+    label_transforms: list[dict[str, Any]],
+    mirror_axes: Sequence[int] = (),
+) -> dict[str, Any]:
+    """The workflow items of ``inference.json`` (they refer to its ``preprocessing``, ``network``, ``device``,
+    ``ckpt_path`` and ``bundle_root``): ``inferer`` (mirrored along ``mirror_axes``, network-grid axes, when
+    there are any), and ``label_transforms`` applied to the label map before it is written (e.g.
+    ``KeepLargestConnectedComponentd``).
 
     A 2D model writes PNG: a radiograph's pixels in its own order, since a 2D NIfTI written from a PNG, which has no
     geometry, would carry a flipped one."""
@@ -47,7 +72,11 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
     if spatial_dims == 2:
         save["output_ext"] = ".png"
     patterns = ", ".join(repr(p) for p in DATASET_PATTERNS)
+    mirrored = bool(len(mirror_axes))
+    inference = mirrored_inferer(inferer, mirror_axes) if mirrored else {"inferer": inferer}
+    softmax = [] if mirrored else [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]
     return {
+        **inference,
         "imports": ["$import glob", "$import os"],
         "dataset_dir": "/workspace/data",
         "datalist": f"$sorted(f for p in ({patterns}) for f in glob.glob(os.path.join(@dataset_dir, p)))",
@@ -67,7 +96,7 @@ def workflow_sections(spatial_dims: int, label_transforms: list[dict[str, Any]])
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                *softmax,
                 # probabilities back onto the input's grid before the argmax, as the task runtime does
                 {
                     "_target_": "Invertd",
@@ -115,8 +144,8 @@ MONAI_RUN_USAGE = [
     "python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES --output_dir OUT",
     "```",
     "",
-    "`modelselector apply` writes the same labels as a Slicer `.seg.nrrd`, and also mirrors at test time where the",
-    "card's inference block says so, which MONAI's workflow does not: the two can differ in a few border voxels.",
+    "`modelselector apply` writes the same labels as a Slicer `.seg.nrrd`. The two resample a little differently",
+    "where the image is oblique or far from the model's spacing, and can then differ in a few border voxels.",
 ]
 
 

@@ -277,17 +277,14 @@ class SegmentationRuntime(TaskRuntime):
         transforms.append({"_target_": "EnsureTyped", "keys": "image"})
         sections: dict[str, Any] = {"preprocessing": {"_target_": "Compose", "transforms": transforms}}
         inference = inference_settings(card)
-        if card.roi_size:
-            sections["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": list(card.roi_size),
-                                   "sw_batch_size": 1, "overlap": inference["overlap"],
-                                   "mode": inference["sw_mode"]}  # fmt: skip
-        else:
-            sections["inferer"] = {"_target_": "SimpleInferer"}
-        # test-time mirroring has no MONAI transform; the card says it
+        inferer = {"_target_": "SlidingWindowInferer", "roi_size": list(card.roi_size), "sw_batch_size": 1,
+                   "overlap": inference["overlap"], "mode": inference["sw_mode"]} if card.roi_size else {
+            "_target_": "SimpleInferer"}  # fmt: skip
         keep = list(inference["keep_largest_component"])
         lcc = {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": keep,
                "independent": True}  # fmt: skip
-        sections.update(workflow_sections(int(card.spatial_dims), [lcc] if keep else []))
+        sections.update(workflow_sections(int(card.spatial_dims), inferer, [lcc] if keep else [],
+                                          inference["mirror_axes"]))  # fmt: skip
         return sections
 
     @classmethod

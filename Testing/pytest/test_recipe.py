@@ -148,9 +148,12 @@ def test_card_inference_block_is_checked_and_exported(tmp_path):
                      inference={"sw_mode": "gaussian", "overlap": 0.5, "mirror_axes": [1, 2],
                                 "keep_largest_component": [1]}, peak_memory_mb=512.0)  # fmt: skip
     config = build_inference_config(card.validate(), {"_target_": "x"})
-    assert config["inferer"]["mode"] == "gaussian" and config["inferer"]["overlap"] == 0.5
+    assert config["window"]["mode"] == "gaussian" and config["window"]["overlap"] == 0.5
+    assert config["inferer"].startswith("$lambda x, net:")  # test-time mirroring has no MONAI class
     post = [t["_target_"] for t in config["postprocessing"]["transforms"]]
-    assert post == ["Activationsd", "Invertd", "AsDiscreted", "KeepLargestConnectedComponentd", "SaveImaged"]
+    # mirrored: the inferer averages the softmax over the flips, so no softmax of its own follows
+    assert post == ["Invertd", "AsDiscreted", "KeepLargestConnectedComponentd", "SaveImaged"]
+    assert config["mirror_dims"] == [[], [3], [4], [3, 4]] and config["window"]["roi_size"] == [8, 8, 8]
     with pytest.raises(BundleError, match="mirror_axes"):
         ModelCard.from_dict({**card.to_dict(), "inference": {"mirror_axes": [3]}}).validate()
     with pytest.raises(BundleError, match="keep_largest_component"):
