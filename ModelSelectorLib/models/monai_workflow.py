@@ -29,15 +29,13 @@ from typing import Any
 DATASET_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.png")
 
 
-def mirrored_inferer(window: dict[str, Any], mirror_axes: Sequence[int]) -> dict[str, Any]:
+def mirrored_inferer(window: dict[str, Any], flips: Sequence[Sequence[int]]) -> dict[str, Any]:
     """``inference.json`` items for test-time mirroring, which has no MONAI class: ``window`` (the sliding-window
-    inferer), ``mirror_dims`` (every subset of ``mirror_axes``, as dimensions of a batch) and an ``inferer``
-    that averages the softmax of ``window`` over the input flipped along each subset, each result flipped back,
-    as :func:`~ModelSelectorLib.models.segmentation.predict_probabilities` does. It returns probabilities, so
-    the postprocessing takes no softmax of its own."""
-    from .segmentation import mirror_combinations
-
-    dims = [[int(a) + 2 for a in combo] for combo in mirror_combinations(mirror_axes)]
+    inferer), ``mirror_dims`` (the ``flips``, network-grid axes, as dimensions of a batch) and an ``inferer``
+    that averages the softmax of ``window`` over the input flipped along each, each result flipped back, as
+    :func:`~ModelSelectorLib.models.segmentation.predict_probabilities` does. It returns probabilities, so the
+    postprocessing takes no softmax of its own."""
+    dims = [[int(a) + 2 for a in combo] for combo in flips]
     return {
         "window": window,
         "mirror_dims": dims,
@@ -50,12 +48,12 @@ def workflow_sections(
     spatial_dims: int,
     inferer: dict[str, Any],
     label_transforms: list[dict[str, Any]],
-    mirror_axes: Sequence[int] = (),
+    flips: Sequence[Sequence[int]] = ((),),
 ) -> dict[str, Any]:
     """The workflow items of ``inference.json`` (they refer to its ``preprocessing``, ``network``, ``device``,
-    ``ckpt_path`` and ``bundle_root``): ``inferer`` (mirrored along ``mirror_axes``, network-grid axes, when
-    there are any), and ``label_transforms`` applied to the label map before it is written (e.g.
-    ``KeepLargestConnectedComponentd``).
+    ``ckpt_path`` and ``bundle_root``): ``inferer``, averaged over the test-time ``flips`` (network-grid axes of
+    each mirrored copy, the identity ``()`` among them) when there is more than the identity, and
+    ``label_transforms`` applied to the label map before it is written (e.g. ``KeepLargestConnectedComponentd``).
 
     A 2D model writes PNG: a radiograph's pixels in its own order, since a 2D NIfTI written from a PNG, which has no
     geometry, would carry a flipped one."""
@@ -72,8 +70,8 @@ def workflow_sections(
     if spatial_dims == 2:
         save["output_ext"] = ".png"
     patterns = ", ".join(repr(p) for p in DATASET_PATTERNS)
-    mirrored = bool(len(mirror_axes))
-    inference = mirrored_inferer(inferer, mirror_axes) if mirrored else {"inferer": inferer}
+    mirrored = len(flips) > 1
+    inference = mirrored_inferer(inferer, flips) if mirrored else {"inferer": inferer}
     softmax = [] if mirrored else [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]
     return {
         **inference,

@@ -284,7 +284,7 @@ class SegmentationRuntime(TaskRuntime):
         lcc = {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": keep,
                "independent": True}  # fmt: skip
         sections.update(workflow_sections(int(card.spatial_dims), inferer, [lcc] if keep else [],
-                                          inference["mirror_axes"]))  # fmt: skip
+                                          mirror_combinations(inference["mirror_axes"])))  # fmt: skip
         return sections
 
     @classmethod
