@@ -25,8 +25,8 @@ def _monai_run(bundle: Path, images: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small 3D model trained on 4 oblique, anisotropic synthetic CT cases, with test-time mirroring and
-    largest-component post-processing on its card; and one more case it did not see."""
+    """A small 3D model trained on synthetic CT cases (oblique, anisotropic; 4 for training, 1 for validation), with
+    test-time mirroring and largest-component post-processing on its card; and the last of those cases."""
     import torch
 
     from ModelSelectorLib.datasets import make_synthetic_msd
