@@ -64,11 +64,13 @@ def _compare(cpu: Any, gpu: Any, min_agreement: float, max_point_mm: float) -> t
     """A sentence on how far the GPU's prediction is from the CPU's, and whether that is within tolerance."""
     import numpy as np
 
+    from ModelSelectorLib.starter_zoo.build import dice_per_label
+
     if isinstance(cpu.value, Image):  # a label map
         a, b = cpu.value.array, gpu.value.array
         same = float((a == b).mean())
-        dice = [f"{int(v)}: {2 * np.sum((a == v) & (b == v)) / (np.sum(a == v) + np.sum(b == v)):.4f}"
-                for v in sorted((set(np.unique(a)) | set(np.unique(b))) - {0})]  # fmt: skip
+        values = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
+        dice = [f"{v}: {d:.4f}" for v, d in dice_per_label(a, b, values).items()]
         return f"voxels with the same label {same:.5f}; Dice per label {', '.join(dice) or '(none)'}", (
             same >= min_agreement
         )

@@ -102,10 +102,7 @@ def _grid_config(args: argparse.Namespace) -> Any:
         cfg = GridConfig.from_dict({**base, **data})
     else:
         cfg = GridConfig.quick() if getattr(args, "quick", False) else GridConfig()
-    if getattr(args, "device", None):
-        from ..models.preprocessing import check_device
-
-        check_device(args.device)
+    if getattr(args, "device", None):  # checked by cli.main before the command runs
         cfg.train = {**cfg.train, "device": args.device}
     return cfg
 
@@ -148,10 +145,8 @@ def run_apply(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.image import read_image
     from ..io.outputs import check_output_file
-    from ..models.preprocessing import check_device
     from ..resources import default_zoo_path
 
-    check_device(args.device)
     out = check_output_file(args.out, ".mrk.json")
     image = read_image(args.image)
     runtime = open_runtime(args.zoo if args.zoo is not None else default_zoo_path(), args.model, args.device)

@@ -42,6 +42,7 @@ def compare(model: str, files: list[Path], work: Path) -> str:
     from ModelSelectorLib.apply import open_runtime
     from ModelSelectorLib.io.image import read_image
     from ModelSelectorLib.resources import default_zoo_path
+    from ModelSelectorLib.starter_zoo.build import dice_per_label
     from ModelSelectorLib.zoo import Zoo
 
     zoo = Zoo(default_zoo_path())
@@ -65,9 +66,7 @@ def compare(model: str, files: list[Path], work: Path) -> str:
         kept += f.suffix == ".png" or theirs.same_geometry(image)  # a PNG has no geometry to keep
         agree.append(float((a == b).mean()))
         differ += int((a != b).sum())
-        dice += [
-            2 * np.sum((a == v) & (b == v)) / (np.sum(a == v) + np.sum(b == v)) for v in np.unique(a) if v
-        ]
+        dice += list(dice_per_label(a, b, [v for v in np.unique(a) if v]).values())
     return (f"{model}: {len(files)} images; {differ} voxels labelled differently; with the same label: mean "
             f"{np.mean(agree):.4f}, lowest {min(agree):.4f}; Dice per label: mean {np.mean(dice):.3f}, lowest "
             f"{min(dice):.3f}; geometry kept {kept}/{len(files)}")  # fmt: skip
