@@ -64,7 +64,7 @@ def _compare(cpu: Any, gpu: Any, min_agreement: float, max_point_mm: float) -> t
     """A sentence on how far the GPU's prediction is from the CPU's, and whether that is within tolerance."""
     import numpy as np
 
-    from ModelSelectorLib.starter_zoo.build import dice_per_label
+    from ModelSelectorLib.evaluation.metrics import dice_per_label
 
     if isinstance(cpu.value, Image):  # a label map
         a, b = cpu.value.array, gpu.value.array

@@ -1,6 +1,11 @@
-"""Which metrics exist for ranking, and whether a higher value of each is better."""
+"""Which metrics exist for ranking, whether a higher value of each is better, and the plain overlap of two
+label maps."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
 
 #: metrics of segmentation cases and whether a higher value is better
 SEGMENTATION_METRICS = {"dice": True, "hd95": False, "msd": False}
@@ -17,3 +22,21 @@ def higher_is_better(metric: str) -> bool:
     if base in LANDMARK_METRICS:
         return LANDMARK_METRICS[base]
     return base.startswith(("dice", "nsd", "sdr", "acc", "auc", "iou", "sens", "spec", "prec", "recall"))
+
+
+def dice_per_label(pred: np.ndarray, truth: np.ndarray, values: Sequence[int]) -> dict[int, float]:
+    """Dice of each label value between two label maps of equal shape (1.0 when both lack the label).
+
+    Args:
+        pred, truth: integer label maps of any equal shape.
+        values: the label values to score.
+
+    Returns:
+        ``{value: Dice}`` in the order of ``values``.
+    """
+    out = {}
+    for v in values:
+        p, t = pred == v, truth == v
+        denom = int(p.sum()) + int(t.sum())
+        out[int(v)] = 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
+    return out

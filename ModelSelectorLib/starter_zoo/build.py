@@ -18,6 +18,7 @@ from .. import atomic
 from ..datasets.landmarks import find_landmark_folders
 from ..datasets.split_file import write_split
 from ..errors import DatasetError, ModelSelectorError
+from ..evaluation.metrics import dice_per_label
 from ..io.image import read_image, write_image
 from ..models.registry import runtime_class
 from ..models.segmentation import apply_model
@@ -220,16 +221,6 @@ def train_config(recipe: Recipe, seed: int, val_fraction: float, num_threads: Op
     epochs = max(1, int(round(settings.pop("epochs", 20) * epochs_scale)))
     return TrainConfig(**settings, epochs=epochs, val_interval=epochs, val_fraction=val_fraction, seed=int(seed),
                        version=recipe.version, num_threads=num_threads, license=recipe.licence)  # fmt: skip
-
-
-def dice_per_label(pred: np.ndarray, truth: np.ndarray, values: Sequence[int]) -> dict[int, float]:
-    """Dice of each label value between two label maps of equal shape (1.0 when both lack the label)."""
-    out = {}
-    for v in values:
-        p, t = pred == v, truth == v
-        denom = int(p.sum()) + int(t.sum())
-        out[int(v)] = 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
-    return out
 
 
 def external_check(bundle_dir: Path, msd_root: Path, check: Sequence[dict[str, str]]) -> dict[str, float]:

@@ -143,18 +143,26 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
-    """torch, numpy and Python random states in a form ``torch.load(weights_only=True)`` reads."""
+    """torch, numpy and Python random states in a form ``torch.load(weights_only=True)`` reads; with the
+    GPUs' states too when the run has used CUDA (asking earlier would start CUDA on a CPU run)."""
     import torch
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            int(pos), int(has_gauss), float(cached)], "python": random.getstate()}  # fmt: skip
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+             int(pos), int(has_gauss), float(cached)], "python": random.getstate()}  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
+    # a run resumed on another machine may see other GPUs (or none): their streams then start afresh
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     py = state["python"]

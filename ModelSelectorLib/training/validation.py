@@ -9,15 +9,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..evaluation.metrics import dice_per_label
 from ..evaluation.segmentation import segmentation_metrics
 from ..models.segmentation import keep_largest_component, predict_probabilities
 from ..progress import check_cancel
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray, value: int) -> float:
-    p, t = pred == value, truth == value
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
 
 
 def evaluate_cases(
@@ -52,8 +47,8 @@ def evaluate_cases(
         pred_lcc = keep_largest_component(pred, values)
         truth = item["label"][0]
         row: dict[str, Any] = {"case": Path(str(item.get("case", ""))).name.replace(".nii.gz", ""),
-                               "dice": {label_names[v]: _dice(pred, truth, v) for v in values},
-                               "dice_lcc": {label_names[v]: _dice(pred_lcc, truth, v) for v in values}}  # fmt: skip
+                               "dice": {label_names[v]: d for v, d in dice_per_label(pred, truth, values).items()},
+                               "dice_lcc": {label_names[v]: d for v, d in dice_per_label(pred_lcc, truth, values).items()}}  # fmt: skip
         if surface:
             # segmentation_metrics takes (z, y, x) arrays and (x, y, z) spacing
             for key, p in (("", pred), ("_lcc", pred_lcc)):

@@ -35,6 +35,32 @@ def brute_force_msd(a, b, spacing):
 
 
 # --- metrics --------------------------------------------------------------------------------------------
+def test_dice_per_label_against_hand_counts_and_monai():
+    """Two label maps with labels 1 and 2 overlapping by known voxel counts, a label absent from both (1.0)
+    and one only in the prediction (0.0); the same figures as MONAI's ``compute_dice`` on one-hot maps."""
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    from ModelSelectorLib.evaluation.metrics import dice_per_label
+
+    truth = np.zeros((6, 7, 8), np.uint8)
+    pred = np.zeros_like(truth)
+    truth[0:2, 0:5, 0:4] = 1  # 40 voxels
+    pred[1:3, 0:5, 0:4] = 1  # 40 voxels, 20 shared
+    truth[4:6, 0:3, 0:3] = 2  # 18 voxels
+    pred[4:6, 0:3, 0:2] = 2  # 12 voxels, all shared
+    pred[5, 6, 7] = 4
+    dice = dice_per_label(pred, truth, [1, 2, 3, 4])
+    assert dice == pytest.approx({1: 2 * 20 / 80, 2: 2 * 12 / 30, 3: 1.0, 4: 0.0})
+    import torch
+
+    as_onehot = [
+        one_hot(torch.as_tensor(a[None, None].astype(np.int64)), num_classes=5) for a in (pred, truth)
+    ]
+    monai_dice = compute_dice(*as_onehot, include_background=True, ignore_empty=False)[0]
+    assert list(dice.values()) == pytest.approx([float(monai_dice[v]) for v in (1, 2, 3, 4)])
+
+
 def test_offset_cubes_anisotropic_spacing():
     """Two 10-voxel cubes, one shifted by 2 voxels along x (0.5 mm) or 2 slices along z (3 mm).
 

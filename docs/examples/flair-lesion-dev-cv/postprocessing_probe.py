@@ -106,8 +106,8 @@ def clean(mask: np.ndarray, variant: str, fraction: float) -> np.ndarray:
 def compare_dihedral(work: Path) -> int:
     """Print the recipe's choice against the same with the transposed image averaged in (largest component),
     the paired mean difference with a 95 % bootstrap interval, and how many patients each way."""
+    from ModelSelectorLib.evaluation.metrics import dice_per_label
     from ModelSelectorLib.evaluation.statistics import bootstrap_interval
-    from ModelSelectorLib.starter_zoo.build import dice_per_label
 
     cases = held_out_probabilities(work, transposed=True)
     scores = [np.asarray([dice_per_label(clean(p > 0.5, "lcc", 0.0), y, [1])[1] for p, y in pairs])
@@ -129,7 +129,7 @@ def main() -> int:
 
     import torch
 
-    from ModelSelectorLib.starter_zoo.build import dice_per_label
+    from ModelSelectorLib.evaluation.metrics import dice_per_label
 
     torch.set_num_threads(args.threads)
     if args.dihedral:

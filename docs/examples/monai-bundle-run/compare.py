@@ -40,9 +40,9 @@ def image_sets(data: Path, n: int) -> dict[str, list[Path]]:
 
 def compare(model: str, files: list[Path], work: Path) -> str:
     from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.evaluation.metrics import dice_per_label
     from ModelSelectorLib.io.image import read_image
     from ModelSelectorLib.resources import default_zoo_path
-    from ModelSelectorLib.starter_zoo.build import dice_per_label
     from ModelSelectorLib.zoo import Zoo
 
     zoo = Zoo(default_zoo_path())
