@@ -43,6 +43,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number of 0 or more (a loss weight)."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value:g}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A finite number from 0 to 1 (a score threshold, a fraction)."""
     value = _number(text, float)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..resources import default_zoo_path
+from ..selection.inversion import InversionSettings
 from ..zoo.catalog import Zoo
-from .args import non_negative_int, positive_int
+from .args import non_negative_float, non_negative_int, positive_int
 
 
 def register(sub: Any) -> None:
@@ -20,7 +21,8 @@ def register(sub: Any) -> None:
             "Make the prototypes that represent a model in the selector's index and store them in its bundle "
             "(prototypes/prototypes.npz + .json). Exemplar prototypes embed example inputs you give; data-free "
             "prototypes embed inputs synthesised from the model alone (model inversion: batch-norm statistics "
-            "matching, confident foreground, image prior); a few are saved as PNGs in the bundle's "
+            "matching, confident foreground, image prior, and the selector's encoder reading each input as the card's "
+            "modality and region); a few are saved as PNGs in the bundle's "
             "docs/prototypes/. Afterwards update the index: modelselector index add --zoo ZOO --model NAME."
         ),
     )
@@ -37,6 +39,10 @@ def register(sub: Any) -> None:
         "--steps", type=positive_int, default=100, help="optimisation steps of the synthesis (default 100)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthesis (default 0)")
+    p.add_argument("--encoder-weight", dest="encoder_weight", type=non_negative_float,
+                   default=InversionSettings.encoder, metavar="W",
+                   help="weight of the synthesis term that asks the selector's encoder to read each input as the "
+                   "card's modality and region (default %(default)s; 0 leaves it out)")  # fmt: skip
     p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -48,11 +54,13 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
 
     from ..selection.prototypes import generate_for_model
 
+    settings = InversionSettings(encoder=float(args.encoder_weight))
     if args.threads:
         torch.set_num_threads(int(args.threads))
     zoo = Zoo(args.zoo if args.zoo is not None else default_zoo_path())
     pset = generate_for_model(zoo, args.model, exemplars=args.exemplars, data_free=args.data_free,
-                              version=args.model_version, steps=args.steps, seed=args.seed)  # fmt: skip
+                              version=args.model_version, steps=args.steps, seed=args.seed,
+                              settings=settings)  # fmt: skip
     counts = pset.origins()
     bundle = zoo.get(args.model, args.model_version)
     print(f"{pset.model} {pset.version}: {counts.get('exemplar', 0)} exemplar and {counts.get('data-free', 0)} "

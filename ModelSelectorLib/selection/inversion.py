@@ -4,13 +4,16 @@ Starting from smooth noise, an input batch is optimised so that the batch statis
 batch-norm layer match that layer's ``running_mean`` / ``running_var``, the model's output is confident the
 way its task's outputs are (the runtime's :meth:`~ModelSelectorLib.models.base.TaskRuntime.inversion_objective`:
 confident foreground for a segmentation model, one sharp heatmap peak per landmark for a landmark model),
-under an image prior (total variation, L2, periodic blur, random jitter). The result is mapped back from
+under an image prior (total variation, L2, periodic blur, random jitter), and, given the selector's encoder,
+so that the encoder reads the input as the card's modality and region (:mod:`.encoder_guide`: the model's
+card is all that term needs, no training image). The result is mapped back from
 the network's normalised intensities to image units (HU for CT models) and given the bundle's
 ``target_spacing``, so the encoder sees it at the physical scale the model expects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -26,6 +29,7 @@ from ..models.bnstats import BNStatHooks
 from ..models.registry import runtime_for
 from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import load_bundle
+from .encoder_guide import EncoderGuide
 
 
 @dataclasses.dataclass
@@ -42,6 +46,9 @@ class InversionSettings:
         l2: weight of the L2 prior (squared distance from the intensity range's centre).
         blur_every: every this many steps the input is smoothed with a 3-tap binomial filter (0: never).
         jitter: maximum random circular shift (voxels) per spatial axis at each step.
+        encoder: weight of the encoder term (:class:`~.encoder_guide.EncoderGuide`: cross-entropy of the
+            selector's encoder reading the input as the card's modality and region); used when an encoder is
+            given and it has a class of the card's domain.
     """
 
     lr: float = 0.05
@@ -52,6 +59,7 @@ class InversionSettings:
     l2: float = 0.01
     blur_every: int = 10
     jitter: int = 2
+    encoder: float = 0.3
 
 
 def _blur(x: Any) -> Any:
@@ -128,9 +136,10 @@ def _start_batch(n: int, shape: Sequence[int], lo: float, hi: float, gen: Any) -
 
 def _optimise(
     runtime: Any, x: Any, steps: int, st: InversionSettings, hooks: BNStatHooks, gen: Any, lo: float, hi: float,
-    centre: float, cancel: Optional[Any], progress: bool,
+    centre: float, cancel: Optional[Any], progress: bool, guide: Optional[EncoderGuide] = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Adam on the input batch ``x`` (in place) for ``steps`` steps; returns the last step's loss terms."""
+    """Adam on the input batch ``x`` (in place) for ``steps`` steps; returns the last step's loss terms (with
+    ``guide``, also ``domain``: the guide's mean probability of the card's domain)."""
     import torch
 
     nd = x.dim() - 2
@@ -151,6 +160,9 @@ def _optimise(
         bn = hooks.mean() if use_bn else torch.zeros((), device=x.device)
         loss = st.bn * bn + st.confidence * conf + st.tv * _tv(x) / (hi - lo)
         loss = loss + st.l2 * ((x - centre) / (hi - lo)).pow(2).mean()
+        if guide is not None:
+            enc_loss, domain = guide.loss(xin)
+            loss = loss + st.encoder * enc_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,6 +171,8 @@ def _optimise(
                 x.copy_(_blur(x))
             x.clamp_(lo, hi)
         last = {"loss": float(loss.detach()), "bn": float(bn.detach()), "fg": float(fg.detach())}
+        if guide is not None:
+            last["domain"] = float(domain.detach())
         if progress and step % 10 == 0:
             bar.set_postfix(**last)
     if progress:
@@ -176,6 +190,7 @@ def synthesize_inputs(
     info: Optional[dict[str, Any]] = None,
     cancel: Optional[Any] = None,
     progress: bool = True,
+    encoder: Optional[Any] = None,
 ) -> list[Image]:
     """Synthesise ``n`` inputs that a model "expects", from the model alone (model inversion).
 
@@ -188,6 +203,10 @@ def synthesize_inputs(
                                                                     landmarks: normalised spatial entropy
                                                                     of each landmark's heatmap)
       + tv * total variation + l2 * mean (x - centre)^2
+      + encoder * -log p(the card's modality and region)           (with ``encoder``: the selector's encoder
+                                                                    reading the input, :class:`~.encoder_guide.
+                                                                    EncoderGuide`; the model's card is all
+                                                                    it needs)
 
     with a random circular shift of up to ``jitter`` voxels per axis at each step, periodic blur, and ``x``
     clipped to the intensity mode's range. Works for 2D and 3D networks. Cost: one forward and backward
@@ -205,6 +224,7 @@ def synthesize_inputs(
             ``bn_divergence``, ``foreground`` and ``seconds``.
         cancel: Event-like; :class:`~ModelSelectorLib.errors.Cancelled` when set.
         progress: show a progress bar.
+        encoder: the selector's :class:`~.encoder.Encoder`, for the encoder term (``settings.encoder`` > 0).
 
     Returns:
         ``n`` :class:`~ModelSelectorLib.io.Image` objects in image units (see :func:`denormalize`), with the
@@ -234,33 +254,34 @@ def synthesize_inputs(
         p.requires_grad_(False)
     x = _start_batch(n, shape, lo, hi, gen).to(next(network.parameters()).device).requires_grad_(True)
     hooks = BNStatHooks(network)
+    guide = EncoderGuide(encoder, card) if encoder is not None and st.encoder > 0 else None
+    guide = guide if guide is not None and guide.active else None
     try:
-        with hooks:
-            last = _optimise(runtime, x, steps, st, hooks, gen, lo, hi, centre, cancel, progress)
+        with hooks, guide or contextlib.nullcontext():
+            last = _optimise(runtime, x, steps, st, hooks, gen, lo, hi, centre, cancel, progress, guide)
     finally:
         for p, r in zip(network.parameters(), req):
             p.requires_grad_(r)
         network.train(was_training)
     images = _to_images(x.detach().cpu().numpy()[:, 0], card)
     if info is not None:
-        use_bn = bool(hooks.layers) and st.bn > 0
-        info.update(
-            bn_layers=len(hooks.layers),
-            method=(
-                "batch-norm statistics + confidence + image prior"
-                if use_bn
-                else "confidence + image prior (the model has no batch-norm running statistics)"
-            ),
-            final_loss=last.get("loss"),
-            bn_divergence=last.get("bn") if use_bn else None,
-            foreground=last.get("fg"),
-            steps=steps,
-            size=shape,
-            seed=int(seed),
-            settings=dataclasses.asdict(st),
-            seconds=round(time.monotonic() - t0, 2),
-        )
+        info.update(_record(last, len(hooks.layers), st, guide), steps=steps, size=shape, seed=int(seed),
+                    seconds=round(time.monotonic() - t0, 2))  # fmt: skip
     return images
+
+
+def _record(last: dict[str, float], bn_layers: int, st: InversionSettings, guide: Optional[EncoderGuide]
+            ) -> dict[str, Any]:  # fmt: skip
+    """What a synthesis records: its method, the last step's loss terms and its settings."""
+    use_bn = bool(bn_layers) and st.bn > 0
+    method = ("batch-norm statistics + confidence + image prior" if use_bn
+              else "confidence + image prior (the model has no batch-norm running statistics)")  # fmt: skip
+    if guide is not None:
+        method += f" + the encoder's reading as {' or '.join(guide.names)}"
+    return {"bn_layers": bn_layers, "method": method, "final_loss": last.get("loss"),
+            "bn_divergence": last.get("bn") if use_bn else None, "foreground": last.get("fg"),
+            "settings": dataclasses.asdict(st), "encoder_classes": guide.names if guide is not None else [],
+            "encoder_domain": last.get("domain")}  # fmt: skip
 
 
 def _to_images(arr: np.ndarray, card: Any) -> list[Image]:

@@ -222,7 +222,7 @@ def data_free_prototypes(
     """
     lb = loaded_bundle(bundle)
     info: dict[str, Any] = {}
-    images = synthesize_inputs(lb, n, steps, seed, size, settings, info, cancel)
+    images = synthesize_inputs(lb, n, steps, seed, size, settings, info, cancel, encoder=encoder)
     vecs, rows = [], []
     for i, img in enumerate(images):
         emb = encoder.embed(img)

@@ -37,6 +37,7 @@ from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
+from .encoder_guide import domain_classes
 from .field_of_view import card_field_of_view, image_extent_mm
 from .intensity_units import air_share, compare_units
 from .prototypes import encoder_id
@@ -145,26 +146,16 @@ def is_relevant(
     return str(model_modality).strip().upper() == m and bool(set(model_regions) & set(regions))
 
 
-def _domain_classes(classes: Sequence[str], card: Any) -> list[int]:
-    """Indices of the encoder classes of the card's modality and one of its regions."""
-    regions = set(str(card.body_region).split(";"))
-    return [
-        i
-        for i, c in enumerate(classes)
-        if c.partition(":")[0] == card.modality and c.partition(":")[2] in regions
-    ]
-
-
 def agreement(ev: Evidence, card: Any) -> float:
     """The encoder's probability that the image is of the card's modality and one of its regions."""
-    return float(sum(float(ev.probs[i]) for i in _domain_classes(ev.classes, card)))
+    return float(sum(float(ev.probs[i]) for i in domain_classes(ev.classes, card)))
 
 
 def encoder_knows(classes: Sequence[str], card: Any) -> bool:
     """True when the encoder has a class of the card's modality and regions. Without one (the encoder was
     trained on too few such images), :func:`agreement` is 0 for every image, which counts against the model
     whatever the image."""
-    return bool(_domain_classes(classes, card))
+    return bool(domain_classes(classes, card))
 
 
 def p_ood(ev: Evidence) -> float:

@@ -256,6 +256,7 @@ CLI = [
     ("sweep --device cuda:99",               ["sweep", "--dataset", "{root}", "--config", "{afile}", "--out", "{root}/sz", "--device", "cuda:99"], 2, "device 'cuda:99'"),
     ("promote --device cuda:99",             ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--device", "cuda:99"], 2, "device 'cuda:99'"),
     ("landmarks compare --device cuda:99",   ["landmarks", "compare", "--data", "{root}", "--out", "{root}/lg", "--device", "cuda:99"], 2, "device 'cuda:99'"),
+    ("prototypes --encoder-weight -1",       ["prototypes", "--zoo", "{zoo}", "--model", TINY, "--encoder-weight", "-1"], 2, "must be 0 or more"),
 ]  # fmt: skip
 
 # `modelselector zoo add BUNDLE --zoo ZOO` of bundles that must be refused (exit status 3), run through the
