@@ -1,0 +1,17 @@
+#!/bin/bash
+# Data-free prototypes of every starter-zoo model synthesised with the encoder term at weight W, in a copy of
+# the zoo; the index built and calibrated on the development part; the selection evaluated on that part.
+# usage (from the checkout): docs/examples/data-free-encoder-guide/run_weight.sh W WORK
+# writes WORK/zoo_wW (the zoo copy) and WORK/dev_wW (evaluate-selection's output); W=0 leaves the term out.
+set -euo pipefail
+W=$1
+WORK=$2
+Z=$WORK/zoo_w$W
+rm -rf "$Z" && mkdir -p "$WORK" && cp -r Resources/zoo "$Z"
+for m in dx-chest-lungs dx-chest-landmarks mr-hippocampus mr-brain-flair-lesion mr-cardiac ct-abdomen-organs \
+         ct-head-bone mr-abdomen-organs mr-breast-lesion; do
+  modelselector prototypes --zoo "$Z" --model "$m" --data-free 4 --encoder-weight "$W" --threads 1
+done
+modelselector index build --zoo "$Z"
+modelselector index calibrate --zoo "$Z" --data ../shared/data
+modelselector evaluate-selection --zoo "$Z" --data ../shared/data --part dev --out "$WORK/dev_w$W"
