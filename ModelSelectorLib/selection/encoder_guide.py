@@ -155,8 +155,10 @@ class EncoderGuide:
 
         views = grid_views(x, self.spacing, self.encoder.image_size)
         net = self.encoder.net
-        logp = torch.log_softmax(net.logits(net(soft_encoder_channels(views).to(x.dtype))), dim=1)
-        domain = torch.logsumexp(logp[:, self.targets], dim=1)
+        # the encoder may sit on another device than the model being inverted
+        channels = soft_encoder_channels(views).to(device=self.encoder.device, dtype=torch.float32)
+        logp = torch.log_softmax(net.logits(net(channels)), dim=1)
+        domain = torch.logsumexp(logp[:, self.targets], dim=1).to(x.device)
         return -domain.mean(), domain.exp().mean()
 
 

@@ -221,7 +221,9 @@ def synthesize_inputs(
         size: spatial size in voxels, network layout ``(x, y[, z])`` (default: the card's ``roi_size``).
         settings: loss weights and schedule (:class:`InversionSettings`).
         info: if a dict is given, it is filled with ``bn_layers``, ``method``, ``final_loss``,
-            ``bn_divergence``, ``foreground`` and ``seconds``.
+            ``bn_divergence``, ``foreground``, ``encoder_classes`` (the card's classes the encoder term asked
+            for; empty without the term), ``encoder_domain`` (the term's last probability of them) and
+            ``seconds``.
         cancel: Event-like; :class:`~ModelSelectorLib.errors.Cancelled` when set.
         progress: show a progress bar.
         encoder: the selector's :class:`~.encoder.Encoder`, for the encoder term (``settings.encoder`` > 0).

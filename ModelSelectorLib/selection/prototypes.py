@@ -213,7 +213,8 @@ def data_free_prototypes(
     cancel: Optional[Any] = None,
     return_images: bool = False,
 ) -> Any:
-    """Data-free prototypes: embeddings of ``n`` inputs synthesised by :func:`synthesize_inputs`.
+    """Data-free prototypes: embeddings of ``n`` inputs synthesised by :func:`synthesize_inputs`, with its
+    encoder term asking ``encoder`` to read them as the card's domain (weight ``settings.encoder``).
 
     Returns:
         a :class:`PrototypeSet` of origin ``"data-free"`` (``meta["data-free"]`` records the inversion:
