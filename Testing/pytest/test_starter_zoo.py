@@ -290,6 +290,27 @@ def test_bundled_zoo_cards_are_complete(zoo: Zoo):
             assert _triplet_ok(lb["terminology"]["category"]) and _triplet_ok(lb["terminology"]["type"])
 
 
+def test_bundled_data_free_prototypes_are_what_the_build_makes(zoo: Zoo):
+    """Every current model's data-free prototypes were synthesised with the library's inversion settings (so
+    ``build-starter-zoo`` reproduces them), and with the encoder term exactly where the encoder has a class of
+    the card's domain."""
+    import dataclasses
+
+    from ModelSelectorLib.selection.encoder import default_encoder
+    from ModelSelectorLib.selection.encoder_guide import domain_classes
+    from ModelSelectorLib.selection.inversion import InversionSettings
+    from ModelSelectorLib.selection.prototypes import load_prototypes
+
+    classes = default_encoder().classes
+    for name in zoo.names():
+        card = zoo.card(name)
+        meta = load_prototypes(zoo.get(name)).meta["data-free"]
+        assert meta["settings"] == dataclasses.asdict(InversionSettings()), name
+        expected = [classes[i] for i in domain_classes(classes, card)]
+        assert meta["encoder_classes"] == expected, name
+        assert (meta["encoder_domain"] or 0.0) > 0.5 if expected else meta["encoder_domain"] is None, name
+
+
 def test_bundled_resources_stay_small():
     total = sum(p.stat().st_size for p in (ROOT / "Resources").rglob("*") if p.is_file())
     assert total < 80 * 1024 * 1024
