@@ -210,8 +210,9 @@ def synthesize_inputs(
 
     with a random circular shift of up to ``jitter`` voxels per axis at each step, periodic blur, and ``x``
     clipped to the intensity mode's range. Works for 2D and 3D networks. Cost: one forward and backward
-    pass per step; a starter-zoo 3D UNet (channels 16-128) on a batch of 3 at 64x64x16 takes about 0.5 s
-    per step on one CPU core, so the default 100 steps take about a minute.
+    pass per step of the model (and of the encoder on nine 64 px views per input, with the encoder term); on
+    one CPU core the default 100 steps for 4 inputs take 13-23 s for the starter zoo's chest models and 45-200 s
+    for its 3D models (mr-hippocampus the longest).
 
     Args:
         bundle: a bundle folder or a loaded bundle (:func:`ModelSelectorLib.zoo.load_bundle`).
