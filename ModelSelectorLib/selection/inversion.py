@@ -210,7 +210,7 @@ def synthesize_inputs(
 
     with a random circular shift of up to ``jitter`` voxels per axis at each step, periodic blur, and ``x``
     clipped to the intensity mode's range. Works for 2D and 3D networks. Cost: one forward and backward
-    pass per step of the model (and of the encoder on nine 64 px views per input, with the encoder term); on
+    pass per step of the model (and of the encoder on up to nine 64 px views per input, with the encoder term); on
     one CPU core the default 100 steps for 4 inputs take 13-23 s for the starter zoo's chest models and 45-200 s
     for its 3D models (mr-hippocampus the longest).
 
