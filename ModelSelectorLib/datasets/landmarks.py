@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import DatasetError, TrainingError
 from ..models.landmark_scoring import contour_mask, read_landmark_json
-from ..models.landmarks import LUNG_GROUPS, LandmarkSchema, resize_image, to_resized
+from ..models.landmarks import GROUPS, LUNG_GROUPS, LandmarkSchema, resize_image, to_resized
 from ..progress import check_cancel, progress_bar
 
 PathLike = Union[str, Path]
@@ -127,6 +127,63 @@ def paediatric_ids(data: PathLike) -> set[str]:
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     return {Path(r.get("path", "")).stem for r in rows if "paediatric" in str(r.get("modality", "")).lower()}
+
+
+#: JSRT ids in an outline-only annotation file; their 1024 px space is the labelled JSRT images' 512 px space doubled
+JSRT_ID_PREFIX = "JPC"
+
+
+def labelled_image_ids(data: PathLike) -> set[str]:
+    """The ids of ``data``'s labelled images: their file stems and the JSRT ids their landmark files name
+    (``_meta.jsrt_id``, e.g. ``img_1`` of ``cxr_lungseg_imlab/`` is ``JPCNN090``)."""
+    ids = set()
+    for path in find_landmark_folders(data)[0]:
+        ids.add(path.stem)
+        meta = json.loads(path.with_name(path.stem + "_landmarks.json").read_text(encoding="utf-8")).get(
+            "_meta"
+        )
+        if isinstance(meta, dict) and meta.get("jsrt_id"):
+            ids.add(str(meta["jsrt_id"]))
+    return ids
+
+
+def jsrt_outlines(path: PathLike, schema: LandmarkSchema, size: int, exclude: set[str],
+                  image_size: int = 512) -> np.ndarray:  # fmt: skip
+    """Complete JSRT outlines of an outline-only annotation file, on the resized grid of ``size`` px.
+
+    The file (``cxr_landmarks_ngaggion/landmarks_all_1024.json``) holds ``{"images": {id: {"RL": [[x, y], ...],
+    ...}}}`` in a 1024 px space. Only JSRT outlines are taken: the labelled JSRT images are that space halved
+    (``image_size`` 512), so their points map exactly; the other sources were cropped and padded to a square
+    first, another frame. Outlines whose id is in ``exclude`` (the data's own images) or that lack a group of
+    ``schema`` are left out.
+
+    Returns:
+        ``(M, P, 2)`` float ``(x, y)`` points in the schema's order.
+
+    Raises:
+        DatasetError: an unreadable file, or one without an ``images`` object.
+    """
+    path = Path(path)
+    try:
+        images = json.loads(path.read_text(encoding="utf-8"))["images"]
+        if not isinstance(images, dict):
+            raise TypeError("'images' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(
+            f"{path}: not an outline file with an 'images' object of id -> groups ({e})."
+        ) from e
+    scale = (image_size / size, image_size / size)
+    shapes = []
+    for image_id in sorted(images):
+        groups = images[image_id]
+        if not image_id.startswith(JSRT_ID_PREFIX) or image_id in exclude or not isinstance(groups, dict):
+            continue
+        arrays = [np.asarray(groups.get(g, []), dtype=float) for g in schema.indices]
+        if any(a.shape != (GROUPS[g], 2) for a, g in zip(arrays, schema.indices)):
+            continue
+        points = np.concatenate([a[idx] for a, idx in zip(arrays, schema.indices.values())])
+        shapes.append(to_resized(points * (image_size / 1024.0), scale))
+    return np.stack(shapes) if shapes else np.zeros((0, schema.n_points, 2))
 
 
 def lung_mask_path(image_path: PathLike) -> Optional[Path]:

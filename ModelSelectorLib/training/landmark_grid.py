@@ -17,6 +17,8 @@ import numpy as np
 from ..datasets.landmarks import (
     LandmarkCase,
     find_landmark_folders,
+    jsrt_outlines,
+    labelled_image_ids,
     load_dataset,
     lung_mask_path,
     paediatric_ids,
@@ -48,6 +50,11 @@ class GridConfig:
         unlabelled_pool: ``"all"`` external unlabelled images, or ``"in_domain"``: only those the data's
             manifest does not describe as paediatric (adult PA radiographs, like the labelled ones).
         reuse_from: another grid folder whose teachers and refiners (same settings) this grid uses.
+        extra_outlines: an outline-only annotation file, relative to the data folder (e.g.
+            ``cxr_landmarks_ngaggion/landmarks_all_1024.json``): its complete JSRT outlines of images that are
+            not among the data's labelled images join the training shapes of the shape and contour stages.
+            They come without images, so no network and no split sees them
+            (:func:`~ModelSelectorLib.datasets.landmarks.jsrt_outlines`).
         train: :class:`~ModelSelectorLib.training.landmarks.LandmarkTrainConfig` settings.
         steps_per_group: every ``n``-th contour point of each group (the landmark schema; 1 = whole contours).
         radii: SDR radii in mm; radii_px: SDR radii in original pixels.
@@ -63,6 +70,7 @@ class GridConfig:
     max_unlabelled: Optional[int] = None
     unlabelled_pool: str = "all"
     reuse_from: Optional[str] = None
+    extra_outlines: Optional[str] = None
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     steps_per_group: dict[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STEPS))
     radii: list[float] = dataclasses.field(default_factory=lambda: [2.0, 4.0, 10.0])
@@ -135,6 +143,8 @@ class GridData:
         unlabelled: the external unlabelled cases of the chosen pool (coarse grid).
         splits: ``{"train", "val", "test"}`` ids; masks: lung-mask paths of the labelled images that have one.
         schema: the landmark schema; conditioning: its refinement conditioning ``(P, C)``.
+        extra_shapes: ``(M, P, 2)`` outlines without images on the coarse grid (``GridConfig.extra_outlines``),
+            for the shape models only.
     """
 
     by_id: dict[str, LandmarkCase]
@@ -144,6 +154,7 @@ class GridData:
     masks: dict[str, Path]
     schema: LandmarkSchema
     conditioning: np.ndarray
+    extra_shapes: Optional[np.ndarray] = None
 
     def cases(self, part: str) -> list[LandmarkCase]:
         return [self.by_id[i] for i in self.splits[part]]
@@ -177,7 +188,10 @@ def load_grid_data(
     paths = {p.stem: p for p in find_landmark_folders(data)[0]}
     masks = {i: m for i, p in paths.items() if (m := lung_mask_path(p)) is not None}
     cond = landmark_conditioning(schema.names, GROUPS)
-    return GridData({c.case_id: c for c in labelled}, fine, unlabelled, splits, masks, schema, cond)
+    extra = None
+    if cfg.extra_outlines:
+        extra = jsrt_outlines(Path(data) / cfg.extra_outlines, schema, tc.size, labelled_image_ids(data))
+    return GridData({c.case_id: c for c in labelled}, fine, unlabelled, splits, masks, schema, cond, extra)
 
 
 def evaluate_model(network: Any, gd: GridData, part: str, tc: LandmarkTrainConfig, radii: Sequence[float],

@@ -147,20 +147,27 @@ def complete_shapes(cases: Sequence[LandmarkCase]) -> np.ndarray:
     return np.stack(full) if full else np.zeros((0, len(cases[0].mask) if cases else 0, 2))
 
 
-def fit_shape(cases: Sequence[LandmarkCase], n_modes: int) -> Optional[Any]:
-    """The shape model of the complete labelled ``cases`` (None when ``n_modes`` is 0 or fewer than 3 cases
-    are complete: too few shapes to learn modes from)."""
-    return _fit_complete(cases, n_modes, fit_shape_model)
+def fit_shape(
+    cases: Sequence[LandmarkCase], n_modes: int, extra: Optional[np.ndarray] = None
+) -> Optional[Any]:
+    """The shape model of the complete labelled ``cases`` and the ``extra`` shapes ``(M, P, 2)`` on the same grid
+    (outlines without images; None when ``n_modes`` is 0 or there are fewer than 3 shapes in all: too few to
+    learn modes from)."""
+    return _fit_complete(cases, n_modes, fit_shape_model, extra)
 
 
-def fit_contour_stage(cases: Sequence[LandmarkCase], n_modes: int) -> Optional[Any]:
-    """The contour stage's shape model of the complete labelled ``cases`` (:func:`fit_contour_model`; None as
-    for :func:`fit_shape`)."""
-    return _fit_complete(cases, n_modes, fit_contour_model)
+def fit_contour_stage(cases: Sequence[LandmarkCase], n_modes: int, extra: Optional[np.ndarray] = None
+                      ) -> Optional[Any]:  # fmt: skip
+    """The contour stage's shape model of the complete labelled ``cases`` and the ``extra`` shapes
+    (:func:`fit_contour_model`; None as for :func:`fit_shape`)."""
+    return _fit_complete(cases, n_modes, fit_contour_model, extra)
 
 
-def _fit_complete(cases: Sequence[LandmarkCase], n_modes: int, fit: Any) -> Optional[Any]:
+def _fit_complete(cases: Sequence[LandmarkCase], n_modes: int, fit: Any, extra: Optional[np.ndarray]
+                  ) -> Optional[Any]:  # fmt: skip
     shapes = complete_shapes(cases)
+    if extra is not None and len(extra):
+        shapes = np.concatenate([shapes, np.asarray(extra, dtype=shapes.dtype)])
     if n_modes <= 0 or len(shapes) < 3:
         return None
     return fit(shapes, n_modes)

@@ -306,9 +306,11 @@ def _later_stages(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridD
 
 
 def _shape_stages(gd: GridData, tc: LandmarkTrainConfig, lab_ids: Sequence[str]) -> dict[str, Any]:
-    """``{"shape", "contour"}``: the shape models of the labelled training images (None where not asked for)."""
+    """``{"shape", "contour"}``: the shape models of the labelled training images and the grid's outlines
+    without images (None where not asked for)."""
     cases = [gd.by_id[i] for i in lab_ids]
-    return {"shape": fit_shape(cases, tc.shape_modes), "contour": fit_contour_stage(cases, tc.contour_modes)}
+    return {"shape": fit_shape(cases, tc.shape_modes, gd.extra_shapes),
+            "contour": fit_contour_stage(cases, tc.contour_modes, gd.extra_shapes)}  # fmt: skip
 
 
 def _teacher(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, lab_arr: Arrays, unl_images: Any,
@@ -472,7 +474,9 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         training_data=f"chest X-ray landmark images of {folders[0]}: {len(gd.splits['train'])} training images "
         f"({len(keep)} labelled, variant {variant}), {len(gd.unlabelled)} extra unlabelled images of {folders[1]}; "
         f"{len(gd.splits['val'])} validation and {len(gd.splits['test'])} test images (split by image, seed "
-        f"{cfg.split_seed}); lung contours, heart, clavicles ({gd.schema.n_points} points)",
+        f"{cfg.split_seed}); lung contours, heart, clavicles ({gd.schema.n_points} points)"
+        + (f"; the shape and contour stages also learnt {len(gd.extra_shapes)} JSRT outlines without images "
+           f"({cfg.extra_outlines})" if gd.extra_shapes is not None and len(gd.extra_shapes) else ""),
         n_training_cases=len(keep), validation_metrics=metrics, seed=seed,
         code_version=f"ModelSelectorLib {__version__}", license=TRAINING_DATA_LICENCE,
         training_time_s=None if seconds is None else round(seconds, 1),

@@ -3,6 +3,7 @@ of ``modelselector apply`` (a Slicer .mrk.json in the input's physical geometry)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -493,3 +494,73 @@ def test_data_free_inputs_of_a_landmark_model_sharpen_its_heatmaps(synth_data, t
     found = synthesize_inputs(loaded, n=3, steps=60, seed=1, progress=False, info=info)
     assert info["method"].startswith("confidence + image prior")  # MONAI UNet: instance norm, no BN stats
     assert spatial_entropy(found) < spatial_entropy(start) - 0.01
+
+
+# --- outlines without images -----------------------------------------------------------------------------
+def _outline_file(path, groups_of):
+    """An outline-only annotation file in the 1024 px layout of ``cxr_landmarks_ngaggion``."""
+    path.write_text(json.dumps({"coordinate_space": "1024 px", "images": groups_of}), encoding="utf-8")
+    return path
+
+
+def test_jsrt_outlines_map_1024_px_outlines_onto_the_coarse_grid_and_leave_out_the_datas_own(tmp_path):
+    """Only complete JSRT outlines of images the data does not hold are taken, in schema order, at the
+    coordinates of the labelled JSRT images (the 1024 px space halved, then resized)."""
+    from PIL import Image
+
+    from ModelSelectorLib.datasets.landmarks import jsrt_outlines, labelled_image_ids
+    from ModelSelectorLib.errors import DatasetError
+    from ModelSelectorLib.models.landmarks import GROUPS, LandmarkSchema, to_resized
+
+    rng = np.random.default_rng(0)
+    contour = {g: rng.uniform(100, 900, (n, 2)).round(2).tolist() for g, n in GROUPS.items()}
+    path = _outline_file(tmp_path / "outlines.json", {
+        "JPCLN900": contour,                                   # taken
+        "JPCNN901": contour,                                   # an image the data holds: left out
+        "JPCLN902": {g: v for g, v in contour.items() if g != "H"},  # no heart: left out
+        "CHNCXR_0001_0": contour,                              # another source's frame: left out
+    })  # fmt: skip
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "img_1.png")
+    (data / "img_1_landmarks.json").write_text(json.dumps({**contour, "_meta": {"jsrt_id": "JPCNN901"}}))
+    exclude = labelled_image_ids(data)
+    assert exclude == {"img_1", "JPCNN901"}
+    schema = LandmarkSchema.default({"RL": 4, "H": 5})
+    shapes = jsrt_outlines(path, schema, 64, exclude)
+    assert shapes.shape == (1, schema.n_points, 2)
+    expected = np.concatenate([np.asarray(contour[g])[idx] for g, idx in schema.indices.items()])
+    np.testing.assert_allclose(shapes[0], to_resized(expected * 0.5, (512 / 64, 512 / 64)))
+    with pytest.raises(DatasetError, match="not an outline file"):
+        jsrt_outlines(_outline_file(tmp_path / "bad.json", []), schema, 64, set())
+
+
+def test_outlines_without_images_join_the_shape_models_only():
+    """The shape and contour stages fitted with extra outlines have the mean of all shapes; without them, the
+    mean of the cases' complete shapes."""
+    from ModelSelectorLib.datasets.landmarks import LandmarkCase
+    from ModelSelectorLib.training.landmark_refine import fit_contour_stage, fit_shape
+
+    rng = np.random.default_rng(1)
+    cases = [LandmarkCase(f"c{i}", np.zeros((8, 8), np.float32), rng.uniform(0, 8, (6, 2)), np.ones(6, bool),
+                          (1.0, 1.0)) for i in range(4)]  # fmt: skip
+    extra = rng.uniform(0, 8, (3, 6, 2))
+    alone, both = fit_shape(cases, 2), fit_shape(cases, 2, extra)
+    mean_alone = np.stack([c.points for c in cases]).reshape(4, -1).mean(0)
+    mean_both = np.concatenate([np.stack([c.points for c in cases]), extra]).reshape(7, -1).mean(0)
+    np.testing.assert_allclose(alone["decode"].bias.numpy(), mean_alone, rtol=1e-5)
+    np.testing.assert_allclose(both["decode"].bias.numpy(), mean_both, rtol=1e-5)
+    assert fit_contour_stage(cases, 2, extra) is not None and fit_shape(cases[:1], 2, extra[:1]) is None
+
+
+def test_grid_data_carries_the_configured_outlines(synth_data, tmp_path):
+    from ModelSelectorLib.models.landmarks import GROUPS
+    from ModelSelectorLib.training.landmark_grid import GridConfig, load_grid_data
+
+    rng = np.random.default_rng(2)
+    contour = {g: rng.uniform(100, 900, (n, 2)).tolist() for g, n in GROUPS.items()}
+    path = _outline_file(tmp_path / "outlines.json", {"JPCLN900": contour, "JPCLN901": contour})
+    cfg = dataclasses.replace(GridConfig.quick(), extra_outlines=str(path))
+    gd = load_grid_data(synth_data, cfg)
+    assert gd.extra_shapes.shape == (2, gd.schema.n_points, 2)
+    assert load_grid_data(synth_data, GridConfig.quick()).extra_shapes is None
