@@ -78,8 +78,16 @@ PathLike = Union[str, Path]
 
 
 #: the settings a run's result depends on: runs made with other values cannot join a grid
-RUN_SETTINGS = ("train", "split_seed", "steps_per_group", "unlabelled_pool", "max_unlabelled")
-#: the settings a grid must share with its ``reuse_from`` grid (an ablation changes only the unlabelled pool)
+RUN_SETTINGS = (
+    "train",
+    "split_seed",
+    "steps_per_group",
+    "unlabelled_pool",
+    "max_unlabelled",
+    "extra_outlines",
+)
+#: the settings a grid must share with its ``reuse_from`` grid (an ablation changes only the unlabelled pool;
+#: outlines without images change the shape stages, not the networks it reuses)
 SHARED_SETTINGS = ("train", "split_seed", "steps_per_group")
 
 

@@ -268,6 +268,13 @@ def test_a_recorded_grid_is_compared_with_the_defaults_of_the_settings_it_does_n
         _check_config(
             tmp_path, GridConfig.from_dict({**cfg.to_dict(), "train": {**cfg.train, "contour_modes": 4}})
         )
+    # outlines without images change every run's shape stages: a grid recorded without them (before the
+    # setting existed) cannot take runs made with them
+    recorded = {k: v for k, v in cfg.to_dict().items() if k != "extra_outlines"}
+    (tmp_path / "config.json").write_text(json.dumps(recorded), encoding="utf-8")
+    _check_config(tmp_path, cfg)
+    with pytest.raises(TrainingError, match="other settings"):
+        _check_config(tmp_path, GridConfig.from_dict({**cfg.to_dict(), "extra_outlines": "outlines.json"}))
 
 
 def test_in_domain_ablation_reuses_the_reference_grid_and_is_compared_with_it(
