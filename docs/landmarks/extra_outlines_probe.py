@@ -6,7 +6,7 @@
 alone and with those outlines (`GridConfig.extra_outlines`), and prints the whole model's figures on the
 validation images only. The test images are not scored.
 
-usage: python docs/landmarks/outlines_probe.py --data ../shared/data [--zoo Resources/zoo]
+usage: python docs/landmarks/extra_outlines_probe.py --data ../shared/data [--zoo Resources/zoo]
 """
 
 from __future__ import annotations
