@@ -40,7 +40,9 @@ def main() -> None:
         files = {}
         for part in ("coarse", "refine"):  # the zoo model's own networks, as a grid run's weights
             files[part] = Path(tmp) / f"{part}.pt"
-            torch.save({k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}, files[part])
+            torch.save(
+                {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}, files[part]
+            )
         for extra in (None, EXTRA):
             cfg = dataclasses.replace(GridConfig(**recipe.grid), extra_outlines=extra)
             tc = cfg.train_config
