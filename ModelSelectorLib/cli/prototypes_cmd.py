@@ -1,4 +1,4 @@
-"""``modelselector prototypes``: make the exemplar and data-free prototypes of one zoo model."""
+"""``modelselector prototypes``: make the exemplar and data-free prototypes of one zoo model, or of all."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO, else Resources/zoo)"
     )
-    p.add_argument("--model", required=True, metavar="NAME", help="model name in the zoo")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", metavar="NAME", help="model name in the zoo")
+    which.add_argument("--all", action="store_true",
+                       help="every model of the zoo, current versions (e.g. after the encoder changed; the exemplar "
+                       "prototypes come from each card's example inputs, else the stored ones are kept)")  # fmt: skip
     p.add_argument("--version", dest="model_version", default=None, help="model version (default: current)")
     p.add_argument("--exemplars", nargs="+", type=Path, default=None, metavar="DIR_OR_FILE",
                    help="example input images, or a folder of them (replaces the stored exemplar prototypes)")  # fmt: skip
@@ -52,17 +56,33 @@ def register(sub: Any) -> None:
 def cmd_prototypes(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import InputError
     from ..selection.prototypes import generate_for_model
 
+    if args.all and (args.exemplars is not None or args.model_version is not None):
+        raise InputError("--all takes each model's current version and its card's example inputs; leave out "
+                         "--exemplars and --version, or name one model with --model.")  # fmt: skip
     settings = InversionSettings(encoder=float(args.encoder_weight))
     if args.threads:
         torch.set_num_threads(int(args.threads))
     zoo = Zoo(args.zoo if args.zoo is not None else default_zoo_path())
-    pset = generate_for_model(zoo, args.model, exemplars=args.exemplars, data_free=args.data_free,
-                              version=args.model_version, steps=args.steps, seed=args.seed,
-                              settings=settings)  # fmt: skip
+    names = zoo.names() if args.all else [args.model]
+    for name in names:
+        pset = generate_for_model(zoo, name, exemplars=args.exemplars, data_free=args.data_free,
+                                  version=args.model_version, steps=args.steps, seed=args.seed,
+                                  settings=settings)  # fmt: skip
+        _report(zoo, pset, args.model_version)
+    if args.all:
+        print(f"Rebuild the index: modelselector index build --zoo {zoo.path}")
+    else:
+        print(f"Update the index: modelselector index add --zoo {zoo.path} --model {args.model}")
+    return 0
+
+
+def _report(zoo: Zoo, pset: Any, version: Any) -> None:
+    """Print what was stored for one model."""
     counts = pset.origins()
-    bundle = zoo.get(args.model, args.model_version)
+    bundle = zoo.get(pset.model, version)
     print(f"{pset.model} {pset.version}: {counts.get('exemplar', 0)} exemplar and {counts.get('data-free', 0)} "
           f"data-free prototype(s) stored in {bundle / 'prototypes'}")  # fmt: skip
     df = pset.meta.get("data-free")
@@ -70,5 +90,3 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
         print(f"data-free inputs: {df.get('n_inputs')} synthesised with {df.get('method')} "
               f"({df.get('bn_layers')} batch-norm layer(s), {df.get('steps')} steps, {df.get('seconds')} s); "
               f"pictures in {bundle / 'docs' / 'prototypes'}")  # fmt: skip
-    print(f"Update the index: modelselector index add --zoo {zoo.path} --model {pset.model}")
-    return 0

@@ -362,8 +362,8 @@ def select(
     if index.encoder and index.encoder != encoder_id(enc):
         raise IndexMismatchError(
             f"the index was built from prototypes of encoder {index.encoder}, not of the encoder in use "
-            f"({encoder_id(enc)}); regenerate the prototypes (`modelselector prototypes`) and rebuild the index "
-            f"(`modelselector index build --zoo {zoo.path}`)."
+            f"({encoder_id(enc)}); regenerate the prototypes (`modelselector prototypes --zoo {zoo.path} --all`) "
+            f"and rebuild the index (`modelselector index build --zoo {zoo.path}`)."
         )
     img, name = as_image(image)
     check_model_input(img, name)

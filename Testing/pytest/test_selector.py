@@ -516,3 +516,28 @@ def test_index_and_prototypes_cli(env, tmp_path, capsys):
     assert (
         "mr_abdomen (MR:ABDOMEN)" in unknown and "ct_abdomen" not in unknown
     )  # the encoder has no MR:ABDOMEN
+
+
+def test_prototypes_of_every_model_at_once_then_the_index_rebuilt(env, tmp_path, capsys):
+    """`prototypes --all` refreshes every model (as after an encoder change): the index then names each one as
+    stale until it is rebuilt."""
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.selection.prototypes import load_prototypes
+
+    zoo = _copy_zoo(env, tmp_path)
+    z = str(zoo.path)
+    before = {m: load_prototypes(zoo.get(m)).meta["data-free"]["created"] for m in MODELS}
+    assert main(["prototypes", "--zoo", z, "--all", "--data-free", "1", "--steps", "2", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{m} " in out for m in MODELS) and f"index build --zoo {z}" in out
+    for m in MODELS:
+        meta = load_prototypes(zoo.get(m)).meta["data-free"]
+        assert meta["n_inputs"] == 1 and meta["seed"] == 5 and meta["created"] >= before[m]
+    assert main(["index", "check", "--zoo", z]) == 4
+    assert main(["index", "build", "--zoo", z]) == 0
+    assert main(["index", "check", "--zoo", z]) == 0
+    capsys.readouterr()
+    assert main(["prototypes", "--zoo", z, "--all", "--exemplars", str(tmp_path)]) == 2
+    assert "leave out --exemplars" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prototypes", "--zoo", z, "--all", "--model", "dx_chest"])
