@@ -8,10 +8,7 @@ W=$1
 WORK=$2
 Z=$WORK/zoo_w$W
 rm -rf "$Z" && mkdir -p "$WORK" && cp -r Resources/zoo "$Z"
-for m in dx-chest-lungs dx-chest-landmarks mr-hippocampus mr-brain-flair-lesion mr-cardiac ct-abdomen-organs \
-         ct-head-bone mr-abdomen-organs mr-breast-lesion; do
-  modelselector prototypes --zoo "$Z" --model "$m" --data-free 4 --encoder-weight "$W" --threads 1
-done
+modelselector prototypes --zoo "$Z" --all --data-free 4 --encoder-weight "$W" --threads 1
 modelselector index build --zoo "$Z"
 modelselector index calibrate --zoo "$Z" --data ../shared/data
 modelselector evaluate-selection --zoo "$Z" --data ../shared/data --part dev --out "$WORK/dev_w$W"
