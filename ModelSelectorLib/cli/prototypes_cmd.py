@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
             "prototypes embed inputs synthesised from the model alone (model inversion: batch-norm statistics "
             "matching, confident foreground, image prior, and the selector's encoder reading each input as the card's "
             "modality and region); a few are saved as PNGs in the bundle's "
-            "docs/prototypes/. Afterwards update the index: modelselector index add --zoo ZOO --model NAME."
+            "docs/prototypes/. Afterwards update the index: modelselector index add --zoo ZOO --model NAME (after "
+            "--all: modelselector index build --zoo ZOO)."
         ),
     )
     p.add_argument(
