@@ -21,7 +21,9 @@ What is differentiable here, against the exact pipeline (:func:`~.views.image_vi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
+
+from .views import THIN_PLANE_VOXELS, fit_views, is_thin_plane
 
 #: fractions of each axis at which the guide takes its slices of a synthesised volume
 SLICE_FRACTIONS = (0.3, 0.5, 0.7)
@@ -63,26 +65,7 @@ def soft_encoder_channels(views: Any, temperature: float = 0.01, n_refs: int = 1
     return torch.stack([c0, c1], dim=1).reshape(b, 2, h, w)
 
 
-def fit_view(v: Any, aspect: float, size: int, pad: Optional[Any] = None) -> Any:
-    """Views ``(B, H, W)`` resized to fit ``size x size`` keeping their physical aspect (row step over column
-    step) and padded, centred, with ``pad`` ``(B,)`` (default: each view's minimum), as
-    :func:`~.views.resize_pad` does."""
-    import torch.nn.functional as F
-
-    b, h, w = v.shape
-    ph, pw = h * aspect, float(w)
-    scale = size / max(ph, pw)
-    nh, nw = max(1, min(size, int(round(ph * scale)))), max(1, min(size, int(round(pw * scale))))
-    r = F.interpolate(v[:, None], size=(nh, nw), mode="bilinear", align_corners=False,
-                      antialias=nh < h or nw < w)[:, 0]  # fmt: skip
-    fill = v.amin(dim=(1, 2)) if pad is None else pad
-    out = fill[:, None, None].expand(b, size, size).clone()
-    y0, x0 = (size - nh) // 2, (size - nw) // 2
-    out[:, y0 : y0 + nh, x0 : x0 + nw] = r
-    return out
-
-
-def grid_views(x: Any, spacing: Sequence[float], size: int) -> Any:
+def grid_views(x: Any, spacing: Sequence[float], size: int, view_spacing_mm: float = 2.0) -> Any:
     """The guide's views ``(n, size, size)`` of a batch on a model's grid.
 
     Args:
@@ -91,13 +74,14 @@ def grid_views(x: Any, spacing: Sequence[float], size: int) -> Any:
             exact pipeline.
         spacing: the grid's spacing ``(x, y[, z])`` in mm.
         size: the view side in pixels.
+        view_spacing_mm: the pipeline's view grid spacing, which sets how narrow a thin plane is.
     """
     import torch
 
     sx, sy = float(spacing[0]), float(spacing[1])
     if x.dim() == 4 or x.shape[-1] == 1:
         img = x[:, 0] if x.dim() == 4 else x[:, 0, :, :, 0]
-        return fit_view(img.transpose(1, 2), sy / sx, size)  # rows y, columns x, as the image array
+        return fit_views(img.transpose(1, 2), sy / sx, size)  # rows y, columns x, as the image array
     sz = float(spacing[2])
     a = x[:, 0].permute(0, 3, 2, 1).flip(2).flip(3)  # (B, Z, Y, X) on LPS axes: rows posterior, columns left
     nz, ny, nx = a.shape[1:]
@@ -112,9 +96,9 @@ def grid_views(x: Any, spacing: Sequence[float], size: int) -> Any:
     ]
     # as the exact pipeline: planes that are thin strips only when nothing else is left; padded with the
     # volume's minimum
-    wide = [p for p in planes if min(p[1]) >= 0.15 * max(p[1]) and min(p[1]) >= 8.0] or planes
+    wide = [p for p in planes if not is_thin_plane(p[1], THIN_PLANE_VOXELS * view_spacing_mm)] or planes
     fill = a.amin(dim=(1, 2, 3))
-    return torch.cat([fit_view(s, aspect, size, fill) for slices, _, aspect in wide for s in slices])
+    return torch.cat([fit_views(s, aspect, size, fill) for slices, _, aspect in wide for s in slices])
 
 
 class EncoderGuide:
@@ -153,7 +137,8 @@ class EncoderGuide:
         ``p(domain)`` being the encoder's probability of any of the card's modality x region classes."""
         import torch
 
-        views = grid_views(x, self.spacing, self.encoder.image_size)
+        views = grid_views(x, self.spacing, self.encoder.image_size,
+                           float(self.encoder.config.get("spacing_mm", 2.0)))  # fmt: skip
         net = self.encoder.net
         # the encoder may sit on another device than the model being inverted
         channels = soft_encoder_channels(views).to(device=self.encoder.device, dtype=torch.float32)
@@ -166,7 +151,6 @@ __all__ = [
     "EncoderGuide",
     "SLICE_FRACTIONS",
     "domain_classes",
-    "fit_view",
     "grid_views",
     "soft_encoder_channels",
 ]

@@ -17,7 +17,7 @@ DICOM with any rescale slope and intercept, or an MR in arbitrary scanner units 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,6 +27,8 @@ from ..io.image import Image
 
 #: side of the square views, in pixels
 DEFAULT_IMAGE_SIZE = 64
+#: a plane fewer voxels across than this (on the view grid) is a thin strip (:func:`is_thin_plane`)
+THIN_PLANE_VOXELS = 4
 
 
 def resize_pad(
@@ -44,21 +46,36 @@ def resize_pad(
         float32 array ``(size, size)``.
     """
     import torch
+
+    # a copy: a flipped view one pixel thick counts as contiguous in numpy and keeps a negative stride
+    t = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))[None]
+    pad = None if pad_value is None else torch.tensor([float(pad_value)])
+    return fit_views(t, aspect, size, pad)[0].numpy()
+
+
+def fit_views(views: Any, aspect: float, size: int, pad: Optional[Any] = None) -> Any:
+    """Torch views ``(B, H, W)`` resized (bilinear, antialiased when shrinking) to fit ``size x size`` keeping
+    their physical aspect (row step over column step) and padded, centred, with ``pad`` ``(B,)`` (default: each
+    view's minimum). Gradients pass through (:mod:`.encoder_guide`); :func:`resize_pad` is the one-array form."""
     import torch.nn.functional as F
 
-    h, w = arr.shape
+    b, h, w = views.shape
     ph, pw = h * aspect, float(w)  # physical extents in column-step units
     scale = size / max(ph, pw)
     nh, nw = max(1, min(size, int(round(ph * scale)))), max(1, min(size, int(round(pw * scale))))
-    # a copy: a flipped view one pixel thick counts as contiguous in numpy and keeps a negative stride
-    t = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))[None, None]
-    antialias = nh < h or nw < w
-    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
-    fill = float(arr.min()) if pad_value is None else float(pad_value)
-    out = np.full((size, size), fill, np.float32)
+    resized = F.interpolate(views[:, None], size=(nh, nw), mode="bilinear", align_corners=False,
+                            antialias=nh < h or nw < w)[:, 0]  # fmt: skip
+    fill = views.amin(dim=(1, 2)) if pad is None else pad
+    out = fill[:, None, None].expand(b, size, size).clone()
     y0, x0 = (size - nh) // 2, (size - nw) // 2
-    out[y0 : y0 + nh, x0 : x0 + nw] = t[0, 0].numpy()
+    out[:, y0 : y0 + nh, x0 : x0 + nw] = resized
     return out
+
+
+def is_thin_plane(extents: Sequence[float], smallest: float) -> bool:
+    """Whether a plane of in-plane ``extents`` is a thin strip: its short side under 15 % of its long one, or
+    under ``smallest`` (same units); such planes give views only when nothing else does."""
+    return min(extents) < 0.15 * max(extents) or min(extents) < smallest
 
 
 def encoder_channels(views: np.ndarray) -> np.ndarray:
@@ -240,7 +257,7 @@ def _volume_views(img: Image, spacing: float, n_per_axis: int, size: int, min_fg
         other = [a for a in (0, 1, 2) if a != axis]
         profile = coarse.sum(axis=tuple(other))
         in_plane = [n[2 - a] for a in other]  # voxels of the plane's two axes (array order)
-        is_thin = min(in_plane) < 0.15 * max(in_plane) or min(in_plane) < 4
+        is_thin = is_thin_plane(in_plane, THIN_PLANE_VOXELS)
         n_take = n_per_axis if not is_thin else min(n_per_axis, 2)
         for frac in _central_positions(profile, n_take):
             ci = int(round(frac * (coarse.shape[axis] - 1)))

@@ -101,10 +101,11 @@ def training_device(device: str) -> str:
     since a training time means little without the hardware it was measured on."""
     import torch
 
-    if torch.device(device).type == "cpu":
+    kind = torch.device(device).type
+    if kind == "cpu":
         n = torch.get_num_threads()
         return f"CPU, {n} torch thread{'s' if n != 1 else ''}"
-    if torch.device(device).type != "cuda":
+    if kind != "cuda":
         return str(device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20
     return f"CUDA: {torch.cuda.get_device_name(device)}, peak GPU memory {peak:.0f} MiB"
