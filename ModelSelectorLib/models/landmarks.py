@@ -156,7 +156,10 @@ class LandmarkRuntime(TaskRuntime):
                                           f"at {REFINE_SCALE} x roi_size around its coarse estimate",
                                 "contour": "network_def.contour (when present): the refined points fitted to a "
                                            "shape model, trusted across their contour more than along it, refined "
-                                           "again, fitted again and moved onto the refined outline"},
+                                           "again, fitted again and moved onto the refined outline",
+                                "offset": "network_def.offset (when present): its bias holds each landmark's "
+                                          "(along, across) offset from its predicted contour in coarse pixels, "
+                                          "added last"},
         }  # fmt: skip
 
     @classmethod

@@ -680,9 +680,11 @@ class LandmarkRecipe:
                  "label": str(by_id[i].with_name(i + "_landmarks.json").relative_to(root))} for i in ids]  # fmt: skip
 
     def files(self, data_root: PathLike) -> list[Path]:
-        """Every image and landmark file the model learns from or is scored on."""
+        """Every image, landmark and outline file the model learns from or is scored on."""
         labelled, unlabelled = find_landmark_folders(data_root)
-        return [f for p in labelled for f in (p, p.with_name(p.stem + "_landmarks.json"))] + list(unlabelled)
+        outlines = self.grid.get("extra_outlines")
+        return ([f for p in labelled for f in (p, p.with_name(p.stem + "_landmarks.json"))] + list(unlabelled)
+                + ([Path(data_root) / outlines] if outlines else []))  # fmt: skip
 
 
 #: the chest X-ray landmark model: a coarse-to-fine model of every contour point, the supervised student with all
@@ -692,7 +694,11 @@ class LandmarkRecipe:
 #: images and networks, the contour stage (``contour_modes``): none 5.20 mm, 20 / 40 / 60 / 80 modes 4.89 / 4.72
 #: / 4.71 / 4.71 mm (with the along-contour weight, prior and rounds of ``models.landmark_stages``). Then, with 60
 #: modes: refinement 1,500 / 3,000 / 6,000 steps 4.71 / 4.64 / 4.63 mm; coarse 6,000 steps 4.74 mm; a wider
-#: (20-40-80-160) or deeper (16-24-48-96-128) coarse UNet 4.76 / 4.82 mm
+#: (20-40-80-160) or deeper (16-24-48-96-128) coarse UNet 4.76 / 4.82 mm. Then, around 1.0.4's networks
+#: (``docs/landmarks/refit_probe.py``): the 36 JSRT outlines without images in the shape and contour stages
+#: (``"extra_outlines": "cxr_landmarks_ngaggion/landmarks_all_1024.json"``) 4.577 mm, the per-landmark offsets
+#: (``"point_offsets": True``) 4.573 mm, both 4.506 mm (4.644 mm without either). A 1.0.5 with both was refused by
+#: the gate (test 4.57 against 4.55 mm), so the recipe stays 1.0.4's
 LANDMARK_RECIPES: tuple[LandmarkRecipe, ...] = (
     LandmarkRecipe(
         name="dx-chest-landmarks",

@@ -28,8 +28,13 @@ from ..models.landmark_stages import (
     crop_patches,
     fit_contour_model,
     fit_shape_model,
+    mean_offsets,
+    offset_model,
+    offset_model_def,
+    predict_landmarks,
     refine_input,
     shape_model_def,
+    stage,
 )
 from ..progress import check_cancel, progress_bar
 from .landmarks import (
@@ -41,6 +46,7 @@ from .landmarks import (
     network_def,
     optimiser_step,
     seed_all,
+    stack_cases,
     torch_threads,
 )
 
@@ -174,10 +180,15 @@ def _fit_complete(cases: Sequence[LandmarkCase], n_modes: int, fit: Any, extra: 
 
 
 def pipeline_network(
-    coarse: Any, shape: Optional[Any] = None, refine: Optional[Any] = None, contour: Optional[Any] = None
+    coarse: Any,
+    shape: Optional[Any] = None,
+    refine: Optional[Any] = None,
+    contour: Optional[Any] = None,
+    offset: Optional[Any] = None,
 ) -> Any:
     """The stages as one ``torch.nn.ModuleDict`` (``coarse`` alone when there is no later stage; the contour
-    stage only with a refinement stage, whose points it fits)."""
+    stage only with a refinement stage, whose points it fits; the offset stage only with a contour stage, whose
+    frames it uses)."""
     import torch
 
     if shape is None and refine is None:
@@ -189,7 +200,27 @@ def pipeline_network(
         stages["refine"] = refine
         if contour is not None:
             stages["contour"] = contour
+            if offset is not None:
+                stages["offset"] = offset
     return torch.nn.ModuleDict(stages)
+
+
+def fit_offset_stage(network: Any, cases: Sequence[LandmarkCase], fine_images: Any, conditioning: np.ndarray,
+                     contours: Sequence[np.ndarray], cfg: LandmarkTrainConfig) -> Optional[Any]:  # fmt: skip
+    """The offset stage of ``network`` (the whole model without one): each landmark's mean error on the labelled
+    training ``cases`` along and across its predicted contour (:func:`~ModelSelectorLib.models.landmark_stages.
+    mean_offsets`). None when ``network`` has no contour stage.
+
+    Args:
+        fine_images: ``(N, REFINE_SCALE S, REFINE_SCALE S)`` the cases' images on the fine grid.
+        conditioning: ``(P, C)`` the refinement's conditioning channels.
+    """
+    if stage(network, "contour") is None or not cases:
+        return None
+    images = stack_cases(list(cases), cfg.sigma).images
+    predicted, _ = predict_landmarks(network, images, fine_images, conditioning, cfg.decode, cfg.decode_radius,
+                                     contours=contours)  # fmt: skip
+    return offset_model(mean_offsets(predicted, np.stack([c.points for c in cases]), contours))
 
 
 def pipeline_def(size_name: str, n_points: int, network: Any, cfg: LandmarkTrainConfig) -> dict[str, Any]:
@@ -206,6 +237,8 @@ def pipeline_def(size_name: str, n_points: int, network: Any, cfg: LandmarkTrain
         modules["refine"] = network_def(cfg.refine_network, 1, in_channels=1 + CONDITIONING_CHANNELS)
     if "contour" in network:
         modules["contour"] = contour_model_def(n_points, int(network["contour"].in_features))
+    if "offset" in network:
+        modules["offset"] = offset_model_def(n_points)
     return {"_target_": "torch.nn.ModuleDict", "modules": modules}
 
 
@@ -214,6 +247,7 @@ __all__ = [
     "complete_shapes",
     "fine_arrays",
     "fit_contour_stage",
+    "fit_offset_stage",
     "fit_shape",
     "gaussian_targets",
     "pipeline_def",

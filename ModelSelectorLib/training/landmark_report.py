@@ -272,7 +272,8 @@ def _report_settings(results: dict[str, Any], cfg: GridConfig, fractions: list[s
         f"{tc.batch_size} unlabelled for the semi-supervised variants), AdamW lr {tc.lr} with cosine decay, "
         f"distillation weight {tc.kd_weight}, temperature {tc.kd_temperature}, EMA decay {tc.ema_decay}, "
         f"{tc.mc_samples} MC-dropout samples, decoding {tc.decode} (radius {tc.decode_radius} px); shape model "
-        f"{tc.shape_modes} modes{f', contour stage {tc.contour_modes} modes' if tc.contour_modes else ''}; "
+        f"{tc.shape_modes} modes{f', contour stage {tc.contour_modes} modes' if tc.contour_modes else ''}"
+        f"{', per-landmark offsets' if tc.point_offsets else ''}; "
         f"refinement {tc.refine_steps} steps of {tc.batch_size} x {tc.refine_points} "
         f"patches (jitter {tc.refine_jitter} px, sigma {tc.refine_sigma} px, lr {tc.refine_lr}).", "",
     ]  # fmt: skip

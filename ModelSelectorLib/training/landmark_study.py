@@ -57,6 +57,7 @@ from .landmark_grid import (
 from .landmark_refine import (
     fine_arrays,
     fit_contour_stage,
+    fit_offset_stage,
     fit_shape,
     pipeline_def,
     pipeline_network,
@@ -321,6 +322,20 @@ def _shape_stages(gd: GridData, tc: LandmarkTrainConfig, lab_ids: Sequence[str])
             "contour": fit_contour_stage(cases, tc.contour_modes, gd.extra_shapes)}  # fmt: skip
 
 
+def _whole(
+    net: Any, later: dict[str, Any], gd: GridData, tc: LandmarkTrainConfig, lab_ids: Sequence[str]
+) -> Any:
+    """The assembled model of the coarse network ``net`` and its ``later`` stages; with ``tc.point_offsets``, also
+    the offset stage, fitted on the labelled training images ``lab_ids``."""
+    whole = pipeline_network(net, later["shape"], later["refine"], later["contour"])
+    if not tc.point_offsets:
+        return whole
+    ids = list(lab_ids)
+    offset = fit_offset_stage(whole, [gd.by_id[i] for i in ids], gd.fine_images(ids), gd.conditioning,
+                              gd.schema.contours, tc)  # fmt: skip
+    return pipeline_network(net, later["shape"], later["refine"], later["contour"], offset)
+
+
 def _teacher(out: Path, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, lab_arr: Arrays, unl_images: Any,
              later: dict[str, Any], fraction: float, seed: int, cancel: Any) -> Any:  # fmt: skip
     """The supervised teacher of ``(fraction, seed)``: loaded from its run (here or in ``reuse_from``), or trained
@@ -342,7 +357,7 @@ def _save_run(out: Path, name: str, variant: str, fraction: float, seed: int, re
               later: dict[str, Any], tc: LandmarkTrainConfig, gd: GridData, cfg: GridConfig) -> None:  # fmt: skip
     import torch
 
-    whole = pipeline_network(res.network, later["shape"], later["refine"], later["contour"])
+    whole = _whole(res.network, later, gd, tc, labelled_subset(gd.splits["train"], fraction, seed))
     record: dict[str, Any] = {
         "name": name, "variant": variant, "fraction": fraction, "seed": seed, "network": res.size_name,
         "parameters": count_parameters(whole), "parameters_coarse": count_parameters(res.network),
@@ -461,7 +476,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
                 seconds: Optional[float]) -> dict[str, Any]:  # fmt: skip
     import tempfile
 
-    whole = pipeline_network(net, later["shape"], later["refine"], later["contour"])
+    whole = _whole(net, later, gd, tc, [i for i in gd.splits["train"] if i in keep])
     metrics: dict[str, Any] = {}
     for part in ("val", "test"):
         m, _, logits = evaluate_model(whole, gd, part, tc, cfg.radii, cfg.radii_px, with_dice=True)
@@ -496,6 +511,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         + (", shape model" if later["shape"] is not None else "")
         + (f", refinement on {tc.size * REFINE_SCALE} px patches" if later["refine"] is not None else "")
         + (f", contour fit ({tc.contour_modes} modes)" if fits_contours else "")
+        + (", per-landmark offsets" if stage(whole, "offset") is not None else "")
     )
     description = (
         f"2D landmark detection on frontal chest radiographs ({VARIANT_TITLES[variant]}): a coarse-to-fine MONAI "
@@ -507,6 +523,11 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
             ", fitted to the contour stage's shape model (trusted across each contour more than along it), refined "
             "again, fitted again and moved onto the refined outline"
             if fits_contours
+            else ""
+        )
+        + (
+            ", moved by each landmark's mean error on the training images (along and across its contour)"
+            if stage(whole, "offset") is not None
             else ""
         )
         + ", and mapped back to the input's geometry. `modelselector apply` writes the contours as Slicer closed "

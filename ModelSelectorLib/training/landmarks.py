@@ -123,6 +123,8 @@ class LandmarkTrainConfig:
         shape_modes: modes of the point-distribution model that projects the coarse points (0: none).
         contour_modes: modes of the shape model the refined points are fitted to (the contour stage of
             :mod:`ModelSelectorLib.models.landmark_stages`; 0: none, the refined points are the answer).
+        point_offsets: add the offset stage (with a contour stage): each landmark's mean error on the labelled
+            training images, along and across its predicted contour, added to the final points.
         refine_steps: optimisation steps of the refinement stage (0: a single-stage model).
         refine_network: its size (a key of :data:`NETWORK_SIZES`); refine_points: landmarks per image and
             step (patches per step = ``batch_size * refine_points``).
@@ -150,6 +152,7 @@ class LandmarkTrainConfig:
     decode_radius: int = 5
     shape_modes: int = 0
     contour_modes: int = 0
+    point_offsets: bool = False
     refine_steps: int = 0
     refine_network: str = "refine"
     refine_points: int = 16

@@ -21,13 +21,16 @@ from ModelSelectorLib.models.base import Prediction  # noqa: E402
 from ModelSelectorLib.models.landmark_scoring import contour_mask, lung_dice  # noqa: E402
 from ModelSelectorLib.models.landmark_stages import (  # noqa: E402
     REFINE_PATCH,
+    apply_offsets,
     contour_frames,
     crop_patches,
     fit_contour,
     fit_contour_model,
     fit_shape_model,
     landmark_conditioning,
+    mean_offsets,
     nearest_on_polygon,
+    offset_model,
     project_shape,
     refine_points,
     snap_to_contours,
@@ -155,6 +158,35 @@ def test_contour_fit_trusts_points_across_their_contour_and_not_along_it():
     assert np.abs(fit_contour(model, truth, contours, prior=1e6) - mean).max() < 1e-2
 
 
+def test_offsets_are_each_landmarks_mean_error_along_and_across_its_predicted_contour():
+    """Predictions that miss each landmark by a fixed amount along and across their own contour (plus noise that
+    averages out) give back those amounts, and the offset stage holding them moves the predictions onto the
+    truth; a true point that is missing is left out of its landmark's mean."""
+    rng = np.random.default_rng(4)
+    contours = [np.arange(12), np.arange(12, 22)]
+    predicted = _ellipses(rng, 8)
+    along, across = rng.normal(0, 0.8, 22), rng.normal(0, 0.5, 22)
+    noise = rng.normal(0, 0.3, (8, 22, 2))
+    noise -= noise.mean(0)  # zero mean per landmark and direction
+    frames = [contour_frames(q, contours) for q in predicted]
+    truth = np.stack([q + (along[:, None] + e[:, :1]) * t + (across[:, None] + e[:, 1:]) * n
+                      for q, (t, n), e in zip(predicted, frames, noise)])  # fmt: skip
+    offsets = mean_offsets(predicted, truth, contours)
+    np.testing.assert_allclose(offsets, np.stack([along, across], 1), atol=1e-9)
+    stage = offset_model(offsets)
+    assert tuple(stage.bias.shape) == (44,) and not stage.weight.detach().any()
+    moved = apply_offsets(stage, predicted, contours)
+    np.testing.assert_allclose(
+        moved - truth, -np.stack([e[:, :1] * t + e[:, 1:] * n for (t, n), e in zip(frames, noise)]), atol=1e-5
+    )  # float32 weights
+    np.testing.assert_array_equal(apply_offsets(None, predicted, contours), predicted)
+    # a missing true point leaves its landmark's mean to the other images
+    gap = truth.copy()
+    gap[0, 5] = np.nan
+    expected = np.stack([along, across], 1)[5] + noise[1:, 5].mean(0)
+    np.testing.assert_allclose(mean_offsets(predicted, gap, contours)[5], expected, atol=1e-9)
+
+
 def test_points_snap_onto_the_outline_of_their_contour():
     square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
     outline = np.concatenate([square, square + 20, [[5.0, 5.0]]])[None]
@@ -203,31 +235,45 @@ def test_refinement_moves_displaced_points_onto_the_landmarks():
 
 
 def test_coarse_to_fine_model_is_one_monai_bundle_with_every_stage_in_model_pt(synth, tmp_path):
+    from ModelSelectorLib.models.landmarks import to_original, to_resized
     from ModelSelectorLib.zoo import Zoo, load_bundle
+    from ModelSelectorLib.zoo.bundle import LoadedBundle
 
-    cfg = _quick(contour_modes=4)
+    cfg = _quick(contour_modes=4, point_offsets=True)
     cfg.steps_per_group = WHOLE
     train_into_zoo(synth, tmp_path / "zoo", cfg, name="lm", variant="student_supervised")
     path = Zoo(tmp_path / "zoo").get("lm")
     inference = json.loads((path / "configs" / "inference.json").read_text(encoding="utf-8"))
     assert inference["network_def"]["_target_"] == "torch.nn.ModuleDict"
-    stages = {"coarse", "shape", "refine", "contour"}
+    stages = {"coarse", "shape", "refine", "contour", "offset"}
     assert set(inference["network_def"]["modules"]) == stages
     weights = torch.load(str(path / "models" / "model.pt"), weights_only=True)
     assert {k.split(".")[0] for k in weights} == stages
     loaded = load_bundle(path)  # every stage from allow-listed classes: no --trust needed
     runtime = LandmarkRuntime(loaded)
     assert runtime.network is loaded.network["coarse"]  # what fit signals and model inversion use
-    prediction = runtime.predict(read_image(synth / "c003.png"))
-    assert prediction.meta["stages"] == ["coarse", "shape", "refine", "contour"]
-    assert "contour fit (4 modes)" in (path / "docs" / "README.md").read_text(encoding="utf-8")
+    image = read_image(synth / "c003.png")
+    prediction = runtime.predict(image)
+    assert prediction.meta["stages"] == ["coarse", "shape", "refine", "contour", "offset"]
+    readme = (path / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "contour fit (4 modes)" in readme and "per-landmark offsets" in readme
+    # the offset stage moves the final points by its landmarks' offsets, on the coarse grid, and nothing else
+    offset = loaded.network["offset"]
+    assert offset.bias.detach().abs().max() > 0
+    without = torch.nn.ModuleDict({k: v for k, v in loaded.network.items() if k != "offset"})
+    plain = LandmarkRuntime(LoadedBundle(without, loaded.card, path, {})).predict(image).meta["points_px"]
+    scale = np.asarray(image.array.shape[:2][::-1], float) / 32  # the quick grid: 32 px
+    coarse = to_resized(plain, scale)
+    contours = LandmarkSchema.from_names(loaded.card.label_names).contours
+    expected = to_original(apply_offsets(offset, coarse[None], contours)[0], scale)
+    np.testing.assert_allclose(prediction.meta["points_px"], expected, atol=1e-4)
     card = loaded.card
     assert len(card.label_names) == 166 and card.validation_metrics["test_sdr_px_5"] >= 0
     assert {"val_mre_mm", "test_mre_mm", "test_rmse_px", "test_sdr_px_10"} <= set(card.validation_metrics)
 
 
 def test_the_refined_points_keep_the_image_geometry(synth):
-    """Through all stages (refinement and contour fit included), a 2D image with spacing, origin and an oblique
+    """Through all stages (refinement, contour fit and offsets included), a 2D image with spacing, origin and an oblique
     direction gives the same points in pixel coordinates as the same pixels without geometry, mapped by that
     geometry."""
     from PIL import Image as PILImage
@@ -243,8 +289,8 @@ def test_the_refined_points_keep_the_image_geometry(synth):
     torch.manual_seed(0)
     shapes = np.random.default_rng(0).uniform(2, 14, (12, schema.n_points, 2))
     net = pipeline_network(build_network("student-tiny", schema.n_points), None,
-                           build_network(cfg.refine_network, 1, in_channels=8),
-                           fit_contour_model(shapes, 4)).eval()  # fmt: skip
+                           build_network(cfg.refine_network, 1, in_channels=8), fit_contour_model(shapes, 4),
+                           offset_model(np.random.default_rng(1).normal(0, 0.5, (schema.n_points, 2)))).eval()  # fmt: skip
     card = ModelCard("lm", "1", "landmarks", "DX", "CHEST", [{"value": i, "name": n} for i, n in enumerate(schema.names)],
                      spatial_dims=2, roi_size=[16, 16])  # fmt: skip
     runtime = LandmarkRuntime(LoadedBundle(net, card, synth, {}))
@@ -252,7 +298,7 @@ def test_the_refined_points_keep_the_image_geometry(synth):
     c, s = math.cos(math.radians(25)), math.sin(math.radians(25))
     spacing, origin, direction = (0.6, 1.1), (-40.0, 12.0), (c, -s, s, c)
     plain_prediction = runtime.predict(Image(arr, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
-    assert plain_prediction.meta["stages"] == ["coarse", "refine", "contour"]
+    assert plain_prediction.meta["stages"] == ["coarse", "refine", "contour", "offset"]
     plain = plain_prediction.value
     oblique = runtime.predict(Image(arr, spacing, origin, direction)).value
     expected = np.asarray(origin) + plain[:, :2] @ (np.asarray(direction).reshape(2, 2) @ np.diag(spacing)).T

@@ -508,9 +508,9 @@ def test_landmark_recipe_uses_the_committed_comparison_settings():
     grid = yaml.safe_load((ROOT / "docs" / "landmarks" / "grid.yaml").read_text(encoding="utf-8"))
     for recipe in LANDMARK_RECIPES:
         assert recipe.variant in VARIANTS and 0 < recipe.fraction <= 1
-        # the zoo model may train longer than the grid's many runs and fit the contour stage after them (chosen
-        # on the validation images with the same networks); every other setting is the grid's
-        length, after = ("steps", "refine_steps"), ("contour_modes",)
+        # the zoo model may train longer than the grid's many runs and add the contour and offset stages after them
+        # (chosen on the validation images with the same networks); every other setting is the grid's
+        length, after = ("steps", "refine_steps"), ("contour_modes", "point_offsets")
         assert {k: v for k, v in recipe.grid["train"].items() if k not in length + after} == {
             k: v for k, v in grid["train"].items() if k not in length
         }
