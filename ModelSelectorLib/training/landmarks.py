@@ -176,6 +176,11 @@ class LandmarkTrainConfig:
                 "landmark settings need refine_steps >= 0, shape_modes >= 0, contour_modes >= 0, refine_points >= 1, "
                 "refine_sigma > 0."
             )
+        if cfg.point_offsets and (cfg.contour_modes <= 0 or cfg.refine_steps <= 0):
+            raise TrainingError(
+                "point_offsets are measured along and across the contours of the contour stage: set contour_modes "
+                "> 0 and refine_steps > 0 with it, or leave it out."
+            )
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

@@ -187,6 +187,17 @@ def test_offsets_are_each_landmarks_mean_error_along_and_across_its_predicted_co
     np.testing.assert_allclose(mean_offsets(predicted, gap, contours)[5], expected, atol=1e-9)
 
 
+def test_offsets_without_a_contour_stage_are_refused():
+    from ModelSelectorLib.errors import TrainingError
+
+    for settings in ({"point_offsets": True}, {"point_offsets": True, "contour_modes": 4}):
+        with pytest.raises(TrainingError, match="set contour_modes > 0 and refine_steps > 0"):
+            LandmarkTrainConfig.from_dict(settings)
+    assert LandmarkTrainConfig.from_dict(
+        {"point_offsets": True, "contour_modes": 4, "refine_steps": 3}
+    ).point_offsets
+
+
 def test_points_snap_onto_the_outline_of_their_contour():
     square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
     outline = np.concatenate([square, square + 20, [[5.0, 5.0]]])[None]
