@@ -2,7 +2,8 @@
 
 Both use the same network (a randomly initialised MONAI UNet saved and loaded as a bundle) and the same
 input: a CT-like oblique, anisotropic volume (default 128 x 128 x 64 voxels). The plain call runs on the
-tensor that ``apply_model``'s preprocessing produced, so the difference is what our apply path adds:
+tensor that ``apply_model``'s preprocessing produced, with as many windows per pass as ``apply_model`` takes
+(``default_sw_batch_size``), so the difference is what our apply path adds:
 resampling to the canonical grid, intensity normalisation, softmax, resampling the probabilities back onto
 the input grid and argmax. Prints the median of several repeats and the ratio (goal: <= 1.10).
 
@@ -37,7 +38,7 @@ def main() -> int:
 
     from ModelSelectorLib.datasets import make_synthetic_case
     from ModelSelectorLib.models.preprocessing import preprocess
-    from ModelSelectorLib.models.segmentation import apply_model
+    from ModelSelectorLib.models.segmentation import apply_model, default_sw_batch_size
     from ModelSelectorLib.training.segmentation import TrainConfig, build_network, network_def
     from ModelSelectorLib.zoo import ModelCard, load_bundle, save_bundle
 
@@ -60,9 +61,11 @@ def main() -> int:
     array, _ = preprocess(image, card.target_spacing, card.intensity)
     tensor = torch.from_numpy(array)[None, None].to(args.device)
 
+    sw_batch = default_sw_batch_size(args.device)  # both paths take as many windows per pass
+
     def plain() -> None:
         with torch.inference_mode():
-            sliding_window_inference(tensor, card.roi_size, 1, net, overlap=0.25)
+            sliding_window_inference(tensor, card.roi_size, sw_batch, net, overlap=0.25)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 

@@ -92,6 +92,21 @@ def _counted(network: Any, step: Optional[Callable[[int], None]]) -> Any:
     return run
 
 
+#: most sliding windows per forward pass on the CPU (:func:`default_sw_batch_size`), and the number on a GPU
+MAX_CPU_SW_BATCH, GPU_SW_BATCH = 8, 4
+
+
+def default_sw_batch_size(device: str = "cpu") -> int:
+    """Sliding windows per forward pass when the caller gives none: one per torch CPU thread on the CPU (at most
+    :data:`MAX_CPU_SW_BATCH`), :data:`GPU_SW_BATCH` on a GPU. One window at a time leaves threads idle on the
+    small windows of the zoo's models; ``benchmarks/bench_sliding_window.py`` measures the gain against one."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return GPU_SW_BATCH
+    return max(1, min(MAX_CPU_SW_BATCH, int(torch.get_num_threads())))
+
+
 def predict_logits(
     network: Any,
     array: np.ndarray,
@@ -330,7 +345,7 @@ class SegmentationRuntime(TaskRuntime):
         self,
         image: Image,
         cancel: Optional[Any] = None,
-        sw_batch_size: int = 1,
+        sw_batch_size: Optional[int] = None,
         overlap: Optional[float] = None,
         resample: str = "nearest",
     ) -> Prediction:
@@ -340,9 +355,10 @@ class SegmentationRuntime(TaskRuntime):
             image: 2D or 3D image (any orientation and spacing, LPS geometry).
             cancel: Event-like; checked between stages and after every batch of sliding windows, whose
                 progress a bar shows (tqdm; ``PROGRESS`` lines for the Slicer module).
-            sw_batch_size, overlap: sliding-window settings (``overlap=None``: the card's, see
-                :func:`inference_settings`). Blending, test-time mirroring and largest-component
-                post-processing follow the card's ``inference`` block.
+            sw_batch_size, overlap: sliding-window settings (``sw_batch_size=None``: :func:`default_sw_batch_size`;
+                ``overlap=None``: the card's, see :func:`inference_settings`); the windows per pass change the
+                speed, not the result. Blending, test-time mirroring and largest-component post-processing
+                follow the card's ``inference`` block.
             resample: how the result returns to the input grid: ``"nearest"`` (argmax on the network grid,
                 then nearest-neighbour resampling of the label map; fastest) or ``"linear"`` (softmax
                 probabilities resampled linearly, then argmax; smoother borders when the model's spacing is
@@ -353,6 +369,7 @@ class SegmentationRuntime(TaskRuntime):
             card's label values, 0 = background).
         """
         card = self.card
+        sw_batch_size = sw_batch_size or default_sw_batch_size(self.device)
         image_in = self.input_image(image)
         check_cancel(cancel)
         array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle))
@@ -553,7 +570,7 @@ def apply_model(
     image: Image,
     device: str = "cpu",
     cancel: Optional[Any] = None,
-    sw_batch_size: int = 1,
+    sw_batch_size: Optional[int] = None,
     overlap: Optional[float] = None,
     resample: str = "nearest",
 ) -> Image:

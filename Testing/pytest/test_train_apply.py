@@ -192,6 +192,43 @@ def test_a_long_prediction_stops_between_batches_of_windows(loaded):
     assert len(calls) == 5
 
 
+def test_windows_per_pass_follow_the_threads_and_leave_the_labels_alone(loaded):
+    """Without ``sw_batch_size`` a prediction takes one sliding window per torch thread (at most 8; 4 on a GPU)
+    per forward pass, and its labels are those of one window per pass."""
+    from ModelSelectorLib.models.registry import runtime_for
+    from ModelSelectorLib.models.segmentation import default_sw_batch_size
+
+    image, _ = make_synthetic_case(5, profile="ct")
+    big = Image(np.tile(image.array, (2, 2, 2)), image.spacing, image.origin, image.direction)  # many windows
+    runtime = runtime_for(loaded)
+    batches: list[int] = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            batches.append(int(x.shape[0]))
+            return self.net(x)
+
+    runtime.network = Recording(runtime.network).eval()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert default_sw_batch_size("cpu") == 3 and default_sw_batch_size("cuda:0") == 4
+        labels = runtime.predict(big).value.array
+        assert max(batches) == 3
+        batches.clear()
+        one = runtime.predict(big, sw_batch_size=1).value.array
+        assert max(batches) == 1
+        torch.set_num_threads(32)
+        assert default_sw_batch_size("cpu") == 8
+    finally:
+        torch.set_num_threads(threads)
+    assert np.mean(labels != one) < 1e-4  # the same up to float rounding at exact ties
+
+
 def test_cli_apply_writes_seg_nrrd(trained, tmp_path, capsys):
     from ModelSelectorLib.cli import main
 
