@@ -9,7 +9,7 @@ the input grid and argmax. Prints the median of several repeats and the ratio (g
 
 Usage::
 
-    python benchmarks/bench_apply.py [--repeats 5] [--size 128 128 64] [--threads 2] [--device cpu]
+    python benchmarks/bench_apply.py [--repeats 5] [--size 128 128 64] [--threads 2] [--device cpu] [--sw-batch N]
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, nargs=3, default=(128, 128, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--sw-batch", type=int, default=None, help="windows per pass (default: apply's default)"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -61,7 +64,7 @@ def main() -> int:
     array, _ = preprocess(image, card.target_spacing, card.intensity)
     tensor = torch.from_numpy(array)[None, None].to(args.device)
 
-    sw_batch = default_sw_batch_size(args.device)  # both paths take as many windows per pass
+    sw_batch = args.sw_batch or default_sw_batch_size(args.device)  # both paths take as many windows per pass
 
     def plain() -> None:
         with torch.inference_mode():
@@ -70,7 +73,7 @@ def main() -> int:
             torch.cuda.synchronize()
 
     def ours() -> None:
-        out = apply_model(bundle, image, device=args.device)
+        out = apply_model(bundle, image, device=args.device, sw_batch_size=sw_batch)
         assert out.same_geometry(image)
 
     plain(), ours()  # warm-up
@@ -85,7 +88,10 @@ def main() -> int:
     mp, mo = statistics.median(t_plain), statistics.median(t_ours)
     print(f"input: {image.size} voxels (x, y, z), spacing {image.spacing} mm, oblique; "
           f"network input {tuple(array.shape)}; roi {card.roi_size}; UNet channels (8, 16, 32, 64)")  # fmt: skip
-    print(f"device: {args.device}, torch threads: {torch.get_num_threads()}, repeats: {args.repeats}")
+    print(
+        f"device: {args.device}, torch threads: {torch.get_num_threads()}, windows per pass: {sw_batch}, "
+        f"repeats: {args.repeats}"
+    )
     print(f"plain sliding_window_inference (preprocessed tensor): median {mp * 1000:8.1f} ms  "
           f"(all: {', '.join(f'{t * 1000:.0f}' for t in t_plain)})")  # fmt: skip
     print(f"ModelSelectorLib apply_model (image in, labels out):  median {mo * 1000:8.1f} ms  "
