@@ -64,7 +64,7 @@ def main() -> int:
     array, _ = preprocess(image, card.target_spacing, card.intensity)
     tensor = torch.from_numpy(array)[None, None].to(args.device)
 
-    sw_batch = args.sw_batch or default_sw_batch_size(args.device)  # both paths take as many windows per pass
+    sw_batch = args.sw_batch or default_sw_batch_size(args.device, card.roi_size)  # the same for both paths
 
     def plain() -> None:
         with torch.inference_mode():

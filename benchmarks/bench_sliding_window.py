@@ -65,13 +65,13 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     image = synthetic_mr(tuple(args.size))
-    batch = default_sw_batch_size(args.device)
     print(f"{args.size[2]} x {args.size[1]} x {args.size[0]} voxels of 1 mm, {args.threads} torch threads, device "
-          f"{args.device}; default windows per pass: {batch}")  # fmt: skip
+          f"{args.device}")  # fmt: skip
     for name in args.models:
         runtime = SegmentationRuntime(
             load_bundle(Zoo(args.zoo).get(name), device=args.device), device=args.device
         )
+        batch = default_sw_batch_size(args.device, runtime.card.roi_size)
         runtime.predict(image, sw_batch_size=batch)  # warm-up
         times: dict[int, list[float]] = {1: [], batch: []}
         labels: dict[int, np.ndarray] = {}

@@ -94,17 +94,25 @@ def _counted(network: Any, step: Optional[Callable[[int], None]]) -> Any:
 
 #: most sliding windows per forward pass on the CPU (:func:`default_sw_batch_size`), and the number on a GPU
 MAX_CPU_SW_BATCH, GPU_SW_BATCH = 8, 4
+#: most voxels in one forward pass of several windows (memory grows with it): 8 windows of 64 x 64 x 32
+SW_BATCH_VOXELS = 2**20
 
 
-def default_sw_batch_size(device: str = "cpu") -> int:
+def default_sw_batch_size(device: str = "cpu", roi_size: Optional[Sequence[int]] = None) -> int:
     """Sliding windows per forward pass when the caller gives none: one per torch CPU thread on the CPU (at most
-    :data:`MAX_CPU_SW_BATCH`), :data:`GPU_SW_BATCH` on a GPU. One window at a time leaves threads idle on the
-    small windows of the zoo's models; ``benchmarks/bench_sliding_window.py`` measures the gain against one."""
+    :data:`MAX_CPU_SW_BATCH`), :data:`GPU_SW_BATCH` on a GPU, and no more than fit in :data:`SW_BATCH_VOXELS`
+    voxels of windows of ``roi_size`` (at least one). One window at a time leaves threads idle on the small
+    windows of the zoo's models; ``benchmarks/bench_sliding_window.py`` measures the gain against one."""
     import torch
 
-    if str(device).startswith("cuda"):
-        return GPU_SW_BATCH
-    return max(1, min(MAX_CPU_SW_BATCH, int(torch.get_num_threads())))
+    n = (
+        GPU_SW_BATCH
+        if str(device).startswith("cuda")
+        else min(MAX_CPU_SW_BATCH, int(torch.get_num_threads()))
+    )
+    if roi_size:
+        n = min(n, SW_BATCH_VOXELS // max(1, math.prod(int(r) for r in roi_size)))
+    return max(1, n)
 
 
 def predict_logits(
@@ -369,7 +377,7 @@ class SegmentationRuntime(TaskRuntime):
             card's label values, 0 = background).
         """
         card = self.card
-        sw_batch_size = sw_batch_size or default_sw_batch_size(self.device)
+        sw_batch_size = sw_batch_size or default_sw_batch_size(self.device, card.roi_size)
         image_in = self.input_image(image)
         check_cancel(cancel)
         array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle))

@@ -193,8 +193,8 @@ def test_a_long_prediction_stops_between_batches_of_windows(loaded):
 
 
 def test_windows_per_pass_follow_the_threads_and_leave_the_labels_alone(loaded):
-    """Without ``sw_batch_size`` a prediction takes one sliding window per torch thread (at most 8; 4 on a GPU)
-    per forward pass, and its labels are those of one window per pass."""
+    """Without ``sw_batch_size`` a prediction takes one sliding window per torch thread (at most 8; 4 on a GPU; no
+    more than fit in SW_BATCH_VOXELS) per forward pass, and its labels are those of one window per pass."""
     from ModelSelectorLib.models.registry import runtime_for
     from ModelSelectorLib.models.segmentation import default_sw_batch_size
 
@@ -223,7 +223,12 @@ def test_windows_per_pass_follow_the_threads_and_leave_the_labels_alone(loaded):
         one = runtime.predict(big, sw_batch_size=1).value.array
         assert max(batches) == 1
         torch.set_num_threads(32)
-        assert default_sw_batch_size("cpu") == 8
+        assert default_sw_batch_size("cpu") == 8 and default_sw_batch_size("cpu", (64, 64, 32)) == 8
+        # no more windows than fit in SW_BATCH_VOXELS, and at least one however large
+        assert (
+            default_sw_batch_size("cpu", (96, 96, 64)) == 1 and default_sw_batch_size("cuda", (160,) * 3) == 1
+        )
+        assert default_sw_batch_size("cpu", (64, 64, 64)) == 4
     finally:
         torch.set_num_threads(threads)
     assert np.mean(labels != one) < 1e-4  # the same up to float rounding at exact ties
