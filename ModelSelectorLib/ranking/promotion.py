@@ -184,11 +184,20 @@ def _scores(cases: Sequence[dict[str, Any]], metric: str) -> list[Optional[float
     return out
 
 
-def _summary(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
-    from .leaderboard import metric_names, summarize
+def summary_over_cases(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each metric of the per-case results over all cases, as a card records it: the mean, except a root mean
+    square (``rmse_*``), which is the root of the mean of the cases' squares (over cases with equally many
+    points, the RMS over all points, as the training reports give it)."""
+    from .leaderboard import case_values, metric_names, summarize
 
-    return {m: round(float(summarize(cases, m)["mean"]), 6) for m in metric_names(cases)
-            if summarize(cases, m)["mean"] is not None}  # fmt: skip
+    out: dict[str, float] = {}
+    for m in metric_names(cases):
+        v = case_values(cases, m)
+        if not np.isfinite(v).any():
+            continue
+        value = np.sqrt(np.nanmean(v**2)) if m.startswith("rmse") else summarize(cases, m)["mean"]
+        out[m] = round(float(value), 6)
+    return out
 
 
 def _check_compatible(candidate_card: Any, current_card: Any, task: str) -> None:
@@ -259,7 +268,7 @@ def promote(
     cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
     cand_scores = _scores(cand_cases, metric)
     result: dict[str, Any] = {"task": task, "metric": metric, "split": _zoo_relative(split_path, zoo.path),
-                              "candidate": _summary(cand_cases),
+                              "candidate": summary_over_cases(cand_cases),
                               "candidate_bundle": _zoo_relative(Path(candidate), zoo.path),
                               "candidate_card": _identity(Path(candidate), cand.card)}  # fmt: skip
     if task in zoo:
@@ -272,7 +281,7 @@ def promote(
                                                  desc="evaluate candidate on the current outputs"), metric)  # fmt: skip
         cur_cases = evaluate_cases(cur, split_data["cases"], shared, device, cancel, desc="evaluate current")
         g = gate(cand_scores, _scores(cur_cases, metric), metric, method, level, min_improvement)
-        result.update(current=_summary(cur_cases), previous=current_version, gate=g.to_dict(),
+        result.update(current=summary_over_cases(cur_cases), previous=current_version, gate=g.to_dict(),
                       accepted=g.accepted, reason=g.reason, report=g.text())  # fmt: skip
     else:
         g = None
@@ -474,4 +483,14 @@ def retrain(
         )
 
 
-__all__ = ["METHODS", "GateResult", "default_split", "gate", "promote", "restore", "retrain", "seen_case_ids"]
+__all__ = [
+    "METHODS",
+    "GateResult",
+    "default_split",
+    "gate",
+    "promote",
+    "restore",
+    "retrain",
+    "seen_case_ids",
+    "summary_over_cases",
+]

@@ -182,6 +182,22 @@ def _cases(dices, hds):
     return [{"id": f"c{i}", "dice": d, "hd95": h, "msd": h / 3} for i, (d, h) in enumerate(zip(dices, hds))]
 
 
+def test_a_promoted_cards_rms_is_the_rms_over_the_cases_points():
+    """The gate writes means of per-case metrics into a promoted card, except an RMS: the root of the cases'
+    mean square, which over cases with equally many points is the RMS over all of them (as a build reports)."""
+    from ModelSelectorLib.ranking.promotion import summary_over_cases
+
+    rng = np.random.default_rng(0)
+    errors = rng.gamma(2.0, 3.0, (5, 40))  # radial errors of 40 points on 5 images
+    cases = [{"id": f"c{i}", "mre_px": float(e.mean()), "rmse_px": float(np.sqrt((e**2).mean())), "nothing": None}
+             for i, e in enumerate(errors)]  # fmt: skip
+    out = summary_over_cases(cases)
+    assert out["mre_px"] == pytest.approx(errors.mean(), abs=1e-6)
+    assert out["rmse_px"] == pytest.approx(np.sqrt((errors**2).mean()), abs=1e-6)
+    assert out["rmse_px"] > np.mean([c["rmse_px"] for c in cases])  # not the mean of the per-image figures
+    assert "nothing" not in out
+
+
 def test_summary_and_rank_directions():
     from ModelSelectorLib.ranking.leaderboard import candidate_row, rank, summarize
 
