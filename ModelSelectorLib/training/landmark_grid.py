@@ -166,6 +166,13 @@ class GridData:
             return None
         return torch.from_numpy(np.stack([self.fine[i].image for i in ids]).astype(np.float32))
 
+    def predict(self, network: Any, ids: Sequence[str], tc: LandmarkTrainConfig) -> tuple[np.ndarray, Any]:
+        """``network``'s (coarse alone or the stages) points ``(N, P, 2)`` on the coarse grid and coarse logits
+        for the labelled images ``ids``."""
+        images = stack_cases([self.by_id[i] for i in ids], tc.sigma).images
+        return predict_landmarks(network, images, self.fine_images(ids), self.conditioning, tc.decode,
+                                 tc.decode_radius, contours=self.schema.contours)  # fmt: skip
+
 
 def load_grid_data(
     data: PathLike, cfg: GridConfig, cache_dir: Optional[Path] = None, cancel: Any = None
@@ -201,9 +208,7 @@ def evaluate_model(network: Any, gd: GridData, part: str, tc: LandmarkTrainConfi
     the lung masks (``lung_dice``, mean over the images with a mask; ``per_case_lung_dice``)."""
     ids = gd.splits[part]
     cases = gd.cases(part)
-    images = stack_cases(cases, tc.sigma).images
-    pts, logits = predict_landmarks(network, images, gd.fine_images(ids), gd.conditioning, tc.decode,
-                                    tc.decode_radius, contours=gd.schema.contours)  # fmt: skip
+    pts, logits = gd.predict(network, ids, tc)
     metrics = evaluate_predictions(pts, cases, gd.schema, radii, radii_px)
     if with_dice:
         dice = [lung_dice(to_original(p, c.scale), gd.schema, _read_mask(gd.masks[i])) if i in gd.masks

@@ -28,13 +28,9 @@ from ..models.landmark_stages import (
     crop_patches,
     fit_contour_model,
     fit_shape_model,
-    mean_offsets,
-    offset_model,
     offset_model_def,
-    predict_landmarks,
     refine_input,
     shape_model_def,
-    stage,
 )
 from ..progress import check_cancel, progress_bar
 from .landmarks import (
@@ -46,7 +42,6 @@ from .landmarks import (
     network_def,
     optimiser_step,
     seed_all,
-    stack_cases,
     torch_threads,
 )
 
@@ -205,24 +200,6 @@ def pipeline_network(
     return torch.nn.ModuleDict(stages)
 
 
-def fit_offset_stage(network: Any, cases: Sequence[LandmarkCase], fine_images: Any, conditioning: np.ndarray,
-                     contours: Sequence[np.ndarray], cfg: LandmarkTrainConfig) -> Optional[Any]:  # fmt: skip
-    """The offset stage of ``network`` (the whole model without one): each landmark's mean error on the labelled
-    training ``cases`` along and across its predicted contour (:func:`~ModelSelectorLib.models.landmark_stages.
-    mean_offsets`). None when ``network`` has no contour stage.
-
-    Args:
-        fine_images: ``(N, REFINE_SCALE S, REFINE_SCALE S)`` the cases' images on the fine grid.
-        conditioning: ``(P, C)`` the refinement's conditioning channels.
-    """
-    if stage(network, "contour") is None or not cases:
-        return None
-    images = stack_cases(list(cases), cfg.sigma).images
-    predicted, _ = predict_landmarks(network, images, fine_images, conditioning, cfg.decode, cfg.decode_radius,
-                                     contours=contours)  # fmt: skip
-    return offset_model(mean_offsets(predicted, np.stack([c.points for c in cases]), contours))
-
-
 def pipeline_def(size_name: str, n_points: int, network: Any, cfg: LandmarkTrainConfig) -> dict[str, Any]:
     """MONAI config of :func:`pipeline_network`'s result ``network`` (a plain UNet or the stages)."""
     import torch
@@ -247,7 +224,6 @@ __all__ = [
     "complete_shapes",
     "fine_arrays",
     "fit_contour_stage",
-    "fit_offset_stage",
     "fit_shape",
     "gaussian_targets",
     "pipeline_def",

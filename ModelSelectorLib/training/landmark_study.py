@@ -36,7 +36,7 @@ from .. import __version__, atomic
 from ..datasets.landmarks import LandmarkCase, find_landmark_folders, labelled_subset
 from ..errors import TrainingError
 from ..models.heatmaps import heatmap_entropy
-from ..models.landmark_stages import REFINE_SCALE, stage
+from ..models.landmark_stages import REFINE_SCALE, mean_offsets, offset_model, stage
 from ..models.landmarks import landmark_labels, to_original
 from ..models.preprocessing import check_device
 from ..progress import check_cancel, progress_bar
@@ -57,7 +57,6 @@ from .landmark_grid import (
 from .landmark_refine import (
     fine_arrays,
     fit_contour_stage,
-    fit_offset_stage,
     fit_shape,
     pipeline_def,
     pipeline_network,
@@ -328,11 +327,13 @@ def _whole(
     """The assembled model of the coarse network ``net`` and its ``later`` stages; with ``tc.point_offsets``, also
     the offset stage, fitted on the labelled training images ``lab_ids``."""
     whole = pipeline_network(net, later["shape"], later["refine"], later["contour"])
-    if not tc.point_offsets:
+    # offsets are measured in the frames of the contour stage's contours
+    if not tc.point_offsets or stage(whole, "contour") is None:
         return whole
     ids = list(lab_ids)
-    offset = fit_offset_stage(whole, [gd.by_id[i] for i in ids], gd.fine_images(ids), gd.conditioning,
-                              gd.schema.contours, tc)  # fmt: skip
+    predicted, _ = gd.predict(whole, ids, tc)
+    truth = np.stack([gd.by_id[i].points for i in ids])
+    offset = offset_model(mean_offsets(predicted, truth, gd.schema.contours))
     return pipeline_network(net, later["shape"], later["refine"], later["contour"], offset)
 
 
