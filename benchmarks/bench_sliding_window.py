@@ -38,9 +38,9 @@ def synthetic_mr(size: tuple[int, int, int], spacing: float = 1.0, seed: int = 0
 
     rng = np.random.default_rng(seed)
     arr = ndimage.gaussian_filter(rng.normal(0, 1, size), 4) * 400 + 300
+    grid = np.indices(size, dtype=np.float32)
     for _ in range(6):
         centre = [rng.uniform(0.2, 0.8) * n for n in size]
-        grid = np.indices(size, dtype=np.float32)
         dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
         arr += 500 * (dist < rng.uniform(5, 15))
     arr = np.clip(arr + rng.normal(0, 20, size), 0, None).astype(np.float32)
