@@ -268,9 +268,17 @@ def case_values(cases: Sequence[Mapping[str, Any]], metric: str) -> np.ndarray:
     return np.array([np.nan if c.get(metric) is None else float(c[metric]) for c in cases], dtype=float)
 
 
+def is_pooled_rms(metric: str) -> bool:
+    """Whether ``metric`` is a root mean square (``rmse_*``), whose summary over cases is pooled: the root of
+    the cases' mean square (over cases with equally many points, the RMS over all of them), not the mean of
+    the per-case figures, which comes out smaller."""
+    return metric.startswith("rmse")
+
+
 def summarize(cases: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
     """``{"mean", "median", "std", "best", "worst", "worst_case", "n"}`` of ``metric`` over the cases
-    ("worst" in the metric's own direction)."""
+    ("worst" in the metric's own direction); for a root mean square (:func:`is_pooled_rms`) ``"mean"`` is the
+    pooled figure, the root of the cases' mean square."""
     vals = case_values(cases, metric)
     ok = np.isfinite(vals)
     if not ok.any():
@@ -280,7 +288,7 @@ def summarize(cases: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]
     v = vals[ok]
     worst_i = int(np.nanargmin(vals) if hib else np.nanargmax(vals))
     return {
-        "mean": float(v.mean()),
+        "mean": float(np.sqrt((v**2).mean()) if is_pooled_rms(metric) else v.mean()),
         "median": float(np.median(v)),
         "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
         "best": float(v.max() if hib else v.min()),
@@ -391,7 +399,8 @@ def write_dashboard(
     page = _env().get_template("dashboard.html.j2").render(
         title=title or f"{evaluation.get('candidate')} — dashboard",
         ev=evaluation, cases=worst_first, metrics=metrics, metric=metric, summary=summary,
-        higher={m: higher_is_better(m) for m in metrics}, curve=bool(curve_png), curve_data=curve,
+        higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
+        curve=bool(curve_png), curve_data=curve,
         settings=settings, card=card, leaderboard_href=leaderboard_href, gt_color=_hex(GT_COLOR), pred_color=_hex(PRED_COLOR),
     )  # fmt: skip
     atomic.write_text(out / "index.html", page)
@@ -422,7 +431,8 @@ def write_leaderboard(
     settings_cols = [c for c in SETTING_COLUMNS if any(c in (r.get("settings") or {}) for r in ranked)]
     page = _env().get_template("leaderboard.html.j2").render(
         title=title, rows=ranked, metrics=metrics, metric=metric, best=best, note=note,
-        higher={m: higher_is_better(m) for m in metrics}, dashboards=dict(dashboards or {}),
+        higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
+        dashboards=dict(dashboards or {}),
         settings_cols=settings_cols, generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     )  # fmt: skip
     atomic.write_text(out_html, page)

@@ -188,16 +188,10 @@ def summary_over_cases(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Each metric of the per-case results over all cases, as a card records it: the mean, except a root mean
     square (``rmse_*``), which is the root of the mean of the cases' squares (over cases with equally many
     points, the RMS over all points, as the training reports give it)."""
-    from .leaderboard import case_values, metric_names, summarize
+    from .leaderboard import metric_names, summarize
 
-    out: dict[str, float] = {}
-    for m in metric_names(cases):
-        v = case_values(cases, m)
-        if not np.isfinite(v).any():
-            continue
-        value = np.sqrt(np.nanmean(v**2)) if m.startswith("rmse") else summarize(cases, m)["mean"]
-        out[m] = round(float(value), 6)
-    return out
+    means = {m: summarize(cases, m)["mean"] for m in metric_names(cases)}
+    return {m: round(float(v), 6) for m, v in means.items() if v is not None}
 
 
 def _check_compatible(candidate_card: Any, current_card: Any, task: str) -> None:

@@ -182,9 +182,11 @@ def _cases(dices, hds):
     return [{"id": f"c{i}", "dice": d, "hd95": h, "msd": h / 3} for i, (d, h) in enumerate(zip(dices, hds))]
 
 
-def test_a_promoted_cards_rms_is_the_rms_over_the_cases_points():
+def test_a_promoted_cards_rms_is_the_rms_over_the_cases_points(tmp_path):
     """The gate writes means of per-case metrics into a promoted card, except an RMS: the root of the cases'
-    mean square, which over cases with equally many points is the RMS over all of them (as a build reports)."""
+    mean square, which over cases with equally many points is the RMS over all of them (as a build reports).
+    The leaderboard's RMS column is the same pooled figure, so a card and a leaderboard agree."""
+    from ModelSelectorLib.ranking.leaderboard import candidate_row, summarize, write_leaderboard
     from ModelSelectorLib.ranking.promotion import summary_over_cases
 
     rng = np.random.default_rng(0)
@@ -196,6 +198,10 @@ def test_a_promoted_cards_rms_is_the_rms_over_the_cases_points():
     assert out["rmse_px"] == pytest.approx(np.sqrt((errors**2).mean()), abs=1e-6)
     assert out["rmse_px"] > np.mean([c["rmse_px"] for c in cases])  # not the mean of the per-image figures
     assert "nothing" not in out
+    assert summarize(cases, "rmse_px")["mean"] == pytest.approx(out["rmse_px"], abs=1e-6)
+    assert summarize(cases, "mre_px")["median"] == pytest.approx(np.median([c["mre_px"] for c in cases]))
+    page = write_leaderboard([candidate_row({"candidate": "a", "cases": cases})], tmp_path / "lb.html", "mre_px")
+    assert f'data-value="{summarize(cases, "rmse_px")["mean"]}"' in page.read_text(encoding="utf-8")
 
 
 def test_summary_and_rank_directions():
