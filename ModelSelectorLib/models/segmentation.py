@@ -300,7 +300,9 @@ class SegmentationRuntime(TaskRuntime):
         transforms.append({"_target_": "EnsureTyped", "keys": "image"})
         sections: dict[str, Any] = {"preprocessing": {"_target_": "Compose", "transforms": transforms}}
         inference = inference_settings(card)
-        inferer = {"_target_": "SlidingWindowInferer", "roi_size": list(card.roi_size), "sw_batch_size": 1,
+        # MONAI's runner takes a fixed number of windows per pass: the GPU default, which also suits a CPU
+        inferer = {"_target_": "SlidingWindowInferer", "roi_size": list(card.roi_size),
+                   "sw_batch_size": default_sw_batch_size("cuda", card.roi_size),
                    "overlap": inference["overlap"], "mode": inference["sw_mode"]} if card.roi_size else {
             "_target_": "SimpleInferer"}  # fmt: skip
         keep = list(inference["keep_largest_component"])

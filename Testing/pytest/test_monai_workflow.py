@@ -109,6 +109,7 @@ def test_a_2d_bundle_writes_png_in_the_pictures_own_pixel_order(tmp_path):
 def test_every_segmentation_bundle_of_the_zoo_has_the_workflow_and_says_how_to_run_it():
     from monai.bundle import ConfigParser
 
+    from ModelSelectorLib.models.segmentation import GPU_SW_BATCH, default_sw_batch_size
     from ModelSelectorLib.resources import default_zoo_path
     from ModelSelectorLib.zoo import Zoo
 
@@ -123,6 +124,16 @@ def test_every_segmentation_bundle_of_the_zoo_has_the_workflow_and_says_how_to_r
         parser.read_config(str(path / "configs" / "inference.json"))
         for key in ("datalist", "dataset", "dataloader", "handlers", "evaluator", "run"):
             assert key in parser.get(), (name, key)
+        # MONAI's runner passes several windows per forward pass, as our runtime does by default
+        windows = [
+            v
+            for v in parser.get().values()
+            if isinstance(v, dict) and v.get("_target_") == "SlidingWindowInferer"
+        ]
+        assert [w["sw_batch_size"] for w in windows] == [
+            default_sw_batch_size("cuda", zoo.card(name).roi_size)
+        ], name
+        assert 1 < windows[0]["sw_batch_size"] <= GPU_SW_BATCH, name
         assert "python -m monai.bundle run --config_file configs/inference.json" in readme, name
 
 
