@@ -1,4 +1,4 @@
-"""Benchmark: overhead of ``infer.apply_model`` over a plain MONAI ``sliding_window_inference``.
+"""Benchmark: overhead of ``models.segmentation.apply_model`` over a plain MONAI ``sliding_window_inference``.
 
 Both use the same network (a randomly initialised MONAI UNet saved and loaded as a bundle) and the same
 input: a CT-like oblique, anisotropic volume (default 128 x 128 x 64 voxels). The plain call runs on the

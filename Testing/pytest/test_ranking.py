@@ -200,7 +200,9 @@ def test_a_promoted_cards_rms_is_the_rms_over_the_cases_points(tmp_path):
     assert "nothing" not in out
     assert summarize(cases, "rmse_px")["mean"] == pytest.approx(out["rmse_px"], abs=1e-6)
     assert summarize(cases, "mre_px")["median"] == pytest.approx(np.median([c["mre_px"] for c in cases]))
-    page = write_leaderboard([candidate_row({"candidate": "a", "cases": cases})], tmp_path / "lb.html", "mre_px")
+    page = write_leaderboard(
+        [candidate_row({"candidate": "a", "cases": cases})], tmp_path / "lb.html", "mre_px"
+    )
     assert f'data-value="{summarize(cases, "rmse_px")["mean"]}"' in page.read_text(encoding="utf-8")
 
 
