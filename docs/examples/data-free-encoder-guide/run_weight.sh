@@ -6,9 +6,10 @@
 set -euo pipefail
 W=$1
 WORK=$2
+MS=${MODELSELECTOR:-.venv/bin/modelselector}  # the checkout's environment unless told otherwise
 Z=$WORK/zoo_w$W
 rm -rf "$Z" && mkdir -p "$WORK" && cp -r Resources/zoo "$Z"
-modelselector prototypes --zoo "$Z" --all --data-free 4 --encoder-weight "$W" --threads 1
-modelselector index build --zoo "$Z"
-modelselector index calibrate --zoo "$Z" --data ../shared/data
-modelselector evaluate-selection --zoo "$Z" --data ../shared/data --part dev --out "$WORK/dev_w$W"
+"$MS" prototypes --zoo "$Z" --all --data-free 4 --encoder-weight "$W" --threads 1
+"$MS" index build --zoo "$Z"
+"$MS" index calibrate --zoo "$Z" --data ../shared/data
+"$MS" evaluate-selection --zoo "$Z" --data ../shared/data --part dev --out "$WORK/dev_w$W"
