@@ -26,6 +26,8 @@ from ..errors import InputError
 from .integrity import check_file
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: ``Image.meta["format"]`` of files without a pixel size
+PICTURE_FORMATS = frozenset(s.lstrip(".") for s in IMAGE_2D_SUFFIXES)
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 # DICOM tags copied into Image.meta when present (used by header-based rules and model cards).
@@ -100,6 +102,15 @@ class Image:
             and np.allclose(self.origin, other.origin, atol=tol)
             and np.allclose(self.direction, other.direction, atol=tol)
         )
+
+    @property
+    def pixel_size_known(self) -> bool:
+        """False when the in-plane pixel size is not known: a picture file (PNG, JPEG, BMP, TIFF), or a lone
+        slice whose in-plane spacing is exactly 1 x 1, which is what readers (and Slicer) give a picture or a
+        DICOM radiograph without a pixel spacing; True for every other image."""
+        if str(self.meta.get("format", "")).lower() in PICTURE_FORMATS:
+            return False
+        return not (self.is_single_slice and all(float(s) == 1.0 for s in self.spacing[:2]))
 
     def as_3d(self) -> Image:
         """This image as a volume: a 2D image becomes one slice of 1 mm thickness, geometry kept in-plane."""

@@ -24,6 +24,7 @@ overlap 0.25, no mirroring and no post-processing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -259,6 +260,22 @@ def probabilities_to_input_grid(probs: np.ndarray, grid: sitk.Image, image: Imag
     return np.argmax(back, axis=-1).astype(np.uint8)
 
 
+def at_training_field(image: Image, card: Any) -> Image:
+    """``image`` as a 2D model should see it: a picture whose pixel size is unknown (:attr:`Image.pixel_size_known`)
+    gets the pixel size that makes its longer side span the longer side of the model's median training image
+    (``plan.median_shape`` x ``target_spacing``), so that a radiograph of 2048 or 256 px shows the chest as large
+    as the training pictures did, instead of one taken as 1 mm per pixel. Any other image, and a model whose card
+    has no plan, is returned as is. Only the spacing changes (the pixels, origin and direction stay), so a label
+    map computed on the result lies on ``image``'s grid."""
+    shape = (card.plan or {}).get("median_shape")
+    spacing = card.target_spacing
+    if int(card.spatial_dims) != 2 or image.ndim != 2 or image.pixel_size_known or not shape or not spacing:
+        return image
+    field = max(float(n) * float(s) for n, s in zip(shape, spacing))
+    size = max(image.size)
+    return dataclasses.replace(image, spacing=(field / size,) * 2) if size > 0 and field > 0 else image
+
+
 def segments_of(card: Any) -> list[Segment]:
     """The card's labels as :class:`~ModelSelectorLib.io.Segment` objects (names, colours, terminology)."""
     return [Segment.from_dict(lb) for lb in card.labels]
@@ -380,7 +397,7 @@ class SegmentationRuntime(TaskRuntime):
         """
         card = self.card
         sw_batch_size = sw_batch_size or default_sw_batch_size(self.device, card.roi_size)
-        image_in = self.input_image(image)
+        image_in = at_training_field(self.input_image(image), card)
         check_cancel(cancel)
         array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle))
         check_cancel(cancel)
@@ -448,9 +465,7 @@ class SegmentationRuntime(TaskRuntime):
 
         if not self.accepts(image):
             return None
-        img = image.to_grayscale() if image.is_multicomponent else image
-        img = img.as_2d() if self.spatial_dims == 2 else img
-        out, kl, feat = self._hooked_forward(self._central_patch(img))
+        out, kl, feat = self._hooked_forward(self._central_patch(self._patch_source(image)))
         p = torch.softmax(out.float(), dim=1)
         signals = {
             "kl": kl,
@@ -518,8 +533,7 @@ class SegmentationRuntime(TaskRuntime):
         for image in images:
             if not self.accepts(image):
                 continue
-            img = image.to_grayscale() if image.is_multicomponent else image
-            img = img.as_2d() if self.spatial_dims == 2 else img
+            img = self._patch_source(image)
             for i in range(patches_per_image):
                 shift = np.zeros(img.ndim) if i == 0 else rng.uniform(-0.25, 0.25, img.ndim)
                 feats.append(self._hooked_forward(self._central_patch(img, shift))[2])
@@ -534,6 +548,13 @@ class SegmentationRuntime(TaskRuntime):
         stats = {"mean": mean, "components": vt[:k], "variances": variances, "n_patches": np.asarray(len(x))}
         stats["d_ref"] = np.asarray(np.percentile(mahalanobis(x, stats), 95))
         return {name: np.asarray(v, dtype=np.float32) for name, v in stats.items()}
+
+    def _patch_source(self, image: Image) -> Image:
+        """``image`` (of dimensions the model accepts) as the model-alone signals look at it: one component,
+        the model's dimensions, a picture at the training field (:func:`at_training_field`), as :meth:`predict`
+        sees it."""
+        img = image.to_grayscale() if image.is_multicomponent else image
+        return at_training_field(img.as_2d(), self.card) if self.spatial_dims == 2 else img
 
     def _central_patch(self, img: Image, shift: Optional[np.ndarray] = None) -> np.ndarray:
         """The ``roi_size`` patch at ``target_spacing`` around ``img``'s centre (moved by ``shift``, fractions of

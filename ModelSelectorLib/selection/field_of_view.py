@@ -13,7 +13,8 @@ A volume suits the model when that figure is within :data:`FACTOR` of the model'
 training set around its median in the starter zoo is 2.0 (ACDC: 279-702 mm against 353 mm; the
 hippocampus crops span 39-48 mm, the FLAIR volumes 256 mm), so a factor of 3 leaves room for any training
 case and flags only the crops and whole scans that differ several-fold. 2D images are not compared: their
-pixel spacing is often unknown (PNG, JPEG).
+pixel spacing is often unknown (PNG, JPEG), and a 2D model takes such a picture as showing what its training
+images showed (:func:`~ModelSelectorLib.models.segmentation.at_training_field`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Field of view of a volume against a 3D model's training inputs (``selection/field_of_view.py``)."""
+"""Field of view of a volume against a 3D model's training inputs (``selection/field_of_view.py``), and a 2D
+picture without a pixel size scaled to a 2D model's training images (``models.segmentation.at_training_field``)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,69 @@ def test_verdicts_at_and_beyond_the_factor():
                                      "verdict": "needs a wider view"}  # fmt: skip
     assert compare_field_of_view(256.0 / 3.0 - 0.01, 256.0).verdict == "needs a wider view"
     assert compare_field_of_view(None, 42.0) is None and compare_field_of_view(42.0, None) is None
+
+
+# --- 2D pictures without a pixel size: scaled to the training field -------------------------------------------
+def test_a_picture_has_no_known_pixel_size_and_a_volume_or_a_calibrated_radiograph_has(tmp_path):
+    from ModelSelectorLib.io import read_image, write_image
+
+    picture = np.zeros((30, 40), np.uint8)
+    picture[5:25, 5:35] = 200
+    png = tmp_path / "x.png"
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(picture).save(png)
+    assert not read_image(png).pixel_size_known
+    as_slicer_writes = Image(picture[None].astype(np.float32), (1.0, 1.0, 1.0), (0.0,) * 3, EYE3)
+    assert not as_slicer_writes.pixel_size_known  # a picture loaded in Slicer, written as a one-slice NRRD
+    calibrated = Image(picture.astype(np.float32), (0.175, 0.175), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    write_image(calibrated, tmp_path / "x.nrrd")
+    assert read_image(tmp_path / "x.nrrd").pixel_size_known
+    volume = Image(np.zeros((4, 30, 40), np.float32), (1.0, 1.0, 1.0), (0.0,) * 3, EYE3)
+    assert volume.pixel_size_known  # a 1 mm volume is a 1 mm volume
+
+
+def test_a_picture_is_scaled_so_its_longer_side_spans_the_training_images():
+    from ModelSelectorLib.models.segmentation import at_training_field
+
+    model = card(dims=2, plan={"median_shape": [128.0, 100.0]}, spacing=[4.0, 4.0])  # 512 x 400 units
+    picture = Image(np.zeros((256, 200), np.float32), (1.0, 1.0), (3.0, -2.0), (1.0, 0.0, 0.0, 1.0),
+                    {"format": "png"})  # fmt: skip
+    scaled = at_training_field(picture, model)
+    assert scaled.spacing == pytest.approx((2.0, 2.0))  # 256 px span the 512 units of the training images
+    assert scaled.origin == picture.origin and scaled.direction == picture.direction
+    assert scaled.array is picture.array
+    known = Image(picture.array, (0.35, 0.35), (3.0, -2.0), (1.0, 0.0, 0.0, 1.0))
+    assert at_training_field(known, model) is known
+    assert at_training_field(picture, card(dims=2, spacing=[4.0, 4.0])) is picture  # no plan: as it is
+    assert (
+        at_training_field(picture, card(dims=3, plan={"median_shape": [128, 128, 1]}, spacing=[4, 4, 1]))
+        is picture
+    )
+
+
+@pytest.mark.parametrize("side", [256, 1024, 2048])
+def test_the_lung_model_segments_a_radiograph_picture_of_any_size(tmp_path, side):
+    """The shipped dx-chest-lungs learnt from 512 px pictures (4 px per network pixel). The same radiograph as a
+    PNG of 256 to 2048 px is segmented as well as at 512 px, on the picture's own grid; with one pixel taken as
+    one unit, a 2048 px copy gave lungs of a quarter of their size (Dice 0.26)."""
+    from PIL import Image as PILImage
+
+    from ModelSelectorLib.io import read_image
+    from ModelSelectorLib.models.segmentation import apply_model
+    from ModelSelectorLib.resources import default_zoo_path, samples_dir
+    from ModelSelectorLib.zoo import Zoo, load_bundle
+
+    bundle = load_bundle(Zoo(default_zoo_path()).get("dx-chest-lungs"))
+    picture = PILImage.open(samples_dir() / "cxr_chest.png").resize((side, side), PILImage.LANCZOS)
+    picture.save(tmp_path / "cxr.png")
+    truth = (
+        PILImage.open(samples_dir() / "cxr_chest_lungmask.png")
+        .convert("L")
+        .resize((side, side), PILImage.NEAREST)
+    )
+    image = read_image(tmp_path / "cxr.png")
+    labels = apply_model(bundle, image)
+    assert labels.same_geometry(image)
+    lungs, true = labels.array > 0, np.asarray(truth) > 127
+    assert 2 * np.count_nonzero(lungs & true) / (np.count_nonzero(lungs) + np.count_nonzero(true)) > 0.93
