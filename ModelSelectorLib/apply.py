@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .io.image import check_model_input, read_image
+from .io.image import Image, check_model_input, read_image
 from .io.outputs import check_output_file
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
@@ -69,14 +69,31 @@ def apply_to_file(
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
+    image = read_model_input(image_path, card, series_uid, warn)
+    runtime = open_runtime(zoo, model_name, device)
+    return runtime.write(runtime.predict(image, cancel=cancel), out)
+
+
+def read_model_input(
+    image_path: PathLike,
+    card: Any,
+    series_uid: Optional[str] = None,
+    warn: Optional[Callable[[str], None]] = None,
+) -> Image:
+    """Read ``image_path`` for the model of ``card`` as :func:`apply_to_file` does: refuse what cannot be a
+    model's input (a label map, an icon), and ``warn`` of values in units the model does not take and of a
+    field of view unlike its training inputs'.
+
+    Raises:
+        InputError: unreadable, 4D, empty or NaN image, a label map, an image too small to show anatomy.
+    """
     image = read_image(image_path, series_uid=series_uid)
     check_model_input(image, str(image_path))
     if warn is not None:
         for what in (compare_units(air_share(image), card), field_of_view(image, card)):
             if what is not None and not what.fits:
-                warn(f"{model_name}: {what.describe()}; its output may be meaningless: {what.advice()}.")
-    runtime = open_runtime(zoo, model_name, device)
-    return runtime.write(runtime.predict(image, cancel=cancel), out)
+                warn(f"{card.name}: {what.describe()}; its output may be meaningless: {what.advice()}.")
+    return image
 
 
-__all__ = ["apply_to_file", "open_runtime"]
+__all__ = ["apply_to_file", "open_runtime", "read_model_input"]

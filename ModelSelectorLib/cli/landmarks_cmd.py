@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,19 +142,23 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from ..apply import open_runtime
+    from ..apply import open_runtime, read_model_input
     from ..errors import InputError
-    from ..io.image import read_image
     from ..io.outputs import check_output_file
+    from ..models.registry import runtime_class
     from ..resources import default_zoo_path
+    from ..zoo.catalog import Zoo
 
     out = check_output_file(args.out, ".mrk.json")
-    image = read_image(args.image)
-    runtime = open_runtime(args.zoo if args.zoo is not None else default_zoo_path(), args.model, args.device)
-    if not hasattr(runtime, "write_points"):
-        raise InputError(
-            f"{args.model} is a {runtime.card.task_type} model; `landmarks apply` runs landmark models."
-        )
+    zoo = Zoo(args.zoo if args.zoo is not None else default_zoo_path())
+    card = zoo.card(args.model)
+    if not hasattr(runtime_class(card.task_type), "write_points"):
+        raise InputError(f"{args.model} is a {card.task_type} model; `landmarks apply` runs landmark models.")
+    # the image is checked (and warned about) as `apply` does, before the model is loaded
+    image = read_model_input(
+        args.image, card, warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr)
+    )
+    runtime = open_runtime(zoo, args.model, args.device)
     prediction = runtime.predict(image)
     print(runtime.write_points(prediction, out) if args.points else runtime.write(prediction, out))
     return 0

@@ -14,8 +14,9 @@ p = 0.84). The units themselves tell, with no training data:
   391 MR files of the data (volumes and a few slices) lies below it.
 
 So an image is taken to be in Hounsfield units when at least :data:`MIN_AIR_SHARE` of its voxels lie below
-:data:`AIR_HU`. A CT model fits only such an image; an MR model fits only an image that is not. Models of
-other normalisations (``"percentile"``: radiographs) are not compared.
+:data:`AIR_HU`. A CT model fits only such an image; an MR model fits only an image that is not, and so does a
+radiograph model (a projection modality, :data:`PROJECTION_MODALITIES`): a radiograph's pixel values have no
+unit and are not negative (every picture of the shared data), while a CT slice in Hounsfield units is.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ AIR_HU = -500.0
 #: an image is in Hounsfield units when at least this share of its voxels lies below :data:`AIR_HU`
 MIN_AIR_SHARE = 0.01
 
-#: what a model expects: CT in Hounsfield units, or MR values (any scale, not Hounsfield units)
-HOUNSFIELD, MR_VALUES = "hounsfield", "mr"
+#: what a model expects: CT in Hounsfield units, MR values or radiograph pixel values (any scale, not Hounsfield units)
+HOUNSFIELD, MR_VALUES, RADIOGRAPH_VALUES = "hounsfield", "mr", "radiograph"
+#: DICOM modalities of projection images (radiography, mammography, fluoroscopy, angiography)
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "RF", "XA", "PX", "IO"})
 
 _MAX_SAMPLE = 1_000_000  # voxels read to estimate the share (a 512 x 512 x 300 CT holds 79 million)
 
@@ -50,9 +53,13 @@ def air_share(image: Any) -> float:
 
 def expected_units(card: Any) -> Optional[str]:
     """:data:`HOUNSFIELD` or :data:`MR_VALUES` from the card's intensity normalisation (or, when the card
-    does not say, its modality); None for other models (radiographs, percentile normalisation)."""
+    does not say, its modality), else :data:`RADIOGRAPH_VALUES` for a projection modality; None for other
+    models (ultrasound, photographs)."""
     mode = card.intensity.get("mode") if card.intensity else str(card.modality).lower()
-    return {"ct": HOUNSFIELD, "mr": MR_VALUES}.get(str(mode))
+    units = {"ct": HOUNSFIELD, "mr": MR_VALUES}.get(str(mode))
+    if units is None and str(card.modality).upper() in PROJECTION_MODALITIES:
+        return RADIOGRAPH_VALUES
+    return units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +81,8 @@ class Units:
 
     @property
     def verdict(self) -> str:
-        """``"fits"``, ``"needs Hounsfield units"`` (a CT model) or ``"no"`` (an MR model given a CT)."""
+        """``"fits"``, ``"needs Hounsfield units"`` (a CT model) or ``"no"`` (an MR or radiograph model given
+        a CT)."""
         if self.fits:
             return "fits"
         return "needs Hounsfield units" if self.expected == HOUNSFIELD else "no"
@@ -86,7 +94,7 @@ class Units:
 
     def describe(self) -> str:
         share = self._share()
-        what = "CT in Hounsfield units" if self.expected == HOUNSFIELD else "MR"
+        what = {HOUNSFIELD: "CT in Hounsfield units", MR_VALUES: "MR"}.get(self.expected, "radiographs")
         return (f"the model takes {what}, and {share} of the image's voxels lie below {AIR_HU:.0f}, where a CT's air, "
                 "lung and gas lie (about -1000 HU)")  # fmt: skip
 
@@ -124,5 +132,5 @@ def units_fit(units: Optional[Units]) -> bool:
     return units is None or units.fits
 
 
-__all__ = ["AIR_HU", "HOUNSFIELD", "MIN_AIR_SHARE", "MR_VALUES", "Units", "air_share", "compare_units",
-           "expected_units", "units_fit"]  # fmt: skip
+__all__ = ["AIR_HU", "HOUNSFIELD", "MIN_AIR_SHARE", "MR_VALUES", "PROJECTION_MODALITIES", "RADIOGRAPH_VALUES", "Units",
+           "air_share", "compare_units", "expected_units", "units_fit"]  # fmt: skip

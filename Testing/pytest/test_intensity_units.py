@@ -12,6 +12,7 @@ from ModelSelectorLib.selection.intensity_units import (
     HOUNSFIELD,
     MIN_AIR_SHARE,
     MR_VALUES,
+    RADIOGRAPH_VALUES,
     air_share,
     compare_units,
     expected_units,
@@ -53,7 +54,13 @@ def test_air_share_counts_voxels_below_air_level_on_a_sample():
 def test_expected_units_come_from_the_normalisation_else_the_modality():
     assert expected_units(card("CT", {"mode": "ct", "a_min": -250.0, "a_max": 350.0})) == HOUNSFIELD
     assert expected_units(card("MR", {"mode": "mr"})) == MR_VALUES
-    assert expected_units(card("DX", {"mode": "percentile", "a_min": 0.5, "a_max": 99.5}, 2)) is None
+    assert (
+        expected_units(card("DX", {"mode": "percentile", "a_min": 0.5, "a_max": 99.5}, 2))
+        == RADIOGRAPH_VALUES
+    )
+    assert (
+        expected_units(card("MG", None, 2)) == RADIOGRAPH_VALUES
+    )  # projection modalities, any normalisation
     assert expected_units(card("CT", {"mode": "percentile", "a_min": 0.5, "a_max": 99.5})) is None  # windowed
     assert expected_units(card("CT")) == HOUNSFIELD and expected_units(card("MR")) == MR_VALUES  # no field
     assert expected_units(card("US")) is None
@@ -87,4 +94,36 @@ def test_verdicts_reasons_and_json():
     assert compare_units(0.004, ct_model).describe().split(", and ")[1].startswith("<1% of")
     # nothing to compare: no share, or a model without units
     assert compare_units(None, ct_model) is None and units_fit(None)
-    assert compare_units(0.5, card("DX", {"mode": "percentile"}, 2)) is None
+    assert compare_units(0.5, card("US", {"mode": "percentile"}, 2)) is None
+
+
+def test_a_radiograph_model_does_not_take_a_ct_slice_in_hounsfield_units(tmp_path):
+    """A chest radiograph model given a CT slice (values down to -1000 HU) does not fit, and `apply` and
+    `landmarks apply` warn; a radiograph picture (no unit, no negative value) fits."""
+    import json
+    import subprocess
+    import sys
+
+    from ModelSelectorLib.io import write_image
+    from ModelSelectorLib.resources import default_zoo_path
+    from ModelSelectorLib.zoo import Zoo
+
+    xray = card("DX", {"mode": "percentile", "a_min": 0.5, "a_max": 99.5}, 2)
+    noisy = head_ct()[16] + np.random.default_rng(0).normal(0.0, 20.0, (48, 48))  # a scan's noise
+    ct_slice = Image(noisy.astype(np.float32), (0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    units = compare_units(air_share(ct_slice), xray)
+    assert not units.fits and units.verdict == "no" and "choose a CT model" in units.advice()
+    assert units.describe().startswith("the model takes radiographs, and ")
+    assert compare_units(0.0, xray).fits
+    write_image(ct_slice, tmp_path / "ct_slice.nrrd")
+    zoo = Zoo(default_zoo_path())
+    for command, model, out in (("apply", "dx-chest-lungs", "lungs.seg.nrrd"),
+                                ("landmarks apply", "dx-chest-landmarks", "marks.mrk.json")):  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "ModelSelectorLib", *command.split(), "--model", model,
+                              str(tmp_path / "ct_slice.nrrd"), "--out", str(tmp_path / out)],
+                             capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert f"warning: {model}: the model takes radiographs" in run.stderr, (command, run.stderr)
+        assert "choose a CT model" in run.stderr
+        assert zoo.card(model).modality == "DX"
+    assert json.loads((tmp_path / "marks.mrk.json").read_text())["markups"]
