@@ -246,6 +246,7 @@ CLI = [
     ("apply a truncated .nii.gz",            ["apply", "--zoo", "{zoo}", "--model", TINY, "{truncated}", "--out", "{root}/t.seg.nrrd"], 2, "truncated"),
     ("apply a label map",                    ["apply", "--zoo", "{zoo}", "--model", TINY, "{labelmap}", "--out", "{root}/l.seg.nrrd"], 2, "looks like a label map"),
     ("select a label map",                   ["select", "{labelmap}"],                                               2, "3 distinct whole-number values (0, 1, 2)"),
+    ("landmarks apply a label map",          ["landmarks", "apply", "{labelmap}", "--out", "{root}/l.mrk.json"],       2, "looks like a label map"),
     ("select a 4 x 4 icon",                  ["select", "{icon}"],                                                   2, "the image is 4 x 4 pixels, too small to show anatomy"),
     ("apply a line of pixels",               ["apply", "--zoo", "{zoo}", "--model", TINY, "{line}", "--out", "{root}/n.seg.nrrd"], 2, "the image is 300 x 1 pixels"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
