@@ -180,7 +180,16 @@ def test_label_maps_are_told_from_pictures(oblique_image):
     )
     runs = np.arange(np.prod(shape)).reshape(shape) // 40  # regions: runs of 40 voxels in memory order
     assert "32 distinct" in label_map_problem(oblique_image.with_array((runs % 32).astype(np.int16)))
-    assert label_map_problem(oblique_image.with_array((runs % 33).astype(np.int16))) is None  # 33: a picture
+    # an atlas of 60 regions (the shared data's atlases hold 42-117): the nearest of 60 random seeds
+    eye = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    grid = np.stack(np.mgrid[:64, :64, :64], -1).reshape(-1, 1, 3)
+    seeds = np.random.default_rng(2).uniform(0, 64, (60, 3))
+    atlas = (((grid - seeds) ** 2).sum(-1).argmin(-1) + 1).reshape(64, 64, 64).astype(np.int16)
+    assert "60 distinct" in label_map_problem(Image(atlas, (1.0,) * 3, (0.0,) * 3, eye))
+    noisy = np.clip(np.round(atlas * 3.0 + np.random.default_rng(3).normal(0, 8, atlas.shape)), 0, 255)
+    assert (
+        label_map_problem(Image(noisy, (1.0,) * 3, (0.0,) * 3, eye)) is None
+    )  # the same regions as a picture
     # a dark edge slice of an 8-bit MR: a few grey values (0-8), but varying like noise, not forming regions
     rng = np.random.default_rng(1)
     dark = np.zeros((64, 64), np.uint8)
