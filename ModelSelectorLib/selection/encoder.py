@@ -222,14 +222,35 @@ class Encoder:
         return self.embed_views(self.views(image, n_per_axis))
 
     def predict_proba(self, image: Image) -> np.ndarray:
-        """Class probabilities averaged over the image's views: ``(len(classes),)``."""
-        return self._forward(self.views(image))[1].mean(axis=0)
+        """Class probabilities averaged over the image's views, a volume's without radiography classes
+        (:func:`volume_prior`): ``(len(classes),)``."""
+        return volume_prior(self._forward(self.views(image))[1].mean(axis=0), self.classes, image)
 
     def classify(self, image: Image, top_k: int = 3) -> list[tuple[str, float]]:
         """The ``top_k`` modality x region classes of ``image`` with probabilities (mean over views)."""
         p = self.predict_proba(image)
         order = np.argsort(-p)[:top_k]
         return [(self.classes[i], float(p[i])) for i in order]
+
+
+#: modalities whose images are one projection each, never a volume of several slices (not mammography: a breast
+#: tomosynthesis is an MG volume; nor fluoroscopy and angiography, whose cines load as stacks of frames)
+PROJECTION_ONLY_MODALITIES = ("DX", "CR")
+
+
+def volume_prior(probs: np.ndarray, classes: Sequence[str], image: Image) -> np.ndarray:
+    """``probs`` over ``classes`` as they hold for ``image``: for a volume of several slices, renormalised without
+    the classes of projection radiography (:data:`PROJECTION_ONLY_MODALITIES`), since a slice of a volume can
+    look like a radiograph (the slices of a skull-stripped brain MR read as DX:ARM) but a volume is not one;
+    for a 2D image or a lone slice, ``probs`` unchanged (also when every class would go)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if image.is_single_slice:
+        return np.asarray(probs)
+    keep = np.array([str(c).split(":")[0] not in PROJECTION_ONLY_MODALITIES for c in classes])
+    total = float(p[keep].sum())
+    if not keep.any() or total <= 0.0:
+        return np.asarray(probs)
+    return np.where(keep, p / total, 0.0).astype(np.asarray(probs).dtype)
 
 
 def load_card(path: Optional[os.PathLike | str] = None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import numpy as np
 from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
-from .encoder import OOD_CLASS
+from .encoder import OOD_CLASS, volume_prior
 from .encoder_guide import domain_classes
 from .field_of_view import card_field_of_view, image_extent_mm
 from .intensity_units import air_share, compare_units
@@ -125,7 +125,8 @@ def evidence(encoder: Any, image: Image) -> Evidence:
     ev = _EVIDENCE.get(key)
     if ev is None:
         emb = encoder.embed(image)
-        ev = Evidence(emb, class_probs(encoder, emb), list(encoder.classes), (2 if image.is_single_slice else 3), image,
+        probs = volume_prior(class_probs(encoder, emb), encoder.classes, image)
+        ev = Evidence(emb, probs, list(encoder.classes), (2 if image.is_single_slice else 3), image,
                       colour=colourfulness(image), extent_mm=image_extent_mm(image),
                       air_share=air_share(image))  # fmt: skip
         if len(_EVIDENCE) >= 8:

@@ -295,6 +295,30 @@ def test_bundled_encoder_reads_the_sample_radiograph_alike_in_8_12_and_16_bits(t
         assert float(e @ answers[0][1]) > 0.999
 
 
+@pytest.mark.skipif(not default_weights().exists(), reason="no bundled encoder weights")
+def test_a_volume_is_not_read_as_a_radiograph_while_its_slice_may_be() -> None:
+    """Views of a volume can look like a radiograph (a skull-stripped brain's slices read as DX:ARM), but a
+    volume of several slices is not one: its reading leaves the DX and CR classes out, in the encoder and in
+    the selector's evidence. Here, a stack of copies of the sample radiograph, whose lone slice reads DX:CHEST."""
+    from ModelSelectorLib.resources import samples_dir
+    from ModelSelectorLib.selection.encoder import volume_prior
+    from ModelSelectorLib.selection.scoring import clear_cache, evidence
+
+    enc = Encoder.load()
+    radiograph = read_image(samples_dir() / "cxr_chest.png").as_3d()
+    stack = Image(np.repeat(radiograph.array, 24, axis=0), (0.7, 0.7, 3.0), (0.0,) * 3, radiograph.direction)
+    raw = enc._forward(enc.views(stack))[1].mean(axis=0)
+    projection = np.array([c.split(":")[0] in ("DX", "CR") for c in enc.classes])
+    assert enc.classes[int(np.argmax(raw))] == "DX:CHEST"  # what the views alone say
+    for probs in (enc.predict_proba(stack), evidence(enc, stack).probs):
+        assert np.all(probs[projection] == 0.0) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+        assert probs[~projection] == pytest.approx(raw[~projection] / raw[~projection].sum(), rel=1e-4)
+    assert enc.classify(radiograph, top_k=1)[0][0] == "DX:CHEST"  # one slice: a radiograph may be one
+    flat = np.full(len(enc.classes), 1.0 / len(enc.classes))
+    assert np.array_equal(volume_prior(flat, enc.classes, radiograph), flat)  # a lone slice: unchanged
+    clear_cache()
+
+
 def test_cli_parser_has_encoder() -> None:
     from ModelSelectorLib.cli import build_parser
 
