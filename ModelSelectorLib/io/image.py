@@ -272,6 +272,23 @@ def _itk_reason(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
+def _picture_without_alpha(path: Path) -> Optional[sitk.Image]:
+    """A grey picture with an alpha channel, which ITK cannot read ("Unknown PixelType"), read with Pillow
+    without the alpha channel; None for any other file."""
+    if _suffix(path) not in IMAGE_2D_SUFFIXES:
+        return None
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            if im.mode not in ("LA", "La"):
+                return None
+            array = np.asarray(im.convert("L"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return sitk.GetImageFromArray(array)
+
+
 def _sheared(path: Path, detail: str = "") -> InputError:
     return InputError(
         f"{path}: the image's axes are not perpendicular (a sheared grid{detail}), which this program cannot "
@@ -369,13 +386,12 @@ def read_image(
         reader.SetFileName(str(p))
         try:
             reader.ReadImageInformation()
-        except RuntimeError as e:
-            raise _read_error(p, e, header=True) from e
-        meta = _file_meta(reader)
-        try:
+            meta = _file_meta(reader)
             img = reader.Execute()
         except RuntimeError as e:
-            raise _read_error(p, e) from e
+            img, meta = _picture_without_alpha(p), {}
+            if img is None:
+                raise _read_error(p, e, header="ReadImageInformation" in str(e)) from e
         meta["format"] = _suffix(p).lstrip(".")
     meta["path"] = str(p)
 

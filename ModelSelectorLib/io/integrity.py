@@ -9,9 +9,10 @@ checks here read the file themselves, before ITK does:
   infinite, and the scaling (``scl_slope``, ``scl_inter``) is finite;
 - MetaImage (``.mha``, ``.mhd``): the (possibly zlib-compressed) data holds every voxel the header
   announces;
-- JPEG: the compressed stream is complete (decoded with Pillow).
+- JPEG and PNG: the compressed stream is complete (decoded with Pillow; ITK reports a truncated PNG only as
+  "Error while reading file").
 
-NRRD, PNG and TIFF readers of ITK report truncation themselves, and NaN survives in them (checked on the
+NRRD and TIFF readers of ITK report truncation themselves, and NaN survives in them (checked on the
 array by :func:`~ModelSelectorLib.io.image.check_image_content`).
 """
 
@@ -38,6 +39,11 @@ _MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "M
 def _gzip_error(path: Path, e: Exception) -> InputError:
     if isinstance(e, EOFError):
         why = "the compressed data ends early: the file is truncated (an interrupted download or copy?)"
+    elif isinstance(e, gzip.BadGzipFile) and "Not a gzipped file" in str(e):
+        return InputError(
+            f"{path}: the name ends in .gz but the file is not gzip-compressed, so it is not a compressed image "
+            "(a text or other file renamed?); give the image file itself."
+        )
     else:
         why = f"the compressed data is damaged ({e})"
     return InputError(f"{path}: {why}; get an intact copy of the file.")
@@ -187,11 +193,12 @@ def check_metaimage(path: Path) -> None:
         )
 
 
-def check_jpeg(path: Path) -> None:
-    """Check that a JPEG file decodes completely (libjpeg alone fills a truncated image with grey).
+def check_picture(path: Path, kind: str = "JPEG") -> None:
+    """Check that a JPEG or PNG file (``kind``) decodes completely (libjpeg alone fills a truncated image with
+    grey; ITK says only "Error while reading file" of a truncated PNG).
 
     Raises:
-        InputError: truncated or damaged JPEG data.
+        InputError: truncated or damaged data.
     """
     from PIL import Image as PILImage
 
@@ -199,7 +206,9 @@ def check_jpeg(path: Path) -> None:
         with PILImage.open(path) as im:
             im.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: the JPEG data is incomplete or damaged ({e}); get an intact copy.") from e
+        raise InputError(
+            f"{path}: the {kind} data is incomplete or damaged ({e}); get an intact copy."
+        ) from e
 
 
 def check_gzip(path: Path) -> None:
@@ -227,9 +236,11 @@ def check_file(path: Path, suffix: str) -> None:
     elif suffix in (".mha", ".mhd"):
         check_metaimage(path)
     elif suffix in (".jpg", ".jpeg"):
-        check_jpeg(path)
+        check_picture(path, "JPEG")
+    elif suffix == ".png":
+        check_picture(path, "PNG")
     elif suffix == ".gz":
         check_gzip(path)
 
 
-__all__ = ["check_file", "check_gzip", "check_jpeg", "check_metaimage", "check_nifti"]
+__all__ = ["check_file", "check_gzip", "check_metaimage", "check_nifti", "check_picture"]

@@ -49,7 +49,7 @@ IMAGES = [
     ("mha (zlib) cut at 70 %",              bad.cut(bad.written("c.mha"), 0.7),                        "truncated"),
     ("mha (raw) cut at 70 %",               bad.cut(bad.written("c.mha", compress=False), 0.7),       "truncated"),
     ("jpeg cut in half",                    bad.cut(bad.radiograph(8, ".jpg"), 0.5),                   "JPEG data is incomplete"),
-    ("png cut in half",                     bad.cut(bad.radiograph(8), 0.5),                           "could not be read"),
+    ("png cut in half",                     bad.cut(bad.radiograph(8), 0.5),                           "PNG data is incomplete"),
     ("NIfTI with one NaN voxel",            bad.nifti_array("n.nii.gz", _set((1, 2, 3), np.nan)),      "1 of 5760 voxels are NaN"),
     ("NIfTI with NaN only",                 bad.nifti_array("n.nii", _set(..., np.nan)),               "every voxel is NaN"),
     ("NIfTI with +Inf",                     bad.nifti_array("i.nii.gz", _set((0, 0, 0), np.inf)),      "NaN or infinite"),

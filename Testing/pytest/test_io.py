@@ -56,6 +56,34 @@ def test_png_reads_as_2d_and_colour_converts(tmp_path):
         read_image(tmp_path / "photo.png", require_3d=True)
 
 
+def test_a_grey_png_with_transparency_reads_as_its_grey_pixels(tmp_path):
+    """ITK cannot read a grey + alpha PNG ("Unknown PixelType"); it is read without its alpha channel, as the
+    same picture without transparency is."""
+    from PIL import Image as PILImage
+
+    grey = np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8)
+    PILImage.fromarray(grey).convert("LA").save(tmp_path / "la.png")
+    PILImage.fromarray(grey).save(tmp_path / "l.png")
+    with_alpha, plain = read_image(tmp_path / "la.png"), read_image(tmp_path / "l.png")
+    assert not with_alpha.is_multicomponent and np.array_equal(with_alpha.array, plain.array)
+    assert with_alpha.same_geometry(plain) and with_alpha.meta["format"] == "png"
+
+
+def test_a_truncated_png_and_a_renamed_text_file_are_named_as_such(tmp_path):
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="the PNG data is incomplete or damaged .*; get an intact copy"):
+        read_image(tmp_path / "cut.png")
+    (tmp_path / "notes.nii.gz").write_text("# my notes\n")
+    with pytest.raises(InputError, match="the name ends in .gz but the file is not gzip-compressed"):
+        read_image(tmp_path / "notes.nii.gz")
+
+
 def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0), description=""):
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
