@@ -366,7 +366,7 @@ def read_image(
     Args:
         path: NIfTI, NRRD, MHA/MHD, PNG/JPEG/BMP/TIFF file, or a folder holding one DICOM series.
         require_3d: refuse 2D images (raise :class:`InputError`) instead of returning them.
-        series_uid: which series to read from a folder that holds several.
+        series_uid: which series to read from a folder that holds several (refused for a file).
         check_content: refuse empty, constant, or NaN-containing images.
 
     Raises:
@@ -378,6 +378,11 @@ def read_image(
         raise InputError(f"{p}: no such file or folder; check the path.")
     if p.is_dir():
         img, meta = _read_dicom_series(p, series_uid)
+    elif series_uid:
+        raise InputError(
+            f"{p}: a series UID ({series_uid}) picks one series of a DICOM folder, and this is a file; give the "
+            "folder, or leave the series out (--series)."
+        )
     else:
         if p.stat().st_size == 0:
             raise InputError(f"{p}: the file is empty (0 bytes); it is not an image.")

@@ -129,6 +129,9 @@ def test_dicom_folder_with_mixed_series_is_refused(tmp_path):
         read_image(tmp_path / "mixed", series_uid="9.9")
     img = read_image(tmp_path / "mixed", series_uid="1.2.826.0.1.3680043.2.1125.202")
     assert img.array.shape == (3, 8, 8)
+    one_file = sorted((tmp_path / "mixed").iterdir())[0]
+    with pytest.raises(InputError, match=r"picks one series of a DICOM folder, and this is a file"):
+        read_image(one_file, series_uid="1.2.826.0.1.3680043.2.1125.202")
 
 
 def test_bad_inputs_get_specific_errors(tmp_path):
