@@ -391,12 +391,16 @@ def read_image(
         reader.SetFileName(str(p))
         try:
             reader.ReadImageInformation()
-            meta = _file_meta(reader)
-            img = reader.Execute()
         except RuntimeError as e:
             img, meta = _picture_without_alpha(p), {}
             if img is None:
-                raise _read_error(p, e, header="ReadImageInformation" in str(e)) from e
+                raise _read_error(p, e, header=True) from e
+        else:
+            meta = _file_meta(reader)
+            try:
+                img = reader.Execute()
+            except RuntimeError as e:
+                raise _read_error(p, e) from e
         meta["format"] = _suffix(p).lstrip(".")
     meta["path"] = str(p)
 
