@@ -16,7 +16,8 @@ p = 0.84). The units themselves tell, with no training data:
 So an image is taken to be in Hounsfield units when at least :data:`MIN_AIR_SHARE` of its voxels lie below
 :data:`AIR_HU`. A CT model fits only such an image; an MR model fits only an image that is not, and so does a
 radiograph model (a projection modality, :data:`PROJECTION_MODALITIES`): a radiograph's pixel values have no
-unit and are not negative (every picture of the shared data), while a CT slice in Hounsfield units is.
+unit but none lies below :data:`AIR_HU` (none of the 460 projection images of the shared data), while a CT
+slice in Hounsfield units has its air there.
 """
 
 from __future__ import annotations
