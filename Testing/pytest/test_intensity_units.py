@@ -121,7 +121,7 @@ def test_a_radiograph_model_does_not_take_a_ct_slice_in_hounsfield_units(tmp_pat
                                 ("landmarks apply", "dx-chest-landmarks", "marks.mrk.json")):  # fmt: skip
         run = subprocess.run([sys.executable, "-m", "ModelSelectorLib", *command.split(), "--model", model,
                               str(tmp_path / "ct_slice.nrrd"), "--out", str(tmp_path / out)],
-                             capture_output=True, text=True)  # fmt: skip
+                             capture_output=True, text=True, encoding="utf-8")  # fmt: skip
         assert run.returncode == 0, run.stderr
         assert f"warning: {model}: the model takes radiographs" in run.stderr, (command, run.stderr)
         assert "choose a CT model" in run.stderr

@@ -291,9 +291,15 @@ def test_a_lone_2d_slice_names_the_3d_models_that_need_the_volume(env):
     mid = ct.array.shape[0] // 2
     slice_2d = Image(ct.array[mid], tuple(ct.spacing[:2]), tuple(ct.origin[:2]), EYE2, {})
     sel = select(slice_2d, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
-    # every score passes a threshold of 0: the 3D models need the volume, the 2D model fits
-    assert sorted(sel.needs_volume) == ["ct_abdomen", "mr_abdomen"] and sel.fits
-    assert [m.name for m in sel.models if m.fits] == ["dx_chest"]
+    # every score passes a threshold of 0: the 3D models need the volume; the 2D model would fit, but it takes
+    # radiographs and this slice is in Hounsfield units
+    assert sorted(sel.needs_volume) == ["ct_abdomen", "mr_abdomen"] and not sel.fits
+    dx = next(m for m in sel.models if m.name == "dx_chest")
+    assert dx.domain_matches and not dx.units.fits and dx.answer == "no"
+    as_picture = select(slice_2d.with_array(slice_2d.array + np.float32(1024.0)), env["zoo"], env["index"],
+                        env["encoder"], top_k=None, threshold=0.0)  # fmt: skip
+    assert [m.name for m in as_picture.models if m.fits] == ["dx_chest"]  # stored values: no unit to refuse
+    assert sorted(as_picture.needs_volume) == ["ct_abdomen", "mr_abdomen"]
     assert all(not m.fits for m in sel.models if m.needs_volume)
     assert "load the whole series or volume" in sel.to_text()
     assert sel.to_json_dict()["needs_volume"] == sel.needs_volume
@@ -340,7 +346,7 @@ def test_a_ct_model_needs_hounsfield_units_and_an_mr_model_refuses_them(env):
     by_name = {m.name: m for m in sel.models}
     assert by_name["ct_abdomen"].fits and by_name["ct_abdomen"].units.fits
     assert by_name["ct_abdomen"].units.air_share > 0.2  # the air around the body, at -1000 HU
-    assert not by_name["mr_abdomen"].units.fits and by_name["dx_chest"].units is None  # radiographs: no units
+    assert not by_name["mr_abdomen"].units.fits and not by_name["dx_chest"].units.fits  # radiographs: not HU
     # the same CT stored without its rescale intercept (-1024): air reads about 24, nothing is below -500
     raw = ct.with_array(ct.array + np.float32(1024.0))
     low = select(raw, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
