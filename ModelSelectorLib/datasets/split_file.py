@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -69,6 +70,12 @@ def read_split(path: PathLike) -> dict[str, Any]:
         raise DatasetError(f"{p}: {len(missing)} test file(s) missing, e.g. {missing[0]}.")
     if not cases:
         raise DatasetError(f"{p}: the test split is empty.")
+    # a case counted twice would count twice in the gate's paired test
+    twice = sorted(i for i, n in Counter(str(c.get("id")) for c in cases).items() if n > 1)
+    images = [str(Path(c["image"]).resolve()) for c in cases]
+    if twice or len(set(images)) < len(images):
+        what = f"case id(s) {', '.join(twice[:5])}" if twice else "an image"
+        raise DatasetError(f"{p}: {what} listed more than once; list each test case once.")
     return {**data, "cases": cases, "labels": labels}
 
 

@@ -446,13 +446,17 @@ def retrain(
     from ..zoo.catalog import Zoo
     from .sweep import read_split
 
-    zoo = Zoo.create(zoo_dir)
+    zoo = Zoo(zoo_dir)  # retraining needs the task's current version: no zoo is made here
+    if task not in zoo:
+        known = ", ".join(zoo.names()) or "none"
+        raise ZooError(f"{zoo.path} has no model {task!r} to retrain (its models: {known}); train a first version "
+                       "with `modelselector train` and `zoo add` it, or check the name.")  # fmt: skip
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(f"no test split for task {task!r}; pass --split FILE.")
     test = {str(Path(c["image"]).resolve()) for c in read_split(split_path)["cases"]}
     base: dict[str, Any] = {}
-    if task in zoo and (zoo.get(task) / TRAIN_CONFIG_FILE).is_file():
+    if (zoo.get(task) / TRAIN_CONFIG_FILE).is_file():
         base = json.loads((zoo.get(task) / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
         base.pop("version", None)
     config = TrainConfig.from_dict({**base, **(settings or {})})
@@ -468,10 +472,9 @@ def retrain(
         raw["numTraining"] = len(keep)
         (Path(tmp) / "data").mkdir()
         (Path(tmp) / "data" / "dataset.json").write_text(json.dumps(raw), encoding="utf-8")
-        card = zoo.card(task) if task in zoo else None
-        bundle = train_segmentation(Path(tmp) / "data", task, Path(tmp) / "zoo", config,
-                                    modality=card.modality if card else None,
-                                    body_region=card.body_region if card else None, cancel=cancel)  # fmt: skip
+        card = zoo.card(task)
+        bundle = train_segmentation(Path(tmp) / "data", task, Path(tmp) / "zoo", config, modality=card.modality,
+                                    body_region=card.body_region, cancel=cancel)  # fmt: skip
         return promote(
             zoo_dir, task, bundle, split_path, metric, method, level, min_improvement, device, cancel
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,11 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
 
     zoo = tmp_path / "zoo"
     promote(zoo, "disks", models["bad"], models["split"])
+    with pytest.raises(ZooError, match="has no model 'diskz' to retrain"):  # a mistyped task trains nothing
+        retrain(zoo, "diskz", models["msd"], models["split"], {"epochs": 8})
+    with pytest.raises(ZooError, match="no zoo folder there"):
+        retrain(tmp_path / "no-zoo", "disks", models["msd"], models["split"])
+    assert not (tmp_path / "no-zoo").exists() and Zoo(zoo).names() == ["disks"]
     res = retrain(zoo, "disks", models["msd"], models["split"], {"epochs": 8, "lr": 0.01})
     assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
     test_ids = {c["id"] for c in json.loads(models["split"].read_text(encoding="utf-8"))["cases"]}
@@ -233,6 +239,23 @@ def test_a_test_split_with_a_models_training_cases_is_refused(models, tmp_path):
     trained_on_a_test_case(Zoo(zoo).get("disks"))
     with pytest.raises(DatasetError, match="training or validation cases"):
         promote(zoo, "disks", models["bad"], split=models["split"])
+
+
+def test_a_test_split_listing_a_case_twice_is_refused(models, tmp_path):
+    """A case listed twice would count twice in the paired test (a refused candidate passed on a split with
+    every case doubled)."""
+    split = json.loads(Path(models["split"]).read_text(encoding="utf-8"))
+    dataset = Path(models["split"]).parent / split["dataset"]
+    doubled = tmp_path / "doubled.json"
+    doubled.write_text(json.dumps({**split, "dataset": str(dataset.resolve()), "cases": split["cases"] * 2}))
+    with pytest.raises(DatasetError, match="listed more than once; list each test case once"):
+        promote(tmp_path / "zoo", "disks", models["good"], split=doubled)
+    renamed = [{**c, "id": f"{c['id']}-again"} for c in split["cases"]]
+    doubled.write_text(
+        json.dumps({**split, "dataset": str(dataset.resolve()), "cases": split["cases"] + renamed})
+    )
+    with pytest.raises(DatasetError, match="an image listed more than once"):
+        promote(tmp_path / "zoo", "disks", models["good"], split=doubled)
 
 
 def test_a_promoted_build_keeps_its_own_provenance(models, tmp_path):
