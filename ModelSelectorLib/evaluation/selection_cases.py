@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import ModelSelectorError
+from ..errors import InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES
 from ..selection.calibration import LabelledImage
 from ..selection.encoder import OOD_CLASS
@@ -292,6 +292,14 @@ def development_images(split: ProtocolSplit, zoo: Any, limit: Optional[int] = No
     trained = zoo_training_paths(zoo, roots, validation=False)
     excluded = split.linked(sorted(trained | copies_in_split(trained, split)))
     cases, _ = select_cases(cases_of(split, "dev"), excluded, limit, seed)
+    missing = [c.path for c in cases if not c.path.exists()]
+    if (
+        missing
+    ):  # a calibration on the images that happen to be there would replace the one made on all of them
+        raise InputError(
+            f"{split.root}: {len(missing)} of the {len(cases)} development images of the protocol split are not "
+            f"there (e.g. {missing[0]}); pass the data folder the split was made from (--data)."
+        )
     images = [LabelledImage(c.path, c.modality, c.regions, (), c.path.name) for c in cases]
     text = (f"{len(images)} images of the development part of the protocol split (digest {split.digest()}), "
             "without the zoo models' training images, their patients and near-duplicates")  # fmt: skip

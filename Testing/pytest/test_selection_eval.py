@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ModelSelectorLib.cli import main
-from ModelSelectorLib.errors import Cancelled, ModelSelectorError
+from ModelSelectorLib.errors import Cancelled, InputError, ModelSelectorError
 from ModelSelectorLib.evaluation.baselines import (
     HeaderRulesRanker,
     HistogramKNNRanker,
@@ -397,6 +397,26 @@ def test_cli_evaluate_selection(tmp_path, capsys):
     rc = main(["evaluate-selection", "--zoo", str(zoo.path), "--split-file", str(split_file), "--data", str(data),
                "--out", str(tmp_path / "o2"), "--rankers", "nonsense", "--part", "all"])  # fmt: skip
     assert rc != 0 and "unknown ranker" in capsys.readouterr().err
+
+
+def test_calibrating_on_a_folder_without_the_split_images_is_refused(tmp_path):
+    """`index calibrate --data DIR` with a folder that lacks the split's images would fit the calibration on
+    what happens to be there (nothing, or a part): the development images are refused until all are there."""
+    from ModelSelectorLib.evaluation.selection_cases import development_images, load_protocol
+
+    data = tmp_path / "data"
+    make_data(data)
+    split_file = make_split(data, held_out=HELD_OUT).save(tmp_path / "split.json")
+    zoo = make_zoo(tmp_path, {})
+    images, _ = development_images(load_protocol(split_file, data), zoo)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(
+        InputError, match=rf"{len(images)} of the {len(images)} development images .* are not there"
+    ):
+        development_images(load_protocol(split_file, tmp_path / "elsewhere"), zoo)
+    Path(images[0].image).unlink()
+    with pytest.raises(InputError, match=rf"1 of the {len(images)} development images"):
+        development_images(load_protocol(split_file, data), zoo)
 
 
 def test_eval_case_label():
