@@ -116,7 +116,7 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 2
     num_samples: int = 4
-    roi_size: tuple[int, ...] = (64, 64, 32)
+    roi_size: Optional[tuple[int, ...]] = (64, 64, 32)
     target_spacing: Optional[tuple[float, ...]] = None
     intensity: Optional[str] = None
     a_min: Optional[float] = None
@@ -181,6 +181,22 @@ class TrainConfig:
                 raise TrainingError(
                     f"{key} {getattr(self, key)!r} is unknown; use one of {', '.join(allowed)}."
                 )
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise TrainingError(
+                f"lr must be above 0 and weight_decay not below 0; got {self.lr} and {self.weight_decay}."
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TrainingError(
+                f"val_fraction {self.val_fraction} must be in [0, 1): the share of cases held out."
+            )
+        if self.target_spacing is not None and not all(float(v) > 0 for v in self.target_spacing):
+            raise TrainingError(f"target_spacing {list(self.target_spacing)} must be voxel sizes above 0 mm.")
+        if not self.channels or any(int(c) < 1 for c in self.channels):
+            raise TrainingError(f"channels {list(self.channels)} must be feature counts of at least 1.")
+        if self.architecture in ("unet", "attentionunet") and len(self.channels) < 2:
+            raise TrainingError(
+                f"a {self.architecture} needs at least 2 levels of channels; got {list(self.channels)}."
+            )
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise TrainingError("steps_per_epoch must be at least 1 (or null for one pass over the cases).")
         if not 0.0 <= self.sw_overlap < 1.0:

@@ -231,6 +231,7 @@ def train_segmentation(
         raise TrainingError(
             f"{dataset.root}: dataset.json names no body_region; pass one (e.g. --body-region ABDOMEN)."
         )
+    ModelCard.check_identity(name, modality, body_region)  # refused now, not after the training
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     set_determinism(seed=config.seed)

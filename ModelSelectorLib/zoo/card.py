@@ -45,6 +45,20 @@ def safe_name(text: str) -> str:
 
 
 # --- model card -----------------------------------------------------------------------------------------
+def _check_safe_name(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not _SAFE_NAME.match(value):
+        raise BundleError(
+            f"model card field '{key}' is {value!r}; use letters, digits and . _ + - only (no spaces)."
+        )
+
+
+def _check_modality(value: Any) -> None:
+    if value not in MODALITIES:
+        raise BundleError(
+            f"model card field 'modality' is {value!r}; expected a DICOM modality code: {', '.join(MODALITIES)}."
+        )
+
+
 @dataclasses.dataclass
 class ModelCard:
     """The facts about one model that selection, inference and users need (``"modelselector"`` block).
@@ -137,20 +151,13 @@ class ModelCard:
     def validate(self) -> ModelCard:
         """Check every field; raise :class:`BundleError` naming the first bad field. Returns ``self``."""
         for key in ("name", "version"):
-            value = getattr(self, key)
-            if not isinstance(value, str) or not _SAFE_NAME.match(value):
-                raise BundleError(
-                    f"model card field '{key}' is {value!r}; use letters, digits and . _ + - only (no spaces)."
-                )
+            _check_safe_name(key, getattr(self, key))
         if self.task_type not in task_types():
             raise BundleError(
                 f"model card field 'task_type' is {self.task_type!r}; expected one of {', '.join(task_types())} "
                 "(the task types this version can run)."
             )
-        if self.modality not in MODALITIES:
-            raise BundleError(
-                f"model card field 'modality' is {self.modality!r}; expected a DICOM modality code: {', '.join(MODALITIES)}."
-            )
+        _check_modality(self.modality)
         self._validate_body_region()
         self._validate_labels()
         _check_int(self.input_channels, "input_channels", 1)
@@ -212,6 +219,15 @@ class ModelCard:
             raise BundleError(
                 f"model card field 'inference.keep_largest_component' is {keep!r}; expected label values."
             )
+
+    @classmethod
+    def check_identity(cls, name: str, modality: str, body_region: str) -> None:
+        """Check a future card's name, modality and body region as :meth:`validate` would, so that a training run
+        is refused before it starts rather than after (raises :class:`BundleError`)."""
+        _check_safe_name("name", name)
+        _check_modality(modality)
+        cls(name=name, version="0.1.0", task_type="segmentation", modality=modality,
+            body_region=body_region)._validate_body_region()  # fmt: skip
 
     def _validate_body_region(self) -> None:
         parts = self.body_region.split(";") if isinstance(self.body_region, str) else [None]

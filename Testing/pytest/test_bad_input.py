@@ -257,6 +257,10 @@ CLI = [
     ("sweep --device cuda:99",               ["sweep", "--dataset", "{root}", "--config", "{afile}", "--out", "{root}/sz", "--device", "cuda:99"], 2, "device 'cuda:99'"),
     ("promote --device cuda:99",             ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--device", "cuda:99"], 2, "device 'cuda:99'"),
     ("landmarks compare --device cuda:99",   ["landmarks", "compare", "--data", "{root}", "--out", "{root}/lg", "--device", "cuda:99"], 2, "device 'cuda:99'"),
+    # refused before any training: the card's name, modality and region, and the settings' types
+    ("train --name with a space",            ["train", "--dataset", "{msd}", "--name", "bad name", "--out", "{root}/tz", "--epochs", "1"], 3, "use letters, digits"),
+    ("train --body-region NOWHERE",          ["train", "--dataset", "{msd}", "--name", "ok", "--body-region", "NOWHERE", "--out", "{root}/tz"], 3, "'body_region' is 'NOWHERE'"),
+    ("train --config with epochs: one",      ["train", "--dataset", "{msd}", "--name", "ok", "--config", "{bad_types}", "--out", "{root}/tz"], 5, "epochs: 'one' is not a whole number"),
     ("prototypes --encoder-weight -1",       ["prototypes", "--zoo", "{zoo}", "--model", TINY, "--encoder-weight", "-1"], 2, "must be 0 or more"),
 ]  # fmt: skip
 
@@ -302,6 +306,13 @@ def _path_of(world: dict, key: str) -> Path:
             world[key] = _bundle(world, key, version="0.1.0")
         elif key == "name_source":
             world[key] = _bundle(world, key, version="0.3.0")
+        elif key == "msd":
+            from ModelSelectorLib.datasets import make_synthetic_msd
+
+            world[key] = make_synthetic_msd(world["root"] / "msd", n_cases=3, profile="ct", seed=0)
+        elif key == "bad_types":
+            world[key] = world["root"] / "bad_types.yaml"
+            world[key].write_text("epochs: one\n")
         elif key == "cut_zoo":
             zoo = bad.copy_tree(world["zoo"], world["root"] / "cut_zoo")
             data = (zoo / "zoo.json").read_bytes()
@@ -608,3 +619,32 @@ def test_a_killed_writer_does_not_leave_the_zoo_locked(tmp_path):
         assert time.monotonic() - start < 120 and Zoo(zoo.path).names() == [TINY]
     finally:
         holder.kill()
+
+
+@pytest.mark.parametrize(
+    "settings, phrase",
+    [
+        ({"epochs": "one"}, "epochs: 'one' is not a whole number"),
+        ({"lr": "fast"}, "lr: 'fast' is not a number"),
+        ({"roi_size": 16}, "roi_size: 16 is not a list of whole numbers or null"),
+        ({"channels": "abc"}, "channels: 'abc' is not a list of whole numbers"),
+        ({"batch_size": 1.5}, "batch_size: 1.5 is not a whole number"),
+        ({"augment": "no"}, "augment: 'no' is not true or false"),
+        ({"target_spacing": [0, 1, 1]}, "voxel sizes above 0 mm"),
+        ({"val_fraction": 1.5}, "val_fraction 1.5 must be in [0, 1)"),
+        ({"lr": -1}, "lr must be above 0"),
+        ({"channels": [4]}, "needs at least 2 levels of channels"),
+    ],
+)
+def test_training_settings_of_the_wrong_type_or_range_are_refused_before_training(settings, phrase):
+    """A YAML value of the wrong type or range is named in one sentence when the settings are read, not met as a
+    TypeError (or a silent misreading: ``augment: "no"`` trained with augmentation) somewhere in training."""
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.training.config import TrainConfig
+
+    with pytest.raises(TrainingError) as refused:
+        TrainConfig.from_dict(settings).check()
+    assert phrase in str(refused.value)
+    TrainConfig.from_dict(
+        {"epochs": 3, "lr": 1, "roi_size": None, "target_spacing": [1, 1.5, 2], "a_min": None}
+    ).check()
