@@ -35,7 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
-from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, read_image
+from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, check_model_input, read_image
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
 from .encoder import EMBED_DIM, default_encoder
@@ -146,10 +146,13 @@ def encoder_id(encoder: Any) -> str:
 
 
 def _as_image(item: Union[Image, PathLike]) -> tuple[Image, str]:
-    if isinstance(item, Image):
-        return item, str(item.meta.get("path", ""))
-    p = Path(item)
-    return read_image(p), str(p)
+    """An exemplar as an image and its source, refused as ``select`` and ``apply`` refuse it (a label map, an
+    icon): a prototype of a label map would draw images of the kind to the model."""
+    img, src = (
+        (item, str(item.meta.get("path", ""))) if isinstance(item, Image) else (read_image(item), str(item))
+    )
+    check_model_input(img, src or "exemplar")
+    return img, src
 
 
 def recorded_source(src: str, source_root: Optional[PathLike] = None) -> str:
@@ -191,7 +194,8 @@ def exemplar_prototypes(
         raise InputError("no exemplar images given; pass image files or a folder of them.")
     vecs: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
-    for i, item in enumerate(progress_bar(list(images), desc="exemplar prototypes")):
+    # the bar waits half a second, so that a refused first image is one line of error, not a bar and a line
+    for i, item in enumerate(progress_bar(list(images), desc="exemplar prototypes", delay=0.5)):
         check_cancel(cancel)
         img, src = _as_image(item)
         emb = encoder.embed(img)

@@ -262,6 +262,7 @@ CLI = [
     ("train --body-region NOWHERE",          ["train", "--dataset", "{msd}", "--name", "ok", "--body-region", "NOWHERE", "--out", "{root}/tz"], 3, "'body_region' is 'NOWHERE'"),
     ("train --config with epochs: one",      ["train", "--dataset", "{msd}", "--name", "ok", "--config", "{bad_types}", "--out", "{root}/tz"], 5, "epochs: 'one' is not a whole number"),
     ("prototypes --encoder-weight -1",       ["prototypes", "--zoo", "{zoo}", "--model", TINY, "--encoder-weight", "-1"], 2, "must be 0 or more"),
+    ("prototypes --exemplars a label map",   ["prototypes", "--zoo", "{zoo}", "--model", TINY, "--exemplars", "{labelmap}", "--data-free", "0"], 2, "looks like a label map"),
 ]  # fmt: skip
 
 # `modelselector zoo add BUNDLE --zoo ZOO` of bundles that must be refused (exit status 3), run through the
