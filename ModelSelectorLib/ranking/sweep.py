@@ -385,6 +385,18 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _next_version_if_taken(zoo: Any, model: str, bundle: Path) -> None:
+    """Give ``bundle`` (a candidate's freshly trained copy, trained into a zoo of its own and so always the first
+    version there) the zoo's next version of ``model`` when its version is taken: a candidate retrained
+    (``--retrain``) or trained with other settings is a new version of its model."""
+    from ..zoo.bundle import validate_bundle, write_card
+    from ..zoo.card import ModelCard
+
+    card = validate_bundle(bundle)
+    if model in zoo and card.version in zoo.versions(model):
+        write_card(bundle, ModelCard.from_dict({**card.to_dict(), "version": zoo.next_version(model)}))
+
+
 def _unpack(archive: bytes, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
@@ -617,6 +629,7 @@ def run_sweep(
             if "archive" in res:
                 src = _unpack(res["archive"], Path(tmp)) / model
             zoo.reload()
+            _next_version_if_taken(zoo, model, src)
             info = zoo.add(src)
         shutil.rmtree(work / "work" / name, ignore_errors=True)
         state["candidates"][name].update(

@@ -137,6 +137,18 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     rc = main(["sweep", "--dataset", str(msd), "--config", str(tmp_path / "sweep.yaml"), "--out", str(zoo),
                "--workers", "1"])  # fmt: skip
     assert rc == 0 and Zoo(zoo).versions("disks-unet") == ["0.1.0"]
+    # other settings for a candidate already in the zoo: it is trained again as the model's next version
+    import yaml
+
+    changed = yaml.safe_load((tmp_path / "sweep.yaml").read_text(encoding="utf-8"))
+    changed["candidates"][0]["epochs"] = 2
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    rc = main(["sweep", "--dataset", str(msd), "--config", str(tmp_path / "changed.yaml"), "--out", str(zoo),
+               "--workers", "1"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    z = Zoo(zoo)
+    assert z.versions("disks-starved") == ["0.1.0", "0.1.1"] and z.current("disks-starved") == "0.1.1"
+    assert z.card("disks-starved").version == "0.1.1" and z.versions("disks-unet") == ["0.1.0"]
 
 
 def test_dashboard_command_for_one_bundle(tmp_path, capsys):
