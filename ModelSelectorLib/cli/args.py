@@ -19,6 +19,25 @@ def _number(text: str, kind: type) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """Any finite number (a margin in a metric's units)."""
+    return float(_number(text, float))
+
+
+def metric_name(text: str) -> str:
+    """A ranking metric of a family the evaluations compute (``dice``, ``dice_<label>``, ``hd95``, ``mre_mm``,
+    ``sdr_4``, ...), refused at once rather than after every model was evaluated; whether the cases hold that
+    exact metric (a label's name) is checked when they are scored."""
+    from ..evaluation.metrics import METRIC_FAMILIES
+
+    if text.split("_", 1)[0].lower() not in METRIC_FAMILIES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a metric; use one of {', '.join(METRIC_FAMILIES)}, or one per label or group such as "
+            "dice_<label> or mre_mm_<group>"
+        )
+    return text
+
+
 def positive_int(text: str) -> int:
     """An integer of 1 or more (a count of things to list, epochs, threads)."""
     value = int(_number(text, int))

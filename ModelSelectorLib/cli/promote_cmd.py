@@ -7,21 +7,21 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from .args import open_fraction, positive_int
+from .args import finite_float, metric_name, open_fraction, positive_int
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=Path,
                    help="test split file (default: the one the current version was promoted on, else the "
                         "task's sweep split ZOO/sweeps/TASK/test_split.json)")  # fmt: skip
-    p.add_argument("--metric", help="compared metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
+    p.add_argument("--metric", type=metric_name, help="compared metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
                    "(default: dice, or mre_mm for landmark models)")  # fmt: skip
     p.add_argument("--method", choices=("wilcoxon", "bootstrap"), default="wilcoxon",
                    help="paired test: Wilcoxon signed-rank (default) or paired bootstrap CI")  # fmt: skip
     p.add_argument(
         "--level", type=open_fraction, default=0.95, help="confidence level of the paired test (0.95)"
     )
-    p.add_argument("--min-improvement", type=float, default=0.0,
+    p.add_argument("--min-improvement", type=finite_float, default=0.0,
                    help="smallest mean improvement accepted, in the metric's units (0)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .args import positive_int
+from .args import metric_name, positive_int
 
 SWEEP_EXAMPLE = """\
 example sweep file (YAML):
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--metric",
+        type=metric_name,
         help="leaderboard ranking metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
         "(default: dice, or mre_mm for landmark models)",
     )
@@ -71,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     lb.add_argument("--zoo", type=Path, required=True, help="zoo folder the sweep wrote to")
     lb.add_argument("--task", required=True, help="task name of the sweep")
-    lb.add_argument("--metric", help="dice, hd95, msd, dice_<label>, mre_mm, ... (default: the task's)")
+    lb.add_argument(
+        "--metric", type=metric_name, help="dice, hd95, msd, dice_<label>, mre_mm, ... (default: the task's)"
+    )
     lb.add_argument("--json", action="store_true", help="print the ranking as JSON")
     lb.set_defaults(func=run_leaderboard)
 
@@ -84,7 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     db.add_argument("--bundle", type=Path, required=True, help="bundle folder")
     db.add_argument("--split", type=Path, required=True, help="test split file (test_split.json)")
     db.add_argument("--out", type=Path, required=True, help="dashboard folder to write")
-    db.add_argument("--metric", default="dice", help="metric ordering the case table (worst first)")
+    db.add_argument(
+        "--metric", type=metric_name, default="dice", help="metric ordering the case table (worst first)"
+    )
     db.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     db.set_defaults(func=run_dashboard)
 

@@ -11,6 +11,9 @@ import numpy as np
 SEGMENTATION_METRICS = {"dice": True, "hd95": False, "msd": False}
 #: metrics of landmark cases and whether a higher value is better
 LANDMARK_METRICS = {"mre": False, "sdr2": True, "sdr4": True}
+#: the first part (before ``_``) of every metric the evaluations write per case: segmentation (``dice``,
+#: ``dice_<label>``, ``hd95``, ``msd``, ``nsd``) and landmarks (``mre_mm``, ``rmse_px``, ``sdr_4``, ``dice_lungs``)
+METRIC_FAMILIES = ("dice", "hd95", "msd", "nsd", "mre", "rmse", "sdr")
 
 
 def higher_is_better(metric: str) -> bool:

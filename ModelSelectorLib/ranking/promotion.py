@@ -32,7 +32,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .. import atomic
-from ..errors import BundleError, DatasetError, ModelSelectorError, TrainingError, ZooError
+from ..errors import BundleError, DatasetError, InputError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
 from ..models.registry import runtime_class
 from ..provenance import file_digest, utc_timestamp
@@ -178,7 +178,7 @@ def _scores(cases: Sequence[dict[str, Any]], metric: str) -> list[Optional[float
     for c in cases:
         if metric not in c:
             known = sorted(k for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-            raise ModelSelectorError(f"metric {metric!r} is not computed; choose one of: {', '.join(known)}.")
+            raise InputError(f"metric {metric!r} is not computed; choose one of: {', '.join(known)}.")
         v = c[metric]
         out.append(None if v is None or not np.isfinite(v) else float(v))
     return out

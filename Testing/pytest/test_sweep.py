@@ -131,8 +131,11 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     hd = [r["summary"]["hd95"]["mean"] for r in rows]
     # (which poor candidate has the larger HD95 depends on the CPU's arithmetic; the order must follow it)
     assert hd == sorted(hd) and sorted(r["candidate"] for r in rows) == ["segresnet", "starved", "unet"]
-    assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--metric", "nosuch"]) != 0
-    assert "choose one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # not a metric at all: refused while parsing
+        main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--metric", "nosuch"])
+    assert refused.value.code == 2 and "'nosuch' is not a metric" in capsys.readouterr().err
+    assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--metric", "dice_nosuch"]) != 0
+    assert "choose one of" in capsys.readouterr().err  # a label the cases do not have: the metrics they have
     # a second run trains nothing again (same settings already in the zoo) and keeps the versions
     rc = main(["sweep", "--dataset", str(msd), "--config", str(tmp_path / "sweep.yaml"), "--out", str(zoo),
                "--workers", "1"])  # fmt: skip
