@@ -177,7 +177,8 @@ class ZooIndex:
         return self.add_prototypes(pset, prototypes_digest(bundle))
 
     def remove_model(self, name: str) -> int:
-        """Remove a model's prototypes (hnswlib ``mark_deleted``); returns the number removed.
+        """Remove a model's prototypes (hnswlib ``mark_deleted``) and its calibrated operating points; returns the
+        number of prototypes removed.
 
         Raises:
             IndexMismatchError: the model is not in the index.
@@ -191,6 +192,9 @@ class ZooIndex:
                 self._index.mark_deleted(int(lab))
             self.items.pop(int(lab), None)
         self._vector_cache.pop(name, None)
+        for setting in (self.calibration.get("settings") or {}).values():  # its operating point goes with it
+            if isinstance(setting, dict) and isinstance(setting.get("models"), dict):
+                setting["models"].pop(name, None)
         return len(labels)
 
     def labels_of(

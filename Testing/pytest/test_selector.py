@@ -386,7 +386,10 @@ def test_index_round_trip_add_remove(env, tmp_path):
     assert np.array_equal(labels, lab0) and np.allclose(dist, dist0, atol=1e-5)
     assert idx.items[int(labels[0, 0])]["model"] == "ct_abdomen"
     n_ct = len(idx.labels_of("ct_abdomen"))
+    settings = idx.calibration["settings"].values()
+    assert any("ct_abdomen" in (s.get("models") or {}) for s in settings)
     assert idx.remove_model("ct_abdomen") == n_ct
+    assert not any("ct_abdomen" in (s.get("models") or {}) for s in settings)  # no stale operating point
     labels, _ = idx.query(emb, k=10)
     assert all(idx.items[int(lab)]["model"] != "ct_abdomen" for lab in labels.ravel())
     idx.save()
