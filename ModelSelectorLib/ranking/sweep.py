@@ -57,6 +57,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
 import time
@@ -428,7 +429,8 @@ def run_local(
     if not jobs:
         return results
     ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(int(workers), len(jobs))), mp_context=ctx)
+    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(int(workers), len(jobs))), mp_context=ctx,
+                                  initializer=_leave_interrupts_to_the_parent)  # fmt: skip
     try:
         futures = {pool.submit(_train_one, job): job for job in jobs}
         pending = set(futures)
@@ -450,6 +452,12 @@ def run_local(
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """A worker ignores Ctrl-C (the terminal sends it to the whole process group): the parent cancels the sweep
+    and stops its workers, so the user sees one line, not a traceback from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _result(fut: Any, job: dict[str, Any]) -> dict[str, Any]:
