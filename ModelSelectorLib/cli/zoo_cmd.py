@@ -57,7 +57,10 @@ def register(sub: Any) -> None:
     _add_zoo_option(q)
     q.set_defaults(func=cmd_add)
 
-    q = zsub.add_parser("remove", help="remove a model and its files")
+    q = zsub.add_parser(
+        "remove",
+        help="remove a model and its files (and, when the whole model goes, its prototypes from the zoo's index)",
+    )
     q.add_argument("name", metavar="NAME")
     q.add_argument("--version", dest="model_version", help="remove only this version")
     _add_zoo_option(q)
@@ -134,8 +137,18 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from ..selection.index import SIDECAR, default_index_dir, updating_index
+
     zoo = Zoo(_zoo_path(args))
     zoo.remove(args.name, version=args.model_version)
     what = f"{args.name} version {args.model_version}" if args.model_version else args.name
     print(f"Removed {what} from the zoo at {zoo.path}.")
+    index_dir = default_index_dir(zoo)
+    if args.name not in zoo and (index_dir / SIDECAR).is_file():
+        # an index that lists a model the zoo no longer holds stops every selection; it goes from there too
+        with updating_index(index_dir) as idx:
+            if args.name in idx.models:
+                n = idx.remove_model(args.name)
+                idx.save(index_dir)
+                print(f"Removed its {n} prototype(s) from the zoo's index.")
     return 0

@@ -550,3 +550,20 @@ def test_prototypes_of_every_model_at_once_then_the_index_rebuilt(env, tmp_path,
     assert "leave out --exemplars" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["prototypes", "--zoo", z, "--all", "--model", "dx_chest"])
+
+
+def test_removing_a_model_from_the_zoo_removes_it_from_the_index(env, tmp_path, capsys):
+    """`zoo remove` of an indexed model takes it out of the index too: an index listing a model the zoo no
+    longer holds stopped every selection until `index remove` was run."""
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.selection.selector import select
+
+    zoo = _copy_zoo(env, tmp_path)
+    assert main(["zoo", "remove", "mr_abdomen", "--zoo", str(zoo.path)]) == 0
+    assert "from the zoo's index" in capsys.readouterr().out
+    idx = load_index(zoo.path)
+    assert "mr_abdomen" not in idx.models
+    idx.check_against(zoo.reload())
+    sel = select(env["queries"]["ct_abdomen"], zoo.path, encoder=env["encoder"])
+    assert "mr_abdomen" not in [m.name for m in sel.models]
