@@ -57,6 +57,8 @@ CATALOG = "zoo.json"
 MODELS = "models"
 FORMAT = 1
 _CREATE_HINT = "create one with `modelselector zoo init --zoo PATH` or `modelselector train --out PATH`"
+_REBUILD_HINT = ("restore it from a backup, or make a new zoo (`modelselector zoo init --zoo NEW`) and `modelselector "
+                 "zoo add` the bundles under this zoo's models/ folder to it")  # fmt: skip
 
 
 class Zoo:
@@ -86,11 +88,9 @@ class Zoo:
         try:
             data = json.loads(self.catalog_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ZooError(
-                f"{self.catalog_path}: corrupt catalog ({e}); restore it from a backup or {_CREATE_HINT}."
-            ) from e
+            raise ZooError(f"{self.catalog_path}: corrupt catalog ({e}); {_REBUILD_HINT}.") from e
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-            raise ZooError(f"{self.catalog_path}: corrupt catalog (no 'models' object); {_CREATE_HINT}.")
+            raise ZooError(f"{self.catalog_path}: corrupt catalog (no 'models' object); {_REBUILD_HINT}.")
         if data.get("format") != FORMAT:
             raise ZooError(
                 f"{self.catalog_path}: catalog format {data.get('format')!r} is not supported (expected {FORMAT})."
@@ -280,7 +280,12 @@ class Zoo:
         """
         src = Path(bundle_dir)
         if not src.is_dir():
-            raise BundleError(f"{src}: no such bundle folder.")
+            what = (
+                "a file, not a bundle folder (configs/, models/, docs/)"
+                if src.is_file()
+                else "no such bundle folder"
+            )
+            raise BundleError(f"{src}: {what}.")
         card = self._card_for(src, name, modality, body_region, trust)
         with self.writing() as data:
             if card.version in data["models"].get(card.name, {}).get("versions", {}):

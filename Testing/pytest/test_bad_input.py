@@ -253,7 +253,8 @@ CLI = [
     ("select a 4 x 4 icon",                  ["select", "{icon}"],                                                   2, "the image is 4 x 4 pixels, too small to show anatomy"),
     ("apply a line of pixels",               ["apply", "--zoo", "{zoo}", "--model", TINY, "{line}", "--out", "{root}/n.seg.nrrd"], 2, "the image is 300 x 1 pixels"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
-    ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "corrupt catalog"),
+    ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "make a new zoo (`modelselector zoo init --zoo NEW`)"),
+    ("zoo add a file",                       ["zoo", "add", "{afile}", "--zoo", "{zoo}"],                             3, "a file, not a bundle folder"),
     # a device that is not there is refused before any work (the message names it with or without a GPU)
     ("apply --device gpu",                   ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/d.seg.nrrd", "--device", "gpu"], 2, "not a torch device"),
     ("train --device cuda:99",               ["train", "--dataset", "{root}", "--name", "x", "--out", "{root}/dz", "--device", "cuda:99"], 2, "device 'cuda:99'"),
