@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"Index saved to {out}: {_summary(idx)}")
     if args.calibrate:
         _print_calibration(idx.calibration)
+        if cases is None:
+            print("modelselector: warning: calibrated without labelled images (--data): on each model's own example "
+                  "inputs and synthetic pictures only, whose operating points accept more images of other kinds; "
+                  "pass --data DIR (the shared data) to calibrate on the development images.", file=sys.stderr)  # fmt: skip
     return 0
 
 
