@@ -34,7 +34,8 @@ Executors: ``"local"`` runs candidates in parallel worker processes (``concurren
 method; ``workers`` processes with ``threads`` torch threads each); ``"ray"`` sends them to a Ray cluster
 (``address``; Ray is an optional extra, ``pip install "ModelSelectorLib[ray]"``). Ray workers must see the
 dataset at the same path (shared file system); each returns its bundle as a tar archive.
-A candidate whose bundle is already in the zoo with the same training settings is not trained again.
+A candidate whose bundle is already in the zoo with the same training settings is not trained again; one trained
+again (``retrain``) or with other settings becomes the next version of its model.
 
 Choosing the winner and testing it are separate: the leaderboard ranks on the selection split, and the
 promotion gate (:mod:`.promotion`) compares the winner with the task's current model on the test split, which
