@@ -311,6 +311,11 @@ def make_split(
     ids = [case_id(c["image"]) for c in dataset.training]
     order = np.random.default_rng(seed).permutation(n).tolist()
     barred = set(not_in_test)
+    # the list may name cases of other data too (a current model's training cases), but if it names none of these
+    # its ids are of another form and protect nothing from the test split
+    if barred and not barred & set(ids):
+        raise DatasetError(f"{dataset.root}: not_in_test names no case of this dataset (e.g. {sorted(barred)[0]}); "
+                           f"use its case ids, such as {ids[0]}.")  # fmt: skip
     n_test = min(n - 3, max(1, int(round(n * test_fraction))))
     test_idx = [i for i in order if ids[i] not in barred][:n_test]
     if len(test_idx) < n_test:
