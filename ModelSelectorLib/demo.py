@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .apply import open_runtime
-from .atomic import save_figure, write_text
-from .errors import ZooError
+from .atomic import atomic_dir, save_figure, write_text
+from .errors import OutputError, ZooError
 from .io.image import Image, read_image
 from .io.outputs import check_output_folder
 from .resources import default_zoo_path, samples_dir
@@ -127,6 +127,8 @@ def overlay_png(
     return save_figure(fig, path)
 
 
+#: the demo's page in its folder (also what marks a folder as an earlier demo's, which a new one may replace)
+SUMMARY_FILE = "summary.html"
 SUMMARY_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>ModelSelector demo</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
@@ -156,7 +158,7 @@ def _write_summary(out_dir: Path, selection: Any, outputs: list[dict[str, Any]],
     page = env.from_string(SUMMARY_TEMPLATE).render(
         models=selection.models, fits=selection.fits, outputs=outputs, classes=classes, **context
     )
-    path = out_dir / "summary.html"
+    path = out_dir / SUMMARY_FILE
     write_text(path, page)
     return path
 
@@ -215,8 +217,10 @@ def run_demo(
         )
     image_path = Path(image_path) if image_path is not None else default_sample()
     out_dir = check_output_folder(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUMMARY_FILE).is_file():
+        raise OutputError(f"{out_dir}: holds other files and no earlier demo ({SUMMARY_FILE}); the demo replaces its "
+                          "folder as a whole, so choose a new or empty folder (--out).")  # fmt: skip
     image = read_image(image_path, series_uid=series_uid)
-    out_dir.mkdir(parents=True, exist_ok=True)
     say(f"Input: {image_path} ({'x'.join(str(n) for n in image.to_grayscale().array.shape[::-1])} pixels)")
 
     selection = select(image, zoo=z, top_k=None)
@@ -228,16 +232,20 @@ def run_demo(
     outputs: list[dict[str, Any]] = []
     if not selection.fits:
         say("No model in the zoo fits this image, so none was applied.")
-    for match in selection.fitting[:max_models]:
-        say(f"Applying {match.name} ...")
-        outputs.append(_apply(open_runtime(z, match.name, device), image, out_dir))
-        say(f"  wrote {outputs[-1]['output']}")
-
-    input_png = overlay_png(image, out_dir / "input.png", image_path.name)
-    seconds = time.monotonic() - start
-    summary = _write_summary(
-        out_dir, selection, outputs, input=str(image_path), zoo=str(zoo_path),
-        seconds=f"{seconds:.1f}", input_png=input_png.name,
-    )  # fmt: skip
+    # written beside the folder, which it then replaces whole: no file of an earlier demo stays beside this one
+    with atomic_dir(out_dir) as staging:
+        for match in selection.fitting[:max_models]:
+            say(f"Applying {match.name} ...")
+            outputs.append(_apply(open_runtime(z, match.name, device), image, staging))
+            say(f"  wrote {out_dir / outputs[-1]['output_name']}")
+        input_png = overlay_png(image, staging / "input.png", image_path.name)
+        seconds = time.monotonic() - start
+        _write_summary(
+            staging, selection, outputs, input=str(image_path), zoo=str(zoo_path),
+            seconds=f"{seconds:.1f}", input_png=input_png.name,
+        )  # fmt: skip
+    for row in outputs:
+        row["output"] = out_dir / row["output_name"]
+    summary = out_dir / SUMMARY_FILE
     say(f"Summary: {summary.resolve()}  ({seconds:.1f} s)")
     return DemoResult(image_path, zoo_path, selection, outputs, summary, seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,26 @@ def test_demo_command_line_on_the_photograph(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "No model in the zoo fits this image" in run.stdout
     assert (tmp_path / "summary.html").is_file()
+
+
+def test_a_demo_replaces_an_earlier_demo_folder_whole_and_refuses_other_folders(tmp_path):
+    """A second demo into the same folder leaves no output of the first beside its summary (the chest models'
+    files stayed next to a page that said nothing fits); a folder of other files is refused, not emptied."""
+    import matplotlib.cbook
+
+    from ModelSelectorLib.errors import OutputError
+
+    out = tmp_path / "demo"
+    first = run_demo(out_dir=out, say=lambda s: None)
+    assert first.outputs and all(Path(row["output"]).parent == out and Path(row["output"]).is_file()
+                                 for row in first.outputs)  # fmt: skip
+    photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    second = run_demo(photo, out_dir=out, say=lambda s: None)
+    assert not second.selection.fits
+    assert sorted(p.name for p in out.iterdir()) == ["input.png", "summary.html"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError, match="holds other files and no earlier demo"):
+        run_demo(photo, out_dir=tmp_path / "mine", say=lambda s: None)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
