@@ -122,7 +122,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_leaderboard(args: argparse.Namespace) -> int:
     from ..ranking.leaderboard import write_reports
     from ..ranking.sweep import sweep_dir
+    from ..zoo.catalog import Zoo
 
+    Zoo(args.zoo).names()  # a missing folder or one that is not a zoo is named as such, not as "no evaluations"
     result = write_reports(sweep_dir(args.zoo, args.task), metric=args.metric)
     if args.json:
         rows = [{"rank": r["rank"], "candidate": r["candidate"], "model": r["model"],

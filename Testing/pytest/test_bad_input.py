@@ -254,6 +254,7 @@ CLI = [
     ("apply a line of pixels",               ["apply", "--zoo", "{zoo}", "--model", TINY, "{line}", "--out", "{root}/n.seg.nrrd"], 2, "the image is 300 x 1 pixels"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
     ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "make a new zoo (`modelselector zoo init --zoo NEW`)"),
+    ("leaderboard --zoo not a zoo",          ["leaderboard", "--zoo", "{root}/nozoo", "--task", "x"],                3, "no zoo folder there"),
     ("zoo add a file",                       ["zoo", "add", "{afile}", "--zoo", "{zoo}"],                             3, "a file, not a bundle folder"),
     # a device that is not there is refused before any work (the message names it with or without a GPU)
     ("apply --device gpu",                   ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/d.seg.nrrd", "--device", "gpu"], 2, "not a torch device"),
