@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .. import atomic
-from ..errors import InputError, ModelSelectorError
+from ..errors import DatasetError, InputError, ModelSelectorError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
 from ..io.image import Image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_for
@@ -209,6 +209,14 @@ def evaluate_candidate(
     card = loaded.card
     runtime = runtime_for(loaded, device=device)
     labels = {int(k): str(v) for k, v in split["labels"].items()}
+    outputs = {int(lb["value"]) for lb in card.labels if "value" in lb}
+    if (
+        labels and outputs and not set(labels) <= outputs
+    ):  # the model would score 0 on labels it never outputs
+        raise DatasetError(
+            f"the split's labels {labels} are not among {card.name}'s outputs "
+            f"{ {int(lb['value']): lb['name'] for lb in card.labels} }; use a split of this model's task."
+        )
     on_case = None
     if dashboard_dir is not None:
         overlays = Path(dashboard_dir) / "overlays"

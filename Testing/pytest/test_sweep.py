@@ -172,6 +172,16 @@ def test_dashboard_command_for_one_bundle(tmp_path, capsys):
     )
     page = (tmp_path / "dash" / "index.html").read_text(encoding="utf-8")
     assert page.count('class="overlay"') == 2 and (tmp_path / "dash" / "curve.png").is_file()
+    # a split of another task (a label the model never outputs) is refused, not scored as Dice 0
+    other = json.loads(split.read_text(encoding="utf-8"))
+    other["labels"] = {**other["labels"], "7": "liver"}
+    (tmp_path / "other.json").write_text(
+        json.dumps({**other, "dataset": str((split.parent / other["dataset"]).resolve())})
+    )
+    capsys.readouterr()
+    assert main(["dashboard", "--bundle", str(bundle), "--split", str(tmp_path / "other.json"),
+                 "--out", str(tmp_path / "dash2")]) != 0  # fmt: skip
+    assert "are not among d's outputs" in capsys.readouterr().err
 
 
 def test_ray_executor(tmp_path):
