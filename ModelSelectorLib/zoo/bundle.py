@@ -223,9 +223,11 @@ def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> N
     try:
         network.load_state_dict(ckpt, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        # torch's first line only says "Error(s) in loading state_dict"; the next says which tensor and how
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
         raise BundleError(
-            f"{weights_path}: the weights do not fit the network in inference.json ({first})."
+            f"{weights_path}: the weights do not fit the network in inference.json ({detail[:400]})."
         ) from e
 
 

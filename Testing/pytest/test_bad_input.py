@@ -277,7 +277,7 @@ ZOO_ADD = [
     ("a link out of the bundle",             "link_out",                [],                         "outside the bundle"),
     ("a loop of file links",                 "link_loop",               [],                         "loop of symbolic links"),
     ("a folder link to its parent",          "dir_loop",                [],                         "loop of symbolic links"),
-    ("weights of another network",           "weights_mismatch",        [],                         "weights_mismatch/"),
+    ("weights of another network",           "weights_mismatch",        [],                         "do not fit the network in inference.json (Missing key(s)"),
     ("a pickled object as weights",          "pickled",                 [],                         "weights_only"),
     ("truncated weights",                    "truncated_weights",       [],                         "not loadable"),
     ("pretrained weights asked for",         "pretrained",              [],                         "weights from elsewhere"),
