@@ -124,7 +124,8 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     from ..ranking.sweep import sweep_dir
     from ..zoo.catalog import Zoo
 
-    Zoo(args.zoo).names()  # a missing folder or one that is not a zoo is named as such, not as "no evaluations"
+    # a missing folder, or one that is not a zoo, is named as such rather than as "no evaluations"
+    Zoo(args.zoo).names()
     result = write_reports(sweep_dir(args.zoo, args.task), metric=args.metric)
     if args.json:
         rows = [{"rank": r["rank"], "candidate": r["candidate"], "model": r["model"],
