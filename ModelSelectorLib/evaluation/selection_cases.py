@@ -292,10 +292,9 @@ def development_images(split: ProtocolSplit, zoo: Any, limit: Optional[int] = No
     trained = zoo_training_paths(zoo, roots, validation=False)
     excluded = split.linked(sorted(trained | copies_in_split(trained, split)))
     cases, _ = select_cases(cases_of(split, "dev"), excluded, limit, seed)
+    # a calibration on the images that happen to be there would replace the one made on all of them
     missing = [c.path for c in cases if not c.path.exists()]
-    if (
-        missing
-    ):  # a calibration on the images that happen to be there would replace the one made on all of them
+    if missing:
         raise InputError(
             f"{split.root}: {len(missing)} of the {len(cases)} development images of the protocol split are not "
             f"there (e.g. {missing[0]}); pass the data folder the split was made from (--data)."
