@@ -210,9 +210,8 @@ def evaluate_candidate(
     runtime = runtime_for(loaded, device=device)
     labels = {int(k): str(v) for k, v in split["labels"].items()}
     outputs = {int(lb["value"]) for lb in card.labels if "value" in lb}
-    if (
-        labels and outputs and not set(labels) <= outputs
-    ):  # the model would score 0 on labels it never outputs
+    # the model would score 0 on labels it never outputs
+    if labels and outputs and not set(labels) <= outputs:
         raise DatasetError(
             f"the split's labels {labels} are not among {card.name}'s outputs "
             f"{ {int(lb['value']): lb['name'] for lb in card.labels} }; use a split of this model's task."

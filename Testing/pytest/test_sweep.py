@@ -69,9 +69,8 @@ def test_splits_are_fixed_and_disjoint(tmp_path):
         make_split(make_disk_msd(tmp_path / "other", n_cases=4), tmp_path / "w")
     with pytest.raises(DatasetError, match="at least 4"):
         make_split(make_disk_msd(tmp_path / "tiny", n_cases=3), tmp_path / "w2")
-    with pytest.raises(
-        DatasetError, match="not_in_test names no case of this dataset"
-    ):  # ids of another form
+    # ids of another form than this dataset's
+    with pytest.raises(DatasetError, match="not_in_test names no case of this dataset"):
         make_split(msd, tmp_path / "w4", not_in_test=["ghost_case", "disk-01.nii.gz"])
     with pytest.raises(DatasetError, match="outside not_in_test"):
         make_split(msd, tmp_path / "w3", test_fraction=0.5, not_in_test=[f"disk_{i:02d}" for i in range(6)])
