@@ -449,8 +449,6 @@ def generate_for_model(
     if data_free > 0:
         lb = loaded_bundle(bundle_dir)
         df, images = data_free_prototypes(enc, lb, data_free, steps, seed, size, settings, cancel, True)
-        if pngs:
-            save_pngs(bundle_dir, images, pngs)
     elif old is not None:
         df = old.select(["data-free"])
     else:
@@ -468,6 +466,8 @@ def generate_for_model(
     pset = PrototypeSet(pset.vectors, pset.rows, card.name, card.version, meta)
     check_cancel(cancel)
     save_prototypes(bundle_dir, pset, extra)
+    if data_free > 0 and pngs:  # pictures of the prototypes just saved, never of ones a cancel kept out
+        save_pngs(bundle_dir, images, pngs)
     return pset
 
 

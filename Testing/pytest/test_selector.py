@@ -567,3 +567,17 @@ def test_removing_a_model_from_the_zoo_removes_it_from_the_index(env, tmp_path, 
     idx.check_against(zoo.reload())
     sel = select(env["queries"]["ct_abdomen"], zoo.path, encoder=env["encoder"])
     assert "mr_abdomen" not in [m.name for m in sel.models]
+
+
+def test_data_free_pictures_are_written_with_the_prototypes_they_show(env):
+    """The pictures of the synthesised inputs go beside the bundle after its prototypes are saved (a cancel
+    before that leaves neither), one per data-free prototype input, up to four."""
+    from ModelSelectorLib.selection.prototypes import PNG_DIR, load_prototypes
+
+    for name in MODELS:
+        bundle = env["zoo"].get(name)
+        pictures = sorted(p.name for p in (bundle / PNG_DIR).glob("data-free-*.png"))
+        assert pictures == ["data-free-0.png", "data-free-1.png"], (name, pictures)
+        saved = load_prototypes(bundle)
+        assert all((bundle / PNG_DIR / p).stat().st_mtime >= (bundle / "prototypes").stat().st_mtime - 1
+                   for p in pictures) and len(saved.select(["data-free"]))  # fmt: skip
