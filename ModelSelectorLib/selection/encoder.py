@@ -222,9 +222,18 @@ class Encoder:
         return self.embed_views(self.views(image, n_per_axis))
 
     def predict_proba(self, image: Image) -> np.ndarray:
-        """Class probabilities averaged over the image's views, a volume's without radiography classes
-        (:func:`volume_prior`): ``(len(classes),)``."""
-        return volume_prior(self._forward(self.views(image))[1].mean(axis=0), self.classes, image)
+        """Class probabilities of ``image`` (:meth:`image_probabilities` of its views): ``(len(classes),)``."""
+        return self.image_probabilities(self.embed(image), image)
+
+    def image_probabilities(self, emb: np.ndarray, image: Image) -> np.ndarray:
+        """The head's class probabilities of ``image`` from its view embeddings ``emb`` ``(m, d)``: the mean over
+        the views, a volume's without radiography classes (:func:`volume_prior`): ``(len(classes),)``."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(self.device)
+            probs = torch.softmax(self.net.logits(x), dim=1).mean(dim=0).cpu().numpy()
+        return volume_prior(probs, self.classes, image)
 
     def classify(self, image: Image, top_k: int = 3) -> list[tuple[str, float]]:
         """The ``top_k`` modality x region classes of ``image`` with probabilities (mean over views)."""

@@ -36,7 +36,7 @@ import numpy as np
 from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
-from .encoder import OOD_CLASS, volume_prior
+from .encoder import OOD_CLASS
 from .encoder_guide import domain_classes
 from .field_of_view import card_field_of_view, image_extent_mm
 from .intensity_units import air_share, compare_units
@@ -93,15 +93,6 @@ def colourfulness(image: Image, threshold: float = 0.02) -> float:
     return float(diff / span > threshold)
 
 
-def class_probs(encoder: Any, emb: np.ndarray) -> np.ndarray:
-    """The encoder head's class probabilities, averaged over the views ``emb`` ``(m, d)``: ``(n_classes,)``."""
-    import torch
-
-    with torch.inference_mode():
-        logits = encoder.net.logits(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)))
-        return torch.softmax(logits, dim=1).mean(dim=0).numpy()
-
-
 _EVIDENCE: dict[tuple[Any, ...], Evidence] = {}
 
 
@@ -125,10 +116,9 @@ def evidence(encoder: Any, image: Image) -> Evidence:
     ev = _EVIDENCE.get(key)
     if ev is None:
         emb = encoder.embed(image)
-        probs = volume_prior(class_probs(encoder, emb), encoder.classes, image)
-        ev = Evidence(emb, probs, list(encoder.classes), (2 if image.is_single_slice else 3), image,
-                      colour=colourfulness(image), extent_mm=image_extent_mm(image),
-                      air_share=air_share(image))  # fmt: skip
+        ev = Evidence(emb, encoder.image_probabilities(emb, image), list(encoder.classes),
+                      (2 if image.is_single_slice else 3), image, colour=colourfulness(image),
+                      extent_mm=image_extent_mm(image), air_share=air_share(image))  # fmt: skip
         if len(_EVIDENCE) >= 8:
             _EVIDENCE.pop(next(iter(_EVIDENCE)))
         _EVIDENCE[key] = ev
@@ -291,6 +281,6 @@ def sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0))))
 
 
-__all__ = ["EXACT_LIMIT", "Evidence", "FEATURES", "UNCALIBRATED", "agreement", "calibration_key", "class_probs",
-           "clear_cache", "colourfulness", "encoder_knows", "evidence", "is_relevant", "model_threshold", "p_ood", "plain_features", "plain_logit", "rank_models",
-           "runtime_of", "sigmoid", "similarities", "verify_of", "verify_term"]  # fmt: skip
+__all__ = ["EXACT_LIMIT", "Evidence", "FEATURES", "UNCALIBRATED", "agreement", "calibration_key", "clear_cache",
+           "colourfulness", "encoder_knows", "evidence", "is_relevant", "model_threshold", "p_ood", "plain_features",
+           "plain_logit", "rank_models", "runtime_of", "sigmoid", "similarities", "verify_of", "verify_term"]  # fmt: skip

@@ -59,6 +59,15 @@ def _check_modality(value: Any) -> None:
         )
 
 
+def _check_body_region(value: Any) -> None:
+    parts = value.split(";") if isinstance(value, str) else [None]
+    if any(p not in BODY_REGIONS for p in parts):
+        raise BundleError(
+            f"model card field 'body_region' is {value!r}; each ';'-separated part must be one of "
+            f"{', '.join(BODY_REGIONS)}."
+        )
+
+
 @dataclasses.dataclass
 class ModelCard:
     """The facts about one model that selection, inference and users need (``"modelselector"`` block).
@@ -158,7 +167,7 @@ class ModelCard:
                 "(the task types this version can run)."
             )
         _check_modality(self.modality)
-        self._validate_body_region()
+        _check_body_region(self.body_region)
         self._validate_labels()
         _check_int(self.input_channels, "input_channels", 1)
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
@@ -220,23 +229,13 @@ class ModelCard:
                 f"model card field 'inference.keep_largest_component' is {keep!r}; expected label values."
             )
 
-    @classmethod
-    def check_identity(cls, name: str, modality: str, body_region: str) -> None:
+    @staticmethod
+    def check_identity(name: str, modality: str, body_region: str) -> None:
         """Check a future card's name, modality and body region as :meth:`validate` would, so that a training run
         is refused before it starts rather than after (raises :class:`BundleError`)."""
         _check_safe_name("name", name)
         _check_modality(modality)
-        cls(name=name, version="0.1.0", task_type="segmentation", modality=modality,
-            body_region=body_region)._validate_body_region()  # fmt: skip
-
-    def _validate_body_region(self) -> None:
-        parts = self.body_region.split(";") if isinstance(self.body_region, str) else [None]
-        bad = [p for p in parts if p not in BODY_REGIONS]
-        if bad:
-            raise BundleError(
-                f"model card field 'body_region' is {self.body_region!r}; each ';'-separated part must be one of "
-                f"{', '.join(BODY_REGIONS)}."
-            )
+        _check_body_region(body_region)
 
     def _validate_labels(self) -> None:
         if not isinstance(self.labels, list):
