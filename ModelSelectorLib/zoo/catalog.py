@@ -56,6 +56,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 CATALOG = "zoo.json"
 MODELS = "models"
 FORMAT = 1
+_ZOO_OWN_NAMES = frozenset({MODELS, atomic.LOCK_NAME})  # what an interrupted create may have left
 _CREATE_HINT = "create one with `modelselector zoo init --zoo PATH` or `modelselector train --out PATH`"
 _REBUILD_HINT = ("restore it from a backup, or make a new zoo (`modelselector zoo init --zoo NEW`) and `modelselector "
                  "zoo add` the bundles under this zoo's models/ folder to it")  # fmt: skip
@@ -160,6 +161,12 @@ class Zoo:
             if not exist_ok:
                 raise ZooError(f"{path}: is already a zoo with {len(zoo.names())} model(s).")
             return zoo
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in _ZOO_OWN_NAMES) if path.is_dir() else []
+        if foreign:  # a data or output folder given by mistake must not become a zoo around its files
+            raise ZooError(
+                f"{path}: is not a zoo and holds other files ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); give an existing zoo or a new or empty folder."
+            )
         (path / MODELS).mkdir(parents=True, exist_ok=True)
         with atomic.writer_lock(path):
             if not (path / CATALOG).exists():  # another process may have created it meanwhile

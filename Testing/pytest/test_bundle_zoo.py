@@ -283,6 +283,18 @@ def test_zoo_open_errors(tmp_path):
         Zoo.create(tmp_path)  # never overwrites a corrupt catalog
 
 
+def test_zoo_create_refuses_a_folder_of_other_files(tmp_path):
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+    with pytest.raises(ZooError, match=r"not a zoo and holds other files \(dataset.json, imagesTr\)"):
+        Zoo.create(data)
+    assert sorted(p.name for p in data.iterdir()) == ["dataset.json", "imagesTr"]  # nothing added
+    interrupted = tmp_path / "zoo"
+    (interrupted / "models").mkdir(parents=True)  # what a create killed before its catalog leaves
+    assert Zoo.create(interrupted).names() == []
+
+
 def test_zoo_api_versions_and_errors(tmp_path):
     zoo = Zoo.create(tmp_path / "zoo")
     assert zoo.list() == [] and Zoo.create(tmp_path / "zoo").path == zoo.path
