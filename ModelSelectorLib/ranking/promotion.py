@@ -222,6 +222,7 @@ def promote(
     device: str = "cpu",
     cancel: Optional[Any] = None,
     dry_run: bool = False,
+    candidate_label: Optional[str] = None,
 ) -> dict[str, Any]:
     """Gate a candidate bundle against the task's current version and promote it if it is better.
 
@@ -233,6 +234,8 @@ def promote(
         metric, method, level, min_improvement: the gate (see :func:`gate`); ``metric`` defaults to the task's
             ranking metric (``dice`` for segmentation, ``mre_mm`` for landmarks).
         dry_run: decide and report, change nothing.
+        candidate_label: what the history and version record call the candidate (default: its path relative to
+            the zoo; a candidate in a temporary folder needs words that stay true).
 
     Returns:
         ``{"accepted", "version" (new current, if accepted), "previous", "gate" (dict or None), "candidate":
@@ -263,7 +266,7 @@ def promote(
     cand_scores = _scores(cand_cases, metric)
     result: dict[str, Any] = {"task": task, "metric": metric, "split": _zoo_relative(split_path, zoo.path),
                               "candidate": summary_over_cases(cand_cases),
-                              "candidate_bundle": _zoo_relative(Path(candidate), zoo.path),
+                              "candidate_bundle": candidate_label or _zoo_relative(Path(candidate), zoo.path),
                               "candidate_card": _identity(Path(candidate), cand.card)}  # fmt: skip
     if task in zoo:
         current_version = zoo.current(task)
@@ -475,9 +478,10 @@ def retrain(
         card = zoo.card(task)
         bundle = train_segmentation(Path(tmp) / "data", task, Path(tmp) / "zoo", config, modality=card.modality,
                                     body_region=card.body_region, cancel=cancel)  # fmt: skip
-        return promote(
-            zoo_dir, task, bundle, split_path, metric, method, level, min_improvement, device, cancel
-        )
+        changed = ", ".join(f"{k}={v}" for k, v in sorted((settings or {}).items())) or "the current settings"
+        label = f"retrained on {len(keep)} cases of {dataset.root.resolve()} with {changed}"
+        return promote(zoo_dir, task, bundle, split_path, metric, method, level, min_improvement, device, cancel,
+                       candidate_label=label)  # fmt: skip
 
 
 __all__ = [

@@ -161,7 +161,9 @@ class Zoo:
             if not exist_ok:
                 raise ZooError(f"{path}: is already a zoo with {len(zoo.names())} model(s).")
             return zoo
-        foreign = sorted(p.name for p in path.iterdir() if p.name not in _ZOO_OWN_NAMES) if path.is_dir() else []
+        foreign = (
+            sorted(p.name for p in path.iterdir() if p.name not in _ZOO_OWN_NAMES) if path.is_dir() else []
+        )
         if foreign:  # a data or output folder given by mistake must not become a zoo around its files
             raise ZooError(
                 f"{path}: is not a zoo and holds other files ({', '.join(foreign[:3])}"

@@ -169,8 +169,13 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
         retrain(tmp_path / "no-zoo", "disks", models["msd"], models["split"])
     assert not (tmp_path / "no-zoo").exists() and Zoo(zoo).names() == ["disks"]
     res = retrain(zoo, "disks", models["msd"], models["split"], {"epochs": 8, "lr": 0.01})
-    assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
     test_ids = {c["id"] for c in json.loads(models["split"].read_text(encoding="utf-8"))["cases"]}
+    assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
+    # the retrained bundle's folder is gone; the history names its recipe instead
+    source = Zoo(zoo).version_info("disks")["source"]
+    cases = f"{10 - len(test_ids)} cases of {models['msd'].resolve()}"
+    assert source == f"retrained on {cases} with epochs=8, lr=0.01"
+    assert Zoo(zoo).history("disks")[-1]["candidate"] == source
     curve = json.loads((Zoo(zoo).get("disks") / "docs" / "training_curve.json").read_text(encoding="utf-8"))
     seen = {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]}
     assert len(seen) == 10 - len(test_ids) and not seen & test_ids  # every case but the test cases
