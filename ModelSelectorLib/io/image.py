@@ -250,11 +250,45 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
         img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{folder}: the DICOM series could not be read ({_itk_reason(e)[:300]}).") from e
+    _check_slice_positions(reader, img, folder)
     meta: dict[str, Any] = {"format": "dicom", "n_files": len(files)}
     for tag, key in _DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
             meta[key] = reader.GetMetaData(0, tag).strip()
     return img, meta
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, img: sitk.Image, folder: Path) -> None:
+    """Refuse a series whose slices do not lie where the volume's regular grid puts them.
+
+    ITK builds the grid from the first slice's orientation and the mean slice distance, so a gantry-tilted
+    (sheared) series or one with missing or duplicated slices would be read without error on a grid that
+    misplaces its slices, and every result written on that grid would be misplaced too. Slices without an
+    Image Position (Patient) are not checked.
+
+    Raises:
+        InputError: a slice lies more than a tenth of the slice distance from its grid position.
+    """
+    n = img.GetDepth()
+    if n < 2 or not all(reader.HasMetaDataKey(k, "0020|0032") for k in range(n)):
+        return
+    try:
+        actual = np.array(
+            [[float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")] for k in range(n)]
+        )
+    except ValueError:  # a malformed position: the grid cannot be checked against it
+        return
+    grid = np.array([img.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, float(k))) for k in range(n)])
+    off = np.linalg.norm(actual - grid, axis=1)
+    worst = int(np.argmax(off))
+    if actual.shape[1] == 3 and off[worst] > 0.1 * img.GetSpacing()[2]:
+        steps = np.diff(actual, axis=0) @ np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
+        raise InputError(
+            f"{folder}: the DICOM series' slices are not on one regular grid (slice {worst + 1} of {n} lies "
+            f"{off[worst]:.1f} mm from its grid position; slice distances {steps.min():.2f}-{steps.max():.2f} mm): "
+            "gantry tilt, or missing or repeated slices; load it in Slicer with the DICOM module's acquisition "
+            "geometry regularization and save it as NRRD, or resample it, and give that file."
+        )
 
 
 def _itk_reason(e: BaseException) -> str:

@@ -84,7 +84,9 @@ def test_a_truncated_png_and_a_renamed_text_file_are_named_as_such(tmp_path):
         read_image(tmp_path / "notes.nii.gz")
 
 
-def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0), description=""):
+def _write_dicom_series(
+    folder, array, series_uid, spacing=(0.8, 0.8, 2.0), description="", shift_per_slice=0.0
+):
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -96,7 +98,7 @@ def _write_dicom_series(folder, array, series_uid, spacing=(0.8, 0.8, 2.0), desc
             "0018|0015": "ABDOMEN",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
             "0020|000e": series_uid,
-            "0020|0032": f"0\\0\\{k * spacing[2]}",
+            "0020|0032": f"0\\{k * shift_per_slice}\\{k * spacing[2]}",  # a shift: gantry tilt
             "0020|0037": "1\\0\\0\\0\\1\\0",
             "0020|0013": str(k + 1),
             "0008|0018": f"{series_uid}.{k + 1}",
@@ -116,6 +118,18 @@ def test_dicom_series_folder(tmp_path):
     assert img.ndim == 3 and img.array.shape == (5, 16, 16)
     np.testing.assert_allclose(img.spacing, (0.8, 0.8, 2.0), atol=1e-4)
     assert img.meta["modality"] == "CT" and img.meta["body_part"] == "ABDOMEN"
+
+
+def test_dicom_series_off_a_regular_grid_is_refused(tmp_path):
+    arr = np.random.default_rng(0).integers(-100, 300, (6, 8, 8))
+    _write_dicom_series(tmp_path / "tilt", arr, "1.2.826.0.1.3680043.2.1125.101", shift_per_slice=1.0)
+    with pytest.raises(InputError, match=r"not on one regular grid \(slice 6 of 6 lies 5\.\d mm from its grid "
+                                         r"position.*gantry tilt, or missing or repeated slices; load it in Slicer"):  # fmt: skip
+        read_image(tmp_path / "tilt")
+    _write_dicom_series(tmp_path / "gap", arr, "1.2.826.0.1.3680043.2.1125.101")
+    sorted((tmp_path / "gap").iterdir())[2].unlink()  # a missing slice
+    with pytest.raises(InputError, match=r"slice distances 2\.00-4\.00 mm"):
+        read_image(tmp_path / "gap")
 
 
 def test_dicom_folder_with_mixed_series_is_refused(tmp_path):
