@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +29,11 @@ IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: ``Image.meta["format"]`` of files without a pixel size
 PICTURE_FORMATS = frozenset(s.lstrip(".") for s in IMAGE_2D_SUFFIXES)
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+#: a viewer's right and down (LPS) for a slice whose normal lies nearest the world axis x, y or z (radiological
+#: convention): sagittal (posterior right, inferior down), coronal and axial (patient left on the right; inferior
+#: or posterior down)
+_VIEW_RIGHT_DOWN = {0: ((0, 1, 0), (0, 0, -1)), 1: ((1, 0, 0), (0, 0, -1)), 2: ((1, 0, 0), (0, 1, 0))}
 
 # DICOM tags copied into Image.meta when present (used by header-based rules and model cards).
 _DICOM_TAGS = {
@@ -110,7 +115,10 @@ class Image:
         DICOM radiograph without a pixel spacing; True for every other image."""
         if str(self.meta.get("format", "")).lower() in PICTURE_FORMATS:
             return False
-        return not (self.is_single_slice and all(float(s) == 1.0 for s in self.spacing[:2]))
+        if not self.is_single_slice:
+            return True
+        in_plane = [float(s) for a, s in enumerate(self.spacing) if a != self.slice_axis]
+        return not all(s == 1.0 for s in in_plane)
 
     def as_3d(self) -> Image:
         """This image as a volume: a 2D image becomes one slice of 1 mm thickness, geometry kept in-plane."""
@@ -129,34 +137,99 @@ class Image:
         )
 
     @property
+    def slice_axis(self) -> Optional[int]:
+        """The axis (ITK order: 0 = i, 1 = j, 2 = k) along which a volume has a single voxel: a lone axial,
+        coronal or sagittal slice (k when several axes have one); None for 2D images and other volumes."""
+        if self.ndim != 3:
+            return None
+        return next((a for a in (2, 1, 0) if self.size[a] == 1), None)
+
+    @property
     def is_single_slice(self) -> bool:
-        """True for a 2D image and for a volume of one slice (a radiograph stored as NIfTI/NRRD)."""
-        return self.ndim == 2 or (self.ndim == 3 and self.array.shape[0] == 1)
+        """True for a 2D image and for a volume of one slice along any axis (a radiograph stored as NIfTI/NRRD,
+        a slice cropped from a volume)."""
+        return self.ndim == 2 or self.slice_axis is not None
+
+    def view_frame(self) -> np.ndarray:
+        """``(ndim, 2)``: the world directions (LPS) of a viewer's right and down on this 2D image or lone slice,
+        by the plane the slice lies nearest (radiological convention; a 2D image's are its world x and y)."""
+        if self.ndim == 2:
+            return np.eye(2)
+        normal = self.direction_matrix()[:, self.slice_axis]
+        return np.array(_VIEW_RIGHT_DOWN[int(np.argmax(np.abs(normal)))], dtype=float).T
+
+    def in_view_layout(self) -> tuple[Image, Callable[[np.ndarray], np.ndarray]]:
+        """This 2D image or lone slice with its pixels transposed and flipped so that ``i`` points to the
+        viewer's right and ``j`` down (:meth:`view_frame`) and, for a volume, ``k`` is the single slice; every
+        pixel keeps its world position (spacing, origin and direction follow the pixels). A model that reads
+        the pixels as a picture then sees what a viewer sees, whatever the order the file stored them in.
+
+        Returns:
+            ``(image, restore)``: ``restore`` maps an array in the new layout (spatial axes first, in array
+            order) back to this image's layout.
+
+        Raises:
+            InputError: a volume of several slices.
+        """
+        if not self.is_single_slice:
+            raise InputError(
+                f"the image is a volume of {self.size} voxels, not a 2D image or a single slice."
+            )
+        n, d, frame = self.ndim, self.direction_matrix(), self.view_frame()
+        plane = [a for a in range(n) if a != self.slice_axis]
+        along = frame.T @ d[:, plane]  # how the slice's two axes lie along right and down
+        order = (
+            plane
+            if abs(along[0, 0]) + abs(along[1, 1]) >= abs(along[0, 1]) + abs(along[1, 0])
+            else plane[::-1]
+        )
+        signs = [1.0 if frame[:, v] @ d[:, a] >= 0 else -1.0 for v, a in enumerate(order)]
+        axes, signs = order + [a for a in range(n) if a not in order], signs + [1.0] * (n - 2)
+        perm = [n - 1 - a for a in reversed(axes)] + list(
+            range(n, self.array.ndim)
+        )  # array axes: ITK reversed
+        flips = tuple(n - 1 - p for p, sg in enumerate(signs) if sg < 0)
+        start = np.array([0.0 if sg > 0 else self.size[a] - 1.0 for a, sg in zip(axes, signs)])[
+            np.argsort(axes)
+        ]
+        laid = Image(
+            np.flip(self.array.transpose(perm), flips),
+            tuple(self.spacing[a] for a in axes),
+            tuple((self.ijk_to_lps() @ np.append(start, 1.0))[:n].tolist()),
+            tuple(np.stack([d[:, a] * sg for a, sg in zip(axes, signs)], axis=1).ravel().tolist()),
+            dict(self.meta),
+        )
+
+        def restore(array: np.ndarray) -> np.ndarray:
+            back = np.flip(array, flips)
+            return back.transpose([*np.argsort(perm[:n]).tolist(), *range(n, back.ndim)])
+
+        return laid, restore
 
     def as_2d(self) -> Image:
-        """This image as a 2D image: a one-slice volume loses its third axis; a 2D image is returned as is.
+        """This image as a 2D image: a lone slice in :meth:`in_view_layout` without its slice axis; a 2D image
+        is returned as is.
 
-        The slice's in-plane spacing and origin are kept. Its direction is kept too when the slice's
-        ``i, j`` axes lie in the world x-y plane (the 2x2 block is then a rotation or reflection), so that a
-        model sees the slice in the same world orientation as its 3D neighbours; for a slice in another
-        plane (a coronal radiograph stored with its DICOM orientation) a 2D direction cannot express it
-        and the identity is used: the pixels are taken as stored, as PNG images are.
+        The 2D direction is the slice's in-plane rotation in its view frame (an axial slice keeps its 2x2
+        block), made orthonormal, so that a model sees the slice as a viewer does, upright; the origin is the
+        slice's first pixel in that frame. Where a slice lies in the world is left to the 3D image it came
+        from.
 
         Raises:
             InputError: a volume with more than one slice.
         """
         if self.ndim == 2:
             return self
-        if self.array.shape[0] != 1:
+        if not self.is_single_slice:
             raise InputError(
                 f"the image is a volume of {self.array.shape[0]} slices, not a 2D image; choose a model that "
                 "takes volumes, or extract one slice."
             )
-        d = self.direction_matrix()[:2, :2]
-        if not np.allclose(d.T @ d, np.eye(2), atol=1e-4):
-            d = np.eye(2)
-        return Image(self.array[0], tuple(self.spacing[:2]), tuple(self.origin[:2]), tuple(d.ravel().tolist()),
-                     dict(self.meta))  # fmt: skip
+        frame = self.view_frame()
+        laid, _ = self.in_view_layout()
+        u, _, vt = np.linalg.svd(frame.T @ laid.direction_matrix()[:, :2])
+        return Image(laid.array[0], tuple(laid.spacing[:2]), tuple((frame.T @ np.asarray(laid.origin)).tolist()),
+                     tuple((u @ vt).ravel().tolist()), dict(self.meta))  # fmt: skip
 
     def to_grayscale(self) -> Image:
         """Single-component float image; colour pixels are mixed with ITU-R BT.601 luma weights."""

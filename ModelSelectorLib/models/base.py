@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+import numpy as np
+
 from ..errors import InputError
 from ..io.image import Image, check_image_content
 
@@ -56,6 +58,15 @@ def quality_text(held_out: Optional[dict[str, Any]], demonstration: bool) -> str
         "-" if not held_out else f"{held_out['metric']} {float(held_out['value']):.2f} ({held_out['cases']})"
     )
     return f"{text}, demonstration" if demonstration else text
+
+
+def to_image_layout(image: Image, array: np.ndarray) -> np.ndarray:
+    """A result ``array`` on the grid :meth:`TaskRuntime.input_image` gave for ``image`` (a lone slice in its
+    view layout: ``(y, x)`` or ``(1, y, x)``) in ``image``'s own array layout; for other images, reshaped to it."""
+    if image.ndim == 3 and image.is_single_slice:
+        laid, restore = image.in_view_layout()
+        return np.ascontiguousarray(restore(array.reshape(laid.array.shape[:3])))
+    return array.reshape(image.array.shape[: image.ndim])
 
 
 class TaskRuntime(abc.ABC):
@@ -170,7 +181,8 @@ class TaskRuntime(abc.ABC):
     def input_image(self, image: Image) -> Image:
         """``image`` as this model takes it: one component, the model's dimensions (a one-slice volume
         becomes a 2D image for a 2D model, a 2D image a one-slice volume for a 3D model that works slice by
-        slice), content checked.
+        slice), content checked. A lone slice is given in its view layout (:meth:`Image.as_2d`), so that a
+        slice of any plane or tilt is read in its own plane; :func:`to_image_layout` puts a result back.
 
         Raises:
             InputError: a volume of several slices for a 2D model; a lone 2D slice for a 3D model whose
@@ -191,8 +203,8 @@ class TaskRuntime(abc.ABC):
                 f"the model {self.card.name} takes 3D volumes{depth} and the input is a single 2D slice; give it "
                 "the whole volume (the DICOM series folder, or a NIfTI/NRRD volume) or choose a 2D model."
             )
-        elif img.ndim == 2:
-            img = img.as_3d()
+        else:  # a lone slice for a model that works slice by slice: in its own plane, as a viewer sees it
+            img = img.as_2d().as_3d() if img.is_single_slice else img
         check_image_content(img, str(img.meta.get("path", "image")))
         return img
 

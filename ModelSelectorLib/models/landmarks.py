@@ -90,6 +90,12 @@ def to_original(points: np.ndarray, scale: Sequence[float]) -> np.ndarray:
 LANDMARK_ENTROPY_SCALE = 0.1
 
 
+def _as_viewed(image: Image) -> Image:
+    """A 2D image or lone slice in its view layout (:meth:`Image.in_view_layout`); other images unchanged (the
+    runtime refuses them with its own message)."""
+    return image.in_view_layout()[0] if image.is_single_slice else image
+
+
 def contour_curves(points_lps: np.ndarray, names: Sequence[str], model: str) -> list[Curve]:
     """One closed curve per landmark group of ``names`` (``GROUP_NN``): the lungs, the heart and the
     clavicles are outlines (the clavicles' contours run around each bone); a group of two points is an open
@@ -200,7 +206,7 @@ class LandmarkRuntime(TaskRuntime):
         to original pixels, ``image`` is the 2D greyscale input actually used."""
         import torch
 
-        img = self.input_image(image)
+        img = self.input_image(_as_viewed(image))
         size = int((self.card.roi_size or [64, 64])[0])
         net_in, scale = resize_image(np.asarray(img.array, np.float32), size)
         with torch.no_grad():
@@ -208,12 +214,12 @@ class LandmarkRuntime(TaskRuntime):
         return out, scale, img
 
     def points_px(self, image: Image, cancel: Optional[Any] = None) -> tuple[np.ndarray, Image]:
-        """Landmarks ``(P, 2)`` ``(x, y)`` in pixels of ``image`` through every stage of the model, and the 2D
-        greyscale input used."""
+        """Landmarks ``(P, 2)`` ``(x, y)`` in pixels of ``image`` in its view layout (:meth:`Image.in_view_layout`,
+        the layout as stored for a picture) through every stage of the model, and the 2D greyscale input used."""
         import torch
 
         check_cancel(cancel)
-        img = self.input_image(image)
+        img = self.input_image(_as_viewed(image))
         size = int((self.card.roi_size or [64, 64])[0])
         arr = np.asarray(img.array, np.float32)
         net_in, scale = resize_image(arr, size)
@@ -229,7 +235,9 @@ class LandmarkRuntime(TaskRuntime):
     def predict(self, image: Image, cancel: Optional[Any] = None) -> Prediction:
         """Landmarks of ``image`` in LPS millimetres: ``value`` is ``(P, 3)`` (z = the slice's position;
         0 for a 2D image), ``names`` the card's point names, ``meta["points_px"]`` the ``(P, 2)`` pixel
-        positions ``(x, y)`` in the 2D input."""
+        positions ``(x, y)`` in the 2D input; ``image`` is the input in its view layout (a radiograph stored
+        mirrored or transposed is read as a viewer sees it, so left and right stay where they are)."""
+        image = _as_viewed(image)
         pts, img = self.points_px(image, cancel)
         ref = image if image.ndim == 3 else img  # a one-slice volume: the points lie in its slice
         n = ref.ndim

@@ -37,7 +37,7 @@ from ..io.geometry import CANONICAL_AXCODES, axcodes_direction, reference_grid, 
 from ..io.image import Image
 from ..io.segmentation import Segment, write_segmentation
 from ..progress import check_cancel, progress_bar
-from .base import Prediction, TaskRuntime
+from .base import Prediction, TaskRuntime, to_image_layout
 from .bnstats import BNStatHooks
 from .monai_workflow import MONAI_RUN_USAGE, workflow_sections
 from .preprocessing import background_value, normalize_intensity, preprocess
@@ -182,7 +182,8 @@ def predict_probabilities(
     total = None
     combos = mirror_combinations(mirror_axes)
     for combo in combos:
-        flipped = np.ascontiguousarray(np.flip(array, combo)) if combo else array
+        flipped = np.flip(array, combo).copy() if combo else array  # a copy: a flipped axis of length 1 keeps a
+        # negative stride through ascontiguousarray, which torch refuses
         logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode, step)
         with torch.inference_mode():
             probs = torch.softmax(logits.float(), dim=0)
@@ -423,7 +424,7 @@ class SegmentationRuntime(TaskRuntime):
             labels = labels_to_input_grid(
                 keep_largest_component(net_labels.astype(np.uint8), keep), grid, image_in
             )
-        out = image.with_array(labels.reshape(image.array.shape[: image.ndim]))
+        out = image.with_array(to_image_layout(image, labels))
         out.meta = {"model": card.name, "model_version": card.version}
         return Prediction(card.name, card.version, image, out, list(card.label_names))
 

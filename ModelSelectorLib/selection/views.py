@@ -202,8 +202,8 @@ def image_views(
     arr = np.asarray(img.array)
     if arr.size == 0:
         raise InputError("image has no voxels; nothing to embed.")
-    if img.is_single_slice:  # a one-slice volume is a 2D image
-        img = img.as_2d()
+    if img.is_single_slice:  # a one-slice volume is a 2D image, read as a viewer sees it
+        img = img.in_view_layout()[0].as_2d()
     elif img.ndim == 3:
         img = decimated(img, spacing_mm)
     arr = img.array

@@ -90,6 +90,9 @@ def test_mirroring_maps_each_prediction_back():
     plain = predict_probabilities(net, arr, (8, 8, 4), mode="gaussian", overlap=0.5)
     mirrored = predict_probabilities(net, arr, (8, 8, 4), mode="gaussian", overlap=0.5, mirror_axes=(0, 1, 2))
     assert plain.shape == (3, 12, 10, 6) and np.allclose(plain, mirrored, atol=1e-5)
+    one_slice = arr[:, :, :1]  # mirrored along an axis of length 1: a flip numpy cannot make contiguous
+    mirrored = predict_probabilities(net, one_slice, (8, 8, 1), mirror_axes=(0, 2))
+    assert np.allclose(predict_probabilities(net, one_slice, (8, 8, 1)), mirrored, atol=1e-5)
 
 
 def test_keep_largest_component_per_label():
