@@ -74,7 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = lsub.add_parser("apply", help="apply a landmark model: contours as Slicer curves, or a point list",
                         description="Apply landmark model --model to IMAGE and write --out (.mrk.json, LPS mm): one "
                         "closed curve per structure (lungs, heart, clavicles), or with --points one point list.")  # fmt: skip
-    a.add_argument("image", type=Path, help="image file (PNG, NRRD, NIfTI, DICOM, ...)")
+    a.add_argument(
+        "image", type=Path, help="image file (PNG, NRRD, NIfTI, DICOM, ...) or DICOM series folder"
+    )
+    a.add_argument(
+        "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
+    )
     a.add_argument("--zoo", type=Path, help="zoo folder (default: $MODELSELECTOR_ZOO or the bundled zoo)")
     a.add_argument("--model", default="dx-chest-landmarks", help="landmark model in the zoo")
     a.add_argument("--out", type=Path, required=True, help="output OUT.mrk.json")
@@ -155,9 +160,8 @@ def run_apply(args: argparse.Namespace) -> int:
     if not hasattr(runtime_class(card.task_type), "write_points"):
         raise InputError(f"{args.model} is a {card.task_type} model; `landmarks apply` runs landmark models.")
     # the image is checked (and warned about) as `apply` does, before the model is loaded
-    image = read_model_input(
-        args.image, card, warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr)
-    )
+    image = read_model_input(args.image, card, series_uid=args.series,
+                             warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr))  # fmt: skip
     runtime = open_runtime(zoo, args.model, args.device)
     prediction = runtime.predict(image)
     print(runtime.write_points(prediction, out) if args.points else runtime.write(prediction, out))

@@ -88,7 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     db.add_argument("--split", type=Path, required=True, help="test split file (test_split.json)")
     db.add_argument("--out", type=Path, required=True, help="dashboard folder to write")
     db.add_argument(
-        "--metric", type=metric_name, default="dice", help="metric ordering the case table (worst first)"
+        "--metric",
+        type=metric_name,
+        help="metric ordering the case table, worst first (default: the model's ranking metric: dice, or mre_mm "
+        "for landmark models)",
     )
     db.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     db.set_defaults(func=run_dashboard)
@@ -137,12 +140,21 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..io.outputs import check_output_folder
-    from ..ranking.leaderboard import evaluate_candidate, write_dashboard
+    from ..ranking.leaderboard import evaluate_candidate, metric_problem, write_dashboard
+    from ..ranking.scoring import primary_metric
     from ..ranking.sweep import read_split
+    from ..zoo.bundle import validate_bundle
 
     check_output_folder(args.out)
     split = read_split(args.split)
+    task_type = validate_bundle(args.bundle).task_type
+    metric = args.metric or primary_metric(task_type)
+    # a metric the model cannot have is refused before the whole split is evaluated
+    problem = metric_problem(task_type, metric, split.get("labels"))
+    if problem:
+        raise InputError(f"{args.bundle}: {problem}")
     ev = evaluate_candidate(args.bundle, split, args.out / "evaluation.json", args.out, device=args.device)
-    print(write_dashboard(ev, args.out, args.metric))
+    print(write_dashboard(ev, args.out, metric))
     return 0

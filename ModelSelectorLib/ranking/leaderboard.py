@@ -28,7 +28,7 @@ from .. import atomic
 from ..errors import DatasetError, InputError, ModelSelectorError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
 from ..io.image import Image
-from ..models.registry import DEFAULT_TASK_TYPE, runtime_for
+from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
 from ..provenance import utc_timestamp
 from .scoring import evaluate_cases, primary_metric
 
@@ -139,6 +139,32 @@ def render_points_overlay(
     return atomic.save_figure(fig, path, dpi=dpi)
 
 
+def truth_and_prediction_points(prediction: Any, reference: PathLike) -> dict[str, Any]:
+    """What :func:`render_points_overlay` draws for a landmark case: the true points of ``reference`` (a
+    ``<id>_landmarks.json`` in pixels of the image) in :data:`GT_COLOR` and the predicted ones in
+    :data:`PRED_COLOR`, both in LPS mm of the prediction's 2D image.
+
+    Args:
+        prediction: a landmark :class:`~ModelSelectorLib.models.base.Prediction` (``value`` ``(P, 3)`` LPS,
+            ``names`` ``GROUP_NN``).
+        reference: its true points; points the file lacks are not drawn.
+    """
+    from ..models.landmark_schema import LandmarkSchema
+    from ..models.landmark_scoring import read_landmark_json
+
+    image = prediction.image.to_grayscale() if prediction.image.is_multicomponent else prediction.image
+    flat = image.as_2d() if image.is_single_slice else image
+    # the points the scorer compares with (the file's spacing does not matter for a picture)
+    truth_px, _, _, _ = read_landmark_json(reference, LandmarkSchema.from_names(prediction.names))
+    truth_px = truth_px[np.isfinite(truth_px).all(axis=1)]
+    m = flat.ijk_to_lps()
+    truth = np.zeros((len(truth_px), 3))
+    truth[:, :2] = truth_px @ m[:2, :2].T + m[:2, -1]
+    pred = np.asarray(prediction.value, float).reshape(-1, 3)
+    return {"points_lps": np.concatenate([truth, pred]),
+            "point_colors": [GT_COLOR] * len(truth) + [PRED_COLOR] * len(pred)}  # fmt: skip
+
+
 def render_curve(curve: Mapping[str, Any], path: PathLike) -> Optional[Path]:
     """Write training and validation loss (left axis) and validation Dice (right axis) per epoch as a PNG.
 
@@ -207,7 +233,6 @@ def evaluate_candidate(
 
     loaded = load_bundle(bundle_dir, device=device)
     card = loaded.card
-    runtime = runtime_for(loaded, device=device)
     labels = {int(k): str(v) for k, v in split["labels"].items()}
     outputs = {int(lb["value"]) for lb in card.labels if "value" in lb}
     # the model would score 0 on labels it never outputs
@@ -224,8 +249,8 @@ def evaluate_candidate(
             name = f"{_file_id(case_id)}.png"
             if isinstance(pred, Image):  # a label map: contours of truth and prediction
                 render_overlay(image, truth.array, pred.array, overlays / name)
-            else:
-                render_points_overlay(image, runtime.overlay(pred), overlays / name)
+            else:  # points: the reference file's in green, the prediction's in red
+                render_points_overlay(image, truth_and_prediction_points(pred, truth), overlays / name)
             return {"overlay": f"overlays/{name}"}
 
     cases = evaluate_cases(loaded, split["cases"], labels, device=device, cancel=cancel, on_case=on_case,
@@ -241,6 +266,35 @@ def evaluate_candidate(
     }
     atomic.write_json(out_json, _finite(result))
     return result
+
+
+#: what a runtime that scores its predictions against reference files (landmarks) writes per case: the families
+#: of radial errors and detection rates (``mre_mm``, ``rmse_px``, ``sdr_4``, ``sdr_px_5``) and the lungs' Dice
+REFERENCE_METRIC_FAMILIES = ("mre", "rmse", "sdr")
+REFERENCE_METRICS = ("dice_lungs",)
+
+
+def metric_problem(task_type: str, metric: str, labels: Optional[Mapping[Any, str]] = None) -> Optional[str]:
+    """Why the evaluation of a ``task_type`` model would have no ``metric`` (None when it may have it), told
+    before the model is evaluated rather than after every case was.
+
+    Args:
+        labels: the split's ``{value: name}`` (segmentation: several labels add ``<metric>_<label>``).
+    """
+    if runtime_class(task_type).scores_references:
+        ok = metric.split("_", 1)[0] in REFERENCE_METRIC_FAMILIES or metric in REFERENCE_METRICS
+        known = ", ".join([f"{f}_..." for f in REFERENCE_METRIC_FAMILIES] + list(REFERENCE_METRICS))
+    else:
+        names = list((labels or {}).values())
+        per_label = [f"{m}_{n}" for m in SEGMENTATION_METRICS for n in names] if len(names) > 1 else []
+        ok = metric in (*SEGMENTATION_METRICS, "nsd", *per_label)
+        known = ", ".join([*SEGMENTATION_METRICS, *per_label])
+    if ok:
+        return None
+    return (
+        f"metric {metric!r} is not among the metrics of a {task_type} model ({known}); its ranking metric is "
+        f"{primary_metric(task_type)}."
+    )
 
 
 def _file_id(case_id: str) -> str:
@@ -261,13 +315,19 @@ def _finite(obj: Any) -> Any:
 
 # --- statistics and ranking -----------------------------------------------------------------------------
 def metric_names(cases: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The scalar metrics present in every case, main ones (``dice``, ``hd95``, ``msd``) first."""
-    if not cases:
-        return []
-    common = [k for k, v in cases[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    common = [k for k in common if all(k in c for c in cases)]
-    main = [m for m in SEGMENTATION_METRICS if m in common]
-    return main + sorted(k for k in common if k not in main)
+    """The scalar metrics that at least one case has a number for, main ones (``dice``, ``hd95``, ``msd``) first.
+
+    A case may lack a figure (``None`` after the JSON round trip of a NaN, e.g. ``mre_mm`` of an image without
+    a pixel spacing); the summaries skip such cases, so the metric still counts when any case has it.
+    """
+    found = {k for c in cases for k, v in c.items() if _is_number(v)}
+    main = [m for m in SEGMENTATION_METRICS if m in found]
+    return main + sorted(k for k in found if k not in main)
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite scalar figure (not a flag, a text, ``None`` or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def case_values(cases: Sequence[Mapping[str, Any]], metric: str) -> np.ndarray:
@@ -504,11 +564,13 @@ __all__ = [
     "PRED_COLOR",
     "candidate_row",
     "evaluate_candidate",
+    "metric_problem",
     "rank",
     "render_curve",
     "render_overlay",
     "render_points_overlay",
     "representative_slice",
+    "truth_and_prediction_points",
     "summarize",
     "write_dashboard",
     "write_leaderboard",

@@ -43,8 +43,9 @@ no choice has seen.
 
 ``task_type: landmarks`` makes a sweep of landmark models (:mod:`.landmark_sweep`): the dataset is a landmark
 folder and the settings are those of the landmark trainer (``variant``, ``fraction``, ``refine_steps``, ...);
-candidates are scored through their task runtime (MRE, SDR, lung Dice) on the landmark split's test images,
-which then serve for ranking and promotion alike.
+candidates are scored through their task runtime (MRE, SDR, lung Dice). Its splits are kept apart as here: the
+leaderboard ranks on the selection images, the test images (never ``not_in_test`` ones; case ids are image ids)
+are left for the promotion gate.
 """
 
 from __future__ import annotations
@@ -541,13 +542,17 @@ def _read_state(state_file: Path) -> dict[str, Any]:
 
 def _task_split(spec: SweepSpec, dataset_dir: PathLike, work: Path) -> tuple[Path, Path, Path]:
     """The fixed splits of the sweep's task: ``(training data folder, selection split file, test split file)``."""
+    # every task type keeps the test split apart from the selection split the candidates are ranked on
     backend = SWEEP_TASKS[spec.task_type]
-    if backend is not None:
-        root, split_file = backend.make_split(dataset_dir, work, spec.test_fraction, spec.seed)
-        return root, split_file, split_file
-    return make_split(
-        dataset_dir, work, spec.test_fraction, spec.seed, spec.selection_fraction, spec.not_in_test
-    )
+    split = backend.make_split if backend is not None else make_split
+    return split(dataset_dir, work, spec.test_fraction, spec.seed, spec.selection_fraction, spec.not_in_test)
+
+
+def _job_fields(spec: SweepSpec, work: Path) -> dict[str, Any]:
+    """What the sweep's task adds to every training job (landmarks: the image ids of the split's parts)."""
+    backend = SWEEP_TASKS[spec.task_type]
+    # it travels in the job itself, since a Ray worker may not see the sweep folder
+    return dict(backend.job_fields(work)) if backend is not None else {}
 
 
 def _same_settings(bundle: Path, settings: dict[str, Any], task_type: str = DEFAULT_TASK_TYPE) -> bool:
@@ -619,6 +624,7 @@ def run_sweep(
                              "split": split_file.name, "test_split": test_file.name, "seed": spec.seed,
                              "candidates": {}}  # fmt: skip
     state["candidates"].update(_read_state(state_file).get("candidates", {}))
+    extra = _job_fields(spec, work)
     jobs = []
     for cand in spec.candidates:
         model = spec.model_name(cand)
@@ -630,7 +636,7 @@ def run_sweep(
         jobs.append({"candidate": cand.name, "model": model, "settings": cand.settings, "dataset": str(train_dir),
                      "zoo": str(work / "work" / cand.name), "threads": threads, "modality": spec.modality,
                      "body_region": spec.body_region, "task_type": spec.task_type,
-                     "test_fraction": spec.test_fraction})  # fmt: skip
+                     "test_fraction": spec.test_fraction, **extra})  # fmt: skip
     atomic.write_json(state_file, state)
 
     bar = progress_bar(total=len(jobs), desc=f"sweep {spec.task}: train")

@@ -24,9 +24,10 @@ An earlier grid's ``results.json`` (without networks) continues in a fresh folde
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from .. import __version__, atomic
 from ..datasets.landmarks import LandmarkCase, find_landmark_folders, labelled_subset
-from ..errors import TrainingError
+from ..errors import DatasetError, TrainingError
 from ..models.heatmaps import heatmap_entropy
 from ..models.landmark_stages import REFINE_SCALE, mean_offsets, offset_model, stage
 from ..models.landmarks import landmark_labels, to_original
@@ -411,13 +412,21 @@ def train_into_zoo(
     weights: Optional[PathLike] = None,
     refiner: Optional[PathLike] = None,
     cancel: Optional[Any] = None,
+    splits: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> dict[str, Any]:
     """Train ``variant`` on the grid's split of ``data`` (or load ``weights``, a grid run's ``.pt``, and
     ``refiner``, its ``refiner_*.pt``), add the shape and refinement stages, score the model on the validation
     and test images, and add it to ``zoo`` as a bundle with task type ``landmarks``.
 
+    Args:
+        splits: ``{"train", "val", "test"}`` image ids to use instead of the grid's split. A sweep passes its
+            selection images as ``"test"``, so that no candidate sees the images its promotion is tested on.
+
     Returns:
         the zoo's catalog entry of the new model version.
+
+    Raises:
+        DatasetError: ``splits`` names an image that is not a labelled image of ``data``.
     """
     if variant not in VARIANTS:
         raise TrainingError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
@@ -425,6 +434,8 @@ def train_into_zoo(
     check_device(tc.device)
     with torch_threads(tc.threads):
         gd = load_grid_data(data, cfg, cancel=cancel)
+        if splits is not None:
+            gd.splits = _given_splits(gd, splits, data)
         reset_peak_memory(tc.device)
         t0 = time.perf_counter()
         net, later, keep = _zoo_network(gd, tc, variant, fraction, seed, weights, refiner, cancel)
@@ -433,16 +444,60 @@ def train_into_zoo(
                            None if weights is not None else seconds)  # fmt: skip
 
 
+def _given_splits(gd: GridData, splits: Mapping[str, Sequence[str]], data: PathLike) -> dict[str, list[str]]:
+    """``splits`` (``{"train", "val", "test"}`` image ids) checked against the labelled images of ``gd``."""
+    given = {part: sorted(str(i) for i in splits.get(part, [])) for part in ("train", "val", "test")}
+    unknown = sorted({i for ids in given.values() for i in ids} - set(gd.by_id))
+    if unknown:
+        raise DatasetError(f"{data}: the split names image(s) {', '.join(unknown[:3])} that are not among its "
+                           "labelled images; make the split of this folder again.")  # fmt: skip
+    empty = [part for part, ids in given.items() if not ids]
+    if empty:
+        raise DatasetError(
+            f"{data}: the split has no {' and no '.join(empty)} image; it needs all three parts."
+        )
+    return given
+
+
 def _load_weights(net: Any, path: PathLike, what: str, device: str = "cpu") -> Any:
     """``net`` with the weights of ``path`` (a run's ``.pt``), on ``device``, in eval mode: the device the
     grid trains and evaluates on, since the networks it trains stay there too."""
     import torch
 
     try:
-        net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError) as e:
-        raise TrainingError(f"{path}: not weights of the {what} ({e}).") from e
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        # a file that is no checkpoint fails in the unpickler in many ways (UnpicklingError, IndexError, ...),
+        # and torch's own message is several lines on unpickling untrusted code: not the user's remedy
+        raise TrainingError(
+            f"{path}: not a weights file (torch.load: {type(e).__name__}); pass the .pt a landmark grid run "
+            f"saved for the {what}."
+        ) from e
+    problem = _state_mismatch(net, state)
+    if problem:
+        raise TrainingError(f"{path}: not weights of the {what} ({problem}); pass a .pt of a run with the same "
+                            "network settings (the --config it was trained with).")  # fmt: skip
+    net.load_state_dict(state)
     return net.to(device).eval()
+
+
+def _state_mismatch(net: Any, state: Any, show: int = 3) -> Optional[str]:
+    """In a few words, how ``state`` (a loaded ``.pt``) does not fit ``net``'s state dict: ``show`` keys that are
+    missing, unexpected or of another shape, and how many more there are; None when it fits."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state dict"
+    own = net.state_dict()
+    kinds = (
+        [f"{k} missing" for k in own if k not in state],
+        [f"{k} unexpected" for k in state if k not in own],
+        [f"{k} of shape {tuple(getattr(state[k], 'shape', ()))}, not {tuple(own[k].shape)}" for k in own
+         if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)],
+    )  # fmt: skip
+    # one key of each kind first: what is missing and what is there instead tells which network the file holds
+    bad = [k for group in itertools.zip_longest(*kinds) for k in group if k is not None]
+    if not bad:
+        return None
+    return "keys " + ", ".join(bad[:show]) + (f" and {len(bad) - show} more" if len(bad) > show else "")
 
 
 def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: float, seed: int,

@@ -571,3 +571,41 @@ def test_grid_data_carries_the_configured_outlines(synth_data, tmp_path):
     gd = load_grid_data(synth_data, cfg)
     assert gd.extra_shapes.shape == (2, gd.schema.n_points, 2)
     assert load_grid_data(synth_data, GridConfig.quick()).extra_shapes is None
+
+
+# --- command-line errors ---------------------------------------------------------------------------------
+def test_weights_that_do_not_fit_are_one_short_line(synth_data, tmp_path, capsys):
+    from ModelSelectorLib.cli import main
+
+    not_pt = tmp_path / "notes.pt"
+    not_pt.write_bytes(b"these are not weights\n" * 10)
+    other = tmp_path / "other.pt"
+    torch.save(torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(4)]).state_dict(), str(other))
+    for weights, words in ((not_pt, "not a weights file"), (other, "unexpected")):
+        capsys.readouterr()
+        rc = main(["landmarks", "train", "--data", str(synth_data), "--zoo", str(tmp_path / "zoo"), "--quick",
+                   "--variant", "student_supervised", "--weights", str(weights)])  # fmt: skip
+        text = capsys.readouterr().err
+        errors = [line for line in text.splitlines() if line.startswith("modelselector: error")]
+        assert rc != 0 and "Traceback" not in text and len(errors) == 1 and len(errors[0]) < 500, text
+        err = errors[0]
+        assert str(weights) in err and words in err and "pass" in err
+    assert "and " in err and " more" in err  # at most 3 keys are named
+
+
+def test_landmarks_apply_reads_the_series_it_is_given(tmp_path, monkeypatch, capsys):
+    import ModelSelectorLib.apply as apply_module
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.resources import default_zoo_path
+
+    seen = {}
+
+    def read_model_input(path, card, series_uid=None, warn=None):
+        seen["series_uid"] = series_uid
+        raise InputError("stop here")
+
+    monkeypatch.setattr(apply_module, "read_model_input", read_model_input)
+    rc = main(["landmarks", "apply", "--zoo", str(default_zoo_path()), str(tmp_path), "--series", "1.2.3",
+               "--out", str(tmp_path / "o.mrk.json")])  # fmt: skip
+    assert rc != 0 and seen == {"series_uid": "1.2.3"} and "stop here" in capsys.readouterr().err

@@ -250,3 +250,77 @@ def test_leaderboard_and_dashboard_html(tmp_path):
     with pytest.raises(InputError, match="not among"):
         write_dashboard(ev, tmp_path / "dash", "nosuch")
     json.dumps(rows)  # rows are JSON-ready
+
+
+# --- landmark evaluations --------------------------------------------------------------------------------
+def test_a_metric_the_first_case_lacks_still_ranks_and_reports(tmp_path):
+    """An image without a pixel spacing has no mm figure (NaN, null after the JSON round trip); when it sorts first,
+    the metric must still count, since the other cases have it."""
+    from ModelSelectorLib.ranking.leaderboard import candidate_row, metric_names, rank, write_reports
+
+    def cases(mm):
+        return [{"id": "CHNCXR_0001_0", "mre_mm": None, "mre_px": 9.0, "dice_lungs": 0.9, "overlay": "o.png"},
+                {"id": "JPCLN001", "mre_mm": mm, "mre_px": 5.0, "dice_lungs": float("nan")}]  # fmt: skip
+
+    assert metric_names(cases(2.0)) == ["dice_lungs", "mre_mm", "mre_px"]
+    assert metric_names([{"id": "a", "mre_mm": None}, {"id": "b", "mre_mm": float("nan")}]) == []
+    rows = [candidate_row({"candidate": n, "cases": cases(mm)}) for n, mm in (("a", 3.0), ("b", 2.0))]
+    assert rows[0]["summary"]["mre_mm"]["n"] == 1
+    assert [r["candidate"] for r in rank(rows, "mre_mm")] == ["b", "a"]
+    # the same through a sweep folder's saved evaluations (`modelselector leaderboard --metric mre_mm`)
+    sweep = tmp_path / "sweeps" / "lmk"
+    (sweep / "evaluation").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"task": "lmk", "task_type": "landmarks"}))
+    for n, mm in (("a", 3.0), ("b", 2.0)):
+        ev = {"candidate": n, "model": f"lmk-{n}", "version": "0.1.0", "bundle": str(tmp_path / "none"),
+              "evaluated": "now", "cases": cases(mm)}  # fmt: skip
+        (sweep / "evaluation" / f"{n}.json").write_text(json.dumps(ev))
+    result = write_reports(sweep)
+    assert result["metric"] == "mre_mm" and result["best"]["candidate"] == "b"
+    assert (sweep / "report" / "dashboards" / "a" / "index.html").is_file()
+
+
+def _landmark_reference(path, shift=(0.0, 0.0)):
+    """A ``_landmarks.json`` with a right lung of 44 points (x = 2 i + 3, y = i + 5) and no left lung."""
+    rl = [[2.0 * i + 3 + shift[0], i + 5.0 + shift[1]] for i in range(44)]
+    path.write_text(json.dumps({"RL": rl, "_meta": {"pixel_spacing_mm": 0.5}}))
+    return path
+
+
+def test_landmark_overlay_draws_the_truth_green_and_the_prediction_red(tmp_path):
+    from ModelSelectorLib.models.base import Prediction
+    from ModelSelectorLib.ranking.leaderboard import (
+        GT_COLOR,
+        PRED_COLOR,
+        render_points_overlay,
+        truth_and_prediction_points,
+    )
+
+    spacing, origin = (0.5, 2.0), (10.0, -5.0)
+    image = Image(np.random.default_rng(0).normal(100, 5, (60, 100)).astype(np.float32), spacing, origin,
+                  (1.0, 0.0, 0.0, 1.0))  # fmt: skip
+    names = ["RL_00", "RL_11", "RL_22", "LL_00"]  # the reference lacks the left lung: 3 true points
+    pred_lps = np.array([[30.0, 20.0, 0.0], [40.0, 40.0, 0.0], [50.0, 60.0, 0.0], [20.0, 20.0, 0.0]])
+    prediction = Prediction("m", "1", image, pred_lps, names)
+    drawn = truth_and_prediction_points(prediction, _landmark_reference(tmp_path / "c_landmarks.json"))
+    truth_px = np.array([[2.0 * i + 3, i + 5.0] for i in (0, 11, 22)])
+    expected = np.asarray(origin) + truth_px * np.asarray(spacing)
+    np.testing.assert_allclose(drawn["points_lps"][:3, :2], expected)
+    np.testing.assert_allclose(drawn["points_lps"][3:], pred_lps)
+    assert drawn["point_colors"] == [GT_COLOR] * 3 + [PRED_COLOR] * 4
+    rgb = _pixels(render_points_overlay(image, drawn, tmp_path / "o.png"))
+    green = (rgb[..., 1] > 200) & (rgb[..., 0] < 80) & (rgb[..., 2] < 80)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    assert green.sum() > 3 and red.sum() > 3
+
+
+def test_a_metric_a_model_cannot_have_is_told_before_evaluation():
+    from ModelSelectorLib.ranking.leaderboard import metric_problem
+
+    assert metric_problem("landmarks", "mre_mm") is None and metric_problem("landmarks", "sdr_px_5") is None
+    assert metric_problem("landmarks", "dice_lungs") is None
+    assert "mre_mm" in metric_problem("landmarks", "dice")
+    assert metric_problem("segmentation", "dice", {"1": "disk"}) is None
+    assert metric_problem("segmentation", "dice_disk", {"1": "disk"}) is not None  # one label: no per-label
+    assert metric_problem("segmentation", "hd95_right", {"1": "left", "2": "right"}) is None
+    assert "dice" in metric_problem("segmentation", "mre_mm", {"1": "disk"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("monai")
@@ -203,3 +204,107 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(TrainingError, match="pip install"):
         run_ray([{"candidate": "x"}], None, 1)
+
+
+# --- landmark sweeps ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cxr(tmp_path_factory):
+    """14 labelled synthetic radiographs (c000-c013; the last without spacing) + 2 unlabelled."""
+    from ModelSelectorLib.datasets.landmarks import make_synthetic_cxr
+
+    return make_synthetic_cxr(
+        tmp_path_factory.mktemp("cxr"), n_labelled=14, n_unlabelled=2, width=64, height=56
+    )
+
+
+def _ids(split_file: Path) -> set:
+    return {c["id"] for c in json.loads(split_file.read_text(encoding="utf-8"))["cases"]}
+
+
+def test_landmark_sweeps_keep_a_selection_split_apart_from_the_test_split(cxr, tmp_path):
+    from ModelSelectorLib.ranking import landmark_sweep
+    from ModelSelectorLib.training.landmark_grid import write_landmark_split
+
+    root, sel, test = landmark_sweep.make_split(cxr, tmp_path / "w", 0.2, seed=0, selection_fraction=0.2)
+    parts = landmark_sweep.read_parts(tmp_path / "w")
+    assert sel != test and _ids(sel) == set(parts["selection"]) and _ids(test) == set(parts["test"])
+    assert len(parts["test"]) == 3 and len(parts["selection"]) == 3 and len(parts["val"]) == 1
+    every = [i for p in ("train", "val", "selection", "test") for i in parts[p]]
+    assert len(every) == len(set(every)) == 14  # disjoint, and every image has a part
+    # with nothing barred, the test images are those of `landmarks split` with the same seed and fractions
+    grid = write_landmark_split(cxr, tmp_path / "grid.json", seed=0, val_fraction=0.1, test_fraction=0.2)
+    assert _ids(test) == _ids(grid)
+    # not_in_test images never become test images
+    barred = sorted(parts["test"])[:2]
+    _, _, test2 = landmark_sweep.make_split(cxr, tmp_path / "w2", 0.2, 0, 0.2, not_in_test=barred)
+    assert not _ids(test2) & set(barred) and len(_ids(test2)) == 3
+    with pytest.raises(DatasetError, match="names no image"):
+        landmark_sweep.make_split(cxr, tmp_path / "w3", 0.2, 0, 0.2, not_in_test=["JPCLN999"])
+    # a folder of an earlier sweep that ranked on its test split is refused with the remedy
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "test_split.json").write_text(json.dumps({"dataset": str(root), "cases": []}))
+    with pytest.raises(
+        DatasetError, match="ranked its candidates on the test split itself; start a new sweep"
+    ):
+        landmark_sweep.make_split(cxr, old, 0.2, 0, 0.2)
+
+
+@pytest.fixture(scope="module")
+def landmark_sweep_result(cxr, tmp_path_factory):
+    """A one-candidate landmark sweep of a few steps, with one test image barred from the test split."""
+    from ModelSelectorLib.ranking.sweep import run_sweep
+    from ModelSelectorLib.training.landmark_grid import GridConfig
+
+    base = dict(GridConfig.quick().train, steps_per_group={"RL": 11, "LL": 10})
+    spec = expand_sweep({"task": "lm", "task_type": "landmarks", "seed": 0, "test_fraction": 0.2,
+                         "selection_fraction": 0.2, "not_in_test": ["c004"], "base": base,
+                         "candidates": [{"name": "a", "steps": 2, "refine_steps": 2}]})  # fmt: skip
+    zoo = tmp_path_factory.mktemp("lmzoo")
+    return zoo, run_sweep(cxr, spec, zoo, workers=1, threads=1)
+
+
+def test_a_landmark_sweep_ranks_on_the_selection_split_and_leaves_the_test_split_unseen(
+    landmark_sweep_result,
+):
+    from ModelSelectorLib.ranking.landmark_sweep import read_parts
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo, result = landmark_sweep_result
+    work = result["sweep"]
+    state = json.loads((work / "sweep.json").read_text(encoding="utf-8"))
+    assert state["split"] == "selection_split.json" and state["test_split"] == "test_split.json"
+    parts = read_parts(work)
+    assert "c004" not in parts["test"]
+    evaluated = {
+        c["id"] for c in json.loads((work / "evaluation" / "a.json").read_text(encoding="utf-8"))["cases"]
+    }
+    assert evaluated == set(parts["selection"]) and not evaluated & set(parts["test"])
+    card = Zoo(zoo).card(
+        "lm-a"
+    )  # the candidate's held-out figures are on the selection images, not the test ones
+    assert card.validation_metrics["test_n_cases"] == len(parts["selection"])
+    assert card.n_training_cases == len(parts["train"])
+
+
+def test_a_landmark_overlay_shows_the_truth_too(landmark_sweep_result):
+    from PIL import Image as PILImage
+
+    _, result = landmark_sweep_result
+    overlays = sorted((result["sweep"] / "report" / "dashboards" / "a" / "overlays").glob("*.png"))
+    assert overlays
+    rgb = np.asarray(PILImage.open(overlays[0]).convert("RGB")).astype(int)
+    green = (rgb[..., 1] > 200) & (rgb[..., 0] < 80) & (rgb[..., 2] < 80)
+    assert green.sum() > 3, "the true points are drawn in green"
+
+
+def test_the_dashboard_of_a_landmark_model_ranks_by_its_own_metric(landmark_sweep_result, tmp_path, capsys):
+    zoo, result = landmark_sweep_result
+    bundle, split = str(result["best"]["bundle"]), str(result["sweep"] / "selection_split.json")
+    capsys.readouterr()
+    assert main(["dashboard", "--bundle", bundle, "--split", split, "--out", str(tmp_path / "d")]) == 0
+    assert "mre_mm" in (tmp_path / "d" / "index.html").read_text(encoding="utf-8")
+    # a metric the model has not is refused before anything is evaluated
+    assert main(["dashboard", "--bundle", bundle, "--split", split, "--out", str(tmp_path / "e"),
+                 "--metric", "dice"]) != 0  # fmt: skip
+    assert "mre_mm" in capsys.readouterr().err and not (tmp_path / "e" / "evaluation.json").exists()
