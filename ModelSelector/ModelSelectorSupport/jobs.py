@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from typing import Any, Callable, Optional
@@ -31,6 +33,13 @@ PROGRESS_PREFIX = "PROGRESS "
 USER_CANCELLED = "cancelled by the user"
 SCENE_CLOSED = "cancelled: the scene was closed while the job ran; nothing was added"
 VOLUME_REMOVED = "cancelled: the input volume was removed from the scene while the job ran; nothing was added"
+#: what a signal that ended the model process usually means, and what to do
+SIGNAL_CAUSES = {
+    "SIGKILL": ("often the system running out of memory", "close other programs, or crop the volume to the "
+                "region of interest (fewer voxels), then try again"),
+    "SIGSEGV": ("a crash in native code", "try again on the CPU, or update torch and MONAI; "
+                "report it if it repeats"),
+}  # fmt: skip
 
 
 class ModelSelectorProcessError(RuntimeError):
@@ -43,6 +52,34 @@ class ModelSelectorProcessError(RuntimeError):
 
 class ModelSelectorCancelled(ModelSelectorProcessError):
     """The run was cancelled (by the user, or because its scene or input volume went away)."""
+
+
+def signalMessage(returncode: int) -> str:
+    """The user's message for a process ended by signal ``-returncode`` (POSIX ``Popen.returncode`` < 0)."""
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = "an unknown signal"
+    cause, remedy = SIGNAL_CAUSES.get(name, ("stopped from outside", "run it again"))
+    return f"the model process was killed by signal {-returncode} ({name}; {cause}): {remedy}"
+
+
+def removeResult(node: Any) -> None:
+    """Remove result ``node`` from its scene with every node read with it (:func:`.markups.resultParts`) and
+    their display and storage nodes, which MRML leaves behind when only the data node goes."""
+    for n in [*resultParts(node), node]:
+        scene = n.GetScene()
+        if scene is None:
+            continue
+        companions = []
+        if hasattr(n, "GetNumberOfDisplayNodes"):
+            companions += [n.GetNthDisplayNode(i) for i in range(n.GetNumberOfDisplayNodes())]
+        if hasattr(n, "GetNumberOfStorageNodes"):
+            companions += [n.GetNthStorageNode(i) for i in range(n.GetNumberOfStorageNodes())]
+        scene.RemoveNode(n)
+        for companion in companions:
+            if companion is not None and companion.GetScene() is scene:
+                scene.RemoveNode(companion)
 
 
 class Job:
@@ -127,9 +164,12 @@ class Job:
             if line.startswith(PROGRESS_PREFIX):
                 parts = line.split(" ", 2)
                 try:
-                    fraction = min(max(float(parts[1]), 0.0), 1.0)
+                    fraction = float(parts[1])
                 except (IndexError, ValueError):
                     continue
+                if not math.isfinite(fraction):  # "nan" and "inf" parse, and say nothing of the progress
+                    continue
+                fraction = min(max(fraction, 0.0), 1.0)
                 if self.progressCallback is not None:
                     text = parts[2] if len(parts) > 2 else ""
                     self.progressCallback((self._step + fraction) / self._steps, text)
@@ -137,17 +177,30 @@ class Job:
                 self.output.append(line)
                 self.log += line + "\n"
                 if line.startswith(WARNING_PREFIX):
-                    self.warnings.append(line[len(WARNING_PREFIX) :].strip())
+                    self.warnings.append(self.userText(line[len(WARNING_PREFIX) :].strip()))
                     logging.warning("ModelSelector: %s", self.warnings[-1])
 
-    def errorMessage(self) -> str:
-        """The process's one-line error (``modelselector: error: ...`` without the prefix)."""
+    def userText(self, text: str) -> str:
+        """``text`` with the temporary input file (deleted when the job ends) named as the volume it holds."""
+        path = getattr(self, "imagePath", None)
+        if not path:
+            return text
+        label = f"volume '{self.volumeNode.GetName()}'"
+        for form in sorted({path, os.path.realpath(path)}, key=len, reverse=True):
+            text = text.replace(form, label)
+        return text
+
+    def errorMessage(self, returncode: Optional[int] = None) -> str:
+        """The process's one-line error (``modelselector: error: ...`` without the prefix); for a process
+        killed by a signal (``returncode`` < 0: the out-of-memory killer, a crash), which signal and what to do."""
+        if returncode is not None and returncode < 0:
+            return signalMessage(returncode)
         for line in reversed(self.output):
             if line.startswith(ERROR_PREFIX):
-                return line[len(ERROR_PREFIX) :].strip()
+                return self.userText(line[len(ERROR_PREFIX) :].strip())
         for line in reversed(self.output):  # e.g. a Python traceback: its last line names the exception
             if line.strip():
-                return line.strip()
+                return self.userText(line.strip())
         return "the ModelSelectorLib process failed without a message"
 
     def poll(self) -> bool:
@@ -173,7 +226,7 @@ class Job:
             self._drain()
             self.child = None
             if returncode != 0:
-                raise ModelSelectorProcessError(self.errorMessage(), returncode)
+                raise ModelSelectorProcessError(self.errorMessage(returncode), returncode)
             self._stepDone()
             self._step += 1
             if self.progressCallback is not None:
@@ -210,12 +263,10 @@ class Job:
             child.kill()
 
     def _removeAdded(self) -> None:
-        """Take back the nodes this job added (their input volume went away)."""
+        """Take back the nodes this job added (their input volume went away), with their display and storage
+        nodes and, for a set of curves, every node read from the result file."""
         for node in self.added:
-            for n in [*resultParts(node), node]:  # a set of curves: every node read from the result file
-                scene = n.GetScene()
-                if scene is not None:
-                    scene.RemoveNode(n)
+            removeResult(node)
         if self.added and isinstance(self.result, list):
             self.result = [n for n in self.result if all(n is not a for a in self.added)]
         self.added = []
@@ -256,9 +307,11 @@ class FindJob(Job):
             if line.startswith("{"):
                 try:
                     self.result = json.loads(line)
-                    return
                 except ValueError:
                     continue
+                if isinstance(self.result, dict) and "input" in self.result:  # not the deleted temporary file
+                    self.result["input"] = self.userText(str(self.result["input"]))
+                return
         raise ModelSelectorProcessError(
             "the answer of 'modelselector select --json' was missing or unreadable"
         )

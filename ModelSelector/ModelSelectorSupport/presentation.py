@@ -7,8 +7,8 @@ import dataclasses
 from typing import Any, Optional
 
 NO_FIT_MESSAGE = "No model in the zoo fits this image"
-#: columns of the models table
-MODEL_COLUMNS = ("Model", "Task", "Modality", "Region", "Score", "Fits")
+#: columns of the models table, one per cell of a :class:`ModelRow` (the .ui file names the same)
+MODEL_COLUMNS = ("Model", "Task", "Modality", "Region", "Score", "Fits", "Held-out (cases)")
 #: 3D surface choices: build them for small results only, always, or never
 SURFACES_AUTO, SURFACES_ALWAYS, SURFACES_NEVER = "auto", "always", "never"
 SURFACE_CHOICES = (

@@ -180,6 +180,9 @@ def test_removing_the_volume_mid_run_cancels_and_leaves_no_orphan(tiny_zoo, laun
     with pytest.raises(msm.ModelSelectorCancelled, match="input volume was removed"):
         job.poll()
     assert _no_results(scene), "a result of the removed volume stayed in the scene"
+    # MRML leaves a removed node's display and storage nodes behind: they go too
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationDisplayNode") == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationStorageNode") == 0
     assert not os.path.exists(job.tempDir)
 
 
@@ -233,3 +236,83 @@ def test_user_cancel_keeps_finished_results_and_stops_the_rest(tiny_zoo, launche
         job.poll()
     (node,) = [scene.GetNthNodeByClass(0, "vtkMRMLSegmentationNode")]
     assert node.GetNodeReference("referenceImageGeometryRef") is volume
+
+
+def _fake_python(tmp_path: Path, body: str) -> Path:
+    """An executable run in place of Python (a real child process): ``body`` sees the command line as argv."""
+    path = tmp_path / "fake_python.py"
+    path.write_text(f"#!{sys.executable}\nimport json, os, signal, sys\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("signum, cause", [("SIGKILL", "running out of memory"), ("SIGSEGV", "crash")])
+def test_a_process_killed_by_a_signal_says_which_and_what_to_do(tmp_path, signum, cause):
+    """The out-of-memory killer (SIGKILL) or a crash (SIGSEGV) ends the child without a word: say so."""
+    scene = slicer.vtkMRMLScene()
+    volume = _volume(scene)
+    fake = _fake_python(
+        tmp_path, f"print('PROGRESS 0.1 loading', flush=True)\nos.kill(os.getpid(), signal.{signum})\n"
+    )
+    with pytest.raises(msm.ModelSelectorProcessError) as info:
+        LaunchedLogic(fake, scene).findModels(volume, str(tmp_path))
+    number = int(getattr(__import__("signal"), signum))
+    assert info.value.returncode == -number
+    message = str(info.value)
+    assert message.startswith(f"the model process was killed by signal {number} ({signum}; "), message
+    assert cause in message and "without a message" not in message
+    assert message.split("): ", 1)[1], "no remedy"
+
+
+def test_non_finite_progress_is_ignored(tmp_path):
+    """``PROGRESS nan`` (or inf) from the child never reaches the callback (the widget rounds it to an int)."""
+    scene = slicer.vtkMRMLScene()
+    volume = _volume(scene)
+    fake = _fake_python(tmp_path, """
+        for value in ("nan", "inf", "-inf", "0.5"):
+            print(f"PROGRESS {value} step", flush=True)
+        print(json.dumps({"input": sys.argv[4], "fits": False, "models": []}), flush=True)
+        """)  # fmt: skip
+    progress = []
+    logic = LaunchedLogic(fake, scene)
+    assert logic.findModels(volume, str(tmp_path), progressCallback=lambda f, t: progress.append(f)) == []
+    assert progress == [0.5, 1.0]
+    # the answer names the volume, not the deleted temporary file it was written to
+    assert logic.lastFindResult["input"] == "volume 'Patient'"
+
+
+def test_errors_name_the_volume_not_the_temporary_file(tmp_path):
+    """A label map selected as the input: the library's refusal names the volume node, not the deleted
+    ``/tmp/ModelSelector-*/input.nrrd`` it was written to."""
+    import vtk
+    from vtk.util import numpy_support
+
+    scene = slicer.vtkMRMLScene()
+    array = np.zeros((8, 32, 32), dtype=np.int16)
+    array[:, 4:16, 4:28], array[:, 16:28, 4:28] = 1, 2  # three values in blocks: a label map
+    image = vtk.vtkImageData()
+    image.SetDimensions(32, 32, 8)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    image.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
+    volume = slicer.vtkMRMLScalarVolumeNode()
+    volume.SetName("Lung labels")
+    volume.SetAndObserveImageData(image)
+    scene.AddNode(volume)
+    with pytest.raises(msm.ModelSelectorProcessError) as info:
+        msm.ModelSelectorLogic(scene).applyModels(volume, ["dx-chest-lungs"])
+    message = str(info.value)
+    assert "volume 'Lung labels'" in message and "label map" in message, message
+    assert "input.nrrd" not in message and tempfile.gettempdir() not in message, message
+
+
+def test_a_volume_without_voxels_says_so(tmp_path):
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    volume = slicer.vtkMRMLScalarVolumeNode()
+    volume.SetName("Empty")
+    volume.SetAndObserveImageData(vtk.vtkImageData())
+    scene.AddNode(volume)
+    with pytest.raises(ValueError, match="volume 'Empty' holds no voxels") as info:
+        msm.ModelSelectorLogic(scene).startFindModels(volume, str(tmp_path))
+    assert "disk" not in str(info.value)

@@ -10,6 +10,7 @@ applied by name, on an RGB copy of the X-ray, and which results get a 3D surface
 from __future__ import annotations
 
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -119,6 +120,8 @@ def test_default_workflow_on_the_bundled_chest_xray(tmp_path):
     assert np.all(points >= low - 1e-3) and np.all(points <= high + 1e-3), "landmarks outside the image"
     _assert_same_grid(segmentation, volume)
     assert segmentation.GetSegmentation().GetNumberOfSegments() >= 1
+
+    assert logic.lastFindResult["input"] == "volume 'ChestXray'"  # not the deleted temporary file
 
     assert logic.showResults(nodes, volume) == []  # "auto": a one-slice result gets no 3D surface
     assert logic.showResults(nodes, volume, presentation.SURFACES_ALWAYS) == [segmentation]
@@ -237,3 +240,82 @@ def test_a_lone_mr_slice_in_slicer_takes_the_slice_wise_model_only(tmp_path):
     _assert_same_grid(node, volume)
     with pytest.raises(msm.ModelSelectorProcessError, match="mr-hippocampus takes 3D volumes"):
         logic.applyModels(volume, ["mr-hippocampus"])
+
+
+def _markups(scene) -> list:
+    return [scene.GetNthNodeByClass(i, "vtkMRMLMarkupsNode")
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsNode"))]  # fmt: skip
+
+
+def test_results_observe_the_volume_parent_transform(tmp_path):
+    """A volume under a linear transform: the segmentation and every curve lie under the same transform, so
+    that they stay on the volume in world space."""
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    volume = _load_xray(scene, tmp_path)
+    transform = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(transform)
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 40.0)
+    transform.SetMatrixTransformToParent(shift)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    logic = msm.ModelSelectorLogic(scene)
+    segmentation, curve = logic.applyModels(volume, ["dx-chest-lungs", "dx-chest-landmarks"])
+    curves = _markups(scene)
+    assert curve in curves and len(curves) > 1  # one curve per structure
+    for node in [segmentation, *curves]:
+        assert node.GetTransformNodeID() == transform.GetID(), node.GetName()
+    # without a parent transform, none is set
+    other = _load_xray(scene, tmp_path)
+    (plain,) = logic.applyModels(other, ["dx-chest-lungs"])
+    assert plain.GetTransformNodeID() is None
+
+
+def test_repeated_landmark_runs_give_unique_curve_names(tmp_path):
+    scene = slicer.vtkMRMLScene()
+    volume = _load_xray(scene, tmp_path)
+    logic = msm.ModelSelectorLogic(scene)
+    logic.applyModels(volume, ["dx-chest-landmarks"])
+    first = [c.GetName() for c in _markups(scene)]
+    assert len(first) > 1 and all(name.startswith("dx-chest-landmarks ") for name in first), first
+    logic.applyModels(volume, ["dx-chest-landmarks"])
+    names = [c.GetName() for c in _markups(scene)]
+    assert names[: len(first)] == first  # the first run's curves keep their names
+    assert len(names) == 2 * len(first) and len(set(names)) == len(names), names
+
+
+def test_removing_the_volume_mid_run_takes_back_curves_with_their_display_nodes(tmp_path):
+    """The volume goes while the second landmark model runs: the first model's curves go, and with them their
+    display nodes (MRML leaves those behind when only the data node is removed)."""
+    scene = slicer.vtkMRMLScene()
+    volume = _load_xray(scene, tmp_path)
+    job = msm.ModelSelectorLogic(scene).startApplyModels(volume, ["dx-chest-landmarks"] * 2)
+    deadline = time.monotonic() + 120
+    while not job.result:  # the first model's curves are attached, the second model starts next
+        assert not job.poll() and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsDisplayNode") > 1
+    scene.RemoveNode(volume)
+    with pytest.raises(msm.ModelSelectorCancelled, match="input volume was removed"):
+        while not job.poll():
+            time.sleep(0.05)
+    for cls in ("vtkMRMLMarkupsNode", "vtkMRMLMarkupsDisplayNode", "vtkMRMLMarkupsStorageNode"):
+        assert scene.GetNumberOfNodesByClass(cls) == 0, cls
+
+
+def test_every_model_row_has_one_cell_per_column():
+    """The widget makes ``len(MODEL_COLUMNS)`` columns: a row with more cells would spill into the next one,
+    and the held-out figure (or "demonstration") would never show."""
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "ModelSelector.ui")
+    table = next(w for w in ui.iter("widget") if w.get("name") == "resultsTableWidget")
+    headers = [c.find("property/string").text for c in table.iter("column")]
+    assert headers == list(presentation.MODEL_COLUMNS)
+    listed = [dict(m, task=m.get("task_type", ""), score=None, fits=None)
+              for m in msm.ModelSelectorLogic().listModels()]  # fmt: skip
+    ranked = [{"name": "a", "score": 0.9, "fits": True, "held_out": {"metric": "Dice", "value": 0.88, "cases": 19}},
+              {"name": "b", "score": 0.1, "fits": False, "demonstration": True}]  # fmt: skip
+    rows = presentation.modelRows(listed + ranked)
+    assert rows and all(len(r.cells) == len(presentation.MODEL_COLUMNS) for r in rows)
+    quality = presentation.MODEL_COLUMNS.index("Held-out (cases)")
+    assert [r.cells[quality] for r in rows[-2:]] == ["Dice 0.88 (19)", "-, demonstration"]
