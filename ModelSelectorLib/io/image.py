@@ -573,11 +573,16 @@ LABEL_MAP_MAX_VALUES = 1024
 LABEL_MAP_MIN_REGION_SHARE = 0.9
 
 
-def region_share(array: np.ndarray, max_voxels: int = 4_000_000) -> float:
+def region_share(array: np.ndarray, max_voxels: int = 4_000_000, max_side: int = 512) -> float:
     """The largest share, over the axes, of pairs of neighbouring non-zero voxels of ``array`` that hold the same
-    value (1.0 when no two non-zero voxels are neighbours). A large array is measured on every k-th slice of its
-    first axis, along the other axes."""
+    value (1.0 when no two non-zero voxels are neighbours). It is measured on every k-th voxel of the in-plane
+    axes longer than ``max_side``: a picture enlarged from fewer pixels has runs of equal neighbours that
+    sampling breaks, while a label map's regions survive it (an 8-bit radiograph enlarged to 8,192 px reached
+    0.93). A large volume is also measured on every k-th slice of its first axis, along the other axes."""
     a = np.asarray(array)
+    plane = range(a.ndim - 2, a.ndim)
+    a = a[tuple(slice(None, None, int(np.ceil(n / max_side))) if ax in plane else slice(None)
+                for ax, n in enumerate(a.shape))]  # fmt: skip
     axes = range(a.ndim)
     if a.ndim == 3 and a.size > max_voxels:
         a = a[:: int(np.ceil(a.size / max_voxels))]

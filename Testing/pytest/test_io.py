@@ -242,6 +242,13 @@ def test_label_maps_are_told_from_pictures(oblique_image):
     assert label_map_problem(Image(dark, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))) is None
     blocky = np.repeat(np.repeat(dark[::8, ::8], 8, axis=0), 8, axis=1)  # the same values as 8 px regions
     assert "label map" in label_map_problem(Image(blocky, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+    # an 8-bit picture enlarged 16 times (2,048 px): runs of 16 equal pixels, yet a picture, not a label map
+    smooth = np.clip(np.random.default_rng(4).normal(128, 40, (128, 128)), 0, 255).astype(np.uint8)
+    enlarged = np.repeat(np.repeat(smooth, 16, axis=0), 16, axis=1)
+    assert label_map_problem(Image(enlarged, (0.2, 0.2), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))) is None
+    lungs = np.zeros((2048, 2048), np.uint8)  # a lung mask at full radiograph size stays a label map
+    lungs[400:1600, 300:900], lungs[400:1600, 1150:1750] = 1, 2
+    assert "label map" in label_map_problem(Image(lungs, (0.2, 0.2), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
     halves = (labels / 2.0).astype(np.float32)  # few values, not whole numbers: a picture
     assert label_map_problem(oblique_image.with_array(halves)) is None
     rng = np.random.default_rng(0)
