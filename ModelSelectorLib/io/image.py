@@ -538,6 +538,26 @@ def read_image(
     return image
 
 
+def as_image(image: Any) -> Image:
+    """An :class:`Image` from what a caller may hold: an :class:`Image` (as is), a SimpleITK image (its geometry
+    kept) or a path (:func:`read_image`).
+
+    Raises:
+        InputError: anything else, naming how to make an :class:`Image` of it.
+    """
+    if isinstance(image, Image):
+        return image
+    if isinstance(image, sitk.Image):
+        return Image.from_sitk(image)
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    raise InputError(
+        f"expected an image (ModelSelectorLib.io.Image, a SimpleITK image or a file path), not a "
+        f"{type(image).__module__}.{type(image).__name__}; wrap an array with its geometry as Image(array, spacing, "
+        "origin, direction)."
+    )
+
+
 def check_image_content(image: Image, name: str = "image") -> None:
     """Raise :class:`InputError` when an image has no voxels, non-finite voxels, or one constant value."""
     arr = image.array

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
-from ..io.image import Image
+from ..io.image import Image, as_image
 from ..io.markups import Curve, write_curves, write_markups
 from ..progress import check_cancel
 from .base import Prediction, TaskRuntime
@@ -92,7 +92,8 @@ LANDMARK_ENTROPY_SCALE = 0.1
 
 def _as_viewed(image: Image) -> Image:
     """A 2D image or lone slice in its view layout (:meth:`Image.in_view_layout`); other images unchanged (the
-    runtime refuses them with its own message)."""
+    runtime refuses them with its own message). A SimpleITK image or a path is read first (:func:`as_image`)."""
+    image = as_image(image)
     return image.in_view_layout()[0] if image.is_single_slice else image
 
 
@@ -306,6 +307,7 @@ class LandmarkRuntime(TaskRuntime):
         """How much more diffuse the model's coarse heatmaps are on ``image`` than on its validation images (card
         metric ``val_heatmap_entropy``): ``fit = exp(-max(0, entropy - reference) / LANDMARK_ENTROPY_SCALE)``
         (1 without a reference). A landmark model has no batch-norm statistics to compare."""
+        image = as_image(image)
         if not self.accepts(image):
             return None
         logits, _, _ = self.logits(image)

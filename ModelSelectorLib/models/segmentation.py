@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.geometry import CANONICAL_AXCODES, axcodes_direction, reference_grid, resample_to, to_network_layout
-from ..io.image import Image
+from ..io.image import Image, as_image
 from ..io.segmentation import Segment, write_segmentation
 from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime, to_image_layout
@@ -182,7 +182,9 @@ def predict_probabilities(
     total = None
     combos = mirror_combinations(mirror_axes)
     for combo in combos:
-        flipped = np.flip(array, combo).copy() if combo else array  # a copy: a flipped axis of length 1 keeps a
+        flipped = (
+            np.flip(array, combo).copy() if combo else array
+        )  # a copy: a flipped axis of length 1 keeps a
         # negative stride through ascontiguousarray, which torch refuses
         logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode, step)
         with torch.inference_mode():
@@ -397,6 +399,7 @@ class SegmentationRuntime(TaskRuntime):
             card's label values, 0 = background).
         """
         card = self.card
+        image = as_image(image)
         sw_batch_size = sw_batch_size or default_sw_batch_size(self.device, card.roi_size)
         image_in = at_training_field(self.input_image(image), card)
         check_cancel(cancel)
@@ -464,6 +467,7 @@ class SegmentationRuntime(TaskRuntime):
         """
         import torch
 
+        image = as_image(image)
         if not self.accepts(image):
             return None
         out, kl, feat = self._hooked_forward(self._central_patch(self._patch_source(image)))

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
-from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, check_model_input, read_image
+from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
 from .encoder import EMBED_DIM, default_encoder
@@ -148,9 +148,8 @@ def encoder_id(encoder: Any) -> str:
 def _as_image(item: Union[Image, PathLike]) -> tuple[Image, str]:
     """An exemplar as an image and its source, refused as ``select`` and ``apply`` refuse it (a label map, an
     icon): a prototype of a label map would draw images of the kind to the model."""
-    img, src = (
-        (item, str(item.meta.get("path", ""))) if isinstance(item, Image) else (read_image(item), str(item))
-    )
+    img = as_image(item)
+    src = str(item) if isinstance(item, (str, os.PathLike)) else str(img.meta.get("path", ""))
     check_model_input(img, src or "exemplar")
     return img, src
 

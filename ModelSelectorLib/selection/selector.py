@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import IndexMismatchError, InputError
 from ..io.image import Image, check_model_input, read_image
+from ..io.image import as_image as to_image
 from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
 from ..tables import format_table
@@ -246,10 +247,11 @@ def open_zoo_and_index(zoo: Any, index: Any) -> tuple[Zoo, ZooIndex]:
 
 
 def as_image(image: Union[Image, PathLike]) -> tuple[Image, str]:
-    """``(image, name)`` of an :class:`~ModelSelectorLib.io.Image` or an image path."""
-    if isinstance(image, Image):
-        return image, str(image.meta.get("path", "<image>"))
-    return read_image(image), str(image)
+    """``(image, name)`` of an :class:`~ModelSelectorLib.io.Image`, a SimpleITK image or an image path."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image), str(image)
+    image = to_image(image)
+    return image, str(image.meta.get("path", "<image>"))
 
 
 def verify_fit(bundle: Any, image: Image) -> Optional[dict[str, float]]:

@@ -106,3 +106,26 @@ def test_a_tilted_lone_slice_is_segmented_in_its_own_plane():
     labels = runtime.predict(tilted).value
     assert labels.same_geometry(tilted)
     assert np.array_equal(labels.array, runtime.predict(axial).value.array)
+
+
+def test_a_simpleitk_image_is_taken_where_an_image_is():
+    """The library's entry points take a SimpleITK image as they take an Image or a path; anything else is told
+    how to make an Image (a raw array carries no geometry)."""
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.io import as_image
+    from ModelSelectorLib.models import runtime_for
+    from ModelSelectorLib.resources import default_zoo_path, samples_dir
+    from ModelSelectorLib.zoo import Zoo, load_bundle
+
+    picture = sitk.ReadImage(str(samples_dir() / "cxr_chest.png"))
+    picture.SetSpacing((0.7, 0.7))
+    picture.SetOrigin((-12.0, 30.0))
+    image = as_image(picture)
+    assert image.spacing == (0.7, 0.7) and image.origin == (-12.0, 30.0)
+    runtime = runtime_for(load_bundle(Zoo(default_zoo_path()).get("dx-chest-landmarks")))
+    np.testing.assert_allclose(runtime.predict(picture).value, runtime.predict(image).value)
+    assert runtime.fit_signals(picture)["fit"] == runtime.fit_signals(image)["fit"]
+    with pytest.raises(InputError, match=r"not a numpy.ndarray; wrap an array with its geometry as Image\("):
+        runtime.predict(np.zeros((64, 64), np.float32))
