@@ -301,7 +301,10 @@ class LandmarkRuntime(TaskRuntime):
         """A landmark model may replace another when it predicts at least the same points (whole contours may
         replace a subsample of them); the two are compared on the current model's points."""
         missing = sorted(set(current.label_names) - set(candidate.label_names))
-        return f"the candidate lacks the current model's landmarks {missing[:5]}" if missing else None
+        if not missing:
+            return None
+        return (f"the candidate lacks the current model's landmarks {missing[:5]} (train it on whole contours: "
+                "steps_per_group 1 for every group in its --config, as docs/landmarks/grid.yaml has)")  # fmt: skip
 
     def fit_signals(self, image: Image) -> Optional[dict[str, float]]:
         """How much more diffuse the model's coarse heatmaps are on ``image`` than on its validation images (card

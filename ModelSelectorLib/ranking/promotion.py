@@ -454,6 +454,10 @@ def retrain(
         known = ", ".join(zoo.names()) or "none"
         raise ZooError(f"{zoo.path} has no model {task!r} to retrain (its models: {known}); train a first version "
                        "with `modelselector train` and `zoo add` it, or check the name.")  # fmt: skip
+    if zoo.card(task).task_type != "segmentation":
+        raise ZooError(f"{task} is a {zoo.card(task).task_type} model and retrain trains segmentation models from an "
+                       "MSD folder; train a candidate (for landmarks: `modelselector landmarks train` or a landmark "
+                       "sweep) and `modelselector promote` it.")  # fmt: skip
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(f"no test split for task {task!r}; pass --split FILE.")

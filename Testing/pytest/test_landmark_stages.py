@@ -448,8 +448,8 @@ def test_landmark_sweep_ranks_candidates_and_the_gate_promotes_only_a_better_mod
 
 
 def test_whole_contours_replace_a_subsample_and_are_gated_on_its_points(synth, tmp_path):
-    from ModelSelectorLib.errors import BundleError
-    from ModelSelectorLib.ranking.promotion import promote
+    from ModelSelectorLib.errors import BundleError, ZooError
+    from ModelSelectorLib.ranking.promotion import promote, retrain
     from ModelSelectorLib.training.landmark_grid import write_landmark_split
     from ModelSelectorLib.zoo import Zoo
 
@@ -473,5 +473,9 @@ def test_whole_contours_replace_a_subsample_and_are_gated_on_its_points(synth, t
     assert res["metric"] == "mre_mm" and res["gate"]["n"] == len(with_mm)  # mm errors need a spacing
     assert res["candidate"]["mre_px"] > 0 and res["current"]["mre_px"] > 0  # both scored, on the same points
     promote(zoo, "lm", cand.get("whole"), split, min_improvement=-1e9, method="bootstrap", level=0.01)
-    with pytest.raises(BundleError, match="lacks"):
+    with pytest.raises(
+        BundleError, match=r"lacks .* \(train it on whole contours: steps_per_group 1 for every"
+    ):
         promote(zoo, "lm", cand.get("few"), split)
+    with pytest.raises(ZooError, match="is a landmarks model and retrain trains segmentation models"):
+        retrain(zoo, "lm", synth, split)  # before anything is trained
