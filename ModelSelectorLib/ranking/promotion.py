@@ -261,6 +261,9 @@ def promote(
     labels = split_data["labels"]
     _check_unseen(split_data, split_path, [Path(candidate), *([zoo.get(task)] if task in zoo else [])])
     cand = load_bundle(candidate, device=device)
+    if task in zoo:  # before any evaluation: a candidate that cannot or need not replace the current model
+        _check_compatible(cand.card, zoo.card(task), task)
+        _check_not_a_version(zoo, task, Path(candidate))
     metric = metric or primary_metric(cand.card.task_type)
     cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
     cand_scores = _scores(cand_cases, metric)
@@ -271,7 +274,6 @@ def promote(
     if task in zoo:
         current_version = zoo.current(task)
         cur = load_bundle(zoo.get(task), device=device)
-        _check_compatible(cand.card, cur.card, task)
         shared = _gate_labels(labels, cur.card)
         if shared != labels:  # the candidate again, on the current model's outputs
             cand_scores = _scores(evaluate_cases(cand, split_data["cases"], shared, device, cancel,
@@ -367,6 +369,23 @@ def _check_unseen(split: dict[str, Any], split_path: Path, bundles: Sequence[Pat
                 f"{split_path}: {len(seen)} test case(s) were training or validation cases of {bundle} "
                 f"(e.g. {', '.join(seen[:3])}); use a test split without them (a sweep's not_in_test keeps "
                 "them out)."
+            )
+
+
+def _check_not_a_version(zoo: Any, task: str, candidate: Path) -> None:
+    """Refuse a candidate whose weights are those of a version the task already has: promoted, it would be a
+    second version of the same model, and the history would no longer say which one is which."""
+    from ..zoo.bundle import WEIGHTS_FILE
+
+    if task not in zoo or not (candidate / WEIGHTS_FILE).is_file():
+        return
+    digest = file_digest(candidate / WEIGHTS_FILE)["sha256"]
+    for version in zoo.versions(task):
+        if file_digest(zoo.get(task, version) / WEIGHTS_FILE)["sha256"] == digest:
+            now = " (the current one)" if version == zoo.current(task) else ""
+            raise BundleError(
+                f"the candidate has the weights of {task} {version}{now}, which the zoo already holds; to make "
+                f"it current again use `modelselector restore --zoo {zoo.path} --task {task} --version {version}`."
             )
 
 

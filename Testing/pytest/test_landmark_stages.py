@@ -419,6 +419,7 @@ def test_paired_comparison_over_images_and_seeds():
 
 # --- ranking ---------------------------------------------------------------------------------------------------------
 def test_landmark_sweep_ranks_candidates_and_the_gate_promotes_only_a_better_model(synth, tmp_path):
+    from ModelSelectorLib.errors import BundleError
     from ModelSelectorLib.ranking.promotion import promote
     from ModelSelectorLib.ranking.sweep import expand_sweep, run_sweep
     from ModelSelectorLib.zoo import Zoo
@@ -440,10 +441,10 @@ def test_landmark_sweep_ranks_candidates_and_the_gate_promotes_only_a_better_mod
     assert first["accepted"] and first["version"] == "0.1.0"
     better = promote(zoo, "chest-lm", z.get("lm-long"), split)
     assert better["accepted"] and better["metric"] == "mre_mm" and better["gate"]["mean_improvement"] > 0
-    worse = promote(zoo, "chest-lm", z.get("lm-short"), split)
-    assert not worse["accepted"]
+    with pytest.raises(BundleError, match=r"has the weights of chest-lm 0\.1\.0"):  # restored, not copied
+        promote(zoo, "chest-lm", z.get("lm-short"), split)
     history = [e["action"] for e in Zoo(zoo).history("chest-lm")]
-    assert history == ["promote", "promote", "refuse"]
+    assert history == ["promote", "promote"]
     assert not Path(Zoo(zoo).version_info("chest-lm")["evaluation"]["split"]).is_absolute()  # no machine path
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("monai")
 from ranking_helpers import TINY, make_disk_msd  # noqa: E402
 
 from ModelSelectorLib.cli import main  # noqa: E402
-from ModelSelectorLib.errors import DatasetError, ModelSelectorError, ZooError  # noqa: E402
+from ModelSelectorLib.errors import BundleError, DatasetError, ModelSelectorError, ZooError  # noqa: E402
 from ModelSelectorLib.ranking.promotion import gate, promote, restore, retrain  # noqa: E402
 
 
@@ -82,7 +82,13 @@ def models(tmp_path_factory):
     bad = train_segmentation(
         train_dir, "bad", root / "cands", TrainConfig.from_dict({**TINY, "epochs": 1, "lr": 1e-5})
     )
-    return {"root": root, "msd": msd, "split": split, "good": good, "bad": bad}
+    worse = train_segmentation(
+        train_dir,
+        "worse",
+        root / "cands",
+        TrainConfig.from_dict({**TINY, "epochs": 1, "lr": 1e-5, "seed": 7}),
+    )
+    return {"root": root, "msd": msd, "split": split, "good": good, "bad": bad, "worse": worse}
 
 
 def test_promote_refuse_accept_restore(models, tmp_path):
@@ -97,8 +103,11 @@ def test_promote_refuse_accept_restore(models, tmp_path):
     assert better["gate"]["n"] == 5 and better["gate"]["p_value"] < 0.05
     assert better["candidate"]["dice"] > better["current"]["dice"] + 0.3
     catalog_before = (zoo / "zoo.json").read_text(encoding="utf-8")
-    worse = promote(zoo, "disks", models["bad"], models["split"])  # the worse model tries to come back
+    worse = promote(zoo, "disks", models["worse"], models["split"])  # a starved model tries to replace it
     assert not worse["accepted"] and worse["gate"]["mean_improvement"] < 0
+    with pytest.raises(BundleError, match=r"has the weights of disks 0\.1\.0, which the zoo already holds; .*"
+                                          r"restore --zoo .* --task disks --version 0\.1\.0"):  # fmt: skip
+        promote(zoo, "disks", models["bad"], models["split"])  # a version the zoo has: restored, not copied
     z = Zoo(zoo)
     assert z.current("disks") == "0.1.1" and z.versions("disks") == ["0.1.0", "0.1.1"]
     assert (
@@ -122,12 +131,16 @@ def test_promote_refuse_accept_restore(models, tmp_path):
     assert history[1]["candidate_card"] == {"name": good.name, "version": good.version,
                                             "weights": file_digest(z.get("disks") / WEIGHTS_FILE)}  # fmt: skip
     assert info["source_card"] == history[1]["candidate_card"]
-    assert history[2]["candidate_card"]["weights"] == file_digest(models["bad"] / WEIGHTS_FILE)
+    assert history[2]["candidate_card"]["weights"] == file_digest(models["worse"] / WEIGHTS_FILE)
     # restore the previous version; nothing deleted; the split recorded in the catalog is the default
     assert restore(zoo, "disks") == {"task": "disks", "version": "0.1.0", "from": "0.1.1"}
     assert Zoo(zoo).current("disks") == "0.1.0" and (zoo / "models" / "disks" / "0.1.1").is_dir()
-    again = promote(zoo, "disks", models["good"], dry_run=True)
-    assert again["accepted"] and Zoo(zoo).current("disks") == "0.1.0"  # dry run changes nothing
+    again = promote(zoo, "disks", models["worse"], dry_run=True)  # the recorded split
+    assert again["gate"]["n"] == 5 and Zoo(zoo).current("disks") == "0.1.0"  # dry run changes nothing
+    with pytest.raises(
+        BundleError, match=r"weights of disks 0\.1\.1, which the zoo already holds; .* --version 0\.1\.1"
+    ):
+        promote(zoo, "disks", models["good"], dry_run=True)  # back to 0.1.1 is a restore, not a third version
     with pytest.raises(ZooError, match="already current"):
         restore(zoo, "disks", "0.1.0")
 
