@@ -267,12 +267,15 @@ def at_training_field(image: Image, card: Any) -> Image:
     """``image`` as a 2D model should see it: a picture whose pixel size is unknown (:attr:`Image.pixel_size_known`)
     gets the pixel size that makes its longer side span the longer side of the model's median training image
     (``plan.median_shape`` x ``target_spacing``), so that a radiograph of 2048 or 256 px shows the chest as large
-    as the training pictures did, instead of one taken as 1 mm per pixel. Any other image, and a model whose card
-    has no plan, is returned as is. Only the spacing changes (the pixels, origin and direction stay), so a label
-    map computed on the result lies on ``image``'s grid."""
-    shape = (card.plan or {}).get("median_shape")
-    spacing = card.target_spacing
-    if int(card.spatial_dims) != 2 or image.ndim != 2 or image.pixel_size_known or not shape or not spacing:
+    as the training pictures did, instead of one taken as 1 mm per pixel. So does every 2D image for a model that
+    learnt from such pictures (``plan.pixel_size_known`` false): its millimetres are picture pixels, and a
+    calibrated radiograph at its true pixel size would look smaller to it than its training pictures did. Any
+    other image, and a model whose card has no plan, is returned as is. Only the spacing changes (the pixels,
+    origin and direction stay), so a label map computed on the result lies on ``image``'s grid."""
+    plan = card.plan or {}
+    shape, spacing = plan.get("median_shape"), card.target_spacing
+    known = image.pixel_size_known and plan.get("pixel_size_known", True)
+    if int(card.spatial_dims) != 2 or image.ndim != 2 or known or not shape or not spacing:
         return image
     field = max(float(n) * float(s) for n, s in zip(shape, spacing))
     size = max(image.size)

@@ -6,12 +6,14 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from ..datasets.msd import MSDDataset
 from ..errors import TrainingError
+from ..io.image import IMAGE_2D_SUFFIXES
 from .config import MIN_POOLED_SIZE, TrainConfig
 
 
@@ -122,6 +124,9 @@ class Plan:
         median_shape: median case size in voxels at ``spacing`` (canonical axes).
         max_patch_voxels: the cap the patch was planned under.
         planned: axes whose patch size was planned (the others were given).
+        pixel_size_known: False when the training images were pictures without a pixel size (PNG, or 2D images
+            of exactly 1 x 1 mm), so that the model's millimetres are picture pixels: such a model takes any 2D
+            image as showing its training images' field (:func:`~ModelSelectorLib.models.segmentation.at_training_field`).
     """
 
     spacing: tuple[float, ...]
@@ -129,11 +134,12 @@ class Plan:
     median_shape: tuple[float, ...]
     max_patch_voxels: int
     planned: tuple[int, ...] = ()
+    pixel_size_known: bool = True
 
     def to_card(self) -> dict[str, Any]:
-        return {"median_shape": [round(float(v), 1) for v in self.median_shape],
-                "max_patch_voxels": int(self.max_patch_voxels),
-                "planned_axes": list(self.planned)}  # fmt: skip
+        card = {"median_shape": [round(float(v), 1) for v in self.median_shape],
+                "max_patch_voxels": int(self.max_patch_voxels), "planned_axes": list(self.planned)}  # fmt: skip
+        return card if self.pixel_size_known else {**card, "pixel_size_known": False}
 
 
 def plan_training(dataset: MSDDataset, indices: Sequence[int], config: TrainConfig) -> Plan:
@@ -150,6 +156,11 @@ def plan_training(dataset: MSDDataset, indices: Sequence[int], config: TrainConf
             f"target_spacing {spacing} has {len(spacing)} values for {spacings.shape[1]}D images."
         )
     median_shape = tuple(float(v) for v in np.median(sizes * spacings / np.asarray(spacing), axis=0))
+    pictures = all(
+        Path(str(dataset.training[i]["image"])).suffix.lower() in IMAGE_2D_SUFFIXES
+        or (len(s) == 2 and set(s) == {1.0})
+        for i, s in zip(indices, spacings.tolist())
+    )
     planned = config.planned_axes if config.roi_size is not None else tuple(range(len(spacing)))
     if config.roi_size is not None and len(config.roi_size) != len(spacing):
         raise TrainingError(f"target_spacing {spacing} and roi_size {config.roi_size} differ in dimension.")
@@ -167,4 +178,4 @@ def plan_training(dataset: MSDDataset, indices: Sequence[int], config: TrainConf
                 roi = tuple(r - need if a == ax else r for a, r in enumerate(roi))
         else:
             roi = plan_patch(median_shape, spacing, config.max_patch_voxels, levels, fixed)
-    return Plan(spacing, roi, median_shape, int(config.max_patch_voxels), tuple(planned))
+    return Plan(spacing, roi, median_shape, int(config.max_patch_voxels), tuple(planned), not pictures)
