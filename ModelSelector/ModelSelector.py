@@ -562,8 +562,12 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
     # --- apply ----------------------------------------------------------------------------------------------
     @staticmethod
     def modelNames(models: Any) -> list[str]:
+        """The names in ``models`` (a name, a row of :meth:`findModels`, or a list of either); ValueError if none."""
         if isinstance(models, (str, dict)):
             models = [models]
+        if not isinstance(models, (list, tuple)) or not models:
+            raise ValueError(f"choose one or more models to apply (a name, a row of findModels or a list of them), "
+                             f"not {models!r}")  # fmt: skip
         names = []
         for m in models:
             name = m.get("name") if isinstance(m, dict) else m
@@ -582,6 +586,7 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
     ) -> "Job":
         """An :class:`ApplyJob` of ``models`` on ``volumeNode`` (advance it with ``poll()``)."""
         names = self.modelNames(models)
+        device = str(device).strip().lower()  # torch's device names are lower case: "CPU" means the CPU
         if device != "cpu" and not self.cudaAvailable():
             raise ValueError(
                 f"device '{device}' is not available: this torch cannot use a GPU; choose the CPU"

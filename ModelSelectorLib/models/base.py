@@ -93,6 +93,8 @@ class TaskRuntime(abc.ABC):
     #: whether :meth:`score` scores a prediction against a reference file, and the metric that ranks models
     scores_references: ClassVar[bool] = False
     primary_metric: ClassVar[str] = ""
+    #: whether ``retrain`` can train this task again from an MSD folder with its current version's settings
+    retrains_from_msd: ClassVar[bool] = False
 
     def __init__(self, bundle: Any, device: str = "cpu") -> None:
         self.bundle = bundle

@@ -298,6 +298,7 @@ class SegmentationRuntime(TaskRuntime):
     output_suffix = ".seg.nrrd"
     slicer_node_class = "vtkMRMLSegmentationNode"
     slicer_storage_class = "vtkMRMLSegmentationStorageNode"
+    retrains_from_msd = True
 
     # --- card-level --------------------------------------------------------------------------------------
     @classmethod

@@ -294,7 +294,15 @@ def promote(
                           "candidate_card": result["candidate_card"], "metric": metric, "gate": result["gate"],
                           "split": result["split"]})  # fmt: skip
         return result
+    result["version"] = _install(zoo, task, Path(candidate), result, len(split_data["cases"]))
+    return result
+
+
+def _install(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int) -> str:
+    """Add an accepted candidate as the task's next version, current, with the gate's record (``result`` of
+    :func:`promote`; ``n`` test cases); returns the version."""
     version = zoo.next_version(task)
+    metric = result["metric"]
     info = {"promoted": utc_timestamp(), "source": result["candidate_bundle"], "source_card": result["candidate_card"],
             "evaluation": {"split": result["split"], "metric": metric, "test_metrics": result["candidate"],
                            "gate": result["gate"]}}  # fmt: skip
@@ -302,15 +310,13 @@ def promote(
              "candidate": result["candidate_bundle"], "candidate_card": result["candidate_card"],
              "gate": result["gate"]}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelselector-promote-") as tmp:
-        n = len(split_data["cases"])
         tested = {"means": result["candidate"], "n_cases": n, "protocol": f"test split of {n} cases that no choice "
                   f"was made on ({Path(result['split']).name}; promotion gate)"}  # fmt: skip
-        staged = _stage(Path(candidate), Path(tmp) / task, task, version, tested)
+        staged = _stage(candidate, Path(tmp) / task, task, version, tested)
         if result["previous"] is not None:
             _carry_provenance(zoo.get(task), staged, {"over": result["previous"], **info})
         zoo.add(staged, current=True, info=info, event=event)
-    result["version"] = version
-    return result
+    return version
 
 
 def seen_case_ids(bundle: PathLike) -> set[str]:
@@ -473,7 +479,7 @@ def retrain(
         known = ", ".join(zoo.names()) or "none"
         raise ZooError(f"{zoo.path} has no model {task!r} to retrain (its models: {known}); train a first version "
                        "with `modelselector train` and `zoo add` it, or check the name.")  # fmt: skip
-    if zoo.card(task).task_type != "segmentation":
+    if not runtime_class(zoo.card(task).task_type).retrains_from_msd:
         raise ZooError(f"{task} is a {zoo.card(task).task_type} model and retrain trains segmentation models from an "
                        "MSD folder; train a candidate (for landmarks: `modelselector landmarks train` or a landmark "
                        "sweep) and `modelselector promote` it.")  # fmt: skip

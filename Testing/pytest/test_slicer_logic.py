@@ -211,6 +211,9 @@ def test_mark_fits_and_model_names():
     assert [m["answer"] for m in msm.ModelSelectorLogic.markFits(answered, 0.2)] == ["yes", "needs a crop"]
     assert msm.ModelSelectorLogic.modelNames(["a", {"name": "b"}]) == ["a", "b"]
     assert msm.ModelSelectorLogic.modelNames("a") == ["a"]
+    for nothing in (None, [], 3):  # a console call that names no model is told so, not a TypeError
+        with pytest.raises(ValueError, match="choose one or more models to apply"):
+            msm.ModelSelectorLogic.modelNames(nothing)
 
 
 def test_ui_file_parses_and_has_every_widget_the_module_uses():
