@@ -67,7 +67,8 @@ def read_split(path: PathLike) -> dict[str, Any]:
         raise DatasetError(f"{p}: not a test split file ({e}).") from e
     missing = [c[k] for c in cases for k in ("image", "label") if not Path(c[k]).is_file()]
     if missing:
-        raise DatasetError(f"{p}: {len(missing)} test file(s) missing, e.g. {missing[0]}.")
+        raise DatasetError(f"{p}: {len(missing)} test file(s) missing, e.g. {missing[0]}; restore them, or make "
+                           "the split again from the data as it is now.")  # fmt: skip
     if not cases:
         raise DatasetError(f"{p}: the test split is empty.")
     # a case counted twice would count twice in the gate's paired test

@@ -53,7 +53,9 @@ def read_landmark_json(
             arr = np.asarray(values, dtype=float)
             if arr.ndim != 2 or arr.shape != (GROUPS[group], 2):
                 raise DatasetError(
-                    f"{path}: group '{group}' has shape {arr.shape}; expected ({GROUPS[group]}, 2) [x, y] points."
+                    f"{path}: group '{group}' has shape {arr.shape}; expected ({GROUPS[group]}, 2) [x, y] points "
+                    "(every point of the contour, in order); complete the group, leave it out of the file (its "
+                    "points are then not scored), or move the file out of the data folder."
                 )
             pts[k : k + len(idx)] = arr[idx]
             mask[k : k + len(idx)] = True

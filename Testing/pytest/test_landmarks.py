@@ -609,3 +609,27 @@ def test_landmarks_apply_reads_the_series_it_is_given(tmp_path, monkeypatch, cap
     rc = main(["landmarks", "apply", "--zoo", str(default_zoo_path()), str(tmp_path), "--series", "1.2.3",
                "--out", str(tmp_path / "o.mrk.json")])  # fmt: skip
     assert rc != 0 and seen == {"series_uid": "1.2.3"} and "stop here" in capsys.readouterr().err
+
+
+def test_a_landmark_file_or_split_that_does_not_fit_says_what_to_do(tmp_path):
+    from ModelSelectorLib.datasets.split_file import read_split, write_split
+    from ModelSelectorLib.errors import DatasetError
+    from ModelSelectorLib.models.landmark_schema import LandmarkSchema
+    from ModelSelectorLib.models.landmark_scoring import read_landmark_json
+
+    short = tmp_path / "X_landmarks.json"
+    short.write_text(
+        json.dumps({"RL": [[1.0, 2.0]] * 30}), encoding="utf-8"
+    )  # 30 of the 44 right-lung points
+    with pytest.raises(
+        DatasetError, match=r"group 'RL' has shape \(30, 2\); expected \(44, 2\) .* complete the group"
+    ):
+        read_landmark_json(short, LandmarkSchema.from_names([f"RL_{i:02d}" for i in range(44)]))
+    (tmp_path / "X.png").write_bytes(b"")
+    split = write_split(tmp_path / "split.json", tmp_path, [{"id": "X", "image": "X.png", "label": "X_landmarks.json"}],
+                        {}, 0, True)  # fmt: skip
+    (tmp_path / "X.png").unlink()
+    with pytest.raises(
+        DatasetError, match=r"1 test file\(s\) missing, e.g. .*X.png; restore them, or make the split"
+    ):
+        read_split(split)
