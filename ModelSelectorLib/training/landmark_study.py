@@ -38,7 +38,7 @@ from ..datasets.landmarks import LandmarkCase, find_landmark_folders, labelled_s
 from ..errors import DatasetError, TrainingError
 from ..models.heatmaps import heatmap_entropy
 from ..models.landmark_stages import REFINE_SCALE, mean_offsets, offset_model, stage
-from ..models.landmarks import landmark_labels, to_original
+from ..models.landmarks import GROUP_NAMES, landmark_labels, to_original
 from ..models.preprocessing import check_device
 from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import save_bundle
@@ -551,9 +551,10 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         labels=landmark_labels(gd.schema), input_channels=1, spatial_dims=2, target_spacing=None,
         intensity={"mode": "percentile", "a_min": 0.5, "a_max": 99.5}, roi_size=[tc.size, tc.size],
         training_data=f"chest X-ray landmark images of {folders[0]}: {len(gd.splits['train'])} training images "
-        f"({len(keep)} labelled, variant {variant}), {len(gd.unlabelled)} extra unlabelled images of {folders[1]}; "
-        f"{len(gd.splits['val'])} validation and {len(gd.splits['test'])} test images (split by image, seed "
-        f"{cfg.split_seed}); lung contours, heart, clavicles ({gd.schema.n_points} points)"
+        f"({len(keep)} labelled, variant {variant})"
+        + (f", {len(gd.unlabelled)} extra unlabelled images of {folders[1]}" if variant not in ("student_supervised", "teacher_supervised") else "")
+        + f"; {len(gd.splits['val'])} validation and {len(gd.splits['test'])} test images (split by image, seed "
+        f"{cfg.split_seed}); {', '.join(GROUP_NAMES[g] for g in gd.schema.groups)} ({gd.schema.n_points} points)"
         + (f"; the shape and contour stages also learnt {len(gd.extra_shapes)} JSRT outlines without images "
            f"({cfg.extra_outlines})" if gd.extra_shapes is not None and len(gd.extra_shapes) else ""),
         n_training_cases=len(keep), validation_metrics=metrics, seed=seed,

@@ -462,6 +462,10 @@ def test_whole_contours_replace_a_subsample_and_are_gated_on_its_points(synth, t
     split = write_landmark_split(synth, tmp_path / "docs" / "split.json", relative=True)
     assert not Path(json.loads(split.read_text(encoding="utf-8"))["dataset"]).is_absolute()
     cand = Zoo(tmp_path / "cand")
+    described = cand.card("few").training_data  # what it learnt from, as the card tells a user
+    assert (
+        "; right lung, left lung (" in described and "unlabelled" not in described
+    )  # supervised: no extra images
     zoo = tmp_path / "zoo"
     assert promote(zoo, "lm", cand.get("few"), split)["accepted"]
     res = promote(zoo, "lm", cand.get("whole"), split, method="bootstrap", dry_run=True)
