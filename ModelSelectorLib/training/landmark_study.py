@@ -440,8 +440,10 @@ def train_into_zoo(
         t0 = time.perf_counter()
         net, later, keep = _zoo_network(gd, tc, variant, fraction, seed, weights, refiner, cancel)
         seconds = time.perf_counter() - t0
+        # a sweep's candidate is scored on the sweep's selection images: its card must not call them test images
+        held_out = "test" if splits is None else "held-out selection"
         return _zoo_bundle(data, zoo, cfg, tc, gd, net, later, name, version, variant, keep, seed,
-                           None if weights is not None else seconds)  # fmt: skip
+                           None if weights is not None else seconds, held_out)  # fmt: skip
 
 
 def _given_splits(gd: GridData, splits: Mapping[str, Sequence[str]], data: PathLike) -> dict[str, list[str]]:
@@ -529,7 +531,7 @@ def _zoo_network(gd: GridData, tc: LandmarkTrainConfig, variant: str, fraction: 
 
 def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrainConfig, gd: GridData, net: Any,
                 later: dict[str, Any], name: str, version: str, variant: str, keep: set, seed: int,
-                seconds: Optional[float]) -> dict[str, Any]:  # fmt: skip
+                seconds: Optional[float], held_out: str = "test") -> dict[str, Any]:  # fmt: skip
     import tempfile
 
     whole = _whole(net, later, gd, tc, [i for i in gd.splits["train"] if i in keep])
@@ -553,7 +555,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
         training_data=f"chest X-ray landmark images of {folders[0]}: {len(gd.splits['train'])} training images "
         f"({len(keep)} labelled, variant {variant})"
         + (f", {len(gd.unlabelled)} extra unlabelled images of {folders[1]}" if variant not in ("student_supervised", "teacher_supervised") else "")
-        + f"; {len(gd.splits['val'])} validation and {len(gd.splits['test'])} test images (split by image, seed "
+        + f"; {len(gd.splits['val'])} validation and {len(gd.splits['test'])} {held_out} images (split by image, seed "
         f"{cfg.split_seed}); {', '.join(GROUP_NAMES[g] for g in gd.schema.groups)} ({gd.schema.n_points} points)"
         + (f"; the shape and contour stages also learnt {len(gd.extra_shapes)} JSRT outlines without images "
            f"({cfg.extra_outlines})" if gd.extra_shapes is not None and len(gd.extra_shapes) else ""),

@@ -280,10 +280,11 @@ def test_a_landmark_sweep_ranks_on_the_selection_split_and_leaves_the_test_split
         c["id"] for c in json.loads((work / "evaluation" / "a.json").read_text(encoding="utf-8"))["cases"]
     }
     assert evaluated == set(parts["selection"]) and not evaluated & set(parts["test"])
-    card = Zoo(zoo).card(
-        "lm-a"
-    )  # the candidate's held-out figures are on the selection images, not the test ones
+    # the candidate's held-out figures are on the selection images, not the test ones, and its card says so
+    card = Zoo(zoo).card("lm-a")
     assert card.validation_metrics["test_n_cases"] == len(parts["selection"])
+    assert f"{len(parts['selection'])} held-out selection images" in card.training_data
+    assert " test images" not in card.training_data
     assert card.n_training_cases == len(parts["train"])
 
 
