@@ -177,25 +177,21 @@ class Image:
             )
         n, d, frame = self.ndim, self.direction_matrix(), self.view_frame()
         plane = [a for a in range(n) if a != self.slice_axis]
-        along = frame.T @ d[:, plane]  # how the slice's two axes lie along right and down
-        order = (
-            plane
-            if abs(along[0, 0]) + abs(along[1, 1]) >= abs(along[0, 1]) + abs(along[1, 0])
-            else plane[::-1]
-        )
-        signs = [1.0 if frame[:, v] @ d[:, a] >= 0 else -1.0 for v, a in enumerate(order)]
-        axes, signs = order + [a for a in range(n) if a not in order], signs + [1.0] * (n - 2)
-        perm = [n - 1 - a for a in reversed(axes)] + list(
-            range(n, self.array.ndim)
-        )  # array axes: ITK reversed
+        along = np.abs(frame.T @ d[:, plane])  # how much each of the slice's two axes runs right and down
+        order = plane if along[0, 0] + along[1, 1] >= along[0, 1] + along[1, 0] else plane[::-1]
+        # the new i, j (and k) as old axes, and whether each runs against the viewer's right and down
+        axes = order + [a for a in range(n) if a not in order]
+        signs = [1.0 if frame[:, v] @ d[:, a] >= 0 else -1.0 for v, a in enumerate(order)] + [1.0] * (n - 2)
+        # the array's axes are ITK's reversed; colour components stay last
+        perm = [n - 1 - a for a in reversed(axes)] + list(range(n, self.array.ndim))
         flips = tuple(n - 1 - p for p, sg in enumerate(signs) if sg < 0)
-        start = np.array([0.0 if sg > 0 else self.size[a] - 1.0 for a, sg in zip(axes, signs)])[
-            np.argsort(axes)
-        ]
+        first = np.zeros(n)  # the old index of the new first pixel
+        for a, sg in zip(axes, signs):
+            first[a] = 0.0 if sg > 0 else self.size[a] - 1.0
         laid = Image(
             np.flip(self.array.transpose(perm), flips),
             tuple(self.spacing[a] for a in axes),
-            tuple((self.ijk_to_lps() @ np.append(start, 1.0))[:n].tolist()),
+            tuple((self.ijk_to_lps() @ np.append(first, 1.0))[:n].tolist()),
             tuple(np.stack([d[:, a] * sg for a, sg in zip(axes, signs)], axis=1).ravel().tolist()),
             dict(self.meta),
         )
