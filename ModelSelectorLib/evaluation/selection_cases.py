@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import InputError, ModelSelectorError
-from ..io.image import IMAGE_2D_SUFFIXES
+from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES
 from ..selection.calibration import LabelledImage
 from ..selection.encoder import OOD_CLASS
 from ..selection.field_of_view import compare_field_of_view, view_fits
@@ -150,14 +150,16 @@ def zoo_training_paths(zoo: Any, roots: Iterable[PathLike], validation: bool = T
     Reads each current bundle's card ``example_inputs``; the ``training_cases`` (and ``validation_cases``,
     ``check_cases``) of the ``starter_zoo`` block of ``configs/metadata.json`` (relative paths are tried
     against each of ``roots``); unlabelled training images that the block counts but does not list, when a
-    folder its ``source`` names holds exactly that many images; and the ``source`` of prototype records
-    that name files.
+    folder its ``source`` names holds exactly that many images; the ``source`` of prototype records that name
+    files; and the cases a training run recorded by file name in ``docs/training_curve.json`` (a model of
+    ``modelselector train`` has no block), matched by name to the image files under ``roots``.
     """
     from ..zoo.bundle import read_metadata
 
     roots = [Path(r) for r in roots]
     out: set = set()
     keys = ("training_cases", "validation_cases", "check_cases") if validation else ("training_cases",)
+    by_stem: Optional[dict[str, list[str]]] = None
 
     def add(rel: str, bundle: Path) -> None:
         p = resolve_source(rel, [bundle, *roots])
@@ -182,6 +184,35 @@ def zoo_training_paths(zoo: Any, roots: Iterable[PathLike], validation: bool = T
             src = rec.get("source") or rec.get("path")
             if isinstance(src, str) and src:
                 add(src, bundle)
+        named = _curve_cases(bundle, validation)
+        if named:
+            by_stem = _image_files_by_stem(roots) if by_stem is None else by_stem
+            out |= {p for stem in named for p in by_stem.get(stem, [])}
+    return out
+
+
+def _curve_cases(bundle: Path, validation: bool) -> set[str]:
+    """The file-name stems of the cases a training run recorded (``training_cases``, and with ``validation``
+    ``validation_cases``, of ``docs/training_curve.json``; ``hippocampus_001.nii.gz`` -> ``hippocampus_001``)."""
+    from ..training.config import CURVE_FILE
+
+    try:
+        curve = json.loads((bundle / CURVE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    keys = ("training_cases", "validation_cases") if validation else ("training_cases",)
+    return {Path(str(c)).name.split(".")[0] for k in keys for c in (curve.get(k) or []) if c}
+
+
+def _image_files_by_stem(roots: Sequence[Path]) -> dict[str, list[str]]:
+    """Every image file under ``roots`` by the stem of its name (several where names repeat across folders)."""
+    suffixes = (*IMAGE_2D_SUFFIXES, *VOLUME_SUFFIXES)
+    out: dict[str, list[str]] = {}
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            for f in files:
+                if f.lower().endswith(suffixes):
+                    out.setdefault(f.split(".")[0], []).append(str((Path(folder) / f).resolve()))
     return out
 
 

@@ -504,3 +504,21 @@ def test_resolve_source_recorded_in_another_folder(tmp_path, monkeypatch):
     assert resolve_source("../shared/data/ct/a.nii.gz", [tmp_path / "data"]) == str(f.resolve())
     assert resolve_source(str(f)) == str(f.resolve())
     assert resolve_source("synthesised-0", [tmp_path / "data"]) is None
+
+
+def test_cases_a_training_run_recorded_by_name_are_left_out(tmp_path):
+    """A model made with `modelselector train` lists its training and validation cases by file name only (in
+    docs/training_curve.json, no starter-zoo block): the images of those names under the data folder are its
+    training images, and the evaluation leaves them out."""
+    from ModelSelectorLib.evaluation.selection_cases import zoo_training_paths
+
+    make_data(tmp_path / "data")
+    zoo = make_zoo(tmp_path, {})
+    assert not zoo_training_paths(zoo, [tmp_path / "data"])
+    trained = next(p for p in (tmp_path / "data").rglob("*.nii.gz"))
+    curve = Path(zoo.get(zoo.names()[0])) / "docs" / "training_curve.json"
+    curve.write_text(json.dumps({"training_cases": [trained.name], "validation_cases": ["dx0.nii.gz"]}))
+    found = zoo_training_paths(zoo, [tmp_path / "data"])
+    dx0 = str(next((tmp_path / "data").rglob("dx0.png")).resolve())
+    assert found == {str(trained.resolve()), dx0}  # a validation case of another format, matched by its name
+    assert zoo_training_paths(zoo, [tmp_path / "data"], validation=False) == {str(trained.resolve())}
