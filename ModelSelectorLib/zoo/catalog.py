@@ -19,8 +19,10 @@ catalog intact and lists no partial model. ``remove`` rewrites the catalog first
 
 Every change holds the zoo's write lock (``ZOO/.lock``, :func:`~ModelSelectorLib.atomic.writer_lock`), so
 concurrent writers take turns and each sees the catalog the previous one wrote. The writer that holds the lock
-first removes what killed writers left: temporary files and folders, and model folders that ``zoo.json`` does
-not list (a copy renamed into place just before its ``add`` was killed, or the files of a killed ``remove``).
+first removes what killed writers left: temporary files and folders, and bundle folders that ``zoo.json`` does
+not list and that are marked as pending (:data:`PENDING_MARKER`: a copy renamed into place just before its
+``add`` was killed, or the files of a killed ``remove``). An unlisted bundle without the mark was put there by
+someone else and is left alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -40,7 +43,6 @@ from ..models.registry import runtime_class
 from ..provenance import utc_timestamp
 from ..resources import default_zoo_path
 from .bundle import (
-    METADATA_FILE,
     copy_bundle,
     import_monai_bundle,
     is_standard_monai_bundle,
@@ -56,6 +58,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 CATALOG = "zoo.json"
 MODELS = "models"
 FORMAT = 1
+#: a file in a bundle folder that an ``add`` or ``remove`` of this zoo is under way for
+PENDING_MARKER = ".modelselector-pending"
 _ZOO_OWN_NAMES = frozenset({MODELS, atomic.LOCK_NAME})  # what an interrupted create may have left
 _CREATE_HINT = "create one with `modelselector zoo init --zoo PATH` or `modelselector train --out PATH`"
 _REBUILD_HINT = ("restore it from a backup, or make a new zoo (`modelselector zoo init --zoo NEW`) and `modelselector "
@@ -135,7 +139,10 @@ class Zoo:
             atomic.remove_leftovers(model_dir)
             for version_dir in sorted(model_dir.iterdir()):
                 rel = version_dir.relative_to(self.path).as_posix()
-                if rel not in listed and (version_dir / METADATA_FILE).is_file():  # a bundle nobody lists
+                pending = version_dir / PENDING_MARKER
+                if rel in listed:  # an add killed after its catalog write
+                    pending.unlink(missing_ok=True)
+                elif pending.is_file():  # left by a killed add or remove; a bundle put here by hand stays
                     shutil.rmtree(version_dir, ignore_errors=True)
             if model_dir.name not in data["models"] and not any(model_dir.iterdir()):
                 model_dir.rmdir()
@@ -214,7 +221,8 @@ class Zoo:
         if not path.is_dir():
             raise ZooError(
                 f"{path}: the bundle of {name} {version} listed in {CATALOG} is missing; "
-                f"remove it with `modelselector zoo remove {name}` and add it again."
+                f"remove it with `modelselector zoo remove {name} --zoo {shlex.quote(str(self.path))}` and add it "
+                "again."
             )
         return path
 
@@ -300,9 +308,13 @@ class Zoo:
             if card.version in data["models"].get(card.name, {}).get("versions", {}):
                 raise ZooError(
                     f"{card.name} version {card.version} is already in the zoo; raise 'version' in the bundle's "
-                    f"metadata.json or remove the model first (`modelselector zoo remove {card.name}`)."
+                    f"metadata.json or remove the model first (`modelselector zoo remove {card.name} --zoo "
+                    f"{shlex.quote(str(self.path))}`)."
                 )
             dest = self.path / MODELS / card.name / card.version
+            if dest.exists():
+                raise ZooError(f"{dest}: a folder that zoo.json does not list is already there (put there by hand?); "
+                               "move it out of the zoo's models/ folder and add it from there.")  # fmt: skip
             self._copy_in(src, dest, card, trust)
             info = {"path": dest.relative_to(self.path).as_posix(), "added": utc_timestamp(),
                     "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
@@ -321,6 +333,7 @@ class Zoo:
                 with contextlib.suppress(OSError):
                     dest.parent.rmdir()  # only if empty (a new model's folder)
                 raise
+            (dest / PENDING_MARKER).unlink(missing_ok=True)
         return {"name": card.name, "version": card.version, **info}
 
     def _card_for(
@@ -355,6 +368,7 @@ class Zoo:
             if read_metadata(tmp).get("modelselector") != card.to_dict():
                 write_card(tmp, card)
             load_bundle(tmp, trust=trust)
+            (tmp / PENDING_MARKER).touch()  # until the catalog lists it
             os.replace(tmp, dest)
         except BundleError as e:  # name the user's bundle, not the copy that is deleted below
             raise BundleError(str(e).replace(str(tmp), str(src))) from e
@@ -462,7 +476,7 @@ class Zoo:
             entry = self._entry(name)
             if version is None or set(entry["versions"]) == {version}:
                 del data["models"][name]
-                self._write_catalog(data)
+                self._write_pending(data, [self.path / v["path"] for v in entry["versions"].values()])
                 _delete(self.path / MODELS / name)
                 return
             if version not in entry["versions"]:
@@ -474,8 +488,21 @@ class Zoo:
                 entry["current"] = max(
                     entry["versions"], key=lambda v: (entry["versions"][v].get("added", ""), v)
                 )
-            self._write_catalog(data)
+            self._write_pending(data, [self.path / rel])
             _delete(self.path / rel)
+
+    def _write_pending(self, data: dict[str, Any], folders: list[Path]) -> None:
+        """Write the catalog that no longer lists ``folders``, marked as pending first, so that if the process is
+        killed before they are deleted, the next writer knows them for the zoo's own leftovers."""
+        marks = [f / PENDING_MARKER for f in folders if f.is_dir()]
+        for mark in marks:
+            mark.touch()
+        try:
+            self._write_catalog(data)
+        except BaseException:
+            for mark in marks:  # still listed: not pending any more
+                mark.unlink(missing_ok=True)
+            raise
 
     def __repr__(self) -> str:
         return f"Zoo({str(self.path)!r}, models={self.names()})"

@@ -301,7 +301,7 @@ def test_zoo_api_versions_and_errors(tmp_path):
     entry = zoo.add(make_bundle(tmp_path))
     assert entry["name"] == "liver_ct" and entry["version"] == "0.1.0"
     assert entry["path"] == "models/liver_ct/0.1.0" and entry["metrics"] == {"dice": 0.875}
-    with pytest.raises(ZooError, match="already in the zoo"):
+    with pytest.raises(ZooError, match=r"already in the zoo; .*`modelselector zoo remove liver_ct --zoo .*zoo`"):
         zoo.add(make_bundle(tmp_path))
     zoo.add(make_bundle(tmp_path, version="0.2.0", seed=1))
     zoo = Zoo(zoo.path)
@@ -400,6 +400,35 @@ def test_interrupted_add_keeps_previous_zoo(tmp_path, capsys, monkeypatch, fail_
     # and the zoo still works afterwards
     reopened.add(second)
     assert Zoo(zoo.path).names() == ["first", "second"]
+
+
+def test_a_bundle_put_in_the_zoo_by_hand_is_kept_and_only_the_zoos_own_leftovers_go(tmp_path, monkeypatch):
+    """A writer removes what killed adds and removes of this zoo left (marked pending), never a bundle someone
+    copied into models/ by hand: that was a colleague's only copy."""
+    import shutil
+
+    from ModelSelectorLib.zoo import catalog
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(make_bundle(tmp_path, name="first"))
+    by_hand = zoo.path / "models" / "colleague" / "1.0.0"
+    shutil.copytree(make_bundle(tmp_path, name="colleague", version="1.0.0"), by_hand)
+    killed_add = zoo.path / "models" / "first" / "0.2.0"  # renamed into place, then killed before the catalog
+    shutil.copytree(zoo.get("first"), killed_add)
+    (killed_add / catalog.PENDING_MARKER).touch()
+    monkeypatch.setattr(catalog, "_delete", lambda folder: None)  # a remove killed after its catalog write
+    zoo.add(make_bundle(tmp_path, name="second"))
+    zoo.remove("second")
+    monkeypatch.undo()
+    assert (zoo.path / "models" / "second" / "0.1.0" / catalog.PENDING_MARKER).is_file()
+    zoo.add(make_bundle(tmp_path, name="third"))  # the next writer cleans up
+    assert by_hand.is_dir() and not killed_add.exists() and not (zoo.path / "models" / "second").exists()
+    assert not list(zoo.path.rglob(catalog.PENDING_MARKER))  # listed bundles carry no mark
+    with pytest.raises(
+        ZooError, match="a folder that zoo.json does not list is already there .* move it out"
+    ):
+        zoo.add(by_hand)
+    assert by_hand.is_dir() and sorted(Zoo(zoo.path).names()) == ["first", "third"]
 
 
 # --- standard MONAI bundles -------------------------------------------------------------------------------
