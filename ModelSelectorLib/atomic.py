@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import LockedError
+from .errors import LockedError, OutputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -104,6 +104,24 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def lock_timeout() -> float:
+    """``$MODELSELECTOR_LOCK_TIMEOUT`` in seconds (default 600).
+
+    Raises:
+        OutputError: it is not a number of seconds of at least 0.
+    """
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "600")
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = float("nan")
+    if not timeout >= 0 or timeout == float("inf"):
+        raise OutputError(
+            f"${LOCK_TIMEOUT_ENV}={text!r} is not a number of seconds; set it to e.g. 600, or unset it."
+        )
+    return timeout
+
+
 @contextlib.contextmanager
 def writer_lock(folder: PathLike) -> Iterator[None]:
     """Hold the write lock of ``folder`` (the file ``folder/.lock``) while the block runs.
@@ -114,11 +132,13 @@ def writer_lock(folder: PathLike) -> Iterator[None]:
     process.
 
     Raises:
-        LockedError: the lock was not free in time, or ``folder`` cannot be written (read-only).
+        LockedError: the lock was not free in time. OutputError: ``folder`` cannot be written (read-only), or
+            ``$MODELSELECTOR_LOCK_TIMEOUT`` is not a number of seconds.
     """
     import filelock
 
     folder = Path(folder)
+    timeout = lock_timeout()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         key = str(folder.resolve() / LOCK_NAME)
@@ -127,7 +147,6 @@ def writer_lock(folder: PathLike) -> Iterator[None]:
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "600"))
             print(f"modelselector: waiting for another process that is changing {folder} ...", file=sys.stderr,
                   flush=True)  # fmt: skip
             try:
@@ -137,8 +156,8 @@ def writer_lock(folder: PathLike) -> Iterator[None]:
                     f"{folder}: another process has been changing it for more than {timeout:g} s (it holds "
                     f"{folder / LOCK_NAME}); wait until it has finished, then try again."
                 ) from None
-    except OSError as e:
-        raise LockedError(f"{folder}: cannot be changed ({e.strerror or e}); check its permissions.") from e
+    except OSError as e:  # read-only: waiting would not help, so not a LockedError
+        raise OutputError(f"{folder}: cannot be changed ({e.strerror or e}); check its permissions.") from e
     try:
         yield
     finally:

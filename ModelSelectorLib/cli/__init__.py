@@ -9,6 +9,7 @@ this module parses the command line, runs the chosen command, and turns every
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -16,7 +17,16 @@ import sys
 from typing import NoReturn, Optional
 
 from .. import __version__
-from ..errors import Cancelled, ModelSelectorError
+from ..errors import Cancelled, ModelSelectorError, OutputError
+
+#: what the system refuses to write, and what the user can do about it (any other OSError is a fault: traceback)
+_WRITE_REFUSALS = {
+    errno.ENOSPC: "free some disk space or write elsewhere",
+    errno.EDQUOT: "free some of your disk quota or write elsewhere",
+    errno.EROFS: "write elsewhere",
+    errno.EACCES: "check its permissions or write elsewhere",
+    errno.EPERM: "check its permissions or write elsewhere",
+}
 
 # Modules of this package that add subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -106,6 +116,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"modelselector: error: {one_line}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if args.debug or e.errno not in _WRITE_REFUSALS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"modelselector: error: {where}{e.strerror}; {_WRITE_REFUSALS[e.errno]}.", file=sys.stderr)
+        return OutputError.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

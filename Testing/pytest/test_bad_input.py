@@ -561,6 +561,7 @@ def test_three_concurrent_adds_of_one_bundle_give_one_success(tmp_path):
 
 def test_the_next_writer_removes_what_killed_writers_left(indexed_zoo, tmp_path):
     from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.catalog import PENDING_MARKER
 
     zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
     models = zoo_dir / "models"
@@ -576,6 +577,8 @@ def test_the_next_writer_removes_what_killed_writers_left(indexed_zoo, tmp_path)
     bad.copy_tree(models / "m0" / "0.1.0", litter[2])
     for f in (litter[1], litter[4], litter[5]):
         f.write_text("left behind\n")
+    for pending in (litter[2], *litter[3].iterdir()):  # what a killed add or remove marks before it is killed
+        (pending / PENDING_MARKER).touch()
     catalog = json.loads((zoo_dir / "zoo.json").read_text())
     del catalog["models"]["m3"]
     (zoo_dir / "zoo.json").write_text(json.dumps(catalog))

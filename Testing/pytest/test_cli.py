@@ -66,3 +66,32 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
     assert err == "", err
+
+
+def test_a_disk_that_refuses_the_write_is_one_line_with_what_to_do(tmp_path, monkeypatch, capsys):
+    """A full disk, a read-only folder or an unusable lock setting: one line and exit status 6, as for an
+    output path; any other system error stays a traceback (a fault to report)."""
+    import errno
+
+    from ModelSelectorLib import atomic
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_json", full)
+    assert main(["zoo", "init", "--zoo", str(tmp_path / "z1")]) == 6
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("zoo.json: No space left on device; free some disk space or write elsewhere.")
+    assert len(err.splitlines()) == 1
+    monkeypatch.undo()
+    monkeypatch.setenv("MODELSELECTOR_LOCK_TIMEOUT", "ten minutes")
+    assert main(["zoo", "init", "--zoo", str(tmp_path / "z2")]) == 6
+    assert "$MODELSELECTOR_LOCK_TIMEOUT='ten minutes' is not a number of seconds" in capsys.readouterr().err
+    monkeypatch.delenv("MODELSELECTOR_LOCK_TIMEOUT")
+
+    def broken(path, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(atomic, "write_json", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["zoo", "init", "--zoo", str(tmp_path / "z3")])
