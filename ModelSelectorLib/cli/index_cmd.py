@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..resources import default_zoo_path
 from ..zoo.catalog import Zoo
+from .args import positive_int
+
+#: printed when the selector is calibrated without labelled images (build, add and calibrate without --data)
+WITHOUT_DATA = (
+    "modelselector: warning: calibrated without labelled images (--data): on each model's own example inputs "
+    "and synthetic pictures only, whose operating points accept more images of other kinds; pass --data DIR "
+    "(the shared data) to calibrate on the development images."
+)
 
 
 def _common(q: argparse.ArgumentParser) -> None:
@@ -41,7 +50,13 @@ def register(sub: Any) -> None:
     _common(q)
     q.add_argument("--model", required=True, metavar="NAME")
     q.add_argument("--version", dest="model_version", default=None, help="model version (default: current)")
-    q.add_argument("--calibrate", action="store_true", help="recalibrate the threshold afterwards")
+    q.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="recalibrate the selector afterwards (with --data: on the development images; without, refused "
+        "when that would replace a calibration made on them)",
+    )
+    _calibration_data(q)
     q.set_defaults(func=cmd_add)
 
     q = isub.add_parser("remove", help="remove one model from the index")
@@ -55,7 +70,8 @@ def register(sub: Any) -> None:
         description="Score the development images of the protocol split (or, without --data, the models' "
         "exemplar files and synthetic references) against every model; fit the score's weights, choose the "
         "model-alone signals and one operating point per model, and store them with their false-accept and "
-        "false-reject rates in the index sidecar.",
+        "false-reject rates in the index sidecar. Without --data it warns, and it refuses to replace a "
+        "calibration made on development images.",
     )
     _common(q)
     _calibration_data(q)
@@ -73,7 +89,7 @@ def _calibration_data(q: argparse.ArgumentParser) -> None:
                    help="calibrate on the development part of the protocol split of this data folder")  # fmt: skip
     q.add_argument("--split-file", type=Path, default=None, metavar="JSON",
                    help="protocol split (default: the bundled encoder's split.json)")  # fmt: skip
-    q.add_argument("--limit", type=int, default=None, metavar="N",
+    q.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use at most N development images (class by class, seeded)")  # fmt: skip
 
 
@@ -97,16 +113,25 @@ def _paths(args: argparse.Namespace) -> tuple[Zoo, Path]:
     return zoo, (args.index if args.index is not None else default_index_dir(zoo))
 
 
+def _q(path: Any) -> str:
+    """A path as a shell word, for the commands printed in messages."""
+    return shlex.quote(str(path))
+
+
 def _summary(idx: Any) -> str:
     parts = [f"{n} ({len(idx.labels_of(n))})" for n in idx.model_names()]
     return f"{len(idx)} prototype(s) of {len(parts)} model(s): {', '.join(parts)}"
 
 
-def _print_calibration(cal: dict, key: str = "data-free+exemplar:verify") -> None:
-    """Each model's operating point with its false-accept and false-reject rates (one setting)."""
+def _print_calibration(cal: dict, zoo: Zoo, idx: Any = None, key: str = "data-free+exemplar:verify") -> None:
+    """Each model's operating point with its false-accept and false-reject rates (one setting), and the indexed
+    models that the calibration does not know (they use the pooled point)."""
+    from ..selection.scoring import uncalibrated_models
+
+    recalibrate = f"`modelselector index calibrate --zoo {_q(zoo.path)} --data DIR`"
     setting = ((cal or {}).get("settings") or {}).get(key)
     if not setting:
-        print("  not calibrated for this version of the selector; run `modelselector index calibrate`.")
+        print(f"  not calibrated for this version of the selector; run {recalibrate}.")
         return
     print(f"  calibrated on {cal.get('images', '?')}; setting {key}")
     for name, m in sorted((setting.get("models") or {}).items()):
@@ -115,6 +140,9 @@ def _print_calibration(cal: dict, key: str = "data-free+exemplar:verify") -> Non
         own = "pooled" if m.get("pooled") else "own"
         print(f"  {name:28s} operating point {m['threshold']:7.3f} ({own:6s}) false-accept {far} "
               f"false-reject {frr}  (positives {m['n_positive']}, negatives {m['n_negative']})")  # fmt: skip
+    for name in uncalibrated_models(setting, idx.model_names() if idx is not None else []):
+        print(f"  {name:28s} no operating point of its own (added after the calibration): uses the pooled point "
+              f"{float(setting.get('threshold', 0.0)):.3f}; recalibrate with {recalibrate}")  # fmt: skip
     kept = {t: sorted(v) for t, v in (setting.get("verify") or {}).items()}
     print(f"  model-alone signals kept: {kept or 'none'}")
 
@@ -128,29 +156,38 @@ def cmd_build(args: argparse.Namespace) -> int:
     idx.save(out)
     print(f"Index saved to {out}: {_summary(idx)}")
     if args.calibrate:
-        _print_calibration(idx.calibration)
+        _print_calibration(idx.calibration, zoo, idx)
         if cases is None:
-            print("modelselector: warning: calibrated without labelled images (--data): on each model's own example "
-                  "inputs and synthetic pictures only, whose operating points accept more images of other kinds; "
-                  "pass --data DIR (the shared data) to calibrate on the development images.", file=sys.stderr)  # fmt: skip
+            print(WITHOUT_DATA, file=sys.stderr)
     return 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..selection.calibration import calibrate, refuse_weaker_calibration
     from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    with updating_index(out) as idx:
+    chosen = [a for a in ("data", "split_file", "limit") if getattr(args, a) is not None]
+    if chosen and not args.calibrate:
+        raise InputError("--data, --split-file and --limit choose the images of a calibration: add --calibrate, "
+                         "or leave them out.")  # fmt: skip
+    remedy = (f"pass --data DIR to recalibrate on them, or leave --calibrate out and run `modelselector index "
+              f"calibrate --zoo {_q(zoo.path)} --data DIR`")  # fmt: skip
+    with updating_index(out, zoo) as idx:
+        cases, text = _cases(args, zoo) if args.calibrate else (None, "")
+        if args.calibrate and cases is None:  # before any change: a refusal leaves the index as it was
+            refuse_weaker_calibration(idx, remedy)
         n = idx.add_model(zoo, args.model, args.model_version)
         if args.calibrate:
-            from ..selection.calibration import calibrate
-
-            calibrate(idx, zoo)
+            calibrate(idx, zoo, cases=cases, description=text)
         idx.save(out)
     print(f"Added {n} prototype(s) of {args.model} to {out}; now {_summary(idx)}")
     if not args.calibrate:
-        print(f"The calibration was made without it; recalibrate with `modelselector index calibrate --zoo {zoo.path} "
-              "--data DATA`.")  # fmt: skip
+        print(f"The calibration was made without it; recalibrate with `modelselector index calibrate --zoo "
+              f"{_q(zoo.path)} --data DIR`.")  # fmt: skip
+    elif cases is None:
+        print(WITHOUT_DATA, file=sys.stderr)
     return 0
 
 
@@ -158,7 +195,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    with updating_index(out) as idx:
+    with updating_index(out, zoo) as idx:
         n = idx.remove_model(args.model)
         idx.save(out)
     print(f"Removed {n} prototype(s) of {args.model} from {out}; now {_summary(idx)}")
@@ -166,27 +203,33 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..selection.calibration import calibrate
+    from ..selection.calibration import calibrate, refuse_weaker_calibration
     from ..selection.index import updating_index
 
     zoo, out = _paths(args)
-    with updating_index(out) as idx:
+    with updating_index(out, zoo) as idx:
         cases, text = _cases(args, zoo)
+        if cases is None:
+            refuse_weaker_calibration(idx, "pass --data DIR (the data folder of the protocol split)")
         cal = calibrate(idx, zoo, cases=cases, description=text)
         idx.save(out)
     print(f"Calibration saved to {out}:")
-    _print_calibration(cal)
+    _print_calibration(cal, zoo, idx)
+    if cases is None:
+        print(WITHOUT_DATA, file=sys.stderr)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ..selection.encoder import default_encoder
     from ..selection.index import ZooIndex
+    from ..selection.prototypes import encoder_id
 
     zoo, out = _paths(args)
-    idx = ZooIndex.load(out)
-    idx.check_against(zoo)
+    idx = ZooIndex.load(out, zoo)
+    idx.check_against(zoo, encoder_id(default_encoder()))
     print(f"The index {out} matches the zoo {zoo.path}: {_summary(idx)}")
-    _print_calibration(idx.calibration)
+    _print_calibration(idx.calibration, zoo, idx)
     _print_unknown_domains(zoo, idx)
     return 0
 

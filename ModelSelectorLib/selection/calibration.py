@@ -64,6 +64,10 @@ ORIGIN_SETS = (("exemplar",), ("data-free",), ORIGINS)
 #: must have (a better fit must not lower the score): the runtimes' fit scores, the Mahalanobis feature fit,
 #: and the raw heatmap entropy of landmark models (so its scale is chosen on development images)
 SIGNALS = {"fit": 1.0, "feature_fit": 1.0, "heatmap_entropy": -1.0}
+#: what a calibration was made on (its ``"made_on"``): labelled images (the development part of the protocol
+#: split) or, without them, the models' exemplar files and synthetic references
+MADE_ON_LABELLED = "labelled images"
+MADE_ON_EXEMPLARS = "exemplar files"
 
 
 @dataclasses.dataclass
@@ -362,6 +366,7 @@ def calibrate(
     """
     zoo, index = open_zoo_and_index(zoo, index)
     enc = encoder if encoder is not None else default_encoder()
+    made_on = MADE_ON_EXEMPLARS if cases is None and positives is None else MADE_ON_LABELLED
     if cases is None:
         cases = default_cases(index, zoo, positives, negatives)
         description = description or "exemplar files of each model (without their own prototypes) and synthetic "\
@@ -374,6 +379,7 @@ def calibrate(
     cal = {
         "format": 2,
         "images": description or f"{len(cases)} labelled images",
+        "made_on": made_on,
         "n_images": len({r["case"] for r in records}),
         "encoder": encoder_id(enc),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -381,6 +387,31 @@ def calibrate(
     }
     index.calibration = cal
     return cal
+
+
+def made_on_labelled_images(cal: Optional[dict[str, Any]]) -> bool:
+    """True when calibration ``cal`` was made on labelled images (``--data``), not on exemplar files alone."""
+    cal = cal or {}
+    if not cal.get("settings"):
+        return False
+    if cal.get("made_on"):
+        return cal["made_on"] == MADE_ON_LABELLED
+    # calibrations saved before "made_on" say what they were made on in their description only
+    return not str(cal.get("images", "")).startswith(MADE_ON_EXEMPLARS)
+
+
+def refuse_weaker_calibration(index: Any, remedy: str) -> None:
+    """Raise :class:`~ModelSelectorLib.errors.InputError` when ``index`` holds a calibration made on labelled
+    images, which a calibration without them (exemplar files only: few images, one pooled operating point for
+    most models) would silently replace; ``remedy`` says what to do instead.
+    """
+    cal = index.calibration
+    if made_on_labelled_images(cal):
+        raise InputError(
+            f"the index's calibration was made on {cal.get('n_images', 'many')} labelled development images, and "
+            f"calibrating without --data would replace it with a weaker one made on the models' exemplar files: "
+            f"{remedy}."
+        )
 
 
 _calibrate = calibrate  # build_index's flag of the same name hides the function
@@ -412,5 +443,6 @@ def build_index(
     return idx
 
 
-__all__ = ["LabelledImage", "build_index", "calibrate", "collect_pairs", "default_cases", "fit_setting",
-           "ood_references", "youden_threshold"]  # fmt: skip
+__all__ = ["MADE_ON_EXEMPLARS", "MADE_ON_LABELLED", "LabelledImage", "build_index", "calibrate", "collect_pairs",
+           "default_cases", "fit_setting", "made_on_labelled_images", "ood_references", "refuse_weaker_calibration",
+           "youden_threshold"]  # fmt: skip

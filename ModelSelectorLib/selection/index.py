@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,7 +43,15 @@ from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
 from .encoder import EMBED_DIM
 from .hnsw_file import check_graph_file, file_digest
-from .prototypes import ORIGINS, PrototypeSet, has_prototypes, load_prototypes, prototypes_digest
+from .prototypes import (
+    ORIGINS,
+    PROTOTYPES_DIR,
+    RECORDS_FILE,
+    PrototypeSet,
+    has_prototypes,
+    load_prototypes,
+    prototypes_digest,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -57,7 +66,39 @@ def default_index_dir(zoo: Any) -> Path:
 
 
 def _zoo_arg(zoo: Any) -> str:
-    return str(getattr(zoo, "path", zoo))
+    """The zoo's folder as a shell word for the commands printed in messages."""
+    return shlex.quote(str(getattr(zoo, "path", zoo)))
+
+
+def build_hint(directory: PathLike, zoo: Any = None) -> str:
+    """The command that builds the index in ``directory`` for ``zoo`` (default: the folder above an
+    ``index`` folder), with ``--index`` when the folder is not the zoo's default one."""
+    d = Path(directory)
+    if zoo is None and d.name != INDEX_DIRNAME:  # a folder of its own: its zoo is unknown here
+        return f"`modelselector index build --zoo ZOO --index {shlex.quote(str(d))}`"
+    zoo = d.parent if zoo is None else zoo
+    cmd = f"modelselector index build --zoo {_zoo_arg(zoo)}"
+    if d.absolute() != default_index_dir(zoo).absolute():
+        cmd += f" --index {shlex.quote(str(d))}"
+    return f"`{cmd}`"
+
+
+def prototypes_encoder(bundle_dir: PathLike) -> str:
+    """The id of the encoder that made a bundle's stored prototypes ("" when unknown or unreadable)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        records = json.loads((Path(bundle_dir) / PROTOTYPES_DIR / RECORDS_FILE).read_text(encoding="utf-8"))
+        return str((records.get("meta") or {}).get("encoder", ""))
+    return ""
+
+
+def _replaced(d: Path, graph: Path) -> bool:
+    """True when ``graph`` is gone or the sidecar in ``d`` no longer names it (another process saved)."""
+    if not graph.is_file():
+        return True
+    try:
+        return json.loads((d / SIDECAR).read_text(encoding="utf-8")).get("graph") != graph.name
+    except (OSError, ValueError, AttributeError):
+        return True  # the sidecar is being replaced
 
 
 class ZooIndex:
@@ -135,15 +176,16 @@ class ZooIndex:
         self.next_label += len(v)
         return labels
 
-    def add_prototypes(self, pset: PrototypeSet, digest: str = "") -> int:
-        """Add (or replace) one model's prototypes; returns the number added."""
+    def add_prototypes(self, pset: PrototypeSet, digest: str = "", zoo: Any = "ZOO") -> int:
+        """Add (or replace) one model's prototypes; returns the number added (``zoo``: named in error messages)."""
         if not pset.model:
             raise IndexMismatchError("prototypes without a model name cannot be indexed.")
         enc = str(pset.meta.get("encoder", ""))
         if self.encoder and enc and enc != self.encoder:
             raise IndexMismatchError(
                 f"the prototypes of {pset.model} were made with encoder {enc}, the index with {self.encoder}; "
-                f"regenerate them with `modelselector prototypes --model {pset.model}` and rebuild the index."
+                f"make them again with the zoo's encoder: `modelselector prototypes --zoo {_zoo_arg(zoo)} --model "
+                f"{pset.model}`."
             )
         self.encoder = self.encoder or enc
         if pset.model in self.models:
@@ -174,7 +216,7 @@ class ZooIndex:
             raise IndexMismatchError(str(e)) from e
         card = zoo.card(name, version)
         pset.model, pset.version = name, card.version
-        return self.add_prototypes(pset, prototypes_digest(bundle))
+        return self.add_prototypes(pset, prototypes_digest(bundle), zoo)
 
     def remove_model(self, name: str) -> int:
         """Remove a model's prototypes (hnswlib ``mark_deleted``) and its calibrated operating points; returns the
@@ -336,16 +378,21 @@ class ZooIndex:
                 )
 
     @classmethod
-    def load(cls, directory: PathLike) -> ZooIndex:
+    def load(cls, directory: PathLike, zoo: Any = None) -> ZooIndex:
         """Load an index saved by :meth:`save`, after checking its graph file (size and SHA-256 recorded in
         the sidecar, and the file's structure) so that a damaged file cannot crash hnswlib.
+
+        Args:
+            directory: the index folder.
+            zoo: the zoo it belongs to (a :class:`~ModelSelectorLib.zoo.Zoo` or folder), named in the command
+                that rebuilds it (default: the folder above ``directory``).
 
         Raises:
             IndexMismatchError: no index there, or a corrupt sidecar or graph (the message says how to
             rebuild it).
         """
         d = Path(directory)
-        zoo_hint = f"`modelselector index build --zoo {d.parent}`"
+        zoo_hint = build_hint(d, zoo)
         if not (d / SIDECAR).is_file():
             raise IndexMismatchError(f"{d}: no prototype index there; build it with {zoo_hint}.")
         missing: Optional[FileNotFoundError] = None
@@ -390,6 +437,8 @@ class ZooIndex:
         except FileNotFoundError:
             raise
         except (OSError, RuntimeError, ValueError, MemoryError) as e:
+            if _replaced(d, graph):  # a writer saved a new index meanwhile: read that one (load retries)
+                raise FileNotFoundError(2, f"replaced while loading ({e})", str(graph)) from e
             raise IndexMismatchError(
                 f"{graph}: corrupt index graph ({e}); rebuild it with {zoo_hint}."
             ) from e
@@ -402,36 +451,15 @@ class ZooIndex:
         return idx
 
     # --- consistency ----------------------------------------------------------------------------------
-    def problems(self, zoo: Any) -> list[str]:
-        """Every disagreement between the index and ``zoo``, each with the command that fixes it."""
+    def problems(self, zoo: Any, encoder: str = "") -> list[str]:
+        """Every disagreement between the index and ``zoo``, each with the command that fixes it.
+
+        Args:
+            encoder: id of the encoder in use (:func:`~.prototypes.encoder_id`); when a model's prototypes were
+                made with another encoder than the index's, it tells which of the two is out of date.
+        """
         z = _zoo_arg(zoo)
-        out = []
-        for name in zoo.names():
-            bundle = zoo.get(name)
-            current = zoo.card(name).version
-            entry = self.models.get(name)
-            fix = f"`modelselector index add --zoo {z} --model {name}`"
-            if entry is None:
-                if not has_prototypes(bundle):
-                    out.append(
-                        f"model {name!r} is in the zoo but has no prototypes and is not in the index; run "
-                        f"`modelselector prototypes --zoo {z} --model {name} --exemplars IMAGES --data-free 4`, then {fix}"
-                    )
-                else:
-                    out.append(
-                        f"model {name!r} (version {current}) is in the zoo but not in the index; run {fix}"
-                    )
-            elif entry.get("version") != current:
-                out.append(
-                    f"the index holds version {entry.get('version')} of {name!r} but the zoo's current version is "
-                    f"{current} (stale); run {fix}"
-                )
-            elif (
-                has_prototypes(bundle)
-                and entry.get("digest")
-                and prototypes_digest(bundle) != entry["digest"]
-            ):
-                out.append(f"the prototypes of {name!r} changed after it was indexed (stale); run {fix}")
+        out = [p for p in (self._model_problem(zoo, name, z, encoder) for name in zoo.names()) if p]
         for name in self.model_names():
             if name not in zoo:
                 out.append(
@@ -440,12 +468,54 @@ class ZooIndex:
                 )
         return out
 
-    def check_against(self, zoo: Any) -> None:
-        """Raise :class:`IndexMismatchError` when the index and ``zoo`` disagree (missing or stale models).
+    def _model_problem(self, zoo: Any, name: str, z: str, encoder: str) -> Optional[str]:
+        """What is wrong with the index's entry of zoo model ``name`` (None when nothing is)."""
+        bundle = zoo.get(name)
+        current = zoo.card(name).version
+        entry = self.models.get(name)
+        fix = f"`modelselector index add --zoo {z} --model {name}`"
+        found = has_prototypes(bundle)
+        if entry is None and not found:
+            return (
+                f"model {name!r} is in the zoo but has no prototypes and is not in the index; run "
+                f"`modelselector prototypes --zoo {z} --model {name} --exemplars IMAGES --data-free 4`, then {fix}"
+            )
+        if entry is None:
+            problem = f"model {name!r} (version {current}) is in the zoo but not in the index; run {fix}"
+        elif entry.get("version") != current:
+            problem = (
+                f"the index holds version {entry.get('version')} of {name!r} but the zoo's current version is "
+                f"{current} (stale); run {fix}"
+            )
+        elif found and entry.get("digest") and prototypes_digest(bundle) != entry["digest"]:
+            problem = f"the prototypes of {name!r} changed after it was indexed (stale); run {fix}"
+        else:
+            return None
+        made_with = prototypes_encoder(bundle) if found else ""
+        if made_with and self.encoder and made_with != self.encoder:  # `index add` would refuse them
+            return self._encoder_problem(name, made_with, encoder, z)
+        return problem
+
+    def _encoder_problem(self, name: str, made_with: str, encoder: str, z: str) -> str:
+        """The problem of prototypes made with another encoder than the index's, with the command that fixes it:
+        the index is rebuilt when the prototypes are the encoder in use's, else the prototypes are made again."""
+        head = f"the prototypes of {name!r} were made with encoder {made_with}, the index with {self.encoder}"
+        if encoder and made_with == encoder:  # the index is the one out of date
+            return (
+                f"{head} (the encoder in use); rebuild the index with `modelselector index build --zoo {z}`"
+            )
+        return (
+            f"{head}; make its prototypes again with the zoo's encoder (`modelselector prototypes --zoo {z} --model "
+            f"{name}`), then run `modelselector index add --zoo {z} --model {name}`"
+        )
+
+    def check_against(self, zoo: Any, encoder: str = "") -> None:
+        """Raise :class:`IndexMismatchError` when the index and ``zoo`` disagree (missing or stale models, or
+        prototypes made with another encoder; ``encoder``: id of the encoder in use, see :meth:`problems`).
 
         The message names each model concerned and the command that fixes it.
         """
-        probs = self.problems(zoo)
+        probs = self.problems(zoo, encoder)
         if probs:
             raise IndexMismatchError(
                 f"the index {self.path or ''} does not match the zoo {_zoo_arg(zoo)}: "
@@ -477,8 +547,8 @@ def index_zoo(
     names = list(models) if models is not None else zoo.names()
     if not names:
         raise IndexMismatchError(
-            f"the zoo {zoo.path} holds no models; add one with `modelselector zoo add BUNDLE --zoo {zoo.path}` "
-            "or `modelselector train ... --out ZOO` first."
+            f"the zoo {zoo.path} holds no models; add one with `modelselector zoo add BUNDLE --zoo {_zoo_arg(zoo)}` "
+            f"or `modelselector train ... --out {_zoo_arg(zoo)}` first."
         )
     dims = {load_prototypes(zoo.get(n)).dim for n in names if has_prototypes(zoo.get(n))}
     idx = ZooIndex(dim=max(dims) if dims else EMBED_DIM, M=M, ef_construction=ef_construction)
@@ -489,27 +559,37 @@ def index_zoo(
 
 
 @contextlib.contextmanager
-def updating_index(directory: PathLike) -> Iterator[ZooIndex]:
+def updating_index(directory: PathLike, zoo: Any = None) -> Iterator[ZooIndex]:
     """Load the index in ``directory`` while holding its write lock; change and :meth:`~ZooIndex.save` it in
     the block. Concurrent updates (``modelselector index add`` in several processes) then take turns and each
     starts from the index the previous one saved, so none is lost.
+
+    ``zoo`` (its folder or :class:`~ModelSelectorLib.zoo.Zoo`) is named in the command of an error message.
 
     Raises:
         IndexMismatchError: no index there, or a corrupt one. LockedError: the folder stayed locked too long.
     """
     d = Path(directory)
     if not (d / SIDECAR).is_file():
-        ZooIndex.load(d)  # raises with the command that builds one
+        ZooIndex.load(d, zoo)  # raises with the command that builds one
     with writer_lock(d):
-        yield ZooIndex.load(d)
+        yield ZooIndex.load(d, zoo)
 
 
 def load_index(zoo_or_dir: Any) -> ZooIndex:
     """Load ``ZOO/index`` of a zoo (a :class:`~ModelSelectorLib.zoo.Zoo`), or an index folder."""
     p = Path(getattr(zoo_or_dir, "path", zoo_or_dir))
     if (p / INDEX_DIRNAME / SIDECAR).is_file() or (p / "zoo.json").is_file():
-        p = p / INDEX_DIRNAME
+        return ZooIndex.load(p / INDEX_DIRNAME, p)
     return ZooIndex.load(p)
 
 
-__all__ = ["ZooIndex", "default_index_dir", "index_zoo", "load_index", "updating_index"]
+__all__ = [
+    "ZooIndex",
+    "build_hint",
+    "default_index_dir",
+    "index_zoo",
+    "load_index",
+    "prototypes_encoder",
+    "updating_index",
+]

@@ -224,6 +224,30 @@ def model_threshold(setting: dict[str, Any], name: str) -> float:
     return float(per.get("threshold", setting.get("threshold", 0.0)))
 
 
+def has_own_threshold(setting: dict[str, Any], name: str) -> bool:
+    """True when the calibration gave model ``name`` an operating point of its own; False when it uses the
+    pooled one (too few development images of its kind, or no calibration of the model: added after it)."""
+    per = (setting.get("models") or {}).get(name)
+    return bool(per) and "threshold" in per and not per.get("pooled", False)
+
+
+def operating_point_text(setting: dict[str, Any], name: str) -> str:
+    """What the operating point of model ``name`` is, for the selection's reasons: "the model's operating
+    point", or the pooled one and why."""
+    if has_own_threshold(setting, name):
+        return "the model's operating point"
+    if name in (setting.get("models") or {}):
+        return "the pooled operating point (too few development images of this model for its own)"
+    return "the pooled operating point (no calibration of this model)"
+
+
+def uncalibrated_models(setting: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """The models among ``names`` that the calibration ``setting`` does not know (added after it): they use
+    the pooled operating point until the index is calibrated again."""
+    known = setting.get("models") or {}
+    return [n for n in names if n not in known]
+
+
 def verify_of(zoo: Any, ev: Evidence, name: str) -> Optional[dict[str, float]]:
     """The fit signals of model ``name`` for the image of ``ev`` (cached in ``ev`` per bundle and weights)."""
     path = zoo.get(name)
@@ -246,7 +270,8 @@ def rank_models(
 ) -> list[dict[str, Any]]:
     """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
 
-    Each row: ``name, card, sim, nearest, agree, dims_ok, fov, units, z, threshold, margin, verify`` (``fov``:
+    Each row: ``name, card, sim, nearest, agree, dims_ok, fov, units, z, threshold, margin, verify,
+    operating_point`` (``operating_point``: :func:`operating_point_text` of the threshold; ``fov``:
     the :class:`~.field_of_view.FieldOfView` comparison or None; ``units``: the
     :class:`~.intensity_units.Units` comparison or None; ``verify``: the fit signals, or None). With
     ``verify``, the models that can take the image among the first ``top_k + 2`` are verified and re-ranked.
@@ -264,7 +289,8 @@ def rank_models(
         rows.append({"name": name, "card": card, "sim": sim, "nearest": nearest, "agree": agree,
                      "dims_ok": ev.ndim == int(card.spatial_dims),
                      "fov": card_field_of_view(ev.extent_mm, card), "units": compare_units(ev.air_share, card),
-                     "z": z, "threshold": t, "margin": z - t, "verify": None})  # fmt: skip
+                     "z": z, "threshold": t, "margin": z - t, "verify": None,
+                     "operating_point": operating_point_text(setting, name)})  # fmt: skip
     rows.sort(key=lambda r: -r["margin"])
     if verify:
         ok = [r for r in rows if r["dims_ok"]]
@@ -282,5 +308,6 @@ def sigmoid(z: float) -> float:
 
 
 __all__ = ["EXACT_LIMIT", "Evidence", "FEATURES", "UNCALIBRATED", "agreement", "calibration_key", "clear_cache",
-           "colourfulness", "encoder_knows", "evidence", "is_relevant", "model_threshold", "p_ood", "plain_features",
-           "plain_logit", "rank_models", "runtime_of", "sigmoid", "similarities", "verify_of", "verify_term"]  # fmt: skip
+           "colourfulness", "encoder_knows", "evidence", "has_own_threshold", "is_relevant", "model_threshold",
+           "operating_point_text", "p_ood", "plain_features", "plain_logit", "rank_models", "runtime_of", "sigmoid",
+           "similarities", "uncalibrated_models", "verify_of", "verify_term"]  # fmt: skip

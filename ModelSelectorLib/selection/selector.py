@@ -219,8 +219,8 @@ class Selection:
                 lines += [f"{m.name}:"] + [f"  - {r}" for r in m.reasons]
             elif reasons == "fitting" and m.fits and m.reasons:
                 lines.append(f"{m.name}: {m.reasons[0]}")
-        lines.append(f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the model's calibrated "
-                     "operating point) and it can take the image: its dimensions, the units of its values (Hounsfield "
+        lines.append(f"A model fits when its score is at least {self.threshold:.2f} (0.5 = the model's operating "
+                     "point: its own where calibrated, else the pooled one) and it can take the image: its dimensions, the units of its values (Hounsfield "
                      "units for a CT model) and, for a 3D model, about the field of view it was trained on.")  # fmt: skip
         return "\n".join(lines)
 
@@ -299,7 +299,7 @@ def _reasons(
             "from), so its reading counts against this model for every image and only the prototypes speak for "
             "it; apply the model by name if you know it suits the image"
         )
-    reasons.append(f"domain logit {row['z']:.2f}, the model's operating point {row['threshold']:.2f}")
+    reasons.append(f"domain logit {row['z']:.2f}, {row['operating_point']} {row['threshold']:.2f}")
     if not row["dims_ok"]:
         what = "the whole 3D volume" if int(card.spatial_dims) == 3 else "a 2D image"
         reasons.append(
