@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,22 @@ def register(sub: Any) -> None:
     which.add_argument("--model", metavar="NAME", help="model name in the zoo")
     which.add_argument("--all", action="store_true",
                        help="every model of the zoo, current versions (e.g. after the encoder changed; the exemplar "
-                       "prototypes come from each card's example inputs, else the stored ones are kept)")  # fmt: skip
+                       "prototypes come from each card's example inputs, else the stored ones are kept, or embedded "
+                       "again from their recorded sources when another encoder made them: see --data)")  # fmt: skip
     p.add_argument("--version", dest="model_version", default=None, help="model version (default: current)")
     p.add_argument("--exemplars", nargs="+", type=Path, default=None, metavar="DIR_OR_FILE",
-                   help="example input images, or a folder of them (replaces the stored exemplar prototypes)")  # fmt: skip
+                   help="example input images, DICOM series folders, or a folder of them (replaces the stored "
+                   "exemplar prototypes). A folder gives its image files, or itself when it is one DICOM series "
+                   "(files with or without .dcm), and every DICOM series folder below it; other subfolders are "
+                   "skipped with a warning. An exemplar is one series: put each series in its own folder")  # fmt: skip
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="data folder: exemplar sources inside it are recorded relative to it, and stored exemplars "
+                   "recorded relative to it are found there when they must be embedded again (the stored "
+                   "prototypes were made by another encoder, or their vectors are damaged)")  # fmt: skip
+    p.add_argument("--drop-missing", dest="drop_missing", action="store_true",
+                   help="when stored exemplars must be embedded again and some cannot be found, drop those (with a "
+                   "warning naming the model and how many) instead of refusing; by default nothing is changed and "
+                   "the command names the missing sources")  # fmt: skip
     p.add_argument("--data-free", dest="data_free", type=non_negative_int, default=4, metavar="N",
                    help="inputs to synthesise from the model (default 4; 0 keeps the stored data-free prototypes)")  # fmt: skip
     p.add_argument(
@@ -68,11 +81,16 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     zoo = Zoo(args.zoo if args.zoo is not None else default_zoo_path())
     names = zoo.names() if args.all else [args.model]
+    roots = [args.data] if args.data is not None else []
+    if args.exemplars is None and not args.drop_missing:  # refuse before synthesising anything
+        _check_sources(zoo, names, args.model_version, roots)
     for name in names:
+        info: dict = {}
         pset = generate_for_model(zoo, name, exemplars=args.exemplars, data_free=args.data_free,
-                                  version=args.model_version, steps=args.steps, seed=args.seed,
-                                  settings=settings)  # fmt: skip
-        _report(zoo, pset, args.model_version)
+                                  version=args.model_version, steps=args.steps, seed=args.seed, settings=settings,
+                                  source_root=args.data, data_roots=roots, drop_missing=args.drop_missing,
+                                  warn=_warn, info=info)  # fmt: skip
+        _report(zoo, pset, args.model_version, info)
     if args.all:
         print(f"Rebuild the index: modelselector index build --zoo {zoo.path}")
     else:
@@ -80,14 +98,40 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(zoo: Zoo, pset: Any, version: Any) -> None:
-    """Print what was stored for one model."""
+def _warn(message: str) -> None:
+    print(f"modelselector: warning: {message}", file=sys.stderr)
+
+
+def _check_sources(zoo: Zoo, names: list[str], version: Any, roots: list[Path]) -> None:
+    """Refuse, before any model is touched, when stored exemplars of a model without example inputs on its card
+    must be embedded again with this encoder and some cannot be found (so ``--all`` never stops half-way)."""
+    from ..selection.encoder import default_encoder
+    from ..selection.prototypes import check_stale_sources, stale_exemplar_sources
+
+    for name in names:
+        if not zoo.card(name, version).example_inputs:
+            sources, found = stale_exemplar_sources(zoo.get(name, version), default_encoder(), roots)
+            check_stale_sources(name, sources, found, drop_missing=False)
+
+
+def _report(zoo: Zoo, pset: Any, version: Any, info: dict) -> None:
+    """Print what this run did for one model: facts of prototypes it kept as they were are not this run's."""
     counts = pset.origins()
     bundle = zoo.get(pset.model, version)
     print(f"{pset.model} {pset.version}: {counts.get('exemplar', 0)} exemplar and {counts.get('data-free', 0)} "
           f"data-free prototype(s) stored in {bundle / 'prototypes'}")  # fmt: skip
-    df = pset.meta.get("data-free")
-    if df:
-        print(f"data-free inputs: {df.get('n_inputs')} synthesised with {df.get('method')} "
-              f"({df.get('bn_layers')} batch-norm layer(s), {df.get('steps')} steps, {df.get('seconds')} s); "
+    ex, df, dropped = info.get("exemplar"), info.get("data-free"), info.get("dropped_exemplars", 0)
+    if ex == "re-embedded":
+        print("exemplar prototypes: embedded again with this encoder from their recorded sources"
+              + (f" ({dropped} source(s) not found, dropped)" if dropped else ""))  # fmt: skip
+    elif ex == "kept":
+        print("exemplar prototypes: the stored ones, unchanged")
+    meta = pset.meta.get("data-free") or {}
+    if df == "made":
+        print(f"data-free inputs: {meta.get('n_inputs')} synthesised with {meta.get('method')} "
+              f"({meta.get('bn_layers')} batch-norm layer(s), {meta.get('steps')} steps, {meta.get('seconds')} s); "
               f"pictures in {bundle / 'docs' / 'prototypes'}")  # fmt: skip
+    elif df == "kept":
+        print(
+            f"data-free prototypes: the stored ones, unchanged (synthesised {meta.get('created', 'earlier')})"
+        )

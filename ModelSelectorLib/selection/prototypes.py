@@ -27,9 +27,12 @@ import json
 import math
 import os
 import time
+import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -39,6 +42,7 @@ from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, chec
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
 from .encoder import EMBED_DIM, default_encoder
+from .encoder_guide import domain_classes
 from .inversion import InversionSettings, loaded_bundle, synthesize_inputs
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -51,6 +55,18 @@ PNG_DIR = Path("docs") / "prototypes"
 FORMAT = 1
 
 _IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES
+#: an exemplar that the encoder reads as another modality:region than its card's with at least this probability
+#: is named in a warning (a CT series or a chest X-ray given for an MR head model)
+DOMAIN_WARN_PROBABILITY = 0.8
+#: errors a truncated or damaged ``.npz`` raises when read (numpy reads it as a zip of compressed arrays)
+_NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+Warn = Callable[[str], None]
+
+
+def _warn(message: str) -> None:
+    """The default ``warn``: a Python warning (the command line prints its own)."""
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 # --- the prototype set ----------------------------------------------------------------------------------
@@ -165,6 +181,28 @@ def recorded_source(src: str, source_root: Optional[PathLike] = None) -> str:
         return src
 
 
+def domain_mismatch(encoder: Any, emb: np.ndarray, image: Image, card: Any,
+                    threshold: float = DOMAIN_WARN_PROBABILITY) -> Optional[str]:  # fmt: skip
+    """Why ``image`` looks like no input of the card's model, or None: the encoder's class probabilities (as
+    selection reads them, :meth:`~.encoder.Encoder.image_probabilities`, from the view embeddings ``emb`` already
+    made, so it costs no second pass) give at least ``threshold`` to classes outside the card's modality and
+    regions. For a card whose domain the encoder has no class for, only the modality is compared."""
+    classes = [str(c) for c in getattr(encoder, "classes", None) or []]
+    if card is None or not classes or not hasattr(encoder, "image_probabilities"):
+        return None
+    probs = np.asarray(encoder.image_probabilities(emb, image), dtype=np.float64)
+    own = set(domain_classes(classes, card))
+    if not own:  # no class of its regions to compare with: the modality only
+        own = {i for i, c in enumerate(classes) if c.partition(":")[0] == card.modality}
+    other = [i for i in range(len(classes)) if i not in own]
+    p_other = float(probs[other].sum()) if other else 0.0
+    if p_other < threshold:
+        return None
+    top = max(other, key=lambda i: probs[i])
+    return (f"the encoder reads it as another domain than the card's {card.modality}:{card.body_region} "
+            f"(probability {p_other:.2f}; most likely {classes[top]}, {probs[top]:.2f})")  # fmt: skip
+
+
 def exemplar_prototypes(
     encoder: Any,
     images: Sequence[Union[Image, PathLike]],
@@ -172,6 +210,9 @@ def exemplar_prototypes(
     version: str = "",
     cancel: Optional[Any] = None,
     source_root: Optional[PathLike] = None,
+    card: Any = None,
+    warn: Optional[Warn] = None,
+    sources: Optional[Sequence[str]] = None,
 ) -> PrototypeSet:
     """Embed example inputs of a model: one prototype per encoder view of each image.
 
@@ -181,6 +222,11 @@ def exemplar_prototypes(
         model, version: the model these exemplars belong to (recorded in the set).
         cancel: Event-like; :class:`~ModelSelectorLib.errors.Cancelled` when set.
         source_root: folder the recorded sources are made relative to (:func:`recorded_source`).
+        card: the model's card; each exemplar the encoder reads as another modality:region is named to
+            ``warn`` (:func:`domain_mismatch`), one line per exemplar.
+        warn: called with each warning (default: :func:`warnings.warn`).
+        sources: the source to record for each image, in place of its path (re-embedding stored prototypes
+            keeps the sources they recorded).
 
     Returns:
         a :class:`PrototypeSet` of origin ``"exemplar"``; ``source`` is the image's file path when known
@@ -191,6 +237,7 @@ def exemplar_prototypes(
     """
     if not images:
         raise InputError("no exemplar images given; pass image files or a folder of them.")
+    warn = warn or _warn
     vecs: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     # the bar waits half a second, so that a refused first image is one line of error, not a bar and a line
@@ -199,7 +246,10 @@ def exemplar_prototypes(
         img, src = _as_image(item)
         emb = encoder.embed(img)
         vecs.append(emb)
-        src = recorded_source(src, source_root) or f"exemplar-{i}"
+        src = sources[i] if sources is not None else recorded_source(src, source_root) or f"exemplar-{i}"
+        why = domain_mismatch(encoder, emb, img, card)
+        if why:
+            warn(f"{model or card.name}: exemplar {src}: {why}; check that it is an input of this model.")
         rows += [{"origin": "exemplar", "source": src, "view": j} for j in range(len(emb))]
     meta = {"encoder": encoder_id(encoder), "exemplar": {"n_images": len(images), "created": _now()}}
     return PrototypeSet(np.concatenate(vecs), rows, model, version, meta)
@@ -292,11 +342,24 @@ def save_prototypes(
     return target
 
 
+def _remake_command(bundle_dir: PathLike) -> str:
+    """The command that makes a bundle's prototypes again, naming its zoo (the folder above it that holds
+    ``zoo.json``) and model (from its card) when they can be found."""
+    b = Path(bundle_dir).resolve()
+    zoo = next((str(a) for a in b.parents if (a / "zoo.json").is_file()), "ZOO")
+    try:
+        name = str(json.loads((b / "configs" / "metadata.json").read_text(encoding="utf-8"))["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        name = "NAME"
+    return f"modelselector prototypes --zoo {zoo} --model {name}"
+
+
 def load_prototypes(bundle_dir: PathLike) -> PrototypeSet:
     """Read the prototypes stored in a bundle.
 
     Raises:
-        BundleError: there are none (the message gives the command that makes them) or they are corrupt.
+        BundleError: there are none (the message gives the command that makes them) or they are corrupt
+            (a truncated file: the message names it and the command that makes them again).
     """
     d = prototypes_dir(bundle_dir)
     if not has_prototypes(bundle_dir):
@@ -306,17 +369,19 @@ def load_prototypes(bundle_dir: PathLike) -> PrototypeSet:
         )
     try:
         records = json.loads((d / RECORDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{d / RECORDS_FILE}: unreadable prototype records ({str(e)[:120]}); make the "
+                          f"prototypes again with `{_remake_command(bundle_dir)}`.") from e  # fmt: skip
+    try:
         with np.load(d / VECTORS_FILE, allow_pickle=False) as z:
             vectors = np.asarray(z["vectors"], dtype=np.float32)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise BundleError(
-            f"{d}: corrupt prototypes ({e}); regenerate them with `modelselector prototypes`."
-        ) from e
+    except _NPZ_ERRORS as e:
+        raise BundleError(f"{d / VECTORS_FILE}: truncated or damaged prototype vectors ({str(e)[:120]}); make the "
+                          f"prototypes again with `{_remake_command(bundle_dir)}`.") from e  # fmt: skip
     rows = records.get("rows") if isinstance(records, dict) else None
     if not isinstance(rows, list) or len(rows) != len(vectors):
-        raise BundleError(
-            f"{d}: prototype records and vectors disagree; regenerate them with `modelselector prototypes`."
-        )
+        raise BundleError(f"{d}: prototype records and vectors disagree; make the prototypes again with "
+                          f"`{_remake_command(bundle_dir)}`.")  # fmt: skip
     return PrototypeSet(vectors, rows, str(records.get("model", "")), str(records.get("version", "")),
                         dict(records.get("meta") or {}))  # fmt: skip
 
@@ -368,8 +433,65 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _expand(exemplars: Union[PathLike, Image, Sequence[Union[PathLike, Image]]]) -> list[Union[Image, Path]]:
-    """Exemplar arguments -> a list of images/paths; a folder gives its image files (sorted)."""
+def _dicom_series_count(folder: Path) -> int:
+    """How many DICOM series the files directly in ``folder`` hold, whatever their names (GDCM reads the
+    headers; a series exported without the ``.dcm`` extension is one too)."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for every file that is not DICOM
+    try:
+        return len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return 0
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _series_folder(folder: Path, files: Sequence[Path]) -> bool:
+    """True when ``folder`` is one DICOM series (it is read whole, as ``select`` reads it); refused when it
+    mixes series, since ``prototypes`` names folders, not series."""
+    if not any(f.suffix.lower() == ".dcm" or not f.name.lower().endswith(_IMAGE_SUFFIXES) for f in files):
+        return False  # only known image files: no header to scan
+    n = _dicom_series_count(folder)
+    if n > 1:
+        raise InputError(f"{folder}: the folder mixes {n} DICOM series; an exemplar is one series: put each series "
+                         "in its own folder and pass those folders (or the folder above them).")  # fmt: skip
+    return n == 1
+
+
+def _expand_folder(folder: Path, warn: Warn) -> list[Path]:
+    """The exemplars of a folder: the folder itself when it is one DICOM series, else its image files (sorted),
+    and below it every folder (at any depth) that is one DICOM series; other subfolders are skipped with a
+    warning (an MSD folder's ``labelsTr`` holds label maps, not inputs)."""
+    out: list[Path] = []
+    skipped: list[str] = []
+    for here, dirs, names in os.walk(folder):
+        dirs.sort()
+        d = Path(here)
+        files = [d / n for n in sorted(names) if not n.startswith(".")]
+        if _series_folder(d, files):
+            out.append(d)
+            dirs[:] = []  # a series folder is one exemplar, whatever lies below it
+        elif d == folder:
+            out += [
+                f for f in files if f.name.lower().endswith(_IMAGE_SUFFIXES) and f.suffix.lower() != ".dcm"
+            ]
+        elif any(f.name.lower().endswith(_IMAGE_SUFFIXES) for f in files):
+            skipped.append(d.relative_to(folder).as_posix())
+    if skipped:
+        warn(f"{folder}: skipped the image files of subfolder(s) {', '.join(skipped)} (only DICOM series folders "
+             "below the folder are taken); pass those folders as well to use them.")  # fmt: skip
+    if not out:
+        raise InputError(f"{folder}: the folder holds no image files or DICOM series to use as exemplars; pass "
+                         "image files, a folder of them, or DICOM series folders.")  # fmt: skip
+    return out
+
+
+def _expand(
+    exemplars: Union[PathLike, Image, Sequence[Union[PathLike, Image]]], warn: Optional[Warn] = None
+) -> list[Union[Image, Path]]:
+    """Exemplar arguments -> a list of images/paths; a folder gives its exemplars (:func:`_expand_folder`)."""
     items = [exemplars] if isinstance(exemplars, (str, os.PathLike, Image)) else list(exemplars)
     out: list[Union[Image, Path]] = []
     for it in items:
@@ -377,16 +499,111 @@ def _expand(exemplars: Union[PathLike, Image, Sequence[Union[PathLike, Image]]])
             out.append(it)
             continue
         p = Path(it)
-        if p.is_dir() and not any(p.glob("*.dcm")):
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(_IMAGE_SUFFIXES))
-            if not files:
-                raise InputError(f"{p}: the folder holds no image files to use as exemplars.")
-            out.extend(files)
+        if p.is_dir():
+            out.extend(_expand_folder(p, warn or _warn))
         elif p.exists():
             out.append(p)
         else:
             raise InputError(f"{p}: no such exemplar image or folder.")
     return out
+
+
+def resolve_recorded_source(src: str, bases: Sequence[PathLike] = ()) -> Optional[Path]:
+    """The existing file or series folder that a prototype's recorded ``source`` names, or None: ``src`` as
+    given (absolute, or relative to the working folder), relative to one of ``bases`` (the bundle, data
+    folders), or a tail of it under a base (``../shared/data/ct/a.nii.gz`` is found as ``DATA/ct/a.nii.gz``).
+    The same rule as the evaluation's ``resolve_source``."""
+    p = Path(src)
+    cands = [p] if p.is_absolute() else [Path.cwd() / p]
+    parts = [q for q in p.parts if q not in ("..", ".", p.anchor)]
+    for b in bases:
+        cands += [Path(b) / p] + [Path(b).joinpath(*parts[i:]) for i in range(len(parts)) if parts[i:]]
+    return next((c.resolve() for c in cands if c.exists()), None)
+
+
+def _stored_rows(bundle_dir: Path, ident: str) -> tuple[Optional[PrototypeSet], list[dict[str, Any]]]:
+    """The stored prototypes when usable with encoder ``ident``, and the records of those that are not (made by
+    another encoder, or vectors unreadable while their records can be read): ``(set or None, rows)``."""
+    if not has_prototypes(bundle_dir):
+        return None, []
+    try:
+        old = load_prototypes(bundle_dir)
+    except BundleError:  # damaged vectors: their records still say which exemplars to embed again
+        try:
+            rows = json.loads((prototypes_dir(bundle_dir) / RECORDS_FILE).read_text(encoding="utf-8"))["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, []
+        return None, [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    return (old, []) if old.meta.get("encoder") == ident else (None, old.rows)
+
+
+def stale_exemplar_sources(
+    bundle_dir: PathLike, encoder: Any, data_roots: Sequence[PathLike] = ()
+) -> tuple[list[str], dict[str, Path]]:
+    """The exemplars of stored prototypes that must be embedded again (made by another encoder, or with
+    damaged vectors): their recorded sources, and those found (:func:`resolve_recorded_source` against the
+    bundle and ``data_roots``) with their paths. Both empty when the stored prototypes are usable."""
+    return _found_sources(_stored_rows(Path(bundle_dir), encoder_id(encoder))[1], [bundle_dir, *data_roots])
+
+
+def _found_sources(
+    rows: Sequence[dict[str, Any]], bases: Sequence[PathLike]
+) -> tuple[list[str], dict[str, Path]]:
+    """The distinct sources of the exemplar ``rows``, and those found under ``bases`` with their paths."""
+    sources = list(dict.fromkeys(str(r.get("source", "")) for r in rows if r.get("origin") == "exemplar"))
+    found = {s: resolve_recorded_source(s, bases) for s in sources if s}
+    return sources, {s: f for s, f in found.items() if f is not None}
+
+
+def check_stale_sources(
+    name: str, sources: Sequence[str], found: dict[str, Path], drop_missing: bool, warn: Optional[Warn] = None
+) -> None:
+    """Refuse to drop exemplars of stored prototypes that cannot be found, unless ``drop_missing``: then warn
+    (naming the model and how many are dropped)."""
+    missing = [s for s in sources if s not in found]
+    if not missing:
+        return
+    what = f"{name}: {len(missing)} of the {len(sources)} exemplar(s) of its stored prototypes"
+    if not drop_missing:
+        raise InputError(f"{what} cannot be found to embed again with this encoder (e.g. {missing[0]}); pass the "
+                         "data folder they are recorded in (--data DIR), give the exemplars again (--exemplars), "
+                         "or drop them (--drop-missing).")  # fmt: skip
+    (warn or _warn)(f"{what} were not found and are dropped (e.g. {missing[0]}); the model is represented by the "
+                    f"{len(sources) - len(missing)} found and its data-free prototypes.")  # fmt: skip
+
+
+def _empty(card: Any) -> PrototypeSet:
+    return PrototypeSet(np.zeros((0, EMBED_DIM), np.float32), [], card.name, card.version)
+
+
+def _exemplar_part(
+    bundle_dir: Path, card: Any, enc: Any, exemplars: Any, old: Optional[PrototypeSet], stale: list[dict[str, Any]],
+    opts: dict[str, Any], info: dict[str, Any],
+) -> tuple[PrototypeSet, Optional[dict[str, dict[str, np.ndarray]]]]:  # fmt: skip
+    """The exemplar rows of a refresh and the feature statistics to store (None: keep the stored ones); fills
+    ``info["exemplar"]`` with what was done (``made``, ``re-embedded``, ``kept`` or ``none``)."""
+    warn = opts["warn"]
+    if exemplars is not None:
+        files = _expand(exemplars, warn)
+        ex = exemplar_prototypes(enc, files, card.name, card.version, opts["cancel"], opts["source_root"],
+                                 card, warn)  # fmt: skip
+        info["exemplar"] = "made"
+        return ex, feature_statistics_of(bundle_dir, files, opts["seed"])
+    if old is not None:
+        info["exemplar"] = "kept" if old.origins().get("exemplar") else "none"
+        return old.select(["exemplar"]), None
+    sources, found = _found_sources(stale, [bundle_dir, *opts["data_roots"]])
+    check_stale_sources(card.name, sources, found, opts["drop_missing"], warn)
+    info["dropped_exemplars"] = len(sources) - len(found)
+    if not found:
+        info["exemplar"] = "none"
+        return _empty(card), None
+    # the same images embedded by this encoder, recorded under the sources they had (the bottleneck statistics
+    # do not depend on the encoder and are kept)
+    ex = exemplar_prototypes(enc, list(found.values()), card.name, card.version, opts["cancel"], None, card, warn,
+                             sources=list(found))  # fmt: skip
+    info["exemplar"] = "re-embedded"
+    return ex, None
 
 
 def generate_for_model(
@@ -403,59 +620,76 @@ def generate_for_model(
     pngs: int = 4,
     cancel: Optional[Any] = None,
     source_root: Optional[PathLike] = None,
+    data_roots: Sequence[PathLike] = (),
+    drop_missing: bool = False,
+    warn: Optional[Warn] = None,
+    info: Optional[dict[str, Any]] = None,
 ) -> PrototypeSet:
     """Make (or refresh) the prototypes of one zoo model and store them in its bundle.
 
     Exemplar prototypes are made from ``exemplars`` when given (replacing older exemplar rows), else from
-    the card's ``example_inputs`` when it lists any, else the stored exemplar rows are kept. Data-free
-    prototypes are made when ``data_free > 0`` (replacing older data-free rows); with ``data_free=0`` the
-    stored ones are kept. Up to ``pngs`` synthesised inputs are written to ``BUNDLE/docs/prototypes/``.
+    the card's ``example_inputs`` when it lists any, else the stored exemplar rows are kept. Stored rows made
+    by another encoder (or whose vectors are damaged) are embedded again from their recorded sources, found
+    against the bundle and ``data_roots`` (:func:`resolve_recorded_source`); when some cannot be found this
+    is refused, unless ``drop_missing`` (then a warning names the model and how many were dropped).
+    Data-free prototypes are made when ``data_free > 0`` (replacing older data-free rows); with ``data_free=0``
+    the stored ones are kept, unless another encoder made them (they are dropped, with a warning). Up to
+    ``pngs`` synthesised inputs are written to ``BUNDLE/docs/prototypes/``.
 
     Args:
         zoo: a :class:`~ModelSelectorLib.zoo.Zoo` or a zoo folder.
         name: model name; ``version``: its version (default: current).
-        exemplars: image(s), image path(s) or a folder of images.
+        exemplars: image(s), image path(s) or folders (:func:`_expand_folder` says what a folder gives).
         data_free: number of inputs to synthesise (0: none).
         encoder: the encoder (default: the bundled one).
         steps, seed, size, settings: see :func:`synthesize_inputs`.
         source_root: exemplar sources are recorded relative to it (see :func:`exemplar_prototypes`).
+        data_roots: folders where recorded exemplar sources are looked for when they are embedded again.
+        drop_missing: embed again only the stored exemplars found, dropping the others.
+        warn: called with each warning (exemplars of another domain, dropped prototypes, skipped subfolders).
+        info: filled with what this call did: ``exemplar`` and ``data-free`` (``made``, ``re-embedded`` (exemplar
+            only), ``kept``, ``dropped`` (data-free only) or ``none``) and ``dropped_exemplars``.
 
     Returns:
         the stored :class:`PrototypeSet`.
 
     Raises:
-        ZooError: unknown model. InputError: nothing to make prototypes from. BundleError: bad bundle.
+        ZooError: unknown model. InputError: nothing to make prototypes from, or stored exemplars that cannot be
+        found. BundleError: bad bundle.
     """
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    info = info if info is not None else {}
+    warn = warn or _warn
     bundle_dir = zoo.get(name, version)
     card = zoo.card(name, version)
     enc = encoder if encoder is not None else default_encoder()
     ident = encoder_id(enc)
-    old = load_prototypes(bundle_dir) if has_prototypes(bundle_dir) else None
-    if old is not None and old.meta.get("encoder") != ident:
-        old = None  # made with another encoder: unusable
+    old, stale = _stored_rows(bundle_dir, ident)
     if exemplars is None and card.example_inputs:
         exemplars = [bundle_dir / p for p in card.example_inputs]
-    extra = stored_extras(bundle_dir)
-    if exemplars is not None:
-        files = _expand(exemplars)
-        ex = exemplar_prototypes(enc, files, card.name, card.version, cancel, source_root)
-        extra = feature_statistics_of(bundle_dir, files, seed)
-    elif old is not None:
-        ex = old.select(["exemplar"])
-    else:
-        ex = PrototypeSet(np.zeros((0, EMBED_DIM), np.float32), [], card.name, card.version)
+    opts = dict(warn=warn, cancel=cancel, source_root=source_root, seed=seed, data_roots=list(data_roots),
+                drop_missing=drop_missing)  # fmt: skip
+    ex, extra = _exemplar_part(bundle_dir, card, enc, exemplars, old, stale, opts, info)
+    if extra is None:
+        extra = stored_extras(bundle_dir)
+    n_stale_df = sum(r.get("origin") == "data-free" for r in stale)
     if data_free > 0:
         lb = loaded_bundle(bundle_dir)
         df, images = data_free_prototypes(enc, lb, data_free, steps, seed, size, settings, cancel, True)
+        info["data-free"] = "made"
     elif old is not None:
         df = old.select(["data-free"])
+        info["data-free"] = "kept" if len(df) else "none"
     else:
-        df = PrototypeSet(np.zeros((0, EMBED_DIM), np.float32), [], card.name, card.version)
+        df = _empty(card)
+        info["data-free"] = "dropped" if n_stale_df else "none"
     if not len(ex) and not len(df):
         raise InputError(
             f"{name}: nothing to make prototypes from; pass exemplar images (--exemplars) and/or --data-free N."
         )
+    if info["data-free"] == "dropped":
+        warn(f"{name}: its {n_stale_df} stored data-free prototype(s) are unusable with this encoder (made by "
+             "another, or damaged) and are dropped; make new ones with --data-free N.")  # fmt: skip
     meta = {**(old.meta if old is not None else {}), **ex.meta, **df.meta, "encoder": ident}
     if not len(df):
         meta.pop("data-free", None)
@@ -476,8 +710,12 @@ def stored_extras(bundle_dir: PathLike) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for f in sorted(prototypes_dir(bundle_dir).glob("*.npz")):
         if f.name != VECTORS_FILE:
-            with np.load(f, allow_pickle=False) as z:
-                out[f.name] = {k: np.asarray(z[k]) for k in z.files}
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    out[f.name] = {k: np.asarray(z[k]) for k in z.files}
+            except _NPZ_ERRORS as e:
+                raise BundleError(f"{f}: truncated or damaged ({str(e)[:120]}); make the prototypes again with "
+                                  f"`{_remake_command(bundle_dir)} --exemplars IMAGES`.") from e  # fmt: skip
     return out
 
 
@@ -510,6 +748,10 @@ __all__ = [
     "load_prototypes",
     "prototypes_digest",
     "recorded_source",
+    "resolve_recorded_source",
+    "stale_exemplar_sources",
+    "check_stale_sources",
+    "domain_mismatch",
     "save_prototypes",
     "feature_statistics_of",
     "stored_extras",
