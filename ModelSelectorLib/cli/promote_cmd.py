@@ -68,12 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_restore)
 
 
-def _report(result: dict) -> int:
+def _report(result: dict, zoo: Path) -> int:
+    from ..zoo.catalog import Zoo
+    from .zoo_cmd import note_stale_index
+
     print(result.get("report") or result.get("reason"))
     if result["accepted"]:
         if result.get("version"):
             print(f"promoted: {result['task']} is now version {result['version']}"
                   + (f" (was {result['previous']})" if result.get("previous") else ""))  # fmt: skip
+            note_stale_index(Zoo(zoo), [result["task"]])
         return 0
     print(f"refused: {result['task']} stays at version {result['previous']}.")
     return 1
@@ -90,7 +94,7 @@ def run_promote(args: argparse.Namespace) -> int:
     _check_level(args)
     result = promote(args.zoo, args.task, args.candidate, args.split, args.metric, args.method, args.level,
                      args.min_improvement, args.device, dry_run=args.dry_run)  # fmt: skip
-    return _report(result)
+    return _report(result, args.zoo)
 
 
 def run_retrain(args: argparse.Namespace) -> int:
@@ -100,7 +104,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     result = retrain(args.zoo, args.task, args.dataset, args.split, settings, args.metric, args.method,
                      args.level, args.min_improvement, args.device)  # fmt: skip
-    return _report(result)
+    return _report(result, args.zoo)
 
 
 def _candidate_text(ev: dict) -> str:
@@ -135,6 +139,7 @@ def _event_text(ev: dict) -> str:
 def run_restore(args: argparse.Namespace) -> int:
     from ..ranking.promotion import restore
     from ..zoo.catalog import Zoo
+    from .zoo_cmd import note_stale_index
 
     if args.list:
         zoo = Zoo(args.zoo)
@@ -149,4 +154,5 @@ def run_restore(args: argparse.Namespace) -> int:
         return 0
     out = restore(args.zoo, args.task, args.version)
     print(f"restored: {out['task']} is now version {out['version']} (was {out['from']}).")
+    note_stale_index(Zoo(args.zoo), [args.task])
     return 0

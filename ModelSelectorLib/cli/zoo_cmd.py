@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelSelectorError
 from ..resources import default_zoo_path
 from ..tables import format_table
 from ..zoo.catalog import Zoo
@@ -128,11 +131,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def note_stale_index(zoo: Zoo, names: Sequence[str]) -> None:
+    """After a change to models ``names`` of ``zoo``: when the zoo's index no longer matches them, say so on stderr
+    with the commands that update it (`select` refuses a zoo its index disagrees with)."""
+    from ..selection.index import SIDECAR, default_index_dir, load_index
+
+    if not (default_index_dir(zoo) / SIDECAR).is_file():
+        return
+    try:
+        problems = load_index(zoo.reload()).problems(zoo)
+    except ModelSelectorError:  # an index that does not load says so itself at the next `select`
+        return
+    for problem in problems:
+        if any(repr(n) in problem for n in names):
+            print(f"modelselector: note: `select` needs the index updated first: {problem}", file=sys.stderr)
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     zoo = Zoo(_zoo_path(args))
     entry = zoo.add(args.bundle, name=args.name, modality=args.modality, body_region=args.body_region,
                     trust=args.trust)  # fmt: skip
     print(f"Added {entry['name']} version {entry['version']} to the zoo at {zoo.path}.")
+    note_stale_index(zoo, [entry["name"]])
     return 0
 
 
@@ -143,6 +163,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     zoo.remove(args.name, version=args.model_version)
     what = f"{args.name} version {args.model_version}" if args.model_version else args.name
     print(f"Removed {what} from the zoo at {zoo.path}.")
+    note_stale_index(zoo, [args.name])  # another version became current
     index_dir = default_index_dir(zoo)
     if args.name not in zoo and (index_dir / SIDECAR).is_file():
         # an index that lists a model the zoo no longer holds stops every selection; it goes from there too

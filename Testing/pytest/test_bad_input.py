@@ -657,3 +657,15 @@ def test_training_settings_of_the_wrong_type_or_range_are_refused_before_trainin
     TrainConfig.from_dict(
         {"epochs": 3, "lr": 1, "roi_size": None, "target_spacing": [1, 1.5, 2], "a_min": None}
     ).check()
+
+
+def test_a_zoo_change_that_leaves_the_index_behind_says_how_to_update_it(indexed_zoo, tmp_path):
+    """`select` refuses a zoo its index disagrees with; the change that made them disagree says so at once, with
+    the command that updates the index, instead of leaving the next user's `select` to find out."""
+    zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    added = bad.run_cli("zoo", "add", bad.tiny_bundle(tmp_path / "src", "m4"), "--zoo", zoo_dir)
+    assert added.returncode == 0
+    assert "note: `select` needs the index updated first: model 'm4'" in added.stderr
+    assert f"`modelselector index add --zoo {zoo_dir} --model m4`" in added.stderr
+    removed = bad.run_cli("zoo", "remove", "m4", "--zoo", zoo_dir)  # the index agrees again: no note
+    assert removed.returncode == 0 and "note" not in removed.stderr
