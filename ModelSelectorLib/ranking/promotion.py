@@ -300,7 +300,21 @@ def promote(
 
 def _install(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int) -> str:
     """Add an accepted candidate as the task's next version, current, with the gate's record (``result`` of
-    :func:`promote`; ``n`` test cases); returns the version."""
+    :func:`promote`; ``n`` test cases); returns the version.
+
+    Raises:
+        ZooError: the task's current version changed while the candidate was evaluated (another promotion or a
+            restore): the gate compared it with a version that is no longer current.
+    """
+    with zoo.writing() as data:  # the check, the version number and the add under one hold of the lock
+        now = (data["models"].get(task) or {}).get("current")
+        if now != result["previous"]:
+            raise ZooError(f"{task} changed while the candidate was evaluated (its current version is now {now}, "
+                           f"the gate compared with {result['previous']}); run promote again.")  # fmt: skip
+        return _add_version(zoo.reload(), task, candidate, result, n)
+
+
+def _add_version(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int) -> str:
     version = zoo.next_version(task)
     metric = result["metric"]
     info = {"promoted": utc_timestamp(), "source": result["candidate_bundle"], "source_card": result["candidate_card"],

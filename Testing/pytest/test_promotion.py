@@ -307,3 +307,27 @@ def test_a_promoted_build_keeps_its_own_provenance(models, tmp_path):
     block = read_metadata(Zoo(sweep_zoo).get("disks"))[METADATA_KEY]
     assert block["recipe_hash"] == "aaa" and block["licence"] == "CC-BY-4.0" and "promoted" in block
     assert "training_cases" not in block and "build_time_s" not in block
+
+
+def test_a_promotion_is_refused_when_the_task_changed_while_it_was_evaluated(models, tmp_path, monkeypatch):
+    """Two promotions of one task at once: the second was gated against a version that is no longer current by
+    the time it would be installed, so it is refused instead of replacing the first unseen."""
+    from ModelSelectorLib.ranking import promotion
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+    promote(
+        zoo, "disks", models["worse"], models["split"], min_improvement=-1.0, method="bootstrap", level=0.01
+    )
+    real_gate = promotion.gate
+
+    def gate_while_another_restores(*args, **kwargs):
+        restore(zoo, "disks", "0.1.0")  # another process moves the task meanwhile
+        return real_gate(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "gate", gate_while_another_restores)
+    with pytest.raises(ZooError, match=r"disks changed while the candidate was evaluated \(its current version is "
+                                       r"now 0\.1\.0, the gate compared with 0\.1\.1\); run promote again"):  # fmt: skip
+        promote(zoo, "disks", models["good"], models["split"])
+    assert Zoo(zoo).versions("disks") == ["0.1.0", "0.1.1"] and Zoo(zoo).current("disks") == "0.1.0"
