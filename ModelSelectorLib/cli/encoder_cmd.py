@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out (atomically).",
     )
     t.add_argument("--data", type=Path, required=True, help="shared data folder, e.g. ../shared/data")
+    # no default: forgetting --out would replace the bundled encoder, and every index made with it would stop
+    # matching; rebuilding that one is asked for by name (--out Resources/encoder)
     t.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: the bundled Resources/encoder)"
+        "--out", type=Path, required=True, help="output folder (the bundled one is Resources/encoder)"
     )
     t.add_argument("--epochs", type=positive_int, default=40, help="training epochs (default 40)")
     t.add_argument("--image-size", type=positive_int, default=64, help="view side in pixels (default 64)")
@@ -70,10 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_folder
-    from ..resources import encoder_dir
     from ..training.encoder import train_encoder
 
-    out = check_output_folder(args.out if args.out is not None else encoder_dir())
+    out = check_output_folder(args.out)
     card = train_encoder(
         args.data,
         out,
@@ -110,11 +111,12 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from ..io.image import read_image
+    from ..io.image import check_model_input, read_image
     from ..selection.encoder import Encoder
 
     enc = Encoder.load(args.weights)
     image = read_image(args.image, series_uid=args.series)
+    check_model_input(image, str(args.image))  # as select does: a label map or an icon has no class to give
     for name, prob in enc.classify(image, top_k=args.top):
         print(f"{name}\t{prob:.3f}")
     return 0

@@ -46,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of the random baseline, tie-breaks and --limit (default 0)"
     )
     p.add_argument("--rankers", default=None,
-                   help="comma-separated subset of: ours-exemplar, ours-data-free, ours-both, random, "
-                   "header-rules, histogram-knn-exemplars, histogram-knn-train (default: all that apply)")  # fmt: skip
+                   help="comma-separated subset of: ours-exemplar, ours-data-free, ours-both, prototypes-exemplar, "
+                   "prototypes-data-free, random, header-rules, histogram-knn-exemplars, histogram-knn-train "
+                   "(default: all that apply)")  # fmt: skip
     p.add_argument("--docs", type=Path, default=None, metavar="MD",
                    help="also write the report to this Markdown file, with the confusion matrix beside it "
                    "(e.g. docs/selection-report.md -> docs/selection-confusion.png)")  # fmt: skip

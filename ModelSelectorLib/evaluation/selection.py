@@ -354,7 +354,7 @@ def ranker_names(
     if rankers:
         unknown = [n for n in rankers if n not in RANKERS]
         if unknown:
-            raise ModelSelectorError(f"unknown ranker(s) {unknown}; available: {', '.join(RANKERS)}.")
+            raise InputError(f"unknown ranker(s) {unknown}; available: {', '.join(RANKERS)}.")
         return list(rankers)
     return [n for n in RANKERS if not (n == "histogram-knn-exemplars" and not any(m.example_inputs for m in models))
             and not (n == "histogram-knn-train" and not train_cases)]  # fmt: skip

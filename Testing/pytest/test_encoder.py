@@ -324,3 +324,17 @@ def test_cli_parser_has_encoder() -> None:
 
     args = build_parser().parse_args(["encoder", "classify", "x.png", "--top", "2"])
     assert args.top == 2 and callable(args.func)
+
+
+def test_classify_refuses_a_label_map_and_train_asks_where_to_write(tmp_path, capsys) -> None:
+    from ModelSelectorLib.cli import build_parser, main
+    from ModelSelectorLib.io import write_image
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 12:30] = 1
+    write_image(Image(mask, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)), tmp_path / "mask.nrrd")
+    assert main(["encoder", "classify", str(tmp_path / "mask.nrrd")]) == 2  # as `select` does: no class of it
+    assert "looks like a label map" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # no default: it would replace the bundled encoder
+        build_parser().parse_args(["encoder", "train", "--data", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err

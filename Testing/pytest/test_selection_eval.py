@@ -522,3 +522,11 @@ def test_cases_a_training_run_recorded_by_name_are_left_out(tmp_path):
     dx0 = str(next((tmp_path / "data").rglob("dx0.png")).resolve())
     assert found == {str(trained.resolve()), dx0}  # a validation case of another format, matched by its name
     assert zoo_training_paths(zoo, [tmp_path / "data"], validation=False) == {str(trained.resolve())}
+
+
+def test_an_unknown_ranker_is_a_bad_argument():
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.evaluation.selection import ranker_names
+
+    with pytest.raises(InputError, match=r"unknown ranker\(s\) \['foo'\]; available: .*prototypes-data-free"):
+        ranker_names(["ours-both", "foo"], [], [])  # exit status 2, as for any bad argument
