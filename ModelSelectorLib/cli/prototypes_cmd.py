@@ -41,8 +41,10 @@ def register(sub: Any) -> None:
     p.add_argument("--exemplars", nargs="+", type=Path, default=None, metavar="DIR_OR_FILE",
                    help="example input images, DICOM series folders, or a folder of them (replaces the stored "
                    "exemplar prototypes). A folder gives its image files, or itself when it is one DICOM series "
-                   "(files with or without .dcm), and every DICOM series folder below it; other subfolders are "
-                   "skipped with a warning. An exemplar is one series: put each series in its own folder")  # fmt: skip
+                   "(files with or without .dcm), each file when it holds single-file DICOM images, and every DICOM "
+                   "series folder below it; other subfolders are skipped with a warning. An exemplar is one series: "
+                   "put each series in its own folder. An exemplar the encoder reads as another modality:region "
+                   "than the card's is named in a warning")  # fmt: skip
     p.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="data folder: exemplar sources inside it are recorded relative to it, and stored exemplars "
                    "recorded relative to it are found there when they must be embedded again (the stored "
@@ -52,7 +54,8 @@ def register(sub: Any) -> None:
                    "warning naming the model and how many) instead of refusing; by default nothing is changed and "
                    "the command names the missing sources")  # fmt: skip
     p.add_argument("--data-free", dest="data_free", type=non_negative_int, default=4, metavar="N",
-                   help="inputs to synthesise from the model (default 4; 0 keeps the stored data-free prototypes)")  # fmt: skip
+                   help="inputs to synthesise from the model (default 4; 0 keeps the stored data-free prototypes, "
+                   "or drops them with a warning when another encoder made them)")  # fmt: skip
     p.add_argument(
         "--steps", type=positive_int, default=100, help="optimisation steps of the synthesis (default 100)"
     )

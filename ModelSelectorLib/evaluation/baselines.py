@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, Image
 from ..selection.field_of_view import training_extent_mm
+from ..selection.prototypes import resolve_recorded_source
 from ..selection.scoring import is_relevant
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -120,17 +121,10 @@ def resolve_source(src: str, bases: Sequence[PathLike] = ()) -> Optional[str]:
 
     ``src`` may be absolute, relative to the working folder, or relative to one of ``bases``; a path
     recorded relative to another working folder (``../shared/data/ct/a.nii.gz``) is also found under a base
-    that holds its tail (``DATA/ct/a.nii.gz``).
+    that holds its tail (``DATA/ct/a.nii.gz``): :func:`~ModelSelectorLib.selection.prototypes.resolve_recorded_source`.
     """
-    p = Path(src)
-    cands = [p] if p.is_absolute() else [Path.cwd() / p]
-    parts = [q for q in p.parts if q not in ("..", ".", p.anchor)]
-    for b in bases:
-        cands += [Path(b) / p] + [Path(b).joinpath(*parts[i:]) for i in range(len(parts)) if parts[i:]]
-    for c in cands:
-        if c.is_file() or (c.is_dir() and c.exists()):
-            return str(c.resolve())
-    return None
+    found = resolve_recorded_source(src, bases)
+    return None if found is None else str(found)
 
 
 def exemplar_sources(bundle: Path, roots: Sequence[PathLike] = ()) -> list[str]:

@@ -433,51 +433,56 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _dicom_series_count(folder: Path) -> int:
-    """How many DICOM series the files directly in ``folder`` hold, whatever their names (GDCM reads the
-    headers; a series exported without the ``.dcm`` extension is one too)."""
+def _dicom_series_files(folder: Path) -> list[list[str]]:
+    """The files of each DICOM series directly in ``folder``, whatever their names (GDCM reads the headers; a
+    series exported without the ``.dcm`` extension is one too)."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for every file that is not DICOM
     try:
-        return len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return [list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), u)) for u in uids]
     except RuntimeError:
-        return 0
+        return []
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def _series_folder(folder: Path, files: Sequence[Path]) -> bool:
-    """True when ``folder`` is one DICOM series (it is read whole, as ``select`` reads it); refused when it
-    mixes series, since ``prototypes`` names folders, not series."""
+def _dicom_exemplars(folder: Path, files: Sequence[Path]) -> list[Path]:
+    """The DICOM exemplars directly in ``folder``: the folder when it is one series (read whole, as ``select``
+    reads it), each file when every series is one file (radiographs); refused when it mixes series of several
+    files, since ``prototypes`` names folders, not series."""
     if not any(f.suffix.lower() == ".dcm" or not f.name.lower().endswith(_IMAGE_SUFFIXES) for f in files):
-        return False  # only known image files: no header to scan
-    n = _dicom_series_count(folder)
-    if n > 1:
-        raise InputError(f"{folder}: the folder mixes {n} DICOM series; an exemplar is one series: put each series "
-                         "in its own folder and pass those folders (or the folder above them).")  # fmt: skip
-    return n == 1
+        return []  # only known image files: no header to scan
+    series = _dicom_series_files(folder)
+    if len(series) == 1:
+        return [folder]
+    if all(len(s) == 1 for s in series):
+        return sorted(Path(s[0]) for s in series)
+    raise InputError(f"{folder}: the folder mixes {len(series)} DICOM series; an exemplar is one series: put each "
+                     "series in its own folder and pass those folders (or the folder above them).")  # fmt: skip
 
 
 def _expand_folder(folder: Path, warn: Warn) -> list[Path]:
     """The exemplars of a folder: the folder itself when it is one DICOM series, else its image files (sorted),
-    and below it every folder (at any depth) that is one DICOM series; other subfolders are skipped with a
-    warning (an MSD folder's ``labelsTr`` holds label maps, not inputs)."""
+    and below it every folder (at any depth) that is one DICOM series (or holds single-file DICOM images); other
+    subfolders are skipped with a warning (an MSD folder's ``labelsTr`` holds label maps, not inputs)."""
     out: list[Path] = []
     skipped: list[str] = []
     for here, dirs, names in os.walk(folder):
         dirs.sort()
         d = Path(here)
         files = [d / n for n in sorted(names) if not n.startswith(".")]
-        if _series_folder(d, files):
-            out.append(d)
+        dicom = _dicom_exemplars(d, files)
+        out += dicom
+        if d in dicom:
             dirs[:] = []  # a series folder is one exemplar, whatever lies below it
         elif d == folder:
             out += [
                 f for f in files if f.name.lower().endswith(_IMAGE_SUFFIXES) and f.suffix.lower() != ".dcm"
             ]
-        elif any(f.name.lower().endswith(_IMAGE_SUFFIXES) for f in files):
+        elif not dicom and any(f.name.lower().endswith(_IMAGE_SUFFIXES) for f in files):
             skipped.append(d.relative_to(folder).as_posix())
     if skipped:
         warn(f"{folder}: skipped the image files of subfolder(s) {', '.join(skipped)} (only DICOM series folders "
