@@ -32,6 +32,7 @@ def open_runtime(zoo: Union[Zoo, PathLike], model_name: str, device: str = "cpu"
     """
     check_device(device)
     z = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    z.check_weights(model_name)  # weights replaced in the zoo would load and answer wrongly without a word
     return runtime_for(load_bundle(z.get(model_name), device=device), device=device)
 
 

@@ -40,9 +40,10 @@ from typing import Any, Optional, Union
 from .. import atomic
 from ..errors import BundleError, ZooError
 from ..models.registry import runtime_class
-from ..provenance import utc_timestamp
+from ..provenance import file_digest, utc_timestamp
 from ..resources import default_zoo_path
 from .bundle import (
+    WEIGHTS_FILE,
     copy_bundle,
     import_monai_bundle,
     is_standard_monai_bundle,
@@ -317,7 +318,8 @@ class Zoo:
                                "move it out of the zoo's models/ folder and add it from there.")  # fmt: skip
             self._copy_in(src, dest, card, trust)
             info = {"path": dest.relative_to(self.path).as_posix(), "added": utc_timestamp(),
-                    "metrics": dict(card.validation_metrics), **json.loads(json.dumps(info or {}))}  # fmt: skip
+                    "metrics": dict(card.validation_metrics), "weights": file_digest(dest / WEIGHTS_FILE),
+                    **json.loads(json.dumps(info or {}))}  # fmt: skip
             entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
             entry["versions"][card.version] = info
             if current or not entry["versions"].get(entry["current"]):
@@ -377,6 +379,21 @@ class Zoo:
                 shutil.rmtree(tmp, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     dest.parent.rmdir()  # only if empty (a new model's folder)
+
+    def check_weights(self, name: str, version: Optional[str] = None) -> None:
+        """Raise :class:`BundleError` when the weights file of ``name`` (``version``, default current) is not the
+        one the zoo recorded when the version was added or promoted (replaced by hand, or by another model's of the
+        same shape, which would load and answer wrongly without a word); versions without a record pass."""
+        info = self.version_info(name, version)
+        recorded = (info.get("weights") or (info.get("source_card") or {}).get("weights") or {}).get("sha256")
+        path = self.get(name, version) / WEIGHTS_FILE
+        if recorded and path.is_file() and file_digest(path)["sha256"] != recorded:
+            raise BundleError(
+                f"{path}: these are not the weights the zoo recorded for {name} {version or self.current(name)} "
+                f"(SHA-256 {file_digest(path)['sha256'][:12]}, recorded {str(recorded)[:12]}); restore the file, or "
+                f"remove the version (`modelselector zoo remove {name} --zoo {shlex.quote(str(self.path))}`) and add "
+                "the right bundle again."
+            )
 
     def next_version(self, name: str) -> str:
         """The version a new model ``name`` gets: ``0.1.0`` for a new name, else the next patch version after

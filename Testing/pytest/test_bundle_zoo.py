@@ -301,7 +301,9 @@ def test_zoo_api_versions_and_errors(tmp_path):
     entry = zoo.add(make_bundle(tmp_path))
     assert entry["name"] == "liver_ct" and entry["version"] == "0.1.0"
     assert entry["path"] == "models/liver_ct/0.1.0" and entry["metrics"] == {"dice": 0.875}
-    with pytest.raises(ZooError, match=r"already in the zoo; .*`modelselector zoo remove liver_ct --zoo .*zoo`"):
+    with pytest.raises(
+        ZooError, match=r"already in the zoo; .*`modelselector zoo remove liver_ct --zoo .*zoo`"
+    ):
         zoo.add(make_bundle(tmp_path))
     zoo.add(make_bundle(tmp_path, version="0.2.0", seed=1))
     zoo = Zoo(zoo.path)
@@ -489,3 +491,26 @@ def test_standard_monai_bundle_import(tmp_path, capsys):
     assert (
         json.loads((src / "configs/metadata.json").read_text(encoding="utf-8")).get("modelselector") is None
     )  # source untouched
+
+
+def test_weights_replaced_in_the_zoo_are_refused_before_they_answer(tmp_path):
+    """Another model's weights of the same shape load without complaint and give wrong answers: the zoo records
+    each version's weights when it is added and `apply` checks them."""
+    import shutil
+
+    from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.provenance import file_digest
+    from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(make_bundle(tmp_path, name="liver_ct", seed=0))
+    other = make_bundle(tmp_path, name="other", seed=1)
+    weights = zoo.get("liver_ct") / WEIGHTS_FILE
+    assert zoo.version_info("liver_ct")["weights"] == file_digest(weights)
+    open_runtime(zoo, "liver_ct")
+    shutil.copy(other / WEIGHTS_FILE, weights)
+    load_bundle(zoo.get("liver_ct"))  # loads: same architecture
+    with pytest.raises(
+        BundleError, match=r"not the weights the zoo recorded for liver_ct 0\.1\.0 .* restore the file"
+    ):
+        open_runtime(zoo, "liver_ct")
