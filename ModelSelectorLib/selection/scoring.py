@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..errors import BundleError, ZooError
 from ..io.image import Image
 from ..models.registry import runtime_for
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
@@ -76,6 +77,8 @@ class Evidence:
     ndim: int
     image: Optional[Image]
     verify: dict[str, Optional[dict[str, float]]] = dataclasses.field(default_factory=dict)
+    #: models whose bundle could not be used for this image, and why (they fit nothing)
+    broken: dict[str, str] = dataclasses.field(default_factory=dict)
     colour: float = 0.0
     extent_mm: Optional[float] = None  # a volume's field of view (kept when the voxels are let go)
     air_share: Optional[float] = None  # share of voxels below -500, as air in a CT in HU (kept likewise)
@@ -296,7 +299,12 @@ def rank_models(
         ok = [r for r in rows if r["dims_ok"]]
         window = ok if top_k is None else ok[: max(int(top_k) + 2, 3)]
         for r in window:
-            r["verify"] = verify_of(zoo, ev, r["name"])
+            # one broken bundle must not stop every selection: it fits nothing, and the selection says why
+            try:
+                r["verify"] = verify_of(zoo, ev, r["name"])
+            except (BundleError, ZooError) as e:
+                r["broken"] = ev.broken[r["name"]] = str(e)
+                r["z"] = -math.inf
             r["z"] += verify_term(setting, r["card"].task_type, r["verify"])
             r["margin"] = r["z"] - r["threshold"]
         rows.sort(key=lambda r: -r["margin"])

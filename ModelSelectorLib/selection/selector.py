@@ -316,6 +316,8 @@ def _reasons(
             reasons.append(row[check].reason())
     if row["verify"] is not None:
         reasons.append(runtime_class(card.task_type).describe_fit(row["verify"]))
+    if row.get("broken"):
+        reasons.append(f"the model cannot be used, so it fits nothing: {row['broken']}")
     return reasons
 
 
@@ -373,6 +375,10 @@ def select(
     ev = evidence(enc, img)
     t2 = time.monotonic()
     rows, warnings = _scored_rows(zoo, index, ev, origins, verify, top_k, exclude_sources)
+    calibrated = not warnings
+    warnings += [
+        f"the model {name} cannot be used, so it fits nothing: {why}" for name, why in ev.broken.items()
+    ]
     t3 = time.monotonic()
     thr = 0.5 if threshold is None else float(threshold)
     order = np.argsort(-ev.probs)[:3]
@@ -397,7 +403,7 @@ def select(
         needs_volume=[m.name for m in matches if m.needs_volume],
         image_classes=classes,
         threshold=thr,
-        calibrated=not warnings,
+        calibrated=calibrated,
         warnings=warnings,
         seconds={"load": round(t1 - t0, 3), "embed": round(t2 - t1, 3), "score": round(t3 - t2, 3)},
     )

@@ -581,3 +581,21 @@ def test_data_free_pictures_are_written_with_the_prototypes_they_show(env):
         saved = load_prototypes(bundle)
         assert all((bundle / PNG_DIR / p).stat().st_mtime >= (bundle / "prototypes").stat().st_mtime - 1
                    for p in pictures) and len(saved.select(["data-free"]))  # fmt: skip
+
+
+def test_a_broken_bundle_fits_nothing_and_the_others_are_still_ranked(env, tmp_path):
+    """Damaged weights of one model used to stop every selection in the zoo; now that model fits nothing, the
+    selection says why, and the right model is still first."""
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.selection.selector import select
+    from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE
+
+    zoo = _copy_zoo(env, tmp_path)
+    weights = zoo.get("mr_abdomen") / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    sel = select(env["queries"]["ct_abdomen"], zoo, load_index(zoo), env["encoder"], top_k=None)
+    assert sel.models[0].name == "ct_abdomen" and sel.models[0].fits and sel.calibrated
+    broken = next(m for m in sel.models if m.name == "mr_abdomen")
+    assert not broken.fits and broken.score < 1e-6
+    assert any(r.startswith("the model cannot be used, so it fits nothing: ") for r in broken.reasons)
+    assert [w for w in sel.warnings if w.startswith("the model mr_abdomen cannot be used")]
