@@ -147,11 +147,32 @@ def _print_calibration(cal: dict, zoo: Zoo, idx: Any = None, key: str = "data-fr
     print(f"  model-alone signals kept: {kept or 'none'}")
 
 
+def _refuse_replacing_a_better_calibration(out: Path, zoo: Any) -> None:
+    """Refuse to build an index calibrated without labelled images over one calibrated with them."""
+    from ..errors import ModelSelectorError
+    from ..selection.calibration import refuse_weaker_calibration
+    from ..selection.index import SIDECAR, ZooIndex
+
+    if not (out / SIDECAR).is_file():
+        return
+    try:
+        old = ZooIndex.load(out, zoo)
+    except ModelSelectorError:  # an index that does not load holds nothing worth keeping
+        return
+    refuse_weaker_calibration(old, f"pass --data DIR to calibrate the new index on them, or build it with "
+                                   f"--no-calibrate and run `modelselector index calibrate --zoo {_q(zoo.path)} "
+                                   "--data DIR`")  # fmt: skip
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from ..selection.calibration import build_index
 
     zoo, out = _paths(args)
     cases, text = _cases(args, zoo) if args.calibrate else (None, "")
+    if (
+        args.calibrate and cases is None
+    ):  # before any work: the index it replaces may hold a better calibration
+        _refuse_replacing_a_better_calibration(out, zoo)
     idx = build_index(zoo, calibrate=args.calibrate, cases=cases, description=text)
     idx.save(out)
     print(f"Index saved to {out}: {_summary(idx)}")

@@ -162,6 +162,8 @@ def test_calibrating_without_data_never_replaces_a_calibration_made_on_developme
     )
     rc, _, err = _cli(capsys, "index", "calibrate", "--zoo", z)
     assert rc == 2 and "pass --data DIR" in err
+    rc, _, err = _cli(capsys, "index", "build", "--zoo", z)  # a new index over it, calibrated without data
+    assert rc == 2 and "build it with --no-calibrate and run `modelselector index calibrate" in err
     assert (z / "index" / "index.json").read_text() == before  # refused before any change
     rc, _, err = _cli(capsys, "index", "add", "--zoo", z, "--model", "b", "--data", z)
     assert rc == 2 and "add --calibrate" in err
