@@ -384,15 +384,16 @@ class Zoo:
         """Raise :class:`BundleError` when the weights file of ``name`` (``version``, default current) is not the
         one the zoo recorded when the version was added or promoted (replaced by hand, or by another model's of the
         same shape, which would load and answer wrongly without a word); versions without a record pass."""
+        version = version or self.current(name)
         info = self.version_info(name, version)
         recorded = (info.get("weights") or (info.get("source_card") or {}).get("weights") or {}).get("sha256")
         path = self.get(name, version) / WEIGHTS_FILE
-        if recorded and path.is_file() and file_digest(path)["sha256"] != recorded:
+        actual = file_digest(path)["sha256"] if recorded and path.is_file() else recorded
+        if actual != recorded:
             raise BundleError(
-                f"{path}: these are not the weights the zoo recorded for {name} {version or self.current(name)} "
-                f"(SHA-256 {file_digest(path)['sha256'][:12]}, recorded {str(recorded)[:12]}); restore the file, or "
-                f"remove the version (`modelselector zoo remove {name} --zoo {shlex.quote(str(self.path))}`) and add "
-                "the right bundle again."
+                f"{path}: these are not the weights the zoo recorded for {name} {version} (SHA-256 {actual[:12]}, "
+                f"recorded {str(recorded)[:12]}); restore the file, or remove the version (`modelselector zoo remove "
+                f"{name} --version {version} --zoo {shlex.quote(str(self.path))}`) and add the right bundle again."
             )
 
     def next_version(self, name: str) -> str:

@@ -511,6 +511,7 @@ def test_weights_replaced_in_the_zoo_are_refused_before_they_answer(tmp_path):
     shutil.copy(other / WEIGHTS_FILE, weights)
     load_bundle(zoo.get("liver_ct"))  # loads: same architecture
     with pytest.raises(
-        BundleError, match=r"not the weights the zoo recorded for liver_ct 0\.1\.0 .* restore the file"
+        BundleError,
+        match=r"not the weights the zoo recorded for liver_ct 0\.1\.0 .* zoo remove liver_ct --version 0\.1\.0",
     ):
         open_runtime(zoo, "liver_ct")
