@@ -247,10 +247,24 @@ def load_bundle(path: PathLike, trust: bool = False, device: str = "cpu") -> Loa
     path = Path(path)
     card = validate_bundle(path)
     config = _read_json(path / INFERENCE_FILE, "configs/inference.json")
+    _check_outputs_match_labels(path, card, config)
     network = instantiate_network(path, config, trust=trust, device=device)
     load_weights(network, path / WEIGHTS_FILE, device=device)
     network.eval()
     return LoadedBundle(network=network, card=card, path=path, config=config)
+
+
+def _check_outputs_match_labels(path: Path, card: ModelCard, config: dict[str, Any]) -> None:
+    """Refuse a card whose labels do not match its network's output channels (a label's value is its channel):
+    an edited card would otherwise name the outputs wrongly ("Label 3") without a word. Networks that do not
+    say their ``out_channels`` (a stage dictionary) are not checked."""
+    channels = (config.get("network_def") or {}).get("out_channels") if isinstance(config, dict) else None
+    values = [int(lb["value"]) for lb in card.labels if isinstance(lb.get("value"), int)]
+    if isinstance(channels, int) and values and max(values) + 1 != channels:
+        raise BundleError(
+            f"{path}: the card's labels end at value {max(values)} but the network has {channels} output channels "
+            f"(a label's value is its channel); correct the labels in configs/metadata.json."
+        )
 
 
 # --- writing --------------------------------------------------------------------------------------------

@@ -515,3 +515,15 @@ def test_weights_replaced_in_the_zoo_are_refused_before_they_answer(tmp_path):
         match=r"not the weights the zoo recorded for liver_ct 0\.1\.0 .* zoo remove liver_ct --version 0\.1\.0",
     ):
         open_runtime(zoo, "liver_ct")
+
+
+def test_a_card_whose_labels_do_not_match_the_network_outputs_is_refused(tmp_path):
+    """A label's value is its output channel: a card edited to name three labels for a two-channel network wrote
+    segments named wrongly ("Label 3") without a word."""
+    bundle = make_bundle(tmp_path)
+    meta_file = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta["modelselector"]["labels"].append({"value": 2, "name": "Spleen", "color": [0.0, 1.0, 0.0]})
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(BundleError, match=r"labels end at value 2 but the network has 2 output channels"):
+        load_bundle(bundle)
