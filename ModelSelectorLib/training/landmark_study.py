@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import __version__, atomic
 from ..datasets.landmarks import LandmarkCase, find_landmark_folders, labelled_subset
-from ..errors import DatasetError, TrainingError
+from ..errors import BundleError, DatasetError, TrainingError
 from ..models.heatmaps import heatmap_entropy
 from ..models.landmark_stages import REFINE_SCALE, mean_offsets, offset_model, stage
 from ..models.landmarks import GROUP_NAMES, landmark_labels, to_original
@@ -464,16 +464,16 @@ def _given_splits(gd: GridData, splits: Mapping[str, Sequence[str]], data: PathL
 def _load_weights(net: Any, path: PathLike, what: str, device: str = "cpu") -> Any:
     """``net`` with the weights of ``path`` (a run's ``.pt``), on ``device``, in eval mode: the device the
     grid trains and evaluates on, since the networks it trains stay there too."""
-    import torch
+    from ..zoo.bundle import read_state_dict
 
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        # a file that is no checkpoint fails in the unpickler in many ways (UnpicklingError, IndexError, ...),
-        # and torch's own message is several lines on unpickling untrusted code: not the user's remedy
+        state = read_state_dict(path)
+    except BundleError as e:
+        # torch's own message is several lines on unpickling untrusted code: not the user's remedy
+        cause = type(e.__cause__).__name__ if e.__cause__ is not None else "no state_dict in it"
         raise TrainingError(
-            f"{path}: not a weights file (torch.load: {type(e).__name__}); pass the .pt a landmark grid run "
-            f"saved for the {what}."
+            f"{path}: not a weights file (torch.load: {cause}); pass the .pt a landmark grid run saved for the "
+            f"{what}."
         ) from e
     problem = _state_mismatch(net, state)
     if problem:
@@ -483,11 +483,9 @@ def _load_weights(net: Any, path: PathLike, what: str, device: str = "cpu") -> A
     return net.to(device).eval()
 
 
-def _state_mismatch(net: Any, state: Any, show: int = 3) -> Optional[str]:
+def _state_mismatch(net: Any, state: dict[str, Any], show: int = 3) -> Optional[str]:
     """In a few words, how ``state`` (a loaded ``.pt``) does not fit ``net``'s state dict: ``show`` keys that are
     missing, unexpected or of another shape, and how many more there are; None when it fits."""
-    if not isinstance(state, dict):
-        return f"it holds a {type(state).__name__}, not a state dict"
     own = net.state_dict()
     kinds = (
         [f"{k} missing" for k in own if k not in state],

@@ -196,10 +196,13 @@ def instantiate_network(
     return net.to(device)
 
 
-def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> None:
-    """Load ``models/model.pt`` into ``network`` with ``weights_only=True`` (no arbitrary unpickling).
+def read_state_dict(weights_path: PathLike, device: str = "cpu") -> dict[str, Any]:
+    """The state_dict in a weights file, read with ``weights_only=True`` (no arbitrary unpickling): a plain
+    state_dict, or a checkpoint dict with a ``"model"`` or ``"state_dict"`` entry (``module.`` prefixes of a
+    data-parallel run removed).
 
-    Accepts a plain state_dict or a checkpoint dict with a ``"model"`` or ``"state_dict"`` entry.
+    Raises:
+        BundleError: not a weights file, or no state_dict in it.
     """
     import torch
 
@@ -220,6 +223,12 @@ def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> N
         raise BundleError(f"{weights_path}: holds a {type(ckpt).__name__}, not a state_dict.")
     if ckpt and all(str(k).startswith("module.") for k in ckpt):
         ckpt = {str(k)[len("module.") :]: v for k, v in ckpt.items()}
+    return ckpt
+
+
+def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> None:
+    """Load ``models/model.pt`` into ``network`` (:func:`read_state_dict`)."""
+    ckpt = read_state_dict(weights_path, device)
     try:
         network.load_state_dict(ckpt, strict=True)
     except RuntimeError as e:
