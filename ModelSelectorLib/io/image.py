@@ -268,10 +268,9 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _describe_series(reader: sitk.ImageSeriesReader, folder: Path, uid: str) -> str:
+def _describe_series(uid: str, files: list[str]) -> str:
     """A series of a DICOM folder as a user can choose it: ``UID (CT, 'ABDOMEN 3mm', 120 files)``, from the
     header of its first file."""
-    files = reader.GetGDCMSeriesFileNames(str(folder), uid)
     facts = []
     head = sitk.ImageFileReader()
     head.SetFileName(files[0])
@@ -286,16 +285,29 @@ def _describe_series(reader: sitk.ImageSeriesReader, folder: Path, uid: str) -> 
     return f"{uid} ({', '.join([*facts, f'{len(files)} file' + ('s' if len(files) != 1 else '')])})"
 
 
+def dicom_series(folder: os.PathLike | str) -> dict[str, list[str]]:
+    """The files of each DICOM series directly in ``folder``, by series UID, whatever the files' names (GDCM reads
+    the headers), without GDCM's warnings on stderr for the files that are not DICOM.
+
+    Raises:
+        RuntimeError: GDCM cannot scan the folder.
+    """
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return {u: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), u)) for u in uids}
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Image, dict[str, Any]]:
     reader = sitk.ImageSeriesReader()
-    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for folders without DICOM
     try:
-        series = list(reader.GetGDCMSeriesIDs(str(folder)))
+        found = dicom_series(folder)
     except RuntimeError as e:  # pragma: no cover - GDCM reports unreadable folders this way
         raise InputError(f"{folder}: cannot scan the folder for DICOM files ({e}).") from e
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+    series = list(found)
     if not series:
         raise InputError(
             f"{folder}: is a folder but holds no DICOM series; pass a DICOM series folder or an image file."
@@ -305,13 +317,13 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
             raise InputError(
                 f"{folder}: the folder mixes {len(series)} DICOM series; choose one with --series UID (on the "
                 f"command line; series_uid= in Python) or put each series in its own folder: "
-                f"{'; '.join(_describe_series(reader, folder, uid) for uid in series)}."
+                f"{'; '.join(_describe_series(uid, files) for uid, files in found.items())}."
             )
         series_uid = series[0]
     elif series_uid not in series:
         raise InputError(f"{folder}: no DICOM series with UID {series_uid}; found "
-                         f"{'; '.join(_describe_series(reader, folder, uid) for uid in series)}.")  # fmt: skip
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+                         f"{'; '.join(_describe_series(uid, files) for uid, files in found.items())}.")  # fmt: skip
+    files = found[series_uid]
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()

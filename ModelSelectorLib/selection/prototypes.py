@@ -38,7 +38,7 @@ import numpy as np
 
 from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
-from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input
+from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input, dicom_series
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import Zoo
 from .encoder import EMBED_DIM, default_encoder
@@ -433,29 +433,16 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _dicom_series_files(folder: Path) -> list[list[str]]:
-    """The files of each DICOM series directly in ``folder``, whatever their names (GDCM reads the headers; a
-    series exported without the ``.dcm`` extension is one too)."""
-    import SimpleITK as sitk
-
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for every file that is not DICOM
-    try:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        return [list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), u)) for u in uids]
-    except RuntimeError:
-        return []
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
 def _dicom_exemplars(folder: Path, files: Sequence[Path]) -> list[Path]:
     """The DICOM exemplars directly in ``folder``: the folder when it is one series (read whole, as ``select``
     reads it), each file when every series is one file (radiographs); refused when it mixes series of several
     files, since ``prototypes`` names folders, not series."""
     if not any(f.suffix.lower() == ".dcm" or not f.name.lower().endswith(_IMAGE_SUFFIXES) for f in files):
         return []  # only known image files: no header to scan
-    series = _dicom_series_files(folder)
+    try:
+        series = list(dicom_series(folder).values())
+    except RuntimeError:  # a folder GDCM cannot scan holds no series
+        series = []
     if len(series) == 1:
         return [folder]
     if all(len(s) == 1 for s in series):
