@@ -246,7 +246,7 @@ def promote(
     Raises:
         DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
     """
-    from ..zoo.bundle import load_bundle
+    from ..zoo.bundle import WEIGHTS_FILE, load_bundle
     from ..zoo.catalog import Zoo
     from .sweep import read_split
 
@@ -261,16 +261,17 @@ def promote(
     labels = split_data["labels"]
     _check_unseen(split_data, split_path, [Path(candidate), *([zoo.get(task)] if task in zoo else [])])
     cand = load_bundle(candidate, device=device)
+    weights = file_digest(Path(candidate) / WEIGHTS_FILE)
     if task in zoo:  # before any evaluation: a candidate that cannot or need not replace the current model
         _check_compatible(cand.card, zoo.card(task), task)
-        _check_not_a_version(zoo, task, Path(candidate))
+        _check_not_a_version(zoo, task, str(weights["sha256"]))
     metric = metric or primary_metric(cand.card.task_type)
     cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
     cand_scores = _scores(cand_cases, metric)
     result: dict[str, Any] = {"task": task, "metric": metric, "split": _zoo_relative(split_path, zoo.path),
                               "candidate": summary_over_cases(cand_cases),
                               "candidate_bundle": candidate_label or _zoo_relative(Path(candidate), zoo.path),
-                              "candidate_card": _identity(Path(candidate), cand.card)}  # fmt: skip
+                              "candidate_card": _identity(cand.card, weights)}  # fmt: skip
     if task in zoo:
         current_version = zoo.current(task)
         cur = load_bundle(zoo.get(task), device=device)
@@ -392,16 +393,15 @@ def _check_unseen(split: dict[str, Any], split_path: Path, bundles: Sequence[Pat
             )
 
 
-def _check_not_a_version(zoo: Any, task: str, candidate: Path) -> None:
-    """Refuse a candidate whose weights are those of a version the task already has: promoted, it would be a
-    second version of the same model, and the history would no longer say which one is which."""
+def _check_not_a_version(zoo: Any, task: str, digest: str) -> None:
+    """Refuse a candidate whose weights (SHA-256 ``digest``) are those of a version the task already has:
+    promoted, it would be a second version of the same model, and the history would no longer say which one is
+    which. A version's digest is the one the catalog recorded, else its file's."""
     from ..zoo.bundle import WEIGHTS_FILE
 
-    if task not in zoo or not (candidate / WEIGHTS_FILE).is_file():
-        return
-    digest = file_digest(candidate / WEIGHTS_FILE)["sha256"]
     for version in zoo.versions(task):
-        if file_digest(zoo.get(task, version) / WEIGHTS_FILE)["sha256"] == digest:
+        recorded = zoo.recorded_weights(task, version)
+        if (recorded or file_digest(zoo.get(task, version) / WEIGHTS_FILE)["sha256"]) == digest:
             now = " (the current one)" if version == zoo.current(task) else ""
             raise BundleError(
                 f"the candidate has the weights of {task} {version}{now}, which the zoo already holds; to make "
@@ -409,12 +409,11 @@ def _check_not_a_version(zoo: Any, task: str, candidate: Path) -> None:
             )
 
 
-def _identity(bundle: Path, card: Any) -> dict[str, Any]:
+def _identity(card: Any, weights: dict[str, Any]) -> dict[str, Any]:
     """What the candidate was, recorded beside its path (which may name a folder that is later deleted): its
-    card's name and version and the size and SHA-256 of its weights, which the promoted version keeps."""
-    from ..zoo.bundle import WEIGHTS_FILE
-
-    return {"name": card.name, "version": card.version, "weights": file_digest(bundle / WEIGHTS_FILE)}
+    card's name and version and the size and SHA-256 of its weights (``weights``), which the promoted version
+    keeps."""
+    return {"name": card.name, "version": card.version, "weights": weights}
 
 
 def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:

@@ -380,13 +380,19 @@ class Zoo:
                 with contextlib.suppress(OSError):
                     dest.parent.rmdir()  # only if empty (a new model's folder)
 
+    def recorded_weights(self, name: str, version: Optional[str] = None) -> Optional[str]:
+        """The SHA-256 of the weights the catalog recorded for ``name`` (``version``, default current) when it was
+        added or promoted; None for a version added before weights were recorded."""
+        info = self.version_info(name, version)
+        recorded = (info.get("weights") or (info.get("source_card") or {}).get("weights") or {}).get("sha256")
+        return str(recorded) if recorded else None
+
     def check_weights(self, name: str, version: Optional[str] = None) -> None:
         """Raise :class:`BundleError` when the weights file of ``name`` (``version``, default current) is not the
         one the zoo recorded when the version was added or promoted (replaced by hand, or by another model's of the
         same shape, which would load and answer wrongly without a word); versions without a record pass."""
         version = version or self.current(name)
-        info = self.version_info(name, version)
-        recorded = (info.get("weights") or (info.get("source_card") or {}).get("weights") or {}).get("sha256")
+        recorded = self.recorded_weights(name, version)
         path = self.get(name, version) / WEIGHTS_FILE
         actual = file_digest(path)["sha256"] if recorded and path.is_file() else recorded
         if actual != recorded:
