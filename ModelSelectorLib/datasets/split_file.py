@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
+
+import numpy as np
 
 from .. import atomic
 from ..errors import DatasetError
@@ -80,4 +82,50 @@ def read_split(path: PathLike) -> dict[str, Any]:
     return {**data, "cases": cases, "labels": labels}
 
 
-__all__ = ["read_split", "write_split"]
+def check_earlier_split(
+    test_file: Path, dataset: Optional[str], root: PathLike, needed: Sequence[Path]
+) -> None:
+    """Check that the test split a sweep folder already holds (of ``dataset``, as recorded) may be kept for a sweep
+    of ``root``: of the same data, and from a sweep that kept the files ``needed`` (its selection split, ...).
+
+    Raises:
+        DatasetError: a split of other data, or a folder of a sweep that ranked its candidates on its test split.
+    """
+    if dataset != str(root):
+        raise DatasetError(f"{test_file}: holds the test split of another dataset ({dataset}); use another --out "
+                           "zoo or task name.")  # fmt: skip
+    if not all(p.is_file() for p in needed):
+        raise DatasetError(f"{test_file.parent}: made by a sweep that ranked its candidates on the test split "
+                           "itself; start a new sweep (another --out zoo or task name) to get a separate selection "
+                           "split.")  # fmt: skip
+
+
+def draw_test(ids: Sequence[str], seed: int, n_test: int, not_in_test: Iterable[str], root: PathLike,
+              unit: tuple[str, str] = ("case", "dataset")) -> tuple[list[int], list[int]]:  # fmt: skip
+    """The positions of ``ids`` in a seeded random order, and the first ``n_test`` of them whose ids
+    ``not_in_test`` does not name (e.g. the current model's training cases): the test split.
+
+    Args:
+        unit: what an id names and what holds them, for the messages (``("image", "folder")``).
+
+    Raises:
+        DatasetError: ``not_in_test`` names none of ``ids`` (ids of another form, which would protect nothing), or
+            too few ids are left outside it.
+    """
+    noun, whole = unit
+    barred = set(not_in_test)
+    # the list may name cases of other data too (a current model's training cases), but if it names none of these
+    # its ids are of another form and protect nothing from the test split
+    if barred and not barred & set(ids):
+        raise DatasetError(f"{root}: not_in_test names no {noun} of this {whole} (e.g. {sorted(barred)[0]}); use its "
+                           f"{noun} ids, such as {ids[0]}.")  # fmt: skip
+    order = np.random.default_rng(seed).permutation(len(ids)).tolist()
+    test = [i for i in order if ids[i] not in barred][:n_test]
+    if len(test) < n_test:
+        raise DatasetError(
+            f"{root}: only {len(test)} {noun}(s) outside not_in_test; the test split needs {n_test}."
+        )
+    return order, test
+
+
+__all__ = ["check_earlier_split", "draw_test", "read_split", "write_split"]

@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
-
 from .. import atomic
-from ..datasets.split_file import write_split
+from ..datasets.split_file import check_earlier_split, draw_test, write_split
 from ..errors import DatasetError, TrainingError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -91,15 +89,8 @@ def make_split(
     work = Path(work_dir)
     test_file, selection_file, ids_file = work / TEST_SPLIT, work / SELECTION_SPLIT, work / SPLITS
     if test_file.is_file():
-        old = json.loads(test_file.read_text(encoding="utf-8"))
-        if old.get("dataset") != str(root):
-            raise DatasetError(
-                f"{test_file}: holds the test split of another dataset ({old.get('dataset')})."
-            )
-        if not (selection_file.is_file() and ids_file.is_file()):
-            raise DatasetError(f"{work}: made by a sweep that ranked its candidates on the test split itself; "
-                               "start a new sweep (another --out zoo or task name) to get a separate selection "
-                               "split.")  # fmt: skip
+        recorded = json.loads(test_file.read_text(encoding="utf-8")).get("dataset")
+        check_earlier_split(test_file, recorded, root, [selection_file, ids_file])
         return root, selection_file, test_file
     images = {p.stem: p for p in find_landmark_folders(root)[0]}
     parts = _parts(sorted(images), seed, test_fraction, selection_fraction, set(not_in_test), root)
@@ -125,17 +116,9 @@ def _parts(ids: list[str], seed: int, test_fraction: float, selection_fraction: 
     if n - n_test - n_sel - n_val < 1:
         raise DatasetError(f"{root}: {n} labelled image(s); a landmark sweep needs at least "
                            f"{n_test + n_sel + n_val + 1} (test, selection, validation, training).")  # fmt: skip
-    # a list naming none of these images uses ids of another form and would protect nothing from the test split
-    if barred and not barred & set(ids):
-        raise DatasetError(f"{root}: not_in_test names no image of this folder (e.g. {sorted(barred)[0]}); use its "
-                           f"image ids, such as {ids[0]}.")  # fmt: skip
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
-    test = [i for i in order if i not in barred][:n_test]
-    if len(test) < n_test:
-        raise DatasetError(
-            f"{root}: only {len(test)} image(s) outside not_in_test; the test split needs {n_test}."
-        )
-    rest = [i for i in order if i not in set(test)]
+    positions, test_positions = draw_test(ids, seed, n_test, barred, root, ("image", "folder"))
+    test = [ids[i] for i in test_positions]
+    rest = [ids[i] for i in positions if ids[i] not in set(test)]
     return {"train": sorted(rest[n_sel + n_val :]), "val": sorted(rest[n_sel : n_sel + n_val]),
             "selection": sorted(rest[:n_sel]), "test": sorted(test)}  # fmt: skip
 

@@ -67,11 +67,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
-
 from .. import atomic
 from ..datasets.msd import load_msd
-from ..datasets.split_file import read_split, write_split
+from ..datasets.split_file import check_earlier_split, draw_test, read_split, write_split
 from ..errors import DatasetError, ModelSelectorError, TrainingError
 from ..models.landmarks import LandmarkRuntime
 from ..models.registry import DEFAULT_TASK_TYPE
@@ -296,32 +294,15 @@ def make_split(
     work = Path(work_dir)
     test_file, selection_file, train_dir = work / TEST_SPLIT, work / SELECTION_SPLIT, work / "train"
     if test_file.is_file() and (train_dir / "dataset.json").is_file():
-        split = read_split(test_file)
-        if split.get("dataset") != str(dataset.root):
-            raise DatasetError(f"{test_file}: holds the test split of another dataset ({split.get('dataset')}); "
-                               "use another --out zoo or task name.")  # fmt: skip
-        if not selection_file.is_file():
-            raise DatasetError(f"{work}: made by a sweep that ranked its candidates on the test split itself; "
-                               "start a new sweep (another --out zoo or task name) to get a separate selection "
-                               "split.")  # fmt: skip
+        check_earlier_split(test_file, read_split(test_file).get("dataset"), dataset.root, [selection_file])
         return train_dir, selection_file, test_file
     n = len(dataset.training)
     if n < 4:
         raise DatasetError(f"{dataset.root}: {n} case(s); a sweep needs at least 4 (test, selection, training, "
                            "validation).")  # fmt: skip
     ids = [case_id(c["image"]) for c in dataset.training]
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    barred = set(not_in_test)
-    # the list may name cases of other data too (a current model's training cases), but if it names none of these
-    # its ids are of another form and protect nothing from the test split
-    if barred and not barred & set(ids):
-        raise DatasetError(f"{dataset.root}: not_in_test names no case of this dataset (e.g. {sorted(barred)[0]}); "
-                           f"use its case ids, such as {ids[0]}.")  # fmt: skip
     n_test = min(n - 3, max(1, int(round(n * test_fraction))))
-    test_idx = [i for i in order if ids[i] not in barred][:n_test]
-    if len(test_idx) < n_test:
-        raise DatasetError(f"{dataset.root}: only {len(test_idx)} case(s) outside not_in_test; the test split "
-                           f"needs {n_test}.")  # fmt: skip
+    order, test_idx = draw_test(ids, seed, n_test, not_in_test, dataset.root)
     n_sel = min(n - n_test - 2, max(1, int(round(n * selection_fraction))))
     sel_idx = [i for i in order if i not in set(test_idx)][:n_sel]
     held = set(test_idx) | set(sel_idx)
