@@ -4,12 +4,14 @@ lock that lets one process at a time change a zoo or an index.
 An interrupted write (crash, Ctrl-C, full disk) therefore leaves the previous version intact and never a
 half-written file. ``os.replace`` is atomic on POSIX and Windows when source and target share a folder.
 What a killed writer leaves behind (``.tmp-*`` files, ``.NAME.*.tmp`` folders) is removed by the next
-writer of that folder, under its lock (:func:`remove_leftovers`).
+writer of that folder, under its lock (:func:`remove_leftovers`); a folder it had moved aside but not yet
+replaced (killed between :func:`atomic_dir`'s two renames) is put back by the next writer of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -84,10 +86,12 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` as a whole.
 
     If ``target`` exists it is moved aside first and deleted only after the new folder is in place, so an
-    interruption leaves either the old or the new folder, never a mix.
+    interruption leaves either the old or the new folder, never a mix (a writer killed between the two renames
+    leaves the old one moved aside; the next write of ``target`` or :func:`remove_leftovers` puts it back).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_moved_aside(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes an owner-only folder
     try:
@@ -102,6 +106,32 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_moved_aside(target: PathLike) -> bool:
+    """Put back the folder that a killed :func:`atomic_dir` had moved aside (``.NAME.old-PID``) when ``target``
+    is missing and process PID is gone. Returns whether a folder was put back."""
+    target = Path(target)
+    if target.exists() or target.is_symlink():
+        return False
+    for old in sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if old.is_dir() and not old.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            os.replace(old, target)
+            return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not inside an atomic_dir of the same target
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
 
 
 def lock_timeout() -> float:
@@ -168,6 +198,7 @@ def remove_leftovers(folder: PathLike) -> list[Path]:
     """Delete what interrupted atomic writes left in ``folder`` (not below it): ``.tmp-*`` files of
     :func:`atomic_path` and the ``.NAME.*.tmp`` / ``.NAME.old-*`` folders of :func:`atomic_dir`.
 
+    A moved-aside folder whose target is missing is put back instead (:func:`restore_moved_aside`).
     Call it only while holding :func:`writer_lock` of ``folder``: then no live writer owns such a file.
     Returns the paths removed.
     """
@@ -175,6 +206,9 @@ def remove_leftovers(folder: PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return removed
+    for p in sorted(folder.glob(".*.old-*")):
+        if p.is_dir() and not p.is_symlink():
+            restore_moved_aside(folder / p.name[1:].rsplit(".old-", 1)[0])
     for p in folder.iterdir():
         name = p.name
         if p.is_file() and not p.is_symlink() and name.startswith(".tmp-"):

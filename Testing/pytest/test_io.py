@@ -214,6 +214,42 @@ def test_interrupted_write_keeps_previous_file(tmp_path, oblique_image, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nrrd"]
 
 
+_KILLED_BETWEEN_RENAMES = """
+import os, sys
+from ModelSelectorLib import atomic
+real, calls = os.replace, []
+def replace(a, b):
+    calls.append(1)
+    if len(calls) == 2:  # the old folder is moved aside, the new one not yet in place
+        os._exit(9)
+    real(a, b)
+os.replace = replace
+with atomic.atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "v").write_text("new")
+"""
+
+
+@pytest.mark.parametrize("next_writer", ["atomic_dir", "remove_leftovers"])
+def test_a_folder_moved_aside_by_a_killed_writer_is_put_back(tmp_path, next_writer):
+    import subprocess
+    import sys
+
+    from ModelSelectorLib import atomic
+
+    target = tmp_path / "prototypes"
+    target.mkdir()
+    (target / "v").write_text("old")
+    run = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(target)], capture_output=True)
+    assert run.returncode == 9 and not target.exists()  # killed between the renames
+    if next_writer == "atomic_dir":
+        with pytest.raises(RuntimeError), atomic.atomic_dir(target):
+            raise RuntimeError("this write fails too")
+    else:
+        atomic.remove_leftovers(tmp_path)
+    assert (target / "v").read_text() == "old"
+    assert not list(tmp_path.glob(".prototypes.old-*"))
+
+
 def test_label_maps_are_told_from_pictures(oblique_image):
     shape = oblique_image.array.shape
     labels = np.zeros(shape, np.uint8)
