@@ -192,12 +192,16 @@ class Job:
 
     def errorMessage(self, returncode: Optional[int] = None) -> str:
         """The process's one-line error (``modelselector: error: ...`` without the prefix); for a process
-        killed by a signal (``returncode`` < 0: the out-of-memory killer, a crash), which signal and what to do."""
+        killed by a signal (``returncode`` < 0: the out-of-memory killer, a crash), which signal and what to do.
+        A launcher (a shell, PythonSlicer) reports its child's signal N as exit status 128 + N; without an
+        error line that is read as the signal too."""
         if returncode is not None and returncode < 0:
             return signalMessage(returncode)
         for line in reversed(self.output):
             if line.startswith(ERROR_PREFIX):
                 return self.userText(line[len(ERROR_PREFIX) :].strip())
+        if returncode is not None and 128 < returncode < 128 + 65:  # the library's codes are all below 128
+            return signalMessage(128 - returncode)
         for line in reversed(self.output):  # e.g. a Python traceback: its last line names the exception
             if line.strip():
                 return self.userText(line.strip())

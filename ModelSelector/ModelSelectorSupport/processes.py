@@ -137,10 +137,14 @@ class ChildProcess:
     process with all it started.
     """
 
+    #: seconds that :meth:`poll` waits for the output pipe to close after the process ended
+    OUTPUT_GRACE = 5.0
+
     def __init__(self, args: list[str], environment: dict[str, str], launcher: Optional[Launcher] = None):
         self.args = list(args)
         self.process = (launcher or launchProcess)(self.args, dict(environment))
         self._lines: queue.Queue = queue.Queue()
+        self._endedAt: Optional[float] = None
         self._reader = threading.Thread(target=self._read, name="ModelSelector process output", daemon=True)
         self._reader.start()
 
@@ -171,10 +175,18 @@ class ChildProcess:
                 return lines
 
     def poll(self) -> Optional[int]:
-        """The exit status once the process has ended (and its last output has been read), else None."""
+        """The exit status once the process has ended and its last output has been read, else None; without
+        blocking. A process it started that outlives it and keeps the output pipe open is waited for at most
+        :attr:`OUTPUT_GRACE` seconds of polls."""
         code = self.process.poll()
-        if code is not None:
-            self._reader.join(timeout=5.0)
+        if code is None:
+            return None
+        self._reader.join(timeout=0.01)
+        if self._reader.is_alive():
+            if self._endedAt is None:
+                self._endedAt = time.monotonic()
+            if time.monotonic() - self._endedAt < self.OUTPUT_GRACE:
+                return None
         return code
 
     def kill(self, timeout: float = 10.0) -> list[int]:

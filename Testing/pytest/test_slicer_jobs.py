@@ -120,6 +120,27 @@ def test_child_process_merges_output_and_reports_exit_status():
     assert child.newLines() == ["out", "PROGRESS 0.5 half"]
 
 
+def test_polling_never_blocks_on_a_process_that_left_a_child_holding_its_output():
+    """A process that ends while a process it started keeps the output pipe open: each poll returns at once
+    (the widget polls from Qt's main thread), and the exit status arrives after the grace period."""
+    code = (
+        "import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(c.pid, flush=True)"
+    )
+    child = processes.ChildProcess([sys.executable, "-c", code], {})
+    child.OUTPUT_GRACE = 1.0
+    longest, status, lines = 0.0, None, []
+    deadline = time.monotonic() + 30
+    while status is None and time.monotonic() < deadline:
+        start = time.monotonic()
+        status = child.poll()
+        longest = max(longest, time.monotonic() - start)
+        lines += child.newLines()
+        time.sleep(0.02)
+    os.kill(int(lines[0]), 9)
+    assert status == 0 and longest < 0.5, longest
+
+
 def test_kill_process_tree_ends_the_launcher_and_its_child(launcher):
     child = processes.ChildProcess([str(launcher), "-c", "import time; time.sleep(120)"], {})
     pid_file = launcher.parent / "child.pid"
@@ -262,6 +283,23 @@ def test_a_process_killed_by_a_signal_says_which_and_what_to_do(tmp_path, signum
     assert message.startswith(f"the model process was killed by signal {number} ({signum}; "), message
     assert cause in message and "without a message" not in message
     assert message.split("): ", 1)[1], "no remedy"
+
+
+def test_a_launcher_that_reports_its_childs_signal_as_an_exit_status_says_which(tmp_path):
+    """A shell launcher reports a child killed by SIGKILL as exit status 137 (128 + 9): that is the signal's
+    message too, not the child's last progress line."""
+    scene = slicer.vtkMRMLScene()
+    volume = _volume(scene)
+    fake = tmp_path / "launcher.sh"
+    child = (
+        "import os, signal; print('PROGRESS 0.1 loading', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    fake.write_text(f'#!/bin/bash\n"{sys.executable}" -c "{child}"\nstatus=$?\nexit $status\n')
+    fake.chmod(0o755)
+    with pytest.raises(msm.ModelSelectorProcessError) as info:
+        LaunchedLogic(fake, scene).findModels(volume, str(tmp_path))
+    assert info.value.returncode == 137
+    assert str(info.value).startswith("the model process was killed by signal 9 (SIGKILL; "), str(info.value)
 
 
 def test_non_finite_progress_is_ignored(tmp_path):
