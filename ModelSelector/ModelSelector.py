@@ -73,8 +73,8 @@ Find the models of a MONAI model zoo that apply to the selected volume and apply
 <li>Select the input volume and click <b>Find models</b>: the zoo's models are ranked by how well they fit the
 image, with their task, modality, body region and score. When none fits, the module says so; you can
 still tick a model and apply it on purpose.</li>
-<li>Tick models and click <b>Apply selected</b>: each model runs in a separate process (CPU, or GPU when torch
-can use one), with a progress bar and a Cancel button. A segmentation model's result appears as a segmentation
+<li>Tick models and click <b>Apply selected</b>: each model runs in a separate process (on the CPU, or on the GPU
+chosen under <i>Zoo and settings</i> when torch can use one), with a progress bar and a Cancel button. A segmentation model's result appears as a segmentation
 node with named, coloured segments and standard terminology; a landmark model's as markups closed curves, one
 per structure (lungs, heart, clavicles).</li>
 </ol>
@@ -301,14 +301,18 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volumeNode is None or not self.ensureDependencies():
             return
         try:
-            job = self.logic.startFindModels(volumeNode, self._zooPath(), progressCallback=self._onProgress)
+            job = self.logic.startFindModels(
+                volumeNode, self._zooPath(), self._onProgress, self._parameter("fitThreshold", None)
+            )
         except Exception as e:
             slicer.util.errorDisplay(f"Could not find models: {e}")
             return
         self._startJob(job, "Finding models...", self._onFindDone)
 
     def _onFindDone(self, job: "Job") -> None:
-        models = self.logic.markFits(job.result.get("models", []), self._parameter("fitThreshold", None))
+        models = self.logic.markFits(
+            job.result.get("models", []), job.threshold
+        )  # the run's, not a later one
         self._models = models
         self.showModels(models)
         self._setStatus(presentation.findStatus(models))
@@ -533,12 +537,16 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         return out
 
     def startFindModels(
-        self, volumeNode: Any, zooPath: Optional[str] = None, progressCallback: Any = None
+        self,
+        volumeNode: Any,
+        zooPath: Optional[str] = None,
+        progressCallback: Any = None,
+        threshold: Optional[float] = None,
     ) -> "Job":
-        """A :class:`FindJob` for ``volumeNode`` (advance it with ``poll()``)."""
-        return FindJob(
-            self, volumeNode, str(zooPath or self.defaultZooPath()), progressCallback=progressCallback
-        )
+        """A :class:`FindJob` for ``volumeNode`` (advance it with ``poll()``); ``threshold``: the minimum
+        calibrated score for a model to fit (lower or higher than the library's default, 0.5)."""
+        zoo = str(zooPath or self.defaultZooPath())
+        return FindJob(self, volumeNode, zoo, threshold, progressCallback=progressCallback)
 
     def findModels(
         self,
@@ -554,7 +562,7 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         ``score``, ``fits``); the whole answer (with the overall ``fits``) is kept in ``lastFindResult``.
         An empty list or no ``fits`` means that no model in the zoo fits the image.
         """
-        job = self.startFindModels(volumeNode, zooPath, progressCallback)
+        job = self.startFindModels(volumeNode, zooPath, progressCallback, threshold)
         result = job.wait(cancelEvent)
         self.lastFindResult = result
         return self.markFits(result.get("models", []), threshold)

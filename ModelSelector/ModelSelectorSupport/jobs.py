@@ -286,11 +286,15 @@ class Job:
 
 
 class FindJob(Job):
-    """``modelselector select --json`` on the input volume; ``result`` is the answer's dict."""
+    """``modelselector select --json`` on the input volume; ``result`` is the answer's dict. ``threshold``: the
+    minimum calibrated score for a model to fit (``--threshold``; None: the library's default)."""
 
-    def __init__(self, logic: Any, volumeNode: Any, zooPath: str, **kw: Any) -> None:
+    def __init__(
+        self, logic: Any, volumeNode: Any, zooPath: str, threshold: Optional[float] = None, **kw: Any
+    ) -> None:
         super().__init__(logic, volumeNode, **kw)
         self.zooPath = zooPath
+        self.threshold = threshold
         self._issued = False
         try:
             self.imagePath = logic.writeVolume(volumeNode, os.path.join(self.tempDir, "input.nrrd"))
@@ -303,7 +307,8 @@ class FindJob(Job):
             return None
         self._issued = True
         # every model (an expert may apply one that does not fit), with the reasons for the table's tooltips
-        return ["select", self.imagePath, "--zoo", self.zooPath, "--json", "--reasons", "--top", "1000"]
+        command = ["select", self.imagePath, "--zoo", self.zooPath, "--json", "--reasons", "--top", "1000"]
+        return command + ([] if self.threshold is None else ["--threshold", repr(float(self.threshold))])
 
     def _stepDone(self) -> None:
         # stdout and stderr arrive merged: the answer is the last line that is a JSON object

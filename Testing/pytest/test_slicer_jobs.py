@@ -302,6 +302,23 @@ def test_a_launcher_that_reports_its_childs_signal_as_an_exit_status_says_which(
     assert str(info.value).startswith("the model process was killed by signal 9 (SIGKILL; "), str(info.value)
 
 
+def test_the_panels_fit_threshold_reaches_the_selection_both_ways(tmp_path):
+    """The fit threshold is passed to ``select`` (a model scored below 0.5 fits at a lower threshold); it used to
+    be applied to the answer afterwards, so it could only take fits away."""
+    scene = slicer.vtkMRMLScene()
+    volume = _volume(scene)
+    fake = _fake_python(tmp_path, """
+        thr = float(sys.argv[sys.argv.index("--threshold") + 1]) if "--threshold" in sys.argv else 0.5
+        fits = 0.3 >= thr
+        model = {"name": "m", "score": 0.3, "fits": fits, "answer": "yes" if fits else "no"}
+        print(json.dumps({"input": sys.argv[2], "fits": fits, "models": [model]}), flush=True)
+        """)  # fmt: skip
+    logic = LaunchedLogic(fake, scene)
+    assert [m["fits"] for m in logic.findModels(volume, str(tmp_path), threshold=0.2)] == [True]
+    assert [m["fits"] for m in logic.findModels(volume, str(tmp_path), threshold=0.4)] == [False]
+    assert [m["fits"] for m in logic.findModels(volume, str(tmp_path))] == [False]  # the library's 0.5
+
+
 def test_non_finite_progress_is_ignored(tmp_path):
     """``PROGRESS nan`` (or inf) from the child never reaches the callback (the widget rounds it to an int)."""
     scene = slicer.vtkMRMLScene()
