@@ -18,7 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", nargs="?", type=Path, help="image to use instead of the bundled sample")
     p.add_argument("--out", type=Path, default=Path("modelselector-demo"), help="output folder")
-    p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default: the bundled starter zoo)")
+    p.add_argument(
+        "--zoo",
+        type=Path,
+        default=None,
+        help="zoo folder (default: $MODELSELECTOR_ZOO, else the bundled starter zoo)",
+    )
     p.add_argument(
         "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
     )

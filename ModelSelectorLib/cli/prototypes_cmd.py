@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
             "matching, confident foreground, image prior, and the selector's encoder reading each input as the card's "
             "modality and region); a few are saved as PNGs in the bundle's "
             "docs/prototypes/. Afterwards update the index: modelselector index add --zoo ZOO --model NAME (after "
-            "--all: modelselector index build --zoo ZOO)."
+            "--all: modelselector index build --zoo ZOO, with --data DIR when the index was calibrated on labelled "
+            "images)."
         ),
     )
     p.add_argument(
@@ -95,10 +96,27 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
                                   warn=_warn, info=info)  # fmt: skip
         _report(zoo, pset, args.model_version, info)
     if args.all:
-        print(f"Rebuild the index: modelselector index build --zoo {zoo.path}")
+        print(f"Rebuild the index: {_build_command(zoo, args.data)}")
     else:
         print(f"Update the index: modelselector index add --zoo {zoo.path} --model {args.model}")
     return 0
+
+
+def _build_command(zoo: Zoo, data: Any) -> str:
+    """The ``index build`` command for ``zoo``: with ``--data`` when its index's calibration was made on
+    labelled images, which a build without them refuses to replace."""
+    from ..errors import ModelSelectorError
+    from ..selection.calibration import made_on_labelled_images
+    from ..selection.index import load_index
+
+    command = f"modelselector index build --zoo {zoo.path}"
+    if data is not None:
+        return f"{command} --data {data}"
+    try:
+        labelled = made_on_labelled_images(load_index(zoo.path).calibration)
+    except ModelSelectorError:  # no index yet, or one that does not load
+        labelled = False
+    return f"{command} --data DIR (the labelled images its calibration was made on)" if labelled else command
 
 
 def _warn(message: str) -> None:

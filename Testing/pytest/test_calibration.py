@@ -177,6 +177,21 @@ def test_calibrating_without_data_never_replaces_a_calibration_made_on_developme
     assert load_index(tiny_zoo).calibration["made_on"] == "labelled images"
 
 
+def test_the_index_build_command_printed_after_prototypes_all_runs_as_printed(tiny_zoo, tmp_path):
+    """`prototypes --all` ends with the `index build` command to run next: it names --data when the index it
+    would replace was calibrated on labelled images (a build without them is refused then)."""
+    from ModelSelectorLib.cli.prototypes_cmd import _build_command
+    from ModelSelectorLib.zoo import Zoo
+
+    z = tiny_zoo.path
+    assert _build_command(tiny_zoo, None) == (
+        f"modelselector index build --zoo {z} --data DIR (the labelled images its calibration was made on)"
+    )
+    assert _build_command(tiny_zoo, "data") == f"modelselector index build --zoo {z} --data data"
+    bare = Zoo.create(tmp_path / "no index")
+    assert _build_command(bare, None) == f"modelselector index build --zoo {bare.path}"
+
+
 def test_index_add_and_calibrate_take_development_images_or_warn_without_them(tiny_zoo, capsys, monkeypatch):
     import ModelSelectorLib.cli.index_cmd as index_cmd
     import ModelSelectorLib.selection.calibration as calibration

@@ -10,6 +10,5 @@ MS=${MODELSELECTOR:-.venv/bin/modelselector}  # the checkout's environment unles
 Z=$WORK/zoo_w$W
 rm -rf "$Z" && mkdir -p "$WORK" && cp -r Resources/zoo "$Z"
 "$MS" prototypes --zoo "$Z" --all --data-free 4 --encoder-weight "$W" --threads 1
-"$MS" index build --zoo "$Z"
-"$MS" index calibrate --zoo "$Z" --data ../shared/data
+"$MS" index build --zoo "$Z" --data ../shared/data  # calibrated on the development part
 "$MS" evaluate-selection --zoo "$Z" --data ../shared/data --part dev --out "$WORK/dev_w$W"
