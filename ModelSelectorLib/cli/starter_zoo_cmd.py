@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelSelectorError
+from ..errors import InputError
 from .args import fold_list, non_negative_int, positive_float, positive_int
 
 _EPILOG = """\
@@ -121,7 +121,7 @@ def _one_segmentation_recipe(args: argparse.Namespace, option: str) -> Any:
 
     chosen = [r for r in recipes() if r.name in (args.only or [])]
     if len(chosen) != 1 or len(args.only) != 1 or not isinstance(chosen[0], Recipe):
-        raise ModelSelectorError(f"{option} needs one segmentation recipe in --only (see --list).")
+        raise InputError(f"{option} needs one segmentation recipe in --only (see --list).")
     return chosen[0]
 
 
@@ -140,9 +140,9 @@ def _dev_cv(args: argparse.Namespace) -> int:
 
     recipe = _one_segmentation_recipe(args, "--dev-cv")
     if args.work is None:
-        raise ModelSelectorError("--dev-cv needs --work, the folder where its folds train and resume.")
+        raise InputError("--dev-cv needs --work, the folder where its folds train and resume.")
     if args.folds is not None and FINAL_RUN in args.folds:
-        raise ModelSelectorError(f"--dev-cv trains no final model: name folds only, not {FINAL_RUN!r}.")
+        raise InputError(f"--dev-cv trains no final model: name folds only, not {FINAL_RUN!r}.")
     record = cross_validate_development(
         recipe, args.data, args.work, args.dev_cv, args.folds, args.seed, args.threads, args.epochs_scale,
         log=lambda line: print(line, flush=True),
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
     if args.data is None:
-        raise ModelSelectorError("pass the shared data folder with --data (e.g. --data ../shared/data).")
+        raise InputError("pass the shared data folder with --data (e.g. --data ../shared/data).")
     if args.test_split is not None:
         return _test_split(args)
     if args.dev_cv is not None:

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import InputError, ModelSelectorError
+from ..errors import InputError, ModelSelectorError, ZooError
 from ..io.image import IMAGE_2D_SUFFIXES, Image
 from ..selection.field_of_view import training_extent_mm
 from ..selection.prototypes import resolve_recorded_source
@@ -110,7 +110,7 @@ def zoo_models(zoo: Any, roots: Sequence[PathLike] = ()) -> list[ModelInfo]:
             )
         )
     if not out:
-        raise ModelSelectorError(
+        raise ZooError(
             f"{getattr(zoo, 'path', zoo)}: the zoo has no models; add some with `modelselector zoo add`."
         )
     return out

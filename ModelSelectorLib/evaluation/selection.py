@@ -285,7 +285,7 @@ def knn_references(
         ModelSelectorError: unknown mode, or no reference image could be read.
     """
     if mode not in ("exemplars", "train-split"):
-        raise ModelSelectorError(f"unknown k-NN reference mode {mode!r}; use exemplars or train-split.")
+        raise InputError(f"unknown k-NN reference mode {mode!r}; use exemplars or train-split.")
     if mode == "exemplars":
         refs = references_from_examples(models)
         desc = f"fitted on the {len(refs)} exemplar images of the zoo's models"

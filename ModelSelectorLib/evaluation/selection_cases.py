@@ -107,7 +107,7 @@ def cases_of(split: ProtocolSplit, part: str = "test") -> list[EvalCase]:
         ModelSelectorError: unknown part.
     """
     if part not in PARTS:
-        raise ModelSelectorError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}.")
+        raise InputError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}.")
     held = split.meta.get("held_out_sources", {})
     return [
         EvalCase(

@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .. import atomic
-from ..errors import DatasetError, InputError, ModelSelectorError
+from ..errors import DatasetError, InputError, ModelSelectorError, ZooError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
 from ..io.image import Image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
@@ -521,7 +521,7 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
     metric = metric or primary_metric(state.get("task_type") or DEFAULT_TASK_TYPE)
     evals = sorted((work / "evaluation").glob("*.json"))
     if not evals:
-        raise ModelSelectorError(f"{work}: no evaluations found; run `modelselector sweep` first.")
+        raise ZooError(f"{work}: no evaluations found; run `modelselector sweep` first.")
     report = work / "report"
     rows, links, loaded = [], {}, []
     for f in evals:

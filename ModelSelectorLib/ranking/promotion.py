@@ -113,9 +113,9 @@ def gate(
         ModelSelectorError: unequal lengths, unknown method, a level outside (0, 1), or no paired case.
     """
     if method not in METHODS:
-        raise ModelSelectorError(f"gate method {method!r} is unknown; use one of {', '.join(METHODS)}.")
+        raise InputError(f"gate method {method!r} is unknown; use one of {', '.join(METHODS)}.")
     if not 0.0 < level < 1.0:
-        raise ModelSelectorError(f"level {level} must lie between 0 and 1 (e.g. 0.95).")
+        raise InputError(f"level {level} must lie between 0 and 1 (e.g. 0.95).")
     a = np.array([np.nan if v is None else float(v) for v in candidate], dtype=float)
     b = np.array([np.nan if v is None else float(v) for v in current], dtype=float)
     if a.shape != b.shape:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import atomic
 from ..datasets.landmarks import find_landmark_folders
 from ..datasets.split_file import write_split
-from ..errors import DatasetError, ModelSelectorError
+from ..errors import DatasetError, InputError, ModelSelectorError
 from ..evaluation.metrics import dice_per_label
 from ..io.image import read_image, write_image
 from ..models.registry import runtime_class
@@ -467,14 +467,14 @@ def cross_validate_development(
             development cases than folds.
     """
     if recipe.held_out == "cv":
-        raise ModelSelectorError(
+        raise InputError(
             f"{recipe.name} is cross-validated over all its cases when it is built; run build-starter-zoo "
             "with --folds instead of --dev-cv."
         )
     prep = prepare_dataset(recipe.check(), data_root, Path(work_dir) / recipe.name, seed)
     n_dev = len(prep["split"].train) + len(prep["split"].val)
     if not 2 <= k <= n_dev:
-        raise ModelSelectorError(f"{recipe.name} has {n_dev} development cases: choose 2 to {n_dev} folds.")
+        raise InputError(f"{recipe.name} has {n_dev} development cases: choose 2 to {n_dev} folds.")
     runs = Path(work_dir) / f"{recipe.name}-runs" / prep["hash"] / DEV_CV_DIR
     config = train_config(recipe, seed, 0.0, num_threads, epochs_scale)  # the folds are the only split
     record = cross_validate(prep["root"], k, config, runs, folds, recipe.modality, recipe.nsd_tolerance_mm,
@@ -595,7 +595,7 @@ def build_starter_zoo(
     """
     bad = [s for s in stages if s not in STAGES]
     if bad:
-        raise ModelSelectorError(f"unknown stage(s) {', '.join(bad)}; use {', '.join(STAGES)}.")
+        raise InputError(f"unknown stage(s) {', '.join(bad)}; use {', '.join(STAGES)}.")
     root = Path(data_root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such data folder; pass the shared data folder with --data.")

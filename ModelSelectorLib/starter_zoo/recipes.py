@@ -38,7 +38,7 @@ import numpy as np
 
 from ..datasets.landmarks import find_landmark_folders, labelled_subset
 from ..datasets.landmarks import split_cases as split_landmark_cases
-from ..errors import DatasetError, ModelSelectorError
+from ..errors import DatasetError, InputError, ModelSelectorError
 from ..training.landmark_study import TRAINING_DATA_LICENCE, GridConfig
 from ..zoo.card import BODY_REGIONS, MODALITIES
 
@@ -752,7 +752,7 @@ def recipes(only: Optional[Sequence[str]] = None) -> list[AnyRecipe]:
     known = [r.name for r in every]
     bad = [n for n in only if n not in known]
     if bad:
-        raise ModelSelectorError(f"unknown starter-zoo model(s) {', '.join(bad)}; known: {', '.join(known)}.")
+        raise InputError(f"unknown starter-zoo model(s) {', '.join(bad)}; known: {', '.join(known)}.")
     return [r for r in every if r.name in set(only)]
 
 

@@ -235,9 +235,9 @@ CLI = [
     ("promote --level 1",                    ["promote", "--zoo", "{zoo}", "--task", TINY, "--candidate", "{root}", "--level", "1"], 2, "above 0 and below 1"),
     ("demo --max-models -1",                 ["demo", "{image}", "--zoo", "{zoo}", "--max-models", "-1"],            2, "0 or more"),
     ("build-starter-zoo --folds 0,last",     ["build-starter-zoo", "--data", "{root}", "--folds", "0,last"],        2, "nor final"),
-    ("build-starter-zoo --dev-cv, no --only", ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5"],         1, "one segmentation recipe"),
-    ("build-starter-zoo --dev-cv, no --work", ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5", "--only", "mr-cardiac"], 1, "needs --work"),
-    ("build-starter-zoo --dev-cv, final",    ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5", "--only", "mr-cardiac", "--work", "{root}", "--folds", "final"], 1, "no final model"),
+    ("build-starter-zoo --dev-cv, no --only", ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5"],         2, "one segmentation recipe"),
+    ("build-starter-zoo --dev-cv, no --work", ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5", "--only", "mr-cardiac"], 2, "needs --work"),
+    ("build-starter-zoo --dev-cv, final",    ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5", "--only", "mr-cardiac", "--work", "{root}", "--folds", "final"], 2, "no final model"),
     ("select a truncated .nii.gz",           ["select", "{truncated}"],                                               2, "truncated"),
     ("select a folder of two DICOM series",  ["select", "{dicom}"],                                                  2, "--series UID"),
     ("apply --out DIR/",                     ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/"], 6, "is a folder"),
@@ -268,6 +268,11 @@ CLI = [
     ("train --config with epochs: one",      ["train", "--dataset", "{msd}", "--name", "ok", "--config", "{bad_types}", "--out", "{root}/tz"], 5, "epochs: 'one' is not a whole number"),
     ("prototypes --encoder-weight -1",       ["prototypes", "--zoo", "{zoo}", "--model", TINY, "--encoder-weight", "-1"], 2, "must be 0 or more"),
     ("prototypes --exemplars a label map",   ["prototypes", "--zoo", "{zoo}", "--model", TINY, "--exemplars", "{labelmap}", "--data-free", "0"], 2, "looks like a label map"),
+    # arguments refused by the commands themselves exit 2 like argparse's own refusals; a missing sweep 3
+    ("build-starter-zoo --stages foo",       ["build-starter-zoo", "--data", "{root}", "--out", "{root}/bz", "--stages", "foo"], 2, "unknown stage(s) foo"),
+    ("build-starter-zoo --only nosuch",      ["build-starter-zoo", "--data", "{root}", "--out", "{root}/bz", "--only", "nosuch"], 2, "unknown starter-zoo model(s) nosuch"),
+    ("build-starter-zoo without --data",     ["build-starter-zoo", "--out", "{root}/bz"],                               2, "pass the shared data folder with --data"),
+    ("leaderboard of a task never swept",    ["leaderboard", "--zoo", "{zoo}", "--task", TINY],                        3, "no evaluations found; run `modelselector sweep` first"),
 ]  # fmt: skip
 
 # `modelselector zoo add BUNDLE --zoo ZOO` of bundles that must be refused (exit status 3), run through the
