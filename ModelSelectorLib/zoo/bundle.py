@@ -444,11 +444,22 @@ def _dump_json(path: Path, data: Any) -> None:
 
 
 def write_card(path: PathLike, card: ModelCard) -> None:
-    """Put ``card`` into bundle ``path``'s ``metadata.json`` (and refresh ``docs/README.md``), atomically."""
+    """Put ``card`` into bundle ``path``'s ``metadata.json`` (and refresh ``docs/README.md``), atomically.
+
+    A bundle this project made (one that holds a card already) also takes the card's name and version as its
+    MONAI ``name`` and ``version``, with a changelog entry naming the one it was (a promoted candidate is the
+    task's new version for MONAI's tools too); an imported bundle keeps its own.
+    """
     path = Path(path)
     card.validate()
     meta = read_metadata(path)
+    old = meta.get("modelselector")
     meta["modelselector"] = card.to_dict()
+    if isinstance(old, dict) and (meta.get("name"), meta.get("version")) != (card.name, card.version):
+        was = f"{meta.get('name', '?')} {meta.get('version', '?')}"
+        meta["name"], meta["version"] = card.name, card.version
+        changelog = meta.get("changelog") if isinstance(meta.get("changelog"), dict) else {}
+        meta["changelog"] = {card.version: f"{card.name} {card.version}, made from {was}", **changelog}
     meta.setdefault("name", card.name)
     atomic.write_json(path / METADATA_FILE, meta)
     readme = path / README_FILE

@@ -93,6 +93,7 @@ def models(tmp_path_factory):
 
 def test_promote_refuse_accept_restore(models, tmp_path):
     from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.bundle import validate_bundle
 
     zoo = tmp_path / "zoo"
     first = promote(zoo, "disks", models["bad"], models["split"])
@@ -121,11 +122,16 @@ def test_promote_refuse_accept_restore(models, tmp_path):
         better["candidate"]["dice"]
     )
     assert z.card("disks").name == "disks" and z.card("disks").version == "0.1.1"
+    # MONAI's tools see the task's version too, and the changelog names the candidate it was made from
+    meta = json.loads((z.get("disks") / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    candidate = validate_bundle(models["good"])
+    assert (meta["name"], meta["version"]) == ("disks", "0.1.1")
+    assert meta["changelog"]["0.1.1"] == f"disks 0.1.1, made from {candidate.name} {candidate.version}"
     assert (z.get("disks") / "docs" / "training_curve.json").is_file()
     # the record names what was promoted even after the candidate's folder is gone: the installed weights
     # are the ones whose digest the history holds
     from ModelSelectorLib.provenance import file_digest
-    from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE, validate_bundle
+    from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE
 
     good = validate_bundle(models["good"])
     assert history[1]["candidate_card"] == {"name": good.name, "version": good.version,
