@@ -38,12 +38,15 @@ _LOCKS_GUARD = threading.Lock()
 def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it to ``target``, on error delete it.
 
-    The temporary name ends with ``target``'s own name, so writers that choose their format from the
-    extension (ITK, pynrrd) still do. ``suffix`` is accepted for clarity at call sites and not needed.
+    The temporary name ends with ``target``'s extension (``.seg.nrrd``), so writers that choose their format
+    from it (ITK, pynrrd) still do, and is short, so a target whose name is near the file system's limit can be
+    written. ``suffix`` is accepted for clarity at call sites and not needed.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + target.name, dir=target.parent)
+    extension = "".join(target.suffixes[-2:])
+    extension = extension if len(extension) <= 24 else target.suffix[:24]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a zoo or report is meant to be readable by others
     tmp_path = Path(tmp)
@@ -89,7 +92,7 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     interruption leaves either the old or the new folder, never a mix (a writer killed between the two renames
     leaves the old one moved aside; the next write of ``target`` or :func:`remove_leftovers` puts it back).
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "." has no name to put a sibling beside
     target.parent.mkdir(parents=True, exist_ok=True)
     restore_moved_aside(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

@@ -387,6 +387,31 @@ def _itk_reason(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
+#: pixel types of colour pictures (RGB, RGBA, grey and alpha): vectors of 8 or 16-bit unsigned values
+_COLOUR_PIXELS = (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)
+
+
+def _check_channels(img: sitk.Image, path: Path) -> None:
+    """Refuse several values per voxel other than a colour picture's (RGB or RGBA; grey and alpha in a picture
+    file): echoes, contrasts or a vector field would be mixed as if they were colours.
+
+    Raises:
+        InputError: naming the number of channels and how to keep one.
+    """
+    n = img.GetNumberOfComponentsPerPixel()
+    if n == 1:
+        return
+    colour = img.GetPixelID() in _COLOUR_PIXELS and (
+        n in (3, 4) or (n == 2 and _suffix(path) in IMAGE_2D_SUFFIXES)
+    )
+    if not colour:
+        raise InputError(
+            f"{path}: holds {n} values of type {img.GetPixelIDTypeAsString()} per voxel (channels such as echoes, "
+            "contrasts or a vector field) where one is needed; keep one channel first (e.g. in Slicer, or with "
+            "SimpleITK's VectorIndexSelectionCast)."
+        )
+
+
 def _picture_without_alpha(path: Path) -> Optional[sitk.Image]:
     """A grey picture with an alpha channel, which ITK cannot read ("Unknown PixelType"), read with Pillow
     without the alpha channel; None for any other file."""
@@ -399,7 +424,7 @@ def _picture_without_alpha(path: Path) -> Optional[sitk.Image]:
             if im.mode not in ("LA", "La"):
                 return None
             array = np.asarray(im.convert("L"))
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError):
         return None
     return sitk.GetImageFromArray(array)
 
@@ -489,7 +514,11 @@ def read_image(
             image, mixed DICOM series, empty or NaN-filled image. The message names the problem and what to do.
     """
     p = Path(path)
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise InputError(f"{p}: cannot be looked up ({e.strerror}); check the path.") from e
+    if not exists:
         raise InputError(f"{p}: no such file or folder; check the path.")
     if p.is_dir():
         img, meta = _read_dicom_series(p, series_uid)
@@ -533,6 +562,7 @@ def read_image(
         dim = 3
     if dim not in (2, 3):
         raise InputError(f"{p}: has {dim} dimensions; only 2D images and 3D volumes are supported.")
+    _check_channels(img, p)
     if dim == 3 and img.GetSize()[2] == 1 and _suffix(p) in IMAGE_2D_SUFFIXES:
         img = img[:, :, 0]
     image = Image.from_sitk(img, meta)

@@ -205,6 +205,10 @@ def check_picture(path: Path, kind: str = "JPEG") -> None:
     try:
         with PILImage.open(path) as im:
             im.load()
+    except PILImage.DecompressionBombError as e:
+        raise InputError(
+            f"{path}: the picture is too large to read safely ({e}); reduce it to fewer pixels first."
+        ) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(
             f"{path}: the {kind} data is incomplete or damaged ({e}); get an intact copy."

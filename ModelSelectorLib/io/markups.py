@@ -92,7 +92,7 @@ def curves_json(curves: Sequence[Curve]) -> dict[str, Any]:
 
 
 def _check_suffix(path: Path) -> None:
-    if not path.name.endswith(".json"):
+    if not path.name.lower().endswith(".json"):
         raise InputError(f"{path}: a landmark output must be a Slicer markups file ending in .mrk.json.")
 
 

@@ -42,6 +42,17 @@ def _check_folder_writable(folder: Path, what: str) -> None:
         raise OutputError(f"{existing}: the folder is write-protected (read-only); choose another {what}.")
 
 
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing ancestor) allows."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return int(os.pathconf(existing, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # not POSIX, or not told
+        return 255
+
+
 def _with_suffix(name: str, suffix: str) -> str:
     """``name`` with its (possibly double) extension replaced by ``suffix``."""
     stem = name
@@ -69,6 +80,12 @@ def check_output_file(path: PathLike, suffix: str = "", what: str = "--out") -> 
     """
     text = os.fspath(path)
     p = Path(text)
+    limit = _name_max(p.parent)
+    if len(os.fsencode(p.name)) > limit:
+        raise OutputError(
+            f"{p.name[:40]}...: the file name is {len(os.fsencode(p.name))} bytes long, more than the {limit} "
+            f"this file system allows; choose a shorter {what}."
+        )
     if text.endswith(("/", os.sep)) or p.is_dir():
         example = p / _with_suffix("OUTPUT", suffix or ".ext")
         raise OutputError(f"{p}: is a folder; {what} needs a file name, e.g. {example}.")

@@ -300,3 +300,63 @@ def test_with_array_checks_shape(oblique_image):
     with pytest.raises(ValueError):
         oblique_image.with_array(np.zeros((2, 2, 2)))
     assert isinstance(oblique_image.as_3d(), Image)
+
+
+@pytest.mark.parametrize("components, pixel, suffix", [(3, sitk.sitkFloat32, ".nrrd"), (2, sitk.sitkUInt8, ".nrrd"),
+                                                       (5, sitk.sitkUInt8, ".mha")])  # fmt: skip
+def test_channels_that_are_not_colours_are_refused(tmp_path, oblique_image, components, pixel, suffix):
+    """Echoes or contrasts stored as vector voxels (an NRRD 'list' axis, a NIfTI vector) were mixed with colour
+    weights; a colour volume (RGB, 8-bit) is still read."""
+    channels = [sitk.Cast(oblique_image.to_sitk(), pixel) for _ in range(components)]
+    path = tmp_path / f"channels{suffix}"
+    sitk.WriteImage(sitk.Compose(channels), str(path))
+    with pytest.raises(
+        InputError, match=f"holds {components} values of type .* per voxel .* keep one channel"
+    ):
+        read_image(path)
+    rgb = [sitk.Cast(oblique_image.to_sitk(), sitk.sitkUInt8) for _ in range(3)]
+    sitk.WriteImage(sitk.Compose(rgb), str(tmp_path / "rgb.nrrd"))
+    assert read_image(tmp_path / "rgb.nrrd").same_geometry(oblique_image)
+
+
+def test_names_near_the_file_systems_limit(tmp_path, oblique_image):
+    """A legal name of 249 bytes is written (the temporary name no longer adds 13 to it); longer names and
+    input paths are refused in one line before any work."""
+    from ModelSelectorLib.errors import OutputError
+    from ModelSelectorLib.io.outputs import check_output_file
+
+    legal = tmp_path / ("a" * 240 + ".seg.nrrd")
+    check_output_file(legal, ".seg.nrrd")
+    write_segmentation(oblique_image.with_array((oblique_image.array > 0).astype(np.uint8)), legal, [LIVER])
+    assert legal.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(OutputError, match="the file name is 309 bytes long, more than the 255"):
+        check_output_file(tmp_path / ("a" * 300 + ".seg.nrrd"), ".seg.nrrd")
+    with pytest.raises(InputError, match="cannot be looked up"):
+        read_image(tmp_path / ("a" * 300 + ".nii.gz"))
+
+
+def test_upper_case_extensions_and_huge_pictures(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from ModelSelectorLib.io.markups import write_markups
+
+    out = write_markups(tmp_path / "X.MRK.JSON", np.zeros((1, 3)), ["a"])  # accepted up front, so written too
+    assert out.is_file()
+    PILImage.fromarray(np.full((64, 64), 7, np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(
+        PILImage, "MAX_IMAGE_PIXELS", 1000
+    )  # Pillow refuses twice this (a decompression bomb)
+    with pytest.raises(InputError, match="too large to read safely .* reduce it"):
+        read_image(tmp_path / "big.png")
+
+
+def test_a_folder_written_as_dot_replaces_the_current_folder(tmp_path, monkeypatch):
+    """`demo --out .` failed with "PosixPath('.') has an empty name" and left a hidden folder behind."""
+    from ModelSelectorLib import atomic
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with atomic.atomic_dir(".") as tmp:
+        (tmp / "summary.html").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["here"]
+    assert (tmp_path / "here" / "summary.html").read_text() == "new"
