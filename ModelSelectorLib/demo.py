@@ -71,7 +71,7 @@ def _contour_panels(
     a = img.array.astype(np.float32)
     lab = labels.as_3d().array if labels is not None else None
     sx, sy, sz = (float(s) for s in img.spacing)
-    if a.shape[0] == 1:  # 2D image
+    if a.shape[0] == 1:  # 2D image, or a lone slice in view layout (:func:`_as_viewed`)
         return [(a[0], None if lab is None else lab[0], sy / sx)]
     if lab is not None and (lab > 0).any():
         centre = [int(round(c)) for c in np.argwhere(lab > 0).mean(axis=0)]
@@ -90,7 +90,7 @@ def overlay_png(
     title: str,
     labels: Optional[Image] = None,
     colors: Optional[dict[int, tuple[float, float, float]]] = None,
-    points_ijk: Optional[np.ndarray] = None,
+    points_lps: Optional[np.ndarray] = None,
     point_colors: Optional[Sequence[tuple[float, float, float]]] = None,
 ) -> Path:
     """Save the input's slices with label contours (in each segment's colour) or landmark points over them.
@@ -101,7 +101,8 @@ def overlay_png(
         title: figure title.
         labels: label map in the input's grid, or None.
         colors: label value -> RGB in [0, 1] (default: matplotlib's tab10).
-        points_ijk: ``(n, 2)`` landmark positions ``(x, y)`` in pixels of a 2D input, or None.
+        points_lps: ``(n, 3)`` landmark positions in world (LPS) millimetres on a 2D input or lone slice, or
+            None.
         point_colors: ``n`` RGB colours in [0, 1] of the points (default: red).
     """
     import matplotlib
@@ -109,6 +110,8 @@ def overlay_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    image, labels = _as_viewed(image, labels)
+    points_ijk = _points_to_pixels(points_lps, image)
     panels = _contour_panels(image, labels)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=90, squeeze=False)
     palette = plt.cm.tab10(np.linspace(0, 1, 10))
@@ -170,10 +173,18 @@ def _apply(runtime: Any, image: Image, out_dir: Path) -> dict[str, Any]:
     output = runtime.write(prediction, out_dir / f"{card.name}{runtime.output_suffix}")
     drawn = runtime.overlay(prediction)
     png = overlay_png(image, out_dir / f"{card.name}.png", card.name, labels=drawn.get("labels"),
-                      colors=drawn.get("colors"), points_ijk=_points_to_pixels(drawn.get("points_lps"), image),
+                      colors=drawn.get("colors"), points_lps=drawn.get("points_lps"),
                       point_colors=drawn.get("point_colors"))  # fmt: skip
     return {"model": card.name, "task": card.task_type, "segments": runtime.describe_outputs(card),
             "output": output, "output_name": output.name, "png_name": png.name}  # fmt: skip
+
+
+def _as_viewed(image: Image, labels: Optional[Image]) -> tuple[Image, Optional[Image]]:
+    """A lone slice of a volume (e.g. a coronal radiograph stored as 512 x 1 x 512) and its label map in view
+    layout, its single slice along the array's first axis as for an axial one; anything else as it is."""
+    if image.ndim != 3 or not image.is_single_slice:
+        return image, labels
+    return image.in_view_layout()[0], None if labels is None else labels.in_view_layout()[0]
 
 
 def _points_to_pixels(points: Any, image: Image) -> Optional[np.ndarray]:

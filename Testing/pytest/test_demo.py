@@ -123,3 +123,23 @@ def test_a_demo_replaces_an_earlier_demo_folder_whole_and_refuses_other_folders(
     with pytest.raises(OutputError, match="holds other files and no earlier demo"):
         run_demo(photo, out_dir=tmp_path / "mine", say=lambda s: None)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_overlays_of_a_lone_coronal_slice_show_it_as_a_viewer_does(tmp_path):
+    """A radiograph stored as a coronal slice (512 x 1 x 512: its single voxel along j) used to crash the
+    demo's overlay: it is drawn in view layout, with its labels and points where they lie."""
+    from ModelSelectorLib.demo import _as_viewed, _points_to_pixels, overlay_png
+    from ModelSelectorLib.io import Image
+
+    picture = np.zeros((40, 30), np.float32)
+    picture[5:15, 20:26] = 1.0  # near the top right of the picture
+    # rows run along k towards the feet, columns along i to the patient's left: a coronal slice as viewed
+    geometry = dict(spacing=(0.5, 1.0, 0.5), origin=(3.0, -2.0, 7.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, -1))
+    image = Image(picture[:, None, :] * 100, **geometry)
+    labels = Image(picture[:, None, :].astype(np.uint8), **geometry)
+    shown, shown_labels = _as_viewed(image, labels)
+    np.testing.assert_array_equal(shown_labels.array[0], picture)
+    corner = image.ijk_to_lps() @ np.array([20.0, 0.0, 5.0, 1.0])  # the square's first pixel: i 20, row 5
+    np.testing.assert_allclose(_points_to_pixels(corner[None, :3], shown), [[20.0, 5.0]], atol=1e-6)
+    out = overlay_png(image, tmp_path / "o.png", "coronal", labels=labels, points_lps=corner[None, :3])
+    assert out.is_file() and out.stat().st_size > 0
