@@ -301,9 +301,8 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volumeNode is None or not self.ensureDependencies():
             return
         try:
-            job = self.logic.startFindModels(
-                volumeNode, self._zooPath(), self._onProgress, self._parameter("fitThreshold", None)
-            )
+            threshold = self._parameter("fitThreshold", None)
+            job = self.logic.startFindModels(volumeNode, self._zooPath(), self._onProgress, threshold)
         except Exception as e:
             slicer.util.errorDisplay(f"Could not find models: {e}")
             return
@@ -536,13 +535,8 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
             out.append(m)
         return out
 
-    def startFindModels(
-        self,
-        volumeNode: Any,
-        zooPath: Optional[str] = None,
-        progressCallback: Any = None,
-        threshold: Optional[float] = None,
-    ) -> "Job":
+    def startFindModels(self, volumeNode: Any, zooPath: Any = None, progressCallback: Any = None,
+                        threshold: Optional[float] = None) -> "Job":  # fmt: skip
         """A :class:`FindJob` for ``volumeNode`` (advance it with ``poll()``); ``threshold``: the minimum
         calibrated score for a model to fit (lower or higher than the library's default, 0.5)."""
         zoo = str(zooPath or self.defaultZooPath())
