@@ -131,6 +131,10 @@ def _event_text(ev: dict) -> str:
         return f"promoted {ev.get('version')} ({was}) from {_candidate_text(ev)}{numbers}"
     if action == "restore":
         return f"restored {ev.get('version')} (was {ev.get('from')})"
+    if action == "remove":
+        return f"removed {ev.get('version')}" + (
+            f" (current became {ev['current']})" if ev.get("current") else ""
+        )
     if action == "build":
         return f"built {ev.get('version')} (was {ev.get('from')}) from recipe {ev.get('recipe_hash')}"
     return json.dumps(ev)

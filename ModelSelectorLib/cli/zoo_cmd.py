@@ -51,12 +51,15 @@ def register(sub: Any) -> None:
     q.add_argument("bundle", metavar="BUNDLE", type=Path, help="bundle folder")
     q.add_argument("--name", help="model name in the zoo (default: the bundle's name)")
     q.add_argument(
-        "--modality", help="DICOM modality code (CT, MR, ...); required for standard MONAI bundles"
+        "--modality",
+        help="DICOM modality code (CT, MR, ...); for a standard MONAI bundle, default: its metadata's "
+        "network_data_format inputs image modality",
     )
     q.add_argument("--body-region", dest="body_region",
                    help="body region (ABDOMEN, CHEST, ...; ';'-joined if several); required for standard MONAI bundles")  # fmt: skip
     q.add_argument("--trust", action="store_true",
-                   help="allow custom code in the bundle (classes outside monai./torch.); only for bundles you trust")  # fmt: skip
+                   help="build the whole config as MONAI would (custom code, expressions); only for bundles whose author you "
+                        "trust; recorded in your trust store, so apply, select and prototypes honour it")  # fmt: skip
     _add_zoo_option(q)
     q.set_defaults(func=cmd_add)
 

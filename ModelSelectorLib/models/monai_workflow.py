@@ -13,9 +13,10 @@ workflow, laid out as in the bundles of the MONAI Model Zoo. The workflow runs i
 Test-time mirroring has no MONAI class; where the card asks for it, the ``inferer`` is a short expression that
 averages the softmax over the mirrored inputs, as the task runtime does. ModelSelector itself never evaluates
 these sections (:mod:`~ModelSelectorLib.zoo.trust`). They are for people who run the bundle with MONAI's own
-tools::
+tools (``itk`` reads the NRRD and MHA inputs the datalist picks up, :data:`DATASET_PATTERNS`; nibabel reads
+NIfTI, pillow/skimage PNG)::
 
-    pip install "monai[fire,ignite,nibabel,skimage]"
+    pip install "monai[fire,ignite,nibabel,skimage,itk]"
     python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES \
         --output_dir OUT
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-#: the input files the workflow picks up in ``dataset_dir``
+#: the input files the workflow picks up in ``dataset_dir`` (NRRD and MHA need the ``itk`` extra of the install line)
 DATASET_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.png")
 
 
@@ -138,7 +139,7 @@ MONAI_RUN_USAGE = [
     "written to OUT:",
     "",
     "```bash",
-    'pip install "monai[fire,ignite,nibabel,skimage]"',
+    'pip install "monai[fire,ignite,nibabel,skimage,itk]"',
     "python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir IMAGES --output_dir OUT",
     "```",
     "",

@@ -3,7 +3,12 @@
 Each image is resampled with SimpleITK onto an axis-aligned grid in the canonical orientation
 (:data:`~ModelSelectorLib.io.geometry.CANONICAL_AXCODES`, as the bundle's ``Orientationd``) at the model's
 ``target_spacing``, then normalised (CT: clip to [a_min, a_max] and scale to [0, 1]; MR: z-score over
-non-zero voxels; percentile: percentiles to [0, 1]).
+non-zero voxels; percentile: percentiles to [0, 1]). A card without ``intensity`` is normalised by its modality
+(:func:`effective_intensity`: a CT window for CT, never an MR z-score).
+
+:func:`read_preprocessing` reads the ``preprocessing`` of a standard MONAI bundle's ``inference.json`` statically
+(no ``$`` expression is evaluated) into the card's ``target_spacing`` and ``intensity``, so that an imported bundle
+runs with its own preprocessing; what it cannot map raises :class:`Unreproducible`.
 """
 
 from __future__ import annotations
@@ -18,31 +23,58 @@ from ..errors import InputError
 from ..io.geometry import CANONICAL_AXCODES, canonical_grid, resample_to, to_network_layout
 from ..io.image import Image
 
-
 # --- intensities ----------------------------------------------------------------------------------------
-def normalize_intensity(array: np.ndarray, intensity: Optional[dict[str, Any]]) -> np.ndarray:
+#: the CT window a CT card without ``intensity`` is normalised with (never the MR z-score)
+DEFAULT_CT_INTENSITY: dict[str, Any] = {"mode": "ct", "a_min": -1000.0, "a_max": 1000.0}
+
+
+def effective_intensity(
+    intensity: Optional[dict[str, Any]], modality: Optional[str] = None
+) -> dict[str, Any]:
+    """The normalisation a card's ``intensity`` stands for: itself when given, else by the card's modality
+    (CT: :data:`DEFAULT_CT_INTENSITY`, since a z-score of Hounsfield units is not what a CT model learnt;
+    any other modality: the MR z-score ``{"mode": "mr"}``)."""
+    if intensity:
+        return dict(intensity)
+    return dict(DEFAULT_CT_INTENSITY) if str(modality or "").upper() == "CT" else {"mode": "mr"}
+
+
+def _scale(arr: np.ndarray, lo: float, hi: float, intensity: dict[str, Any]) -> np.ndarray:
+    """``[lo, hi]`` mapped linearly to ``[b_min, b_max]`` (default ``[0, 1]``), clipped unless ``clip`` is false
+    (MONAI ``ScaleIntensityRange``)."""
+    b_min, b_max = float(intensity.get("b_min", 0.0)), float(intensity.get("b_max", 1.0))
+    out = (arr - lo) * ((b_max - b_min) / (hi - lo if hi != lo else 1e-8)) + b_min
+    if intensity.get("clip", True):
+        np.clip(out, min(b_min, b_max), max(b_min, b_max), out=out)
+    return out
+
+
+def normalize_intensity(
+    array: np.ndarray, intensity: Optional[dict[str, Any]], modality: Optional[str] = None
+) -> np.ndarray:
     """Normalise intensities in place-free fashion as training did; returns float32.
 
     Args:
         array: voxels (any layout).
         intensity: ``{"mode": "ct", "a_min", "a_max"}`` -> clip to [a_min, a_max] and scale to [0, 1]
-            (MONAI ``ScaleIntensityRange(clip=True)``); ``{"mode": "mr"}`` -> z-score over non-zero voxels,
-            zeros stay 0 (MONAI ``NormalizeIntensity(nonzero=True)``); ``{"mode": "percentile",
-            "a_min": lower %, "a_max": upper %}`` -> percentiles to [0, 1], clipped.
+            (MONAI ``ScaleIntensityRange(clip=True)``; optional ``b_min``, ``b_max`` and ``clip`` as in MONAI);
+            ``{"mode": "mr"}`` -> z-score over non-zero voxels, zeros stay 0 (MONAI
+            ``NormalizeIntensity(nonzero=True)``; ``"nonzero": false`` z-scores every voxel);
+            ``{"mode": "percentile", "a_min": lower %, "a_max": upper %}`` -> percentiles to [0, 1], clipped
+            (optional ``b_min``, ``b_max``, ``clip``). ``None``: see :func:`effective_intensity`.
+        modality: the card's modality, which decides the normalisation when ``intensity`` is ``None``.
     """
-    mode = (intensity or {}).get("mode", "mr")
+    intensity = effective_intensity(intensity, modality)
+    mode = intensity.get("mode", "mr")
     arr = np.asarray(array, dtype=np.float32)
     if mode == "ct":
-        a_min = float(intensity.get("a_min", -1000.0))
-        a_max = float(intensity.get("a_max", 1000.0))
-        out = (arr - a_min) * (1.0 / (a_max - a_min))
-        return np.clip(out, 0.0, 1.0, out=out)
+        return _scale(
+            arr, float(intensity.get("a_min", -1000.0)), float(intensity.get("a_max", 1000.0)), intensity
+        )
     if mode == "percentile":
         lo, hi = np.percentile(arr, [float(intensity.get("a_min", 0.5)), float(intensity.get("a_max", 99.5))])
-        lo, hi = float(lo), float(hi)
-        out = (arr - lo) * (1.0 / max(hi - lo, 1e-8))
-        return np.clip(out, 0.0, 1.0, out=out)
-    mask = arr != 0
+        return _scale(arr, float(lo), float(hi) if hi > lo else float(lo) + 1e-8, intensity)
+    mask = arr != 0 if intensity.get("nonzero", True) else np.ones(arr.shape, dtype=bool)
     out = arr.copy() if arr is array else arr
     if mask.any():
         vals = arr[mask]
@@ -51,10 +83,12 @@ def normalize_intensity(array: np.ndarray, intensity: Optional[dict[str, Any]]) 
     return out
 
 
-def background_value(array: np.ndarray, intensity: Optional[dict[str, Any]]) -> float:
+def background_value(
+    array: np.ndarray, intensity: Optional[dict[str, Any]], modality: Optional[str] = None
+) -> float:
     """Value for voxels outside the input when resampling: 0 for MR (stays 0 after nonzero z-score),
     the image minimum otherwise (air in CT)."""
-    if (intensity or {}).get("mode", "mr") == "mr":
+    if effective_intensity(intensity, modality).get("mode", "mr") == "mr":
         return 0.0
     return float(np.min(array))
 
@@ -64,8 +98,10 @@ def preprocess(
     target_spacing: Optional[Sequence[float]],
     intensity: Optional[dict[str, Any]],
     axcodes: str = CANONICAL_AXCODES,
+    modality: Optional[str] = None,
 ) -> tuple[np.ndarray, sitk.Image]:
-    """Resample ``image`` to the canonical grid and normalise its intensities.
+    """Resample ``image`` to the canonical grid and normalise its intensities (``modality``: the card's, which
+    decides the normalisation when ``intensity`` is ``None``, see :func:`effective_intensity`).
 
     Returns:
         ``(array, grid)``: float32 C-contiguous array ``(x, y[, z])`` on the canonical grid, and the grid
@@ -75,8 +111,8 @@ def preprocess(
     if src.GetPixelID() != sitk.sitkFloat32:
         src = sitk.Cast(src, sitk.sitkFloat32)
     grid = canonical_grid(src, target_spacing, axcodes)
-    res = resample_to(src, grid, sitk.sitkLinear, background_value(image.array, intensity))
-    arr = normalize_intensity(sitk.GetArrayViewFromImage(res), intensity)
+    res = resample_to(src, grid, sitk.sitkLinear, background_value(image.array, intensity, modality))
+    arr = normalize_intensity(sitk.GetArrayViewFromImage(res), intensity, modality)
     return np.ascontiguousarray(to_network_layout(arr), dtype=np.float32), grid
 
 
@@ -84,6 +120,204 @@ def resample_label(label: Image, grid: sitk.Image) -> np.ndarray:
     """A label map resampled (nearest neighbour) onto ``grid``, as a ``(x, y[, z])`` array."""
     res = resample_to(label.to_sitk(), grid, sitk.sitkNearestNeighbor, 0)
     return np.ascontiguousarray(to_network_layout(sitk.GetArrayFromImage(res)))
+
+
+# --- a standard MONAI bundle's preprocessing, read statically --------------------------------------------
+#: preprocessing transforms that change nothing the runtime does otherwise (loading, channel layout, types)
+HARMLESS_TRANSFORMS = frozenset({"LoadImage", "EnsureChannelFirst", "AddChannel", "AsChannelFirst", "EnsureType",
+                                 "CastToType", "ToTensor", "ToNumpy", "ToDevice", "ToMetaTensor", "Identity",
+                                 "DataStats"})  # fmt: skip
+#: the preprocessing transforms the runtime reproduces (resampling and one intensity normalisation)
+SPATIAL_TRANSFORMS = ("Orientation", "Spacing")
+INTENSITY_TRANSFORMS = (
+    "ScaleIntensityRange",
+    "ScaleIntensity",
+    "NormalizeIntensity",
+    "ScaleIntensityRangePercentiles",
+)
+_SPATIAL_AXES = ({"L", "R"}, {"A", "P"}, {"S", "I"})
+#: what :func:`read_preprocessing` reproduces, for messages
+REPRODUCED = (
+    "Orientationd, Spacingd and one of ScaleIntensityRanged, ScaleIntensityRangePercentilesd, "
+    "ScaleIntensityd, NormalizeIntensityd with plain values"
+)
+
+
+class Unreproducible(ValueError):
+    """A bundle's ``inference.json`` asks for something the runtime does not reproduce (the message says what)."""
+
+
+def plain_value(value: Any, config: dict[str, Any], what: str, seen: tuple[str, ...] = ()) -> Any:
+    """``value`` of an ``inference.json`` when it is plain (no ``$`` expression, no ``%`` macro); a plain
+    ``@name`` reference to a top-level item is followed. Nothing is evaluated."""
+    if isinstance(value, str) and value.startswith("@"):
+        ref = value[1:]
+        if ref in config and ref not in seen and not any(c in ref for c in ":#"):
+            return plain_value(config[ref], config, what, (*seen, ref))
+        raise Unreproducible(f"{what} is the reference {value!r}, not a plain value")
+    if isinstance(value, str) and value[:1] in ("$", "%"):
+        raise Unreproducible(f"{what} is the expression {value[:60]!r}, which is never evaluated")
+    if isinstance(value, list):
+        return [plain_value(v, config, what, seen) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_value(v, config, what, seen) for k, v in value.items()}
+    return value
+
+
+def transform_name(target: Any) -> Optional[str]:
+    """The MONAI transform a ``_target_`` names, without the dictionary suffix (``Spacingd`` -> ``Spacing``);
+    None when it is not a class of ``monai.transforms``."""
+    import monai.transforms as mt
+
+    if not isinstance(target, str) or target[:1] in ("$", "@", "%"):
+        return None
+    module, _, name = target.rpartition(".")
+    if (module and not module.startswith("monai.transforms")) or not isinstance(
+        getattr(mt, name, None), type
+    ):
+        return None
+    for suffix in ("Dict", "D", "d"):
+        if name.endswith(suffix) and isinstance(getattr(mt, name[: -len(suffix)], None), type):
+            return name[: -len(suffix)]
+    return name
+
+
+def section_transforms(config: dict[str, Any], section: str) -> list[Any]:
+    """The transforms of section ``section`` (a ``Compose`` or a list) of an ``inference.json``."""
+    item = config.get(section)
+    item = plain_value(item, config, f"'{section}'") if isinstance(item, str) else item
+    if isinstance(item, dict) and transform_name(item.get("_target_")) == "Compose":
+        item = item.get("transforms")
+        item = plain_value(item, config, f"'{section}::transforms'") if isinstance(item, str) else item
+    if section not in config:
+        raise Unreproducible(f"inference.json has no '{section}' section to say what the network expects")
+    if not isinstance(item, list):
+        raise Unreproducible(f"'{section}' is not a Compose or list of transforms")
+    return [plain_value(t, config, f"'{section}'") if isinstance(t, str) else t for t in item]
+
+
+def _number(value: Any, what: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
+        raise Unreproducible(f"{what} is {value!r}, not a {'positive ' if positive else ''}number")
+    return float(value)
+
+
+def _output_range(arg: Any, name: str) -> dict[str, Any]:
+    """The card's ``b_min``, ``b_max``, ``clip`` of a MONAI intensity scaling (only what differs from 0, 1, True)."""
+    b_min, b_max, clip = arg("b_min", None), arg("b_max", None), bool(arg("clip", False))
+    if b_min is None and b_max is None and not clip:
+        b_min, b_max = 0.0, 1.0  # MONAI then leaves [a_min, a_max] -> [0, 1] unscaled and unclipped
+    elif b_min is None or b_max is None:
+        raise Unreproducible(f"{name} has b_min {b_min!r} and b_max {b_max!r}")
+    out = {"b_min": _number(b_min, f"{name}.b_min"), "b_max": _number(b_max, f"{name}.b_max"), "clip": clip}
+    return {k: v for k, v in out.items() if v != {"b_min": 0.0, "b_max": 1.0, "clip": True}[k]}
+
+
+def _intensity_of(name: str, target: str, arg: Any) -> dict[str, Any]:
+    """The card's ``intensity`` for one MONAI intensity transform (``arg(key, default)`` reads its plain values)."""
+    if name == "ScaleIntensityRange":
+        return {"mode": "ct", "a_min": _number(arg("a_min", None), f"{target}.a_min"),
+                "a_max": _number(arg("a_max", None), f"{target}.a_max"), **_output_range(arg, target)}  # fmt: skip
+    if name == "ScaleIntensityRangePercentiles":
+        if arg("relative", False):
+            raise Unreproducible(f"{target} has relative=True")
+        return {"mode": "percentile", "a_min": _number(arg("lower", None), f"{target}.lower"),
+                "a_max": _number(arg("upper", None), f"{target}.upper"), **_output_range(arg, target)}  # fmt: skip
+    if name == "NormalizeIntensity":
+        if arg("subtrahend", None) is not None or arg("divisor", None) is not None:
+            raise Unreproducible(f"{target} has a fixed subtrahend or divisor")
+        return {"mode": "mr", **({} if arg("nonzero", False) else {"nonzero": False})}
+    minv, maxv = (
+        arg("minv", 0.0),
+        arg("maxv", 1.0),
+    )  # ScaleIntensity: the image's minimum and maximum to [minv, maxv]
+    if arg("factor", None) is not None or minv is None or maxv is None:
+        raise Unreproducible(f"{target} scales by a factor")
+    scale = {"b_min": _number(minv, f"{target}.minv"), "b_max": _number(maxv, f"{target}.maxv")}
+    return {"mode": "percentile", "a_min": 0.0, "a_max": 100.0,
+            **{k: v for k, v in scale.items() if v != {"b_min": 0.0, "b_max": 1.0}[k]}}  # fmt: skip
+
+
+def _spatial_of(name: str, target: str, arg: Any, spatial_dims: int) -> Optional[list[float]]:
+    """Check ``Orientation`` (its codes are what the runtime orients by) and read ``Spacing``'s ``pixdim``."""
+    if name == "Orientation":
+        codes = "RAS" if arg("as_closest_canonical", False) else arg("axcodes", None)
+        if spatial_dims == 3 and (not isinstance(codes, str) or len(codes) != 3 or any(
+                sum(c in axis for c in codes.upper()) != 1 for axis in _SPATIAL_AXES)):  # fmt: skip
+            raise Unreproducible(f"{target}.axcodes is {codes!r}, not three orientation codes such as 'RAS'")
+        return None
+    pixdim = arg("pixdim", None)
+    if not isinstance(pixdim, list) or len(pixdim) < spatial_dims or arg("min_pixdim", None) is not None or arg(
+            "max_pixdim", None) is not None:  # fmt: skip
+        raise Unreproducible(f"{target}.pixdim is {pixdim!r}, not {spatial_dims} spacings in mm")
+    return [_number(v, f"{target}.pixdim", positive=True) for v in pixdim[:spatial_dims]]
+
+
+def read_preprocessing(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
+    """What a standard bundle's ``preprocessing`` asks of its input, read statically (no ``$`` expression is
+    evaluated; a plain ``@name`` is looked up): ``{"target_spacing": Spacingd.pixdim or None, "intensity": the
+    card's intensity}``. ``Orientationd`` must give three orientation codes (the runtime resamples to them, see
+    ``models.segmentation.axcodes_of``); loading, channel and type transforms are harmless; exactly one of
+    ``ScaleIntensityRanged`` ("ct"), ``ScaleIntensityRangePercentilesd`` / ``ScaleIntensityd`` ("percentile") and
+    ``NormalizeIntensityd`` ("mr") must normalise the intensities.
+
+    Raises:
+        Unreproducible: any other transform (``CropForegroundd``, ``Resized``, custom code), an expression where a
+            value is needed, no or two intensity normalisations (the message says which).
+    """
+    out: dict[str, Any] = {"target_spacing": None, "intensity": None}
+    for i, item in enumerate(section_transforms(config, "preprocessing")):
+        target = item.get("_target_") if isinstance(item, dict) else item
+        name = transform_name(target)
+        if not isinstance(item, dict):
+            raise Unreproducible(f"preprocessing item {i} is {str(item)[:60]!r}, not a transform")
+        if plain_value(item.get("_disabled_", False), config, f"{target}._disabled_"):
+            continue
+        if name in HARMLESS_TRANSFORMS:
+            continue
+        if name not in SPATIAL_TRANSFORMS + INTENSITY_TRANSFORMS:
+            raise Unreproducible(f"it has the transform {target!r} (preprocessing item {i})")
+
+        def arg(key: str, default: Any, item: dict[str, Any] = item, target: Any = target) -> Any:
+            return plain_value(item.get(key, default), config, f"{target}.{key}")
+
+        if name in INTENSITY_TRANSFORMS:
+            if out["intensity"] is not None:
+                raise Unreproducible(f"it normalises intensities twice (again with {target!r})")
+            out["intensity"] = _intensity_of(name, str(target), arg)
+        elif (spacing := _spatial_of(name, str(target), arg, spatial_dims)) is not None:
+            out["target_spacing"] = spacing
+    if out["intensity"] is None:
+        raise Unreproducible("it normalises no intensities (the runtime always does)")
+    return out
+
+
+def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
+    """``roi_size``, ``overlap`` and ``sw_mode`` of the bundle's ``SlidingWindowInferer`` when they are plain
+    values (``{}`` for another inferer or values that are expressions)."""
+    inferer = config.get("inferer")
+    target = inferer.get("_target_") if isinstance(inferer, dict) else None
+    if not isinstance(target, str) or target.rpartition(".")[2] != "SlidingWindowInferer":
+        return {}
+    out: dict[str, Any] = {}
+    for key, name in (("roi_size", "roi_size"), ("overlap", "overlap"), ("mode", "sw_mode")):
+        try:
+            value = plain_value(inferer.get(key), config, f"inferer.{key}")
+        except Unreproducible:
+            continue
+        if key == "roi_size" and isinstance(value, list) and len(value) == spatial_dims and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):  # fmt: skip
+            out[name] = value
+        elif (
+            key == "overlap"
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and 0 <= value < 1
+        ):
+            out[name] = float(value)
+        elif key == "mode" and value in ("constant", "gaussian"):
+            out[name] = value
+    return out
 
 
 # --- applying a model -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ command line and the Slicer module ask the registry; none of them names a task t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import BundleError
 
@@ -61,9 +61,32 @@ def runtime_for(bundle: Any, device: str = "cpu") -> TaskRuntime:
     return runtime_class(bundle.card.task_type)(bundle, device=device)
 
 
-def guess_task_type(text: str) -> str:
-    """The task type whose keywords appear in ``text`` (the metadata of a standard MONAI bundle), else
-    :data:`DEFAULT_TASK_TYPE`."""
+def output_formats(task_type: str) -> tuple[str, ...]:
+    """The MONAI ``network_data_format.outputs.pred.format`` values a ``task_type`` model's output has: the
+    runtime's ``output_formats`` (e.g. segmentation: ``segmentation``, ``labels``), else its task type."""
+    cls = runtime_class(task_type)
+    return tuple(getattr(cls, "output_formats", None) or (cls.task_type,))
+
+
+def guess_task_type(text: str, output_format: Optional[str] = None) -> str:
+    """The task type of a standard MONAI bundle: the one whose :func:`output_formats` hold the metadata's
+    ``output_format`` when it states one; else the one whose keywords appear in ``text`` (the metadata's task
+    and name), else :data:`DEFAULT_TASK_TYPE`.
+
+    Raises:
+        BundleError: ``output_format`` is stated and no runtime produces it (``"classes"`` of a classifier,
+            ``"probabilities"``): such a bundle is never taken for a segmentation model.
+    """
+    fmt = str(output_format or "").strip().lower()
+    if fmt:
+        for task in sorted(_RUNTIMES):
+            if fmt in output_formats(task):
+                return task
+        known = ", ".join(sorted({f for t in _RUNTIMES for f in output_formats(t)}))
+        raise BundleError(
+            f"network_data_format.outputs.pred.format is {output_format!r}, an output no runtime of this version "
+            f"produces (it runs {', '.join(sorted(_RUNTIMES))}: formats {known}); the bundle cannot be added."
+        )
     low = text.lower()
     for task in sorted(_RUNTIMES):
         if any(k in low for k in _RUNTIMES[task].keywords):
@@ -85,6 +108,7 @@ def output_spec(task_type: str) -> dict[str, str]:
 __all__ = [
     "DEFAULT_TASK_TYPE",
     "guess_task_type",
+    "output_formats",
     "output_spec",
     "register_runtime",
     "runtime_class",

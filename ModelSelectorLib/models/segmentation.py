@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from ..io.geometry import CANONICAL_AXCODES, axcodes_direction, reference_grid, resample_to, to_network_layout
 from ..io.image import Image, as_image
 from ..io.segmentation import Segment, write_segmentation
@@ -40,7 +41,7 @@ from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime, to_image_layout
 from .bnstats import BNStatHooks
 from .monai_workflow import MONAI_RUN_USAGE, workflow_sections
-from .preprocessing import background_value, normalize_intensity, preprocess
+from .preprocessing import background_value, effective_intensity, normalize_intensity, preprocess
 from .registry import register_runtime
 
 #: the bottleneck-feature statistics of a bundle's example inputs, stored beside its prototypes
@@ -48,11 +49,19 @@ FEATURE_STATS_FILE = "feature_stats.npz"
 
 
 def axcodes_of(bundle: Any) -> str:
-    """Orientation codes from the bundle's preprocessing (``Orientationd``), default ``RAS``."""
+    """Orientation codes from the bundle's preprocessing (``Orientationd``; a plain ``@name`` of a top-level
+    item is looked up, as ``zoo add`` read it), default ``RAS``."""
     config = getattr(bundle, "config", None) or {}
-    for t in (config.get("preprocessing") or {}).get("transforms", []) if isinstance(config, dict) else []:
-        if isinstance(t, dict) and str(t.get("_target_", "")).endswith("Orientationd") and t.get("axcodes"):
-            return str(t["axcodes"])
+    pre = config.get("preprocessing") if isinstance(config, dict) else None
+    for t in (
+        pre.get("transforms", []) if isinstance(pre, dict) and isinstance(pre.get("transforms"), list) else []
+    ):
+        if isinstance(t, dict) and str(t.get("_target_", "")).rstrip("dD").endswith("Orientation"):
+            codes = "RAS" if t.get("as_closest_canonical") is True else t.get("axcodes")
+            if isinstance(codes, str) and codes.startswith("@"):
+                codes = config.get(codes[1:])
+            if isinstance(codes, str) and len(codes) == 3:
+                return codes.upper()
     return CANONICAL_AXCODES
 
 
@@ -293,6 +302,8 @@ class SegmentationRuntime(TaskRuntime):
 
     task_type = "segmentation"
     keywords = ("segment",)
+    #: ``network_data_format.outputs.pred.format`` of a label map in standard MONAI bundles
+    output_formats = ("segmentation", "labels", "label", "labelmap", "label_map", "mask")
     first_label_value = 1  # 0 is the background
     labels_required = True
     output_suffix = ".seg.nrrd"
@@ -311,16 +322,18 @@ class SegmentationRuntime(TaskRuntime):
         if card.target_spacing:
             transforms.append({"_target_": "Spacingd", "keys": "image", "pixdim": list(card.target_spacing),
                                "mode": "bilinear"})  # fmt: skip
-        intensity = card.intensity or {}
+        intensity = effective_intensity(card.intensity, card.modality)
+        scale = {"b_min": intensity.get("b_min", 0.0), "b_max": intensity.get("b_max", 1.0),
+                 "clip": bool(intensity.get("clip", True))}  # fmt: skip
         if intensity.get("mode") == "ct":
             transforms.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": intensity.get("a_min", -1000),
-                               "a_max": intensity.get("a_max", 1000), "b_min": 0.0, "b_max": 1.0, "clip": True})  # fmt: skip
+                               "a_max": intensity.get("a_max", 1000), **scale})  # fmt: skip
         elif intensity.get("mode") == "percentile":
             transforms.append({"_target_": "ScaleIntensityRangePercentilesd", "keys": "image",
-                               "lower": intensity.get("a_min", 0.5), "upper": intensity.get("a_max", 99.5),
-                               "b_min": 0.0, "b_max": 1.0, "clip": True})  # fmt: skip
+                               "lower": intensity.get("a_min", 0.5), "upper": intensity.get("a_max", 99.5), **scale})  # fmt: skip
         else:
-            transforms.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
+            transforms.append({"_target_": "NormalizeIntensityd", "keys": "image",
+                               "nonzero": bool(intensity.get("nonzero", True))})  # fmt: skip
         transforms.append({"_target_": "EnsureTyped", "keys": "image"})
         sections: dict[str, Any] = {"preprocessing": {"_target_": "Compose", "transforms": transforms}}
         inference = inference_settings(card)
@@ -404,10 +417,13 @@ class SegmentationRuntime(TaskRuntime):
         """
         card = self.card
         image = as_image(image)
+        self.check_input_channels()
         sw_batch_size = sw_batch_size or default_sw_batch_size(self.device, card.roi_size)
         image_in = at_training_field(self.input_image(image), card)
         check_cancel(cancel)
-        array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle))
+        array, grid = preprocess(
+            image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle), card.modality
+        )
         check_cancel(cancel)
         inf = inference_settings(card)
         overlap = float(inf["overlap"]) if overlap is None else overlap
@@ -434,6 +450,19 @@ class SegmentationRuntime(TaskRuntime):
         out = image.with_array(to_image_layout(image, labels))
         out.meta = {"model": card.name, "model_version": card.version}
         return Prediction(card.name, card.version, image, out, list(card.label_names))
+
+    def accepts(self, image: Image) -> bool:
+        """Whether ``image`` has dimensions this model can take and the network takes one channel."""
+        return super().accepts(image) and int(self.card.input_channels) == 1
+
+    def check_input_channels(self) -> None:
+        """Raise :class:`~ModelSelectorLib.errors.InputError` when the network takes other than one input
+        channel: the runtime feeds it one image (a grey-level volume or slice), never several."""
+        if int(self.card.input_channels) != 1:
+            raise InputError(
+                f"the model {self.card.name} takes {self.card.input_channels} input channels and this runtime feeds "
+                "one image channel; remove the model from the zoo, or apply it with MONAI (`python -m monai.bundle run`)."
+            )
 
     def _network_output(self, array: np.ndarray, sw_batch_size: int, overlap: float, inf: dict[str, Any],
                         mirrored: bool, step: Callable[[int], None]) -> Any:  # fmt: skip
@@ -583,8 +612,10 @@ class SegmentationRuntime(TaskRuntime):
         ref.SetSpacing([float(s) for s in spacing])
         ref.SetDirection([float(d) for d in direction.ravel()])
         ref.SetOrigin([float(o) for o in centre - direction @ ((roi - 1) / 2.0 * spacing)])
-        res = resample_to(src, ref, sitk.sitkLinear, background_value(img.array, card.intensity))
-        arr = normalize_intensity(sitk.GetArrayFromImage(res), card.intensity)
+        res = resample_to(
+            src, ref, sitk.sitkLinear, background_value(img.array, card.intensity, card.modality)
+        )
+        arr = normalize_intensity(sitk.GetArrayFromImage(res), card.intensity, card.modality)
         return np.ascontiguousarray(to_network_layout(arr))
 
     def inversion_objective(self, output: Any, min_foreground: float = 0.15) -> tuple[Any, Any]:

@@ -258,8 +258,9 @@ def _complete_card(
     elif split.val:
         metrics["validation_cases"] = ", ".join(c.id for c in split.val)
     else:  # training validated on the training case: report it as such
-        metrics = {"validation": "none: single case",
-                   **{f"training_{k}": v for k, v in metrics.items() if k.startswith("dice")}}  # fmt: skip
+        metrics = {"validation": "none: single case",  # training names its training-case Dice training_dice
+                   **{k if k.startswith("training_") else f"training_{k}": v for k, v in metrics.items()
+                      if k.startswith(("dice", "training_dice"))}}  # fmt: skip
     if ext:
         metrics["external_dice"] = round(float(np.mean(list(ext.values()))), 4)
         for v, d in ext.items():
@@ -316,7 +317,7 @@ def _install(zoo: Any, name: str, bundle: Path, block: dict[str, Any], cancel: O
         current = zoo.current(name) == version
         # the rebuilt version keeps its place in the order of versions (``Zoo.versions`` sorts by "added")
         info = {"added": zoo.version_info(name, version).get("added", ""), "rebuilt": utc_timestamp()}
-        zoo.remove(name, version)
+        zoo.remove(name, version, record=False)  # replaced in place below: not a removal for the history
     elif name in zoo:
         event = {
             "action": "build",

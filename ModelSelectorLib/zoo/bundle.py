@@ -24,9 +24,17 @@ from typing import Any, Optional, Union
 
 from .. import atomic
 from ..errors import BundleError
+from ..models.preprocessing import (
+    REPRODUCED,
+    Unreproducible,
+    read_inferer,
+    read_preprocessing,
+    section_transforms,
+    transform_name,
+)
 from ..models.registry import guess_task_type, runtime_class
-from .card import ModelCard, default_color, safe_name
-from .trust import buildable_config
+from .card import MODALITIES, ModelCard, default_color, safe_name
+from .trust import buildable_config, recorded_trust
 
 PathLike = Union[str, Path]
 
@@ -56,9 +64,21 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 def _check_files(path: Path) -> None:
     if not path.is_dir():
         raise BundleError(f"{path}: not a bundle folder (no such folder).")
-    missing = [str(f) for f in REQUIRED_FILES if not (path / f).is_file()]
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    for f in missing:
+        yaml = [y for y in (f.with_suffix(".yaml"), f.with_suffix(".yml")) if (path / y).is_file()]
+        if f.suffix == ".json" and yaml:
+            raise BundleError(
+                f"{path}: has {yaml[0]} but no {f}; YAML configs are not supported: convert it to JSON "
+                f"(python -c \"import json, yaml; print(json.dumps(yaml.safe_load(open('{yaml[0]}')), indent=4))\" > {f})."
+            )
+        if f == WEIGHTS_FILE and (path / "models" / "model.ts").is_file():
+            raise BundleError(
+                f"{path}: holds only models/model.ts; TorchScript-only bundles are not supported: ModelSelector needs "
+                "the network's state_dict in models/model.pt (torch.save(network.state_dict(), 'models/model.pt'))."
+            )
     if missing:
-        raise BundleError(f"{path}: not a complete MONAI bundle; missing {', '.join(missing)}.")
+        raise BundleError(f"{path}: not a complete MONAI bundle; missing {', '.join(map(str, missing))}.")
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
@@ -85,8 +105,8 @@ def validate_bundle(path: PathLike) -> ModelCard:
             "`modelselector zoo add BUNDLE --modality CODE --body-region REGION`."
         )
     config = _read_json(path / INFERENCE_FILE, "configs/inference.json")
-    if not isinstance(config.get("network_def"), dict) or "_target_" not in config["network_def"]:
-        raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' with a '_target_'.")
+    if not isinstance(network_config(config), dict) or "_target_" not in network_config(config):
+        raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' (or 'network') with a '_target_'.")
     try:
         card = ModelCard.from_dict(meta["modelselector"])
     except TypeError as e:
@@ -95,6 +115,15 @@ def validate_bundle(path: PathLike) -> ModelCard:
         return card.validate()
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from e
+
+
+def network_config(config: dict[str, Any]) -> Any:
+    """The network item of an ``inference.json``: ``network_def``, else ``network`` (as :func:`instantiate_network`
+    builds it); None when there is neither as an object."""
+    for key in ("network_def", "network"):
+        if isinstance(config.get(key), dict):
+            return config[key]
+    return None
 
 
 def _check_links(root: Path) -> None:
@@ -167,7 +196,7 @@ def instantiate_network(
     path = Path(path)
     key = "network_def" if isinstance(config.get("network_def"), dict) else "network"
     if not isinstance(config.get(key), dict):
-        raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' with a '_target_'.")
+        raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' (or 'network') with a '_target_'.")
     try:
         parser = ConfigParser(dict(config) if trust else buildable_config(config, key))
     except BundleError as e:
@@ -202,18 +231,22 @@ def read_state_dict(weights_path: PathLike, device: str = "cpu") -> dict[str, An
     data-parallel run removed).
 
     Raises:
-        BundleError: not a weights file, or no state_dict in it.
+        BundleError: not a weights file, or no state_dict in it. A file holding pickled objects (or a
+            TorchScript archive) is refused naming what torch refused (the forbidden global); it is never
+            loaded otherwise.
     """
+    import pickle
+    import warnings
+
     import torch
 
     weights_path = Path(weights_path)
     try:
-        ckpt = torch.load(str(weights_path), map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of TorchScript archives before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(str(weights_path), map_location=device, weights_only=True)
     except Exception as e:  # UnpicklingError for non-tensor content, RuntimeError for broken files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(
-            f"{weights_path}: not loadable as plain weights (weights_only=True refused or failed: {first})."
-        ) from e
+        raise BundleError(f"{weights_path}: {_load_refusal(e, pickle.UnpicklingError)}") from e
     if isinstance(ckpt, dict):
         for key in ("model", "state_dict"):
             if isinstance(ckpt.get(key), dict):
@@ -224,6 +257,29 @@ def read_state_dict(weights_path: PathLike, device: str = "cpu") -> dict[str, An
     if ckpt and all(str(k).startswith("module.") for k in ckpt):
         ckpt = {str(k)[len("module.") :]: v for k, v in ckpt.items()}
     return ckpt
+
+
+def _load_refusal(error: BaseException, unpickling: type) -> str:
+    """Why torch refused a weights file, in ModelSelector's terms: never torch's advice to load it with
+    ``weights_only=False`` (which would run the file's code)."""
+    text = str(error).strip()
+    if "TorchScript" in text:
+        return (
+            "is a TorchScript archive, not a state_dict; ModelSelector needs the network's state_dict in "
+            "models/model.pt (torch.save(network.state_dict(), 'models/model.pt'))."
+        )
+    detail = next(
+        (ln.strip() for ln in text.splitlines() if "nsupported" in ln and "weights_only" not in ln), ""
+    )
+    if isinstance(error, unpickling) or detail:
+        detail = detail.split("error:")[-1].strip().split(". Please use")[0].rstrip(".")
+        return (
+            "holds more than tensors (pickled objects are never loaded)"
+            + (f": {detail}." if detail else ".")
+            + " Save only the network's state_dict (torch.save(network.state_dict(), 'models/model.pt'))."
+        )
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"not loadable as plain weights ({first})."
 
 
 def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> None:
@@ -240,13 +296,16 @@ def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> N
         ) from e
 
 
-def load_bundle(path: PathLike, trust: bool = False, device: str = "cpu") -> LoadedBundle:
+def load_bundle(path: PathLike, trust: Optional[bool] = None, device: str = "cpu") -> LoadedBundle:
     """Validate, build and load a bundle for inference.
 
     Args:
         path: bundle folder.
         trust: build the whole config as MONAI would (custom code in the bundle) instead of only
-            allow-listed classes and plain values (see :mod:`.trust`).
+            allow-listed classes and plain values (see :mod:`.trust`). ``None`` (the default): the trust
+            that ``modelselector zoo add --trust`` recorded for this very bundle in the user's trust store
+            (:func:`~.trust.recorded_trust`: only while its config and code are those it was added with),
+            else False; so ``apply``, ``select`` and ``prototypes`` run a bundle added with ``--trust``.
         device: torch device for the network and weights.
 
     Raises:
@@ -257,6 +316,7 @@ def load_bundle(path: PathLike, trust: bool = False, device: str = "cpu") -> Loa
     card = validate_bundle(path)
     config = _read_json(path / INFERENCE_FILE, "configs/inference.json")
     _check_outputs_match_labels(path, card, config)
+    trust = recorded_trust(path) if trust is None else trust
     network = instantiate_network(path, config, trust=trust, device=device)
     load_weights(network, path / WEIGHTS_FILE, device=device)
     network.eval()
@@ -267,7 +327,7 @@ def _check_outputs_match_labels(path: Path, card: ModelCard, config: dict[str, A
     """Refuse a card whose labels do not match its network's output channels (a label's value is its channel):
     an edited card would otherwise name the outputs wrongly ("Label 3") without a word. Networks that do not
     say their ``out_channels`` (a stage dictionary) are not checked."""
-    channels = (config.get("network_def") or {}).get("out_channels") if isinstance(config, dict) else None
+    channels = (network_config(config) or {}).get("out_channels") if isinstance(config, dict) else None
     values = [int(lb["value"]) for lb in card.labels if isinstance(lb.get("value"), int)]
     if isinstance(channels, int) and values and max(values) + 1 != channels:
         raise BundleError(
@@ -472,12 +532,64 @@ def write_card(path: PathLike, card: ModelCard) -> None:
 
 
 # --- standard MONAI bundles -----------------------------------------------------------------------------
+#: names of an output channel 0 that is the background of a segmentation (the others are labels)
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "other", "others", "none", "unlabeled",
+                              "unlabelled", "void", "clear label"})  # fmt: skip
+
+
+def _check_runnable(src: Path, meta: dict[str, Any], config: dict[str, Any], task_type: str) -> None:
+    """Refuse, in one line, a standard bundle that no runtime runs as its authors meant: several input
+    channels, a non-spatial input or output, or a multi-label (sigmoid) output whose channels overlap."""
+    ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
+    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
+    pred = _pred_format(ndf)
+    where = f"{src / METADATA_FILE}: network_data_format"
+    channels = image.get("num_channels", 1) if isinstance(image, dict) else 1
+    if channels != 1:
+        raise BundleError(f"{where}.inputs gives {channels!r} input channels; no runtime of this version feeds a "
+                          "network more than one image channel, so the bundle cannot be added.")  # fmt: skip
+    for what, fmt in (("inputs", image), ("outputs.pred", pred)):
+        shape = fmt.get("spatial_shape") if isinstance(fmt, dict) else None
+        if isinstance(shape, list) and len(shape) not in (2, 3):
+            raise BundleError(f"{where}.{what}.spatial_shape is {shape!r}, not a 2D or 3D image; no runtime of "
+                              "this version runs such a model (a classifier?).")  # fmt: skip
+    try:
+        post = section_transforms(config, "postprocessing") if "postprocessing" in config else []
+    except Unreproducible:
+        post = []
+    for t in post:
+        name = transform_name(t.get("_target_")) if isinstance(t, dict) else None
+        if (name == "Activations" and t.get("sigmoid") is True) or (name == "AsDiscrete" and (
+                isinstance(t.get("threshold"), (int, float)) or t.get("threshold_values") is True)):  # fmt: skip
+            raise BundleError(
+                f"{src / INFERENCE_FILE}: its postprocessing ({t['_target_']}) thresholds independent sigmoid "
+                "channels (a multi-label output); ModelSelector takes one label per voxel (argmax), so the bundle "
+                "cannot be added."
+            )
+    first = runtime_class(task_type).first_label_value
+    channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
+    zero = (
+        str(channel_def.get("0", channel_def.get(0, "background"))) if isinstance(channel_def, dict) else ""
+    )
+    if first > 0 and isinstance(channel_def, dict) and zero.strip().lower() not in BACKGROUND_NAMES:
+        raise BundleError(
+            f"{where}.outputs.pred.channel_def names channel 0 {zero!r}, not the background a {task_type} "
+            "model's channel 0 is; a label there would be dropped, so the bundle cannot be added (rename it "
+            "'background' if it is one)."
+        )
+
+
+def _pred_format(ndf: dict[str, Any]) -> dict[str, Any]:
+    outputs = ndf.get("outputs") or {}
+    pred = outputs.get("pred") or (next(iter(outputs.values())) if outputs else {}) or {}
+    return pred if isinstance(pred, dict) else {}
+
+
 def _labels_from_format(ndf: dict[str, Any], task_type: str) -> list[dict[str, Any]]:
     # channels below the task's first label value (a segmentation's background) are not labels
     first = runtime_class(task_type).first_label_value
-    outputs = ndf.get("outputs") or {}
-    pred = outputs.get("pred") or (next(iter(outputs.values())) if outputs else {}) or {}
-    channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
+    pred = _pred_format(ndf)
+    channel_def = pred.get("channel_def")
     labels: list[dict[str, Any]] = []
     if isinstance(channel_def, dict) and channel_def:
         for key, name in sorted(
@@ -489,17 +601,39 @@ def _labels_from_format(ndf: dict[str, Any], task_type: str) -> list[dict[str, A
             if value < first or (first > 0 and str(name).lower() == "background"):
                 continue
             labels.append({"value": value, "name": str(name), "color": default_color(value)})
-    elif isinstance(pred, dict) and isinstance(pred.get("num_channels"), int) and pred["num_channels"] > 1:
+    elif isinstance(pred.get("num_channels"), int) and pred["num_channels"] > 1:
         labels = [{"value": v, "name": f"Label {v}", "color": default_color(v)}
                   for v in range(first, pred["num_channels"])]  # fmt: skip
     return labels
 
 
-def _task_hints(meta: dict[str, Any], ndf: dict[str, Any]) -> str:
-    """The words of a standard bundle's metadata that tell its task (output format, task, name)."""
-    pred = (ndf.get("outputs") or {}).get("pred") or {}
-    fmt = str(pred.get("format", "")).lower() if isinstance(pred, dict) else ""
-    return f"{fmt} {meta.get('task', '')} {meta.get('name', '')}".lower()
+def _task_hints(meta: dict[str, Any]) -> str:
+    """The words of a standard bundle's metadata that tell its task (task, name)."""
+    return f"{meta.get('task', '')} {meta.get('name', '')}".lower()
+
+
+def _modality_and_region(
+    src: Path, meta: dict[str, Any], modality: Optional[str], body_region: Optional[str]
+) -> tuple[str, str]:
+    """The card's modality and body region: given, else the card's, else (modality) the metadata's
+    ``network_data_format.inputs.image.modality`` when it is a DICOM code; a refusal names what is missing."""
+    existing = meta.get("modelselector") if isinstance(meta.get("modelselector"), dict) else {}
+    ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
+    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
+    stated = str(image.get("modality", "")).strip().upper() if isinstance(image, dict) else ""
+    modality = (modality or existing.get("modality") or "").strip().upper() or (
+        stated if stated in MODALITIES else None)  # fmt: skip
+    body_region = (body_region or existing.get("body_region") or "").strip().upper() or None
+    if not modality or not body_region:
+        missing = [opt for opt, v in (("--modality", modality), ("--body-region", body_region)) if not v]
+        what = " and ".join(w for w, v in (("modality", modality), ("body region", body_region)) if not v)
+        raise BundleError(
+            f"{src}: the bundle's metadata does not state its {what}; pass {' and '.join(missing)} "
+            f"(e.g. {'--modality CT ' if not modality else ''}{'--body-region ABDOMEN' if not body_region else ''}).".replace(
+                " )", ")"
+            )
+        )
+    return modality, body_region
 
 
 def import_monai_bundle(
@@ -511,49 +645,69 @@ def import_monai_bundle(
 ) -> ModelCard:
     """Build a model card for a standard MONAI model-zoo bundle (which has no ``"modelselector"`` block).
 
-    The card takes name, version, licence, input channels, spatial dims and label names
-    (``network_data_format.outputs.pred.channel_def``) from ``metadata.json``; ``modality`` and
-    ``body_region`` must be given since MONAI metadata does not state them in a standard form. The
-    network is instantiated from ``inference.json`` (with the same trust check as :func:`load_bundle`)
-    to prove that the bundle can be built.
+    The card takes name, version, licence, spatial dims and label names
+    (``network_data_format.outputs.pred.channel_def``) from ``metadata.json``, the modality from
+    ``network_data_format.inputs.image.modality`` unless ``modality`` is given (``body_region`` must be given:
+    MONAI metadata does not state it in a standard form), the target spacing and intensity normalisation from
+    ``inference.json``'s preprocessing (:func:`read_preprocessing`) and patch size, overlap and blending from its
+    ``SlidingWindowInferer`` (:func:`read_inferer`; else the metadata's integer ``spatial_shape``). The network
+    is instantiated from ``inference.json`` (with the same trust check as :func:`load_bundle`) to prove that
+    the bundle can be built.
 
     Raises:
-        BundleError: missing files, missing modality/body region, invalid values, untrusted code.
+        BundleError: missing files or metadata, missing modality/body region, an output no runtime produces
+            (classes, several input channels, multi-label sigmoid channels), a preprocessing that cannot be
+            reproduced, a symbolic patch shape without an inferer ``roi_size``, untrusted code.
     """
     src = Path(src_dir)
     _check_files(src)
     meta = read_metadata(src)
+    config = _read_json(src / INFERENCE_FILE, "configs/inference.json")
+    modality, body_region = _modality_and_region(src, meta, modality, body_region)
     existing = meta.get("modelselector") if isinstance(meta.get("modelselector"), dict) else {}
-    modality = (modality or existing.get("modality") or "").strip().upper() or None
-    body_region = (body_region or existing.get("body_region") or "").strip().upper() or None
-    if not modality or not body_region:
-        missing = [opt for opt, v in (("--modality", modality), ("--body-region", body_region)) if not v]
-        raise BundleError(
-            f"{src}: a standard MONAI bundle does not state its modality and body region; pass "
-            f"{' and '.join(missing)} (e.g. --modality CT --body-region ABDOMEN)."
-        )
     ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
     image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
     spatial = image.get("spatial_shape") if isinstance(image, dict) else None
-    task_type = existing.get("task_type") or guess_task_type(_task_hints(meta, ndf))
-    roi = [int(s) for s in spatial] if isinstance(spatial, list) and spatial and all(
-        isinstance(s, int) and s > 0 for s in spatial) else None  # fmt: skip
+    try:
+        task_type = existing.get("task_type") or guess_task_type(
+            _task_hints(meta), _pred_format(ndf).get("format")
+        )
+    except BundleError as e:
+        raise BundleError(f"{src / METADATA_FILE}: {e}") from None
+    _check_runnable(src, meta, config, task_type)
+    dims = len(spatial) if isinstance(spatial, list) and len(spatial) in (2, 3) else 3
+    try:
+        pre, inferer = read_preprocessing(config, dims), read_inferer(config, dims)
+    except Unreproducible as e:
+        raise BundleError(
+            f"{src / INFERENCE_FILE}: the bundle's preprocessing cannot be reproduced: {e}; ModelSelector reproduces "
+            f"{REPRODUCED}."
+        ) from None
+    roi = inferer.pop("roi_size", None) or ([int(s) for s in spatial] if isinstance(spatial, list) and spatial and all(
+        isinstance(s, int) and s > 0 for s in spatial) else None)  # fmt: skip
+    if roi is None and isinstance(spatial, list) and any(isinstance(s, str) for s in spatial):
+        raise BundleError(
+            f"{src}: the metadata's patch shape {spatial} is symbolic and inference.json has no SlidingWindowInferer "
+            "with a plain roi_size, so ModelSelector cannot choose a patch size; give the inferer a roi_size."
+        )
+    labels = _labels_from_format(ndf, task_type)
+    if not labels and runtime_class(task_type).labels_required:
+        raise BundleError(
+            f"{src / METADATA_FILE}: network_data_format.outputs.pred has no channel_def (nor num_channels > 1), so "
+            'the bundle\'s labels are unknown; add channel_def, e.g. {"0": "background", "1": "spleen"}.'
+        )
     card = ModelCard(
         name=safe_name(name or existing.get("name") or meta.get("name") or src.name),
         version=safe_name(str(meta.get("version", "0.0.1"))),
-        task_type=task_type,
-        modality=modality,
-        body_region=body_region,
-        labels=_labels_from_format(ndf, task_type),
-        input_channels=int(image.get("num_channels", 1)) if isinstance(image, dict) else 1,
-        spatial_dims=len(spatial) if isinstance(spatial, list) and len(spatial) in (2, 3) else 3,
-        roi_size=roi,
-        training_data=str(meta.get("data_source", "")),
-        license=str(meta.get("license", meta.get("copyright", ""))),
-        code_version=f"monai {meta.get('monai_version', '?')}",
-    )
-    card.validate()
-    config = _read_json(src / INFERENCE_FILE, "configs/inference.json")
+        task_type=task_type, modality=modality, body_region=body_region, labels=labels, input_channels=1,
+        spatial_dims=dims, roi_size=roi, target_spacing=pre["target_spacing"], intensity=pre["intensity"],
+        inference=inferer or None, training_data=str(meta.get("data_source", "")),
+        license=str(meta.get("license") or ""), code_version=f"monai {meta.get('monai_version', '?')}",
+    )  # fmt: skip
+    try:
+        card.validate()
+    except BundleError as e:
+        raise BundleError(f"{src / METADATA_FILE}: the card made from the metadata is invalid: {e}") from None
     instantiate_network(src, config, trust=trust)
     return card
 

@@ -53,6 +53,7 @@ from .bundle import (
     write_card,
 )
 from .card import ModelCard
+from .trust import remember_trust
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -284,7 +285,11 @@ class Zoo:
             bundle_dir: the bundle folder to add.
             name: model name in the zoo (default: the card's name).
             modality, body_region: override (or, for standard MONAI bundles, supply) the card's values.
-            trust: allow custom code (``_target_`` outside ``monai.``/``torch.``) in the bundle.
+            trust: build the whole config as MONAI would (custom code, ``$`` expressions). The trust is the user's:
+                it is recorded in the user's trust store (:func:`~.trust.remember_trust`, never in the zoo) and
+                honoured wherever the zoo's copy is loaded later (``apply``, ``select``, ``prototypes``;
+                :func:`~.trust.recorded_trust`) while its configs and code are unchanged; the catalog entry says
+                ``"trusted"`` for information only. No other command needs or takes ``--trust``.
             current: make the new version the current one (a new model's only version is always current).
             info: extra keys for the version's catalog entry (e.g. ``promoted``, ``evaluation``).
             event: appended to the model's ``history`` in the same catalog write.
@@ -319,6 +324,8 @@ class Zoo:
             self._copy_in(src, dest, card, trust)
             info = {"path": dest.relative_to(self.path).as_posix(), "added": utc_timestamp(),
                     "metrics": dict(card.validation_metrics), "weights": file_digest(dest / WEIGHTS_FILE),
+                    **({"trusted": {"sha256": remember_trust(dest, f"{self.path}: {card.name} {card.version}")}}
+                       if trust else {}),
                     **json.loads(json.dumps(info or {}))}  # fmt: skip
             entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
             entry["versions"][card.version] = info
@@ -404,11 +411,12 @@ class Zoo:
 
     def next_version(self, name: str) -> str:
         """The version a new model ``name`` gets: ``0.1.0`` for a new name, else the next patch version after
-        the highest numeric version in the zoo."""
+        the highest numeric version the zoo holds or its history names (a removed version's number is never
+        given again)."""
         if name not in self:
             return "0.1.0"
         best = (0, 1, 0)
-        for v in self.versions(name):
+        for v in [*self.versions(name), *(str(ev.get("version", "")) for ev in self.history(name))]:
             try:
                 best = max(best, tuple(int(p) for p in v.split(".")[:3]))
             except ValueError:
@@ -488,12 +496,14 @@ class Zoo:
             )
             self._write_catalog(data)
 
-    def remove(self, name: str, version: Optional[str] = None) -> None:
+    def remove(self, name: str, version: Optional[str] = None, record: bool = True) -> None:
         """Remove model ``name`` (or one ``version`` of it): the catalog entry first, then the files.
 
-        Removing the current version makes the most recently added remaining version current. The files are
-        renamed out of the way before they are deleted; if the process is killed meanwhile, the next change to
-        the zoo deletes what is left.
+        Removing the current version makes the most recently added remaining version current. Removing one
+        version is recorded in the model's history (``"remove"``, with the version made current, if any) unless
+        ``record`` is False (a version replaced in place by a rebuild of itself). The
+        files are renamed out of the way before they are deleted; if the process is killed meanwhile, the next
+        change to the zoo deletes what is left.
         """
         with self.writing() as data:
             self._catalog = data
@@ -508,10 +518,14 @@ class Zoo:
                     f"model {name!r} has no version {version!r}; versions: {', '.join(self.versions(name))}."
                 )
             rel = entry["versions"].pop(version)["path"]
+            event: dict[str, Any] = {"date": utc_timestamp(), "action": "remove", "version": version}
             if entry["current"] == version:
                 entry["current"] = max(
                     entry["versions"], key=lambda v: (entry["versions"][v].get("added", ""), v)
                 )
+                event["current"] = entry["current"]
+            if record:
+                entry.setdefault("history", []).append(event)
             self._write_pending(data, [self.path / rel])
             _delete(self.path / rel)
 

@@ -17,15 +17,27 @@ transitively), after checking every one of them:
 
 Everything else is refused with :class:`~ModelSelectorLib.errors.BundleError` naming the offending key.
 The check is static: it evaluates nothing and imports only the modules of allow-listed classes.
+
+Trust is given once, by the user, when a bundle enters a zoo: ``modelselector zoo add BUNDLE --trust``
+(``Zoo.add(..., trust=True)``) records :func:`trust_digest` of the bundle's configs and Python files in the user's
+own trust store (:func:`trust_store_path`: ``$MODELSELECTOR_TRUST_STORE``, else
+``~/.config/modelselector/trusted.json``), and every later load of a bundle with those very files (``apply``,
+``select``, ``prototypes``, evaluation) builds it trusted (:func:`recorded_trust`). The store lives outside every
+zoo, so a zoo copied from someone else never brings trust with it; a changed config or code file is untrusted
+again. No other command takes ``--trust``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import inspect
+import json
+import os
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Union
 
 from ..errors import BundleError
 
@@ -57,8 +69,9 @@ ALLOWED_LAYERS = tuple(
 FETCH_ARGUMENTS = ("pretrained", "pretrained_url", "weights", "checkpoint", "path_or_repo_id")
 
 _HINT = (
-    "without --trust a network is built only from allow-listed MONAI/torch classes and plain values; "
-    "pass --trust (trust=True) only for a bundle whose author you trust"
+    "an untrusted network is built only from allow-listed MONAI/torch classes and plain values; if you trust the "
+    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (trust=True in Python), which the zoo "
+    "records for that version"
 )
 _COMPONENT_KEYS = ("_target_", "_mode_", "_disabled_", "_requires_", "_desc_")
 
@@ -209,4 +222,77 @@ def buildable_config(config: dict[str, Any], key: str) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ALLOWED_LAYERS", "ALLOWED_NETWORKS", "FETCH_ARGUMENTS", "buildable_config"]
+def trust_digest(bundle: Union[str, Path]) -> str:
+    """SHA-256 of what a trusted bundle may run: its config files but ``metadata.json`` (whose model card the zoo
+    rewrites) and every Python file in it, with their paths."""
+    root = Path(bundle)
+    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and (
+        p.suffix == ".py" or (p.parent == root / "configs" and p.name != "metadata.json"))]  # fmt: skip
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+#: environment variable: the user's trust store (default ``$XDG_CONFIG_HOME/modelselector/trusted.json``)
+TRUST_STORE_ENV = "MODELSELECTOR_TRUST_STORE"
+
+
+def trust_store_path() -> Path:
+    """The file holding the digests of the bundles this user trusted (``$MODELSELECTOR_TRUST_STORE``, else
+    ``$XDG_CONFIG_HOME/modelselector/trusted.json``, ``~/.config`` when that is unset)."""
+    if os.environ.get(TRUST_STORE_ENV):
+        return Path(os.environ[TRUST_STORE_ENV])
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "modelselector" / "trusted.json"
+
+
+def _trusted_digests() -> dict[str, Any]:
+    try:
+        data = json.loads(trust_store_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data.get("trusted", {}) if isinstance(data, dict) and isinstance(data.get("trusted"), dict) else {}
+
+
+def remember_trust(bundle: Union[str, Path], label: str) -> str:
+    """Record in the user's trust store that the user trusts ``bundle`` as its files are now (``label`` says
+    which, e.g. ``zoo/models/NAME/VERSION``); returns its :func:`trust_digest`.
+
+    Raises:
+        OutputError: the store cannot be written.
+    """
+    from .. import atomic
+
+    digest = trust_digest(bundle)
+    store = trust_store_path()
+    with atomic.writer_lock(store.parent):
+        trusted = _trusted_digests()
+        trusted[digest] = {"bundle": label, "path": str(Path(bundle).resolve())}
+        atomic.write_json(store, {"format": 1, "trusted": trusted})
+    return digest
+
+
+def recorded_trust(bundle: Union[str, Path]) -> bool:
+    """Whether the user trusted ``bundle`` with exactly its present configs and code (:func:`remember_trust`, as
+    ``zoo add --trust`` does). False when the store is missing or unreadable."""
+    trusted = _trusted_digests()
+    if not trusted:
+        return False
+    try:
+        return trust_digest(bundle) in trusted
+    except OSError:
+        return False
+
+
+__all__ = [
+    "ALLOWED_LAYERS",
+    "ALLOWED_NETWORKS",
+    "FETCH_ARGUMENTS",
+    "buildable_config",
+    "TRUST_STORE_ENV",
+    "recorded_trust",
+    "remember_trust",
+    "trust_digest",
+    "trust_store_path",
+]

@@ -215,12 +215,16 @@ def tiny_bundle(folder: Path, name: str = "tiny-ct", version: str = "0.1.0", see
                        net.state_dict())  # fmt: skip
 
 
-def edit_inference(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
-    path = bundle / "configs" / "inference.json"
+def _edit_config(bundle: Path, name: str, change: Callable[[dict[str, Any]], None]) -> Path:
+    path = bundle / "configs" / name
     config = json.loads(path.read_text(encoding="utf-8"))
     change(config)
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return bundle
+
+
+def edit_inference(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    return _edit_config(bundle, "inference.json", change)
 
 
 def _in_network(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -293,8 +297,11 @@ def spleen_inference() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def spleen_bundle(folder: Path) -> Path:
-    """A standard MONAI bundle (no model card) with :func:`spleen_inference` and weights that fit it."""
+def spleen_bundle(
+    folder: Path, network_def: Optional[dict[str, Any]] = None, state_dict: Optional[dict[str, Any]] = None
+) -> Path:
+    """A standard MONAI bundle (no model card) with :func:`spleen_inference` and weights that fit it
+    (``network_def`` and its ``state_dict`` instead of the spleen UNet when given)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -302,6 +309,8 @@ def spleen_bundle(folder: Path) -> Path:
     (path / "configs").mkdir(parents=True)
     (path / "models").mkdir()
     config = spleen_inference()
+    if network_def is not None:
+        config["network_def"] = network_def
     (path / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
     meta = {"version": "0.5.9", "name": "Spleen CT segmentation", "task": "Decathlon spleen segmentation",
             "network_data_format": {
@@ -311,9 +320,28 @@ def spleen_bundle(folder: Path) -> Path:
                                      "spatial_shape": [96, 96, 96], "dtype": "float32",
                                      "channel_def": {"0": "background", "1": "spleen"}}}}}  # fmt: skip
     (path / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
-    net = ConfigParser({"n": config["network_def"]}).get_parsed_content("n")
-    torch.save(net.state_dict(), path / "models" / "model.pt")
+    if state_dict is None:
+        state_dict = ConfigParser({"n": config["network_def"]}).get_parsed_content("n").state_dict()
+    torch.save(state_dict, path / "models" / "model.pt")
     return path
+
+
+#: a 1x1x1 convolution whose channel 1 wins where its input is above 0.5 (:func:`threshold_bundle`)
+THRESHOLD_NET = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
+
+
+def threshold_bundle(folder: Path) -> Path:
+    """:func:`spleen_bundle` whose network labels "input > 0.5": under the bundle's own ScaleIntensityRanged
+    (-57..164 HU to 0..1) that is HU > 53.5, so what it labels shows which preprocessing ran."""
+    import torch
+
+    weights = {"weight": torch.tensor([0.0, 1.0]).view(2, 1, 1, 1, 1), "bias": torch.tensor([0.0, -0.5])}
+    path = spleen_bundle(folder, dict(THRESHOLD_NET), weights)
+    return edit_inference(path, lambda c: c["inferer"].update(roi_size=[32, 32, 32]))
+
+
+def edit_metadata(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    return _edit_config(bundle, "metadata.json", change)
 
 
 # --- indexes ----------------------------------------------------------------------------------------------

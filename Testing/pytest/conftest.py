@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# `zoo add --trust` records the user's trust outside every zoo; the tests keep theirs out of the user's own store
+os.environ["MODELSELECTOR_TRUST_STORE"] = os.path.join(
+    tempfile.mkdtemp(prefix="modelselector-trust-"), "trusted.json"
+)
 
 
 def rotation_z(deg: float) -> tuple:

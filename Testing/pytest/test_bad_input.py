@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -283,7 +284,7 @@ ZOO_ADD = [
     ("a loop of file links",                 "link_loop",               [],                         "loop of symbolic links"),
     ("a folder link to its parent",          "dir_loop",                [],                         "loop of symbolic links"),
     ("weights of another network",           "weights_mismatch",        [],                         "do not fit the network in inference.json (Missing key(s)"),
-    ("a pickled object as weights",          "pickled",                 [],                         "weights_only"),
+    ("a pickled object as weights",          "pickled",                 [],                         "pickled objects are never loaded"),
     ("truncated weights",                    "truncated_weights",       [],                         "not loadable"),
     ("pretrained weights asked for",         "pretrained",              [],                         "weights from elsewhere"),
     ("a macro reading another file",         "macro",                   [],                         "reads another file"),
@@ -460,6 +461,232 @@ def test_trust_still_builds_custom_code(tmp_path):
     with pytest.raises(BundleError, match="untrusted config at 'network_def::spatial_dims'"):
         load_bundle(bundle)
     assert load_bundle(bundle, trust=True).network is not None
+
+
+# --- standard MONAI bundles: run as their authors meant, or refused in one line ----------------------------
+def _ct_volume(values: np.ndarray) -> sitk.Image:
+    """A CT volume at the spleen bundle's spacing (1.5, 1.5, 2.0 mm), so that resampling changes no value."""
+    image = sitk.GetImageFromArray(values.astype(np.float32))
+    image.SetSpacing((1.5, 1.5, 2.0))
+    return image
+
+
+def test_an_imported_bundle_runs_with_its_own_preprocessing(tmp_path):
+    """spleen_ct_segmentation's Spacingd and ScaleIntensityRanged(-57..164) become the card's target spacing and
+    CT window: the threshold network then labels HU > 53.5, as MONAI's run of the bundle does (a z-score or the
+    default CT window would label other voxels)."""
+    from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.io.image import Image
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(
+        bad.threshold_bundle(tmp_path), name="spleen", body_region="ABDOMEN"
+    )  # modality CT: from metadata
+    card = zoo.card("spleen")
+    assert card.modality == "CT" and card.target_spacing == [1.5, 1.5, 2.0] and card.roi_size == [32, 32, 32]
+    assert (
+        card.intensity == {"mode": "ct", "a_min": -57.0, "a_max": 164.0} and card.inference["overlap"] == 0.5
+    )
+    hu = np.random.default_rng(0).choice([-500.0, 20.0, 40.0, 70.0, 200.0], size=(20, 24, 28))
+    labels = open_runtime(zoo, "spleen").predict(Image.from_sitk(_ct_volume(hu))).value.array
+    assert np.array_equal(np.asarray(labels).reshape(hu.shape) == 1, hu > 53.5)
+
+
+def test_a_ct_card_without_intensity_is_not_z_scored():
+    from ModelSelectorLib.models.preprocessing import normalize_intensity
+    from ModelSelectorLib.models.segmentation import SegmentationRuntime
+    from ModelSelectorLib.zoo import ModelCard
+
+    hu = np.array([-1000.0, 0.0, 1000.0, 3000.0], dtype=np.float32)
+    assert np.allclose(normalize_intensity(hu, None, "CT"), [0.0, 0.5, 1.0, 1.0])
+    card = ModelCard.from_dict({**bad.card_dict(), "intensity": None})
+    steps = SegmentationRuntime.inference_sections(card)["preprocessing"]["transforms"]
+    assert "NormalizeIntensityd" not in [t["_target_"] for t in steps]
+
+
+def _insert(transform: dict) -> Any:
+    return lambda c: c["preprocessing"]["transforms"].insert(4, transform)
+
+
+def _drop_intensity(config: dict) -> None:
+    config["preprocessing"]["transforms"] = [
+        t for t in config["preprocessing"]["transforms"] if t["_target_"] != "ScaleIntensityRanged"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        (
+            _insert({"_target_": "CropForegroundd", "keys": "image", "source_key": "image"}),
+            "'CropForegroundd'",
+        ),
+        (_insert({"_target_": "Resized", "keys": "image", "spatial_size": [96, 96, 96]}), "'Resized'"),
+        (_insert({"_target_": "scripts.transforms.Window", "keys": "image"}), "'scripts.transforms.Window'"),
+        (lambda c: c["preprocessing"]["transforms"][4].update(a_min="$-57"), "expression '$-57'"),
+        (_drop_intensity, "normalises no intensities"),
+        (lambda c: c["preprocessing"]["transforms"][2].update(axcodes="XYZ"), "axcodes is 'XYZ'"),
+    ],
+    ids=["CropForegroundd", "Resized", "custom transform", "expression", "no normalisation", "axcodes"],
+)
+def test_a_preprocessing_that_cannot_be_reproduced_is_refused(tmp_path, capsys, change, phrase):
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    src = bad.edit_inference(bad.threshold_bundle(tmp_path), change)
+    assert main(["zoo", "add", str(src), "--zoo", str(zoo.path), "--body-region", "ABDOMEN"]) == 3
+    err = capsys.readouterr().err
+    assert "preprocessing cannot be reproduced" in err and phrase in err, err
+    assert len(err.strip().splitlines()) == 1 and Zoo(zoo.path).names() == []
+
+
+def test_a_plain_reference_in_the_preprocessing_is_followed(tmp_path):
+    from ModelSelectorLib.zoo.bundle import import_monai_bundle
+
+    src = bad.edit_inference(bad.threshold_bundle(tmp_path), lambda c: (
+        c.update(pixdim=[2.0, 2.0, 3.0]), c["preprocessing"]["transforms"][3].update(pixdim="@pixdim")))  # fmt: skip
+    assert import_monai_bundle(src, body_region="ABDOMEN").target_spacing == [2.0, 2.0, 3.0]
+
+
+def _pred(**changes: Any) -> Any:
+    return lambda m: m["network_data_format"]["outputs"]["pred"].update(changes)
+
+
+def _sigmoid(config: dict) -> None:
+    config["postprocessing"]["transforms"][0] = {"_target_": "Activationsd", "keys": "pred", "sigmoid": True}
+
+
+@pytest.mark.parametrize(
+    "meta_change, config_change, phrase",
+    [
+        (_pred(type="probabilities", format="classes", spatial_shape=[4]), None, "format is 'classes'"),
+        (_pred(spatial_shape=[4]), None, "spatial_shape is [4], not a 2D or 3D image"),
+        (
+            lambda m: m["network_data_format"]["inputs"]["image"].update(num_channels=4),
+            None,
+            "4 input channels",
+        ),
+        (None, _sigmoid, "independent sigmoid channels"),
+        (_pred(channel_def={"0": "Tumor core", "1": "Whole tumor"}), None, "names channel 0 'Tumor core'"),
+    ],
+    ids=["classifier", "non-spatial output", "four input channels", "sigmoid", "channel 0 a label"],
+)
+def test_a_bundle_no_runtime_runs_is_refused_at_add(tmp_path, meta_change, config_change, phrase):
+    from ModelSelectorLib.zoo import Zoo
+
+    src = bad.threshold_bundle(tmp_path)
+    if meta_change:
+        bad.edit_metadata(src, meta_change)
+    if config_change:
+        bad.edit_inference(src, config_change)
+    zoo = Zoo.create(tmp_path / "zoo")
+    with pytest.raises(BundleError, match=re.escape(phrase)) as e:
+        zoo.add(src, body_region="ABDOMEN")
+    assert len(str(e.value).splitlines()) == 1 and Zoo(zoo.path).names() == []
+
+
+def test_a_network_of_several_input_channels_is_refused_in_one_line(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.io.image import Image
+    from ModelSelectorLib.zoo import ModelCard, Zoo, save_bundle
+
+    net_def = {**bad.NETWORK_DEF, "in_channels": 2}
+    net = ConfigParser({"n": net_def}).get_parsed_content("n")
+    card = ModelCard.from_dict({**bad.card_dict(), "input_channels": 2})
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(save_bundle(tmp_path / "two", card, net_def, net.state_dict()))
+    runtime = open_runtime(zoo, TINY)
+    image = Image.from_sitk(_ct_volume(np.zeros((16, 16, 16))))
+    assert not runtime.accepts(image)
+    with pytest.raises(InputError, match="takes 2 input channels and this runtime feeds one image channel"):
+        runtime.predict(image)
+
+
+def test_a_symbolic_patch_shape_takes_the_inferers_roi_size_or_is_refused(tmp_path):
+    from ModelSelectorLib.zoo.bundle import import_monai_bundle
+
+    def symbolic(meta: dict) -> None:
+        for part in ("inputs", "outputs"):
+            next(iter(meta["network_data_format"][part].values()))["spatial_shape"] = ["8*n", "8*n", "8*n"]
+
+    src = bad.edit_metadata(bad.threshold_bundle(tmp_path), symbolic)
+    assert import_monai_bundle(src, body_region="ABDOMEN").roi_size == [32, 32, 32]  # the inferer's
+    bad.edit_inference(src, lambda c: c.update(inferer={"_target_": "SimpleInferer"}))
+    with pytest.raises(BundleError, match=r"patch shape \['8\*n', '8\*n', '8\*n'\] is symbolic"):
+        import_monai_bundle(src, body_region="ABDOMEN")
+
+
+def test_trust_given_at_zoo_add_is_recorded_and_honoured_by_apply(tmp_path, monkeypatch):
+    """`zoo add --trust` of a network computed by an expression: apply and the other commands, which have no
+    --trust, load the zoo's copy as it was trusted by this user; a copy of the zoo elsewhere and a config edited
+    afterwards are not trusted."""
+    import shutil
+
+    from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.zoo import Zoo, load_bundle
+
+    def computed(c: dict) -> None:
+        c["label_names"] = ["background", "spleen"]
+        c["network_def"]["out_channels"] = "$len(@label_names)"
+
+    src = bad.edit_inference(bad.threshold_bundle(tmp_path), computed)
+    zoo = Zoo.create(tmp_path / "zoo")
+    with pytest.raises(BundleError, match=r"zoo add BUNDLE --trust") as e:
+        zoo.add(src, name="spleen", body_region="ABDOMEN")
+    assert "pass --trust" not in str(e.value)
+    zoo.add(src, name="spleen", body_region="ABDOMEN", trust=True)
+    assert zoo.version_info("spleen")["trusted"]["sha256"]
+    assert (
+        open_runtime(zoo, "spleen").network is not None and load_bundle(zoo.get("spleen")).network is not None
+    )
+    # the trust is the user's, not the zoo's: a copy of the zoo on a machine whose user never trusted it
+    copied = Zoo(shutil.copytree(zoo.path, tmp_path / "copied"))
+    monkeypatch.setenv("MODELSELECTOR_TRUST_STORE", str(tmp_path / "another user" / "trusted.json"))
+    with pytest.raises(BundleError, match="untrusted config"):
+        load_bundle(copied.get("spleen"))
+    monkeypatch.undo()
+    bad.edit_inference(zoo.get("spleen"), lambda c: c.update(extra=1))
+    with pytest.raises(BundleError, match="untrusted config"):
+        load_bundle(zoo.get("spleen"))
+
+
+def test_bundles_in_other_forms_are_refused_saying_why_or_accepted(tmp_path):
+    from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.bundle import import_monai_bundle
+
+    src = bad.threshold_bundle(tmp_path)
+    (src / "configs" / "inference.json").rename(src / "configs" / "inference.yaml")
+    with pytest.raises(BundleError, match="YAML configs are not supported: convert it to JSON"):
+        import_monai_bundle(src, body_region="ABDOMEN")
+    (src / "configs" / "inference.yaml").rename(src / "configs" / "inference.json")
+    (src / "models" / "model.pt").rename(src / "models" / "model.ts")
+    with pytest.raises(
+        BundleError, match=r"TorchScript-only bundles are not supported: .* state_dict in models/model\.pt"
+    ):
+        import_monai_bundle(src, body_region="ABDOMEN")
+    (src / "models" / "model.ts").rename(src / "models" / "model.pt")
+    bad.edit_inference(src, lambda c: c.update(network=c.pop("network_def")))  # MONAI builds "network" too
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(src, name="spleen", body_region="ABDOMEN")
+    assert zoo.card("spleen").label_names == ["spleen"]
+
+
+def test_metadata_problems_are_named(tmp_path):
+    from ModelSelectorLib.zoo.bundle import import_monai_bundle
+
+    src = bad.edit_metadata(
+        bad.threshold_bundle(tmp_path), lambda m: m.update(copyright="Copyright (c) MONAI")
+    )
+    assert import_monai_bundle(src, body_region="ABDOMEN").license == ""  # a copyright is not a licence
+    bad.edit_metadata(src, _pred(channel_def=None, num_channels=None))
+    with pytest.raises(
+        BundleError, match=r"configs/metadata\.json: network_data_format\.outputs\.pred has no channel_def"
+    ):
+        import_monai_bundle(src, body_region="ABDOMEN")
 
 
 # --- the index: damaged files are refused before hnswlib reads them -----------------------------------------
