@@ -1,5 +1,6 @@
 """Split files: the cases a sweep ranks on or the promotion gate compares on, as
-``{"dataset", "seed", "labels", ..., "cases": [{"id", "image", "label"}]}``.
+``{"dataset", "seed", "labels", ..., "cases": [{"id", "image", "label"}]}``. ``labels`` are the models' label
+values (``1..K``); when the label files hold other values, ``label_values`` maps them (``{"255": 1}``).
 
 Written by the sweep (:func:`ModelSelectorLib.ranking.sweep.make_split`), the landmark grid
 (:func:`ModelSelectorLib.training.landmark_grid.write_landmark_split`) and the starter zoo
@@ -65,6 +66,9 @@ def read_split(path: PathLike) -> dict[str, Any]:
             {**c, "image": str(root / c["image"]), "label": str(root / c["label"])} for c in data["cases"]
         ]
         labels = {int(k): str(v) for k, v in data["labels"].items()}
+        values = {int(k): int(v) for k, v in (data.get("label_values") or {}).items()}
+        if values:  # the label files' values -> the models' label values, which each case carries to scoring
+            cases = [{**c, "label_values": values} for c in cases]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DatasetError(f"{p}: not a test split file ({e}).") from e
     missing = [c[k] for c in cases for k in ("image", "label") if not Path(c[k]).is_file()]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..datasets.labelmaps import align_label, remap_values
 from ..errors import InputError
 from ..io.image import Image, read_image
 from ..models.segmentation import apply_model
@@ -120,24 +121,28 @@ def case_summary(per_label: Mapping[str, Mapping[str, float]]) -> dict[str, floa
     return out
 
 
-def evaluate_segmentation(prediction: Image, truth: Image, labels: Mapping[int, str]) -> dict[str, Any]:
+def evaluate_segmentation(
+    prediction: Image, truth: Image, labels: Mapping[int, str], truth_path: Optional[str] = None
+) -> dict[str, Any]:
     """Metrics of one predicted :class:`~ModelSelectorLib.io.Image` against its ground truth.
 
-    The two images must share size and spacing (a prediction from :func:`~ModelSelectorLib.infer.apply_model`
-    does: it has exactly its input's geometry).
+    The two are compared voxel by voxel on the prediction's grid (a prediction from
+    :func:`~ModelSelectorLib.infer.apply_model` has exactly its input's geometry): a truth whose size, spacing,
+    origin or direction differ is first put on that grid by nearest neighbour, as training puts a label on its
+    image's (:func:`~ModelSelectorLib.datasets.labelmaps.align_label`).
+
+    Args:
+        truth_path: the truth's file, named in errors (default: its ``meta["path"]``).
 
     Returns:
         ``{"per_label": {name: {dice, hd95, msd}}, **case_summary}``.
 
     Raises:
-        InputError: the grids differ.
+        DatasetError: the truth's header does not place its foreground on the prediction's grid.
     """
-    if prediction.size != truth.size or not np.allclose(prediction.spacing, truth.spacing, rtol=1e-4):
-        raise InputError(
-            f"prediction grid (size {prediction.size}, spacing {prediction.spacing}) differs from the ground "
-            f"truth's (size {truth.size}, spacing {truth.spacing}); apply the model to the label's own image."
-        )
-    per = segmentation_metrics(prediction.array, truth.array, truth.spacing, labels)
+    if not truth.same_geometry(prediction):
+        truth = align_label(truth, prediction, truth_path or truth.meta.get("path", "the ground truth"))
+    per = segmentation_metrics(prediction.array, truth.array, prediction.spacing, labels)
     return {"per_label": per, **case_summary(per)}
 
 
@@ -154,7 +159,8 @@ def evaluate_bundle(
 
     Args:
         bundle: bundle folder or :class:`~ModelSelectorLib.zoo.bundle.LoadedBundle`.
-        cases: ``[{"id", "image", "label"}]`` (file paths); the same list for every model compared.
+        cases: ``[{"id", "image", "label"[, "label_values"]}]`` (file paths; ``label_values``: ``{value in the
+            label file: the model's label value}`` when they differ); the same list for every model compared.
         labels: ``{value: name}`` to score (default: the card's labels).
         device: torch device.
         cancel: Event-like; raises :class:`~ModelSelectorLib.errors.Cancelled` between cases.
@@ -175,10 +181,14 @@ def evaluate_bundle(
         truth = read_image(case["label"], check_content=False)
         if truth.is_multicomponent:
             truth = truth.to_grayscale()
-        truth = truth.with_array(np.asarray(truth.array).astype(np.int32))
+        # a split of data whose label values are not the model's 1..K says how they map (``label_values``)
+        truth = truth.with_array(
+            remap_values(np.asarray(truth.array), case.get("label_values")).astype(np.int32)
+        )
         pred = apply_model(loaded, image, device=device, cancel=cancel)
+        truth = align_label(truth, pred, case["label"], case["image"])  # the prediction has the image's grid
         res: dict[str, Any] = {"id": str(case.get("id", Path(str(case["image"])).name))}
-        res.update(evaluate_segmentation(pred, truth, labels))
+        res.update(evaluate_segmentation(pred, truth, labels, str(case["label"])))
         if on_case is not None:
             res.update(on_case(res["id"], image, truth, pred) or {})
         results.append(res)

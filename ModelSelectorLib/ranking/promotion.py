@@ -259,7 +259,9 @@ def promote(
         )
     split_data = read_split(split_path)
     labels = split_data["labels"]
-    _check_unseen(split_data, split_path, [Path(candidate), *([zoo.get(task)] if task in zoo else [])])
+    bundles = [Path(candidate), *([zoo.get(task)] if task in zoo else [])]
+    names = [candidate_label or str(candidate), *([f"{task} {zoo.current(task)}"] if task in zoo else [])]
+    _check_unseen(split_data, split_path, bundles, names)
     cand = load_bundle(candidate, device=device)
     weights = file_digest(Path(candidate) / WEIGHTS_FILE)
     if task in zoo:  # before any evaluation: a candidate that cannot or need not replace the current model
@@ -380,16 +382,25 @@ def _carry_provenance(current: Path, staged: Path, record: dict[str, Any]) -> No
     atomic.write_json(staged / "configs" / "metadata.json", meta)
 
 
-def _check_unseen(split: dict[str, Any], split_path: Path, bundles: Sequence[Path]) -> None:
-    """Refuse a test split holding cases that a compared model trained or chose on: the comparison would favour it."""
+def _check_unseen(
+    split: dict[str, Any], split_path: Path, bundles: Sequence[Path], names: Optional[Sequence[str]] = None,
+    remedy: str = "use a test split without them (a sweep's not_in_test keeps them out)",
+) -> None:  # fmt: skip
+    """Refuse a test split holding cases that a compared model trained or chose on: the comparison would favour it.
+
+    Args:
+        names: what the messages call each of ``bundles`` (default: their paths; a bundle in a temporary folder
+            needs words that stay true).
+        remedy: what the message tells the user to do.
+    """
     test = {str(c.get("id")) for c in split["cases"]}
-    for bundle in bundles:
+    for i, bundle in enumerate(bundles):
         seen = sorted(test & seen_case_ids(bundle))
         if seen:
+            name = names[i] if names is not None else str(bundle)
             raise DatasetError(
-                f"{split_path}: {len(seen)} test case(s) were training or validation cases of {bundle} "
-                f"(e.g. {', '.join(seen[:3])}); use a test split without them (a sweep's not_in_test keeps "
-                "them out)."
+                f"{split_path}: {len(seen)} test case(s) were training or validation cases of {name} "
+                f"(e.g. {', '.join(seen[:3])}); {remedy}."
             )
 
 
@@ -461,6 +472,17 @@ def restore(zoo_dir: PathLike, task: str, version: Optional[str] = None) -> dict
     return {"task": task, "version": target, "from": current}
 
 
+def _is_test_case(case: dict[str, Any], test_cases: Sequence[dict[str, Any]]) -> bool:
+    """Whether a dataset case is one of a split's test cases: the same case id (its image file name without the
+    extension, :func:`~.sweep.case_id`, as the split records it) or the same image file. By id, so that a new copy
+    of the data (another folder holding the same cases) never trains on the test cases."""
+    from .sweep import case_id
+
+    ids = {str(c.get("id")) for c in test_cases} | {case_id(c["image"]) for c in test_cases}
+    paths = {str(Path(c["image"]).resolve()) for c in test_cases}
+    return case_id(case["image"]) in ids or str(Path(case["image"]).resolve()) in paths
+
+
 def retrain(
     zoo_dir: PathLike,
     task: str,
@@ -477,7 +499,8 @@ def retrain(
     """Train ``task`` again on a (new) MSD dataset and promote the result only if the gate accepts it.
 
     The training settings are those the current version was trained with (its ``configs/train_config.json``),
-    updated with ``settings``. Test cases of the split are removed from the training data.
+    updated with ``settings``. Test cases of the split are removed from the training data by case id (the image
+    file name without its extension) as well as by path, so a new copy of the data never trains on them.
 
     Returns:
         :func:`promote`'s result.
@@ -499,16 +522,20 @@ def retrain(
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(f"no test split for task {task!r}; pass --split FILE.")
-    test = {str(Path(c["image"]).resolve()) for c in read_split(split_path)["cases"]}
+    split_data = read_split(split_path)
+    _check_unseen(split_data, split_path, [zoo.get(task)], [f"{task} {zoo.current(task)}"],
+                  f"pass --split with a test split whose cases {task} {zoo.current(task)} did not learn from")  # fmt: skip
     base: dict[str, Any] = {}
     if (zoo.get(task) / TRAIN_CONFIG_FILE).is_file():
         base = json.loads((zoo.get(task) / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
         base.pop("version", None)
     config = TrainConfig.from_dict({**base, **(settings or {})})
     dataset = load_msd(dataset_dir)
-    keep = [c for c in dataset.training if str(Path(c["image"]).resolve()) not in test]
+    keep = [c for c in dataset.training if not _is_test_case(c, split_data["cases"])]
+    left_out = len(dataset.training) - len(keep)
     if len(keep) < 2:
-        raise TrainingError(f"{dataset.root}: fewer than 2 cases are left once the test cases are removed.")
+        raise TrainingError(f"{dataset.root}: fewer than 2 cases are left once the {left_out} test case(s) of "
+                            f"{split_path} are removed; add training cases.")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="modelselector-retrain-") as tmp:
         raw = {
             **dataset.raw,
@@ -521,7 +548,8 @@ def retrain(
         bundle = train_segmentation(Path(tmp) / "data", task, Path(tmp) / "zoo", config, modality=card.modality,
                                     body_region=card.body_region, cancel=cancel)  # fmt: skip
         changed = ", ".join(f"{k}={v}" for k, v in sorted((settings or {}).items())) or "the current settings"
-        label = f"retrained on {len(keep)} cases of {dataset.root.resolve()} with {changed}"
+        label = (f"retrained on {len(keep)} cases of {dataset.root.resolve()} ({left_out} test case(s) left out) "
+                 f"with {changed}")  # fmt: skip
         return promote(zoo_dir, task, bundle, split_path, metric, method, level, min_improvement, device, cancel,
                        candidate_label=label)  # fmt: skip
 

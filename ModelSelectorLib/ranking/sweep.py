@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .. import atomic
+from ..datasets.labelmaps import class_indices, is_identity
 from ..datasets.msd import load_msd
 from ..datasets.split_file import check_earlier_split, draw_test, read_split, write_split
 from ..errors import DatasetError, ModelSelectorError, TrainingError
@@ -314,7 +315,10 @@ def make_split(
     raw["description"] = (f"{dataset.description} (sweep training part; {n_test} test and {n_sel} selection "
                           "cases held out)").strip()  # fmt: skip
     atomic.write_json(train_dir / "dataset.json", raw)
-    labels = {str(v): name for v, name in dataset.foreground_labels.items()}
+    # the split names the labels as the models output them (1..K); ``label_values`` maps the files' values to them
+    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    labels = {str(mapping[v]): name for v, name in sorted(dataset.foreground_labels.items())}
+    values = {} if is_identity(mapping) else {"label_values": {str(v): i for v, i in mapping.items() if v}}
     for path, idx, fraction, purpose in (
         (
             selection_file,
@@ -331,7 +335,9 @@ def make_split(
     ):
         cases = [{"id": ids[i], "image": str(dataset.training[i]["image"]), "label": str(dataset.training[i]["label"])}
                  for i in sorted(idx)]  # fmt: skip
-        write_split(path, dataset.root, cases, labels, seed, purpose=purpose, fraction=float(fraction))
+        write_split(
+            path, dataset.root, cases, labels, seed, purpose=purpose, fraction=float(fraction), **values
+        )
     return train_dir, selection_file, test_file
 
 

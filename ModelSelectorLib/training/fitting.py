@@ -36,36 +36,47 @@ def validate(
     network: Any, items: list[dict[str, np.ndarray]], roi: Sequence[int], n_classes: int, device: str,
     loss_fn: Optional[Any] = None, mode: str = "constant", overlap: float = 0.25,
 ) -> dict[str, Any]:  # fmt: skip
-    """Mean foreground Dice over whole cases, and per label value (one sliding-window pass, no mirroring).
+    """Mean foreground Dice over whole cases, and per class index (one sliding-window pass, no mirroring).
+
+    Each case is scored as the project's evaluation scores it (:func:`~ModelSelectorLib.evaluation.metrics.
+    dice_per_label`: 1.0 when both prediction and truth lack a label); a label that no case's truth holds cannot
+    be measured on these cases and is left out (not counted as 0).
 
     Args:
+        items: preprocessed cases, ``{"image": (1, x, y[, z]) float32, "label": (1, x, y[, z]) class indices}``.
+        n_classes: network outputs (background included); labels ``1..n_classes-1`` are scored.
         loss_fn: when given, also the mean loss over the whole cases (``"loss"``).
         mode, overlap: sliding-window blending and overlap.
 
     Returns:
-        ``{"dice": mean over labels, "per_label": {value: dice}}`` (+ ``"loss"`` with ``loss_fn``).
+        ``{"dice": mean over the measured labels (0.0 when none is), "per_label": {class index: mean Dice over
+        cases}}`` (+ ``"loss"`` with ``loss_fn``).
     """
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
 
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    from ..evaluation.metrics import dice_per_label
+
+    values = list(range(1, int(n_classes)))
+    scores: dict[int, list[float]] = {v: [] for v in values}
+    present: set[int] = set()
     losses = []
     network.eval()
     with torch.inference_mode():
         for item in items:
             x = torch.from_numpy(item["image"])[None].to(device)
             logits = sliding_window_inference(x, list(roi), 4, network, overlap=overlap, mode=mode)
-            pred = logits.argmax(1, keepdim=True)
-            y = torch.from_numpy(item["label"].astype(np.int64))[None].to(device)
             if loss_fn is not None:
+                y = torch.from_numpy(item["label"].astype(np.int64))[None].to(device)
                 losses.append(float(loss_fn(logits, y)))
-            metric(one_hot(pred, n_classes), one_hot(y, n_classes))
-    per = metric.aggregate().cpu().numpy()
-    metric.reset()
-    per_label = {v + 1: (float(d) if np.isfinite(d) else 0.0) for v, d in enumerate(per)}
-    out: dict[str, Any] = {"dice": float(np.mean(list(per_label.values()))), "per_label": per_label}
+            pred = logits.argmax(1)[0].cpu().numpy()
+            truth = np.asarray(item["label"][0])
+            present |= {int(v) for v in np.unique(truth)}
+            for v, d in dice_per_label(pred, truth, values).items():
+                scores[v].append(d)
+    per_label = {v: float(np.mean(scores[v])) for v in values if v in present and scores[v]}
+    out: dict[str, Any] = {"dice": float(np.mean(list(per_label.values()))) if per_label else 0.0,
+                           "per_label": per_label}  # fmt: skip
     if losses:
         out["loss"] = float(np.mean(losses))
     return out

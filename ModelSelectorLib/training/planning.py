@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..datasets.msd import MSDDataset
-from ..errors import TrainingError
+from ..errors import DatasetError, TrainingError
 from ..io.image import IMAGE_2D_SUFFIXES
 from .config import MIN_POOLED_SIZE, TrainConfig
 
@@ -114,6 +114,24 @@ def canonical_geometry(path: os.PathLike[str] | str) -> tuple[tuple[float, ...],
     return tuple(float(spacing[i]) for i in order), tuple(int(size[i]) for i in order)
 
 
+def check_dimensions(dataset: MSDDataset, indices: Sequence[int]) -> None:
+    """Refuse cases of two kinds: a model takes 2D images or 3D volumes, not both (headers only).
+
+    Raises:
+        DatasetError: naming one 2D and one 3D case.
+    """
+    first: dict[int, Path] = {}
+    for i in indices:
+        path = Path(dataset.training[i]["image"])
+        first.setdefault(len(canonical_geometry(path)[0]), path)
+    if len(first) > 1:
+        (low, a), (high, b) = sorted(first.items())[:2]
+        raise DatasetError(
+            f"{dataset.root}: mixes {low}D and {high}D cases (e.g. {a.name} is {low}D, {b.name} {high}D); a model takes "
+            "one kind, so list only one kind in dataset.json (or make two datasets)."
+        )
+
+
 @dataclasses.dataclass
 class Plan:
     """Input grid and patch of a model (:func:`plan_training`).
@@ -147,6 +165,7 @@ def plan_training(dataset: MSDDataset, indices: Sequence[int], config: TrainConf
 
     Spacing: ``config.target_spacing`` or the median spacing; patch: ``config.roi_size`` with its planned
     axes (:attr:`TrainConfig.planned_axes`) from the median shape at that spacing (:func:`plan_patch`)."""
+    check_dimensions(dataset, indices)
     geo = [canonical_geometry(dataset.training[i]["image"]) for i in indices]
     spacings = np.asarray([g[0] for g in geo], dtype=float)
     sizes = np.asarray([g[1] for g in geo], dtype=float)

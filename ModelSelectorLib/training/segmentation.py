@@ -26,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import atomic
+from ..datasets.labelmaps import align_label, class_indices, is_identity, to_class_indices
 from ..datasets.msd import MSDDataset, load_msd
 from ..errors import TrainingError
 from ..io.geometry import CANONICAL_AXCODES
@@ -40,7 +41,7 @@ from .augmentation import flip_axes, mirror_axes
 from .config import CURVE_FILE, TRAIN_CONFIG_FILE, TrainConfig, intensity_settings
 from .fitting import fit, run_peak_memory_mb, training_device
 from .networks import build_network, network_def
-from .planning import Plan, plan_training
+from .planning import Plan, check_dimensions, plan_training
 from .validation import choose_postprocessing, evaluate_cases, summarize_cases
 
 
@@ -55,34 +56,66 @@ def split_cases(n: int, val_fraction: float, seed: int) -> tuple[list[int], list
 def load_cases(
     dataset: MSDDataset, indices: Sequence[int], spacing: Sequence[float], intensity: dict[str, Any]
 ) -> list[dict[str, np.ndarray]]:
-    """Preprocess cases: ``{"image": (1, x, y, z) float32, "label": (1, x, y, z) uint8}`` on the canonical grid."""
+    """Preprocess cases: ``{"image": (1, x, y, z) float32, "label": (1, x, y, z) uint8}`` on the canonical grid.
+
+    The label's values become class indices ``0..K`` (:func:`~ModelSelectorLib.datasets.labelmaps.class_indices`
+    of ``dataset.json``'s labels), and a label whose geometry differs from its image's is first put on the image's
+    grid (:func:`~ModelSelectorLib.datasets.labelmaps.align_label`).
+
+    Raises:
+        DatasetError: a label file holds an undeclared value, or its header does not place it on its image.
+    """
+    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
     items = []
     for i in indices:
         case = dataset.training[i]
         image = read_image(case["image"])
         label = read_image(case["label"], check_content=False)
-        if label.size != image.size:
-            raise TrainingError(f"{case['label']}: size {label.size} differs from its image's {image.size}.")
+        classes = label.with_array(to_class_indices(label.array, mapping, case["label"]))
+        classes = align_label(classes, image, case["label"], case["image"])
         arr, grid = preprocess(image, spacing, intensity, CANONICAL_AXCODES)
-        lab = resample_label(label.with_array(label.array.astype(np.uint8)), grid)
+        lab = resample_label(classes, grid)
         items.append({"image": arr[None], "label": lab[None], "case": str(case["image"])})
     return items
 
 
 def dataset_labels(dataset: MSDDataset) -> list[dict[str, Any]]:
+    """The card's labels: one per declared foreground label, valued by its class index ``1..K`` (what the network
+    outputs and the runtime writes), with the dataset's name, colour and terminology (looked up by the dataset's
+    own value)."""
     colors = dataset.raw.get("colors") or {}
     terms = dataset.raw.get("terminology") or {}
+    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
     out = []
     for value, name in sorted(dataset.foreground_labels.items()):
+        index = mapping[value]
         lb: dict[str, Any] = {
-            "value": value,
+            "value": index,
             "name": name,
-            "color": [float(c) for c in colors.get(str(value), default_color(value))],
+            "color": [float(c) for c in colors.get(str(value), default_color(index))],
         }
         if str(value) in terms:
             lb["terminology"] = terms[str(value)]
         out.append(lb)
     return out
+
+
+def training_data_text(dataset: MSDDataset, n_train: int, n_val: int) -> str:
+    """The card's ``training_data``: the dataset, its case counts, how its label values became the model's (when
+    they differ) and its description."""
+    counts = f"{dataset.name} ({dataset.root.name}): {n_train} training / {n_val} validation cases"
+    return "; ".join(t for t in (counts, label_values_text(dataset), dataset.description.strip()) if t)
+
+
+def label_values_text(dataset: MSDDataset) -> str:
+    """How the card's label values relate to the dataset's, for its ``training_data`` text: ``""`` when they are
+    the same, else e.g. ``"label values in the data 255 (lungs) are the model's 1"``."""
+    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    if is_identity(mapping):
+        return ""
+    fg = sorted(dataset.foreground_labels.items())
+    return (f"label values in the data {', '.join(f'{v} ({n})' for v, n in fg)} are the model's "
+            f"{', '.join(str(mapping[v]) for v, _ in fg)}")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -111,12 +144,13 @@ def prepare_run(
 ) -> PreparedRun:  # fmt: skip
     """Plan (on the training cases), preprocess the cases and define the network."""
     modality = (modality or dataset.modality_code).upper()
+    check_dimensions(dataset, [*train_idx, *val_idx])
     plan = plan_training(dataset, train_idx, config)
     intensity = intensity_settings(config, modality)
     labels = dataset_labels(dataset)
     spatial_dims = len(plan.roi_size)
     flips = flip_axes(config, [lb["name"] for lb in labels], spatial_dims)
-    n_classes = max(dataset.labels) + 1
+    n_classes = len(class_indices(dataset.labels, dataset.root / "dataset.json"))
     net_def = network_def(config, spatial_dims, n_classes, plan.roi_size, plan.spacing)
     train_items = load_cases(dataset, train_idx, plan.spacing, intensity)
     val_items = load_cases(dataset, val_idx, plan.spacing, intensity)
@@ -130,6 +164,14 @@ def run_fingerprint(config: TrainConfig, dataset: MSDDataset, train_idx: Sequenc
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _measured_labels(items: list[dict[str, Any]], names: dict[int, str]) -> dict[int, str]:
+    """The labels of ``names`` that at least one of ``items``' labels holds (the others cannot be scored there)."""
+    present: set[int] = set()
+    for it in items:
+        present |= {int(v) for v in np.unique(it["label"])}
+    return {v: n for v, n in names.items() if v in present}
+
+
 def applied_metrics(
     network: Any, run: PreparedRun, res: Any, config: TrainConfig, cancel: Optional[Any] = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,26 +180,34 @@ def applied_metrics(
     With test-time mirroring or post-processing the figures are those of the model as it is applied
     (:func:`~.validation.evaluate_cases`), and the largest-component post-processing is chosen per label on
     these validation cases (``config.postprocess``; both figures are recorded); otherwise the validation
-    Dice that :func:`~.fitting.fit` measured."""
+    Dice that :func:`~.fitting.fit` measured. Labels that no validation case holds are not measured (left out of
+    the figures and the mean). Without validation cases the figure is the training cases' Dice, recorded as
+    ``training_dice`` (no held-out ``dice``)."""
     roi, spacing, names = run.plan.roi_size, run.plan.spacing, run.label_names
     inference = {"sw_mode": config.sw_mode, "overlap": float(config.sw_overlap),
                  "mirror_axes": mirror_axes(config, run.flips, roi), "keep_largest_component": []}  # fmt: skip
     best = res.best or {"dice": 0.0, "per_label": {}}
-    metrics: dict[str, Any] = {"dice": round(best["dice"], 4)}
+    metrics: dict[str, Any] = {"dice": round(best["dice"], 4)} if best["per_label"] else {}
     metrics.update({f"dice_{names.get(v, v)}": round(d, 4) for v, d in best["per_label"].items()})
-    if run.val_items and (inference["mirror_axes"] or config.postprocess != "none"):
-        per_case = evaluate_cases(network, run.val_items, roi, run.n_classes, inference, spacing, names,
+    measured = _measured_labels(run.val_items, names)
+    if measured and (inference["mirror_axes"] or config.postprocess != "none"):
+        per_case = evaluate_cases(network, run.val_items, roi, run.n_classes, inference, spacing, measured,
                                   config.device, cancel, surface=False)  # fmt: skip
         lcc, figures = choose_postprocessing(per_case, config.postprocess)
-        inference["keep_largest_component"] = [v for v, n in names.items() if n in lcc]
+        inference["keep_largest_component"] = [v for v, n in measured.items() if n in lcc]
         metrics = {"dice": summarize_cases(per_case, lcc)["dice"]}
         metrics.update(
             {f"dice_{n}": round(f["dice_lcc"] if n in lcc else f["dice"], 4) for n, f in figures.items()}
         )
         metrics["postprocessing"] = {n: {"without_lcc": round(f["dice"], 4), "with_lcc": round(f["dice_lcc"], 4)}
                                      for n, f in figures.items()}  # fmt: skip
+    if run.val_items and len(measured) < len(names):
+        metrics["not_measured"] = ", ".join(n for v, n in names.items() if v not in measured)
     metrics["validation_cases"] = len(run.val_items)
-    metrics["weights"] = "last epoch" if config.keep == "last" else "best validation epoch"
+    if not run.val_items:  # fit scored the training cases: not a held-out figure
+        metrics = {("training_" + k if k.startswith("dice") else k): v for k, v in metrics.items()}
+    kept = "best validation epoch" if run.val_items else "best training-Dice epoch"
+    metrics["weights"] = "last epoch" if config.keep == "last" else kept
     return inference, metrics
 
 
@@ -177,6 +227,7 @@ def _add_to_zoo(
                  "training_cases": [Path(it["case"]).name for it in run.train_items],
                  "validation_cases": [Path(it["case"]).name for it in run.val_items],
                  "flip_axes": list(run.flips) if config.augment else [],
+                 "label_values": {str(i): v for v, i in class_indices(run.dataset.labels).items() if v},
                  "training_time_s": res.seconds, "resumed_from_epoch": res.resumed_from,
                  "threads": torch.get_num_threads()}  # fmt: skip
         atomic.write_json(bundle_dir / CURVE_FILE, curve)
@@ -264,8 +315,7 @@ def train_segmentation(
         target_spacing=[float(v) for v in spacing],
         intensity=run.intensity,
         roi_size=[int(r) for r in roi],
-        training_data=f"{dataset.name} ({dataset.root.name}): {len(train_idx)} training / {len(val_idx)} validation "
-        f"cases; {dataset.description}".strip(),
+        training_data=training_data_text(dataset, len(train_idx), len(val_idx)),
         n_training_cases=len(train_idx),
         validation_metrics=metrics,
         seed=int(config.seed),
@@ -294,10 +344,12 @@ __all__ = [
     "dataset_labels",
     "flip_axes",
     "intensity_settings",
+    "label_values_text",
     "load_cases",
     "network_def",
     "prepare_run",
     "run_fingerprint",
     "split_cases",
     "train_segmentation",
+    "training_data_text",
 ]

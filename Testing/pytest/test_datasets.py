@@ -191,3 +191,139 @@ def test_synthetic_msd_round_trips_geometry(tmp_path):
     back = read_image(root / "imagesTr" / "case_000.nii.gz")
     assert back.same_geometry(img)
     assert np.allclose(back.array, img.array)
+
+
+# --- label values and label geometry (datasets.labelmaps) ------------------------------------------------
+def _relabelled_msd(
+    tmp_path: Path, values: dict[int, int], declared: dict[str, str], n_cases: int = 2
+) -> Path:
+    """A small synthetic MSD folder whose label files hold ``values[v]`` where the synthetic label is ``v``."""
+    from ModelSelectorLib.io import read_image, write_image
+
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=n_cases, profile="ct", seed=3, shape=(10, 14, 14))
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    for case in meta["training"]:
+        lab = read_image(root / case["label"], check_content=False)
+        out = np.zeros(lab.array.shape, np.uint16)
+        for v, new in values.items():
+            out[lab.array == v] = new
+        write_image(lab.with_array(out), root / case["label"])
+    meta["labels"] = declared
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    "values, declared",
+    [
+        ({1: 255, 2: 255}, {"0": "background", "255": "body"}),  # a 0/255 mask
+        ({1: 1, 2: 5}, {"0": "background", "1": "sphere", "5": "box"}),
+        ({1: 1, 2: 300}, {"0": "background", "1": "sphere", "300": "box"}),  # above uint8
+    ],
+)
+def test_training_targets_are_consecutive_class_indices(tmp_path, values, declared):
+    from ModelSelectorLib.training.segmentation import dataset_labels, load_cases
+
+    dataset = load_msd(_relabelled_msd(tmp_path, values, declared))
+    item = load_cases(dataset, [0], (2.0, 2.0, 3.0), {"mode": "ct"})[0]
+    n_fg = len(declared) - 1
+    assert sorted(np.unique(item["label"]).tolist()) == list(range(n_fg + 1))
+    labels = dataset_labels(dataset)
+    assert [lb["value"] for lb in labels] == list(range(1, n_fg + 1))
+    assert [lb["name"] for lb in labels] == [declared[k] for k in sorted(declared, key=int) if k != "0"]
+
+
+def test_a_label_value_dataset_json_does_not_declare_is_named(tmp_path):
+    from ModelSelectorLib.training.segmentation import load_cases
+
+    root = _relabelled_msd(tmp_path, {1: 1, 2: 2}, {"0": "background", "1": "sphere"})
+    with pytest.raises(
+        DatasetError, match=r"case_000\.nii\.gz: holds label value\(s\) 2 that dataset.json"
+    ) as e:
+        load_cases(load_msd(root), [0], (2.0, 2.0, 3.0), {"mode": "ct"})
+    assert "\n" not in str(e.value)
+
+
+def test_more_than_255_labels_are_refused():
+    from ModelSelectorLib.datasets.labelmaps import class_indices
+
+    assert class_indices({0: "bg", 255: "lungs"}) == {0: 0, 255: 1}
+    assert len(class_indices({v: f"l{v}" for v in range(256)})) == 256
+    with pytest.raises(DatasetError, match="declares 256 foreground labels; a model here has at most 255"):
+        class_indices({v: f"l{v}" for v in range(257)})
+
+
+def _flipped(label):
+    from ModelSelectorLib.io import Image
+
+    d = label.direction_matrix() @ np.diag([-1.0, -1.0, 1.0])
+    return Image(label.array, label.spacing, label.origin, tuple(d.ravel()), dict(label.meta))
+
+
+def _cropped(label):
+    """``label`` stored on the smallest box around its foreground (as Slicer saves a .seg.nrrd): same physical labels."""
+    from ModelSelectorLib.io import Image
+
+    z, y, x = (np.flatnonzero(np.any(label.array, axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    lo = np.array([x[0], y[0], z[0]], float)
+    sub = label.array[z[0] : z[-1] + 1, y[0] : y[-1] + 1, x[0] : x[-1] + 1]
+    origin = label.ijk_to_lps() @ np.append(lo, 1.0)
+    return Image(sub, label.spacing, tuple(origin[:3]), label.direction, dict(label.meta))
+
+
+def test_a_label_on_another_grid_is_aligned_when_it_lands_on_the_image_and_refused_otherwise():
+    from ModelSelectorLib.datasets.labelmaps import align_label
+
+    image, label = make_synthetic_case(5, shape=(12, 20, 20))
+    cropped = _cropped(label)
+    assert cropped.size != image.size
+    back = align_label(cropped, image, "crop.seg.nrrd")
+    assert back.same_geometry(image) and np.array_equal(back.array, label.array)
+    assert align_label(label, image, "same.nii.gz") is label
+    with pytest.raises(DatasetError, match="flip.nii.gz: .* do not place it on the image") as e:
+        align_label(_flipped(label), image, "flip.nii.gz")
+    assert "\n" not in str(e.value)
+
+
+def test_training_takes_a_cropped_label_and_refuses_a_flipped_one(tmp_path):
+    from ModelSelectorLib.io import read_image, write_image
+    from ModelSelectorLib.training.segmentation import load_cases
+
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=2, profile="ct", seed=3, shape=(10, 14, 14))
+    dataset = load_msd(root)
+    before = load_cases(dataset, [0, 1], (2.0, 2.0, 3.0), {"mode": "ct"})
+    label0, label1 = (read_image(dataset.training[i]["label"], check_content=False) for i in (0, 1))
+    write_image(_cropped(label0), dataset.training[0]["label"])
+    after = load_cases(dataset, [0], (2.0, 2.0, 3.0), {"mode": "ct"})
+    assert np.array_equal(after[0]["label"], before[0]["label"])
+    write_image(_flipped(label1), dataset.training[1]["label"])
+    with pytest.raises(DatasetError, match=r"case_001\.nii\.gz: .*origin/direction/spacing do not place it"):
+        load_cases(dataset, [1], (2.0, 2.0, 3.0), {"mode": "ct"})
+
+
+def test_evaluation_aligns_the_truth_as_training_does():
+    from ModelSelectorLib.evaluation.segmentation import evaluate_segmentation
+
+    _, label = make_synthetic_case(5, shape=(12, 20, 20))
+    prediction = label.with_array(label.array.astype(np.uint8))
+    res = evaluate_segmentation(prediction, _cropped(label), {1: "sphere", 2: "box"}, "crop.seg.nrrd")
+    assert res["dice"] == pytest.approx(1.0)
+    with pytest.raises(DatasetError, match="flip.nii.gz: .*do not place it on the image"):
+        evaluate_segmentation(prediction, _flipped(label), {1: "sphere", 2: "box"}, "flip.nii.gz")
+
+
+def test_a_dataset_mixing_2d_and_3d_cases_is_refused_before_planning(tmp_path):
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.training.config import TrainConfig
+    from ModelSelectorLib.training.planning import plan_training
+
+    root = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=3, shape=(10, 14, 14))
+    dataset = load_msd(root)
+    for key in ("image", "label"):  # case 1 becomes its middle slice, a 2D image
+        sitk.WriteImage(sitk.ReadImage(str(dataset.training[1][key]))[:, :, 5], str(dataset.training[1][key]))
+    assert len(plan_training(dataset, [0, 2], TrainConfig()).spacing) == 3
+    with pytest.raises(
+        DatasetError, match=r"mixes 2D and 3D cases \(e.g. case_001.nii.gz is 2D, case_000.nii.gz 3D\)"
+    ):
+        plan_training(dataset, [0, 1, 2], TrainConfig())

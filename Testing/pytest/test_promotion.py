@@ -192,13 +192,35 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
     assert res["accepted"] and Zoo(zoo).current("disks") == "0.1.1"
     # the retrained bundle's folder is gone; the history names its recipe instead
     source = Zoo(zoo).version_info("disks")["source"]
-    cases = f"{10 - len(test_ids)} cases of {models['msd'].resolve()}"
+    cases = f"{10 - len(test_ids)} cases of {models['msd'].resolve()} ({len(test_ids)} test case(s) left out)"
     assert source == f"retrained on {cases} with epochs=8, lr=0.01"
     assert Zoo(zoo).history("disks")[-1]["candidate"] == source
     curve = json.loads((Zoo(zoo).get("disks") / "docs" / "training_curve.json").read_text(encoding="utf-8"))
     seen = {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]}
     assert len(seen) == 10 - len(test_ids) and not seen & test_ids  # every case but the test cases
     assert Zoo(zoo).card("disks").validation_metrics["validation_cases"] == len(test_ids)
+
+
+def test_retrain_on_a_new_copy_of_the_data_leaves_the_test_cases_out_by_case_id(models, tmp_path):
+    """A fresh export of the data (another folder, same case files plus new ones) never trains on the test cases:
+    they are recognised by case id, not by path, and the gate is not refused for them."""
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+    fresh = tmp_path / "export"
+    shutil.copytree(models["msd"], fresh)
+    test_ids = {c["id"] for c in json.loads(models["split"].read_text(encoding="utf-8"))["cases"]}
+    res = retrain(zoo, "disks", fresh, models["split"], {"epochs": 1})
+    assert (
+        f"retrained on {10 - len(test_ids)} cases of {fresh.resolve()} ({len(test_ids)} test case(s) left out)"
+        in (res["candidate_bundle"])
+    )
+    if res["accepted"]:
+        curve = json.loads(
+            (Zoo(zoo).get("disks") / "docs" / "training_curve.json").read_text(encoding="utf-8")
+        )
+        assert not {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]} & test_ids
 
 
 def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):

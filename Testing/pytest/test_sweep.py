@@ -80,6 +80,18 @@ def test_splits_are_fixed_and_disjoint(tmp_path):
         make_split(msd, tmp_path / "w")
 
 
+def test_a_split_of_0_255_masks_names_the_models_label_values_and_how_the_files_hold_them(tmp_path):
+    """Models output labels 1..K; the split says so, and how the label files' values map to them."""
+    msd = make_disk_msd(tmp_path / "msd", n_cases=6)
+    meta = json.loads((msd / "dataset.json").read_text(encoding="utf-8"))
+    meta["labels"] = {"0": "background", "255": "disk"}
+    (msd / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    _, _, test_file = make_split(msd, tmp_path / "w", test_fraction=0.34, seed=0)
+    split = read_split(test_file)
+    assert split["labels"] == {1: "disk"} and split["label_values"] == {"255": 1}
+    assert all(c["label_values"] == {255: 1} for c in split["cases"])
+
+
 def _write_sweep(path: Path) -> Path:
     import yaml
 

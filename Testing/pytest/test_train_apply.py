@@ -465,3 +465,96 @@ def test_lateral_labels_stay_on_their_side_through_augmentation():
             lab = np.asarray(patch["label"])[0]
             assert (lab[:8] == 1).all() and (lab[8:] == 2).all()
     set_determinism(seed=None)
+
+
+# --- label values, validation figures -------------------------------------------------------------------
+class _Oracle(torch.nn.Module):
+    """Logits that put each voxel in the class its input value names (the input holds the answer)."""
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0].round().long(), self.n_classes).movedim(-1, 1).float()
+
+
+def test_validation_dice_leaves_out_a_label_no_case_holds():
+    """A label absent from every validation case cannot be measured: it is not a 0 that halves the mean."""
+    from ModelSelectorLib.training.fitting import validate
+
+    lab = np.zeros((1, 8, 8, 8), np.uint8)
+    lab[0, 2:5, 2:5, 2:5] = 1
+    items = [{"image": lab.astype(np.float32), "label": lab}]
+    res = validate(_Oracle(3), items, (8, 8, 8), 3, "cpu")
+    assert res["per_label"] == {1: pytest.approx(1.0)} and res["dice"] == pytest.approx(1.0)
+
+
+def _msd_with_values(root, values, declared):
+    """Synthetic MSD folder (3 small cases) whose label files hold ``values[v]`` where the synthetic label is ``v``."""
+    import json
+
+    from ModelSelectorLib.io import read_image
+
+    msd = make_synthetic_msd(root, n_cases=3, profile="ct", seed=0, shape=(12, 16, 16))
+    meta = json.loads((msd / "dataset.json").read_text(encoding="utf-8"))
+    for case in meta["training"]:
+        lab = read_image(msd / case["label"], check_content=False)
+        out = np.zeros(lab.array.shape, np.uint16)
+        for v, new in values.items():
+            out[lab.array == v] = new
+        write_image(lab.with_array(out), msd / case["label"])
+    meta["labels"] = declared
+    (msd / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    return msd
+
+
+TINY_RUN = dict(channels=(4, 8), epochs=1, batch_size=1, num_samples=1, roi_size=(8, 8, 8),
+                target_spacing=(3.0, 3.0, 3.0), augment=False, seed=0, num_threads=2)  # fmt: skip
+
+
+def test_a_model_of_label_values_1_and_300_has_one_output_per_label(tmp_path):
+    import json
+
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
+    from ModelSelectorLib.zoo import load_bundle
+
+    msd = _msd_with_values(tmp_path / "msd", {1: 1, 2: 300}, {"0": "background", "1": "sphere", "300": "box"})
+    bundle = train_segmentation(msd, "big", tmp_path / "zoo", TrainConfig(**TINY_RUN))
+    card = load_bundle(bundle).card
+    assert [(lb["value"], lb["name"]) for lb in card.labels] == [(1, "sphere"), (2, "box")]
+    weights = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert [t.shape[0] for t in weights.values() if t.ndim > 1][-1] == 3  # background, sphere, box
+    assert {k for k in card.validation_metrics if k.startswith("dice_")} <= {"dice_sphere", "dice_box"}
+    assert "300 (box)" in card.training_data
+    curve = json.loads((bundle / "docs" / "training_curve.json").read_text(encoding="utf-8"))
+    assert curve["label_values"] == {"1": 1, "2": 300}
+
+
+def test_without_validation_cases_the_card_shows_no_validation_dice(tmp_path):
+    from ModelSelectorLib.models import runtime_class
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
+    from ModelSelectorLib.zoo import load_bundle
+
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=2, profile="ct", seed=0, shape=(12, 16, 16))
+    bundle = train_segmentation(msd, "allcases", tmp_path / "zoo", TrainConfig(**TINY_RUN, val_fraction=0.0))
+    card = load_bundle(bundle).card
+    metrics = card.validation_metrics
+    assert "dice" not in metrics and "training_dice" in metrics and metrics["validation_cases"] == 0
+    assert runtime_class("segmentation").held_out(card) is None
+
+
+def test_evaluation_maps_the_label_files_values_to_the_models(tmp_path):
+    """A split of data labelled 1 and 5 scores a model whose outputs are 1 and 2 on the same structures."""
+    from ModelSelectorLib.evaluation.segmentation import evaluate_bundle
+
+    image, truth = make_synthetic_case(2001, profile="ct", shape=(24, 32, 32), spacing=(1.2, 1.2, 3.0))
+    write_image(image, tmp_path / "img.nii.gz")
+    write_image(
+        truth.with_array(np.where(truth.array == 2, 5, truth.array).astype(np.uint8)), tmp_path / "lab.nii.gz"
+    )
+    case = {"id": "c", "image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    mapped = evaluate_bundle(
+        oracle_bundle(), [{**case, "label_values": {1: 1, 5: 2}}], {1: "sphere", 2: "box"}
+    )
+    assert mapped[0]["dice_sphere"] > 0.9 and mapped[0]["dice_box"] > 0.6  # 0 unmapped: the files say 5
