@@ -111,15 +111,17 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_moved_aside(target: PathLike) -> bool:
+def restore_moved_aside(target: PathLike, locked: bool = False) -> bool:
     """Put back the folder that a killed :func:`atomic_dir` had moved aside (``.NAME.old-PID``) when ``target``
-    is missing and process PID is gone. Returns whether a folder was put back."""
+    is missing and process PID is gone (``locked``: the caller holds the folder's :func:`writer_lock`, so no
+    live writer can be between the renames, whatever process now has that number). Returns whether a folder
+    was put back."""
     target = Path(target)
     if target.exists() or target.is_symlink():
         return False
     for old in sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*")):
         pid = old.name.rsplit("-", 1)[-1]
-        if old.is_dir() and not old.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+        if old.is_dir() and not old.is_symlink() and pid.isdigit() and (locked or not _alive(int(pid))):
             os.replace(old, target)
             return True
     return False
@@ -211,7 +213,7 @@ def remove_leftovers(folder: PathLike) -> list[Path]:
         return removed
     for p in sorted(folder.glob(".*.old-*")):
         if p.is_dir() and not p.is_symlink():
-            restore_moved_aside(folder / p.name[1:].rsplit(".old-", 1)[0])
+            restore_moved_aside(folder / p.name[1:].rsplit(".old-", 1)[0], locked=True)
     for p in folder.iterdir():
         name = p.name
         if p.is_file() and not p.is_symlink() and name.startswith(".tmp-"):

@@ -65,6 +65,25 @@ def _shown(values: list[float]) -> str:
     return text + (f" and {len(values) - 5} more" if len(values) > 5 else "")
 
 
+def as_label_map(label: Image, path: PathLike) -> Image:
+    """``label`` with one value per voxel: a mask saved as a grey RGB(A) picture (equal colour channels; the
+    alpha channel ignored) keeps its first channel.
+
+    Raises:
+        DatasetError: the colour channels differ, so the file is a colour picture, not a label map.
+    """
+    if not label.is_multicomponent:
+        return label
+    array = np.asarray(label.array)
+    colours = array[..., : min(array.shape[-1], 3)]
+    if not (colours == colours[..., :1]).all():
+        raise DatasetError(
+            f"{path}: a colour picture, where a label map (one value per pixel, e.g. 0 and 255 in grey) is needed; "
+            "save the mask in grey."
+        )
+    return label.with_array(array[..., 0])
+
+
 def to_class_indices(array: np.ndarray, mapping: Mapping[int, int], path: PathLike) -> np.ndarray:
     """``array``'s label values replaced by their class indices.
 
@@ -178,6 +197,7 @@ __all__ = [
     "MAX_CLASSES",
     "MAX_LOST_FOREGROUND",
     "align_label",
+    "as_label_map",
     "class_indices",
     "is_identity",
     "outside_fraction",

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..datasets.labelmaps import align_label, remap_values
+from ..datasets.labelmaps import align_label, as_label_map, remap_values
 from ..errors import InputError
 from ..io.image import Image, read_image
 from ..models.segmentation import apply_model
@@ -178,9 +178,7 @@ def evaluate_bundle(
     for case in progress_bar(list(cases), desc=desc):
         check_cancel(cancel)
         image = read_image(case["image"])
-        truth = read_image(case["label"], check_content=False)
-        if truth.is_multicomponent:
-            truth = truth.to_grayscale()
+        truth = as_label_map(read_image(case["label"], check_content=False), case["label"])
         # a split of data whose label values are not the model's 1..K says how they map (``label_values``)
         truth = truth.with_array(
             remap_values(np.asarray(truth.array), case.get("label_values")).astype(np.int32)

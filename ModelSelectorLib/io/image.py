@@ -401,6 +401,11 @@ def _check_channels(img: sitk.Image, path: Path) -> None:
     n = img.GetNumberOfComponentsPerPixel()
     if n == 1:
         return
+    if path.name.lower().endswith(".seg.nrrd"):
+        raise InputError(
+            f"{path}: a segmentation of {n} overlapping layers, where one label map is needed; export it as a "
+            "label map (Slicer: Segmentations > Export to label map) or keep segments that do not overlap."
+        )
     colour = img.GetPixelID() in _COLOUR_PIXELS and (
         n in (3, 4) or (n == 2 and _suffix(path) in IMAGE_2D_SUFFIXES)
     )

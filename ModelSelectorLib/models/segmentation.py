@@ -41,7 +41,16 @@ from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime, to_image_layout
 from .bnstats import BNStatHooks
 from .monai_workflow import MONAI_RUN_USAGE, workflow_sections
-from .preprocessing import background_value, effective_intensity, normalize_intensity, preprocess
+from .preprocessing import (
+    Unreproducible,
+    background_value,
+    effective_intensity,
+    normalize_intensity,
+    plain_value,
+    preprocess,
+    section_transforms,
+    transform_name,
+)
 from .registry import register_runtime
 
 #: the bottleneck-feature statistics of a bundle's example inputs, stored beside its prototypes
@@ -49,19 +58,26 @@ FEATURE_STATS_FILE = "feature_stats.npz"
 
 
 def axcodes_of(bundle: Any) -> str:
-    """Orientation codes from the bundle's preprocessing (``Orientationd``; a plain ``@name`` of a top-level
-    item is looked up, as ``zoo add`` read it), default ``RAS``."""
+    """Orientation codes of the bundle's first enabled ``Orientation(d)`` in its preprocessing, read as ``zoo add``
+    read it (:func:`~.preprocessing.read_preprocessing`: any spelling of the transform, a ``Compose`` or a list,
+    plain ``@name`` references); default ``RAS``."""
     config = getattr(bundle, "config", None) or {}
-    pre = config.get("preprocessing") if isinstance(config, dict) else None
-    for t in (
-        pre.get("transforms", []) if isinstance(pre, dict) and isinstance(pre.get("transforms"), list) else []
-    ):
-        if isinstance(t, dict) and str(t.get("_target_", "")).rstrip("dD").endswith("Orientation"):
-            codes = "RAS" if t.get("as_closest_canonical") is True else t.get("axcodes")
-            if isinstance(codes, str) and codes.startswith("@"):
-                codes = config.get(codes[1:])
-            if isinstance(codes, str) and len(codes) == 3:
-                return codes.upper()
+    try:
+        items = section_transforms(config, "preprocessing") if isinstance(config, dict) else []
+    except Unreproducible:
+        return CANONICAL_AXCODES
+    for t in items:
+        if not isinstance(t, dict) or transform_name(t.get("_target_")) != "Orientation":
+            continue
+        try:
+            if plain_value(t.get("_disabled_", False), config, "_disabled_"):
+                continue
+            canonical = plain_value(t.get("as_closest_canonical", False), config, "as_closest_canonical")
+            codes = "RAS" if canonical is True else plain_value(t.get("axcodes"), config, "axcodes")
+        except Unreproducible:
+            continue
+        if isinstance(codes, str) and len(codes) == 3:
+            return codes.upper()
     return CANONICAL_AXCODES
 
 

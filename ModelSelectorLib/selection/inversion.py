@@ -26,6 +26,7 @@ from ..errors import BundleError, InputError
 from ..io.geometry import CANONICAL_AXCODES, axcodes_direction
 from ..io.image import Image
 from ..models.bnstats import BNStatHooks
+from ..models.preprocessing import effective_intensity
 from ..models.registry import runtime_for
 from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import load_bundle
@@ -89,28 +90,43 @@ def _tv(x: Any) -> Any:
     return torch.stack(terms).mean() if terms else x.new_zeros(())
 
 
-def _intensity_range(intensity: Optional[dict[str, Any]]) -> tuple[float, float, float]:
-    """``(low, high, centre)`` of the network's normalised input intensities for an intensity mode."""
-    mode = (intensity or {}).get("mode", "mr")
-    if mode in ("ct", "percentile"):
-        return 0.0, 1.0, 0.5
+def _output_range(intensity: dict[str, Any]) -> tuple[float, float]:
+    """``(b_min, b_max)``: where a range or percentile normalisation puts its input range (default 0, 1)."""
+    return float(intensity.get("b_min", 0.0)), float(intensity.get("b_max", 1.0))
+
+
+def _intensity_range(
+    intensity: Optional[dict[str, Any]], modality: Optional[str] = None
+) -> tuple[float, float, float]:
+    """``(low, high, centre)`` of the network's normalised input intensities for the card's normalisation
+    (:func:`~ModelSelectorLib.models.preprocessing.effective_intensity` of its ``intensity`` and modality)."""
+    intensity = effective_intensity(intensity, modality)
+    if intensity.get("mode", "mr") in ("ct", "percentile"):
+        b_min, b_max = _output_range(intensity)
+        return min(b_min, b_max), max(b_min, b_max), (b_min + b_max) / 2
     return -3.0, 5.0, 0.0
 
 
-def denormalize(array: np.ndarray, intensity: Optional[dict[str, Any]]) -> np.ndarray:
-    """Map a network-normalised array back to image units (the inverse of ``infer.normalize_intensity``).
+def denormalize(
+    array: np.ndarray, intensity: Optional[dict[str, Any]], modality: Optional[str] = None
+) -> np.ndarray:
+    """Map a network-normalised array back to image units (the inverse of ``normalize_intensity`` for the card's
+    ``intensity`` and ``modality``, :func:`~ModelSelectorLib.models.preprocessing.effective_intensity`).
 
-    ``ct``: ``v * (a_max - a_min) + a_min`` (HU). ``percentile``: ``v * 1000``. ``mr`` (z-scores, whose
-    scale is lost): the 0.5-99.5 % range mapped linearly to 0-1000, clipped at 0.
+    ``ct``: ``[b_min, b_max]`` (default ``[0, 1]``) back to ``[a_min, a_max]`` (HU). ``percentile``: ``[b_min,
+    b_max]`` to 0-1000. ``mr`` (z-scores, whose scale is lost): the 0.5-99.5 % range mapped linearly to 0-1000,
+    clipped at 0.
     """
-    mode = (intensity or {}).get("mode", "mr")
+    intensity = effective_intensity(intensity, modality)
+    mode = intensity.get("mode", "mr")
     a = np.asarray(array, dtype=np.float32)
-    if mode == "ct":
-        a_min = float(intensity.get("a_min", -1000.0))
-        a_max = float(intensity.get("a_max", 1000.0))
-        return a * (a_max - a_min) + a_min
-    if mode == "percentile":
-        return a * 1000.0
+    if mode in ("ct", "percentile"):
+        b_min, b_max = _output_range(intensity)
+        unit = (a - b_min) / (b_max - b_min if b_max != b_min else 1.0)
+        if mode == "percentile":
+            return unit * 1000.0
+        a_min, a_max = float(intensity.get("a_min", -1000.0)), float(intensity.get("a_max", 1000.0))
+        return unit * (a_max - a_min) + a_min
     lo, hi = np.percentile(a, (0.5, 99.5))
     return np.clip((a - lo) / max(float(hi - lo), 1e-6) * 1000.0, 0.0, None).astype(np.float32)
 
@@ -247,7 +263,7 @@ def synthesize_inputs(
     shape = [int(s) for s in (size or card.roi_size or [64] * nd)]
     if len(shape) != nd:
         raise BundleError(f"{card.name}: size {shape} does not match the model's {nd} spatial dimensions.")
-    lo, hi, centre = _intensity_range(card.intensity)
+    lo, hi, centre = _intensity_range(card.intensity, card.modality)
     t0 = time.monotonic()
     gen = torch.Generator().manual_seed(int(seed))
     was_training = network.training
@@ -296,5 +312,7 @@ def _to_images(arr: np.ndarray, card: Any) -> list[Image]:
     for i in range(len(arr)):
         a = np.ascontiguousarray(arr[i].transpose(tuple(range(nd))[::-1]))  # (x, y[, z]) -> (z, y, x)
         meta = {"synthetic": True, "origin": "data-free", "model": card.name, "source": f"synthesised-{i}"}
-        images.append(Image(denormalize(a, card.intensity), spacing, (0.0,) * nd, direction, meta))
+        images.append(
+            Image(denormalize(a, card.intensity, card.modality), spacing, (0.0,) * nd, direction, meta)
+        )
     return images

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import atomic
-from ..datasets.labelmaps import align_label, class_indices, is_identity, to_class_indices
+from ..datasets.labelmaps import align_label, as_label_map, class_indices, is_identity, to_class_indices
 from ..datasets.msd import MSDDataset, load_msd
 from ..errors import TrainingError
 from ..io.geometry import CANONICAL_AXCODES
@@ -70,7 +70,7 @@ def load_cases(
     for i in indices:
         case = dataset.training[i]
         image = read_image(case["image"])
-        label = read_image(case["label"], check_content=False)
+        label = as_label_map(read_image(case["label"], check_content=False), case["label"])
         classes = label.with_array(to_class_indices(label.array, mapping, case["label"]))
         classes = align_label(classes, image, case["label"], case["image"])
         arr, grid = preprocess(image, spacing, intensity, CANONICAL_AXCODES)

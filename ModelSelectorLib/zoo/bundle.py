@@ -34,7 +34,7 @@ from ..models.preprocessing import (
 )
 from ..models.registry import guess_task_type, runtime_class
 from .card import MODALITIES, ModelCard, default_color, safe_name
-from .trust import buildable_config, recorded_trust
+from .trust import buildable_config, check_no_compiled_code, recorded_trust
 
 PathLike = Union[str, Path]
 
@@ -202,9 +202,13 @@ def instantiate_network(
     except BundleError as e:
         raise BundleError(f"{path / INFERENCE_FILE}: {e}") from e
     parser["bundle_root"] = str(path)
+    if trust:
+        check_no_compiled_code(path)
     added = trust and str(path) not in sys.path
     if added:
         sys.path.insert(0, str(path))
+    writes_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = writes_bytecode or bool(trust)  # nothing unchecked is left in the bundle
     try:
         net = parser.get_parsed_content(key, instantiate=True)
     except Exception as e:  # MONAI wraps every failure of the target in RuntimeError/other types
@@ -214,6 +218,7 @@ def instantiate_network(
         first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
         raise BundleError(f"{path}: the network in inference.json could not be built ({first}).") from e
     finally:
+        sys.dont_write_bytecode = writes_bytecode
         if added:
             sys.path.remove(str(path))
     import torch
@@ -518,8 +523,10 @@ def write_card(path: PathLike, card: ModelCard) -> None:
     if isinstance(old, dict) and (meta.get("name"), meta.get("version")) != (card.name, card.version):
         was = f"{meta.get('name', '?')} {meta.get('version', '?')}"
         meta["name"], meta["version"] = card.name, card.version
-        changelog = meta.get("changelog") if isinstance(meta.get("changelog"), dict) else {}
-        meta["changelog"] = {card.version: f"{card.name} {card.version}, made from {was}", **changelog}
+        changelog = dict(meta["changelog"]) if isinstance(meta.get("changelog"), dict) else {}
+        text = f"{card.name} {card.version}, made from {was}"
+        earlier = changelog.pop(card.version, None)  # the same version renamed: both texts, the new one last
+        meta["changelog"] = {card.version: f"{earlier}; {text}" if earlier else text, **changelog}
     meta.setdefault("name", card.name)
     atomic.write_json(path / METADATA_FILE, meta)
     readme = path / README_FILE

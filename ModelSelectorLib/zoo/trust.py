@@ -70,8 +70,8 @@ FETCH_ARGUMENTS = ("pretrained", "pretrained_url", "weights", "checkpoint", "pat
 
 _HINT = (
     "an untrusted network is built only from allow-listed MONAI/torch classes and plain values; if you trust the "
-    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (trust=True in Python), which the zoo "
-    "records for that version"
+    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (trust=True in Python), which your trust "
+    "store records for exactly its present files"
 )
 _COMPONENT_KEYS = ("_target_", "_mode_", "_disabled_", "_requires_", "_desc_")
 
@@ -222,12 +222,44 @@ def buildable_config(config: dict[str, Any], key: str) -> dict[str, Any]:
     return out
 
 
-def trust_digest(bundle: Union[str, Path]) -> str:
-    """SHA-256 of what a trusted bundle may run: its config files but ``metadata.json`` (whose model card the zoo
-    rewrites) and every Python file in it, with their paths."""
+#: files a bundle may not hold when it is built trusted: code that cannot be read before it runs
+COMPILED_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll")
+#: what a trust digest leaves out: data the zoo itself writes or that is never run (weights load weights-only)
+_UNHASHED = (
+    "configs/metadata.json",
+    "models/model.pt",
+    ".modelselector-pending",
+)  # the last: zoo.catalog's mark
+_UNHASHED_FOLDERS = ("docs", "prototypes")
+
+
+def check_no_compiled_code(bundle: Union[str, Path]) -> None:
+    """Refuse to build ``bundle`` trusted while it holds compiled code (``.pyc`` in ``__pycache__``, ``.so``):
+    Python would import it in place of, or beside, the source the user trusted.
+
+    Raises:
+        BundleError: naming the first such file and what to do.
+    """
     root = Path(bundle)
-    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and (
-        p.suffix == ".py" or (p.parent == root / "configs" and p.name != "metadata.json"))]  # fmt: skip
+    found = next((p for p in sorted(root.rglob("*")) if p.name == "__pycache__" or p.suffix in COMPILED_SUFFIXES),
+                 None)  # fmt: skip
+    if found is not None:
+        raise BundleError(
+            f"{found}: a bundle built with trust may hold only source code, and this is compiled code that cannot "
+            "be checked; delete it (and every __pycache__ folder) and add the bundle again."
+        )
+
+
+def trust_digest(bundle: Union[str, Path]) -> str:
+    """SHA-256 of everything a trusted bundle may run or read while it is built, with the paths: every file but
+    ``configs/metadata.json`` (whose model card the zoo rewrites), ``models/model.pt`` (loaded weights-only) and
+    the ``docs`` and ``prototypes`` folders the zoo writes."""
+    root = Path(bundle)
+    files = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel not in _UNHASHED and rel.split("/")[0] not in _UNHASHED_FOLDERS:
+            files.append(p)
     h = hashlib.sha256()
     for p in sorted(files):
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
@@ -290,6 +322,7 @@ __all__ = [
     "ALLOWED_NETWORKS",
     "FETCH_ARGUMENTS",
     "buildable_config",
+    "check_no_compiled_code",
     "TRUST_STORE_ENV",
     "recorded_trust",
     "remember_trust",

@@ -461,6 +461,24 @@ def test_trust_still_builds_custom_code(tmp_path):
     with pytest.raises(BundleError, match="untrusted config at 'network_def::spatial_dims'"):
         load_bundle(bundle)
     assert load_bundle(bundle, trust=True).network is not None
+    assert not list(bundle.rglob("__pycache__"))  # building it trusted leaves no compiled code behind
+
+
+def test_a_trusted_build_refuses_compiled_code_the_trust_never_saw(tmp_path):
+    """Python imports a bundle's __pycache__/*.pyc (or a .so) in place of the source the user trusted; the
+    trust digest covers every file the build may read, and compiled files are refused."""
+    from ModelSelectorLib.zoo import load_bundle
+    from ModelSelectorLib.zoo.trust import remember_trust, trust_digest
+
+    bundle = bad.edit_inference(bad.tiny_bundle(tmp_path / "src"), lambda c: c["network_def"].update(
+        spatial_dims="$1 + 2"))  # fmt: skip
+    digest = remember_trust(bundle, "tiny")
+    assert load_bundle(bundle).network is not None  # trusted as it is
+    (bundle / "scripts" / "__pycache__").mkdir(parents=True)
+    (bundle / "scripts" / "__pycache__" / "net.cpython-311.pyc").write_bytes(b"not what was trusted")
+    assert trust_digest(bundle) != digest
+    with pytest.raises(BundleError, match="compiled code that cannot be checked; delete it"):
+        load_bundle(bundle, trust=True)
 
 
 # --- standard MONAI bundles: run as their authors meant, or refused in one line ----------------------------
@@ -622,8 +640,8 @@ def test_a_symbolic_patch_shape_takes_the_inferers_roi_size_or_is_refused(tmp_pa
 
 def test_trust_given_at_zoo_add_is_recorded_and_honoured_by_apply(tmp_path, monkeypatch):
     """`zoo add --trust` of a network computed by an expression: apply and the other commands, which have no
-    --trust, load the zoo's copy as it was trusted by this user; a copy of the zoo elsewhere and a config edited
-    afterwards are not trusted."""
+    --trust, load the zoo's copy as it was trusted by this user; the same zoo for a user who never trusted it
+    and a config edited afterwards are not trusted."""
     import shutil
 
     from ModelSelectorLib.apply import open_runtime

@@ -546,3 +546,38 @@ def test_a_card_whose_labels_do_not_match_the_network_outputs_is_refused(tmp_pat
     meta_file.write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(BundleError, match=r"labels end at value 2 but the network has 2 output channels"):
         load_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    "preprocessing, axcodes",
+    [
+        ({"_target_": "Compose", "transforms": [{"_target_": "OrientationDict", "keys": "image", "axcodes": "LPS"}]}, "LPS"),
+        ([{"_target_": "monai.transforms.Orientationd", "keys": "image", "axcodes": "@codes"}], "LPS"),
+        ("@pre", "LPS"),
+        ([{"_target_": "Orientationd", "keys": "image", "axcodes": "LPS", "_disabled_": True}], "RAS"),
+        ([{"_target_": "Orientationd", "keys": "image", "axcodes": "$'LPS'"}], "RAS"),
+    ],
+)  # fmt: skip
+def test_the_runtime_orients_as_zoo_add_read_the_bundle(preprocessing, axcodes):
+    """apply used to find Orientationd only as a literal item of a Compose's list: an OrientationDict, a list, a
+    reference or a disabled item that zoo add accepted ran in RAS, flipped against what the bundle asks."""
+    from types import SimpleNamespace
+
+    from ModelSelectorLib.models.segmentation import axcodes_of
+
+    pre = [{"_target_": "Orientationd", "keys": "image", "axcodes": "LPS"}]
+    config = {"preprocessing": preprocessing, "codes": "LPS", "pre": pre}
+    assert axcodes_of(SimpleNamespace(config=config)) == axcodes
+
+
+def test_a_renamed_bundle_keeps_both_changelog_texts_of_its_version(tmp_path):
+    from ModelSelectorLib.zoo.bundle import read_metadata, write_card
+
+    bundle = make_bundle(tmp_path)
+    card = validate_bundle(bundle)
+    write_card(bundle, ModelCard.from_dict({**card.to_dict(), "name": "liver2"}))
+    meta = read_metadata(bundle)
+    assert meta["name"] == "liver2" and meta["version"] == card.version
+    assert meta["changelog"][card.version].endswith(
+        f"; liver2 {card.version}, made from liver_ct {card.version}"
+    )

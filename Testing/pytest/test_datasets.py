@@ -327,3 +327,19 @@ def test_a_dataset_mixing_2d_and_3d_cases_is_refused_before_planning(tmp_path):
         DatasetError, match=r"mixes 2D and 3D cases \(e.g. case_001.nii.gz is 2D, case_000.nii.gz 3D\)"
     ):
         plan_training(dataset, [0, 1, 2], TrainConfig())
+
+
+def test_a_mask_saved_as_a_grey_rgb_picture_is_a_label_map_and_a_colour_one_is_refused():
+    """A 0/255 mask saved as RGB(A) became a label of 3 channels for an image of one."""
+    from ModelSelectorLib.datasets.labelmaps import as_label_map
+    from ModelSelectorLib.io import Image
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:4, 3:6] = 255
+    rgba = np.stack([mask, mask, mask, np.full_like(mask, 255)], axis=-1)
+    label = as_label_map(Image(rgba, (0.5, 0.5), (1.0, 2.0), (1.0, 0.0, 0.0, 1.0)), "mask.png")
+    np.testing.assert_array_equal(label.array, mask)
+    assert label.spacing == (0.5, 0.5) and label.origin == (1.0, 2.0)
+    rgba[..., 1] = 0
+    with pytest.raises(DatasetError, match="mask.png: a colour picture, where a label map"):
+        as_label_map(Image(rgba, (0.5, 0.5), (1.0, 2.0), (1.0, 0.0, 0.0, 1.0)), "mask.png")

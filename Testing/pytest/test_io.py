@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -360,3 +362,23 @@ def test_a_folder_written_as_dot_replaces_the_current_folder(tmp_path, monkeypat
         (tmp / "summary.html").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["here"]
     assert (tmp_path / "here" / "summary.html").read_text() == "new"
+
+
+def test_a_segmentation_of_overlapping_layers_is_refused_as_a_label(tmp_path, oblique_image):
+    """A Slicer .seg.nrrd of 3 or 4 layers passed as an RGB(A) picture and was turned to grey."""
+    layers = [sitk.Cast(oblique_image.to_sitk() > 50, sitk.sitkUInt8) for _ in range(3)]
+    sitk.WriteImage(sitk.Compose(layers), str(tmp_path / "layers.seg.nrrd"))
+    with pytest.raises(InputError, match="a segmentation of 3 overlapping layers.* export it as a label map"):
+        read_image(tmp_path / "layers.seg.nrrd", check_content=False)
+
+
+def test_cleanup_under_the_lock_puts_back_a_folder_whatever_process_has_its_number(tmp_path):
+    """Process numbers are reused after a restart: under the lock a moved-aside folder whose target is missing
+    is put back even when a live process has the number in its name (here this test's parent)."""
+    from ModelSelectorLib import atomic
+
+    aside = tmp_path / f".prototypes.old-{os.getppid()}"
+    aside.mkdir()
+    (aside / "v").write_text("old")
+    assert atomic.remove_leftovers(tmp_path) == []
+    assert (tmp_path / "prototypes" / "v").read_text() == "old" and not aside.exists()

@@ -270,3 +270,18 @@ def test_stored_records_keep_sources_relative_to_the_data_folder(zoo, data):
     generate_for_model(zoo, MODEL, data_free=0, encoder=StubEncoder("b"), data_roots=[data])
     records = json.loads((zoo.get(MODEL) / "prototypes" / "prototypes.json").read_text(encoding="utf-8"))
     assert {r["source"] for r in records["rows"]} == {"mr/case0.nii.gz", "mr/case1.nii.gz"}
+
+
+def test_data_free_inputs_come_back_in_the_units_the_card_normalises():
+    """A CT card without an intensity block is normalised with the CT window (not a z-score), and an imported
+    card may scale to [b_min, b_max]: the synthesised inputs are mapped back to Hounsfield units either way."""
+    from ModelSelectorLib.models.preprocessing import normalize_intensity
+    from ModelSelectorLib.selection.inversion import _intensity_range, denormalize
+
+    hu = np.array([-1000.0, -200.0, 0.0, 40.0, 400.0, 1000.0], np.float32)
+    for intensity, modality in ((None, "CT"), ({"mode": "ct", "a_min": -1000.0, "a_max": 1000.0, "b_min": -1.0,
+                                                "b_max": 1.0}, "CT")):  # fmt: skip
+        net_input = normalize_intensity(hu, intensity, modality)
+        lo, hi, _ = _intensity_range(intensity, modality)
+        assert lo <= net_input.min() and net_input.max() <= hi
+        np.testing.assert_allclose(denormalize(net_input, intensity, modality), hu, atol=0.05)
