@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides --config)")
     p.add_argument("--modality", help="modality code of the card (default: from dataset.json)")
     p.add_argument("--body-region", help="body region of the card, e.g. ABDOMEN (default: from dataset.json)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        help="folder for a checkpoint written after every epoch: a run stopped (Ctrl-C, a crash) and started again "
+        "with the same settings, cases and --work continues from its last epoch (default: no checkpoint)",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.segmentation import TrainConfig, train_segmentation
 
     check_output_folder(args.out)
+    if args.work is not None:
+        check_output_folder(args.work, "--work")
     settings = read_settings_file(args.config, example="epochs: 50") if args.config else {}
     for key, value in (("epochs", args.epochs), ("architecture", args.arch), ("seed", args.seed),
                        ("device", args.device)):  # fmt: skip
@@ -46,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
             settings[key] = value
     config = TrainConfig.from_dict(settings)
     path = train_segmentation(args.dataset, args.name, args.out, config, modality=args.modality,
-                              body_region=args.body_region)  # fmt: skip
+                              body_region=args.body_region, work_dir=args.work)  # fmt: skip
     print(path)
     return 0

@@ -305,12 +305,21 @@ def test_cli_train_adds_new_version(trained, tmp_path, capsys):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("channels: [4, 8]\nroi_size: [16, 16, 16]\ntarget_spacing: [3.0, 3.0, 3.0]\n"
                    "batch_size: 1\nnum_samples: 1\naugment: true\nmax_cases: 3\nnum_threads: 2\n")  # fmt: skip
-    rc = main(["train", "--dataset", str(msd), "--name", "synth_ct", "--out", str(zoo_path),
-               "--config", str(cfg), "--epochs", "1", "--arch", "unet", "--seed", "1"])  # fmt: skip
-    assert rc == 0
+    argv = ["train", "--dataset", str(msd), "--name", "synth_ct", "--out", str(zoo_path), "--config", str(cfg),
+            "--epochs", "1", "--arch", "unet", "--seed", "1", "--work", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
     zoo = Zoo(zoo_path)
     assert set(zoo.versions("synth_ct")) == {"0.1.0", "0.1.1"}
     assert zoo.card("synth_ct").seed == 1
+    assert [p.name for p in (tmp_path / "work").iterdir()]  # the checkpoint a stopped run resumes from
+    import json
+
+    # the same run again continues from the checkpoint instead of training from the first epoch
+    assert main(argv) == 0
+    curve = json.loads(
+        (Zoo(zoo_path).get("synth_ct") / "docs" / "training_curve.json").read_text(encoding="utf-8")
+    )
+    assert curve["resumed_from_epoch"] == 1
 
 
 def test_training_on_a_device_that_is_not_there_is_refused_before_any_work(trained, tmp_path):
