@@ -112,15 +112,20 @@ def to_class_indices(array: np.ndarray, mapping: Mapping[int, int], path: PathLi
     return lut[np.searchsorted(keys, np.asarray(array).astype(np.int64))]
 
 
-def remap_values(array: np.ndarray, mapping: Optional[Mapping[int, int]]) -> np.ndarray:
-    """``array`` with each value of ``mapping``'s keys replaced by its value and every other value by 0 (a
-    reference label file in the class indices a model outputs); ``array`` itself when ``mapping`` is empty."""
+def remap_values(
+    array: np.ndarray, mapping: Optional[Mapping[int, int]], path: PathLike = "the label"
+) -> np.ndarray:
+    """``array`` with each value of ``mapping``'s keys (the split's ``label_values``) replaced by its value, 0
+    staying background (a reference label file in the class indices a model outputs); ``array`` itself when
+    ``mapping`` is empty.
+
+    Raises:
+        DatasetError: the file holds a value the mapping does not name (it is never scored as background).
+    """
     if not mapping:
         return array
-    out = np.zeros(np.asarray(array).shape, np.int32)
-    for value, index in mapping.items():
-        out[np.asarray(array) == int(value)] = int(index)
-    return out
+    classes = to_class_indices(array, {0: 0, **{int(k): int(v) for k, v in mapping.items()}}, path)
+    return classes.astype(np.int32)
 
 
 def _numbers(values: tuple[float, ...]) -> str:

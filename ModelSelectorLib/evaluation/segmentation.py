@@ -181,7 +181,7 @@ def evaluate_bundle(
         truth = as_label_map(read_image(case["label"], check_content=False), case["label"])
         # a split of data whose label values are not the model's 1..K says how they map (``label_values``)
         truth = truth.with_array(
-            remap_values(np.asarray(truth.array), case.get("label_values")).astype(np.int32)
+            remap_values(np.asarray(truth.array), case.get("label_values"), case["label"]).astype(np.int32)
         )
         pred = apply_model(loaded, image, device=device, cancel=cancel)
         truth = align_label(truth, pred, case["label"], case["image"])  # the prediction has the image's grid

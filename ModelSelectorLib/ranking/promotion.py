@@ -445,9 +445,39 @@ def _stage(src: Path, dest: Path, task: str, version: str, tested: Optional[dict
         metrics = runtime_class(card.task_type).test_metrics(
             tested["means"], tested["n_cases"], tested["protocol"]
         )
-        fields["validation_metrics"] = {**card.validation_metrics, **metrics}
+        fields["validation_metrics"] = {**_own_validation(card.validation_metrics, metrics), **metrics}
     write_card(dest, ModelCard.from_dict(fields))
     return dest
+
+
+def _check_same_labels(dataset: Any, card: Any, current: str) -> None:
+    """Refuse, before training, new data whose labels would come out of the network in another order or with
+    other names than ``card``'s (class indices follow the order of the data's label values).
+
+    Raises:
+        DatasetError: naming both lists and what to change.
+    """
+    from ..training.segmentation import dataset_labels
+
+    new = [(int(lb["value"]), str(lb["name"])) for lb in dataset_labels(dataset)]
+    old = [(int(lb["value"]), str(lb["name"])) for lb in card.labels]
+    if new != old:
+        raise DatasetError(
+            f"{dataset.root}: its labels come out of a network as {', '.join(f'{v} {n}' for v, n in new)}, and "
+            f"{current}'s as {', '.join(f'{v} {n}' for v, n in old)} (a model's outputs follow the order of the "
+            "data's label values); number the labels in dataset.json in the same order and with the same names."
+        )
+
+
+def _own_validation(validation: dict[str, Any], tested: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's own validation figures beside the gate's test figures ``tested``: those of a tested metric's
+    family that the test does not replace (``dice_lungs`` beside a test ``dice``) are kept as
+    ``validation_dice_lungs``, so that no card shows a test mean next to a validation figure of the same name."""
+    out = {}
+    for key, value in validation.items():
+        stale = key not in tested and any(key.startswith(f"{m}_") or key == m for m in tested)
+        out[f"validation_{key}" if stale else key] = value
+    return out
 
 
 def restore(zoo_dir: PathLike, task: str, version: Optional[str] = None) -> dict[str, Any]:
@@ -531,6 +561,7 @@ def retrain(
         base.pop("version", None)
     config = TrainConfig.from_dict({**base, **(settings or {})})
     dataset = load_msd(dataset_dir)
+    _check_same_labels(dataset, zoo.card(task), f"{task} {zoo.current(task)}")
     keep = [c for c in dataset.training if not _is_test_case(c, split_data["cases"])]
     left_out = len(dataset.training) - len(keep)
     if len(keep) < 2:

@@ -343,3 +343,14 @@ def test_a_mask_saved_as_a_grey_rgb_picture_is_a_label_map_and_a_colour_one_is_r
     rgba[..., 1] = 0
     with pytest.raises(DatasetError, match="mask.png: a colour picture, where a label map"):
         as_label_map(Image(rgba, (0.5, 0.5), (1.0, 2.0), (1.0, 0.0, 0.0, 1.0)), "mask.png")
+
+
+def test_evaluation_never_scores_an_undeclared_truth_value_as_background():
+    """A 0/1 mask among 0/255 ones was scored Dice 0 (its 1 taken for background) instead of being named."""
+    from ModelSelectorLib.datasets.labelmaps import remap_values
+
+    np.testing.assert_array_equal(remap_values(np.array([0, 255, 255]), {"255": 1}, "a.png"), [0, 1, 1])
+    with pytest.raises(
+        DatasetError, match=r"b\.png: holds label value\(s\) 1 that dataset.json does not declare"
+    ):
+        remap_values(np.array([0, 1, 1]), {"255": 1}, "b.png")

@@ -359,3 +359,33 @@ def test_a_promotion_is_refused_when_the_task_changed_while_it_was_evaluated(mod
                                        r"now 0\.1\.0, the gate compared with 0\.1\.1\); run promote again"):  # fmt: skip
         promote(zoo, "disks", models["good"], models["split"])
     assert Zoo(zoo).versions("disks") == ["0.1.0", "0.1.1"] and Zoo(zoo).current("disks") == "0.1.0"
+
+
+def test_a_promoted_card_never_shows_a_test_mean_beside_a_validation_figure_of_its_name():
+    """The card of a one-label model showed the gate's test dice next to the candidate's validation dice_lungs."""
+    from ModelSelectorLib.ranking.promotion import _own_validation
+
+    validation = {"dice": 0.49, "dice_lungs": 0.49, "hd95": 7.0, "validation_cases": 4, "weights": "best"}
+    tested = {"dice": 0.41, "validation_cases": 6, "held_out": "test split"}
+    assert {**_own_validation(validation, tested), **tested} == {
+        "dice": 0.41, "validation_dice_lungs": 0.49, "hd95": 7.0, "validation_cases": 6, "weights": "best",
+        "held_out": "test split",
+    }  # fmt: skip
+
+
+def test_retrain_refuses_data_whose_labels_come_out_in_another_order_before_training(models, tmp_path):
+    """New data numbering the same structures otherwise trained fully and was refused only then."""
+    from ModelSelectorLib.errors import DatasetError
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+    renamed = tmp_path / "renamed"
+    shutil.copytree(models["msd"], renamed)
+    meta = json.loads((renamed / "dataset.json").read_text(encoding="utf-8"))
+    (value, name), *_ = [(k, v) for k, v in meta["labels"].items() if str(k) != "0"]
+    meta["labels"][value] = f"{name} renamed"
+    (renamed / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DatasetError, match="number the labels in dataset.json in the same order"):
+        retrain(zoo, "disks", renamed, models["split"], {"epochs": 1})
+    assert Zoo(zoo).versions("disks") == ["0.1.0"]
