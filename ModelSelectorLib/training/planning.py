@@ -180,13 +180,19 @@ def plan_training(dataset: MSDDataset, indices: Sequence[int], config: TrainConf
         or (len(s) == 2 and set(s) == {1.0})
         for i, s in zip(indices, spacings.tolist())
     )
-    planned = config.planned_axes if config.roi_size is not None else tuple(range(len(spacing)))
-    if config.roi_size is not None and len(config.roi_size) != len(spacing):
-        raise TrainingError(f"target_spacing {spacing} and roi_size {config.roi_size} differ in dimension.")
+    roi_size = config.roi_size
+    if roi_size is not None and len(roi_size) != len(spacing):
+        if tuple(roi_size) != TrainConfig.__dataclass_fields__["roi_size"].default:
+            raise TrainingError(
+                f"roi_size {tuple(roi_size)} has {len(roi_size)} values for {len(spacing)}D images; give "
+                f"{len(spacing)} values, or leave roi_size out to plan the patch from the data."
+            )
+        roi_size = None  # the default patch is a volume's: plan the patch of 2D images from their shape
+    planned = config.planned_axes if roi_size is not None else tuple(range(len(spacing)))
     if not planned:
-        roi = tuple(int(r) for r in config.roi_size)
+        roi = tuple(int(r) for r in roi_size)
     else:
-        fixed = [0] * len(spacing) if config.roi_size is None else [max(int(r), 0) for r in config.roi_size]
+        fixed = [0] * len(spacing) if roi_size is None else [max(int(r), 0) for r in roi_size]
         levels = len(config.channels) if config.architecture == "dynunet" else 0
         if config.architecture == "unet":  # MONAI UNet pools every axis at every level
             need = 2 ** (len(config.channels) - 1)

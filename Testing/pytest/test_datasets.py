@@ -354,3 +354,33 @@ def test_evaluation_never_scores_an_undeclared_truth_value_as_background():
         DatasetError, match=r"b\.png: holds label value\(s\) 1 that dataset.json does not declare"
     ):
         remap_values(np.array([0, 1, 1]), {"255": 1}, "b.png")
+
+
+def test_a_2d_dataset_trained_with_the_default_patch_gets_a_2d_patch_planned(tmp_path):
+    """The default roi_size is a volume's (64, 64, 32): 2D images without a config failed with "target_spacing
+    and roi_size differ in dimension"; a roi_size the user gave of the wrong length names the remedy."""
+    from ModelSelectorLib.errors import TrainingError
+    from ModelSelectorLib.io import Image, write_image
+    from ModelSelectorLib.training.config import TrainConfig
+    from ModelSelectorLib.training.planning import plan_training
+
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / sub).mkdir()
+    cases = []
+    for i in range(3):
+        picture = np.random.default_rng(i).normal(size=(80, 96)).astype(np.float32)
+        write_image(
+            Image(picture, (0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)), tmp_path / "imagesTr" / f"c{i}.nrrd"
+        )
+        mask = Image((picture > 1).astype(np.uint8), (0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+        write_image(mask, tmp_path / "labelsTr" / f"c{i}.nrrd")
+        cases.append({"image": f"./imagesTr/c{i}.nrrd", "label": f"./labelsTr/c{i}.nrrd"})
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "pics", "modality": {"0": "DX"}, "labels": {
+        "0": "background", "1": "spot"}, "training": cases, "numTraining": 3}))  # fmt: skip
+    dataset = load_msd(tmp_path)
+    plan = plan_training(dataset, [0, 1, 2], TrainConfig())
+    assert len(plan.roi_size) == 2 and len(plan.spacing) == 2
+    with pytest.raises(
+        TrainingError, match=r"roi_size \(32, 32, 8\) has 3 values for 2D images; give 2 values"
+    ):
+        plan_training(dataset, [0, 1, 2], TrainConfig(roi_size=(32, 32, 8)))
