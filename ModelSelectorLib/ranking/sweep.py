@@ -294,8 +294,14 @@ def make_split(
     dataset = load_msd(dataset_dir)
     work = Path(work_dir)
     test_file, selection_file, train_dir = work / TEST_SPLIT, work / SELECTION_SPLIT, work / "train"
+    # the split names the labels as the models output them (1..K); ``label_values`` maps the files' values to them
+    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    labels = {str(mapping[v]): name for v, name in sorted(dataset.foreground_labels.items())}
+    values = {} if is_identity(mapping) else {"label_values": {str(v): i for v, i in mapping.items() if v}}
     if test_file.is_file() and (train_dir / "dataset.json").is_file():
-        check_earlier_split(test_file, read_split(test_file).get("dataset"), dataset.root, [selection_file])
+        kept = read_split(test_file)
+        check_earlier_split(test_file, kept.get("dataset"), dataset.root, [selection_file])
+        _check_kept_labels(test_file, kept, labels, values.get("label_values", {}))
         return train_dir, selection_file, test_file
     n = len(dataset.training)
     if n < 4:
@@ -315,10 +321,6 @@ def make_split(
     raw["description"] = (f"{dataset.description} (sweep training part; {n_test} test and {n_sel} selection "
                           "cases held out)").strip()  # fmt: skip
     atomic.write_json(train_dir / "dataset.json", raw)
-    # the split names the labels as the models output them (1..K); ``label_values`` maps the files' values to them
-    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
-    labels = {str(mapping[v]): name for v, name in sorted(dataset.foreground_labels.items())}
-    values = {} if is_identity(mapping) else {"label_values": {str(v): i for v, i in mapping.items() if v}}
     for path, idx, fraction, purpose in (
         (
             selection_file,
@@ -339,6 +341,22 @@ def make_split(
             path, dataset.root, cases, labels, seed, purpose=purpose, fraction=float(fraction), **values
         )
     return train_dir, selection_file, test_file
+
+
+def _check_kept_labels(
+    test_file: Path, kept: dict[str, Any], labels: dict[str, str], values: dict[str, int]
+) -> None:
+    """Refuse, before any training, a kept split that names the labels otherwise than the models will output
+    them (e.g. one written before label values were mapped to 1..K): its cases would be scored against the wrong
+    values."""
+    said = {str(k): str(v) for k, v in (kept.get("labels") or {}).items()}
+    said_values = {str(k): int(v) for k, v in (kept.get("label_values") or {}).items()}
+    if said != labels or said_values != {str(k): int(v) for k, v in values.items()}:
+        raise DatasetError(
+            f"{test_file}: names the labels {said} (label values {said_values or 'as in the files'}), and this "
+            f"sweep's models output {labels} (label values {values or 'as in the files'}); start a new sweep "
+            "(another --out zoo or task name) so that the split is drawn again."
+        )
 
 
 def case_id(path: PathLike) -> str:

@@ -90,6 +90,13 @@ def test_a_split_of_0_255_masks_names_the_models_label_values_and_how_the_files_
     split = read_split(test_file)
     assert split["labels"] == {1: "disk"} and split["label_values"] == {"255": 1}
     assert all(c["label_values"] == {255: 1} for c in split["cases"])
+    assert make_split(msd, tmp_path / "w", test_fraction=0.34, seed=0)[2] == test_file  # kept as it is
+    # a split written before label values were mapped (the files' 255 as the label) is refused before training
+    old = json.loads(test_file.read_text(encoding="utf-8"))
+    old.pop("label_values")
+    test_file.write_text(json.dumps({**old, "labels": {"255": "disk"}}), encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"names the labels \{'255': 'disk'\}.* start a new sweep"):
+        make_split(msd, tmp_path / "w", test_fraction=0.34, seed=0)
 
 
 def _write_sweep(path: Path) -> Path:
