@@ -393,8 +393,13 @@ class SegmentationRuntime(TaskRuntime):
     @classmethod
     def describe_fit(cls, signals: dict[str, float]) -> str:
         text = (
-            f"verify: feature statistics fit {signals['fit']:.2f} (batch-norm KL {signals['kl']:.2f}), output "
-            f"confidence {signals['confidence']:.2f}, foreground {signals['foreground']:.1%}"
+            f"verify: feature statistics fit {signals['fit']:.2f} "
+            + (
+                f"(batch-norm KL {signals['kl']:.2f})"
+                if math.isfinite(signals["kl"])
+                else "(no batch-norm layer)"
+            )
+            + f", output confidence {signals['confidence']:.2f}, foreground {signals['foreground']:.1%}"
         )
         if "feature_distance" in signals:
             text += (

@@ -53,7 +53,7 @@ from .bundle import (
     write_card,
 )
 from .card import ModelCard
-from .trust import remember_trust
+from .trust import recorded_trust, remember_trust
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -309,6 +309,7 @@ class Zoo:
                 else "no such bundle folder"
             )
             raise BundleError(f"{src}: {what}.")
+        trust = trust or recorded_trust(src)  # files the user trusted already (e.g. a promoted copy of them)
         card = self._card_for(src, name, modality, body_region, trust)
         with self.writing() as data:
             if card.version in data["models"].get(card.name, {}).get("versions", {}):

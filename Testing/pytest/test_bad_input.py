@@ -661,6 +661,8 @@ def test_trust_given_at_zoo_add_is_recorded_and_honoured_by_apply(tmp_path, monk
     assert (
         open_runtime(zoo, "spleen").network is not None and load_bundle(zoo.get("spleen")).network is not None
     )
+    # files the user trusted go into another zoo without --trust (as promote adds its copy of a candidate)
+    assert Zoo.create(tmp_path / "next").add(zoo.get("spleen"))["name"] == "spleen"
     # the trust is the user's, not the zoo's: a copy of the zoo on a machine whose user never trusted it
     copied = Zoo(shutil.copytree(zoo.path, tmp_path / "copied"))
     monkeypatch.setenv("MODELSELECTOR_TRUST_STORE", str(tmp_path / "another user" / "trusted.json"))
