@@ -539,6 +539,9 @@ def write_card(path: PathLike, card: ModelCard) -> None:
 
 
 # --- standard MONAI bundles -----------------------------------------------------------------------------
+#: how an imported bundle's card names the code that made it (the MONAI version its metadata gives)
+IMPORTED_CODE_VERSION = "monai "
+
 #: names of an output channel 0 that is the background of a segmentation (the others are labels)
 BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "other", "others", "none", "unlabeled",
                               "unlabelled", "void", "clear label"})  # fmt: skip
@@ -709,7 +712,7 @@ def import_monai_bundle(
         task_type=task_type, modality=modality, body_region=body_region, labels=labels, input_channels=1,
         spatial_dims=dims, roi_size=roi, target_spacing=pre["target_spacing"], intensity=pre["intensity"],
         inference=inferer or None, training_data=str(meta.get("data_source", "")),
-        license=str(meta.get("license") or ""), code_version=f"monai {meta.get('monai_version', '?')}",
+        license=str(meta.get("license") or ""), code_version=f"{IMPORTED_CODE_VERSION}{meta.get('monai_version', '?')}",
     )  # fmt: skip
     try:
         card.validate()

@@ -506,6 +506,9 @@ def test_an_imported_bundle_runs_with_its_own_preprocessing(tmp_path):
     assert (
         card.intensity == {"mode": "ct", "a_min": -57.0, "a_max": 164.0} and card.inference["overlap"] == 0.5
     )
+    # its card gives no command of ours to run it with MONAI: its own config reads what its authors chose
+    card_part = (zoo.get("spleen") / "docs" / "README.md").read_text(encoding="utf-8").split("\n---\n")[0]
+    assert "## Use" in card_part and "monai.bundle run" not in card_part
     hu = np.random.default_rng(0).choice([-500.0, 20.0, 40.0, 70.0, 200.0], size=(20, 24, 28))
     labels = open_runtime(zoo, "spleen").predict(Image.from_sitk(_ct_volume(hu))).value.array
     assert np.array_equal(np.asarray(labels).reshape(hu.shape) == 1, hu > 53.5)
