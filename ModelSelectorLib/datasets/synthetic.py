@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -110,6 +110,8 @@ def make_synthetic_msd(
     n_cases: int = 5,
     profile: str = "ct",
     seed: int = 0,
+    label_values: Optional[Mapping[int, int]] = None,
+    labels: Optional[Mapping[str, str]] = None,
     **case_kwargs: Any,
 ) -> Path:
     """Write a synthetic MSD dataset: ``imagesTr/case_NNN.nii.gz``, ``labelsTr/case_NNN.nii.gz``, ``dataset.json``.
@@ -118,6 +120,9 @@ def make_synthetic_msd(
         folder: output folder (created).
         n_cases: number of cases; case ``i`` uses seed ``seed + i``.
         profile: ``"ct"`` or ``"mr"`` (see :func:`make_synthetic_case`).
+        label_values: the value each synthetic label ``v`` gets in the label files (uint16; unnamed ones become
+            0), e.g. ``{1: 255}``; default: ``v`` itself.
+        labels: ``dataset.json``'s ``labels`` (default: the synthetic ellipsoid and box).
         case_kwargs: passed to :func:`make_synthetic_case` (``shape``, ``spacing``, ``oblique``).
 
     Returns:
@@ -129,6 +134,11 @@ def make_synthetic_msd(
     training = []
     for i in range(n_cases):
         image, label = make_synthetic_case(seed + i, profile=profile, **case_kwargs)
+        if label_values is not None:
+            values = np.zeros(label.array.shape, np.uint16)
+            for v, new in label_values.items():
+                values[label.array == v] = new
+            label = label.with_array(values)
         name = f"case_{i:03d}.nii.gz"
         write_image(image, root / "imagesTr" / name)
         write_image(label, root / "labelsTr" / name)
@@ -141,7 +151,7 @@ def make_synthetic_msd(
             "synthetic": True,
             "body_region": "ABDOMEN",
             "modality": {"0": "CT" if profile == "ct" else "MRI"},
-            "labels": dict(SYNTHETIC_LABELS),
+            "labels": dict(labels or SYNTHETIC_LABELS),
             "numTraining": n_cases,
             "numTest": 0,
             "training": training,

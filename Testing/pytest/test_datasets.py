@@ -198,19 +198,8 @@ def _relabelled_msd(
     tmp_path: Path, values: dict[int, int], declared: dict[str, str], n_cases: int = 2
 ) -> Path:
     """A small synthetic MSD folder whose label files hold ``values[v]`` where the synthetic label is ``v``."""
-    from ModelSelectorLib.io import read_image, write_image
-
-    root = make_synthetic_msd(tmp_path / "msd", n_cases=n_cases, profile="ct", seed=3, shape=(10, 14, 14))
-    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-    for case in meta["training"]:
-        lab = read_image(root / case["label"], check_content=False)
-        out = np.zeros(lab.array.shape, np.uint16)
-        for v, new in values.items():
-            out[lab.array == v] = new
-        write_image(lab.with_array(out), root / case["label"])
-    meta["labels"] = declared
-    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
-    return root
+    return make_synthetic_msd(tmp_path / "msd", n_cases=n_cases, profile="ct", seed=3, shape=(10, 14, 14),
+                              label_values=values, labels=declared)  # fmt: skip
 
 
 @pytest.mark.parametrize(
