@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from . import labelmaps
 
 _MR_ALIASES = ("MR", "MRI", "T1", "T2", "FLAIR", "ADC", "DWI", "T1W", "T2W", "CINE", "PD")
 
@@ -67,6 +68,16 @@ class MSDDataset:
     @property
     def foreground_labels(self) -> dict[int, str]:
         return {v: n for v, n in self.labels.items() if v != 0}
+
+    @property
+    def class_indices(self) -> dict[int, int]:
+        """``{declared label value: class index}`` (:func:`~.labelmaps.class_indices`): 0 -> 0, the foreground
+        values in increasing order -> ``1..K``, what a model trained on the dataset outputs.
+
+        Raises:
+            DatasetError: a negative value, or too many labels (naming ``dataset.json``).
+        """
+        return labelmaps.class_indices(self.labels, self.root / "dataset.json")
 
 
 def resolve_path(root: Path, rel: str) -> Path:

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .. import atomic
-from ..datasets.labelmaps import class_indices, is_identity
+from ..datasets.labelmaps import is_identity
 from ..datasets.msd import load_msd
 from ..datasets.split_file import check_earlier_split, draw_test, read_split, write_split
 from ..errors import DatasetError, ModelSelectorError, TrainingError
@@ -295,7 +295,7 @@ def make_split(
     work = Path(work_dir)
     test_file, selection_file, train_dir = work / TEST_SPLIT, work / SELECTION_SPLIT, work / "train"
     # the split names the labels as the models output them (1..K); ``label_values`` maps the files' values to them
-    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    mapping = dataset.class_indices
     labels = {str(mapping[v]): name for v, name in sorted(dataset.foreground_labels.items())}
     values = {} if is_identity(mapping) else {"label_values": {str(v): i for v, i in mapping.items() if v}}
     if test_file.is_file() and (train_dir / "dataset.json").is_file():

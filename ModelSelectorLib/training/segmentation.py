@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import atomic
-from ..datasets.labelmaps import align_label, as_label_map, class_indices, is_identity, to_class_indices
+from ..datasets.labelmaps import align_label, as_label_map, is_identity, to_class_indices
 from ..datasets.msd import MSDDataset, load_msd
 from ..errors import TrainingError
 from ..io.geometry import CANONICAL_AXCODES
@@ -65,7 +65,7 @@ def load_cases(
     Raises:
         DatasetError: a label file holds an undeclared value, or its header does not place it on its image.
     """
-    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    mapping = dataset.class_indices
     items = []
     for i in indices:
         case = dataset.training[i]
@@ -85,7 +85,7 @@ def dataset_labels(dataset: MSDDataset) -> list[dict[str, Any]]:
     own value)."""
     colors = dataset.raw.get("colors") or {}
     terms = dataset.raw.get("terminology") or {}
-    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    mapping = dataset.class_indices
     out = []
     for value, name in sorted(dataset.foreground_labels.items()):
         index = mapping[value]
@@ -110,7 +110,7 @@ def training_data_text(dataset: MSDDataset, n_train: int, n_val: int) -> str:
 def label_values_text(dataset: MSDDataset) -> str:
     """How the card's label values relate to the dataset's, for its ``training_data`` text: ``""`` when they are
     the same, else e.g. ``"label values in the data 255 (lungs) are the model's 1"``."""
-    mapping = class_indices(dataset.labels, dataset.root / "dataset.json")
+    mapping = dataset.class_indices
     if is_identity(mapping):
         return ""
     fg = sorted(dataset.foreground_labels.items())
@@ -150,7 +150,7 @@ def prepare_run(
     labels = dataset_labels(dataset)
     spatial_dims = len(plan.roi_size)
     flips = flip_axes(config, [lb["name"] for lb in labels], spatial_dims)
-    n_classes = len(class_indices(dataset.labels, dataset.root / "dataset.json"))
+    n_classes = len(dataset.class_indices)
     net_def = network_def(config, spatial_dims, n_classes, plan.roi_size, plan.spacing)
     train_items = load_cases(dataset, train_idx, plan.spacing, intensity)
     val_items = load_cases(dataset, val_idx, plan.spacing, intensity)
@@ -227,7 +227,7 @@ def _add_to_zoo(
                  "training_cases": [Path(it["case"]).name for it in run.train_items],
                  "validation_cases": [Path(it["case"]).name for it in run.val_items],
                  "flip_axes": list(run.flips) if config.augment else [],
-                 "label_values": {str(i): v for v, i in class_indices(run.dataset.labels).items() if v},
+                 "label_values": {str(i): v for v, i in run.dataset.class_indices.items() if v},
                  "training_time_s": res.seconds, "resumed_from_epoch": res.resumed_from,
                  "threads": torch.get_num_threads()}  # fmt: skip
         atomic.write_json(bundle_dir / CURVE_FILE, curve)
