@@ -31,9 +31,7 @@ def _write_protected(path: Path) -> bool:
 
 def _check_folder_writable(folder: Path, what: str) -> None:
     """The nearest existing ancestor of ``folder`` (itself included) must be a folder that can be written."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise OutputError(
             f"{existing}: is a file, so {folder} cannot be created there; choose another {what}."
@@ -42,13 +40,18 @@ def _check_folder_writable(folder: Path, what: str) -> None:
         raise OutputError(f"{existing}: the folder is write-protected (read-only); choose another {what}.")
 
 
-def _name_max(folder: Path) -> int:
-    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing ancestor) allows."""
-    existing = Path(os.path.abspath(folder))
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists (where a folder to be created would go)."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    return existing
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing ancestor) allows."""
     try:
-        return int(os.pathconf(existing, "PC_NAME_MAX"))
+        return int(os.pathconf(_nearest_existing(Path(os.path.abspath(folder))), "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):  # not POSIX, or not told
         return 255
 
