@@ -322,11 +322,10 @@ class Zoo:
             if dest.exists():
                 raise ZooError(f"{dest}: a folder that zoo.json does not list is already there (put there by hand?); "
                                "move it out of the zoo's models/ folder and add it from there.")  # fmt: skip
-            self._copy_in(src, dest, card, trust)
+            trusted = self._copy_in(src, dest, card, trust)
             info = {"path": dest.relative_to(self.path).as_posix(), "added": utc_timestamp(),
                     "metrics": dict(card.validation_metrics), "weights": file_digest(dest / WEIGHTS_FILE),
-                    **({"trusted": {"sha256": remember_trust(dest, f"{self.path}: {card.name} {card.version}")}}
-                       if trust else {}),
+                    **({"trusted": {"sha256": trusted}} if trusted else {}),
                     **json.loads(json.dumps(info or {}))}  # fmt: skip
             entry = data["models"].setdefault(card.name, {"current": card.version, "versions": {}})
             entry["versions"][card.version] = info
@@ -369,8 +368,9 @@ class Zoo:
                 raise BundleError(f"{src}: {e}") from e
         return card
 
-    def _copy_in(self, src: Path, dest: Path, card: ModelCard, trust: bool) -> None:
-        """Copy ``src`` to a temporary sibling of ``dest``, write the card, load it, then rename."""
+    def _copy_in(self, src: Path, dest: Path, card: ModelCard, trust: bool) -> Optional[str]:
+        """Copy ``src`` to a temporary sibling of ``dest``, write the card, load it, then rename; with ``trust``,
+        record the copy as the user's in the trust store first and return its digest (else None)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
@@ -378,8 +378,10 @@ class Zoo:
             if read_metadata(tmp).get("modelselector") != card.to_dict():
                 write_card(tmp, card)
             load_bundle(tmp, trust=trust)
+            trusted = remember_trust(tmp, str(dest)) if trust else None  # the files as added, before the mark
             (tmp / PENDING_MARKER).touch()  # until the catalog lists it
             os.replace(tmp, dest)
+            return trusted
         except BundleError as e:  # name the user's bundle, not the copy that is deleted below
             raise BundleError(str(e).replace(str(tmp), str(src))) from e
         finally:

@@ -225,11 +225,7 @@ def buildable_config(config: dict[str, Any], key: str) -> dict[str, Any]:
 #: files a bundle may not hold when it is built trusted: code that cannot be read before it runs
 COMPILED_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll")
 #: what a trust digest leaves out: data the zoo itself writes or that is never run (weights load weights-only)
-_UNHASHED = (
-    "configs/metadata.json",
-    "models/model.pt",
-    ".modelselector-pending",
-)  # the last: zoo.catalog's mark
+_UNHASHED = ("configs/metadata.json", "models/model.pt")
 _UNHASHED_FOLDERS = ("docs", "prototypes")
 
 
@@ -289,7 +285,7 @@ def _trusted_digests() -> dict[str, Any]:
 
 def remember_trust(bundle: Union[str, Path], label: str) -> str:
     """Record in the user's trust store that the user trusts ``bundle`` as its files are now (``label`` says
-    which, e.g. ``zoo/models/NAME/VERSION``); returns its :func:`trust_digest`.
+    which, e.g. the folder ``ZOO/models/NAME/VERSION`` it is being added as); returns its :func:`trust_digest`.
 
     Raises:
         OutputError: the store cannot be written.
@@ -300,7 +296,7 @@ def remember_trust(bundle: Union[str, Path], label: str) -> str:
     store = trust_store_path()
     with atomic.writer_lock(store.parent):
         trusted = _trusted_digests()
-        trusted[digest] = {"bundle": label, "path": str(Path(bundle).resolve())}
+        trusted[digest] = {"bundle": label}
         atomic.write_json(store, {"format": 1, "trusted": trusted})
     return digest
 
