@@ -369,7 +369,7 @@ class SegmentationRuntime(TaskRuntime):
     def usage(cls, card: Any) -> list[str]:
         """How to apply the model; the MONAI command only for a bundle this project wrote, whose ``inference.json``
         reads the command's ``--dataset_dir`` (an imported bundle's own config reads what its authors chose)."""
-        if str(card.code_version or "").startswith("monai "):  # zoo.bundle.IMPORTED_CODE_VERSION
+        if card.imported:
             return super().usage(card)
         return [*super().usage(card), "", *MONAI_RUN_USAGE]
 

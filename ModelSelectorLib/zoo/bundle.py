@@ -33,7 +33,7 @@ from ..models.preprocessing import (
     transform_name,
 )
 from ..models.registry import guess_task_type, runtime_class
-from .card import MODALITIES, ModelCard, default_color, safe_name
+from .card import IMPORTED_CODE_VERSION, MODALITIES, ModelCard, default_color, safe_name
 from .trust import buildable_config, check_no_compiled_code, recorded_trust
 
 PathLike = Union[str, Path]
@@ -539,9 +539,6 @@ def write_card(path: PathLike, card: ModelCard) -> None:
 
 
 # --- standard MONAI bundles -----------------------------------------------------------------------------
-#: how an imported bundle's card names the code that made it (the MONAI version its metadata gives)
-IMPORTED_CODE_VERSION = "monai "
-
 #: names of an output channel 0 that is the background of a segmentation (the others are labels)
 BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "other", "others", "none", "unlabeled",
                               "unlabelled", "void", "clear label"})  # fmt: skip

@@ -68,6 +68,10 @@ def _check_body_region(value: Any) -> None:
         )
 
 
+#: the start of an imported standard MONAI bundle's ``code_version`` (then the MONAI version its metadata gives)
+IMPORTED_CODE_VERSION = "monai "
+
+
 @dataclasses.dataclass
 class ModelCard:
     """The facts about one model that selection, inference and users need (``"modelselector"`` block).
@@ -149,6 +153,11 @@ class ModelCard:
     @property
     def label_names(self) -> list[str]:
         return [str(lb.get("name", "")) for lb in self.labels]
+
+    @property
+    def imported(self) -> bool:
+        """A standard MONAI bundle imported by ``zoo add`` (its own configs, not written by this project)."""
+        return str(self.code_version or "").startswith(IMPORTED_CODE_VERSION)
 
     @property
     def takes_single_slices(self) -> bool:
