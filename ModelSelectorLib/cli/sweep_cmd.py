@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from .args import metric_name, positive_int
@@ -130,6 +131,9 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     # a missing folder, or one that is not a zoo, is named as such rather than as "no evaluations"
     Zoo(args.zoo).names()
     result = write_reports(sweep_dir(args.zoo, args.task), metric=args.metric)
+    if result["removed"]:
+        print(f"left out (removed from the zoo since their evaluation): {', '.join(result['removed'])}",
+              file=sys.stderr)  # fmt: skip
     if args.json:
         rows = [{"rank": r["rank"], "candidate": r["candidate"], "model": r["model"],
                  "summary": r["summary"]} for r in result["ranking"]]  # fmt: skip

@@ -10,6 +10,10 @@ A label present in the ground truth but missing from the prediction (or the reve
 it gets the image diagonal in mm, the largest distance possible inside the image, so that summary statistics
 and paired tests stay defined and such failures rank last. Both absent -> 0 mm.
 
+A label that no case of an evaluated set holds in its ground truth cannot be measured on that set (its Dice would
+only count false positives): :func:`evaluate_bundle` leaves it out of every case's mean and lists it as
+``not_measured``, as training leaves it out of the validation figure.
+
 Array layout follows :mod:`ModelSelectorLib.io`: ``(z, y, x)`` / ``(y, x)`` arrays with spacing in ITK order
 ``(x, y[, z])``.
 """
@@ -174,7 +178,7 @@ def evaluate_bundle(
     loaded = load_bundle(bundle, device=device) if not hasattr(bundle, "card") else bundle
     if labels is None:
         labels = {int(lb["value"]): str(lb["name"]) for lb in loaded.card.labels}
-    results = []
+    results, held = [], set()
     for case in progress_bar(list(cases), desc=desc):
         check_cancel(cancel)
         image = read_image(case["image"])
@@ -185,11 +189,30 @@ def evaluate_bundle(
         )
         pred = apply_model(loaded, image, device=device, cancel=cancel)
         truth = align_label(truth, pred, case["label"], case["image"])  # the prediction has the image's grid
+        held.update(int(v) for v in np.unique(truth.array))
         res: dict[str, Any] = {"id": str(case.get("id", Path(str(case["image"])).name))}
         res.update(evaluate_segmentation(pred, truth, labels, str(case["label"])))
         if on_case is not None:
             res.update(on_case(res["id"], image, truth, pred) or {})
         results.append(res)
+    return leave_out_unheld(results, labels, held)
+
+
+def leave_out_unheld(
+    results: list[dict[str, Any]], labels: Mapping[int, str], held: set[int]
+) -> list[dict[str, Any]]:
+    """``results`` (one dict per case, as :func:`evaluate_bundle` builds them) with the labels that no case's
+    ground truth holds (values not in ``held``) left out of each case's summary and named in ``not_measured``;
+    ``per_label`` keeps every label. Unchanged when every label, or none, is held."""
+    fg = {int(v): str(n) for v, n in labels.items() if int(v) != 0}
+    unheld = [n for v, n in sorted(fg.items()) if v not in held]
+    if not unheld or len(unheld) == len(fg):
+        return results
+    for res in results:
+        per = res["per_label"]
+        for key in case_summary(per):
+            res.pop(key, None)
+        res.update(case_summary({n: m for n, m in per.items() if n not in unheld}), not_measured=unheld)
     return results
 
 
@@ -198,5 +221,6 @@ __all__ = [
     "evaluate_bundle",
     "evaluate_segmentation",
     "higher_is_better",
+    "leave_out_unheld",
     "segmentation_metrics",
 ]

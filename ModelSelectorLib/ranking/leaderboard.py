@@ -506,15 +506,29 @@ def write_leaderboard(
     return Path(out_html)
 
 
+def _removed_from_zoo(work: Path, evaluation: Mapping[str, Any]) -> bool:
+    """Whether the evaluated model version was removed from the zoo that holds the sweep folder
+    (``ZOO/sweeps/TASK``); False for a folder outside a zoo."""
+    from ..zoo.catalog import CATALOG, Zoo
+    from .sweep import SWEEPS
+
+    zoo_dir = work.parent.parent
+    if work.parent.name != SWEEPS or not (zoo_dir / CATALOG).is_file():
+        return False
+    zoo, model = Zoo(zoo_dir), str(evaluation.get("model"))
+    return model not in zoo or str(evaluation.get("version")) not in zoo.versions(model)
+
+
 def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[str, Any]:
     """(Re)write the leaderboard and every dashboard of a sweep folder from its saved evaluations, ranked by
-    ``metric`` (default: the ranking metric of the sweep's task, ``dice`` or ``mre_mm``).
+    ``metric`` (default: the ranking metric of the sweep's task, ``dice`` or ``mre_mm``). A candidate whose
+    evaluated version was removed from the zoo since is left out (and named in ``removed``).
 
     Returns:
-        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row, "metric"}``.
+        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row, "metric", "removed": [candidates]}``.
 
     Raises:
-        ModelSelectorError: no evaluations in the folder.
+        ModelSelectorError: no evaluations in the folder, or every evaluated version was removed.
     """
     work = Path(sweep_folder)
     state = _read_json(work / "sweep.json")
@@ -523,10 +537,13 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
     if not evals:
         raise ZooError(f"{work}: no evaluations found; run `modelselector sweep` first.")
     report = work / "report"
-    rows, links, loaded = [], {}, []
+    rows, links, loaded, removed = [], {}, [], []
     for f in evals:
         ev = _read_json(f)
         name = str(ev.get("candidate") or f.stem)
+        if _removed_from_zoo(work, ev):
+            removed.append(name)
+            continue
         entry = (state.get("candidates") or {}).get(name, {})
         bundle = Path(str(ev.get("bundle", "")))
         settings = entry.get("settings") or _read_json(bundle / "configs" / "train_config.json")
@@ -535,6 +552,9 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
         rows.append(candidate_row(ev, {"settings": settings, "train_seconds": seconds}))
         links[name] = f"dashboards/{name}/index.html"
         loaded.append((name, ev, settings))
+    if not rows:
+        raise ZooError(f"{work}: every evaluated candidate ({', '.join(removed)}) was removed from the zoo since; "
+                       "run `modelselector sweep` again.")  # fmt: skip
     rank(rows, metric)  # refuses an unknown metric before anything is written
     for name, ev, settings in loaded:
         write_dashboard(ev, report / "dashboards" / name, metric, settings=settings,
@@ -544,6 +564,13 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
         f"{len(rows)} candidates of task {task}, each evaluated on the same {rows[0]['n_cases']} held-out cases "
         f"({state.get('split', 'the sweep split')})."
     )
+    unheld = sorted(
+        {n for _, ev, _ in loaded for c in ev.get("cases") or [] for n in c.get("not_measured") or []}
+    )
+    if unheld:
+        note += f" Not measured (no held-out case holds it): {', '.join(unheld)}."
+    if removed:
+        note += f" Left out, removed from the zoo since their evaluation: {', '.join(removed)}."
     html_path = write_leaderboard(
         rows, report / "leaderboard.html", metric, f"Leaderboard — {task}", links, note
     )
@@ -551,7 +578,14 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
     atomic.write_json(report / "leaderboard.json", _finite({"task": task, "metric": metric, "ranking": [
         {"rank": r["rank"], "candidate": r["candidate"], "model": r["model"], "version": r["version"],
          "settings": r.get("settings"), "summary": r["summary"]} for r in ranked]}))  # fmt: skip
-    return {"sweep": work, "leaderboard": html_path, "ranking": ranked, "best": ranked[0], "metric": metric}
+    return {
+        "sweep": work,
+        "leaderboard": html_path,
+        "ranking": ranked,
+        "best": ranked[0],
+        "metric": metric,
+        "removed": removed,
+    }
 
 
 def escape(text: Any) -> str:

@@ -177,6 +177,10 @@ def _scores(cases: Sequence[dict[str, Any]], metric: str) -> list[Optional[float
     out = []
     for c in cases:
         if metric not in c:
+            unheld = [n for n in c.get("not_measured") or [] if metric.endswith(f"_{n}")]
+            if unheld:
+                raise InputError(f"metric {metric!r} is not measured on this split: no case holds {unheld[0]}; "
+                                 "gate on another metric or use a split whose cases hold it.")  # fmt: skip
             known = sorted(k for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
             raise InputError(f"metric {metric!r} is not computed; choose one of: {', '.join(known)}.")
         v = c[metric]

@@ -19,7 +19,7 @@ from .augmentation import mirror_axes
 from .config import TrainConfig
 from .fitting import fit, run_peak_memory_mb
 from .networks import build_network
-from .segmentation import prepare_run, run_fingerprint
+from .segmentation import measured_labels, prepare_run, run_fingerprint
 from .validation import choose_postprocessing, evaluate_cases, summarize_cases
 
 
@@ -57,12 +57,16 @@ def train_fold(
 
     The run is resumable: its checkpoint lives in ``work_dir`` (:func:`fit`); the result is also written
     there as ``result.json``. Largest-component post-processing is chosen (``config.postprocess``) on this
-    fold's held-out cases and reported both ways.
+    fold's held-out cases and reported both ways. A label that none of the fold's held-out cases holds is not
+    scored (it would count 1 or 0 by its false positives alone) and is named in ``not_measured``.
 
     Returns:
         ``{"fold", "k", "train_cases", "val_cases", "plan", "inference", "postprocessing": {name:
         {"dice", "dice_lcc"}}, "summary": summarize_cases(...), "per_case": [...], "history",
-        "training_time_s", "evaluation_time_s", "peak_memory_mb", "threads", "resumed_from"}``.
+        "training_time_s", "evaluation_time_s", "peak_memory_mb", "threads", "resumed_from", "not_measured"}``.
+
+    Raises:
+        TrainingError: no held-out case of the fold holds any label.
     """
     import torch
     from monai.utils import set_determinism
@@ -79,11 +83,15 @@ def train_fold(
               run.flips, run.plan.spacing, work_dir, run_fingerprint(config, dataset, train_idx), run.net_def)  # fmt: skip
     set_determinism(seed=None)
     network.load_state_dict(res.state)
+    measured = measured_labels(run.val_items, run.label_names)
+    if not measured:
+        raise TrainingError(f"fold {fold} of {k}: none of its {len(val_idx)} held-out cases holds a label; "
+                            "use fewer folds or another seed.")  # fmt: skip
     t0 = time.monotonic()
     inference = {"sw_mode": config.sw_mode, "overlap": config.sw_overlap,
                  "mirror_axes": mirror_axes(config, run.flips, run.plan.roi_size)}  # fmt: skip
     per_case = evaluate_cases(network, run.val_items, run.plan.roi_size, run.n_classes, inference, run.plan.spacing,
-                              run.label_names, config.device, cancel, nsd_tolerance=nsd_tolerance)  # fmt: skip
+                              measured, config.device, cancel, nsd_tolerance=nsd_tolerance)  # fmt: skip
     lcc, figures = choose_postprocessing(per_case, config.postprocess)
     values = {n: v for v, n in run.label_names.items()}
     result = {
@@ -97,6 +105,7 @@ def train_fold(
         "training_time_s": res.seconds, "evaluation_time_s": round(time.monotonic() - t0, 1),
         "peak_memory_mb": run_peak_memory_mb(res),
         "threads": torch.get_num_threads(), "resumed_from": res.resumed_from,
+        "not_measured": [n for v, n in run.label_names.items() if v not in measured],
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
     }  # fmt: skip
     atomic.write_json(Path(work_dir) / "result.json", result)

@@ -164,7 +164,7 @@ def run_fingerprint(config: TrainConfig, dataset: MSDDataset, train_idx: Sequenc
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _measured_labels(items: list[dict[str, Any]], names: dict[int, str]) -> dict[int, str]:
+def measured_labels(items: list[dict[str, Any]], names: dict[int, str]) -> dict[int, str]:
     """The labels of ``names`` that at least one of ``items``' labels holds (the others cannot be scored there)."""
     present: set[int] = set()
     for it in items:
@@ -189,7 +189,7 @@ def applied_metrics(
     best = res.best or {"dice": 0.0, "per_label": {}}
     metrics: dict[str, Any] = {"dice": round(best["dice"], 4)} if best["per_label"] else {}
     metrics.update({f"dice_{names.get(v, v)}": round(d, 4) for v, d in best["per_label"].items()})
-    measured = _measured_labels(run.val_items, names)
+    measured = measured_labels(run.val_items, names)
     if measured and (inference["mirror_axes"] or config.postprocess != "none"):
         per_case = evaluate_cases(network, run.val_items, roi, run.n_classes, inference, spacing, measured,
                                   config.device, cancel, surface=False)  # fmt: skip

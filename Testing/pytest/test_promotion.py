@@ -62,6 +62,14 @@ def test_gate_direction_of_distances_and_missing_values():
         gate([1.0], [1.0], level=95)
 
 
+def test_gating_on_a_label_that_no_test_case_holds_says_so():
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.ranking.promotion import _scores
+
+    with pytest.raises(InputError, match="not measured on this split: no case holds box"):
+        _scores([{"id": "a", "dice": 0.9, "not_measured": ["box"]}], "dice_box")
+
+
 # --- promotion with real bundles ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):

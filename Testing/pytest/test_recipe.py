@@ -469,13 +469,22 @@ def test_bfloat16_forward_pass_trains_float32_weights(tmp_path):
 
 
 def test_train_fold_reports_per_case_figures(tmp_path):
+    import SimpleITK as sitk
+
     from ModelSelectorLib.datasets import make_synthetic_msd
-    from ModelSelectorLib.training.crossval import train_fold
+    from ModelSelectorLib.training.crossval import kfold_split, train_fold
 
     torch.set_num_threads(1)
     msd = make_synthetic_msd(tmp_path / "msd", n_cases=4, profile="mr", seed=0)
-    result = train_fold(msd, 2, 1, _tiny(roi_size=None, max_patch_voxels=16**3), tmp_path / "fold1",
-                        groups=["p0", "p0", "p1", "p1"])  # fmt: skip
+    groups, config = ["p0", "p0", "p1", "p1"], _tiny(roi_size=None, max_patch_voxels=16**3)
+    # the box only in the training cases: the fold cannot measure it (it would count 1 or 0 by false positives)
+    for i in kfold_split(4, 2, 1, config.seed, groups)[1]:
+        path = str(msd / "labelsTr" / f"case_{i:03d}.nii.gz")
+        label = sitk.ReadImage(path)
+        sitk.WriteImage(sitk.Mask(label, label != 2), path)
+    result = train_fold(msd, 2, 1, config, tmp_path / "fold1", groups=groups)
+    assert result["not_measured"] == ["box"] and not any("box" in k for k in result["summary"])
+    assert result["summary"]["dice"] == result["summary"]["dice_sphere"]
     assert len(result["val_cases"]) == 2 and len(result["per_case"]) == 2
     assert set(result["train_cases"]).isdisjoint(result["val_cases"])
     assert result["inference"]["sw_mode"] == "gaussian" and result["inference"]["mirror_axes"] == [0, 1, 2]

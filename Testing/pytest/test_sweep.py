@@ -175,6 +175,13 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     z = Zoo(zoo)
     assert z.versions("disks-starved") == ["0.1.0", "0.1.1"] and z.current("disks-starved") == "0.1.1"
     assert z.card("disks-starved").version == "0.1.1" and z.versions("disks-unet") == ["0.1.0"]
+    # the ranked version of a candidate removed from the zoo is left out of the leaderboard, and said to be
+    assert main(["zoo", "remove", "disks-starved", "--version", "0.1.1", "--zoo", str(zoo)]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(r["candidate"] for r in json.loads(out)) == ["segresnet", "unet"] and "starved" in err
+    assert "starved" not in (work / "report" / "leaderboard.json").read_text(encoding="utf-8")
 
 
 def test_dashboard_command_for_one_bundle(tmp_path, capsys):

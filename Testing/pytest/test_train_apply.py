@@ -554,3 +554,32 @@ def test_evaluation_maps_the_label_files_values_to_the_models(tmp_path):
         oracle_bundle(), [{**case, "label_values": {1: 1, 5: 2}}], {1: "sphere", 2: "box"}
     )
     assert mapped[0]["dice_sphere"] > 0.9 and mapped[0]["dice_box"] > 0.6  # 0 unmapped: the files say 5
+
+
+def test_evaluation_leaves_out_a_label_that_no_case_holds(tmp_path):
+    """The box predicted where no truth holds it: Dice 0 there, which would halve every case's mean; it is not
+    measured on this set instead, and a label that some case holds still counts on every case."""
+    from ModelSelectorLib.evaluation.segmentation import evaluate_bundle
+
+    cases = []
+    for i, seed in enumerate((2001, 2002)):
+        image, truth = make_synthetic_case(seed, profile="ct", shape=(24, 32, 32), spacing=(1.2, 1.2, 3.0))
+        write_image(image, tmp_path / f"img{i}.nii.gz")
+        write_image(truth.with_array(np.where(truth.array == 2, 0, truth.array).astype(np.uint8)),
+                    tmp_path / f"lab{i}.nii.gz")  # fmt: skip
+        cases.append(
+            {
+                "id": f"c{i}",
+                "image": str(tmp_path / f"img{i}.nii.gz"),
+                "label": str(tmp_path / f"lab{i}.nii.gz"),
+            }
+        )
+    res = evaluate_bundle(oracle_bundle(), cases, {1: "sphere", 2: "box"})
+    for r in res:
+        assert r["not_measured"] == ["box"] and r["per_label"]["box"]["dice"] == 0.0
+        assert r["dice"] == r["per_label"]["sphere"]["dice"] > 0.9 and "dice_box" not in r
+    # one case that holds the box: it is measured on every case again
+    write_image(make_synthetic_case(2002, profile="ct", shape=(24, 32, 32), spacing=(1.2, 1.2, 3.0))[1],
+                tmp_path / "lab1.nii.gz")  # fmt: skip
+    res = evaluate_bundle(oracle_bundle(), cases, {1: "sphere", 2: "box"})
+    assert "not_measured" not in res[0] and res[0]["dice_box"] == 0.0 and res[0]["dice"] < 0.55
