@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--zoo", type=Path, required=True, help="zoo folder")
     p.add_argument("--task", required=True, help="model name of the task in the zoo")
-    p.add_argument("--candidate", type=Path, required=True, help="candidate bundle folder")
+    p.add_argument("--candidate", type=Path, required=True,
+                   help="candidate bundle folder (a MONAI bundle without a card, e.g. a new release of an imported "
+                        "one, is imported with the task's name, modality and body region)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="decide and report only")
     _gate_args(p)
     p.set_defaults(func=run_promote)

@@ -509,8 +509,7 @@ def write_leaderboard(
 def _removed_from_zoo(work: Path, evaluation: Mapping[str, Any]) -> bool:
     """Whether the evaluated model version was removed from the zoo that holds the sweep folder
     (``ZOO/sweeps/TASK``); False for a folder outside a zoo."""
-    from ..zoo.catalog import CATALOG, Zoo
-    from .sweep import SWEEPS
+    from ..zoo.catalog import CATALOG, SWEEPS, Zoo
 
     zoo_dir = work.parent.parent
     if work.parent.name != SWEEPS or not (zoo_dir / CATALOG).is_file():

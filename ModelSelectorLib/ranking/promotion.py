@@ -198,6 +198,30 @@ def summary_over_cases(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {m: round(float(v), 6) for m, v in means.items() if v is not None}
 
 
+def _imported_candidate(zoo: Any, task: str, candidate: Path, folder: Path) -> Path:
+    """A standard MONAI bundle (no card) copied into ``folder`` with the card ``zoo add`` would give it as the
+    task's: its name, modality and body region (MONAI metadata names no region); returns the copy.
+
+    Raises:
+        ZooError: the task is not in the zoo (its first version is added with ``zoo add``).
+        BundleError: the bundle cannot be imported (as ``zoo add`` would refuse it).
+    """
+    from ..zoo.bundle import copy_bundle, import_monai_bundle, write_card
+    from ..zoo.trust import recorded_trust
+
+    if task not in zoo:
+        raise ZooError(
+            f"{candidate}: a MONAI bundle without a card cannot be the first version of {task}; add it with "
+            f"`modelselector zoo add {candidate} --name {task} --body-region REGION --zoo {zoo.path}`."
+        )
+    current = zoo.card(task)
+    card = import_monai_bundle(candidate, modality=current.modality, body_region=current.body_region,
+                               trust=recorded_trust(candidate), name=task)  # fmt: skip
+    copy = copy_bundle(candidate, folder / task)
+    write_card(copy, card)
+    return copy
+
+
 def _check_compatible(candidate_card: Any, current_card: Any, task: str) -> None:
     if candidate_card.task_type != current_card.task_type:
         raise BundleError(
@@ -250,11 +274,18 @@ def promote(
     Raises:
         DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
     """
-    from ..zoo.bundle import WEIGHTS_FILE, load_bundle
+    from ..zoo.bundle import WEIGHTS_FILE, is_standard_monai_bundle, load_bundle
     from ..zoo.catalog import Zoo
     from .sweep import read_split
 
     zoo = Zoo.create(zoo_dir)
+    if is_standard_monai_bundle(
+        candidate
+    ):  # e.g. a new release of an imported bundle: imported as zoo add would
+        with tempfile.TemporaryDirectory(prefix="modelselector-import-") as tmp:
+            imported = _imported_candidate(zoo, task, Path(candidate), Path(tmp))
+            return promote(zoo_dir, task, imported, split, metric, method, level, min_improvement, device, cancel,
+                           dry_run, candidate_label or _zoo_relative(Path(candidate), zoo.path))  # fmt: skip
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(

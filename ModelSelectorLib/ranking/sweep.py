@@ -76,12 +76,12 @@ from ..models.landmarks import LandmarkRuntime
 from ..models.registry import DEFAULT_TASK_TYPE
 from ..progress import check_cancel, progress_bar
 from ..zoo.card import safe_name
+from ..zoo.catalog import SWEEPS
 from . import landmark_sweep
 from .scoring import primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-SWEEPS = "sweeps"
 #: the task types a sweep can train, and the module that checks, splits and trains the candidates of each
 #: (None: segmentation, this module's own MSD split and trainer)
 SWEEP_TASKS: dict[str, Any] = {DEFAULT_TASK_TYPE: None, LandmarkRuntime.task_type: landmark_sweep}

@@ -59,6 +59,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 CATALOG = "zoo.json"
 MODELS = "models"
+#: a zoo's folder of sweeps (``ZOO/sweeps/TASK``: candidates' splits, evaluations and reports)
+SWEEPS = "sweeps"
 FORMAT = 1
 #: a file in a bundle folder that an ``add`` or ``remove`` of this zoo is under way for
 PENDING_MARKER = ".modelselector-pending"

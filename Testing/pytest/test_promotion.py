@@ -397,3 +397,49 @@ def test_retrain_refuses_data_whose_labels_come_out_in_another_order_before_trai
     with pytest.raises(DatasetError, match="number the labels in dataset.json in the same order"):
         retrain(zoo, "disks", renamed, models["split"], {"epochs": 1})
     assert Zoo(zoo).versions("disks") == ["0.1.0"]
+
+
+def test_a_new_release_of_an_imported_monai_bundle_goes_through_the_gate(tmp_path, capsys):
+    """A MONAI bundle without a card (a new release of an imported model) is imported as `zoo add` would import
+    it, with the task's name, modality and region, and gated like any candidate; the source stays untouched."""
+    import torch
+    from test_bundle_zoo import make_monai_bundle, make_net
+
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.datasets.split_file import write_split
+    from ModelSelectorLib.zoo import Zoo
+
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r2").mkdir()
+    first, _ = make_monai_bundle(tmp_path / "r1")
+    release, _ = make_monai_bundle(tmp_path / "r2")
+    torch.save(make_net(12).state_dict(), release / "models" / "model.pt")
+    meta = json.loads((release / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    (release / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "0.5.3"}))
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16),
+                             label_values={1: 1}, labels={"0": "background", "1": "spleen"})  # fmt: skip
+    cases = [{"id": f"case_{i:03d}", "image": f"imagesTr/case_{i:03d}.nii.gz", "label": f"labelsTr/case_{i:03d}.nii.gz"}
+             for i in range(3)]  # fmt: skip
+    split = write_split(tmp_path / "test_split.json", msd, cases, {"1": "spleen"}, seed=0)
+    zoo = tmp_path / "zoo"
+    with pytest.raises(
+        ZooError, match="cannot be the first version of spleen; add it with `modelselector zoo add"
+    ):
+        promote(zoo, "spleen", release, split=split)
+    assert (
+        main(["zoo", "add", str(first), "--zoo", str(zoo), "--name", "spleen", "--body-region", "ABDOMEN"])
+        == 0
+    )
+    capsys.readouterr()
+    result = promote(zoo, "spleen", release, split=split, level=0.5)
+    assert result["current"] is not None and result["gate"]["n"] == 3
+    assert result["candidate_card"]["name"] == "spleen" and result["candidate_card"]["version"] == "0.5.3"
+    event = Zoo(zoo).history("spleen")[-1]
+    assert event["action"] == ("promote" if result["accepted"] else "refuse")
+    assert event["candidate"] == "../r2/spleen_ct_segmentation"
+    if result["accepted"]:
+        promoted = Zoo(zoo).card("spleen")
+        assert promoted.imported and promoted.body_region == "ABDOMEN"
+    assert "modelselector" not in json.loads(
+        (release / "configs" / "metadata.json").read_text(encoding="utf-8")
+    )
