@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import ModelSelectorError
 from ..resources import default_zoo_path
 from ..tables import format_table
+from ..zoo.bundle import read_metadata
 from ..zoo.catalog import Zoo
 
 
@@ -122,7 +123,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, value in d.items():
         if value in (None, "", [], {}):
             continue
-        if isinstance(value, dict):
+        if card.imported and key == "n_training_cases":  # MONAI metadata does not state it
+            value = "not stated (an imported MONAI bundle)"
+        elif isinstance(value, dict):
             value = _metrics(value)
         elif isinstance(value, list):
             value = " x ".join(str(v) for v in value)
@@ -131,6 +134,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     for lb in labels:
         color = " ".join(f"{c:.2f}" for c in lb.get("color", []))
         print(f"  {lb['value']:>3}  {lb['name']}  (color {color})")
+    # an imported bundle's own figures: the publisher's, on data and a protocol of its own
+    published = read_metadata(path).get("eval_metrics") if card.imported else None
+    if isinstance(published, dict) and published:
+        print(f"published by the bundle (eval_metrics, not measured here): {_metrics(published)}")
     return 0
 
 

@@ -443,3 +443,20 @@ def test_a_new_release_of_an_imported_monai_bundle_goes_through_the_gate(tmp_pat
     assert "modelselector" not in json.loads(
         (release / "configs" / "metadata.json").read_text(encoding="utf-8")
     )
+
+
+def test_zoo_show_gives_an_imported_bundles_published_figures_as_the_publishers(tmp_path, capsys):
+    from test_bundle_zoo import make_monai_bundle
+
+    (tmp_path / "r1").mkdir()
+    src, _ = make_monai_bundle(tmp_path / "r1")
+    meta = json.loads((src / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    (src / "configs" / "metadata.json").write_text(json.dumps({**meta, "eval_metrics": {"mean_dice": 0.961}}))
+    zoo = str(tmp_path / "zoo")
+    assert main(["zoo", "init", "--zoo", zoo]) == 0
+    assert main(["zoo", "add", str(src), "--zoo", zoo, "--name", "spleen", "--body-region", "ABDOMEN"]) == 0
+    capsys.readouterr()
+    assert main(["zoo", "show", "spleen", "--zoo", zoo]) == 0
+    out = capsys.readouterr().out
+    assert "published by the bundle (eval_metrics, not measured here): mean_dice=0.961" in out
+    assert "n_training_cases: not stated (an imported MONAI bundle)" in out  # not 0
