@@ -8,14 +8,17 @@ whatever the task's runtime writes for others.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from .errors import InputError, OutputError
 from .io.image import Image, check_model_input, read_image
-from .io.outputs import check_output_file
+from .io.outputs import check_output_file, check_output_folder, output_name
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
 from .models.registry import output_spec, runtime_for
+from .progress import check_cancel, progress_bar
 from .selection.field_of_view import field_of_view
 from .selection.intensity_units import air_share, compare_units
 from .zoo.bundle import load_bundle
@@ -75,6 +78,55 @@ def apply_to_file(
     return runtime.write(runtime.predict(image, cancel=cancel), out)
 
 
+def apply_to_files(
+    zoo_path: Union[Zoo, PathLike],
+    model_name: str,
+    image_paths: Sequence[PathLike],
+    out_dir: PathLike,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+    warn: Optional[Callable[[str], None]] = None,
+) -> list[tuple[Path, Optional[Path], Optional[str]]]:
+    """Apply zoo model ``model_name`` to several images, loading it once, as :func:`apply_to_file` applies it to
+    one: ``out_dir/<image name><suffix>`` for each (``ct.nii.gz`` -> ``ct.seg.nrrd``; a DICOM folder's name).
+
+    Every output path is checked before the model is loaded. An image that cannot be a model's input (unreadable,
+    4D, a label map, ...) is skipped with its reason, and the others are written.
+
+    Returns:
+        ``[(image path, written output or None, reason it was skipped or None)]`` in the order given.
+
+    Raises:
+        OutputError: ``out_dir`` cannot be written, or two images would write the same output (same name in
+            different folders). ZooError, BundleError. Cancelled: between images or within one.
+    """
+    check_device(device)
+    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
+    card = zoo.card(model_name)
+    suffix = output_spec(card.task_type)["suffix"]
+    folder = check_output_folder(out_dir)
+    named: dict[str, PathLike] = {}
+    for path in image_paths:
+        name = output_name(path, suffix)
+        if name in named:
+            raise OutputError(f"{named[name]} and {path} would both be written to {folder / name}; apply them in "
+                              "separate runs or rename one.")  # fmt: skip
+        named[name] = path
+    outs = [check_output_file(folder / name, suffix) for name in named]
+    runtime = open_runtime(zoo, model_name, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    results: list[tuple[Path, Optional[Path], Optional[str]]] = []
+    for path, out in progress_bar(list(zip(image_paths, outs)), desc=f"apply {model_name}"):
+        check_cancel(cancel)
+        try:
+            image = read_model_input(path, card, warn=warn)
+        except InputError as e:
+            results.append((Path(path), None, str(e)))
+            continue
+        results.append((Path(path), runtime.write(runtime.predict(image, cancel=cancel), out), None))
+    return results
+
+
 def read_model_input(
     image_path: PathLike,
     card: Any,
@@ -97,4 +149,4 @@ def read_model_input(
     return image
 
 
-__all__ = ["apply_to_file", "open_runtime", "read_model_input"]
+__all__ = ["apply_to_file", "apply_to_files", "open_runtime", "read_model_input"]

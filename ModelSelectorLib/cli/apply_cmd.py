@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "model writes its contours as Slicer markups curves (.mrk.json, LPS mm, one closed curve per structure, "
         "point names from the model card; `modelselector landmarks apply --points` writes a point list).",
     )
-    p.add_argument("image", type=Path, help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM series folder")
+    p.add_argument("image", type=Path, nargs="+",
+                   help="image file (NIfTI, NRRD, MHA, PNG, ...) or DICOM series folder; several: --out is a folder "
+                        "and each output is named after its image (ct.nii.gz -> ct.seg.nrrd)")  # fmt: skip
     p.add_argument(
         "--zoo", type=Path, default=None, help="zoo folder (default: $MODELSELECTOR_ZOO or the bundled zoo)"
     )
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         required=True,
-        help="output file: OUT.seg.nrrd (segmentation) or OUT.mrk.json (landmarks)",
+        help="output file: OUT.seg.nrrd (segmentation) or OUT.mrk.json (landmarks); a folder for several images",
     )
     p.add_argument(
         "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
@@ -36,11 +38,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apply import apply_to_file
+    from ..apply import apply_to_file, apply_to_files
+    from ..errors import InputError
     from ..resources import default_zoo_path
 
     zoo = args.zoo if args.zoo is not None else default_zoo_path()
-    out = apply_to_file(zoo, args.model, args.image, args.out, device=args.device, series_uid=args.series,
-                        warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr))  # fmt: skip
-    print(out)
+
+    def warn(w: str) -> None:
+        print(f"modelselector: warning: {w}", file=sys.stderr)
+
+    if len(args.image) == 1:
+        print(apply_to_file(zoo, args.model, args.image[0], args.out, device=args.device, series_uid=args.series,
+                            warn=warn))  # fmt: skip
+        return 0
+    if args.series:
+        raise InputError(
+            "--series chooses the series of one DICOM folder; apply to one folder at a time with it."
+        )
+    results = apply_to_files(zoo, args.model, args.image, args.out, device=args.device, warn=warn)
+    for _, out, _ in results:
+        if out is not None:
+            print(out)
+    skipped = [(image, why) for image, _, why in results if why is not None]
+    for image, why in skipped:
+        print(f"modelselector: skipped: {why}", file=sys.stderr)
+    if skipped:
+        print(f"modelselector: error: {len(skipped)} of {len(results)} images were skipped (see above).",
+              file=sys.stderr)  # fmt: skip
+        return InputError.exit_code
     return 0

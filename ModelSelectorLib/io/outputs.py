@@ -105,6 +105,13 @@ def check_output_file(path: PathLike, suffix: str = "", what: str = "--out") -> 
     return p
 
 
+def output_name(input_path: PathLike, suffix: str) -> str:
+    """The file name an output of ``input_path`` (an image file, or a DICOM series folder) gets in a folder of
+    outputs: its name with its (possibly double) extension replaced by ``suffix``, e.g. ``ct.nii.gz`` ->
+    ``ct.seg.nrrd``."""
+    return _with_suffix(Path(os.path.abspath(input_path)).name, suffix)
+
+
 def check_output_folder(path: PathLike, what: str = "--out") -> Path:
     """Check that ``path`` is a folder that can be written, or can be created; returns it as a :class:`Path`.
 
@@ -119,4 +126,4 @@ def check_output_folder(path: PathLike, what: str = "--out") -> Path:
     return p
 
 
-__all__ = ["check_output_file", "check_output_folder"]
+__all__ = ["check_output_file", "check_output_folder", "output_name"]

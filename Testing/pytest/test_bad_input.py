@@ -252,6 +252,9 @@ CLI = [
     ("select a label map",                   ["select", "{labelmap}"],                                               2, "3 distinct whole-number values (0, 1, 2)"),
     ("landmarks apply a label map",          ["landmarks", "apply", "{labelmap}", "--out", "{root}/l.mrk.json"],       2, "looks like a label map"),
     ("select a 4 x 4 icon",                  ["select", "{icon}"],                                                   2, "the image is 4 x 4 pixels, too small to show anatomy"),
+    ("apply several images, --out a file",  ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "{truncated}", "--out", "{afile}"], 6, "is a file"),
+    ("apply two images of one name",         ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "{root}/elsewhere/ct.nii.gz", "--out", "{root}/b"], 6, "would both be written to"),
+    ("apply several images, --series",      ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "{dicom}", "--series", "1.2", "--out", "{root}/b"], 2, "apply to one folder at a time"),
     ("apply a line of pixels",               ["apply", "--zoo", "{zoo}", "--model", TINY, "{line}", "--out", "{root}/n.seg.nrrd"], 2, "the image is 300 x 1 pixels"),
     ("demo --out an existing file",          ["demo", "{image}", "--zoo", "{zoo}", "--out", "{afile}"],              6, "is a file"),
     ("zoo list: a truncated zoo.json",       ["zoo", "list", "--zoo", "{cut_zoo}"],                                  3, "make a new zoo (`modelselector zoo init --zoo NEW`)"),
@@ -386,6 +389,22 @@ def test_apply_writes_the_format_and_geometry_asked_for(world, tmp_path):
     assert proc.returncode == 0, proc.stderr
     seg, segments = read_segmentation(out)
     assert seg.same_geometry(read_image(world["image"])) and [s.name for s in segments] == ["box"]
+
+
+def test_apply_to_several_images_writes_each_and_skips_what_is_no_image(world, tmp_path):
+    from ModelSelectorLib.io import read_segmentation
+
+    out = tmp_path / "batch"
+    proc = bad.run_cli(
+        "apply", "--zoo", world["zoo"], "--model", TINY, world["image"], world["labelmap"], world["truncated"],
+        "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout.strip() == str(out / "ct.seg.nrrd"), proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd"]  # nothing half-written for the others
+    assert read_segmentation(out / "ct.seg.nrrd")[0].same_geometry(read_image(world["image"]))
+    skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("modelselector: skipped: ")]
+    assert len(skipped) == 2 and "looks like a label map" in skipped[0] and "truncated" in skipped[1]
+    assert "2 of 3 images were skipped" in proc.stderr
 
 
 def test_apply_reads_the_series_it_is_told_to(world, tmp_path):
