@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     for _, out, _ in results:
         if out is not None:
             print(out)
-    skipped = [(image, why) for image, _, why in results if why is not None]
-    for image, why in skipped:
+    skipped = [why for _, _, why in results if why is not None]
+    for why in skipped:
         print(f"modelselector: skipped: {why}", file=sys.stderr)
     if skipped:
         print(f"modelselector: error: {len(skipped)} of {len(results)} images were skipped (see above).",

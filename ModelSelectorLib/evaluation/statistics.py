@@ -25,13 +25,20 @@ def bootstrap_interval(
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
+def sample_std(values: Sequence[float]) -> float:
+    """The sample standard deviation of ``values`` (``ddof=1``: an estimate over cases drawn from many, as
+    challenge tables give it); 0 for a single value."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
 def describe(values: Sequence[float], seed: int = 0) -> dict[str, Any]:
-    """``{"mean", "std", "ci95": [low, high], "n"}`` of the finite ``values``."""
+    """``{"mean", "std" (sample, :func:`sample_std`), "ci95": [low, high], "n"}`` of the finite ``values``."""
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if v.size == 0:
         return {"mean": float("nan"), "std": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
     lo, hi = bootstrap_interval(v, seed=seed)
-    return {"mean": float(v.mean()), "std": float(v.std()), "ci95": [lo, hi], "n": int(v.size)}
+    return {"mean": float(v.mean()), "std": sample_std(v), "ci95": [lo, hi], "n": int(v.size)}
 
 
-__all__ = ["bootstrap_interval", "describe"]
+__all__ = ["bootstrap_interval", "describe", "sample_std"]

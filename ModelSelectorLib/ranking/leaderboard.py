@@ -27,6 +27,7 @@ import numpy as np
 from .. import atomic
 from ..errors import DatasetError, InputError, ModelSelectorError, ZooError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
+from ..evaluation.statistics import sample_std
 from ..io.image import Image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
 from ..provenance import utc_timestamp
@@ -357,7 +358,7 @@ def summarize(cases: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]
     return {
         "mean": float(np.sqrt((v**2).mean()) if is_pooled_rms(metric) else v.mean()),
         "median": float(np.median(v)),
-        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "std": sample_std(v),
         "best": float(v.max() if hib else v.min()),
         "worst": float(v.min() if hib else v.max()),
         "worst_case": str(cases[worst_i].get("id")),

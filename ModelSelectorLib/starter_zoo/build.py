@@ -350,7 +350,7 @@ def _held_out(
     else:
         return None
     return {"protocol": protocol, **record, "reference": recipe.reference or {},
-            "nsd_tolerance_mm": recipe.nsd_tolerance_mm}  # fmt: skip
+            "nsd_tolerance_mm": recipe.nsd_tolerance_mm, "distance_unit": recipe.distance_unit}  # fmt: skip
 
 
 def _final_config(recipe: Recipe, config: Any) -> Any:

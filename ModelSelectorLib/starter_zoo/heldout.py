@@ -37,13 +37,16 @@ METRICS = ("dice", "hd95", "nsd")
 
 def score_bundle(
     bundle_dir: PathLike, msd_root: PathLike, cases: Sequence[dict[str, str]], nsd_tolerance: Optional[float],
-    cancel: Optional[Any] = None,
+    cancel: Optional[Any] = None, pixel_size: Optional[Sequence[float]] = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Apply a segmentation bundle to each case in its own geometry and score it against its label map.
 
     Args:
         cases: ``[{"image", "label"}]`` paths relative to ``msd_root``.
         nsd_tolerance: tolerance (mm) of the normalised surface Dice; ``None``: no NSD.
+        pixel_size: the true pixel size (mm, ``x, y[, z]``) that distances are measured with, for files that
+            do not carry it (pictures); the model still sees the files as a user gives them. ``None``: the
+            label files' spacing.
 
     Returns:
         one ``{"case", "dice": {label: d}, "hd95": {...}, "msd": {...}[, "nsd": {...}]}`` per case.
@@ -56,7 +59,8 @@ def score_bundle(
         image = read_image(Path(msd_root) / case["image"])
         truth = read_image(Path(msd_root) / case["label"], check_content=False)
         pred = runtime.predict(image).value
-        m = segmentation_metrics(pred.array, np.asarray(truth.array), truth.spacing, names, nsd_tolerance)
+        spacing = truth.spacing if pixel_size is None else tuple(pixel_size)
+        m = segmentation_metrics(pred.array, np.asarray(truth.array), spacing, names, nsd_tolerance)
         row: dict[str, Any] = {"case": Path(case["image"]).name.replace(".nii.gz", "")}
         for metric in ("dice", "hd95", "msd", "nsd"):
             if metric in next(iter(m.values())):

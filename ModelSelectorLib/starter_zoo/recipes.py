@@ -145,6 +145,7 @@ class Recipe:
             beforehand on the validation cases by this recipe trained without them. ``None``: the model trains
             on the training cases and chooses its post-processing on the validation cases itself.
         nsd_tolerance_mm: tolerance of the normalised surface Dice in the held-out tables (``None``: no NSD).
+        distance_unit: unit of the held-out distances: ``"mm"``, or ``"nominal mm"`` where the spacing is nominal.
         reference: the published figures of the task, ``{"source": text, "dice": {label name: value}, ...}``.
         bundled: whether ``Resources/zoo`` ships the model; ``False`` for a recipe whose build (e.g. a
             cross-validation still running) has not finished. ``build-starter-zoo`` builds it either way.
@@ -166,6 +167,7 @@ class Recipe:
     held_out: str = "validation"
     folds: int = 0
     nsd_tolerance_mm: Optional[float] = None
+    distance_unit: str = "mm"
     refit_lcc: Optional[tuple[int, ...]] = None
     reference: Optional[dict[str, Any]] = None
     bundled: bool = True
@@ -543,6 +545,7 @@ RECIPES: tuple[Recipe, ...] = (
         "slice by slice",
         held_out="test",
         nsd_tolerance_mm=2.0,
+        distance_unit="nominal mm",
         reference={
             "source": "nnU-Net (Isensee et al., Nat Methods 2021), ACDC 5-fold cross-validation",
             "dice": {
@@ -614,6 +617,7 @@ RECIPES: tuple[Recipe, ...] = (
         intended_input="axial brain FLAIR MR of a lower-grade glioma patient; segmented slice by slice at 128 px",
         held_out="test",
         nsd_tolerance_mm=2.0,
+        distance_unit="nominal mm",
         reference={
             "source": "Buda et al., Comput Biol Med 2019 (same TCGA-LGG FLAIR data at 256 px, 22-fold "
             "cross-validation): mean per-patient Dice; human readers 0.84 +- 0.02",
@@ -741,11 +745,8 @@ AnyRecipe = Union[Recipe, LandmarkRecipe]
 
 
 def recipes(only: Optional[Sequence[str]] = None) -> list[AnyRecipe]:
-    """The recipes (segmentation, then landmarks), all or those named in ``only`` (in table order).
-
-    Raises:
-        ModelSelectorError: an unknown name (the message lists the known ones).
-    """
+    """The recipes (segmentation, then landmarks), all or those named in ``only`` (in table order); an unknown
+    name raises :class:`~ModelSelectorLib.errors.InputError` listing the known ones."""
     every: list[AnyRecipe] = [*RECIPES, *LANDMARK_RECIPES]
     if not only:
         return every
@@ -758,8 +759,7 @@ def recipes(only: Optional[Sequence[str]] = None) -> list[AnyRecipe]:
 
 # --- hashing --------------------------------------------------------------------------------------------
 def _file_fingerprint(path: Path) -> list[Any]:
-    st = path.stat()
-    return [path.name, int(st.st_size)]
+    return [path.name, int(path.stat().st_size)]
 
 
 def recipe_hash(recipe: Recipe, split: CaseSplit, data_root: Path, seed: int) -> str:

@@ -14,7 +14,6 @@ from ..zoo.catalog import Zoo
 PathLike = Union[str, "os.PathLike[str]"]
 #: where a bundle keeps its held-out record (written by :func:`~.build.build_model`)
 HELD_OUT_FILE = Path("docs") / "held_out.json"
-_UNITS = {"dice": "", "hd95": " mm", "nsd": ""}
 
 
 def _cell(d: dict[str, Any], metric: str) -> str:
@@ -28,12 +27,14 @@ def _cell(d: dict[str, Any], metric: str) -> str:
 
 def held_out_table(record: dict[str, Any]) -> list[str]:
     """The Markdown table of one model's held-out record: one row per label (and their mean), Dice, HD95 and
-    NSD as mean ± std [95 % bootstrap interval], and the reference's Dice beside ours."""
+    NSD as mean ± std [95 % bootstrap interval], and the reference's Dice beside ours. Distances are in the
+    record's ``distance_unit`` (default ``mm``; ``nominal mm`` where the data's spacing is nominal, ``px`` for
+    pictures without a pixel size), which both headers name."""
     summary, reference = record["summary"], record.get("reference") or {}
     ref_dice = reference.get("dice", {})
     metrics = [m for m in ("dice", "hd95", "nsd") if m in summary]
-    tol = record.get("nsd_tolerance_mm")
-    heads = {"dice": "Dice", "hd95": "HD95 (mm)", "nsd": f"NSD ({tol:g} mm)" if tol else "NSD"}
+    tol, unit = record.get("nsd_tolerance_mm"), record.get("distance_unit", "mm")
+    heads = {"dice": "Dice", "hd95": f"HD95 ({unit})", "nsd": f"NSD ({tol:g} {unit})" if tol else "NSD"}
     lines = ["| label | " + " | ".join(heads[m] for m in metrics) + " | reference Dice |",
              "|---|" + "---|" * (len(metrics) + 1)]  # fmt: skip
     labels = [n for n in summary["dice"] if n != "mean"]

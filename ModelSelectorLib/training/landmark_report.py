@@ -20,6 +20,7 @@ import numpy as np
 from .. import atomic
 from ..datasets.landmarks import LandmarkCase, find_landmark_folders
 from ..evaluation.landmarks import holm, paired_comparison
+from ..evaluation.statistics import sample_std
 from ..models.landmarks import GROUP_COLORS, GROUP_NAMES, GROUPS, LandmarkSchema, to_original
 from .landmark_grid import GridConfig, run_name
 from .landmarks import VARIANT_TITLES, VARIANTS
@@ -63,7 +64,7 @@ def _aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     vals = np.array([r[part].get(k, np.nan) for r in rs], float)
                     vals = vals[np.isfinite(vals)]
                     cell[prefix + k] = {"mean": float(vals.mean()) if vals.size else None,
-                                        "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0, "n": int(vals.size)}  # fmt: skip
+                                        "std": sample_std(vals), "n": int(vals.size)}  # fmt: skip
             cell["train_seconds"] = float(np.sum([r["train_seconds"] for r in rs]))
             cell["parameters"] = rs[0]["parameters"]
             cell["parameters_coarse"] = rs[0].get("parameters_coarse", rs[0]["parameters"])

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..evaluation.metrics import dice_per_label
 from ..evaluation.segmentation import segmentation_metrics
+from ..evaluation.statistics import sample_std
 from ..models.segmentation import keep_largest_component, predict_probabilities
 from ..progress import check_cancel
 
@@ -99,7 +100,7 @@ def summarize_cases(per_case: list[dict[str, Any]], lcc_labels: Sequence[str] = 
             key = metric + ("_lcc" if n in lcc_labels else "")
             vals = np.asarray([r[key][n] for r in per_case], dtype=float)
             out[f"{metric}_{n}"] = round(float(vals.mean()), 4)
-            out[f"{metric}_{n}_std"] = round(float(vals.std()), 4)
+            out[f"{metric}_{n}_std"] = round(sample_std(vals), 4)
             means.append(vals.mean())
         out[metric] = round(float(np.mean(means)), 4)
     out["cases"] = len(per_case)

@@ -721,3 +721,29 @@ def test_test_split_file_lets_the_gate_compare_on_the_recipes_test_patients(tiny
     assert [c["id"] for c in read["cases"]] == ["case2"] and Path(read["cases"][0]["label"]).is_file()
     build_model(recipe, tiny_data, tmp_path / "zoo", tmp_path / "work", num_threads=1)
     assert seen_case_ids(Zoo(tmp_path / "zoo").get("tiny-organs")) == {"case0", "case1"}  # none in the split
+
+
+def test_the_held_out_tables_of_the_docs_are_the_bundled_records_in_their_units():
+    """docs/starter-zoo.md shows each bundled model's held-out record as `held_out_table` renders it: figures, a
+    sample standard deviation, and distances in the record's unit (nominal mm where the data's spacing is)."""
+    from ModelSelectorLib.resources import default_zoo_path
+    from ModelSelectorLib.starter_zoo.report import HELD_OUT_FILE, held_out_table
+    from ModelSelectorLib.zoo import Zoo
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "starter-zoo.md").read_text(encoding="utf-8")
+    zoo, units = Zoo(default_zoo_path()), {}
+    for name in zoo.names():
+        path = zoo.get(name) / HELD_OUT_FILE
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            units[name] = record.get("distance_unit")
+            assert all(line in doc for line in held_out_table(record)), name
+            per_case = [r["dice"] for r in record["per_case"]]
+            label = next(iter(per_case[0]))
+            assert record["summary"]["dice"][label]["std"] == pytest.approx(
+                np.std([d[label] for d in per_case], ddof=1)
+            )
+    nominal = {r.name for r in RECIPES if r.distance_unit == "nominal mm"}
+    assert nominal == {"mr-cardiac", "mr-brain-flair-lesion"} and {units[n] for n in nominal} == {"nominal mm"}
+    assert units["dx-chest-lungs"] == units["mr-hippocampus"] == "mm"
+    assert "| label | Dice | HD95 (nominal mm) | NSD (2 nominal mm) | reference Dice |" in doc

@@ -16,17 +16,23 @@ from ModelSelectorLib.starter_zoo.heldout import describe_cases, score_bundle
 from ModelSelectorLib.starter_zoo.report import HELD_OUT_FILE
 
 HERE = Path(__file__).parent
-NSD_TOLERANCE = 2.0  # pixels: PNG files carry no spacing
+NSD_TOLERANCE = 2.0  # mm
+#: JSRT's pixel size in the shared 512-px copy (0.175 mm at 2048 px; every test image's _landmarks.json gives it):
+#: the PNG files carry none, so distances are measured with it, while the model sees the files as a user gives them
+PIXEL_MM = 0.7
 
 
 def main(bundle: Path) -> dict:
     split = json.loads((HERE / "test_split.json").read_text(encoding="utf-8"))
     cases = [{"image": c["image"], "label": c["label"]} for c in split["cases"]]
-    per_case = score_bundle(bundle, HERE / split["dataset"], cases, NSD_TOLERANCE)
+    per_case = score_bundle(
+        bundle, HERE / split["dataset"], cases, NSD_TOLERANCE, pixel_size=(PIXEL_MM, PIXEL_MM)
+    )
     record = {
         "protocol": f"test split of {len(cases)} JSRT images that no choice was made on (the sweep chose on 31 "
         "selection images; none of the test images was a training or validation image of either version)",
         "summary": describe_cases(per_case), "per_case": per_case, "nsd_tolerance_mm": NSD_TOLERANCE,
+        "distance_unit": "mm",
         "reference": {"source": "HybridGNet (Gaggion et al., IEEE TMI 2022), JSRT lungs at 1024 px",
                       "dice": {"Lungs": 0.966}},
     }  # fmt: skip
