@@ -95,6 +95,13 @@ class GateResult:
         return "\n".join(lines)
 
 
+def min_paired_cases(level: float) -> int:
+    """The fewest paired cases with which any paired test can be significant at ``level``: n such that even n
+    improvements out of n (a one-sided sign or signed-rank test's smallest p-value, 2^-n) stay below 1 - level
+    (5 at 0.95). The bootstrap gate refuses fewer; with Wilcoxon the p-value itself cannot get there."""
+    return int(np.floor(np.log2(1.0 / (1.0 - float(level))))) + 1
+
+
 def gate(
     candidate: Sequence[float],
     current: Sequence[float],
@@ -140,6 +147,10 @@ def gate(
             p_value = float(wilcoxon(d, alternative="greater", zero_method="wilcox").pvalue)
         significant = p_value < 1.0 - level
         test = f"Wilcoxon p = {p_value:.4g} {'<' if significant else '>='} {1 - level:.3g}"
+    elif d.size < min_paired_cases(level):  # a few cases resample into a narrow interval that means nothing
+        significant = False
+        test = (f"{d.size} paired case(s) cannot show a difference at the {level:.0%} level (at least "
+                f"{min_paired_cases(level)} are needed, as for any paired test)")  # fmt: skip
     else:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, d.size, size=(int(n_boot), d.size))

@@ -62,6 +62,19 @@ def test_gate_direction_of_distances_and_missing_values():
         gate([1.0], [1.0], level=95)
 
 
+def test_the_bootstrap_gate_refuses_too_few_cases_to_show_a_difference():
+    """One case (or four at 95 %) resamples into an interval of no width, which would accept anything better on
+    them; the bootstrap then asks for as many cases as any paired test needs (Wilcoxon's p cannot get there)."""
+    from ModelSelectorLib.ranking.promotion import min_paired_cases
+
+    assert [min_paired_cases(v) for v in (0.5, 0.9, 0.95, 0.99)] == [2, 4, 5, 7]
+    for n in (1, 4):
+        g = gate([0.81] * n, [0.80] * n, "dice", method="bootstrap")
+        assert not g.accepted and g.ci is None and "at least 5 are needed" in g.reason
+        assert not gate([0.81] * n, [0.80] * n, "dice").accepted
+    assert gate([0.81] * 5, [0.80] * 5, "dice", method="bootstrap").accepted
+
+
 def test_gating_on_a_label_that_no_test_case_holds_says_so():
     from ModelSelectorLib.errors import InputError
     from ModelSelectorLib.ranking.promotion import _scores
