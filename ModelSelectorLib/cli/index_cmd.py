@@ -145,6 +145,8 @@ def _print_calibration(cal: dict, zoo: Zoo, idx: Any = None, key: str = "data-fr
               f"{float(setting.get('threshold', 0.0)):.3f}; recalibrate with {recalibrate}")  # fmt: skip
     kept = {t: sorted(v) for t, v in (setting.get("verify") or {}).items()}
     print(f"  model-alone signals kept: {kept or 'none'}")
+    print("  (rates on the calibration images that set the operating points, of the domain match alone: a "
+          "held-out test is `modelselector evaluate-selection`)")  # fmt: skip
 
 
 def _refuse_replacing_a_better_calibration(out: Path, zoo: Any) -> None:

@@ -271,8 +271,10 @@ def choose_signals(offset: np.ndarray, signals: dict[str, np.ndarray], y: np.nda
 
 
 def youden_threshold(z: np.ndarray, y: np.ndarray) -> float:
-    """The threshold on ``z`` maximising true-positive minus false-positive rate; when a range of thresholds
-    does so (classes separated by a gap), the middle of that range, the widest margin on both sides."""
+    """The threshold on ``z`` maximising true-positive minus false-positive rate (Youden's J); when a range of
+    thresholds does so (classes separated by a gap), the middle of that range, the widest margin on both sides.
+    Where J peaks in several separate ranges, the widest of them: the middle of two ranges can fall where J is
+    lower."""
     if not y.any() or y.all():
         return 0.0
     cuts = np.unique(z)
@@ -281,7 +283,9 @@ def youden_threshold(z: np.ndarray, y: np.ndarray) -> float:
     fpr = (z[~y][None, :] >= cands[:, None]).mean(axis=1)
     j = tpr - fpr
     best = np.flatnonzero(j >= j.max() - 1e-12)
-    return float((cands[best[0]] + cands[best[-1]]) / 2.0) if len(best) > 1 else float(cands[best[0]])
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)  # contiguous ranges of the best thresholds
+    run = max(runs, key=lambda r: cands[r[-1]] - cands[r[0]])
+    return float((cands[run[0]] + cands[run[-1]]) / 2.0)
 
 
 def _rates(z: np.ndarray, y: np.ndarray, t: float) -> dict[str, Any]:

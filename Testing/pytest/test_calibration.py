@@ -31,6 +31,11 @@ def test_youden_threshold_separates_in_the_middle_of_the_gap():
     y2 = np.array([False, True, False, False, True, True])
     t2 = youden_threshold(z2, y2)
     assert (z2[y2] >= t2).mean() - (z2[~y2] >= t2).mean() == pytest.approx(2 / 3)
+    # J peaks (0.75) at two separate ranges, around 0.6 and 2.55; between them it is 0.5: one range is kept
+    z3 = np.array([1.0, 3.0, 3.2, 3.4, -2.0, -1.5, -1.0, -0.5, 0.0, 0.2, 2.0, 2.1])
+    y3 = np.array([True] * 4 + [False] * 8)
+    t3 = youden_threshold(z3, y3)
+    assert (z3[y3] >= t3).mean() - (z3[~y3] >= t3).mean() == pytest.approx(0.75)
 
 
 def test_offset_logistic_learns_the_weight_of_a_signal():
