@@ -10,6 +10,10 @@ A label present in the ground truth but missing from the prediction (or the reve
 it gets the image diagonal in mm, the largest distance possible inside the image, so that summary statistics
 and paired tests stay defined and such failures rank last. Both absent -> 0 mm.
 
+A picture without a pixel size (PNG, JPEG; :attr:`~ModelSelectorLib.io.Image.pixel_size_known`) has no mm: its
+distances are in its pixels, named ``hd95_px`` and ``msd_px`` (``hd95_px_<label>``, ...), and the case says
+``"distance_unit": "px"``.
+
 A label that no case of an evaluated set holds in its ground truth cannot be measured on that set (its Dice would
 only count false positives): :func:`evaluate_bundle` leaves it out of every case's mean and lists it as
 ``not_measured``, as training leaves it out of the validation figure.
@@ -125,8 +129,28 @@ def case_summary(per_label: Mapping[str, Mapping[str, float]]) -> dict[str, floa
     return out
 
 
+#: the metrics in mm, which a picture without a pixel size has in pixels instead (``<metric>_px``)
+DISTANCE_METRICS = ("hd95", "msd")
+
+
+def summary_in_unit(summary: Mapping[str, float], unit: str = "mm") -> dict[str, float]:
+    """A :func:`case_summary` with its distances named for ``unit``: unchanged for ``"mm"``; for ``"px"``
+    ``hd95`` -> ``hd95_px`` and ``hd95_<label>`` -> ``hd95_px_<label>`` (likewise ``msd``)."""
+    if unit == "mm":
+        return dict(summary)
+    out = {}
+    for key, value in summary.items():
+        base = key.split("_", 1)[0]
+        out[f"{base}_{unit}{key[len(base) :]}" if base in DISTANCE_METRICS else key] = value
+    return out
+
+
 def evaluate_segmentation(
-    prediction: Image, truth: Image, labels: Mapping[int, str], truth_path: Optional[str] = None
+    prediction: Image,
+    truth: Image,
+    labels: Mapping[int, str],
+    truth_path: Optional[str] = None,
+    pixel_size_known: Optional[bool] = None,
 ) -> dict[str, Any]:
     """Metrics of one predicted :class:`~ModelSelectorLib.io.Image` against its ground truth.
 
@@ -137,9 +161,13 @@ def evaluate_segmentation(
 
     Args:
         truth_path: the truth's file, named in errors (default: its ``meta["path"]``).
+        pixel_size_known: whether the image has a pixel size (default: the prediction's
+            :attr:`~ModelSelectorLib.io.Image.pixel_size_known`); without one, distances are in pixels (module
+            docstring).
 
     Returns:
-        ``{"per_label": {name: {dice, hd95, msd}}, **case_summary}``.
+        ``{"per_label": {name: {dice, hd95, msd}}, **case_summary}`` (``per_label`` distances in the case's
+        ``distance_unit``, when it names one).
 
     Raises:
         DatasetError: the truth's header does not place its foreground on the prediction's grid.
@@ -147,7 +175,10 @@ def evaluate_segmentation(
     if not truth.same_geometry(prediction):
         truth = align_label(truth, prediction, truth_path or truth.meta.get("path", "the ground truth"))
     per = segmentation_metrics(prediction.array, truth.array, prediction.spacing, labels)
-    return {"per_label": per, **case_summary(per)}
+    known = prediction.pixel_size_known if pixel_size_known is None else pixel_size_known
+    if known:
+        return {"per_label": per, **case_summary(per)}
+    return {"per_label": per, **summary_in_unit(case_summary(per), "px"), "distance_unit": "px"}
 
 
 def evaluate_bundle(
@@ -191,7 +222,7 @@ def evaluate_bundle(
         truth = align_label(truth, pred, case["label"], case["image"])  # the prediction has the image's grid
         held.update(int(v) for v in np.unique(truth.array))
         res: dict[str, Any] = {"id": str(case.get("id", Path(str(case["image"])).name))}
-        res.update(evaluate_segmentation(pred, truth, labels, str(case["label"])))
+        res.update(evaluate_segmentation(pred, truth, labels, str(case["label"]), image.pixel_size_known))
         if on_case is not None:
             res.update(on_case(res["id"], image, truth, pred) or {})
         results.append(res)
@@ -209,10 +240,11 @@ def leave_out_unheld(
     if not unheld or len(unheld) == len(fg):
         return results
     for res in results:
-        per = res["per_label"]
-        for key in case_summary(per):
+        per, unit = res["per_label"], res.get("distance_unit", "mm")
+        for key in summary_in_unit(case_summary(per), unit):
             res.pop(key, None)
-        res.update(case_summary({n: m for n, m in per.items() if n not in unheld}), not_measured=unheld)
+        kept = case_summary({n: m for n, m in per.items() if n not in unheld})
+        res.update(summary_in_unit(kept, unit), not_measured=unheld)
     return results
 
 
@@ -222,5 +254,6 @@ __all__ = [
     "evaluate_segmentation",
     "higher_is_better",
     "leave_out_unheld",
+    "summary_in_unit",
     "segmentation_metrics",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 from .. import atomic
 from ..errors import DatasetError, InputError, ModelSelectorError, ZooError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
+from ..evaluation.segmentation import summary_in_unit
 from ..evaluation.statistics import sample_std
 from ..io.image import Image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
@@ -288,7 +289,8 @@ def metric_problem(task_type: str, metric: str, labels: Optional[Mapping[Any, st
     else:
         names = list((labels or {}).values())
         per_label = [f"{m}_{n}" for m in SEGMENTATION_METRICS for n in names] if len(names) > 1 else []
-        ok = metric in (*SEGMENTATION_METRICS, "nsd", *per_label)
+        names_mm = dict.fromkeys((*SEGMENTATION_METRICS, "nsd", *per_label))
+        ok = metric in names_mm or metric in summary_in_unit(names_mm, "px")  # pictures: distances in pixels
         known = ", ".join([*SEGMENTATION_METRICS, *per_label])
     if ok:
         return None

@@ -473,3 +473,33 @@ def test_zoo_show_gives_an_imported_bundles_published_figures_as_the_publishers(
     out = capsys.readouterr().out
     assert "published by the bundle (eval_metrics, not measured here): mean_dice=0.961" in out
     assert "n_training_cases: not stated (an imported MONAI bundle)" in out  # not 0
+
+
+def test_distances_on_pictures_without_a_pixel_size_are_named_in_pixels(models, tmp_path):
+    """A PNG has no mm: its HD95 and MSD are hd95_px and msd_px (a leaderboard or gate metric of their own), while
+    a NIfTI of the same pixels with its spacing keeps hd95 in mm."""
+    import numpy as np
+    from ranking_helpers import SPACING, disk_case
+
+    from ModelSelectorLib.io import Image, write_image
+    from ModelSelectorLib.ranking.leaderboard import metric_problem
+    from ModelSelectorLib.ranking.scoring import evaluate_cases
+    from ModelSelectorLib.zoo import load_bundle
+
+    img, lab = disk_case(123)
+    picture = np.clip(img, 0, 255).astype(np.uint8)
+    geo = {"origin": (0.0, 0.0), "direction": (1.0, 0.0, 0.0, 1.0)}
+    write_image(Image(picture, (1.0, 1.0), **geo), tmp_path / "case.png")
+    write_image(Image((lab * 255).astype(np.uint8), (1.0, 1.0), **geo), tmp_path / "case_mask.png")
+    write_image(Image(img, SPACING, **geo), tmp_path / "case.nii.gz")
+    write_image(Image(lab, SPACING, **geo), tmp_path / "case_mask.nii.gz")
+    loaded = load_bundle(models["good"])
+    png, nii = (
+        evaluate_cases(loaded, [{"id": "c", "image": str(tmp_path / f"case{ext}"),
+                                 "label": str(tmp_path / f"case_mask{ext}"), "label_values": values}],
+                       {1: "disk"})[0]
+        for ext, values in ((".png", {0: 0, 255: 1}), (".nii.gz", None))
+    )  # fmt: skip
+    assert png["distance_unit"] == "px" and {"hd95_px", "msd_px"} <= set(png) and "hd95" not in png
+    assert "distance_unit" not in nii and {"hd95", "msd"} <= set(nii) and "hd95_px" not in nii
+    assert metric_problem("segmentation", "hd95_px", {1: "disk"}) is None
