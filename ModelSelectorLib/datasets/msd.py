@@ -80,6 +80,21 @@ class MSDDataset:
         return labelmaps.class_indices(self.labels, self.root / "dataset.json")
 
 
+def case_id(path: os.PathLike[str] | str) -> str:
+    """A file's case id: its name without the image extension (``imagesTr/JPCLN001.nii.gz`` -> ``JPCLN001``)."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".png"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def case_id_of(case: dict[str, Any]) -> str:
+    """A dataset case's id (``{"image", "label"}``): its label file's :func:`case_id`, which MSD and nnU-Net v2
+    folders name alike (an nnU-Net image carries a channel suffix, ``CASE_0000``); the image's without a label."""
+    return case_id(case.get("label") or case["image"])
+
+
 def resolve_path(root: Path, rel: str) -> Path:
     """``rel`` resolved against ``root`` unless it is absolute."""
     p = Path(rel)

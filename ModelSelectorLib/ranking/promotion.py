@@ -385,11 +385,12 @@ def _add_version(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n
 def seen_case_ids(bundle: PathLike) -> set[str]:
     """The case ids a bundle trained or chose on, as far as it records them: the training and validation cases of
     a starter-zoo build (``metadata.json``) and of :func:`~ModelSelectorLib.training.segmentation.train_segmentation`
-    (``docs/training_curve.json``); empty when it records none."""
+    and the landmark trainer (``docs/training_curve.json``: ``training_ids`` and ``validation_ids``, and the image
+    file names an older build recorded); empty when it records none."""
+    from ..datasets.msd import case_id
     from ..starter_zoo.recipes import METADATA_KEY
     from ..training.segmentation import CURVE_FILE
     from ..zoo.bundle import read_metadata
-    from .sweep import case_id
 
     seen: set[str] = set()
     try:
@@ -402,7 +403,9 @@ def seen_case_ids(bundle: PathLike) -> set[str]:
         curve = json.loads((Path(bundle) / CURVE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         curve = {}
-    for part in ("training_cases", "validation_cases"):
+    if "training_ids" in curve:
+        return seen | {str(c) for part in ("training_ids", "validation_ids") for c in curve.get(part) or []}
+    for part in ("training_cases", "validation_cases"):  # image file names, before ids were recorded
         seen |= {case_id(c) for c in curve.get(part) or [] if isinstance(c, str)}
     return seen
 
@@ -549,14 +552,16 @@ def restore(zoo_dir: PathLike, task: str, version: Optional[str] = None) -> dict
 
 
 def _is_test_case(case: dict[str, Any], test_cases: Sequence[dict[str, Any]]) -> bool:
-    """Whether a dataset case is one of a split's test cases: the same case id (its image file name without the
-    extension, :func:`~.sweep.case_id`, as the split records it) or the same image file. By id, so that a new copy
-    of the data (another folder holding the same cases) never trains on the test cases."""
-    from .sweep import case_id
+    """Whether a dataset case is one of a split's test cases: the same case id (its label file name without the
+    extension, :func:`~ModelSelectorLib.datasets.msd.case_id_of`, as the split records it; an older split's image
+    name) or the same image file. By id, so that a new copy of the data (another folder holding the same cases, in
+    MSD or nnU-Net form) never trains on the test cases."""
+    from ..datasets.msd import case_id, case_id_of
 
     ids = {str(c.get("id")) for c in test_cases} | {case_id(c["image"]) for c in test_cases}
     paths = {str(Path(c["image"]).resolve()) for c in test_cases}
-    return case_id(case["image"]) in ids or str(Path(case["image"]).resolve()) in paths
+    own = {case_id_of(case), case_id(case["image"])}
+    return bool(own & ids) or str(Path(case["image"]).resolve()) in paths
 
 
 def retrain(

@@ -69,7 +69,7 @@ from typing import Any, Callable, Optional, Union
 
 from .. import atomic
 from ..datasets.labelmaps import is_identity
-from ..datasets.msd import load_msd
+from ..datasets.msd import case_id, case_id_of, load_msd
 from ..datasets.split_file import check_earlier_split, draw_test, read_split, write_split
 from ..errors import DatasetError, ModelSelectorError, TrainingError
 from ..models.landmarks import LandmarkRuntime
@@ -307,7 +307,7 @@ def make_split(
     if n < 4:
         raise DatasetError(f"{dataset.root}: {n} case(s); a sweep needs at least 4 (test, selection, training, "
                            "validation).")  # fmt: skip
-    ids = [case_id(c["image"]) for c in dataset.training]
+    ids = [case_id_of(c) for c in dataset.training]
     n_test = min(n - 3, max(1, int(round(n * test_fraction))))
     order, test_idx = draw_test(ids, seed, n_test, not_in_test, dataset.root)
     n_sel = min(n - n_test - 2, max(1, int(round(n * selection_fraction))))
@@ -357,15 +357,6 @@ def _check_kept_labels(
             f"sweep's models output {labels} (label values {values or 'as in the files'}); start a new sweep "
             "(another --out zoo or task name) so that the split is drawn again."
         )
-
-
-def case_id(path: PathLike) -> str:
-    """A case's id: its image file name without the image extension (``imagesTr/JPCLN001.nii.gz`` -> ``JPCLN001``)."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".png"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
 
 
 # --- workers --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from ..progress import check_cancel, progress_bar
 from ..zoo.bundle import save_bundle
 from ..zoo.card import ModelCard
 from ..zoo.catalog import Zoo
+from .config import CURVE_FILE
 from .fitting import reset_peak_memory, training_device
 from .landmark_grid import (
     CARD_METRICS,
@@ -593,4 +594,7 @@ def _zoo_bundle(data: PathLike, zoo: PathLike, cfg: GridConfig, tc: LandmarkTrai
     with tempfile.TemporaryDirectory() as tmp:
         bundle = save_bundle(Path(tmp) / name, card, pipeline_def(size_name, gd.schema.n_points, whole, tc),
                              whole.state_dict(), description=description)  # fmt: skip
+        # the images it learnt and chose on, which the promotion gate keeps out of a test split
+        atomic.write_json(bundle / CURVE_FILE, {"training_ids": sorted(gd.splits["train"]),
+                                                "validation_ids": sorted(gd.splits["val"])})  # fmt: skip
         return Zoo.create(zoo).add(bundle)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import atomic
 from ..datasets.labelmaps import align_label, as_label_map, is_identity, to_class_indices
-from ..datasets.msd import MSDDataset, load_msd
+from ..datasets.msd import MSDDataset, case_id_of, load_msd
 from ..errors import TrainingError
 from ..io.geometry import CANONICAL_AXCODES
 from ..io.image import read_image
@@ -75,7 +75,9 @@ def load_cases(
         classes = align_label(classes, image, case["label"], case["image"])
         arr, grid = preprocess(image, spacing, intensity, CANONICAL_AXCODES)
         lab = resample_label(classes, grid)
-        items.append({"image": arr[None], "label": lab[None], "case": str(case["image"])})
+        items.append(
+            {"image": arr[None], "label": lab[None], "case": str(case["image"]), "id": case_id_of(case)}
+        )
     return items
 
 
@@ -226,6 +228,8 @@ def _add_to_zoo(
         curve = {"epochs": res.history, "best_val_dice": round((res.best or {"dice": 0.0})["dice"], 6),
                  "training_cases": [Path(it["case"]).name for it in run.train_items],
                  "validation_cases": [Path(it["case"]).name for it in run.val_items],
+                 "training_ids": [it["id"] for it in run.train_items],
+                 "validation_ids": [it["id"] for it in run.val_items],
                  "flip_axes": list(run.flips) if config.augment else [],
                  "label_values": {str(i): v for v, i in run.dataset.class_indices.items() if v},
                  "training_time_s": res.seconds, "resumed_from_epoch": res.resumed_from,

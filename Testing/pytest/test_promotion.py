@@ -244,6 +244,35 @@ def test_retrain_on_a_new_copy_of_the_data_leaves_the_test_cases_out_by_case_id(
         assert not {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]} & test_ids
 
 
+def test_retrain_on_an_nnunet_copy_of_the_data_leaves_the_test_cases_out_by_case_id(models, tmp_path):
+    """nnU-Net v2 names a case's image CASE_0000 beside its label CASE: the case id is the label's, so the test
+    cases of a split made from MSD files are recognised there too, and the new version records its cases' ids."""
+    from ModelSelectorLib.ranking.promotion import seen_case_ids
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo, nn = tmp_path / "zoo", tmp_path / "nnunet"
+    promote(zoo, "disks", models["bad"], models["split"])
+    (nn / "imagesTr").mkdir(parents=True)
+    shutil.copytree(models["msd"] / "labelsTr", nn / "labelsTr")
+    for label in (nn / "labelsTr").glob("*.nii.gz"):
+        shutil.copy(
+            models["msd"] / "imagesTr" / label.name,
+            nn / "imagesTr" / label.name.replace(".nii.gz", "_0000.nii.gz"),
+        )
+    (nn / "dataset.json").write_text(json.dumps({"channel_names": {"0": "DX"}, "labels": {"background": 0, "disk": 1},
+                                                 "numTraining": 10, "file_ending": ".nii.gz", "body_region": "CHEST"}))  # fmt: skip
+    test_ids = {c["id"] for c in json.loads(models["split"].read_text(encoding="utf-8"))["cases"]}
+    res = retrain(zoo, "disks", nn, models["split"], {"epochs": 1}, level=0.5)
+    assert f"({len(test_ids)} test case(s) left out)" in res["candidate_bundle"]
+    if res["accepted"]:
+        assert not seen_case_ids(Zoo(zoo).get("disks")) & test_ids
+    # a model trained on the nnU-Net folder records its cases by the same ids as a split names them
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
+
+    bundle = train_segmentation(nn, "nn", tmp_path / "nnzoo", TrainConfig.from_dict({**TINY, "epochs": 1}))
+    assert seen_case_ids(bundle) == {f"disk_{i:02d}" for i in range(10)}
+
+
 def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
     from ModelSelectorLib.provenance import file_digest
     from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE, validate_bundle

@@ -310,6 +310,10 @@ def test_a_landmark_sweep_ranks_on_the_selection_split_and_leaves_the_test_split
     card = Zoo(zoo).card("lm-a")
     assert card.validation_metrics["test_n_cases"] == len(parts["selection"])
     assert f"{len(parts['selection'])} held-out selection images" in card.training_data
+    # the candidate records the images it learnt and chose on, which the promotion gate keeps out of a test split
+    from ModelSelectorLib.ranking.promotion import seen_case_ids
+
+    assert seen_case_ids(Zoo(zoo).get("lm-a")) == set(parts["train"]) | set(parts["val"])
     assert " test images" not in card.training_data
     assert card.n_training_cases == len(parts["train"])
 
