@@ -87,13 +87,18 @@ def read_split(path: PathLike) -> dict[str, Any]:
 
 
 def check_earlier_split(
-    test_file: Path, dataset: Optional[str], root: PathLike, needed: Sequence[Path]
-) -> None:
-    """Check that the test split a sweep folder already holds (of ``dataset``, as recorded) may be kept for a sweep
-    of ``root``: of the same data, and from a sweep that kept the files ``needed`` (its selection split, ...).
+    test_file: Path, dataset: Optional[str], root: PathLike, needed: Sequence[Path],
+    kept: Optional[dict[str, Any]] = None, not_in_test: Iterable[str] = (),
+) -> None:  # fmt: skip
+    """Check that the test split a sweep folder already holds (of ``dataset``, as recorded; its content ``kept``)
+    may be kept for a sweep of ``root``: of the same data, from a sweep that kept the files ``needed`` (its selection
+    split, ...), and holding none of the ids that the sweep's ``not_in_test`` bars now (e.g. cases a model added
+    since trained on). A changed seed or fraction keeps the split, so that every candidate compares on the same
+    cases.
 
     Raises:
-        DatasetError: a split of other data, or a folder of a sweep that ranked its candidates on its test split.
+        DatasetError: a split of other data, a folder of a sweep that ranked its candidates on its test split, or a
+            split holding cases ``not_in_test`` bars.
     """
     if dataset != str(root):
         raise DatasetError(f"{test_file}: holds the test split of another dataset ({dataset}); use another --out "
@@ -102,6 +107,12 @@ def check_earlier_split(
         raise DatasetError(f"{test_file.parent}: made by a sweep that ranked its candidates on the test split "
                            "itself; start a new sweep (another --out zoo or task name) to get a separate selection "
                            "split.")  # fmt: skip
+    barred = sorted(
+        {str(c.get("id")) for c in (kept or {}).get("cases") or []} & {str(i) for i in not_in_test}
+    )
+    if barred:
+        raise DatasetError(f"{test_file}: the kept test split holds {', '.join(barred)}, which not_in_test now bars; "
+                           "start a new sweep (another --out zoo or task name) to draw a test split without them.")  # fmt: skip
 
 
 def draw_test(ids: Sequence[str], seed: int, n_test: int, not_in_test: Iterable[str], root: PathLike,

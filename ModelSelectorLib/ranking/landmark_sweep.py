@@ -89,8 +89,10 @@ def make_split(
     work = Path(work_dir)
     test_file, selection_file, ids_file = work / TEST_SPLIT, work / SELECTION_SPLIT, work / SPLITS
     if test_file.is_file():
-        recorded = json.loads(test_file.read_text(encoding="utf-8")).get("dataset")
-        check_earlier_split(test_file, recorded, root, [selection_file, ids_file])
+        kept = json.loads(test_file.read_text(encoding="utf-8"))
+        check_earlier_split(
+            test_file, kept.get("dataset"), root, [selection_file, ids_file], kept, not_in_test
+        )
         return root, selection_file, test_file
     images = {p.stem: p for p in find_landmark_folders(root)[0]}
     parts = _parts(sorted(images), seed, test_fraction, selection_fraction, set(not_in_test), root)

@@ -209,6 +209,15 @@ def summary_over_cases(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {m: round(float(v), 6) for m, v in means.items() if v is not None}
 
 
+def _test_split(split_data: dict[str, Any], split_path: Path) -> dict[str, Any]:
+    """``split_data``, refused when its ``purpose`` says it is a sweep's selection split: the sweep chose its winner
+    on those cases, so a comparison there would favour it."""
+    if str(split_data.get("purpose", "")).startswith("selection"):
+        raise DatasetError(f"{split_path}: is a sweep's selection split, where the sweep chose its winner; the gate "
+                           f"compares on the test split ({split_path.with_name('test_split.json')}).")  # fmt: skip
+    return split_data
+
+
 def _imported_candidate(zoo: Any, task: str, candidate: Path, folder: Path) -> Path:
     """A standard MONAI bundle (no card) copied into ``folder`` with the card ``zoo add`` would give it as the
     task's: its name, modality and body region (MONAI metadata names no region); returns the copy.
@@ -303,7 +312,7 @@ def promote(
             f"no test split for task {task!r}; pass --split FILE (a test_split.json written by "
             "`modelselector sweep`)."
         )
-    split_data = read_split(split_path)
+    split_data = _test_split(read_split(split_path), split_path)
     labels = split_data["labels"]
     bundles = [Path(candidate), *([zoo.get(task)] if task in zoo else [])]
     names = [candidate_label or str(candidate), *([f"{task} {zoo.current(task)}"] if task in zoo else [])]
@@ -603,7 +612,7 @@ def retrain(
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(f"no test split for task {task!r}; pass --split FILE.")
-    split_data = read_split(split_path)
+    split_data = _test_split(read_split(split_path), split_path)
     _check_unseen(split_data, split_path, [zoo.get(task)], [f"{task} {zoo.current(task)}"],
                   f"pass --split with a test split whose cases {task} {zoo.current(task)} did not learn from")  # fmt: skip
     base: dict[str, Any] = {}

@@ -273,6 +273,15 @@ def test_retrain_on_an_nnunet_copy_of_the_data_leaves_the_test_cases_out_by_case
     assert seen_case_ids(bundle) == {f"disk_{i:02d}" for i in range(10)}
 
 
+def test_the_gate_refuses_the_selection_split_the_winner_was_chosen_on(models, tmp_path):
+    selection = models["split"].with_name("selection_split.json")
+    with pytest.raises(DatasetError, match="selection split, where the sweep chose its winner"):
+        promote(tmp_path / "zoo", "disks", models["good"], selection, dry_run=True)
+    promote(tmp_path / "zoo", "disks", models["bad"], models["split"])
+    with pytest.raises(DatasetError, match="selection split"):  # before any training
+        retrain(tmp_path / "zoo", "disks", models["msd"], selection, {"epochs": 1})
+
+
 def test_cli_promote_refusal_prints_numbers(models, tmp_path, capsys):
     from ModelSelectorLib.provenance import file_digest
     from ModelSelectorLib.zoo.bundle import WEIGHTS_FILE, validate_bundle

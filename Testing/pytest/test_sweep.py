@@ -75,6 +75,11 @@ def test_splits_are_fixed_and_disjoint(tmp_path):
         make_split(msd, tmp_path / "w4", not_in_test=["ghost_case", "disk-01.nii.gz"])
     with pytest.raises(DatasetError, match="outside not_in_test"):
         make_split(msd, tmp_path / "w3", test_fraction=0.5, not_in_test=[f"disk_{i:02d}" for i in range(6)])
+    # cases barred since (a model added to the zoo trained on them) must leave the kept test split: refused
+    with pytest.raises(
+        DatasetError, match=f"holds {sorted(test)[0]}, which not_in_test now bars; start a new sweep"
+    ):
+        make_split(msd, tmp_path / "w", test_fraction=0.25, seed=3, not_in_test=[*barred, sorted(test)[0]])
     (tmp_path / "w" / "selection_split.json").unlink()  # a folder of a sweep that ranked on its test split
     with pytest.raises(DatasetError, match="ranked its candidates on the test split"):
         make_split(msd, tmp_path / "w")
