@@ -289,7 +289,7 @@ def metric_problem(task_type: str, metric: str, labels: Optional[Mapping[Any, st
     else:
         names = list((labels or {}).values())
         per_label = [f"{m}_{n}" for m in SEGMENTATION_METRICS for n in names] if len(names) > 1 else []
-        names_mm = dict.fromkeys((*SEGMENTATION_METRICS, "nsd", *per_label))
+        names_mm = dict.fromkeys((*SEGMENTATION_METRICS, *per_label))
         ok = metric in names_mm or metric in summary_in_unit(names_mm, "px")  # pictures: distances in pixels
         known = ", ".join([*SEGMENTATION_METRICS, *per_label])
     if ok:

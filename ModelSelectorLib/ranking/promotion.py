@@ -209,6 +209,16 @@ def summary_over_cases(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {m: round(float(v), 6) for m, v in means.items() if v is not None}
 
 
+def _zoo_to_promote_in(zoo_dir: PathLike, split: Optional[PathLike]) -> Any:
+    """The zoo of a promotion; a missing one is created only when a split to test on is given, so that a mistyped
+    ``--zoo`` is named rather than made into an empty zoo without a test split."""
+    from ..zoo.catalog import CATALOG, Zoo
+
+    if split is None and not (Path(zoo_dir) / CATALOG).is_file():
+        raise ZooError(f"{zoo_dir}: no zoo there; check --zoo (a new zoo is made only with a --split).")
+    return Zoo.create(zoo_dir)
+
+
 def _test_split(split_data: dict[str, Any], split_path: Path) -> dict[str, Any]:
     """``split_data``, refused when its ``purpose`` says it is a sweep's selection split: the sweep chose its winner
     on those cases, so a comparison there would favour it."""
@@ -295,13 +305,12 @@ def promote(
         DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
     """
     from ..zoo.bundle import WEIGHTS_FILE, is_standard_monai_bundle, load_bundle
-    from ..zoo.catalog import Zoo
+    from .leaderboard import metric_problem
     from .sweep import read_split
 
-    zoo = Zoo.create(zoo_dir)
-    if is_standard_monai_bundle(
-        candidate
-    ):  # e.g. a new release of an imported bundle: imported as zoo add would
+    zoo = _zoo_to_promote_in(zoo_dir, split)
+    # a MONAI bundle without a card (e.g. a new release of an imported one) is imported as zoo add would
+    if is_standard_monai_bundle(candidate):
         with tempfile.TemporaryDirectory(prefix="modelselector-import-") as tmp:
             imported = _imported_candidate(zoo, task, Path(candidate), Path(tmp))
             return promote(zoo_dir, task, imported, split, metric, method, level, min_improvement, device, cancel,
@@ -323,6 +332,9 @@ def promote(
         _check_compatible(cand.card, zoo.card(task), task)
         _check_not_a_version(zoo, task, str(weights["sha256"]))
     metric = metric or primary_metric(cand.card.task_type)
+    problem = metric_problem(cand.card.task_type, metric, labels)
+    if problem:  # before any case is evaluated
+        raise InputError(problem)
     cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")
     cand_scores = _scores(cand_cases, metric)
     result: dict[str, Any] = {"task": task, "metric": metric, "split": _zoo_relative(split_path, zoo.path),

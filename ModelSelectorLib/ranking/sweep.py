@@ -71,7 +71,7 @@ from .. import atomic
 from ..datasets.labelmaps import is_identity
 from ..datasets.msd import case_id, case_id_of, load_msd
 from ..datasets.split_file import check_earlier_split, draw_test, read_split, write_split
-from ..errors import DatasetError, ModelSelectorError, TrainingError
+from ..errors import DatasetError, InputError, ModelSelectorError, TrainingError
 from ..models.landmarks import LandmarkRuntime
 from ..models.registry import DEFAULT_TASK_TYPE
 from ..progress import check_cancel, progress_bar
@@ -389,16 +389,16 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _next_version_if_taken(zoo: Any, model: str, bundle: Path) -> None:
-    """Give ``bundle`` (a candidate's freshly trained copy, trained into a zoo of its own and so always the first
-    version there) the zoo's next version of ``model`` when its version is taken: a candidate retrained
-    (``--retrain``) or trained with other settings is a new version of its model."""
+def _as_next_version(zoo: Any, model: str, bundle: Path) -> None:
+    """Give ``bundle`` (a candidate's freshly trained copy, trained into a zoo of its own) the zoo's next version of
+    ``model``: a candidate retrained (``--retrain``) or trained with other settings is a new version of its model,
+    numbered above every version the zoo holds or removed, whatever its private zoo called it."""
     from ..zoo.bundle import validate_bundle, write_card
     from ..zoo.card import ModelCard
 
-    card = validate_bundle(bundle)
-    if model in zoo and card.version in zoo.versions(model):
-        write_card(bundle, ModelCard.from_dict({**card.to_dict(), "version": zoo.next_version(model)}))
+    card, version = validate_bundle(bundle), zoo.next_version(model)
+    if card.version != version:
+        write_card(bundle, ModelCard.from_dict({**card.to_dict(), "version": version}))
 
 
 def _unpack(archive: bytes, dest: Path) -> Path:
@@ -551,6 +551,18 @@ def _job_fields(spec: SweepSpec, work: Path) -> dict[str, Any]:
     return dict(backend.job_fields(work)) if backend is not None else {}
 
 
+def _ranking_metric(spec: SweepSpec, split_file: Path, metric: Optional[str]) -> str:
+    """The sweep's ranking metric (default: its task's), refused before any candidate trains when its candidates
+    will not have it (a label the split does not name, a metric no evaluation computes)."""
+    from .leaderboard import metric_problem
+
+    metric = metric or primary_metric(spec.task_type)
+    problem = metric_problem(spec.task_type, metric, read_split(split_file).get("labels"))
+    if problem:
+        raise InputError(problem)
+    return metric
+
+
 def _same_settings(bundle: Path, settings: dict[str, Any], task_type: str = DEFAULT_TASK_TYPE) -> bool:
     from ..training.segmentation import TRAIN_CONFIG_FILE, TrainConfig
 
@@ -595,8 +607,7 @@ def run_sweep(
         spec: the sweep (see :func:`load_sweep`).
         zoo_dir: zoo folder (created if missing) that receives the candidates as models ``<task>-<candidate>``.
         executor: ``"local"`` (worker processes) or ``"ray"``.
-        workers: parallel worker processes (local executor).
-        threads: torch threads per worker (local) / CPUs per task (Ray).
+        workers, threads: parallel worker processes (local executor); torch threads per worker (CPUs per Ray task).
         address: Ray cluster address (``None``/``"local"``: a local Ray instance).
         metric: leaderboard ranking metric (``dice``, ``hd95``, ``msd``, ``dice_<label>``, ``mre_mm``, ``sdr_4``,
             ...; default: the task's ranking metric, ``dice`` or ``mre_mm``).
@@ -615,6 +626,7 @@ def run_sweep(
     zoo = Zoo.create(zoo_dir)
     work = sweep_dir(zoo_dir, spec.task)
     train_dir, split_file, test_file = _task_split(spec, dataset_dir, work)
+    metric = _ranking_metric(spec, split_file, metric)
     state_file = work / "sweep.json"
     state: dict[str, Any] = {"task": spec.task, "task_type": spec.task_type, "dataset": str(Path(dataset_dir).resolve()),
                              "split": split_file.name, "test_split": test_file.name, "seed": spec.seed,
@@ -634,6 +646,7 @@ def run_sweep(
                      "body_region": spec.body_region, "task_type": spec.task_type,
                      "test_fraction": spec.test_fraction, **extra})  # fmt: skip
     atomic.write_json(state_file, state)
+    shutil.rmtree(work / "work", ignore_errors=True)  # private zoos a killed run left: each job starts afresh
 
     bar = progress_bar(total=len(jobs), desc=f"sweep {spec.task}: train")
 
@@ -645,7 +658,7 @@ def run_sweep(
             if "archive" in res:
                 src = _unpack(res["archive"], Path(tmp)) / model
             zoo.reload()
-            _next_version_if_taken(zoo, model, src)
+            _as_next_version(zoo, model, src)
             info = zoo.add(src)
         shutil.rmtree(work / "work" / name, ignore_errors=True)
         state["candidates"][name].update(
@@ -672,7 +685,7 @@ def run_sweep(
         evaluate_candidate(Path(entry["bundle"]), split, work / "evaluation" / f"{name}.json",
                            work / "report" / "dashboards" / name, candidate=name, device=device,
                            cancel=cancel)  # fmt: skip
-    return write_reports(work, metric=metric or primary_metric(spec.task_type))
+    return write_reports(work, metric=metric)
 
 
 __all__ = [

@@ -273,6 +273,21 @@ def test_retrain_on_an_nnunet_copy_of_the_data_leaves_the_test_cases_out_by_case
     assert seen_case_ids(bundle) == {f"disk_{i:02d}" for i in range(10)}
 
 
+def test_a_gate_metric_the_models_do_not_have_is_refused_before_evaluating(models, tmp_path, monkeypatch):
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.ranking import promotion
+
+    monkeypatch.setattr(promotion, "evaluate_cases", lambda *a, **k: pytest.fail("evaluated"))
+    with pytest.raises(InputError, match="'nsd' is not among the metrics of a segmentation model"):
+        promote(tmp_path / "zoo", "disks", models["good"], models["split"], metric="nsd", dry_run=True)
+
+
+def test_a_mistyped_zoo_is_named_and_not_made(models, tmp_path):
+    with pytest.raises(ZooError, match="no zoo there; check --zoo"):
+        promote(tmp_path / "zooo", "disks", models["good"])
+    assert not (tmp_path / "zooo").exists()
+
+
 def test_the_gate_refuses_the_selection_split_the_winner_was_chosen_on(models, tmp_path):
     selection = models["split"].with_name("selection_split.json")
     with pytest.raises(DatasetError, match="selection split, where the sweep chose its winner"):

@@ -187,6 +187,31 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert sorted(r["candidate"] for r in json.loads(out)) == ["segresnet", "unet"] and "starved" in err
     assert "starved" not in (work / "report" / "leaderboard.json").read_text(encoding="utf-8")
+    # trained again, it is numbered above every version the zoo holds or removed, whatever its private zoo (here a
+    # stale one, as a killed run leaves) called it
+    (work / "work" / "starved" / "models" / "disks-starved" / "0.1.0").mkdir(parents=True)
+    rc = main(["sweep", "--dataset", str(msd), "--config", str(tmp_path / "changed.yaml"), "--out", str(zoo),
+               "--workers", "1"])  # fmt: skip
+    assert rc == 0 and Zoo(zoo).versions("disks-starved") == ["0.1.0", "0.1.2"]
+    assert Zoo(zoo).current("disks-starved") == "0.1.2" and not (work / "work").exists()
+    assert main(["zoo", "remove", "disks-starved", "--version", "0.1.0", "--zoo", str(zoo)]) == 0
+    rc = main(["sweep", "--dataset", str(msd), "--config", str(tmp_path / "sweep.yaml"), "--out", str(zoo),
+               "--workers", "1"])  # fmt: skip
+    assert rc == 0 and Zoo(zoo).versions("disks-starved") == ["0.1.2", "0.1.3"]  # not 0.1.0 again
+
+
+def test_a_ranking_metric_the_candidates_will_not_have_is_refused_before_any_training(tmp_path, capsys):
+    msd = make_disk_msd(tmp_path / "msd", n_cases=6)
+    for metric, phrase in (
+        ("nsd", "'nsd' is not among the metrics"),
+        ("hd95_disk", "'hd95_disk' is not among"),
+    ):
+        rc = main(["sweep", "--dataset", str(msd), "--config", str(_write_sweep(tmp_path / "sweep.yaml")),
+                   "--out", str(tmp_path / "zoo"), "--metric", metric])  # fmt: skip
+        assert rc == 2 and phrase in capsys.readouterr().err
+    from ModelSelectorLib.zoo import Zoo
+
+    assert Zoo(tmp_path / "zoo").names() == []  # nothing trained
 
 
 def test_dashboard_command_for_one_bundle(tmp_path, capsys):
