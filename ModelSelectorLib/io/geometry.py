@@ -69,6 +69,110 @@ def resample_to(
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default), image.GetPixelID())
 
 
+# --- the grids MONAI's own transforms give -----------------------------------------------------------------
+def _lps_flip(ndim: int) -> np.ndarray:
+    """RAS <-> LPS for a volume; a 2D image keeps its pixel axes, as a picture's loader gives them."""
+    return np.diag([-1.0, -1.0, 1.0]) if ndim == 3 else np.eye(ndim)
+
+
+def monai_affine(image: sitk.Image) -> np.ndarray:
+    """The ``(n + 1, n + 1)`` affine that MONAI's ``LoadImage`` gives ``image``: voxel index ``(i, j[, k])`` in
+    the file's own order to world mm, RAS for a volume."""
+    ndim = image.GetDimension()
+    flip = _lps_flip(ndim)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(ndim, ndim)
+    affine = np.eye(ndim + 1)
+    affine[:ndim, :ndim] = flip @ direction @ np.diag(image.GetSpacing())
+    affine[:ndim, ndim] = flip @ np.asarray(image.GetOrigin(), dtype=float)
+    return affine
+
+
+def grid_of_affine(affine: np.ndarray, shape: Sequence[int]) -> sitk.Image:
+    """An empty reference image of ``shape`` ``(i, j[, k])`` whose voxel ``(i, j[, k])`` lies where MONAI's
+    ``affine`` (RAS for a volume, as :func:`monai_affine`) puts it."""
+    ndim = len(shape)
+    flip = _lps_flip(ndim)
+    rzs = flip @ np.asarray(affine, dtype=float)[:ndim, :ndim]
+    spacing = np.linalg.norm(rzs, axis=0)
+    ref = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
+    ref.SetSpacing([float(s) for s in spacing])
+    ref.SetDirection([float(d) for d in (rzs / spacing).ravel()])
+    ref.SetOrigin([float(v) for v in flip @ np.asarray(affine, dtype=float)[:ndim, ndim]])
+    return ref
+
+
+def monai_grid(image: sitk.Image, steps: Sequence[dict]) -> sitk.Image:
+    """The grid on which MONAI's ``Orientation`` and ``Spacing`` put ``image``, read as ``LoadImage`` reads it
+    (:func:`monai_affine`): without a step, the image's own grid.
+
+    Args:
+        image: the input (its geometry only).
+        steps: in the order of the bundle's transforms: ``{"axcodes": "RAS"}`` reorders and flips the voxel axes
+            towards those codes (nibabel's closest orientation; the direction stays oblique where the image is;
+            a 2D image keeps its axes, as a picture's loader gives no orientation); ``{"pixdim": [mm per axis],
+            "diagonal": bool, "scale_extent": bool}`` keeps the direction (``diagonal``: axis-aligned RAS) and
+            takes the shape and the position of the first voxel from MONAI's ``compute_shape_offset``: the grid
+            starts at the input's corner voxel, not centred on it.
+    """
+    import nibabel as nib
+    from monai.data.utils import compute_shape_offset, zoom_affine
+
+    ndim = image.GetDimension()
+    affine, shape = monai_affine(image), np.asarray(image.GetSize(), dtype=int)
+    for step in steps:
+        if "axcodes" in step:
+            if ndim != 3:
+                continue
+            ornt = nib.orientations.ornt_transform(
+                nib.io_orientation(affine), nib.orientations.axcodes2ornt(str(step["axcodes"])[:ndim])
+            )
+            affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+            shape = shape[np.argsort(ornt[:, 0])]
+        else:
+            pixdim = [float(v) for v in step["pixdim"]][:ndim]
+            new = zoom_affine(affine, pixdim + pixdim[-1:] * (ndim - len(pixdim)), bool(step.get("diagonal")))
+            shape, offset = compute_shape_offset(shape, affine, new, bool(step.get("scale_extent")))
+            new[:ndim, -1] = offset[:ndim]
+            affine, shape = new, np.asarray(shape, dtype=int)
+    return grid_of_affine(affine, [int(s) for s in shape])
+
+
+def spline_interpolator(order: int) -> int:
+    """SimpleITK's interpolator of a spline ``order``: 0 nearest neighbour, 1 linear, 2 to 5 B-spline."""
+    if order <= 1:
+        return sitk.sitkLinear if order == 1 else sitk.sitkNearestNeighbor
+    return getattr(sitk, f"sitkBSpline{order}")
+
+
+#: MONAI's ``padding_mode`` of a resampling -> numpy's ``pad`` mode that gives the same values outside the image
+_PAD_MODES = {"border": "edge", "reflection": "symmetric", "zeros": "constant"}
+
+
+def resample_padded(image: sitk.Image, reference: sitk.Image, interpolator: int, padding: str) -> sitk.Image:
+    """``image`` (scalar or vector pixels) resampled onto ``reference`` as torch's ``grid_sample`` does with
+    MONAI's ``padding_mode``: ``"border"`` repeats the edge voxels outwards, ``"reflection"`` mirrors the image at
+    its edges, ``"zeros"`` blends the edge voxels with 0. The image is padded that way first, by as many voxels as
+    ``reference`` reaches beyond it plus one for the interpolation, since ITK alone puts a constant anywhere half
+    a voxel out."""
+    ndim = image.GetDimension()
+    corners = (
+        np.array(np.meshgrid(*[[0, s - 1] for s in reference.GetSize()], indexing="ij")).reshape(ndim, -1).T
+    )
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(
+        reference.TransformIndexToPhysicalPoint([int(c) for c in cn])) for cn in corners])  # fmt: skip
+    lower = np.ceil(np.maximum(0.0, -index.min(axis=0))).astype(int) + 1
+    upper = np.ceil(np.maximum(0.0, index.max(axis=0) - (np.asarray(image.GetSize()) - 1))).astype(int) + 1
+    array = sitk.GetArrayViewFromImage(image)  # (z, y, x[, components])
+    widths = [(int(lo), int(hi)) for lo, hi in zip(lower[::-1], upper[::-1])] + [(0, 0)] * (array.ndim - ndim)
+    padded = sitk.GetImageFromArray(
+        np.pad(array, widths, mode=_PAD_MODES[padding]), isVector=array.ndim > ndim
+    )
+    padded.SetSpacing(image.GetSpacing())
+    padded.SetDirection(image.GetDirection())
+    padded.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([float(-v) for v in lower]))
+    return resample_to(padded, reference, interpolator, 0.0)
+
+
 def to_network_layout(array_zyx: np.ndarray) -> np.ndarray:
     """SimpleITK array ``(z, y, x)`` -> MONAI spatial layout ``(x, y, z)`` (a view)."""
     return array_zyx.transpose(tuple(range(array_zyx.ndim))[::-1])

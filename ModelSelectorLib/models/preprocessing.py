@@ -8,7 +8,10 @@ non-zero voxels; percentile: percentiles to [0, 1]). A card without ``intensity`
 
 :func:`read_preprocessing` reads the ``preprocessing`` of a standard MONAI bundle's ``inference.json`` statically
 (no ``$`` expression is evaluated) into the card's ``target_spacing`` and ``intensity``, so that an imported bundle
-runs with its own preprocessing; what it cannot map raises :class:`Unreproducible`.
+runs with its own preprocessing; what it cannot map raises :class:`Unreproducible`. An imported bundle's input is
+resampled onto the grid MONAI's own run gives it instead (its ``"resampling"`` steps,
+:func:`~ModelSelectorLib.io.geometry.monai_grid`): the file's own voxel axes unless its ``Orientationd`` reorders
+them, ``Spacingd``'s shape and first voxel, interpolation and ``padding_mode``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io.geometry import CANONICAL_AXCODES, canonical_grid, resample_to, to_network_layout
+from ..io.geometry import (
+    CANONICAL_AXCODES,
+    canonical_grid,
+    monai_grid,
+    resample_padded,
+    resample_to,
+    spline_interpolator,
+    to_network_layout,
+)
 from ..io.image import Image
 
 # --- intensities ----------------------------------------------------------------------------------------
@@ -99,19 +110,33 @@ def preprocess(
     intensity: Optional[dict[str, Any]],
     axcodes: str = CANONICAL_AXCODES,
     modality: Optional[str] = None,
+    resampling: Optional[Sequence[dict[str, Any]]] = None,
 ) -> tuple[np.ndarray, sitk.Image]:
-    """Resample ``image`` to the canonical grid and normalise its intensities (``modality``: the card's, which
+    """Resample ``image`` to the network's grid and normalise its intensities (``modality``: the card's, which
     decides the normalisation when ``intensity`` is ``None``, see :func:`effective_intensity`).
 
+    Args:
+        resampling: an imported bundle's ``Orientationd`` and ``Spacingd`` (``read_preprocessing(...)["resampling"]``):
+            the grid and the interpolation are then MONAI's own (:func:`~..io.geometry.monai_grid`, axes in the
+            file's order unless ``Orientationd`` reorders them, edges padded as ``padding_mode`` says), and
+            ``target_spacing`` and ``axcodes`` are not used. ``None``: the canonical grid centred on the image,
+            linear interpolation (this project's bundles were trained so).
+
     Returns:
-        ``(array, grid)``: float32 C-contiguous array ``(x, y[, z])`` on the canonical grid, and the grid
-        (a SimpleITK reference image).
+        ``(array, grid)``: float32 C-contiguous array ``(x, y[, z])`` (the grid's voxel axes), and the grid (a
+        SimpleITK reference image).
     """
     src = image.to_sitk()
     if src.GetPixelID() != sitk.sitkFloat32:
         src = sitk.Cast(src, sitk.sitkFloat32)
-    grid = canonical_grid(src, target_spacing, axcodes)
-    res = resample_to(src, grid, sitk.sitkLinear, background_value(image.array, intensity, modality))
+    if resampling is None:
+        grid = canonical_grid(src, target_spacing, axcodes)
+        res = resample_to(src, grid, sitk.sitkLinear, background_value(image.array, intensity, modality))
+    else:
+        grid = monai_grid(src, resampling)
+        spacing = next((s for s in resampling if "pixdim" in s), {})
+        res = resample_padded(src, grid, spline_interpolator(int(spacing.get("order", 1))),
+                              str(spacing.get("padding", "border")))  # fmt: skip
     arr = normalize_intensity(sitk.GetArrayViewFromImage(res), intensity, modality)
     return np.ascontiguousarray(to_network_layout(arr), dtype=np.float32), grid
 
@@ -138,7 +163,7 @@ INTENSITY_TRANSFORMS = (
 _SPATIAL_AXES = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 #: what :func:`read_preprocessing` reproduces, for messages
 REPRODUCED = (
-    "Orientationd, Spacingd and one of ScaleIntensityRanged, ScaleIntensityRangePercentilesd, "
+    "Orientationd, Spacingd (bilinear, nearest or spline orders 0-5) and one of ScaleIntensityRanged, ScaleIntensityRangePercentilesd, "
     "ScaleIntensityd, NormalizeIntensityd with plain values"
 )
 
@@ -238,34 +263,85 @@ def _intensity_of(name: str, target: str, arg: Any) -> dict[str, Any]:
             **{k: v for k, v in scale.items() if v != {"b_min": 0.0, "b_max": 1.0}[k]}}  # fmt: skip
 
 
-def _spatial_of(name: str, target: str, arg: Any, spatial_dims: int) -> Optional[list[float]]:
-    """Check ``Orientation`` (its codes are what the runtime orients by) and read ``Spacing``'s ``pixdim``."""
+#: MONAI's interpolation ``mode`` of ``Spacing`` -> the spline order the runtime resamples with (0: nearest
+#: neighbour, 1: linear, 2-5: B-spline; an integer mode is scipy's spline order, which SimpleITK's B-splines of the
+#: same order give to within 0.5 % of the intensity range). ``bicubic`` is not reproduced (nor run by MONAI in 3D).
+INTERPOLATIONS: dict[Any, int] = {
+    "nearest": 0,
+    "bilinear": 1,
+    "linear": 1,
+    "trilinear": 1,
+    **{i: i for i in range(6)},
+}
+#: MONAI's ``padding_mode`` of ``Spacing`` (torch's names, and scipy's that MONAI maps to them) -> what lies outside
+#: the input: its edge repeated, its mirror image, or zeros (torch's interpolation only: scipy's differs)
+PADDINGS = {"border": "border", "nearest": "border", "reflection": "reflection", "reflect": "reflection",
+            "zeros": "zeros", "constant": "zeros", "grid-constant": "zeros"}  # fmt: skip
+
+
+def _for_image(value: Any, keys: Any) -> Any:
+    """The entry of a per-key argument (a list as long as ``keys``) for the network's input key ``image``."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    keys = [keys] if isinstance(keys, str) else list(keys or [])
+    return value[keys.index("image") if "image" in keys else 0] if value else None
+
+
+def _resampling_of(target: str, arg: Any) -> dict[str, Any]:
+    """``Spacing``'s interpolation and padding of the image: ``{"order": spline order (:data:`INTERPOLATIONS`),
+    "padding": "border"|"zeros"|"reflection"}``; what SimpleITK does not reproduce raises :class:`Unreproducible`."""
+    keys = arg("keys", "image")
+    mode, padding = _for_image(arg("mode", "bilinear"), keys), _for_image(arg("padding_mode", "border"), keys)
+    if isinstance(mode, bool) or not isinstance(mode, (str, int)) or mode not in INTERPOLATIONS:
+        raise Unreproducible(
+            f"{target}.mode is {mode!r}; only 'bilinear', 'nearest' and spline orders 0 to 5 are reproduced"
+        )
+    scipy = isinstance(mode, int)  # MONAI resamples with scipy's map_coordinates, not torch's grid_sample
+    if padding not in PADDINGS or (scipy and PADDINGS[padding] == "zeros"):
+        allowed = "'border' or 'reflection'" if scipy else "'border', 'zeros' or 'reflection'"
+        raise Unreproducible(f"{target}.padding_mode is {padding!r} with mode {mode!r}, not {allowed}")
+    for key in ("scale_extent", "diagonal", "align_corners"):
+        if not isinstance(arg(key, False), bool):
+            raise Unreproducible(f"{target}.{key} is {arg(key, False)!r}, not true or false")
+    if arg("recompute_affine", False):
+        raise Unreproducible(f"{target}.recompute_affine is true")
+    return {"order": INTERPOLATIONS[mode], "padding": PADDINGS[padding]}
+
+
+def _spatial_of(name: str, target: str, arg: Any, spatial_dims: int) -> dict[str, Any]:
+    """One resampling step of the preprocessing: ``Orientation``'s codes (``{"axcodes"}``) or ``Spacing``'s
+    ``{"pixdim", "diagonal", "scale_extent", "order", "padding"}`` (see :func:`~..io.geometry.monai_grid`)."""
     if name == "Orientation":
         codes = "RAS" if arg("as_closest_canonical", False) else arg("axcodes", None)
         if spatial_dims == 3 and (not isinstance(codes, str) or len(codes) != 3 or any(
                 sum(c in axis for c in codes.upper()) != 1 for axis in _SPATIAL_AXES)):  # fmt: skip
             raise Unreproducible(f"{target}.axcodes is {codes!r}, not three orientation codes such as 'RAS'")
-        return None
+        return {"axcodes": str(codes or "RAS").upper()}
     pixdim = arg("pixdim", None)
     if not isinstance(pixdim, list) or len(pixdim) < spatial_dims or arg("min_pixdim", None) is not None or arg(
             "max_pixdim", None) is not None:  # fmt: skip
         raise Unreproducible(f"{target}.pixdim is {pixdim!r}, not {spatial_dims} spacings in mm")
-    return [_number(v, f"{target}.pixdim", positive=True) for v in pixdim[:spatial_dims]]
+    return {"pixdim": [_number(v, f"{target}.pixdim", positive=True) for v in pixdim[:spatial_dims]],
+            "diagonal": arg("diagonal", False), "scale_extent": arg("scale_extent", False),
+            **_resampling_of(target, arg)}  # fmt: skip
 
 
 def read_preprocessing(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
     """What a standard bundle's ``preprocessing`` asks of its input, read statically (no ``$`` expression is
     evaluated; a plain ``@name`` is looked up): ``{"target_spacing": Spacingd.pixdim or None, "intensity": the
-    card's intensity}``. ``Orientationd`` must give three orientation codes (the runtime resamples to them, see
-    ``models.segmentation.axcodes_of``); loading, channel and type transforms are harmless; exactly one of
+    card's intensity, "resampling": the steps of Orientationd and Spacingd in order}`` (the runtime puts an
+    imported bundle's input on the grid those steps give, :func:`~..io.geometry.monai_grid`). ``Orientationd``
+    must give three orientation codes; ``Spacingd`` must interpolate the image ``bilinear``, ``nearest`` or with a
+    spline order (:data:`INTERPOLATIONS`); loading, channel and type transforms are harmless; exactly one of
     ``ScaleIntensityRanged`` ("ct"), ``ScaleIntensityRangePercentilesd`` / ``ScaleIntensityd`` ("percentile") and
     ``NormalizeIntensityd`` ("mr") must normalise the intensities.
 
     Raises:
         Unreproducible: any other transform (``CropForegroundd``, ``Resized``, custom code), an expression where a
-            value is needed, no or two intensity normalisations (the message says which).
+            value is needed, another interpolation (``bicubic``, ``area``) or padding (``wrap``; zeros around a
+            spline order), two ``Spacingd``, no or two intensity normalisations (the message says which).
     """
-    out: dict[str, Any] = {"target_spacing": None, "intensity": None}
+    out: dict[str, Any] = {"target_spacing": None, "intensity": None, "resampling": []}
     for i, item in enumerate(section_transforms(config, "preprocessing")):
         target = item.get("_target_") if isinstance(item, dict) else item
         name = transform_name(target)
@@ -285,11 +361,38 @@ def read_preprocessing(config: dict[str, Any], spatial_dims: int) -> dict[str, A
             if out["intensity"] is not None:
                 raise Unreproducible(f"it normalises intensities twice (again with {target!r})")
             out["intensity"] = _intensity_of(name, str(target), arg)
-        elif (spacing := _spatial_of(name, str(target), arg, spatial_dims)) is not None:
-            out["target_spacing"] = spacing
+        else:
+            step = _spatial_of(name, str(target), arg, spatial_dims)
+            if "pixdim" in step and out["target_spacing"] is not None:
+                raise Unreproducible(f"it resamples twice (again with {target!r})")
+            out["target_spacing"] = step.get("pixdim", out["target_spacing"])
+            out["resampling"].append(step)
     if out["intensity"] is None:
         raise Unreproducible("it normalises no intensities (the runtime always does)")
     return out
+
+
+def inverts_probabilities(config: dict[str, Any]) -> bool:
+    """Whether a standard bundle's ``postprocessing`` puts the class probabilities back on the input's grid with the
+    preprocessing's own interpolation (an ``Invertd`` with ``nearest_interp`` false before the argmax,
+    ``AsDiscreted(argmax=True)``), read statically; False when it inverts the label map or interpolates the nearest
+    voxel (``nearest_interp``, MONAI's default)."""
+    try:
+        items = section_transforms(config, "postprocessing")
+    except Unreproducible:
+        return False
+    for item in items:
+        name = transform_name(item.get("_target_")) if isinstance(item, dict) else None
+        try:
+            if name is None or plain_value(item.get("_disabled_", False), config, "_disabled_"):
+                continue
+            if name == "AsDiscrete" and plain_value(item.get("argmax", False), config, "argmax") is True:
+                return False
+            if name == "Invert":
+                return plain_value(item.get("nearest_interp", True), config, "nearest_interp") is False
+        except Unreproducible:
+            continue
+    return False
 
 
 def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:

@@ -14,6 +14,11 @@ uses too)::
 input grid: smoother borders when the model's spacing is much coarser than the input's, ~0.1 s more per
 million voxels.
 
+A bundle imported by ``zoo add`` (``card.imported``) was trained on what MONAI's own run of its ``inference.json``
+gives it, so the runtime puts its input on that grid (:func:`resampling_of`: voxel axes in the file's order unless
+its ``Orientationd`` reorders them, ``Spacingd``'s shape, first voxel, interpolation and padding) and returns the
+output as its ``Invertd`` does (:func:`output_resampling`). The project's own bundles keep the canonical grid above.
+
 A card with an ``inference`` block (written by :mod:`ModelSelectorLib.training.segmentation`) says how its
 model is applied: ``{"sw_mode": "gaussian", "overlap": 0.5, "mirror_axes": [1, 2], "keep_largest_component":
 [1]}``: Gaussian weighting of the sliding windows, softmax averaged over mirrored copies of the input along
@@ -33,8 +38,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..io.geometry import CANONICAL_AXCODES, axcodes_direction, reference_grid, resample_to, to_network_layout
+from ..errors import BundleError, InputError
+from ..io.geometry import (
+    CANONICAL_AXCODES,
+    axcodes_direction,
+    monai_grid,
+    reference_grid,
+    resample_padded,
+    resample_to,
+    spline_interpolator,
+    to_network_layout,
+)
 from ..io.image import Image, as_image
 from ..io.segmentation import Segment, write_segmentation
 from ..progress import check_cancel, progress_bar
@@ -45,9 +59,11 @@ from .preprocessing import (
     Unreproducible,
     background_value,
     effective_intensity,
+    inverts_probabilities,
     normalize_intensity,
     plain_value,
     preprocess,
+    read_preprocessing,
     section_transforms,
     transform_name,
 )
@@ -79,6 +95,43 @@ def axcodes_of(bundle: Any) -> str:
         if isinstance(codes, str) and len(codes) == 3:
             return codes.upper()
     return CANONICAL_AXCODES
+
+
+def resampling_of(bundle: Any) -> Optional[list[dict[str, Any]]]:
+    """The ``Orientationd`` and ``Spacingd`` steps of an imported bundle's preprocessing (``read_preprocessing``), on
+    whose grid MONAI's own run puts the input and so must the runtime; ``None`` for this project's own bundles,
+    which were trained on the canonical grid (:func:`~.preprocessing.preprocess`).
+
+    Raises:
+        BundleError: the imported bundle's preprocessing is not reproduced (it entered the zoo before it was checked).
+    """
+    card = getattr(bundle, "card", None)
+    if card is None or not card.imported:
+        return None
+    try:
+        return read_preprocessing(getattr(bundle, "config", None) or {}, int(card.spatial_dims))["resampling"]
+    except Unreproducible as e:
+        raise BundleError(
+            f"{card.name} {card.version}: the bundle's preprocessing cannot be reproduced: {e}; remove it from the zoo "
+            "(`modelselector zoo remove`) and apply it with MONAI (`python -m monai.bundle run`)."
+        ) from None
+
+
+def output_resampling(
+    bundle: Any, steps: Optional[Sequence[dict[str, Any]]]
+) -> tuple[str, Optional[str], int]:
+    """How the output returns to the input's grid: ``(resample, padding, spline order)`` for
+    :meth:`SegmentationRuntime.predict`. An imported bundle (``steps``: :func:`resampling_of`) does it as MONAI's
+    own run of its postprocessing does: the probabilities (``"linear"``) with ``Spacingd``'s interpolation when its
+    ``Invertd`` resamples them before the argmax (:func:`~.preprocessing.inverts_probabilities`), else the label
+    map (``"nearest"``); outside the network's grid it finds what ``Spacingd``'s ``padding_mode`` gives. The
+    project's own bundles: ``("nearest", None, 1)``."""
+    spacing = next((s for s in steps or () if "pixdim" in s), None)
+    if spacing is None:  # no resampling (or only reordered axes): the grids' voxels coincide
+        return "nearest", None, 1
+    order = int(spacing["order"])
+    probabilities = order > 0 and inverts_probabilities(getattr(bundle, "config", None) or {})
+    return ("linear" if probabilities else "nearest"), str(spacing["padding"]), order
 
 
 #: how a card without an ``inference`` block is applied
@@ -259,22 +312,33 @@ def argmax_channels(logits: Any) -> Any:
         return out
 
 
-def labels_to_input_grid(labels: np.ndarray, grid: sitk.Image, image: Image) -> np.ndarray:
-    """Resample a ``(x, y[, z])`` label array on ``grid`` (nearest neighbour) onto ``image``'s grid.
+def _to_input_grid(values: sitk.Image, image: Image, interpolator: int, padding: Optional[str]) -> sitk.Image:
+    """``values`` (on the network's grid) resampled onto ``image``'s grid; outside the grid 0, or, with ``padding``,
+    what MONAI's inverse of ``Spacingd`` finds there (:func:`~..io.geometry.resample_padded`)."""
+    if padding is None:
+        return resample_to(values, reference_grid(image), interpolator, 0.0)
+    return resample_padded(values, reference_grid(image), interpolator, padding)
+
+
+def labels_to_input_grid(
+    labels: np.ndarray, grid: sitk.Image, image: Image, padding: Optional[str] = None
+) -> np.ndarray:
+    """Resample a ``(x, y[, z])`` label array on ``grid`` (nearest neighbour) onto ``image``'s grid (``padding``:
+    see :func:`_to_input_grid`).
 
     Returns:
         uint8 label array in SimpleITK layout ``(z, y, x)`` / ``(y, x)`` of ``image``.
     """
-    lab = sitk.GetImageFromArray(np.ascontiguousarray(to_network_layout(labels)))
+    lab = sitk.GetImageFromArray(np.ascontiguousarray(to_network_layout(labels)).astype(np.uint8, copy=False))
     lab.CopyInformation(grid)
-    res = sitk.Resample(
-        lab, reference_grid(image), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
-    )
-    return sitk.GetArrayFromImage(res)
+    return sitk.GetArrayFromImage(_to_input_grid(lab, image, sitk.sitkNearestNeighbor, padding))
 
 
-def probabilities_to_input_grid(probs: np.ndarray, grid: sitk.Image, image: Image) -> np.ndarray:
-    """Resample ``(n_classes, x, y[, z])`` probabilities on ``grid`` linearly onto ``image``'s grid and argmax.
+def probabilities_to_input_grid(
+    probs: np.ndarray, grid: sitk.Image, image: Image, padding: Optional[str] = None, order: int = 1
+) -> np.ndarray:
+    """Resample ``(n_classes, x, y[, z])`` probabilities on ``grid`` linearly (``order`` 1; 2 to 5: B-spline of that
+    order) onto ``image``'s grid and argmax (``padding``: see :func:`_to_input_grid`).
 
     Returns:
         uint8 label array in SimpleITK layout ``(z, y, x)`` / ``(y, x)`` of ``image``.
@@ -283,7 +347,7 @@ def probabilities_to_input_grid(probs: np.ndarray, grid: sitk.Image, image: Imag
     # (C, x, y, z) -> (z, y, x, C): a vector image whose components are the classes
     vec = sitk.GetImageFromArray(probs.transpose((*range(ndim, 0, -1), 0)), isVector=True)
     vec.CopyInformation(grid)
-    res = sitk.Resample(vec, reference_grid(image), sitk.Transform(), sitk.sitkLinear, 0.0, vec.GetPixelID())
+    res = _to_input_grid(vec, image, spline_interpolator(order), padding)
     back = sitk.GetArrayViewFromImage(res)  # (z, y, x, C)
     return np.argmax(back, axis=-1).astype(np.uint8)
 
@@ -419,7 +483,7 @@ class SegmentationRuntime(TaskRuntime):
         cancel: Optional[Any] = None,
         sw_batch_size: Optional[int] = None,
         overlap: Optional[float] = None,
-        resample: str = "nearest",
+        resample: Optional[str] = None,
     ) -> Prediction:
         """Segment ``image``; the label map has exactly ``image``'s size, spacing, origin and direction.
 
@@ -434,7 +498,8 @@ class SegmentationRuntime(TaskRuntime):
             resample: how the result returns to the input grid: ``"nearest"`` (argmax on the network grid,
                 then nearest-neighbour resampling of the label map; fastest) or ``"linear"`` (softmax
                 probabilities resampled linearly, then argmax; smoother borders when the model's spacing is
-                coarse).
+                coarse); ``None``: ``"nearest"``, or for an imported bundle what its own postprocessing does
+                (:func:`output_resampling`).
 
         Returns:
             a :class:`~.base.Prediction` whose ``value`` is a uint8 label map :class:`Image` (values = the
@@ -446,9 +511,11 @@ class SegmentationRuntime(TaskRuntime):
         sw_batch_size = sw_batch_size or default_sw_batch_size(self.device, card.roi_size)
         image_in = at_training_field(self.input_image(image), card)
         check_cancel(cancel)
-        array, grid = preprocess(
-            image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle), card.modality
-        )
+        steps = resampling_of(self.bundle)
+        array, grid = preprocess(image_in, card.target_spacing, card.intensity, axcodes_of(self.bundle),
+                                 card.modality, steps)  # fmt: skip
+        own_resample, padding, order = output_resampling(self.bundle, steps)
+        resample = resample or own_resample
         check_cancel(cancel)
         inf = inference_settings(card)
         overlap = float(inf["overlap"]) if overlap is None else overlap
@@ -466,11 +533,13 @@ class SegmentationRuntime(TaskRuntime):
             net_out = self._network_output(array, sw_batch_size, overlap, inf, mirrored, step)
         check_cancel(cancel)
         if resample == "linear":  # connectivity does not depend on the grid's layout
-            labels = keep_largest_component(probabilities_to_input_grid(net_out, grid, image_in), keep)
+            labels = keep_largest_component(
+                probabilities_to_input_grid(net_out, grid, image_in, padding, order), keep
+            )
         else:
             net_labels = np.argmax(net_out, axis=0) if mirrored else argmax_channels(net_out).cpu().numpy()
             labels = labels_to_input_grid(
-                keep_largest_component(net_labels.astype(np.uint8), keep), grid, image_in
+                keep_largest_component(net_labels.astype(np.uint8), keep), grid, image_in, padding
             )
         out = image.with_array(to_image_layout(image, labels))
         out.meta = {"model": card.name, "model_version": card.version}
@@ -630,6 +699,11 @@ class SegmentationRuntime(TaskRuntime):
         roi = np.asarray(card.roi_size or [64] * nd, dtype=float)
         spacing = np.asarray(card.target_spacing or src.GetSpacing(), dtype=float)
         direction = axcodes_direction(axcodes_of(self.bundle), nd)
+        # an imported bundle's axes and spacing, as MONAI's own run gives them
+        if (steps := resampling_of(self.bundle)) is not None:
+            grid = monai_grid(src, steps)
+            spacing = np.asarray(grid.GetSpacing())
+            direction = np.asarray(grid.GetDirection()).reshape(nd, nd)
         size = np.asarray(src.GetSize(), dtype=float)
         index = (size - 1) / 2.0 + (0.0 if shift is None else np.asarray(shift) * size)
         centre = np.asarray(src.TransformContinuousIndexToPhysicalPoint([float(i) for i in index]))
@@ -668,7 +742,7 @@ def apply_model(
     cancel: Optional[Any] = None,
     sw_batch_size: Optional[int] = None,
     overlap: Optional[float] = None,
-    resample: str = "nearest",
+    resample: Optional[str] = None,
 ) -> Image:
     """Segment ``image`` with a loaded segmentation bundle (:func:`ModelSelectorLib.zoo.load_bundle`); returns
     the uint8 label map in exactly ``image``'s geometry. See :meth:`SegmentationRuntime.predict`.
