@@ -440,7 +440,8 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
         color = ", ".join(f"{c:.2f}" for c in lb.get("color", []))
         lines.append(f"| {lb.get('value')} | {lb.get('name')} | {color} |")
     lines += ["", "## Training data", "", f"- Data: {_fmt(card.training_data)}",
-              f"- Training cases: {card.n_training_cases}", f"- Synthetic: {'yes' if card.synthetic else 'no'}",
+              f"- Training cases: {'not stated (an imported MONAI bundle)' if card.imported else card.n_training_cases}",
+              f"- Synthetic: {'yes' if card.synthetic else 'no'}",
               "", "## Validation metrics", ""]  # fmt: skip
     if card.validation_metrics:
         lines += [

@@ -526,6 +526,8 @@ def test_zoo_show_gives_an_imported_bundles_published_figures_as_the_publishers(
     out = capsys.readouterr().out
     assert "published by the bundle (eval_metrics, not measured here): mean_dice=0.961" in out
     assert "n_training_cases: not stated (an imported MONAI bundle)" in out  # not 0
+    readme = (Path(zoo) / "models" / "spleen" / "0.5.2" / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "- Training cases: not stated (an imported MONAI bundle)" in readme
 
 
 def test_distances_on_pictures_without_a_pixel_size_are_named_in_pixels(models, tmp_path):
