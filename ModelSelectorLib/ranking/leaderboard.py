@@ -504,6 +504,8 @@ def write_leaderboard(
         higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
         dashboards=dict(dashboards or {}),
         settings_cols=settings_cols, generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        surface=any(m.split("_")[0] in ("hd95", "msd") for m in metrics),
+        radial=any(m.split("_")[0] in REFERENCE_METRIC_FAMILIES for m in metrics),
     )  # fmt: skip
     atomic.write_text(out_html, page)
     return Path(out_html)

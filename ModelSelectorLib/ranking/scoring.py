@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..errors import DatasetError
 from ..evaluation.segmentation import evaluate_bundle
 from ..io.image import read_image
 from ..models.registry import runtime_class, runtime_for
@@ -24,6 +25,17 @@ FALLBACK_METRIC = "dice"
 def primary_metric(task_type: str) -> str:
     """The metric that ranks and gates models of ``task_type`` (``mre_mm`` for landmarks, ``dice`` otherwise)."""
     return runtime_class(task_type).primary_metric or FALLBACK_METRIC
+
+
+def _check_split_kind(card: Any, cases: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse, before any case is evaluated, a split of the other kind of task: reference files (``.json``) for a
+    model scored on label maps, or label maps for one scored against reference files (landmarks)."""
+    references = runtime_class(card.task_type).scores_references
+    for case in cases:
+        if str(case["label"]).lower().endswith(".json") != references:
+            held = "reference files (.json)" if not references else "label maps"
+            raise DatasetError(f"{case['label']}: the split's cases are labelled with {held}, not as a "
+                               f"{card.task_type} model is scored; use a split of {card.name}'s task.")  # fmt: skip
 
 
 def evaluate_cases(
@@ -48,6 +60,7 @@ def evaluate_cases(
     Returns:
         one dict of scalar metrics per case, with its ``"id"``.
     """
+    _check_split_kind(loaded.card, cases)
     if not runtime_class(loaded.card.task_type).scores_references:
         return evaluate_bundle(loaded, cases, labels, device, cancel, on_case, desc)
     runtime = runtime_for(loaded, device=device)

@@ -324,3 +324,16 @@ def test_a_metric_a_model_cannot_have_is_told_before_evaluation():
     assert metric_problem("segmentation", "dice_disk", {"1": "disk"}) is not None  # one label: no per-label
     assert metric_problem("segmentation", "hd95_right", {"1": "left", "2": "right"}) is None
     assert "dice" in metric_problem("segmentation", "mre_mm", {"1": "disk"})
+
+
+def test_a_split_of_the_other_kind_of_task_is_refused_before_any_case_is_evaluated():
+    from types import SimpleNamespace
+
+    from ModelSelectorLib.errors import DatasetError
+    from ModelSelectorLib.ranking.scoring import evaluate_cases
+
+    for task, label, held in (("landmarks", "c1_lungmask.png", "label maps"),
+                              ("segmentation", "c1_landmarks.json", "reference files")):  # fmt: skip
+        loaded = SimpleNamespace(card=SimpleNamespace(task_type=task, name="m"))
+        with pytest.raises(DatasetError, match=f"labelled with {held}.*, not as a {task} model is scored"):
+            evaluate_cases(loaded, [{"id": "c1", "image": "c1.png", "label": label}])

@@ -148,6 +148,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     lines = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit()]
     assert lines[-1][1] == "starved" and float(lines[0][2]) > 0.8
     board = (work / "report" / "leaderboard.html").read_text(encoding="utf-8")
+    assert "hd95 = 95th-percentile Hausdorff distance" in board and "Landmark errors" not in board
     for name, ev in evals.items():
         assert f'href="dashboards/{name}/index.html"' in board
         dash = work / "report" / "dashboards" / name
@@ -344,6 +345,8 @@ def test_a_landmark_sweep_ranks_on_the_selection_split_and_leaves_the_test_split
     from ModelSelectorLib.ranking.promotion import seen_case_ids
 
     assert seen_case_ids(Zoo(zoo).get("lm-a")) == set(parts["train"]) | set(parts["val"])
+    board = (work / "report" / "leaderboard.html").read_text(encoding="utf-8")
+    assert "Landmark errors (mre = mean radial error" in board and "Hausdorff" not in board
     assert " test images" not in card.training_data
     assert card.n_training_cases == len(parts["train"])
 
