@@ -542,11 +542,15 @@ def _check_same_labels(dataset: Any, card: Any, current: str) -> None:
 def _own_validation(validation: dict[str, Any], tested: dict[str, Any]) -> dict[str, Any]:
     """The candidate's own validation figures beside the gate's test figures ``tested``: those of a tested metric's
     family that the test does not replace (``dice_lungs`` beside a test ``dice``) are kept as
-    ``validation_dice_lungs``, so that no card shows a test mean next to a validation figure of the same name."""
+    ``validation_dice_lungs`` (with their case count, ``validation_n_cases``), so that no card shows a test mean next
+    to a validation figure of the same name."""
     out = {}
     for key, value in validation.items():
         stale = key not in tested and any(key.startswith(f"{m}_") or key == m for m in tested)
         out[f"validation_{key}" if stale else key] = value
+    renamed = any(k.startswith("validation_") and k != "validation_cases" for k in out)
+    if renamed and "validation_cases" in validation:  # the test's case count takes validation_cases
+        out["validation_n_cases"] = validation["validation_cases"]
     return out
 
 
@@ -631,7 +635,8 @@ def retrain(
     if (zoo.get(task) / TRAIN_CONFIG_FILE).is_file():
         base = json.loads((zoo.get(task) / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
         base.pop("version", None)
-    config = TrainConfig.from_dict({**base, **(settings or {})})
+    # "retrained": the history's record of the candidate names no version the task has (it gets the next one)
+    config = TrainConfig.from_dict({**base, **(settings or {}), "version": "retrained"})
     dataset = load_msd(dataset_dir)
     _check_same_labels(dataset, zoo.card(task), f"{task} {zoo.current(task)}")
     keep = [c for c in dataset.training if not _is_test_case(c, split_data["cases"])]

@@ -216,6 +216,7 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
     cases = f"{10 - len(test_ids)} cases of {models['msd'].resolve()} ({len(test_ids)} test case(s) left out)"
     assert source == f"retrained on {cases} with epochs=8, lr=0.01"
     assert Zoo(zoo).history("disks")[-1]["candidate"] == source
+    assert Zoo(zoo).history("disks")[-1]["candidate_card"]["version"] == "retrained"  # not a version disks has
     curve = json.loads((Zoo(zoo).get("disks") / "docs" / "training_curve.json").read_text(encoding="utf-8"))
     seen = {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]}
     assert len(seen) == 10 - len(test_ids) and not seen & test_ids  # every case but the test cases
@@ -443,7 +444,7 @@ def test_a_promoted_card_never_shows_a_test_mean_beside_a_validation_figure_of_i
     tested = {"dice": 0.41, "validation_cases": 6, "held_out": "test split"}
     assert {**_own_validation(validation, tested), **tested} == {
         "dice": 0.41, "validation_dice_lungs": 0.49, "hd95": 7.0, "validation_cases": 6, "weights": "best",
-        "held_out": "test split",
+        "held_out": "test split", "validation_n_cases": 4,
     }  # fmt: skip
 
 
