@@ -19,14 +19,29 @@ def flip_axes(config: TrainConfig, label_names: Sequence[str], spatial_dims: int
         if bad:
             raise TrainingError(f"flip_axes {list(config.flip_axes)}: axes must be in 0..{spatial_dims - 1}.")
         return tuple(int(a) for a in config.flip_axes)
-    lateral = any(re.search(r"\b(left|right)\b", n, re.IGNORECASE) for n in label_names)
+    lateral = any(is_lateral(n) for n in label_names)
     return tuple(range(1 if lateral else 0, spatial_dims))
 
 
+#: words that give a label a side (whole words of its name, in any case)
+_SIDE_WORDS = frozenset({"left", "right", "lt", "rt", "sinister", "dexter"})
+
+
+def is_lateral(name: str) -> bool:
+    """Whether a label name gives a side, however it is written: ``Left kidney``, ``kidney_left``, ``LeftLung``,
+    ``Lung L``, ``Lt kidney``, ``L_kidney`` (a lone L or R that is not a level such as the vertebra ``L1``)."""
+    words = [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)]
+    if any(w in _SIDE_WORDS for w in words):
+        return True
+    return re.search(r"(?<![A-Za-z0-9])[LRlr](?![A-Za-z0-9])", name) is not None
+
+
 def mirror_axes(config: TrainConfig, flips: Sequence[int], roi: Sequence[int]) -> list[int]:
-    """Axes of test-time mirroring: the training flip axes along which the patch is more than 1 voxel
-    (``[]`` without ``config.tta_mirror``)."""
-    return [int(a) for a in flips if int(roi[a]) > 1] if config.tta_mirror else []
+    """Axes of test-time mirroring: the training flip axes along which the patch is more than 1 voxel (``[]``
+    without ``config.tta_mirror``, or without ``config.augment``: the network then never saw a flipped input)."""
+    if not (config.tta_mirror and config.augment):
+        return []
+    return [int(a) for a in flips if int(roi[a]) > 1]
 
 
 def nnunet_transforms(

@@ -203,6 +203,8 @@ def applied_metrics(
         )
         metrics["postprocessing"] = {n: {"without_lcc": round(f["dice"], 4), "with_lcc": round(f["dice_lcc"], 4)}
                                      for n, f in figures.items()}  # fmt: skip
+    if config.postprocess == "lcc":  # asked for every label, whether or not validation cases measured it
+        inference["keep_largest_component"] = sorted(names)
     if run.val_items and len(measured) < len(names):
         metrics["not_measured"] = ", ".join(n for v, n in names.items() if v not in measured)
     metrics["validation_cases"] = len(run.val_items)

@@ -186,6 +186,28 @@ def test_the_card_says_where_a_model_was_trained():
 
 
 # --- augmentation ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("names", [["kidney_right", "kidney_left"], ["RightLung", "LeftLung"], ["Lung R", "Lung L"],
+                                   ["Rt kidney", "Lt kidney"], ["L_kidney", "liver"]])  # fmt: skip
+def test_a_label_with_a_side_is_never_mirrored_left_right_however_its_name_is_written(names):
+    """TotalSegmentator and nnU-Net datasets write sides as kidney_left; a flip along x would swap the sides."""
+    from ModelSelectorLib.training.augmentation import flip_axes
+    from ModelSelectorLib.training.segmentation import TrainConfig
+
+    cfg = TrainConfig(augment=True)
+    assert flip_axes(cfg, names, 3) == (1, 2) and flip_axes(cfg, names, 2) == (1,)
+    assert flip_axes(cfg, ["vertebrae_L1", "liver", "Lungs"], 3) == (0, 1, 2)  # a level, not a side
+
+
+def test_test_time_mirroring_follows_the_training_flips():
+    from ModelSelectorLib.training.augmentation import mirror_axes
+    from ModelSelectorLib.training.segmentation import TrainConfig
+
+    assert mirror_axes(TrainConfig(augment=True, tta_mirror=True), (1, 2), (16, 16, 8)) == [1, 2]
+    assert (
+        mirror_axes(TrainConfig(augment=False, tta_mirror=True), (0, 1, 2), (16, 16, 8)) == []
+    )  # never flipped
+
+
 @pytest.mark.parametrize("roi", [(16, 16, 8), (16, 16, 1)])
 def test_nnunet_augmentation_keeps_shape_and_sides(roi):
     from monai.utils import set_determinism

@@ -538,6 +538,10 @@ def test_without_validation_cases_the_card_shows_no_validation_dice(tmp_path):
     metrics = card.validation_metrics
     assert "dice" not in metrics and "training_dice" in metrics and metrics["validation_cases"] == 0
     assert runtime_class("segmentation").held_out(card) is None
+    # largest-component post-processing asked for every label needs no validation case to choose it
+    lcc = TrainConfig(**{**TINY_RUN, "val_fraction": 0.0, "postprocess": "lcc"})
+    card = load_bundle(train_segmentation(msd, "allcases-lcc", tmp_path / "zoo", lcc)).card
+    assert card.inference["keep_largest_component"] == [1, 2]
 
 
 def test_evaluation_maps_the_label_files_values_to_the_models(tmp_path):
