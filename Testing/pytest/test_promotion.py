@@ -216,7 +216,8 @@ def test_retrain_runs_the_same_gate(models, tmp_path):
     cases = f"{10 - len(test_ids)} cases of {models['msd'].resolve()} ({len(test_ids)} test case(s) left out)"
     assert source == f"retrained on {cases} with epochs=8, lr=0.01"
     assert Zoo(zoo).history("disks")[-1]["candidate"] == source
-    assert Zoo(zoo).history("disks")[-1]["candidate_card"]["version"] == "retrained"  # not a version disks has
+    # the candidate is recorded as retrained, not as a version that disks has
+    assert Zoo(zoo).history("disks")[-1]["candidate_card"]["version"] == "retrained"
     curve = json.loads((Zoo(zoo).get("disks") / "docs" / "training_curve.json").read_text(encoding="utf-8"))
     seen = {c.split(".")[0] for c in curve["training_cases"] + curve["validation_cases"]}
     assert len(seen) == 10 - len(test_ids) and not seen & test_ids  # every case but the test cases
