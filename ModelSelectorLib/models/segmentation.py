@@ -361,10 +361,17 @@ def at_training_field(image: Image, card: Any) -> Image:
     calibrated radiograph at its true pixel size would look smaller to it than its training pictures did. Any
     other image, and a model whose card has no plan, is returned as is. Only the spacing changes (the pixels,
     origin and direction stay), so a label map computed on the result lies on ``image``'s grid."""
-    plan = card.plan or {}
-    shape, spacing = plan.get("median_shape"), card.target_spacing
+    return at_field(image, card.plan or {}, card.target_spacing, int(card.spatial_dims))
+
+
+def at_field(
+    image: Image, plan: dict[str, Any], spacing: Optional[Sequence[float]], spatial_dims: int
+) -> Image:
+    """:func:`at_training_field` of a model planned as ``plan`` (a card's ``plan`` block) at ``spacing`` (mm),
+    for ``spatial_dims``: what training, too, makes of its pictures, so that it sees them as ``apply`` will."""
+    shape = plan.get("median_shape")
     known = image.pixel_size_known and plan.get("pixel_size_known", True)
-    if int(card.spatial_dims) != 2 or image.ndim != 2 or known or not shape or not spacing:
+    if spatial_dims != 2 or image.ndim != 2 or known or not shape or not spacing:
         return image
     field = max(float(n) * float(s) for n, s in zip(shape, spacing))
     size = max(image.size)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +31,7 @@ from ..errors import TrainingError
 from ..io.geometry import CANONICAL_AXCODES
 from ..io.image import read_image
 from ..models.preprocessing import check_device, preprocess, resample_label
+from ..models.segmentation import at_field
 from ..progress import check_cancel
 from ..provenance import code_version
 from ..zoo.bundle import save_bundle
@@ -54,13 +54,16 @@ def split_cases(n: int, val_fraction: float, seed: int) -> tuple[list[int], list
 
 
 def load_cases(
-    dataset: MSDDataset, indices: Sequence[int], spacing: Sequence[float], intensity: dict[str, Any]
-) -> list[dict[str, np.ndarray]]:
+    dataset: MSDDataset, indices: Sequence[int], spacing: Sequence[float], intensity: dict[str, Any],
+    plan: Optional[Plan] = None,
+) -> list[dict[str, np.ndarray]]:  # fmt: skip
     """Preprocess cases: ``{"image": (1, x, y, z) float32, "label": (1, x, y, z) uint8}`` on the canonical grid.
 
     The label's values become class indices ``0..K`` (:func:`~ModelSelectorLib.datasets.labelmaps.class_indices`
     of ``dataset.json``'s labels), and a label whose geometry differs from its image's is first put on the image's
-    grid (:func:`~ModelSelectorLib.datasets.labelmaps.align_label`).
+    grid (:func:`~ModelSelectorLib.datasets.labelmaps.align_label`). With the ``plan``, a picture without a pixel
+    size spans the median training field, as ``apply`` shows it (:func:`~ModelSelectorLib.models.segmentation.at_field`),
+    whatever its size in pixels.
 
     Raises:
         DatasetError: a label file holds an undeclared value, or its header does not place it on its image.
@@ -73,6 +76,11 @@ def load_cases(
         label = as_label_map(read_image(case["label"], check_content=False), case["label"])
         classes = label.with_array(to_class_indices(label.array, mapping, case["label"]))
         classes = align_label(classes, image, case["label"], case["image"])
+        if (
+            plan is not None
+        ):  # a picture shows the median training field, as apply will show it (at_training_field)
+            image = at_field(image, plan.to_card(), plan.spacing, len(plan.spacing))
+            classes = dataclasses.replace(classes, spacing=image.spacing)
         arr, grid = preprocess(image, spacing, intensity, CANONICAL_AXCODES)
         lab = resample_label(classes, grid)
         items.append(
@@ -154,8 +162,8 @@ def prepare_run(
     flips = flip_axes(config, [lb["name"] for lb in labels], spatial_dims)
     n_classes = len(dataset.class_indices)
     net_def = network_def(config, spatial_dims, n_classes, plan.roi_size, plan.spacing)
-    train_items = load_cases(dataset, train_idx, plan.spacing, intensity)
-    val_items = load_cases(dataset, val_idx, plan.spacing, intensity)
+    train_items = load_cases(dataset, train_idx, plan.spacing, intensity, plan)
+    val_items = load_cases(dataset, val_idx, plan.spacing, intensity, plan)
     return PreparedRun(dataset, modality, plan, intensity, labels, flips, net_def, n_classes, train_items,
                        val_items)  # fmt: skip
 
@@ -276,7 +284,6 @@ def train_segmentation(
 
     config = (config or TrainConfig()).check()
     check_device(config.device)
-    t0 = time.monotonic()
     dataset = load_msd(dataset_dir)
     if dataset.n_channels != 1:
         raise TrainingError(
@@ -328,7 +335,7 @@ def train_segmentation(
         code_version=code_version(),
         license=config.license,
         synthetic=bool(dataset.raw.get("synthetic", False)),
-        training_time_s=round(res.seconds if res.resumed_from else time.monotonic() - t0, 2),
+        training_time_s=round(res.seconds, 2),  # the epochs', over every session of a resumed run
         inference=inference,
         plan=run.plan.to_card(),
         peak_memory_mb=run_peak_memory_mb(res),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -57,6 +58,9 @@ def test_training_writes_a_complete_card(trained, loaded):
     assert card.target_spacing == list(TARGET_SPACING) and card.roi_size == [16, 16, 16]
     assert card.intensity == {"mode": "ct", "a_min": -1000.0, "a_max": 1000.0}
     assert card.n_training_cases == 4 and card.seed == 0 and card.training_time_s > 0
+    # the epochs' time, as a resumed run records it too (not the loading and the final evaluation)
+    curve = json.loads((bundle / "docs" / "training_curve.json").read_text(encoding="utf-8"))
+    assert card.training_time_s == pytest.approx(curve["training_time_s"], abs=0.01)
     assert card.training_device == "CPU, 2 torch threads"
     assert card.validation_metrics["dice"] > 0.7
     assert {"dice_sphere", "dice_box"} <= set(card.validation_metrics)
@@ -587,3 +591,33 @@ def test_evaluation_leaves_out_a_label_that_no_case_holds(tmp_path):
                 tmp_path / "lab1.nii.gz")  # fmt: skip
     res = evaluate_bundle(oracle_bundle(), cases, {1: "sphere", 2: "box"})
     assert "not_measured" not in res[0] and res[0]["dice_box"] == 0.0 and res[0]["dice"] < 0.55
+
+
+def test_training_shows_pictures_of_any_size_as_apply_shows_them(tmp_path):
+    """PNG files carry no pixel size: apply shows every picture spanning the median training field, and so must
+    training, or a 256 px picture among 128 px ones looks twice as large to the network there as here."""
+    from ModelSelectorLib.atomic import write_json
+    from ModelSelectorLib.datasets import load_msd
+    from ModelSelectorLib.training.segmentation import TrainConfig, prepare_run
+
+    root = tmp_path / "pictures"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, size in enumerate((128, 128, 256)):
+        yy, xx = np.mgrid[:size, :size] / size
+        disk = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.09).astype(
+            np.uint8
+        )  # the same disk, in pixels of any size
+        geo = {"spacing": (1.0, 1.0), "origin": (0.0, 0.0), "direction": (1.0, 0.0, 0.0, 1.0)}
+        write_image(Image((60 + 150 * disk).astype(np.uint8), **geo), root / "imagesTr" / f"p{i}.png")
+        write_image(Image(disk * 255, **geo), root / "labelsTr" / f"p{i}.png")
+        training.append({"image": f"./imagesTr/p{i}.png", "label": f"./labelsTr/p{i}.png"})
+    write_json(root / "dataset.json", {"name": "pictures", "modality": {"0": "DX"}, "training": training,
+                                      "labels": {"0": "background", "255": "disk"}, "numTraining": 3})  # fmt: skip
+    run = prepare_run(
+        load_msd(root), [0, 1, 2], [], TrainConfig(target_spacing=(2.0, 2.0), roi_size=(32, 32))
+    )
+    shapes = {tuple(it["image"].shape) for it in run.train_items}
+    areas = [int((it["label"] > 0).sum()) for it in run.train_items]
+    assert shapes == {(1, 64, 64)} and max(areas) - min(areas) <= 0.05 * max(areas)
