@@ -45,7 +45,7 @@ MIN_POOLED_SIZE = 8
 #: checkpoint of :func:`fit` inside its work folder
 CHECKPOINT_FILE = "checkpoint.pt"
 #: TrainConfig fields that do not change what is trained (left out of the checkpoint fingerprint)
-_RUN_ONLY_FIELDS = ("device", "version", "num_threads", "license", "num_workers")
+_RUN_ONLY_FIELDS = ("device", "version", "num_threads", "license")
 
 
 @dataclasses.dataclass
@@ -239,12 +239,15 @@ class TrainConfig:
         return tuple(a for a, r in enumerate(self.roi_size) if int(r) <= 0)
 
     def fingerprint(self) -> str:
-        """Short hash of the settings that decide what is trained (not device, threads, version, licence)."""
+        """Short hash of the settings that decide what is trained (not device, threads, version, licence; loader
+        workers do, since each draws its own augmentations)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_ONLY_FIELDS}
         if data["precision"] == "fp32":  # runs from before the setting existed keep their fingerprints
             del data["precision"]
         if data["slab_levels"] is None:
             del data["slab_levels"]
+        if data["num_workers"] == 0:  # workers draw their own augmentations; 0 keeps older fingerprints
+            del data["num_workers"]
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=list).encode("utf-8")).hexdigest()[:16]
 
 

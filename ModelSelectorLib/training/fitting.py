@@ -209,6 +209,9 @@ def _resume(path: Optional[Path], fingerprint: str, model: Any, optimizer: Any, 
     """The checkpoint at ``path`` written for ``fingerprint``, with its weights, optimiser, schedule and random
     states restored; ``None`` (nothing restored) when there is none."""
     ckpt = load_checkpoint(path, fingerprint) if path is not None else None
+    if ckpt is None and path is not None and path.is_file():  # said, since the run it holds is then replaced
+        print(f"modelselector: {path} holds a run of other settings; training starts afresh and replaces it "
+              "(pass another work folder to keep it).", file=sys.stderr)  # fmt: skip
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

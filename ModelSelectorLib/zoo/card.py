@@ -96,7 +96,8 @@ class ModelCard:
         code_version: version of the code that trained the model.
         license: licence of the weights.
         synthetic: True when trained on synthetic data (demo models).
-        training_time_s: wall time of training in seconds.
+        training_time_s: wall time of the training epochs in seconds (over every session of a resumed run; loading
+            the data and the final evaluation are not counted).
         example_inputs: optional bundle-relative paths of example inputs.
         inference: how the model is applied (segmentation): ``{"sw_mode": "constant"|"gaussian", "overlap",
             "mirror_axes": [network-grid axes of test-time mirroring], "keep_largest_component": [label

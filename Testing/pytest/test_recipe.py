@@ -515,3 +515,15 @@ def test_train_fold_reports_per_case_figures(tmp_path):
     assert result["peak_memory_mb"] > 0 and result["training_time_s"] > 0
     saved = json.loads((tmp_path / "fold1" / "result.json").read_text())
     assert saved["summary"] == result["summary"]
+
+
+def test_a_work_folder_of_other_settings_is_said_to_start_afresh(tmp_path, capsys):
+    """A checkpoint of other settings cannot be resumed; the run that replaces it says so rather than silently.
+    Loader workers draw their own augmentations, so they are part of the settings a run resumes with."""
+    from ModelSelectorLib.training.fitting import _resume
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"fingerprint": _tiny().fingerprint()}, path)
+    assert _resume(path, _tiny(lr=0.02).fingerprint(), None, None, None) is None
+    assert f"{path} holds a run of other settings; training starts afresh" in capsys.readouterr().err
+    assert _tiny(num_workers=2).fingerprint() != _tiny().fingerprint() == _tiny(num_workers=0).fingerprint()
