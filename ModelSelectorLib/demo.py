@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+import SimpleITK as sitk
 
 from .apply import open_runtime
 from .atomic import atomic_dir, save_figure, write_text
@@ -180,11 +181,21 @@ def _apply(runtime: Any, image: Image, out_dir: Path) -> dict[str, Any]:
 
 
 def _as_viewed(image: Image, labels: Optional[Image]) -> tuple[Image, Optional[Image]]:
-    """A lone slice of a volume (e.g. a coronal radiograph stored as 512 x 1 x 512) and its label map in view
-    layout, its single slice along the array's first axis as for an axial one; anything else as it is."""
-    if image.ndim != 3 or not image.is_single_slice:
+    """An image and its label map as a viewer lays them out: a lone slice of a volume (e.g. a coronal radiograph
+    stored as 512 x 1 x 512) in view layout, its single slice along the array's first axis as for an axial one; a
+    volume with its voxel axes running to the patient's left, back and head (LPS, the closest axes of an oblique
+    one; the voxels are only reordered), whatever order the file stored them in, so that its slices are drawn in
+    radiological layout; a 2D image as it is."""
+    if image.ndim != 3:
         return image, labels
+    if not image.is_single_slice:
+        return _in_lps_axes(image), None if labels is None else _in_lps_axes(labels)
     return image.in_view_layout()[0], None if labels is None else labels.in_view_layout()[0]
+
+
+def _in_lps_axes(image: Image) -> Image:
+    """A volume's voxels reordered and flipped so that its axes run towards L, P and S (no resampling)."""
+    return Image.from_sitk(sitk.DICOMOrient(image.to_sitk(), "LPS"), dict(image.meta))
 
 
 def _points_to_pixels(points: Any, image: Image) -> Optional[np.ndarray]:

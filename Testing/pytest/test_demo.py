@@ -143,3 +143,31 @@ def test_overlays_of_a_lone_coronal_slice_show_it_as_a_viewer_does(tmp_path):
     np.testing.assert_allclose(_points_to_pixels(corner[None, :3], shown), [[20.0, 5.0]], atol=1e-6)
     out = overlay_png(image, tmp_path / "o.png", "coronal", labels=labels, points_lps=corner[None, :3])
     assert out.is_file() and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "direction", [(-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 0, 1, 1, 0, 0, 0, 1, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)]
+)
+def test_the_demo_draws_a_volume_in_radiological_layout_however_the_file_stores_its_axes(direction):
+    """NIfTI files usually store a volume RAS (and some with permuted axes): the pictures must still show the
+    patient's left on the viewer's right, the back at the bottom, and the label where the image has it."""
+    import numpy as np
+
+    from ModelSelectorLib.demo import _as_viewed, _contour_panels
+    from ModelSelectorLib.io import Image
+
+    img = Image(
+        np.zeros((6, 7, 8), np.float32), (1.0, 1.0, 2.0), (3.0, -2.0, 5.0), tuple(float(d) for d in direction)
+    )
+    s = img.to_sitk()
+    left_back = s.TransformPhysicalPointToIndex(  # the voxel nearest the patient's left, back and head corner
+        max((s.TransformIndexToPhysicalPoint((i, j, k)) for i in (0, 7) for j in (0, 6) for k in (0, 5)),
+            key=lambda p: p[0] + p[1] + p[2]))  # fmt: skip
+    arr = img.array.copy()
+    arr[left_back[::-1]] = 100.0
+    lab = np.zeros(arr.shape, np.uint8)
+    lab[left_back[::-1]] = 1
+    viewed, labels = _as_viewed(img.with_array(arr), img.with_array(lab))
+    axial, axial_labels, _ = _contour_panels(viewed, labels)[0]
+    y, x = np.unravel_index(np.argmax(axial), axial.shape)
+    assert (y, x) == (axial.shape[0] - 1, axial.shape[1] - 1) and axial_labels[y, x] == 1
