@@ -104,6 +104,9 @@ def apply_to_files(
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
     card = zoo.card(model_name)
     suffix = output_spec(card.task_type)["suffix"]
+    if Path(out_dir).name.lower().endswith(suffix) and not Path(out_dir).is_dir():
+        raise OutputError(f"{out_dir}: with several images --out is the folder of their outputs, not a {suffix} "
+                          "file; name a folder (each output is named after its image).")  # fmt: skip
     folder = check_output_folder(out_dir)
     named: dict[str, PathLike] = {}
     for path in image_paths:
@@ -118,13 +121,23 @@ def apply_to_files(
     results: list[tuple[Path, Optional[Path], Optional[str]]] = []
     for path, out in progress_bar(list(zip(image_paths, outs)), desc=f"apply {model_name}"):
         check_cancel(cancel)
-        try:
-            image = read_model_input(path, card, warn=warn)
+        try:  # an image the model cannot take (unreadable, a label map, another dimension) is skipped
+            prediction = runtime.predict(read_model_input(path, card, warn=warn), cancel=cancel)
         except InputError as e:
-            results.append((Path(path), None, str(e)))
+            why = str(e) if str(path) in str(e) else f"{path}: {e}"
+            results.append((Path(path), None, why))
             continue
-        results.append((Path(path), runtime.write(runtime.predict(image, cancel=cancel), out), None))
+        results.append((Path(path), runtime.write(prediction, out), None))
     return results
+
+
+def output_in_folder(
+    zoo_path: Union[Zoo, PathLike], model_name: str, image_path: PathLike, folder: PathLike
+) -> Path:
+    """Where :func:`apply_to_files` writes the output of ``image_path`` in ``folder``: its name with the extension of
+    the model's output format (``ct.nii.gz`` -> ``folder/ct.seg.nrrd``)."""
+    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
+    return Path(folder) / output_name(image_path, output_spec(zoo.card(model_name).task_type)["suffix"])
 
 
 def read_model_input(
@@ -149,4 +162,4 @@ def read_model_input(
     return image
 
 
-__all__ = ["apply_to_file", "apply_to_files", "open_runtime", "read_model_input"]
+__all__ = ["apply_to_file", "apply_to_files", "open_runtime", "output_in_folder", "read_model_input"]

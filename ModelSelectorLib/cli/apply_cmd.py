@@ -4,6 +4,7 @@ or ``.mrk.json`` (landmarks)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model name in the zoo")
     p.add_argument(
         "--out",
-        type=Path,
+        type=str,  # as typed: a trailing separator says "a folder"
         required=True,
-        help="output file: OUT.seg.nrrd (segmentation) or OUT.mrk.json (landmarks); a folder for several images",
+        help="output file: OUT.seg.nrrd (segmentation) or OUT.mrk.json (landmarks); or a folder (DIR/, or one that "
+        "exists; always with several images), where each output is named after its image",
     )
     p.add_argument(
         "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
@@ -38,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apply import apply_to_file, apply_to_files
+    from ..apply import apply_to_file, apply_to_files, output_in_folder
     from ..errors import InputError
     from ..resources import default_zoo_path
 
@@ -47,15 +49,17 @@ def run(args: argparse.Namespace) -> int:
     def warn(w: str) -> None:
         print(f"modelselector: warning: {w}", file=sys.stderr)
 
-    if len(args.image) == 1:
-        print(apply_to_file(zoo, args.model, args.image[0], args.out, device=args.device, series_uid=args.series,
+    if len(args.image) == 1:  # into a folder (``--out DIR/``, or one that exists) named after the image
+        into_folder = args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()
+        out = output_in_folder(zoo, args.model, args.image[0], args.out) if into_folder else Path(args.out)
+        print(apply_to_file(zoo, args.model, args.image[0], out, device=args.device, series_uid=args.series,
                             warn=warn))  # fmt: skip
         return 0
     if args.series:
         raise InputError(
             "--series chooses the series of one DICOM folder; apply to one folder at a time with it."
         )
-    results = apply_to_files(zoo, args.model, args.image, args.out, device=args.device, warn=warn)
+    results = apply_to_files(zoo, args.model, args.image, Path(args.out), device=args.device, warn=warn)
     for _, out, _ in results:
         if out is not None:
             print(out)

@@ -241,8 +241,7 @@ CLI = [
     ("build-starter-zoo --dev-cv, final",    ["build-starter-zoo", "--data", "{root}", "--dev-cv", "5", "--only", "mr-cardiac", "--work", "{root}", "--folds", "final"], 2, "no final model"),
     ("select a truncated .nii.gz",           ["select", "{truncated}"],                                               2, "truncated"),
     ("select a folder of two DICOM series",  ["select", "{dicom}"],                                                  2, "--series UID"),
-    ("apply --out DIR/",                     ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}/"], 6, "is a folder"),
-    ("apply --out an existing folder",       ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{root}"],  6, "is a folder"),
+    ("apply several images --out a file name", ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "{truncated}", "--out", "{root}/x.seg.nrrd"], 6, "is the folder of their outputs"),
     ("apply --out under a file",             ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{afile}/x.seg.nrrd"], 6, "is a file"),
     ("apply --out in a read-only folder",    ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{readonly_dir}/x.seg.nrrd"], 6, "write-protected"),
     ("apply --out a read-only file",         ["apply", "--zoo", "{zoo}", "--model", TINY, "{image}", "--out", "{readonly_file}"], 6, "write-protected"),
@@ -395,16 +394,29 @@ def test_apply_to_several_images_writes_each_and_skips_what_is_no_image(world, t
     from ModelSelectorLib.io import read_segmentation
 
     out = tmp_path / "batch"
+    picture = tmp_path / "picture.png"  # a 2D image, which the 3D model refuses only once it is read
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 255, (64, 64)).astype(np.uint8)),
+                    str(picture))  # fmt: skip
     proc = bad.run_cli(
-        "apply", "--zoo", world["zoo"], "--model", TINY, world["image"], world["labelmap"], world["truncated"],
-        "--out", out,
+        "apply", "--zoo", world["zoo"], "--model", TINY, picture, world["image"], world["labelmap"],
+        world["truncated"], "--out", out,
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stdout.strip() == str(out / "ct.seg.nrrd"), proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd"]  # nothing half-written for the others
     assert read_segmentation(out / "ct.seg.nrrd")[0].same_geometry(read_image(world["image"]))
     skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("modelselector: skipped: ")]
-    assert len(skipped) == 2 and "looks like a label map" in skipped[0] and "truncated" in skipped[1]
-    assert "2 of 3 images were skipped" in proc.stderr
+    assert len(skipped) == 3 and str(picture) in skipped[0]
+    assert "looks like a label map" in skipped[1] and "truncated" in skipped[2]
+    assert "3 of 4 images were skipped" in proc.stderr
+
+
+def test_apply_of_one_image_into_a_folder_names_the_output_after_it(world, tmp_path):
+    from ModelSelectorLib.io import read_segmentation
+
+    for out in (f"{tmp_path / 'new'}/", str(tmp_path)):  # a folder to be made (DIR/), or one that exists
+        proc = bad.run_cli("apply", "--zoo", world["zoo"], "--model", TINY, world["image"], "--out", out)
+        assert proc.returncode == 0 and proc.stdout.strip() == str(Path(out) / "ct.seg.nrrd"), proc.stderr
+        assert read_segmentation(Path(out) / "ct.seg.nrrd")[0].same_geometry(read_image(world["image"]))
 
 
 def test_apply_reads_the_series_it_is_told_to(world, tmp_path):
