@@ -14,7 +14,7 @@ def _gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=Path,
                    help="test split file (default: the one the current version was promoted on, else the "
                         "task's sweep split ZOO/sweeps/TASK/test_split.json)")  # fmt: skip
-    p.add_argument("--metric", type=metric_name, help="compared metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
+    p.add_argument("--metric", type=metric_name, help="compared metric: dice, hd95, msd (hd95_px, msd_px for pictures), dice_<label>, mre_mm, sdr_4, ... "
                    "(default: dice, or mre_mm for landmark models)")  # fmt: skip
     p.add_argument("--method", choices=("wilcoxon", "bootstrap"), default="wilcoxon",
                    help="paired test: Wilcoxon signed-rank (default) or paired bootstrap CI")  # fmt: skip
@@ -46,12 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "retrain",
         help="train the task again on new data and promote the result only if the gate accepts it",
-        description="Train the task with its current version's settings on a new MSD dataset (test cases "
+        description="Train the task with its current version's settings on a new MSD (or nnU-Net v2) dataset (test cases "
         "removed), then run the same promotion gate as `promote`.",
     )
     r.add_argument("--zoo", type=Path, required=True, help="zoo folder")
     r.add_argument("--task", required=True, help="model name of the task in the zoo")
-    r.add_argument("--dataset", type=Path, required=True, help="MSD dataset folder with the new data")
+    r.add_argument(
+        "--dataset", type=Path, required=True, help="MSD (or nnU-Net v2) dataset folder with the new data"
+    )
     r.add_argument("--epochs", type=positive_int, help="override the number of epochs")
     r.add_argument("--seed", type=int, help="override the training seed")
     _gate_args(r)

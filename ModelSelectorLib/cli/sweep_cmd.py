@@ -39,12 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train every configuration of a grid/list, rank all on one selection split, write a leaderboard",
         description="Train competing configurations of one task in parallel worker processes (or on a Ray "
         "cluster), add each as a bundle to the zoo --out, evaluate every one on the same held-out selection cases "
-        "(Dice, HD95, mean surface distance in mm) and write a leaderboard and one dashboard per model. A "
+        "(Dice, HD95, mean surface distance in mm; in pixels for pictures without a pixel size) and write a leaderboard and one dashboard per model. A "
         "separate test split is kept for `modelselector promote`.",
         epilog=SWEEP_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", type=Path, required=True, help="labelled MSD dataset folder")
+    p.add_argument("--dataset", type=Path, required=True, help="labelled MSD (or nnU-Net v2) dataset folder")
     p.add_argument("--config", type=Path, required=True, help="sweep YAML file (see below)")
     p.add_argument("--out", type=Path, required=True, help="zoo folder receiving the candidates (created)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metric",
         type=metric_name,
-        help="leaderboard ranking metric: dice, hd95, msd, dice_<label>, mre_mm, sdr_4, ... "
+        help="leaderboard ranking metric: dice, hd95, msd (hd95_px, msd_px for pictures), dice_<label>, mre_mm, sdr_4, ... "
         "(default: dice, or mre_mm for landmark models)",
     )
     p.add_argument("--device", default="cpu", help="torch device of the evaluation (cpu, cuda)")
@@ -74,7 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lb.add_argument("--zoo", type=Path, required=True, help="zoo folder the sweep wrote to")
     lb.add_argument("--task", required=True, help="task name of the sweep")
     lb.add_argument(
-        "--metric", type=metric_name, help="dice, hd95, msd, dice_<label>, mre_mm, ... (default: the task's)"
+        "--metric",
+        type=metric_name,
+        help="dice, hd95, msd (hd95_px, msd_px for pictures), dice_<label>, mre_mm, ... "
+        "(default: the task's)",
     )
     lb.add_argument("--json", action="store_true", help="print the ranking as JSON")
     lb.set_defaults(func=run_leaderboard)
@@ -146,7 +149,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 def run_dashboard(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.outputs import check_output_folder
-    from ..ranking.leaderboard import evaluate_candidate, metric_problem, write_dashboard
+    from ..ranking.leaderboard import evaluate_candidate, metric_problem, split_in_pixels, write_dashboard
     from ..ranking.scoring import primary_metric
     from ..ranking.sweep import read_split
     from ..zoo.bundle import validate_bundle
@@ -156,7 +159,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     task_type = validate_bundle(args.bundle).task_type
     metric = args.metric or primary_metric(task_type)
     # a metric the model cannot have is refused before the whole split is evaluated
-    problem = metric_problem(task_type, metric, split.get("labels"))
+    problem = metric_problem(task_type, metric, split.get("labels"), split_in_pixels(split["cases"]))
     if problem:
         raise InputError(f"{args.bundle}: {problem}")
     ev = evaluate_candidate(args.bundle, split, args.out / "evaluation.json", args.out, device=args.device)

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a segmentation model on an MSD dataset folder and add it to a zoo",
-        description="Train a MONAI UNet/SegResNet on an MSD folder (dataset.json, imagesTr, labelsTr; or "
+        description="Train a MONAI UNet, SegResNet, AttentionUnet or DynUNet on an MSD folder (dataset.json, imagesTr, labelsTr; or "
         "nnU-Net v2's form of it, one input channel) and add the resulting bundle, with its model card, to the "
         "zoo --out (created if missing).",
     )

@@ -29,7 +29,7 @@ from ..errors import DatasetError, InputError, ModelSelectorError, ZooError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
 from ..evaluation.segmentation import summary_in_unit
 from ..evaluation.statistics import sample_std
-from ..io.image import Image
+from ..io.image import Image, read_image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
 from ..provenance import utc_timestamp
 from .scoring import evaluate_cases, primary_metric
@@ -276,12 +276,16 @@ REFERENCE_METRIC_FAMILIES = ("mre", "rmse", "sdr")
 REFERENCE_METRICS = ("dice_lungs",)
 
 
-def metric_problem(task_type: str, metric: str, labels: Optional[Mapping[Any, str]] = None) -> Optional[str]:
+def metric_problem(
+    task_type: str, metric: str, labels: Optional[Mapping[Any, str]] = None, in_pixels: Optional[bool] = None
+) -> Optional[str]:
     """Why the evaluation of a ``task_type`` model would have no ``metric`` (None when it may have it), told
     before the model is evaluated rather than after every case was.
 
     Args:
         labels: the split's ``{value: name}`` (segmentation: several labels add ``<metric>_<label>``).
+        in_pixels: whether the split's images are pictures without a pixel size (:func:`split_in_pixels`), whose
+            distances are named in pixels (``hd95_px``); ``None``: either names.
     """
     if runtime_class(task_type).scores_references:
         ok = metric.split("_", 1)[0] in REFERENCE_METRIC_FAMILIES or metric in REFERENCE_METRICS
@@ -289,15 +293,26 @@ def metric_problem(task_type: str, metric: str, labels: Optional[Mapping[Any, st
     else:
         names = list((labels or {}).values())
         per_label = [f"{m}_{n}" for m in SEGMENTATION_METRICS for n in names] if len(names) > 1 else []
-        names_mm = dict.fromkeys((*SEGMENTATION_METRICS, *per_label))
-        ok = metric in names_mm or metric in summary_in_unit(names_mm, "px")  # pictures: distances in pixels
-        known = ", ".join([*SEGMENTATION_METRICS, *per_label])
+        names_mm = list(dict.fromkeys((*SEGMENTATION_METRICS, *per_label)))
+        names_px = list(summary_in_unit(dict.fromkeys(names_mm), "px"))
+        allowed = names_mm if in_pixels is False else names_px if in_pixels else [*names_mm, *names_px]
+        ok, known = metric in allowed, ", ".join(allowed)
+        if in_pixels and metric in names_mm:
+            known += (
+                "; the split's images are pictures without a pixel size, so their distances are in pixels"
+            )
     if ok:
         return None
     return (
         f"metric {metric!r} is not among the metrics of a {task_type} model ({known}); its ranking metric is "
         f"{primary_metric(task_type)}."
     )
+
+
+def split_in_pixels(cases: Sequence[Mapping[str, Any]]) -> Optional[bool]:
+    """Whether a split's images are pictures without a pixel size (read from its first case's image), so that
+    their distances are in pixels (:mod:`ModelSelectorLib.evaluation.segmentation`); None without cases."""
+    return None if not cases else not read_image(cases[0]["image"]).pixel_size_known
 
 
 def _file_id(case_id: str) -> str:

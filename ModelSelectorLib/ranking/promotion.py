@@ -305,7 +305,7 @@ def promote(
         DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
     """
     from ..zoo.bundle import WEIGHTS_FILE, is_standard_monai_bundle, load_bundle
-    from .leaderboard import metric_problem
+    from .leaderboard import metric_problem, split_in_pixels
     from .sweep import read_split
 
     zoo = _zoo_to_promote_in(zoo_dir, split)
@@ -332,7 +332,7 @@ def promote(
         _check_compatible(cand.card, zoo.card(task), task)
         _check_not_a_version(zoo, task, str(weights["sha256"]))
     metric = metric or primary_metric(cand.card.task_type)
-    problem = metric_problem(cand.card.task_type, metric, labels)
+    problem = metric_problem(cand.card.task_type, metric, labels, split_in_pixels(split_data["cases"]))
     if problem:  # before any case is evaluated
         raise InputError(problem)
     cand_cases = evaluate_cases(cand, split_data["cases"], labels, device, cancel, desc="evaluate candidate")

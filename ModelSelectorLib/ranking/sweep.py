@@ -554,10 +554,10 @@ def _job_fields(spec: SweepSpec, work: Path) -> dict[str, Any]:
 def _ranking_metric(spec: SweepSpec, split_file: Path, metric: Optional[str]) -> str:
     """The sweep's ranking metric (default: its task's), refused before any candidate trains when its candidates
     will not have it (a label the split does not name, a metric no evaluation computes)."""
-    from .leaderboard import metric_problem
+    from .leaderboard import metric_problem, split_in_pixels
 
-    metric = metric or primary_metric(spec.task_type)
-    problem = metric_problem(spec.task_type, metric, read_split(split_file).get("labels"))
+    metric, split = metric or primary_metric(spec.task_type), read_split(split_file)
+    problem = metric_problem(spec.task_type, metric, split.get("labels"), split_in_pixels(split["cases"]))
     if problem:
         raise InputError(problem)
     return metric

@@ -532,7 +532,7 @@ def test_zoo_show_gives_an_imported_bundles_published_figures_as_the_publishers(
     assert "- Training cases: not stated (an imported MONAI bundle)" in readme
 
 
-def test_distances_on_pictures_without_a_pixel_size_are_named_in_pixels(models, tmp_path):
+def test_distances_on_pictures_without_a_pixel_size_are_named_in_pixels(models, tmp_path, monkeypatch):
     """A PNG has no mm: its HD95 and MSD are hd95_px and msd_px (a leaderboard or gate metric of their own), while
     a NIfTI of the same pixels with its spacing keeps hd95 in mm."""
     import numpy as np
@@ -560,3 +560,15 @@ def test_distances_on_pictures_without_a_pixel_size_are_named_in_pixels(models, 
     assert png["distance_unit"] == "px" and {"hd95_px", "msd_px"} <= set(png) and "hd95" not in png
     assert "distance_unit" not in nii and {"hd95", "msd"} <= set(nii) and "hd95_px" not in nii
     assert metric_problem("segmentation", "hd95_px", {1: "disk"}) is None
+    # a split of pictures has no hd95 in mm: refused before any model is evaluated, naming the pixel one
+    from ModelSelectorLib.datasets.split_file import write_split
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.ranking import promotion
+
+    split = write_split(tmp_path / "png_split.json", tmp_path, [{"id": "case", "image": "case.png",
+                        "label": "case_mask.png"}], {"1": "disk"}, seed=0)  # fmt: skip
+    monkeypatch.setattr(promotion, "evaluate_cases", lambda *a, **k: pytest.fail("evaluated"))
+    with pytest.raises(
+        InputError, match="hd95_px, msd_px; the split's images are pictures without a pixel size"
+    ):
+        promote(tmp_path / "zoo", "disks", models["good"], split, metric="hd95", dry_run=True)
