@@ -243,7 +243,11 @@ def leave_out_unheld(
         per, unit = res["per_label"], res.get("distance_unit", "mm")
         for key in summary_in_unit(case_summary(per), unit):
             res.pop(key, None)
-        kept = case_summary({n: m for n, m in per.items() if n not in unheld})
+        left = {n: m for n, m in per.items() if n not in unheld}
+        kept = case_summary(left)
+        if len(left) == 1:  # one label left still has its per-label names, as a split of several labels names them
+            name, metrics = next(iter(left.items()))
+            kept.update({f"{m}_{name}": kept[m] for m in metrics if m in kept})
         res.update(summary_in_unit(kept, unit), not_measured=unheld)
     return results
 

@@ -21,11 +21,13 @@ was before (the bundle is copied under a temporary name and the catalog is repla
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -87,8 +89,11 @@ class GateResult:
         if self.method == "wilcoxon":
             p = "n/a" if self.p_value is None else f"{self.p_value:.4g}"
             lines.append(f"  Wilcoxon signed-rank one-sided p = {p} (required < {1 - self.level:.3g})")
+        elif self.ci is None:  # too few cases to resample (min_paired_cases)
+            lines.append(f"  paired bootstrap: {self.n} case(s), fewer than the {min_paired_cases(self.level)} any "
+                         f"paired test needs at the {self.level:.0%} level")  # fmt: skip
         else:
-            lo, hi = self.ci if self.ci else (float("nan"), float("nan"))
+            lo, hi = self.ci
             lines.append(f"  paired bootstrap {self.level:.0%} CI of the improvement [{lo:+.4f}, {hi:+.4f}] "
                          "(required: lower bound > 0)")  # fmt: skip
         lines.append(f"  {'ACCEPTED' if self.accepted else 'REFUSED'}: {self.reason}")
@@ -209,14 +214,22 @@ def summary_over_cases(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {m: round(float(v), 6) for m, v in means.items() if v is not None}
 
 
-def _zoo_to_promote_in(zoo_dir: PathLike, split: Optional[PathLike]) -> Any:
-    """The zoo of a promotion; a missing one is created only when a split to test on is given, so that a mistyped
-    ``--zoo`` is named rather than made into an empty zoo without a test split."""
+@contextlib.contextmanager
+def _zoo_to_promote_in(zoo_dir: PathLike, split: Optional[PathLike]) -> Iterator[Any]:
+    """The zoo of a promotion. A missing one is made only with a split to test on (a mistyped ``--zoo`` is named
+    rather than made into an empty zoo), and is removed again when nothing was promoted into it (a dry run, a
+    refusal, an error), so that a mistyped ``--zoo`` with a ``--split`` leaves nothing behind either."""
     from ..zoo.catalog import CATALOG, Zoo
 
     if split is None and not (Path(zoo_dir) / CATALOG).is_file():
         raise ZooError(f"{zoo_dir}: no zoo there; check --zoo (a new zoo is made only with a --split).")
-    return Zoo.create(zoo_dir)
+    made = not Path(zoo_dir).exists()
+    zoo = Zoo.create(zoo_dir)
+    try:
+        yield zoo
+    finally:
+        if made and not zoo.reload().names():
+            shutil.rmtree(zoo_dir, ignore_errors=True)
 
 
 def _test_split(split_data: dict[str, Any], split_path: Path) -> dict[str, Any]:
@@ -304,17 +317,27 @@ def promote(
     Raises:
         DatasetError: no or bad split. BundleError: incompatible or invalid candidate. ZooError.
     """
+    with _zoo_to_promote_in(zoo_dir, split) as zoo:
+        return _promote(zoo, task, candidate, split, metric, method, level, min_improvement, device, cancel, dry_run,
+                        candidate_label)  # fmt: skip
+
+
+def _promote(
+    zoo: Any, task: str, candidate: PathLike, split: Optional[PathLike], metric: Optional[str], method: str,
+    level: float, min_improvement: float, device: str, cancel: Optional[Any], dry_run: bool,
+    candidate_label: Optional[str],
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`promote` in ``zoo``."""
     from ..zoo.bundle import WEIGHTS_FILE, is_standard_monai_bundle, load_bundle
     from .leaderboard import metric_problem, split_in_pixels
     from .sweep import read_split
 
-    zoo = _zoo_to_promote_in(zoo_dir, split)
     # a MONAI bundle without a card (e.g. a new release of an imported one) is imported as zoo add would
     if is_standard_monai_bundle(candidate):
         with tempfile.TemporaryDirectory(prefix="modelselector-import-") as tmp:
             imported = _imported_candidate(zoo, task, Path(candidate), Path(tmp))
-            return promote(zoo_dir, task, imported, split, metric, method, level, min_improvement, device, cancel,
-                           dry_run, candidate_label or _zoo_relative(Path(candidate), zoo.path))  # fmt: skip
+            return _promote(zoo, task, imported, split, metric, method, level, min_improvement, device, cancel,
+                            dry_run, candidate_label or _zoo_relative(Path(candidate), zoo.path))  # fmt: skip
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(

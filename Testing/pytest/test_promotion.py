@@ -71,6 +71,9 @@ def test_the_bootstrap_gate_refuses_too_few_cases_to_show_a_difference():
     for n in (1, 4):
         g = gate([0.81] * n, [0.80] * n, "dice", method="bootstrap")
         assert not g.accepted and g.ci is None and "at least 5 are needed" in g.reason
+        assert "nan" not in g.text() and "fewer than the 5 any paired test needs" in g.text()
+        worse = gate([0.79] * n, [0.80] * n, "dice", method="bootstrap")  # refused for its mean, says so too
+        assert "nan" not in worse.text() and "fewer than the 5" in worse.text()
         assert not gate([0.81] * n, [0.80] * n, "dice").accepted
     assert gate([0.81] * 5, [0.80] * 5, "dice", method="bootstrap").accepted
 
@@ -288,6 +291,13 @@ def test_a_mistyped_zoo_is_named_and_not_made(models, tmp_path):
     with pytest.raises(ZooError, match="no zoo there; check --zoo"):
         promote(tmp_path / "zooo", "disks", models["good"])
     assert not (tmp_path / "zooo").exists()
+    # with a split, a new zoo is kept only when something was promoted into it
+    promote(tmp_path / "zooo", "disks", models["good"], models["split"], dry_run=True)
+    with pytest.raises(DatasetError, match="selection split"):
+        promote(tmp_path / "zooo", "disks", models["good"], models["split"].with_name("selection_split.json"))
+    assert not (tmp_path / "zooo").exists()
+    assert promote(tmp_path / "zooo", "disks", models["good"], models["split"])["version"]
+    assert (tmp_path / "zooo" / "zoo.json").is_file()
 
 
 def test_the_gate_refuses_the_selection_split_the_winner_was_chosen_on(models, tmp_path):
@@ -494,10 +504,10 @@ def test_a_new_release_of_an_imported_monai_bundle_goes_through_the_gate(tmp_pat
         ZooError, match="cannot be the first version of spleen; add it with `modelselector zoo add"
     ):
         promote(zoo, "spleen", release, split=split)
-    assert (
-        main(["zoo", "add", str(first), "--zoo", str(zoo), "--name", "spleen", "--body-region", "ABDOMEN"])
-        == 0
-    )
+    assert not zoo.exists()  # the refused promotion left no zoo behind
+    assert main(["zoo", "init", "--zoo", str(zoo)]) == 0
+    add = ["zoo", "add", str(first), "--zoo", str(zoo), "--name", "spleen", "--body-region", "ABDOMEN"]
+    assert main(add) == 0
     capsys.readouterr()
     result = promote(zoo, "spleen", release, split=split, level=0.5)
     assert result["current"] is not None and result["gate"]["n"] == 3

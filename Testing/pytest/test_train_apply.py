@@ -586,6 +586,7 @@ def test_evaluation_leaves_out_a_label_that_no_case_holds(tmp_path):
     for r in res:
         assert r["not_measured"] == ["box"] and r["per_label"]["box"]["dice"] == 0.0
         assert r["dice"] == r["per_label"]["sphere"]["dice"] > 0.9 and "dice_box" not in r
+        assert r["dice_sphere"] == r["dice"] and r["hd95_sphere"] == r["hd95"]  # still named per label
     # one case that holds the box: it is measured on every case again
     write_image(make_synthetic_case(2002, profile="ct", shape=(24, 32, 32), spacing=(1.2, 1.2, 3.0))[1],
                 tmp_path / "lab1.nii.gz")  # fmt: skip
