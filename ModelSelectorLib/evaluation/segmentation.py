@@ -245,7 +245,7 @@ def leave_out_unheld(
             res.pop(key, None)
         left = {n: m for n, m in per.items() if n not in unheld}
         kept = case_summary(left)
-        if len(left) == 1:  # one label left still has its per-label names, as a split of several labels names them
+        if len(left) == 1:  # still named per label, as a split of several labels names its metrics
             name, metrics = next(iter(left.items()))
             kept.update({f"{m}_{name}": kept[m] for m in metrics if m in kept})
         res.update(summary_in_unit(kept, unit), not_measured=unheld)
