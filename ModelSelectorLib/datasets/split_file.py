@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,13 +89,14 @@ def read_split(path: PathLike) -> dict[str, Any]:
 
 def check_earlier_split(
     test_file: Path, dataset: Optional[str], root: PathLike, needed: Sequence[Path],
-    kept: Optional[dict[str, Any]] = None, not_in_test: Iterable[str] = (),
+    kept: Optional[dict[str, Any]] = None, not_in_test: Iterable[str] = (), seed: Optional[int] = None,
+    fraction: Optional[float] = None,
 ) -> None:  # fmt: skip
     """Check that the test split a sweep folder already holds (of ``dataset``, as recorded; its content ``kept``)
     may be kept for a sweep of ``root``: of the same data, from a sweep that kept the files ``needed`` (its selection
     split, ...), and holding none of the ids that the sweep's ``not_in_test`` bars now (e.g. cases a model added
-    since trained on). A changed seed or fraction keeps the split, so that every candidate compares on the same
-    cases.
+    since trained on). A changed ``seed`` or test ``fraction`` keeps the split, so that every candidate compares on
+    the same cases, and is said on stderr.
 
     Raises:
         DatasetError: a split of other data, a folder of a sweep that ranked its candidates on its test split, or a
@@ -113,6 +115,14 @@ def check_earlier_split(
     if barred:
         raise DatasetError(f"{test_file}: the kept test split holds {', '.join(barred)}, which not_in_test now bars; "
                            "start a new sweep (another --out zoo or task name) to draw a test split without them.")  # fmt: skip
+    drawn = {"seed": (kept or {}).get("seed"), "test_fraction": (kept or {}).get("fraction")}
+    asked = {"seed": seed, "test_fraction": fraction}
+    changed = [k for k in drawn if None not in (asked[k], drawn[k]) and float(drawn[k]) != float(asked[k])]
+    if changed:
+        was = ", ".join(f"{k} {drawn[k]}" for k in changed)
+        now = ", ".join(f"{k} {asked[k]}" for k in changed)
+        print(f"modelselector: {test_file}: kept as drawn with {was} (the sweep now says {now}), so that every "
+              "candidate compares on the same cases; start a new sweep for a new split.", file=sys.stderr)  # fmt: skip
 
 
 def draw_test(ids: Sequence[str], seed: int, n_test: int, not_in_test: Iterable[str], root: PathLike,

@@ -90,9 +90,8 @@ def make_split(
     test_file, selection_file, ids_file = work / TEST_SPLIT, work / SELECTION_SPLIT, work / SPLITS
     if test_file.is_file():
         kept = json.loads(test_file.read_text(encoding="utf-8"))
-        check_earlier_split(
-            test_file, kept.get("dataset"), root, [selection_file, ids_file], kept, not_in_test
-        )
+        check_earlier_split(test_file, kept.get("dataset"), root, [selection_file, ids_file], kept, not_in_test,
+                            seed, test_fraction)  # fmt: skip
         return root, selection_file, test_file
     images = {p.stem: p for p in find_landmark_folders(root)[0]}
     parts = _parts(sorted(images), seed, test_fraction, selection_fraction, set(not_in_test), root)

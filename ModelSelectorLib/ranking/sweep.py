@@ -300,7 +300,8 @@ def make_split(
     values = {} if is_identity(mapping) else {"label_values": {str(v): i for v, i in mapping.items() if v}}
     if test_file.is_file() and (train_dir / "dataset.json").is_file():
         kept = read_split(test_file)
-        check_earlier_split(test_file, kept.get("dataset"), dataset.root, [selection_file], kept, not_in_test)
+        check_earlier_split(test_file, kept.get("dataset"), dataset.root, [selection_file], kept, not_in_test, seed,
+                            test_fraction)  # fmt: skip
         _check_kept_labels(test_file, kept, labels, values.get("label_values", {}))
         return train_dir, selection_file, test_file
     n = len(dataset.training)

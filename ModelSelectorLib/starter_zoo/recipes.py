@@ -145,7 +145,7 @@ class Recipe:
             beforehand on the validation cases by this recipe trained without them. ``None``: the model trains
             on the training cases and chooses its post-processing on the validation cases itself.
         nsd_tolerance_mm: tolerance of the normalised surface Dice in the held-out tables (``None``: no NSD).
-        distance_unit: unit of the held-out distances: ``"mm"``, or ``"nominal mm"`` where the spacing is nominal.
+        distance_unit: unit of the held-out distances: ``"mm"``, ``"nominal mm"`` or ``"source px"`` (nominal spacing).
         reference: the published figures of the task, ``{"source": text, "dice": {label name: value}, ...}``.
         bundled: whether ``Resources/zoo`` ships the model; ``False`` for a recipe whose build (e.g. a
             cross-validation still running) has not finished. ``build-starter-zoo`` builds it either way.
@@ -617,7 +617,7 @@ RECIPES: tuple[Recipe, ...] = (
         intended_input="axial brain FLAIR MR of a lower-grade glioma patient; segmented slice by slice at 128 px",
         held_out="test",
         nsd_tolerance_mm=2.0,
-        distance_unit="nominal mm",
+        distance_unit="source px",
         reference={
             "source": "Buda et al., Comput Biol Med 2019 (same TCGA-LGG FLAIR data at 256 px, 22-fold "
             "cross-validation): mean per-patient Dice; human readers 0.84 +- 0.02",

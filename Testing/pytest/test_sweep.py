@@ -48,7 +48,7 @@ def test_bad_sweeps_are_refused(data, match):
         expand_sweep(data)
 
 
-def test_splits_are_fixed_and_disjoint(tmp_path):
+def test_splits_are_fixed_and_disjoint(tmp_path, capsys):
     msd = make_disk_msd(tmp_path / "msd", n_cases=8)
     barred = [f"disk_{i:02d}" for i in range(4)]  # e.g. the current model's training cases
     train_dir, sel_file, test_file = make_split(msd, tmp_path / "w", test_fraction=0.25, seed=3,
@@ -64,8 +64,15 @@ def test_splits_are_fixed_and_disjoint(tmp_path):
         read_split(test_file)["labels"] == {1: "disk"}
         and "promotion gate" in read_split(test_file)["purpose"]
     )
-    again = make_split(msd, tmp_path / "w", test_fraction=0.5, seed=99)  # an existing split is kept
+    capsys.readouterr()
+    again = make_split(
+        msd, tmp_path / "w", test_fraction=0.5, seed=99
+    )  # an existing split is kept, and said so
     assert {c["id"] for c in read_split(again[2])["cases"]} == test
+    assert (
+        "kept as drawn with seed 3, test_fraction 0.25 (the sweep now says seed 99, test_fraction 0.5)"
+        in (capsys.readouterr().err)
+    )
     with pytest.raises(DatasetError, match="another dataset"):
         make_split(make_disk_msd(tmp_path / "other", n_cases=4), tmp_path / "w")
     with pytest.raises(DatasetError, match="at least 4"):
