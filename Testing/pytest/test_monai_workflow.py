@@ -35,8 +35,9 @@ def trained(tmp_path_factory):
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("workflow")
     msd = make_synthetic_msd(root / "msd", n_cases=5, profile="ct", seed=3)
+    # augmented, so that the model is mirrored at test time (along the axes it was flipped along in training)
     config = TrainConfig(channels=(8, 16, 32), epochs=60, lr=3e-3, batch_size=2, num_samples=4,
-                         roi_size=(16, 16, 16), target_spacing=(2.0, 2.0, 3.0), augment=False, val_interval=20,
+                         roi_size=(16, 16, 16), target_spacing=(2.0, 2.0, 3.0), augment=True, val_interval=20,
                          seed=0, num_threads=2, val_fraction=0.2, postprocess="lcc", tta_mirror=True)  # fmt: skip
     bundle = train_segmentation(msd, "synth-ct", root / "zoo", config)
     held_out = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
