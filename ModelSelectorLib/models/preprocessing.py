@@ -395,6 +395,39 @@ def inverts_probabilities(config: dict[str, Any]) -> bool:
     return False
 
 
+def kept_components(config: dict[str, Any]) -> Optional[list[int]]:
+    """The labels whose largest connected component a standard bundle's ``postprocessing`` keeps
+    (``KeepLargestConnectedComponentd``, read statically): its ``applied_labels``, ``[]`` for every foreground
+    label when it names none, ``None`` without the transform.
+
+    Raises:
+        Unreproducible: labels that are not plain whole numbers, or ``independent`` false (the labels kept as one
+            object), which the runtime does not reproduce.
+    """
+    try:
+        items = section_transforms(config, "postprocessing")
+    except Unreproducible:
+        return None
+    for item in items:
+        if (
+            not isinstance(item, dict)
+            or transform_name(item.get("_target_")) != "KeepLargestConnectedComponent"
+        ):
+            continue
+        if plain_value(item.get("_disabled_", False), config, "_disabled_"):
+            continue
+        target = str(item.get("_target_"))
+        if plain_value(item.get("independent", True), config, f"{target}.independent") is not True:
+            raise Unreproducible(f"{target}.independent is false (the labels kept as one object)")
+        labels = plain_value(item.get("applied_labels"), config, f"{target}.applied_labels")
+        labels = [labels] if isinstance(labels, int) and not isinstance(labels, bool) else labels
+        if labels is not None and (not isinstance(labels, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in labels)):  # fmt: skip
+            raise Unreproducible(f"{target}.applied_labels is {labels!r}, not label values")
+        return sorted(labels or [])
+    return None
+
+
 def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
     """``roi_size``, ``overlap`` and ``sw_mode`` of the bundle's ``SlidingWindowInferer`` when they are plain
     values (``{}`` for another inferer or values that are expressions)."""

@@ -567,12 +567,21 @@ class SegmentationRuntime(TaskRuntime):
 
     def _network_output(self, array: np.ndarray, sw_batch_size: int, overlap: float, inf: dict[str, Any],
                         mirrored: bool, step: Callable[[int], None]) -> Any:  # fmt: skip
-        """Softmax probabilities over the mirrored passes (``mirrored``) or the raw logits of one pass."""
-        if mirrored:
-            return predict_probabilities(self.network, array, self.card.roi_size, self.device, sw_batch_size,
-                                         overlap, inf["sw_mode"], inf["mirror_axes"], step)  # fmt: skip
-        return predict_logits(self.network, array, self.card.roi_size, self.device, sw_batch_size, overlap,
-                              inf["sw_mode"], step)  # fmt: skip
+        """Softmax probabilities over the mirrored passes (``mirrored``) or the raw logits of one pass.
+
+        Raises:
+            BundleError: the network needs a Python package that is not installed (an imported bundle's
+                network, e.g. SwinUNETR's einops), found only when it runs.
+        """
+        try:
+            if mirrored:
+                return predict_probabilities(self.network, array, self.card.roi_size, self.device, sw_batch_size,
+                                             overlap, inf["sw_mode"], inf["mirror_axes"], step)  # fmt: skip
+            return predict_logits(self.network, array, self.card.roi_size, self.device, sw_batch_size, overlap,
+                                  inf["sw_mode"], step)  # fmt: skip
+        except ImportError as e:
+            raise BundleError(f"{self.card.name} {self.card.version}: its network needs a Python package that is "
+                              f"not installed ({e}); install it, or remove the model from the zoo.") from None  # fmt: skip
 
     def write(self, prediction: Prediction, path: Path) -> Path:
         return write_segmentation(prediction.value, path, segments_of(self.card))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..errors import BundleError
 from ..models.preprocessing import (
     REPRODUCED,
     Unreproducible,
+    kept_components,
     read_inferer,
     read_preprocessing,
     section_transforms,
@@ -215,8 +217,10 @@ def instantiate_network(
         cause: BaseException = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
-        raise BundleError(f"{path}: the network in inference.json could not be built ({first}).") from e
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause))  # torch colours some of its messages
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(cause).__name__)
+        raise BundleError(f"{path}: the network in inference.json could not be built ({type(cause).__name__}: "
+                          f"{first}).") from e  # fmt: skip
     finally:
         sys.dont_write_bytecode = writes_bytecode
         if added:
@@ -561,6 +565,10 @@ def _check_runnable(src: Path, meta: dict[str, Any], config: dict[str, Any], tas
         if isinstance(shape, list) and len(shape) not in (2, 3):
             raise BundleError(f"{where}.{what}.spatial_shape is {shape!r}, not a 2D or 3D image; no runtime of "
                               "this version runs such a model (a classifier?).")  # fmt: skip
+    inferer = config.get("inferer")
+    if isinstance(inferer, dict) and str(inferer.get("_target_")).rpartition(".")[2] == "SliceInferer":
+        raise BundleError(f"{src / INFERENCE_FILE}: its inferer, SliceInferer, runs a 2D network slice by slice through "
+                          "volumes; no runtime of this version does, so the bundle cannot be added.")  # fmt: skip
     try:
         post = section_transforms(config, "postprocessing") if "postprocessing" in config else []
     except Unreproducible:
@@ -671,7 +679,6 @@ def import_monai_bundle(
     _check_files(src)
     meta = read_metadata(src)
     config = _read_json(src / INFERENCE_FILE, "configs/inference.json")
-    modality, body_region = _modality_and_region(src, meta, modality, body_region)
     existing = meta.get("modelselector") if isinstance(meta.get("modelselector"), dict) else {}
     ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
     image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
@@ -682,10 +689,12 @@ def import_monai_bundle(
         )
     except BundleError as e:
         raise BundleError(f"{src / METADATA_FILE}: {e}") from None
-    _check_runnable(src, meta, config, task_type)
+    _check_runnable(src, meta, config, task_type)  # before asking for what the metadata lacks
+    modality, body_region = _modality_and_region(src, meta, modality, body_region)
     dims = len(spatial) if isinstance(spatial, list) and len(spatial) in (2, 3) else 3
     try:
         pre, inferer = read_preprocessing(config, dims), read_inferer(config, dims)
+        kept = kept_components(config)
     except Unreproducible as e:
         raise BundleError(
             f"{src / INFERENCE_FILE}: the bundle's preprocessing cannot be reproduced: {e}; ModelSelector reproduces "
@@ -699,6 +708,8 @@ def import_monai_bundle(
             "with a plain roi_size, so ModelSelector cannot choose a patch size; give the inferer a roi_size."
         )
     labels = _labels_from_format(ndf, task_type)
+    if kept is not None:  # KeepLargestConnectedComponentd: its labels, or every foreground label
+        inferer["keep_largest_component"] = kept or [int(lb["value"]) for lb in labels]
     if not labels and runtime_class(task_type).labels_required:
         raise BundleError(
             f"{src / METADATA_FILE}: network_data_format.outputs.pred has no channel_def (nor num_channels > 1), so "

@@ -545,6 +545,44 @@ def test_an_imported_bundle_runs_with_its_own_preprocessing(tmp_path):
     assert np.array_equal(np.asarray(labels).reshape(hu.shape) == 1, hu > 53.5)
 
 
+def test_an_imported_bundles_largest_component_postprocessing_is_kept(tmp_path):
+    """KeepLargestConnectedComponentd in the postprocessing was ignored: apply then kept every blob MONAI drops."""
+    from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.io.image import Image
+    from ModelSelectorLib.zoo import Zoo
+
+    src = bad.edit_inference(bad.threshold_bundle(tmp_path), lambda c: c["postprocessing"]["transforms"].append(
+        {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [1]}))  # fmt: skip
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(src, name="spleen", body_region="ABDOMEN")
+    assert zoo.card("spleen").inference["keep_largest_component"] == [1]
+    hu = np.full((20, 24, 28), -500.0)
+    hu[2:8, 2:8, 2:8], hu[12:18, 12:22, 12:26] = 200.0, 200.0  # two blobs above the network's threshold
+    labels = np.asarray(open_runtime(zoo, "spleen").predict(Image.from_sitk(_ct_volume(hu))).value.array)
+    assert labels.reshape(hu.shape)[14, 16, 18] == 1 and labels.reshape(hu.shape)[4, 4, 4] == 0
+
+
+def test_a_network_that_needs_a_missing_package_says_so_in_one_line(tmp_path, monkeypatch):
+    from ModelSelectorLib.apply import open_runtime
+    from ModelSelectorLib.io.image import Image
+    from ModelSelectorLib.models import segmentation
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(bad.threshold_bundle(tmp_path), name="spleen", body_region="ABDOMEN")
+
+    def needs_einops(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'einops'")
+
+    monkeypatch.setattr(segmentation, "predict_logits", needs_einops)
+    with pytest.raises(
+        BundleError, match="its network needs a Python package that is not installed .*einops"
+    ):
+        open_runtime(zoo, "spleen").predict(
+            Image.from_sitk(_ct_volume(np.linspace(-500, 200, 20 * 24 * 28).reshape(20, 24, 28)))
+        )
+
+
 def test_a_ct_card_without_intensity_is_not_z_scored():
     from ModelSelectorLib.models.preprocessing import normalize_intensity
     from ModelSelectorLib.models.segmentation import SegmentationRuntime
@@ -622,8 +660,35 @@ def _sigmoid(config: dict) -> None:
         ),
         (None, _sigmoid, "independent sigmoid channels"),
         (_pred(channel_def={"0": "Tumor core", "1": "Whole tumor"}), None, "names channel 0 'Tumor core'"),
-    ],
-    ids=["classifier", "non-spatial output", "four input channels", "sigmoid", "channel 0 a label"],
+        (
+            None,
+            lambda c: c.update(inferer={"_target_": "SliceInferer", "roi_size": [32, 32], "spatial_dim": 2}),
+            "SliceInferer, runs a 2D network slice by slice",
+        ),
+        # what cannot run is refused before the user is asked for the modality the metadata lacks
+        (
+            lambda m: m["network_data_format"]["inputs"]["image"].update(num_channels=3, modality="RGB"),
+            None,
+            "3 input channels",
+        ),
+        (
+            None,
+            lambda c: c["postprocessing"]["transforms"].append(
+                {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "independent": False}
+            ),
+            "independent is false",
+        ),
+    ],  # fmt: skip
+    ids=[
+        "classifier",
+        "non-spatial output",
+        "four input channels",
+        "sigmoid",
+        "channel 0 a label",
+        "slice inferer",
+        "channels before modality",
+        "components kept as one",
+    ],  # fmt: skip
 )
 def test_a_bundle_no_runtime_runs_is_refused_at_add(tmp_path, meta_change, config_change, phrase):
     from ModelSelectorLib.zoo import Zoo
