@@ -263,6 +263,14 @@ def _intensity_of(name: str, target: str, arg: Any) -> dict[str, Any]:
             **{k: v for k, v in scale.items() if v != {"b_min": 0.0, "b_max": 1.0}[k]}}  # fmt: skip
 
 
+def _undone_by(first: dict[str, Any], then: dict[str, Any]) -> bool:
+    """Whether normalisation ``then`` undoes ``first`` wholly: a z-score over every voxel after a min-max rescale
+    (an increasing linear map, which a z-score ignores), as MONAI's prostate bundle has them."""
+    rescale = first.get("mode") == "percentile" and (first.get("a_min"), first.get("a_max")) == (0.0, 100.0)
+    increasing = float(first.get("b_max", 1.0)) > float(first.get("b_min", 0.0))
+    return rescale and increasing and then == {"mode": "mr", "nonzero": False}
+
+
 #: MONAI's interpolation ``mode`` of ``Spacing`` -> the spline order the runtime resamples with (0: nearest
 #: neighbour, 1: linear, 2-5: B-spline; an integer mode is scipy's spline order, which SimpleITK's B-splines of the
 #: same order give to within 0.5 % of the intensity range). ``bicubic`` is not reproduced (nor run by MONAI in 3D).
@@ -358,9 +366,10 @@ def read_preprocessing(config: dict[str, Any], spatial_dims: int) -> dict[str, A
             return plain_value(item.get(key, default), config, f"{target}.{key}")
 
         if name in INTENSITY_TRANSFORMS:
-            if out["intensity"] is not None:
+            intensity = _intensity_of(name, str(target), arg)
+            if out["intensity"] is not None and not _undone_by(out["intensity"], intensity):
                 raise Unreproducible(f"it normalises intensities twice (again with {target!r})")
-            out["intensity"] = _intensity_of(name, str(target), arg)
+            out["intensity"] = intensity
         else:
             step = _spatial_of(name, str(target), arg, spatial_dims)
             if "pixdim" in step and out["target_spacing"] is not None:

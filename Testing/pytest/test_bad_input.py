@@ -632,6 +632,24 @@ def test_a_preprocessing_that_cannot_be_reproduced_is_refused(tmp_path, capsys, 
     assert len(err.strip().splitlines()) == 1 and Zoo(zoo.path).names() == []
 
 
+def test_a_min_max_rescale_before_a_z_score_over_every_voxel_is_read_as_the_z_score():
+    """MONAI's prostate bundle rescales to [0, 1] and then z-scores every voxel: the z-score alone, which ignores an
+    increasing linear map; other pairs are still two normalisations."""
+    from ModelSelectorLib.models.preprocessing import Unreproducible, read_preprocessing
+
+    def steps(*intensity):
+        return {"preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, *intensity]}}  # fmt: skip
+
+    rescale = {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
+    zscore = {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": False}
+    assert read_preprocessing(steps(rescale, zscore), 3)["intensity"] == {"mode": "mr", "nonzero": False}
+    for pair in ((rescale, {**zscore, "nonzero": True}), ({**rescale, "minv": 1.0, "maxv": 0.0}, zscore),
+                 (zscore, rescale)):  # fmt: skip
+        with pytest.raises(Unreproducible, match="normalises intensities twice"):
+            read_preprocessing(steps(*pair), 3)
+
+
 def test_a_plain_reference_in_the_preprocessing_is_followed(tmp_path):
     from ModelSelectorLib.zoo.bundle import import_monai_bundle
 
