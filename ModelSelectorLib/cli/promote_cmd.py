@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="candidate bundle folder (a MONAI bundle without a card, e.g. a new release of an imported "
                         "one, is imported with the task's name, modality and body region)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="decide and report only")
+    p.add_argument("--trust", action="store_true",
+                   help="build the candidate's whole config as MONAI would (its own code), as `zoo add --trust` does; "
+                        "the trust is recorded only if the candidate is promoted")  # fmt: skip
     _gate_args(p)
     p.set_defaults(func=run_promote)
 
@@ -97,7 +100,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
     _check_level(args)
     result = promote(args.zoo, args.task, args.candidate, args.split, args.metric, args.method, args.level,
-                     args.min_improvement, args.device, dry_run=args.dry_run)  # fmt: skip
+                     args.min_improvement, args.device, dry_run=args.dry_run, trust=args.trust)  # fmt: skip
     return _report(result, args.zoo)
 
 

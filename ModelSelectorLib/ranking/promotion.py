@@ -241,7 +241,7 @@ def _test_split(split_data: dict[str, Any], split_path: Path) -> dict[str, Any]:
     return split_data
 
 
-def _imported_candidate(zoo: Any, task: str, candidate: Path, folder: Path) -> Path:
+def _imported_candidate(zoo: Any, task: str, candidate: Path, folder: Path, trust: bool = False) -> Path:
     """A standard MONAI bundle (no card) copied into ``folder`` with the card ``zoo add`` would give it as the
     task's: its name, modality and body region (MONAI metadata names no region); returns the copy.
 
@@ -259,7 +259,7 @@ def _imported_candidate(zoo: Any, task: str, candidate: Path, folder: Path) -> P
         )
     current = zoo.card(task)
     card = import_monai_bundle(candidate, modality=current.modality, body_region=current.body_region,
-                               trust=recorded_trust(candidate), name=task)  # fmt: skip
+                               trust=trust or recorded_trust(candidate), name=task)  # fmt: skip
     copy = copy_bundle(candidate, folder / task)
     write_card(copy, card)
     return copy
@@ -294,6 +294,7 @@ def promote(
     cancel: Optional[Any] = None,
     dry_run: bool = False,
     candidate_label: Optional[str] = None,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """Gate a candidate bundle against the task's current version and promote it if it is better.
 
@@ -307,6 +308,9 @@ def promote(
         dry_run: decide and report, change nothing.
         candidate_label: what the history and version record call the candidate (default: its path relative to
             the zoo; a candidate in a temporary folder needs words that stay true).
+        trust: build the candidate's whole config as MONAI would (custom code, ``$`` expressions), as ``zoo add
+            --trust`` does; the trust is recorded (:func:`~ModelSelectorLib.zoo.trust.remember_trust`) only when the
+            candidate is promoted.
 
     Returns:
         ``{"accepted", "version" (new current, if accepted), "previous", "gate" (dict or None), "candidate":
@@ -319,13 +323,13 @@ def promote(
     """
     with _zoo_to_promote_in(zoo_dir, split) as zoo:
         return _promote(zoo, task, candidate, split, metric, method, level, min_improvement, device, cancel, dry_run,
-                        candidate_label)  # fmt: skip
+                        candidate_label, trust)  # fmt: skip
 
 
 def _promote(
     zoo: Any, task: str, candidate: PathLike, split: Optional[PathLike], metric: Optional[str], method: str,
     level: float, min_improvement: float, device: str, cancel: Optional[Any], dry_run: bool,
-    candidate_label: Optional[str],
+    candidate_label: Optional[str], trust: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """:func:`promote` in ``zoo``."""
     from ..zoo.bundle import WEIGHTS_FILE, is_standard_monai_bundle, load_bundle
@@ -335,9 +339,9 @@ def _promote(
     # a MONAI bundle without a card (e.g. a new release of an imported one) is imported as zoo add would
     if is_standard_monai_bundle(candidate):
         with tempfile.TemporaryDirectory(prefix="modelselector-import-") as tmp:
-            imported = _imported_candidate(zoo, task, Path(candidate), Path(tmp))
+            imported = _imported_candidate(zoo, task, Path(candidate), Path(tmp), trust)
             return _promote(zoo, task, imported, split, metric, method, level, min_improvement, device, cancel,
-                            dry_run, candidate_label or _zoo_relative(Path(candidate), zoo.path))  # fmt: skip
+                            dry_run, candidate_label or _zoo_relative(Path(candidate), zoo.path), trust)  # fmt: skip
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(
@@ -349,7 +353,7 @@ def _promote(
     bundles = [Path(candidate), *([zoo.get(task)] if task in zoo else [])]
     names = [candidate_label or str(candidate), *([f"{task} {zoo.current(task)}"] if task in zoo else [])]
     _check_unseen(split_data, split_path, bundles, names)
-    cand = load_bundle(candidate, device=device)
+    cand = load_bundle(candidate, device=device, trust=trust or None)
     weights = file_digest(Path(candidate) / WEIGHTS_FILE)
     if task in zoo:  # before any evaluation: a candidate that cannot or need not replace the current model
         _check_compatible(cand.card, zoo.card(task), task)
@@ -387,11 +391,13 @@ def _promote(
                           "candidate_card": result["candidate_card"], "metric": metric, "gate": result["gate"],
                           "split": result["split"]})  # fmt: skip
         return result
-    result["version"] = _install(zoo, task, Path(candidate), result, len(split_data["cases"]))
+    result["version"] = _install(zoo, task, Path(candidate), result, len(split_data["cases"]), trust)
     return result
 
 
-def _install(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int) -> str:
+def _install(
+    zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int, trust: bool = False
+) -> str:
     """Add an accepted candidate as the task's next version, current, with the gate's record (``result`` of
     :func:`promote`; ``n`` test cases); returns the version.
 
@@ -404,10 +410,12 @@ def _install(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: in
         if now != result["previous"]:
             raise ZooError(f"{task} changed while the candidate was evaluated (its current version is now {now}, "
                            f"the gate compared with {result['previous']}); run promote again.")  # fmt: skip
-        return _add_version(zoo.reload(), task, candidate, result, n)
+        return _add_version(zoo.reload(), task, candidate, result, n, trust)
 
 
-def _add_version(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int) -> str:
+def _add_version(
+    zoo: Any, task: str, candidate: Path, result: dict[str, Any], n: int, trust: bool = False
+) -> str:
     version = zoo.next_version(task)
     metric = result["metric"]
     info = {"promoted": utc_timestamp(), "source": result["candidate_bundle"], "source_card": result["candidate_card"],
@@ -422,7 +430,7 @@ def _add_version(zoo: Any, task: str, candidate: Path, result: dict[str, Any], n
         staged = _stage(candidate, Path(tmp) / task, task, version, tested)
         if result["previous"] is not None:
             _carry_provenance(zoo.get(task), staged, {"over": result["previous"], **info})
-        zoo.add(staged, current=True, info=info, event=event)
+        zoo.add(staged, current=True, info=info, event=event, trust=trust)
     return version
 
 

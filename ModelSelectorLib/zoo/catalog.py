@@ -291,7 +291,7 @@ class Zoo:
                 it is recorded in the user's trust store (:func:`~.trust.remember_trust`, never in the zoo) and
                 honoured wherever the zoo's copy is loaded later (``apply``, ``select``, ``prototypes``;
                 :func:`~.trust.recorded_trust`) while its configs and code are unchanged; the catalog entry says
-                ``"trusted"`` for information only. No other command needs or takes ``--trust``.
+                ``"trusted"`` for information only. Only ``promote`` takes ``--trust`` too.
             current: make the new version the current one (a new model's only version is always current).
             info: extra keys for the version's catalog entry (e.g. ``promoted``, ``evaluation``).
             event: appended to the model's ``history`` in the same catalog write.

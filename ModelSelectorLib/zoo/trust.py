@@ -19,12 +19,12 @@ Everything else is refused with :class:`~ModelSelectorLib.errors.BundleError` na
 The check is static: it evaluates nothing and imports only the modules of allow-listed classes.
 
 Trust is given once, by the user, when a bundle enters a zoo: ``modelselector zoo add BUNDLE --trust``
-(``Zoo.add(..., trust=True)``) records :func:`trust_digest` of the bundle's configs and Python files in the user's
-own trust store (:func:`trust_store_path`: ``$MODELSELECTOR_TRUST_STORE``, else
-``~/.config/modelselector/trusted.json``), and every later load of a bundle with those very files (``apply``,
-``select``, ``prototypes``, evaluation) builds it trusted (:func:`recorded_trust`). The store lives outside every
-zoo, so a zoo copied from someone else never brings trust with it; a changed config or code file is untrusted
-again. No other command takes ``--trust``.
+(``Zoo.add(..., trust=True)``), or ``modelselector promote --trust`` for a candidate that it promotes, records
+:func:`trust_digest` of the bundle's configs and Python files in the user's own trust store
+(:func:`trust_store_path`: ``$MODELSELECTOR_TRUST_STORE``, else ``~/.config/modelselector/trusted.json``), and every
+later load of a bundle with those very files (``apply``, ``select``, ``prototypes``, evaluation) builds it trusted
+(:func:`recorded_trust`). The store lives outside every zoo, so a zoo copied from someone else never brings trust
+with it; a changed config or code file is untrusted again. No other command takes ``--trust``.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ FETCH_ARGUMENTS = ("pretrained", "pretrained_url", "weights", "checkpoint", "pat
 
 _HINT = (
     "an untrusted network is built only from allow-listed MONAI/torch classes and plain values; if you trust the "
-    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (trust=True in Python), which your trust "
-    "store records for exactly its present files"
+    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (or promote it with `modelselector promote "
+    "--trust`; trust=True in Python), which your trust store records for exactly its present files"
 )
 _COMPONENT_KEYS = ("_target_", "_mode_", "_disabled_", "_requires_", "_desc_")
 

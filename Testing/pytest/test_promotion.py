@@ -582,3 +582,37 @@ def test_distances_on_pictures_without_a_pixel_size_are_named_in_pixels(models, 
         InputError, match="hd95_px, msd_px; the split's images are pictures without a pixel size"
     ):
         promote(tmp_path / "zoo", "disks", models["good"], split, metric="hd95", dry_run=True)
+
+
+def test_a_release_that_needs_trust_is_gated_with_promote_trust_and_trusted_only_when_promoted(tmp_path):
+    """A new release whose config computes its network (MONAI's own code) was a dead end: promote had no --trust,
+    and `zoo add --trust` made it current without a comparison."""
+    import bad_inputs as bad
+    import torch
+
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.datasets.split_file import write_split
+    from ModelSelectorLib.zoo import Zoo
+    from ModelSelectorLib.zoo.trust import recorded_trust
+
+    def computed(c: dict) -> None:
+        c["label_names"] = ["background", "spleen"]
+        c["network_def"]["out_channels"] = "$len(@label_names)"
+
+    (tmp_path / "r1").mkdir()
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(bad.threshold_bundle(tmp_path / "r1"), name="spleen", body_region="ABDOMEN")
+    release = bad.edit_inference(bad.threshold_bundle(tmp_path / "r2"), computed)
+    torch.save({"weight": torch.tensor([0.0, 1.0]).view(2, 1, 1, 1, 1), "bias": torch.tensor([0.0, -0.4])},
+               release / "models" / "model.pt")  # fmt: skip
+    meta = json.loads((release / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    (release / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "0.6.0"}))
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16),
+                             label_values={1: 1}, labels={"0": "background", "1": "spleen"})  # fmt: skip
+    cases = [{"id": f"case_{i:03d}", "image": f"imagesTr/case_{i:03d}.nii.gz", "label": f"labelsTr/case_{i:03d}.nii.gz"}
+             for i in range(3)]  # fmt: skip
+    split = write_split(tmp_path / "test_split.json", msd, cases, {"1": "spleen"}, seed=0)
+    with pytest.raises(BundleError, match="promote --trust"):
+        promote(zoo.path, "spleen", release, split)
+    refused = promote(zoo.path, "spleen", release, split, trust=True, dry_run=True)
+    assert refused["gate"]["n"] == 3 and not recorded_trust(release)  # evaluated, and no trust recorded
