@@ -595,9 +595,10 @@ def test_a_release_that_needs_trust_is_gated_with_promote_trust_and_trusted_only
     from ModelSelectorLib.zoo import Zoo
     from ModelSelectorLib.zoo.trust import recorded_trust
 
-    def computed(c: dict) -> None:
+    def computed(c: dict) -> None:  # (a config of its own: no other test's trust applies to it)
         c["label_names"] = ["background", "spleen"]
         c["network_def"]["out_channels"] = "$len(@label_names)"
+        c["release_notes"] = "a new release that needs trust"
 
     (tmp_path / "r1").mkdir()
     zoo = Zoo.create(tmp_path / "zoo")
