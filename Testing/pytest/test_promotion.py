@@ -477,14 +477,30 @@ def test_retrain_refuses_data_whose_labels_come_out_in_another_order_before_trai
     assert Zoo(zoo).versions("disks") == ["0.1.0"]
 
 
+def _as_release(bundle: Path, version: str) -> None:
+    """A MONAI bundle's metadata.json given another ``version`` (a new release of it)."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": version}))
+
+
+def _spleen_split(tmp_path: Path) -> Path:
+    """A test split of 3 small synthetic CTs labelled 1 'spleen'."""
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.datasets.split_file import write_split
+
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16),
+                             label_values={1: 1}, labels={"0": "background", "1": "spleen"})  # fmt: skip
+    cases = [{"id": f"case_{i:03d}", "image": f"imagesTr/case_{i:03d}.nii.gz", "label": f"labelsTr/case_{i:03d}.nii.gz"}
+             for i in range(3)]  # fmt: skip
+    return write_split(tmp_path / "test_split.json", msd, cases, {"1": "spleen"}, seed=0)
+
+
 def test_a_new_release_of_an_imported_monai_bundle_goes_through_the_gate(tmp_path, capsys):
     """A MONAI bundle without a card (a new release of an imported model) is imported as `zoo add` would import
     it, with the task's name, modality and region, and gated like any candidate; the source stays untouched."""
     import torch
     from test_bundle_zoo import make_monai_bundle, make_net
 
-    from ModelSelectorLib.datasets import make_synthetic_msd
-    from ModelSelectorLib.datasets.split_file import write_split
     from ModelSelectorLib.zoo import Zoo
 
     (tmp_path / "r1").mkdir()
@@ -492,13 +508,8 @@ def test_a_new_release_of_an_imported_monai_bundle_goes_through_the_gate(tmp_pat
     first, _ = make_monai_bundle(tmp_path / "r1")
     release, _ = make_monai_bundle(tmp_path / "r2")
     torch.save(make_net(12).state_dict(), release / "models" / "model.pt")
-    meta = json.loads((release / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    (release / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "0.5.3"}))
-    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16),
-                             label_values={1: 1}, labels={"0": "background", "1": "spleen"})  # fmt: skip
-    cases = [{"id": f"case_{i:03d}", "image": f"imagesTr/case_{i:03d}.nii.gz", "label": f"labelsTr/case_{i:03d}.nii.gz"}
-             for i in range(3)]  # fmt: skip
-    split = write_split(tmp_path / "test_split.json", msd, cases, {"1": "spleen"}, seed=0)
+    _as_release(release, "0.5.3")
+    split = _spleen_split(tmp_path)
     zoo = tmp_path / "zoo"
     with pytest.raises(
         ZooError, match="cannot be the first version of spleen; add it with `modelselector zoo add"
@@ -590,8 +601,6 @@ def test_a_release_that_needs_trust_is_gated_with_promote_trust_and_trusted_only
     import bad_inputs as bad
     import torch
 
-    from ModelSelectorLib.datasets import make_synthetic_msd
-    from ModelSelectorLib.datasets.split_file import write_split
     from ModelSelectorLib.zoo import Zoo
     from ModelSelectorLib.zoo.trust import recorded_trust
 
@@ -606,13 +615,8 @@ def test_a_release_that_needs_trust_is_gated_with_promote_trust_and_trusted_only
     release = bad.edit_inference(bad.threshold_bundle(tmp_path / "r2"), computed)
     torch.save({"weight": torch.tensor([0.0, 1.0]).view(2, 1, 1, 1, 1), "bias": torch.tensor([0.0, -0.4])},
                release / "models" / "model.pt")  # fmt: skip
-    meta = json.loads((release / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    (release / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "0.6.0"}))
-    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16),
-                             label_values={1: 1}, labels={"0": "background", "1": "spleen"})  # fmt: skip
-    cases = [{"id": f"case_{i:03d}", "image": f"imagesTr/case_{i:03d}.nii.gz", "label": f"labelsTr/case_{i:03d}.nii.gz"}
-             for i in range(3)]  # fmt: skip
-    split = write_split(tmp_path / "test_split.json", msd, cases, {"1": "spleen"}, seed=0)
+    _as_release(release, "0.6.0")
+    split = _spleen_split(tmp_path)
     with pytest.raises(BundleError, match="promote --trust"):
         promote(zoo.path, "spleen", release, split)
     refused = promote(zoo.path, "spleen", release, split, trust=True, dry_run=True)
