@@ -438,14 +438,20 @@ def kept_components(config: dict[str, Any]) -> Optional[list[int]]:
 
 
 def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
-    """``roi_size``, ``overlap`` and ``sw_mode`` of the bundle's ``SlidingWindowInferer`` when they are plain
-    values (``{}`` for another inferer or values that are expressions)."""
+    """``roi_size``, ``overlap``, ``sw_mode`` and ``padding_mode`` (when not zeros) of the bundle's
+    ``SlidingWindowInferer`` when they are plain values (``{}`` for another inferer or values that are
+    expressions)."""
     inferer = config.get("inferer")
     target = inferer.get("_target_") if isinstance(inferer, dict) else None
     if not isinstance(target, str) or target.rpartition(".")[2] != "SlidingWindowInferer":
         return {}
     out: dict[str, Any] = {}
-    for key, name in (("roi_size", "roi_size"), ("overlap", "overlap"), ("mode", "sw_mode")):
+    for key, name in (
+        ("roi_size", "roi_size"),
+        ("overlap", "overlap"),
+        ("mode", "sw_mode"),
+        ("padding_mode", "padding_mode"),
+    ):
         try:
             value = plain_value(inferer.get(key), config, f"inferer.{key}")
         except Unreproducible:
@@ -461,6 +467,8 @@ def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
         ):
             out[name] = float(value)
         elif key == "mode" and value in ("constant", "gaussian"):
+            out[name] = value
+        elif key == "padding_mode" and value in ("replicate", "reflect", "circular"):
             out[name] = value
     return out
 

@@ -203,6 +203,7 @@ def predict_logits(
     overlap: float = 0.25,
     mode: str = "constant",
     step: Optional[Callable[[int], None]] = None,
+    padding_mode: str = "constant",
 ) -> np.ndarray:
     """Raw network output ``(n_classes, x, y[, z])`` (a torch tensor on ``device``) on a preprocessed array.
 
@@ -213,6 +214,8 @@ def predict_logits(
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (centre voxels weigh more).
         step: called with the number of windows after each batch of them (:func:`window_count` in all); it
             may raise to stop, e.g. :class:`~ModelSelectorLib.errors.Cancelled`.
+        padding_mode: how windows that reach beyond a smaller array are padded (torch's ``pad`` modes:
+            ``"constant"`` zeros, ``"replicate"``, ``"reflect"``, ``"circular"``), as a bundle's inferer says.
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -222,7 +225,7 @@ def predict_logits(
         x = torch.from_numpy(array)[None, None].to(device)
         if roi_size:
             logits = sliding_window_inference(x, list(roi_size), sw_batch_size, net, overlap=overlap,
-                                              mode=mode)  # fmt: skip
+                                              mode=mode, padding_mode=padding_mode)  # fmt: skip
         else:
             logits = net(x)
         return logits[0]
@@ -246,6 +249,7 @@ def predict_probabilities(
     mode: str = "constant",
     mirror_axes: Sequence[int] = (),
     step: Optional[Callable[[int], None]] = None,
+    padding_mode: str = "constant",
 ) -> np.ndarray:
     """Softmax probabilities ``(n_classes, x, y[, z])`` (float32 numpy) on a preprocessed array.
 
@@ -253,7 +257,7 @@ def predict_probabilities(
         mode: sliding-window blending, ``"constant"`` or ``"gaussian"``.
         mirror_axes: spatial axes (0 = x of ``array``) of test-time mirroring: the softmax is averaged over
             the input flipped along every subset of these axes (each result flipped back); ``()``: one pass.
-        step: as in :func:`predict_logits`, over every pass.
+        step, padding_mode: as in :func:`predict_logits` (``step`` over every pass).
     """
     import torch
 
@@ -264,7 +268,9 @@ def predict_probabilities(
             np.flip(array, combo).copy() if combo else array
         )  # a copy: a flipped axis of length 1 keeps a
         # negative stride through ascontiguousarray, which torch refuses
-        logits = predict_logits(network, flipped, roi_size, device, sw_batch_size, overlap, mode, step)
+        logits = predict_logits(
+            network, flipped, roi_size, device, sw_batch_size, overlap, mode, step, padding_mode
+        )
         with torch.inference_mode():
             probs = torch.softmax(logits.float(), dim=0)
             if combo:
@@ -576,9 +582,10 @@ class SegmentationRuntime(TaskRuntime):
         try:
             if mirrored:
                 return predict_probabilities(self.network, array, self.card.roi_size, self.device, sw_batch_size,
-                                             overlap, inf["sw_mode"], inf["mirror_axes"], step)  # fmt: skip
+                                             overlap, inf["sw_mode"], inf["mirror_axes"], step,
+                                             inf.get("padding_mode", "constant"))  # fmt: skip
             return predict_logits(self.network, array, self.card.roi_size, self.device, sw_batch_size, overlap,
-                                  inf["sw_mode"], step)  # fmt: skip
+                                  inf["sw_mode"], step, inf.get("padding_mode", "constant"))  # fmt: skip
         except ImportError as e:
             raise BundleError(f"{self.card.name} {self.card.version}: its network needs a Python package that is "
                               f"not installed ({e}); install it, or remove the model from the zoo.") from None  # fmt: skip

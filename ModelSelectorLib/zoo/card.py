@@ -101,7 +101,9 @@ class ModelCard:
         example_inputs: optional bundle-relative paths of example inputs.
         inference: how the model is applied (segmentation): ``{"sw_mode": "constant"|"gaussian", "overlap",
             "mirror_axes": [network-grid axes of test-time mirroring], "keep_largest_component": [label
-            values]}``; ``None``: constant weighting, overlap 0.25, no mirroring, no post-processing.
+            values], "padding_mode"?: windows beyond the image padded "replicate", "reflect" or "circular" (an
+            imported bundle's inferer; default zeros)}``; ``None``: constant weighting, overlap 0.25, no mirroring, no
+            post-processing.
         plan: how input size and spacing were chosen, e.g. ``{"median_shape": [x, y, z], "max_patch_voxels"}``.
         peak_memory_mb: peak resident memory of the training process in MiB (``ru_maxrss``).
         training_device: where it was trained, e.g. ``"CPU, 2 torch threads"`` or ``"CUDA: NVIDIA H200, peak GPU
@@ -222,7 +224,8 @@ class ModelCard:
         inf = self.inference
         if inf is None:
             return
-        if not isinstance(inf, dict) or inf.get("sw_mode", "constant") not in ("constant", "gaussian"):
+        if (not isinstance(inf, dict) or inf.get("sw_mode", "constant") not in ("constant", "gaussian")
+                or inf.get("padding_mode", "constant") not in ("constant", "replicate", "reflect", "circular")):  # fmt: skip
             raise BundleError(
                 f"model card field 'inference' is {inf!r}; expected {{'sw_mode': 'constant' or 'gaussian', ...}}."
             )

@@ -1038,3 +1038,27 @@ def test_a_zoo_change_that_leaves_the_index_behind_says_how_to_update_it(indexed
     assert f"`modelselector index add --zoo {zoo_dir} --model m4`" in added.stderr
     removed = bad.run_cli("zoo", "remove", "m4", "--zoo", zoo_dir)  # the index agrees again: no note
     assert removed.returncode == 0 and "note" not in removed.stderr
+
+
+def test_an_imported_bundles_window_padding_is_kept(tmp_path):
+    """wholeBody_ct_segmentation's SlidingWindowInferer pads windows beyond the image by replicating its edge; the
+    runtime padded with zeros, which changes what a network with spatial extent sees near the edges."""
+    import torch
+
+    from ModelSelectorLib.models.segmentation import predict_logits
+    from ModelSelectorLib.zoo import Zoo
+
+    src = bad.edit_inference(
+        bad.threshold_bundle(tmp_path), lambda c: c["inferer"].update(padding_mode="replicate")
+    )
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(src, name="spleen", body_region="ABDOMEN")
+    assert zoo.card("spleen").inference["padding_mode"] == "replicate"
+    blur = torch.nn.Conv3d(1, 1, 5, padding=2, bias=False)  # sees beyond the image near its edges
+    torch.nn.init.constant_(blur.weight, 1.0 / 125)
+    array = np.full((6, 7, 8), 10.0, np.float32)  # smaller than the window: every window reaches beyond it
+    padded = {
+        m: predict_logits(blur, array, (16, 16, 16), padding_mode=m).numpy()
+        for m in ("constant", "replicate")
+    }
+    assert padded["replicate"][0, 0, 0, 0] > padded["constant"][0, 0, 0, 0]
