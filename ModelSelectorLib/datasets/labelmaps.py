@@ -169,6 +169,8 @@ def align_label(label: Image, image: Image, path: PathLike, image_path: Optional
     """
     import SimpleITK as sitk
 
+    from ..io.geometry import reference_grid, resample_to
+
     if label.same_geometry(image):
         return label
     target = image_path or image.meta.get("path", "its image")
@@ -176,12 +178,7 @@ def align_label(label: Image, image: Image, path: PathLike, image_path: Optional
         raise DatasetError(f"{path}: a {label.ndim}D label for the {image.ndim}D image {target}; give each image a "
                            "label map of its own dimension.")  # fmt: skip
     lost = outside_fraction(label, image)
-    ref = sitk.Image([int(v) for v in image.size], sitk.sitkUInt8)
-    ref.SetSpacing([float(v) for v in image.spacing])
-    ref.SetOrigin([float(v) for v in image.origin])
-    ref.SetDirection([float(v) for v in image.direction])
-    src = label.to_sitk()
-    res = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, src.GetPixelID())
+    res = resample_to(label.to_sitk(), reference_grid(image), sitk.sitkNearestNeighbor, 0.0)
     out = image.with_array(sitk.GetArrayFromImage(res))
     out = Image(out.array, out.spacing, out.origin, out.direction, dict(label.meta))
     had = bool(np.any(np.asarray(label.array)))

@@ -39,6 +39,18 @@ def axcodes_direction(axcodes: str, ndim: int = 3) -> np.ndarray:
     return np.array([_AXIS_LPS[c] for c in axcodes.upper()[:3]], dtype=float).T
 
 
+def empty_grid(
+    size: Sequence[int], spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
+) -> sitk.Image:
+    """An empty uint8 reference image: a grid of ``size`` voxels (``(x, y[, z])``), ``spacing`` (mm), ``origin``
+    (LPS mm) and ``direction`` (flattened ITK direction matrix), for resampling onto."""
+    ref = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    ref.SetSpacing([float(v) for v in spacing])
+    ref.SetOrigin([float(v) for v in origin])
+    ref.SetDirection([float(v) for v in np.asarray(direction, dtype=float).ravel()])
+    return ref
+
+
 def canonical_grid(
     image: sitk.Image, target_spacing: Optional[Sequence[float]], axcodes: str = CANONICAL_AXCODES
 ) -> sitk.Image:
@@ -55,11 +67,7 @@ def canonical_grid(
     size = np.maximum(np.floor((hi - lo) / spacing + 1e-4).astype(int) + 1, 1)
     # centre the grid on the input's extent
     lo = lo + ((hi - lo) - (size - 1) * spacing) / 2.0
-    ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
-    ref.SetSpacing([float(s) for s in spacing])
-    ref.SetOrigin([float(v) for v in direction @ lo])
-    ref.SetDirection([float(d) for d in direction.ravel()])
-    return ref
+    return empty_grid(size, spacing, direction @ lo, direction)
 
 
 def resample_to(
@@ -94,11 +102,7 @@ def grid_of_affine(affine: np.ndarray, shape: Sequence[int]) -> sitk.Image:
     flip = _lps_flip(ndim)
     rzs = flip @ np.asarray(affine, dtype=float)[:ndim, :ndim]
     spacing = np.linalg.norm(rzs, axis=0)
-    ref = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
-    ref.SetSpacing([float(s) for s in spacing])
-    ref.SetDirection([float(d) for d in (rzs / spacing).ravel()])
-    ref.SetOrigin([float(v) for v in flip @ np.asarray(affine, dtype=float)[:ndim, ndim]])
-    return ref
+    return empty_grid(shape, spacing, flip @ np.asarray(affine, dtype=float)[:ndim, ndim], rzs / spacing)
 
 
 def monai_grid(image: sitk.Image, steps: Sequence[dict]) -> sitk.Image:
@@ -180,8 +184,4 @@ def to_network_layout(array_zyx: np.ndarray) -> np.ndarray:
 
 def reference_grid(image: Image) -> sitk.Image:
     """An empty SimpleITK image with exactly ``image``'s size, spacing, origin and direction."""
-    ref = sitk.Image([int(v) for v in image.size], sitk.sitkUInt8)
-    ref.SetSpacing([float(v) for v in image.spacing])
-    ref.SetOrigin([float(o) for o in image.origin])
-    ref.SetDirection([float(d) for d in image.direction])
-    return ref
+    return empty_grid(image.size, image.spacing, image.origin, image.direction)

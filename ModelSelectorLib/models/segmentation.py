@@ -42,6 +42,7 @@ from ..errors import BundleError, InputError
 from ..io.geometry import (
     CANONICAL_AXCODES,
     axcodes_direction,
+    empty_grid,
     monai_grid,
     reference_grid,
     resample_padded,
@@ -730,10 +731,7 @@ class SegmentationRuntime(TaskRuntime):
         size = np.asarray(src.GetSize(), dtype=float)
         index = (size - 1) / 2.0 + (0.0 if shift is None else np.asarray(shift) * size)
         centre = np.asarray(src.TransformContinuousIndexToPhysicalPoint([float(i) for i in index]))
-        ref = sitk.Image([int(r) for r in roi], sitk.sitkUInt8)
-        ref.SetSpacing([float(s) for s in spacing])
-        ref.SetDirection([float(d) for d in direction.ravel()])
-        ref.SetOrigin([float(o) for o in centre - direction @ ((roi - 1) / 2.0 * spacing)])
+        ref = empty_grid(roi, spacing, centre - direction @ ((roi - 1) / 2.0 * spacing), direction)
         res = resample_to(
             src, ref, sitk.sitkLinear, background_value(img.array, card.intensity, card.modality)
         )
