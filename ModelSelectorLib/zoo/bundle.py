@@ -552,11 +552,11 @@ BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "other", "othe
 def _check_runnable(src: Path, meta: dict[str, Any], config: dict[str, Any], task_type: str) -> None:
     """Refuse, in one line, a standard bundle that no runtime runs as its authors meant: several input
     channels, a non-spatial input or output, or a multi-label (sigmoid) output whose channels overlap."""
-    ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
-    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
+    ndf = _data_format(meta)
+    image = _input_format(ndf)
     pred = _pred_format(ndf)
     where = f"{src / METADATA_FILE}: network_data_format"
-    channels = image.get("num_channels", 1) if isinstance(image, dict) else 1
+    channels = image.get("num_channels", 1)
     if channels != 1:
         raise BundleError(f"{where}.inputs gives {channels!r} input channels; no runtime of this version feeds a "
                           "network more than one image channel, so the bundle cannot be added.")  # fmt: skip
@@ -595,7 +595,20 @@ def _check_runnable(src: Path, meta: dict[str, Any], config: dict[str, Any], tas
         )
 
 
+def _data_format(meta: dict[str, Any]) -> dict[str, Any]:
+    """A standard bundle's ``network_data_format`` (``{}`` when the metadata has none)."""
+    ndf = meta.get("network_data_format")
+    return ndf if isinstance(ndf, dict) else {}
+
+
+def _input_format(ndf: dict[str, Any]) -> dict[str, Any]:
+    """The network's (first) input in ``network_data_format.inputs`` (``{}`` when none is stated)."""
+    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
+    return image if isinstance(image, dict) else {}
+
+
 def _pred_format(ndf: dict[str, Any]) -> dict[str, Any]:
+    """The network's output in ``network_data_format.outputs`` (``pred``, else the first; ``{}`` when none)."""
     outputs = ndf.get("outputs") or {}
     pred = outputs.get("pred") or (next(iter(outputs.values())) if outputs else {}) or {}
     return pred if isinstance(pred, dict) else {}
@@ -634,9 +647,9 @@ def _modality_and_region(
     """The card's modality and body region: given, else the card's, else (modality) the metadata's
     ``network_data_format.inputs.image.modality`` when it is a DICOM code; a refusal names what is missing."""
     existing = meta.get("modelselector") if isinstance(meta.get("modelselector"), dict) else {}
-    ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
-    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
-    stated = str(image.get("modality", "")).strip().upper() if isinstance(image, dict) else ""
+    ndf = _data_format(meta)
+    image = _input_format(ndf)
+    stated = str(image.get("modality", "")).strip().upper()
     modality = (modality or existing.get("modality") or "").strip().upper() or (
         stated if stated in MODALITIES else None)  # fmt: skip
     body_region = (body_region or existing.get("body_region") or "").strip().upper() or None
@@ -680,9 +693,9 @@ def import_monai_bundle(
     meta = read_metadata(src)
     config = _read_json(src / INFERENCE_FILE, "configs/inference.json")
     existing = meta.get("modelselector") if isinstance(meta.get("modelselector"), dict) else {}
-    ndf = meta.get("network_data_format") if isinstance(meta.get("network_data_format"), dict) else {}
-    image = next(iter((ndf.get("inputs") or {}).values()), {}) or {}
-    spatial = image.get("spatial_shape") if isinstance(image, dict) else None
+    ndf = _data_format(meta)
+    image = _input_format(ndf)
+    spatial = image.get("spatial_shape")
     try:
         task_type = existing.get("task_type") or guess_task_type(
             _task_hints(meta), _pred_format(ndf).get("format")
