@@ -22,7 +22,7 @@ from .progress import check_cancel, progress_bar
 from .selection.field_of_view import field_of_view
 from .selection.intensity_units import air_share, compare_units
 from .zoo.bundle import load_bundle
-from .zoo.catalog import Zoo
+from .zoo.catalog import Zoo, open_zoo
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -34,7 +34,7 @@ def open_runtime(zoo: Union[Zoo, PathLike], model_name: str, device: str = "cpu"
         ZooError: no such zoo or model. BundleError: an invalid bundle. InputError: an unusable device.
     """
     check_device(device)
-    z = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    z = open_zoo(zoo)
     z.check_weights(model_name)  # weights replaced in the zoo would load and answer wrongly without a word
     return runtime_for(load_bundle(z.get(model_name), device=device), device=device)
 
@@ -70,7 +70,7 @@ def apply_to_file(
         model; BundleError.
     """
     check_device(device)
-    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
+    zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
     image = read_model_input(image_path, card, series_uid, warn)
@@ -101,7 +101,7 @@ def apply_to_files(
             different folders). ZooError, BundleError. Cancelled: between images or within one.
     """
     check_device(device)
-    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
+    zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
     suffix = output_spec(card.task_type)["suffix"]
     if Path(out_dir).name.lower().endswith(suffix) and not Path(out_dir).is_dir():
@@ -136,7 +136,7 @@ def output_in_folder(
 ) -> Path:
     """Where :func:`apply_to_files` writes the output of ``image_path`` in ``folder``: its name with the extension of
     the model's output format (``ct.nii.gz`` -> ``folder/ct.seg.nrrd``)."""
-    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)
+    zoo = open_zoo(zoo_path)
     return Path(folder) / output_name(image_path, output_spec(zoo.card(model_name).task_type)["suffix"])
 
 

@@ -37,7 +37,7 @@ from ..progress import check_cancel, progress_bar
 from ..selection.encoder import default_encoder
 from ..selection.field_of_view import image_extent_mm
 from ..selection.index import load_index
-from ..zoo.catalog import Zoo
+from ..zoo.catalog import open_zoo
 from .baselines import (
     HeaderRulesRanker,
     HistogramKNNRanker,
@@ -450,7 +450,7 @@ def evaluate_selection(
         ZooError: the zoo is missing; ModelSelectorError: empty zoo, no evaluation image, unknown ranker or part.
     """
     t_start = time.time()
-    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    zoo = open_zoo(zoo)
     roots = [str(split.root)]
     models = zoo_models(zoo, roots)
     zoo_paths = zoo_training_paths(zoo, roots)

@@ -40,7 +40,7 @@ import numpy as np
 from ..atomic import remove_leftovers, write_json, writer_lock
 from ..errors import BundleError, IndexMismatchError
 from ..progress import check_cancel, progress_bar
-from ..zoo.catalog import Zoo
+from ..zoo.catalog import open_zoo
 from .encoder import EMBED_DIM
 from .hnsw_file import check_graph_file, file_digest
 from .prototypes import (
@@ -543,7 +543,7 @@ def index_zoo(
         IndexMismatchError: the zoo is empty, or a model has no prototypes (the message names it and the
         command that makes them).
     """
-    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    zoo = open_zoo(zoo)
     names = list(models) if models is not None else zoo.names()
     if not names:
         raise IndexMismatchError(

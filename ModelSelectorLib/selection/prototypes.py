@@ -40,7 +40,7 @@ from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input, dicom_series
 from ..progress import check_cancel, progress_bar
-from ..zoo.catalog import Zoo
+from ..zoo.catalog import open_zoo
 from .encoder import EMBED_DIM, default_encoder
 from .encoder_guide import domain_classes
 from .inversion import InversionSettings, loaded_bundle, synthesize_inputs
@@ -649,7 +649,7 @@ def generate_for_model(
         ZooError: unknown model. InputError: nothing to make prototypes from, or stored exemplars that cannot be
         found. BundleError: bad bundle.
     """
-    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    zoo = open_zoo(zoo)
     info = info if info is not None else {}
     warn = warn or _warn
     bundle_dir = zoo.get(name, version)

@@ -563,8 +563,10 @@ def _delete(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def open_zoo(path: Optional[PathLike] = None) -> Zoo:
-    """Open the zoo at ``path`` (default: :func:`default_zoo_path`)."""
+def open_zoo(path: Union[Zoo, PathLike, None] = None) -> Zoo:
+    """Open the zoo at ``path`` (default: :func:`default_zoo_path`); a :class:`Zoo` is returned as it is."""
+    if isinstance(path, Zoo):
+        return path
     return Zoo(path if path is not None else default_zoo_path())
 
 
