@@ -109,13 +109,12 @@ def check_earlier_split(
         raise DatasetError(f"{test_file.parent}: made by a sweep that ranked its candidates on the test split "
                            "itself; start a new sweep (another --out zoo or task name) to get a separate selection "
                            "split.")  # fmt: skip
-    barred = sorted(
-        {str(c.get("id")) for c in (kept or {}).get("cases") or []} & {str(i) for i in not_in_test}
-    )
+    kept = kept or {}
+    barred = sorted({str(c.get("id")) for c in kept.get("cases") or []} & {str(i) for i in not_in_test})
     if barred:
         raise DatasetError(f"{test_file}: the kept test split holds {', '.join(barred)}, which not_in_test now bars; "
                            "start a new sweep (another --out zoo or task name) to draw a test split without them.")  # fmt: skip
-    drawn = {"seed": (kept or {}).get("seed"), "test_fraction": (kept or {}).get("fraction")}
+    drawn = {"seed": kept.get("seed"), "test_fraction": kept.get("fraction")}
     asked = {"seed": seed, "test_fraction": fraction}
     changed = [k for k in drawn if None not in (asked[k], drawn[k]) and float(drawn[k]) != float(asked[k])]
     if changed:

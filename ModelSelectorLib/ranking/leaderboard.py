@@ -27,7 +27,7 @@ import numpy as np
 from .. import atomic
 from ..errors import DatasetError, InputError, ModelSelectorError, ZooError
 from ..evaluation.metrics import SEGMENTATION_METRICS, higher_is_better
-from ..evaluation.segmentation import summary_in_unit
+from ..evaluation.segmentation import DISTANCE_METRICS, summary_in_unit
 from ..evaluation.statistics import sample_std
 from ..io.image import Image, read_image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
@@ -519,7 +519,7 @@ def write_leaderboard(
         higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
         dashboards=dict(dashboards or {}),
         settings_cols=settings_cols, generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        surface=any(m.split("_")[0] in ("hd95", "msd") for m in metrics),
+        surface=any(m.split("_")[0] in DISTANCE_METRICS for m in metrics),
         radial=any(m.split("_")[0] in REFERENCE_METRIC_FAMILIES for m in metrics),
     )  # fmt: skip
     atomic.write_text(out_html, page)
