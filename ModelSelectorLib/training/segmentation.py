@@ -76,9 +76,8 @@ def load_cases(
         label = as_label_map(read_image(case["label"], check_content=False), case["label"])
         classes = label.with_array(to_class_indices(label.array, mapping, case["label"]))
         classes = align_label(classes, image, case["label"], case["image"])
-        if (
-            plan is not None
-        ):  # a picture shows the median training field, as apply will show it (at_training_field)
+        # a picture shows the median training field, as apply will show it (at_training_field)
+        if plan is not None:
             image = at_field(image, plan.to_card(), plan.spacing, len(plan.spacing))
             classes = dataclasses.replace(classes, spacing=image.spacing)
         arr, grid = preprocess(image, spacing, intensity, CANONICAL_AXCODES)
