@@ -578,7 +578,7 @@ class SegmentationRuntime(TaskRuntime):
 
         Raises:
             BundleError: the network needs a Python package that is not installed (an imported bundle's
-                network, e.g. SwinUNETR's einops), found only when it runs.
+                network that needs an optional package of MONAI's), found only when it runs.
         """
         try:
             if mirrored:

@@ -107,16 +107,18 @@ def inference_config(spatial: list[dict[str, Any]], invert_labels: bool = False)
     }  # fmt: skip
 
 
-def write_bundle(root: Path, config: dict[str, Any]) -> Path:
+def write_bundle(root: Path, config: dict[str, Any], network: Optional[torch.nn.Module] = None) -> Path:
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
     (root / "configs" / "metadata.json").write_text(json.dumps(METADATA), encoding="utf-8")
     (root / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
-    torch.save(edge_network().state_dict(), root / "models" / "model.pt")
+    torch.save((network or edge_network()).state_dict(), root / "models" / "model.pt")
     return root
 
 
-def monai_labels(config: dict[str, Any], image: Path) -> np.ndarray:
+def monai_labels(
+    config: dict[str, Any], image: Path, network: Optional[torch.nn.Module] = None
+) -> np.ndarray:
     """What MONAI's own workflow writes for ``image``, computed in-process from the bundle's config (without the
     writing), as a SimpleITK-layout ``(z, y, x)`` array."""
     from monai.bundle import ConfigParser
@@ -125,16 +127,18 @@ def monai_labels(config: dict[str, Any], image: Path) -> np.ndarray:
     parser = ConfigParser(config)
     data = parser.get_parsed_content("preprocessing")({"image": str(image)})
     with torch.no_grad():
-        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], edge_network())[0]
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network or edge_network())[0]
     post = parser.get_parsed_content("postprocessing")
     out = Compose(post.transforms[:-1])(data)["pred"]  # all but SaveImaged
     return np.asarray(out[0]).transpose(2, 1, 0)
 
 
-def apply_imported(tmp_path: Path, config: dict[str, Any], image: Path) -> np.ndarray:
+def apply_imported(
+    tmp_path: Path, config: dict[str, Any], image: Path, network: Optional[torch.nn.Module] = None
+) -> np.ndarray:
     """``zoo add`` of the bundle, then ``apply`` on ``image``: the label map in SimpleITK layout."""
     zoo = Zoo.create(tmp_path / "zoo")
-    zoo.add(write_bundle(tmp_path / "bundle", config), body_region="ABDOMEN", name="edges")
+    zoo.add(write_bundle(tmp_path / "bundle", config, network), body_region="ABDOMEN", name="edges")
     return np.asarray(apply_model(load_bundle(zoo.get("edges")), read_image(image)).array)
 
 
@@ -169,6 +173,23 @@ def test_apply_gives_the_labels_of_monais_own_run(tmp_path, case):
     assert theirs.shape == ours.shape and 0.1 < theirs.mean() < 0.9
     # exact but for near-ties of the interpolation, or of the B-spline's edges (order 3, within 0.5 % of the range)
     assert float((theirs == ours).mean()) >= (0.995 if "spline" in case else 0.999), case
+
+
+def test_a_swin_unetr_bundle_runs_as_monai_runs_it(tmp_path):
+    """MONAI's SwinUNETR, the network of several model-zoo bundles, needs ``einops``: the lock installs it, so such
+    a bundle is imported and applied, with MONAI's own run's labels."""
+    from monai.networks.nets import SwinUNETR
+
+    swin = {"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2, "feature_size": 12, "window_size": 4,
+            "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "spatial_dims": 3}  # fmt: skip
+    torch.manual_seed(0)
+    network = SwinUNETR(**{k: v for k, v in swin.items() if k != "_target_"}).eval()
+    config = {**inference_config([ORIENT, SPACING]), "network_def": swin}
+    config["inferer"] = {**config["inferer"], "roi_size": [64, 64, 64], "sw_batch_size": 1}
+    image = write_volume(tmp_path / "ct.nii.gz", (22, 19, 13), (1.5, 1.5, 2.0), np.eye(3))
+    theirs, ours = monai_labels(config, image, network), apply_imported(tmp_path, config, image, network)
+    assert theirs.shape == ours.shape and 0.0 < theirs.mean() < 1.0
+    assert float((theirs == ours).mean()) >= 0.999
 
 
 @pytest.mark.parametrize(
