@@ -14,13 +14,25 @@ from typing import Optional
 
 import slicer
 
-#: Python packages the library needs at run time: (import name, pip requirement); torch first
+#: Python packages the library needs at run time, as pyproject.toml declares them: (import name, pip
+#: requirement); torch first. Slicer's own Python has numpy, pillow and SimpleITK; ``PythonSlicer`` needs the rest
+#: before the library can select or apply anything.
 DEPENDENCIES = [
     ("torch", "torch>=2.0"),
     ("monai", "monai>=1.3"),
-    ("SimpleITK", "SimpleITK"),
-    ("slicerio", "slicerio"),
-    ("hnswlib", "hnswlib"),
+    ("einops", "einops>=0.6"),
+    ("SimpleITK", "SimpleITK>=2.2"),
+    ("numpy", "numpy>=1.22"),
+    ("scipy", "scipy>=1.8"),
+    ("sklearn", "scikit-learn>=1.1"),
+    ("hnswlib", "hnswlib>=0.7"),
+    ("slicerio", "slicerio>=1.0"),
+    ("tqdm", "tqdm>=4.60"),
+    ("yaml", "PyYAML>=5.4"),
+    ("jinja2", "Jinja2>=3.0"),
+    ("matplotlib", "matplotlib>=3.5"),
+    ("PIL", "pillow>=9.0"),
+    ("nibabel", "nibabel>=4.0"),
     ("filelock", "filelock>=3.0"),
 ]
 #: the packages that model runs need (the rest of the module works without them)

@@ -255,6 +255,24 @@ def test_installed_extension_applies_a_bundled_model_by_name(tmp_path):
     assert res["result"] == "vtkMRMLSegmentationNode" and res["segments"] == 1
 
 
+def test_the_module_installs_every_package_the_library_declares():
+    """``PythonSlicer`` runs the library, so the module installs every package pyproject.toml declares, by its
+    import name: with only torch, MONAI and three others listed, ``select`` in Slicer failed on the first import
+    of scikit-learn, tqdm, PyYAML or matplotlib, which Slicer's Python does not have."""
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")
+    from ModelSelectorSupport.dependencies import DEPENDENCIES
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    assert sorted(requirement for _, requirement in DEPENDENCIES) == sorted(declared)
+    assert DEPENDENCIES[0][0] == "torch"  # installed first, through the PyTorch extension
+    distributions = importlib.metadata.packages_distributions()
+    for name, requirement in DEPENDENCIES:
+        project = re.split(r"[<>=!~ ]", requirement)[0].lower()
+        assert project in [d.lower() for d in distributions.get(name, [])], (name, requirement)
+
+
 BLOCK_TORCH = '''\
 """Make torch and MONAI unimportable, as on an extension build machine."""
 import sys
