@@ -221,6 +221,28 @@ def section_transforms(config: dict[str, Any], section: str) -> list[Any]:
     return [plain_value(t, config, f"'{section}'") if isinstance(t, str) else t for t in item]
 
 
+def enabled_transforms(config: dict[str, Any], section: str) -> list[tuple[Optional[str], Any]]:
+    """``(transform_name, item)`` for each transform of ``section`` that MONAI instantiates: every item but a
+    dictionary whose ``_disabled_`` is true, as MONAI's ``ConfigComponent.is_disabled`` reads it (the string
+    ``"true"`` in any case counts, ``"false"`` does not). The name is None for an item that names no class of
+    ``monai.transforms``.
+
+    Raises:
+        Unreproducible: the section cannot be read statically, or a ``_disabled_`` is not a plain value.
+    """
+    out = []
+    for item in section_transforms(config, section):
+        if not isinstance(item, dict):
+            out.append((None, item))
+            continue
+        target = item.get("_target_")
+        disabled = plain_value(item.get("_disabled_", False), config, f"{target}._disabled_")
+        if disabled.strip().lower() == "true" if isinstance(disabled, str) else bool(disabled):
+            continue
+        out.append((transform_name(target), item))
+    return out
+
+
 def _number(value: Any, what: str, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
         raise Unreproducible(f"{what} is {value!r}, not a {'positive ' if positive else ''}number")
@@ -350,13 +372,10 @@ def read_preprocessing(config: dict[str, Any], spatial_dims: int) -> dict[str, A
             spline order), two ``Spacingd``, no or two intensity normalisations (the message says which).
     """
     out: dict[str, Any] = {"target_spacing": None, "intensity": None, "resampling": []}
-    for i, item in enumerate(section_transforms(config, "preprocessing")):
-        target = item.get("_target_") if isinstance(item, dict) else item
-        name = transform_name(target)
+    for i, (name, item) in enumerate(enabled_transforms(config, "preprocessing")):
         if not isinstance(item, dict):
             raise Unreproducible(f"preprocessing item {i} is {str(item)[:60]!r}, not a transform")
-        if plain_value(item.get("_disabled_", False), config, f"{target}._disabled_"):
-            continue
+        target = item.get("_target_")
         if name in HARMLESS_TRANSFORMS:
             continue
         if name not in SPATIAL_TRANSFORMS + INTENSITY_TRANSFORMS:
@@ -387,14 +406,11 @@ def inverts_probabilities(config: dict[str, Any]) -> bool:
     ``AsDiscreted(argmax=True)``), read statically; False when it inverts the label map or interpolates the nearest
     voxel (``nearest_interp``, MONAI's default)."""
     try:
-        items = section_transforms(config, "postprocessing")
+        items = enabled_transforms(config, "postprocessing")
     except Unreproducible:
         return False
-    for item in items:
-        name = transform_name(item.get("_target_")) if isinstance(item, dict) else None
+    for name, item in items:
         try:
-            if name is None or plain_value(item.get("_disabled_", False), config, "_disabled_"):
-                continue
             if name == "AsDiscrete" and plain_value(item.get("argmax", False), config, "argmax") is True:
                 return False
             if name == "Invert":
@@ -414,16 +430,11 @@ def kept_components(config: dict[str, Any]) -> Optional[list[int]]:
             object), which the runtime does not reproduce.
     """
     try:
-        items = section_transforms(config, "postprocessing")
+        items = enabled_transforms(config, "postprocessing")
     except Unreproducible:
         return None
-    for item in items:
-        if (
-            not isinstance(item, dict)
-            or transform_name(item.get("_target_")) != "KeepLargestConnectedComponent"
-        ):
-            continue
-        if plain_value(item.get("_disabled_", False), config, "_disabled_"):
+    for name, item in items:
+        if name != "KeepLargestConnectedComponent":
             continue
         target = str(item.get("_target_"))
         if plain_value(item.get("independent", True), config, f"{target}.independent") is not True:

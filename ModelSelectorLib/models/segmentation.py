@@ -60,13 +60,12 @@ from .preprocessing import (
     Unreproducible,
     background_value,
     effective_intensity,
+    enabled_transforms,
     inverts_probabilities,
     normalize_intensity,
     plain_value,
     preprocess,
     read_preprocessing,
-    section_transforms,
-    transform_name,
 )
 from .registry import register_runtime
 
@@ -80,15 +79,13 @@ def axcodes_of(bundle: Any) -> str:
     plain ``@name`` references); default ``RAS``."""
     config = getattr(bundle, "config", None) or {}
     try:
-        items = section_transforms(config, "preprocessing") if isinstance(config, dict) else []
+        items = enabled_transforms(config, "preprocessing") if isinstance(config, dict) else []
     except Unreproducible:
         return CANONICAL_AXCODES
-    for t in items:
-        if not isinstance(t, dict) or transform_name(t.get("_target_")) != "Orientation":
+    for name, t in items:
+        if name != "Orientation":
             continue
         try:
-            if plain_value(t.get("_disabled_", False), config, "_disabled_"):
-                continue
             canonical = plain_value(t.get("as_closest_canonical", False), config, "as_closest_canonical")
             codes = "RAS" if canonical is True else plain_value(t.get("axcodes"), config, "axcodes")
         except Unreproducible:

@@ -28,11 +28,10 @@ from ..errors import BundleError
 from ..models.preprocessing import (
     REPRODUCED,
     Unreproducible,
+    enabled_transforms,
     kept_components,
     read_inferer,
     read_preprocessing,
-    section_transforms,
-    transform_name,
 )
 from ..models.registry import guess_task_type, runtime_class
 from .card import IMPORTED_CODE_VERSION, MODALITIES, ModelCard, default_color, safe_name
@@ -570,11 +569,10 @@ def _check_runnable(src: Path, meta: dict[str, Any], config: dict[str, Any], tas
         raise BundleError(f"{src / INFERENCE_FILE}: its inferer, SliceInferer, runs a 2D network slice by slice through "
                           "volumes; no runtime of this version does, so the bundle cannot be added.")  # fmt: skip
     try:
-        post = section_transforms(config, "postprocessing") if "postprocessing" in config else []
+        post = enabled_transforms(config, "postprocessing") if "postprocessing" in config else []
     except Unreproducible:
         post = []
-    for t in post:
-        name = transform_name(t.get("_target_")) if isinstance(t, dict) else None
+    for name, t in post:
         if (name == "Activations" and t.get("sigmoid") is True) or (name == "AsDiscrete" and (
                 isinstance(t.get("threshold"), (int, float)) or t.get("threshold_values") is True)):  # fmt: skip
             raise BundleError(

@@ -156,6 +156,10 @@ CASES = {
     "permuted-spacing-labels-inverted": (PERMUTED, (1.5, 2.0, 1.5), [{**SPACING, "pixdim": [2.5, 2.5, 2.5]}], True),
     "oblique-spline-reflection": (OBLIQUE, (1.5, 1.5, 2.0), [{**SPACING, "mode": 3, "padding_mode": "reflection"}],
                                   False),
+    # MONAI reads a string _disabled_ as true only when it says "true", in any case
+    "orientation-enabled-by-the-string-false": (np.eye(3), (1.5, 1.5, 2.0), [{**ORIENT, "_disabled_": "false"}],
+                                                False),
+    "spacing-disabled-by-the-string-true": (OBLIQUE, (1.5, 1.5, 2.0), [{**SPACING, "_disabled_": " TRUE"}], False),
     "zeros-padding-axis-aligned-grid": (OBLIQUE, (1.5, 1.5, 2.0), [{**SPACING, "padding_mode": "zeros",
                                                                     "diagonal": True}], False),
 }  # fmt: skip
@@ -230,6 +234,23 @@ def test_zoo_add_refuses_an_interpolation_it_does_not_reproduce(tmp_path, spacin
     with pytest.raises(BundleError, match=message) as e:
         import_monai_bundle(write_bundle(tmp_path / "bundle", config), body_region="ABDOMEN")
     assert "cannot be reproduced" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_a_disabled_transform_is_not_read_as_the_bundles_postprocessing(tmp_path):
+    """A disabled sigmoid (a multi-label output) that MONAI never instantiates does not refuse the bundle, and a
+    disabled ``KeepLargestConnectedComponentd`` is not kept."""
+    from ModelSelectorLib.models.preprocessing import kept_components
+
+    config = inference_config([SPACING])
+    post = config["postprocessing"]["transforms"]
+    post.insert(0, {"_target_": "Activationsd", "keys": "pred", "sigmoid": True, "_disabled_": True})
+    post.append({"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "_disabled_": "True"})
+    assert kept_components(config) is None
+    card = import_monai_bundle(write_bundle(tmp_path / "bundle", config), body_region="ABDOMEN")
+    assert card.task_type == "segmentation"
+    post[0]["_disabled_"] = "false"
+    with pytest.raises(BundleError, match="thresholds independent sigmoid channels"):
+        import_monai_bundle(write_bundle(tmp_path / "again", config), body_region="ABDOMEN")
 
 
 def test_the_projects_own_bundles_keep_the_canonical_grid():
