@@ -46,6 +46,10 @@ MIN_POOLED_SIZE = 8
 CHECKPOINT_FILE = "checkpoint.pt"
 #: TrainConfig fields that do not change what is trained (left out of the checkpoint fingerprint)
 _RUN_ONLY_FIELDS = ("device", "version", "num_threads", "license")
+#: TrainConfig fields applied only once training has ended (test-time mirroring, largest-component
+#: post-processing): hashed at these defaults, so that a finished run given other values is evaluated again
+#: without being trained again, and runs of the defaults keep their fingerprints
+_EVALUATION_ONLY_FIELDS = {"tta_mirror": False, "postprocess": "none"}
 
 
 @dataclasses.dataclass
@@ -239,9 +243,10 @@ class TrainConfig:
         return tuple(a for a, r in enumerate(self.roi_size) if int(r) <= 0)
 
     def fingerprint(self) -> str:
-        """Short hash of the settings that decide what is trained (not device, threads, version, licence; loader
-        workers do, since each draws its own augmentations)."""
+        """Short hash of the settings that decide what is trained (not device, threads, version, licence, test-time
+        mirroring or post-processing; loader workers do, since each draws its own augmentations)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_ONLY_FIELDS}
+        data.update(_EVALUATION_ONLY_FIELDS)
         if data["precision"] == "fp32":  # runs from before the setting existed keep their fingerprints
             del data["precision"]
         if data["slab_levels"] is None:

