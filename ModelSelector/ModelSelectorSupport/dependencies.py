@@ -35,8 +35,9 @@ DEPENDENCIES = [
     ("nibabel", "nibabel>=4.0"),
     ("filelock", "filelock>=3.0"),
 ]
-#: the packages that model runs need (the rest of the module works without them)
-MODEL_RUN_PACKAGES = ("torch", "monai")
+#: the packages that model runs need: all of them, since the library runs in ``PythonSlicer`` (the rest of the
+#: module works without them)
+MODEL_RUN_PACKAGES = tuple(name for name, _ in DEPENDENCIES)
 
 
 def isImportable(name: str) -> bool:
