@@ -12,6 +12,7 @@ Slicer application.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ PROGRESS_PREFIX = "PROGRESS "
 USER_CANCELLED = "cancelled by the user"
 SCENE_CLOSED = "cancelled: the scene was closed while the job ran; nothing was added"
 VOLUME_REMOVED = "cancelled: the input volume was removed from the scene while the job ran; nothing was added"
+APPLICATION_CLOSED = "cancelled: the application closed while the job ran"
 #: what a signal that ended the model process usually means, and what to do
 SIGNAL_CAUSES = {
     "SIGKILL": ("often the system running out of memory", "close other programs, or crop the volume to the "
@@ -87,8 +89,10 @@ class Job:
 
     Call :meth:`poll` repeatedly (from a QTimer, or a loop): it forwards progress, returns True when all the
     work is done (``result`` then holds the answer) and raises :class:`ModelSelectorProcessError` on failure,
-    :class:`ModelSelectorCancelled` after :meth:`cancel` or when the volume or its scene went away.
-    Temporary files are removed when the job ends in any way.
+    :class:`ModelSelectorCancelled` after :meth:`cancel` or when the volume or its scene went away; a job that
+    failed or was cancelled raises the same error at every later poll, never True. Temporary files are removed
+    when the job ends in any way, and a job still running when Python exits is ended then
+    (:func:`endLiveJobs`).
     """
 
     def __init__(
@@ -100,6 +104,11 @@ class Job:
     ) -> None:
         if volumeNode is None or volumeNode.GetScene() is None:
             raise ValueError("select an input volume that is in the scene")
+        if not volumeNode.IsA("vtkMRMLVolumeNode"):
+            raise ValueError(
+                f"'{volumeNode.GetName()}' is a {volumeNode.GetClassName()}, not a volume; select a scalar or RGB "
+                "volume node (for a sequence, its proxy volume: the frame on show)"
+            )
         self.logic = logic
         self.volumeNode = volumeNode
         self.scene = volumeNode.GetScene()
@@ -114,11 +123,14 @@ class Job:
         self.result: Any = None
         self.added: list[Any] = []
         self.cancelReason: Optional[str] = None
+        #: why the job failed or was cancelled, raised again by every later poll
+        self.error: Optional[Exception] = None
         self._observations: list[int] = []
         self._finished = False
         self._step = 0
         self._steps = 1
         self._observeScene()
+        _LIVE_JOBS.add(self)
 
     # --- to be provided by subclasses -------------------------------------------------------------------------
     def _nextCommand(self) -> Optional[list[str]]:
@@ -210,6 +222,10 @@ class Job:
     def poll(self) -> bool:
         """Advance the job; True once all its work is done and its results are attached."""
         if self._finished:
+            if self.error is None and self.cancelReason is not None:  # ended without a poll (endLiveJobs)
+                self.error = ModelSelectorCancelled(self.cancelReason)
+            if self.error is not None:
+                raise self.error
             return True
         try:
             if self.cancelReason is None and not self.isBound():
@@ -236,9 +252,12 @@ class Job:
             if self.progressCallback is not None:
                 self.progressCallback(self._step / self._steps, "")
             return False
-        except BaseException:
+        except BaseException as e:
             if self.cancelReason in (SCENE_CLOSED, VOLUME_REMOVED):
                 self._removeAdded()
+            self.error = (
+                e if isinstance(e, Exception) else ModelSelectorCancelled(self.cancelReason or USER_CANCELLED)
+            )
             self._end()
             raise
 
@@ -280,9 +299,26 @@ class Job:
         self._kill()
         self._forgetScene()
         self.cleanup()
+        _LIVE_JOBS.discard(self)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tempDir, ignore_errors=True)
+
+
+#: the jobs that have not ended, ended by :func:`endLiveJobs` when Python exits (held strongly: a job whose
+#: caller dropped it still has a process and a temporary copy of the volume to end)
+_LIVE_JOBS: set[Job] = set()
+
+
+def endLiveJobs() -> None:
+    """Cancel every job that has not ended: end its process tree and remove its temporary files (the input
+    volume's voxels). Runs when Python exits, and when Slicer is about to quit."""
+    for job in list(_LIVE_JOBS):
+        job.cancel(APPLICATION_CLOSED)
+        job._end()
+
+
+atexit.register(endLiveJobs)
 
 
 class FindJob(Job):

@@ -19,6 +19,16 @@ def writeVolume(volumeNode: Any, path: str) -> str:
         raise ValueError(
             f"volume '{volumeNode.GetName()}' holds no voxels; load its image again or select another volume"
         )
+    components = volumeNode.GetImageData().GetNumberOfScalarComponents()
+    if components not in (
+        1,
+        3,
+        4,
+    ):  # the writer takes grey, RGB and RGBA; others it fails as if the disk were full
+        raise ValueError(
+            f"volume '{volumeNode.GetName()}' has {components} values per voxel (a multi-frame or multi-channel "
+            "image); select a scalar volume of one frame or channel (for a sequence, its proxy volume), or an RGB one"
+        )
     storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storageNode.SetFileName(path)
     storageNode.SetUseCompression(False)

@@ -182,7 +182,9 @@ def test_closing_the_scene_mid_run_ends_the_processes_and_attaches_nothing(
         while not job.poll():
             time.sleep(0.05)
     assert _no_results(scene)
-    assert job.result == [] and job.poll() is True
+    assert job.result == []
+    with pytest.raises(msm.ModelSelectorCancelled, match="scene was closed"):  # never "done" after a cancel
+        job.poll()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("ModelSelector-")], "temporary files left"
 
 
@@ -371,3 +373,87 @@ def test_a_volume_without_voxels_says_so(tmp_path):
     with pytest.raises(ValueError, match="volume 'Empty' holds no voxels") as info:
         msm.ModelSelectorLogic(scene).startFindModels(volume, str(tmp_path))
     assert "disk" not in str(info.value)
+
+
+def test_a_failed_job_never_polls_as_done(tmp_path):
+    """A console user's timer keeps firing after the poll that raised: every later poll raises the same error,
+    where it used to return True, the answer of a job done with its results attached."""
+    scene = slicer.vtkMRMLScene()
+    volume = _volume(scene)
+    fake = _fake_python(
+        tmp_path, "print('modelselector: error: the zoo is broken; rebuild it', flush=True)\nsys.exit(1)\n"
+    )
+    job = LaunchedLogic(fake, scene).startFindModels(volume, str(tmp_path))
+    with pytest.raises(msm.ModelSelectorProcessError, match="the zoo is broken") as first:
+        while not job.poll():
+            time.sleep(0.05)
+    for _ in range(2):
+        with pytest.raises(msm.ModelSelectorProcessError) as again:
+            job.poll()
+        assert again.value is first.value and job.result is None
+
+
+EXIT_DURING_RUN = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import slicer, numpy as np
+import ModelSelector as msm
+
+class Logic(msm.ModelSelectorLogic):
+    def pythonExecutable(self):
+        return sys.argv[2]
+
+scene = slicer.vtkMRMLScene()
+volume = msm.make_test_volume(scene, np.random.default_rng(0), "Patient")
+job = Logic(scene).startFindModels(volume, sys.argv[3])
+while job.child is None:
+    job.poll()
+time.sleep(1.0)
+print(job.child.pid, job.tempDir, flush=True)
+job = None  # the caller drops the job without cancelling it, then Python exits
+"""
+
+
+def test_a_job_still_running_when_python_exits_is_ended_with_its_copy_of_the_volume(tmp_path):
+    """A run started from the console (``startFindModels``) and not waited for: when Python exits, its process
+    ends and the temporary copy of the patient's volume is removed, where both stayed behind."""
+    import subprocess
+
+    fake = _fake_python(tmp_path, "import time\nprint('PROGRESS 0.1 loading', flush=True)\ntime.sleep(120)\n")
+    script = tmp_path / "exit_during_run.py"
+    script.write_text(EXIT_DURING_RUN)
+    run = subprocess.run([sys.executable, str(script), str(MODULE_DIR), str(fake), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    pid, temp_dir = run.stdout.split()
+    assert not _alive(int(pid)), "the model process outlived the Python that started it"
+    assert not os.path.exists(temp_dir), "the temporary copy of the volume stayed behind"
+
+
+@pytest.mark.parametrize("components", [2, 5])
+def test_a_volume_of_several_frames_per_voxel_says_so_not_the_disk(tmp_path, components):
+    """A multi-frame image loaded as one volume: the writer takes 1, 3 or 4 values per voxel, and failed on the
+    others as if the disk were full."""
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    image = vtk.vtkImageData()
+    image.SetDimensions(16, 16, 4)
+    image.AllocateScalars(vtk.VTK_FLOAT, components)
+    volume = slicer.vtkMRMLVectorVolumeNode()
+    volume.SetName("Frames")
+    volume.SetAndObserveImageData(image)
+    scene.AddNode(volume)
+    with pytest.raises(ValueError, match=f"volume 'Frames' has {components} values per voxel") as info:
+        msm.ModelSelectorLogic(scene).startFindModels(volume, str(tmp_path))
+    assert "disk" not in str(info.value)
+    assert not [p for p in Path(tempfile.gettempdir()).glob("ModelSelector-*") if (p / "input.nrrd").exists()]
+
+
+def test_a_node_that_is_not_a_volume_is_named_as_such(tmp_path):
+    scene = slicer.vtkMRMLScene()
+    sequence = slicer.vtkMRMLSequenceNode()
+    sequence.SetName("Cine")
+    scene.AddNode(sequence)
+    with pytest.raises(ValueError, match="'Cine' is a vtkMRMLSequenceNode, not a volume; .*proxy volume"):
+        msm.ModelSelectorLogic(scene).startFindModels(sequence, str(tmp_path))
