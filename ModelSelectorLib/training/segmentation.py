@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +34,8 @@ from ..io.image import read_image
 from ..models.preprocessing import check_device, preprocess, resample_label
 from ..models.segmentation import at_field
 from ..progress import check_cancel
-from ..provenance import code_version
-from ..zoo.bundle import save_bundle
+from ..provenance import code_version, file_digest
+from ..zoo.bundle import WEIGHTS_FILE, save_bundle, validate_bundle
 from ..zoo.card import ModelCard, default_color
 from ..zoo.catalog import Zoo
 from .augmentation import flip_axes, mirror_axes
@@ -224,8 +225,10 @@ def applied_metrics(
 
 def _add_to_zoo(
     zoo: Zoo, card: ModelCard, run: PreparedRun, res: Any, config: TrainConfig, dataset_name: str
-) -> None:
-    """Write the bundle (with its training curve and settings) in a temporary folder and add it to ``zoo``."""
+) -> Path:
+    """Write the bundle (with its training curve and settings) in a temporary folder and add it to ``zoo``; the
+    bundle's folder in the zoo. A version of the model with the same weights and the same inference settings (the
+    same finished run, trained again from its work folder) is returned instead of adding a copy of it."""
     import torch
 
     description = (f"{config.architecture} trained with ModelSelectorLib on {dataset_name}; input resampled to "
@@ -245,7 +248,13 @@ def _add_to_zoo(
                  "threads": torch.get_num_threads()}  # fmt: skip
         atomic.write_json(bundle_dir / CURVE_FILE, curve)
         atomic.write_json(bundle_dir / TRAIN_CONFIG_FILE, json.loads(json.dumps(dataclasses.asdict(config))))
+        same = zoo.version_with_weights(card.name, file_digest(bundle_dir / WEIGHTS_FILE)["sha256"])
+        if same is not None and validate_bundle(zoo.get(card.name, same)).inference == card.inference:
+            print(f"modelselector: {card.name} {same} has the weights and inference settings of this run (a "
+                  "finished run in the same work folder); nothing was added.", file=sys.stderr)  # fmt: skip
+            return zoo.get(card.name, same)
         zoo.add(bundle_dir)
+    return zoo.reload().get(card.name, card.version)
 
 
 def train_segmentation(
@@ -341,8 +350,7 @@ def train_segmentation(
         training_device=training_device(config.device),
     )
     check_cancel(cancel)
-    _add_to_zoo(zoo, card, run, res, config, dataset.name)
-    return zoo.reload().get(name)
+    return _add_to_zoo(zoo, card, run, res, config, dataset.name)
 
 
 __all__ = [

@@ -399,6 +399,15 @@ class Zoo:
         recorded = (info.get("weights") or (info.get("source_card") or {}).get("weights") or {}).get("sha256")
         return str(recorded) if recorded else None
 
+    def version_with_weights(self, name: str, sha256: str) -> Optional[str]:
+        """The version of ``name`` whose weights have SHA-256 ``sha256``, as the catalog recorded them (else as its
+        file is now); None when no version has them, or the zoo has no model ``name``."""
+        for version in self.versions(name) if name in self else []:
+            recorded = self.recorded_weights(name, version)
+            if (recorded or file_digest(self.get(name, version) / WEIGHTS_FILE)["sha256"]) == sha256:
+                return version
+        return None
+
     def check_weights(self, name: str, version: Optional[str] = None) -> None:
         """Raise :class:`BundleError` when the weights file of ``name`` (``version``, default current) is not the
         one the zoo recorded when the version was added or promoted (replaced by hand, or by another model's of the

@@ -548,6 +548,27 @@ def test_without_validation_cases_the_card_shows_no_validation_dice(tmp_path):
     assert card.inference["keep_largest_component"] == [1, 2]
 
 
+def test_training_a_finished_run_again_adds_no_copy_of_its_version(tmp_path, capsys):
+    """The same command run again with its work folder resumes the finished run: the version it made is returned
+    and nothing is added (it used to add 0.1.1 with the weights of 0.1.0, and make it current). Other inference
+    settings on the same weights are a new version."""
+    from ModelSelectorLib.training.segmentation import TrainConfig, train_segmentation
+    from ModelSelectorLib.zoo import Zoo, load_bundle
+
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16))
+    zoo_dir, work = tmp_path / "zoo", tmp_path / "work"
+    first = train_segmentation(msd, "organs", zoo_dir, TrainConfig(**TINY_RUN), work_dir=work)
+    capsys.readouterr()
+    again = train_segmentation(msd, "organs", zoo_dir, TrainConfig(**TINY_RUN), work_dir=work)
+    assert again == first and Zoo(zoo_dir).versions("organs") == ["0.1.0"]
+    assert "organs 0.1.0 has the weights and inference settings of this run" in capsys.readouterr().err
+    lcc = train_segmentation(
+        msd, "organs", zoo_dir, TrainConfig(**TINY_RUN, postprocess="lcc"), work_dir=work
+    )
+    assert Zoo(zoo_dir).versions("organs") == ["0.1.0", "0.1.1"] and Zoo(zoo_dir).current("organs") == "0.1.1"
+    assert load_bundle(lcc).card.inference != load_bundle(first).card.inference
+
+
 def test_evaluation_maps_the_label_files_values_to_the_models(tmp_path):
     """A split of data labelled 1 and 5 scores a model whose outputs are 1 and 2 on the same structures."""
     from ModelSelectorLib.evaluation.segmentation import evaluate_bundle
