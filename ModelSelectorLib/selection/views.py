@@ -122,17 +122,20 @@ def view_channels(view: np.ndarray) -> np.ndarray:
 
 
 def _canonical_grid(img: sitk.Image, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """Origin and size ``(x, y, z)`` of an identity-direction grid of ``spacing`` mm covering ``img``."""
+    """Origin and size ``(x, y, z)`` of an identity-direction grid of ``spacing`` mm on ``img``'s centre.
+
+    Along world axis ``w`` the grid spans ``sqrt(sum_a (d_wa L_a)^2)``, with ``L_a`` the image's length along its
+    voxel axis ``a`` and ``d`` its direction: exactly the image for an axis-aligned volume (in any axis order), and
+    for a tilted one about the field it images rather than the box around its corners, whose fill-valued wedges
+    would shrink the body in every view (a CT tilted 20 and 15 degrees lost its abdomen match that way).
+    """
     size = np.asarray(img.GetSize(), dtype=float)
-    corners = []
-    for i in (0, size[0] - 1):
-        for j in (0, size[1] - 1):
-            for k in (0, size[2] - 1):
-                corners.append(img.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k))))
-    c = np.asarray(corners)
-    lo, hi = c.min(axis=0), c.max(axis=0)
-    n = np.maximum(1, np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1)
-    return lo, n
+    direction = np.reshape(img.GetDirection(), (3, 3))
+    lengths = (size - 1) * np.asarray(img.GetSpacing(), dtype=float)
+    extent = np.sqrt(((direction * lengths) ** 2).sum(axis=1))
+    centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in (size - 1) / 2]))
+    n = np.maximum(1, np.floor(extent / spacing + 1e-6).astype(int) + 1)
+    return centre - extent / 2, n
 
 
 def _resample(
