@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from .integrity import check_file
+from .integrity import check_file, check_name
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: ``Image.meta["format"]`` of files without a pixel size
@@ -457,6 +457,7 @@ def _read_error(path: Path, e: BaseException, header: bool = False) -> InputErro
         if "expected" in reason or "got only" in reason:
             return InputError(f"{path}: the file is truncated ({reason}); get an intact copy.")
     if header:
+        check_name(path, _suffix(path))
         return InputError(
             f"{path}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); {reason[:300]}"
         )

@@ -23,7 +23,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional
 
 import numpy as np
 
@@ -61,13 +61,33 @@ def _nifti_header(block: bytes, path: Path) -> Any:
     if len(block) < 4:
         raise InputError(f"{path}: the file ends inside the NIfTI header; it is truncated.")
     sizes = {struct.unpack("<i", block[:4])[0], struct.unpack(">i", block[:4])[0]}
+    if not sizes & {348, 540}:  # every NIfTI header starts with its own size
+        raise InputError(f"{path}: not a NIfTI file (its first bytes are not a NIfTI-1 or NIfTI-2 header).")
     klass, size = (nib.Nifti2Header, 540) if 540 in sizes else (nib.Nifti1Header, 348)
     if len(block) < size:
         raise InputError(f"{path}: the file ends inside the NIfTI header; it is truncated.")
     try:
-        return klass(binaryblock=block[:size], check=True)
+        stored = klass(binaryblock=block[:size], check=False)
     except Exception as e:  # nibabel's HeaderDataError and friends
         raise InputError(f"{path}: not a valid NIfTI header ({e}).") from e
+    _check_voxel_size(stored, path)  # as stored: nibabel's check makes a zero 1 (and says so on stderr)
+    try:
+        return klass(binaryblock=block[:size], check=True)
+    except Exception as e:
+        raise InputError(f"{path}: not a valid NIfTI header ({e}).") from e
+
+
+def _check_voxel_size(header: Any, path: Path) -> None:
+    """Refuse a voxel size of 0 (or not finite) in ``pixdim`` with no sform to give the grid: niftilib would
+    silently make it 1 mm."""
+    n = min(max(int(header["dim"][0]), 1), 3)
+    sizes = [float(v) for v in header["pixdim"][1 : n + 1]]
+    if int(header["sform_code"]) == 0 and any(v == 0 or not np.isfinite(v) for v in sizes):
+        raise InputError(
+            f"{path}: the header gives voxel sizes {' x '.join(f'{v:g}' for v in sizes)} mm (pixdim) and no sform, "
+            "so the image's size in mm is unknown; set the voxel size in the header (e.g. nibabel's "
+            "header.set_zooms) and save it again."
+        )
 
 
 def _check_scaling(header: Any, path: Path) -> None:
@@ -229,22 +249,85 @@ def check_gzip(path: Path) -> None:
         raise _gzip_error(path, e) from e
 
 
+#: leading bytes of the formats read here: (offset, bytes, what the file is, the name ending it needs)
+_SIGNATURES = (
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG picture", ".png"),
+    (0, b"\xff\xd8\xff", "a JPEG picture", ".jpg"),
+    (0, b"NRRD000", "an NRRD image", ".nrrd"),
+    (0, b"ObjectType", "a MetaImage", ".mha"),
+    (344, b"n+1\x00", "a NIfTI image", ".nii"),
+    (128, b"DICM", "a DICOM file", ".dcm"),
+)
+#: the name endings each format is read under (a DICOM file needs none)
+_READ_AS = {".png": {".png"}, ".jpg": {".jpg", ".jpeg"}, ".nrrd": {".nrrd", ".seg.nrrd", ".nhdr"},
+            ".mha": {".mha", ".mhd"}, ".nii": {".nii"}, ".nii.gz": {".nii.gz"}, ".dcm": {".dcm", ".ima", ""}}  # fmt: skip
+
+
+def actual_format(path: Path) -> Optional[tuple[str, str]]:
+    """What ``path``'s leading bytes say it is, ``(description, name ending)``, for the formats read here (a
+    gzip-compressed NIfTI included); None for anything else, or a file that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                inner = f.read(352)
+            return ("a gzip-compressed NIfTI image", ".nii.gz") if inner[344:348] == b"n+1\x00" else None
+    except (OSError, EOFError, zlib.error):
+        return None
+    for offset, magic, what, ending in _SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return what, ending
+    return None
+
+
+def check_name(path: Path, suffix: str) -> None:
+    """Refuse a file whose name ending (``suffix``, ``""`` for none) is not that of the format its bytes hold,
+    naming the format and the ending to give it; name endings and formats not read here pass. Called once
+    reading has failed: a reader that looks at the bytes (a PNG named ``.jpg``) is left to read it.
+
+    Raises:
+        InputError: e.g. a NIfTI file renamed ``.png``, or saved without its ``.nii.gz``.
+    """
+    if suffix not in set().union(*_READ_AS.values()):
+        return
+    found = actual_format(path)
+    if found is not None and suffix not in _READ_AS[found[1]]:
+        named = f"its name ends in {suffix}" if suffix else "its name has no extension"
+        raise InputError(
+            f"{path}: the file is {found[0]}, but {named}; rename it to end in {found[1]} and give it again."
+        )
+
+
 def check_file(path: Path, suffix: str) -> None:
-    """Run the integrity checks that apply to a file with ``suffix`` (``.nii.gz``, ``.mha``, ...).
+    """Run the integrity checks that apply to a file with ``suffix`` (``.nii.gz``, ``.mha``, ...). A file that
+    fails them because its name does not fit its format is told so (:func:`check_name`), not that it is damaged.
 
     Raises:
         InputError: the file is truncated or damaged, or holds NaN/infinite voxels ITK would hide.
     """
-    if suffix in (".nii", ".nii.gz"):
-        check_nifti(path)
-    elif suffix in (".mha", ".mhd"):
-        check_metaimage(path)
-    elif suffix in (".jpg", ".jpeg"):
-        check_picture(path, "JPEG")
-    elif suffix == ".png":
-        check_picture(path, "PNG")
-    elif suffix == ".gz":
-        check_gzip(path)
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            check_nifti(path)
+        elif suffix in (".mha", ".mhd"):
+            check_metaimage(path)
+        elif suffix in (".jpg", ".jpeg"):
+            check_picture(path, "JPEG")
+        elif suffix == ".png":
+            check_picture(path, "PNG")
+        elif suffix == ".gz":
+            check_gzip(path)
+    except InputError:
+        check_name(path, suffix)
+        raise
 
 
-__all__ = ["check_file", "check_gzip", "check_metaimage", "check_nifti", "check_picture"]
+__all__ = [
+    "actual_format",
+    "check_file",
+    "check_gzip",
+    "check_metaimage",
+    "check_name",
+    "check_nifti",
+    "check_picture",
+]

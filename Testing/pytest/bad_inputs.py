@@ -169,6 +169,27 @@ def text_as_nifti(folder: Path) -> Path:
     return path
 
 
+def renamed(maker: Maker, name: str) -> Maker:
+    """A maker whose file is renamed ``name`` (another extension, or none)."""
+
+    def make(folder: Path) -> Path:
+        return maker(folder).rename(folder / name)
+
+    return make
+
+
+def nifti_zero_voxel_size(folder: Path) -> Path:
+    """A NIfTI whose header gives a slice thickness of 0 and no sform (niftilib reads it as 1 mm)."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.random.default_rng(0).random((16, 12, 10)).astype(np.float32), None)
+    image.header["pixdim"][1:4] = [0.8, 0.8, 0.0]
+    image.header["qform_code"] = image.header["sform_code"] = 0
+    path = folder / "thin.nii.gz"
+    nib.save(image, str(path))
+    return path
+
+
 def dicom_series(folder: Path, uids: tuple[str, ...] = ("1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2"),
                  slices: int = 4) -> Path:  # fmt: skip
     """A folder holding one small CT series per UID (each ``slices`` slices of 16 x 16)."""
