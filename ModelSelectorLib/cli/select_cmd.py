@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--series", metavar="UID", help="the DICOM series to read from a folder that holds several"
     )
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object on stdout (an error prints nothing there: one line on stderr, exit status 2)",
+    )
     p.add_argument("--reasons", action="store_true", help="with --json: add each model's reasons")
     p.set_defaults(func=cmd_select)
 
