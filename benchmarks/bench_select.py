@@ -11,10 +11,13 @@
     p50 / p95 latency of single-vector queries (k = 10), with recall@10 against brute force (exact cosine
     over all vectors, also timed) for each ``--ef``. The build of a 1M index takes minutes; its time is
     printed.
+(c) **The whole ``select``** of the same volume against the bundled zoo, as ``modelselector select`` runs it
+    after its start-up: with the verification of the best candidates by their own networks (the default), beside
+    the same call without it (``verify=False``, the figure (a) times).
 
 Usage::
 
-    python benchmarks/bench_select.py [--threads 2] [--n 1000000] [--size 512 512 300] [--skip-a] [--skip-b]
+    python benchmarks/bench_select.py [--threads 2] [--n 1000000] [--size 512 512 300] [--skip-a] [--skip-b] [--skip-c]
 """
 
 from __future__ import annotations
@@ -195,6 +198,31 @@ def bench_large_index(args: argparse.Namespace) -> None:
         )
 
 
+def bench_select_bundled(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from ModelSelectorLib.selection.scoring import clear_cache
+    from ModelSelectorLib.selection.selector import select
+
+    image = ct_volume(tuple(args.size))
+    if args.dtype == "int16":
+        image.array = image.array.astype(np.int16)
+    print(f"(c) select on the bundled zoo, volume {tuple(args.size)} ({args.dtype}), {args.threads} thread(s); "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    select(image)  # warm-up: loads the encoder, the index and the candidates' networks
+    times = {}
+    for verify in (False, True):
+        st: dict = {}
+        times[verify], answer = timed(
+            lambda v=verify: (clear_cache(), select(image, verify=v))[1], args.repeats, st
+        )
+        times[verify, "min"] = st["min"]
+    print(f"  verified (default) {times[True] * 1e3:.0f} ms median, {times[True, 'min'] * 1e3:.0f} ms best; without "
+          f"verification {times[False] * 1e3:.0f} ms median, {times[False, 'min'] * 1e3:.0f} ms best "
+          f"(verified / unverified = {times[True] / times[False]:.1f}x); top model {answer.models[0].name} "
+          f"{answer.models[0].score:.3f}")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -218,6 +246,7 @@ def main() -> int:
     parser.add_argument("--recall-queries", dest="recall_queries", type=int, default=200)
     parser.add_argument("--skip-a", action="store_true", help="skip the embed + query benchmark")
     parser.add_argument("--skip-b", action="store_true", help="skip the large-index benchmark")
+    parser.add_argument("--skip-c", action="store_true", help="skip the whole select on the bundled zoo")
     args = parser.parse_args()
 
     import torch
@@ -225,6 +254,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if not args.skip_a:
         bench_embed_query(args)
+    if not args.skip_c:
+        bench_select_bundled(args)
     if not args.skip_b:
         bench_large_index(args)
     return 0
