@@ -73,7 +73,7 @@ def apply_to_file(
     zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
-    image = read_model_input(image_path, card, series_uid, warn)
+    image = read_model_input(image_path, card, series_uid, warn, zoo)
     runtime = open_runtime(zoo, model_name, device)
     return runtime.write(runtime.predict(image, cancel=cancel), out)
 
@@ -122,7 +122,7 @@ def apply_to_files(
     for path, out in progress_bar(list(zip(image_paths, outs)), desc=f"apply {model_name}"):
         check_cancel(cancel)
         try:  # an image the model cannot take (unreadable, a label map, another dimension) is skipped
-            prediction = runtime.predict(read_model_input(path, card, warn=warn), cancel=cancel)
+            prediction = runtime.predict(read_model_input(path, card, warn=warn, zoo=zoo), cancel=cancel)
         except InputError as e:
             why = str(e) if str(path) in str(e) else f"{path}: {e}"
             results.append((Path(path), None, why))
@@ -145,10 +145,12 @@ def read_model_input(
     card: Any,
     series_uid: Optional[str] = None,
     warn: Optional[Callable[[str], None]] = None,
+    zoo: Optional[Zoo] = None,
 ) -> Image:
     """Read ``image_path`` for the model of ``card`` as :func:`apply_to_file` does: refuse what cannot be a
-    model's input (a label map, an icon), and ``warn`` of values in units the model does not take and of a
-    field of view unlike its training inputs'.
+    model's input (a label map, an icon), and ``warn`` of values in units the model does not take, of a
+    field of view unlike its training inputs', and (given the ``zoo``) of an image the selector does not find
+    the model fits (:func:`fit_problem`).
 
     Raises:
         InputError: unreadable, 4D, empty or NaN image, a label map, an image too small to show anatomy.
@@ -159,7 +161,52 @@ def read_model_input(
         for what in (compare_units(air_share(image), card), field_of_view(image, card)):
             if what is not None and not what.fits:
                 warn(f"{card.name}: {what.describe()}; its output may be meaningless: {what.advice()}.")
+        problem = fit_problem(image, zoo, card) if zoo is not None else None
+        if problem:
+            warn(problem)
     return image
 
 
-__all__ = ["apply_to_file", "apply_to_files", "open_runtime", "output_in_folder", "read_model_input"]
+def _selector_score(image: Image, zoo: Zoo, name: str) -> Optional[tuple[float, float]]:
+    """``(score, threshold)`` of model ``name`` for ``image`` by the selector (embedding and index, without the
+    verification by the model itself); None when the zoo has no usable index or does not index the model."""
+    from .errors import ModelSelectorError
+    from .selection.selector import select
+
+    try:
+        selection = select(image, zoo=zoo, top_k=None, verify=False, check=False)
+    except ModelSelectorError:  # no index, a stale one, another encoder's: nothing to ask
+        return None
+    match = next((m for m in selection.models if m.name == name), None)
+    return None if match is None else (match.score, selection.threshold)
+
+
+def fit_problem(image: Image, zoo: Zoo, card: Any) -> Optional[str]:
+    """Why the selector does not find that the model of ``card`` fits ``image`` (its calibrated score below the
+    threshold, as ``modelselector select --no-verify`` scores it), for a warning before the model is applied
+    anyway; a grey picture that fits once inverted (bright air, dark bones: a MONOCHROME1 radiograph exported
+    without its photometric interpretation) is said to look inverted. None when it fits, or the zoo has no index
+    that scores the model."""
+    scored = _selector_score(image, zoo, card.name)
+    if scored is None or scored[0] >= scored[1]:
+        return None
+    text = (f"{card.name}: the selector does not find that it fits this image (score {scored[0]:.2f}, below "
+            f"{scored[1]:.2f}); its output may be meaningless")  # fmt: skip
+    if image.ndim == 2 and not image.is_multicomponent:
+        values = image.array.astype("float32")
+        flipped = _selector_score(image.with_array(values.max() + values.min() - values), zoo, card.name)
+        if flipped is not None and flipped[0] >= flipped[1]:
+            return (f"{text}. The image looks inverted (it fits once inverted, score {flipped[0]:.2f}: bright air "
+                    "and dark bones, as a MONOCHROME1 radiograph exported without its photometric "
+                    "interpretation); invert it and apply again.")  # fmt: skip
+    return text + "."
+
+
+__all__ = [
+    "apply_to_file",
+    "apply_to_files",
+    "fit_problem",
+    "open_runtime",
+    "output_in_folder",
+    "read_model_input",
+]

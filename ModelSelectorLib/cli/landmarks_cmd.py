@@ -161,7 +161,7 @@ def run_apply(args: argparse.Namespace) -> int:
         raise InputError(f"{args.model} is a {card.task_type} model; `landmarks apply` runs landmark models.")
     # the image is checked (and warned about) as `apply` does, before the model is loaded
     image = read_model_input(args.image, card, series_uid=args.series,
-                             warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr))  # fmt: skip
+                             warn=lambda w: print(f"modelselector: warning: {w}", file=sys.stderr), zoo=zoo)  # fmt: skip
     runtime = open_runtime(zoo, args.model, args.device)
     prediction = runtime.predict(image)
     print(runtime.write_points(prediction, out) if args.points else runtime.write(prediction, out))

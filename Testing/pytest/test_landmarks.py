@@ -601,7 +601,7 @@ def test_landmarks_apply_reads_the_series_it_is_given(tmp_path, monkeypatch, cap
 
     seen = {}
 
-    def read_model_input(path, card, series_uid=None, warn=None):
+    def read_model_input(path, card, series_uid=None, warn=None, zoo=None):
         seen["series_uid"] = series_uid
         raise InputError("stop here")
 
