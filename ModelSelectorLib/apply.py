@@ -167,9 +167,12 @@ def read_model_input(
     return image
 
 
-def _selector_score(image: Image, zoo: Zoo, name: str) -> Optional[tuple[float, float]]:
-    """``(score, threshold)`` of model ``name`` for ``image`` by the selector (embedding and index, without the
-    verification by the model itself); None when the zoo has no usable index or does not index the model."""
+def fit_problem(image: Image, zoo: Zoo, card: Any) -> Optional[str]:
+    """Why the selector does not find that the model of ``card`` fits ``image`` (its calibrated score below the
+    threshold, as ``modelselector select --no-verify`` scores it), for a warning before the model is applied
+    anyway; a grey picture that the model fits once inverted (:attr:`~.selection.selector.Selection.
+    fits_once_inverted`) is said to look inverted. None when it fits, or the zoo has no index that scores the
+    model."""
     from .errors import ModelSelectorError
     from .selection.selector import select
 
@@ -177,28 +180,15 @@ def _selector_score(image: Image, zoo: Zoo, name: str) -> Optional[tuple[float, 
         selection = select(image, zoo=zoo, top_k=None, verify=False, check=False)
     except ModelSelectorError:  # no index, a stale one, another encoder's: nothing to ask
         return None
-    match = next((m for m in selection.models if m.name == name), None)
-    return None if match is None else (match.score, selection.threshold)
-
-
-def fit_problem(image: Image, zoo: Zoo, card: Any) -> Optional[str]:
-    """Why the selector does not find that the model of ``card`` fits ``image`` (its calibrated score below the
-    threshold, as ``modelselector select --no-verify`` scores it), for a warning before the model is applied
-    anyway; a grey picture that fits once inverted (bright air, dark bones: a MONOCHROME1 radiograph exported
-    without its photometric interpretation) is said to look inverted. None when it fits, or the zoo has no index
-    that scores the model."""
-    scored = _selector_score(image, zoo, card.name)
-    if scored is None or scored[0] >= scored[1]:
+    match = next((m for m in selection.models if m.name == card.name), None)
+    if match is None or match.score >= selection.threshold:
         return None
-    text = (f"{card.name}: the selector does not find that it fits this image (score {scored[0]:.2f}, below "
-            f"{scored[1]:.2f}); its output may be meaningless")  # fmt: skip
-    if image.ndim == 2 and not image.is_multicomponent:
-        values = image.array.astype("float32")
-        flipped = _selector_score(image.with_array(values.max() + values.min() - values), zoo, card.name)
-        if flipped is not None and flipped[0] >= flipped[1]:
-            return (f"{text}. The image looks inverted (it fits once inverted, score {flipped[0]:.2f}: bright air "
-                    "and dark bones, as a MONOCHROME1 radiograph exported without its photometric "
-                    "interpretation); invert it and apply again.")  # fmt: skip
+    text = (f"{card.name}: the selector does not find that it fits this image (score {match.score:.2f}, below "
+            f"{selection.threshold:.2f}); its output may be meaningless")  # fmt: skip
+    if card.name in selection.fits_once_inverted:
+        return (f"{text}. The image looks inverted (the model fits it with its grey levels inverted: bright air "
+                "and dark bones, as a MONOCHROME1 radiograph exported without its photometric interpretation); "
+                "invert it and apply again.")  # fmt: skip
     return text + "."
 
 

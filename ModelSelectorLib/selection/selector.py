@@ -154,6 +154,9 @@ class Selection:
         calibrated: False when the index held no calibration for these settings.
         warnings: notes for the user (e.g. uncalibrated threshold).
         seconds: time per stage.
+        fits_once_inverted: when no model fits a grey picture, the models that fit it with its grey levels
+            inverted (bright air and dark bones: a MONOCHROME1 radiograph exported without its photometric
+            interpretation).
     """
 
     input: str
@@ -165,15 +168,17 @@ class Selection:
     calibrated: bool = True
     warnings: list[str] = dataclasses.field(default_factory=list)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    fits_once_inverted: list[str] = dataclasses.field(default_factory=list)
 
     def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
-        """``{"input", "fits", "needs_volume", "models": [{"name", "version", "task", "modality",
-        "body_region", "score", "fits", "needs_volume", "slice_wise", "answer", "field_of_view", "units", "held_out",
-        "demonstration"}]}`` (plus ``"reasons"`` per model when asked)."""
+        """``{"input", "fits", "needs_volume", "fits_once_inverted", "models": [{"name", "version", "task",
+        "modality", "body_region", "score", "fits", "needs_volume", "slice_wise", "answer", "field_of_view",
+        "units", "held_out", "demonstration"}]}`` (plus ``"reasons"`` per model when asked)."""
         return {
             "input": self.input,
             "fits": bool(self.fits),
             "needs_volume": list(self.needs_volume),
+            "fits_once_inverted": list(self.fits_once_inverted),
             "models": [m.to_json_dict(reasons) for m in self.models],
         }
 
@@ -189,6 +194,11 @@ class Selection:
         lines = [f"{self.input}: the encoder reads it as {cls}" if cls else str(self.input)]
         if not self.fits:
             lines.append("No model in the zoo fits this image.")
+        if self.fits_once_inverted:
+            lines.append(f"It looks inverted: {' and '.join(self.fits_once_inverted)} "
+                         f"{'fits' if len(self.fits_once_inverted) == 1 else 'fit'} it with its grey levels inverted "
+                         "(bright air and dark bones, as a MONOCHROME1 radiograph exported without its photometric "
+                         "interpretation); invert it and select again.")  # fmt: skip
         if self.needs_volume:
             one = len(self.needs_volume) == 1
             lines.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
@@ -381,6 +391,29 @@ def select(
     ]
     t3 = time.monotonic()
     thr = 0.5 if threshold is None else float(threshold)
+    matches, classes = _matches(rows, ev, index, thr)
+    fits = any(m.fits for m in matches)
+    inverted = (
+        [] if fits else _fitting_once_inverted(img, zoo, index, enc, origins, verify, exclude_sources, thr)
+    )
+    return Selection(
+        input=name,
+        fits=fits,
+        models=matches,
+        needs_volume=[m.name for m in matches if m.needs_volume],
+        image_classes=classes,
+        threshold=thr,
+        calibrated=calibrated,
+        warnings=warnings,
+        seconds={"load": round(t1 - t0, 3), "embed": round(t2 - t1, 3), "score": round(t3 - t2, 3)},
+        fits_once_inverted=inverted,
+    )
+
+
+def _matches(
+    rows: list[dict[str, Any]], ev: Any, index: ZooIndex, thr: float
+) -> tuple[list[ModelMatch], list[tuple[str, float]]]:
+    """The scored ``rows`` as :class:`ModelMatch` es, fitting ones first, and the encoder's top three classes."""
     order = np.argsort(-ev.probs)[:3]
     classes = [(ev.classes[i], float(ev.probs[i])) for i in order]
     matches = []
@@ -396,17 +429,21 @@ def select(
                                   task.held_out(card), task.is_demonstration(card), r["fov"],
                                   score >= thr, r["units"], card.takes_single_slices))  # fmt: skip
     matches.sort(key=lambda m: (not m.fits, m.answer == "no", -m.score))
-    return Selection(
-        input=name,
-        fits=any(m.fits for m in matches),
-        models=matches,
-        needs_volume=[m.name for m in matches if m.needs_volume],
-        image_classes=classes,
-        threshold=thr,
-        calibrated=calibrated,
-        warnings=warnings,
-        seconds={"load": round(t1 - t0, 3), "embed": round(t2 - t1, 3), "score": round(t3 - t2, 3)},
-    )
+    return matches, classes
+
+
+def _fitting_once_inverted(img: Image, zoo: Zoo, index: ZooIndex, enc: Any, origins: Sequence[str], verify: bool,
+                           exclude_sources: Sequence[str], thr: float) -> list[str]:  # fmt: skip
+    """The models that fit ``img`` with its grey levels inverted, for a grey 2D picture (none for a volume or a
+    colour picture): a radiograph stored MONOCHROME1, or exported without its photometric interpretation, shows
+    bright air and dark bones, and no radiograph model fits it as it is."""
+    if img.ndim != 2 or img.is_multicomponent:
+        return []
+    values = np.asarray(img.array, dtype=np.float32)
+    flipped = img.with_array(values.max() + values.min() - values)
+    ev = evidence(enc, flipped)
+    rows, _ = _scored_rows(zoo, index, ev, origins, verify, None, exclude_sources)
+    return [m.name for m in _matches(rows, ev, index, thr)[0] if m.fits]
 
 
 __all__ = ["ModelMatch", "Selection", "as_image", "open_zoo_and_index", "select", "verify_fit"]

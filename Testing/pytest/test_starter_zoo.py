@@ -440,6 +440,13 @@ def test_apply_warns_of_an_image_the_model_does_not_fit_and_of_an_inverted_radio
     )
     (on_ct,) = said["ct_slice.png"]
     assert "does not find that it fits" in on_ct and "inverted" not in on_ct
+    # select says so too, of the picture none fits as it is
+    from ModelSelectorLib.selection.selector import select
+
+    upright, flipped = select(SAMPLES / "cxr_chest.png", zoo=ZOO), select(inverted, zoo=ZOO)
+    assert upright.fits and upright.fits_once_inverted == []
+    assert not flipped.fits and {"dx-chest-lungs", "dx-chest-landmarks"} <= set(flipped.fits_once_inverted)
+    assert "It looks inverted: " in flipped.to_text() and flipped.to_json_dict()["fits_once_inverted"]
 
 
 def test_apply_warns_when_a_volume_shows_far_less_than_the_model_was_trained_on(tmp_path: Path):
