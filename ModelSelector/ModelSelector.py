@@ -44,7 +44,6 @@ from ModelSelectorSupport.jobs import (  # noqa: E402
     Job,
     ModelSelectorCancelled,
     ModelSelectorProcessError,
-    endLiveJobs,
 )
 from ModelSelectorSupport.selftest import make_test_volume, make_tiny_zoo, vtk_matrix_to_list  # noqa: E402
 
@@ -91,8 +90,6 @@ extension (work in a separate process, dependencies installed on first use).
 """
         if HAVE_SLICER_APP:  # terminology and sample data, once the modules they go to are there
             slicer.app.connect("startupCompleted()", application.onStartupCompleted)
-            # a run started from the console ends with the application, with its copy of the volume
-            slicer.app.connect("aboutToQuit()", endLiveJobs)
 
 
 #

@@ -13,6 +13,7 @@ from typing import Any
 import slicer
 
 from .environment import ensureImportable
+from .jobs import endLiveJobs
 
 #: the module's resources folder (installed beside the module: ``qt-scripted-modules/Resources``)
 RESOURCES_DIR = Path(__file__).resolve().parent.parent / "Resources"
@@ -63,7 +64,9 @@ def loadTerminology() -> str:
 
 
 def onStartupCompleted() -> None:
-    """Load the terminology and register the samples (each failure is logged; Slicer starts anyway)."""
+    """Load the terminology and register the samples (each failure is logged; Slicer starts anyway), and end
+    the runs still going when Slicer quits (a run started from the console, with its copy of the volume)."""
+    slicer.app.connect("aboutToQuit()", endLiveJobs)
     try:
         loadTerminology()
     except Exception as e:
