@@ -22,6 +22,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import DatasetError, TrainingError
+from ..io.image import pixels_in_8bit_range
 from ..models.landmark_scoring import contour_mask, read_landmark_json
 from ..models.landmarks import GROUPS, LUNG_GROUPS, LandmarkSchema, resize_image, to_resized
 from ..progress import check_cancel, progress_bar
@@ -58,10 +59,14 @@ class LandmarkCase:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """The picture's grey levels ``(H, W)`` float32 in 0-255: of 12 or 16 bits scaled as ``apply`` reads them
+    (:func:`~ModelSelectorLib.io.image.pixels_in_8bit_range`; converting them to 8 bits clips them white)."""
     from PIL import Image as PILImage
 
     try:
         with PILImage.open(path) as im:
+            if im.mode.startswith("I"):  # one channel of more than 8 bits
+                return np.asarray(pixels_in_8bit_range(np.asarray(im))[0], dtype=np.float32)
             return np.asarray(im.convert("L"), dtype=np.float32)
     except OSError as e:
         raise DatasetError(f"{path}: not a readable image ({e}).") from e

@@ -470,17 +470,25 @@ def _check_orthogonal(image: Image, path: Path) -> None:
         raise _sheared(path, f", direction {' '.join(f'{v:g}' for v in image.direction)}")
 
 
-def _unitless_to_8bit(image: Image) -> Image:
-    """Pixel values of a PNG/JPEG/BMP/TIFF have no unit: map integers of more than 8 significant bits to the
-    8-bit range (float32, nothing rounded), so that one radiograph stored with 8, 12 or 16 bits reads alike."""
-    arr = image.array
+def pixels_in_8bit_range(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer pixel values of a picture (no unit) with more than 8 significant bits mapped to the 8-bit range
+    (float32, nothing rounded), and the bits they had; 8-bit and non-integer values are returned as they are."""
     if arr.dtype.kind not in "ui" or not arr.size:
-        return image
+        return arr, 8
     top = int(arr.max())
     bits = max(8, int(np.ceil(np.log2(top + 1)))) if top > 0 else 8
     if bits == 8:
-        return image.with_array(arr, bit_depth=8)
-    return image.with_array(arr.astype(np.float32) * np.float32(255.0 / (2**bits - 1)), bit_depth=bits)
+        return arr, 8
+    return arr.astype(np.float32) * np.float32(255.0 / (2**bits - 1)), bits
+
+
+def _unitless_to_8bit(image: Image) -> Image:
+    """Pixel values of a PNG/JPEG/BMP/TIFF have no unit: map integers of more than 8 significant bits to the
+    8-bit range (:func:`pixels_in_8bit_range`), so that one radiograph stored with 8, 12 or 16 bits reads alike."""
+    if image.array.dtype.kind not in "ui" or not image.array.size:
+        return image
+    arr, bits = pixels_in_8bit_range(image.array)
+    return image.with_array(arr, bit_depth=bits)
 
 
 def _file_meta(reader: sitk.ImageFileReader) -> dict[str, Any]:

@@ -633,3 +633,23 @@ def test_a_landmark_file_or_split_that_does_not_fit_says_what_to_do(tmp_path):
         DatasetError, match=r"1 test file\(s\) missing, e.g. .*X.png; restore them, or make the split"
     ):
         read_split(split)
+
+
+@pytest.mark.parametrize("bits, factor", [(12, 16), (16, 257)])
+def test_training_reads_a_radiograph_of_12_or_16_bits_as_apply_does(tmp_path, bits, factor):
+    """Converting a 16-bit PNG to 8 bits clips it: 99 % of a JSRT image's pixels became white in training, while
+    ``apply`` scaled them, so the model learnt from pictures it never saw again."""
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.datasets.landmarks import _read_png
+    from ModelSelectorLib.io.image import read_image
+
+    sample = Path(__file__).resolve().parents[2] / "Resources" / "samples" / "cxr_chest.png"
+    eight = sitk.GetArrayFromImage(sitk.ReadImage(str(sample)))
+    path = tmp_path / f"cxr{bits}.png"
+    sitk.WriteImage(sitk.GetImageFromArray(eight.astype(np.uint16) * factor), str(path))
+    trained_on = _read_png(path)
+    assert np.array_equal(trained_on, read_image(path).array)
+    assert np.abs(trained_on - eight).max() < 1.0 and (trained_on >= 254.5).mean() < 0.05
