@@ -84,7 +84,7 @@ def load_case(
         return LandmarkCase(
             image_path.stem, img, pts, np.zeros(schema.n_points, bool), scale, None, "unlabelled"
         )
-    pts, mask, spacing, meta = read_landmark_json(landmark_path, schema, image_width=arr.shape[1])
+    pts, mask, spacing, meta = read_landmark_json(landmark_path, schema, arr.shape[1], arr.shape[:2])
     source = str(meta.get("source_dataset") or ("JSRT" if meta.get("jsrt_id") else ""))
     sp = (spacing, spacing) if spacing else None
     return LandmarkCase(image_path.stem, img, to_resized(pts, scale), mask, scale, sp, source)

@@ -24,10 +24,22 @@ JSRT_RAW_SPACING_MM = 0.175
 JSRT_RAW_SIZE = 2048
 
 
+#: how far (a share of the image's side) a landmark may lie outside its image: the shared data's lie inside it
+OUTSIDE_MARGIN = 0.05
+
+
 def read_landmark_json(
-    path: PathLike, schema: LandmarkSchema, image_width: Optional[int] = None
+    path: PathLike,
+    schema: LandmarkSchema,
+    image_width: Optional[int] = None,
+    image_shape: Optional[tuple[int, int]] = None,
 ) -> tuple[np.ndarray, np.ndarray, Optional[float], dict[str, Any]]:
     """Read a ``<id>_landmarks.json``.
+
+    Args:
+        image_width: the image's width in pixels (a JSRT case's spacing follows from it).
+        image_shape: the image's ``(height, width)`` in pixels: points far outside it are refused (they are in
+            another image's pixels, e.g. a 1024 px annotation of a 512 px image).
 
     Returns:
         ``(points (P, 2) original px with NaN for missing, mask (P,), spacing_mm or None, meta)``.
@@ -35,7 +47,8 @@ def read_landmark_json(
         state it, ``0.175 mm * 2048 / image_width``.
 
     Raises:
-        DatasetError: unreadable JSON, or a group with the wrong number of points.
+        DatasetError: unreadable JSON, a group with the wrong number of points, a point that is not a number
+            (null, NaN), or points outside the image of ``image_shape``.
     """
     path = Path(path)
     try:
@@ -50,13 +63,19 @@ def read_landmark_json(
     for group, idx in schema.indices.items():
         values = data.get(group)
         if values is not None:
-            arr = np.asarray(values, dtype=float)
+            arr = _group_points(values, group, path)
             if arr.ndim != 2 or arr.shape != (GROUPS[group], 2):
                 raise DatasetError(
                     f"{path}: group '{group}' has shape {arr.shape}; expected ({GROUPS[group]}, 2) [x, y] points "
                     "(every point of the contour, in order); complete the group, leave it out of the file (its "
                     "points are then not scored), or move the file out of the data folder."
                 )
+            if not np.isfinite(arr).all():
+                raise DatasetError(
+                    f"{path}: group '{group}' has {int((~np.isfinite(arr).all(axis=1)).sum())} point(s) that are not "
+                    "numbers (null, NaN or infinite); give every point of the group, or leave the group out of the file."
+                )
+            _check_inside(arr, image_shape, group, path)
             pts[k : k + len(idx)] = arr[idx]
             mask[k : k + len(idx)] = True
         k += len(idx)
@@ -65,6 +84,33 @@ def read_landmark_json(
     if spacing is None and meta.get("jsrt_id") and image_width:
         spacing = JSRT_RAW_SPACING_MM * JSRT_RAW_SIZE / float(image_width)
     return pts, mask, (float(spacing) if spacing else None), meta
+
+
+def _group_points(values: Any, group: str, path: Path) -> np.ndarray:
+    """A group's ``[[x, y], ...]`` as floats (NaN where a value is null)."""
+    try:
+        return np.asarray(
+            [[np.nan if v is None else v for v in p] if isinstance(p, list) else p for p in values],
+            dtype=float,
+        )
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: group '{group}' is not a list of [x, y] numbers ({e}).") from None
+
+
+def _check_inside(points: np.ndarray, image_shape: Optional[tuple[int, int]], group: str, path: Path) -> None:
+    """Refuse points far outside an image of ``image_shape`` ``(height, width)``."""
+    if image_shape is None:
+        return
+    size = np.array([image_shape[1], image_shape[0]], dtype=float)  # (x, y)
+    margin = OUTSIDE_MARGIN * size
+    outside = ((points < -margin) | (points > size - 1 + margin)).any(axis=1)
+    if outside.any():
+        far = np.abs(points).max(axis=0)
+        raise DatasetError(
+            f"{path}: {int(outside.sum())} point(s) of group '{group}' lie outside the {int(size[0])} x {int(size[1])} "
+            f"px image (up to x {far[0]:.0f}, y {far[1]:.0f}); the points must be in this image's pixels (x right, "
+            "y down), not another copy's (e.g. a 1024 px annotation of a 512 px image): scale them."
+        )
 
 
 def contour_mask(points: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -653,3 +653,35 @@ def test_training_reads_a_radiograph_of_12_or_16_bits_as_apply_does(tmp_path, bi
     trained_on = _read_png(path)
     assert np.array_equal(trained_on, read_image(path).array)
     assert np.abs(trained_on - eight).max() < 1.0 and (trained_on >= 254.5).mean() < 0.05
+
+
+def test_a_landmark_file_with_missing_or_misplaced_points_says_what_to_do(tmp_path):
+    """A null or NaN point ended training with a traceback, and points in another copy's pixels (a 1024 px
+    annotation of a 512 px image) were learnt from without a word."""
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.datasets.landmarks import load_case
+    from ModelSelectorLib.errors import DatasetError
+    from ModelSelectorLib.models.landmark_schema import GROUPS, LandmarkSchema
+
+    schema = LandmarkSchema.default({g: 1 for g in GROUPS})
+    image = tmp_path / "X.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((100, 120), 128, np.uint8)), str(image))
+    rng = np.random.default_rng(0)
+    good = {g: (rng.random((n, 2)) * [119, 99]).tolist() for g, n in GROUPS.items()}
+    labels = tmp_path / "X_landmarks.json"
+
+    def load(groups):
+        labels.write_text(json.dumps(groups), encoding="utf-8")
+        return load_case(image, 32, schema, labels)
+
+    assert load(good).mask.all()
+    for broken in (None, float("nan")):
+        points = [list(p) for p in good["H"]]
+        points[3][1] = broken
+        with pytest.raises(DatasetError, match=r"group 'H' has 1 point\(s\) that are not numbers"):
+            load({**good, "H": points})
+    with pytest.raises(DatasetError, match=r"lie outside the 120 x 100 px image .* scale them"):
+        load({**good, "RL": (np.asarray(good["RL"]) * 2.0).tolist()})
+    with pytest.raises(DatasetError, match=r"group 'LL' is not a list of \[x, y\] numbers"):
+        load({**good, "LL": [[1.0, "a"]] * GROUPS["LL"]})
