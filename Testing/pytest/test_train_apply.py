@@ -316,14 +316,13 @@ def test_cli_train_adds_new_version(trained, tmp_path, capsys):
     assert set(zoo.versions("synth_ct")) == {"0.1.0", "0.1.1"}
     assert zoo.card("synth_ct").seed == 1
     assert [p.name for p in (tmp_path / "work").iterdir()]  # the checkpoint a stopped run resumes from
-    import json
-
-    # the same run again continues from the checkpoint instead of training from the first epoch
+    capsys.readouterr()
+    # the same run again continues from the checkpoint (finished: nothing to train) and adds no copy of 0.1.1
     assert main(argv) == 0
-    curve = json.loads(
-        (Zoo(zoo_path).get("synth_ct") / "docs" / "training_curve.json").read_text(encoding="utf-8")
-    )
-    assert curve["resumed_from_epoch"] == 1
+    out, err = capsys.readouterr()
+    assert set(Zoo(zoo_path).versions("synth_ct")) == {"0.1.0", "0.1.1"}
+    assert "synth_ct 0.1.1 has the weights and inference settings of this run" in err
+    assert out.strip() == str(Zoo(zoo_path).get("synth_ct", "0.1.1"))
 
 
 def test_training_on_a_device_that_is_not_there_is_refused_before_any_work(trained, tmp_path):
