@@ -89,20 +89,36 @@ def case_id(path: os.PathLike[str] | str) -> str:
     return Path(name).stem
 
 
+#: how a label file beside its image is commonly named: ``NAME_label.nii.gz`` next to ``NAME.nii.gz``
+_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_gt")
+
+
+def without_label_suffix(name: str) -> str:
+    """``name`` without a label file's suffix (:data:`_LABEL_SUFFIXES`: ``NAME_label`` -> ``NAME``), else
+    ``name``."""
+    return next((name[: -len(s)] for s in _LABEL_SUFFIXES if name.endswith(s) and len(name) > len(s)), name)
+
+
 def case_id_of(case: dict[str, Any]) -> str:
-    """A dataset case's id (``{"image", "label"}``): its label file's :func:`case_id`, which MSD and nnU-Net v2
-    folders name alike (an nnU-Net image carries a channel suffix, ``CASE_0000``); the image's without a label."""
-    return case_id(case.get("label") or case["image"])
+    """A dataset case's id (``{"image", "label"}``), from the names the dataset lists (a symbolic link's own
+    name, not its target's): its label file's :func:`case_id`, which MSD and nnU-Net v2 folders name alike (an
+    nnU-Net image carries a channel suffix, ``CASE_0000``), except beside an image of the same name plus a label
+    suffix (``NAME_label`` beside ``NAME``: ``NAME``); the image's without a label."""
+    image = case_id(case["image"])
+    if not case.get("label"):
+        return image
+    label = case_id(case["label"])
+    return image if label != image and without_label_suffix(label) == image else label
 
 
 def resolve_path(root: Path, rel: str) -> Path:
-    """``rel`` resolved against ``root`` unless it is absolute."""
+    """``rel`` made absolute against ``root`` unless it is absolute, with ``..`` taken away by name and symbolic
+    links not followed: the file keeps the name the dataset gives it, which its case id comes from (a data
+    store, git-annex or DVC, links it to a file named by its content)."""
     p = Path(rel)
-    return p if p.is_absolute() else (root / p).resolve()
+    return p if p.is_absolute() else Path(os.path.abspath(root / p))
 
 
-#: how a label file beside its image is commonly named: ``NAME_label.nii.gz`` next to ``NAME.nii.gz``
-_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_gt")
 _MSD_EXAMPLE = ('{"name": "...", "modality": {"0": "MR"}, "labels": {"0": "background", "1": "..."}, "training": '
                 '[{"image": "./NAME.nii.gz", "label": "./NAME_label.nii.gz"}, ...]}')  # fmt: skip
 

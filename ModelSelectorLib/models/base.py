@@ -137,9 +137,15 @@ class TaskRuntime(abc.ABC):
 
     @classmethod
     def test_metrics(cls, means: dict[str, float], n_cases: int, protocol: str) -> dict[str, Any]:
-        """Card ``validation_metrics`` entries that make a test result (``means`` of the task's metrics over
-        ``n_cases`` cases that no choice was made on) the card's held-out figure (:meth:`held_out`)."""
-        return {**means, "validation_cases": int(n_cases), "held_out": protocol}
+        """Card ``validation_metrics`` entries that record a test result (``means`` of the task's metrics over
+        ``n_cases`` cases that no choice was made on, e.g. a promotion gate's) as test figures: ``test_<metric>``,
+        ``test_n_cases`` and ``test_protocol``. They go beside the model's own validation figures (``dice``,
+        ``validation_cases``, ...), which keep their names and case count."""
+        return {
+            **{f"test_{k}": v for k, v in means.items()},
+            "test_n_cases": int(n_cases),
+            "test_protocol": protocol,
+        }
 
     @classmethod
     def is_demonstration(cls, card: Any) -> bool:

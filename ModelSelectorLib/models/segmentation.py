@@ -459,9 +459,14 @@ class SegmentationRuntime(TaskRuntime):
 
     @classmethod
     def held_out(cls, card: Any) -> Optional[dict[str, Any]]:
-        """Mean Dice over the labels and held-out cases (``validation_metrics["dice"]``), with the number of
-        cases (``validation_cases``: a count, or the case ids) and the protocol (``held_out``)."""
+        """Mean Dice over the labels and held-out cases: a test result recorded by :meth:`test_metrics` (a
+        promotion gate's ``test_dice`` over ``test_n_cases`` cases, ``test_protocol``) when the card has one, else
+        ``validation_metrics["dice"]`` with the number of cases (``validation_cases``: a count, or the case ids)
+        and the protocol (``held_out``)."""
         m = card.validation_metrics
+        if isinstance(m.get("test_dice"), (int, float)):
+            return {"metric": "Dice", "value": float(m["test_dice"]), "cases": int(m.get("test_n_cases") or 0),
+                    "protocol": str(m.get("test_protocol", "test split"))}  # fmt: skip
         if not isinstance(m.get("dice"), (int, float)):
             return None
         cases = m.get("validation_cases")

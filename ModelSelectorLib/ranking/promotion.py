@@ -462,6 +462,23 @@ def seen_case_ids(bundle: PathLike) -> set[str]:
     return seen
 
 
+def seen_cases(bundle: PathLike, cases: Sequence[dict[str, Any]]) -> list[str]:
+    """The ids of ``cases`` (a split's ``{"id", "image", ...}``) that ``bundle`` trained or chose on
+    (:func:`seen_case_ids`), matched by the case's id or its image file's, each also without a label file's suffix:
+    a split or a bundle of an earlier release took a case's id from its label file's name, after following
+    symbolic links (``NAME_label``)."""
+    from ..datasets.msd import case_id, without_label_suffix
+
+    recorded = seen_case_ids(bundle)
+    recorded |= {without_label_suffix(c) for c in recorded}
+    out = []
+    for case in cases:
+        ids = {str(case.get("id"))} | ({case_id(case["image"])} if case.get("image") else set())
+        if (ids | {without_label_suffix(c) for c in ids}) & recorded:
+            out.append(str(case.get("id")))
+    return sorted(out)
+
+
 def _carry_provenance(current: Path, staged: Path, record: dict[str, Any]) -> None:
     """Record in a promoted bundle how it got there (``record``). A candidate built by ``build-starter-zoo``
     keeps its own provenance (recipe, case lists, build time); any other candidate (a sweep's) gets the data
@@ -494,9 +511,8 @@ def _check_unseen(
             needs words that stay true).
         remedy: what the message tells the user to do.
     """
-    test = {str(c.get("id")) for c in split["cases"]}
     for i, bundle in enumerate(bundles):
-        seen = sorted(test & seen_case_ids(bundle))
+        seen = seen_cases(bundle, split["cases"])
         if seen:
             name = names[i] if names is not None else str(bundle)
             raise DatasetError(
@@ -535,7 +551,8 @@ def _zoo_relative(path: Path, zoo_dir: PathLike) -> str:
 
 def _stage(src: Path, dest: Path, task: str, version: str, tested: Optional[dict[str, Any]] = None) -> Path:
     """Copy a bundle to ``dest`` with its card renamed to ``task`` ``version``; ``tested`` (``{"means",
-    "n_cases", "protocol"}``) makes the gate's test result the card's held-out figure."""
+    "n_cases", "protocol"}``) records the gate's test result on the card as test figures (``test_*``, with their
+    own case count) beside the candidate's own validation figures, which stay as they were."""
     from ..zoo.bundle import copy_bundle, validate_bundle, write_card
     from ..zoo.card import ModelCard
 
@@ -546,7 +563,7 @@ def _stage(src: Path, dest: Path, task: str, version: str, tested: Optional[dict
         metrics = runtime_class(card.task_type).test_metrics(
             tested["means"], tested["n_cases"], tested["protocol"]
         )
-        fields["validation_metrics"] = {**_own_validation(card.validation_metrics, metrics), **metrics}
+        fields["validation_metrics"] = {**_own_validation(card.validation_metrics), **metrics}
     write_card(dest, ModelCard.from_dict(fields))
     return dest
 
@@ -570,19 +587,12 @@ def _check_same_labels(dataset: Any, card: Any, current: str) -> None:
         )
 
 
-def _own_validation(validation: dict[str, Any], tested: dict[str, Any]) -> dict[str, Any]:
-    """The candidate's own validation figures beside the gate's test figures ``tested``: those of a tested metric's
-    family that the test does not replace (``dice_lungs`` beside a test ``dice``) are kept as
-    ``validation_dice_lungs`` (with their case count, ``validation_n_cases``), so that no card shows a test mean next
-    to a validation figure of the same name."""
-    out = {}
-    for key, value in validation.items():
-        stale = key not in tested and any(key.startswith(f"{m}_") or key == m for m in tested)
-        out[f"validation_{key}" if stale else key] = value
-    renamed = any(k.startswith("validation_") and k != "validation_cases" for k in out)
-    if renamed and "validation_cases" in validation:  # the test's case count takes validation_cases
-        out["validation_n_cases"] = validation["validation_cases"]
-    return out
+def _own_validation(validation: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's own figures (``validation``), names, values and case count as they were, to go beside the
+    gate's test figures (:meth:`~ModelSelectorLib.models.base.TaskRuntime.test_metrics`, named ``test_*``). Only
+    the figures of an earlier test (``test_*``, e.g. of the candidate's own test images or of an earlier gate) are
+    left out: measured on other cases, they would be read with the gate's case count and protocol."""
+    return {k: v for k, v in validation.items() if not k.startswith("test_")}
 
 
 def restore(zoo_dir: PathLike, task: str, version: Optional[str] = None) -> dict[str, Any]:
@@ -608,9 +618,9 @@ def restore(zoo_dir: PathLike, task: str, version: Optional[str] = None) -> dict
 
 
 def _is_test_case(case: dict[str, Any], test_cases: Sequence[dict[str, Any]]) -> bool:
-    """Whether a dataset case is one of a split's test cases: the same case id (its label file name without the
-    extension, :func:`~ModelSelectorLib.datasets.msd.case_id_of`, as the split records it; an older split's image
-    name) or the same image file. By id, so that a new copy of the data (another folder holding the same cases, in
+    """Whether a dataset case is one of a split's test cases: the same case id
+    (:func:`~ModelSelectorLib.datasets.msd.case_id_of`, as the split records it; an older split's image name) or
+    the same image file. By id, so that a new copy of the data (another folder holding the same cases, in
     MSD or nnU-Net form) never trains on the test cases."""
     from ..datasets.msd import case_id, case_id_of
 
@@ -702,5 +712,6 @@ __all__ = [
     "restore",
     "retrain",
     "seen_case_ids",
+    "seen_cases",
     "summary_over_cases",
 ]

@@ -445,7 +445,8 @@ def render_readme(card: ModelCard, description: Optional[str] = None) -> str:
     lines += ["", "## Training data", "", f"- Data: {_fmt(card.training_data)}",
               f"- Training cases: {'not stated (an imported MONAI bundle)' if card.imported else card.n_training_cases}",
               f"- Synthetic: {'yes' if card.synthetic else 'no'}",
-              "", "## Validation metrics", ""]  # fmt: skip
+              "", "## Validation and test metrics" if any(str(k).startswith("test_") for k in card.validation_metrics)
+              else "## Validation metrics", ""]  # fmt: skip
     if card.validation_metrics:
         lines += [
             f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
