@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_restore)
 
 
-def _report(result: dict, zoo: Path) -> int:
+def _report(result: dict, zoo: Path, dry_run: bool = False) -> int:
     from ..zoo.catalog import Zoo
     from .zoo_cmd import note_stale_index
 
@@ -85,6 +85,10 @@ def _report(result: dict, zoo: Path) -> int:
             print(f"promoted: {result['task']} is now version {result['version']}"
                   + (f" (was {result['previous']})" if result.get("previous") else ""))  # fmt: skip
             note_stale_index(Zoo(zoo), [result["task"]])
+        elif dry_run:
+            # a task not in the zoo gets 0.1.0 (and a dry run leaves no new zoo behind to ask)
+            version = Zoo(zoo).next_version(result["task"]) if result.get("previous") else "0.1.0"
+            print(f"dry run: {result['task']} would become version {version}; the zoo is unchanged.")
         return 0
     print(f"refused: {result['task']} stays at version {result['previous']}.")
     return 1
@@ -101,7 +105,7 @@ def run_promote(args: argparse.Namespace) -> int:
     _check_level(args)
     result = promote(args.zoo, args.task, args.candidate, args.split, args.metric, args.method, args.level,
                      args.min_improvement, args.device, dry_run=args.dry_run, trust=args.trust)  # fmt: skip
-    return _report(result, args.zoo)
+    return _report(result, args.zoo, args.dry_run)
 
 
 def run_retrain(args: argparse.Namespace) -> int:

@@ -79,14 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="dice, hd95, msd (hd95_px, msd_px for pictures), dice_<label>, mre_mm, ... "
         "(default: the task's)",
     )
-    lb.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    lb.add_argument("--json", action="store_true",
+                    help="print the ranking as JSON: the object report/leaderboard.json holds")  # fmt: skip
     lb.set_defaults(func=run_leaderboard)
 
     db = sub.add_parser(
         "dashboard",
         help="evaluate one bundle on a test split and write its dashboard",
         description="Evaluate a bundle on the cases of a test split (test_split.json written by `sweep`) and "
-        "write its dashboard folder: loss curves, per-case metrics, overlays (ground truth green, prediction red).",
+        "write its dashboard folder: loss curves, per-case metrics, overlays (ground truth green, prediction red). "
+        "Cases the bundle records among its training or validation cases are named in a warning and marked on "
+        "the page, which then does not call the cases held out.",
     )
     db.add_argument("--bundle", type=Path, required=True, help="bundle folder")
     db.add_argument("--split", type=Path, required=True, help="test split file (test_split.json)")
@@ -102,13 +105,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_ranking(result: dict, metric: str) -> None:
-    print(f"rank  {'candidate':<28} {metric:>10}  median   worst")
-    for r in result["ranking"]:
+    """The ranking as the leaderboard page shows it: metric, version, training time, and the mark of a candidate
+    that the current sweep file no longer holds."""
+    from ..ranking.leaderboard import NOT_IN_SWEEP_FILE, time_column
+
+    time_header, times = time_column(result["ranking"])
+    print(f"rank  {'candidate':<28} {metric:>10}  median   worst  {'version':<9} {time_header:>10}")
+    for r, t in zip(result["ranking"], times):
         s = r["summary"].get(metric) or {}
         mean = "-" if s.get("mean") is None else f"{s['mean']:.4f}"
         med = "-" if s.get("median") is None else f"{s['median']:.4f}"
         worst = "-" if s.get("worst") is None else f"{s['worst']:.4f}"
-        print(f"{r['rank']:>4}  {r['candidate']:<28} {mean:>10}  {med:>6}  {worst:>6}")
+        mark = f"  ({NOT_IN_SWEEP_FILE})" if r.get("in_current_sweep_file") is False else ""
+        print(f"{r['rank']:>4}  {r['candidate']:<28} {mean:>10}  {med:>6}  {worst:>6}  "
+              f"{str(r.get('version') or '-'):<9} {t:>10}{mark}")  # fmt: skip
     print(f"leaderboard: {result['leaderboard']}")
 
 
@@ -137,10 +147,8 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     if result["removed"]:
         print(f"left out (removed from the zoo since their evaluation): {', '.join(result['removed'])}",
               file=sys.stderr)  # fmt: skip
-    if args.json:
-        rows = [{"rank": r["rank"], "candidate": r["candidate"], "model": r["model"],
-                 "summary": r["summary"]} for r in result["ranking"]]  # fmt: skip
-        print(json.dumps(rows, indent=2))
+    if args.json:  # the object leaderboard.json holds
+        print(json.dumps(result["document"], indent=2))
     else:
         _print_ranking(result, result["metric"])
     return 0
@@ -150,6 +158,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.outputs import check_output_folder
     from ..ranking.leaderboard import evaluate_candidate, metric_problem, split_in_pixels, write_dashboard
+    from ..ranking.promotion import seen_cases
     from ..ranking.scoring import primary_metric
     from ..ranking.sweep import read_split
     from ..zoo.bundle import validate_bundle
@@ -162,6 +171,14 @@ def run_dashboard(args: argparse.Namespace) -> int:
     problem = metric_problem(task_type, metric, split.get("labels"), split_in_pixels(split["cases"]))
     if problem:
         raise InputError(f"{args.bundle}: {problem}")
-    ev = evaluate_candidate(args.bundle, split, args.out / "evaluation.json", args.out, device=args.device)
+    # a look at training cases is allowed, but its figures must not pass for held-out ones
+    seen = seen_cases(args.bundle, split["cases"])
+    if seen:
+        print(f"modelselector: warning: {len(seen)} of the {len(split['cases'])} cases of {args.split} were training "
+              f"or validation cases of {args.bundle} (e.g. {', '.join(seen[:3])}); the dashboard marks them, and its "
+              "figures on them are not held-out figures.", file=sys.stderr)  # fmt: skip
+    ev = evaluate_candidate(
+        args.bundle, split, args.out / "evaluation.json", args.out, device=args.device, seen=seen
+    )
     print(write_dashboard(ev, args.out, metric))
     return 0

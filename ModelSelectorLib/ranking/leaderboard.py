@@ -10,6 +10,8 @@
 * :func:`write_leaderboard` writes ``leaderboard.html``: every candidate, best first, best value of each
   column highlighted, links to the dashboards; every column sorts on click (a few lines of inline
   JavaScript). Pages open from disk: no server, no network.
+* :func:`write_reports` rewrites a sweep folder's pages and ``leaderboard.json`` (the same object
+  ``modelselector leaderboard --json`` prints), marking candidates the current sweep file no longer holds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import datetime
 import html
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -216,6 +218,7 @@ def evaluate_candidate(
     candidate: Optional[str] = None,
     device: str = "cpu",
     cancel: Optional[Any] = None,
+    seen: Collection[str] = (),
 ) -> dict[str, Any]:
     """Score a bundle on a split of held-out cases (a sweep's selection split, a test split), draw its
     overlays, and save the result as JSON.
@@ -227,9 +230,12 @@ def evaluate_candidate(
         out_json: where the evaluation is written (atomically).
         dashboard_dir: the model's dashboard folder; overlays go to ``overlays/<case>.png`` there.
         candidate: display name (default: the card's name).
+        seen: ids of split cases that the bundle records among its training or validation cases (its figures on
+            them are not held-out figures), recorded as ``"seen_cases"`` and marked on its dashboard.
 
     Returns:
-        ``{"candidate", "model", "version", "bundle", "labels", "cases": [...], "evaluated"}``.
+        ``{"candidate", "model", "version", "bundle", "labels", "cases": [...], "evaluated"}``, and
+        ``"seen_cases"`` when ``seen`` names any case.
     """
     from ..zoo.bundle import load_bundle
 
@@ -266,6 +272,8 @@ def evaluate_candidate(
         "cases": cases,
         "evaluated": utc_timestamp(),
     }
+    if seen:
+        result["seen_cases"] = sorted(seen)
     atomic.write_json(out_json, _finite(result))
     return result
 
@@ -448,14 +456,72 @@ def candidate_row(evaluation: Mapping[str, Any], extra: Optional[Mapping[str, An
     return row
 
 
+#: settings always shown on a leaderboard when a candidate has them (every other one only where candidates differ)
 SETTING_COLUMNS = ("architecture", "loss", "augment", "lr", "epochs", "channels")
+#: settings of how a run was carried out, not of what it trained: never a column of their own
+RUN_ONLY_SETTINGS = ("device", "version", "num_threads", "num_workers", "license")
+#: the mark of a ranked candidate that the sweep file of the sweep's last run no longer holds
+NOT_IN_SWEEP_FILE = "not in the current sweep file"
+#: what the training-time column holds
+TIME_TITLE = ("the training time on the model's card, the epochs alone (no start-up, imports or data loading); a "
+              "figure marked wall, or a column named wall s, is the training worker's wall time, start-up, imports "
+              "and data loading included, for a card that records no training time")  # fmt: skip
+
+
+def setting_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The settings columns of a leaderboard: those of :data:`SETTING_COLUMNS` that any row has, then, in order of
+    appearance, every other setting whose values differ between the rows (a row without it counts as differing),
+    so that two candidates never look alike while trained differently; :data:`RUN_ONLY_SETTINGS` are left out."""
+    settings = [dict(r.get("settings") or {}) for r in rows]
+    keys = list(dict.fromkeys(k for s in settings for k in s))
+
+    def differs(key: str) -> bool:
+        return len({(key in s, json.dumps(s.get(key), sort_keys=True, default=str)) for s in settings}) > 1
+
+    fixed = [c for c in SETTING_COLUMNS if c in keys]
+    return fixed + [k for k in keys if k not in fixed and k not in RUN_ONLY_SETTINGS and differs(k)]
+
+
+def _setting_text(value: Any) -> str:
+    """A setting as a leaderboard cell shows it (``None``: a dash; floats without trailing digits)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_setting_text(v) for v in value) + "]"
+    return str(value)
+
+
+def training_time(row: Mapping[str, Any]) -> tuple[Optional[float], str]:
+    """``(seconds, kind)`` of a row: the card's training time (the epochs alone, ``"training"``) when it has one,
+    else the training worker's wall time (start-up, imports and data loading included, ``"wall"``), else
+    ``(None, "")``."""
+    for key, kind in (("training_time_s", "training"), ("wall_time_s", "wall")):
+        if _is_number(row.get(key)):
+            return float(row[key]), kind
+    return None, ""
+
+
+def time_column(rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+    """The header of the leaderboard's training-time column and each row's text: ``"training s"`` (the cards'
+    training time; a row with only a wall time says ``wall``), or ``"wall s"`` when no row has a card's time."""
+    times = [training_time(r) for r in rows]
+    wall_only = any(k == "wall" for _, k in times) and not any(k == "training" for _, k in times)
+    header = "wall s" if wall_only else "training s"
+    marked = "" if wall_only else " wall"
+    return header, ["–" if s is None else f"{s:.1f}" + (marked if k == "wall" else "") for s, k in times]
 
 
 def write_dashboard(
     evaluation: Mapping[str, Any], out_dir: PathLike, metric: str = "dice", title: Optional[str] = None,
     settings: Optional[Mapping[str, Any]] = None, leaderboard_href: Optional[str] = None,
 ) -> Path:  # fmt: skip
-    """Write a model's dashboard ``out_dir/index.html`` (+ ``curve.png``); overlays must already be there.
+    """Write a model's dashboard ``out_dir/index.html`` (+ ``curve.png``); overlays must already be there. Cases
+    the evaluation names in ``seen_cases`` (training or validation cases of the model) are marked as such, and the
+    page does not call the cases held out.
 
     Returns:
         the ``index.html`` path.
@@ -481,9 +547,10 @@ def write_dashboard(
         cases, key=lambda c: np.inf if c.get(metric) is None else (1 if hib else -1) * float(c[metric])
     )
     summary = {m: summarize(cases, m) for m in metrics}
+    seen = sorted({str(c) for c in evaluation.get("seen_cases") or []} & {str(c.get("id")) for c in cases})
     page = _env().get_template("dashboard.html.j2").render(
         title=title or f"{evaluation.get('candidate')} — dashboard",
-        ev=evaluation, cases=worst_first, metrics=metrics, metric=metric, summary=summary,
+        ev=evaluation, cases=worst_first, metrics=metrics, metric=metric, summary=summary, seen=seen,
         higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
         curve=bool(curve_png), curve_data=curve,
         settings=settings, card=card, leaderboard_href=leaderboard_href, gt_color=_hex(GT_COLOR), pred_color=_hex(PRED_COLOR),
@@ -499,7 +566,9 @@ def write_leaderboard(
     """Write ``leaderboard.html``: rows ranked by ``metric``, best value of every column highlighted.
 
     Args:
-        rows: :func:`candidate_row` dicts.
+        rows: :func:`candidate_row` dicts; optional ``"training_time_s"`` (the card's), ``"wall_time_s"`` (the
+            training worker's) and ``"in_current_sweep_file"`` (``False`` marks the row
+            :data:`NOT_IN_SWEEP_FILE`).
         dashboards: ``{candidate: relative link}`` to each dashboard.
     """
     ranked = rank(rows, metric)
@@ -513,12 +582,17 @@ def write_leaderboard(
         ]
         if vals:
             best[m] = max(vals) if higher_is_better(m) else min(vals)
-    settings_cols = [c for c in SETTING_COLUMNS if any(c in (r.get("settings") or {}) for r in ranked)]
+    columns = setting_columns(ranked)
+    time_header, time_texts = time_column(ranked)
+    shown = [{**r, "setting_texts": [_setting_text((r.get("settings") or {}).get(c)) for c in columns],
+              "time_s": training_time(r)[0], "time_text": t,
+              "stale": r.get("in_current_sweep_file") is False} for r, t in zip(ranked, time_texts)]  # fmt: skip
     page = _env().get_template("leaderboard.html.j2").render(
-        title=title, rows=ranked, metrics=metrics, metric=metric, best=best, note=note,
+        title=title, rows=shown, metrics=metrics, metric=metric, best=best, note=note,
         higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
-        dashboards=dict(dashboards or {}),
-        settings_cols=settings_cols, generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        dashboards=dict(dashboards or {}), not_in_sweep_file=NOT_IN_SWEEP_FILE,
+        time_header=time_header, time_title=TIME_TITLE,
+        settings_cols=columns, generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         surface=any(m.split("_")[0] in DISTANCE_METRICS for m in metrics),
         radial=any(m.split("_")[0] in REFERENCE_METRIC_FAMILIES for m in metrics),
     )  # fmt: skip
@@ -538,13 +612,77 @@ def _removed_from_zoo(work: Path, evaluation: Mapping[str, Any]) -> bool:
     return model not in zoo or str(evaluation.get("version")) not in zoo.versions(model)
 
 
-def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[str, Any]:
-    """(Re)write the leaderboard and every dashboard of a sweep folder from its saved evaluations, ranked by
-    ``metric`` (default: the ranking metric of the sweep's task, ``dice`` or ``mre_mm``). A candidate whose
-    evaluated version was removed from the zoo since is left out (and named in ``removed``).
+def _sweep_row(
+    evaluation: Mapping[str, Any], entry: Mapping[str, Any], in_sweep_file: Optional[Collection[str]]
+) -> dict[str, Any]:
+    """The leaderboard row of a sweep's saved evaluation.
+
+    Args:
+        evaluation: the candidate's evaluation (:func:`evaluate_candidate`).
+        entry: the candidate's entry in ``sweep.json`` (``settings``, ``bundle``, ``train_seconds``).
+        in_sweep_file: the candidates of the sweep file of the sweep's last run (None: the folder does not say).
 
     Returns:
-        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row, "metric", "removed": [candidates]}``.
+        a :func:`candidate_row` with the evaluated bundle's exact training settings (its ``train_config.json``
+        over the sweep file's), ``training_time_s`` (the card's), ``wall_time_s`` (the training worker's, when
+        it trained this version) and ``in_current_sweep_file`` (None when unknown).
+    """
+    bundle = Path(str(evaluation.get("bundle", "")))
+    settings = {**(entry.get("settings") or {}), **_read_json(bundle / "configs" / "train_config.json")}
+    card = _read_json(bundle / "configs" / "metadata.json").get("modelselector", {})
+    # the entry's wall time is that of the candidate's last trained version, which may not be the evaluated one
+    same = Path(str(entry.get("bundle", ""))).parts[-2:] == bundle.parts[-2:]
+    name = evaluation.get("candidate")
+    return candidate_row(evaluation, {
+        "settings": settings, "training_time_s": card.get("training_time_s"),
+        "wall_time_s": entry.get("train_seconds") if same else None,
+        "in_current_sweep_file": None if in_sweep_file is None else name in in_sweep_file,
+    })  # fmt: skip
+
+
+def leaderboard_document(
+    task: str, metric: str, ranked: Sequence[Mapping[str, Any]], removed: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What ``leaderboard.json`` holds and ``modelselector leaderboard --json`` prints: ``{"task", "metric",
+    "setting_columns", "time_column", "ranking": [{"rank", "candidate", "model", "version", "in_current_sweep_file",
+    "settings", "training_time_s", "wall_time_s", "n_cases", "summary"}], "removed": [candidates]}``."""
+    keys = ("rank", "candidate", "model", "version", "in_current_sweep_file", "settings", "training_time_s",
+            "wall_time_s", "n_cases", "summary")  # fmt: skip
+    return _finite({"task": task, "metric": metric, "setting_columns": setting_columns(ranked),
+                    "time_column": time_column(ranked)[0], "ranking": [{k: r.get(k) for k in keys} for r in ranked],
+                    "removed": list(removed)})  # fmt: skip
+
+
+def _sweep_note(task: str, state: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                evaluations: Sequence[Mapping[str, Any]], removed: Sequence[str]) -> str:  # fmt: skip
+    """The sentence above a sweep's leaderboard: what was ranked on what, and who is left out or out of date."""
+    note = (
+        f"{len(rows)} candidates of task {task}, each evaluated on the same {rows[0]['n_cases']} held-out cases "
+        f"({state.get('split', 'the sweep split')})."
+    )
+    unheld = sorted(
+        {n for ev in evaluations for c in ev.get("cases") or [] for n in c.get("not_measured") or []}
+    )
+    if unheld:
+        note += f" Not measured (no held-out case holds it): {', '.join(unheld)}."
+    stale = [str(r["candidate"]) for r in rows if r.get("in_current_sweep_file") is False]
+    if stale:
+        note += (f" Ranked too, though {NOT_IN_SWEEP_FILE} (evaluated in an earlier run of this sweep; the settings "
+                 f"columns show what each was trained with): {', '.join(stale)}.")  # fmt: skip
+    if removed:
+        note += f" Left out, removed from the zoo since their evaluation: {', '.join(removed)}."
+    return note
+
+
+def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[str, Any]:
+    """(Re)write the leaderboard, ``leaderboard.json`` and every dashboard of a sweep folder from its saved
+    evaluations, ranked by ``metric`` (default: the ranking metric of the sweep's task, ``dice`` or ``mre_mm``). A
+    candidate whose evaluated version was removed from the zoo since is left out (and named in ``removed``); one
+    that the sweep file of the sweep's last run no longer holds is ranked and marked :data:`NOT_IN_SWEEP_FILE`.
+
+    Returns:
+        ``{"sweep", "leaderboard", "ranking": rows best first, "best": row, "metric", "removed": [candidates],
+        "document": what leaderboard.json holds (:func:`leaderboard_document`)}``.
 
     Raises:
         ModelSelectorError: no evaluations in the folder, or every evaluated version was removed.
@@ -556,6 +694,8 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
     if not evals:
         raise ZooError(f"{work}: no evaluations found; run `modelselector sweep` first.")
     report = work / "report"
+    listed = state.get("sweep_file_candidates")
+    in_sweep_file = None if listed is None else {str(n) for n in listed}
     rows, links, loaded, removed = [], {}, [], []
     for f in evals:
         ev = _read_json(f)
@@ -563,14 +703,12 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
         if _removed_from_zoo(work, ev):
             removed.append(name)
             continue
-        entry = (state.get("candidates") or {}).get(name, {})
-        bundle = Path(str(ev.get("bundle", "")))
-        settings = entry.get("settings") or _read_json(bundle / "configs" / "train_config.json")
-        card = _read_json(bundle / "configs" / "metadata.json").get("modelselector", {})
-        seconds = entry.get("train_seconds", card.get("training_time_s"))
-        rows.append(candidate_row(ev, {"settings": settings, "train_seconds": seconds}))
+        row = _sweep_row(
+            {**ev, "candidate": name}, (state.get("candidates") or {}).get(name, {}), in_sweep_file
+        )
+        rows.append(row)
         links[name] = f"dashboards/{name}/index.html"
-        loaded.append((name, ev, settings))
+        loaded.append((name, ev, row["settings"]))
     if not rows:
         raise ZooError(f"{work}: every evaluated candidate ({', '.join(removed)}) was removed from the zoo since; "
                        "run `modelselector sweep` again.")  # fmt: skip
@@ -579,24 +717,13 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
         write_dashboard(ev, report / "dashboards" / name, metric, settings=settings,
                         leaderboard_href="../../leaderboard.html")  # fmt: skip
     task = state.get("task", work.name)
-    note = (
-        f"{len(rows)} candidates of task {task}, each evaluated on the same {rows[0]['n_cases']} held-out cases "
-        f"({state.get('split', 'the sweep split')})."
-    )
-    unheld = sorted(
-        {n for _, ev, _ in loaded for c in ev.get("cases") or [] for n in c.get("not_measured") or []}
-    )
-    if unheld:
-        note += f" Not measured (no held-out case holds it): {', '.join(unheld)}."
-    if removed:
-        note += f" Left out, removed from the zoo since their evaluation: {', '.join(removed)}."
+    note = _sweep_note(task, state, rows, [ev for _, ev, _ in loaded], removed)
     html_path = write_leaderboard(
         rows, report / "leaderboard.html", metric, f"Leaderboard — {task}", links, note
     )
     ranked = rank(rows, metric)
-    atomic.write_json(report / "leaderboard.json", _finite({"task": task, "metric": metric, "ranking": [
-        {"rank": r["rank"], "candidate": r["candidate"], "model": r["model"], "version": r["version"],
-         "settings": r.get("settings"), "summary": r["summary"]} for r in ranked]}))  # fmt: skip
+    document = leaderboard_document(task, metric, ranked, removed)
+    atomic.write_json(report / "leaderboard.json", document)
     return {
         "sweep": work,
         "leaderboard": html_path,
@@ -604,6 +731,7 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
         "best": ranked[0],
         "metric": metric,
         "removed": removed,
+        "document": document,
     }
 
 
@@ -614,17 +742,23 @@ def escape(text: Any) -> str:
 
 __all__ = [
     "GT_COLOR",
+    "NOT_IN_SWEEP_FILE",
     "PRED_COLOR",
+    "SETTING_COLUMNS",
     "candidate_row",
     "evaluate_candidate",
+    "leaderboard_document",
     "metric_problem",
     "rank",
     "render_curve",
     "render_overlay",
     "render_points_overlay",
     "representative_slice",
-    "truth_and_prediction_points",
+    "setting_columns",
     "summarize",
+    "time_column",
+    "training_time",
+    "truth_and_prediction_points",
     "write_dashboard",
     "write_leaderboard",
     "write_reports",

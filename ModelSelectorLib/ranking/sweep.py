@@ -22,7 +22,8 @@ A sweep file (YAML) names the task, the shared settings, and the candidates as a
 Output (``out`` is a zoo folder; candidate bundles go into it as models ``<task>-<candidate>``)::
 
     ZOO/zoo.json, ZOO/models/<task>-<candidate>/<version>/   bundles with card, training curve, train config
-    ZOO/sweeps/<task>/sweep.json                              the sweep, its candidates and their status
+    ZOO/sweeps/<task>/sweep.json                              the sweep, its candidates and their status (every
+                                                              run's; sweep_file_candidates: those of the last one)
     ZOO/sweeps/<task>/selection_split.json                    the cases the candidates are ranked on
     ZOO/sweeps/<task>/test_split.json                         the test cases: no candidate trains or is ranked
                                                               on them; `promote` compares on them
@@ -60,6 +61,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tarfile
 import tempfile
 import time
@@ -587,6 +589,13 @@ def _same_settings(bundle: Path, settings: dict[str, Any], task_type: str = DEFA
     }
 
 
+def _keep(entry: dict[str, Any], name: str, zoo: Any, model: str) -> None:
+    """Keep candidate ``name``'s bundle in ``zoo`` (trained with the same settings) as its sweep entry, and say so."""
+    entry["bundle"] = str(zoo.get(model))
+    print(f"modelselector: kept: {name} {zoo.current(model)} (model {model}), same settings; not trained again "
+          "(--retrain trains it again).", file=sys.stderr)  # fmt: skip
+
+
 def run_sweep(
     dataset_dir: PathLike,
     spec: SweepSpec,
@@ -631,7 +640,7 @@ def run_sweep(
     state_file = work / "sweep.json"
     state: dict[str, Any] = {"task": spec.task, "task_type": spec.task_type, "dataset": str(Path(dataset_dir).resolve()),
                              "split": split_file.name, "test_split": test_file.name, "seed": spec.seed,
-                             "candidates": {}}  # fmt: skip
+                             "sweep_file_candidates": [c.name for c in spec.candidates], "candidates": {}}  # fmt: skip
     state["candidates"].update(_read_state(state_file).get("candidates", {}))
     extra = _job_fields(spec, work)
     jobs = []
@@ -640,7 +649,7 @@ def run_sweep(
         entry = {"model": model, "settings": cand.settings, "config_hash": cand.config_hash()}
         state["candidates"][cand.name] = {**state["candidates"].get(cand.name, {}), **entry}
         if not retrain and model in zoo and _same_settings(zoo.get(model), cand.settings, spec.task_type):
-            state["candidates"][cand.name]["bundle"] = str(zoo.get(model))
+            _keep(state["candidates"][cand.name], cand.name, zoo, model)
             continue
         jobs.append({"candidate": cand.name, "model": model, "settings": cand.settings, "dataset": str(train_dir),
                      "zoo": str(work / "work" / cand.name), "threads": threads, "modality": spec.modality,

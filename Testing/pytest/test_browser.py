@@ -171,7 +171,7 @@ def pages(tmp_path_factory):
               "evaluated": "today", "cases": cases}  # fmt: skip
         write_dashboard(ev, root / "dashboards" / name, "dice", leaderboard_href="../../leaderboard.html")
         rows.append(candidate_row(ev, {"settings": {"architecture": name, "lr": 10.0 ** -(k + 2)},
-                                       "train_seconds": [30.0, 5.0, 12.0][k]}))  # fmt: skip
+                                       "training_time_s": [30.0, 5.0, 12.0][k]}))  # fmt: skip
         links[name] = f"dashboards/{name}/index.html"
     write_leaderboard(rows, root / "leaderboard.html", "dice", "Leaderboard", links)
     return root
@@ -189,7 +189,7 @@ def test_leaderboard_sorts_by_clicked_column(browser, pages):
     headers = browser.js(
         "Array.from(document.querySelectorAll('#leaderboard thead th')).map(h => h.textContent.trim())"
     )
-    col = headers.index("train s") + 1
+    col = headers.index("training s") + 1
     browser.click(f"#leaderboard thead th:nth-child({col})")
     assert _order(browser) == ["beta", "gamma", "alpha"]  # 5 s, 12 s, 30 s
     browser.click(f"#leaderboard thead th:nth-child({col})")

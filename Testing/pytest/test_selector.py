@@ -479,7 +479,9 @@ def test_select_json_cli(env, tmp_path, capsys):
     assert main(["select", str(path), "--zoo", str(env["zoo"].path), "--json", "--top", "3"]) == 0
     out = capsys.readouterr().out
     data = json.loads(out)
-    assert set(data) == {"input", "fits", "needs_volume", "fits_once_inverted", "models"} and data["input"] == str(path)
+    assert set(data) == {"input", "fits", "needs_volume", "fits_once_inverted", "models"} and data[
+        "input"
+    ] == str(path)
     assert data["fits"] is True and data["models"][0]["name"] == "mr_abdomen"
     for m in data["models"]:
         assert set(m) == {

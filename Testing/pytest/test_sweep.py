@@ -163,7 +163,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         assert all((dash / c["overlay"]).is_file() for c in ev["cases"])
     # rank by another metric from the saved evaluations
     assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--metric", "hd95", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["ranking"]
     hd = [r["summary"]["hd95"]["mean"] for r in rows]
     # (which poor candidate has the larger HD95 depends on the CPU's arithmetic; the order must follow it)
     assert hd == sorted(hd) and sorted(r["candidate"] for r in rows) == ["segresnet", "starved", "unet"]
@@ -193,8 +193,13 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["leaderboard", "--zoo", str(zoo), "--task", "disks", "--json"]) == 0
     out, err = capsys.readouterr()
-    assert sorted(r["candidate"] for r in json.loads(out)) == ["segresnet", "unet"] and "starved" in err
-    assert "starved" not in (work / "report" / "leaderboard.json").read_text(encoding="utf-8")
+    assert (
+        sorted(r["candidate"] for r in json.loads(out)["ranking"]) == ["segresnet", "unet"]
+        and "starved" in err
+    )
+    board = json.loads((work / "report" / "leaderboard.json").read_text(encoding="utf-8"))
+    assert [r["candidate"] for r in board["ranking"]] == [r["candidate"] for r in json.loads(out)["ranking"]]
+    assert board["removed"] == ["starved"]  # named as left out, not ranked
     # trained again, it is numbered above every version the zoo holds or removed, whatever its private zoo (here a
     # stale one, as a killed run leaves) called it
     (work / "work" / "starved" / "models" / "disks-starved" / "0.1.0").mkdir(parents=True)
