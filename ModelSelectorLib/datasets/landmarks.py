@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -98,26 +99,37 @@ def find_landmark_folders(data: PathLike) -> tuple[list[Path], list[Path]]:
     ``unlabelled/`` sub-folder, if present, is the unlabelled pool). Masks (``*_lungmask.png``) are skipped.
     """
     root = Path(data)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such data folder.")
-    labelled_dirs = [root / d for d in ("cxr_landmarks", "cxr_lungseg_imlab") if (root / d).is_dir()] or [
-        root
-    ]
-    unlabelled_dirs = [root / d for d in ("cxr_unlabelled", "unlabelled") if (root / d).is_dir()]
-
-    def images(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.glob("*.png") if not p.stem.endswith(("_lungmask", "_mask")))
-
-    labelled = [
-        p for d in labelled_dirs for p in images(d) if p.with_name(p.stem + "_landmarks.json").is_file()
-    ]
-    unlabelled = [p for d in unlabelled_dirs for p in images(d)]
+    labelled_dirs, unlabelled_dirs = _landmark_dirs(root)
+    labelled = [p for d in labelled_dirs for p in _images(d) if _landmarks_of(p).is_file()]
+    unlabelled = [p for d in unlabelled_dirs for p in _images(d)]
     if not labelled:
         raise DatasetError(
             f"{root}: no images with landmarks found (expected <id>.png + <id>_landmarks.json, or the "
             "shared data root with cxr_landmarks/)."
         )
     return labelled, unlabelled
+
+
+def _landmark_dirs(root: Path) -> tuple[list[Path], list[Path]]:
+    """The folders of labelled and of unlabelled images under ``root`` (:func:`find_landmark_folders`)."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such data folder.")
+    labelled = [root / d for d in ("cxr_landmarks", "cxr_lungseg_imlab") if (root / d).is_dir()] or [root]
+    return labelled, [root / d for d in ("cxr_unlabelled", "unlabelled") if (root / d).is_dir()]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if not p.stem.endswith(("_lungmask", "_mask")))
+
+
+def _landmarks_of(image: Path) -> Path:
+    return image.with_name(image.stem + "_landmarks.json")
+
+
+def images_without_landmarks(data: PathLike) -> list[Path]:
+    """The images of ``data``'s labelled folders that have no ``<id>_landmarks.json`` beside them: neither
+    labelled nor in the unlabelled pool, they are left out of training."""
+    return [p for d in _landmark_dirs(Path(data))[0] for p in _images(d) if not _landmarks_of(p).is_file()]
 
 
 def paediatric_ids(data: PathLike) -> set[str]:
@@ -215,6 +227,12 @@ def load_dataset(
     labelled_paths, unlabelled_paths = find_landmark_folders(data)
     if not unlabelled:
         unlabelled_paths = []
+    left_out = images_without_landmarks(data)
+    if left_out:  # said, since a missing or misnamed landmark file would otherwise go unnoticed
+        names = ", ".join(p.name for p in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        print(f"modelselector: warning: {len(left_out)} image(s) of {data} have no <id>_landmarks.json beside them "
+              f"and are left out ({names}); add their landmark files, or move them into an unlabelled/ folder to "
+              "learn from them unlabelled.", file=sys.stderr)  # fmt: skip
     key = json.dumps({"size": size, "schema": schema.to_dict(),
                       "files": [str(p) for p in labelled_paths + unlabelled_paths]})  # fmt: skip
     if cache is not None and Path(cache).is_file():

@@ -685,3 +685,23 @@ def test_a_landmark_file_with_missing_or_misplaced_points_says_what_to_do(tmp_pa
         load({**good, "RL": (np.asarray(good["RL"]) * 2.0).tolist()})
     with pytest.raises(DatasetError, match=r"group 'LL' is not a list of \[x, y\] numbers"):
         load({**good, "LL": [[1.0, "a"]] * GROUPS["LL"]})
+
+
+def test_an_image_without_its_landmark_file_is_named_not_silently_left_out(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.datasets.landmarks import load_dataset
+    from ModelSelectorLib.models.landmark_schema import GROUPS, LandmarkSchema
+
+    rng = np.random.default_rng(0)
+    for name in ("A", "B", "C"):
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.full((40, 40), 100, np.uint8)), str(tmp_path / f"{name}.png")
+        )
+    for name in ("A", "B"):  # C's landmark file is missing (misnamed, say)
+        groups = {g: (rng.random((n, 2)) * 39).tolist() for g, n in GROUPS.items()}
+        (tmp_path / f"{name}_landmarks.json").write_text(json.dumps(groups), encoding="utf-8")
+    labelled, unlabelled = load_dataset(tmp_path, 16, LandmarkSchema.default())
+    assert [c.case_id for c in labelled] == ["A", "B"] and unlabelled == []
+    err = capsys.readouterr().err
+    assert "1 image(s) of" in err and "(C.png)" in err and "unlabelled/ folder" in err
