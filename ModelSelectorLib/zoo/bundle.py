@@ -78,6 +78,13 @@ def _check_files(path: Path) -> None:
                 f"{path}: holds only models/model.ts; TorchScript-only bundles are not supported: ModelSelector needs "
                 "the network's state_dict in models/model.pt (torch.save(network.state_dict(), 'models/model.pt'))."
             )
+    versions = [d.name for d in path.iterdir() if (d / METADATA_FILE).is_file()] if missing else []
+    versions.sort(
+        key=lambda v: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in v.replace("-", ".").split(".")]
+    )
+    if len(missing) == len(REQUIRED_FILES) and versions:  # a zoo's model folder: its versions are the bundles
+        raise BundleError(f"{path}: a model folder holding the bundles of versions {', '.join(versions)}, not a "
+                          f"bundle; give one of them ({path / versions[-1]}).")  # fmt: skip
     if missing:
         raise BundleError(f"{path}: not a complete MONAI bundle; missing {', '.join(map(str, missing))}.")
 

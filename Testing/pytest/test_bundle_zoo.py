@@ -581,3 +581,14 @@ def test_a_renamed_bundle_keeps_both_changelog_texts_of_its_version(tmp_path):
     assert meta["changelog"][card.version].endswith(
         f"; liver2 {card.version}, made from liver_ct {card.version}"
     )
+
+
+def test_a_model_folder_given_as_a_bundle_names_its_versions(tmp_path):
+    """``promote --candidate ZOO/models/NAME`` (the model, not one of its versions) said only that the folder is
+    not a complete bundle."""
+    for version in ("0.1.0", "0.1.10", "0.1.9"):
+        make_bundle(tmp_path / "models", name="liver", version=version)
+        (tmp_path / "models" / f"liver-{version}").rename(tmp_path / "models" / version)
+    with pytest.raises(BundleError, match=r"a model folder holding the bundles of versions 0\.1\.0, 0\.1\.9, "
+                                          r"0\.1\.10, not a bundle; give one of them \(.*0\.1\.10\)"):  # fmt: skip
+        validate_bundle(tmp_path / "models")
