@@ -153,9 +153,11 @@ def test_apply_keeps_the_processes_warnings(tiny_zoo, scene, volume, caplog):
     with caplog.at_level(logging.WARNING):
         (node,) = job.wait()
     assert node.GetScene() is scene  # applied all the same: an expert may know better
-    # the CT model's second objection: the test volume's values (about 0-200) hold no air at -1000 HU
-    assert len(job.warnings) == 2, job.log
-    units, view = job.warnings
+    # the CT model's second objection: the test volume's values (about 0-200) hold no air at -1000 HU; and the
+    # selector's: the random volume fits no model
+    assert len(job.warnings) == 3, job.log
+    units, view, fit = job.warnings
+    assert fit.startswith(f"{MODEL}: the selector does not find that it fits this image")
     assert units.startswith(
         f"{MODEL}: the model takes CT in Hounsfield units, and none of the image's voxels"
     )
