@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,20 +167,32 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indexed_models(sidecar: Path) -> set[str]:
+    """The models an index's sidecar lists (none when there is no readable one)."""
+    try:
+        return set(json.loads(sidecar.read_text(encoding="utf-8"))["models"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     from ..selection.index import SIDECAR, default_index_dir, updating_index
 
     zoo = Zoo(_zoo_path(args))
-    zoo.remove(args.name, version=args.model_version)
-    what = f"{args.name} version {args.model_version}" if args.model_version else args.name
-    print(f"Removed {what} from the zoo at {zoo.path}.")
-    note_stale_index(zoo, [args.name])  # another version became current
     index_dir = default_index_dir(zoo)
-    if args.name not in zoo and (index_dir / SIDECAR).is_file():
+    indexed = args.name in _indexed_models(index_dir / SIDECAR)
+    if args.name in zoo or args.model_version or not indexed:
+        zoo.remove(args.name, version=args.model_version)
+        what = f"{args.name} version {args.model_version}" if args.model_version else args.name
+        print(f"Removed {what} from the zoo at {zoo.path}.")
+    else:  # an earlier removal stopped between the catalog and the index: finish it
+        print(f"{args.name} is no longer in the zoo at {zoo.path}; its prototypes are still in the index.")
+    if args.name not in zoo and indexed:
         # an index that lists a model the zoo no longer holds stops every selection; it goes from there too
         with updating_index(index_dir) as idx:
             if args.name in idx.models:
                 n = idx.remove_model(args.name)
                 idx.save(index_dir)
                 print(f"Removed its {n} prototype(s) from the zoo's index.")
+    note_stale_index(zoo, [args.name])  # another version became current
     return 0

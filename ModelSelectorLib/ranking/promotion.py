@@ -387,9 +387,11 @@ def _promote(
     if dry_run:
         return result
     if not result["accepted"]:
-        zoo.record(task, {"action": "refuse", "candidate": result["candidate_bundle"],
-                          "candidate_card": result["candidate_card"], "metric": metric, "gate": result["gate"],
-                          "split": result["split"]})  # fmt: skip
+        with zoo.writing() as data:  # the check and the record under one hold of the lock
+            _check_current(data, task, result)
+            zoo.record(task, {"action": "refuse", "candidate": result["candidate_bundle"],
+                              "candidate_card": result["candidate_card"], "compared_with": result["previous"],
+                              "metric": metric, "gate": result["gate"], "split": result["split"]})  # fmt: skip
         return result
     result["version"] = _install(zoo, task, Path(candidate), result, len(split_data["cases"]), trust)
     return result
@@ -406,11 +408,18 @@ def _install(
             restore): the gate compared it with a version that is no longer current.
     """
     with zoo.writing() as data:  # the check, the version number and the add under one hold of the lock
-        now = (data["models"].get(task) or {}).get("current")
-        if now != result["previous"]:
-            raise ZooError(f"{task} changed while the candidate was evaluated (its current version is now {now}, "
-                           f"the gate compared with {result['previous']}); run promote again.")  # fmt: skip
+        _check_current(data, task, result)
         return _add_version(zoo.reload(), task, candidate, result, n, trust)
+
+
+def _check_current(data: dict[str, Any], task: str, result: dict[str, Any]) -> None:
+    """Raise :class:`ZooError` when the current version of ``task`` in the catalog ``data`` is not the one the gate
+    compared the candidate with (``result["previous"]``): another promotion or a restore changed it meanwhile, and
+    the gate's verdict, either way, is about a version that is no longer current."""
+    now = (data["models"].get(task) or {}).get("current")
+    if now != result["previous"]:
+        raise ZooError(f"{task} changed while the candidate was evaluated (its current version is now {now}, "
+                       f"the gate compared with {result['previous']}); run promote again.")  # fmt: skip
 
 
 def _add_version(
@@ -525,16 +534,13 @@ def _check_not_a_version(zoo: Any, task: str, digest: str) -> None:
     """Refuse a candidate whose weights (SHA-256 ``digest``) are those of a version the task already has:
     promoted, it would be a second version of the same model, and the history would no longer say which one is
     which. A version's digest is the one the catalog recorded, else its file's."""
-    from ..zoo.bundle import WEIGHTS_FILE
-
-    for version in zoo.versions(task):
-        recorded = zoo.recorded_weights(task, version)
-        if (recorded or file_digest(zoo.get(task, version) / WEIGHTS_FILE)["sha256"]) == digest:
-            now = " (the current one)" if version == zoo.current(task) else ""
-            raise BundleError(
-                f"the candidate has the weights of {task} {version}{now}, which the zoo already holds; to make "
-                f"it current again use `modelselector restore --zoo {zoo.path} --task {task} --version {version}`."
-            )
+    version = zoo.version_with_weights(task, digest)
+    if version is not None:
+        now = " (the current one)" if version == zoo.current(task) else ""
+        raise BundleError(
+            f"the candidate has the weights of {task} {version}{now}, which the zoo already holds; to make "
+            f"it current again use `modelselector restore --zoo {zoo.path} --task {task} --version {version}`."
+        )
 
 
 def _identity(card: Any, weights: dict[str, Any]) -> dict[str, Any]:

@@ -1046,6 +1046,35 @@ def test_a_zoo_change_that_leaves_the_index_behind_says_how_to_update_it(indexed
     assert removed.returncode == 0 and "note" not in removed.stderr
 
 
+def test_removing_an_indexed_model_says_nothing_false_and_a_stopped_removal_finishes(indexed_zoo, tmp_path):
+    """`zoo remove` of an indexed model told the user to run `index remove`, then did it itself; and run again after
+    it stopped between the catalog and the index, it said the model was unknown and left the index listing it."""
+    from ModelSelectorLib.selection.index import SIDECAR, load_index
+    from ModelSelectorLib.zoo import Zoo
+
+    def indexed(zoo: Path) -> set:
+        return set(json.loads((zoo / "index" / SIDECAR).read_text(encoding="utf-8"))["models"])
+
+    zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    name = sorted(load_index(zoo_dir).models)[0]
+    removed = bad.run_cli("zoo", "remove", name, "--zoo", zoo_dir)
+    assert removed.returncode == 0 and "prototype(s) from the zoo's index" in removed.stdout
+    assert "note" not in removed.stderr, removed.stderr
+    # a removal stopped after the catalog: the model is gone from zoo.json, its prototypes are still indexed
+    again = bad.copy_tree(indexed_zoo, tmp_path / "again")
+    Zoo(again).remove(name)
+    assert name in indexed(again)
+    finished = bad.run_cli("zoo", "remove", name, "--zoo", again)
+    assert finished.returncode == 0, finished.stderr
+    assert (
+        "is no longer in the zoo" in finished.stdout
+        and "prototype(s) from the zoo's index" in finished.stdout
+    )
+    assert name not in indexed(again) and name not in indexed(zoo_dir)
+    unknown = bad.run_cli("zoo", "remove", "no-such-model", "--zoo", again)
+    assert unknown.returncode != 0 and "no model named 'no-such-model'" in unknown.stderr
+
+
 def test_an_imported_bundles_window_padding_is_kept(tmp_path):
     """wholeBody_ct_segmentation's SlidingWindowInferer pads windows beyond the image by replicating its edge; the
     runtime padded with zeros, which changes what a network with spatial extent sees near the edges."""

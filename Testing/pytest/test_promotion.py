@@ -449,6 +449,37 @@ def test_a_promotion_is_refused_when_the_task_changed_while_it_was_evaluated(mod
     assert Zoo(zoo).versions("disks") == ["0.1.0", "0.1.1"] and Zoo(zoo).current("disks") == "0.1.0"
 
 
+def test_a_refusal_is_not_recorded_against_a_version_that_stopped_being_current(
+    models, tmp_path, monkeypatch
+):
+    """A restore while the candidate was evaluated: the refusal said the task "stays at" a version that was no longer
+    current, and went into the history, though the candidate was never compared with the current version."""
+    from ModelSelectorLib.ranking import promotion
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+    promote(
+        zoo, "disks", models["worse"], models["split"], min_improvement=-1.0, method="bootstrap", level=0.01
+    )
+    assert Zoo(zoo).current("disks") == "0.1.1"
+    history = list(Zoo(zoo).history("disks"))
+    real_gate = promotion.gate
+
+    def gate_while_another_restores(*args, **kwargs):
+        restore(zoo, "disks", "0.1.0")
+        return real_gate(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "gate", gate_while_another_restores)
+    with pytest.raises(ZooError, match=r"the gate compared with 0\.1\.1\); run promote again"):
+        promote(zoo, "disks", models["good"], models["split"], min_improvement=0.99)
+    after = [e for e in Zoo(zoo).history("disks") if e not in history]
+    assert [e["action"] for e in after] == ["restore"]  # no refusal against 0.1.1 recorded
+    monkeypatch.setattr(promotion, "gate", real_gate)
+    refused = promote(zoo, "disks", models["good"], models["split"], min_improvement=0.99)
+    assert not refused["accepted"] and Zoo(zoo).history("disks")[-1]["compared_with"] == "0.1.0"
+
+
 def test_a_promoted_card_never_shows_a_test_mean_beside_a_validation_figure_of_its_name():
     """The card of a one-label model showed the gate's test dice next to the candidate's validation dice_lungs:
     the test figures carry their own names and case count, and the candidate's figures stay as they were (a
