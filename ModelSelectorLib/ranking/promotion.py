@@ -36,6 +36,7 @@ import numpy as np
 from .. import atomic
 from ..errors import BundleError, DatasetError, InputError, ModelSelectorError, TrainingError, ZooError
 from ..evaluation.metrics import higher_is_better
+from ..io.outputs import check_output_folder
 from ..models.registry import runtime_class
 from ..provenance import file_digest, utc_timestamp
 from .scoring import evaluate_cases, primary_metric
@@ -342,6 +343,8 @@ def _promote(
             imported = _imported_candidate(zoo, task, Path(candidate), Path(tmp), trust)
             return _promote(zoo, task, imported, split, metric, method, level, min_improvement, device, cancel,
                             dry_run, candidate_label or _zoo_relative(Path(candidate), zoo.path), trust)  # fmt: skip
+    if not dry_run:  # a read-only zoo is said before the evaluation, not after it
+        check_output_folder(zoo.path, "--zoo")
     split_path = Path(split) if split else default_split(zoo, task)
     if split_path is None:
         raise ZooError(

@@ -39,6 +39,7 @@ import numpy as np
 from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input, dicom_series
+from ..io.outputs import check_output_folder
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import open_zoo
 from .encoder import EMBED_DIM, default_encoder
@@ -653,6 +654,9 @@ def generate_for_model(
     info = info if info is not None else {}
     warn = warn or _warn
     bundle_dir = zoo.get(name, version)
+    check_output_folder(
+        bundle_dir, "bundle folder"
+    )  # a read-only zoo is said before the synthesis, not after
     card = zoo.card(name, version)
     enc = encoder if encoder is not None else default_encoder()
     ident = encoder_id(enc)

@@ -658,3 +658,26 @@ def test_a_release_that_needs_trust_is_gated_with_promote_trust_and_trusted_only
         promote(zoo.path, "spleen", release, split)
     refused = promote(zoo.path, "spleen", release, split, trust=True, dry_run=True)
     assert refused["gate"]["n"] == 3 and not recorded_trust(release)  # evaluated, and no trust recorded
+
+
+def test_a_read_only_zoo_is_refused_before_the_candidate_is_evaluated(models, tmp_path, monkeypatch):
+    """promote evaluated both models on the whole split (minutes on a real one) before it found that it could not
+    write the zoo."""
+    import stat
+
+    from ModelSelectorLib.errors import OutputError
+    from ModelSelectorLib.ranking import promotion
+
+    zoo = tmp_path / "zoo"
+    promote(zoo, "disks", models["bad"], models["split"])
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before the zoo was checked")
+
+    monkeypatch.setattr(promotion, "evaluate_cases", no_evaluation)
+    zoo.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(OutputError, match=r"write-protected \(read-only\)"):
+            promote(zoo, "disks", models["good"], models["split"])
+    finally:
+        zoo.chmod(stat.S_IRWXU)

@@ -285,3 +285,23 @@ def test_data_free_inputs_come_back_in_the_units_the_card_normalises():
         lo, hi, _ = _intensity_range(intensity, modality)
         assert lo <= net_input.min() and net_input.max() <= hi
         np.testing.assert_allclose(denormalize(net_input, intensity, modality), hu, atol=0.05)
+
+
+def test_a_read_only_bundle_is_refused_before_any_prototype_is_made(zoo, data, monkeypatch):
+    """prototypes ran the whole synthesis, then failed naming an internal temporary folder."""
+    import stat
+
+    from ModelSelectorLib.errors import OutputError
+    from ModelSelectorLib.selection import prototypes
+
+    def no_synthesis(*args, **kwargs):
+        raise AssertionError("synthesised before the bundle was checked")
+
+    monkeypatch.setattr(prototypes, "data_free_prototypes", no_synthesis)
+    bundle = zoo.get(MODEL)
+    bundle.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(OutputError, match=rf"{bundle}: the folder is write-protected"):
+            prototypes.generate_for_model(zoo, MODEL, data_free=2, encoder=StubEncoder("x"))
+    finally:
+        bundle.chmod(stat.S_IRWXU)
