@@ -206,9 +206,13 @@ def cmd_add(args: argparse.Namespace) -> int:
             calibrate(idx, zoo, cases=cases, description=text)
         idx.save(out)
     print(f"Added {n} prototype(s) of {args.model} to {out}; now {_summary(idx)}")
-    if not args.calibrate:
-        print(f"The calibration was made without it; recalibrate with `modelselector index calibrate --zoo "
-              f"{_q(zoo.path)} --data DIR`.")  # fmt: skip
+    if not args.calibrate and idx.operating_points(args.model):
+        print(
+            "Its calibrated operating point is kept: its prototypes and version are those it was calibrated with."
+        )
+    elif not args.calibrate:
+        print(f"The calibration was made without these prototypes of {args.model}: it takes the pooled operating point; "
+              f"recalibrate with `modelselector index calibrate --zoo {_q(zoo.path)} --data DIR`.")  # fmt: skip
     elif cases is None:
         print(WITHOUT_DATA, file=sys.stderr)
     return 0

@@ -188,13 +188,24 @@ class ZooIndex:
                 f"{pset.model}`."
             )
         self.encoder = self.encoder or enc
+        indexed = self.models.get(pset.model) or {}
+        # the same prototypes of the same version again (a refresh): the operating points calibrated on them hold
+        kept = self.operating_points(pset.model) if digest and (indexed.get("digest"), indexed.get("version")) == (
+            digest, pset.version) else {}  # fmt: skip
         if pset.model in self.models:
             self.remove_model(pset.model)
         records = [{"model": pset.model, "version": pset.version, **r} for r in pset.rows]
         labels = self.add_vectors(pset.vectors, records)
         self.models[pset.model] = {"version": pset.version, "digest": digest, "labels": labels.tolist(),
                                    "origins": pset.origins()}  # fmt: skip
+        for key, point in kept.items():
+            self.calibration["settings"][key]["models"][pset.model] = point
         return len(labels)
+
+    def operating_points(self, name: str) -> dict[str, Any]:
+        """Model ``name``'s own calibrated operating points, per calibration setting (none: it uses the pooled one)."""
+        return {key: setting["models"][name] for key, setting in (self.calibration.get("settings") or {}).items()
+                if isinstance(setting, dict) and isinstance(setting.get("models"), dict) and name in setting["models"]}  # fmt: skip
 
     def add_model(self, zoo: Any, name: str, version: Optional[str] = None) -> int:
         """Add model ``name`` (its current version unless ``version``) from the zoo, replacing an older entry.

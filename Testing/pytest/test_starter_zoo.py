@@ -370,6 +370,30 @@ def test_a_tilted_acquisition_of_the_sample_ct_is_selected_as_the_straight_one(z
     assert oblique.score > straight.score - 0.05, (oblique.score, straight.score)
 
 
+def test_indexing_a_model_again_keeps_its_operating_point_while_its_prototypes_are_the_same(tmp_path: Path):
+    """`index add` of an indexed model (the step `prototypes` names after a refresh) dropped its calibrated operating
+    point for the pooled one even when nothing had changed: ct-head-bone's went from 5.84 to 1.19, and a breast MR
+    then listed it first at 0.89, "needs Hounsfield units"."""
+    import shutil
+
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.selection.prototypes import load_prototypes
+
+    copy = tmp_path / "zoo"
+    shutil.copytree(ZOO, copy)
+    before = load_index(copy).operating_points("ct-head-bone")
+    assert before and not any(p["pooled"] for p in before.values())
+    assert main(["index", "add", "--zoo", str(copy), "--model", "ct-head-bone"]) == 0
+    idx = load_index(copy)
+    assert idx.operating_points("ct-head-bone") == before
+    # other prototypes of the model (another digest): calibrated without them, it takes the pooled point
+    pset = load_prototypes(Zoo(copy).get("ct-head-bone"))
+    pset.model, pset.version = "ct-head-bone", Zoo(copy).card("ct-head-bone").version
+    idx.add_prototypes(pset, digest="other prototypes")
+    assert idx.operating_points("ct-head-bone") == {}
+
+
 def test_apply_bundled_model_to_sample_keeps_geometry(zoo: Zoo):
     from ModelSelectorLib.models.segmentation import apply_model
 
