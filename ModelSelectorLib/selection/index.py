@@ -226,6 +226,17 @@ class ZooIndex:
         except BundleError as e:
             raise IndexMismatchError(str(e)) from e
         card = zoo.card(name, version)
+        made_for = (pset.model, pset.version)
+        source = zoo.version_info(name, card.version).get("source_card") or {}
+        # a promoted version carries the prototypes of the candidate it copies, made for the same weights
+        if pset.model and made_for not in ((name, card.version), (source.get("name"), source.get("version"))):
+            raise IndexMismatchError(
+                f"{bundle}: its prototypes were made for {made_for[0]} {made_for[1]}, not {name} {card.version} (a "
+                "bundle copied with another model's prototypes, or a new version with its predecessor's: other "
+                f"weights); make them for this model with `modelselector prototypes --zoo {_zoo_arg(zoo)} --model "
+                f"{name} --exemplars IMAGES --data-free 4`, then run `modelselector index add --zoo {_zoo_arg(zoo)} "
+                f"--model {name}`."
+            )
         pset.model, pset.version = name, card.version
         return self.add_prototypes(pset, prototypes_digest(bundle), zoo)
 

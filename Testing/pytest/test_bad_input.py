@@ -1075,6 +1075,20 @@ def test_removing_an_indexed_model_says_nothing_false_and_a_stopped_removal_fini
     assert unknown.returncode != 0 and "no model named 'no-such-model'" in unknown.stderr
 
 
+def test_prototypes_made_for_another_model_are_not_indexed_as_this_ones(indexed_zoo, tmp_path):
+    """A bundle copied out of a zoo keeps its prototypes; added under another name (or as a new version with other
+    weights), `index add` indexed them as the new model's, and `index check` then said the index matched."""
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    copy = bad.copy_tree(Zoo(zoo_dir).get("m0"), tmp_path / "m0-copy")
+    assert bad.run_cli("zoo", "add", copy, "--zoo", zoo_dir, "--name", "m9").returncode == 0
+    indexed = bad.run_cli("index", "add", "--zoo", zoo_dir, "--model", "m9")
+    assert indexed.returncode != 0 and "its prototypes were made for m0 0.1.0, not m9 0.1.0" in indexed.stderr
+    assert "`modelselector prototypes --zoo" in indexed.stderr and "Traceback" not in indexed.stderr
+    assert bad.run_cli("index", "add", "--zoo", zoo_dir, "--model", "m2").returncode == 0  # its own: indexed
+
+
 def test_an_imported_bundles_window_padding_is_kept(tmp_path):
     """wholeBody_ct_segmentation's SlidingWindowInferer pads windows beyond the image by replicating its edge; the
     runtime padded with zeros, which changes what a network with spatial extent sees near the edges."""
