@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_folder
     from ..settings import read_settings_file
     from ..training.segmentation import TrainConfig, train_segmentation
+    from ..zoo.catalog import Zoo
+    from .zoo_cmd import note_stale_index
 
     check_output_folder(args.out)
     if args.work is not None:
@@ -56,4 +58,5 @@ def run(args: argparse.Namespace) -> int:
     path = train_segmentation(args.dataset, args.name, args.out, config, modality=args.modality,
                               body_region=args.body_region, work_dir=args.work)  # fmt: skip
     print(path)
+    note_stale_index(Zoo(args.out), [args.name])  # `select` refuses the zoo until the model is indexed
     return 0

@@ -497,11 +497,12 @@ class ZooIndex:
         entry = self.models.get(name)
         fix = f"`modelselector index add --zoo {z} --model {name}`"
         found = has_prototypes(bundle)
+        make = f"`modelselector prototypes --zoo {z} --model {name} --exemplars IMAGES --data-free 4`, then {fix}"
         if entry is None and not found:
-            return (
-                f"model {name!r} is in the zoo but has no prototypes and is not in the index; run "
-                f"`modelselector prototypes --zoo {z} --model {name} --exemplars IMAGES --data-free 4`, then {fix}"
-            )
+            return f"model {name!r} is in the zoo but has no prototypes and is not in the index; run {make}"
+        if not found and entry.get("version") != current:  # a new version (trained again) without prototypes
+            return (f"the index holds version {entry.get('version')} of {name!r} but the zoo's current version is "
+                    f"{current} (stale), which has no prototypes yet; run {make}")  # fmt: skip
         if entry is None:
             problem = f"model {name!r} (version {current}) is in the zoo but not in the index; run {fix}"
         elif entry.get("version") != current:

@@ -1089,6 +1089,38 @@ def test_prototypes_made_for_another_model_are_not_indexed_as_this_ones(indexed_
     assert bad.run_cli("index", "add", "--zoo", zoo_dir, "--model", "m2").returncode == 0  # its own: indexed
 
 
+def test_training_into_an_indexed_zoo_names_what_select_needs_next(indexed_zoo, tmp_path):
+    """`train` into a zoo with an index printed only the bundle path, and every `select` then refused the zoo; a
+    second version trained without prototypes was said to need `index add`, which refused it for want of them."""
+    from ModelSelectorLib.datasets import make_synthetic_msd
+    from ModelSelectorLib.selection.index import load_index, updating_index
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    msd = make_synthetic_msd(tmp_path / "msd", n_cases=3, profile="ct", seed=0, shape=(12, 16, 16))
+    config = tmp_path / "tiny.yaml"
+    config.write_text("channels: [4, 8]\nepochs: 1\nbatch_size: 1\nnum_samples: 1\nroi_size: [8, 8, 8]\n"
+                      "target_spacing: [3.0, 3.0, 3.0]\naugment: false\nnum_threads: 1\n")  # fmt: skip
+    train = ["train", "--dataset", msd, "--name", "organs", "--out", zoo_dir, "--config", config]
+    first = bad.run_cli(*train)
+    assert first.returncode == 0, first.stderr
+    assert (
+        "note: `select` needs the index updated first: model 'organs' is in the zoo but has no prototypes"
+        in (first.stderr)
+        and "`modelselector prototypes --zoo" in first.stderr
+    )
+    bad.add_prototypes(Zoo(zoo_dir).get("organs"), "organs", seed=5)
+    with updating_index(Path(zoo_dir) / "index", Zoo(zoo_dir)) as idx:
+        idx.add_model(Zoo(zoo_dir), "organs")
+        idx.save(Path(zoo_dir) / "index")
+    second = bad.run_cli(*train, "--seed", "1")  # another version, without prototypes
+    assert second.returncode == 0, second.stderr
+    assert "current version is 0.1.1 (stale), which has no prototypes yet; run `modelselector prototypes" in (
+        second.stderr
+    )
+    assert any("no prototypes yet" in p for p in load_index(zoo_dir).problems(Zoo(zoo_dir)))
+
+
 def test_an_imported_bundles_window_padding_is_kept(tmp_path):
     """wholeBody_ct_segmentation's SlidingWindowInferer pads windows beyond the image by replicating its edge; the
     runtime padded with zeros, which changes what a network with spatial extent sees near the edges."""
