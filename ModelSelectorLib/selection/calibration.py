@@ -39,7 +39,7 @@ from ..io.image import Image, read_image
 from ..progress import check_cancel, progress_bar
 from .encoder import default_encoder
 from .index import ZooIndex, index_zoo
-from .prototypes import ORIGINS, encoder_id
+from .prototypes import ORIGINS, encoder_id, resolve_recorded_source
 from .scoring import (
     FEATURES,
     UNCALIBRATED,
@@ -144,21 +144,34 @@ def default_cases(
     photographs (``OT``)."""
     cases = []
     if positives is None:
-        for name in index.model_names():
-            seen: list[str] = []
-            for lab in index.models[name]["labels"]:
-                rec = index.items.get(lab)
-                src = str((rec or {}).get("source", ""))
-                if rec and rec["origin"] == "exemplar" and src and src not in seen and Path(src).exists():
-                    seen.append(src)
-            positives_of = [(s, name) for s in seen[:per_model]]
-            cases += [_labelled(zoo, name, s, (s,)) for s, name in positives_of]
+        for name, found in exemplar_files(index, zoo, per_model).items():
+            # scored without its own prototypes, which record the source as it was given
+            cases += [_labelled(zoo, name, path, (src,)) for src, path in found]
     else:
         cases += [_labelled(zoo, name, img, ()) for img, name in positives]
     for n in ood_references() if negatives is None else negatives:
         name, img = n if isinstance(n, tuple) else (str(getattr(n, "meta", {}).get("path", n)), n)
         cases.append(LabelledImage(img, "OT", (), (), str(name)))
     return cases
+
+
+def exemplar_files(index: Any, zoo: Any, per_model: int = 3) -> dict[str, list[tuple[str, Path]]]:
+    """Up to ``per_model`` exemplar files of each indexed model that can be found: ``{model: [(recorded source,
+    file)]}``, a source looked for as given (absolute, or relative to the working folder) and relative to the
+    model's bundle (:func:`~.prototypes.resolve_recorded_source`); sources recorded relative to a data folder are
+    found only from there."""
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for name in index.model_names():
+        found: dict[str, Path] = {}
+        for lab in index.models[name]["labels"]:
+            rec = index.items.get(lab) or {}
+            src = str(rec.get("source", ""))
+            if rec.get("origin") == "exemplar" and src and src not in found and len(found) < per_model:
+                path = resolve_recorded_source(src, [zoo.get(name)])
+                if path is not None:
+                    found[src] = path
+        out[name] = list(found.items())
+    return out
 
 
 def _labelled(zoo: Any, model: str, image: Any, exclude: tuple[str, ...]) -> LabelledImage:
@@ -373,8 +386,15 @@ def calibrate(
     made_on = MADE_ON_EXEMPLARS if cases is None and positives is None else MADE_ON_LABELLED
     if cases is None:
         cases = default_cases(index, zoo, positives, negatives)
-        description = description or "exemplar files of each model (without their own prototypes) and synthetic "\
-            "out-of-distribution references"  # fmt: skip
+        if positives is None:
+            files = exemplar_files(index, zoo)
+            missing = [n for n, f in files.items() if not f]
+            what = f"exemplar files of {len(files) - len(missing)} of the {len(files)} models (without their own " \
+                "prototypes)" + (f"; none found of {', '.join(missing)} (their sources are recorded relative to " \
+                "the data folder: --data DIR)" if missing else "")  # fmt: skip
+        else:
+            what = f"{len(positives)} given images of the models"
+        description = description or f"{what} and synthetic out-of-distribution references"
     records = collect_pairs(index, zoo, enc, cases, True, cancel)
     settings = {}
     for origins in ORIGIN_SETS:

@@ -340,3 +340,28 @@ def test_scored_rows_say_which_operating_point_they_use(tiny_zoo):
     assert rows["a"]["operating_point"] == "the model's operating point" and rows["a"]["threshold"] == 1.0
     assert rows["b"]["operating_point"] == "the pooled operating point (no calibration of this model)"
     assert rows["b"]["threshold"] == 0.5
+
+
+def test_a_calibration_without_data_says_whose_exemplar_files_it_found(tiny_zoo, tmp_path, monkeypatch):
+    """Run from another folder than the data's, `index calibrate` found no model's exemplar files (their sources
+    are recorded relative to the data folder), calibrated on synthetic pictures alone, and said it had used
+    "exemplar files of each model"."""
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.selection.calibration import calibrate, exemplar_files
+    from ModelSelectorLib.selection.index import default_index_dir, load_index
+
+    idx = load_index(default_index_dir(tiny_zoo))
+    monkeypatch.chdir(tmp_path)
+    assert exemplar_files(idx, tiny_zoo) == {"a": [], "b": []}
+    picture = np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(picture), str(tiny_zoo.get("a") / "a-0.png"))  # beside a's bundle
+    assert exemplar_files(idx, tiny_zoo) == {
+        "a": [("a-0.png", (tiny_zoo.get("a") / "a-0.png").resolve())],
+        "b": [],
+    }
+    cal = calibrate(idx, tiny_zoo, negatives=[])
+    assert (
+        cal["images"].startswith("exemplar files of 1 of the 2 models") and "none found of b" in cal["images"]
+    )
+    assert "--data DIR" in cal["images"]
