@@ -428,8 +428,20 @@ def _matches(
                                   score >= thr and not r["dims_ok"] and ev.ndim < int(card.spatial_dims),
                                   task.held_out(card), task.is_demonstration(card), r["fov"],
                                   score >= thr, r["units"], card.takes_single_slices))  # fmt: skip
-    matches.sort(key=lambda m: (not m.fits, m.answer == "no", -m.score))
+    matches.sort(key=ranking_key)
     return matches, classes
+
+
+#: scores at least this high are saturated: their differences (in the third or fourth decimal) say nothing
+SATURATED_SCORE = 0.99
+
+
+def ranking_key(match: ModelMatch) -> tuple[bool, bool, float, bool, float]:
+    """The order of a selection's models: fitting ones first, then those whose domain matches (needing another
+    input), then the others; by score, except that among saturated scores (:data:`SATURATED_SCORE`) a model to
+    rely on comes before a demonstration model, then by score."""
+    return (not match.fits, match.answer == "no", -min(match.score, SATURATED_SCORE), match.demonstration,
+            -match.score)  # fmt: skip
 
 
 def _fitting_once_inverted(img: Image, zoo: Zoo, index: ZooIndex, enc: Any, origins: Sequence[str], verify: bool,
@@ -446,4 +458,4 @@ def _fitting_once_inverted(img: Image, zoo: Zoo, index: ZooIndex, enc: Any, orig
     return [m.name for m in _matches(rows, ev, index, thr)[0] if m.fits]
 
 
-__all__ = ["ModelMatch", "Selection", "as_image", "open_zoo_and_index", "select", "verify_fit"]
+__all__ = ["ModelMatch", "Selection", "as_image", "open_zoo_and_index", "ranking_key", "select", "verify_fit"]

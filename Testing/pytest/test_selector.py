@@ -601,3 +601,22 @@ def test_a_broken_bundle_fits_nothing_and_the_others_are_still_ranked(env, tmp_p
     assert not broken.fits and broken.score < 1e-6
     assert any(r.startswith("the model cannot be used, so it fits nothing: ") for r in broken.reasons)
     assert [w for w in sel.warnings if w.startswith("the model mr_abdomen cannot be used")]
+
+
+def test_a_demonstration_model_does_not_outrank_one_to_rely_on_at_the_same_shown_score():
+    """Two cardiac models fitting a volume at 0.9996 and 0.9994: the 2-epoch demonstration one came first (and
+    `demo` applied it first) on the fourth decimal of a saturated score (shown as 1.000 and 0.999)."""
+    from ModelSelectorLib.selection.selector import ModelMatch, ranking_key
+
+    def match(name, score, fits=True, demonstration=False):
+        return ModelMatch(name, "1", "segmentation", "MR", "HEART", score, fits, demonstration=demonstration)
+
+    tiny, cardiac = match("tiny", 0.99964, demonstration=True), match("cardiac", 0.99941)
+    assert [m.name for m in sorted([tiny, cardiac], key=ranking_key)] == ["cardiac", "tiny"]
+    clearly = match("tiny", 0.95, demonstration=True), match("cardiac", 0.80)
+    assert [m.name for m in sorted(clearly, key=ranking_key)] == [
+        "tiny",
+        "cardiac",
+    ]  # a real difference stands
+    unfit = match("other", 0.999, fits=False)
+    assert sorted([unfit, match("low", 0.6)], key=ranking_key)[0].name == "low"
