@@ -153,6 +153,9 @@ def gate(
             p_value = float(wilcoxon(d, alternative="greater", zero_method="wilcox").pvalue)
         significant = p_value < 1.0 - level
         test = f"Wilcoxon p = {p_value:.4g} {'<' if significant else '>='} {1 - level:.3g}"
+        if d.size < min_paired_cases(level):  # said, or a refusal reads as the candidate's fault
+            test += (f" ({d.size} paired case(s) cannot give p below {2.0 ** -d.size:.4g}: no candidate can pass at "
+                     f"the {level:.0%} level; a test split of at least {min_paired_cases(level)} cases can)")  # fmt: skip
     elif d.size < min_paired_cases(level):  # a few cases resample into a narrow interval that means nothing
         significant = False
         test = (f"{d.size} paired case(s) cannot show a difference at the {level:.0%} level (at least "

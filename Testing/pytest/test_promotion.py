@@ -76,6 +76,13 @@ def test_the_bootstrap_gate_refuses_too_few_cases_to_show_a_difference():
         assert "nan" not in worse.text() and "fewer than the 5" in worse.text()
         assert not gate([0.81] * n, [0.80] * n, "dice").accepted
     assert gate([0.81] * 5, [0.80] * 5, "dice", method="bootstrap").accepted
+    # Wilcoxon's p cannot get there either, and the refusal says so rather than read as the candidate's fault
+    wilcoxon = gate([0.81] * 4, [0.80] * 4, "dice")
+    assert (
+        "4 paired case(s) cannot give p below 0.0625" in wilcoxon.reason
+        and "at least 5 cases" in wilcoxon.reason
+    )
+    assert "cannot give p" not in gate([0.81] * 5, [0.80] * 5, "dice").reason
 
 
 def test_gating_on_a_label_that_no_test_case_holds_says_so():
