@@ -175,6 +175,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.calibrate and cases is None
     ):  # before any work: the index it replaces may hold a better calibration
         _refuse_replacing_a_better_calibration(out, zoo)
+    replaced = "" if args.calibrate else _calibration_of(out, zoo)
     idx = build_index(zoo, calibrate=args.calibrate, cases=cases, description=text)
     idx.save(out)
     print(f"Index saved to {out}: {_summary(idx)}")
@@ -182,7 +183,25 @@ def cmd_build(args: argparse.Namespace) -> int:
         _print_calibration(idx.calibration, zoo, idx)
         if cases is None:
             print(WITHOUT_DATA, file=sys.stderr)
+    elif replaced:
+        print(f"modelselector: note: the index replaced was calibrated ({replaced}); this one is not, so every model "
+              f"takes fixed weights and the pooled threshold until `modelselector index calibrate --zoo "
+              f"{_q(zoo.path)} --data DIR`.", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _calibration_of(out: Path, zoo: Any) -> str:
+    """What the calibration of the index in ``out`` was made on (empty without one, or an index that does not
+    load)."""
+    from ..errors import ModelSelectorError
+    from ..selection.index import SIDECAR, ZooIndex
+
+    try:
+        old = ZooIndex.load(out, zoo) if (out / SIDECAR).is_file() else None
+    except ModelSelectorError:
+        return ""
+    calibration = old.calibration if old is not None else {}
+    return str(calibration.get("images") or "on images") if calibration.get("settings") else ""
 
 
 def cmd_add(args: argparse.Namespace) -> int:

@@ -365,3 +365,15 @@ def test_a_calibration_without_data_says_whose_exemplar_files_it_found(tiny_zoo,
         cal["images"].startswith("exemplar files of 1 of the 2 models") and "none found of b" in cal["images"]
     )
     assert "--data DIR" in cal["images"]
+
+
+def test_a_build_without_calibration_says_it_replaced_a_calibrated_index(tiny_zoo, capsys):
+    """`index build --no-calibrate` over an index calibrated on labelled images dropped that calibration without
+    a word; every model then took fixed weights and the pooled threshold."""
+    from ModelSelectorLib.selection.index import default_index_dir, load_index
+
+    rc, out, err = _cli(capsys, "index", "build", "--zoo", tiny_zoo.path, "--no-calibrate")
+    assert rc == 0 and "note: the index replaced was calibrated (" in err and "index calibrate --zoo" in err
+    assert not load_index(default_index_dir(tiny_zoo)).calibration.get("settings")
+    rc, out, err = _cli(capsys, "index", "build", "--zoo", tiny_zoo.path, "--no-calibrate")
+    assert rc == 0 and "note" not in err  # nothing calibrated was replaced this time
