@@ -144,7 +144,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def note_stale_index(zoo: Zoo, names: Sequence[str]) -> None:
     """After a change to models ``names`` of ``zoo``: when the zoo's index no longer matches them, say so on stderr
-    with the commands that update it (`select` refuses a zoo its index disagrees with)."""
+    with the commands that update it (`select` refuses a zoo whose index holds stale or removed models, and does not
+    offer a model the index does not hold)."""
     from ..selection.index import SIDECAR, default_index_dir, load_index
 
     if not (default_index_dir(zoo) / SIDECAR).is_file():
@@ -155,7 +156,7 @@ def note_stale_index(zoo: Zoo, names: Sequence[str]) -> None:
         return
     for problem in problems:
         if any(repr(n) in problem for n in names):
-            print(f"modelselector: note: `select` needs the index updated first: {problem}", file=sys.stderr)
+            print(f"modelselector: note: the zoo's index needs updating: {problem}", file=sys.stderr)
 
 
 def cmd_add(args: argparse.Namespace) -> int:

@@ -532,19 +532,25 @@ class ZooIndex:
             f"{name}`), then run `modelselector index add --zoo {z} --model {name}`"
         )
 
-    def check_against(self, zoo: Any, encoder: str = "") -> None:
+    def check_against(self, zoo: Any, encoder: str = "", allow_unindexed: bool = False) -> list[str]:
         """Raise :class:`IndexMismatchError` when the index and ``zoo`` disagree (missing or stale models, or
         prototypes made with another encoder; ``encoder``: id of the encoder in use, see :meth:`problems`).
 
-        The message names each model concerned and the command that fixes it.
+        The message names each model concerned and the command that fixes it. With ``allow_unindexed``, a zoo model
+        the index does not hold at all (trained or added since) is no disagreement: it is never scored, so never
+        offered, and its problem is returned for a warning (``[]`` otherwise).
         """
-        probs = self.problems(zoo, encoder)
+        waived = [n for n in zoo.names() if n not in self.models] if allow_unindexed else []
+        z = _zoo_arg(zoo)
+        notes = [p for p in (self._model_problem(zoo, n, z, encoder) for n in waived) if p]
+        probs = [p for p in self.problems(zoo, encoder) if p not in notes]
         if probs:
             raise IndexMismatchError(
                 f"the index {self.path or ''} does not match the zoo {_zoo_arg(zoo)}: "
                 + "; ".join(probs)
                 + "."
             )
+        return notes
 
     def __repr__(self) -> str:
         return f"ZooIndex(models={self.model_names()}, prototypes={len(self)}, dim={self.dim})"

@@ -370,8 +370,8 @@ def select(
         raise InputError(f"origins must name at least one of {', '.join(ORIGINS)}.")
     t0 = time.monotonic()
     zoo, index = open_zoo_and_index(zoo, index)
-    if check:
-        index.check_against(zoo)
+    # a model trained or added since the index was built is not offered until it is indexed; the others are
+    unindexed = index.check_against(zoo, allow_unindexed=True) if check else []
     enc = encoder if encoder is not None else default_encoder()
     if index.encoder and index.encoder != encoder_id(enc):
         raise IndexMismatchError(
@@ -389,6 +389,7 @@ def select(
     warnings += [
         f"the model {name} cannot be used, so it fits nothing: {why}" for name, why in ev.broken.items()
     ]
+    warnings += [f"{note}; until then it is not offered" for note in unindexed]
     t3 = time.monotonic()
     thr = 0.5 if threshold is None else float(threshold)
     matches, classes = _matches(rows, ev, index, thr)

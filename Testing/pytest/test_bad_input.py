@@ -1040,7 +1040,7 @@ def test_a_zoo_change_that_leaves_the_index_behind_says_how_to_update_it(indexed
     zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
     added = bad.run_cli("zoo", "add", bad.tiny_bundle(tmp_path / "src", "m4"), "--zoo", zoo_dir)
     assert added.returncode == 0
-    assert "note: `select` needs the index updated first: model 'm4'" in added.stderr
+    assert "note: the zoo's index needs updating: model 'm4'" in added.stderr
     assert f"`modelselector index add --zoo {zoo_dir} --model m4`" in added.stderr
     removed = bad.run_cli("zoo", "remove", "m4", "--zoo", zoo_dir)  # the index agrees again: no note
     assert removed.returncode == 0 and "note" not in removed.stderr
@@ -1105,7 +1105,7 @@ def test_training_into_an_indexed_zoo_names_what_select_needs_next(indexed_zoo, 
     first = bad.run_cli(*train)
     assert first.returncode == 0, first.stderr
     assert (
-        "note: `select` needs the index updated first: model 'organs' is in the zoo but has no prototypes"
+        "note: the zoo's index needs updating: model 'organs' is in the zoo but has no prototypes"
         in (first.stderr)
         and "`modelselector prototypes --zoo" in first.stderr
     )
@@ -1119,6 +1119,38 @@ def test_training_into_an_indexed_zoo_names_what_select_needs_next(indexed_zoo, 
         second.stderr
     )
     assert any("no prototypes yet" in p for p in load_index(zoo_dir).problems(Zoo(zoo_dir)))
+
+
+def test_select_goes_on_with_the_indexed_models_when_one_is_not_indexed_yet(indexed_zoo, tmp_path):
+    """A model trained or added since the index was built made every `select` on the zoo fail (exit 4), whatever
+    the image; now the indexed models are scored and the others named in a warning."""
+    from ModelSelectorLib.errors import IndexMismatchError
+    from ModelSelectorLib.selection.encoder import EMBED_DIM
+    from ModelSelectorLib.selection.selector import select
+    from ModelSelectorLib.zoo import Zoo
+
+    class Encoder:  # the encoder the tiny zoo's prototypes name ("test"), without a network
+        _modelselector_id = "test"
+        classes = ["CT:ABDOMEN", "OT:OOD"]
+
+        def embed(self, image):
+            return np.eye(2, EMBED_DIM, dtype=np.float32)
+
+        def image_probabilities(self, emb, image):
+            return np.array([0.9, 0.1])
+
+    zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")  # m0 and m1 indexed, m2 and m3 not
+    image = bad.written("ct.nii.gz")(tmp_path)
+    selection = select(image, zoo=zoo_dir, top_k=None, encoder=Encoder(), verify=False)
+    assert {m.name for m in selection.models} == {"m0", "m1"}
+    unindexed = [w for w in selection.warnings if "until then it is not offered" in w]
+    assert (
+        len(unindexed) == 2
+        and "model 'm2' (version 0.1.0) is in the zoo but not in the index" in unindexed[0]
+    )
+    Zoo(zoo_dir).remove("m0")  # a model the index holds and the zoo no longer does is still refused
+    with pytest.raises(IndexMismatchError, match="'m0' is in the index but not in the zoo"):
+        select(image, zoo=zoo_dir, encoder=Encoder(), verify=False)
 
 
 def test_an_imported_bundles_window_padding_is_kept(tmp_path):
