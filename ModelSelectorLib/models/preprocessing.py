@@ -134,7 +134,7 @@ def preprocess(
         res = resample_to(src, grid, sitk.sitkLinear, background_value(image.array, intensity, modality))
     else:
         grid = monai_grid(src, resampling)
-        spacing = next((s for s in resampling if "pixdim" in s), {})
+        spacing = spacing_step(resampling) or {}
         res = resample_padded(src, grid, spline_interpolator(int(spacing.get("order", 1))),
                               str(spacing.get("padding", "border")))  # fmt: skip
     arr = normalize_intensity(sitk.GetArrayViewFromImage(res), intensity, modality)
@@ -448,6 +448,17 @@ def kept_components(config: dict[str, Any]) -> Optional[list[int]]:
     return None
 
 
+#: how a sliding-window inferer may pad windows beyond the image besides zeros (torch's ``pad`` modes), which the
+#: runtime reproduces; a card's ``inference.padding_mode`` is one of these or ``"constant"``
+WINDOW_PADDINGS = ("replicate", "reflect", "circular")
+
+
+def spacing_step(steps: Optional[Sequence[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    """The ``Spacingd`` step of an imported bundle's resampling steps (``read_preprocessing(...)["resampling"]``),
+    with its ``order`` and ``padding``; None when it has none."""
+    return next((s for s in steps or () if "pixdim" in s), None)
+
+
 def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
     """``roi_size``, ``overlap``, ``sw_mode`` and ``padding_mode`` (when not zeros) of the bundle's
     ``SlidingWindowInferer`` when they are plain values (``{}`` for another inferer or values that are
@@ -479,7 +490,7 @@ def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
             out[name] = float(value)
         elif key == "mode" and value in ("constant", "gaussian"):
             out[name] = value
-        elif key == "padding_mode" and value in ("replicate", "reflect", "circular"):
+        elif key == "padding_mode" and value in WINDOW_PADDINGS:
             out[name] = value
     return out
 

@@ -66,6 +66,7 @@ from .preprocessing import (
     plain_value,
     preprocess,
     read_preprocessing,
+    spacing_step,
 )
 from .registry import register_runtime
 
@@ -124,7 +125,7 @@ def output_resampling(
     ``Invertd`` resamples them before the argmax (:func:`~.preprocessing.inverts_probabilities`), else the label
     map (``"nearest"``); outside the network's grid it finds what ``Spacingd``'s ``padding_mode`` gives. The
     project's own bundles: ``("nearest", None, 1)``."""
-    spacing = next((s for s in steps or () if "pixdim" in s), None)
+    spacing = spacing_step(steps)
     if spacing is None:  # no resampling (or only reordered axes): the grids' voxels coincide
         return "nearest", None, 1
     order = int(spacing["order"])

@@ -137,14 +137,15 @@ def default_cases(
     positives: Optional[Sequence[tuple[Union[Image, PathLike], str]]] = None,
     negatives: Optional[Sequence[Any]] = None,
     per_model: int = 3,
+    files: Optional[dict[str, list[tuple[str, Path]]]] = None,
 ) -> list[LabelledImage]:
     """Labelled images when no development images are given: ``positives`` as ``(image, model)`` pairs
-    (default: up to ``per_model`` exemplar files of each model, each scored without its own prototypes),
-    labelled with their model's modality and regions, and ``negatives`` (default :func:`ood_references`) as
-    photographs (``OT``)."""
+    (default: up to ``per_model`` exemplar files of each model, each scored without its own prototypes; ``files``:
+    those already found, :func:`exemplar_files`), labelled with their model's modality and regions, and
+    ``negatives`` (default :func:`ood_references`) as photographs (``OT``)."""
     cases = []
     if positives is None:
-        for name, found in exemplar_files(index, zoo, per_model).items():
+        for name, found in (exemplar_files(index, zoo, per_model) if files is None else files).items():
             # scored without its own prototypes, which record the source as it was given
             cases += [_labelled(zoo, name, path, (src,)) for src, path in found]
     else:
@@ -385,9 +386,9 @@ def calibrate(
     enc = encoder if encoder is not None else default_encoder()
     made_on = MADE_ON_EXEMPLARS if cases is None and positives is None else MADE_ON_LABELLED
     if cases is None:
-        cases = default_cases(index, zoo, positives, negatives)
+        files = exemplar_files(index, zoo) if positives is None else {}
+        cases = default_cases(index, zoo, positives, negatives, files=files)
         if positives is None:
-            files = exemplar_files(index, zoo)
             missing = [n for n, f in files.items() if not f]
             what = f"exemplar files of {len(files) - len(missing)} of the {len(files)} models (without their own " \
                 "prototypes)" + (f"; none found of {', '.join(missing)} (their sources are recorded relative to " \

@@ -473,15 +473,18 @@ class ZooIndex:
         return idx
 
     # --- consistency ----------------------------------------------------------------------------------
-    def problems(self, zoo: Any, encoder: str = "") -> list[str]:
+    def problems(self, zoo: Any, encoder: str = "", models: Optional[Sequence[str]] = None) -> list[str]:
         """Every disagreement between the index and ``zoo``, each with the command that fixes it.
 
         Args:
             encoder: id of the encoder in use (:func:`~.prototypes.encoder_id`); when a model's prototypes were
                 made with another encoder than the index's, it tells which of the two is out of date.
+            models: the zoo models to look at (default: all of them); models the index holds and the zoo does not
+                are named either way.
         """
         z = _zoo_arg(zoo)
-        out = [p for p in (self._model_problem(zoo, name, z, encoder) for name in zoo.names()) if p]
+        names = zoo.names() if models is None else models
+        out = [p for p in (self._model_problem(zoo, name, z, encoder) for name in names) if p]
         for name in self.model_names():
             if name not in zoo:
                 out.append(
@@ -543,7 +546,7 @@ class ZooIndex:
         waived = [n for n in zoo.names() if n not in self.models] if allow_unindexed else []
         z = _zoo_arg(zoo)
         notes = [p for p in (self._model_problem(zoo, n, z, encoder) for n in waived) if p]
-        probs = [p for p in self.problems(zoo, encoder) if p not in notes]
+        probs = self.problems(zoo, encoder, [n for n in zoo.names() if n not in waived])
         if probs:
             raise IndexMismatchError(
                 f"the index {self.path or ''} does not match the zoo {_zoo_arg(zoo)}: "

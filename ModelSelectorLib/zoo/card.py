@@ -14,6 +14,7 @@ import re
 from typing import Any, Optional
 
 from ..errors import BundleError
+from ..models.preprocessing import WINDOW_PADDINGS
 from ..models.registry import runtime_class, task_types
 
 MODALITIES = ("CT", "MR", "DX", "US", "PT", "NM", "XA", "MG", "OT")
@@ -225,7 +226,7 @@ class ModelCard:
         if inf is None:
             return
         if (not isinstance(inf, dict) or inf.get("sw_mode", "constant") not in ("constant", "gaussian")
-                or inf.get("padding_mode", "constant") not in ("constant", "replicate", "reflect", "circular")):  # fmt: skip
+                or inf.get("padding_mode", "constant") not in ("constant", *WINDOW_PADDINGS)):  # fmt: skip
             raise BundleError(
                 f"model card field 'inference' is {inf!r}; expected {{'sw_mode': 'constant' or 'gaussian', ...}}."
             )
