@@ -167,17 +167,20 @@ def _refuse_replacing_a_better_calibration(out: Path, zoo: Any) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from ..atomic import writer_lock
     from ..selection.calibration import build_index
 
     zoo, out = _paths(args)
     cases, text = _cases(args, zoo) if args.calibrate else (None, "")
-    if (
-        args.calibrate and cases is None
-    ):  # before any work: the index it replaces may hold a better calibration
-        _refuse_replacing_a_better_calibration(out, zoo)
-    replaced = "" if args.calibrate else _calibration_of(out, zoo)
-    idx = build_index(zoo, calibrate=args.calibrate, cases=cases, description=text)
-    idx.save(out)
+    # the folder's write lock for the whole build: an `index add` meanwhile waits and then adds to the new
+    # index, instead of being overwritten by it
+    with writer_lock(out):
+        zoo.reload()  # the catalog as the writer before this one left it
+        if args.calibrate and cases is None:  # before any work: the index it replaces may hold a better one
+            _refuse_replacing_a_better_calibration(out, zoo)
+        replaced = "" if args.calibrate else _calibration_of(out, zoo)
+        idx = build_index(zoo, calibrate=args.calibrate, cases=cases, description=text)
+        idx.save(out)
     print(f"Index saved to {out}: {_summary(idx)}")
     if args.calibrate:
         _print_calibration(idx.calibration, zoo, idx)

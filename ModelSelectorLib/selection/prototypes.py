@@ -694,9 +694,10 @@ def generate_for_model(
     pset = ex.merged(df)
     pset = PrototypeSet(pset.vectors, pset.rows, card.name, card.version, meta)
     check_cancel(cancel)
-    save_prototypes(bundle_dir, pset, extra)
-    if data_free > 0 and pngs:  # pictures of the prototypes just saved, never of ones a cancel kept out
-        save_pngs(bundle_dir, images, pngs)
+    with zoo.writing():  # zoo writers remove what a killed save left in the bundle, so never this one's
+        save_prototypes(bundle_dir, pset, extra)
+        if data_free > 0 and pngs:  # pictures of the prototypes just saved, never of ones a cancel kept out
+            save_pngs(bundle_dir, images, pngs)
     return pset
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -11,9 +13,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # `zoo add --trust` records the user's trust outside every zoo; the tests keep theirs out of the user's own store
-os.environ["MODELSELECTOR_TRUST_STORE"] = os.path.join(
-    tempfile.mkdtemp(prefix="modelselector-trust-"), "trusted.json"
-)
+_TRUST_DIR = tempfile.mkdtemp(prefix="modelselector-trust-")
+atexit.register(shutil.rmtree, _TRUST_DIR, ignore_errors=True)
+os.environ["MODELSELECTOR_TRUST_STORE"] = os.path.join(_TRUST_DIR, "trusted.json")
 
 
 def rotation_z(deg: float) -> tuple:

@@ -918,6 +918,33 @@ def test_four_concurrent_index_adds_keep_every_model(indexed_zoo, tmp_path):
     assert bad.run_cli("index", "check", "--zoo", zoo).returncode == 0
 
 
+def test_index_build_waits_for_a_concurrent_index_writer(indexed_zoo, tmp_path):
+    """`index build` holds the index folder's lock from before it reads the zoo: a model added and indexed
+    while another writer held the lock is in the index the build saves (it used to build from the zoo as it
+    was at its start and overwrite the other writer's index without that model)."""
+    from ModelSelectorLib.selection.index import load_index
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = bad.copy_tree(indexed_zoo, tmp_path / "zoo")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom ModelSelectorLib.atomic import writer_lock\n"
+                               f"with writer_lock({str(zoo / 'index')!r}):\n    print('locked', flush=True); sys.stdin.readline()"],
+                              cwd=bad.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        build = bad.start_cli("index", "build", "--zoo", zoo, "--no-calibrate")
+        assert "waiting for another process" in build.stderr.readline()
+        Zoo(zoo).add(bad.tiny_bundle(tmp_path / "src", "m4", seed=4))  # the other writer's new model
+        bad.add_prototypes(Zoo(zoo).get("m4"), "m4", seed=4)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+        assert build.wait(timeout=300) == 0, build.stderr.read()
+    finally:
+        holder.kill()
+    assert load_index(zoo).model_names() == ["m0", "m1", "m2", "m3", "m4"]
+    assert bad.run_cli("index", "check", "--zoo", zoo).returncode == 0
+
+
 def test_three_concurrent_adds_of_one_bundle_give_one_success(tmp_path):
     from ModelSelectorLib.zoo import Zoo, load_bundle
 
@@ -935,6 +962,7 @@ def test_three_concurrent_adds_of_one_bundle_give_one_success(tmp_path):
 
 
 def test_the_next_writer_removes_what_killed_writers_left(indexed_zoo, tmp_path):
+    from ModelSelectorLib.selection.prototypes import has_prototypes
     from ModelSelectorLib.zoo import Zoo
     from ModelSelectorLib.zoo.catalog import PENDING_MARKER
 
@@ -947,11 +975,15 @@ def test_the_next_writer_removes_what_killed_writers_left(indexed_zoo, tmp_path)
         models / "m3",  # the files of a killed `zoo remove` (the catalog no longer lists m3)
         zoo_dir / "index" / ".tmp-k9x2-index.json",
         zoo_dir / "index" / "graph-20000101000000-dead.bin",
+        models / "m2" / "0.1.0" / ".prototypes.k9x2.tmp",  # the new prototypes of a killed `prototypes`
     ]
     bad.copy_tree(models / "m0" / "0.1.0", litter[0])
     bad.copy_tree(models / "m0" / "0.1.0", litter[2])
     for f in (litter[1], litter[4], litter[5]):
         f.write_text("left behind\n")
+    bad.copy_tree(models / "m2" / "0.1.0" / "prototypes", litter[6])
+    moved_aside = models / "m0" / "0.1.0" / ".prototypes.old-4194305"  # killed between its two renames
+    (models / "m0" / "0.1.0" / "prototypes").rename(moved_aside)
     for pending in (litter[2], *litter[3].iterdir()):  # what a killed add or remove marks before it is killed
         (pending / PENDING_MARKER).touch()
     catalog = json.loads((zoo_dir / "zoo.json").read_text())
@@ -964,6 +996,7 @@ def test_the_next_writer_removes_what_killed_writers_left(indexed_zoo, tmp_path)
     assert bad.run_cli("index", "remove", "--zoo", zoo_dir, "--model", "m1").returncode == 0
     assert [p for p in litter if p.exists()] == []
     assert Zoo(zoo_dir).names() == ["m0", "m1", "m2", "m4"] and (models / "m1" / "0.1.0").is_dir()
+    assert not moved_aside.exists() and has_prototypes(models / "m0" / "0.1.0")  # put back, not deleted
 
 
 @pytest.mark.parametrize("delay_s", [1.0, 2.5])
