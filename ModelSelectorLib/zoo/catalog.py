@@ -146,7 +146,8 @@ class Zoo:
                 pending = version_dir / PENDING_MARKER
                 if rel in listed:  # an add killed after its catalog write
                     pending.unlink(missing_ok=True)
-                    atomic.remove_leftovers(version_dir)  # a killed `prototypes` (which saves holding the lock)
+                    # what a killed `prototypes` left (it saves holding the lock)
+                    atomic.remove_leftovers(version_dir)
                 elif pending.is_file():  # left by a killed add or remove; a bundle put here by hand stays
                     shutil.rmtree(version_dir, ignore_errors=True)
             if model_dir.name not in data["models"] and not any(model_dir.iterdir()):
