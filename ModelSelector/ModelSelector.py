@@ -20,7 +20,7 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:  # the support package beside this file
     sys.path.insert(0, MODULE_DIR)
 
-from ModelSelectorSupport import application, environment, nodes, presentation  # noqa: E402
+from ModelSelectorSupport import application, environment, nodes, preferences, presentation  # noqa: E402
 from ModelSelectorSupport.dependencies import (  # noqa: E402
     MODEL_RUN_PACKAGES,
     cudaAvailable,
@@ -53,9 +53,7 @@ INPUT_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 NO_MODEL_RUNS_MESSAGE = (
     "Skipping the model runs of the self-test: {names} not installed (see the module's help)"
 )
-#
-# ModelSelector
-#
+# --- ModelSelector ---------------------------------------------------------------------------------------
 
 
 class ModelSelector(ScriptedLoadableModule):
@@ -92,9 +90,7 @@ extension (work in a separate process, dependencies installed on first use).
             slicer.app.connect("startupCompleted()", application.onStartupCompleted)
 
 
-#
-# Parameter node
-#
+# --- Parameter node --------------------------------------------------------------------------------------
 
 if HAVE_SLICER_APP:
 
@@ -110,9 +106,7 @@ if HAVE_SLICER_APP:
         surfaces: str = presentation.SURFACES_AUTO
 
 
-#
-# ModelSelectorWidget
-#
+# --- ModelSelectorWidget ---------------------------------------------------------------------------------
 
 
 class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -146,7 +140,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTableWidget.horizontalHeader().setStretchLastSection(True)
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setEnabled(False)
-        self.ui.zooPathLineEdit.currentPath = self.logic.defaultZooPath()
+        self.ui.zooPathLineEdit.currentPath = preferences.savedZooPath() or self.logic.defaultZooPath()
         self._refreshDevices()
 
         self._timer = qt.QTimer()
@@ -203,14 +197,15 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(ModelSelectorParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.inputVolume:
-            volumes = slicer.util.getNodesByClass(
-                "vtkMRMLScalarVolumeNode"
-            )  # subclasses too: keep the offered
+            # every scalar volume class and its subclasses; keep the offered
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
             offered = [v for v in volumes if v.GetClassName() in INPUT_VOLUME_CLASSES]
             if offered:
                 self._parameterNode.inputVolume = offered[0]
         if self._parameterNode.zooPath:
             self.ui.zooPathLineEdit.currentPath = self._parameterNode.zooPath
+        if self._parameterNode.device == "cpu":  # the default: a scene without a choice takes the user's
+            self._parameterNode.device = preferences.savedDevice()
         self._showChoice(self.ui.deviceComboBox, "device")
         self._showChoice(self.ui.surfacesComboBox, "surfaces")
 
@@ -231,10 +226,13 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onZooPathChanged(self, path: str) -> None:
         if self._parameterNode:
             self._parameterNode.zooPath = path
+        preferences.saveZooPath(path)
 
     def onDeviceChanged(self, index: int) -> None:
         if self._parameterNode:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "cpu"
+        if index >= 0:  # not while the choices are refilled
+            preferences.saveDevice(self.ui.deviceComboBox.itemData(index) or "cpu")
 
     def onSurfacesChanged(self, index: int) -> None:
         if self._parameterNode:
@@ -309,9 +307,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startJob(job, "Finding models...", self._onFindDone)
 
     def _onFindDone(self, job: "Job") -> None:
-        models = self.logic.markFits(
-            job.result.get("models", []), job.threshold
-        )  # the run's, not a later one
+        models = self.logic.markFits(job.result.get("models", []), job.threshold)  # the run's threshold
         self._models = models
         self.showModels(models)
         self._setStatus(presentation.findStatus(models))
@@ -430,9 +426,7 @@ class ModelSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus("Cancelling...")
 
 
-#
-# ModelSelectorLogic
-#
+# --- ModelSelectorLogic ----------------------------------------------------------------------------------
 
 
 class ModelSelectorLogic(ScriptedLoadableModuleLogic):
@@ -621,9 +615,7 @@ class ModelSelectorLogic(ScriptedLoadableModuleLogic):
         return job.wait(cancelEvent)
 
 
-#
-# ModelSelectorTest
-#
+# --- ModelSelectorTest -----------------------------------------------------------------------------------
 
 
 class ModelSelectorTest(ScriptedLoadableModuleTest):

@@ -267,3 +267,33 @@ def test_gpu_is_offered_only_when_torch_can_use_cuda(scene, volume):
     assert logic.deviceChoices() == [("CPU", "cpu")]  # a CPU-only torch: no GPU choice
     with pytest.raises(ValueError, match="cannot use a GPU; choose the CPU"):
         logic.startApplyModels(volume, MODEL, device="cuda")
+
+
+class _SettingsStore:
+    """Slicer's settings as ``qt.QSettings`` keeps them (Qt is not installed beside slicer-core here)."""
+
+    values: dict = {}
+
+    def value(self, key):
+        return self.values.get(key)
+
+    def setValue(self, key, value):
+        self.values[key] = value
+
+
+def test_the_zoo_and_device_choices_are_kept_between_sessions(tmp_path, monkeypatch):
+    """The widget starts with the zoo folder and device chosen last; a folder since removed is not offered,
+    and a path that is not a folder is never kept."""
+    from ModelSelectorSupport import preferences
+
+    monkeypatch.setattr(preferences, "qt", type("qt", (), {"QSettings": _SettingsStore}))
+    monkeypatch.setattr(_SettingsStore, "values", {})
+    assert preferences.savedZooPath() == "" and preferences.savedDevice() == "cpu"  # nothing chosen yet
+    zoo = tmp_path / "my zoo"
+    zoo.mkdir()
+    preferences.saveZooPath(str(zoo))
+    preferences.saveDevice("cuda")
+    preferences.saveZooPath(str(tmp_path / "typed half-way"))
+    assert preferences.savedZooPath() == str(zoo) and preferences.savedDevice() == "cuda"
+    zoo.rmdir()
+    assert preferences.savedZooPath() == ""
