@@ -151,19 +151,11 @@ def _print_calibration(cal: dict, zoo: Zoo, idx: Any = None, key: str = "data-fr
 
 def _refuse_replacing_a_better_calibration(out: Path, zoo: Any) -> None:
     """Refuse to build an index calibrated without labelled images over one calibrated with them."""
-    from ..errors import ModelSelectorError
-    from ..selection.calibration import refuse_weaker_calibration
-    from ..selection.index import SIDECAR, ZooIndex
+    from ..selection.calibration import refuse_replacing_labelled_calibration
 
-    if not (out / SIDECAR).is_file():
-        return
-    try:
-        old = ZooIndex.load(out, zoo)
-    except ModelSelectorError:  # an index that does not load holds nothing worth keeping
-        return
-    refuse_weaker_calibration(old, f"pass --data DIR to calibrate the new index on them, or build it with "
-                                   f"--no-calibrate and run `modelselector index calibrate --zoo {_q(zoo.path)} "
-                                   "--data DIR`")  # fmt: skip
+    refuse_replacing_labelled_calibration(out, zoo, f"pass --data DIR to calibrate the new index on them, or "
+                                                    f"build it with --no-calibrate and run `modelselector index "
+                                                    f"calibrate --zoo {_q(zoo.path)} --data DIR`")  # fmt: skip
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -439,6 +439,22 @@ def refuse_weaker_calibration(index: Any, remedy: str) -> None:
         )
 
 
+def refuse_replacing_labelled_calibration(index_dir: Union[str, Path], zoo: Any, remedy: str) -> None:
+    """:func:`refuse_weaker_calibration` for the index saved in ``index_dir``, before a new one calibrated
+    without labelled images replaces it (nothing to refuse without an index there, or with one that does not
+    load: it holds nothing worth keeping)."""
+    from ..errors import ModelSelectorError
+    from .index import SIDECAR
+
+    if not (Path(index_dir) / SIDECAR).is_file():
+        return
+    try:
+        old = ZooIndex.load(index_dir, zoo)
+    except ModelSelectorError:
+        return
+    refuse_weaker_calibration(old, remedy)
+
+
 _calibrate = calibrate  # build_index's flag of the same name hides the function
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -551,10 +552,31 @@ def build_prototypes(
     )
 
 
-def build_index(zoo_dir: PathLike) -> Path:
-    """One index over every model of the zoo, saved to ``ZOO/index``."""
+def build_index(zoo_dir: PathLike, data_root: Optional[PathLike] = None) -> Path:
+    """One index over every model of the zoo, saved to ``ZOO/index``.
+
+    It is calibrated as ``modelselector index build --data DATA_ROOT`` calibrates: on the development images of
+    the protocol split (the bundled encoder's ``split.json``) under ``data_root``, without the zoo models'
+    training images. Without ``data_root``, or when the split's images are not all there (another data
+    folder), on the models' exemplar files; that is refused where it would replace a calibration made on
+    development images.
+    """
+    from ..evaluation.selection_cases import development_images, load_protocol
+    from ..selection.calibration import refuse_replacing_labelled_calibration
+
+    zoo = Zoo(zoo_dir)
     out = Path(zoo_dir) / INDEX_DIR
-    build_calibrated_index(Zoo(zoo_dir)).save(out)
+    with atomic.writer_lock(out):  # as `index build`: an `index add` meanwhile waits, and is kept
+        zoo.reload()
+        cases, text = None, ""
+        if data_root is not None:
+            with contextlib.suppress(InputError):  # not the split's data folder: the exemplar files below
+                cases, text = development_images(load_protocol(None, data_root), zoo)
+        if cases is None:
+            refuse_replacing_labelled_calibration(
+                out, zoo, f"pass the data folder the protocol split was made from (--data), or run `modelselector "
+                f"index calibrate --zoo {zoo.path} --data DIR` after the build")  # fmt: skip
+        build_calibrated_index(zoo, cases=cases, description=text).save(out)
     return out
 
 
@@ -647,7 +669,7 @@ def build_starter_zoo(
                 "the run that finishes the last fold installs it and builds them")  # fmt: skip
         elif "index" in stages:
             check_cancel(cancel)
-            log(f"index {build_index(zoo_dir)}")
+            log(f"index {build_index(zoo_dir, root)}")
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)

@@ -156,6 +156,19 @@ def _cli(capsys, *argv):
     return rc, out, err
 
 
+def test_the_starter_zoo_build_never_replaces_a_calibration_made_on_development_images(tiny_zoo, tmp_path):
+    """`build-starter-zoo --stages index` calibrates as `index build --data` does; given a data folder without
+    the protocol split's development images, it refuses to replace a calibration made on them (it replaced it
+    with one made on no labelled image, every model at the pooled point, without a word)."""
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.starter_zoo.build import build_index
+
+    before = (tiny_zoo.path / "index" / "index.json").read_text()
+    with pytest.raises(InputError, match=r"pass the data folder the protocol split was made from \(--data\)"):
+        build_index(tiny_zoo.path, tmp_path / "another data folder")
+    assert (tiny_zoo.path / "index" / "index.json").read_text() == before
+
+
 def test_calibrating_without_data_never_replaces_a_calibration_made_on_development_images(tiny_zoo, capsys):
     """`index add --calibrate` and `index calibrate` without --data silently replaced the development calibration
     (hundreds of images, per-model points) with one made on exemplar files only."""
