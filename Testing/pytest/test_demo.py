@@ -171,3 +171,37 @@ def test_the_demo_draws_a_volume_in_radiological_layout_however_the_file_stores_
     axial, axial_labels, _ = _contour_panels(viewed, labels)[0]
     y, x = np.unravel_index(np.argmax(axial), axial.shape)
     assert (y, x) == (axial.shape[0] - 1, axial.shape[1] - 1) and axial_labels[y, x] == 1
+
+
+def test_the_demo_after_the_tests_installs_nothing_again(tmp_path):
+    """`scripts/setup_env.sh` (the README's two commands): an environment installed for the tests also holds
+    what the demo needs, so `demo.sh` after `test.sh` does not reinstall (it did, pip's self-upgrade included,
+    which needs the network); an interpreter older than the pinned dependencies need is refused in one line."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "setup_env.sh"
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    fake = venv / "bin" / "python"  # an environment that records what it is asked to install
+    fake.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "MODELSELECTOR_VENV": str(venv)}
+
+    def setup(*mode: str) -> list[str]:
+        log.unlink(missing_ok=True)
+        subprocess.run(["bash", str(script), *mode], env=env, check=True, capture_output=True)
+        return log.read_text().splitlines() if log.exists() else []
+
+    assert any("requirements-test.txt" in call for call in setup("test"))
+    assert setup() == [] and setup("test") == []  # the demo's install, then the tests' again: nothing to do
+    (venv / ".modelselector-installed").unlink()
+    assert any("requirements-lock.txt" in call for call in setup())  # a demo-only environment ...
+    assert any("requirements-test.txt" in call for call in setup("test"))  # ... gets the test tools added
+
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\nexit 1\n")  # `import sys; sys.exit(version < (3, 11))` says it is too old
+    old.chmod(0o755)
+    proc = subprocess.run(["bash", str(script)], env={**env, "MODELSELECTOR_VENV": str(tmp_path / "new"),
+                                                      "PYTHON": str(old)}, capture_output=True, text=True)  # fmt: skip
+    assert (
+        proc.returncode == 2 and "not Python 3.11 or newer" in proc.stderr and not (tmp_path / "new").exists()
+    )
