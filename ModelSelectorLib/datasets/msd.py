@@ -123,12 +123,16 @@ _MSD_EXAMPLE = ('{"name": "...", "modality": {"0": "MR"}, "labels": {"0": "backg
                 '[{"image": "./NAME.nii.gz", "label": "./NAME_label.nii.gz"}, ...]}')  # fmt: skip
 
 
+_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
 def _image_label_pairs(root: Path) -> list[tuple[str, str]]:
-    """``(image, label)`` file names of a folder that keeps each label file beside its image."""
+    """``(image, label)`` paths relative to ``root`` of a folder that keeps each label file beside its image, or
+    MSD's ``imagesTr/NAME`` with ``labelsTr/NAME`` (nnU-Net's ``imagesTr/NAME_0000`` with ``labelsTr/NAME``)."""
     names = {p.name for p in root.iterdir() if p.is_file()}
     pairs = []
     for name in sorted(names):
-        for ending in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        for ending in _IMAGE_ENDINGS:
             if name.endswith(ending):
                 stem = name[: -len(ending)]
                 label = next(
@@ -137,6 +141,17 @@ def _image_label_pairs(root: Path) -> list[tuple[str, str]]:
                 if label is not None:
                     pairs.append((name, label))
                 break
+    images, labels = root / "imagesTr", root / "labelsTr"
+    if images.is_dir() and labels.is_dir():
+        label_names = {p.name for p in labels.iterdir() if p.is_file()}
+        for name in sorted(p.name for p in images.iterdir() if p.is_file()):
+            ending = next((e for e in _IMAGE_ENDINGS if name.endswith(e)), None)
+            stem = name[: -len(ending)] if ending else ""
+            label = next(
+                (c for c in (name, f"{stem.removesuffix('_0000')}{ending}") if c in label_names), None
+            )
+            if ending and label is not None:
+                pairs.append((f"imagesTr/{name}", f"labelsTr/{label}"))
     return pairs
 
 

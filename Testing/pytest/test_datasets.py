@@ -48,6 +48,16 @@ def test_a_folder_of_image_label_pairs_gets_told_what_dataset_json_to_write(tmp_
                                            r"patient0.nii.gz with patient0_label.nii.gz; list them in a "
                                            r'dataset.json in MSD form, \{"name"'):  # fmt: skip
         load_msd(pairs)
+    (root / "dataset.json").unlink()  # an MSD folder that lost its dataset.json
+    with pytest.raises(DatasetError, match=r"but 2 image/label pair\(s\) such as imagesTr/case_000.nii.gz with "
+                                           r"labelsTr/case_000.nii.gz; list them"):  # fmt: skip
+        load_msd(root)
+    for p in (root / "imagesTr").iterdir():  # nnU-Net's names of the input channel
+        p.rename(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz")))
+    with pytest.raises(
+        DatasetError, match=r"such as imagesTr/case_000_0000.nii.gz with labelsTr/case_000.nii.gz"
+    ):
+        load_msd(root)
 
 
 def _nnunet_folder(tmp_path, meta: dict) -> Path:
