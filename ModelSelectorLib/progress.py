@@ -4,8 +4,9 @@ On a terminal, progress is a tqdm bar on stderr. When ``MODELSELECTOR_PROGRESS=l
 module sets it when it runs the library as a separate process) progress is printed instead as one line per
 update, ``PROGRESS <fraction 0-1> <description>``, which the module turns into its progress bar.
 
-Cancellation: library functions that run long accept ``cancel`` (a :class:`threading.Event` or anything
-with ``is_set()``); :func:`check_cancel` raises :class:`~ModelSelectorLib.errors.Cancelled` when it is set.
+Cancellation: library functions that run long accept ``cancel``: a :class:`threading.Event` (or anything
+with ``is_set()``) or a function of no arguments that returns True to cancel (``cancel=lambda: stop``);
+:func:`check_cancel` raises :class:`~ModelSelectorLib.errors.Cancelled` when it is set.
 From the command line, Ctrl-C (SIGINT) and SIGTERM cancel.
 """
 
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, TypeVar
 
-from .errors import Cancelled
+from .errors import Cancelled, InputError
 
 T = TypeVar("T")
 
@@ -28,8 +29,26 @@ def line_mode() -> bool:
 
 
 def check_cancel(cancel: Optional[Any]) -> None:
-    """Raise :class:`Cancelled` if ``cancel`` (an Event-like object or None) is set."""
-    if cancel is not None and cancel.is_set():
+    """Raise :class:`Cancelled` if ``cancel`` is set: an Event-like object (``is_set()`` true), a function
+    of no arguments (its result true) or None (never set).
+
+    Raises:
+        Cancelled: ``cancel`` is set.
+        InputError: ``cancel`` is something else.
+    """
+    if cancel is None:
+        return
+    is_set = getattr(cancel, "is_set", None)
+    if callable(is_set):
+        stop = is_set()
+    elif callable(cancel):
+        stop = cancel()
+    else:
+        raise InputError(
+            f"cancel must be a threading.Event (or anything with is_set()) or a function returning True to "
+            f"cancel, not a {type(cancel).__name__}; pass e.g. cancel=threading.Event() and set it to stop."
+        )
+    if stop:
         raise Cancelled("cancelled by the user; nothing was written")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -101,6 +102,9 @@ class TaskRuntime(abc.ABC):
         self.card = bundle.card
         self.network = bundle.network
         self.device = device
+        #: held while module hooks are on ``network`` (they see every forward pass of it, from any thread):
+        #: one runtime shared by threads (the selector's cache) gives each its own signals
+        self.hook_lock = threading.Lock()
 
     # --- what the card and the user interfaces need (no network) --------------------------------------
     @classmethod

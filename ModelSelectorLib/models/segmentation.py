@@ -647,17 +647,18 @@ class SegmentationRuntime(TaskRuntime):
         x = torch.from_numpy(patch)[None, None]
         maps: list[Any] = []
         convs = [m for m in self.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-        handles = [m.register_forward_hook(lambda _m, _i, o: maps.append(o)) for m in convs]
         hooks = BNStatHooks(self.network)
-        try:
-            with hooks, torch.inference_mode():
-                out = self.network(x.to(next(self.network.parameters()).device))
-                if isinstance(out, (list, tuple)):
-                    out = out[0]
-                kl = float(hooks.mean()) if hooks.layers else float("nan")
-        finally:
-            for h in handles:
-                h.remove()
+        with self.hook_lock:  # another thread's pass while the hooks are on would be counted as this one's
+            handles = [m.register_forward_hook(lambda _m, _i, o: maps.append(o)) for m in convs]
+            try:
+                with hooks, torch.inference_mode():
+                    out = self.network(x.to(next(self.network.parameters()).device))
+                    if isinstance(out, (list, tuple)):
+                        out = out[0]
+                    kl = float(hooks.mean()) if hooks.layers else float("nan")
+            finally:
+                for h in handles:
+                    h.remove()
         feat = np.zeros(0, np.float32)
         if maps:  # the deepest map: fewest voxels, the last such in execution order (before upsampling)
             smallest = min(int(np.prod(m.shape[2:])) for m in maps)

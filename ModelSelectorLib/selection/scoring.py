@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -54,16 +55,22 @@ EXACT_LIMIT = 50_000
 EPS = 1e-4
 
 _RUNTIME_CACHE: dict[tuple[str, float], Any] = {}
+#: guards the module's caches: ``select`` may run in several threads at once
+_CACHE_LOCK = threading.Lock()
 
 
 def runtime_of(path: Path) -> Any:
     """The runtime of the bundle at ``path``, loaded once per process (reloaded when its weights change)."""
     key = (str(path), (path / WEIGHTS_FILE).stat().st_mtime)
-    if key not in _RUNTIME_CACHE:
-        if len(_RUNTIME_CACHE) > 32:
-            _RUNTIME_CACHE.clear()
-        _RUNTIME_CACHE[key] = runtime_for(load_bundle(path))
-    return _RUNTIME_CACHE[key]
+    runtime = _RUNTIME_CACHE.get(key)
+    if runtime is None:
+        runtime = runtime_for(load_bundle(path))
+        with _CACHE_LOCK:
+            if len(_RUNTIME_CACHE) > 32:
+                _RUNTIME_CACHE.clear()
+            # a thread that loaded it meanwhile keeps its own; later calls share the first one stored
+            runtime = _RUNTIME_CACHE.setdefault(key, runtime)
+    return runtime
 
 
 # --- evidence about the image ---------------------------------------------------------------------------
@@ -75,7 +82,7 @@ class Evidence:
     probs: np.ndarray
     classes: list[str]
     ndim: int
-    image: Optional[Image]
+    image: Optional[Image]  # for this call's verification only: the cache never keeps the voxels
     verify: dict[str, Optional[dict[str, float]]] = dataclasses.field(default_factory=dict)
     #: models whose bundle could not be used for this image, and why (they fit nothing)
     broken: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -101,7 +108,8 @@ _EVIDENCE: dict[tuple[Any, ...], Evidence] = {}
 
 def clear_cache() -> None:
     """Forget the cached embeddings and verify results of recent images (see :func:`evidence`)."""
-    _EVIDENCE.clear()
+    with _CACHE_LOCK:
+        _EVIDENCE.clear()
 
 
 def fingerprint(image: Image) -> tuple[Any, ...]:
@@ -114,18 +122,22 @@ def fingerprint(image: Image) -> tuple[Any, ...]:
 
 def evidence(encoder: Any, image: Image) -> Evidence:
     """Embeddings and class probabilities of ``image`` (the last 8 images are cached with their verify
-    results, so selecting the same image with other settings does not embed it again)."""
+    results, so selecting the same image with other settings does not embed it again).
+
+    The returned evidence holds ``image`` for the verification of the call that asked; the cached one
+    shares its embeddings, scalars and verify results but not the voxels, which go with the caller's copy."""
     key = (encoder_id(encoder), *fingerprint(image))
     ev = _EVIDENCE.get(key)
     if ev is None:
         emb = encoder.embed(image)
         ev = Evidence(emb, encoder.image_probabilities(emb, image), list(encoder.classes),
-                      (2 if image.is_single_slice else 3), image, colour=colourfulness(image),
+                      (2 if image.is_single_slice else 3), None, colour=colourfulness(image),
                       extent_mm=image_extent_mm(image), air_share=air_share(image))  # fmt: skip
-        if len(_EVIDENCE) >= 8:
-            _EVIDENCE.pop(next(iter(_EVIDENCE)))
-        _EVIDENCE[key] = ev
-    return ev
+        with _CACHE_LOCK:
+            ev = _EVIDENCE.setdefault(key, ev)  # another thread's, when it embedded the image meanwhile
+            while len(_EVIDENCE) > 8:
+                _EVIDENCE.pop(next(iter(_EVIDENCE)), None)
+    return dataclasses.replace(ev, image=image)
 
 
 def is_relevant(

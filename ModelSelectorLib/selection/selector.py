@@ -116,7 +116,9 @@ class ModelMatch:
         """The held-out figure in a few words, e.g. ``"Dice 0.88 (208)"``, ``"demonstration"``."""
         return quality_text(self.held_out, self.demonstration)
 
-    def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
+    def to_json_dict(self, reasons: bool = False, details: bool = False) -> dict[str, Any]:
+        """The match as JSON values (see :meth:`Selection.to_json_dict`); ``reasons`` adds ``"reasons"``,
+        ``details`` adds ``"similarity"``, ``"raw"`` and ``"verify"`` (numbers that are not finite as null)."""
         d: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
@@ -135,7 +137,18 @@ class ModelMatch:
         }
         if reasons:
             d["reasons"] = list(self.reasons)
+        if details:
+            d["similarity"] = _json_number(self.similarity)
+            d["raw"] = _json_number(self.raw)
+            d["verify"] = (
+                None if self.verify is None else {k: _json_number(v) for k, v in self.verify.items()}
+            )
         return d
+
+
+def _json_number(value: float) -> Optional[float]:
+    """``value`` rounded to 4 decimals, or None when it is not finite (JSON has no NaN or infinity)."""
+    return round(float(value), 4) if np.isfinite(value) else None
 
 
 @dataclasses.dataclass
@@ -170,17 +183,25 @@ class Selection:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     fits_once_inverted: list[str] = dataclasses.field(default_factory=list)
 
-    def to_json_dict(self, reasons: bool = False) -> dict[str, Any]:
+    def to_json_dict(self, reasons: bool = False, details: bool = False) -> dict[str, Any]:
         """``{"input", "fits", "needs_volume", "fits_once_inverted", "models": [{"name", "version", "task",
         "modality", "body_region", "score", "fits", "needs_volume", "slice_wise", "answer", "field_of_view",
-        "units", "held_out", "demonstration"}]}`` (plus ``"reasons"`` per model when asked)."""
-        return {
+        "units", "held_out", "demonstration"}]}`` (what ``modelselector select --json`` prints), plus
+        ``"reasons"`` per model when asked. With ``details`` (for a log of the selection), also ``"threshold"``,
+        ``"calibrated"``, ``"warnings"``, ``"image_classes"`` (``[[class, probability]]``), ``"seconds"`` and
+        per model ``"similarity"``, ``"raw"`` and ``"verify"``."""
+        d: dict[str, Any] = {
             "input": self.input,
             "fits": bool(self.fits),
             "needs_volume": list(self.needs_volume),
             "fits_once_inverted": list(self.fits_once_inverted),
-            "models": [m.to_json_dict(reasons) for m in self.models],
+            "models": [m.to_json_dict(reasons, details) for m in self.models],
         }
+        if details:
+            d.update(threshold=float(self.threshold), calibrated=bool(self.calibrated), warnings=list(self.warnings),
+                     image_classes=[[c, round(float(p), 4)] for c, p in self.image_classes],
+                     seconds={k: float(v) for k, v in self.seconds.items()})  # fmt: skip
+        return d
 
     @property
     def fitting(self) -> list[ModelMatch]:
