@@ -69,6 +69,7 @@ def apply_to_file(
         written; InputError: unreadable, 4D, empty or NaN image, or a label map; ZooError: no such zoo or
         model; BundleError.
     """
+    _check_path(image_path, "apply_to_file")
     check_device(device)
     zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
@@ -100,6 +101,8 @@ def apply_to_files(
         OutputError: ``out_dir`` cannot be written, or two images would write the same output (same name in
             different folders). ZooError, BundleError. Cancelled: between images or within one.
     """
+    for path in image_paths:
+        _check_path(path, "apply_to_files")
     check_device(device)
     zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
@@ -153,8 +156,10 @@ def read_model_input(
     the model fits (:func:`fit_problem`).
 
     Raises:
-        InputError: unreadable, 4D, empty or NaN image, a label map, an image too small to show anatomy.
+        InputError: not a path, unreadable, 4D, empty or NaN image, a label map, an image too small to show
+            anatomy.
     """
+    _check_path(image_path, "read_model_input")
     image = read_image(image_path, series_uid=series_uid)
     check_model_input(image, str(image_path))
     if warn is not None:
@@ -165,6 +170,16 @@ def read_model_input(
         if problem:
             warn(problem)
     return image
+
+
+def _check_path(image_path: Any, function: str) -> None:
+    """Refuse an image in memory where a file path is needed, naming the call that takes it."""
+    if not isinstance(image_path, (str, os.PathLike)):
+        kind = f"{type(image_path).__module__}.{type(image_path).__name__}"
+        raise InputError(
+            f"{function} takes an image file path, not a {kind}; for an image in memory use "
+            "open_runtime(zoo, model_name).predict(image)."
+        )
 
 
 def fit_problem(image: Image, zoo: Zoo, card: Any) -> Optional[str]:

@@ -8,7 +8,8 @@ series folder and 2D PNG/JPEG/BMP/TIFF; segmentations are written as Slicer ``.s
 Array layout follows SimpleITK: a 3D array is ``(z, y, x)`` = ``(k, j, i)``, a 2D array ``(y, x)``; a
 colour image keeps its components last, ``(y, x, c)``. Spacing, origin and direction are in ITK order
 ``(x, y, z)``; direction is the row-major flattened ``ndim x ndim`` matrix whose columns are the world
-directions of the ``i, j, k`` axes.
+directions of the ``i, j, k`` axes. MONAI tensors and nibabel images, whose arrays are ``(x, y, z)`` in RAS,
+are converted by :meth:`Image.from_monai` and :meth:`Image.from_nibabel` (:mod:`.foreign`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path
 from ..errors import InputError
+from . import foreign
 from .integrity import check_file, check_name
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -56,6 +58,14 @@ class Image:
         origin: world position (mm, LPS) of the centre of voxel ``(0, 0[, 0])``.
         direction: row-major ``ndim x ndim`` direction cosines (LPS), flattened.
         meta: header facts (``modality``, ``body_part``, ``format``, ``path``, ...); never geometry.
+
+    Spacing, origin and direction may be given as lists or numpy arrays (direction also as an ``ndim x ndim``
+    matrix); they are kept as tuples of floats. ``ndim`` is the number of spacing values.
+
+    Raises:
+        InputError: geometry of another length than the image's dimension, a spacing not positive and finite,
+            a direction not orthonormal, an array whose axes do not fit the geometry (a leading channel axis, a
+            3D array with 2D geometry). MONAI and nibabel data go through :meth:`from_monai`, :meth:`from_nibabel`.
     """
 
     array: np.ndarray
@@ -63,6 +73,17 @@ class Image:
     origin: tuple[float, ...]
     direction: tuple[float, ...]
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # checked here, where every image is made: a wrong axis order or length would otherwise be read as
+        # another image without a word; float tuples keep images hashable and comparable
+        self.meta = {} if self.meta is None else self.meta
+        name = str(self.meta.get("path", "image"))
+        if not isinstance(self.array, np.ndarray):
+            self.array = foreign.plain_array(self.array, name)
+        self.spacing, self.origin, self.direction = foreign.checked_geometry(
+            self.array.shape, self.spacing, self.origin, self.direction, name
+        )
 
     @property
     def ndim(self) -> int:
@@ -239,17 +260,49 @@ class Image:
             gray = arr[..., 0]
         return Image(gray, self.spacing, self.origin, self.direction, {**self.meta, "was_color": c >= 3})
 
-    # --- SimpleITK conversion -------------------------------------------------------------------------
+    # --- SimpleITK, MONAI and nibabel conversion --------------------------------------------------------
     @classmethod
     def from_sitk(cls, img: sitk.Image, meta: Optional[dict[str, Any]] = None) -> Image:
-        array = sitk.GetArrayFromImage(img)
-        return cls(
-            array,
-            tuple(float(s) for s in img.GetSpacing()),
-            tuple(float(o) for o in img.GetOrigin()),
-            tuple(float(d) for d in img.GetDirection()),
-            dict(meta or {}),
-        )
+        """An image of a SimpleITK image (its geometry kept), checked as :func:`read_image` checks a file: a 4D
+        image of one volume becomes that volume; several volumes, several values per voxel other than a colour
+        picture's, and sheared axes are refused.
+
+        Args:
+            img: a 2D or 3D SimpleITK image (a 4D one of a single volume).
+            meta: header facts; its ``"path"`` names the image in errors.
+
+        Raises:
+            InputError: in one line, naming the problem and what to do.
+        """
+        meta = dict(meta or {})
+        name = str(meta.get("path", "image"))
+        img = _two_or_three_d(img, name)
+        _check_channels(img, name)
+        foreign.check_orthogonal(img.GetDirection(), name)
+        return cls(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), meta)
+
+    @classmethod
+    def from_monai(cls, tensor: Any) -> Image:
+        """An image of a MONAI ``MetaTensor`` (``LoadImage``'s output): ``(x, y, z)`` or channel-first
+        ``(1, x, y, z)`` voxels (``(x, y)``, ``(1, x, y)`` in 2D) as a ``(z, y, x)`` array, and its affine (RAS
+        unless ``meta["space"]`` says LPS) as LPS spacing (mm), origin (mm) and direction; every voxel keeps its
+        world position (:func:`.foreign.monai_voxels`).
+
+        Raises:
+            InputError: several channels (other than a colour picture's), sheared or degenerate axes, a batch.
+        """
+        return _from_voxels(foreign.monai_voxels(tensor))
+
+    @classmethod
+    def from_nibabel(cls, img: Any) -> Image:
+        """An image of a nibabel spatial image (``nibabel.load``): its scaled ``(x, y, z)`` data (``(x, y)`` in
+        2D) as a ``(z, y, x)`` array, and its RAS affine as LPS spacing (mm), origin (mm) and direction, as
+        :func:`read_image` reads the same file (:func:`.foreign.nibabel_voxels`).
+
+        Raises:
+            InputError: several volumes or channels, sheared or degenerate axes.
+        """
+        return _from_voxels(foreign.nibabel_voxels(img))
 
     def to_sitk(self) -> sitk.Image:
         img = sitk.GetImageFromArray(self.array, isVector=self.is_multicomponent)
@@ -257,6 +310,40 @@ class Image:
         img.SetOrigin([float(o) for o in self.origin])
         img.SetDirection([float(d) for d in self.direction])
         return img
+
+
+# --- checks of what an image is made of -----------------------------------------------------------------
+def _two_or_three_d(img: sitk.Image, name: str) -> sitk.Image:
+    """``img`` as a 2D or 3D image: a 4D image of one volume becomes that volume.
+
+    Raises:
+        InputError: a 4D image of several volumes, or another number of dimensions.
+    """
+    dim = img.GetDimension()
+    if dim == 4:
+        n = img.GetSize()[3]
+        if n != 1:
+            raise InputError(
+                f"{name}: is 4D ({n} volumes, e.g. time points or channels) where a 3D volume is needed; "
+                "extract one volume first (e.g. in Slicer, or with SimpleITK's Extract)."
+            )
+        size = list(img.GetSize())
+        size[3] = 0
+        return sitk.Extract(img, size, [0, 0, 0, 0])
+    if dim not in (2, 3):
+        raise InputError(f"{name}: has {dim} dimensions; only 2D images and 3D volumes are supported.")
+    return img
+
+
+def _from_voxels(data: foreign.Voxels) -> Image:
+    """An :class:`Image` of MONAI or nibabel :class:`~.foreign.Voxels`, checked as a file is; ``meta`` holds the
+    source file's ``path`` and, for an image file, its ``format`` (a picture's values mapped as in a file)."""
+    suffix = _suffix(Path(data.source)) if data.source else ""
+    meta: dict[str, Any] = {"path": data.source} if data.source else {}
+    if suffix in IMAGE_2D_SUFFIXES or suffix in VOLUME_SUFFIXES:
+        meta["format"] = suffix.lstrip(".")
+    image = Image.from_sitk(foreign.sitk_of_voxels(data, picture=suffix in IMAGE_2D_SUFFIXES), meta)
+    return _unitless_to_8bit(image) if suffix in IMAGE_2D_SUFFIXES else image
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -391,7 +478,7 @@ def _itk_reason(e: BaseException) -> str:
 _COLOUR_PIXELS = (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)
 
 
-def _check_channels(img: sitk.Image, path: Path) -> None:
+def _check_channels(img: sitk.Image, name: os.PathLike | str) -> None:
     """Refuse several values per voxel other than a colour picture's (RGB or RGBA; grey and alpha in a picture
     file): echoes, contrasts or a vector field would be mixed as if they were colours.
 
@@ -401,6 +488,7 @@ def _check_channels(img: sitk.Image, path: Path) -> None:
     n = img.GetNumberOfComponentsPerPixel()
     if n == 1:
         return
+    path = Path(name)
     if path.name.lower().endswith(".seg.nrrd"):
         raise InputError(
             f"{path}: a segmentation of {n} overlapping layers, where one label map is needed; export it as a "
@@ -434,13 +522,6 @@ def _picture_without_alpha(path: Path) -> Optional[sitk.Image]:
     return sitk.GetImageFromArray(array)
 
 
-def _sheared(path: Path, detail: str = "") -> InputError:
-    return InputError(
-        f"{path}: the image's axes are not perpendicular (a sheared grid{detail}), which this program cannot "
-        "represent; resample it onto an orthogonal grid first (e.g. with 3D Slicer's Resample Scalar Volume)."
-    )
-
-
 def _read_error(path: Path, e: BaseException, header: bool = False) -> InputError:
     """A one-line error for an ITK failure to read ``path`` (its header when ``header``)."""
     reason = _itk_reason(e)
@@ -451,7 +532,7 @@ def _read_error(path: Path, e: BaseException, header: bool = False) -> InputErro
             "directions, qform/sform)."
         )
     if "orthonormal" in reason:
-        return _sheared(path)
+        return foreign.sheared_error(path)
     if "[nrrd]" in reason:  # teem chains its callers' complaints; the last one is the cause
         reason = reason.rsplit("[nrrd]", 1)[1].split(": ", 1)[-1].strip()
         if "expected" in reason or "got only" in reason:
@@ -462,12 +543,6 @@ def _read_error(path: Path, e: BaseException, header: bool = False) -> InputErro
             f"{path}: not an image that can be read (supported: NIfTI, NRRD, MHA, DICOM, PNG, JPEG); {reason[:300]}"
         )
     return InputError(f"{path}: the image data could not be read ({reason[:300]}).")
-
-
-def _check_orthogonal(image: Image, path: Path) -> None:
-    d = image.direction_matrix()
-    if not np.allclose(d.T @ d, np.eye(image.ndim), atol=1e-3):
-        raise _sheared(path, f", direction {' '.join(f'{v:g}' for v in image.direction)}")
 
 
 def pixels_in_8bit_range(arr: np.ndarray) -> tuple[np.ndarray, int]:
@@ -562,25 +637,9 @@ def read_image(
         meta["format"] = _suffix(p).lstrip(".")
     meta["path"] = str(p)
 
-    dim = img.GetDimension()
-    if dim == 4:
-        n = img.GetSize()[3]
-        if n != 1:
-            raise InputError(
-                f"{p}: is 4D ({n} volumes, e.g. time points or channels) where a 3D volume is needed; "
-                "extract one volume first (e.g. in Slicer, or with SimpleITK's Extract)."
-            )
-        size = list(img.GetSize())
-        size[3] = 0
-        img = sitk.Extract(img, size, [0, 0, 0, 0])
-        dim = 3
-    if dim not in (2, 3):
-        raise InputError(f"{p}: has {dim} dimensions; only 2D images and 3D volumes are supported.")
-    _check_channels(img, p)
-    if dim == 3 and img.GetSize()[2] == 1 and _suffix(p) in IMAGE_2D_SUFFIXES:
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1 and _suffix(p) in IMAGE_2D_SUFFIXES:
         img = img[:, :, 0]
-    image = Image.from_sitk(img, meta)
-    _check_orthogonal(image, p)
+    image = Image.from_sitk(img, meta)  # 4D, channels and shear are refused there, naming meta["path"]
     if _suffix(p) in IMAGE_2D_SUFFIXES:
         image = _unitless_to_8bit(image)
     if require_3d and image.ndim != 3:
@@ -591,11 +650,13 @@ def read_image(
 
 
 def as_image(image: Any) -> Image:
-    """An :class:`Image` from what a caller may hold: an :class:`Image` (as is), a SimpleITK image (its geometry
-    kept) or a path (:func:`read_image`).
+    """An :class:`Image` from what a caller may hold: an :class:`Image` (as is), a SimpleITK image
+    (:meth:`Image.from_sitk`), a MONAI ``MetaTensor`` (:meth:`Image.from_monai`), a nibabel image
+    (:meth:`Image.from_nibabel`) or a path (:func:`read_image`).
 
     Raises:
-        InputError: anything else, naming how to make an :class:`Image` of it.
+        InputError: anything else (a bare numpy array or torch tensor has no geometry), naming how to make an
+            :class:`Image` of it.
     """
     if isinstance(image, Image):
         return image
@@ -603,10 +664,17 @@ def as_image(image: Any) -> Image:
         return Image.from_sitk(image)
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
+    kind = foreign.foreign_kind(image)
+    if kind == "MONAI":
+        return Image.from_monai(image)
+    if kind == "nibabel":
+        return Image.from_nibabel(image)
     raise InputError(
-        f"expected an image (ModelSelectorLib.io.Image, a SimpleITK image or a file path), not a "
-        f"{type(image).__module__}.{type(image).__name__}; wrap an array with its geometry as Image(array, spacing, "
-        "origin, direction)."
+        f"expected an image (ModelSelectorLib.io.Image, a SimpleITK image, a MONAI MetaTensor, a nibabel image or "
+        f"a file path), not a {type(image).__module__}.{type(image).__name__}; wrap an array with its geometry as "
+        "Image(array, spacing, origin, direction), the array in (z, y, x) order and the geometry in LPS (spacing "
+        "and origin in x, y, z order), or convert MONAI or nibabel data with Image.from_monai(tensor) or "
+        "Image.from_nibabel(img)."
     )
 
 

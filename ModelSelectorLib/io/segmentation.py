@@ -11,8 +11,9 @@ from typing import Any, Optional
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from .image import Image
+from .outputs import output_name
 
 #: Slicer terminology context of the segment category/type codes that cards carry without one: the context
 #: that the 3D Slicer module ships for the zoo's labels (``SegmentationCategoryTypeModifier-ModelSelector.term.json``)
@@ -67,12 +68,22 @@ def write_segmentation(
     Args:
         labelmap: integer label map; its geometry becomes the segmentation's geometry. A 2D label map is
             written as a one-slice volume.
-        path: output path, normally ending in ``.seg.nrrd``.
+        path: output path ending in ``.seg.nrrd`` (or ``.nrrd``).
         segments: names, colours and terminology per label value; values absent from ``segments`` are
             written as generic segments named ``Label N``.
+
+    Raises:
+        OutputError: ``path`` names another format (``.nii.gz``, ...), which would hold NRRD bytes that no
+            reader takes; a plain label map is written in any format by :func:`~.image.write_image`.
     """
     import slicerio
 
+    if not Path(path).name.lower().endswith(".nrrd"):
+        raise OutputError(
+            f"{path}: a segmentation is written as a Slicer .seg.nrrd, so a file of this name would hold the "
+            f"wrong format; name it {output_name(path, '.seg.nrrd')}, or write the plain label map with "
+            'io.write_image(prediction.value, "x.nii.gz").'
+        )
     lm = labelmap.as_3d()
     if lm.is_multicomponent:
         raise ValueError("a label map must have one component per voxel")
