@@ -215,6 +215,8 @@ def instantiate_network(
     added = trust and str(path) not in sys.path
     if added:
         sys.path.insert(0, str(path))
+    own = _bundle_modules(path) if trust else set()
+    _forget_modules(own)  # another bundle's `scripts` loaded before must not stand in for this one's
     writes_bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = writes_bytecode or bool(trust)  # nothing unchecked is left in the bundle
     try:
@@ -231,6 +233,7 @@ def instantiate_network(
         sys.dont_write_bytecode = writes_bytecode
         if added:
             sys.path.remove(str(path))
+        _forget_modules(own)  # the network keeps its classes; the next bundle imports its own modules
     import torch
 
     if not isinstance(net, torch.nn.Module):
@@ -238,6 +241,24 @@ def instantiate_network(
             f"{path}: '{key}' of inference.json is a {type(net).__name__}, not a torch network."
         )
     return net.to(device)
+
+
+def _bundle_modules(path: Path) -> set[str]:
+    """The top-level Python modules and packages a bundle folder provides (MONAI's are in ``scripts/``)."""
+    names = set()
+    for p in path.iterdir():
+        if p.is_dir() and p.name.isidentifier() and any(p.glob("*.py")):
+            names.add(p.name)
+        elif p.suffix == ".py" and p.stem.isidentifier():
+            names.add(p.stem)
+    return names
+
+
+def _forget_modules(names: set[str]) -> None:
+    """Remove the modules under the top-level ``names`` from ``sys.modules``: bundles name their code alike
+    (``scripts.networks...``), so Python would otherwise hand each bundle the first one's modules."""
+    for module in [m for m in sys.modules if m.split(".", 1)[0] in names]:
+        del sys.modules[module]
 
 
 def read_state_dict(weights_path: PathLike, device: str = "cpu") -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,37 @@ def test_trusted_custom_network_loads(tmp_path):
     with pytest.raises(BundleError, match="untrusted"):
         load_bundle(path)
     assert type(load_bundle(path, trust=True).network).__name__ == "TinyNet"
+
+
+def test_two_trusted_bundles_with_their_own_scripts_each_build_their_own_network(tmp_path):
+    """MONAI bundles keep their code in a package of the same name (``scripts``): the second bundle built in a
+    process got the first one's classes (two versions of one bundle: the new version built from the old code,
+    without a word; two bundles: a ModuleNotFoundError)."""
+    paths = []
+    for i, channels in enumerate((2, 3)):
+        path = make_bundle(tmp_path / f"b{i}")
+        (path / "scripts").mkdir()
+        (path / "scripts/__init__.py").write_text("")
+        (path / "scripts/tinynet.py").write_text(
+            "import torch\n"
+            f"VERSION = {i}\n"
+            "class TinyNet(torch.nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            f"        self.conv = torch.nn.Conv3d(1, {channels}, 1)\n"
+            "    def forward(self, x):\n"
+            "        return self.conv(x)\n"
+        )
+        weights = torch.nn.Conv3d(1, channels, 1).state_dict()
+        torch.save({"conv." + k: v for k, v in weights.items()}, path / "models/model.pt")
+        edit_json(
+            path / "configs/inference.json",
+            lambda d: d.update(network_def={"_target_": "scripts.tinynet.TinyNet"}),
+        )
+        paths.append(path)
+    first, second = (load_bundle(p, trust=True).network for p in paths)
+    assert first.conv.out_channels == 2 and second.conv.out_channels == 3
+    assert type(first).__module__ == "scripts.tinynet" and "scripts.tinynet" not in sys.modules  # none left
 
 
 class _Evil:
