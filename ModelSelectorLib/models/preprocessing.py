@@ -16,6 +16,7 @@ them, ``Spacingd``'s shape and first voxel, interpolation and ``padding_mode``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -175,6 +176,8 @@ class Unreproducible(ValueError):
 def plain_value(value: Any, config: dict[str, Any], what: str, seen: tuple[str, ...] = ()) -> Any:
     """``value`` of an ``inference.json`` when it is plain (no ``$`` expression, no ``%`` macro); a plain
     ``@name`` reference to a top-level item is followed. Nothing is evaluated."""
+    if isinstance(value, str) and re.fullmatch(r"\$\s*@\w+\s*", value):  # "$@name" evaluates to that item
+        value = value[1:].strip()
     if isinstance(value, str) and value.startswith("@"):
         ref = value[1:]
         if ref in config and ref not in seen and not any(c in ref for c in ":#"):
@@ -183,9 +186,9 @@ def plain_value(value: Any, config: dict[str, Any], what: str, seen: tuple[str, 
     if isinstance(value, str) and value[:1] in ("$", "%"):
         raise Unreproducible(f"{what} is the expression {value[:60]!r}, which is never evaluated")
     if isinstance(value, list):
-        return [plain_value(v, config, what, seen) for v in value]
+        return [plain_value(v, config, f"{what}[{i}]", seen) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: plain_value(v, config, what, seen) for k, v in value.items()}
+        return {k: plain_value(v, config, f"{what}.{k}", seen) for k, v in value.items()}
     return value
 
 

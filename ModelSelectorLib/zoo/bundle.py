@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -71,7 +72,8 @@ def _check_files(path: Path) -> None:
         if f.suffix == ".json" and yaml:
             raise BundleError(
                 f"{path}: has {yaml[0]} but no {f}; YAML configs are not supported: convert it to JSON "
-                f"(python -c \"import json, yaml; print(json.dumps(yaml.safe_load(open('{yaml[0]}')), indent=4))\" > {f})."
+                f"(python -c \"import json, yaml; print(json.dumps(yaml.safe_load(open({str(path / yaml[0])!r})), "
+                f"indent=4))\" > {shlex.quote(str(path / f))})."
             )
         if f == WEIGHTS_FILE and (path / "models" / "model.ts").is_file():
             raise BundleError(
@@ -677,6 +679,7 @@ def _modality_and_region(
     ndf = _data_format(meta)
     image = _input_format(ndf)
     stated = str(image.get("modality", "")).strip().upper()
+    stated = "MR" if stated in ("MRI", "MRA") else stated  # words of many model-zoo bundles for DICOM's MR
     modality = (modality or existing.get("modality") or "").strip().upper() or (
         stated if stated in MODALITIES else None)  # fmt: skip
     body_region = (body_region or existing.get("body_region") or "").strip().upper() or None

@@ -803,8 +803,12 @@ def test_bundles_in_other_forms_are_refused_saying_why_or_accepted(tmp_path):
 
     src = bad.threshold_bundle(tmp_path)
     (src / "configs" / "inference.json").rename(src / "configs" / "inference.yaml")
-    with pytest.raises(BundleError, match="YAML configs are not supported: convert it to JSON"):
+    with pytest.raises(BundleError, match="YAML configs are not supported: convert it to JSON") as e:
         import_monai_bundle(src, body_region="ABDOMEN")
+    # the command it gives runs from any folder: it names the files by their whole paths
+    assert str(src / "configs" / "inference.yaml") in str(e.value) and str(
+        src / "configs" / "inference.json"
+    ) in str(e.value)
     (src / "configs" / "inference.yaml").rename(src / "configs" / "inference.json")
     (src / "models" / "model.pt").rename(src / "models" / "model.ts")
     with pytest.raises(

@@ -519,6 +519,12 @@ def test_standard_monai_bundle_import(tmp_path, capsys):
         card.intensity == {"mode": "percentile", "a_min": 0.0, "a_max": 100.0}
         and card.license == "Apache-2.0"
     )
+    # "MRI", as many model-zoo bundles write it, is DICOM's MR
+    edit_json(
+        src / "configs/metadata.json",
+        lambda d: d["network_data_format"]["inputs"]["image"].update(modality="MRI"),
+    )
+    assert import_monai_bundle(src, body_region="HEAD").modality == "MR"
     edit_json(
         src / "configs/metadata.json", lambda d: d["network_data_format"]["inputs"]["image"].pop("modality")
     )
@@ -624,3 +630,17 @@ def test_a_model_folder_given_as_a_bundle_names_its_versions(tmp_path):
     with pytest.raises(BundleError, match=r"a model folder holding the bundles of versions 0\.1\.0, 0\.1\.9, "
                                           r"0\.1\.10, not a bundle; give one of them \(.*0\.1\.10\)"):  # fmt: skip
         validate_bundle(tmp_path / "models")
+
+
+def test_a_reference_written_as_an_expression_is_read_as_the_reference():
+    """``"$@pixdim"`` evaluates to the item ``pixdim`` (MONAI's templates write it so); it was refused as an
+    expression. A refusal inside a list or an object names the item."""
+    from ModelSelectorLib.models.preprocessing import Unreproducible, plain_value
+
+    config = {"pixdim": [1.5, 1.5, 2.0]}
+    assert plain_value("$@pixdim", config, "Spacingd.pixdim") == [1.5, 1.5, 2.0]
+    assert plain_value("$ @pixdim ", config, "Spacingd.pixdim") == [1.5, 1.5, 2.0]
+    with pytest.raises(Unreproducible, match=r"Spacingd.pixdim\[2\] is the expression"):
+        plain_value([1.0, 1.0, "$@pixdim[0] * 2"], config, "Spacingd.pixdim")
+    with pytest.raises(Unreproducible, match=r"ScaleIntensityRanged.b.max is the expression"):
+        plain_value({"max": "$@x + 1"}, config, "ScaleIntensityRanged.b")
