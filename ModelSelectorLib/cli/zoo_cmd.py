@@ -65,6 +65,13 @@ def register(sub: Any) -> None:
     _add_zoo_option(q)
     q.set_defaults(func=cmd_add)
 
+    q = zsub.add_parser("trust", help="trust the code of a model already in the zoo (a zoo copied from someone else, "
+                                      "a new trust store)")  # fmt: skip
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--version", dest="model_version", help="the version to trust (default: the current one)")
+    _add_zoo_option(q)
+    q.set_defaults(func=cmd_trust)
+
     q = zsub.add_parser(
         "remove",
         help="remove a model and its files (and, when the whole model goes, its prototypes from the zoo's index)",
@@ -165,6 +172,14 @@ def cmd_add(args: argparse.Namespace) -> int:
                     trust=args.trust)  # fmt: skip
     print(f"Added {entry['name']} version {entry['version']} to the zoo at {zoo.path}.")
     note_stale_index(zoo, [entry["name"]])
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    zoo = Zoo(_zoo_path(args))
+    path, digest = zoo.trust(args.name, args.model_version)
+    print(f"Trusted {args.name} version {path.name} of the zoo at {zoo.path} as its configs and code are now "
+          f"(sha256 {digest[:12]}); apply, select and prototypes build it as MONAI would while they stay so.")  # fmt: skip
     return 0
 
 

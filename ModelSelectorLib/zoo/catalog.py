@@ -512,6 +512,20 @@ class Zoo:
             )
             self._write_catalog(data)
 
+    def trust(self, name: str, version: Optional[str] = None) -> tuple[Path, str]:
+        """Record that the user trusts the zoo's copy of model ``name`` (``version``, default the current one)
+        as its configs and code are now, as ``add(..., trust=True)`` does for a bundle it adds: for a zoo copied
+        from someone else, or a new trust store. The bundle is built first (its code runs, as MONAI runs it), so
+        nothing that does not build is recorded. Returns the bundle folder and its trust digest.
+
+        Raises:
+            ZooError: no such model or version. BundleError: the bundle does not build even when trusted.
+            OutputError: the trust store cannot be written.
+        """
+        path = self.get(name, version)
+        load_bundle(path, trust=True)
+        return path, remember_trust(path, str(path))
+
     def remove(self, name: str, version: Optional[str] = None, record: bool = True) -> None:
         """Remove model ``name`` (or one ``version`` of it): the catalog entry first, then the files.
 

@@ -70,8 +70,9 @@ FETCH_ARGUMENTS = ("pretrained", "pretrained_url", "weights", "checkpoint", "pat
 
 _HINT = (
     "an untrusted network is built only from allow-listed MONAI/torch classes and plain values; if you trust the "
-    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (or promote it with `modelselector promote "
-    "--trust`; trust=True in Python), which your trust store records for exactly its present files"
+    "bundle's author, add it with `modelselector zoo add BUNDLE --trust` (a model already in a zoo: `modelselector zoo "
+    "trust NAME --zoo ZOO`; promote it with `modelselector promote --trust`; trust=True in Python), which your trust "
+    "store records for exactly its present files"
 )
 _COMPONENT_KEYS = ("_target_", "_mode_", "_disabled_", "_requires_", "_desc_")
 

@@ -789,8 +789,15 @@ def test_trust_given_at_zoo_add_is_recorded_and_honoured_by_apply(tmp_path, monk
     # the trust is the user's, not the zoo's: a copy of the zoo on a machine whose user never trusted it
     copied = Zoo(shutil.copytree(zoo.path, tmp_path / "copied"))
     monkeypatch.setenv("MODELSELECTOR_TRUST_STORE", str(tmp_path / "another user" / "trusted.json"))
-    with pytest.raises(BundleError, match="untrusted config"):
+    with pytest.raises(
+        BundleError, match=r"untrusted config.*a model already in a zoo: `modelselector zoo trust NAME"
+    ):
         load_bundle(copied.get("spleen"))
+    # ... who trusts it where it is (`zoo add --trust` was refused: that version is in the zoo already)
+    proc = bad.run_cli("zoo", "trust", "spleen", "--zoo", copied.path,
+                       env={"MODELSELECTOR_TRUST_STORE": str(tmp_path / "another user" / "trusted.json")})  # fmt: skip
+    assert proc.returncode == 0 and "Trusted spleen version" in proc.stdout, proc.stderr
+    assert load_bundle(copied.get("spleen")).network is not None
     monkeypatch.undo()
     bad.edit_inference(zoo.get("spleen"), lambda c: c.update(extra=1))
     with pytest.raises(BundleError, match="untrusted config"):
