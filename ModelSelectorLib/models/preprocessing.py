@@ -184,7 +184,10 @@ def plain_value(value: Any, config: dict[str, Any], what: str, seen: tuple[str, 
             return plain_value(config[ref], config, what, (*seen, ref))
         raise Unreproducible(f"{what} is the reference {value!r}, not a plain value")
     if isinstance(value, str) and value[:1] in ("$", "%"):
-        raise Unreproducible(f"{what} is the expression {value[:60]!r}, which is never evaluated")
+        shown = value if len(value) <= 120 else value[:117] + "..."
+        raise Unreproducible(
+            f"{what} is the expression {shown!r}, which is never evaluated (a plain value there is read)"
+        )
     if isinstance(value, list):
         return [plain_value(v, config, f"{what}[{i}]", seen) for i, v in enumerate(value)]
     if isinstance(value, dict):

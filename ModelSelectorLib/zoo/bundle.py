@@ -72,8 +72,8 @@ def _check_files(path: Path) -> None:
         if f.suffix == ".json" and yaml:
             raise BundleError(
                 f"{path}: has {yaml[0]} but no {f}; YAML configs are not supported: convert it to JSON "
-                f"(python -c \"import json, yaml; print(json.dumps(yaml.safe_load(open({str(path / yaml[0])!r})), "
-                f"indent=4))\" > {shlex.quote(str(path / f))})."
+                f'(python -c "import json, yaml; print(json.dumps(yaml.safe_load(open({str(path / yaml[0])!r})), '
+                f'indent=4))" > {shlex.quote(str(path / f))}).'
             )
         if f == WEIGHTS_FILE and (path / "models" / "model.ts").is_file():
             raise BundleError(
@@ -230,7 +230,7 @@ def instantiate_network(
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause))  # torch colours some of its messages
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(cause).__name__)
         raise BundleError(f"{path}: the network in inference.json could not be built ({type(cause).__name__}: "
-                          f"{first}).") from e  # fmt: skip
+                          f"{first}){_monai_version_note(path)}.") from e  # fmt: skip
     finally:
         sys.dont_write_bytecode = writes_bytecode
         if added:
@@ -243,6 +243,22 @@ def instantiate_network(
             f"{path}: '{key}' of inference.json is a {type(net).__name__}, not a torch network."
         )
     return net.to(device)
+
+
+def _monai_version_note(path: Path) -> str:
+    """``"; the bundle was written for MONAI X, this environment has Y"`` when its metadata names another
+    version (a network's arguments change between MONAI versions), else ``""``."""
+    import monai
+
+    try:
+        wanted = str(
+            json.loads((path / METADATA_FILE).read_text(encoding="utf-8")).get("monai_version") or ""
+        )
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not wanted or wanted.split("+")[0] == monai.__version__.split("+")[0]:
+        return ""
+    return f"; the bundle was written for MONAI {wanted}, this environment has {monai.__version__}"
 
 
 def _bundle_modules(path: Path) -> set[str]:

@@ -644,3 +644,19 @@ def test_a_reference_written_as_an_expression_is_read_as_the_reference():
         plain_value([1.0, 1.0, "$@pixdim[0] * 2"], config, "Spacingd.pixdim")
     with pytest.raises(Unreproducible, match=r"ScaleIntensityRanged.b.max is the expression"):
         plain_value({"max": "$@x + 1"}, config, "ScaleIntensityRanged.b")
+
+
+def test_a_network_that_does_not_build_names_the_monai_version_it_was_written_for(tmp_path):
+    """A network's arguments change between MONAI versions (SwinUNETR lost ``img_size``): the refusal says
+    which MONAI the bundle was written for when that is not this one."""
+    import monai
+
+    path = make_bundle(tmp_path)
+    edit_json(path / "configs/inference.json", lambda d: d["network_def"].update(img_size=[96, 96, 96]))
+    edit_json(path / "configs/metadata.json", lambda d: d.update(monai_version="1.4.0"))
+    with pytest.raises(BundleError, match=r"could not be built \(TypeError: .*img_size.*\); the bundle was "
+                                          rf"written for MONAI 1\.4\.0, this environment has {monai.__version__}"):  # fmt: skip
+        load_bundle(path)
+    edit_json(path / "configs/metadata.json", lambda d: d.update(monai_version=monai.__version__))
+    with pytest.raises(BundleError, match=r"img_size.*\)\.$"):  # the same version: no note
+        load_bundle(path)
