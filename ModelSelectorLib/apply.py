@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .errors import InputError, OutputError
-from .io.image import Image, check_model_input, read_image
+from .io.image import Image, as_image, check_model_input, read_image
 from .io.outputs import check_output_file, check_output_folder, output_name
 from .models.base import TaskRuntime
 from .models.preprocessing import check_device
@@ -163,13 +163,54 @@ def read_model_input(
     image = read_image(image_path, series_uid=series_uid)
     check_model_input(image, str(image_path))
     if warn is not None:
-        for what in (compare_units(air_share(image), card), field_of_view(image, card)):
-            if what is not None and not what.fits:
-                warn(f"{card.name}: {what.describe()}; its output may be meaningless: {what.advice()}.")
-        problem = fit_problem(image, zoo, card) if zoo is not None else None
-        if problem:
-            warn(problem)
+        _warn_of_problems(image, card, warn, zoo)
     return image
+
+
+def apply_to_image(
+    zoo_path: Union[Zoo, PathLike],
+    model_name: str,
+    image: Any,
+    device: str = "cpu",
+    cancel: Optional[Any] = None,
+    warn: Optional[Callable[[str], None]] = None,
+) -> Any:
+    """Apply zoo model ``model_name`` to an image in memory with the checks :func:`apply_to_file` makes of a file:
+    what cannot be a model's input is refused, and ``warn`` (default: Python's :func:`warnings.warn`) hears of
+    values in units the model does not take, a field of view unlike its training inputs' and an image the
+    selector does not find the model fits.
+
+    Args:
+        image: what :func:`~.io.image.as_image` takes: an :class:`~.io.image.Image`, a SimpleITK image, a MONAI
+            ``MetaTensor``, a nibabel image (or a file path).
+
+    Returns:
+        the runtime's :class:`~.models.base.Prediction` in the image's geometry (a label map's ``value`` is an
+        :class:`~.io.image.Image`: ``io.write_image`` or ``open_runtime(...).write`` writes it).
+
+    Raises:
+        InputError: a label map, an empty or NaN image, an image too small to show anatomy, an unusable device.
+        ZooError, BundleError. Cancelled.
+    """
+    import warnings
+
+    check_device(device)
+    zoo = open_zoo(zoo_path)
+    card = zoo.card(model_name)
+    image = as_image(image)
+    check_model_input(image, str(image.meta.get("path", "the image")))
+    _warn_of_problems(image, card, warn or (lambda text: warnings.warn(text, UserWarning, stacklevel=3)), zoo)
+    return open_runtime(zoo, model_name, device).predict(image, cancel=cancel)
+
+
+def _warn_of_problems(image: Image, card: Any, warn: Callable[[str], None], zoo: Optional[Zoo]) -> None:
+    """``warn`` of units, a field of view and (given the ``zoo``) a fit the model of ``card`` does not take."""
+    for what in (compare_units(air_share(image), card), field_of_view(image, card)):
+        if what is not None and not what.fits:
+            warn(f"{card.name}: {what.describe()}; its output may be meaningless: {what.advice()}.")
+    problem = fit_problem(image, zoo, card) if zoo is not None else None
+    if problem:
+        warn(problem)
 
 
 def _check_path(image_path: Any, function: str) -> None:
@@ -178,7 +219,7 @@ def _check_path(image_path: Any, function: str) -> None:
         kind = f"{type(image_path).__module__}.{type(image_path).__name__}"
         raise InputError(
             f"{function} takes an image file path, not a {kind}; for an image in memory use "
-            "open_runtime(zoo, model_name).predict(image)."
+            "apply_to_image(zoo, model_name, image), or open_runtime(zoo, model_name).predict(image) without checks."
         )
 
 
@@ -209,6 +250,7 @@ def fit_problem(image: Image, zoo: Zoo, card: Any) -> Optional[str]:
 
 __all__ = [
     "apply_to_file",
+    "apply_to_image",
     "apply_to_files",
     "fit_problem",
     "open_runtime",

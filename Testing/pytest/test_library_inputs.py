@@ -230,3 +230,29 @@ def test_apply_to_file_refuses_an_image_in_memory(oblique_image):
             InputError, match=r"read_model_input takes an image file path.*\.predict\(image\)"
         ):
             read_model_input(image, None)
+
+
+def test_apply_to_image_checks_an_image_in_memory_as_apply_to_file_checks_a_file(tmp_path, oblique_image):
+    """The library's in-memory path makes the checks of `apply`: a label map is refused, a CT model on an
+    image without Hounsfield units is warned of, and the result keeps the input's geometry."""
+    import bad_inputs as bad
+
+    from ModelSelectorLib.apply import apply_to_image
+    from ModelSelectorLib.zoo import Zoo
+
+    zoo = Zoo.create(tmp_path / "zoo")
+    zoo.add(bad.tiny_bundle(tmp_path / "src"))
+    labels = Image(np.zeros((12, 20, 24), np.uint8), oblique_image.spacing, oblique_image.origin,
+                   oblique_image.direction)  # fmt: skip
+    labels.array[4:8, 6:14, 8:18] = 2
+    with pytest.raises(InputError, match="label map"):
+        apply_to_image(zoo, "tiny-ct", labels.to_sitk())
+    noise = np.random.default_rng(0).normal(0, 5, oblique_image.array.shape).astype(np.float32)
+    image = Image(oblique_image.array + 300 + noise, oblique_image.spacing, oblique_image.origin,
+                  oblique_image.direction)  # fmt: skip
+    heard: list[str] = []
+    prediction = apply_to_image(zoo, "tiny-ct", image.to_sitk(), warn=heard.append)
+    assert any("Hounsfield" in text for text in heard), heard
+    assert prediction.value.same_geometry(image)
+    with pytest.warns(UserWarning, match="Hounsfield"):  # Python's warnings when no warn is given
+        apply_to_image(zoo, "tiny-ct", image)
