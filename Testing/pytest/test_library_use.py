@@ -2,8 +2,7 @@
 with an Event or a function, and the selection as JSON for a log.
 
 One tiny zoo per module: two 3D UNets with batch-norm layers (random weights, so their verification signals
-differ from image to image), random prototypes, and an encoder without a network; a selection takes a few
-tens of milliseconds.
+differ from image to image) with random prototypes of the bundled encoder, which embeds every image.
 """
 
 from __future__ import annotations
@@ -31,23 +30,21 @@ MODELS = ("bn-a", "bn-b")
 EYE3 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-class FixedEncoder:
-    """The encoder the zoo's prototypes name (``test``), without a network: every image embeds alike."""
-
-    _modelselector_id = "test"
-    classes = ["CT:ABDOMEN", "OT:OOD"]
+class CountingEncoder:
+    """The bundled encoder, counting the images it embeds."""
 
     def __init__(self) -> None:
+        from ModelSelectorLib.selection.encoder import default_encoder
+
+        self._encoder = default_encoder()
         self.embedded = 0
 
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
+
     def embed(self, image: Image) -> np.ndarray:
-        from ModelSelectorLib.selection.encoder import EMBED_DIM
-
         self.embedded += 1
-        return np.eye(2, EMBED_DIM, dtype=np.float32)
-
-    def image_probabilities(self, emb: np.ndarray, image: Image) -> np.ndarray:
-        return np.array([0.9, 0.1])
+        return self._encoder.embed(image)
 
 
 def volume(seed: int, shape: tuple[int, int, int] = (20, 24, 24)) -> Image:
@@ -62,7 +59,9 @@ def zoo(tmp_path_factory) -> Path:
     """A zoo of two tiny batch-norm UNets with prototypes and an (uncalibrated) index."""
     from monai.bundle import ConfigParser
 
+    from ModelSelectorLib.selection.encoder import EMBED_DIM
     from ModelSelectorLib.selection.index import ZooIndex, default_index_dir
+    from ModelSelectorLib.selection.prototypes import PrototypeSet, encoder_id, save_prototypes
     from ModelSelectorLib.zoo import ModelCard, Zoo, save_bundle
 
     root = tmp_path_factory.mktemp("library")
@@ -74,7 +73,11 @@ def zoo(tmp_path_factory) -> Path:
         net = ConfigParser({"net": dict(net_def)}).get_parsed_content("net")
         card = ModelCard.from_dict(bad.card_dict(name))
         z.add(save_bundle(root / "src" / name, card, net_def, net.state_dict()))
-        bad.add_prototypes(z.get(name), name, seed=i)
+        vectors = np.random.default_rng(i).normal(size=(3, EMBED_DIM)).astype(np.float32)
+        rows = [{"origin": "exemplar", "source": f"case{k}", "view": 0} for k in range(3)]
+        meta = {"encoder": encoder_id(CountingEncoder())}
+        save_prototypes(z.get(name), PrototypeSet(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), rows, name,
+                                                  "0.1.0", meta))  # fmt: skip
         idx.add_model(z, name)
     idx.save(default_index_dir(z))
     return z.path
@@ -86,7 +89,7 @@ def _verify_values(zoo: Path, images: list[Image], threads: int) -> list[dict[st
     from ModelSelectorLib.selection.selector import select
 
     def verified(image: Image) -> dict[str, dict[str, float]]:
-        selection = select(image, zoo=zoo, encoder=FixedEncoder(), top_k=None)
+        selection = select(image, zoo=zoo, encoder=CountingEncoder(), top_k=None)
         return {m.name: m.verify for m in selection.models}
 
     clear_cache()  # every image is verified again, not taken from the cache
@@ -116,7 +119,7 @@ def test_the_selection_cache_keeps_no_voxels_and_still_saves_the_work(zoo):
     from ModelSelectorLib.zoo import Zoo
 
     scoring.clear_cache()
-    encoder = FixedEncoder()
+    encoder = CountingEncoder()
     runtime = runtime_of(Zoo(zoo).get(MODELS[0]))
     calls = []
     original = runtime.fit_signals
@@ -143,7 +146,7 @@ def test_cached_evidence_lends_each_call_its_image():
     from ModelSelectorLib.selection.scoring import clear_cache, evidence
 
     clear_cache()
-    encoder = FixedEncoder()
+    encoder = CountingEncoder()
     image = volume(3)
     ev = evidence(encoder, image)
     assert ev.image is image
@@ -156,7 +159,7 @@ def test_the_evidence_cache_stays_bounded_under_threads():
     from ModelSelectorLib.selection import scoring
 
     scoring.clear_cache()
-    encoder = FixedEncoder()
+    encoder = CountingEncoder()
     images = [volume(seed, (4, 8, 8)) for seed in range(40)]
     with ThreadPoolExecutor(4) as pool:
         done = list(pool.map(lambda im: scoring.evidence(encoder, im), images * 3))
@@ -196,7 +199,7 @@ def test_predict_is_cancelled_by_a_function(zoo):
 def test_selection_json_keeps_the_warnings_and_settings_when_asked(zoo):
     from ModelSelectorLib.selection.selector import select
 
-    selection = select(volume(2), zoo=zoo, encoder=FixedEncoder(), top_k=None, threshold=0.4)
+    selection = select(volume(2), zoo=zoo, encoder=CountingEncoder(), top_k=None, threshold=0.4)
     plain = selection.to_json_dict()
     assert set(plain) == {"input", "fits", "needs_volume", "fits_once_inverted", "models"}
     full = json.loads(json.dumps(selection.to_json_dict(details=True), allow_nan=False))
@@ -208,7 +211,8 @@ def test_selection_json_keeps_the_warnings_and_settings_when_asked(zoo):
         any("scores are uncalibrated" in w for w in full["warnings"])
         and full["warnings"] == selection.warnings
     )
-    assert full["image_classes"][0] == ["CT:ABDOMEN", 0.9] and set(full["seconds"]) == {
+    assert full["image_classes"] == [[c, round(float(p), 4)] for c, p in selection.image_classes]
+    assert set(full["seconds"]) == {
         "load",
         "embed",
         "score",
