@@ -218,6 +218,7 @@ def instantiate_network(
     if added:
         sys.path.insert(0, str(path))
     own = _bundle_modules(path) if trust else set()
+    modules: dict[str, Any] = {}
     _forget_modules(own)  # another bundle's `scripts` loaded before must not stand in for this one's
     writes_bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = writes_bytecode or bool(trust)  # nothing unchecked is left in the bundle
@@ -235,6 +236,7 @@ def instantiate_network(
         sys.dont_write_bytecode = writes_bytecode
         if added:
             sys.path.remove(str(path))
+        modules = {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in own}
         _forget_modules(own)  # the network keeps its classes; the next bundle imports its own modules
     import torch
 
@@ -242,7 +244,32 @@ def instantiate_network(
         raise BundleError(
             f"{path}: '{key}' of inference.json is a {type(net).__name__}, not a torch network."
         )
+    if modules:
+        _lend_modules_while_running(net, own, modules)
     return net.to(device)
+
+
+def _lend_modules_while_running(net: Any, names: set[str], modules: dict[str, Any]) -> None:
+    """Put a trusted bundle's own modules (``modules``: those under its top-level ``names``) back while ``net``
+    runs, so that what its code imports as it runs (``from scripts.x import y`` inside ``forward``) is its own,
+    not another bundle's; after each run they are taken away again, and what the run imported is kept with them."""
+    held: list[dict[str, Any]] = []
+
+    def own_now() -> dict[str, Any]:
+        return {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in names}
+
+    def before(_module: Any, _inputs: Any) -> None:
+        held.append(own_now())  # another bundle's, or none
+        _forget_modules(names)
+        sys.modules.update(modules)
+
+    def after(_module: Any, _inputs: Any, _output: Any) -> None:
+        modules.update(own_now())
+        _forget_modules(names)
+        sys.modules.update(held.pop() if held else {})
+
+    net.register_forward_pre_hook(before)
+    net.register_forward_hook(after)
 
 
 def _monai_version_note(path: Path) -> str:

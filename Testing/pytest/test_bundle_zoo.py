@@ -259,8 +259,10 @@ def test_two_trusted_bundles_with_their_own_scripts_each_build_their_own_network
             "        super().__init__()\n"
             f"        self.conv = torch.nn.Conv3d(1, {channels}, 1)\n"
             "    def forward(self, x):\n"
-            "        return self.conv(x)\n"
+            "        from scripts.scale import FACTOR  # imported as it runs, as some bundles do\n"
+            "        return self.conv(x) * FACTOR\n"
         )
+        (path / "scripts/scale.py").write_text(f"FACTOR = {i + 1}\n")
         weights = torch.nn.Conv3d(1, channels, 1).state_dict()
         torch.save({"conv." + k: v for k, v in weights.items()}, path / "models/model.pt")
         edit_json(
@@ -271,6 +273,10 @@ def test_two_trusted_bundles_with_their_own_scripts_each_build_their_own_network
     first, second = (load_bundle(p, trust=True).network for p in paths)
     assert first.conv.out_channels == 2 and second.conv.out_channels == 3
     assert type(first).__module__ == "scripts.tinynet" and "scripts.tinynet" not in sys.modules  # none left
+    x = torch.ones(1, 1, 2, 2, 2)
+    with torch.no_grad():  # what each network imports while it runs is its own bundle's, after both are built
+        assert torch.allclose(first(x), first.conv(x) * 1) and torch.allclose(second(x), second.conv(x) * 2)
+    assert "scripts" not in sys.modules  # lent while running, taken away after
 
 
 class _Evil:
