@@ -96,7 +96,8 @@ def check_orthogonal(direction: Sequence[float], name: os.PathLike | str) -> Non
     if np.allclose(gram, np.diag(np.diag(gram)), atol=1e-3) and np.all(np.diag(gram) > 0):
         raise InputError(
             f"{name}: the direction's columns have lengths {' '.join(f'{v:g}' for v in np.sqrt(np.diag(gram)))}, "
-            "not 1; the direction holds unit vectors and the voxel size goes in the spacing."
+            "not 1: a direction holds unit vectors and the voxel size belongs in the spacing; fix the file's header "
+            "(e.g. resave it from 3D Slicer) or the geometry given."
         )
     raise sheared_error(name, f", direction {' '.join(f'{v:g}' for v in d.ravel())}")
 

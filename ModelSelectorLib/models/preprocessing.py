@@ -176,13 +176,14 @@ class Unreproducible(ValueError):
 def plain_value(value: Any, config: dict[str, Any], what: str, seen: tuple[str, ...] = ()) -> Any:
     """``value`` of an ``inference.json`` when it is plain (no ``$`` expression, no ``%`` macro); a plain
     ``@name`` reference to a top-level item is followed. Nothing is evaluated."""
+    written = value
     if isinstance(value, str) and re.fullmatch(r"\$\s*@\w+\s*", value):  # "$@name" evaluates to that item
         value = value[1:].strip()
     if isinstance(value, str) and value.startswith("@"):
         ref = value[1:]
         if ref in config and ref not in seen and not any(c in ref for c in ":#"):
             return plain_value(config[ref], config, what, (*seen, ref))
-        raise Unreproducible(f"{what} is the reference {value!r}, not a plain value")
+        raise Unreproducible(f"{what} is the reference {written!r}, not a plain value")
     if isinstance(value, str) and value[:1] in ("$", "%"):
         shown = value if len(value) <= 120 else value[:117] + "..."
         raise Unreproducible(

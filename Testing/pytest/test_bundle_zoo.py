@@ -646,6 +646,8 @@ def test_a_reference_written_as_an_expression_is_read_as_the_reference():
     config = {"pixdim": [1.5, 1.5, 2.0]}
     assert plain_value("$@pixdim", config, "Spacingd.pixdim") == [1.5, 1.5, 2.0]
     assert plain_value("$ @pixdim ", config, "Spacingd.pixdim") == [1.5, 1.5, 2.0]
+    with pytest.raises(Unreproducible, match=r"the reference '\$@missing', not a plain value"):  # as written
+        plain_value("$@missing", config, "Spacingd.pixdim")
     with pytest.raises(Unreproducible, match=r"Spacingd.pixdim\[2\] is the expression"):
         plain_value([1.0, 1.0, "$@pixdim[0] * 2"], config, "Spacingd.pixdim")
     with pytest.raises(Unreproducible, match=r"ScaleIntensityRanged.b.max is the expression"):
