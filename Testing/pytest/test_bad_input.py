@@ -1169,23 +1169,29 @@ def test_select_goes_on_with_the_indexed_models_when_one_is_not_indexed_yet(inde
     """A model trained or added since the index was built made every `select` on the zoo fail (exit 4), whatever
     the image; now the indexed models are scored and the others named in a warning."""
     from ModelSelectorLib.errors import IndexMismatchError
-    from ModelSelectorLib.selection.encoder import EMBED_DIM
+    from ModelSelectorLib.selection.encoder import EMBED_DIM, default_encoder
+    from ModelSelectorLib.selection.index import ZooIndex, default_index_dir
+    from ModelSelectorLib.selection.prototypes import (
+        PrototypeSet,
+        encoder_id,
+        load_prototypes,
+        save_prototypes,
+    )
     from ModelSelectorLib.selection.selector import select
     from ModelSelectorLib.zoo import Zoo
 
-    class Encoder:  # the encoder the tiny zoo's prototypes name ("test"), without a network
-        _modelselector_id = "test"
-        classes = ["CT:ABDOMEN", "OT:OOD"]
-
-        def embed(self, image):
-            return np.eye(2, EMBED_DIM, dtype=np.float32)
-
-        def image_probabilities(self, emb, image):
-            return np.array([0.9, 0.1])
-
     zoo_dir = bad.copy_tree(indexed_zoo, tmp_path / "zoo")  # m0 and m1 indexed, m2 and m3 not
+    zoo = Zoo(zoo_dir)
+    for name in zoo.names():  # the same prototypes, as the bundled encoder's
+        old = load_prototypes(zoo.get(name))
+        save_prototypes(zoo.get(name), PrototypeSet(old.vectors.reshape(-1, EMBED_DIM), old.rows, name, "0.1.0",
+                                                    {"encoder": encoder_id(default_encoder())}))  # fmt: skip
+    index = ZooIndex()
+    for name in ("m0", "m1"):
+        index.add_model(zoo, name)
+    index.save(default_index_dir(zoo))
     image = bad.written("ct.nii.gz")(tmp_path)
-    selection = select(image, zoo=zoo_dir, top_k=None, encoder=Encoder(), verify=False)
+    selection = select(image, zoo=zoo_dir, top_k=None, verify=False)
     assert {m.name for m in selection.models} == {"m0", "m1"}
     unindexed = [w for w in selection.warnings if "until then it is not offered" in w]
     assert (
@@ -1194,7 +1200,7 @@ def test_select_goes_on_with_the_indexed_models_when_one_is_not_indexed_yet(inde
     )
     Zoo(zoo_dir).remove("m0")  # a model the index holds and the zoo no longer does is still refused
     with pytest.raises(IndexMismatchError, match="'m0' is in the index but not in the zoo"):
-        select(image, zoo=zoo_dir, encoder=Encoder(), verify=False)
+        select(image, zoo=zoo_dir, verify=False)
 
 
 def test_an_imported_bundles_window_padding_is_kept(tmp_path):
