@@ -277,8 +277,9 @@ def open_zoo_and_index(zoo: Any, index: Any) -> tuple[Zoo, ZooIndex]:
     return z, idx
 
 
-def as_image(image: Union[Image, PathLike]) -> tuple[Image, str]:
-    """``(image, name)`` of an :class:`~ModelSelectorLib.io.Image`, a SimpleITK image or an image path."""
+def as_image(image: Any) -> tuple[Image, str]:
+    """``(image, name)`` of what :func:`~ModelSelectorLib.io.image.as_image` takes: an
+    :class:`~ModelSelectorLib.io.Image`, a SimpleITK image, a MONAI ``MetaTensor``, a nibabel image or a path."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(image), str(image)
     image = to_image(image)
@@ -353,7 +354,7 @@ def _reasons(
 
 
 def select(
-    image: Union[Image, PathLike],
+    image: Any,
     zoo: Any = None,
     index: Any = None,
     encoder: Any = None,
@@ -367,7 +368,8 @@ def select(
     """Rank the zoo's models for an image and decide whether any fits.
 
     Args:
-        image: an :class:`~ModelSelectorLib.io.Image` or an image path (any format :func:`read_image` reads).
+        image: an :class:`~ModelSelectorLib.io.Image`, an image path (any format :func:`read_image` reads), a
+            SimpleITK image, a MONAI ``MetaTensor`` or a nibabel image (:func:`~ModelSelectorLib.io.image.as_image`).
         zoo: a :class:`~ModelSelectorLib.zoo.Zoo` or folder (default: :func:`~ModelSelectorLib.resources.default_zoo_path`).
         index: a :class:`~.index.ZooIndex` or index folder (default: ``ZOO/index``).
         encoder: the encoder (default: the bundled one, loaded once per process).
