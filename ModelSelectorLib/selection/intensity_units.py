@@ -8,17 +8,16 @@ bits reads alike, and it confuses a T1 head volume with a head CT (``pyradiomics
 p = 0.84). The units themselves tell, with no training data:
 
 - in a CT in Hounsfield units, air, lung, bowel gas and the padding outside the scanner's circular field of
-  view read -1000 HU or less, and fat -150 to -50 HU; in the shared data 58-73 % of every CT file's voxels
-  lie below :data:`FAT_OR_AIR_HU` (4 CT volumes and a CT slice), and a crop inside the body, without air,
-  still has its fat there;
+  view read -1000 HU or less; in the shared data 36-67 % of every CT file's voxels lie below
+  :data:`AIR_HU` (4 CT volumes and a CT slice);
 - MR magnitude images are not negative (and z-scored ones stay within a few units of 0): no voxel of the
-  386 MR images of the protocol split's training and development parts lies below it.
+  391 MR files of the data (volumes and a few slices) lies below it.
 
 So an image is taken to be in Hounsfield units when at least :data:`MIN_AIR_SHARE` of its voxels lie below
-:data:`FAT_OR_AIR_HU`. A CT model fits only such an image; an MR model fits only an image that is not, and so
-does a radiograph model (a projection modality, :data:`PROJECTION_MODALITIES`): a radiograph's pixel values
-have no unit but none lies below :data:`FAT_OR_AIR_HU` (none of the 879 projection images of the split),
-while a CT slice in Hounsfield units has its air and fat there.
+:data:`AIR_HU`. A CT model fits only such an image; an MR model fits only an image that is not, and so does a
+radiograph model (a projection modality, :data:`PROJECTION_MODALITIES`): a radiograph's pixel values have no
+unit but none lies below :data:`AIR_HU` (none of the 460 projection images of the shared data), while a CT
+slice in Hounsfield units has its air there.
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-#: a voxel below this value (HU) is air, lung, gas, padding or fat in a CT in Hounsfield units (water is 0,
-#: soft tissue above); no MR or radiograph value lies there
-FAT_OR_AIR_HU = -50.0
-#: an image is in Hounsfield units when at least this share of its voxels lies below :data:`FAT_OR_AIR_HU`
+#: a voxel below this value (HU) is air, lung, gas or padding in a CT in Hounsfield units
+AIR_HU = -500.0
+#: an image is in Hounsfield units when at least this share of its voxels lies below :data:`AIR_HU`
 MIN_AIR_SHARE = 0.01
 
 #: what a model expects: CT in Hounsfield units, MR values or radiograph pixel values (any scale, not Hounsfield units)
@@ -43,7 +41,7 @@ _MAX_SAMPLE = 1_000_000  # voxels read to estimate the share (a 512 x 512 x 300 
 
 
 def air_share(image: Any) -> float:
-    """Share of ``image``'s voxels below :data:`FAT_OR_AIR_HU` (0-1; air and fat in a CT), from a regular grid of at most about a
+    """Share of ``image``'s voxels below :data:`AIR_HU` (0-1), from a regular grid of at most about a
     million voxels (the same step along every axis, so that whole rows and slices are skipped rather than
     read); 0.0 for an image without voxels."""
     array = np.asarray(image.array)
@@ -51,7 +49,7 @@ def air_share(image: Any) -> float:
         return 0.0
     step = max(1, int(np.ceil((array.size / _MAX_SAMPLE) ** (1.0 / array.ndim))))
     sample = array[(slice(None, None, step),) * array.ndim]
-    return float(np.count_nonzero(sample < FAT_OR_AIR_HU)) / float(sample.size)
+    return float(np.count_nonzero(sample < AIR_HU)) / float(sample.size)
 
 
 def expected_units(card: Any) -> Optional[str]:
@@ -98,8 +96,8 @@ class Units:
     def describe(self) -> str:
         share = self._share()
         what = {HOUNSFIELD: "CT in Hounsfield units", MR_VALUES: "MR"}.get(self.expected, "radiographs")
-        return (f"the model takes {what}, and {share} of the image's voxels lie below {FAT_OR_AIR_HU:.0f}, where a "
-                "CT's air, lung, gas and fat lie (-1000 to -50 HU)")  # fmt: skip
+        return (f"the model takes {what}, and {share} of the image's voxels lie below {AIR_HU:.0f}, where a CT's air, "
+                "lung and gas lie (about -1000 HU)")  # fmt: skip
 
     def advice(self) -> str:
         """What to do about a mismatch (empty when the units fit)."""
@@ -114,8 +112,7 @@ class Units:
         """The comparison as one of a selection's reasons."""
         if self.fits:
             units = "Hounsfield units" if self.hounsfield else "not Hounsfield units"
-            return (f"intensity units: {units} ({self._share()} of the voxels below {FAT_OR_AIR_HU:.0f}), as the model "
-                    "takes")  # fmt: skip
+            return f"intensity units: {units} ({self._share()} of the voxels below {AIR_HU:.0f}), as the model takes"
         return f"intensity units: {self.describe()}: {self.advice()}"
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -136,5 +133,5 @@ def units_fit(units: Optional[Units]) -> bool:
     return units is None or units.fits
 
 
-__all__ = ["FAT_OR_AIR_HU", "HOUNSFIELD", "MIN_AIR_SHARE", "MR_VALUES", "PROJECTION_MODALITIES", "RADIOGRAPH_VALUES", "Units",
+__all__ = ["AIR_HU", "HOUNSFIELD", "MIN_AIR_SHARE", "MR_VALUES", "PROJECTION_MODALITIES", "RADIOGRAPH_VALUES", "Units",
            "air_share", "compare_units", "expected_units", "units_fit"]  # fmt: skip

@@ -88,7 +88,7 @@ class Evidence:
     broken: dict[str, str] = dataclasses.field(default_factory=dict)
     colour: float = 0.0
     extent_mm: Optional[float] = None  # a volume's field of view (kept when the voxels are let go)
-    air_share: Optional[float] = None  # share of voxels below -50 HU (air and fat in a CT; kept likewise)
+    air_share: Optional[float] = None  # share of voxels below -500, as air in a CT in HU (kept likewise)
 
 
 def colourfulness(image: Image, threshold: float = 0.02) -> float:

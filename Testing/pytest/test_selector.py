@@ -347,7 +347,7 @@ def test_a_ct_model_needs_hounsfield_units_and_an_mr_model_refuses_them(env):
     assert by_name["ct_abdomen"].fits and by_name["ct_abdomen"].units.fits
     assert by_name["ct_abdomen"].units.air_share > 0.2  # the air around the body, at -1000 HU
     assert not by_name["mr_abdomen"].units.fits and not by_name["dx_chest"].units.fits  # radiographs: not HU
-    # the same CT stored without its rescale intercept (-1024): air reads about 24, nothing is below -50
+    # the same CT stored without its rescale intercept (-1024): air reads about 24, nothing is below -500
     raw = ct.with_array(ct.array + np.float32(1024.0))
     low = select(raw, env["zoo"], env["index"], env["encoder"], top_k=None, threshold=0.0)
     m = {m.name: m for m in low.models}["ct_abdomen"]

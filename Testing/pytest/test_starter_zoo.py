@@ -502,7 +502,7 @@ def test_apply_warns_when_a_volume_shows_far_less_than_the_model_was_trained_on(
     apply_to_file(ZOO, "mr-hippocampus", tmp_path / "ct.nii.gz", tmp_path / "ct.seg.nrrd", warn=said.append)
     said = [w for w in said if "the selector" not in w]
     assert len(said) == 1 and said[0].startswith("mr-hippocampus: the model takes MR, and 30% of the image's "
-                                                 "voxels lie below -50"), said  # fmt: skip
+                                                 "voxels lie below -500"), said  # fmt: skip
     assert said[0].endswith("its output may be meaningless: the image looks like a CT in Hounsfield units; "
                             "choose a CT model.")  # fmt: skip
 
