@@ -35,6 +35,7 @@ from ..models.preprocessing import (
     read_preprocessing,
 )
 from ..models.registry import guess_task_type, runtime_class
+from .bundle_code import bundle_modules, forget_modules, lend_modules_while_running
 from .card import IMPORTED_CODE_VERSION, MODALITIES, ModelCard, default_color, safe_name
 from .trust import buildable_config, check_no_compiled_code, recorded_trust
 
@@ -217,9 +218,8 @@ def instantiate_network(
     added = trust and str(path) not in sys.path
     if added:
         sys.path.insert(0, str(path))
-    own = _bundle_modules(path) if trust else set()
-    modules: dict[str, Any] = {}
-    _forget_modules(own)  # another bundle's `scripts` loaded before must not stand in for this one's
+    own = bundle_modules(path) if trust else set()
+    forget_modules(own)  # another bundle's `scripts` loaded before must not stand in for this one's
     writes_bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = writes_bytecode or bool(trust)  # nothing unchecked is left in the bundle
     try:
@@ -237,7 +237,7 @@ def instantiate_network(
         if added:
             sys.path.remove(str(path))
         modules = {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in own}
-        _forget_modules(own)  # the network keeps its classes; the next bundle imports its own modules
+        forget_modules(own)  # the network keeps its classes; the next bundle imports its own modules
     import torch
 
     if not isinstance(net, torch.nn.Module):
@@ -245,31 +245,8 @@ def instantiate_network(
             f"{path}: '{key}' of inference.json is a {type(net).__name__}, not a torch network."
         )
     if modules:
-        _lend_modules_while_running(net, own, modules)
+        lend_modules_while_running(net, own, modules)
     return net.to(device)
-
-
-def _lend_modules_while_running(net: Any, names: set[str], modules: dict[str, Any]) -> None:
-    """Put a trusted bundle's own modules (``modules``: those under its top-level ``names``) back while ``net``
-    runs, so that what its code imports as it runs (``from scripts.x import y`` inside ``forward``) is its own,
-    not another bundle's; after each run they are taken away again, and what the run imported is kept with them."""
-    held: list[dict[str, Any]] = []
-
-    def own_now() -> dict[str, Any]:
-        return {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in names}
-
-    def before(_module: Any, _inputs: Any) -> None:
-        held.append(own_now())  # another bundle's, or none
-        _forget_modules(names)
-        sys.modules.update(modules)
-
-    def after(_module: Any, _inputs: Any, _output: Any) -> None:
-        modules.update(own_now())
-        _forget_modules(names)
-        sys.modules.update(held.pop() if held else {})
-
-    net.register_forward_pre_hook(before)
-    net.register_forward_hook(after)
 
 
 def _monai_version_note(path: Path) -> str:
@@ -286,24 +263,6 @@ def _monai_version_note(path: Path) -> str:
     if not wanted or wanted.split("+")[0] == monai.__version__.split("+")[0]:
         return ""
     return f"; the bundle was written for MONAI {wanted}, this environment has {monai.__version__}"
-
-
-def _bundle_modules(path: Path) -> set[str]:
-    """The top-level Python modules and packages a bundle folder provides (MONAI's are in ``scripts/``)."""
-    names = set()
-    for p in path.iterdir():
-        if p.is_dir() and p.name.isidentifier() and any(p.glob("*.py")):
-            names.add(p.name)
-        elif p.suffix == ".py" and p.stem.isidentifier():
-            names.add(p.stem)
-    return names
-
-
-def _forget_modules(names: set[str]) -> None:
-    """Remove the modules under the top-level ``names`` from ``sys.modules``: bundles name their code alike
-    (``scripts.networks...``), so Python would otherwise hand each bundle the first one's modules."""
-    for module in [m for m in sys.modules if m.split(".", 1)[0] in names]:
-        del sys.modules[module]
 
 
 def read_state_dict(weights_path: PathLike, device: str = "cpu") -> dict[str, Any]:
