@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 from .errors import InputError, OutputError
 from .io.image import Image, as_image, check_model_input, read_image
 from .io.outputs import check_output_file, check_output_folder, output_name
-from .models.base import TaskRuntime
+from .models.base import TaskRuntime, check_dimensions
 from .models.preprocessing import check_device
 from .models.registry import output_spec, runtime_for
 from .progress import check_cancel, progress_bar
@@ -162,6 +162,7 @@ def read_model_input(
     _check_path(image_path, "read_model_input")
     image = read_image(image_path, series_uid=series_uid)
     check_model_input(image, str(image_path))
+    check_dimensions(card, image)  # before any warning: a model that cannot take it is not applied
     if warn is not None:
         _warn_of_problems(image, card, warn, zoo)
     return image
@@ -199,6 +200,7 @@ def apply_to_image(
     card = zoo.card(model_name)
     image = as_image(image)
     check_model_input(image, str(image.meta.get("path", "the image")))
+    check_dimensions(card, image)
     _warn_of_problems(image, card, warn or (lambda text: warnings.warn(text, UserWarning, stacklevel=3)), zoo)
     return open_runtime(zoo, model_name, device).predict(image, cancel=cancel)
 

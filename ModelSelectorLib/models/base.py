@@ -70,6 +70,27 @@ def to_image_layout(image: Image, array: np.ndarray) -> np.ndarray:
     return array.reshape(image.array.shape[: image.ndim])
 
 
+def check_dimensions(card: Any, image: Image) -> None:
+    """Refuse ``image`` where the model of ``card`` cannot take its dimensions: a volume of several slices for a 2D
+    model; a lone 2D slice for a 3D model whose patches span several slices (padded to a patch, the slice would
+    give a meaningless result, and slowly: a 1536 px radiograph takes thousands of patches).
+
+    Raises:
+        InputError: in one line, saying what to give instead.
+    """
+    if int(card.spatial_dims) == 2 and not image.is_single_slice:
+        raise InputError(
+            f"the model {card.name} takes 2D images and the input is a volume of {image.size[2]} slices; give a 2D "
+            "image (PNG, or NRRD/NIfTI with one slice) or choose a 3D model."
+        )
+    if int(card.spatial_dims) == 3 and image.is_single_slice and not card.takes_single_slices:
+        depth = f" (its patches span {int(card.roi_size[2])} slices)" if card.roi_size else ""
+        raise InputError(
+            f"the model {card.name} takes 3D volumes{depth} and the input is a single 2D slice; give it the whole "
+            "volume (the DICOM series folder, or a NIfTI/NRRD volume) or choose a 2D model."
+        )
+
+
 class TaskRuntime(abc.ABC):
     """A zoo model that can be run: one subclass per task type.
 
@@ -202,19 +223,9 @@ class TaskRuntime(abc.ABC):
             slowly: a 1536 px radiograph takes thousands of patches); empty, constant or NaN image.
         """
         img = image.to_grayscale() if image.is_multicomponent else image
+        check_dimensions(self.card, img)
         if self.spatial_dims == 2:
-            if not img.is_single_slice:
-                raise InputError(
-                    f"the model {self.card.name} takes 2D images and the input is a volume of {img.size[2]} "
-                    "slices; give a 2D image (PNG, or NRRD/NIfTI with one slice) or choose a 3D model."
-                )
             img = img.as_2d()
-        elif img.is_single_slice and not self.card.takes_single_slices:
-            depth = f" (its patches span {int(self.card.roi_size[2])} slices)" if self.card.roi_size else ""
-            raise InputError(
-                f"the model {self.card.name} takes 3D volumes{depth} and the input is a single 2D slice; give it "
-                "the whole volume (the DICOM series folder, or a NIfTI/NRRD volume) or choose a 2D model."
-            )
         else:  # a lone slice for a model that works slice by slice: in its own plane, as a viewer sees it
             img = img.as_2d().as_3d() if img.is_single_slice else img
         check_image_content(img, str(img.meta.get("path", "image")))

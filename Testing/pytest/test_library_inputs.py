@@ -256,3 +256,9 @@ def test_apply_to_image_checks_an_image_in_memory_as_apply_to_file_checks_a_file
     assert prediction.value.same_geometry(image)
     with pytest.warns(UserWarning, match="Hounsfield"):  # Python's warnings when no warn is given
         apply_to_image(zoo, "tiny-ct", image)
+    # a lone slice for a 3D model: refused at once, with no warning about a model that is not applied
+    heard.clear()
+    one_slice = Image(image.array[6], image.spacing[:2], image.origin[:2], (1.0, 0.0, 0.0, 1.0))
+    with pytest.raises(InputError, match="takes 3D volumes .* and the input is a single 2D slice"):
+        apply_to_image(zoo, "tiny-ct", one_slice, warn=heard.append)
+    assert heard == []
