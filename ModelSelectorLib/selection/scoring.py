@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import BundleError, ZooError
 from ..io.image import Image
 from ..models.registry import runtime_for
+from ..progress import check_cancel
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
 from .encoder_guide import domain_classes
@@ -282,6 +283,7 @@ def rank_models(
     setting: dict[str, Any],
     exclude_sources: Sequence[str] = (),
     cards: Optional[dict[str, Any]] = None,
+    cancel: Optional[Any] = None,
 ) -> list[dict[str, Any]]:
     """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
 
@@ -289,7 +291,8 @@ def rank_models(
     operating_point`` (``operating_point``: :func:`operating_point_text` of the threshold; ``fov``:
     the :class:`~.field_of_view.FieldOfView` comparison or None; ``units``: the
     :class:`~.intensity_units.Units` comparison or None; ``verify``: the fit signals, or None). With
-    ``verify``, the models that can take the image among the first ``top_k + 2`` are verified and re-ranked.
+    ``verify``, the models that can take the image among the first ``top_k + 2`` are verified and re-ranked;
+    ``cancel`` (:func:`~ModelSelectorLib.progress.check_cancel`) is asked before each verification.
     """
     cards = cards if cards is not None else {}
     pood = p_ood(ev)
@@ -311,6 +314,7 @@ def rank_models(
         ok = [r for r in rows if r["dims_ok"]]
         window = ok if top_k is None else ok[: max(int(top_k) + 2, 3)]
         for r in window:
+            check_cancel(cancel)
             # one broken bundle must not stop every selection: it fits nothing, and the selection says why
             try:
                 r["verify"] = verify_of(zoo, ev, r["name"])

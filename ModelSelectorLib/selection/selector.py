@@ -295,7 +295,7 @@ def verify_fit(bundle: Any, image: Image) -> Optional[dict[str, float]]:
 # --- selecting ------------------------------------------------------------------------------------------
 def _scored_rows(
     zoo: Zoo, index: ZooIndex, ev: Evidence, origins: Sequence[str], verify: bool, top_k: Optional[int],
-    exclude_sources: Sequence[str],
+    exclude_sources: Sequence[str], cancel: Optional[Any] = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
     """Rows of :func:`~.scoring.rank_models` under the index's calibration for these settings, and warnings."""
     key = calibration_key(origins, verify)
@@ -307,7 +307,9 @@ def _scored_rows(
             f"the index holds no calibration for {key}; scores are uncalibrated. Run "
             f"`modelselector index calibrate --zoo {zoo.path} --data DATA`."
         )
-    return rank_models(zoo, index, ev, origins, verify, top_k, setting, exclude_sources), warnings
+    return rank_models(
+        zoo, index, ev, origins, verify, top_k, setting, exclude_sources, cancel=cancel
+    ), warnings
 
 
 def _reasons(
@@ -364,6 +366,7 @@ def select(
     verify: bool = True,
     check: bool = True,
     exclude_sources: Sequence[str] = (),
+    cancel: Optional[Any] = None,
 ) -> Selection:
     """Rank the zoo's models for an image and decide whether any fits.
 
@@ -379,6 +382,8 @@ def select(
         verify: re-rank the listed models with model-alone signals (:func:`verify_fit`).
         check: raise when the index disagrees with the zoo (:meth:`~.index.ZooIndex.check_against`).
         exclude_sources: prototype sources to ignore (leave-one-out calibration).
+        cancel: a ``threading.Event`` or a function returning True to stop, asked before each model's
+            verification (:func:`~ModelSelectorLib.progress.check_cancel`).
 
     Returns:
         a :class:`Selection`.
@@ -387,6 +392,7 @@ def select(
         InputError: unreadable image, or a label map (:func:`~ModelSelectorLib.io.image.label_map_problem`).
         ZooError: no zoo. IndexMismatchError: empty zoo, missing, corrupt or stale index (the message names
         the command that fixes it).
+        Cancelled: ``cancel`` was set.
     """
     origins = tuple(o for o in ORIGINS if o in set(origins))
     if not origins:
@@ -407,7 +413,7 @@ def select(
     t1 = time.monotonic()
     ev = evidence(enc, img)
     t2 = time.monotonic()
-    rows, warnings = _scored_rows(zoo, index, ev, origins, verify, top_k, exclude_sources)
+    rows, warnings = _scored_rows(zoo, index, ev, origins, verify, top_k, exclude_sources, cancel)
     calibrated = not warnings
     warnings += [
         f"the model {name} cannot be used, so it fits nothing: {why}" for name, why in ev.broken.items()

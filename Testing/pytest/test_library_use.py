@@ -186,6 +186,22 @@ def test_cancel_takes_an_event_or_a_function_and_refuses_anything_else():
         assert "\n" not in str(err.value) and type(wrong).__name__ in str(err.value)
 
 
+def test_select_is_cancelled_before_a_verification(zoo):
+    from ModelSelectorLib.selection.scoring import clear_cache
+    from ModelSelectorLib.selection.selector import select
+
+    clear_cache()
+    asked = []
+    with pytest.raises(Cancelled):
+        select(
+            volume(4), zoo=zoo, encoder=CountingEncoder(), top_k=None, cancel=lambda: asked.append(1) or True
+        )
+    assert asked == [1]  # at the first verification: none was run
+    stop = threading.Event()
+    selection = select(volume(4), zoo=zoo, encoder=CountingEncoder(), top_k=None, cancel=stop)
+    assert all(m.verify is not None for m in selection.models)
+
+
 def test_predict_is_cancelled_by_a_function(zoo):
     from ModelSelectorLib.apply import open_runtime
 
