@@ -278,8 +278,9 @@ class Image:
         name = str(meta.get("path", "image"))
         img = _two_or_three_d(img, name)
         _check_channels(img, name)
-        foreign.check_orthogonal(img.GetDirection(), name)
-        return cls(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), meta)
+        return cls(  # sheared axes are refused where every Image is made (foreign.checked_geometry)
+            sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), meta
+        )
 
     @classmethod
     def from_monai(cls, tensor: Any) -> Image:

@@ -67,14 +67,16 @@ def _nifti_header(block: bytes, path: Path) -> Any:
     if len(block) < size:
         raise InputError(f"{path}: the file ends inside the NIfTI header; it is truncated.")
     try:
-        stored = klass(binaryblock=block[:size], check=False)
+        header = klass(binaryblock=block[:size], check=False)
+        _check_voxel_size(
+            header, path
+        )  # as stored: nibabel's check_fix makes a zero 1 (and says so on stderr)
+        header.check_fix()  # what check=True runs
+    except InputError:
+        raise
     except Exception as e:  # nibabel's HeaderDataError and friends
         raise InputError(f"{path}: not a valid NIfTI header ({e}).") from e
-    _check_voxel_size(stored, path)  # as stored: nibabel's check makes a zero 1 (and says so on stderr)
-    try:
-        return klass(binaryblock=block[:size], check=True)
-    except Exception as e:
-        raise InputError(f"{path}: not a valid NIfTI header ({e}).") from e
+    return header
 
 
 def _check_voxel_size(header: Any, path: Path) -> None:

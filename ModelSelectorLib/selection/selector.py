@@ -424,7 +424,9 @@ def select(
     matches, classes = _matches(rows, ev, index, thr)
     fits = any(m.fits for m in matches)
     inverted = (
-        [] if fits else _fitting_once_inverted(img, zoo, index, enc, origins, verify, exclude_sources, thr)
+        []
+        if fits
+        else _fitting_once_inverted(img, zoo, index, enc, origins, verify, exclude_sources, thr, cancel)
     )
     return Selection(
         input=name,
@@ -475,7 +477,8 @@ def ranking_key(match: ModelMatch) -> tuple[bool, bool, float, bool, float]:
 
 
 def _fitting_once_inverted(img: Image, zoo: Zoo, index: ZooIndex, enc: Any, origins: Sequence[str], verify: bool,
-                           exclude_sources: Sequence[str], thr: float) -> list[str]:  # fmt: skip
+                           exclude_sources: Sequence[str], thr: float, cancel: Optional[Any] = None,
+                           ) -> list[str]:  # fmt: skip
     """The models that fit ``img`` with its grey levels inverted, for a grey 2D picture (none for a volume or a
     colour picture): a radiograph stored MONOCHROME1, or exported without its photometric interpretation, shows
     bright air and dark bones, and no radiograph model fits it as it is."""
@@ -484,7 +487,7 @@ def _fitting_once_inverted(img: Image, zoo: Zoo, index: ZooIndex, enc: Any, orig
     values = np.asarray(img.array, dtype=np.float32)
     flipped = img.with_array(values.max() + values.min() - values)
     ev = evidence(enc, flipped)
-    rows, _ = _scored_rows(zoo, index, ev, origins, verify, None, exclude_sources)
+    rows, _ = _scored_rows(zoo, index, ev, origins, verify, None, exclude_sources, cancel)
     return [m.name for m in _matches(rows, ev, index, thr)[0] if m.fits]
 
 

@@ -35,7 +35,7 @@ from ..models.preprocessing import (
     read_preprocessing,
 )
 from ..models.registry import guess_task_type, runtime_class
-from .bundle_code import bundle_modules, forget_modules, lend_modules_while_running
+from .bundle_code import bundle_modules, forget_modules, lend_modules_while_running, loaded_modules
 from .card import IMPORTED_CODE_VERSION, MODALITIES, ModelCard, default_color, safe_name
 from .trust import buildable_config, check_no_compiled_code, recorded_trust
 
@@ -236,7 +236,7 @@ def instantiate_network(
         sys.dont_write_bytecode = writes_bytecode
         if added:
             sys.path.remove(str(path))
-        modules = {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in own}
+        modules = loaded_modules(own)
         forget_modules(own)  # the network keeps its classes; the next bundle imports its own modules
     import torch
 

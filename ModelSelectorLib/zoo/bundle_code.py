@@ -20,16 +20,13 @@ def lend_modules_while_running(net: Any, names: set[str], modules: dict[str, Any
     not another bundle's; after each run they are taken away again, and what the run imported is kept with them."""
     held: list[dict[str, Any]] = []
 
-    def own_now() -> dict[str, Any]:
-        return {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in names}
-
     def before(_module: Any, _inputs: Any) -> None:
-        held.append(own_now())  # another bundle's, or none
+        held.append(loaded_modules(names))  # another bundle's, or none
         forget_modules(names)
         sys.modules.update(modules)
 
     def after(_module: Any, _inputs: Any, _output: Any) -> None:
-        modules.update(own_now())
+        modules.update(loaded_modules(names))
         forget_modules(names)
         sys.modules.update(held.pop() if held else {})
 
@@ -48,11 +45,16 @@ def bundle_modules(path: Path) -> set[str]:
     return names
 
 
+def loaded_modules(names: set[str]) -> dict[str, Any]:
+    """The modules under the top-level ``names`` that ``sys.modules`` holds now, by name."""
+    return {m: sys.modules[m] for m in list(sys.modules) if m.split(".", 1)[0] in names}
+
+
 def forget_modules(names: set[str]) -> None:
     """Remove the modules under the top-level ``names`` from ``sys.modules``: bundles name their code alike
     (``scripts.networks...``), so Python would otherwise hand each bundle the first one's modules."""
-    for module in [m for m in sys.modules if m.split(".", 1)[0] in names]:
+    for module in loaded_modules(names):
         del sys.modules[module]
 
 
-__all__ = ["bundle_modules", "forget_modules", "lend_modules_while_running"]
+__all__ = ["bundle_modules", "forget_modules", "lend_modules_while_running", "loaded_modules"]
