@@ -8,6 +8,7 @@ expects (model inversion, DeepInversion).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 
@@ -38,15 +39,20 @@ class BNStatHooks:
     """Forward hooks that compute, for every batch-norm layer with running statistics, the divergence of
     the current batch's input statistics from the layer's running ones (see :func:`bn_divergence`).
 
-    Use as a context manager; after a forward pass, ``divergences`` holds one scalar tensor per layer.
+    Use as a context manager; after a forward pass, ``divergences`` holds one scalar tensor per layer. Only
+    the passes of the thread that entered the context count: another thread running the same network
+    meanwhile (a user's own ``predict``) would otherwise add its input's statistics to this one's.
     """
 
     def __init__(self, network: Any) -> None:
         self.layers = _bn_layers(network)
         self.divergences: list[Any] = []
         self._handles: list[Any] = []
+        self._thread: int | None = None
 
     def _hook(self, module: Any, inputs: Any, output: Any) -> None:
+        if threading.get_ident() != self._thread:
+            return
         x = inputs[0]
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims)
@@ -54,6 +60,7 @@ class BNStatHooks:
         self.divergences.append(bn_divergence(mean, var, module.running_mean, module.running_var, module.eps))
 
     def __enter__(self) -> BNStatHooks:
+        self._thread = threading.get_ident()
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
         return self
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -648,8 +649,15 @@ class SegmentationRuntime(TaskRuntime):
         maps: list[Any] = []
         convs = [m for m in self.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
         hooks = BNStatHooks(self.network)
-        with self.hook_lock:  # another thread's pass while the hooks are on would be counted as this one's
-            handles = [m.register_forward_hook(lambda _m, _i, o: maps.append(o)) for m in convs]
+        me = threading.get_ident()
+
+        def keep(_m: Any, _i: Any, o: Any) -> None:
+            # a pass of another thread (a user's own predict) is not this one's
+            if threading.get_ident() == me:
+                maps.append(o)
+
+        with self.hook_lock:  # one verification's hooks on the network at a time
+            handles = [m.register_forward_hook(keep) for m in convs]
             try:
                 with hooks, torch.inference_mode():
                     out = self.network(x.to(next(self.network.parameters()).device))

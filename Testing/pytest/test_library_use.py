@@ -112,6 +112,39 @@ def test_select_from_two_threads_gives_each_image_its_own_verification(zoo):
         assert _verify_values(zoo, images, threads=2) == serial
 
 
+def test_a_users_own_predict_in_another_thread_leaves_the_verification_alone(zoo):
+    from ModelSelectorLib.selection.scoring import runtime_of
+    from ModelSelectorLib.zoo import Zoo
+
+    images = [volume(seed) for seed in range(3)]
+    serial = _verify_values(zoo, images, threads=1)
+    runtime = runtime_of(Zoo(zoo).get(MODELS[0]))
+    stop, passes = threading.Event(), []
+    convs = [m for m in runtime.network.modules() if isinstance(m, torch.nn.Conv3d)]
+    # layers as slow as a real network's: the user's pass and the verification's interleave layer by layer
+    slow = [m.register_forward_hook(lambda *_: time.sleep(0.005)) for m in convs]
+
+    def users_predictions() -> None:
+        """The user's own predictions on the very runtime the selector verifies with."""
+        while not stop.is_set():
+            runtime.predict(volume(9))
+            passes.append(1)
+
+    user = threading.Thread(target=users_predictions)
+    user.start()
+    try:
+        while not passes:  # the user's pass runs before and during the verification
+            time.sleep(0.01)
+        meanwhile = _verify_values(zoo, images, threads=1)
+    finally:
+        stop.set()
+        user.join()
+        for h in slow:
+            h.remove()
+    assert len(passes) > 1
+    assert meanwhile == serial
+
+
 def test_the_selection_cache_keeps_no_voxels_and_still_saves_the_work(zoo):
     from ModelSelectorLib.selection import scoring
     from ModelSelectorLib.selection.scoring import runtime_of
