@@ -433,7 +433,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         "Limits: small classes hold few patients, so their figures are noisy; several classes come from one "
         "source, so the encoder can learn a dataset's style as well as anatomy (the test split's held-out "
-        "sources measure how much). Data licences: see ../shared/data/MANIFEST.md (internal use).",
+        "sources measure how much). Data licences: the weights carry the most restrictive terms of their "
+        "training images, listed per source in the data folder's MANIFEST.md and radiology_2d/labels.csv.",
         "",
     ]
     return "\n".join(lines)

@@ -119,8 +119,10 @@ class GridConfig:
 TRAINING_DATA_LICENCE = (
     "JSRT database terms (research use; cite Shiraishi et al., AJR 2000; redistribution terms not verified); "
     "landmarks from ngaggion/Chest-xray-landmark-dataset (cite Gaggion et al.); Shenzhen chest X-ray set "
-    "(NLM/NIH, research use; cite Jaeger et al. 2014); unlabelled paediatric images: Kermany et al. 2018, "
-    "CC BY 4.0"
+    "(NLM/NIH, research use; cite Jaeger et al. 2014; NLM's readme of its sister Montgomery set asks that it not "
+    "be shared outside the research group), its lung points derived from masks attributed to Stirenko et al. "
+    "2018 and stated as CC BY-NC-SA 4.0 (non-commercial, share-alike; not verified at source); unlabelled "
+    "paediatric images: Kermany et al. 2018, CC BY 4.0"
 )
 
 

@@ -278,10 +278,12 @@ def _report_settings(results: dict[str, Any], cfg: GridConfig, fractions: list[s
         f"refinement {tc.refine_steps} steps of {tc.batch_size} x {tc.refine_points} "
         f"patches (jitter {tc.refine_jitter} px, sigma {tc.refine_sigma} px, lr {tc.refine_lr}).", "",
     ]  # fmt: skip
-    first = fractions[0] if fractions else None
-    if first and "teacher_supervised" in summary and BASELINE in summary and first in summary[BASELINE]:
-        t, s = summary["teacher_supervised"][first], summary[BASELINE][first]
-        lines += [f"Parameters (all stages): teacher `{tc.teacher}` {t['parameters']:,}, student `{tc.student}` "
+    # the most labels: the shape model keeps fewer modes with fewer labelled shapes, so the count varies with them
+    full = max(fractions, key=float) if fractions else None
+    if full and "teacher_supervised" in summary and BASELINE in summary and full in summary[BASELINE]:
+        t, s = summary["teacher_supervised"][full], summary[BASELINE][full]
+        lines += [f"Parameters (all stages, with {_label(full)} of the labels): teacher `{tc.teacher}` "
+                  f"{t['parameters']:,}, student `{tc.student}` "
                   f"{s['parameters']:,} (ratio {s['parameters'] / t['parameters']:.2f}); coarse networks alone "
                   f"{t['parameters_coarse']:,} and {s['parameters_coarse']:,}.", ""]  # fmt: skip
     if splits:

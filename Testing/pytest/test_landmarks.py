@@ -196,6 +196,9 @@ def test_quick_grid_writes_report_and_resumes(synth_data, tmp_path, monkeypatch)
     for v in VARIANTS:
         assert VARIANT_TITLES[v] in report
     assert "± " in report and "Student for the zoo" in report and "## Method" in report
+    # the parameters are those of the most labels (the shape model keeps fewer modes with fewer shapes)
+    student = results["summary"]["student_supervised"]["1.0"]["parameters"]
+    assert "Parameters (all stages, with 100 % of the labels)" in report and f"{student:,} (ratio" in report
     assert (out / "mre_vs_fraction.png").stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 5
     splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
