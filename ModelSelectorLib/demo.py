@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-import SimpleITK as sitk
 
 from .apply import open_runtime
 from .atomic import atomic_dir, save_figure, write_text
 from .errors import OutputError, ZooError
 from .io.image import Image, read_image
 from .io.outputs import check_output_folder
+from .io.viewing import as_viewed
 from .resources import default_zoo_path, samples_dir
 from .selection.selector import select
 from .zoo.catalog import Zoo
@@ -72,7 +72,9 @@ def _contour_panels(
     a = img.array.astype(np.float32)
     lab = labels.as_3d().array if labels is not None else None
     sx, sy, sz = (float(s) for s in img.spacing)
-    if a.shape[0] == 1:  # 2D image, or a lone slice in view layout (:func:`_as_viewed`)
+    if (
+        a.shape[0] == 1
+    ):  # 2D image, or a lone slice in view layout (:func:`~ModelSelectorLib.io.viewing.as_viewed`)
         return [(a[0], None if lab is None else lab[0], sy / sx)]
     if lab is not None and (lab > 0).any():
         centre = [int(round(c)) for c in np.argwhere(lab > 0).mean(axis=0)]
@@ -111,7 +113,7 @@ def overlay_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image, labels = _as_viewed(image, labels)
+    image, labels = as_viewed(image, labels)
     points_ijk = _points_to_pixels(points_lps, image)
     panels = _contour_panels(image, labels)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=90, squeeze=False)
@@ -178,24 +180,6 @@ def _apply(runtime: Any, image: Image, out_dir: Path) -> dict[str, Any]:
                       point_colors=drawn.get("point_colors"))  # fmt: skip
     return {"model": card.name, "task": card.task_type, "segments": runtime.describe_outputs(card),
             "output": output, "output_name": output.name, "png_name": png.name}  # fmt: skip
-
-
-def _as_viewed(image: Image, labels: Optional[Image]) -> tuple[Image, Optional[Image]]:
-    """An image and its label map as a viewer lays them out: a lone slice of a volume (e.g. a coronal radiograph
-    stored as 512 x 1 x 512) in view layout, its single slice along the array's first axis as for an axial one; a
-    volume with its voxel axes running to the patient's left, back and head (LPS, the closest axes of an oblique
-    one; the voxels are only reordered), whatever order the file stored them in, so that its slices are drawn in
-    radiological layout; a 2D image as it is."""
-    if image.ndim != 3:
-        return image, labels
-    if not image.is_single_slice:
-        return _in_lps_axes(image), None if labels is None else _in_lps_axes(labels)
-    return image.in_view_layout()[0], None if labels is None else labels.in_view_layout()[0]
-
-
-def _in_lps_axes(image: Image) -> Image:
-    """A volume's voxels reordered and flipped so that its axes run towards L, P and S (no resampling)."""
-    return Image.from_sitk(sitk.DICOMOrient(image.to_sitk(), "LPS"), dict(image.meta))
 
 
 def _points_to_pixels(points: Any, image: Image) -> Optional[np.ndarray]:

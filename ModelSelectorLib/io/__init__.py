@@ -5,6 +5,7 @@
 - :mod:`.segmentation`: Slicer ``.seg.nrrd`` with segment names, colours and terminology.
 - :mod:`.markups`: Slicer ``.mrk.json`` point lists.
 - :mod:`.geometry`: the canonical network grid and resampling onto grids.
+- :mod:`.viewing`: images laid out as a viewer shows them (radiological layout), for the pictures drawn.
 - :mod:`.foreign`: checks of the geometry a caller gives :class:`Image`; MONAI ``MetaTensor`` and nibabel
   images (``(x, y, z)``, RAS) converted by :meth:`Image.from_monai` and :meth:`Image.from_nibabel`.
 """

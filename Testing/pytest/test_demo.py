@@ -128,8 +128,9 @@ def test_a_demo_replaces_an_earlier_demo_folder_whole_and_refuses_other_folders(
 def test_overlays_of_a_lone_coronal_slice_show_it_as_a_viewer_does(tmp_path):
     """A radiograph stored as a coronal slice (512 x 1 x 512: its single voxel along j) used to crash the
     demo's overlay: it is drawn in view layout, with its labels and points where they lie."""
-    from ModelSelectorLib.demo import _as_viewed, _points_to_pixels, overlay_png
+    from ModelSelectorLib.demo import _points_to_pixels, overlay_png
     from ModelSelectorLib.io import Image
+    from ModelSelectorLib.io.viewing import as_viewed
 
     picture = np.zeros((40, 30), np.float32)
     picture[5:15, 20:26] = 1.0  # near the top right of the picture
@@ -137,7 +138,7 @@ def test_overlays_of_a_lone_coronal_slice_show_it_as_a_viewer_does(tmp_path):
     geometry = dict(spacing=(0.5, 1.0, 0.5), origin=(3.0, -2.0, 7.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, -1))
     image = Image(picture[:, None, :] * 100, **geometry)
     labels = Image(picture[:, None, :].astype(np.uint8), **geometry)
-    shown, shown_labels = _as_viewed(image, labels)
+    shown, shown_labels = as_viewed(image, labels)
     np.testing.assert_array_equal(shown_labels.array[0], picture)
     corner = image.ijk_to_lps() @ np.array([20.0, 0.0, 5.0, 1.0])  # the square's first pixel: i 20, row 5
     np.testing.assert_allclose(_points_to_pixels(corner[None, :3], shown), [[20.0, 5.0]], atol=1e-6)
@@ -153,8 +154,9 @@ def test_the_demo_draws_a_volume_in_radiological_layout_however_the_file_stores_
     patient's left on the viewer's right, the back at the bottom, and the label where the image has it."""
     import numpy as np
 
-    from ModelSelectorLib.demo import _as_viewed, _contour_panels
+    from ModelSelectorLib.demo import _contour_panels
     from ModelSelectorLib.io import Image
+    from ModelSelectorLib.io.viewing import as_viewed
 
     img = Image(
         np.zeros((6, 7, 8), np.float32), (1.0, 1.0, 2.0), (3.0, -2.0, 5.0), tuple(float(d) for d in direction)
@@ -167,7 +169,7 @@ def test_the_demo_draws_a_volume_in_radiological_layout_however_the_file_stores_
     arr[left_back[::-1]] = 100.0
     lab = np.zeros(arr.shape, np.uint8)
     lab[left_back[::-1]] = 1
-    viewed, labels = _as_viewed(img.with_array(arr), img.with_array(lab))
+    viewed, labels = as_viewed(img.with_array(arr), img.with_array(lab))
     axial, axial_labels, _ = _contour_panels(viewed, labels)[0]
     y, x = np.unravel_index(np.argmax(axial), axial.shape)
     assert (y, x) == (axial.shape[0] - 1, axial.shape[1] - 1) and axial_labels[y, x] == 1
