@@ -22,6 +22,7 @@ from .errors import OutputError, ZooError
 from .io.image import Image, read_image
 from .io.outputs import check_output_folder
 from .io.viewing import as_viewed
+from .models.landmark_schema import GROUP_NAMES
 from .resources import default_zoo_path, samples_dir
 from .selection.selector import select
 from .zoo.catalog import Zoo
@@ -30,6 +31,8 @@ from .zoo.catalog import Zoo
 DEFAULT_SAMPLE = "cxr_chest.png"
 #: At most this many fitting models are applied.
 MAX_APPLIED = 3
+#: width of the prediction's contours in the overlay images (points; 1 is hard to see on a 250 px panel)
+CONTOUR_WIDTH = 2.0
 
 
 @dataclasses.dataclass
@@ -101,7 +104,7 @@ def overlay_png(
     Args:
         image: the input image.
         path: output PNG.
-        title: figure title.
+        title: figure title, shown as written (a file name: no mathtext).
         labels: label map in the input's grid, or None.
         colors: label value -> RGB in [0, 1] (default: matplotlib's tab10).
         points_lps: ``(n, 3)`` landmark positions in world (LPS) millimetres on a 2D input or lone slice, or
@@ -124,13 +127,48 @@ def overlay_png(
         if lab is not None:
             for n, v in enumerate(v for v in np.unique(lab) if v != 0):
                 color = (colors or {}).get(int(v), tuple(palette[n % 10][:3]))
-                ax.contour(lab == v, levels=[0.5], colors=[color], linewidths=1.0)
+                ax.contour(lab == v, levels=[0.5], colors=[color], linewidths=CONTOUR_WIDTH)
         if points_ijk is not None and len(panels) == 1:
-            ax.scatter(points_ijk[:, 0], points_ijk[:, 1], s=6, c=list(point_colors) if point_colors else "r")
+            ax.scatter(
+                points_ijk[:, 0], points_ijk[:, 1], s=10, c=list(point_colors) if point_colors else "r"
+            )
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    # the title is a file name: shown as written, never read as mathtext (a "$" in it is no formula)
+    fig.suptitle(title, fontsize=9, parse_math=False)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def overlay_legend(
+    labels: Sequence[dict[str, Any]], drawn: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]]]:
+    """What the colours of an overlay image mean: ``(what, [(name, "#rrggbb"), ...])``.
+
+    Args:
+        labels: the model card's labels (``{"value", "name", ...}``; points are named ``GROUP_NN``).
+        drawn: what the runtime's ``overlay`` returned (``"colors"`` per label value, or ``"point_colors"`` per
+            label).
+
+    Returns:
+        a sentence saying what is drawn, and each segment's name (or each structure's, with its number of points)
+        with its colour; ``("", [])`` when the image shows no colour of the model's.
+    """
+    from matplotlib.colors import to_hex
+
+    if drawn.get("colors"):
+        names = {int(lb["value"]): str(lb["name"]) for lb in labels}
+        keys = [(names.get(int(v), f"label {v}"), to_hex(c)) for v, c in sorted(drawn["colors"].items())]
+        return "Contours: the model's prediction, in each segment's colour", keys
+    if drawn.get("point_colors"):
+        # (structure, colour) -> number of points, in the labels' order
+        groups: dict[tuple[str, str], int] = {}
+        for lb, c in zip(labels, drawn["point_colors"]):
+            group = str(lb["name"]).rpartition("_")[0] or str(lb["name"])
+            key = (GROUP_NAMES.get(group, group), to_hex(c))
+            groups[key] = groups.get(key, 0) + 1
+        keys = [(f"{name} ({n} {'point' if n == 1 else 'points'})", c) for (name, c), n in groups.items()]
+        return "Points: the model's landmarks, coloured by structure", keys
+    return "", []
 
 
 #: the demo's page in its folder (also what marks a folder as an earlier demo's, which a new one may replace)
@@ -138,19 +176,24 @@ SUMMARY_FILE = "summary.html"
 SUMMARY_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>ModelSelector demo</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-tr.fits{background:#eef8ee}.no{color:#a00;font-weight:bold}small{color:#555}</style>
+tr.fits{background:#eef8ee}.no{color:#a00;font-weight:bold}small{color:#555}
+.wide{overflow-x:auto}td.reasons{min-width:22em;overflow-wrap:anywhere}img{max-width:100%;height:auto}
+.key{white-space:nowrap;margin-right:1em}.swatch{display:inline-block;width:1.6em;height:0.5em;margin-right:0.3em;
+vertical-align:middle}</style>
 </head><body><h1>ModelSelector demo</h1>
 <p>Input: <code>{{ input }}</code> &middot; zoo: <code>{{ zoo }}</code> &middot; {{ seconds }} s</p>
 {% if classes %}<p>The encoder sees: {{ classes }}</p>{% endif %}
 {% if not fits %}<p class="no">No model in the zoo fits this image.</p>{% endif %}
+{% if notes %}<ul class="notes">{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
 <h2>Ranking</h2>
-<table><tr><th>#</th><th>model</th><th>task</th><th>modality</th><th>region</th><th>score</th><th>fits</th><th>held-out figure (cases)</th><th>reasons</th></tr>
+<div class="wide"><table><tr><th>#</th><th>model</th><th>task</th><th>modality</th><th>region</th><th>score</th><th>fits</th><th>held-out figure (cases)</th><th>reasons</th></tr>
 {% for m in models %}<tr class="{{ 'fits' if m.fits else '' }}"><td>{{ loop.index }}</td><td>{{ m.name }}</td>
 <td>{{ m.task }}</td><td>{{ m.modality }}</td><td>{{ m.body_region }}</td><td>{{ '%.3f' % m.score }}</td>
-<td>{{ m.answer }}</td><td>{{ m.quality }}</td><td><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
-</table>
+<td>{{ m.answer }}</td><td>{{ m.quality }}</td><td class="reasons"><small>{% for r in m.reasons %}{{ r }}<br>{% endfor %}</small></td></tr>{% endfor %}
+</table></div>
 {% for r in outputs %}<h2>{{ r.model }}</h2>
 <p>{{ r.task }} &middot; output <a href="{{ r.output_name }}">{{ r.output_name }}</a>{% if r.segments %} &middot; {{ r.segments }}{% endif %}</p>
+{% if r.legend %}<p class="legend">{{ r.legend_what }}: {% for name, color in r.legend %}<span class="key"><span class="swatch" style="background:{{ color }}"></span>{{ name }}</span>{% endfor %}</p>{% endif %}
 <img src="{{ r.png_name }}" alt="{{ r.model }} over the input">{% endfor %}
 <h2>Input</h2><img src="{{ input_png }}" alt="input slices">
 </body></html>"""
@@ -162,7 +205,12 @@ def _write_summary(out_dir: Path, selection: Any, outputs: list[dict[str, Any]],
     env = Environment(autoescape=True)
     classes = ", ".join(f"{c} ({p:.2f})" for c, p in getattr(selection, "image_classes", [])[:3])
     page = env.from_string(SUMMARY_TEMPLATE).render(
-        models=selection.models, fits=selection.fits, outputs=outputs, classes=classes, **context
+        models=selection.models,
+        fits=selection.fits,
+        notes=selection.notes(warnings=True),
+        outputs=outputs,
+        classes=classes,
+        **context,
     )
     path = out_dir / SUMMARY_FILE
     write_text(path, page)
@@ -175,11 +223,13 @@ def _apply(runtime: Any, image: Image, out_dir: Path) -> dict[str, Any]:
     prediction = runtime.predict(image)
     output = runtime.write(prediction, out_dir / f"{card.name}{runtime.output_suffix}")
     drawn = runtime.overlay(prediction)
+    what, legend = overlay_legend(card.labels, drawn)
     png = overlay_png(image, out_dir / f"{card.name}.png", card.name, labels=drawn.get("labels"),
                       colors=drawn.get("colors"), points_lps=drawn.get("points_lps"),
                       point_colors=drawn.get("point_colors"))  # fmt: skip
     return {"model": card.name, "task": card.task_type, "segments": runtime.describe_outputs(card),
-            "output": output, "output_name": output.name, "png_name": png.name}  # fmt: skip
+            "output": output, "output_name": output.name, "png_name": png.name, "legend_what": what,
+            "legend": legend}  # fmt: skip
 
 
 def _points_to_pixels(points: Any, image: Image) -> Optional[np.ndarray]:
@@ -243,15 +293,15 @@ def run_demo(
         for match in selection.fitting[:max_models]:
             say(f"Applying {match.name} ...")
             outputs.append(_apply(open_runtime(z, match.name, device), image, staging))
-            say(f"  wrote {out_dir / outputs[-1]['output_name']}")
         input_png = overlay_png(image, staging / "input.png", image_path.name)
         seconds = time.monotonic() - start
         _write_summary(
             staging, selection, outputs, input=str(image_path), zoo=str(zoo_path),
             seconds=f"{seconds:.1f}", input_png=input_png.name,
         )  # fmt: skip
-    for row in outputs:
+    for row in outputs:  # said once the folder is in place: a failure before leaves none of these files
         row["output"] = out_dir / row["output_name"]
+        say(f"Wrote {row['output']}")
     summary = out_dir / SUMMARY_FILE
     say(f"Summary: {summary.resolve()}  ({seconds:.1f} s)")
     return DemoResult(image_path, zoo_path, selection, outputs, summary, seconds)

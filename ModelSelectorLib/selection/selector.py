@@ -207,37 +207,48 @@ class Selection:
     def fitting(self) -> list[ModelMatch]:
         return [m for m in self.models if m.fits]
 
-    def to_text(self, reasons: str = "all") -> str:
-        """The selection for a terminal: the encoder's reading, "no model fits" when none does, a ranked
-        table, and each model's reasons (``reasons``: ``"all"`` models, ``"fitting"`` models' first reason,
-        or ``"none"``)."""
-        cls = ", ".join(f"{c} {p:.2f}" for c, p in self.image_classes)
-        lines = [f"{self.input}: the encoder reads it as {cls}" if cls else str(self.input)]
-        if not self.fits:
-            lines.append("No model in the zoo fits this image.")
+    def notes(self, warnings: bool = False) -> list[str]:
+        """The advice of the selection, one sentence each: the models that fit the image once its grey levels
+        are inverted, those that need the whole volume (and which of them work slice by slice), and those whose
+        domain matches but that cannot take the image as it is (its units, its field of view); with
+        ``warnings``, then :attr:`warnings` (which the command line prints on stderr)."""
+        notes: list[str] = []
         if self.fits_once_inverted:
-            lines.append(f"It looks inverted: {' and '.join(self.fits_once_inverted)} "
+            notes.append(f"It looks inverted: {' and '.join(self.fits_once_inverted)} "
                          f"{'fits' if len(self.fits_once_inverted) == 1 else 'fit'} it with its grey levels inverted "
                          "(bright air and dark bones, as a MONOCHROME1 radiograph exported without its photometric "
                          "interpretation); invert it and select again.")  # fmt: skip
         if self.needs_volume:
             one = len(self.needs_volume) == 1
-            lines.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
+            notes.append(f"{' and '.join(self.needs_volume)} {'matches' if one else 'match'} this kind of image but "
                          f"{'takes' if one else 'take'} 3D volumes, and this is a single 2D slice: load the whole "
                          "series or volume and select again.")  # fmt: skip
             by_slice = [m.name for m in self.models if m.needs_volume and m.slice_wise]
             if by_slice:
                 one = len(by_slice) == 1
-                lines.append(f"{' and '.join(by_slice)} {'works' if one else 'work'} slice by slice, so applying "
+                notes.append(f"{' and '.join(by_slice)} {'works' if one else 'work'} slice by slice, so applying "
                              f"{'it' if one else 'them'} to this slice alone is possible, but {'its' if one else 'their'} "
                              "held-out figures and this fit decision hold for whole volumes.")  # fmt: skip
         for m in self.models:
             what = m.obstacle
             if m.domain_matches and not m.fits and not m.needs_volume and what is not None:
                 then = ", then select again" if what is m.field_of_view else ""
-                lines.append(
+                notes.append(
                     f"{m.name} matches this kind of image, but {what.describe()}: {what.advice()}{then}."
                 )
+        if warnings:
+            notes += list(self.warnings)
+        return notes
+
+    def to_text(self, reasons: str = "all") -> str:
+        """The selection for a terminal: the encoder's reading, "no model fits" when none does, the
+        :meth:`notes` (without the warnings), a ranked table, and each model's reasons (``reasons``: ``"all"``
+        models, ``"fitting"`` models' first reason, or ``"none"``)."""
+        cls = ", ".join(f"{c} {p:.2f}" for c, p in self.image_classes)
+        lines = [f"{self.input}: the encoder reads it as {cls}" if cls else str(self.input)]
+        if not self.fits:
+            lines.append("No model in the zoo fits this image.")
+        lines += self.notes()
         if self.models:
             rows = [[str(i + 1), m.name, m.version, m.task, m.modality, m.body_region, f"{m.score:.3f}",
                      m.answer, m.quality]

@@ -237,7 +237,7 @@ def plot_overlays(run: dict[str, Any], cases: Sequence[LandmarkCase], image_path
         pred = np.asarray(run["test_predictions_px"][k])
         _draw_contours(ax, true, cases[k].mask, schema, "lime")
         _draw_contours(ax, pred, np.ones(len(pred), bool), schema, "red")
-        ax.set_title(cases[k].case_id, fontsize=7)
+        ax.set_title(cases[k].case_id, fontsize=7, parse_math=False)  # a file name: a "$" in it is no formula
         ax.axis("off")
     fig.suptitle(f"{VARIANT_TITLES[run['variant']]}, {run['fraction'] * 100:g} % labels, seed {run['seed']}",
                  fontsize=8)  # fmt: skip

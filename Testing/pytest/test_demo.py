@@ -207,3 +207,130 @@ def test_the_demo_after_the_tests_installs_nothing_again(tmp_path):
     assert (
         proc.returncode == 2 and "not Python 3.11 or newer" in proc.stderr and not (tmp_path / "new").exists()
     )
+
+
+def _captured_figures(monkeypatch):
+    """The figures the demo saves, kept for inspection (each is still saved as usual)."""
+    import ModelSelectorLib.demo as demo
+
+    figures = []
+
+    def keep(fig, path, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, path, *args, **kwargs)
+
+    save = demo.save_figure
+    monkeypatch.setattr(demo, "save_figure", keep)
+    return figures
+
+
+@pytest.mark.parametrize("name", ["price_$5_$.png", r"x_$\alpha$.png"])
+def test_overlay_titles_show_the_file_name_as_written_and_contours_are_visible(tmp_path, monkeypatch, name):
+    """A file name holding two "$" was read as a mathtext formula: "$5_$" ended the demo in a traceback and
+    "x_$\\alpha$" was titled "x_α"; a contour 1 point wide was hard to see on a small panel."""
+    from ModelSelectorLib.demo import CONTOUR_WIDTH, overlay_png
+    from ModelSelectorLib.io import Image
+
+    figures = _captured_figures(monkeypatch)
+    picture = np.zeros((32, 32), np.float32)
+    picture[8:20, 10:24] = 1.0
+    geometry = dict(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))
+    image, labels = Image(picture * 100, **geometry), Image(picture.astype(np.uint8), **geometry)
+    out = overlay_png(image, tmp_path / "o.png", name, labels=labels, colors={1: (0.77, 0.65, 0.57)})
+    assert out.is_file() and out.stat().st_size > 0
+    title = figures[-1]._suptitle
+    assert title.get_text() == name and not title.get_parse_math()
+    widths = [w for ax in figures[-1].axes for c in ax.collections for w in np.ravel(c.get_linewidth())]
+    assert widths and min(widths) >= CONTOUR_WIDTH >= 2.0
+
+
+def test_the_demo_on_an_inverted_radiograph_named_with_dollars_says_to_invert_it_on_its_page(tmp_path):
+    """The console said "It looks inverted ... invert it and select again"; the page said only that no model
+    fits. The file name's "$" signs are shown as written."""
+    from markupsafe import escape
+    from PIL import Image as Picture
+
+    picture = read_image(default_sample()).to_grayscale().array.astype(np.uint8)
+    path = tmp_path / "price_$5_$.png"
+    Picture.fromarray(255 - picture).save(path)
+    lines: list[str] = []
+    result = run_demo(path, out_dir=tmp_path / "demo", say=lines.append)
+    assert not result.selection.fits and result.selection.fits_once_inverted
+    page = result.summary_html.read_text(encoding="utf-8")
+    notes = result.selection.notes(warnings=True)
+    assert any(n.startswith("It looks inverted: ") for n in notes)
+    headline = page.index("No model in the zoo fits this image.")
+    listed = page.index('<ul class="notes">')
+    assert headline < listed < page.index("<h2>Ranking</h2>")
+    for note in notes:
+        assert f"<li>{escape(note)}</li>" in page
+    assert "price_$5_$.png" in page and (tmp_path / "demo" / "input.png").is_file()
+
+
+def test_the_demo_page_escapes_every_note_and_warning_of_the_selection(tmp_path):
+    from ModelSelectorLib.demo import _write_summary
+    from ModelSelectorLib.selection.intensity_units import HOUNSFIELD, Units
+    from ModelSelectorLib.selection.selector import ModelMatch, Selection
+
+    ct = ModelMatch("ct<organs>", "1", "segmentation", "CT", "ABDOMEN", 0.9, False, domain_matches=True,
+                    units=Units(HOUNSFIELD, 0.0))  # fmt: skip
+    heart = ModelMatch("mr-cardiac", "1", "segmentation", "MR", "HEART", 0.8, False, needs_volume=True)
+    selection = Selection("a.png", False, [ct, heart], needs_volume=["mr-cardiac"],
+                          warnings=['the index holds no calibration for "x & y"'])  # fmt: skip
+    page = _write_summary(tmp_path, selection, [], input="a.png", zoo="zoo", seconds="1.0", input_png="i.png")
+    text = page.read_text(encoding="utf-8")
+    assert "ct&lt;organs&gt; matches this kind of image, but the model takes CT in Hounsfield units" in text
+    assert "mr-cardiac matches this kind of image but takes 3D volumes" in text
+    assert "<li>the index holds no calibration for &#34;x &amp; y&#34;</li>" in text
+
+
+def test_the_demo_page_names_the_overlay_colours_and_lets_its_table_scroll(sample_demo):
+    """Each overlay's colours are named under it: the segments' own colours, and one colour per structure of
+    landmarks; at 800 px the ranking scrolls sideways instead of squeezing the reasons."""
+    from matplotlib.colors import to_hex
+
+    result, lines = sample_demo
+    page = result.summary_html.read_text(encoding="utf-8")
+    lungs = Zoo(default_zoo_path()).card("dx-chest-lungs").labels[0]
+    swatch = f'<span class="swatch" style="background:{to_hex(lungs["color"])}"></span>{lungs["name"]}</span>'
+    assert "in each segment&#39;s colour: " + f'<span class="key">{swatch}' in page
+    assert "coloured by structure: " in page
+    for structure in ("right lung (44 points)", "left lung (50 points)", "heart (26 points)"):
+        assert f"</span>{structure}</span>" in page
+    assert '<div class="wide"><table>' in page and ".wide{overflow-x:auto}" in page
+    assert "td.reasons{min-width:22em;overflow-wrap:anywhere}" in page and '<td class="reasons">' in page
+    wrote = [line for line in lines if line.startswith("Wrote ")]
+    assert len(wrote) == len(result.outputs) and all(Path(w[len("Wrote ") :]).is_file() for w in wrote)
+
+
+def test_overlay_legend_groups_landmarks_by_structure_and_names_segments():
+    from ModelSelectorLib.demo import overlay_legend
+
+    labels = [{"value": 0, "name": "RL_00"}, {"value": 1, "name": "RL_01"}, {"value": 2, "name": "H_00"},
+              {"value": 3, "name": "tip"}]  # fmt: skip
+    red, blue = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
+    what, keys = overlay_legend(labels, {"point_colors": [red, red, blue, red]})
+    assert what.startswith("Points") and keys == [
+        ("right lung (2 points)", "#ff0000"), ("heart (1 point)", "#0000ff"), ("tip (1 point)", "#ff0000")
+    ]  # fmt: skip
+    segments = [{"value": 1, "name": "Liver"}, {"value": 2, "name": "Spleen"}]
+    what, keys = overlay_legend(segments, {"labels": None, "colors": {2: blue, 1: red}})
+    assert what.startswith("Contours") and keys == [("Liver", "#ff0000"), ("Spleen", "#0000ff")]
+    assert overlay_legend(segments, {}) == ("", [])
+
+
+def test_the_demo_says_it_wrote_its_files_only_once_they_are_in_place(tmp_path, monkeypatch):
+    """A failure after the models ran (the page, an overlay) discards the staged folder: no "Wrote" line may
+    name a file that is then not there."""
+    import ModelSelectorLib.demo as demo
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the page could not be written")
+
+    monkeypatch.setattr(demo, "_write_summary", fail)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError):
+        run_demo(out_dir=tmp_path / "demo", max_models=1, say=lines.append)
+    assert any(line.startswith("Applying ") for line in lines)
+    assert not [line for line in lines if line.lower().lstrip().startswith("wrote")]
+    assert not (tmp_path / "demo").exists()

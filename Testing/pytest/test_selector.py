@@ -620,3 +620,32 @@ def test_a_demonstration_model_does_not_outrank_one_to_rely_on_at_the_same_shown
     ]  # a real difference stands
     unfit = match("other", 0.999, fits=False)
     assert sorted([unfit, match("low", 0.6)], key=ranking_key)[0].name == "low"
+
+
+def test_the_notes_hold_every_advice_of_the_selection_and_the_text_shows_them():
+    """One list of notes for the terminal and the demo's page: inverted grey levels, the whole volume (and
+    slice-wise models), what keeps a matching model from taking the image; the warnings only when asked
+    (the command line prints those on stderr)."""
+    from ModelSelectorLib.selection.field_of_view import FieldOfView
+    from ModelSelectorLib.selection.intensity_units import HOUNSFIELD, Units
+    from ModelSelectorLib.selection.selector import ModelMatch, Selection
+
+    def match(name, **kw):
+        return ModelMatch(name, "1", "segmentation", "CT", "ABDOMEN", 0.9, False, domain_matches=True, **kw)
+
+    models = [match("ct-organs", units=Units(HOUNSFIELD, 0.0)),
+              match("ct-crop", field_of_view=FieldOfView(40.0, 400.0)),
+              match("mr-heart", needs_volume=True, slice_wise=True), match("unrelated")]  # fmt: skip
+    sel = Selection("a.png", False, models, needs_volume=["mr-heart"], fits_once_inverted=["dx-chest-lungs"],
+                    warnings=["the index holds no calibration"])  # fmt: skip
+    notes = sel.notes()
+    assert [n.split(" ")[0] for n in notes] == ["It", "mr-heart", "mr-heart", "ct-organs", "ct-crop"]
+    assert notes[0].startswith("It looks inverted: dx-chest-lungs fits it") and "invert it" in notes[0]
+    assert "load the whole series or volume" in notes[1] and "slice by slice" in notes[2]
+    assert "Hounsfield units" in notes[3] and notes[4].endswith(", then select again.")
+    assert sel.notes(warnings=True) == notes + ["the index holds no calibration"]
+    text = sel.to_text()
+    assert all(n in text for n in notes) and "the index holds no calibration" not in text
+    assert text.index("No model in the zoo fits this image.") < text.index(notes[0]) < text.index("MODEL")
+    fitting = Selection("b.png", True, [match("unrelated")])
+    assert fitting.notes(warnings=True) == []
