@@ -93,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     db.add_argument("--bundle", type=Path, required=True, help="bundle folder")
     db.add_argument("--split", type=Path, required=True, help="test split file (test_split.json)")
-    db.add_argument("--out", type=Path, required=True, help="dashboard folder to write")
+    db.add_argument("--out", type=Path, required=True,
+                    help="dashboard folder to write: a new or empty one, or an earlier dashboard, which is replaced")  # fmt: skip
     db.add_argument(
         "--metric",
         type=metric_name,
@@ -155,20 +156,25 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_dir
     from ..errors import InputError
-    from ..io.outputs import check_output_folder
-    from ..ranking.leaderboard import evaluate_candidate, metric_problem, split_in_pixels, write_dashboard
+    from ..io.outputs import check_replaced_folder
+    from ..ranking import leaderboard as lb
     from ..ranking.promotion import seen_cases
     from ..ranking.scoring import primary_metric
     from ..ranking.sweep import read_split
     from ..zoo.bundle import validate_bundle
 
-    check_output_folder(args.out)
+    # the dashboard replaces its folder whole (no overlay of an earlier run stays), so it must not hold the user's
+    # own files, nor be a sweep's dashboard, which `leaderboard` rewrites from the sweep's own evaluation
+    out = check_replaced_folder(args.out, lb.is_dashboard_folder,
+                                f"dashboard ({' and '.join(lb.DASHBOARD_FILES)} written by `modelselector dashboard`)",
+                                "the dashboard")  # fmt: skip
     split = read_split(args.split)
     task_type = validate_bundle(args.bundle).task_type
     metric = args.metric or primary_metric(task_type)
     # a metric the model cannot have is refused before the whole split is evaluated
-    problem = metric_problem(task_type, metric, split.get("labels"), split_in_pixels(split["cases"]))
+    problem = lb.metric_problem(task_type, metric, split.get("labels"), lb.split_in_pixels(split["cases"]))
     if problem:
         raise InputError(f"{args.bundle}: {problem}")
     # a look at training cases is allowed, but its figures must not pass for held-out ones
@@ -177,8 +183,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
         print(f"modelselector: warning: {len(seen)} of the {len(split['cases'])} cases of {args.split} were training "
               f"or validation cases of {args.bundle} (e.g. {', '.join(seen[:3])}); the dashboard marks them, and its "
               "figures on them are not held-out figures.", file=sys.stderr)  # fmt: skip
-    ev = evaluate_candidate(
-        args.bundle, split, args.out / "evaluation.json", args.out, device=args.device, seen=seen
-    )
-    print(write_dashboard(ev, args.out, metric))
+    with atomic_dir(out) as staging:
+        ev = lb.evaluate_candidate(
+            args.bundle, split, staging / "evaluation.json", staging, device=args.device, seen=seen
+        )
+        page = lb.write_dashboard(ev, staging, metric).name
+    print(out / page)
     return 0

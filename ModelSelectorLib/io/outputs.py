@@ -6,7 +6,9 @@ ends in a traceback or, worse, in a silently wrong output:
 - :func:`check_output_file`: a file path (not a folder, not under a file), named with the extension of the
   format that will be written (``.seg.nrrd``, ``.mrk.json``, ...), in a folder that can be written, and not
   an existing write-protected file (which would otherwise be replaced, losing its protection);
-- :func:`check_output_folder`: a folder (not a file) that exists and can be written, or can be created.
+- :func:`check_output_folder`: a folder (not a file) that exists and can be written, or can be created;
+- :func:`check_replaced_folder`: the same, for a folder that a command replaces as a whole: it must be empty or
+  hold an earlier output of the same command.
 
 Write protection is judged by the permission bits, so that a protected file or folder is respected even by
 a user (root) whom the system would let write anyway.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 from ..errors import OutputError
 
@@ -126,4 +128,26 @@ def check_output_folder(path: PathLike, what: str = "--out") -> Path:
     return p
 
 
-__all__ = ["check_output_file", "check_output_folder", "output_name"]
+def check_replaced_folder(
+    path: PathLike, is_earlier: Callable[[Path], bool], earlier: str, command: str, what: str = "--out"
+) -> Path:
+    """:func:`check_output_folder` for a command that replaces its folder as a whole
+    (:func:`ModelSelectorLib.atomic.atomic_dir`): besides, an existing folder must be empty or hold an earlier
+    output of the same command, so that no file of the user's is lost with it.
+
+    Args:
+        is_earlier: whether a folder holds an earlier output of the command.
+        earlier: what that output is, for the message (e.g. ``"demo (summary.html)"``).
+        command: the command, for the message (e.g. ``"the demo"``).
+
+    Raises:
+        OutputError: as :func:`check_output_folder`, or the folder holds other files and no earlier output.
+    """
+    p = check_output_folder(path, what)
+    if p.is_dir() and any(p.iterdir()) and not is_earlier(p):
+        raise OutputError(f"{p}: holds other files and no earlier {earlier}; {command} replaces its folder as a "
+                          f"whole, so choose a new or empty folder ({what}).")  # fmt: skip
+    return p
+
+
+__all__ = ["check_output_file", "check_output_folder", "check_replaced_folder", "output_name"]

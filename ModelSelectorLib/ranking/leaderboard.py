@@ -1,8 +1,8 @@
 """Leaderboards and per-model dashboards: static HTML (Jinja2 templates in ``templates/``) with PNG figures.
 
 * :func:`evaluate_candidate` scores one bundle on a fixed split of held-out cases (:mod:`ModelSelectorLib.evaluate`) and
-  draws, per case, an overlay of a representative slice: ground-truth contour in GREEN, prediction contour
-  in RED (:data:`GT_COLOR`, :data:`PRED_COLOR`).
+  draws, per case, an overlay of a representative slice as a viewer shows it: ground-truth contour in GREEN,
+  prediction contour in RED (:mod:`.overlays`).
 * :func:`summarize` gives mean / median / std / worst of each metric; :func:`rank` orders candidates by any
   metric in its own direction (Dice: higher is better; HD95, MSD: lower is better).
 * :func:`write_dashboard` writes one model's folder (``index.html``, ``curve.png``, ``overlays/*.png``):
@@ -34,141 +34,28 @@ from ..evaluation.statistics import sample_std
 from ..io.image import Image, read_image
 from ..models.registry import DEFAULT_TASK_TYPE, runtime_class
 from ..provenance import utc_timestamp
+from ..zoo.card import distinct_safe_name, safe_name
+from .overlays import (
+    GT_COLOR,
+    OVERLAY_PX,
+    PRED_COLOR,
+    draw_slice,
+    render_overlay,
+    render_points_overlay,
+    representative_slice,
+    truth_and_prediction_points,
+    viewed_slice,
+)
 from .scoring import evaluate_cases, primary_metric
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: contour colours of the overlays (RGB 0-1): ground truth green, prediction red
-GT_COLOR = (0.0, 1.0, 0.0)
-PRED_COLOR = (1.0, 0.0, 0.0)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-#: width of overlay images in pixels
-OVERLAY_PX = 200
+#: what marks a folder as an earlier dashboard of `modelselector dashboard`: its page, and the evaluation it shows
+DASHBOARD_FILES = ("index.html", "evaluation.json")
 
 
 # --- figures --------------------------------------------------------------------------------------------
-def representative_slice(truth: np.ndarray, pred: Optional[np.ndarray] = None) -> int:
-    """Index along the first array axis (``z`` of a ``(z, y, x)`` array) with the most ground-truth voxels;
-    the prediction's when the ground truth is empty; the middle slice when both are."""
-    for mask in (truth, pred):
-        if mask is None:
-            continue
-        area = np.count_nonzero(np.asarray(mask).reshape(mask.shape[0], -1), axis=1)
-        if area.max(initial=0) > 0:
-            return int(np.argmax(area))
-    return int(truth.shape[0] // 2)
-
-
-def _window(slab: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(slab, [1.0, 99.0]) if slab.size else (0.0, 1.0)
-    return np.clip((slab - lo) / max(float(hi - lo), 1e-8), 0.0, 1.0)
-
-
-def render_overlay(
-    image: Image, truth: np.ndarray, pred: np.ndarray, path: PathLike, width_px: int = OVERLAY_PX
-) -> Path:
-    """Write a PNG of a representative slice with the ground-truth contour (green) and prediction (red).
-
-    Args:
-        image: the case's image (2D or 3D; a colour image is shown in grey).
-        truth, pred: label maps on ``image``'s grid, ``(z, y, x)`` or ``(y, x)``; every label is outlined.
-        path: output PNG (written atomically).
-        width_px: image width in pixels; the height follows the physical aspect ratio (spacing).
-
-    Returns:
-        ``path``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    if image.is_multicomponent:
-        image = image.to_grayscale()
-    arr, truth, pred = np.asarray(image.array, dtype=np.float32), np.asarray(truth), np.asarray(pred)
-    if truth.shape != arr.shape or pred.shape != arr.shape:
-        raise InputError(
-            f"overlay: image {arr.shape}, truth {truth.shape} and prediction {pred.shape} differ."
-        )
-    if arr.ndim == 3:
-        k = representative_slice(truth, pred)
-        arr, truth, pred = arr[k], truth[k], pred[k]
-    sx, sy = float(image.spacing[0]), float(image.spacing[1])
-    h_mm, w_mm = arr.shape[0] * sy, arr.shape[1] * sx
-    dpi = 100
-    fig = plt.figure(figsize=(width_px / dpi, max(width_px * h_mm / w_mm, 16) / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    extent = (0, w_mm, h_mm, 0)
-    ax.imshow(_window(arr), cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="bilinear")
-    for mask, color in ((truth, GT_COLOR), (pred, PRED_COLOR)):
-        for value in np.unique(mask[mask > 0]):
-            m = (mask == value).astype(np.float32)
-            ys = (np.arange(m.shape[0]) + 0.5) * sy
-            xs = (np.arange(m.shape[1]) + 0.5) * sx
-            ax.contour(xs, ys, m, levels=[0.5], colors=[color], linewidths=2.0, antialiased=False)
-    ax.set_xlim(0, w_mm)
-    ax.set_ylim(h_mm, 0)
-    return atomic.save_figure(fig, path, dpi=dpi)
-
-
-def render_points_overlay(
-    image: Image, drawn: Mapping[str, Any], path: PathLike, width_px: int = OVERLAY_PX
-) -> Path:
-    """Write a PNG of a 2D image with a runtime's predicted points (``overlay()``: ``points_lps`` ``(n, 3)`` and
-    ``point_colors``) over it."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    img = image.to_grayscale() if image.is_multicomponent else image
-    flat = img.as_2d() if img.is_single_slice else img
-    arr = np.asarray(flat.array, dtype=np.float32)
-    if arr.ndim != 2:
-        raise InputError(f"overlay: points are drawn on 2D images; got an image of shape {arr.shape}.")
-    m = flat.ijk_to_lps()
-    pts = np.asarray(drawn.get("points_lps", np.zeros((0, 3))), float)[:, :2]
-    xy = np.linalg.solve(m[:2, :2], (pts - m[:2, 2]).T).T if len(pts) else np.zeros((0, 2))
-    h, w = arr.shape
-    dpi = 100
-    fig = plt.figure(figsize=(width_px / dpi, max(width_px * h / w, 16) / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    ax.imshow(_window(arr), cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
-    colors = drawn.get("point_colors") or [PRED_COLOR] * len(xy)
-    ax.scatter(xy[:, 0], xy[:, 1], s=3, c=[tuple(c) for c in colors][: len(xy)])
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    return atomic.save_figure(fig, path, dpi=dpi)
-
-
-def truth_and_prediction_points(prediction: Any, reference: PathLike) -> dict[str, Any]:
-    """What :func:`render_points_overlay` draws for a landmark case: the true points of ``reference`` (a
-    ``<id>_landmarks.json`` in pixels of the image) in :data:`GT_COLOR` and the predicted ones in
-    :data:`PRED_COLOR`, both in LPS mm of the prediction's 2D image.
-
-    Args:
-        prediction: a landmark :class:`~ModelSelectorLib.models.base.Prediction` (``value`` ``(P, 3)`` LPS,
-            ``names`` ``GROUP_NN``).
-        reference: its true points; points the file lacks are not drawn.
-    """
-    from ..models.landmark_schema import LandmarkSchema
-    from ..models.landmark_scoring import read_landmark_json
-
-    image = prediction.image.to_grayscale() if prediction.image.is_multicomponent else prediction.image
-    flat = image.as_2d() if image.is_single_slice else image
-    # the points the scorer compares with (the file's spacing does not matter for a picture)
-    truth_px, _, _, _ = read_landmark_json(reference, LandmarkSchema.from_names(prediction.names))
-    truth_px = truth_px[np.isfinite(truth_px).all(axis=1)]
-    m = flat.ijk_to_lps()
-    truth = np.zeros((len(truth_px), 3))
-    truth[:, :2] = truth_px @ m[:2, :2].T + m[:2, -1]
-    pred = np.asarray(prediction.value, float).reshape(-1, 3)
-    return {"points_lps": np.concatenate([truth, pred]),
-            "point_colors": [GT_COLOR] * len(truth) + [PRED_COLOR] * len(pred)}  # fmt: skip
-
-
 def render_curve(curve: Mapping[str, Any], path: PathLike) -> Optional[Path]:
     """Write training and validation loss (left axis) and validation Dice (right axis) per epoch as a PNG.
 
@@ -228,7 +115,9 @@ def evaluate_candidate(
         split: a split file's content (:func:`ModelSelectorLib.datasets.split_file.read_split`):
             ``{"cases", "labels", ...}``.
         out_json: where the evaluation is written (atomically).
-        dashboard_dir: the model's dashboard folder; overlays go to ``overlays/<case>.png`` there.
+        dashboard_dir: the model's dashboard folder; overlays go to ``overlays/<case>.png`` there (a distinct
+            file name per case: :func:`~ModelSelectorLib.zoo.card.distinct_safe_name`), and each case records
+            ``"overlay"`` (its path there) and, for a label map, ``"overlay_slice"`` (which slice it shows).
         candidate: display name (default: the card's name).
         seen: ids of split cases that the bundle records among its training or validation cases (its figures on
             them are not held-out figures), recorded as ``"seen_cases"`` and marked on its dashboard.
@@ -251,15 +140,17 @@ def evaluate_candidate(
         )
     on_case = None
     if dashboard_dir is not None:
-        overlays = Path(dashboard_dir) / "overlays"
+        overlays, taken = Path(dashboard_dir) / "overlays", set()
 
         def on_case(case_id: str, image: Image, truth: Any, pred: Any) -> dict[str, Any]:
-            name = f"{_file_id(case_id)}.png"
-            if isinstance(pred, Image):  # a label map: contours of truth and prediction
-                render_overlay(image, truth.array, pred.array, overlays / name)
-            else:  # points: the reference file's in green, the prediction's in red
+            # one file per case, also for ids that differ only in characters a file name cannot hold
+            name = f"{distinct_safe_name(case_id, taken)}.png"
+            if not isinstance(pred, Image):  # points: the reference file's in green, the prediction's in red
                 render_points_overlay(image, truth_and_prediction_points(pred, truth), overlays / name)
-            return {"overlay": f"overlays/{name}"}
+                return {"overlay": f"overlays/{name}"}
+            view = viewed_slice(image, truth, pred)  # a label map: contours of truth and prediction
+            draw_slice(view, overlays / name)
+            return {"overlay": f"overlays/{name}", "overlay_slice": view.caption}
 
     cases = evaluate_cases(loaded, split["cases"], labels, device=device, cancel=cancel, on_case=on_case,
                            desc=f"evaluate {candidate or card.name}")  # fmt: skip
@@ -321,12 +212,6 @@ def split_in_pixels(cases: Sequence[Mapping[str, Any]]) -> Optional[bool]:
     """Whether a split's images are pictures without a pixel size (read from its first case's image), so that
     their distances are in pixels (:mod:`ModelSelectorLib.evaluation.segmentation`); None without cases."""
     return None if not cases else not read_image(cases[0]["image"]).pixel_size_known
-
-
-def _file_id(case_id: str) -> str:
-    from ..zoo.card import safe_name
-
-    return safe_name(case_id)
 
 
 def _finite(obj: Any) -> Any:
@@ -548,15 +433,30 @@ def write_dashboard(
     )
     summary = {m: summarize(cases, m) for m in metrics}
     seen = sorted({str(c) for c in evaluation.get("seen_cases") or []} & {str(c.get("id")) for c in cases})
+    # the planes the overlays show ("axial slice 12 of 40 (from the feet)"), named in the legend
+    planes = sorted({str(c["overlay_slice"]).split()[0] for c in cases if c.get("overlay_slice")})
     page = _env().get_template("dashboard.html.j2").render(
         title=title or f"{evaluation.get('candidate')} — dashboard",
-        ev=evaluation, cases=worst_first, metrics=metrics, metric=metric, summary=summary, seen=seen,
+        ev=evaluation, cases=worst_first, metrics=metrics, metric=metric, summary=summary, seen=seen, planes=planes,
         higher={m: higher_is_better(m) for m in metrics}, pooled={m: is_pooled_rms(m) for m in metrics},
         curve=bool(curve_png), curve_data=curve,
         settings=settings, card=card, leaderboard_href=leaderboard_href, gt_color=_hex(GT_COLOR), pred_color=_hex(PRED_COLOR),
     )  # fmt: skip
     atomic.write_text(out / "index.html", page)
     return out / "index.html"
+
+
+def is_dashboard_folder(folder: PathLike) -> bool:
+    """Whether ``folder`` holds a dashboard that `modelselector dashboard` wrote (:data:`DASHBOARD_FILES`: a page,
+    and an evaluation as :func:`evaluate_candidate` saves it), which a new dashboard may replace as a whole."""
+    folder = Path(folder)
+    page, evaluation = (folder / f for f in DASHBOARD_FILES)
+    saved = _read_json(evaluation) if evaluation.is_file() else {}
+    return (
+        page.is_file()
+        and isinstance(saved, dict)
+        and {"candidate", "bundle", "cases", "evaluated"} <= set(saved)
+    )
 
 
 def write_leaderboard(
@@ -640,6 +540,19 @@ def _sweep_row(
     })  # fmt: skip
 
 
+def dashboard_folders(names: Sequence[str]) -> dict[str, str]:
+    """``{candidate: folder}`` of each candidate's dashboard under a sweep's ``report/dashboards``: a candidate's
+    own name where it is a safe name (as `sweep` names its candidates and their folders, where it drew their
+    overlays), else a distinct safe name (:func:`~ModelSelectorLib.zoo.card.distinct_safe_name`), so that a name
+    read from a copied or edited evaluation (``../../x``, ``a/b``) never leads outside the folder and no two
+    candidates share one."""
+    names = list(dict.fromkeys(str(n) for n in names))
+    folders = {n: n for n in names if safe_name(n) == n}
+    taken = {n.lower() for n in folders}
+    folders.update({n: distinct_safe_name(n, taken) for n in names if n not in folders})
+    return folders
+
+
 def leaderboard_document(
     task: str, metric: str, ranked: Sequence[Mapping[str, Any]], removed: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -707,14 +620,15 @@ def write_reports(sweep_folder: PathLike, metric: Optional[str] = None) -> dict[
             {**ev, "candidate": name}, (state.get("candidates") or {}).get(name, {}), in_sweep_file
         )
         rows.append(row)
-        links[name] = f"dashboards/{name}/index.html"
         loaded.append((name, ev, row["settings"]))
     if not rows:
         raise ZooError(f"{work}: every evaluated candidate ({', '.join(removed)}) was removed from the zoo since; "
                        "run `modelselector sweep` again.")  # fmt: skip
     rank(rows, metric)  # refuses an unknown metric before anything is written
+    folders = dashboard_folders([name for name, _, _ in loaded])
     for name, ev, settings in loaded:
-        write_dashboard(ev, report / "dashboards" / name, metric, settings=settings,
+        links[name] = f"dashboards/{folders[name]}/index.html"
+        write_dashboard(ev, report / "dashboards" / folders[name], metric, settings=settings,
                         leaderboard_href="../../leaderboard.html")  # fmt: skip
     task = state.get("task", work.name)
     note = _sweep_note(task, state, rows, [ev for _, ev, _ in loaded], removed)
@@ -741,12 +655,16 @@ def escape(text: Any) -> str:
 
 
 __all__ = [
+    "DASHBOARD_FILES",
     "GT_COLOR",
     "NOT_IN_SWEEP_FILE",
+    "OVERLAY_PX",
     "PRED_COLOR",
     "SETTING_COLUMNS",
     "candidate_row",
+    "dashboard_folders",
     "evaluate_candidate",
+    "is_dashboard_folder",
     "leaderboard_document",
     "metric_problem",
     "rank",

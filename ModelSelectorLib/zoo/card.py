@@ -9,6 +9,7 @@ more DICOM Body Part Examined terms joined by ``;``, ``task_type`` a task with a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from typing import Any, Optional
@@ -43,6 +44,31 @@ def safe_name(text: str) -> str:
     """``text`` turned into a name usable as a folder name (letters, digits, ``._+-``)."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text).strip()).strip("._-")
     return name[:128] or "model"
+
+
+def distinct_safe_name(text: str, taken: Optional[set[str]] = None) -> str:
+    """``text`` as a file or folder name that no other text maps to (unlike :func:`safe_name`, which gives
+    ``case 1`` and ``case_1`` one name, and every all-Chinese name ``model``): ``text`` itself when it is a safe
+    name already, else its safe part followed by a short hash of ``text`` (``case_1-3f2a9c01``).
+
+    Args:
+        text: the name to turn into a file name (a case id, a candidate name).
+        taken: the lower-cased names already given out in the same folder; a name given out already, also one
+            that differs only in case (the same file on a case-insensitive file system), gets ``-2``, ``-3``, ...
+            appended. The name returned is added.
+    """
+    text = str(text)
+    name = text
+    if safe_name(text) != text:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+        name = f"{safe_name(text)[:100]}-{digest}" if re.search(r"[A-Za-z0-9]", text) else digest
+    if taken is None:
+        return name
+    unique, k = name, 2
+    while unique.lower() in taken:
+        unique, k = f"{name}-{k}", k + 1
+    taken.add(unique.lower())
+    return unique
 
 
 # --- model card -----------------------------------------------------------------------------------------

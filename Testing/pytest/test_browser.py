@@ -174,6 +174,10 @@ def pages(tmp_path_factory):
                                        "training_time_s": [30.0, 5.0, 12.0][k]}))  # fmt: skip
         links[name] = f"dashboards/{name}/index.html"
     write_leaderboard(rows, root / "leaderboard.html", "dice", "Leaderboard", links)
+    # a leaderboard wider and taller than the window: 40 candidates, 30 settings that differ
+    wide = [candidate_row({**ev, "candidate": f"c{i:02d}"}, {"settings": {f"setting_{k}": i * k for k in range(30)}})
+            for i in range(40)]  # fmt: skip
+    write_leaderboard(wide, root / "wide.html", "dice", "Wide leaderboard")
     return root
 
 
@@ -220,3 +224,31 @@ def test_dashboard_overlays_render(browser, pages):
     assert browser.js(cases) == ["case0", "case1", "case2"]
     browser.click("#cases thead th:nth-child(1)")
     assert browser.js(cases) == ["case2", "case1", "case0"]
+
+
+def test_a_wide_long_table_scrolls_in_its_box_under_a_header_that_stays(browser, pages):
+    browser.open(pages / "wide.html")
+    page_width, window = browser.js("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert page_width <= window, "the page itself got wider than the window"
+    box = "document.querySelector('div.scroll')"
+    assert browser.js(f"{box}.scrollWidth > {box}.clientWidth && {box}.scrollHeight > {box}.clientHeight")
+    browser.js(f"{box}.scrollTop = 600; {box}.scrollLeft = 400")
+    header_top, box_top = browser.js(
+        f"[document.querySelector('#leaderboard thead th').getBoundingClientRect().top, "
+        f"{box}.getBoundingClientRect().top]"
+    )
+    assert abs(header_top - box_top) <= 2, "the header row scrolled out of view"
+
+
+def test_an_overlay_thumbnail_opens_its_picture(browser, pages):
+    browser.open(pages / "dashboards" / "alpha" / "index.html")
+    links = browser.js(
+        "Array.from(document.querySelectorAll('a.overlay-link')).map(a => [a.getAttribute('href'), "
+        "a.querySelector('img.overlay').getAttribute('src')])"
+    )
+    assert len(links) == 3 and all(href == src for href, src in links)
+    browser.click("a.overlay-link")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not browser.js("location.href").endswith(".png"):
+        time.sleep(0.1)
+    assert browser.js("location.href") == (pages / "dashboards" / "alpha" / links[0][0]).resolve().as_uri()

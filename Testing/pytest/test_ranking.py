@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,3 +339,138 @@ def test_a_split_of_the_other_kind_of_task_is_refused_before_any_case_is_evaluat
         loaded = SimpleNamespace(card=SimpleNamespace(task_type=task, name="m"))
         with pytest.raises(DatasetError, match=f"labelled with {held}.*, not as a {task} model is scored"):
             evaluate_cases(loaded, [{"id": "c1", "image": "c1.png", "label": label}])
+
+
+# --- overlays as a viewer shows them, their file names, and the folders of candidates ----------------------------
+@pytest.mark.parametrize("stored", ["RAS", "PLS", "SPL"])
+def test_an_overlay_shows_a_volume_as_a_viewer_does_whatever_axis_order_its_file_stored(tmp_path, stored):
+    """The same volume stored with its axes running L-P-S (DICOM) and in another order (MSD NIfTI run R-A-S) gives
+    the same overlay: the axial slice with the most ground truth, the patient's left on the screen's right, its
+    aspect from the spacing of the slice as drawn."""
+    import SimpleITK as sitk
+    from PIL import Image as PILImage
+
+    from ModelSelectorLib.ranking.leaderboard import render_overlay, viewed_slice
+
+    arr = np.random.default_rng(0).normal(100, 5, (8, 30, 40)).astype(np.float32)
+    truth = np.zeros(arr.shape, np.uint8)
+    truth[5, 3:10, 28:38] = (
+        1  # the patient's left (high x runs to L), anterior (low y), slice 6 of 8 from the feet
+    )
+    lps = Image(arr, (0.5, 1.5, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image, labels = (
+        Image.from_sitk(sitk.DICOMOrient(i.to_sitk(), stored)) for i in (lps, lps.with_array(truth))
+    )
+    assert image.array.shape != arr.shape or not np.array_equal(image.array, arr)  # stored otherwise
+    expected = np.asarray(PILImage.open(render_overlay(lps, truth, truth, tmp_path / "lps.png")))
+    drawn = np.asarray(PILImage.open(render_overlay(image, labels, labels.array, tmp_path / f"{stored}.png")))
+    assert drawn.shape == expected.shape and np.array_equal(drawn, expected)
+    red = np.nonzero(_colour_mask(drawn[..., :3].astype(int), (255, 0, 0)))  # the prediction, over the truth
+    assert red[1].mean() > 0.6 * drawn.shape[1] and red[0].mean() < 0.4 * drawn.shape[0]
+    view = viewed_slice(image, labels, labels)
+    assert view.caption == "axial slice 6 of 8 (from the feet)" and view.spacing == (0.5, 1.5)
+
+
+def _fake_evaluation(monkeypatch, ids):
+    """Make :func:`evaluate_candidate` score a stand-in model on synthetic 2D cases: case ``i`` has a square at
+    column ``4 i`` (so each case's overlay differs), predicted exactly."""
+    from types import SimpleNamespace
+
+    import ModelSelectorLib.ranking.leaderboard as lb
+    import ModelSelectorLib.zoo.bundle as bundle
+
+    card = SimpleNamespace(name="m", version="0.1.0", labels=[{"value": 1, "name": "disk"}])
+    monkeypatch.setattr(bundle, "load_bundle", lambda *a, **k: SimpleNamespace(card=card))
+
+    def evaluate_cases(loaded, cases, labels, device="cpu", cancel=None, on_case=None, desc=""):
+        results = []
+        for i, case in enumerate(cases):
+            arr = np.full((32, 32), 50.0, np.float32)
+            truth = np.zeros((32, 32), np.uint8)
+            truth[8:20, 4 * i : 4 * i + 10] = 1
+            image = Image(arr + 100 * truth, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+            res = {"id": case["id"], "dice": 1.0}
+            res.update(on_case(case["id"], image, image.with_array(truth), image.with_array(truth)) or {})
+            results.append(res)
+        return results
+
+    monkeypatch.setattr(lb, "evaluate_cases", evaluate_cases)
+    return {"labels": {"1": "disk"}, "cases": [{"id": i, "image": f"{k}.png", "label": f"{k}_l.png"}
+                                               for k, i in enumerate(ids)]}  # fmt: skip
+
+
+def test_case_ids_that_differ_only_in_characters_a_file_name_cannot_hold_get_their_own_overlay(
+    tmp_path, monkeypatch
+):
+    import urllib.parse
+
+    from ModelSelectorLib.ranking.leaderboard import evaluate_candidate, write_dashboard
+
+    ids = ["患者一", "患者二", "case 1", "case_1", "Case_1", "50% #2?"]
+    split = _fake_evaluation(monkeypatch, ids)
+    ev = evaluate_candidate(
+        tmp_path / "bundle", split, tmp_path / "dash" / "evaluation.json", tmp_path / "dash"
+    )
+    files = [c["overlay"] for c in ev["cases"]]
+    assert len(set(f.lower() for f in files)) == len(ids)  # distinct, also on a case-insensitive file system
+    pictures = {(tmp_path / "dash" / f).read_bytes() for f in files}
+    assert len(pictures) == len(ids)
+    page = write_dashboard(ev, tmp_path / "dash", "dice").read_text(encoding="utf-8")
+    for case in ev["cases"]:
+        href = urllib.parse.quote(case["overlay"])
+        # the thumbnail links to its own picture
+        assert f'<a class="overlay-link" href="{href}"><img class="overlay" src="{href}"' in page
+    srcs = re.findall(r'<img class="overlay" src="([^"]+)"', page)
+    assert len(srcs) == len(ids) and all(
+        (tmp_path / "dash" / urllib.parse.unquote(s)).is_file() for s in srcs
+    )
+    assert all(re.fullmatch(r"[A-Za-z0-9._/%+-]+", s) for s in srcs)  # quoted: no space, '#' or '?' left
+
+
+def test_a_candidate_name_read_from_an_evaluation_never_leads_outside_the_report(tmp_path):
+    """A copied or edited sweep folder may name its candidates anything: their dashboards still go to distinct
+    folders right under report/dashboards, the links lead there, and the names show as they are."""
+    import urllib.parse
+
+    from ModelSelectorLib.ranking.leaderboard import write_reports
+
+    sweep = tmp_path / "zoo" / "sweeps" / "t"
+    (sweep / "evaluation").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"task": "t"}))
+    names = ["good", "../../evil", "<script>alert(1)</script>", "a b", "a_b", "/abs", "é中文 model"]
+    for k, name in enumerate(names):
+        ev = {"candidate": name, "model": f"t-{k}", "version": "0.1.0", "bundle": str(tmp_path / "none"),
+              "evaluated": "now", "cases": [{"id": "c0", "dice": 0.5 + k / 100}]}  # fmt: skip
+        (sweep / "evaluation" / f"e{k}.json").write_text(json.dumps(ev))
+    write_reports(sweep)
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    outside = {p for p in written if p.parts[:4] != ("zoo", "sweeps", "t", "report")}
+    assert outside == {Path("zoo/sweeps/t/sweep.json")} | {Path(f"zoo/sweeps/t/evaluation/e{k}.json")
+                                                             for k in range(len(names))}  # fmt: skip
+    dashboards = sweep / "report" / "dashboards"
+    assert sorted(p.name for p in dashboards.iterdir()) == sorted(
+        p.parent.name for p in dashboards.glob("*/index.html")
+    )
+    assert len(list(dashboards.iterdir())) == len(names) and (dashboards / "good" / "index.html").is_file()
+    page = (sweep / "report" / "leaderboard.html").read_text(encoding="utf-8")
+    hrefs = re.findall(r'href="(dashboards/[^"]+)"', page)
+    assert len(set(hrefs)) == len(names)
+    assert all((sweep / "report" / urllib.parse.unquote(h)).is_file() for h in hrefs)
+    assert all(re.fullmatch(r"[A-Za-z0-9._/%+-]+", h) for h in hrefs)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert "é中文 model" in page and "../../evil" in page
+
+
+def test_links_built_from_names_are_url_quoted(tmp_path):
+    """A name may hold characters that end or bend a URL (``#``, ``?``, ``%``, a space, ``:``): every link built
+    from one is quoted, so that it still leads to its file."""
+    from ModelSelectorLib.ranking.leaderboard import candidate_row, write_dashboard, write_leaderboard
+
+    ev = {"candidate": "x", "model": "m", "version": "0.1.0", "bundle": str(tmp_path / "none"), "evaluated": "now",
+          "cases": [{"id": "c0", "dice": 0.5, "overlay": "overlays/c 0#1?%.png"}]}  # fmt: skip
+    page = write_dashboard(ev, tmp_path / "dash", "dice").read_text(encoding="utf-8")
+    assert 'href="overlays/c%200%231%3F%25.png"' in page and 'src="overlays/c%200%231%3F%25.png"' in page
+    page = write_leaderboard(
+        [candidate_row(ev)], tmp_path / "lb.html", dashboards={"x": "dashboards/x:y #/index.html"}
+    )
+    assert 'href="dashboards/x%3Ay%20%23/index.html"' in page.read_text(encoding="utf-8")

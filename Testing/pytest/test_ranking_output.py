@@ -195,6 +195,37 @@ def test_a_dashboard_of_training_cases_says_so_and_marks_them(swept, tmp_path):
     assert "seen-case" not in page
 
 
+def test_a_dashboard_replaces_only_an_earlier_dashboard(swept, tmp_path):
+    """`dashboard --out` replaces an earlier dashboard as a whole (no overlay of it stays), and refuses, in one line,
+    a folder of the user's own files or a sweep's dashboard (which `leaderboard` rewrites), leaving it as it was."""
+    from ModelSelectorLib.errors import OutputError
+
+    work = swept["work"]
+    argv = ["dashboard", "--bundle", str(swept["zoo"] / "models" / "disks-a" / "0.1.0"),
+            "--split", str(work / "test_split.json"), "--out"]  # fmt: skip
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my notes</h1>")
+    (site / "evaluation.json").write_text('{"mine": true}')
+    sweep_dashboard = work / "report" / "dashboards" / "a"
+    before = {p: p.read_bytes() for p in sweep_dashboard.rglob("*") if p.is_file()}
+    for folder in (site, sweep_dashboard):
+        rc, out, err = _run([*argv, str(folder)])
+        assert rc == OutputError.exit_code and out == "" and len(err.strip().splitlines()) == 1, err
+        assert str(folder) in err and "no earlier dashboard" in err and "choose a new or empty folder" in err
+    assert (site / "index.html").read_text() == "<h1>my notes</h1>"
+    assert (site / "evaluation.json").read_text() == '{"mine": true}'
+    assert {p: p.read_bytes() for p in sweep_dashboard.rglob("*") if p.is_file()} == before
+    # an earlier dashboard is replaced whole
+    dash = tmp_path / "dash"
+    assert _run([*argv, str(dash)])[0] == 0
+    (dash / "overlays" / "stale.png").write_bytes(b"old")
+    rc, out, err = _run([*argv, str(dash)])
+    assert rc == 0, err
+    assert out.strip() == str(dash / "index.html") and not (dash / "overlays" / "stale.png").exists()
+    assert (dash / "evaluation.json").is_file() and len(list((dash / "overlays").glob("*.png"))) == 2
+
+
 def test_a_dry_run_says_that_the_zoo_is_unchanged(swept, tmp_path, monkeypatch):
     from ModelSelectorLib.zoo import Zoo
 
