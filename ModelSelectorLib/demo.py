@@ -18,9 +18,9 @@ import numpy as np
 
 from .apply import open_runtime
 from .atomic import atomic_dir, save_figure, write_text
-from .errors import OutputError, ZooError
+from .errors import ZooError
 from .io.image import Image, read_image
-from .io.outputs import check_output_folder
+from .io.outputs import check_replaced_folder
 from .io.viewing import as_viewed
 from .models.landmark_schema import GROUP_NAMES
 from .resources import default_zoo_path, samples_dir
@@ -272,10 +272,8 @@ def run_demo(
             "'modelselector build-starter-zoo --data ../shared/data --out Resources/zoo' or pass --zoo."
         )
     image_path = Path(image_path) if image_path is not None else default_sample()
-    out_dir = check_output_folder(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUMMARY_FILE).is_file():
-        raise OutputError(f"{out_dir}: holds other files and no earlier demo ({SUMMARY_FILE}); the demo replaces its "
-                          "folder as a whole, so choose a new or empty folder (--out).")  # fmt: skip
+    out_dir = check_replaced_folder(out_dir, lambda d: (d / SUMMARY_FILE).is_file(), f"demo ({SUMMARY_FILE})",
+                                    "the demo")  # fmt: skip
     image = read_image(image_path, series_uid=series_uid)
     say(f"Input: {image_path} ({'x'.join(str(n) for n in image.to_grayscale().array.shape[::-1])} pixels)")
 
