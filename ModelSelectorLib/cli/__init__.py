@@ -116,6 +116,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         one_line = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"modelselector: error: {one_line}", file=sys.stderr)
         return e.exit_code
+    except MemoryError as e:
+        if args.debug:
+            raise
+        # the input checks refuse sizes no computer can hold; this is what is left: too large for this one
+        print(f"modelselector: error: ran out of memory ({e or 'an allocation failed'}); the image or model is too "
+              "large for this computer: crop or downsample the image, close other programs, or use a computer "
+              "with more memory (--debug shows where).", file=sys.stderr)  # fmt: skip
+        return 1
+    except RecursionError:
+        if args.debug:
+            raise
+        print("modelselector: error: an input is nested too deeply to read (a JSON or other file of thousands of "
+              "nested levels, damaged or made to break readers); check the files given (--debug shows which "
+              "step).", file=sys.stderr)  # fmt: skip
+        return 1
     except OSError as e:
         if args.debug or e.errno not in _WRITE_REFUSALS:
             raise

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from .image import Image
 
 #: canonical orientation of a network's input grid (MONAI Orientationd axcodes)
@@ -28,7 +29,41 @@ _AXIS_LPS = {
 }
 
 
+#: most voxels along one axis of a working grid (the encoder's 2 mm view grid, a network's input grid): a
+#: whole-body CT, about 2,000 mm long, needs 4,000 at 0.5 mm, and this leaves four times that; an image whose
+#: voxel size was written in µm and read as mm (1000 mm voxels) asks for tens of thousands
+MAX_GRID_SIDE = 1 << 14
+#: most voxels of a whole working grid: a whole-body CT (about 2,000 x 500 x 500 mm) on a 0.5 mm grid has 4e9
+MAX_GRID_VOXELS = 1 << 33
+
+
 # --- geometry -------------------------------------------------------------------------------------------
+def checked_grid_size(
+    extent: Sequence[float], spacing: Sequence[float] | float, eps: float = 1e-4
+) -> np.ndarray:
+    """Voxels ``(x, y[, z])`` of a grid of ``spacing`` (mm) spanning ``extent`` (mm, from first to last voxel
+    centre): ``floor(extent / spacing + eps) + 1``, at least 1.
+
+    Raises:
+        InputError: a size that is not finite or passes :data:`MAX_GRID_SIDE` or :data:`MAX_GRID_VOXELS`, naming
+            the image's extent in mm (a voxel size written in µm rather than mm, or garbage in the header).
+    """
+    extent = np.asarray(extent, dtype=float)
+    with np.errstate(all="ignore"):  # inf and NaN are refused below, not warned about
+        size = np.floor(extent / np.asarray(spacing, dtype=float) + eps) + 1
+        total = float(np.prod(size))
+    if not np.all(np.isfinite(size)) or size.max() > MAX_GRID_SIDE or total > MAX_GRID_VOXELS:
+        mm = " x ".join(f"{v:.6g}" for v in extent)
+        step = " x ".join(f"{v:g}" for v in np.unique(np.asarray(spacing, dtype=float)))
+        raise InputError(
+            f"the image spans {mm} mm, so a grid of {step} mm voxels over it would need "
+            f"{' x '.join(f'{v:.6g}' for v in size)} voxels (at most {MAX_GRID_SIDE} a side and {MAX_GRID_VOXELS:.2g} "
+            "in all are worked with); check the voxel size in the file's header (µm written where mm are meant?) and "
+            "save it again with the right one."
+        )
+    return np.maximum(size.astype(int), 1)
+
+
 def axcodes_direction(axcodes: str, ndim: int = 3) -> np.ndarray:
     """ITK direction matrix (LPS, columns = world direction of i, j[, k]) for orientation codes.
 
@@ -64,7 +99,7 @@ def canonical_grid(
     pts = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in cn]) for cn in corners])
     coords = pts @ direction  # coordinates along the canonical axes
     lo, hi = coords.min(axis=0), coords.max(axis=0)
-    size = np.maximum(np.floor((hi - lo) / spacing + 1e-4).astype(int) + 1, 1)
+    size = checked_grid_size(hi - lo, spacing)
     # centre the grid on the input's extent
     lo = lo + ((hi - lo) - (size - 1) * spacing) / 2.0
     return empty_grid(size, spacing, direction @ lo, direction)
@@ -134,6 +169,9 @@ def monai_grid(image: sitk.Image, steps: Sequence[dict]) -> sitk.Image:
             shape = shape[np.argsort(ornt[:, 0])]
         else:
             pixdim = [float(v) for v in step["pixdim"]][:ndim]
+            checked_grid_size(
+                np.abs(affine[:ndim, :ndim]) @ np.maximum(shape - 1, 0), (pixdim + pixdim[-1:] * ndim)[:ndim]
+            )
             new = zoom_affine(affine, pixdim + pixdim[-1:] * (ndim - len(pixdim)), bool(step.get("diagonal")))
             shape, offset = compute_shape_offset(shape, affine, new, bool(step.get("scale_extent")))
             new[:ndim, -1] = offset[:ndim]

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 from ..atomic import atomic_path
 from ..errors import InputError
 from . import foreign
-from .integrity import check_file, check_name
+from .dicom import describe_series, dicom_series
+from .integrity import check_dicom_pixels, check_file, check_header_size, check_name
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: ``Image.meta["format"]`` of files without a pixel size
@@ -356,39 +357,6 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _describe_series(uid: str, files: list[str]) -> str:
-    """A series of a DICOM folder as a user can choose it: ``UID (CT, 'ABDOMEN 3mm', 120 files)``, from the
-    header of its first file."""
-    facts = []
-    head = sitk.ImageFileReader()
-    head.SetFileName(files[0])
-    try:
-        head.ReadImageInformation()
-        facts = [
-            head.GetMetaData(tag).strip() for tag in ("0008|0060", "0008|103e") if head.HasMetaDataKey(tag)
-        ]
-    except RuntimeError:  # an unreadable header: the UID and file count still tell the series apart
-        pass
-    facts = [f"'{f}'" if " " in f else f for f in facts if f]
-    return f"{uid} ({', '.join([*facts, f'{len(files)} file' + ('s' if len(files) != 1 else '')])})"
-
-
-def dicom_series(folder: os.PathLike | str) -> dict[str, list[str]]:
-    """The files of each DICOM series directly in ``folder``, by series UID, whatever the files' names (GDCM reads
-    the headers), without GDCM's warnings on stderr for the files that are not DICOM.
-
-    Raises:
-        RuntimeError: GDCM cannot scan the folder.
-    """
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        return {u: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), u)) for u in uids}
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Image, dict[str, Any]]:
     reader = sitk.ImageSeriesReader()
     try:
@@ -405,13 +373,14 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
             raise InputError(
                 f"{folder}: the folder mixes {len(series)} DICOM series; choose one with --series UID (on the "
                 f"command line; series_uid= in Python) or put each series in its own folder: "
-                f"{'; '.join(_describe_series(uid, files) for uid, files in found.items())}."
+                f"{'; '.join(describe_series(uid, files) for uid, files in found.items())}."
             )
         series_uid = series[0]
     elif series_uid not in series:
         raise InputError(f"{folder}: no DICOM series with UID {series_uid}; found "
-                         f"{'; '.join(_describe_series(uid, files) for uid, files in found.items())}.")  # fmt: skip
+                         f"{'; '.join(describe_series(uid, files) for uid, files in found.items())}.")  # fmt: skip
     files = found[series_uid]
+    _check_series_size(folder, files)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
@@ -425,6 +394,17 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> tuple[sitk.Im
         if reader.HasMetaDataKey(0, tag):
             meta[key] = reader.GetMetaData(0, tag).strip()
     return img, meta
+
+
+def _check_series_size(folder: Path, files: list[str]) -> None:
+    """Refuse a series that announces more pixels than it holds or than can be read (before GDCM allocates)."""
+    head = sitk.ImageFileReader()
+    head.SetFileName(files[0])
+    try:
+        head.ReadImageInformation()
+    except RuntimeError:
+        return  # the series reader will say what it cannot read
+    check_dicom_pixels(folder, files, head)
 
 
 def _check_slice_positions(reader: sitk.ImageSeriesReader, img: sitk.Image, folder: Path) -> None:
@@ -630,6 +610,7 @@ def read_image(
             if img is None:
                 raise _read_error(p, e, header=True) from e
         else:
+            check_header_size(p, reader)  # before ITK allocates what the header announces
             meta = _file_meta(reader)
             try:
                 img = reader.Execute()

@@ -7,18 +7,24 @@ checks here read the file themselves, before ITK does:
 - gzip streams (``.nii.gz`` and any ``.gz``) are read to the end, so that their CRC and length are checked;
 - NIfTI (``.nii``, ``.nii.gz``): the data holds every voxel the header announces, no float voxel is NaN or
   infinite, and the scaling (``scl_slope``, ``scl_inter``) is finite;
-- MetaImage (``.mha``, ``.mhd``): the (possibly zlib-compressed) data holds every voxel the header
-  announces;
+- MetaImage (``.mha``, ``.mhd``) and NRRD (``.nrrd``, ``.nhdr``): the (possibly compressed) data holds every
+  voxel the header announces, inflated in bounded pieces and no further than that, and a detached header names a
+  regular file in its own folder or below;
+- every image: its header announces no more voxel data than a quarter of the computer's memory (:func:`check_header_size`),
+  and an uncompressed DICOM file holds the pixel data its Rows and Columns announce;
 - JPEG and PNG: the compressed stream is complete (decoded with Pillow; ITK reports a truncated PNG only as
   "Error while reading file").
 
-NRRD and TIFF readers of ITK report truncation themselves, and NaN survives in them (checked on the
-array by :func:`~ModelSelectorLib.io.image.check_image_content`).
+TIFF readers of ITK report truncation themselves, and NaN survives in NRRD and TIFF (checked on the array by
+:func:`~ModelSelectorLib.io.image.check_image_content`).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..errors import InputError
 
@@ -175,10 +182,11 @@ def _metaimage_header(path: Path) -> tuple[dict[str, str], int]:
 
 
 def check_metaimage(path: Path) -> None:
-    """Check that a ``.mha`` / ``.mhd`` file's data holds every voxel its header announces.
+    """Check that a ``.mha`` / ``.mhd`` file's data holds every voxel its header announces (and, compressed, no
+    more), in a regular file next to the header or below it.
 
     Raises:
-        InputError: truncated (or damaged compressed) voxel data.
+        InputError: truncated, damaged or oversized voxel data, or a data file elsewhere or not a file.
     """
     fields, offset = _metaimage_header(path)
     try:
@@ -190,29 +198,287 @@ def check_metaimage(path: Path) -> None:
     source = fields.get("ElementDataFile", "")
     if not dims or header_size < 0 or source in ("LIST", "") or "%" in source:
         return
-    data_path = path if source == "LOCAL" else path.parent / source
-    if not data_path.is_file():
-        raise InputError(f"{path}: its voxel data file {data_path} is missing.")
+    data_path = path if source == "LOCAL" else data_file(path, source, "ElementDataFile")
     start = offset if source == "LOCAL" else 0
-    need = int(np.prod(dims, dtype=np.int64)) * size
+    need = check_declared_size(path, dims, size)
     if fields.get("CompressedData", "False").lower() == "true":
         with open(data_path, "rb") as f:
             f.seek(start + header_size)
-            inflate = zlib.decompressobj()
-            try:
-                got = sum(len(inflate.decompress(c)) for c in _chunks(f)) + len(inflate.flush())
-            except zlib.error as e:
-                raise InputError(
-                    f"{path}: the compressed voxel data is damaged ({e}); get an intact copy."
-                ) from e
-        complete = inflate.eof
+            got, complete = _inflated_size(f, need, path)
     else:
         got, complete = data_path.stat().st_size - start - header_size, True
+    _check_amount(path, got, need, complete, f"{' x '.join(str(d) for d in dims)} voxels of {size} bytes")
+
+
+# --- sizes announced by headers, data files named by them -------------------------------------------------
+def max_image_bytes() -> int:
+    """Most bytes of voxel data an image may announce: a quarter of the computer's memory, since reading takes
+    ITK's buffer and the array copied from it, and the work after it a float32 copy at least (a whole-body CT of
+    512 x 512 x 4,000 16-bit voxels has 2 GB)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # no sysconf: 8 GB, a 32 GB workstation's quarter
+        return 1 << 33
+
+
+def check_declared_size(path: os.PathLike | str, dims: Any, voxel_bytes: int) -> int:
+    """The bytes of voxel data a header announces (``dims`` voxels of ``voxel_bytes`` each), refused before any
+    reader allocates them when they pass :func:`max_image_bytes`.
+
+    Raises:
+        InputError: naming the size announced and the computer's limit.
+    """
+    dims = [int(d) for d in dims]
+    need = math.prod(dims) * int(voxel_bytes)  # Python integers: no overflow
+    limit = max_image_bytes()
+    if need > limit or min(dims, default=0) < 0:
+        raise InputError(
+            f"{path}: the header announces {' x '.join(str(d) for d in dims)} voxels of {voxel_bytes} byte(s) each "
+            f"({need / 1e9:.3g} GB), more than this computer can read (a quarter of its memory, {limit / 1e9:.3g} GB); "
+            "check the image size in the header, or read the image on a computer with more memory."
+        )
+    return need
+
+
+def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
+    """Bytes per voxel of the image ``reader`` has read the header of (1 when ITK cannot make that pixel type)."""
+    try:
+        probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+        return probe.GetSizeOfPixelComponent() * probe.GetNumberOfComponentsPerPixel()
+    except RuntimeError:
+        return 1
+
+
+def check_header_size(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse, before reading the voxels, an image whose header (read by ``reader``) announces more than
+    :func:`max_image_bytes`, and a DICOM file without the pixel data its header announces.
+
+    Raises:
+        InputError: naming the size announced.
+    """
+    if reader.GetImageIO() == "GDCMImageIO":
+        check_dicom_pixels(path, [str(path)], reader)
+    else:
+        check_declared_size(path, reader.GetSize(), _voxel_bytes(reader))
+
+
+#: DICOM transfer syntaxes that store the pixel data as they are (implicit VR, explicit little and big endian)
+_DICOM_PLAIN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+
+
+def _transfer_syntax(head: bytes) -> str:
+    """The Transfer Syntax UID (0002,0010) in a DICOM file's first bytes (always explicit VR little endian);
+    implicit VR little endian for a file without a file meta header."""
+    i = head.find(b"\x02\x00\x10\x00UI")
+    if i < 0:
+        return "1.2.840.10008.1.2"
+    n = int.from_bytes(head[i + 6 : i + 8], "little")
+    return head[i + 8 : i + 8 + n].rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def check_dicom_pixels(name: os.PathLike | str, files: list[str], reader: sitk.ImageFileReader) -> None:
+    """Refuse a DICOM series (``files``; ``reader`` has read the first one's header, whose size the series
+    reader gives every file) that announces more than :func:`max_image_bytes`, or an uncompressed file shorter
+    than the pixel data its Rows and Columns announce: GDCM would allocate them before noticing.
+
+    Raises:
+        InputError: naming the file and the size it announces.
+    """
+    x, y, *frames = (int(v) for v in reader.GetSize())
+    voxel = _voxel_bytes(reader)
+    per_file = x * y * math.prod(frames) * voxel
+    for f in files:
+        with open(f, "rb") as fh:
+            head, size = fh.read(4096), os.fstat(fh.fileno()).st_size
+        if size < per_file and _transfer_syntax(head) in _DICOM_PLAIN:
+            raise InputError(
+                f"{f}: the DICOM header announces {x} x {y} pixels of {voxel} bytes ({per_file} bytes), but the "
+                f"file holds {size} bytes: it is truncated or its Rows and Columns are wrong; get an intact copy."
+            )
+    check_declared_size(name, [x, y, math.prod(frames) * len(files)], voxel)
+
+
+def data_file(path: Path, name: str, field: str) -> Path:
+    """The voxel data file that the detached header ``path`` names in its ``field`` (MetaImage's
+    ``ElementDataFile``, NRRD's ``data file``): a regular file in the header's folder or below it, so that an image
+    cannot make the reader take a device (``/dev/zero``) or any file of the computer as voxels.
+
+    Raises:
+        InputError: a file elsewhere, missing, or not a regular file.
+    """
+    folder = os.path.abspath(path.parent)
+    data = os.path.normpath(os.path.join(folder, name))
+    if os.path.commonpath([folder, data]) != folder:
+        raise InputError(
+            f"{path}: its {field} names {name}, outside the header's folder; keep the voxel data file next to the "
+            "header (or in a folder below it) and name it relative to the header."
+        )
+    try:
+        mode = os.stat(data).st_mode
+    except OSError as e:
+        raise InputError(f"{path}: its voxel data file {data} is missing ({e.strerror}); put it next to the "
+                         f"header or fix the header's {field}.") from e  # fmt: skip
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{path}: its {field} {name} is not a regular file (a device, folder or pipe); name the file that "
+            "holds the voxel data."
+        )
+    return Path(data)
+
+
+def _inflated_size(f: BinaryIO, need: int, path: Path, wbits: int = zlib.MAX_WBITS) -> tuple[int, bool]:
+    """Bytes the zlib stream (gzip too with ``wbits`` 47) read from ``f`` inflates to, and whether it ended.
+    It is inflated :data:`_CHUNK` bytes at a time, counted and dropped, and no further once it passes ``need``
+    (more than the header announces is wrong too), so a small bomb costs no memory.
+
+    Raises:
+        InputError: damaged compressed data.
+    """
+    inflate, got = zlib.decompressobj(wbits), 0
+    try:
+        for chunk in _chunks(f):
+            while not inflate.eof:
+                out = len(inflate.decompress(chunk, _CHUNK))
+                got += out
+                if got > need:
+                    return got, inflate.eof
+                chunk = inflate.unconsumed_tail
+                if not chunk and out < _CHUNK:
+                    break
+            if inflate.eof:
+                break
+    except zlib.error as e:
+        raise InputError(f"{path}: the compressed voxel data is damaged ({e}); get an intact copy.") from e
+    return got, inflate.eof
+
+
+def _check_amount(path: Path, got: int, need: int, complete: bool, what: str) -> None:
+    """Refuse voxel data of ``got`` bytes where the header announces ``need`` (``what``: voxels and type)."""
+    if got > need and not complete:
+        raise InputError(
+            f"{path}: the compressed voxel data holds more than the {need} bytes its header announces ({what}), "
+            "so the header's size or type is wrong; fix the header."
+        )
     if got < need or not complete:
         raise InputError(
             f"{path}: the file is truncated: it holds {max(got, 0)} of the {need} bytes of voxel data its header "
-            "announces; get an intact copy."
+            f"announces ({what}); get an intact copy."
         )
+
+
+#: NRRD types (teem's names) and their sizes in bytes
+_NRRD_SIZES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+    **dict.fromkeys(
+        (
+            "short",
+            "short int",
+            "signed short",
+            "signed short int",
+            "int16",
+            "int16_t",
+            "ushort",
+            "unsigned short",
+            "unsigned short int",
+            "uint16",
+            "uint16_t",
+        ),
+        2,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"), 4
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "longlong",
+            "long long",
+            "long long int",
+            "signed long long",
+            "signed long long int",
+            "int64",
+            "int64_t",
+            "ulonglong",
+            "unsigned long long",
+            "unsigned long long int",
+            "uint64",
+            "uint64_t",
+            "double",
+        ),
+        8,
+    ),  # fmt: skip
+}
+
+
+def _nrrd_header(path: Path) -> tuple[dict[str, str], int, list[str]]:
+    """The ``field: value`` lines of an NRRD header (keys in lower case), the byte offset after the blank line
+    that ends it, and the lines after it (a detached header's ``LIST`` of data files)."""
+    fields: dict[str, str] = {}
+    offset, rest = 0, []
+    with open(path, "rb") as f:
+        if not f.readline(64).startswith(b"NRRD"):
+            return {}, 0, []
+        offset = f.tell()
+        while offset < 1 << 16:
+            line = f.readline(1 << 12).decode("latin-1").rstrip("\r\n")
+            offset = f.tell()
+            if not line:
+                break
+            key, sep, value = line.partition(": ")
+            if sep and not line.startswith("#"):
+                fields[key.strip().lower()] = value.strip()
+        if fields.get("data file", fields.get("datafile", "")).startswith("LIST"):
+            rest = [ln.strip() for ln in f.read(1 << 16).decode("latin-1").splitlines() if ln.strip()]
+    return fields, offset, rest
+
+
+def _nrrd_files(path: Path, fields: dict[str, str], offset: int, rest: list[str]) -> list[tuple[Path, int]]:
+    """The files that hold an NRRD image's data, each with the offset where its data starts."""
+    source = fields.get("data file", fields.get("datafile", ""))
+    if not source:
+        return [(path, offset)]
+    if source.startswith("LIST"):
+        names = rest
+    elif "%" in source:  # "name%03d.raw min max step [subdim]"
+        pattern, *numbers = source.split()
+        lo, hi, step = (int(v) for v in numbers[:3])
+        names = [pattern % i for i in range(lo, hi + (1 if step > 0 else -1), step)] if step else []
+    else:
+        names = [source]
+    return [(data_file(path, name, "data file"), 0) for name in names]
+
+
+def check_nrrd(path: Path) -> None:
+    """Check an NRRD file (``.nrrd``, ``.nhdr``) before ITK allocates what its header announces: at most
+    :func:`max_image_bytes`, every voxel present (raw, gzip, hex and text encodings; gzip inflated in bounded
+    pieces), and a detached header's data files regular files in its folder or below.
+
+    Raises:
+        InputError: a size too large to read, truncated or oversized data, a data file elsewhere or not a file.
+    """
+    fields, offset, rest = _nrrd_header(path)
+    try:
+        dims = [int(v) for v in fields["sizes"].split()]
+        size = _NRRD_SIZES[fields["type"].lower()]
+        skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
+        files = _nrrd_files(path, fields, offset, rest)
+    except (KeyError, ValueError, TypeError):
+        return  # ITK will say what it cannot read
+    need = check_declared_size(path, dims, size)
+    encoding = fields.get("encoding", "raw").lower()
+    what = f"{' x '.join(str(d) for d in dims)} voxels of {fields['type']}"
+    if encoding in ("gzip", "gz"):
+        got, complete = 0, True
+        for file, start in files:
+            with open(file, "rb") as f:
+                f.seek(start)
+                n, done = _inflated_size(f, need + max(skip, 0) - got, path, wbits=47)
+            got, complete = got + n, complete and done
+        _check_amount(path, got - max(skip, 0), need, complete, what)
+        return
+    per_value = {"raw": 1.0, "hex": 2.0, "txt": 1.0 / size, "text": 1.0 / size, "ascii": 1.0 / size}
+    if encoding in per_value:  # a text value takes at least one character, a hex byte two
+        got = sum(file.stat().st_size - start for file, start in files) - max(skip, 0) * len(files)
+        _check_amount(path, int(got / per_value[encoding] + 1e-9), need, True, what)
 
 
 def check_picture(path: Path, kind: str = "JPEG") -> None:
@@ -313,6 +579,8 @@ def check_file(path: Path, suffix: str) -> None:
             check_nifti(path)
         elif suffix in (".mha", ".mhd"):
             check_metaimage(path)
+        elif suffix in (".nrrd", ".nhdr", ".seg.nrrd"):
+            check_nrrd(path)
         elif suffix in (".jpg", ".jpeg"):
             check_picture(path, "JPEG")
         elif suffix == ".png":
@@ -326,10 +594,16 @@ def check_file(path: Path, suffix: str) -> None:
 
 __all__ = [
     "actual_format",
+    "check_declared_size",
+    "check_dicom_pixels",
     "check_file",
+    "check_header_size",
     "check_gzip",
     "check_metaimage",
     "check_name",
     "check_nifti",
+    "check_nrrd",
     "check_picture",
+    "data_file",
+    "max_image_bytes",
 ]

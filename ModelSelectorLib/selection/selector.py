@@ -245,7 +245,8 @@ class Selection:
         :meth:`notes` (without the warnings), a ranked table, and each model's reasons (``reasons``: ``"all"``
         models, ``"fitting"`` models' first reason, or ``"none"``)."""
         cls = ", ".join(f"{c} {p:.2f}" for c, p in self.image_classes)
-        lines = [f"{self.input}: the encoder reads it as {cls}" if cls else str(self.input)]
+        name = str(self.input) if str(self.input).isprintable() else repr(str(self.input))  # no line breaks
+        lines = [f"{name}: the encoder reads it as {cls}" if cls else name]
         if not self.fits:
             lines.append("No model in the zoo fits this image.")
         lines += self.notes()

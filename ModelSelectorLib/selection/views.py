@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..io.geometry import checked_grid_size
 from ..io.image import Image
 
 #: side of the square views, in pixels
@@ -122,7 +123,8 @@ def view_channels(view: np.ndarray) -> np.ndarray:
 
 
 def _canonical_grid(img: sitk.Image, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """Origin and size ``(x, y, z)`` of an identity-direction grid of ``spacing`` mm on ``img``'s centre.
+    """Origin and size ``(x, y, z)`` of an identity-direction grid of ``spacing`` mm on ``img``'s centre (a size
+    no image of a body needs is refused: :func:`~..io.geometry.checked_grid_size`).
 
     Along world axis ``w`` the grid spans ``sqrt(sum_a (d_wa L_a)^2)``, with ``L_a`` the image's length along its
     voxel axis ``a`` and ``d`` its direction: exactly the image for an axis-aligned volume (in any axis order), and
@@ -134,8 +136,7 @@ def _canonical_grid(img: sitk.Image, spacing: float) -> tuple[np.ndarray, np.nda
     lengths = (size - 1) * np.asarray(img.GetSpacing(), dtype=float)
     extent = np.sqrt(((direction * lengths) ** 2).sum(axis=1))
     centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in (size - 1) / 2]))
-    n = np.maximum(1, np.floor(extent / spacing + 1e-6).astype(int) + 1)
-    return centre - extent / 2, n
+    return centre - extent / 2, checked_grid_size(extent, spacing, eps=1e-6)
 
 
 def _resample(
