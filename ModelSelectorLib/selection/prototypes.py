@@ -41,6 +41,7 @@ from ..errors import BundleError, InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input, dicom_series
 from ..io.outputs import check_output_folder
 from ..progress import check_cancel, progress_bar
+from ..zoo.bundle_limits import check_npz
 from ..zoo.catalog import open_zoo
 from .encoder import EMBED_DIM, default_encoder
 from .encoder_guide import domain_classes
@@ -61,6 +62,8 @@ _IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES
 DOMAIN_WARN_PROBABILITY = 0.8
 #: errors a truncated or damaged ``.npz`` raises when read (numpy reads it as a zip of compressed arrays)
 _NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+#: widest prototype vectors a file may declare, and most bytes of a further ``.npz`` (feature statistics: KBs)
+MAX_VECTOR_DIM, MAX_EXTRA_BYTES = 4096, 64 << 20
 
 Warn = Callable[[str], None]
 
@@ -370,17 +373,22 @@ def load_prototypes(bundle_dir: PathLike) -> PrototypeSet:
         )
     try:
         records = json.loads((d / RECORDS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise BundleError(f"{d / RECORDS_FILE}: unreadable prototype records ({str(e)[:120]}); make the "
                           f"prototypes again with `{_remake_command(bundle_dir)}`.") from e  # fmt: skip
-    try:
+    rows = records.get("rows") if isinstance(records, dict) else None
+    if not isinstance(rows, list):
+        raise BundleError(f"{d}: prototype records and vectors disagree; make the prototypes again with "
+                          f"`{_remake_command(bundle_dir)}`.")  # fmt: skip
+    try:  # the header's shape first: a small file may declare any size
+        dim = records["dim"] if isinstance(records.get("dim"), int) else None
+        check_npz(d / VECTORS_FILE, len(rows) * MAX_VECTOR_DIM * 8, {"vectors": (len(rows), dim)})
         with np.load(d / VECTORS_FILE, allow_pickle=False) as z:
             vectors = np.asarray(z["vectors"], dtype=np.float32)
     except _NPZ_ERRORS as e:
         raise BundleError(f"{d / VECTORS_FILE}: truncated or damaged prototype vectors ({str(e)[:120]}); make the "
                           f"prototypes again with `{_remake_command(bundle_dir)}`.") from e  # fmt: skip
-    rows = records.get("rows") if isinstance(records, dict) else None
-    if not isinstance(rows, list) or len(rows) != len(vectors):
+    if len(rows) != len(vectors):
         raise BundleError(f"{d}: prototype records and vectors disagree; make the prototypes again with "
                           f"`{_remake_command(bundle_dir)}`.")  # fmt: skip
     return PrototypeSet(vectors, rows, str(records.get("model", "")), str(records.get("version", "")),
@@ -524,7 +532,7 @@ def _stored_rows(bundle_dir: Path, ident: str) -> tuple[Optional[PrototypeSet], 
     except BundleError:  # damaged vectors: their records still say which exemplars to embed again
         try:
             rows = json.loads((prototypes_dir(bundle_dir) / RECORDS_FILE).read_text(encoding="utf-8"))["rows"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None, []
         return None, [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
     return (old, []) if old.meta.get("encoder") == ident else (None, old.rows)
@@ -708,6 +716,7 @@ def stored_extras(bundle_dir: PathLike) -> dict[str, dict[str, np.ndarray]]:
     for f in sorted(prototypes_dir(bundle_dir).glob("*.npz")):
         if f.name != VECTORS_FILE:
             try:
+                check_npz(f, MAX_EXTRA_BYTES)
                 with np.load(f, allow_pickle=False) as z:
                     out[f.name] = {k: np.asarray(z[k]) for k in z.files}
             except _NPZ_ERRORS as e:

@@ -15,6 +15,7 @@ from a standard bundle) comes from the task's runtime in :mod:`ModelSelectorLib.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -36,8 +37,10 @@ from ..models.preprocessing import (
 )
 from ..models.registry import guess_task_type, runtime_class
 from .bundle_code import bundle_modules, forget_modules, lend_modules_while_running, loaded_modules
+from .bundle_limits import NetworkTooLarge, check_json_depth, json_too_deep, limited_build, network_budget
 from .card import IMPORTED_CODE_VERSION, MODALITIES, ModelCard, default_color, safe_name
 from .trust import buildable_config, check_no_compiled_code, recorded_trust
+from .weights import fit_weights, load_weights, read_state_dict
 
 PathLike = Union[str, Path]
 
@@ -59,8 +62,11 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         ) from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path}: {what} is not valid JSON ({e}).") from e
+    except RecursionError:
+        raise json_too_deep(path) from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: {what} must hold a JSON object.")
+    check_json_depth(data, str(path))
     return data
 
 
@@ -193,25 +199,55 @@ class LoadedBundle:
 
 
 def instantiate_network(
-    path: PathLike, config: dict[str, Any], trust: bool = False, device: str = "cpu"
+    path: PathLike,
+    config: dict[str, Any],
+    trust: bool = False,
+    device: str = "cpu",
+    state_dict: Optional[dict[str, Any]] = None,
 ) -> Any:
     """Instantiate ``network_def`` (else ``network``) of a MONAI inference config with ``ConfigParser``.
 
     Without ``trust`` the parser sees only what :func:`~.trust.buildable_config` let through: the network's
-    items, built from allow-listed classes and plain values, so no code of the bundle runs. With ``trust=True``
-    the whole config is parsed and the bundle folder is put on ``sys.path`` while instantiating, so that
-    bundles whose networks live in their own ``scripts`` package work as in MONAI.
+    items, built from allow-listed classes and plain values, so no code of the bundle runs. Such a network is
+    built on torch's ``meta`` device first (no memory): one that would hold far more than the bundle's
+    ``models/model.pt`` (:func:`~.bundle_limits.network_budget`), or whose parameters do not fit ``state_dict``
+    (when given), is refused before it is built for real; the real build is held to the same budget. With
+    ``trust=True`` the whole config is parsed and the bundle folder is put on ``sys.path`` while instantiating,
+    so that bundles whose networks live in their own ``scripts`` package work as in MONAI.
     """
-    from monai.bundle import ConfigParser
-
     path = Path(path)
     key = "network_def" if isinstance(config.get("network_def"), dict) else "network"
     if not isinstance(config.get(key), dict):
         raise BundleError(f"{path / INFERENCE_FILE}: lacks a 'network_def' (or 'network') with a '_target_'.")
     try:
-        parser = ConfigParser(dict(config) if trust else buildable_config(config, key))
+        source = dict(config) if trust else buildable_config(config, key)
     except BundleError as e:
         raise BundleError(f"{path / INFERENCE_FILE}: {e}") from e
+    budget = None if trust else network_budget(path / WEIGHTS_FILE)
+    if budget is not None:
+        try:
+            meta = _build_network(path, source, key, trust, budget, on_meta=True)
+        except NetworkTooLarge:
+            raise
+        except BundleError:  # it reads values while built (.item()): the real build below is limited too
+            meta = None
+        if meta is not None and state_dict is not None:
+            fit_weights(meta, state_dict, path / WEIGHTS_FILE)  # a mismatch is refused before any allocation
+    net = _build_network(path, source, key, trust, budget)
+    return net.to(device)
+
+
+def _build_network(
+    path: Path, source: dict[str, Any], key: str, trust: bool, budget: Optional[int], on_meta: bool = False
+) -> Any:
+    """Build item ``key`` of config ``source`` (checked already when untrusted); with a ``budget`` (bytes) under
+    :func:`~.bundle_limits.limited_build`, on torch's ``meta`` device when ``on_meta``."""
+    import copy
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(source))
     parser["bundle_root"] = str(path)
     if trust:
         check_no_compiled_code(path)
@@ -223,11 +259,18 @@ def instantiate_network(
     writes_bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = writes_bytecode or bool(trust)  # nothing unchecked is left in the bundle
     try:
-        net = parser.get_parsed_content(key, instantiate=True)
+        with contextlib.ExitStack() as stack:
+            if budget is not None:
+                stack.enter_context(limited_build(budget, str(path / WEIGHTS_FILE)))
+            if on_meta:
+                stack.enter_context(torch.device("meta"))
+            net = parser.get_parsed_content(key, instantiate=True)
     except Exception as e:  # MONAI wraps every failure of the target in RuntimeError/other types
         cause: BaseException = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
+        if isinstance(cause, NetworkTooLarge):
+            raise NetworkTooLarge(f"{path}: {cause}") from None
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause))  # torch colours some of its messages
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(cause).__name__)
         raise BundleError(f"{path}: the network in inference.json could not be built ({type(cause).__name__}: "
@@ -238,15 +281,13 @@ def instantiate_network(
             sys.path.remove(str(path))
         modules = loaded_modules(own)
         forget_modules(own)  # the network keeps its classes; the next bundle imports its own modules
-    import torch
-
     if not isinstance(net, torch.nn.Module):
         raise BundleError(
             f"{path}: '{key}' of inference.json is a {type(net).__name__}, not a torch network."
         )
     if modules:
         lend_modules_while_running(net, own, modules)
-    return net.to(device)
+    return net
 
 
 def _monai_version_note(path: Path) -> str:
@@ -263,77 +304,6 @@ def _monai_version_note(path: Path) -> str:
     if not wanted or wanted.split("+")[0] == monai.__version__.split("+")[0]:
         return ""
     return f"; the bundle was written for MONAI {wanted}, this environment has {monai.__version__}"
-
-
-def read_state_dict(weights_path: PathLike, device: str = "cpu") -> dict[str, Any]:
-    """The state_dict in a weights file, read with ``weights_only=True`` (no arbitrary unpickling): a plain
-    state_dict, or a checkpoint dict with a ``"model"`` or ``"state_dict"`` entry (``module.`` prefixes of a
-    data-parallel run removed).
-
-    Raises:
-        BundleError: not a weights file, or no state_dict in it. A file holding pickled objects (or a
-            TorchScript archive) is refused naming what torch refused (the forbidden global); it is never
-            loaded otherwise.
-    """
-    import pickle
-    import warnings
-
-    import torch
-
-    weights_path = Path(weights_path)
-    try:
-        with warnings.catch_warnings():  # torch warns of TorchScript archives before refusing them
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(str(weights_path), map_location=device, weights_only=True)
-    except Exception as e:  # UnpicklingError for non-tensor content, RuntimeError for broken files
-        raise BundleError(f"{weights_path}: {_load_refusal(e, pickle.UnpicklingError)}") from e
-    if isinstance(ckpt, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(ckpt.get(key), dict):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, dict):
-        raise BundleError(f"{weights_path}: holds a {type(ckpt).__name__}, not a state_dict.")
-    if ckpt and all(str(k).startswith("module.") for k in ckpt):
-        ckpt = {str(k)[len("module.") :]: v for k, v in ckpt.items()}
-    return ckpt
-
-
-def _load_refusal(error: BaseException, unpickling: type) -> str:
-    """Why torch refused a weights file, in ModelSelector's terms: never torch's advice to load it with
-    ``weights_only=False`` (which would run the file's code)."""
-    text = str(error).strip()
-    if "TorchScript" in text:
-        return (
-            "is a TorchScript archive, not a state_dict; ModelSelector needs the network's state_dict in "
-            "models/model.pt (torch.save(network.state_dict(), 'models/model.pt'))."
-        )
-    detail = next(
-        (ln.strip() for ln in text.splitlines() if "nsupported" in ln and "weights_only" not in ln), ""
-    )
-    if isinstance(error, unpickling) or detail:
-        detail = detail.split("error:")[-1].strip().split(". Please use")[0].rstrip(".")
-        return (
-            "holds more than tensors (pickled objects are never loaded)"
-            + (f": {detail}." if detail else ".")
-            + " Save only the network's state_dict (torch.save(network.state_dict(), 'models/model.pt'))."
-        )
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"not loadable as plain weights ({first})."
-
-
-def load_weights(network: Any, weights_path: PathLike, device: str = "cpu") -> None:
-    """Load ``models/model.pt`` into ``network`` (:func:`read_state_dict`)."""
-    ckpt = read_state_dict(weights_path, device)
-    try:
-        network.load_state_dict(ckpt, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        # torch's first line only says "Error(s) in loading state_dict"; the next says which tensor and how
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
-        raise BundleError(
-            f"{weights_path}: the weights do not fit the network in inference.json ({detail[:400]})."
-        ) from e
 
 
 def load_bundle(path: PathLike, trust: Optional[bool] = None, device: str = "cpu") -> LoadedBundle:
@@ -357,8 +327,9 @@ def load_bundle(path: PathLike, trust: Optional[bool] = None, device: str = "cpu
     config = _read_json(path / INFERENCE_FILE, "configs/inference.json")
     _check_outputs_match_labels(path, card, config)
     trust = recorded_trust(path) if trust is None else trust
-    network = instantiate_network(path, config, trust=trust, device=device)
-    load_weights(network, path / WEIGHTS_FILE, device=device)
+    ckpt = read_state_dict(path / WEIGHTS_FILE, device)  # first: an untrusted network is compared with it
+    network = instantiate_network(path, config, trust=trust, device=device, state_dict=ckpt)
+    load_weights(network, path / WEIGHTS_FILE, device=device, state_dict=ckpt)
     network.eval()
     return LoadedBundle(network=network, card=card, path=path, config=config)
 
