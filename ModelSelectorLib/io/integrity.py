@@ -26,6 +26,7 @@ import math
 import os
 import stat
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -592,8 +593,76 @@ def check_file(path: Path, suffix: str) -> None:
         raise
 
 
+# --- .npz files (prototypes, feature statistics): what their arrays declare, before any is loaded ------
+def _sized(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
+
+
+def npz_arrays(path: os.PathLike | str) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{name: (shape, dtype)}`` that the arrays of ``.npz`` file ``path`` declare in their ``.npy`` headers;
+    no array data is read.
+
+    Raises:
+        ValueError, OSError, zipfile.BadZipFile: not an ``.npz`` file, or a header that cannot be read.
+    """
+    import numpy as np
+
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"{info.filename} has .npy format {version}, not 1.0 or 2.0")
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            out[name] = (tuple(int(s) for s in shape), dtype)
+    return out
+
+
+def check_npz(
+    path: os.PathLike | str, max_bytes: int, shapes: Optional[dict[str, tuple[Optional[int], ...]]] = None
+) -> None:
+    """Refuse ``.npz`` file ``path`` from its headers alone (:func:`npz_arrays`): when its arrays declare more
+    than ``max_bytes`` in all, or an array named in ``shapes`` is missing or has another shape (``None``: any
+    length along that axis).
+
+    Raises:
+        ValueError, KeyError: naming the array and what it declares; as :func:`npz_arrays`.
+    """
+    arrays = npz_arrays(path)
+    for name, want in (shapes or {}).items():
+        if name not in arrays:
+            raise KeyError(f"{name} is not a file in the archive")
+        got, dtype = arrays[name]
+        if (
+            len(got) != len(want)
+            or any(w is not None and g != w for g, w in zip(got, want))
+            or dtype.hasobject
+        ):
+            shown = "(" + ", ".join("any" if w is None else str(w) for w in want) + ")"
+            raise ValueError(f"its {name} declares shape {got} ({dtype}), not {shown}")
+    total = sum(declared_bytes(shape, dtype) for shape, dtype in arrays.values())
+    if total > max_bytes:
+        raise ValueError(f"its arrays declare {_sized(total)}, more than the {_sized(max_bytes)} it may hold")
+
+
+def declared_bytes(shape: tuple[int, ...], dtype: Any) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` takes (as :func:`npz_arrays` reports them)."""
+    n = 1
+    for s in shape:
+        n *= max(int(s), 0)
+    return n * int(dtype.itemsize)
+
+
 __all__ = [
     "actual_format",
+    "check_npz",
+    "declared_bytes",
+    "npz_arrays",
     "check_declared_size",
     "check_dicom_pixels",
     "check_file",

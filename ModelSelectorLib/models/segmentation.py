@@ -32,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -52,6 +54,7 @@ from ..io.geometry import (
     to_network_layout,
 )
 from ..io.image import Image, as_image
+from ..io.integrity import check_npz
 from ..io.segmentation import Segment, write_segmentation
 from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime, to_image_layout
@@ -73,6 +76,8 @@ from .registry import register_runtime
 
 #: the bottleneck-feature statistics of a bundle's example inputs, stored beside its prototypes
 FEATURE_STATS_FILE = "feature_stats.npz"
+#: most bytes the arrays of a feature-statistics file may declare (a model's statistics take a few KB)
+MAX_FEATURE_STATS_BYTES = 64 << 20
 
 
 def axcodes_of(bundle: Any) -> str:
@@ -680,8 +685,13 @@ class SegmentationRuntime(TaskRuntime):
             path = Path(getattr(self.bundle, "path", "")) / "prototypes" / FEATURE_STATS_FILE
             self._feature_stats = None
             if path.is_file():
-                with np.load(path, allow_pickle=False) as z:
-                    self._feature_stats = {k: np.asarray(z[k]) for k in z.files}
+                try:  # the arrays' headers first: a small file may declare any size (the statistics take KBs)
+                    check_npz(path, MAX_FEATURE_STATS_BYTES)
+                    with np.load(path, allow_pickle=False) as z:
+                        self._feature_stats = {k: np.asarray(z[k]) for k in z.files}
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                    raise BundleError(f"{path}: truncated or damaged feature statistics ({str(e)[:120]}); make the "
+                                      "model's prototypes again with `modelselector prototypes`.") from e  # fmt: skip
         return self._feature_stats
 
     def fit_feature_statistics(

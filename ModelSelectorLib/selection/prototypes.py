@@ -39,9 +39,9 @@ import numpy as np
 from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input, dicom_series
+from ..io.integrity import check_npz
 from ..io.outputs import check_output_folder
 from ..progress import check_cancel, progress_bar
-from ..zoo.bundle_limits import check_npz
 from ..zoo.catalog import open_zoo
 from .encoder import EMBED_DIM, default_encoder
 from .encoder_guide import domain_classes

@@ -205,3 +205,16 @@ def test_stored_statistics_that_declare_gigabytes_are_refused_before_they_are_re
         z.writestr("mean.npy", _npy_header((1 << 20, 1 << 10)))  # 4 GiB declared
     with pytest.raises(BundleError, match=r"feature_stats.npz: .*arrays declare 4\.0 GiB"):
         stored_extras(bundle)
+
+
+def test_feature_statistics_that_declare_gigabytes_are_refused_where_select_reads_them(tmp_path):
+    from ModelSelectorLib.models.registry import runtime_for
+    from ModelSelectorLib.selection.prototypes import prototypes_dir
+    from ModelSelectorLib.zoo import load_bundle
+
+    bundle = _bundle_with_prototypes(tmp_path, (1, 64))
+    with zipfile.ZipFile(prototypes_dir(bundle) / "feature_stats.npz", "w") as z:
+        z.writestr("mean.npy", _npy_header((1 << 20, 1 << 10)))  # 4 GiB declared
+    runtime = runtime_for(load_bundle(bundle))
+    with pytest.raises(BundleError, match=r"feature_stats.npz: .*arrays declare 4\.0 GiB"):
+        runtime.feature_statistics()
