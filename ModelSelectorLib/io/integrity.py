@@ -410,6 +410,10 @@ _NRRD_SIZES = {
 }
 
 
+#: most files a detached NRRD header may name (one per slice of a volume of a few thousand slices)
+MAX_DATA_FILES = 1 << 16
+
+
 def _nrrd_header(path: Path) -> tuple[dict[str, str], int, list[str]]:
     """The ``field: value`` lines of an NRRD header (keys in lower case), the byte offset after the blank line
     that ends it, and the lines after it (a detached header's ``LIST`` of data files)."""
@@ -442,7 +446,11 @@ def _nrrd_files(path: Path, fields: dict[str, str], offset: int, rest: list[str]
     elif "%" in source:  # "name%03d.raw min max step [subdim]"
         pattern, *numbers = source.split()
         lo, hi, step = (int(v) for v in numbers[:3])
-        names = [pattern % i for i in range(lo, hi + (1 if step > 0 else -1), step)] if step else []
+        indices = range(lo, hi + (1 if step > 0 else -1), step) if step else range(0)
+        if len(indices) > MAX_DATA_FILES:  # counted before any name is made: the numbers may be any size
+            raise InputError(f"{path}: its data file pattern names {len(indices)} files, more than the "
+                             f"{MAX_DATA_FILES} an image is read from; fix the header's numbers.")  # fmt: skip
+        names = [pattern % i for i in indices]
     else:
         names = [source]
     return [(data_file(path, name, "data file"), 0) for name in names]
@@ -461,10 +469,13 @@ def check_nrrd(path: Path) -> None:
         dims = [int(v) for v in fields["sizes"].split()]
         size = _NRRD_SIZES[fields["type"].lower()]
         skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
-        files = _nrrd_files(path, fields, offset, rest)
     except (KeyError, ValueError, TypeError):
         return  # ITK will say what it cannot read
     need = check_declared_size(path, dims, size)
+    try:
+        files = _nrrd_files(path, fields, offset, rest)
+    except (ValueError, TypeError):
+        return  # a pattern ITK cannot read either: it says so
     encoding = fields.get("encoding", "raw").lower()
     what = f"{' x '.join(str(d) for d in dims)} voxels of {fields['type']}"
     if encoding in ("gzip", "gz"):

@@ -152,6 +152,15 @@ def test_detached_nrrd_must_name_a_regular_file_beside_it(tmp_path, name):
     assert out.startswith("REFUSED") and ("outside the header's folder" in out or "not a regular file" in out)
 
 
+def test_detached_nrrd_pattern_of_a_billion_files_is_refused_before_any_is_named(tmp_path):
+    (tmp_path / "x000.raw").write_bytes(bytes(4))
+    header = _nrrd(
+        tmp_path / "pattern.nhdr", (2, 2, 100), "encoding: raw\ndata file: x%03d.raw 0 999999999 1 2\n"
+    )
+    out = _read_limited(header)
+    assert out.startswith("REFUSED") and "names 1000000000 files" in out
+
+
 def test_detached_nrrd_beside_its_header_is_read(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "voxels.raw").write_bytes(np.arange(16**3, dtype=np.uint8).tobytes())
