@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .errors import InputError, OutputError
+from .errors import BatchCancelled, Cancelled, InputError, OutputError
 from .io.image import Image, as_image, check_model_input, read_image
 from .io.outputs import check_output_file, check_output_folder, output_name
 from .models.base import TaskRuntime, check_dimensions
@@ -33,7 +33,7 @@ def open_runtime(zoo: Union[Zoo, PathLike], model_name: str, device: str = "cpu"
     Raises:
         ZooError: no such zoo or model. BundleError: an invalid bundle. InputError: an unusable device.
     """
-    check_device(device)
+    device = check_device(device)
     z = open_zoo(zoo)
     z.check_weights(model_name)  # weights replaced in the zoo would load and answer wrongly without a word
     return runtime_for(load_bundle(z.get(model_name), device=device), device=device)
@@ -70,7 +70,7 @@ def apply_to_file(
         model; BundleError.
     """
     _check_path(image_path, "apply_to_file")
-    check_device(device)
+    device = check_device(device)
     zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
     out = check_output_file(out_path, output_spec(card.task_type)["suffix"])
@@ -87,6 +87,8 @@ def apply_to_files(
     device: str = "cpu",
     cancel: Optional[Any] = None,
     warn: Optional[Callable[[str], None]] = None,
+    skip_existing: bool = False,
+    on_done: Optional[Callable[[Path, Optional[Path], Optional[str]], None]] = None,
 ) -> list[tuple[Path, Optional[Path], Optional[str]]]:
     """Apply zoo model ``model_name`` to several images, loading it once, as :func:`apply_to_file` applies it to
     one: ``out_dir/<image name><suffix>`` for each (``ct.nii.gz`` -> ``ct.seg.nrrd``; a DICOM folder's name).
@@ -94,19 +96,61 @@ def apply_to_files(
     Every output path is checked before the model is loaded. An image that cannot be a model's input (unreadable,
     4D, a label map, ...) is skipped with its reason, and the others are written.
 
+    Args:
+        skip_existing: leave an image whose output exists already alone, to resume an interrupted batch (outputs
+            are written whole or not at all, so an existing one is complete). The model is not loaded when every
+            output exists.
+        on_done: called with each image's result (as returned) as soon as it is final, its output written, so that
+            a caller can list the outputs while the batch runs and still knows them if it is interrupted.
+
     Returns:
-        ``[(image path, written output or None, reason it was skipped or None)]`` in the order given.
+        ``[(image path, output, reason)]`` in the order given: ``(image, written output, None)``; ``(image, None,
+        why it was skipped)``; with ``skip_existing``, ``(image, existing output, "<output> exists")``.
 
     Raises:
         OutputError: ``out_dir`` cannot be written, or two images would write the same output (same name in
-            different folders). ZooError, BundleError. Cancelled: between images or within one.
+            different folders). ZooError, BundleError. BatchCancelled (a :class:`~.errors.Cancelled`): between
+            images or within one; its ``done`` holds the results of the images finished before, whose outputs
+            are kept.
     """
     for path in image_paths:
         _check_path(path, "apply_to_files")
-    check_device(device)
+    device = check_device(device)
     zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
-    suffix = output_spec(card.task_type)["suffix"]
+    folder, outs = _batch_outputs(image_paths, out_dir, output_spec(card.task_type)["suffix"], skip_existing)
+    existing = {out for out in outs if skip_existing and out.is_file()}
+    runtime = open_runtime(zoo, model_name, device) if len(existing) < len(outs) else None
+    folder.mkdir(parents=True, exist_ok=True)
+    results: list[tuple[Path, Optional[Path], Optional[str]]] = []
+    try:
+        for path, out in progress_bar(list(zip(image_paths, outs)), desc=f"apply {model_name}"):
+            check_cancel(cancel)
+            if out in existing or runtime is None:
+                result: tuple[Path, Optional[Path], Optional[str]] = (Path(path), out, f"{out} exists")
+            else:
+                result = _apply_one(runtime, card, zoo, path, out, cancel, warn)
+            results.append(result)
+            if on_done is not None:
+                on_done(*result)
+    except Cancelled as e:
+        raise BatchCancelled(
+            f"cancelled after {len(results)} of {len(outs)} images; their outputs in {folder} are kept and nothing "
+            "half-written was left behind.",
+            results,
+        ) from e
+    return results
+
+
+def _batch_outputs(
+    image_paths: Sequence[PathLike], out_dir: PathLike, suffix: str, skip_existing: bool
+) -> tuple[Path, list[Path]]:
+    """The checked output folder of :func:`apply_to_files` and the output path of each image in it (an existing
+    output that ``skip_existing`` leaves alone need not be writable).
+
+    Raises:
+        OutputError: as :func:`apply_to_files`.
+    """
     if Path(out_dir).name.lower().endswith(suffix) and not Path(out_dir).is_dir():
         raise OutputError(f"{out_dir}: with several images --out is the folder of their outputs, not a {suffix} "
                           "file; name a folder (each output is named after its image).")  # fmt: skip
@@ -118,20 +162,30 @@ def apply_to_files(
             raise OutputError(f"{named[name]} and {path} would both be written to {folder / name}; apply them in "
                               "separate runs or rename one.")  # fmt: skip
         named[name] = path
-    outs = [check_output_file(folder / name, suffix) for name in named]
-    runtime = open_runtime(zoo, model_name, device)
-    folder.mkdir(parents=True, exist_ok=True)
-    results: list[tuple[Path, Optional[Path], Optional[str]]] = []
-    for path, out in progress_bar(list(zip(image_paths, outs)), desc=f"apply {model_name}"):
-        check_cancel(cancel)
-        try:  # an image the model cannot take (unreadable, a label map, another dimension) is skipped
-            prediction = runtime.predict(read_model_input(path, card, warn=warn, zoo=zoo), cancel=cancel)
-        except InputError as e:
-            why = str(e) if str(path) in str(e) else f"{path}: {e}"
-            results.append((Path(path), None, why))
-            continue
-        results.append((Path(path), runtime.write(prediction, out), None))
-    return results
+    return folder, [
+        folder / name
+        if skip_existing and (folder / name).is_file()
+        else check_output_file(folder / name, suffix)
+        for name in named
+    ]
+
+
+def _apply_one(
+    runtime: TaskRuntime,
+    card: Any,
+    zoo: Zoo,
+    image_path: PathLike,
+    out: Path,
+    cancel: Optional[Any],
+    warn: Optional[Callable[[str], None]],
+) -> tuple[Path, Optional[Path], Optional[str]]:
+    """One image of :func:`apply_to_files`: ``(image, written output, None)``, or ``(image, None, why)`` when the
+    model cannot take it (unreadable, a label map, another dimension)."""
+    try:
+        prediction = runtime.predict(read_model_input(image_path, card, warn=warn, zoo=zoo), cancel=cancel)
+    except InputError as e:
+        return Path(image_path), None, str(e) if str(image_path) in str(e) else f"{image_path}: {e}"
+    return Path(image_path), runtime.write(prediction, out), None
 
 
 def output_in_folder(
@@ -195,7 +249,7 @@ def apply_to_image(
     """
     import warnings
 
-    check_device(device)
+    device = check_device(device)
     zoo = open_zoo(zoo_path)
     card = zoo.card(model_name)
     image = as_image(image)

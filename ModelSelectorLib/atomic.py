@@ -4,7 +4,8 @@ lock that lets one process at a time change a zoo or an index.
 An interrupted write (crash, Ctrl-C, full disk) therefore leaves the previous version intact and never a
 half-written file. ``os.replace`` is atomic on POSIX and Windows when source and target share a folder.
 What a killed writer leaves behind (``.tmp-*`` files, ``.NAME.*.tmp`` folders) is removed by the next
-writer of that folder, under its lock (:func:`remove_leftovers`); a folder it had moved aside but not yet
+writer of that folder, under its lock (:func:`remove_leftovers`); in any folder, the next :func:`atomic_path`
+write removes the temporary files of writers on this machine that are gone (:func:`remove_dead_temps`); a folder it had moved aside but not yet
 replaced (killed between :func:`atomic_dir`'s two renames) is put back by the next writer of it.
 """
 
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -40,13 +44,17 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
 
     The temporary name ends with ``target``'s extension (``.seg.nrrd``), so writers that choose their format
     from it (ITK, pynrrd) still do, and is short, so a target whose name is near the file system's limit can be
-    written. ``suffix`` is accepted for clarity at call sites and not needed.
+    written. It names this machine and process (:func:`_temp_prefix`), so that the temporary files of killed
+    writers (``kill -9``, the out-of-memory killer), which no ``except`` deletes, are removed by the next write
+    into the same folder (:func:`remove_dead_temps`). ``suffix`` is accepted for clarity at call sites and not
+    needed.
     """
     target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(target.parent)
     extension = "".join(target.suffixes[-2:])
     extension = extension if len(extension) <= 24 else target.suffix[:24]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), suffix=extension, dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a zoo or report is meant to be readable by others
     tmp_path = Path(tmp)
@@ -57,6 +65,51 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+#: the temporary file names of :func:`atomic_path`: ``.tmp-<machine>-<pid>-<mkstemp's 8 characters><extension>``
+_TEMP_NAME = re.compile(
+    r"\.tmp-(?P<machine>[0-9a-f]{8})-(?P<pid>[1-9][0-9]{0,9})-[a-z0-9_]{8}(\..*)?", re.DOTALL
+)
+
+
+def _machine_tag() -> str:
+    """8 hex digits that tell this machine, boot and process-id namespace (a container) from others that may write
+    into a shared folder, where the same process id names another process."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):  # Linux; elsewhere the host name
+        with contextlib.suppress(OSError):
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+    return hashlib.sha1(" ".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _temp_prefix() -> str:
+    """The start of this process's temporary file names: ``.tmp-<machine>-<pid>-``."""
+    return f".tmp-{_machine_tag()}-{os.getpid()}-"
+
+
+def remove_dead_temps(folder: PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` writers on this machine left in ``folder`` (not below
+    it) when they were killed: only names of its pattern, of this machine, whose process is gone. The files of
+    live processes (this one's other threads included), of other machines and any other file stay.
+    Returns the paths removed."""
+    removed: list[Path] = []
+    if os.name != "posix":  # on Windows os.kill(pid, 0) sends CTRL_C_EVENT rather than probing the process
+        return removed
+    machine = _machine_tag()
+    with contextlib.suppress(OSError):
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                found = _TEMP_NAME.fullmatch(entry.name) if entry.name.startswith(".tmp-") else None
+                if found is None or found["machine"] != machine or not entry.is_file(follow_symlinks=False):
+                    continue
+                pid = int(found["pid"])
+                if pid == os.getpid() or pid >= 2**31 or _alive(pid):  # a larger number is no process id
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def write_text(target: PathLike, text: str) -> None:
@@ -130,6 +183,8 @@ def restore_moved_aside(target: PathLike, locked: bool = False) -> bool:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # this process is not inside an atomic_dir of the same target
+    if os.name != "posix":  # Windows' os.kill(pid, 0) sends CTRL_C_EVENT rather than probing
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

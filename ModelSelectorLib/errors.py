@@ -7,6 +7,8 @@ line prints that message as one line on stderr and exits non-zero; the Slicer mo
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 
 class ModelSelectorError(Exception):
     """Base class of all errors that the project reports to its users."""
@@ -69,3 +71,13 @@ class Cancelled(ModelSelectorError):
     """Long work was cancelled by the user; nothing half-written was left behind."""
 
     exit_code = 130
+
+
+class BatchCancelled(Cancelled):
+    """Work on several inputs was cancelled after some were finished: their outputs are kept, and ``done`` holds
+    their results (in the order given), so that a caller can report them or resume with the rest."""
+
+    def __init__(self, message: str, done: Optional[list[Any]] = None) -> None:
+        super().__init__(message)
+        #: the results of the inputs finished before the cancellation
+        self.done: list[Any] = list(done or [])

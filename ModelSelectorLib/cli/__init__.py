@@ -99,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if getattr(args, "device", None):  # a GPU that is not there is refused before any work is done
             from ..models.preprocessing import check_device
 
-            check_device(args.device)
+            args.device = check_device(args.device)  # as models load onto it: "cpu:0" is "cpu"
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("modelselector: cancelled; nothing half-written was left behind.", file=sys.stderr)

@@ -503,19 +503,39 @@ def read_inferer(config: dict[str, Any], spatial_dims: int) -> dict[str, Any]:
 
 
 # --- applying a model -----------------------------------------------------------------------------------
-def check_device(device: str) -> None:
-    """Raise :class:`InputError` when ``device`` is not a torch device, or names a GPU that torch cannot use
-    here (none, a CPU build of torch, or ``cuda:N`` beyond the GPUs there are)."""
+def check_device(device: str) -> str:
+    """The torch device ``device`` names, as models load onto it (``cpu:0`` -> ``cpu``), or :class:`InputError`
+    when it is no torch device or one that cannot run a model here: a GPU torch cannot use (none, a CPU build of
+    torch, ``cuda:N`` beyond the GPUs there are), ``mps`` without an Apple GPU, and devices such as ``meta`` or
+    ``xla`` that the weights cannot be loaded onto."""
     import torch
 
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise InputError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N (GPU N).") from e
+        raise InputError(f"device {device!r} is not a torch device; use {_device_choices()}.") from e
+    if dev.type == "cpu" and not dev.index:  # torch.load(map_location="cpu:0") fails: weights know only "cpu"
+        return "cpu"
+    if dev.type == "mps" and not dev.index:
+        if not torch.backends.mps.is_available():
+            raise InputError(
+                f"device {device!r} was asked for but no Apple GPU (MPS) is available; use --device cpu."
+            )
+        return "mps"
     if dev.type != "cuda":
-        return
+        raise InputError(f"device {device!r} cannot run models here; use {_device_choices()}.")
     if not torch.cuda.is_available():
         raise InputError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu.")
     n = torch.cuda.device_count()
     if dev.index is not None and dev.index >= n:
         raise InputError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}.")
+    return str(dev)
+
+
+def _device_choices() -> str:
+    """The devices :func:`check_device` accepts on this machine, for a message."""
+    import torch
+
+    choices = ["cpu"] + (["cuda", "cuda:N (GPU N)"] if torch.cuda.is_available() else [])
+    choices += ["mps"] if torch.backends.mps.is_available() else []
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]

@@ -95,3 +95,43 @@ def test_a_disk_that_refuses_the_write_is_one_line_with_what_to_do(tmp_path, mon
     monkeypatch.setattr(atomic, "write_json", broken)
     with pytest.raises(OSError, match="Input/output error"):
         main(["zoo", "init", "--zoo", str(tmp_path / "z3")])
+
+
+@pytest.mark.parametrize("device", ["mps", "xla", "meta", "cpu:1", "hip"])
+def test_a_device_that_cannot_run_models_here_is_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, device
+):
+    """Devices torch names but this machine or the weights cannot use: one line naming the device and the
+    choices, exit status 2, before the zoo or the image is even looked at."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    code = main(["apply", "--zoo", str(tmp_path / "nozoo"), "--model", "x", str(tmp_path / "missing.nii.gz"),
+                 "--out", str(tmp_path / "o.seg.nrrd"), "--device", device])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"modelselector: error: device {device!r} ") and "use " in err and "cpu" in err
+
+
+def test_devices_are_named_as_models_load_onto_them(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from ModelSelectorLib.errors import InputError
+    from ModelSelectorLib.models.preprocessing import check_device
+
+    assert check_device("cpu") == check_device("cpu:0") == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert check_device("mps") == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(InputError, match="no Apple GPU"):
+        check_device("mps")
+
+
+def test_every_command_gets_the_device_as_models_load_onto_it(tmp_path, monkeypatch):
+    """``cpu:0`` reaches a command as ``cpu`` (``torch.load`` knows only ``cpu``), whichever command it is."""
+    pytest.importorskip("torch")
+    from ModelSelectorLib.cli import promote_cmd
+
+    seen = []
+    monkeypatch.setattr(promote_cmd, "run_promote", lambda args: seen.append(args.device) or 0)
+    assert main(["promote", "--zoo", str(tmp_path), "--task", "t", "--candidate", str(tmp_path), "--split",
+                 str(tmp_path / "s.json"), "--device", "cpu:0"]) == 0  # fmt: skip
+    assert seen == ["cpu"]
