@@ -64,30 +64,44 @@ def default_sample() -> Path:
     return path
 
 
+def _label_centre(labels: np.ndarray, chunk: int = 16) -> Optional[list[int]]:
+    """The voxel ``(k, j, i)`` nearest the mean position of the labelled voxels (``> 0``) of a ``(z, y, x)`` label
+    map, or None when none is labelled. Counted per axis, ``chunk`` slices at a time: the cost is a few slices,
+    never the coordinates of every labelled voxel."""
+    counts = [np.zeros(n, np.int64) for n in labels.shape]
+    for k in range(0, labels.shape[0], chunk):
+        mask = labels[k : k + chunk] > 0
+        counts[0][k : k + chunk] = mask.sum(axis=(1, 2))
+        counts[1] += mask.sum(axis=(0, 2))
+        counts[2] += mask.sum(axis=(0, 1))
+    total = int(counts[0].sum())
+    if total == 0:
+        return None
+    return [int(round(int(np.arange(len(c)) @ c) / total)) for c in counts]
+
+
 def _contour_panels(
     image: Image, labels: Optional[Image]
 ) -> list[tuple[np.ndarray, Optional[np.ndarray], float]]:
     """Up to three orthogonal slices ``(greyscale, labels, aspect)`` through the labelled region's centre.
 
-    ``aspect`` is the physical height/width ratio of one pixel so the slices are not distorted.
+    ``aspect`` is the physical height/width ratio of one pixel so the slices are not distorted. Only the
+    slices drawn are copied (as float32): a large volume costs no copy of its own.
     """
     img = image.to_grayscale().as_3d()
-    a = img.array.astype(np.float32)
+    a = img.array
     lab = labels.as_3d().array if labels is not None else None
     sx, sy, sz = (float(s) for s in img.spacing)
     if (
         a.shape[0] == 1
     ):  # 2D image, or a lone slice in view layout (:func:`~ModelSelectorLib.io.viewing.as_viewed`)
-        return [(a[0], None if lab is None else lab[0], sy / sx)]
-    if lab is not None and (lab > 0).any():
-        centre = [int(round(c)) for c in np.argwhere(lab > 0).mean(axis=0)]
-    else:
-        centre = [s // 2 for s in a.shape]
-    k, j, i = centre
+        return [(a[0].astype(np.float32), None if lab is None else lab[0], sy / sx)]
+    centre = _label_centre(lab) if lab is not None else None
+    k, j, i = centre if centre is not None else [s // 2 for s in a.shape]
     panels = [(a[k], None if lab is None else lab[k], sy / sx)]  # axial (y, x)
     panels.append((a[:, j, :][::-1], None if lab is None else lab[:, j, :][::-1], sz / sx))  # coronal (z, x)
     panels.append((a[:, :, i][::-1], None if lab is None else lab[:, :, i][::-1], sz / sy))  # sagittal (z, y)
-    return panels
+    return [(grey.astype(np.float32), lab_slice, aspect) for grey, lab_slice, aspect in panels]
 
 
 def overlay_png(
@@ -277,7 +291,7 @@ def run_demo(
     image = read_image(image_path, series_uid=series_uid)
     say(f"Input: {image_path} ({'x'.join(str(n) for n in image.to_grayscale().array.shape[::-1])} pixels)")
 
-    selection = select(image, zoo=z, top_k=None)
+    selection = select(image, zoo=z, top_k=None, progress=True)
     selection.input = str(image_path)
     say(selection.to_text(reasons="fitting"))
     for w in selection.warnings:

@@ -59,7 +59,7 @@ def report(fraction: float, desc: str = "") -> None:
 
 
 class _LineBar:
-    """A minimal tqdm-like object that prints PROGRESS lines at most every 0.2 s."""
+    """A minimal tqdm-like object that prints PROGRESS lines at most every 0.2 s, and whenever a step is named."""
 
     def __init__(self, iterable: Optional[Iterable[Any]], total: Optional[int], desc: str) -> None:
         self.iterable = iterable
@@ -67,6 +67,7 @@ class _LineBar:
         self.desc = desc
         self.n = 0
         self._last = 0.0
+        self._said = ""  # the description of the last line
         self.postfix = ""
 
     def __iter__(self) -> Iterator[Any]:
@@ -76,18 +77,24 @@ class _LineBar:
             self.update(1)
 
     def update(self, n: int = 1) -> None:
+        """Count ``n`` more done; say so at most every 0.2 s, at the end, and whenever a new step is named."""
         self.n += n
         now = time.monotonic()
-        if now - self._last > 0.2 or (self.total and self.n >= self.total):
-            self._last = now
-            frac = self.n / self.total if self.total else 0.0
-            report(frac, f"{self.desc} {self.postfix}".strip())
+        if now - self._last > 0.2 or (self.total and self.n >= self.total) or self.desc != self._said:
+            self._say(now)
+
+    def _say(self, now: float) -> None:
+        self._last, self._said = now, self.desc
+        report(self.n / self.total if self.total else 0.0, f"{self.desc} {self.postfix}".strip())
 
     def set_postfix(self, **kw: Any) -> None:
         self.postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
 
-    def set_description(self, desc: str) -> None:
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        """Name the step under way; with ``refresh`` (as in tqdm) say so at once, else with the next update."""
         self.desc = desc
+        if refresh:
+            self._say(time.monotonic())
 
     def close(self) -> None:
         pass
@@ -106,11 +113,19 @@ def progress_bar(
     disable: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """A tqdm bar on stderr, or a PROGRESS-line reporter in line mode. Use like ``tqdm``."""
-    if line_mode():
+    """A tqdm bar on stderr, or a PROGRESS-line reporter in line mode. Use like ``tqdm``; ``disable`` silences
+    both."""
+    if line_mode() and not disable:
         return _LineBar(iterable, total, desc)
     from tqdm.auto import tqdm
 
     return tqdm(
         iterable, total=total, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True, **kwargs
     )
+
+
+def start_step(bar: Any, desc: str) -> None:
+    """Name the step that ``bar``'s work begins now: at once as a PROGRESS line in line mode, on a tqdm bar once
+    its ``delay`` has passed (made with ``mininterval=0``, it is not held back by the last update's time)."""
+    bar.set_description(desc, refresh=False)
+    bar.update(0)

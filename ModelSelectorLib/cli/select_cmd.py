@@ -64,6 +64,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         origins=args.origins,
         verify=args.verify,
+        progress=True,  # on stderr (or PROGRESS lines): stdout keeps only the answer
     )
     sel.input = str(args.image)
     for w in sel.warnings:

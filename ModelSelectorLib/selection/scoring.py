@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import BundleError, ZooError
 from ..io.image import Image
 from ..models.registry import runtime_for
-from ..progress import check_cancel
+from ..progress import check_cancel, start_step
 from ..zoo.bundle import WEIGHTS_FILE, load_bundle
 from .encoder import OOD_CLASS
 from .encoder_guide import domain_classes
@@ -284,6 +284,7 @@ def rank_models(
     exclude_sources: Sequence[str] = (),
     cards: Optional[dict[str, Any]] = None,
     cancel: Optional[Any] = None,
+    bar: Optional[Any] = None,
 ) -> list[dict[str, Any]]:
     """Score every indexed model; rows best first (by ``margin = z - threshold``), cut to ``top_k``.
 
@@ -292,7 +293,9 @@ def rank_models(
     the :class:`~.field_of_view.FieldOfView` comparison or None; ``units``: the
     :class:`~.intensity_units.Units` comparison or None; ``verify``: the fit signals, or None). With
     ``verify``, the models that can take the image among the first ``top_k + 2`` are verified and re-ranked;
-    ``cancel`` (:func:`~ModelSelectorLib.progress.check_cancel`) is asked before each verification.
+    ``cancel`` (:func:`~ModelSelectorLib.progress.check_cancel`) is asked before each verification, and ``bar``
+    (a :func:`~ModelSelectorLib.progress.progress_bar`, or None) gets one step per verification: its total is
+    set to the steps it has done plus the models to verify.
     """
     cards = cards if cards is not None else {}
     pood = p_ood(ev)
@@ -313,8 +316,12 @@ def rank_models(
     if verify:
         ok = [r for r in rows if r["dims_ok"]]
         window = ok if top_k is None else ok[: max(int(top_k) + 2, 3)]
+        if bar is not None:
+            bar.total = bar.n + len(window)
         for r in window:
             check_cancel(cancel)
+            if bar is not None:
+                start_step(bar, f"verifying {r['name']}")
             # one broken bundle must not stop every selection: it fits nothing, and the selection says why
             try:
                 r["verify"] = verify_of(zoo, ev, r["name"])
@@ -323,6 +330,8 @@ def rank_models(
                 r["z"] = -math.inf
             r["z"] += verify_term(setting, r["card"].task_type, r["verify"])
             r["margin"] = r["z"] - r["threshold"]
+            if bar is not None:
+                bar.update(1)
         rows.sort(key=lambda r: -r["margin"])
     return rows if top_k is None else rows[: int(top_k)]
 

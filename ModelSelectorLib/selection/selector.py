@@ -36,6 +36,7 @@ from ..io.image import Image, check_model_input, read_image
 from ..io.image import as_image as to_image
 from ..models.base import quality_text
 from ..models.registry import runtime_class, runtime_for
+from ..progress import progress_bar, start_step
 from ..tables import format_table
 from ..zoo.catalog import Zoo, open_zoo
 from .encoder import default_encoder
@@ -307,9 +308,10 @@ def verify_fit(bundle: Any, image: Image) -> Optional[dict[str, float]]:
 # --- selecting ------------------------------------------------------------------------------------------
 def _scored_rows(
     zoo: Zoo, index: ZooIndex, ev: Evidence, origins: Sequence[str], verify: bool, top_k: Optional[int],
-    exclude_sources: Sequence[str], cancel: Optional[Any] = None,
+    exclude_sources: Sequence[str], cancel: Optional[Any] = None, bar: Optional[Any] = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
-    """Rows of :func:`~.scoring.rank_models` under the index's calibration for these settings, and warnings."""
+    """Rows of :func:`~.scoring.rank_models` under the index's calibration for these settings, and warnings;
+    ``bar`` (or None) counts the verifications."""
     key = calibration_key(origins, verify)
     setting = ((index.calibration or {}).get("settings") or {}).get(key)
     warnings = []
@@ -320,8 +322,16 @@ def _scored_rows(
             f"`modelselector index calibrate --zoo {zoo.path} --data DATA`."
         )
     return rank_models(
-        zoo, index, ev, origins, verify, top_k, setting, exclude_sources, cancel=cancel
+        zoo, index, ev, origins, verify, top_k, setting, exclude_sources, cancel=cancel, bar=bar
     ), warnings
+
+
+def _embedded(enc: Any, img: Image, bar: Any, desc: str = "embedding the image") -> Evidence:
+    """:func:`~.scoring.evidence` of ``img``, as one step of ``bar``."""
+    start_step(bar, desc)
+    ev = evidence(enc, img)
+    bar.update(1)
+    return ev
 
 
 def _reasons(
@@ -379,6 +389,7 @@ def select(
     check: bool = True,
     exclude_sources: Sequence[str] = (),
     cancel: Optional[Any] = None,
+    progress: bool = False,
 ) -> Selection:
     """Rank the zoo's models for an image and decide whether any fits.
 
@@ -396,6 +407,9 @@ def select(
         exclude_sources: prototype sources to ignore (leave-one-out calibration).
         cancel: a ``threading.Event`` or a function returning True to stop, asked before each model's
             verification (:func:`~ModelSelectorLib.progress.check_cancel`).
+        progress: show a progress bar over the steps (reading a file, embedding the image, then each model's
+            verification): :func:`~ModelSelectorLib.progress.progress_bar` on stderr after a second, or
+            PROGRESS lines.
 
     Returns:
         a :class:`Selection`.
@@ -420,26 +434,31 @@ def select(
             f"({encoder_id(enc)}); regenerate the prototypes (`modelselector prototypes --zoo {zoo.path} --all`) "
             f"and rebuild the index (`modelselector index build --zoo {zoo.path}`)."
         )
-    img, name = as_image(image)
-    check_model_input(img, name)
-    t1 = time.monotonic()
-    ev = evidence(enc, img)
-    t2 = time.monotonic()
-    rows, warnings = _scored_rows(zoo, index, ev, origins, verify, top_k, exclude_sources, cancel)
+    reads = isinstance(image, (str, os.PathLike))
+    # a step to read a file, one to embed, one per model verified (at most every indexed one, until ranked)
+    bar = progress_bar(total=int(reads) + 1 + (len(index.model_names()) if verify else 0), unit="step",
+                       leave=False, delay=1.0, mininterval=0.0, disable=not progress)  # fmt: skip
+    with bar:
+        if reads:
+            start_step(bar, "reading the image")
+        img, name = as_image(image)
+        check_model_input(img, name)
+        bar.update(int(reads))
+        t1 = time.monotonic()
+        ev = _embedded(enc, img, bar)
+        t2 = time.monotonic()
+        rows, warnings = _scored_rows(zoo, index, ev, origins, verify, top_k, exclude_sources, cancel, bar)
+        t3 = time.monotonic()
+        thr = 0.5 if threshold is None else float(threshold)
+        matches, classes = _matches(rows, ev, index, thr)
+        fits = any(m.fits for m in matches)
+        inverted = [] if fits else _fitting_once_inverted(img, zoo, index, enc, origins, verify, exclude_sources,
+                                                           thr, cancel, bar)  # fmt: skip
     calibrated = not warnings
     warnings += [
         f"the model {name} cannot be used, so it fits nothing: {why}" for name, why in ev.broken.items()
     ]
     warnings += [f"{note}; until then it is not offered" for note in unindexed]
-    t3 = time.monotonic()
-    thr = 0.5 if threshold is None else float(threshold)
-    matches, classes = _matches(rows, ev, index, thr)
-    fits = any(m.fits for m in matches)
-    inverted = (
-        []
-        if fits
-        else _fitting_once_inverted(img, zoo, index, enc, origins, verify, exclude_sources, thr, cancel)
-    )
     return Selection(
         input=name,
         fits=fits,
@@ -489,17 +508,18 @@ def ranking_key(match: ModelMatch) -> tuple[bool, bool, float, bool, float]:
 
 
 def _fitting_once_inverted(img: Image, zoo: Zoo, index: ZooIndex, enc: Any, origins: Sequence[str], verify: bool,
-                           exclude_sources: Sequence[str], thr: float, cancel: Optional[Any] = None,
+                           exclude_sources: Sequence[str], thr: float, cancel: Optional[Any], bar: Any,
                            ) -> list[str]:  # fmt: skip
     """The models that fit ``img`` with its grey levels inverted, for a grey 2D picture (none for a volume or a
     colour picture): a radiograph stored MONOCHROME1, or exported without its photometric interpretation, shows
-    bright air and dark bones, and no radiograph model fits it as it is."""
+    bright air and dark bones, and no radiograph model fits it as it is. ``bar`` gets their steps too."""
     if img.ndim != 2 or img.is_multicomponent:
         return []
     values = np.asarray(img.array, dtype=np.float32)
     flipped = img.with_array(values.max() + values.min() - values)
-    ev = evidence(enc, flipped)
-    rows, _ = _scored_rows(zoo, index, ev, origins, verify, None, exclude_sources, cancel)
+    bar.total += 1
+    ev = _embedded(enc, flipped, bar, "embedding the image inverted")
+    rows, _ = _scored_rows(zoo, index, ev, origins, verify, None, exclude_sources, cancel, bar)
     return [m.name for m in _matches(rows, ev, index, thr)[0] if m.fits]
 
 

@@ -334,3 +334,91 @@ def test_the_demo_says_it_wrote_its_files_only_once_they_are_in_place(tmp_path, 
     assert any(line.startswith("Applying ") for line in lines)
     assert not [line for line in lines if line.lower().lstrip().startswith("wrote")]
     assert not (tmp_path / "demo").exists()
+
+
+def _signed_permutations_and_turns(n_turns: int = 12) -> list[np.ndarray]:
+    """Every axis-aligned direction (48 signed permutations), a few oblique ones and 45-degree turns."""
+    import itertools
+
+    mats = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = np.zeros((3, 3))
+            m[list(perm), range(3)] = signs
+            mats.append(m)
+    rng = np.random.default_rng(0)
+    for _ in range(n_turns):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        mats.append(q * np.sign(np.diag(r)))
+    c = np.sqrt(0.5)
+    mats += [
+        np.array([[c, -c, 0.0], [c, c, 0.0], [0.0, 0.0, 1.0]]),
+        np.array([[1.0, 0, 0], [0, c, -c], [0, c, c]]),
+    ]
+    return mats
+
+
+def test_volumes_are_reoriented_for_viewing_as_simpleitk_does_without_copying_their_voxels():
+    """The viewer's layout of a volume has SimpleITK's DICOMOrient voxels and geometry, for every axis order and
+    oblique directions; an overlay of a large volume must not hold copies of it, so the voxels are views."""
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.io import Image
+    from ModelSelectorLib.io.viewing import in_lps_axes
+
+    rng = np.random.default_rng(1)
+    for m in _signed_permutations_and_turns():
+        for shape in ((5, 6, 7), (5, 6, 7, 3)):  # grey and colour voxels
+            array = rng.integers(0, 100, shape).astype(np.uint8)
+            image = Image(array, (0.7, 1.1, 2.3), (3.0, -4.0, 5.5), tuple(m.ravel()), {"path": "v.nrrd"})
+            shown = in_lps_axes(image)
+            expected = Image.from_sitk(sitk.DICOMOrient(image.to_sitk(), "LPS"))
+            np.testing.assert_array_equal(shown.array, expected.array)
+            for got, want in zip((shown.spacing, shown.origin, shown.direction),
+                                 (expected.spacing, expected.origin, expected.direction)):  # fmt: skip
+                np.testing.assert_allclose(got, want, atol=1e-9)
+            assert shown.meta == image.meta
+            if not np.any(np.isclose(np.abs(m), np.sqrt(0.5))):  # not turned by 45 degrees: no tie to break
+                assert np.shares_memory(shown.array, array), m
+
+
+def _panels_through_copies(image, labels):
+    """The demo's three panels as drawn by reorienting with SimpleITK and centring on ``np.argwhere``."""
+    import SimpleITK as sitk
+
+    from ModelSelectorLib.io import Image
+
+    image, labels = (Image.from_sitk(sitk.DICOMOrient(x.to_sitk(), "LPS")) for x in (image, labels))
+    a, lab = image.array.astype(np.float32), labels.array
+    sx, sy, sz = image.spacing
+    k, j, i = [int(round(c)) for c in np.argwhere(lab > 0).mean(axis=0)]
+    return [(a[k], lab[k], sy / sx), (a[:, j, :][::-1], lab[:, j, :][::-1], sz / sx),
+            (a[:, :, i][::-1], lab[:, :, i][::-1], sz / sy)]  # fmt: skip
+
+
+@pytest.mark.parametrize("turn", [0, 5, 17, 40, 48, 55, 60])
+def test_the_demo_panels_of_a_volume_are_the_slices_through_its_labels_centre_in_the_viewers_layout(turn):
+    """The panels (grey float32 slices, label slices, aspects) are those of the plain way of drawing them, for
+    stored axis orders and oblique volumes; the centre of the labels is found without their coordinates."""
+    from ModelSelectorLib.demo import _contour_panels, _label_centre
+    from ModelSelectorLib.io import Image
+    from ModelSelectorLib.io.viewing import as_viewed
+
+    rng = np.random.default_rng(turn)
+    m = _signed_permutations_and_turns()[turn]
+    grey = rng.integers(-1000, 1000, (23, 37, 41)).astype(np.int16)
+    lab = np.zeros(grey.shape, np.uint8)
+    lab[3:9, 20:33, 5:12] = 1  # off centre, and through more than one of the centre's chunks
+    lab[15:22, 2:6, 30:39] = 2
+    image = Image(grey, (0.8, 0.9, 2.5), (10.0, -20.0, 30.0), tuple(m.ravel()))
+    labels = image.with_array(lab)
+    viewed, viewed_labels = as_viewed(image, labels)
+    got = _contour_panels(viewed, viewed_labels)
+    for (g, g_lab, g_aspect), (w, w_lab, w_aspect) in zip(
+        got, _panels_through_copies(image, labels), strict=True
+    ):
+        assert g.dtype == np.float32 and g_aspect == pytest.approx(w_aspect)
+        np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(g_lab, w_lab)
+    assert _label_centre(lab, chunk=4) == [int(round(c)) for c in np.argwhere(lab > 0).mean(axis=0)]
+    assert _label_centre(np.zeros((3, 4, 5), np.uint8)) is None

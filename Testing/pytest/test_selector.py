@@ -509,6 +509,33 @@ def test_select_json_cli(env, tmp_path, capsys):
     assert "No model in the zoo fits this image" in capsys.readouterr().out
 
 
+def test_select_shows_its_steps_as_progress_lines_and_keeps_stdout_for_the_answer(env, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    """``select`` says each step (reading, embedding, then each model verified) in the PROGRESS lines the Slicer
+    module reads, from 0 to 1; stdout of ``--json`` holds only the answer, and the library is quiet unless asked."""
+    from ModelSelectorLib.cli import main
+    from ModelSelectorLib.selection.selector import select
+
+    monkeypatch.setenv("MODELSELECTOR_PROGRESS", "lines")
+    path = tmp_path / "ct.nii.gz"
+    write_image(env["queries"]["ct_abdomen"], path)
+    assert main(["select", str(path), "--zoo", str(env["zoo"].path), "--json", "--top", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["models"][0]["name"] == "ct_abdomen"
+    lines = [line.split(" ", 2) for line in err.splitlines() if line.startswith("PROGRESS ")]
+    fractions, steps = [float(f) for _, f, _ in lines], [step for _, _, step in lines]
+    assert list(dict.fromkeys(steps))[:2] == ["reading the image", "embedding the image"], lines
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert fractions == sorted(fractions), lines
+    # the two volume models are verified (the 2D one cannot take a volume), each said as it starts
+    assert {s for s in steps if s.startswith("verifying ")} == {
+        "verifying ct_abdomen",
+        "verifying mr_abdomen",
+    }
+    select(path, zoo=env["zoo"], top_k=1)
+    assert "PROGRESS" not in capsys.readouterr().err
+
+
 def test_index_and_prototypes_cli(env, tmp_path, capsys):
     from ModelSelectorLib.cli import main
 

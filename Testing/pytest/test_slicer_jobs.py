@@ -338,6 +338,26 @@ def test_non_finite_progress_is_ignored(tmp_path):
     assert logic.lastFindResult["input"] == "volume 'Patient'"
 
 
+def test_finding_models_shows_each_step_of_the_selection_on_the_progress_bar():
+    """The real ``select`` run by the module says its steps (reading, embedding, then each model it verifies) in
+    PROGRESS lines, which reach the callback with their fraction, up to 1, and the answer still arrives."""
+    from ModelSelectorLib.resources import default_zoo_path
+
+    zoo = default_zoo_path()
+    if not (zoo / "index").is_dir():
+        pytest.skip("the bundled zoo has no index")
+    scene = slicer.vtkMRMLScene()
+    progress = []
+    models = msm.ModelSelectorLogic(scene).findModels(_volume(scene), str(zoo),
+                                                      progressCallback=lambda f, t: progress.append((f, t)))  # fmt: skip
+    steps = [t for _, t in progress]
+    assert list(dict.fromkeys(steps))[:2] == ["reading the image", "embedding the image"], progress
+    verified = {t[len("verifying ") :] for t in steps if t.startswith("verifying ")}
+    assert verified and verified <= {m["name"] for m in models}, progress
+    fractions = [f for f, _ in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+
 def test_errors_name_the_volume_not_the_temporary_file(tmp_path):
     """A label map selected as the input: the library's refusal names the volume node, not the deleted
     ``/tmp/ModelSelector-*/input.nrrd`` it was written to."""
