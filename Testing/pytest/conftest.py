@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import locale
 import math
 import os
 import shutil
@@ -16,6 +17,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 _TRUST_DIR = tempfile.mkdtemp(prefix="modelselector-trust-")
 atexit.register(shutil.rmtree, _TRUST_DIR, ignore_errors=True)
 os.environ["MODELSELECTOR_TRUST_STORE"] = os.path.join(_TRUST_DIR, "trusted.json")
+
+
+#: the process locale as Python set it up (the user's character encoding)
+_LOCALE = locale.setlocale(locale.LC_ALL)
+
+
+@pytest.fixture(autouse=True)
+def _process_locale_kept():
+    """Put the process locale back before and after each test: GDCM's DICOM writer (the tests write DICOM series
+    with SimpleITK, also in module fixtures; the library only reads them) sets it to "C" and leaves it, and
+    subprocess output decoded as text afterwards would then be read as ASCII."""
+    locale.setlocale(locale.LC_ALL, _LOCALE)
+    yield
+    locale.setlocale(locale.LC_ALL, _LOCALE)
 
 
 def rotation_z(deg: float) -> tuple:

@@ -102,7 +102,9 @@ def test_an_interrupted_command_lists_its_outputs_and_resumes_with_skip_existing
             *images, "--out", str(out)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe, as in a script
     env["MODELSELECTOR_PROGRESS"] = "lines"  # as the Slicer module runs it; no terminal bar flushes stdout
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env
+    )
     first = proc.stdout.readline()  # printed as soon as the first output is written, not at the end
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=120)
@@ -116,7 +118,9 @@ def test_an_interrupted_command_lists_its_outputs_and_resumes_with_skip_existing
     assert {Path(p).name for p in listed} <= set(on_disk) and len(on_disk) - len(listed) <= 1
     before = {name: (out / name).stat().st_mtime_ns for name in on_disk}
 
-    proc = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*argv, "--skip-existing"], capture_output=True, text=True, encoding="utf-8", timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(_outputs(out)) == len(images)
     assert {name: (out / name).stat().st_mtime_ns for name in on_disk} == before  # not written again

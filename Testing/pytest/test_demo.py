@@ -95,7 +95,7 @@ def test_demo_command_line_on_the_photograph(tmp_path):
     photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     run = subprocess.run(
         [sys.executable, "-m", "ModelSelectorLib", "demo", str(photo), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, encoding="utf-8", timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "No model in the zoo fits this image" in run.stdout
