@@ -12,6 +12,7 @@ replaced (killed between :func:`atomic_dir`'s two renames) is put back by the ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import json
@@ -73,6 +74,7 @@ _TEMP_NAME = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1)  # read from /proc once, not at every write
 def _machine_tag() -> str:
     """8 hex digits that tell this machine, boot and process-id namespace (a container) from others that may write
     into a shared folder, where the same process id names another process."""

@@ -92,9 +92,8 @@ def _contour_panels(
     a = img.array
     lab = labels.as_3d().array if labels is not None else None
     sx, sy, sz = (float(s) for s in img.spacing)
-    if (
-        a.shape[0] == 1
-    ):  # 2D image, or a lone slice in view layout (:func:`~ModelSelectorLib.io.viewing.as_viewed`)
+    # a 2D image, or a lone slice in view layout (:func:`~ModelSelectorLib.io.viewing.as_viewed`)
+    if a.shape[0] == 1:
         return [(a[0].astype(np.float32), None if lab is None else lab[0], sy / sx)]
     centre = _label_centre(lab) if lab is not None else None
     k, j, i = centre if centre is not None else [s // 2 for s in a.shape]

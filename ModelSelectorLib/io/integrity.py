@@ -76,9 +76,8 @@ def _nifti_header(block: bytes, path: Path) -> Any:
         raise InputError(f"{path}: the file ends inside the NIfTI header; it is truncated.")
     try:
         header = klass(binaryblock=block[:size], check=False)
-        _check_voxel_size(
-            header, path
-        )  # as stored: nibabel's check_fix makes a zero 1 (and says so on stderr)
+        # as stored: nibabel's check_fix makes a zero 1 (and says so on stderr)
+        _check_voxel_size(header, path)
         header.check_fix()  # what check=True runs
     except InputError:
         raise
@@ -605,7 +604,12 @@ def check_file(path: Path, suffix: str) -> None:
 
 
 # --- .npz files (prototypes, feature statistics): what their arrays declare, before any is loaded ------
-def _sized(n: int) -> str:
+#: what reading a damaged ``.npz`` file raises (its zip directory, its compressed entries, its ``.npy`` headers)
+NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def readable_bytes(n: int) -> str:
+    """``n`` bytes for a message: ``"12.0 MiB"``, ``"4.0 GiB"``."""
     return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
 
 
@@ -616,8 +620,6 @@ def npz_arrays(path: os.PathLike | str) -> dict[str, tuple[tuple[int, ...], Any]
     Raises:
         ValueError, OSError, zipfile.BadZipFile: not an ``.npz`` file, or a header that cannot be read.
     """
-    import numpy as np
-
     out = {}
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
@@ -658,32 +660,48 @@ def check_npz(
             raise ValueError(f"its {name} declares shape {got} ({dtype}), not {shown}")
     total = sum(declared_bytes(shape, dtype) for shape, dtype in arrays.values())
     if total > max_bytes:
-        raise ValueError(f"its arrays declare {_sized(total)}, more than the {_sized(max_bytes)} it may hold")
+        raise ValueError(
+            f"its arrays declare {readable_bytes(total)}, more than the {readable_bytes(max_bytes)} it may hold"
+        )
+
+
+def read_npz(
+    path: os.PathLike | str, max_bytes: int, shapes: Optional[dict[str, tuple[Optional[int], ...]]] = None
+) -> dict[str, np.ndarray]:
+    """The arrays of ``.npz`` file ``path``, loaded (never unpickled) only once their headers pass
+    :func:`check_npz` with ``max_bytes`` and ``shapes``.
+
+    Raises:
+        One of :data:`NPZ_ERRORS`: a damaged file, or arrays it may not hold.
+    """
+    check_npz(path, max_bytes, shapes)
+    with np.load(path, allow_pickle=False) as z:
+        return {k: np.asarray(z[k]) for k in z.files}
 
 
 def declared_bytes(shape: tuple[int, ...], dtype: Any) -> int:
     """Bytes an array of ``shape`` and ``dtype`` takes (as :func:`npz_arrays` reports them)."""
-    n = 1
-    for s in shape:
-        n *= max(int(s), 0)
-    return n * int(dtype.itemsize)
+    return math.prod(max(int(s), 0) for s in shape) * int(dtype.itemsize)
 
 
 __all__ = [
+    "NPZ_ERRORS",
     "actual_format",
-    "check_npz",
-    "declared_bytes",
-    "npz_arrays",
     "check_declared_size",
     "check_dicom_pixels",
     "check_file",
-    "check_header_size",
     "check_gzip",
+    "check_header_size",
     "check_metaimage",
     "check_name",
     "check_nifti",
+    "check_npz",
     "check_nrrd",
     "check_picture",
     "data_file",
+    "declared_bytes",
     "max_image_bytes",
+    "npz_arrays",
+    "read_npz",
+    "readable_bytes",
 ]

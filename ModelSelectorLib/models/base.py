@@ -123,8 +123,8 @@ class TaskRuntime(abc.ABC):
         self.card = bundle.card
         self.network = bundle.network
         self.device = device
-        #: held while module hooks are on ``network`` (they see every forward pass of it, from any thread):
-        #: one runtime shared by threads (the selector's cache) gives each its own signals
+        #: held while a verification's module hooks are on ``network``: one set of hooks at a time (the hooks
+        #: themselves count only their own thread's passes, so a user's own predict meanwhile is not mixed in)
         self.hook_lock = threading.Lock()
 
     # --- what the card and the user interfaces need (no network) --------------------------------------

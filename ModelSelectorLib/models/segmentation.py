@@ -32,8 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -54,7 +52,7 @@ from ..io.geometry import (
     to_network_layout,
 )
 from ..io.image import Image, as_image
-from ..io.integrity import check_npz
+from ..io.integrity import NPZ_ERRORS, read_npz
 from ..io.segmentation import Segment, write_segmentation
 from ..progress import check_cancel, progress_bar
 from .base import Prediction, TaskRuntime, to_image_layout
@@ -686,10 +684,8 @@ class SegmentationRuntime(TaskRuntime):
             self._feature_stats = None
             if path.is_file():
                 try:  # the arrays' headers first: a small file may declare any size (the statistics take KBs)
-                    check_npz(path, MAX_FEATURE_STATS_BYTES)
-                    with np.load(path, allow_pickle=False) as z:
-                        self._feature_stats = {k: np.asarray(z[k]) for k in z.files}
-                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                    self._feature_stats = read_npz(path, MAX_FEATURE_STATS_BYTES)
+                except NPZ_ERRORS as e:
                     raise BundleError(f"{path}: truncated or damaged feature statistics ({str(e)[:120]}); make the "
                                       "model's prototypes again with `modelselector prototypes`.") from e  # fmt: skip
         return self._feature_stats

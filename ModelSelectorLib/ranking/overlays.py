@@ -86,7 +86,7 @@ def viewed_slice(
         )
     laid, laid_truth = as_viewed(image, image.with_array(truth_arr))
     laid_pred = as_viewed(image.with_array(pred_arr))[0]  # the same grid, so the same layout
-    arr, t, p = np.asarray(laid.array, dtype=np.float32), laid_truth.array, laid_pred.array
+    arr, t, p = laid.array, laid_truth.array, laid_pred.array
     caption = ""
     if arr.ndim == 3:
         k = representative_slice(t, p)
@@ -96,7 +96,10 @@ def viewed_slice(
         else:
             caption = f"axial slice {k + 1} of {arr.shape[0]} (from the feet)"
         arr, t, p = arr[k], t[k], p[k]
-    return ViewedSlice(arr, t, p, (float(laid.spacing[0]), float(laid.spacing[1])), caption)
+    # only the slice drawn becomes float: a large volume costs no copy of its own
+    return ViewedSlice(
+        arr.astype(np.float32), t, p, (float(laid.spacing[0]), float(laid.spacing[1])), caption
+    )
 
 
 def _window(slab: np.ndarray) -> np.ndarray:

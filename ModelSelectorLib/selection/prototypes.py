@@ -28,8 +28,6 @@ import math
 import os
 import time
 import warnings
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -39,7 +37,7 @@ import numpy as np
 from ..atomic import atomic_dir, atomic_path
 from ..errors import BundleError, InputError, ModelSelectorError
 from ..io.image import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, Image, as_image, check_model_input, dicom_series
-from ..io.integrity import check_npz
+from ..io.integrity import NPZ_ERRORS, read_npz
 from ..io.outputs import check_output_folder
 from ..progress import check_cancel, progress_bar
 from ..zoo.catalog import open_zoo
@@ -61,7 +59,6 @@ _IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES
 #: is named in a warning (a CT series or a chest X-ray given for an MR head model)
 DOMAIN_WARN_PROBABILITY = 0.8
 #: errors a truncated or damaged ``.npz`` raises when read (numpy reads it as a zip of compressed arrays)
-_NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 #: widest prototype vectors a file may declare, and most bytes of a further ``.npz`` (feature statistics: KBs)
 MAX_VECTOR_DIM, MAX_EXTRA_BYTES = 4096, 64 << 20
 
@@ -382,10 +379,9 @@ def load_prototypes(bundle_dir: PathLike) -> PrototypeSet:
                           f"`{_remake_command(bundle_dir)}`.")  # fmt: skip
     try:  # the header's shape first: a small file may declare any size
         dim = records["dim"] if isinstance(records.get("dim"), int) else None
-        check_npz(d / VECTORS_FILE, len(rows) * MAX_VECTOR_DIM * 8, {"vectors": (len(rows), dim)})
-        with np.load(d / VECTORS_FILE, allow_pickle=False) as z:
-            vectors = np.asarray(z["vectors"], dtype=np.float32)
-    except _NPZ_ERRORS as e:
+        stored = read_npz(d / VECTORS_FILE, len(rows) * MAX_VECTOR_DIM * 8, {"vectors": (len(rows), dim)})
+        vectors = np.asarray(stored["vectors"], dtype=np.float32)
+    except NPZ_ERRORS as e:
         raise BundleError(f"{d / VECTORS_FILE}: truncated or damaged prototype vectors ({str(e)[:120]}); make the "
                           f"prototypes again with `{_remake_command(bundle_dir)}`.") from e  # fmt: skip
     if len(rows) != len(vectors):
@@ -716,10 +712,8 @@ def stored_extras(bundle_dir: PathLike) -> dict[str, dict[str, np.ndarray]]:
     for f in sorted(prototypes_dir(bundle_dir).glob("*.npz")):
         if f.name != VECTORS_FILE:
             try:
-                check_npz(f, MAX_EXTRA_BYTES)
-                with np.load(f, allow_pickle=False) as z:
-                    out[f.name] = {k: np.asarray(z[k]) for k in z.files}
-            except _NPZ_ERRORS as e:
+                out[f.name] = read_npz(f, MAX_EXTRA_BYTES)
+            except NPZ_ERRORS as e:
                 raise BundleError(f"{f}: truncated or damaged ({str(e)[:120]}); make the prototypes again with "
                                   f"`{_remake_command(bundle_dir)} --exemplars IMAGES`.") from e  # fmt: skip
     return out

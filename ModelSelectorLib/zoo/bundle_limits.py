@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..errors import BundleError
+from ..io.integrity import readable_bytes
 
 PathLike = Union[str, Path]
 
@@ -33,10 +34,6 @@ MAX_NETWORK_MODULES = 100_000
 #: what a network may hold beyond its weights (non-persistent buffers), and what entries of a weights file may
 #: declare beyond the file's size (its headers), in bytes
 SLACK_BYTES = 64 << 20
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
 
 
 def check_json_depth(data: Any, where: str) -> None:
@@ -83,7 +80,7 @@ def weights_bytes(path: PathLike) -> int:
         return size  # not a zip archive: torch reads it as stored (or refuses it)
     if declared > 2 * size + SLACK_BYTES:
         raise BundleError(
-            f"{path}: its compressed entries would inflate to {_mib(declared)} from a file of {_mib(size)}; torch "
+            f"{path}: its compressed entries would inflate to {readable_bytes(declared)} from a file of {readable_bytes(size)}; torch "
             "writes weights uncompressed, so the file is refused: save them again with "
             "torch.save(network.state_dict(), 'models/model.pt')."
         )
@@ -123,7 +120,7 @@ def limited_build(max_bytes: int, where: str) -> Iterator[dict[str, int]]:
         seen["bytes"] += int(tensor.numel()) * int(tensor.element_size())
         if seen["bytes"] > max_bytes:
             raise NetworkTooLarge(
-                f"the network in inference.json would hold more than {_mib(seen['bytes'])} of parameters, far more "
+                f"the network in inference.json would hold more than {readable_bytes(seen['bytes'])} of parameters, far more "
                 f"than the weights in {where} can fill; correct the network's arguments (its channels or features) "
                 "or give the weights it was trained with."
             )
